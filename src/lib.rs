@@ -1,1 +1,20 @@
+//! sluice: a log and metrics event-stream collector.
+//!
+//! Sources read bytes, [`framing`] cuts them into lines, [`decode`] parses
+//! each line with SIMD and splices in the metadata of [`enrich`], and the
+//! [`pipeline`] fans each batch out to per-sink queues ([`buffer`]) that
+//! [`sinks`] drain. A batch is acknowledged back to its source once every
+//! sink has delivered it ([`event`]). [`app`] wires it together from a
+//! [`config`].
 
+pub mod app;
+pub mod buffer;
+pub mod config;
+pub mod decode;
+pub mod enrich;
+pub mod event;
+pub mod framing;
+pub mod pipeline;
+pub mod sinks;
+pub mod sources;
+pub mod telemetry;

@@ -1,1 +1,98 @@
-fn main(){}
+//! The `sluice` command line. Everything it does lives in the library.
+
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use sluice::app::{self, Stopped};
+use sluice::config::Config;
+
+/// sluice: collects line-delimited JSON events, enriches them with release
+/// and process metadata, derives SLI metrics and fans them out.
+///
+/// With no config, `app | sluice` reads stdin and writes enriched NDJSON to
+/// stdout.
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about, long_about)]
+struct Cli {
+    /// Config file (TOML, or YAML by extension). Without one, the embedded
+    /// default: stdin to stdout.
+    #[arg(short, long, env = "SLUICE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check a config and report every error with its key path.
+    Validate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let config = match &cli.config {
+        Some(path) => Config::load(path),
+        None => Config::default_pipe(),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(errors) => {
+            let source = cli
+                .config
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "embedded default".into());
+            eprintln!("sluice: invalid config ({source}), {} error(s):", errors.0.len());
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(Command::Validate) = cli.command {
+        println!(
+            "config is valid: {} source(s), {} sink(s)",
+            config.sources.len(),
+            config.sinks.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluice-worker")
+        .max_blocking_threads(64)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(app::run(config));
+    // Blocking threads may still sit in a read on a terminal; do not wait.
+    runtime.shutdown_background();
+    match result {
+        Ok(Stopped::InputEnded | Stopped::Signal) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "sluice stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Structured logs on stderr (JSON, or human text on a terminal); level from
+/// `SLUICE_LOG` (default `info`). Never on stdout: that is the event stream.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).with_current_span(false).init();
+    }
+}

@@ -1,0 +1,204 @@
+//! Builds the pipeline from a config and runs it: API first (so `/health`
+//! answers at once), then sinks, then sources; on a signal or at end of
+//! input, stops reading, drains every queue, flushes every sink.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+use crate::buffer::queue;
+use crate::config::Config;
+use crate::event::FieldSet;
+use crate::pipeline::{shutdown_pair, source_output, BatchTap};
+use crate::sinks::SinkCx;
+use crate::sources::SourceCx;
+use crate::telemetry::{self, Health};
+
+/// Why a run ended badly. The process exits non-zero with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The API address could not be bound.
+    #[error("cannot serve the API on {addr}: {error}")]
+    Api {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The bind error.
+        error: std::io::Error,
+    },
+    /// A source or sink could not start or failed for good.
+    #[error("{0}")]
+    Component(String),
+    /// Draining took longer than `shutdown_timeout`.
+    #[error("shutdown did not finish within {0:?}; undelivered events remain queued")]
+    ShutdownTimeout(Duration),
+}
+
+/// How a run was stopped, for the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every source reached the end of its input.
+    InputEnded,
+    /// SIGTERM or SIGINT.
+    Signal,
+}
+
+/// Extra pieces a caller adds to the pipeline (SLI taps).
+#[derive(Default)]
+pub struct Extensions {
+    /// Observers of every batch, before fan-out.
+    pub taps: Vec<Arc<dyn BatchTap>>,
+    /// Fields the taps need extracted.
+    pub fields: Vec<crate::event::FieldPath>,
+}
+
+/// Runs the pipeline until input ends or a signal arrives.
+pub async fn run(config: Config) -> Result<Stopped, RunError> {
+    run_with(config, Extensions::default()).await
+}
+
+/// [`run`] with extensions.
+pub async fn run_with(config: Config, ext: Extensions) -> Result<Stopped, RunError> {
+    let health = Arc::new(Health::default());
+    let _api = if config.api.enabled {
+        match telemetry::serve(config.api.address, health.clone()).await {
+            Ok(h) => {
+                tracing::info!(address = %h.local_addr, "serving /metrics, /health and /ready");
+                Some(h)
+            }
+            Err(error) if config.api_address_explicit => {
+                return Err(RunError::Api {
+                    addr: config.api.address,
+                    error,
+                })
+            }
+            Err(error) => {
+                tracing::warn!(address = %config.api.address, %error, "API address unavailable; running without /metrics (set api.address or SLUICE_API_ADDRESS)");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let mut fields = FieldSet::new();
+    for spec in config.sinks.values() {
+        for p in spec.config.fields_needed() {
+            fields.add(p);
+        }
+    }
+    for p in ext.fields {
+        fields.add(p);
+    }
+    let fields = Arc::new(fields);
+
+    let mut sinks = JoinSet::new();
+    let mut senders = BTreeMap::new();
+    for (name, spec) in &config.sinks {
+        let (tx, rx) = queue(name, &spec.buffer);
+        let cx = SinkCx {
+            name: name.as_str().into(),
+            fields: fields.clone(),
+            health: health.clone(),
+            data_dir: config.data_dir.clone(),
+        };
+        let task = spec.config.build(cx, rx).await.map_err(|e| RunError::Component(e.to_string()))?;
+        sinks.spawn(task);
+        senders.insert(name.clone(), tx);
+    }
+
+    let (trigger, signal) = shutdown_pair();
+    let enrich = Arc::new(config.enrich.clone());
+    let mut sources = JoinSet::new();
+    let mut fan_outs = Vec::new();
+    for (name, cfg) in &config.sources {
+        let name: Arc<str> = name.as_str().into();
+        let targets = config.sinks_for(&name).filter_map(|s| senders.get(s).cloned()).collect();
+        let (output, fan_out) = source_output(name.clone(), fields.clone(), targets, ext.taps.clone());
+        fan_outs.push(fan_out);
+        let cx = SourceCx {
+            name: name.clone(),
+            output,
+            shutdown: signal.clone(),
+            enrich: enrich.clone(),
+            data_dir: config.data_dir.clone(),
+        };
+        sources.spawn(cfg.build(cx).map_err(|e| RunError::Component(e.to_string()))?);
+    }
+    // The fan-outs hold the only senders now: when they finish, the queues
+    // close and the sinks drain and exit.
+    drop(senders);
+    health.set_started(true);
+
+    let mut failure: Option<RunError> = None;
+    let stopped = tokio::select! {
+        _ = wait_all(&mut sources, &mut failure) => Stopped::InputEnded,
+        _ = termination() => Stopped::Signal,
+        Some(res) = sinks.join_next() => {
+            // A sink ended before its input did: it failed for good.
+            record(res, &mut failure);
+            Stopped::Signal
+        }
+    };
+    health.set_started(false);
+    trigger.trigger();
+    tracing::info!(reason = ?stopped, "stopping: draining queues and flushing sinks");
+
+    // After a signal (or a failed sink) the drain is bounded; at the end of
+    // input it is not: a slow reader downstream is backpressure, not a fault.
+    let bounded = stopped == Stopped::Signal;
+    let drain = async {
+        wait_all(&mut sources, &mut failure).await;
+        for f in fan_outs {
+            let _ = f.await;
+        }
+        while let Some(res) = sinks.join_next().await {
+            record(res, &mut failure);
+        }
+    };
+    if bounded {
+        tokio::select! {
+            _ = drain => {}
+            _ = tokio::time::sleep(config.shutdown_timeout) => return Err(RunError::ShutdownTimeout(config.shutdown_timeout)),
+            _ = termination() => {
+                tracing::warn!("second signal: exiting without draining");
+                return Err(RunError::ShutdownTimeout(Duration::ZERO));
+            }
+        }
+    } else {
+        drain.await;
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(stopped),
+    }
+}
+
+async fn wait_all<E: std::fmt::Display + Send + 'static>(set: &mut JoinSet<Result<(), E>>, failure: &mut Option<RunError>) {
+    while let Some(res) = set.join_next().await {
+        record(res, failure);
+    }
+}
+
+fn record<E: std::fmt::Display>(res: Result<Result<(), E>, tokio::task::JoinError>, failure: &mut Option<RunError>) {
+    let msg = match res {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => format!("component task failed: {e}"),
+    };
+    tracing::error!(error = %msg, "component failed");
+    failure.get_or_insert(RunError::Component(msg));
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

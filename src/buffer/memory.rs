@@ -1,0 +1,153 @@
+//! The in-memory queue: an unbounded channel whose admission is bounded by
+//! two semaphores, one counting events and one counting bytes. A batch's
+//! permits travel with it and are released when the sink drops it, so the
+//! budget covers what is queued *and* what the sink is still working on.
+
+use std::sync::Arc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+
+use super::{BufferConfig, WhenFull};
+use crate::event::{AckOutcome, Batch};
+use crate::telemetry::metrics;
+
+/// A batch handed to a sink, holding its share of the queue budget.
+#[derive(Debug)]
+pub struct QueueItem {
+    /// The batch, shared with every other sink it went to.
+    pub batch: Arc<Batch>,
+    _events: Option<OwnedSemaphorePermit>,
+    _bytes: Option<OwnedSemaphorePermit>,
+    gauge: Gauges,
+}
+
+#[derive(Debug, Clone)]
+struct Gauges {
+    events: prometheus::IntGauge,
+    bytes: prometheus::IntGauge,
+}
+
+impl Drop for QueueItem {
+    fn drop(&mut self) {
+        self.gauge.events.sub(self.batch.len() as i64);
+        self.gauge.bytes.sub(self.batch.byte_len() as i64);
+    }
+}
+
+/// The fan-out's end of a sink queue. Cloneable: each source's fan-out
+/// holds one.
+#[derive(Debug, Clone)]
+pub struct QueueSender {
+    tx: mpsc::UnboundedSender<QueueItem>,
+    events: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    max_events: u32,
+    max_bytes: u32,
+    when_full: WhenFull,
+    sink: Arc<str>,
+    gauge: Gauges,
+}
+
+/// The sink's end of its queue.
+#[derive(Debug)]
+pub struct QueueReceiver {
+    rx: mpsc::UnboundedReceiver<QueueItem>,
+}
+
+/// A queue for the sink named `sink`.
+pub fn queue(sink: &str, config: &BufferConfig) -> (QueueSender, QueueReceiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let m = metrics();
+    let gauge = Gauges {
+        events: m.buffer_events.with_label_values(&[sink]),
+        bytes: m.buffer_bytes.with_label_values(&[sink]),
+    };
+    m.buffer_max_bytes.with_label_values(&[sink]).set(config.max_bytes.0 as i64);
+    let max_events = config.max_events.min(u32::MAX as usize) as u32;
+    let max_bytes = config.max_bytes.0.min(u32::MAX as u64) as u32;
+    (
+        QueueSender {
+            tx,
+            events: Arc::new(Semaphore::new(max_events as usize)),
+            bytes: Arc::new(Semaphore::new(max_bytes as usize)),
+            max_events,
+            max_bytes,
+            when_full: config.when_full,
+            sink: sink.into(),
+            gauge,
+        },
+        QueueReceiver { rx },
+    )
+}
+
+/// The sink is gone; the batch could not be queued.
+#[derive(Debug, thiserror::Error)]
+#[error("sink {0} has stopped")]
+pub struct SinkGone(pub Arc<str>);
+
+impl QueueSender {
+    /// Queues a batch, waiting for room under the `block` policy, or
+    /// dropping it (counted, acknowledged as dropped) under `drop_newest`.
+    /// A batch larger than the whole budget takes the whole budget.
+    pub async fn send(&self, batch: Arc<Batch>) -> Result<(), SinkGone> {
+        let n_events = (batch.len() as u32).clamp(1, self.max_events);
+        let n_bytes = (batch.byte_len() as u32).clamp(1, self.max_bytes);
+        let permits = match self.when_full {
+            WhenFull::Block => {
+                let e = self.events.clone().acquire_many_owned(n_events).await;
+                let b = self.bytes.clone().acquire_many_owned(n_bytes).await;
+                match (e, b) {
+                    (Ok(e), Ok(b)) => (e, b),
+                    _ => return Err(SinkGone(self.sink.clone())),
+                }
+            }
+            WhenFull::DropNewest => {
+                let e = self.events.clone().try_acquire_many_owned(n_events);
+                let b = self.bytes.clone().try_acquire_many_owned(n_bytes);
+                match (e, b) {
+                    (Ok(e), Ok(b)) => (e, b),
+                    (Err(TryAcquireError::Closed), _) | (_, Err(TryAcquireError::Closed)) => return Err(SinkGone(self.sink.clone())),
+                    _ => {
+                        metrics()
+                            .events_dropped
+                            .with_label_values(&[&self.sink, "queue_full"])
+                            .inc_by(batch.len() as u64);
+                        batch.acknowledge(AckOutcome::Dropped);
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        self.gauge.events.add(batch.len() as i64);
+        self.gauge.bytes.add(batch.byte_len() as i64);
+        let item = QueueItem {
+            batch,
+            _events: Some(permits.0),
+            _bytes: Some(permits.1),
+            gauge: self.gauge.clone(),
+        };
+        self.tx.send(item).map_err(|_| SinkGone(self.sink.clone()))
+    }
+
+    /// The sink this queue feeds.
+    pub fn sink(&self) -> &str {
+        &self.sink
+    }
+}
+
+impl QueueReceiver {
+    /// The next batch; `None` once every sender is gone and the queue is
+    /// empty (shutdown: the sink flushes and exits).
+    pub async fn recv(&mut self) -> Option<QueueItem> {
+        self.rx.recv().await
+    }
+
+    /// The next batch, from a thread outside the runtime.
+    pub fn blocking_recv(&mut self) -> Option<QueueItem> {
+        self.rx.blocking_recv()
+    }
+
+    /// A batch if one is ready now.
+    pub fn try_recv(&mut self) -> Option<QueueItem> {
+        self.rx.try_recv().ok()
+    }
+}

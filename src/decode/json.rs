@@ -1,0 +1,363 @@
+//! The JSON hot path: validate with simd-json, extract the fields the
+//! pipeline needs, and splice the source's metadata members in before the
+//! closing brace. The event's own bytes are copied, never re-serialised.
+
+use simd_json::{Buffers, Node, StaticNode, Tape};
+
+use super::DecodeStats;
+use crate::enrich::{Fragment, Member};
+use crate::event::{BatchBuilder, FieldValueRef};
+use crate::framing::Lines;
+
+/// Deepest nesting simd-json accepts; deeper documents are kept as wrapped
+/// text (simd-json's own default, named here so the behaviour is visible).
+const MAX_DEPTH: usize = 1024;
+
+/// Reusable parse state. One per thread or task: it holds scratch buffers
+/// that grow to the largest line seen and are then reused.
+pub struct Decoder {
+    scratch: Vec<u8>,
+    buffers: Buffers,
+    tape: Tape<'static>,
+    /// Counters since the last [`Decoder::take_stats`].
+    stats: DecodeStats,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new()
+    }
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder").field("stats", &self.stats).finish()
+    }
+}
+
+impl Decoder {
+    /// A decoder with empty scratch space.
+    pub fn new() -> Decoder {
+        Decoder {
+            scratch: Vec::with_capacity(4096),
+            buffers: Buffers::with_max_depth(4096, MAX_DEPTH),
+            tape: Tape(Vec::new()),
+            stats: DecodeStats::default(),
+        }
+    }
+
+    /// Counters since the last call, resetting them.
+    pub fn take_stats(&mut self) -> DecodeStats {
+        std::mem::take(&mut self.stats)
+    }
+
+    /// Decodes every line of a framed chunk into `out`, adding `fragment`.
+    pub fn decode_lines(&mut self, lines: &Lines, fragment: &Fragment, out: &mut BatchBuilder) {
+        for (i, span) in lines.spans.iter().enumerate() {
+            self.decode_line(lines.line(i), span.truncated, &[], fragment, out);
+        }
+    }
+
+    /// Decodes one line into one event.
+    ///
+    /// `extra` are per-event members (a container's stream and timestamp)
+    /// and `fragment` the source's members; the event's own fields win over
+    /// both, and `extra` wins over `fragment`.
+    pub fn decode_line(&mut self, line: &[u8], truncated: bool, extra: &[Member], fragment: &Fragment, out: &mut BatchBuilder) {
+        self.stats.events += 1;
+        self.stats.bytes += line.len() as u64;
+        if truncated {
+            self.stats.truncated += 1;
+        } else if let Some(close) = object_bounds(line) {
+            if self.try_object(line, close, extra, fragment, out) {
+                return;
+            }
+        }
+        self.wrap(line, truncated, extra, fragment, out);
+    }
+
+    /// Writes a line that looks like an object. Returns false, having
+    /// written nothing, when it is not valid JSON.
+    fn try_object(&mut self, line: &[u8], close: usize, extra: &[Member], fragment: &Fragment, out: &mut BatchBuilder) -> bool {
+        let Decoder {
+            scratch, buffers, tape, ..
+        } = self;
+        scratch.clear();
+        scratch.extend_from_slice(line);
+        scratch.resize(line.len() + simd_json::INPUT_PADDING, 0);
+        let mut t: Tape<'_> = std::mem::replace(tape, Tape(Vec::new())).reset();
+        let ok = simd_json::fill_tape_padded(scratch, line.len(), buffers, &mut t).is_ok();
+        let root = t.0.first();
+        if !ok || !matches!(root, Some(Node::Object { .. })) {
+            *tape = t.reset();
+            return false;
+        }
+        let nodes = &t.0[..];
+        let Some(&Node::Object { len: keys, .. }) = nodes.first() else {
+            *tape = t.reset();
+            return false;
+        };
+
+        let buf = out.buffer();
+        buf.extend_from_slice(&line[..close]);
+        let mut need_comma = keys > 0;
+        let append = |m: &Member, buf: &mut Vec<u8>, need_comma: &mut bool| {
+            if *need_comma {
+                buf.push(b',');
+            }
+            buf.extend_from_slice(m.rendered());
+            *need_comma = true;
+        };
+        for (i, m) in extra.iter().enumerate() {
+            if !has_key(nodes, m.key()) && !extra[..i].iter().any(|e| e.key() == m.key()) {
+                append(m, buf, &mut need_comma);
+            }
+        }
+        for m in fragment.members() {
+            if !has_key(nodes, m.key()) && !extra.iter().any(|e| e.key() == m.key()) {
+                append(m, buf, &mut need_comma);
+            }
+        }
+        buf.push(b'}');
+
+        let fields = out.fields().clone();
+        for path in fields.paths() {
+            out.push_value(lookup(nodes, path.segments()));
+        }
+        out.finish_event();
+        *tape = t.reset();
+        true
+    }
+
+    /// Writes `{"message":"<text>"}` for a line that is not a JSON object.
+    fn wrap(&mut self, line: &[u8], truncated: bool, extra: &[Member], fragment: &Fragment, out: &mut BatchBuilder) {
+        self.stats.wrapped += 1;
+        let text = match std::str::from_utf8(line) {
+            Ok(s) => std::borrow::Cow::Borrowed(s),
+            Err(_) => {
+                self.stats.invalid_utf8 += 1;
+                String::from_utf8_lossy(line)
+            }
+        };
+        let buf = out.buffer();
+        buf.extend_from_slice(b"{\"message\":\"");
+        escape_json_str(&text, buf);
+        buf.push(b'"');
+        if truncated {
+            buf.extend_from_slice(b",\"truncated\":true");
+        }
+        for (i, m) in extra.iter().enumerate() {
+            if m.key() != "message" && !extra[..i].iter().any(|e| e.key() == m.key()) {
+                buf.push(b',');
+                buf.extend_from_slice(m.rendered());
+            }
+        }
+        for m in fragment.members() {
+            if m.key() != "message" && !extra.iter().any(|e| e.key() == m.key()) {
+                buf.push(b',');
+                buf.extend_from_slice(m.rendered());
+            }
+        }
+        buf.push(b'}');
+        let fields = out.fields().clone();
+        for path in fields.paths() {
+            let v = match path.segments() {
+                [only] if only == "message" => FieldValueRef::Str(&text),
+                _ => FieldValueRef::Missing,
+            };
+            out.push_value(v);
+        }
+        out.finish_event();
+    }
+}
+
+/// If the line (ignoring surrounding whitespace) starts with `{` and ends
+/// with `}`, the offset of that closing brace.
+fn object_bounds(line: &[u8]) -> Option<usize> {
+    let first = line.iter().position(|b| !b.is_ascii_whitespace())?;
+    let last = line.iter().rposition(|b| !b.is_ascii_whitespace())?;
+    (line[first] == b'{' && line[last] == b'}' && last > first).then_some(last)
+}
+
+/// Whether the root object of the tape has the key.
+fn has_key(nodes: &[Node<'_>], key: &str) -> bool {
+    child(nodes, key).is_some()
+}
+
+/// The value of `key` in the object that starts at `nodes[0]`, as the slice
+/// of nodes it spans.
+fn child<'t, 'i>(nodes: &'t [Node<'i>], key: &str) -> Option<&'t [Node<'i>]> {
+    let Some(&Node::Object { len, .. }) = nodes.first() else {
+        return None;
+    };
+    let mut idx = 1;
+    for _ in 0..len {
+        let k = match nodes.get(idx)? {
+            Node::String(s) => *s,
+            _ => return None,
+        };
+        idx += 1;
+        let count = node_count(nodes.get(idx)?);
+        if k == key {
+            return nodes.get(idx..idx + count);
+        }
+        idx += count;
+    }
+    None
+}
+
+fn node_count(n: &Node<'_>) -> usize {
+    match n {
+        Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
+        _ => 1,
+    }
+}
+
+fn lookup<'a>(nodes: &'a [Node<'a>], path: &[String]) -> FieldValueRef<'a> {
+    let mut cur = nodes;
+    for seg in path {
+        match child(cur, seg) {
+            Some(next) => cur = next,
+            None => return FieldValueRef::Missing,
+        }
+    }
+    match cur.first() {
+        Some(Node::String(s)) => FieldValueRef::Str(s),
+        Some(Node::Static(StaticNode::Null)) => FieldValueRef::Null,
+        Some(Node::Static(StaticNode::Bool(b))) => FieldValueRef::Bool(*b),
+        Some(Node::Static(StaticNode::I64(n))) => FieldValueRef::Number(*n as f64),
+        Some(Node::Static(StaticNode::U64(n))) => FieldValueRef::Number(*n as f64),
+        Some(Node::Static(StaticNode::F64(n))) => FieldValueRef::Number(*n),
+        Some(Node::Object { .. } | Node::Array { .. }) => FieldValueRef::Composite,
+        #[allow(unreachable_patterns)]
+        _ => FieldValueRef::Missing,
+    }
+}
+
+/// Bytes that need escaping inside a JSON string: `"`, `\` and controls.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// Appends `s` as the inside of a JSON string literal.
+pub fn escape_json_str(s: &str, out: &mut Vec<u8>) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !NEEDS_ESCAPE[b as usize] {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]);
+            }
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{FieldPath, FieldSet};
+    use serde_json::{json, Map, Value};
+    use std::sync::Arc;
+
+    fn fragment() -> Fragment {
+        let mut m = Map::new();
+        m.insert("release".into(), json!({"version": "v2"}));
+        m.insert("host".into(), json!("node-1"));
+        Fragment::from_map(&m)
+    }
+
+    fn decode(lines: &[&[u8]], fields: &[&str]) -> (Vec<Value>, crate::event::Batch, DecodeStats) {
+        let mut fs = FieldSet::new();
+        for f in fields {
+            fs.add(FieldPath::parse(f).unwrap());
+        }
+        let mut out = BatchBuilder::with_capacity(Arc::new(fs), 1024, 8);
+        let mut d = Decoder::new();
+        for l in lines {
+            d.decode_line(l, false, &[], &fragment(), &mut out);
+        }
+        let ctx = Arc::new(crate::enrich::SourceContext::new("t".into(), "test", String::new(), Map::new()));
+        let batch = out.build(ctx, std::time::SystemTime::now());
+        let values = batch.events().map(|e| serde_json::from_slice(e).unwrap()).collect();
+        (values, batch, d.take_stats())
+    }
+
+    #[test]
+    fn object_gets_metadata_and_keeps_its_own_fields() {
+        let (v, _, s) = decode(&[br#" {"msg":"hi","host":"mine"} "#], &[]);
+        assert_eq!(v[0], json!({"msg":"hi","host":"mine","release":{"version":"v2"}}));
+        assert_eq!(s.wrapped, 0);
+    }
+
+    #[test]
+    fn empty_object_gets_members_without_leading_comma() {
+        let (v, _, _) = decode(&[b"{}"], &[]);
+        assert_eq!(v[0], json!({"release":{"version":"v2"},"host":"node-1"}));
+    }
+
+    #[test]
+    fn non_objects_are_wrapped_never_dropped() {
+        let inputs: Vec<&[u8]> = vec![b"plain text", b"[1,2]", b"42", b"{\"a\":", b"", b"{bad}", b"\xff\xfe{}"];
+        let (v, _, s) = decode(&inputs, &[]);
+        assert_eq!(v.len(), inputs.len());
+        assert_eq!(v[0]["message"], "plain text");
+        assert_eq!(v[3]["message"], "{\"a\":");
+        assert_eq!(v[4]["message"], "");
+        assert_eq!(v[6]["message"], "\u{fffd}\u{fffd}{}");
+        assert_eq!(s.wrapped, 7);
+        assert_eq!(s.invalid_utf8, 1);
+    }
+
+    #[test]
+    fn fields_are_extracted_by_path() {
+        let (_, b, _) = decode(
+            &[br#"{"status":503,"http":{"path":"/a\"b"},"ok":true}"#, b"text"],
+            &["status", "http.path", "ok", "missing", "message"],
+        );
+        assert_eq!(b.value(0, 0), FieldValueRef::Number(503.0));
+        assert_eq!(b.value(0, 1), FieldValueRef::Str("/a\"b"));
+        assert_eq!(b.value(0, 2), FieldValueRef::Bool(true));
+        assert_eq!(b.value(0, 3), FieldValueRef::Missing);
+        assert_eq!(b.value(1, 4), FieldValueRef::Str("text"));
+    }
+
+    #[test]
+    fn very_deep_nesting_is_wrapped_not_a_crash() {
+        let mut deep = vec![b'{'];
+        for _ in 0..10_000 {
+            deep.extend_from_slice(b"\"a\":{");
+        }
+        deep.extend(std::iter::repeat_n(b'}', 10_001));
+        let (v, _, _) = decode(&[&deep], &[]);
+        assert!(v[0]["message"].is_string());
+    }
+
+    #[test]
+    fn escaping_round_trips_controls() {
+        let s = "a\"b\\c\nd\u{1}e\u{7f}é";
+        let mut out = Vec::new();
+        escape_json_str(s, &mut out);
+        let back: String = serde_json::from_slice(&[b"\"".as_slice(), &out, b"\""].concat()).unwrap();
+        assert_eq!(back, s);
+    }
+}

@@ -1,0 +1,34 @@
+//! Decoding: each framed line becomes one enriched JSON object in a batch.
+//! Container formats (CRI, docker) unwrap first; the payload then goes
+//! through [`Decoder::decode_line`], the one place that parses JSON.
+
+mod json;
+
+pub use json::{escape_json_str, Decoder};
+
+/// Counters a decoder accumulates; callers flush them into the self-metrics
+/// once per batch, never per event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeStats {
+    /// Events written.
+    pub events: u64,
+    /// Line bytes read (without newlines).
+    pub bytes: u64,
+    /// Lines that were not a JSON object and were wrapped as `{"message":…}`.
+    pub wrapped: u64,
+    /// Wrapped lines whose invalid UTF-8 was replaced.
+    pub invalid_utf8: u64,
+    /// Lines cut at `max_line_bytes`.
+    pub truncated: u64,
+}
+
+impl DecodeStats {
+    /// Adds another set of counters.
+    pub fn add(&mut self, o: &DecodeStats) {
+        self.events += o.events;
+        self.bytes += o.bytes;
+        self.wrapped += o.wrapped;
+        self.invalid_utf8 += o.invalid_utf8;
+        self.truncated += o.truncated;
+    }
+}

@@ -1,0 +1,245 @@
+//! Events move through sluice in batches: one contiguous NDJSON buffer per
+//! batch with an index of where each event ends, plus the few fields the
+//! pipeline asked the decoder to extract. Sinks that write NDJSON (stdout, S3)
+//! hand the buffer to the kernel in one write; sinks that need per-event
+//! structure (Loki, Kafka) slice it by index.
+
+mod ack;
+mod fields;
+
+pub use ack::{AckGroup, AckOutcome, AckReceiver, AckWindow, Acknowledger, Completion};
+pub use fields::{FieldPath, FieldSet, FieldValue};
+
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::enrich::SourceContext;
+
+/// A batch of decoded, enriched events from one stream (one file, one
+/// connection, stdin).
+///
+/// Invariants: `ends` is strictly increasing, `ends.last() == data.len()`,
+/// and every event `data[start..end]` is one JSON object followed by `\n`.
+/// `values.len() == ends.len() * fields.len()`: row `i` holds the extracted
+/// fields of event `i`.
+#[derive(Debug)]
+pub struct Batch {
+    data: Bytes,
+    ends: Vec<u32>,
+    values: Vec<FieldValue>,
+    strings: String,
+    fields: Arc<FieldSet>,
+    /// Where the events came from, and the metadata shared by all of them.
+    pub source: Arc<SourceContext>,
+    /// When the source read the bytes of this batch.
+    pub received_at: SystemTime,
+    /// Set when the batch must be acknowledged back to its source.
+    pub ack: Option<Acknowledger>,
+}
+
+impl Batch {
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// True when the batch carries no events.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bytes of NDJSON this batch holds (its weight in queue budgets).
+    pub fn byte_len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The whole batch as NDJSON: every event followed by `\n`.
+    pub fn ndjson(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// Event `i` as a JSON object, without its trailing newline.
+    pub fn event(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.data[start..self.ends[i] as usize - 1]
+    }
+
+    /// Event `i` as a `Bytes` slice of the batch buffer (no copy).
+    pub fn event_bytes(&self, i: usize) -> Bytes {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.data.slice(start..self.ends[i] as usize - 1)
+    }
+
+    /// Iterates over the events as JSON objects.
+    pub fn events(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        (0..self.len()).map(move |i| self.event(i))
+    }
+
+    /// The extracted value of `field` (an index into the pipeline's
+    /// [`FieldSet`]) for event `i`.
+    pub fn value(&self, i: usize, field: usize) -> FieldValueRef<'_> {
+        let v = &self.values[i * self.fields.len() + field];
+        v.as_ref(&self.strings)
+    }
+
+    /// The field set the values were extracted for.
+    pub fn fields(&self) -> &Arc<FieldSet> {
+        &self.fields
+    }
+
+    /// Tells the source that this sink is done with the batch.
+    pub fn acknowledge(&self, outcome: AckOutcome) {
+        if let Some(ack) = &self.ack {
+            ack.complete(outcome);
+        }
+    }
+}
+
+/// A borrowed view of one extracted value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FieldValueRef<'a> {
+    /// The event has no such field.
+    Missing,
+    /// JSON `null`.
+    Null,
+    /// JSON `true` or `false`.
+    Bool(bool),
+    /// Any JSON number.
+    Number(f64),
+    /// A JSON string, unescaped.
+    Str(&'a str),
+    /// An object or array, not extracted further.
+    Composite,
+}
+
+impl<'a> FieldValueRef<'a> {
+    /// The value as text, the way labels and keys render it. Missing, null
+    /// and composite values have no text.
+    pub fn render(&self, out: &mut String) -> bool {
+        match *self {
+            FieldValueRef::Str(s) => out.push_str(s),
+            FieldValueRef::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+            FieldValueRef::Number(n) => {
+                if n.fract() == 0.0 && n.abs() < 1e15 {
+                    out.push_str(itoa::Buffer::new().format(n as i64));
+                } else {
+                    out.push_str(ryu::Buffer::new().format(n));
+                }
+            }
+            FieldValueRef::Missing | FieldValueRef::Null | FieldValueRef::Composite => return false,
+        }
+        true
+    }
+
+    /// The value as a number, when it is one or a string holding one.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            FieldValueRef::Number(n) => Some(n),
+            FieldValueRef::Str(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// The value as a string slice, when it is a string.
+    pub fn as_str(&self) -> Option<&'a str> {
+        match *self {
+            FieldValueRef::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// Builds one [`Batch`]: the decoder appends events and their field values.
+#[derive(Debug)]
+pub struct BatchBuilder {
+    data: Vec<u8>,
+    ends: Vec<u32>,
+    values: Vec<FieldValue>,
+    strings: String,
+    fields: Arc<FieldSet>,
+}
+
+impl BatchBuilder {
+    /// A builder sized for about `bytes` of output.
+    pub fn with_capacity(fields: Arc<FieldSet>, bytes: usize, events: usize) -> Self {
+        BatchBuilder {
+            data: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(events),
+            values: Vec::with_capacity(events * fields.len()),
+            strings: String::new(),
+            fields,
+        }
+    }
+
+    /// The output buffer the decoder writes the current event into.
+    pub fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.data
+    }
+
+    /// Ends the current event: appends the newline and records the boundary.
+    /// The caller must have pushed exactly `fields.len()` values for it.
+    pub fn finish_event(&mut self) {
+        self.data.push(b'\n');
+        self.ends.push(self.data.len() as u32);
+        debug_assert_eq!(self.values.len(), self.ends.len() * self.fields.len());
+    }
+
+    /// Records an extracted value for the current event.
+    pub fn push_value(&mut self, v: FieldValueRef<'_>) {
+        let stored = match v {
+            FieldValueRef::Missing => FieldValue::Missing,
+            FieldValueRef::Null => FieldValue::Null,
+            FieldValueRef::Bool(b) => FieldValue::Bool(b),
+            FieldValueRef::Number(n) => FieldValue::Number(n),
+            FieldValueRef::Composite => FieldValue::Composite,
+            FieldValueRef::Str(s) => {
+                let start = self.strings.len() as u32;
+                self.strings.push_str(s);
+                FieldValue::Str(start, s.len() as u32)
+            }
+        };
+        self.values.push(stored);
+    }
+
+    /// Pushes `Missing` for every field (events that are not JSON objects).
+    pub fn push_missing_values(&mut self) {
+        for _ in 0..self.fields.len() {
+            self.values.push(FieldValue::Missing);
+        }
+    }
+
+    /// Number of events so far.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// True when no event was added.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bytes written so far.
+    pub fn byte_len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The field set this builder extracts.
+    pub fn fields(&self) -> &Arc<FieldSet> {
+        &self.fields
+    }
+
+    /// Finishes the batch.
+    pub fn build(self, source: Arc<SourceContext>, received_at: SystemTime) -> Batch {
+        Batch {
+            data: Bytes::from(self.data),
+            ends: self.ends,
+            values: self.values,
+            strings: self.strings,
+            fields: self.fields,
+            source,
+            received_at,
+            ack: None,
+        }
+    }
+}

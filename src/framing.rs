@@ -1,0 +1,335 @@
+//! Line framing: bytes read in large chunks become complete lines, each a
+//! span of the chunk it was read in (no copy).
+
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+
+/// How much to ask the kernel for per read. Large reads amortise the
+/// syscall; 256 KiB keeps a chunk well inside L2 while it is decoded.
+pub const READ_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Default cap on one line: long enough for any sane log event, short
+/// enough that a stream without newlines cannot grow memory without bound.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 1024 * 1024;
+
+/// What happens to a line longer than `max_line_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OverflowPolicy {
+    /// Keep the first `max_line_bytes` bytes as a flagged event.
+    #[default]
+    Truncate,
+    /// Drop the line and count it.
+    Drop,
+}
+
+/// One line of a chunk: `chunk[start..start + len]`, without its newline or
+/// trailing `\r`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineSpan {
+    /// Offset in the chunk.
+    pub start: u32,
+    /// Length in bytes.
+    pub len: u32,
+    /// The line was longer than the limit and was cut to it.
+    pub truncated: bool,
+}
+
+/// Complete lines framed from one read chunk.
+#[derive(Debug, Clone)]
+pub struct Lines {
+    /// The bytes the spans point into.
+    pub chunk: Bytes,
+    /// The lines, in order.
+    pub spans: Vec<LineSpan>,
+    /// Lines dropped by the `drop` overflow policy while framing this chunk.
+    pub dropped: u64,
+}
+
+impl Lines {
+    /// Line `i` as a slice.
+    pub fn line(&self, i: usize) -> &[u8] {
+        let s = self.spans[i];
+        &self.chunk[s.start as usize..(s.start + s.len) as usize]
+    }
+
+    /// Line `i` as `Bytes` sharing the chunk (no copy).
+    pub fn line_bytes(&self, i: usize) -> Bytes {
+        let s = self.spans[i];
+        self.chunk.slice(s.start as usize..(s.start + s.len) as usize)
+    }
+
+    /// Number of lines.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// True when there is no line.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Bytes of line content (without newlines).
+    pub fn content_bytes(&self) -> usize {
+        self.spans.iter().map(|s| s.len as usize).sum()
+    }
+}
+
+/// Splits every complete line of `chunk` into spans. Bytes after the last
+/// newline are not part of any span; `split_lines` returns where they start.
+pub fn split_lines(chunk: &[u8], spans: &mut Vec<LineSpan>) -> usize {
+    let mut start = 0usize;
+    for nl in memchr::memchr_iter(b'\n', chunk) {
+        let mut end = nl;
+        if end > start && chunk[end - 1] == b'\r' {
+            end -= 1;
+        }
+        spans.push(LineSpan {
+            start: start as u32,
+            len: (end - start) as u32,
+            truncated: false,
+        });
+        start = nl + 1;
+    }
+    start
+}
+
+/// Turns a byte stream into chunks of complete lines, enforcing the line
+/// limit with bounded memory.
+///
+/// Invariants: `buf` holds only bytes after the last newline handed out;
+/// `buf[..scanned]` is known to contain no newline; when `discarding` is
+/// set, the current line already overflowed and its remaining bytes are
+/// skipped up to the next newline. `buf` never grows past
+/// `max_line_bytes + read_chunk`.
+#[derive(Debug)]
+pub struct LineFramer {
+    buf: BytesMut,
+    scanned: usize,
+    max_line_bytes: usize,
+    policy: OverflowPolicy,
+    discarding: bool,
+    read_chunk: usize,
+}
+
+impl LineFramer {
+    /// A framer with the given limit and overflow policy.
+    pub fn new(max_line_bytes: usize, policy: OverflowPolicy) -> LineFramer {
+        LineFramer::with_read_chunk(max_line_bytes, policy, READ_CHUNK_BYTES)
+    }
+
+    /// A framer that reads `read_chunk` bytes at a time.
+    pub fn with_read_chunk(max_line_bytes: usize, policy: OverflowPolicy, read_chunk: usize) -> LineFramer {
+        LineFramer {
+            buf: BytesMut::with_capacity(read_chunk),
+            scanned: 0,
+            max_line_bytes: max_line_bytes.max(1),
+            policy,
+            discarding: false,
+            read_chunk: read_chunk.max(1),
+        }
+    }
+
+    /// Reads once from `r` into the buffer. Returns the bytes read (0 at
+    /// end of input).
+    pub fn fill_from<R: std::io::Read>(&mut self, r: &mut R) -> std::io::Result<usize> {
+        let len = self.buf.len();
+        self.buf.resize(len + self.read_chunk, 0);
+        let res = r.read(&mut self.buf[len..]);
+        let n = *res.as_ref().unwrap_or(&0);
+        self.buf.truncate(len + n);
+        res
+    }
+
+    /// The buffer, for async readers (`AsyncReadExt::read_buf`). Append
+    /// only; reserve about [`LineFramer::read_chunk`] bytes first.
+    pub fn buf_mut(&mut self) -> &mut BytesMut {
+        if self.buf.capacity() - self.buf.len() < self.read_chunk / 2 {
+            self.buf.reserve(self.read_chunk);
+        }
+        &mut self.buf
+    }
+
+    /// Appends bytes that were read elsewhere (datagrams, decompressed data).
+    pub fn extend(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// How many bytes a read should ask for.
+    pub fn read_chunk(&self) -> usize {
+        self.read_chunk
+    }
+
+    /// Bytes buffered that are not yet part of a complete line.
+    pub fn pending_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next chunk of complete lines, if any. Call until `None` after
+    /// each fill.
+    pub fn take_lines(&mut self) -> Option<Lines> {
+        let mut dropped = 0;
+        loop {
+            if self.discarding {
+                match memchr::memchr(b'\n', &self.buf) {
+                    Some(nl) => {
+                        let _ = self.buf.split_to(nl + 1);
+                        self.discarding = false;
+                        self.scanned = 0;
+                    }
+                    None => {
+                        self.buf.clear();
+                        self.scanned = 0;
+                        return self.only_dropped(dropped);
+                    }
+                }
+            }
+            let tail = &self.buf[self.scanned..];
+            match memchr::memrchr(b'\n', tail) {
+                Some(rel) => {
+                    let chunk = self.buf.split_to(self.scanned + rel + 1).freeze();
+                    self.scanned = 0;
+                    let mut spans = Vec::with_capacity(chunk.len() / 128 + 1);
+                    split_lines(&chunk, &mut spans);
+                    dropped += self.enforce_limit(&mut spans);
+                    return Some(Lines { chunk, spans, dropped });
+                }
+                None if self.buf.len() >= self.max_line_bytes => {
+                    let head = self.buf.split_to(self.max_line_bytes).freeze();
+                    self.scanned = 0;
+                    self.discarding = true;
+                    match self.policy {
+                        OverflowPolicy::Truncate => {
+                            let len = head.len() as u32;
+                            return Some(Lines {
+                                chunk: head,
+                                spans: vec![LineSpan {
+                                    start: 0,
+                                    len,
+                                    truncated: true,
+                                }],
+                                dropped,
+                            });
+                        }
+                        OverflowPolicy::Drop => dropped += 1,
+                    }
+                }
+                None => {
+                    self.scanned = self.buf.len();
+                    return self.only_dropped(dropped);
+                }
+            }
+        }
+    }
+
+    /// At end of input: the last line, even without a newline.
+    pub fn finish(&mut self) -> Option<Lines> {
+        if self.discarding {
+            self.buf.clear();
+            self.discarding = false;
+            return None;
+        }
+        if self.buf.is_empty() {
+            return None;
+        }
+        self.buf.extend_from_slice(b"\n");
+        self.scanned = 0;
+        self.take_lines()
+    }
+
+    fn only_dropped(&self, dropped: u64) -> Option<Lines> {
+        (dropped > 0).then(|| Lines {
+            chunk: Bytes::new(),
+            spans: Vec::new(),
+            dropped,
+        })
+    }
+
+    /// Applies the line limit to complete lines; returns how many it dropped.
+    fn enforce_limit(&self, spans: &mut Vec<LineSpan>) -> u64 {
+        let max = self.max_line_bytes as u32;
+        if spans.iter().all(|s| s.len <= max) {
+            return 0;
+        }
+        let before = spans.len();
+        match self.policy {
+            OverflowPolicy::Truncate => {
+                for s in spans.iter_mut().filter(|s| s.len > max) {
+                    s.len = max;
+                    s.truncated = true;
+                }
+                0
+            }
+            OverflowPolicy::Drop => {
+                spans.retain(|s| s.len <= max);
+                (before - spans.len()) as u64
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_all(input: &[u8], max: usize, policy: OverflowPolicy, read_chunk: usize) -> (Vec<(Vec<u8>, bool)>, u64) {
+        let mut f = LineFramer::with_read_chunk(max, policy, read_chunk);
+        let mut r = input;
+        let mut out = Vec::new();
+        let mut dropped = 0;
+        let collect = |lines: Lines, out: &mut Vec<(Vec<u8>, bool)>| {
+            for (i, s) in lines.spans.iter().enumerate() {
+                out.push((lines.line(i).to_vec(), s.truncated));
+            }
+            lines.dropped
+        };
+        while f.fill_from(&mut r).unwrap() > 0 {
+            while let Some(l) = f.take_lines() {
+                dropped += collect(l, &mut out);
+            }
+            assert!(f.pending_bytes() <= max + read_chunk);
+        }
+        while let Some(l) = f.finish() {
+            dropped += collect(l, &mut out);
+        }
+        (out, dropped)
+    }
+
+    #[test]
+    fn splits_lines_strips_crlf_and_keeps_last_line_without_newline() {
+        let (lines, _) = frame_all(b"a\r\nb\n\nc", 100, OverflowPolicy::Truncate, 3);
+        let got: Vec<_> = lines.iter().map(|(l, _)| l.as_slice()).collect();
+        assert_eq!(got, vec![&b"a"[..], b"b", b"", b"c"]);
+    }
+
+    #[test]
+    fn lone_cr_is_content() {
+        let (lines, _) = frame_all(b"a\rb\n", 100, OverflowPolicy::Truncate, 64);
+        assert_eq!(lines[0].0, b"a\rb");
+    }
+
+    #[test]
+    fn long_line_is_truncated_and_flagged_with_bounded_memory() {
+        let mut input = vec![b'x'; 10 * 1024 * 1024];
+        input.extend_from_slice(b"\nnext\n");
+        let (lines, dropped) = frame_all(&input, 1024, OverflowPolicy::Truncate, 4096);
+        assert_eq!(dropped, 0);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].0.len(), 1024);
+        assert!(lines[0].1);
+        assert_eq!(lines[1], (b"next".to_vec(), false));
+    }
+
+    #[test]
+    fn long_line_is_dropped_and_counted() {
+        let mut input = b"a\n".to_vec();
+        input.extend(vec![b'y'; 5000]);
+        input.extend_from_slice(b"\nb\n");
+        for chunk in [16, 4096, 1 << 16] {
+            let (lines, dropped) = frame_all(&input, 100, OverflowPolicy::Drop, chunk);
+            assert_eq!(dropped, 1, "read chunk {chunk}");
+            let got: Vec<_> = lines.iter().map(|(l, _)| l.clone()).collect();
+            assert_eq!(got, vec![b"a".to_vec(), b"b".to_vec()], "read chunk {chunk}");
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! From a source to the sink queues: chunks are decoded in parallel on the
+//! blocking pool (every core busy), but leave in the order they were read,
+//! then one fan-out task per source hands each batch to every sink queue.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::buffer::QueueSender;
+use crate::decode::Decoder;
+use crate::enrich::SourceContext;
+use crate::event::{AckOutcome, Acknowledger, Batch, BatchBuilder, FieldSet};
+use crate::framing::Lines;
+use crate::telemetry::metrics;
+
+/// A boxed task: sources and sinks run as one of these.
+pub type Task<E> = Pin<Box<dyn Future<Output = Result<(), E>> + Send + 'static>>;
+
+/// Chunks a source may have in decode at once. Four keeps both cores busy
+/// with one chunk decoding while the next is read, and bounds memory to a
+/// few read chunks per source.
+const DECODE_IN_FLIGHT: usize = 4;
+
+/// The pipeline has shut down; the source should stop.
+#[derive(Debug, thiserror::Error)]
+#[error("the pipeline has shut down")]
+pub struct PipelineClosed;
+
+enum Pending {
+    Decoding(JoinHandle<Batch>),
+    Ready(Batch),
+}
+
+/// Looks at every batch before it is fanned out (the SLI metrics).
+pub trait BatchTap: Send + Sync {
+    /// Called once per batch, in order, on the fan-out task.
+    fn observe(&self, batch: &Batch);
+}
+
+/// A source's way into the pipeline. Cloneable; the fan-out ends when every
+/// clone is dropped.
+#[derive(Clone)]
+pub struct SourceOutput {
+    tx: mpsc::Sender<Pending>,
+    fields: Arc<FieldSet>,
+    source: Arc<str>,
+}
+
+impl std::fmt::Debug for SourceOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceOutput").field("source", &self.source).finish()
+    }
+}
+
+thread_local! {
+    static DECODER: RefCell<Decoder> = RefCell::new(Decoder::new());
+}
+
+impl SourceOutput {
+    /// The fields sinks and SLI rules need extracted.
+    pub fn fields(&self) -> &Arc<FieldSet> {
+        &self.fields
+    }
+
+    /// The source's name.
+    pub fn source(&self) -> &Arc<str> {
+        &self.source
+    }
+
+    /// Decodes framed lines into one batch (in parallel with other chunks)
+    /// and queues it, in order, for fan-out. Waits when the source is ahead
+    /// of the pipeline: that is the source's backpressure.
+    pub async fn send_lines(&self, lines: Lines, ctx: Arc<SourceContext>, ack: Option<Acknowledger>) -> Result<(), PipelineClosed> {
+        let pending = self.spawn_lines(lines, ctx, ack);
+        self.tx.send(pending).await.map_err(|_| PipelineClosed)
+    }
+
+    /// [`SourceOutput::send_lines`] from a thread outside the runtime.
+    pub fn blocking_send_lines(&self, lines: Lines, ctx: Arc<SourceContext>, ack: Option<Acknowledger>) -> Result<(), PipelineClosed> {
+        let pending = self.spawn_lines(lines, ctx, ack);
+        self.tx.blocking_send(pending).map_err(|_| PipelineClosed)
+    }
+
+    /// Runs a custom decode (container formats) on the decode pool and
+    /// queues its batch in order. `decode` gets this thread's [`Decoder`]
+    /// and an empty builder for the pipeline's fields.
+    pub async fn send_decoded<F>(
+        &self,
+        ctx: Arc<SourceContext>,
+        ack: Option<Acknowledger>,
+        size_hint: usize,
+        decode: F,
+    ) -> Result<(), PipelineClosed>
+    where
+        F: FnOnce(&mut Decoder, &mut BatchBuilder) + Send + 'static,
+    {
+        let pending = self.spawn_decode(ctx, ack, size_hint, decode);
+        self.tx.send(pending).await.map_err(|_| PipelineClosed)
+    }
+
+    /// Queues an already decoded batch.
+    pub async fn send_batch(&self, batch: Batch) -> Result<(), PipelineClosed> {
+        self.tx.send(Pending::Ready(batch)).await.map_err(|_| PipelineClosed)
+    }
+
+    fn spawn_lines(&self, lines: Lines, ctx: Arc<SourceContext>, ack: Option<Acknowledger>) -> Pending {
+        if lines.dropped > 0 {
+            metrics()
+                .events_dropped
+                .with_label_values(&[&self.source, "line_too_long"])
+                .inc_by(lines.dropped);
+        }
+        let size = lines.chunk.len() + lines.len() * (ctx.fragment.members().iter().map(|m| m.rendered().len() + 1).sum::<usize>() + 1);
+        self.spawn_decode(ctx.clone(), ack, size, move |decoder, out| {
+            decoder.decode_lines(&lines, &ctx.fragment, out);
+        })
+    }
+
+    fn spawn_decode<F>(&self, ctx: Arc<SourceContext>, ack: Option<Acknowledger>, size_hint: usize, decode: F) -> Pending
+    where
+        F: FnOnce(&mut Decoder, &mut BatchBuilder) + Send + 'static,
+    {
+        let fields = self.fields.clone();
+        let source = self.source.clone();
+        let received_at = SystemTime::now();
+        Pending::Decoding(tokio::task::spawn_blocking(move || {
+            let mut out = BatchBuilder::with_capacity(fields, size_hint, size_hint / 200 + 1);
+            let stats = DECODER.with(|d| {
+                let mut d = d.borrow_mut();
+                decode(&mut d, &mut out);
+                d.take_stats()
+            });
+            let m = metrics();
+            m.source_events.with_label_values(&[&source]).inc_by(stats.events);
+            m.source_bytes.with_label_values(&[&source]).inc_by(stats.bytes);
+            if stats.wrapped > stats.invalid_utf8 {
+                m.events_wrapped
+                    .with_label_values(&[&source, "not_json"])
+                    .inc_by(stats.wrapped - stats.invalid_utf8);
+            }
+            if stats.invalid_utf8 > 0 {
+                m.events_wrapped
+                    .with_label_values(&[&source, "invalid_utf8"])
+                    .inc_by(stats.invalid_utf8);
+            }
+            if stats.truncated > 0 {
+                m.lines_truncated.with_label_values(&[&source]).inc_by(stats.truncated);
+            }
+            let mut batch = out.build(ctx, received_at);
+            batch.ack = ack;
+            batch
+        }))
+    }
+}
+
+/// Creates a source's output and spawns its fan-out task, which feeds
+/// `sinks` and finishes once every clone of the output is dropped and the
+/// last batch is queued.
+pub fn source_output(
+    source: Arc<str>,
+    fields: Arc<FieldSet>,
+    sinks: Vec<QueueSender>,
+    taps: Vec<Arc<dyn BatchTap>>,
+) -> (SourceOutput, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(DECODE_IN_FLIGHT);
+    let task = tokio::spawn(fan_out(rx, sinks, taps, source.clone()));
+    (SourceOutput { tx, fields, source }, task)
+}
+
+async fn fan_out(mut rx: mpsc::Receiver<Pending>, sinks: Vec<QueueSender>, taps: Vec<Arc<dyn BatchTap>>, source: Arc<str>) {
+    while let Some(pending) = rx.recv().await {
+        let batch = match pending {
+            Pending::Ready(b) => b,
+            Pending::Decoding(handle) => match handle.await {
+                Ok(b) => b,
+                Err(e) => {
+                    // Decode never panics on input (every path is tested with
+                    // hostile bytes); if it ever does, say so loudly. The
+                    // batch's acknowledger was dropped with it, so the source
+                    // does not move past these lines.
+                    tracing::error!(source = %source, error = %e, "decode task failed; batch abandoned");
+                    continue;
+                }
+            },
+        };
+        metrics().batch_events.observe(batch.len() as f64);
+        for tap in &taps {
+            tap.observe(&batch);
+        }
+        if let Some(ack) = &batch.ack {
+            ack.expect(if batch.is_empty() { 0 } else { sinks.len() });
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let batch = Arc::new(batch);
+        for sink in &sinks {
+            if let Err(e) = sink.send(batch.clone()).await {
+                tracing::debug!(error = %e, "batch not queued");
+                batch.acknowledge(AckOutcome::Abandoned);
+            }
+        }
+    }
+}
+
+/// Tells sources to stop reading. Cloneable; cheap to poll.
+#[derive(Debug, Clone)]
+pub struct ShutdownSignal {
+    rx: watch::Receiver<bool>,
+}
+
+/// Triggers a [`ShutdownSignal`].
+#[derive(Debug)]
+pub struct ShutdownTrigger {
+    tx: watch::Sender<bool>,
+}
+
+/// A signal and its trigger.
+pub fn shutdown_pair() -> (ShutdownTrigger, ShutdownSignal) {
+    let (tx, rx) = watch::channel(false);
+    (ShutdownTrigger { tx }, ShutdownSignal { rx })
+}
+
+impl ShutdownTrigger {
+    /// Asks every source to stop.
+    pub fn trigger(&self) {
+        let _ = self.tx.send(true);
+    }
+}
+
+impl ShutdownSignal {
+    /// True once shutdown was asked for.
+    pub fn is_set(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Completes when shutdown is asked for.
+    pub async fn wait(&mut self) {
+        let _ = self.rx.wait_for(|v| *v).await;
+    }
+}

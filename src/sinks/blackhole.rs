@@ -1,0 +1,41 @@
+//! `type = "blackhole"`: counts and acknowledges, delivers nowhere. For
+//! benchmarks and for measuring the pipeline without a destination.
+
+use serde::Deserialize;
+
+use super::{SinkCx, SinkError};
+use crate::buffer::QueueReceiver;
+use crate::event::AckOutcome;
+use crate::pipeline::Task;
+use crate::telemetry::metrics;
+
+/// Settings of the blackhole sink.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlackholeConfig {
+    /// Log a summary of what was received at exit.
+    pub print_summary: bool,
+}
+
+impl BlackholeConfig {
+    /// Consumes the queue.
+    pub fn build(&self, cx: SinkCx, mut input: QueueReceiver) -> Task<SinkError> {
+        let print_summary = self.print_summary;
+        Box::pin(async move {
+            let events = metrics().sink_events.with_label_values(&[&cx.name]);
+            let bytes = metrics().sink_bytes.with_label_values(&[&cx.name]);
+            let (mut n, mut b) = (0u64, 0u64);
+            while let Some(item) = input.recv().await {
+                n += item.batch.len() as u64;
+                b += item.batch.byte_len() as u64;
+                events.inc_by(item.batch.len() as u64);
+                bytes.inc_by(item.batch.byte_len() as u64);
+                item.batch.acknowledge(AckOutcome::Delivered);
+            }
+            if print_summary {
+                tracing::info!(sink = %cx.name, events = n, bytes = b, "blackhole summary");
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,100 @@
+//! Sinks: where events go. A sink is one file (or folder) here with a config
+//! struct and a `build` function; [`parse_config`] and [`SinkConfig`] are
+//! the registry that names them.
+//!
+//! Every sink follows one contract: take [`QueueItem`]s from its queue,
+//! deliver them, then call `batch.acknowledge(..)` exactly once per item.
+//! When the queue ends (`recv` returns `None`) it flushes and returns.
+
+pub mod blackhole;
+pub mod stdout;
+
+use serde_json::{Map, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::buffer::QueueReceiver;
+use crate::config::{parse_at, ConfigError};
+use crate::event::{FieldPath, FieldSet};
+use crate::pipeline::Task;
+use crate::telemetry::Health;
+
+/// A sink's settings, by type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkConfig {
+    /// `type = "stdout"`.
+    Stdout(stdout::StdoutConfig),
+    /// `type = "blackhole"`.
+    Blackhole(blackhole::BlackholeConfig),
+}
+
+/// Errors that end a sink. Delivery failures that retrying can fix are not
+/// errors: a sink retries them itself.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The sink cannot go on (its output closed, its config cannot work).
+    #[error("sink {sink}: {message}")]
+    Fatal {
+        /// The sink's name.
+        sink: String,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// What a sink gets to run with.
+#[derive(Debug, Clone)]
+pub struct SinkCx {
+    /// The sink's name.
+    pub name: Arc<str>,
+    /// Fields the decoder extracts; look up the indexes of the ones this
+    /// sink asked for in [`SinkConfig::fields_needed`].
+    pub fields: Arc<FieldSet>,
+    /// Report health changes here (`/ready`).
+    pub health: Arc<Health>,
+    /// Where it may keep a disk buffer.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Parses the settings of a sink of type `kind` at config `path`.
+pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<SinkConfig, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let value = Value::Object(rest);
+    let parsed = match kind {
+        "stdout" => parse_at(path, value, &mut errors).map(SinkConfig::Stdout),
+        "blackhole" => parse_at(path, value, &mut errors).map(SinkConfig::Blackhole),
+        other => {
+            errors.push(ConfigError::new(
+                format!("{path}.type"),
+                format!("unknown sink type {other:?}; known: stdout, blackhole"),
+            ));
+            None
+        }
+    };
+    parsed.ok_or(errors)
+}
+
+impl SinkConfig {
+    /// The type name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::Blackhole(_) => "blackhole",
+        }
+    }
+
+    /// Event fields this sink reads (labels, keys, timestamps).
+    pub fn fields_needed(&self) -> Vec<FieldPath> {
+        match self {
+            SinkConfig::Stdout(_) | SinkConfig::Blackhole(_) => Vec::new(),
+        }
+    }
+
+    /// Checks the destination and starts the sink on its queue.
+    pub async fn build(&self, cx: SinkCx, input: QueueReceiver) -> Result<Task<SinkError>, SinkError> {
+        match self {
+            SinkConfig::Stdout(c) => Ok(c.build(cx, input)),
+            SinkConfig::Blackhole(c) => Ok(c.build(cx, input)),
+        }
+    }
+}

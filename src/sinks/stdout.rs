@@ -1,0 +1,58 @@
+//! `type = "stdout"`: enriched NDJSON on standard output, one write per
+//! batch.
+
+use serde::Deserialize;
+use std::io::Write;
+
+use super::{SinkCx, SinkError};
+use crate::buffer::QueueReceiver;
+use crate::event::AckOutcome;
+use crate::pipeline::Task;
+use crate::telemetry::metrics;
+
+/// Settings of the stdout sink (none yet; unknown keys are errors).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutConfig {}
+
+impl StdoutConfig {
+    /// Writes on a blocking thread: a reader that stops reading blocks the
+    /// write, the queue fills, and backpressure reaches the source.
+    pub fn build(&self, cx: SinkCx, mut input: QueueReceiver) -> Task<SinkError> {
+        Box::pin(async move {
+            let name = cx.name.clone();
+            tokio::task::spawn_blocking(move || {
+                let events = metrics().sink_events.with_label_values(&[&cx.name]);
+                let bytes = metrics().sink_bytes.with_label_values(&[&cx.name]);
+                let stdout = std::io::stdout();
+                let mut out = stdout.lock();
+                while let Some(item) = input.blocking_recv() {
+                    let batch = &item.batch;
+                    if let Err(e) = out.write_all(batch.ndjson()).and_then(|_| out.flush()) {
+                        batch.acknowledge(AckOutcome::Abandoned);
+                        let message = if e.kind() == std::io::ErrorKind::BrokenPipe {
+                            "standard output was closed by its reader".to_owned()
+                        } else {
+                            format!("write failed: {e}")
+                        };
+                        return Err(SinkError::Fatal {
+                            sink: cx.name.to_string(),
+                            message,
+                        });
+                    }
+                    events.inc_by(batch.len() as u64);
+                    bytes.inc_by(batch.byte_len() as u64);
+                    batch.acknowledge(AckOutcome::Delivered);
+                }
+                Ok(())
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(SinkError::Fatal {
+                    sink: name.to_string(),
+                    message: format!("writer thread failed: {e}"),
+                })
+            })
+        })
+    }
+}

@@ -1,0 +1,81 @@
+//! Sources: where events come from. A source is one file here with a config
+//! struct and a `build` function; [`parse_config`] and [`SourceConfig`] are
+//! the registry that names them.
+
+pub mod stdin;
+
+use serde_json::{Map, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::{parse_at, ConfigError};
+use crate::enrich::EnrichConfig;
+use crate::pipeline::{ShutdownSignal, SourceOutput, Task};
+
+/// A source's settings, by type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceConfig {
+    /// `type = "stdin"`.
+    Stdin(stdin::StdinConfig),
+}
+
+/// Errors a running source can end with.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Reading failed in a way the source cannot recover from.
+    #[error("source {source_name}: {message}")]
+    Fatal {
+        /// The source's name.
+        source_name: String,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// What a source gets to run with.
+#[derive(Debug, Clone)]
+pub struct SourceCx {
+    /// The source's name.
+    pub name: Arc<str>,
+    /// Where its lines go.
+    pub output: SourceOutput,
+    /// Set when it should stop reading.
+    pub shutdown: ShutdownSignal,
+    /// Release and process metadata settings.
+    pub enrich: Arc<EnrichConfig>,
+    /// Where it may keep checkpoints.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Parses the settings of a source of type `kind` at config `path`.
+pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<SourceConfig, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let value = Value::Object(rest);
+    let parsed = match kind {
+        "stdin" => parse_at(path, value, &mut errors).map(SourceConfig::Stdin),
+        other => {
+            errors.push(ConfigError::new(
+                format!("{path}.type"),
+                format!("unknown source type {other:?}; known: stdin"),
+            ));
+            None
+        }
+    };
+    parsed.ok_or(errors)
+}
+
+impl SourceConfig {
+    /// The type name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Stdin(_) => "stdin",
+        }
+    }
+
+    /// Starts the source; the task ends when input ends or shutdown is asked.
+    pub fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
+        match self {
+            SourceConfig::Stdin(c) => c.build(cx),
+        }
+    }
+}

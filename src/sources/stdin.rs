@@ -1,0 +1,192 @@
+//! `type = "stdin"`: the development pipe, `app | sluice`.
+
+use serde::Deserialize;
+use std::os::fd::FromRawFd;
+use std::sync::Arc;
+
+use super::{SourceCx, SourceError};
+use crate::config::ByteSize;
+use crate::enrich::{ProcessInfo, SourceContext};
+use crate::framing::{LineFramer, OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
+use crate::pipeline::Task;
+
+/// How often the reader looks at the shutdown flag while stdin is idle.
+const IDLE_POLL_MS: i32 = 100;
+
+/// Pipe capacity asked for on stdin: fewer, larger reads.
+const PIPE_BYTES: libc::c_int = 1 << 20;
+
+/// Settings of the stdin source.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StdinConfig {
+    /// Longest line kept whole.
+    pub max_line_bytes: ByteSize,
+    /// What happens to a longer line: `truncate` or `drop`.
+    pub oversize: OverflowPolicy,
+    /// Look up the process writing into the pipe (through `/proc`) and add
+    /// its pid and command line as process metadata.
+    pub detect_writer: bool,
+}
+
+impl Default for StdinConfig {
+    fn default() -> Self {
+        StdinConfig {
+            max_line_bytes: ByteSize(DEFAULT_MAX_LINE_BYTES as u64),
+            oversize: OverflowPolicy::Truncate,
+            detect_writer: true,
+        }
+    }
+}
+
+impl StdinConfig {
+    /// Starts a reader thread on fd 0. It stops at end of input or when
+    /// shutdown is asked (checked at least every 100 ms).
+    pub fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
+        let cfg = self.clone();
+        let handle = tokio::runtime::Handle::current();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("sluice-stdin".into())
+            .spawn(move || {
+                let _guard = handle.enter();
+                let _ = done_tx.send(read_loop(&cfg, &cx));
+            })
+            .map_err(|e| SourceError::Fatal {
+                source_name: "stdin".into(),
+                message: format!("cannot start reader thread: {e}"),
+            })?;
+        Ok(Box::pin(async move {
+            done_rx.await.unwrap_or_else(|_| {
+                Err(SourceError::Fatal {
+                    source_name: "stdin".into(),
+                    message: "reader thread died".into(),
+                })
+            })
+        }))
+    }
+}
+
+fn read_loop(cfg: &StdinConfig, cx: &SourceCx) -> Result<(), SourceError> {
+    let fatal = |message: String| SourceError::Fatal {
+        source_name: cx.name.to_string(),
+        message,
+    };
+    // Larger pipe, fewer wake-ups; harmless where stdin is not a pipe.
+    // SAFETY: fcntl on fd 0 with an integer argument has no memory effects.
+    unsafe { libc::fcntl(0, libc::F_SETPIPE_SZ, PIPE_BYTES) };
+    let writer = if cfg.detect_writer { pipe_writer(0) } else { None };
+    let meta = cx.enrich.metadata(writer.as_ref());
+    let ctx = Arc::new(SourceContext::new(cx.name.clone(), "stdin", String::new(), meta));
+    // SAFETY: fd 0 stays open for the life of the process; ManuallyDrop
+    // keeps this File from closing it.
+    let mut stdin = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
+    let mut framer = LineFramer::new(cfg.max_line_bytes.0 as usize, cfg.oversize);
+    loop {
+        if cx.shutdown.is_set() {
+            break;
+        }
+        match wait_readable(0, IDLE_POLL_MS) {
+            Readiness::Idle => continue,
+            Readiness::Ready => {}
+        }
+        let n = match framer.fill_from(&mut *stdin) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(fatal(format!("read failed: {e}"))),
+        };
+        if n == 0 {
+            break;
+        }
+        // Take what else is already waiting, up to one chunk, so batches
+        // are large when input is fast and immediate when it trickles.
+        while framer.pending_bytes() < framer.read_chunk() && matches!(wait_readable(0, 0), Readiness::Ready) {
+            match framer.fill_from(&mut *stdin) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(fatal(format!("read failed: {e}"))),
+            }
+        }
+        while let Some(lines) = framer.take_lines() {
+            if cx.output.blocking_send_lines(lines, ctx.clone(), None).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    // What was read is accepted: the last line goes out even without its
+    // newline, at EOF and at shutdown alike.
+    if let Some(lines) = framer.finish() {
+        let _ = cx.output.blocking_send_lines(lines, ctx, None);
+    }
+    Ok(())
+}
+
+enum Readiness {
+    Ready,
+    Idle,
+}
+
+fn wait_readable(fd: i32, timeout_ms: i32) -> Readiness {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    if rc == 0 {
+        Readiness::Idle
+    } else {
+        // Ready, hung up, or an error: let read() tell which.
+        Readiness::Ready
+    }
+}
+
+/// The process whose stdout is the pipe on `fd` (the writer in
+/// `app | sluice`), found by matching the pipe's inode under `/proc`.
+pub fn pipe_writer(fd: i32) -> Option<ProcessInfo> {
+    // SAFETY: fstat fills the struct we pass; the fd is only inspected.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || (st.st_mode & libc::S_IFMT) != libc::S_IFIFO {
+        return None;
+    }
+    let target = format!("pipe:[{}]", st.st_ino);
+    let me = std::process::id();
+    // The writer may still be starting; look a few times, briefly.
+    for attempt in 0..3 {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let Ok(entries) = std::fs::read_dir("/proc") else { return None };
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let Ok(link) = std::fs::read_link(entry.path().join("fd/1")) else {
+                continue;
+            };
+            if link.as_os_str() == target.as_str() {
+                return Some(ProcessInfo {
+                    pid: Some(pid),
+                    command: command_line(pid),
+                });
+            }
+        }
+    }
+    None
+}
+
+/// `/proc/<pid>/cmdline` with arguments joined by spaces.
+pub fn command_line(pid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let parts: Vec<String> = raw
+        .split(|&b| b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(" "))
+}

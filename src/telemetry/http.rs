@@ -1,0 +1,115 @@
+//! `/metrics`, `/health` and `/ready` over HTTP/1.1 (hyper).
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+use super::metrics;
+
+/// What `/ready` reports: sources started and no sink unhealthy.
+#[derive(Debug, Default)]
+pub struct Health {
+    started: AtomicBool,
+    unhealthy_sinks: AtomicUsize,
+}
+
+impl Health {
+    /// Marks the pipeline started (every source running).
+    pub fn set_started(&self, started: bool) {
+        self.started.store(started, Ordering::Release);
+        self.publish();
+    }
+
+    /// A sink turned unhealthy (`true`) or healthy again (`false`).
+    pub fn sink_unhealthy(&self, unhealthy: bool) {
+        if unhealthy {
+            self.unhealthy_sinks.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.unhealthy_sinks.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.publish();
+    }
+
+    /// Whether `/ready` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.started.load(Ordering::Acquire) && self.unhealthy_sinks.load(Ordering::Acquire) == 0
+    }
+
+    fn publish(&self) {
+        metrics().ready.set(self.is_ready() as i64);
+    }
+}
+
+/// A running API server.
+#[derive(Debug)]
+pub struct ApiHandle {
+    /// The address it listens on (the real port when 0 was asked for).
+    pub local_addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ApiHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds `addr` and serves the endpoints until the handle is dropped.
+pub async fn serve(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<ApiHandle> {
+    let listener = TcpListener::bind(addr).await?;
+    let local_addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "api accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let health = health.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let health = health.clone();
+                    async move { Ok::<_, std::convert::Infallible>(route(req, &health)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(ApiHandle { local_addr, task })
+}
+
+fn route(req: Request<Incoming>, health: &Health) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, body: &'static str| {
+        let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *r.status_mut() = status;
+        r
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(metrics().encode())));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/health" => text(StatusCode::OK, "ok\n"),
+        "/ready" if health.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /health or /ready\n"),
+    }
+}

@@ -1,0 +1,141 @@
+//! Self-observability: fixed metric names every component reports under,
+//! and the HTTP endpoints that serve them.
+
+mod http;
+
+pub use http::{serve, ApiHandle, Health};
+
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use std::sync::OnceLock;
+
+/// Every self-metric sluice exposes. Names are stable: dashboards and
+/// alerts rely on them.
+#[derive(Debug)]
+pub struct Metrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    /// `sluice_source_events_total{source}`: events a source produced.
+    pub source_events: IntCounterVec,
+    /// `sluice_source_bytes_total{source}`: line bytes a source read.
+    pub source_bytes: IntCounterVec,
+    /// `sluice_events_wrapped_total{source,reason}`: lines kept as
+    /// `{"message":…}` (`not_json`, `invalid_utf8`).
+    pub events_wrapped: IntCounterVec,
+    /// `sluice_lines_truncated_total{source}`: lines cut at `max_line_bytes`.
+    pub lines_truncated: IntCounterVec,
+    /// `sluice_events_dropped_total{component,reason}`: events not
+    /// delivered, by reason (`line_too_long`, `queue_full`, `rejected`).
+    pub events_dropped: IntCounterVec,
+    /// `sluice_sink_events_total{sink}`: events a sink delivered.
+    pub sink_events: IntCounterVec,
+    /// `sluice_sink_bytes_total{sink}`: bytes a sink delivered (before
+    /// compression).
+    pub sink_bytes: IntCounterVec,
+    /// `sluice_sink_errors_total{sink,kind}`: failed delivery attempts.
+    pub sink_errors: IntCounterVec,
+    /// `sluice_sink_retries_total{sink}`: retried requests.
+    pub sink_retries: IntCounterVec,
+    /// `sluice_sink_request_duration_seconds{sink}`: one delivery request.
+    pub sink_request_duration: HistogramVec,
+    /// `sluice_buffer_events{sink}`: events queued or in flight for a sink.
+    pub buffer_events: IntGaugeVec,
+    /// `sluice_buffer_bytes{sink}`: bytes queued or in flight for a sink.
+    pub buffer_bytes: IntGaugeVec,
+    /// `sluice_buffer_max_bytes{sink}`: the configured budget.
+    pub buffer_max_bytes: IntGaugeVec,
+    /// `sluice_batch_events`: events per batch, to see batching at work.
+    pub batch_events: Histogram,
+    /// `sluice_build_info{version}`: always 1.
+    pub build_info: IntGaugeVec,
+    /// `sluice_ready`: 1 while `/ready` answers 200.
+    pub ready: IntGauge,
+}
+
+impl Metrics {
+    fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let m = Metrics {
+            source_events: counter("sluice_source_events_total", "Events produced by a source.", &["source"])?,
+            source_bytes: counter("sluice_source_bytes_total", "Line bytes read by a source.", &["source"])?,
+            events_wrapped: counter(
+                "sluice_events_wrapped_total",
+                "Lines that were not a JSON object and were kept as {\"message\":...}.",
+                &["source", "reason"],
+            )?,
+            lines_truncated: counter("sluice_lines_truncated_total", "Lines cut at max_line_bytes.", &["source"])?,
+            events_dropped: counter(
+                "sluice_events_dropped_total",
+                "Events not delivered, by component and reason.",
+                &["component", "reason"],
+            )?,
+            sink_events: counter("sluice_sink_events_total", "Events delivered by a sink.", &["sink"])?,
+            sink_bytes: counter(
+                "sluice_sink_bytes_total",
+                "Bytes of events delivered by a sink, before compression.",
+                &["sink"],
+            )?,
+            sink_errors: counter("sluice_sink_errors_total", "Failed delivery attempts, by kind.", &["sink", "kind"])?,
+            sink_retries: counter("sluice_sink_retries_total", "Delivery requests that were retried.", &["sink"])?,
+            sink_request_duration: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new("sluice_sink_request_duration_seconds", "Duration of one delivery request.")
+                        .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                    &["sink"],
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            buffer_events: gauge("sluice_buffer_events", "Events queued or in flight for a sink.", &["sink"])?,
+            buffer_bytes: gauge("sluice_buffer_bytes", "Bytes queued or in flight for a sink.", &["sink"])?,
+            buffer_max_bytes: gauge("sluice_buffer_max_bytes", "Configured queue budget of a sink in bytes.", &["sink"])?,
+            batch_events: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new("sluice_batch_events", "Events per batch leaving the decoder.")
+                        .buckets(vec![1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0]),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            build_info: gauge("sluice_build_info", "Build information; always 1.", &["version"])?,
+            ready: {
+                let g = IntGauge::new("sluice_ready", "1 while the pipeline is ready.")?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            registry,
+        };
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // process_cpu_seconds_total, process_resident_memory_bytes, open fds.
+        m.registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        Ok(m)
+    }
+
+    /// The registry as Prometheus text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    // The names and labels are constants; a failure here is a programming
+    // error caught by every test that touches metrics.
+    METRICS.get_or_init(|| Metrics::new().expect("self-metrics register"))
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use rusty_s3::S3Action;
 
@@ -43,28 +43,34 @@ fn tansu_creates_a_topic_and_round_trips_a_message_through_rdkafka() {
         .create()
         .expect("admin client");
     let opts = AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT));
+    let new_topic = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
     let created = rt
-        .block_on(tokio::time::timeout(
-            KAFKA_TIMEOUT,
-            admin.create_topics(&[NewTopic::new(topic, 1, TopicReplication::Fixed(1))], &opts),
-        ))
+        .block_on(async {
+            tokio::time::timeout(KAFKA_TIMEOUT, admin.create_topics(&[new_topic], &opts)).await
+        })
         .expect("create_topics timed out")
         .expect("create_topics");
-    assert_eq!(created, vec![Ok(topic.to_string())], "tansu log:\n{}", kafka.log());
+    assert_eq!(
+        created,
+        vec![Ok(topic.to_string())],
+        "tansu log:\n{}",
+        kafka.log()
+    );
 
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &kafka.addr)
         .set("message.timeout.ms", "15000")
         .create()
         .expect("producer");
+    let record = FutureRecord::to(topic).key("k1").payload("hello tansu");
     let delivery = rt
-        .block_on(tokio::time::timeout(
-            KAFKA_TIMEOUT,
-            producer.send(
-                FutureRecord::to(topic).key("k1").payload("hello tansu"),
-                Duration::from_secs(10),
-            ),
-        ))
+        .block_on(async {
+            tokio::time::timeout(
+                KAFKA_TIMEOUT,
+                producer.send(record, Duration::from_secs(10)),
+            )
+            .await
+        })
         .expect("produce timed out")
         .unwrap_or_else(|(e, _)| panic!("produce failed: {e}; tansu log:\n{}", kafka.log()));
     assert_eq!(delivery.partition, 0);
@@ -99,8 +105,10 @@ fn tansu_creates_a_topic_and_round_trips_a_message_through_rdkafka() {
     tpl.add_partition_offset(topic, 0, Offset::Beginning)
         .expect("partition offset");
     consumer.assign(&tpl).expect("assign");
-    let got = support::wait_until("the message back from tansu", KAFKA_TIMEOUT, || {
-        match consumer.poll(Duration::from_millis(200)) {
+    let got = support::wait_until(
+        "the message back from tansu",
+        KAFKA_TIMEOUT,
+        || match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => Some((
                 m.key().map(<[u8]>::to_vec),
                 m.payload().map(<[u8]>::to_vec),
@@ -108,8 +116,8 @@ fn tansu_creates_a_topic_and_round_trips_a_message_through_rdkafka() {
             )),
             Some(Err(e)) => panic!("consume failed: {e}"),
             None => None,
-        }
-    });
+        },
+    );
     assert_eq!(
         got,
         (Some(b"k1".to_vec()), Some(b"hello tansu".to_vec()), 0)
@@ -129,14 +137,24 @@ fn s3s_fs_round_trips_an_object_with_sigv4() {
     rt.block_on(async {
         let url = bucket.create_bucket(&creds).sign(Duration::from_secs(60));
         let resp = http.put(url).send().await.expect("create bucket");
-        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap_or_default());
+        assert_eq!(
+            resp.status(),
+            200,
+            "{}",
+            resp.text().await.unwrap_or_default()
+        );
 
         let body = "line one\nline two\n";
         let url = bucket
             .put_object(Some(&creds), "logs/2024/01/part-0.ndjson")
             .sign(Duration::from_secs(60));
         let resp = http.put(url).body(body).send().await.expect("put object");
-        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap_or_default());
+        assert_eq!(
+            resp.status(),
+            200,
+            "{}",
+            resp.text().await.unwrap_or_default()
+        );
 
         let url = bucket
             .get_object(Some(&creds), "logs/2024/01/part-0.ndjson")
@@ -225,7 +243,8 @@ fn promtool_checks_rule_files() {
 fn prometheus_server_answers_queries_and_scrapes_its_target() {
     // Scrape Prometheus itself: a target that is certainly up.
     let port = support::free_port();
-    let prom = PrometheusServer::start_on(port, &format!("127.0.0.1:{port}"), Duration::from_secs(1));
+    let prom =
+        PrometheusServer::start_on(port, &format!("127.0.0.1:{port}"), Duration::from_secs(1));
     let v = prom.query("up");
     assert_eq!(v["status"], "success", "{v}");
     assert_eq!(v["data"]["resultType"], "vector", "{v}");

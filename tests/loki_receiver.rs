@@ -317,12 +317,14 @@ fn protobuf_push_decodes_escaped_labels_metadata_and_skips_unknown_fields() {
         }],
     };
     let mut raw = prost::Message::encode_to_vec(&req);
-    // Unknown fields of each skippable wire type: varint (20), fixed64 (21),
-    // length-delimited (22), fixed32 (23). Loki ignores them; so must we.
-    raw.extend_from_slice(&[20 << 3, 0x96, 0x01]);
-    raw.extend_from_slice(&[(21 << 3) | 1, 1, 2, 3, 4, 5, 6, 7, 8]);
-    raw.extend_from_slice(&[(22 << 3) | 2, 3, b'x', b'y', b'z']);
-    raw.extend_from_slice(&[(23 << 3) | 5, 1, 2, 3, 4]);
+    // Unknown fields of each skippable wire type: varint (12), fixed64 (13),
+    // length-delimited (14), fixed32 (15), and a field number (100) whose
+    // key takes two bytes. Loki ignores them; so must the receiver.
+    raw.extend_from_slice(&[12 << 3, 0x96, 0x01]);
+    raw.extend_from_slice(&[(13 << 3) | 1, 1, 2, 3, 4, 5, 6, 7, 8]);
+    raw.extend_from_slice(&[(14 << 3) | 2, 3, b'x', b'y', b'z']);
+    raw.extend_from_slice(&[(15 << 3) | 5, 1, 2, 3, 4]);
+    raw.extend_from_slice(&[0xa0, 0x06, 7]); // key 800 = field 100, varint
     let (status, text) = support::http_post(
         &loki.push_url(),
         &[("Content-Type", "application/x-protobuf")],
@@ -362,7 +364,8 @@ fn malformed_pushes_are_rejected_with_400_and_store_nothing() {
     let mut framed = snap::write::FrameEncoder::new(Vec::new());
     framed.write_all(&good).expect("snappy frame write");
     let framed = framed.into_inner().expect("snappy frame finish");
-    let cases: Vec<(&str, &[(&str, &str)], Vec<u8>)> = vec![
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let cases: Vec<(&str, Headers, Vec<u8>)> = vec![
         ("framed snappy", &pb, framed),
         ("uncompressed protobuf", &pb, good.clone()),
         (
@@ -370,11 +373,7 @@ fn malformed_pushes_are_rejected_with_400_and_store_nothing() {
             &pb,
             snappy_raw(&good[..good.len() - 1]),
         ),
-        (
-            "wire type 3 (group)",
-            &pb,
-            snappy_raw(&[(1 << 3) | 3, 0]),
-        ),
+        ("wire type 3 (group)", &pb, snappy_raw(&[(1 << 3) | 3, 0])),
         (
             "empty label set",
             &pb,
@@ -455,7 +454,9 @@ fn fault_modes_answer_like_loki_for_the_next_n_pushes() {
     let (status, text) = push(&[3]);
     assert_eq!(status, 400);
     assert!(
-        text.starts_with("entry for stream '{job=\"faults\"}' has timestamp too old: 1970-01-01T00:00:00Z"),
+        text.starts_with(
+            "entry for stream '{job=\"faults\"}' has timestamp too old: 1970-01-01T00:00:00Z"
+        ),
         "{text}"
     );
 
@@ -501,7 +502,10 @@ fn strict_order_rejects_entries_older_than_the_newest_of_their_stream() {
     let (status, text) = push("a", &[15, 25]);
     assert_eq!(status, 400);
     assert!(text.contains("reason: 'entry out of order'"), "{text}");
-    assert!(text.ends_with("total ignored: 1 out of 2 for stream: {job=\"a\"}"), "{text}");
+    assert!(
+        text.ends_with("total ignored: 1 out of 2 for stream: {job=\"a\"}"),
+        "{text}"
+    );
     // Another stream has its own order.
     assert_eq!(push("b", &[5]).0, 204);
     // An exact duplicate of the newest entry is dropped without an error.
@@ -518,8 +522,13 @@ fn strict_order_rejects_entries_older_than_the_newest_of_their_stream() {
     assert_eq!(by_job("b"), vec![5]);
 
     // With a window, as with Loki's unordered writes.
-    let s = 1_000_000_000;
-    loki.set_mode(LokiMode::StrictOrder { window_ns: 5 * s }, None);
+    let s: i64 = 1_000_000_000;
+    loki.set_mode(
+        LokiMode::StrictOrder {
+            window_ns: 5_000_000_000,
+        },
+        None,
+    );
     assert_eq!(push("c", &[100 * s]).0, 204);
     assert_eq!(push("c", &[97 * s]).0, 204, "inside the window");
     let (status, text) = push("c", &[90 * s]);

@@ -457,8 +457,29 @@ enum Admit {
     Drop,
 }
 
+impl Drop for Writer {
+    /// Whether the writer ended normally or by a bug, the reader must learn
+    /// that nothing more is coming, or it would wait forever.
+    fn drop(&mut self) {
+        let deletable = {
+            let mut st = self.shared.lock();
+            st.writer_closed = true;
+            if let Some((id, _, _)) = &self.current {
+                if let Some(seg) = st.segments.get_mut(id) {
+                    seg.sealed = true;
+                }
+            }
+            self.shared.take_deletable(&mut st)
+        };
+        self.shared.unlink(&deletable);
+        self.shared.data.notify_all();
+    }
+}
+
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Arc<Batch>>, rt: &tokio::runtime::Handle) {
+        // Timers are created outside `block_on`: they need the runtime.
+        let _rt = rt.enter();
         let idle_sync = match self.fsync {
             FsyncPolicy::Interval(d) => Some(d),
             _ => None,
@@ -480,18 +501,6 @@ impl Writer {
         if !matches!(self.fsync, FsyncPolicy::Never) {
             self.sync();
         }
-        let deletable = {
-            let mut st = self.shared.lock();
-            st.writer_closed = true;
-            if let Some((id, _, _)) = &self.current {
-                if let Some(seg) = st.segments.get_mut(id) {
-                    seg.sealed = true;
-                }
-            }
-            self.shared.take_deletable(&mut st)
-        };
-        self.shared.unlink(&deletable);
-        self.shared.data.notify_all();
     }
 
     /// Writes one batch (retrying I/O failures) and acknowledges it.
@@ -830,6 +839,7 @@ enum Next {
 
 impl Reader {
     fn run(mut self, rt: &tokio::runtime::Handle) {
+        let _rt = rt.enter();
         loop {
             let (payload, end) = match self.next() {
                 Next::Record(p, end) => (p, end),

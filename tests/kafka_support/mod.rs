@@ -347,6 +347,31 @@ impl Sluice {
             .unwrap_or_else(|e| panic!("write to sluice: {e}\n{}", self.stderr()));
     }
 
+    /// Takes stdin, for a writer thread that may block when sluice pushes
+    /// back.
+    pub fn take_stdin(&mut self) -> ChildStdin {
+        self.stdin.take().expect("stdin open")
+    }
+
+    /// Writes `lines` from a thread (sluice may stop reading: backpressure);
+    /// the thread closes stdin when done unless `keep_open`.
+    pub fn feed(&mut self, lines: Vec<String>, keep_open: bool) -> thread::JoinHandle<Option<ChildStdin>> {
+        let mut stdin = self.take_stdin();
+        thread::spawn(move || {
+            for chunk in lines.chunks(500) {
+                let mut buf = String::new();
+                for l in chunk {
+                    buf.push_str(l);
+                    buf.push('\n');
+                }
+                if stdin.write_all(buf.as_bytes()).is_err() {
+                    return None;
+                }
+            }
+            keep_open.then_some(stdin)
+        })
+    }
+
     /// Closes stdin: sluice drains and exits.
     pub fn close_stdin(&mut self) {
         self.stdin = None;

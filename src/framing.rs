@@ -194,7 +194,9 @@ impl LineFramer {
                     dropped += self.enforce_limit(&mut spans);
                     return Some(Lines { chunk, spans, dropped });
                 }
-                None if self.buf.len() > self.max_line_bytes => {
+                // Over the limit once it holds more than max bytes, not
+                // counting a final `\r` that may yet turn out to be CRLF.
+                None if self.buf.len() > self.max_line_bytes + usize::from(self.buf.last() == Some(&b'\r')) => {
                     let head = self.buf.split_to(self.max_line_bytes).freeze();
                     self.scanned = 0;
                     self.discarding = true;

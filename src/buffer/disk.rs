@@ -379,7 +379,7 @@ pub(crate) fn open(
     std::thread::Builder::new()
         .name(format!("sluice-buf-a-{sink}"))
         .spawn(move || {
-            acker.run();
+            acker.run(&handle);
             let _ = acker_done.send(());
         })
         .map_err(spawn_err)?;
@@ -509,6 +509,15 @@ impl Writer {
         encode_header(batch, &mut self.header);
         let payload_len = (self.header.len() + batch.byte_len()) as u64;
         let size = FRAME_BYTES + payload_len;
+        if payload_len > MAX_RECORD_BYTES {
+            // Batches are a read chunk's worth of events; this cannot
+            // happen short of a bug, and must not write what reads back as
+            // damage.
+            tracing::error!(sink = %self.shared.sink, bytes = payload_len, "batch too large for the disk buffer; dropped");
+            self.drop_counter.inc_by(batch.len() as u64);
+            batch.acknowledge(AckOutcome::Dropped);
+            return;
+        }
         match self.admit(size) {
             Admit::Drop => {
                 self.drop_counter.inc_by(batch.len() as u64);
@@ -1116,13 +1125,23 @@ struct Acker {
 }
 
 impl Acker {
-    fn run(mut self) {
-        while let Some(c) = self.acks.blocking_recv() {
-            let mut batch = vec![c];
-            while let Ok(c) = self.acks.try_recv() {
-                batch.push(c);
+    fn run(mut self, rt: &tokio::runtime::Handle) {
+        let _rt = rt.enter();
+        loop {
+            // Woken at least every interval, so the position on disk is
+            // never more than that behind, even when acknowledgements stop.
+            let next = rt.block_on(tokio::time::timeout(ACK_PERSIST_INTERVAL, self.acks.recv()));
+            match next {
+                Ok(Some(c)) => {
+                    let mut batch = vec![c];
+                    while let Ok(c) = self.acks.try_recv() {
+                        batch.push(c);
+                    }
+                    self.advance(batch);
+                }
+                Ok(None) => break,
+                Err(_) => {}
             }
-            self.advance(batch);
             if self.last_persist.elapsed() >= ACK_PERSIST_INTERVAL {
                 self.persist(false);
             }

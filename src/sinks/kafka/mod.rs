@@ -509,3 +509,42 @@ fn send(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_per_round_up_to_the_cap() {
+        assert_eq!(retry_delay(0), RETRY_BASE);
+        assert_eq!(retry_delay(1), RETRY_BASE);
+        assert_eq!(retry_delay(2), RETRY_BASE * 2);
+        assert_eq!(retry_delay(4), RETRY_BASE * 8);
+        assert_eq!(retry_delay(100), RETRY_MAX);
+        for _ in 0..1000 {
+            let j = jitter();
+            assert!((0.0..1.0).contains(&j));
+        }
+    }
+
+    #[test]
+    fn only_errors_no_retry_can_fix_are_permanent() {
+        use RDKafkaErrorCode as C;
+        for c in [C::MessageSizeTooLarge, C::InvalidMessageSize, C::InvalidRecord, C::InvalidTopic] {
+            assert!(permanent(Some(c)), "{c:?}");
+        }
+        for c in [
+            C::MessageTimedOut,
+            C::BrokerTransportFailure,
+            C::AllBrokersDown,
+            C::NotLeaderForPartition,
+            C::UnknownTopicOrPartition,
+            C::TopicAuthorizationFailed,
+            C::QueueFull,
+            C::InvalidMessage,
+        ] {
+            assert!(!permanent(Some(c)), "{c:?}");
+        }
+        assert!(!permanent(None));
+    }
+}

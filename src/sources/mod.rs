@@ -2,6 +2,7 @@
 //! struct and a `build` function; [`parse_config`] and [`SourceConfig`] are
 //! the registry that names them.
 
+pub mod file;
 pub mod stdin;
 
 use serde_json::{Map, Value};
@@ -17,6 +18,8 @@ use crate::pipeline::{ShutdownSignal, SourceOutput, Task};
 pub enum SourceConfig {
     /// `type = "stdin"`.
     Stdin(stdin::StdinConfig),
+    /// `type = "file"`.
+    File(Box<file::FileConfig>),
 }
 
 /// Errors a running source can end with.
@@ -53,10 +56,17 @@ pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<
     let value = Value::Object(rest);
     let parsed = match kind {
         "stdin" => parse_at(path, value, &mut errors).map(SourceConfig::Stdin),
+        "file" => parse_at::<file::FileConfig>(path, value, &mut errors).and_then(|c| {
+            let problems = c.problems();
+            for (key, message) in &problems {
+                errors.push(ConfigError::new(format!("{path}.{key}"), message.clone()));
+            }
+            problems.is_empty().then(|| SourceConfig::File(Box::new(c)))
+        }),
         other => {
             errors.push(ConfigError::new(
                 format!("{path}.type"),
-                format!("unknown source type {other:?}; known: stdin"),
+                format!("unknown source type {other:?}; known: stdin, file"),
             ));
             None
         }
@@ -69,6 +79,7 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Stdin(_) => "stdin",
+            SourceConfig::File(_) => "file",
         }
     }
 
@@ -76,6 +87,7 @@ impl SourceConfig {
     pub fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
         match self {
             SourceConfig::Stdin(c) => c.build(cx),
+            SourceConfig::File(c) => c.build(cx),
         }
     }
 }

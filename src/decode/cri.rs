@@ -122,15 +122,22 @@ impl CriBatch {
     pub fn decode(&self, decoder: &mut Decoder, fragment: &Fragment, out: &mut BatchBuilder) {
         let stdout = Member::new(STREAM_KEY, &Value::from(Stream::Stdout.as_str()));
         let stderr = Member::new(STREAM_KEY, &Value::from(Stream::Stderr.as_str()));
+        // extra[0] is the stream member, kept while the stream stays the
+        // same; extra[1] the time, new for every event.
         let mut extra: Vec<Member> = Vec::with_capacity(2);
+        let mut current: Option<Stream> = None;
         for r in &self.records {
             let payload = r.payload.get(&self.chunk, &self.merged);
             let Some(stream) = r.stream else {
                 decoder.decode_line(payload, r.truncated, &[], fragment, out);
                 continue;
             };
-            extra.clear();
-            extra.push(if stream == Stream::Stdout { stdout.clone() } else { stderr.clone() });
+            if current != Some(stream) {
+                extra.clear();
+                extra.push(if stream == Stream::Stdout { stdout.clone() } else { stderr.clone() });
+                current = Some(stream);
+            }
+            extra.truncate(1);
             let time = r.time.get(&self.chunk, &self.merged);
             // `parse` admitted only ASCII time characters.
             extra.push(Member::new(TIME_KEY, &Value::from(std::str::from_utf8(time).unwrap_or_default())));

@@ -88,7 +88,10 @@ fn bench_docker(c: &mut Criterion) {
     let text: String = (0..N)
         .map(|i| {
             let log = format!("{}\n", payload(i));
-            format!("{}\n", json!({"log": log, "stream": "stdout", "time": "2024-05-01T10:00:00.123456789Z"}))
+            format!(
+                "{}\n",
+                json!({"log": log, "stream": "stdout", "time": "2024-05-01T10:00:00.123456789Z"})
+            )
         })
         .collect();
     let lines = lines_of(text);

@@ -417,3 +417,27 @@ fn copytruncate_copy_is_finished_from_the_read_offset() {
     assert_eq!(lines.len(), lines2.len());
     assert_exactly_once(&lines2, &(0..1600).collect::<Vec<_>>());
 }
+
+#[test]
+fn file_truncated_and_rewritten_past_the_offset_is_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let app = logs.join("app.log");
+    append(&app, (0..100).map(json_line));
+    let cfg =
+        config(&dir.path().join("data"), &[app.display().to_string()], "").replace("poll_interval = \"20ms\"", "poll_interval = \"1s\"");
+    let mut s = Sluice::start(dir.path(), &cfg);
+    s.wait_for(100, Duration::from_secs(30));
+    // Truncated and at once written past the old size: a size check alone
+    // cannot see it; the changed first bytes give it away.
+    let f = std::fs::OpenOptions::new().write(true).open(&app).unwrap();
+    f.set_len(0).unwrap();
+    drop(f);
+    append(&app, (100..400).map(json_line));
+    let lines = s.wait_for(400, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, lines2) = s.stop();
+    assert_eq!(lines.len(), lines2.len());
+    assert_exactly_once(&lines2, &(0..400).collect::<Vec<_>>());
+}

@@ -212,9 +212,9 @@ mod tests {
     #[test]
     fn hash_is_stable_across_versions() {
         // Stored in checkpoints: these values must never change.
-        assert_eq!(hash_bytes(b""), hash_bytes(b""));
+        assert_eq!(hash_bytes(b""), 0xf52a_15e9_a9b5_e89b);
         let a = hash_bytes(b"hello world, this is a log line\n");
-        assert_eq!(a, hash_bytes(b"hello world, this is a log line\n"));
+        assert_eq!(a, 0x3960_08d5_2271_9a18);
         assert_ne!(a, hash_bytes(b"hello world, this is a log line!"));
         assert_ne!(hash_bytes(b"a"), hash_bytes(b"a\0"));
     }

@@ -316,6 +316,14 @@ impl Scanner {
                         *p = f.path.clone();
                     }
                     s.rotated.store(false, Ordering::Release);
+                    drop(p);
+                    // An append-only file never changes its first bytes; if
+                    // they did, it was truncated and written again (possibly
+                    // past the read offset, which a size check misses).
+                    let head = Shared::lock(&s.head).clone();
+                    if !head.is_empty() && read_at(&s.file, 0, head.len()).is_ok_and(|now| now != head) {
+                        s.rewritten.store(true, Ordering::Release);
+                    }
                 }
                 None => {
                     let here = FileStat::of_path(&s.path()).map(|st| st.key == s.key).unwrap_or(false);

@@ -47,6 +47,9 @@ pub struct Shared {
     pub acked: AtomicU64,
     /// Set by the scanner: the path no longer leads to this file.
     pub rotated: AtomicBool,
+    /// Set by the scanner: the first bytes changed (truncated and written
+    /// again past the read offset between two looks).
+    pub rewritten: AtomicBool,
     /// Set by the scanner: close when idle, others wait for a slot.
     pub park: AtomicBool,
     /// Milliseconds since the source started at which the reader last found
@@ -132,6 +135,7 @@ impl Registry {
             read: AtomicU64::new(offset),
             acked: AtomicU64::new(acked),
             rotated: AtomicBool::new(false),
+            rewritten: AtomicBool::new(false),
             park: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(0),
             done: Mutex::new(None),

@@ -298,6 +298,11 @@ impl Reader {
         if t.closed.is_some() {
             return Ok(0);
         }
+        if t.shared.rewritten.swap(false, Ordering::AcqRel) {
+            let size = FileStat::of_file(&t.shared.file).map(|s| s.size).unwrap_or(0);
+            self.truncated(t, size);
+            return Ok(0);
+        }
         let gen = self.cx.contexts.generation();
         if gen != t.ctx_gen {
             t.ctx = self.cx.contexts.context(&t.shared.path());

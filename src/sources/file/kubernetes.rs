@@ -504,8 +504,9 @@ impl PodWatcher {
         u
     }
 
-    fn token(&self) -> Result<String, ApiError> {
-        std::fs::read_to_string(&self.token_file)
+    async fn token(&self) -> Result<String, ApiError> {
+        tokio::fs::read_to_string(&self.token_file)
+            .await
             .map(|t| t.trim().to_owned())
             .map_err(|error| ApiError::File {
                 path: self.token_file.clone(),
@@ -517,7 +518,7 @@ impl PodWatcher {
         let resp = self
             .client
             .get(url)
-            .bearer_auth(self.token()?)
+            .bearer_auth(self.token().await?)
             .header("Accept", "application/json")
             .send()
             .await

@@ -2,6 +2,7 @@
 //! struct and a `build` function; [`parse_config`] and [`SourceConfig`] are
 //! the registry that names them.
 
+pub mod socket;
 pub mod stdin;
 
 use serde_json::{Map, Value};
@@ -17,6 +18,8 @@ use crate::pipeline::{ShutdownSignal, SourceOutput, Task};
 pub enum SourceConfig {
     /// `type = "stdin"`.
     Stdin(stdin::StdinConfig),
+    /// `type = "socket"`: unix, TCP or UDP sockets.
+    Socket(Box<socket::SocketConfig>),
 }
 
 /// Errors a running source can end with.
@@ -53,10 +56,11 @@ pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<
     let value = Value::Object(rest);
     let parsed = match kind {
         "stdin" => parse_at(path, value, &mut errors).map(SourceConfig::Stdin),
+        "socket" => socket::SocketConfig::parse(path, value, &mut errors).map(|c| SourceConfig::Socket(Box::new(c))),
         other => {
             errors.push(ConfigError::new(
                 format!("{path}.type"),
-                format!("unknown source type {other:?}; known: stdin"),
+                format!("unknown source type {other:?}; known: stdin, socket"),
             ));
             None
         }
@@ -69,6 +73,7 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Stdin(_) => "stdin",
+            SourceConfig::Socket(_) => "socket",
         }
     }
 
@@ -76,6 +81,7 @@ impl SourceConfig {
     pub fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
         match self {
             SourceConfig::Stdin(c) => c.build(cx),
+            SourceConfig::Socket(c) => c.build(cx),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! struct and a `build` function; [`parse_config`] and [`SourceConfig`] are
 //! the registry that names them.
 
+pub mod process;
 pub mod socket;
 pub mod stdin;
 
@@ -20,6 +21,8 @@ pub enum SourceConfig {
     Stdin(stdin::StdinConfig),
     /// `type = "socket"`: unix, TCP or UDP sockets.
     Socket(Box<socket::SocketConfig>),
+    /// `type = "process"`: a command's stdout and stderr (`sluice run`).
+    Process(Box<process::ProcessConfig>),
 }
 
 /// Errors a running source can end with.
@@ -57,10 +60,11 @@ pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<
     let parsed = match kind {
         "stdin" => parse_at(path, value, &mut errors).map(SourceConfig::Stdin),
         "socket" => socket::SocketConfig::parse(path, value, &mut errors).map(|c| SourceConfig::Socket(Box::new(c))),
+        "process" => process::ProcessConfig::parse(path, value, &mut errors).map(|c| SourceConfig::Process(Box::new(c))),
         other => {
             errors.push(ConfigError::new(
                 format!("{path}.type"),
-                format!("unknown source type {other:?}; known: stdin, socket"),
+                format!("unknown source type {other:?}; known: stdin, socket, process"),
             ));
             None
         }
@@ -74,6 +78,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Stdin(_) => "stdin",
             SourceConfig::Socket(_) => "socket",
+            SourceConfig::Process(_) => "process",
         }
     }
 
@@ -82,6 +87,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Stdin(c) => c.build(cx),
             SourceConfig::Socket(c) => c.build(cx),
+            SourceConfig::Process(c) => c.build(cx),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! struct and a `build` function; [`parse_config`] and [`SourceConfig`] are
 //! the registry that names them.
 
+pub mod kafka;
 pub mod process;
 pub mod socket;
 pub mod stdin;
@@ -23,6 +24,8 @@ pub enum SourceConfig {
     Socket(Box<socket::SocketConfig>),
     /// `type = "process"`: a command's stdout and stderr (`sluice run`).
     Process(Box<process::ProcessConfig>),
+    /// `type = "kafka"`: a consumer group (the aggregator tier).
+    Kafka(Box<kafka::KafkaSourceConfig>),
 }
 
 /// Errors a running source can end with.
@@ -61,10 +64,11 @@ pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<
         "stdin" => parse_at(path, value, &mut errors).map(SourceConfig::Stdin),
         "socket" => socket::SocketConfig::parse(path, value, &mut errors).map(|c| SourceConfig::Socket(Box::new(c))),
         "process" => process::ProcessConfig::parse(path, value, &mut errors).map(|c| SourceConfig::Process(Box::new(c))),
+        "kafka" => kafka::KafkaSourceConfig::parse(path, value, &mut errors).map(|c| SourceConfig::Kafka(Box::new(c))),
         other => {
             errors.push(ConfigError::new(
                 format!("{path}.type"),
-                format!("unknown source type {other:?}; known: stdin, socket, process"),
+                format!("unknown source type {other:?}; known: stdin, socket, process, kafka"),
             ));
             None
         }
@@ -79,6 +83,7 @@ impl SourceConfig {
             SourceConfig::Stdin(_) => "stdin",
             SourceConfig::Socket(_) => "socket",
             SourceConfig::Process(_) => "process",
+            SourceConfig::Kafka(_) => "kafka",
         }
     }
 
@@ -88,6 +93,7 @@ impl SourceConfig {
             SourceConfig::Stdin(c) => c.build(cx),
             SourceConfig::Socket(c) => c.build(cx),
             SourceConfig::Process(c) => c.build(cx),
+            SourceConfig::Kafka(c) => c.build(cx),
         }
     }
 }

@@ -174,7 +174,10 @@ impl KafkaSourceConfig {
         let cfg: KafkaSourceConfig = parse_at(path, value, errors)?;
         let before = errors.len();
         if cfg.bootstrap_servers.trim().is_empty() {
-            errors.push(ConfigError::new(format!("{path}.bootstrap_servers"), "must name at least one broker"));
+            errors.push(ConfigError::new(
+                format!("{path}.bootstrap_servers"),
+                "must name at least one broker",
+            ));
         }
         if cfg.topics.is_empty() || cfg.topics.iter().any(|t| t.is_empty()) {
             errors.push(ConfigError::new(format!("{path}.topics"), "needs at least one topic name"));
@@ -186,7 +189,10 @@ impl KafkaSourceConfig {
             errors.push(ConfigError::new(format!("{path}.max_batch_events"), "must be at least 1"));
         }
         if cfg.max_event_bytes.0 == 0 || cfg.max_event_bytes.0 > u32::MAX as u64 / 2 {
-            errors.push(ConfigError::new(format!("{path}.max_event_bytes"), "must be between 1 byte and 2GiB"));
+            errors.push(ConfigError::new(
+                format!("{path}.max_event_bytes"),
+                "must be between 1 byte and 2GiB",
+            ));
         }
         if cfg.commit_interval.is_zero() {
             errors.push(ConfigError::new(format!("{path}.commit_interval"), "must be above zero"));
@@ -402,7 +408,12 @@ struct Pending {
     since: Instant,
 }
 
-async fn run(consumer: Arc<StreamConsumer<GroupContext>>, state: Arc<Mutex<Assignments>>, cfg: KafkaSourceConfig, cx: SourceCx) -> Result<(), SourceError> {
+async fn run(
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    state: Arc<Mutex<Assignments>>,
+    cfg: KafkaSourceConfig,
+    cx: SourceCx,
+) -> Result<(), SourceError> {
     let mut shutdown = cx.shutdown.clone();
     let mut pending: Vec<Pending> = Vec::new();
     let mut contexts: HashMap<(String, i32), Arc<SourceContext>> = HashMap::new();
@@ -497,7 +508,11 @@ async fn send(
 ) -> Result<(), crate::pipeline::PipelineClosed> {
     let ack = {
         let state = lock(state);
-        let Some(a) = state.partitions.get(&(p.topic.clone(), p.partition)).filter(|a| a.generation == p.generation) else {
+        let Some(a) = state
+            .partitions
+            .get(&(p.topic.clone(), p.partition))
+            .filter(|a| a.generation == p.generation)
+        else {
             return Ok(());
         };
         let Some(group) = &a.group else { return Ok(()) };
@@ -538,7 +553,10 @@ async fn commit(consumer: &Arc<StreamConsumer<GroupContext>>, state: &Mutex<Assi
         let state = lock(state);
         for ((topic, partition), a) in &state.partitions {
             let c = a.progress.committable.load(Ordering::Acquire);
-            if c >= 0 && c > a.progress.committed.load(Ordering::Acquire) && tpl.add_partition_offset(topic, *partition, Offset::Offset(c)).is_ok() {
+            if c >= 0
+                && c > a.progress.committed.load(Ordering::Acquire)
+                && tpl.add_partition_offset(topic, *partition, Offset::Offset(c)).is_ok()
+            {
                 marks.push((a.progress.clone(), c));
             }
         }

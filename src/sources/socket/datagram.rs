@@ -314,7 +314,9 @@ async fn receive(socket: &DatagramSocket, cfg: &SocketConfig, cx: &SourceCx, tx:
         max_frame: cfg.max_frame_bytes.0 as usize,
         oversize: cfg.oversize,
     };
-    let mut kernel_drops: Option<u32> = None;
+    // The socket is new, so the kernel's drop count starts at zero; it is
+    // attached to a datagram only once it is non-zero.
+    let mut kernel_drops: u32 = 0;
     loop {
         tokio::select! {
             biased;
@@ -331,9 +333,8 @@ async fn receive(socket: &DatagramSocket, cfg: &SocketConfig, cx: &SourceCx, tx:
             match socket.try_recv(&mut burst.buf, cap) {
                 Ok(r) => {
                     if let Some(count) = r.overflow {
-                        let before = kernel_drops.unwrap_or(count);
-                        overflow.inc_by(u64::from(count.wrapping_sub(before)));
-                        kernel_drops = Some(count);
+                        overflow.inc_by(u64::from(count.wrapping_sub(kernel_drops)));
+                        kernel_drops = count;
                     }
                     burst.add(start, &r);
                     if burst.is_full() && !hand_on(&mut burst, &tx, &overflow) {

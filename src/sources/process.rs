@@ -33,6 +33,10 @@ const DEFAULT_EXIT_DRAIN: Duration = Duration::from_secs(2);
 /// sees it once.
 const SHUTDOWN_TERM_DELAY: Duration = Duration::from_millis(200);
 
+/// After SIGTERM to the background processes still holding the output,
+/// how long to wait for them to let go.
+const BACKGROUND_EXIT_WAIT: Duration = Duration::from_millis(500);
+
 /// The name `sluice run` gives its source.
 pub const RUN_SOURCE_NAME: &str = "app";
 
@@ -108,7 +112,8 @@ pub struct ProcessConfig {
     #[serde(default)]
     pub oversize: OverflowPolicy,
     /// After the command exits, how long to wait for its output pipes to
-    /// close (a background child may hold them open).
+    /// close; then processes it left in its process group (which hold them
+    /// open) get SIGTERM.
     #[serde(default = "default_exit_drain", deserialize_with = "duration")]
     pub exit_drain: Duration,
     /// Filled in when the command has ended.
@@ -258,10 +263,14 @@ async fn run_source(cfg: ProcessConfig, cx: SourceCx) -> Result<(), SourceError>
     let exit = CommandExit::Exited(status);
     tracing::info!(source = %cx.name, code = exit.code(), "the command exited");
     if !readers_done {
-        tokio::select! {
-            _ = &mut readers => {}
-            _ = tokio::time::sleep(cfg.exit_drain) => {
-                tracing::warn!(source = %cx.name, "the command exited but its output is still open (a background process holds it); not waiting longer");
+        let drained = tokio::time::timeout(cfg.exit_drain, &mut readers).await.is_ok();
+        if !drained {
+            // Background processes of the command hold its output open:
+            // they go with it, as when a supervisor stops a process type.
+            tracing::warn!(source = %cx.name, "the command exited but processes it started still hold its output; sending them SIGTERM");
+            forward(libc::SIGTERM);
+            if tokio::time::timeout(BACKGROUND_EXIT_WAIT, &mut readers).await.is_err() {
+                tracing::warn!(source = %cx.name, "its output is still open; not waiting longer");
             }
         }
     }

@@ -607,3 +607,47 @@ async fn drain(consumer: &Arc<StreamConsumer<GroupContext>>, state: &Arc<Mutex<A
     }
     commit(consumer, state, &cx.name).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, Format};
+
+    #[test]
+    fn kafka_settings_are_checked_with_key_paths() {
+        let text = r#"
+[sources.k]
+type = "kafka"
+bootstrap_servers = ""
+topics = []
+max_batch_events = 0
+commit_interval = "0s"
+[sinks.out]
+type = "stdout"
+"#;
+        let errs: Vec<String> = Config::from_str(text, Format::Toml, &|_| None)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        for want in [
+            "sources.k.bootstrap_servers",
+            "sources.k.topics",
+            "sources.k.max_batch_events",
+            "sources.k.commit_interval",
+        ] {
+            assert!(errs.iter().any(|e| e == want), "missing {want} in {errs:?}");
+        }
+    }
+
+    #[test]
+    fn the_aggregator_example_is_valid() {
+        let text = include_str!("../../config/aggregator.toml");
+        let c = Config::from_str(text, Format::Toml, &|_| None).unwrap();
+        let crate::sources::SourceConfig::Kafka(k) = &c.sources["kafka"] else {
+            panic!("not kafka")
+        };
+        assert_eq!(k.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(k.group_id, "sluice-aggregators");
+    }
+}

@@ -356,3 +356,105 @@ fn empty(dropped: u64) -> Lines {
         dropped,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Feeds `input` in pieces of the given sizes (cycled) and collects
+    /// every frame, then the end-of-input frames.
+    fn frame(input: &[u8], pieces: &[usize], max: usize, policy: OverflowPolicy) -> (Vec<(Vec<u8>, bool)>, u64) {
+        let mut f = OctetFramer::new(max, policy, 64);
+        let mut out = Vec::new();
+        let mut dropped = 0;
+        let mut collect = |lines: Lines, out: &mut Vec<(Vec<u8>, bool)>| {
+            dropped += lines.dropped;
+            for (i, s) in lines.spans.iter().enumerate() {
+                out.push((lines.line(i).to_vec(), s.truncated));
+            }
+        };
+        let mut rest = input;
+        let mut k = 0;
+        while !rest.is_empty() {
+            let n = pieces[k % pieces.len()].clamp(1, rest.len());
+            k += 1;
+            f.buf_mut().extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            while let Some(l) = f.take_lines() {
+                collect(l, &mut out);
+            }
+            assert!(f.buf.len() <= max + MAX_COUNT_DIGITS + 1 + 64 + n, "buffer bound");
+        }
+        while let Some(l) = f.finish() {
+            collect(l, &mut out);
+        }
+        (out, dropped)
+    }
+
+    fn encode(messages: &[Vec<u8>]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for m in messages {
+            v.extend_from_slice(format!("{} ", m.len()).as_bytes());
+            v.extend_from_slice(m);
+        }
+        v
+    }
+
+    #[test]
+    fn octet_frames_keep_newlines_and_mixed_newline_frames_work() {
+        let mut input = encode(&[b"a\nb".to_vec(), b"<13>x".to_vec()]);
+        input.extend_from_slice(b"\nplain line\n12abc digits without a space\n");
+        let (got, dropped) = frame(&input, &[3], 100, OverflowPolicy::Truncate);
+        assert_eq!(dropped, 0);
+        let got: Vec<_> = got.into_iter().map(|(l, _)| l).collect();
+        assert_eq!(
+            got,
+            vec![
+                b"a\nb".to_vec(),
+                b"<13>x".to_vec(),
+                b"plain line".to_vec(),
+                b"12abc digits without a space".to_vec()
+            ]
+        );
+    }
+
+    #[test]
+    fn oversize_frames_are_truncated_or_dropped_and_the_next_frame_survives() {
+        let input = encode(&[vec![b'x'; 500], b"next".to_vec()]);
+        let (got, _) = frame(&input, &[7, 100], 50, OverflowPolicy::Truncate);
+        assert_eq!(got, vec![(vec![b'x'; 50], true), (b"next".to_vec(), false)]);
+        let (got, dropped) = frame(&input, &[7, 100], 50, OverflowPolicy::Drop);
+        assert_eq!(dropped, 1);
+        assert_eq!(got, vec![(b"next".to_vec(), false)]);
+    }
+
+    #[test]
+    fn an_incomplete_last_frame_is_kept_and_flagged() {
+        let (got, _) = frame(b"10 abc", &[100], 100, OverflowPolicy::Truncate);
+        assert_eq!(got, vec![(b"abc".to_vec(), true)]);
+        let (got, _) = frame(b"5 hello\n\n", &[100], 100, OverflowPolicy::Truncate);
+        assert_eq!(got, vec![(b"hello".to_vec(), false)]);
+    }
+
+    proptest! {
+        #[test]
+        fn any_read_split_gives_the_same_frames(
+            // RFC 6587: a length is NONZERO-DIGIT *DIGIT.
+            messages in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..40), 0..20),
+            pieces in proptest::collection::vec(1usize..50, 1..5),
+        ) {
+            let input = encode(&messages);
+            let (got, dropped) = frame(&input, &pieces, 64, OverflowPolicy::Truncate);
+            prop_assert_eq!(dropped, 0);
+            let want: Vec<_> = messages.into_iter().map(|m| (m, false)).collect();
+            prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(input in proptest::collection::vec(any::<u8>(), 0..400), piece in 1usize..64) {
+            let _ = frame(&input, &[piece], 32, OverflowPolicy::Truncate);
+            let _ = frame(&input, &[piece], 32, OverflowPolicy::Drop);
+        }
+    }
+}

@@ -674,3 +674,74 @@ pub(crate) async fn accept_or_stop<T, F: std::future::Future<Output = std::io::R
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, Format};
+
+    fn error_paths(sources: &str) -> Vec<String> {
+        let text = format!("{sources}\n[sinks.out]\ntype = \"stdout\"\n");
+        match Config::from_str(&text, Format::Toml, &|_| None) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn socket_settings_are_checked_with_key_paths() {
+        let errs = error_paths(
+            r#"
+[sources.a]
+type = "socket"
+mode = "unix_stream"
+address = "127.0.0.1:1"
+[sources.b]
+type = "socket"
+mode = "udp"
+permissions = "0600"
+framing = "octet_counting"
+peer_environment = ["X"]
+[sources.c]
+type = "socket"
+mode = "tcp"
+address = "127.0.0.1:1"
+permissions = "999"
+[sources.d]
+type = "socket"
+mode = "unix_datagram"
+path = "/tmp/x"
+tls = { cert_file = "c", key_file = "k" }
+[sources.e]
+type = "socket"
+mode = "carrier_pigeon"
+"#,
+        );
+        for want in [
+            "sources.a.path:",
+            "sources.a.address:",
+            "sources.b.address:",
+            "sources.b.permissions:",
+            "sources.b.framing:",
+            "sources.b.peer_environment:",
+            "sources.c.permissions:",
+            "sources.d.tls:",
+            "sources.e.mode:",
+        ] {
+            assert!(errs.iter().any(|e| e.starts_with(want)), "missing {want} in {errs:#?}");
+        }
+    }
+
+    #[test]
+    fn a_minimal_socket_config_is_valid_with_documented_defaults() {
+        let text = "[sources.s]\ntype = \"socket\"\nmode = \"tcp\"\naddress = \"0.0.0.0:5140\"\n[sinks.out]\ntype = \"stdout\"\n";
+        let c = Config::from_str(text, Format::Toml, &|_| None).unwrap();
+        let crate::sources::SourceConfig::Socket(s) = &c.sources["s"] else {
+            panic!("not a socket")
+        };
+        assert_eq!(s.format, super::SocketFormat::Json);
+        assert_eq!(s.framing, super::StreamFraming::Auto);
+        assert_eq!(s.max_connections, super::DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(s.idle_timeout, super::DEFAULT_IDLE_TIMEOUT);
+        assert!(s.peer_metadata);
+    }
+}

@@ -6,7 +6,7 @@
 
 mod running;
 
-use running::{free_port, free_udp_port, proc_status_kib, run_client, wait_for_path, Output, Sluice};
+use running::{proc_status_kib, run_client, wait_for_path, Output, Sluice};
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -166,17 +166,19 @@ fn the_socket_file_gets_the_configured_mode_and_owner() {
     assert_eq!((meta.uid(), meta.gid()), (0, 0));
 }
 
-fn tcp_config(port: u16, extra: &str) -> String {
+/// A TCP source on an ephemeral port (the test reads the port from the
+/// logs) with the API on one too.
+fn tcp_config(extra: &str) -> String {
     format!(
         r#"
 [api]
-enabled = false
+address = "127.0.0.1:0"
 [enrich]
 disable_host = true
 [sources.tcp]
 type = "socket"
 mode = "tcp"
-address = "127.0.0.1:{port}"
+address = "127.0.0.1:0"
 {extra}
 [sinks.out]
 type = "stdout"
@@ -184,19 +186,22 @@ type = "stdout"
     )
 }
 
+fn tcp_address(s: &mut Sluice) -> String {
+    s.logged_address("listening on TCP", Some("tcp"), WAIT)
+}
+
 #[test]
 fn ndjson_over_tcp_and_udp_from_socat_arrives_with_the_peer_address() {
-    let (tcp, udp) = (free_port(), free_udp_port());
-    let config = tcp_config(tcp, "") + &format!("[sources.udp]\ntype = \"socket\"\nmode = \"udp\"\naddress = \"127.0.0.1:{udp}\"\n");
+    let config = tcp_config("") + "[sources.udp]\ntype = \"socket\"\nmode = \"udp\"\naddress = \"127.0.0.1:0\"\n";
     let mut s = Sluice::start(&config, Output::Lines);
-    s.wait_for_log("listening on TCP", WAIT);
-    s.wait_for_log("\"source\":\"udp\"", WAIT);
+    let tcp = tcp_address(&mut s);
+    let udp = s.logged_address("receiving datagrams", Some("udp"), WAIT);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("in.ndjson");
     let body: String = (0..1000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
     std::fs::write(&file, &body).unwrap();
     run_client(
-        Command::new("socat").args(["-u", &format!("FILE:{}", file.display()), &format!("TCP:127.0.0.1:{tcp}")]),
+        Command::new("socat").args(["-u", &format!("FILE:{}", file.display()), &format!("TCP:{tcp}")]),
         WAIT,
     );
     let events = s.events(1000, WAIT);
@@ -206,7 +211,7 @@ fn ndjson_over_tcp_and_udp_from_socat_arrives_with_the_peer_address() {
     let dgram = dir.path().join("dgram");
     std::fs::write(&dgram, "{\"via\":\"udp\"}\n").unwrap();
     run_client(
-        Command::new("socat").args(["-u", &format!("FILE:{}", dgram.display()), &format!("UDP:127.0.0.1:{udp}")]),
+        Command::new("socat").args(["-u", &format!("FILE:{}", dgram.display()), &format!("UDP:{udp}")]),
         WAIT,
     );
     assert_eq!(s.events(1, WAIT)[0], json!({"via": "udp", "peer": {"ip": "127.0.0.1"}}));
@@ -214,10 +219,9 @@ fn ndjson_over_tcp_and_udp_from_socat_arrives_with_the_peer_address() {
 
 #[test]
 fn oversize_frames_are_truncated_and_flagged_and_an_idle_connection_is_closed_with_its_last_line() {
-    let port = free_port();
-    let mut s = Sluice::start(&tcp_config(port, "max_frame_bytes = 64\nidle_timeout = \"300ms\""), Output::Lines);
-    s.wait_for_log("listening on TCP", WAIT);
-    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut s = Sluice::start(&tcp_config("max_frame_bytes = 64\nidle_timeout = \"300ms\""), Output::Lines);
+    let port = tcp_address(&mut s);
+    let mut c = TcpStream::connect(&port).unwrap();
     let long = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(200));
     c.write_all(long.as_bytes()).unwrap();
     c.write_all(b"{\"after\":true}\nno newline yet").unwrap();
@@ -285,19 +289,18 @@ fn make_certificates(dir: &std::path::Path) {
 fn tls_with_a_required_client_certificate_accepts_socat_with_one_and_refuses_it_without() {
     let certs = tempfile::tempdir().unwrap();
     make_certificates(certs.path());
-    let (port, api) = (free_port(), free_port());
     let d = certs.path().display();
-    let config = tcp_config(port, "")
-        .replace("enabled = false", &format!("address = \"127.0.0.1:{api}\""))
+    let config = tcp_config("")
         + &format!(
             "[sources.tcp.tls]\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\nclient_ca_file = \"{d}/ca.pem\"\nclient_auth = \"required\"\n"
         );
     let mut s = Sluice::start(&config, Output::Lines);
-    s.wait_for_log("listening on TCP", WAIT);
+    let port = tcp_address(&mut s);
+    let api = s.api_address();
     let input = certs.path().join("in.ndjson");
     std::fs::write(&input, "{\"secure\":1}\n{\"secure\":2}\n").unwrap();
     let target = |with_cert: bool| {
-        let mut t = format!("OPENSSL:127.0.0.1:{port},cafile={d}/ca.pem,verify=1");
+        let mut t = format!("OPENSSL:{port},cafile={d}/ca.pem,verify=1");
         if with_cert {
             t.push_str(&format!(",cert={d}/client.pem,key={d}/client.key"));
         }
@@ -319,7 +322,6 @@ fn tls_with_a_required_client_certificate_accepts_socat_with_one_and_refuses_it_
         .unwrap();
     let _ = status;
     let deadline = Instant::now() + WAIT;
-    let api = format!("127.0.0.1:{api}");
     while Sluice::metric(&api, r#"sluice_source_connections_refused_total{reason="tls",source="tcp"}"#) < 1.0 {
         assert!(
             Instant::now() < deadline,
@@ -334,10 +336,9 @@ fn tls_with_a_required_client_certificate_accepts_socat_with_one_and_refuses_it_
 #[test]
 fn a_million_lines_over_tcp_into_a_slow_sink_lose_nothing_and_memory_stays_bounded() {
     const LINES: usize = 1_000_000;
-    let port = free_port();
-    let config = tcp_config(port, "") + "[sinks.out.buffer]\nmax_events = 10000\nmax_bytes = \"1MiB\"\n";
+    let config = tcp_config("") + "[sinks.out.buffer]\nmax_events = 10000\nmax_bytes = \"1MiB\"\n";
     let mut s = Sluice::start(&config, Output::Raw);
-    s.wait_for_log("listening on TCP", WAIT);
+    let port = tcp_address(&mut s);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("million.ndjson");
     {
@@ -349,7 +350,7 @@ fn a_million_lines_over_tcp_into_a_slow_sink_lose_nothing_and_memory_stays_bound
     }
     let input_bytes = std::fs::metadata(&file).unwrap().len();
     let mut sender = Command::new("socat")
-        .args(["-u", &format!("FILE:{}", file.display()), &format!("TCP:127.0.0.1:{port}")])
+        .args(["-u", &format!("FILE:{}", file.display()), &format!("TCP:{port}")])
         .spawn()
         .unwrap();
     let baseline_kib = s.memory_kib("VmRSS");
@@ -407,14 +408,11 @@ fn two_thousand_idle_connections_hold_little_memory_and_one_past_the_cap_is_refu
         CONNS + 200,
         limit.rlim_cur
     );
-    let (port, api) = (free_port(), free_port());
-    let config =
-        tcp_config(port, &format!("max_connections = {CONNS}")).replace("enabled = false", &format!("address = \"127.0.0.1:{api}\""));
-    let mut s = Sluice::start(&config, Output::Lines);
-    s.wait_for_log("listening on TCP", WAIT);
-    let api = format!("127.0.0.1:{api}");
+    let mut s = Sluice::start(&tcp_config(&format!("max_connections = {CONNS}")), Output::Lines);
+    let port = tcp_address(&mut s);
+    let api = s.api_address();
     let before_kib = s.memory_kib("VmRSS");
-    let mut conns: Vec<TcpStream> = (0..CONNS).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    let mut conns: Vec<TcpStream> = (0..CONNS).map(|_| TcpStream::connect(&port).unwrap()).collect();
     let deadline = Instant::now() + WAIT;
     while Sluice::metric(&api, r#"sluice_source_connections{source="tcp"}"#) < CONNS as f64 {
         assert!(Instant::now() < deadline, "not all {CONNS} connections were accepted");
@@ -429,7 +427,7 @@ fn two_thousand_idle_connections_hold_little_memory_and_one_past_the_cap_is_refu
     );
 
     // Past the cap: accepted by the kernel, closed at once by sluice.
-    let mut extra = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut extra = TcpStream::connect(&port).unwrap();
     extra.set_read_timeout(Some(WAIT)).unwrap();
     let mut buf = [0u8; 8];
     assert_eq!(extra.read(&mut buf).unwrap(), 0, "a connection past the cap is closed");
@@ -447,7 +445,7 @@ fn two_thousand_idle_connections_hold_little_memory_and_one_past_the_cap_is_refu
         assert!(Instant::now() < deadline, "closed connections were not released");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut again = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut again = TcpStream::connect(&port).unwrap();
     again.write_all(b"{\"from\":\"a new one\"}\n").unwrap();
     assert_eq!(s.events(1, WAIT)[0]["from"], "a new one");
 }
@@ -455,31 +453,29 @@ fn two_thousand_idle_connections_hold_little_memory_and_one_past_the_cap_is_refu
 #[test]
 fn udp_datagrams_are_delivered_or_counted_as_dropped_when_the_pipeline_is_full() {
     const SENT: u64 = 50_000;
-    let (udp, api) = (free_udp_port(), free_port());
-    let config = format!(
-        r#"
+    let config = r#"
 [api]
-address = "127.0.0.1:{api}"
+address = "127.0.0.1:0"
 [enrich]
 disable_host = true
 [sources.udp]
 type = "socket"
 mode = "udp"
-address = "127.0.0.1:{udp}"
+address = "127.0.0.1:0"
 [sinks.out]
 type = "stdout"
 [sinks.out.buffer]
 max_events = 100
-"#
-    );
-    let mut s = Sluice::start(&config, Output::Raw);
-    s.wait_for_log("receiving datagrams", WAIT);
-    let api = format!("127.0.0.1:{api}");
+"#;
+    let mut s = Sluice::start(config, Output::Raw);
+    let udp = s.logged_address("receiving datagrams", Some("udp"), WAIT);
+    let udp_port = udp.rsplit(':').next().unwrap().to_owned();
+    let api = s.api_address();
     let dropped = || Sluice::metric(&api, r#"sluice_events_dropped_total{component="udp",reason="socket_overflow"}"#) as u64;
     // Nobody reads sluice's stdout yet: the pipeline fills up.
     let send = |from: u64, to: u64| {
         let script = format!(
-            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor i in range({from}, {to}):\n    s.sendto(b'{{\"seq\":%d}}\\n' % i, ('127.0.0.1', {udp}))\n"
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor i in range({from}, {to}):\n    s.sendto(b'{{\"seq\":%d}}\\n' % i, ('127.0.0.1', {udp_port}))\n"
         );
         run_client(Command::new("python3").args(["-c", &script]), WAIT);
     };

@@ -5,63 +5,58 @@
 
 mod running;
 
-use running::{free_port, free_udp_port, run_client, wait_for_path, Output, Sluice};
+use running::{run_client, wait_for_path, Output, Sluice};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Where the running sluice listens (it bound port 0 and logged the
+/// ports it got).
 struct Ports {
-    api: u16,
-    tcp: u16,
-    udp: u16,
+    api: String,
+    tcp: String,
+    udp: String,
 }
 
 fn start() -> (Sluice, Ports) {
-    let ports = Ports {
-        api: free_port(),
-        tcp: free_port(),
-        udp: free_udp_port(),
-    };
-    let config = format!(
-        r#"
+    let config = r#"
 [api]
-address = "127.0.0.1:{api}"
+address = "127.0.0.1:0"
 [enrich]
 disable_host = true
 [sources.dgram]
 type = "socket"
 mode = "unix_datagram"
-path = "{{dir}}/log.sock"
+path = "{dir}/log.sock"
 format = "syslog"
 [sources.stream]
 type = "socket"
 mode = "unix_stream"
-path = "{{dir}}/stream.sock"
+path = "{dir}/stream.sock"
 format = "syslog"
 [sources.tcp]
 type = "socket"
 mode = "tcp"
-address = "127.0.0.1:{tcp}"
+address = "127.0.0.1:0"
 format = "syslog"
 [sources.udp]
 type = "socket"
 mode = "udp"
-address = "127.0.0.1:{udp}"
+address = "127.0.0.1:0"
 format = "syslog"
 [sinks.out]
 type = "stdout"
-"#,
-        api = ports.api,
-        tcp = ports.tcp,
-        udp = ports.udp
-    );
-    let mut s = Sluice::start(&config, Output::Lines);
-    s.wait_for_log("listening on TCP", WAIT);
+"#;
+    let mut s = Sluice::start(config, Output::Lines);
+    let ports = Ports {
+        api: s.api_address(),
+        tcp: s.logged_address("listening on TCP", Some("tcp"), WAIT),
+        udp: s.logged_address("receiving datagrams", Some("udp"), WAIT),
+    };
     wait_for_path(&s.path("log.sock"), WAIT);
     wait_for_path(&s.path("stream.sock"), WAIT);
-    s.wait_for_log("\"source\":\"udp\"", WAIT);
     (s, ports)
 }
 
@@ -184,7 +179,7 @@ fn python_syslog_handler_over_the_unix_datagram_socket_and_udp() {
 import logging, logging.handlers
 unix = logging.handlers.SysLogHandler(address={sock:?}, facility=logging.handlers.SysLogHandler.LOG_LOCAL0)
 unix.setFormatter(logging.Formatter("pyapp: %(message)s"))
-udp = logging.handlers.SysLogHandler(address=("127.0.0.1", {udp}))
+udp = logging.handlers.SysLogHandler(address=("127.0.0.1", {udp_port}))
 udp.setFormatter(logging.Formatter("pyudp[42]: %(message)s"))
 log = logging.getLogger("t")
 log.addHandler(unix)
@@ -193,7 +188,7 @@ log.warning("disk almost full")
 log.error("disk full")
 "#,
         sock = s.path("log.sock").display().to_string(),
-        udp = ports.udp
+        udp_port = ports.udp.rsplit(':').next().unwrap()
     );
     run_client(Command::new("python3").args(["-c", &script]), WAIT);
     let events = s.events(4, WAIT);
@@ -231,7 +226,7 @@ fn socat_tcp_octet_counting_keeps_newlines_inside_a_message_and_udp_works() {
     let file = dir.path().join("octets");
     std::fs::write(&file, body).unwrap();
     run_client(
-        Command::new("socat").args(["-u", &format!("FILE:{}", file.display()), &format!("TCP:127.0.0.1:{}", ports.tcp)]),
+        Command::new("socat").args(["-u", &format!("FILE:{}", file.display()), &format!("TCP:{}", ports.tcp)]),
         WAIT,
     );
     let events = s.events(2, WAIT);
@@ -243,7 +238,7 @@ fn socat_tcp_octet_counting_keeps_newlines_inside_a_message_and_udp_works() {
     let dgram = dir.path().join("dgram");
     std::fs::write(&dgram, "<165>Oct 11 22:14:15 relay sshd[99]: accepted").unwrap();
     run_client(
-        Command::new("socat").args(["-u", &format!("FILE:{}", dgram.display()), &format!("UDP:127.0.0.1:{}", ports.udp)]),
+        Command::new("socat").args(["-u", &format!("FILE:{}", dgram.display()), &format!("UDP:{}", ports.udp)]),
         WAIT,
     );
     let e = &s.events(1, WAIT)[0];
@@ -262,7 +257,7 @@ fn malformed_syslog_lines_are_kept_as_messages_and_counted() {
     let file = dir.path().join("lines");
     std::fs::write(&file, "this is not syslog\n<13>1 2024-05-01T10:00:00Z\n<13>fine\n").unwrap();
     run_client(
-        Command::new("socat").args(["-u", &format!("FILE:{}", file.display()), &format!("TCP:127.0.0.1:{}", ports.tcp)]),
+        Command::new("socat").args(["-u", &format!("FILE:{}", file.display()), &format!("TCP:{}", ports.tcp)]),
         WAIT,
     );
     let events = s.events(3, WAIT);
@@ -270,6 +265,5 @@ fn malformed_syslog_lines_are_kept_as_messages_and_counted() {
     assert_eq!(events[1]["message"], "<13>1 2024-05-01T10:00:00Z");
     assert_eq!(events[2]["message"], "fine");
     assert_eq!(events[2]["severity"], "notice");
-    let api = format!("127.0.0.1:{}", ports.api);
-    assert_eq!(Sluice::metric(&api, r#"sluice_syslog_malformed_total{source="tcp"}"#), 2.0);
+    assert_eq!(Sluice::metric(&ports.api, r#"sluice_syslog_malformed_total{source="tcp"}"#), 2.0);
 }

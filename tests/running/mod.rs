@@ -111,6 +111,37 @@ impl Sluice {
         }
     }
 
+    /// Waits for sluice's JSON log line with `message` (and `source`, when
+    /// given) and returns its `address` field: the address it really
+    /// bound, so tests can ask for port 0 and never race for a port.
+    pub fn logged_address(&mut self, message: &str, source: Option<&str>, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.logs().lines().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                let wanted = v["message"] == message && source.is_none_or(|s| v["source"] == s);
+                wanted.then(|| v["address"].as_str().map(str::to_owned)).flatten()
+            });
+            if let Some(a) = found {
+                return a;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("sluice exited ({status}) before logging {message:?}; logs:\n{}", self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {message:?} in the logs within {timeout:?}:\n{}",
+                self.logs()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The address of the API (`[api] address = "127.0.0.1:0"`).
+    pub fn api_address(&mut self) -> String {
+        self.logged_address("serving /metrics, /health and /ready", None, Duration::from_secs(30))
+    }
+
     /// The next `n` events from stdout, parsed.
     pub fn events(&self, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
         let rx = self.lines.as_ref().expect("stdout collected as lines");
@@ -208,16 +239,6 @@ pub fn http_get(addr: &str, path: &str) -> String {
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
-}
-
-/// A TCP port on loopback that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A UDP port on loopback that was free a moment ago.
-pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Runs a client command to completion (bounded), panicking with its

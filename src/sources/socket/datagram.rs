@@ -295,7 +295,13 @@ pub(crate) async fn run(
 ) -> Result<(), SourceError> {
     let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
     let forwarder = tokio::spawn(forward(rx, reader, cfg.clone(), cx.clone()));
-    tracing::info!(source = %cx.name, mode = ?cfg.mode, "receiving datagrams");
+    match &socket {
+        DatagramSocket::Udp(s) => match s.local_addr() {
+            Ok(address) => tracing::info!(source = %cx.name, %address, "receiving datagrams"),
+            Err(_) => tracing::info!(source = %cx.name, "receiving datagrams"),
+        },
+        DatagramSocket::Unix(_) => tracing::info!(source = %cx.name, path = ?cfg.path, "receiving datagrams"),
+    }
     let result = receive(&socket, &cfg, &cx, tx).await;
     let _ = forwarder.await;
     drop(socket);

@@ -3,15 +3,15 @@
 //! delivery, and a second aggregator in the group takes over when one is
 //! killed mid-stream.
 
+mod running;
 mod support;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use running::{Output, Sluice};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -47,15 +47,12 @@ fn produce(kafka: &Kafka, topic: &str, partitions: i32, seqs: std::ops::Range<u6
     producer.flush(Duration::from_secs(30)).expect("flush the producer");
 }
 
-fn config(dir: &Path, kafka: &Kafka, topic: &str, group: &str) -> std::path::PathBuf {
-    let path = dir.join(format!("aggregator-{group}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"
+fn config(kafka: &Kafka, topic: &str, group: &str) -> String {
+    format!(
+        r#"
 shutdown_timeout = "30s"
 [api]
-enabled = false
+address = "127.0.0.1:0"
 [enrich]
 disable_host = true
 release = "aggregator-release"
@@ -67,6 +64,7 @@ group_id = "{group}"
 session_timeout = "6s"
 commit_interval = "200ms"
 batch_timeout = "20ms"
+lag_interval = "300ms"
 [sources.kafka.librdkafka_options]
 "heartbeat.interval.ms" = "500"
 [sinks.out]
@@ -74,38 +72,27 @@ type = "stdout"
 [sinks.out.buffer]
 max_events = 200
 "#,
-            addr = kafka.addr
-        ),
+        addr = kafka.addr
     )
-    .unwrap();
-    path
 }
 
 /// A running aggregator whose stdout lines arrive on `lines`.
 struct Aggregator {
-    child: Child,
+    sluice: Sluice,
     lines: mpsc::Receiver<String>,
     /// Killed with SIGKILL: its last line may be torn mid-write.
     killed: bool,
 }
 
 impl Aggregator {
-    fn start(config: &Path) -> Aggregator {
+    fn start(config: &str) -> Aggregator {
         Aggregator::start_reading(config, Duration::ZERO)
     }
 
     /// Starts it with its stdout read one line per `pause`: a slow sink.
-    fn start_reading(config: &Path, pause: Duration) -> Aggregator {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("--config")
-            .arg(config)
-            .env("SLUICE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start sluice");
-        let stdout = child.stdout.take().unwrap();
+    fn start_reading(config: &str, pause: Duration) -> Aggregator {
+        let mut sluice = Sluice::start(config, Output::Raw);
+        let stdout = sluice.take_stdout();
         let (tx, lines) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -119,7 +106,7 @@ impl Aggregator {
             }
         });
         Aggregator {
-            child,
+            sluice,
             lines,
             killed: false,
         }
@@ -146,26 +133,11 @@ impl Aggregator {
 
     fn signal(&mut self, sig: i32) {
         self.killed |= sig == libc::SIGKILL;
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
+        self.sluice.signal(sig);
     }
 
     fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "sluice did not exit within {timeout:?}");
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Aggregator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.sluice.wait(timeout)
     }
 }
 
@@ -216,18 +188,38 @@ fn committed_total(kafka: &Kafka, topic: &str, group: &str, partitions: i32) -> 
 #[test]
 fn every_event_arrives_and_offsets_are_committed_only_for_delivered_events() {
     let kafka = Kafka::start();
-    let dir = tempfile::tempdir().unwrap();
     let (topic, partitions) = ("agent-logs", 3);
     runtime().block_on(kafka.create_topic(topic, partitions));
     const FIRST: u64 = 3000;
     produce(&kafka, topic, partitions, 0..FIRST);
 
-    let cfg = config(dir.path(), &kafka, topic, "aggregators");
+    let cfg = config(&kafka, topic, "aggregators");
     let started = Instant::now();
     let mut agg = Aggregator::start(&cfg);
     let mut seen = HashSet::new();
     wait_for_all(&[&agg], &mut seen, FIRST, "first run");
     eprintln!("first run delivered {FIRST} events in {:?}", started.elapsed());
+
+    // Everything delivered is committed, so the lag of every partition
+    // falls to zero.
+    let api = agg.sluice.api_address();
+    let deadline = Instant::now() + DELIVERY_TIMEOUT;
+    loop {
+        let text = running::http_get(&api, "/metrics");
+        let lags: Vec<f64> = (0..partitions)
+            .filter_map(|p| {
+                let series = format!(r#"sluice_kafka_consumer_lag{{partition="{p}",source="kafka",topic="{topic}"}}"#);
+                text.lines()
+                    .find_map(|l| l.strip_prefix(series.as_str()).and_then(|v| v.trim().parse().ok()))
+            })
+            .collect();
+        if lags.len() == partitions as usize && lags.iter().all(|l| *l == 0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lag did not reach 0 on every partition: {lags:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(Sluice::metric(&api, r#"sluice_kafka_commits_total{result="ok",source="kafka"}"#) >= 1.0);
 
     // A clean stop commits everything delivered.
     agg.signal(libc::SIGTERM);
@@ -257,13 +249,12 @@ fn every_event_arrives_and_offsets_are_committed_only_for_delivered_events() {
 #[test]
 fn a_second_aggregator_takes_over_when_one_is_killed_mid_stream() {
     let kafka = Kafka::start();
-    let dir = tempfile::tempdir().unwrap();
     let (topic, partitions) = ("agent-logs-2", 4);
     runtime().block_on(kafka.create_topic(topic, partitions));
     let started = Instant::now();
     const FIRST: u64 = 20_000;
     const TOTAL: u64 = 30_000;
-    let cfg = config(dir.path(), &kafka, topic, "pair");
+    let cfg = config(&kafka, topic, "pair");
     // The backlog is there before either starts and A's sink is slow, so A
     // is killed while it is still working through its partitions.
     produce(&kafka, topic, partitions, 0..FIRST);

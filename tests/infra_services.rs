@@ -15,9 +15,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use rusty_s3::S3Action;
 
-use support::{Kafka, PrometheusServer, S3};
-
-const KAFKA_TIMEOUT: Duration = Duration::from_secs(20);
+use support::{Kafka, PrometheusServer, KAFKA_TIMEOUT, S3};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -146,6 +144,48 @@ fn s3s_fs_serves_a_bucket_created_by_the_helper() {
     let (status, body) = support::http_request("PUT", url.as_str(), &[], b"v");
     assert_eq!(status, 200, "{body}");
     assert_eq!(s3.keys_on_disk("made-by-helper"), vec!["k".to_string()]);
+}
+
+#[test]
+fn s3s_fs_treats_a_directory_under_root_as_a_bucket() {
+    let s3 = S3::start();
+    s3.create_bucket_dir("from-mkdir");
+    let creds = s3.credentials();
+    let bucket = s3.bucket("from-mkdir");
+    let url = bucket.put_object(Some(&creds), "a/b.txt").sign(Duration::from_secs(60));
+    let (status, body) = support::http_request("PUT", url.as_str(), &[], b"payload");
+    assert_eq!(status, 200, "{body}");
+    let url = bucket.list_objects_v2(Some(&creds)).sign(Duration::from_secs(60));
+    let (status, listing) = support::http_get(url.as_str());
+    assert_eq!(status, 200, "{listing}");
+    assert!(listing.contains("<Key>a/b.txt</Key>"), "{listing}");
+}
+
+#[test]
+fn kafka_helpers_create_a_topic_and_read_back_every_partition() {
+    let kafka = Kafka::start();
+    let rt = runtime();
+    rt.block_on(kafka.create_topic("two-parts", 2));
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.addr)
+        .set("message.timeout.ms", "15000")
+        .create()
+        .expect("producer");
+    for (partition, payload) in [(0, "p0-a"), (1, "p1-a"), (0, "p0-b")] {
+        let record = FutureRecord::<str, str>::to("two-parts").partition(partition).payload(payload);
+        rt.block_on(async { tokio::time::timeout(KAFKA_TIMEOUT, producer.send(record, Duration::from_secs(10))).await })
+            .expect("produce timed out")
+            .unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
+    }
+    let got: Vec<(i32, i64, Vec<u8>)> = kafka
+        .read_topic("two-parts", 3, KAFKA_TIMEOUT)
+        .into_iter()
+        .map(|r| (r.partition, r.offset, r.payload.unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(0, 0, b"p0-a".to_vec()), (0, 1, b"p0-b".to_vec()), (1, 0, b"p1-a".to_vec()),]
+    );
 }
 
 #[test]

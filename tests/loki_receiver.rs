@@ -501,6 +501,33 @@ fn strict_order_rejects_entries_older_than_the_newest_of_their_stream() {
 }
 
 #[test]
+fn chunked_request_bodies_are_decoded() {
+    use std::io::Read;
+    let loki = Loki::start();
+    let addr = loki.url.trim_start_matches("http://");
+    let doc = json_push_of("chunked", &[7, 8]).to_string();
+    let (a, b) = doc.as_bytes().split_at(doc.len() / 2);
+    let mut req = format!(
+        "POST /loki/api/v1/push HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for part in [a, b] {
+        req.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        req.extend_from_slice(part);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+    conn.set_read_timeout(Some(support::HTTP_TIMEOUT)).expect("read timeout");
+    conn.write_all(&req).expect("send request");
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).expect("read answer");
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    assert_eq!(loki.lines(), vec!["line at 7", "line at 8"]);
+}
+
+#[test]
 fn protobuf_tenants_are_kept_apart() {
     let loki = Loki::start();
     let req = |line: &str| logproto::PushRequest {

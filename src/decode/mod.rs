@@ -6,6 +6,7 @@ pub mod cri;
 pub mod docker;
 mod json;
 pub mod partial;
+pub mod syslog;
 
 pub use json::{escape_json_str, Decoder};
 

@@ -3,6 +3,9 @@
 //! the registry that names them.
 
 pub mod file;
+pub mod kafka;
+pub mod process;
+pub mod socket;
 pub mod stdin;
 
 use serde_json::{Map, Value};
@@ -20,6 +23,12 @@ pub enum SourceConfig {
     Stdin(stdin::StdinConfig),
     /// `type = "file"`.
     File(Box<file::FileConfig>),
+    /// `type = "socket"`: unix, TCP or UDP sockets.
+    Socket(Box<socket::SocketConfig>),
+    /// `type = "process"`: a command's stdout and stderr (`sluice run`).
+    Process(Box<process::ProcessConfig>),
+    /// `type = "kafka"`: a consumer group (the aggregator tier).
+    Kafka(Box<kafka::KafkaSourceConfig>),
 }
 
 /// Errors a running source can end with.
@@ -63,10 +72,13 @@ pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<
             }
             problems.is_empty().then(|| SourceConfig::File(Box::new(c)))
         }),
+        "socket" => socket::SocketConfig::parse(path, value, &mut errors).map(|c| SourceConfig::Socket(Box::new(c))),
+        "process" => process::ProcessConfig::parse(path, value, &mut errors).map(|c| SourceConfig::Process(Box::new(c))),
+        "kafka" => kafka::KafkaSourceConfig::parse(path, value, &mut errors).map(|c| SourceConfig::Kafka(Box::new(c))),
         other => {
             errors.push(ConfigError::new(
                 format!("{path}.type"),
-                format!("unknown source type {other:?}; known: stdin, file"),
+                format!("unknown source type {other:?}; known: stdin, file, socket, process, kafka"),
             ));
             None
         }
@@ -80,6 +92,9 @@ impl SourceConfig {
         match self {
             SourceConfig::Stdin(_) => "stdin",
             SourceConfig::File(_) => "file",
+            SourceConfig::Socket(_) => "socket",
+            SourceConfig::Process(_) => "process",
+            SourceConfig::Kafka(_) => "kafka",
         }
     }
 
@@ -88,6 +103,9 @@ impl SourceConfig {
         match self {
             SourceConfig::Stdin(c) => c.build(cx),
             SourceConfig::File(c) => c.build(cx),
+            SourceConfig::Socket(c) => c.build(cx),
+            SourceConfig::Process(c) => c.build(cx),
+            SourceConfig::Kafka(c) => c.build(cx),
         }
     }
 }

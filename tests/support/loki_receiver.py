@@ -24,6 +24,7 @@ import gzip
 import json
 import sys
 import threading
+import traceback
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -614,7 +615,12 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(400, str(e))
             return
         if path == "/loki/api/v1/push":
-            self.handle_push(body)
+            try:
+                self.handle_push(body)
+            except Exception:  # a receiver bug: say so instead of dropping the connection
+                traceback.print_exc(file=sys.stderr)
+                self.close_connection = True
+                self.reply(500, "loki_receiver.py internal error:\n" + traceback.format_exc())
         elif path == "/control/mode":
             self.handle_mode(body)
         elif path == "/control/reset":

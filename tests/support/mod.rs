@@ -12,6 +12,7 @@
 //! | `SLUICE_TEST_PYTHON`       | the venv python that runs `loki_receiver.py`          |
 //! | `SLUICE_TEST_NODE_MODULES` | node_modules holding winston and winston-loki         |
 //!
+//! `SLUICE_TEST_NODE` may name the node binary (default: `node` on `PATH`).
 //! Without a variable the default cache path (or `PATH`) is used. A missing
 //! service is a panic that says to run `scripts/test`: a test never skips.
 //!
@@ -333,10 +334,97 @@ impl Kafka {
         Kafka { addr, process, _dir: dir }
     }
 
+    /// Creates `topic` with `partitions` partitions (replication 1).
+    /// Async because rdkafka's admin API is; needs a tokio runtime for its
+    /// timeout.
+    pub async fn create_topic(&self, topic: &str, partitions: i32) {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .create()
+            .expect("kafka admin client");
+        let opts = AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT));
+        let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let result = tokio::time::timeout(KAFKA_TIMEOUT, admin.create_topics(&[new_topic], &opts))
+            .await
+            .unwrap_or_else(|_| panic!("creating topic {topic} took over {KAFKA_TIMEOUT:?}"))
+            .unwrap_or_else(|e| panic!("creating topic {topic}: {e}; tansu log:\n{}", self.log()));
+        assert_eq!(result, vec![Ok(topic.to_string())], "creating topic {topic}");
+    }
+
+    /// Reads `topic` from the beginning of every partition until at least
+    /// `min` records arrived, then returns them (per partition in offset
+    /// order). Blocking: from async code call it in `spawn_blocking`.
+    pub fn read_topic(&self, topic: &str, min: usize, timeout: Duration) -> Vec<KafkaRecord> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::{Headers, Message};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .set("group.id", "sluice-test-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("kafka consumer");
+        let metadata = consumer
+            .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
+            .unwrap_or_else(|e| panic!("metadata of {topic}: {e}"));
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+            for p in t.partitions() {
+                tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+                    .expect("partition offset");
+            }
+        }
+        assert!(tpl.count() > 0, "topic {topic} has no partitions (does it exist?)");
+        consumer.assign(&tpl).expect("assign partitions");
+        let mut records = Vec::new();
+        let deadline = Instant::now() + timeout;
+        while records.len() < min {
+            assert!(
+                Instant::now() < deadline,
+                "read {} of {min} records from {topic} within {timeout:?}",
+                records.len()
+            );
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => records.push(KafkaRecord {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }),
+                Some(Err(e)) => panic!("consuming {topic}: {e}"),
+                None => {}
+            }
+        }
+        records.sort_by_key(|r| (r.partition, r.offset));
+        records
+    }
+
     /// The broker's output so far.
     pub fn log(&self) -> String {
         self.process.log_text()
     }
+}
+
+/// How long a Kafka admin call or metadata request may take.
+pub const KAFKA_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One record read back from the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    /// Header (name, value) pairs in order; a null value reads as empty.
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 // ---------------------------------------------------------------------------
@@ -348,15 +436,16 @@ impl Kafka {
 /// Each top-level folder of `root` is a bucket and each file below it an
 /// object, so tests may check what was written directly on disk.
 pub struct S3 {
+    // Declared first so it is dropped (killed) before `root` is removed.
+    process: ServiceProcess,
     /// `http://127.0.0.1:PORT`, path-style addressing.
     pub endpoint: String,
     pub access_key: String,
     pub secret_key: String,
-    /// The signing region; s3s-fs accepts any, `us-east-1` is conventional.
+    /// The region requests are signed for (`us-east-1`).
     pub region: String,
     /// The served directory.
     pub root: TempDir,
-    process: ServiceProcess,
     _logs: TempDir,
 }
 
@@ -387,6 +476,12 @@ impl S3 {
             process,
             _logs: logs,
         }
+    }
+
+    /// Creates a bucket as a plain directory under `root`, which is all a
+    /// bucket is to s3s-fs (proved by `tests/infra_services.rs`).
+    pub fn create_bucket_dir(&self, name: &str) {
+        fs::create_dir(self.root.path().join(name)).unwrap_or_else(|e| panic!("mkdir bucket {name}: {e}"));
     }
 
     /// Creates a bucket through the S3 API (a SigV4-presigned PUT).

@@ -440,3 +440,40 @@ fn read_from_end_skips_existing_lines_only_on_the_first_start() {
     want.extend((0..5).map(|i| format!("b-{i}")));
     assert_each_once(&lines, "id", want);
 }
+
+#[test]
+fn more_files_than_max_open_files_are_all_read_in_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    for f in 0..30 {
+        append(
+            &logs.join(format!("f{f:02}.log")),
+            (0..20).map(|i| format!(r#"{{"id":"{f}-{i}"}}"#)),
+        );
+    }
+    let cfg = config_with_api(&dir.path().join("data"), &[glob(&logs, "*.log")], "max_open_files = 10");
+    let mut s = Sluice::start(dir.path(), &cfg);
+    // Open files never exceed the cap while the others wait their turn.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut saw_waiting = false;
+    while s.count() < 600 {
+        assert!(std::time::Instant::now() < deadline, "only {} of 600 lines", s.count());
+        let open = s.metric("sluice_file_open_files{source=\"files\"}").unwrap_or(0.0);
+        assert!(open <= 10.0, "{open} files open with max_open_files = 10");
+        saw_waiting |= s.metric("sluice_file_waiting_files{source=\"files\"}").unwrap_or(0.0) > 0.0;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(saw_waiting, "files waited for a slot");
+    // Files closed to make room resume at their offset when reopened.
+    for f in 0..30 {
+        append(
+            &logs.join(format!("f{f:02}.log")),
+            (20..25).map(|i| format!(r#"{{"id":"{f}-{i}"}}"#)),
+        );
+    }
+    let lines = s.wait_for(750, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = s.stop();
+    assert_each_once(&lines, "id", (0..30).flat_map(|f| (0..25).map(move |i| format!("{f}-{i}"))));
+}

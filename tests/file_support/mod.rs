@@ -169,7 +169,15 @@ impl Sluice {
     /// The `/metrics` text (needs `[api]` on a port).
     pub fn metrics(&self) -> String {
         let port = self.api_port.expect("config has an api address");
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // The API may not be listening yet right after start.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut s = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => panic!("no API on port {port}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
         let mut out = String::new();

@@ -170,6 +170,7 @@ impl FileConfig {
             shutdown: cx.shutdown,
             cache,
             started,
+            waiting_since: HashMap::new(),
             first_keys: HashSet::new(),
             completed: HashSet::new(),
         };
@@ -226,6 +227,8 @@ struct Scanner {
     shutdown: ShutdownSignal,
     cache: Option<Arc<PodCache>>,
     started: Instant,
+    /// Since when each file found but not open has been waiting for a slot.
+    waiting_since: HashMap<FileKey, Instant>,
     /// With `stop_at_eof`: files of the first scan, and those finished.
     first_keys: HashSet<FileKey>,
     completed: HashSet<FileKey>,
@@ -448,6 +451,20 @@ impl Scanner {
             open += 1;
             to_send.push((s, true));
         }
+        // Waiting files take turns: those with unread bytes first, then the
+        // longest waiting. A file closed to make room waits from then on.
+        let now = Instant::now();
+        let keys: HashSet<FileKey> = cands.iter().map(|c| c.found.stat.key).collect();
+        self.waiting_since.retain(|k, _| keys.contains(k));
+        for k in keys {
+            self.waiting_since.entry(k).or_insert(now);
+        }
+        let dormant = &self.dormant;
+        let since = &self.waiting_since;
+        cands.sort_by_key(|c| {
+            let caught_up = c.entry.is_some_and(|i| dormant[i].offset >= c.found.stat.size);
+            (caught_up, since.get(&c.found.stat.key).copied())
+        });
         for c in cands {
             if open >= cap {
                 waiting += 1;
@@ -461,6 +478,7 @@ impl Scanner {
                 None if self.first_start && self.scans == 1 && self.cfg.read_from == ReadFrom::End => c.found.stat.size,
                 None => 0,
             };
+            self.waiting_since.remove(&c.found.stat.key);
             let s = reg.add(c.file, c.found.stat.key, c.found.stat.btime, c.found.path, c.head, start, start);
             open += 1;
             to_send.push((s, false));

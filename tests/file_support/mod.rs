@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 pub struct Sluice {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// When each line was read from sluice's stdout.
+    arrivals: Arc<Mutex<Vec<Instant>>>,
     reader: Option<std::thread::JoinHandle<()>>,
     pub stderr_path: PathBuf,
     pub api_port: Option<u16>,
@@ -53,17 +55,21 @@ impl Sluice {
         let mut child = cmd.spawn().expect("start sluice");
         let stdout = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let (sink, times) = (lines.clone(), arrivals.clone());
         let reader = std::thread::spawn(move || {
             let r = BufReader::with_capacity(1 << 20, stdout);
             for line in r.lines() {
                 let Ok(line) = line else { break };
+                // Arrival first: a reader of `lines` then always finds it.
+                times.lock().unwrap().push(Instant::now());
                 sink.lock().unwrap().push(line);
             }
         });
         Sluice {
             child,
             lines,
+            arrivals,
             reader: Some(reader),
             stderr_path,
             api_port,
@@ -157,13 +163,21 @@ impl Sluice {
     }
 
     /// SIGKILL: no drain, no final checkpoint. Returns the lines written.
-    pub fn kill9(mut self) -> Vec<String> {
+    pub fn kill9(self) -> Vec<String> {
+        self.kill9_timed().0
+    }
+
+    /// [`Sluice::kill9`], with when each line arrived and when the kill
+    /// was sent.
+    pub fn kill9_timed(mut self) -> (Vec<String>, Vec<Instant>, Instant) {
+        let at = Instant::now();
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
-        self.lines()
+        let times = self.arrivals.lock().unwrap().clone();
+        (self.lines(), times, at)
     }
 
     /// The `/metrics` text (needs `[api]` on a port).

@@ -17,12 +17,8 @@ pub struct Sluice {
     arrivals: Arc<Mutex<Vec<Instant>>>,
     reader: Option<std::thread::JoinHandle<()>>,
     pub stderr_path: PathBuf,
-    pub api_port: Option<u16>,
-}
-
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    /// `Some` when the config enables the API.
+    api_port: Option<u16>,
 }
 
 impl Sluice {
@@ -38,10 +34,7 @@ impl Sluice {
         let cfg_path = dir.join(format!("sluice-{n}.toml"));
         std::fs::write(&cfg_path, config).unwrap();
         let stderr_path = dir.join(format!("sluice-{n}.stderr"));
-        let api_port = config
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("address = \"127.0.0.1:"))
-            .and_then(|p| p.trim_end_matches('"').parse().ok());
+        let api_port = config.contains("address = \"127.0.0.1:0\"").then_some(0);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.arg("--config")
             .arg(&cfg_path)
@@ -180,9 +173,28 @@ impl Sluice {
         (self.lines(), times, at)
     }
 
-    /// The `/metrics` text (needs `[api]` on a port).
+    /// The API's port, read from sluice's log (the config binds port 0, so
+    /// parallel test suites never race for a port).
+    fn api_port(&self) -> u16 {
+        self.api_port.expect("config enables the api");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.stderr();
+            let port = log.lines().filter(|l| l.contains("serving /metrics")).find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                v["address"].as_str()?.rsplit(':').next()?.parse().ok()
+            });
+            if let Some(p) = port {
+                return p;
+            }
+            assert!(Instant::now() < deadline, "sluice never said where it serves /metrics:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The `/metrics` text (needs `[api]` enabled).
     pub fn metrics(&self) -> String {
-        let port = self.api_port.expect("config has an api address");
+        let port = self.api_port();
         // The API may not be listening yet right after start.
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut s = loop {
@@ -241,12 +253,9 @@ type = "stdout"
     )
 }
 
-/// [`config`] with the API on a free port (for `/metrics`).
+/// [`config`] with the API on an ephemeral port (for `/metrics`).
 pub fn config_with_api(data: &Path, include: &[String], extra: &str) -> String {
-    config(data, include, extra).replace(
-        "[api]\nenabled = false",
-        &format!("[api]\nenabled = true\naddress = \"127.0.0.1:{}\"", free_port()),
-    )
+    config(data, include, extra).replace("[api]\nenabled = false", "[api]\nenabled = true\naddress = \"127.0.0.1:0\"")
 }
 
 /// Parses each line as JSON.

@@ -140,7 +140,7 @@ impl CriBatch {
             extra.truncate(1);
             let time = r.time.get(&self.chunk, &self.merged);
             // `parse` admitted only ASCII time characters.
-            extra.push(Member::new(TIME_KEY, &Value::from(std::str::from_utf8(time).unwrap_or_default())));
+            extra.push(Member::string(TIME_KEY, std::str::from_utf8(time).unwrap_or_default()));
             decoder.decode_line(payload, r.truncated, &extra, fragment, out);
         }
     }

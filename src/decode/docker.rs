@@ -173,7 +173,7 @@ impl DockerBatch {
                             None => {}
                         }
                         if let Some(time) = time {
-                            extra.push(Member::new(TIME_KEY, &Value::from(time)));
+                            extra.push(Member::string(TIME_KEY, time));
                         }
                         decoder.decode_line(log.as_bytes(), *truncated, &extra, fragment, out);
                     }

@@ -87,6 +87,11 @@ pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<
 }
 
 impl SourceConfig {
+    /// Whether the source keeps state (checkpoints) under `data_dir`.
+    pub fn needs_data_dir(&self) -> bool {
+        matches!(self, SourceConfig::File(_))
+    }
+
     /// The type name.
     pub fn kind(&self) -> &'static str {
         match self {

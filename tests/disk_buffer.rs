@@ -263,3 +263,77 @@ fn spent_disk_budget_blocks_the_pipeline_under_block_until_the_sink_recovers() {
     assert_eq!(ids.len(), input.len(), "nothing lost under block");
     assert!(started.elapsed() < RUN_TIMEOUT);
 }
+
+/// End to end with a source that checkpoints: written to the disk buffer
+/// counts as delivered, so the file source's checkpoint moves while the
+/// broker is down. After a restart the events come once, from the disk
+/// buffer, and the file is not read again (if the checkpoint had waited for
+/// Kafka, every event would arrive twice).
+#[test]
+fn file_checkpoint_moves_once_events_are_on_disk_so_a_restart_sends_each_event_once() {
+    let mut broker = Broker::reserve();
+    let data = tempfile::tempdir().expect("temp dir");
+    let logs = tempfile::tempdir().expect("temp dir");
+    let log = logs.path().join("app.log");
+    let input = events(0, 3000, 150);
+    std::fs::write(&log, input.join("\n") + "\n").expect("write log");
+    let cfg = format!(
+        r#"
+data_dir = "{}"
+shutdown_timeout = "2s"
+[api]
+address = "{{api}}"
+[sources.app]
+type = "file"
+include = ["{}"]
+checkpoint_interval = "100ms"
+[sinks.k]
+type = "kafka"
+bootstrap_servers = "{}"
+topic = "checkpointed"
+healthcheck = false
+[sinks.k.librdkafka_options]
+"reconnect.backoff.max.ms" = "500"
+[sinks.k.buffer]
+type = "disk"
+max_bytes = "64MiB"
+"#,
+        data.path().display(),
+        log.display(),
+        broker.addr
+    );
+
+    // Run 1: the broker is down; the whole file goes to the disk buffer and
+    // the checkpoint follows.
+    let mut s = Sluice::start(&cfg);
+    eventually("the file on disk in the buffer", RUN_TIMEOUT, || {
+        buffer_events(&s) >= input.len() as f64
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    s.signal(libc::SIGTERM);
+    s.wait(RUN_TIMEOUT);
+
+    // Run 2: the broker is up.
+    broker.up();
+    broker.create_topic("checkpointed", 1);
+    let mut s = Sluice::start(&cfg);
+    eventually("the buffered events delivered", RUN_TIMEOUT, || {
+        s.metric("sluice_sink_events_total{sink=\"k\"}") >= input.len() as f64
+    });
+    // Give a re-read of the file (the failure this test looks for) time to
+    // show up before stopping.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        s.metric("sluice_source_events_total{source=\"app\"}"),
+        0.0,
+        "the file was not read again"
+    );
+    s.signal(libc::SIGTERM);
+    let status = s.wait(RUN_TIMEOUT);
+    assert!(status.success(), "{}", s.stderr());
+
+    let got = read_until(&broker.addr, "checkpointed", KAFKA_TIMEOUT, |got| got.len() >= input.len());
+    let mut ids: Vec<u64> = got.iter().map(|m| id_of(&m.payload)).collect();
+    ids.sort();
+    assert_eq!(ids, (0..input.len() as u64).collect::<Vec<_>>(), "every event exactly once");
+}

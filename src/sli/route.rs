@@ -1,0 +1,113 @@
+//! Route normalisation: `/users/42/orders/9f1c…` and `/users/7/orders/0b2e…`
+//! are one route, `/users/:id/orders/:id`. Without it every id would be a
+//! new series and the series limit would be spent on noise.
+
+use regex::Regex;
+use std::borrow::Cow;
+
+/// What replaces an id segment.
+pub(crate) const ID: &str = ":id";
+
+/// Shortest run of hex digits treated as an id (a 64-bit id in hex, a Mongo
+/// ObjectId, a hash); shorter hex-looking words (`cafe`, `add`) stay.
+const MIN_HEX_ID: usize = 16;
+
+/// The path with its query string and fragment removed and every segment
+/// that is an id (all digits, a UUID, or 16+ hex digits with at least one
+/// digit) replaced by `:id`. Borrows `path` when nothing changes, which is
+/// the common case once routes are already templates.
+pub(crate) fn normalize_path<'a>(path: &'a str, scratch: &'a mut String) -> &'a str {
+    let end = memchr::memchr2(b'?', b'#', path.as_bytes()).unwrap_or(path.len());
+    let base = &path[..end];
+    if end == path.len() && !base.split('/').any(is_id) {
+        return path;
+    }
+    scratch.clear();
+    for (i, seg) in base.split('/').enumerate() {
+        if i > 0 {
+            scratch.push('/');
+        }
+        scratch.push_str(if is_id(seg) { ID } else { seg });
+    }
+    scratch
+}
+
+/// Whether a path segment is an identifier rather than part of a route.
+fn is_id(seg: &str) -> bool {
+    let b = seg.as_bytes();
+    if b.is_empty() {
+        return false;
+    }
+    if b.iter().all(u8::is_ascii_digit) {
+        return true;
+    }
+    if is_uuid(b) {
+        return true;
+    }
+    b.len() >= MIN_HEX_ID && b.iter().all(u8::is_ascii_hexdigit) && b.iter().any(u8::is_ascii_digit)
+}
+
+/// `8-4-4-4-12` hex digits, any case.
+fn is_uuid(b: &[u8]) -> bool {
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// Applies configured rewrites in order. Allocates only when a pattern
+/// matches; only rules that configure patterns pay for a regex per event.
+pub(crate) fn rewrite<'a>(value: &'a str, patterns: &[(Regex, String)]) -> Cow<'a, str> {
+    let mut cur = Cow::Borrowed(value);
+    for (re, replace) in patterns {
+        if let Cow::Owned(s) = re.replace_all(&cur, replace.as_str()) {
+            cur = Cow::Owned(s);
+        }
+    }
+    cur
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(p: &str) -> String {
+        let mut s = String::new();
+        normalize_path(p, &mut s).to_owned()
+    }
+
+    #[test]
+    fn ids_and_uuids_become_placeholders() {
+        assert_eq!(norm("/users/42/orders"), "/users/:id/orders");
+        assert_eq!(norm("/o/3F2504E0-4F89-11D3-9A0C-0305E82C3301/items/7"), "/o/:id/items/:id");
+        assert_eq!(norm("/blob/507f1f77bcf86cd799439011"), "/blob/:id");
+        assert_eq!(norm("/search?q=1&page=2"), "/search");
+        assert_eq!(norm("/a/7#frag"), "/a/:id");
+    }
+
+    #[test]
+    fn words_and_templates_are_kept() {
+        for p in ["/", "", "/users/:id", "/v2/cafe/add", "/deadbeefcafebabe", "/users/42x", "/a//b"] {
+            assert_eq!(norm(p), p, "{p}");
+        }
+    }
+
+    #[test]
+    fn unchanged_paths_are_borrowed() {
+        let mut s = String::new();
+        let p = "/health/live";
+        assert!(std::ptr::eq(normalize_path(p, &mut s), p));
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn patterns_rewrite_in_order() {
+        let pats = vec![
+            (Regex::new("^/v[0-9]+/").unwrap(), "/v:n/".to_owned()),
+            (Regex::new("/files/.*").unwrap(), "/files/*".to_owned()),
+        ];
+        assert_eq!(rewrite("/v3/files/a/b.txt", &pats), "/v:n/files/*");
+        assert!(matches!(rewrite("/other", &pats), Cow::Borrowed(_)));
+    }
+}

@@ -8,7 +8,7 @@ use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, Me
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use super::tap::{Shared, INCOMPLETE_REASONS};
+use super::tap::{Shared, TapState, INCOMPLETE_REASONS};
 use super::window::Counts;
 use crate::telemetry::metrics;
 
@@ -146,9 +146,7 @@ pub(crate) fn attach(shared: &Arc<Shared>) {
 
 /// The families of one tap alone.
 pub(crate) fn families(shared: &Arc<Shared>) -> Vec<MetricFamily> {
-    let mut fams = render(shared, &mut Default::default());
-    fams.retain(|f| !f.get_metric().is_empty());
-    fams
+    render(shared, &mut Default::default())
 }
 
 fn label(name: &str, value: &str) -> LabelPair {
@@ -181,6 +179,11 @@ fn gauge(labels: Vec<LabelPair>, v: f64) -> Metric {
 /// Renders the rules of one tap whose names are not in `seen` yet.
 fn render(shared: &Shared, seen: &mut std::collections::BTreeSet<Arc<str>>) -> Vec<MetricFamily> {
     let now_ms = shared.now_ms();
+    render_state(&mut shared.lock(), now_ms, seen)
+}
+
+/// Renders `state` as of `now_ms` on its tap's clock.
+pub(crate) fn render_state(state: &mut TapState, now_ms: u64, seen: &mut std::collections::BTreeSet<Arc<str>>) -> Vec<MetricFamily> {
     let mut fams: [(MetricFamily, Vec<Metric>); 9] = FAMILIES.map(|(name, help, ty, _)| {
         let mut f = MetricFamily::default();
         f.set_name(name.to_string());
@@ -190,8 +193,6 @@ fn render(shared: &Shared, seen: &mut std::collections::BTreeSet<Arc<str>>) -> V
     });
     let [requests, latency, burn, objective, threshold, series_count, overflow, incomplete, memory] = &mut fams;
 
-    let mut state = shared.lock();
-    let state = &mut *state;
     for r in state.rules.iter_mut() {
         if !seen.insert(r.rule.name.clone()) {
             continue;
@@ -268,7 +269,9 @@ fn render(shared: &Shared, seen: &mut std::collections::BTreeSet<Arc<str>>) -> V
         }
         memory.1.push(gauge(labels(&[("sli", sli)]), r.table.heap_bytes() as f64));
     }
+    // The text encoder rejects empty families (an SLI without latency).
     fams.into_iter()
+        .filter(|(_, metrics)| !metrics.is_empty())
         .map(|(mut f, metrics)| {
             f.set_metric(metrics);
             f

@@ -212,3 +212,133 @@ impl TapState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Decoder;
+    use crate::enrich::SourceContext;
+    use crate::event::BatchBuilder;
+    use serde_json::{json, Map, Value};
+
+    fn tap(rules: Value) -> SliTap {
+        let mut errors = Vec::new();
+        let rules = super::super::config::parse_rules(rules, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        SliTap::new(&rules)
+    }
+
+    fn batch(tap: &SliTap, meta: Value, lines: &[String]) -> Batch {
+        let mut set = FieldSet::new();
+        set.add(FieldPath::parse("unrelated").unwrap());
+        for p in tap.fields() {
+            set.add(p);
+        }
+        let Value::Object(meta) = meta else { panic!() };
+        let ctx = Arc::new(SourceContext::new("t".into(), "test", String::new(), meta));
+        let mut out = BatchBuilder::with_capacity(Arc::new(set), 4096, lines.len());
+        let mut d = Decoder::new();
+        for l in lines {
+            d.decode_line(l.as_bytes(), false, &[], &ctx.fragment, &mut out);
+        }
+        out.build(ctx, std::time::SystemTime::now())
+    }
+
+    /// Sample lines of the rendered text as (name{labels}, value).
+    fn samples(tap: &SliTap, now_ms: u64) -> Map<String, Value> {
+        let fams = super::super::exposition::render_state(&mut tap.shared.lock(), now_ms, &mut Default::default());
+        let mut text = String::new();
+        prometheus::TextEncoder::new().encode_utf8(&fams, &mut text).unwrap();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (k, v) = l.rsplit_once(' ').unwrap();
+                (k.to_owned(), json!(v.parse::<f64>().unwrap()))
+            })
+            .collect()
+    }
+
+    fn line(service: &str, release: Option<&str>, status: u16, ms: f64) -> String {
+        match release {
+            Some(r) => format!(r#"{{"service":"{service}","release":{{"version":"{r}"}},"status":{status},"duration_ms":{ms}}}"#),
+            None => format!(r#"{{"service":"{service}","status":{status},"duration_ms":{ms}}}"#),
+        }
+    }
+
+    #[test]
+    fn counts_by_service_and_release_with_metadata_fallback() {
+        let t = tap(json!([{"name": "avail", "latency": {"field": "duration_ms", "buckets": [0.01, 0.1]}}]));
+        let mut lines = Vec::new();
+        for i in 0..100 {
+            lines.push(line("api", Some("v2"), if i % 10 == 0 { 503 } else { 200 }, 5.0));
+            lines.push(line("api", None, 200, 50.0));
+        }
+        lines.push("not json".into());
+        lines.push(r#"{"service":"api"}"#.into());
+        let b = batch(&t, json!({"release": {"version": "v1"}}), &lines);
+        t.observe(&b);
+        let s = samples(&t, 0);
+        let get = |k: &str| s.get(k).and_then(Value::as_f64).unwrap_or_else(|| panic!("{k} missing in {s:#?}"));
+        assert_eq!(get(r#"sluice_sli_requests_total{sli="avail",service="api",release="v2",outcome="error"}"#), 10.0);
+        assert_eq!(get(r#"sluice_sli_requests_total{sli="avail",service="api",release="v2",outcome="success"}"#), 90.0);
+        assert_eq!(get(r#"sluice_sli_requests_total{sli="avail",service="api",release="v1",outcome="success"}"#), 100.0);
+        assert_eq!(get(r#"sluice_sli_latency_seconds_bucket{sli="avail",service="api",release="v1",le="0.01"}"#), 0.0);
+        assert_eq!(get(r#"sluice_sli_latency_seconds_bucket{sli="avail",service="api",release="v1",le="0.1"}"#), 100.0);
+        assert_eq!(get(r#"sluice_sli_latency_seconds_bucket{sli="avail",service="api",release="v2",le="0.01"}"#), 100.0);
+        assert_eq!(get(r#"sluice_sli_events_incomplete_total{sli="avail",reason="no_outcome"}"#), 2.0);
+        assert_eq!(get(r#"sluice_sli_series{sli="avail"}"#), 2.0);
+        assert!(!s.keys().any(|k| k.starts_with("sluice_sli_error_budget_burn_rate")), "no objective, no burn rate");
+    }
+
+    #[test]
+    fn burn_rate_follows_the_window() {
+        let t = tap(json!([{"name": "canary", "objective": 0.999, "windows": ["5m", "1h"]}]));
+        let mut lines = Vec::new();
+        for i in 0..1000 {
+            lines.push(line("api", Some("v1"), 200, 1.0));
+            lines.push(line("api", Some("v2"), if i % 20 == 0 { 500 } else { 200 }, 1.0));
+        }
+        let b = batch(&t, json!({}), &lines);
+        t.shared.lock().observe(&b, 1_000);
+        let burn = |now: u64, release: &str, w: &str| {
+            let k = format!(r#"sluice_sli_error_budget_burn_rate{{sli="canary",service="api",release="{release}",window="{w}"}}"#);
+            samples(&t, now)[&k].as_f64().unwrap()
+        };
+        assert!((burn(2_000, "v2", "5m") - 50.0).abs() < 1e-9);
+        assert_eq!(burn(2_000, "v1", "5m"), 0.0);
+        assert!((burn(2_000, "v2", "1h") - 50.0).abs() < 1e-9);
+        // Six quiet minutes later the short window has forgotten, the long
+        // one has not.
+        assert_eq!(burn(361_000, "v2", "5m"), 0.0);
+        assert!((burn(361_000, "v2", "1h") - 50.0).abs() < 1e-9);
+        // Healthy traffic now dilutes the long window only by its share.
+        let healthy: Vec<String> = (0..1000).map(|_| line("api", Some("v2"), 200, 1.0)).collect();
+        t.shared.lock().observe(&batch(&t, json!({}), &healthy), 362_000);
+        assert_eq!(burn(362_000, "v2", "5m"), 0.0);
+        assert!((burn(362_000, "v2", "1h") - 25.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn overflow_takes_new_values_past_the_limit() {
+        let t = tap(json!([{"name": "routes", "max_series": 10, "labels": {"route": "path"}}]));
+        let lines: Vec<String> = (0..50)
+            .map(|i| format!(r#"{{"service":"s","path":"/r/x{i}/{i}","status":200}}"#))
+            .collect();
+        t.observe(&batch(&t, json!({}), &lines));
+        let s = samples(&t, 0);
+        let routes: std::collections::BTreeSet<&str> = s
+            .keys()
+            .filter(|k| k.starts_with("sluice_sli_requests_total") && k.contains("outcome=\"success\""))
+            .map(|k| k.split("route=\"").nth(1).unwrap().split('"').next().unwrap())
+            .collect();
+        assert_eq!(routes.len(), 11);
+        assert!(routes.contains("__overflow__") && routes.contains("/r/x0/:id"));
+        assert_eq!(s[r#"sluice_sli_series_overflow_total{sli="routes"}"#], 40.0);
+        let total: f64 = s
+            .iter()
+            .filter(|(k, _)| k.starts_with("sluice_sli_requests_total"))
+            .map(|(_, v)| v.as_f64().unwrap())
+            .sum();
+        assert_eq!(total, 50.0);
+    }
+}

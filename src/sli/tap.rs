@@ -279,15 +279,36 @@ mod tests {
         t.observe(&b);
         let s = samples(&t, 0);
         let get = |k: &str| s.get(k).and_then(Value::as_f64).unwrap_or_else(|| panic!("{k} missing in {s:#?}"));
-        assert_eq!(get(r#"sluice_sli_requests_total{sli="avail",service="api",release="v2",outcome="error"}"#), 10.0);
-        assert_eq!(get(r#"sluice_sli_requests_total{sli="avail",service="api",release="v2",outcome="success"}"#), 90.0);
-        assert_eq!(get(r#"sluice_sli_requests_total{sli="avail",service="api",release="v1",outcome="success"}"#), 100.0);
-        assert_eq!(get(r#"sluice_sli_latency_seconds_bucket{sli="avail",service="api",release="v1",le="0.01"}"#), 0.0);
-        assert_eq!(get(r#"sluice_sli_latency_seconds_bucket{sli="avail",service="api",release="v1",le="0.1"}"#), 100.0);
-        assert_eq!(get(r#"sluice_sli_latency_seconds_bucket{sli="avail",service="api",release="v2",le="0.01"}"#), 100.0);
+        assert_eq!(
+            get(r#"sluice_sli_requests_total{sli="avail",service="api",release="v2",outcome="error"}"#),
+            10.0
+        );
+        assert_eq!(
+            get(r#"sluice_sli_requests_total{sli="avail",service="api",release="v2",outcome="success"}"#),
+            90.0
+        );
+        assert_eq!(
+            get(r#"sluice_sli_requests_total{sli="avail",service="api",release="v1",outcome="success"}"#),
+            100.0
+        );
+        assert_eq!(
+            get(r#"sluice_sli_latency_seconds_bucket{sli="avail",service="api",release="v1",le="0.01"}"#),
+            0.0
+        );
+        assert_eq!(
+            get(r#"sluice_sli_latency_seconds_bucket{sli="avail",service="api",release="v1",le="0.1"}"#),
+            100.0
+        );
+        assert_eq!(
+            get(r#"sluice_sli_latency_seconds_bucket{sli="avail",service="api",release="v2",le="0.01"}"#),
+            100.0
+        );
         assert_eq!(get(r#"sluice_sli_events_incomplete_total{sli="avail",reason="no_outcome"}"#), 2.0);
         assert_eq!(get(r#"sluice_sli_series{sli="avail"}"#), 2.0);
-        assert!(!s.keys().any(|k| k.starts_with("sluice_sli_error_budget_burn_rate")), "no objective, no burn rate");
+        assert!(
+            !s.keys().any(|k| k.starts_with("sluice_sli_error_budget_burn_rate")),
+            "no objective, no burn rate"
+        );
     }
 
     #[test]

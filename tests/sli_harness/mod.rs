@@ -86,6 +86,11 @@ impl Sluice {
         stdin.flush().expect("flush sluice stdin");
     }
 
+    /// Hands stdin to the caller (a writer thread); dropping it ends input.
+    pub fn take_stdin(&mut self) -> ChildStdin {
+        self.stdin.take().expect("stdin open")
+    }
+
     /// The `/metrics` text.
     pub fn metrics_text(&self) -> String {
         let (status, body) = http_get(&format!("{}/metrics", self.api));

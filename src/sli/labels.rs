@@ -3,11 +3,10 @@
 //! Rules with the same label configuration share one [`LabelGroup`], so an
 //! event matched by three such rules has its key built and hashed once.
 
-use regex::Regex;
 use std::hash::BuildHasher;
 
 use super::config::{LabelSource, DEFAULT_MISSING_LABEL};
-use super::route::{normalize_path, rewrite};
+use super::route::{normalize_path, rewrite_into, Rewrite};
 use super::rule::{FieldIndex, Row};
 use super::series::push_key_value;
 use crate::enrich::SourceContext;
@@ -29,7 +28,7 @@ struct LabelSpec {
     fixed: Option<String>,
     default: String,
     normalize: bool,
-    patterns: Vec<(Regex, String)>,
+    patterns: Vec<Rewrite>,
 }
 
 /// A label configuration shared by rules, with the scratch space for the
@@ -47,6 +46,8 @@ pub(crate) struct LabelGroup {
     event: usize,
     text: String,
     norm: String,
+    rewritten: String,
+    rewrite_tmp: String,
 }
 
 impl LabelGroup {
@@ -64,7 +65,11 @@ impl LabelGroup {
                 fixed: src.value.clone(),
                 default: src.default.clone().unwrap_or_else(|| DEFAULT_MISSING_LABEL.to_owned()),
                 normalize: src.normalize.unwrap_or(*name == "route"),
-                patterns: src.patterns.iter().map(|p| (p.pattern.0.clone(), p.replace.clone())).collect(),
+                patterns: src
+                    .patterns
+                    .iter()
+                    .map(|p| Rewrite::new(p.pattern.0.clone(), p.replace.clone()))
+                    .collect(),
             });
         }
         LabelGroup {
@@ -76,6 +81,8 @@ impl LabelGroup {
             event: usize::MAX,
             text: String::new(),
             norm: String::new(),
+            rewritten: String::new(),
+            rewrite_tmp: String::new(),
         }
     }
 
@@ -115,6 +122,8 @@ impl LabelGroup {
             key,
             text,
             norm,
+            rewritten,
+            rewrite_tmp,
             ..
         } = self;
         key.clear();
@@ -145,7 +154,8 @@ impl LabelGroup {
             if spec.patterns.is_empty() {
                 push_key_value(key, value, MAX_LABEL_BYTES);
             } else {
-                push_key_value(key, &rewrite(value, &spec.patterns), MAX_LABEL_BYTES);
+                rewrite_into(value, &spec.patterns, rewritten, rewrite_tmp);
+                push_key_value(key, rewritten, MAX_LABEL_BYTES);
             }
         }
     }

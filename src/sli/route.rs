@@ -3,7 +3,6 @@
 //! new series and the series limit would be spent on noise.
 
 use regex::Regex;
-use std::borrow::Cow;
 
 /// What replaces an id segment.
 pub(crate) const ID: &str = ":id";
@@ -56,16 +55,50 @@ fn is_uuid(b: &[u8]) -> bool {
         })
 }
 
-/// Applies configured rewrites in order. Allocates only when a pattern
-/// matches; only rules that configure patterns pay for a regex per event.
-pub(crate) fn rewrite<'a>(value: &'a str, patterns: &[(Regex, String)]) -> Cow<'a, str> {
-    let mut cur = Cow::Borrowed(value);
-    for (re, replace) in patterns {
-        if let Cow::Owned(s) = re.replace_all(&cur, replace.as_str()) {
-            cur = Cow::Owned(s);
-        }
+/// One configured rewrite of a label value, compiled.
+#[derive(Debug, Clone)]
+pub(crate) struct Rewrite {
+    re: Regex,
+    replace: String,
+    /// The replacement has no `$` group references: matches are replaced
+    /// by plain copies, without building capture groups.
+    literal: bool,
+}
+
+impl Rewrite {
+    /// Every match of `re` becomes `replace` (`$1`, `${name}` expand).
+    pub(crate) fn new(re: Regex, replace: String) -> Rewrite {
+        let literal = !replace.contains('$');
+        Rewrite { re, replace, literal }
     }
-    cur
+}
+
+/// Applies rewrites in order and leaves the result in `out`; `tmp` is
+/// scratch. Only rules that configure patterns run a regex per event, and
+/// with plain replacements nothing is allocated once the buffers have grown.
+pub(crate) fn rewrite_into(value: &str, rewrites: &[Rewrite], out: &mut String, tmp: &mut String) {
+    out.clear();
+    out.push_str(value);
+    for rw in rewrites {
+        let mut matches = rw.re.find_iter(out.as_str()).peekable();
+        if matches.peek().is_none() {
+            continue;
+        }
+        tmp.clear();
+        if rw.literal {
+            let mut last = 0;
+            for m in matches {
+                tmp.push_str(&out[last..m.start()]);
+                tmp.push_str(&rw.replace);
+                last = m.end();
+            }
+            tmp.push_str(&out[last..]);
+        } else {
+            drop(matches);
+            tmp.push_str(&rw.re.replace_all(out.as_str(), rw.replace.as_str()));
+        }
+        std::mem::swap(out, tmp);
+    }
 }
 
 #[cfg(test)]
@@ -103,11 +136,21 @@ mod tests {
 
     #[test]
     fn patterns_rewrite_in_order() {
-        let pats = vec![
-            (Regex::new("^/v[0-9]+/").unwrap(), "/v:n/".to_owned()),
-            (Regex::new("/files/.*").unwrap(), "/files/*".to_owned()),
+        let rws = vec![
+            Rewrite::new(Regex::new("^/v[0-9]+/").unwrap(), "/v:n/".to_owned()),
+            Rewrite::new(Regex::new("/files/(.*)").unwrap(), "/files/*".to_owned()),
+            Rewrite::new(Regex::new("/(?P<kind>img|doc)s/").unwrap(), "/${kind}/".to_owned()),
+            Rewrite::new(Regex::new("x").unwrap(), "y".to_owned()),
         ];
-        assert_eq!(rewrite("/v3/files/a/b.txt", &pats), "/v:n/files/*");
-        assert!(matches!(rewrite("/other", &pats), Cow::Borrowed(_)));
+        let (mut out, mut tmp) = (String::new(), String::new());
+        let mut run = |v: &str| {
+            rewrite_into(v, &rws, &mut out, &mut tmp);
+            out.clone()
+        };
+        assert_eq!(run("/v3/files/a/b.txt"), "/v:n/files/*");
+        assert_eq!(run("/imgs/a/docs/b"), "/img/a/doc/b");
+        assert_eq!(run("/other"), "/other");
+        assert_eq!(run("xax"), "yay");
+        assert_eq!(run(""), "");
     }
 }

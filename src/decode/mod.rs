@@ -2,6 +2,7 @@
 //! Container formats (CRI, docker) unwrap first; the payload then goes
 //! through [`Decoder::decode_line`], the one place that parses JSON.
 
+mod extract;
 mod json;
 
 pub use json::{escape_json_str, Decoder};

@@ -16,34 +16,33 @@ const MIN_HEX_ID: usize = 16;
 /// digit) replaced by `:id`. Borrows `path` when nothing changes, which is
 /// the common case once routes are already templates.
 pub(crate) fn normalize_path<'a>(path: &'a str, scratch: &'a mut String) -> &'a str {
-    let end = memchr::memchr2(b'?', b'#', path.as_bytes()).unwrap_or(path.len());
-    let base = &path[..end];
-    if end == path.len() && !base.split('/').any(is_id) {
+    let bytes = path.as_bytes();
+    let end = memchr::memchr2(b'?', b'#', bytes).unwrap_or(bytes.len());
+    let base = &bytes[..end];
+    if end == bytes.len() && !base.split(|&b| b == b'/').any(is_id) {
         return path;
     }
     scratch.clear();
-    for (i, seg) in base.split('/').enumerate() {
+    let mut start = 0;
+    for (i, seg) in base.split(|&b| b == b'/').enumerate() {
         if i > 0 {
             scratch.push('/');
         }
-        scratch.push_str(if is_id(seg) { ID } else { seg });
+        // Segments end at '/' bytes, which are char boundaries.
+        scratch.push_str(if is_id(seg) { ID } else { &path[start..start + seg.len()] });
+        start += seg.len() + 1;
     }
     scratch
 }
 
 /// Whether a path segment is an identifier rather than part of a route.
-fn is_id(seg: &str) -> bool {
-    let b = seg.as_bytes();
-    if b.is_empty() {
-        return false;
+fn is_id(seg: &[u8]) -> bool {
+    match seg.len() {
+        0 => false,
+        36 if is_uuid(seg) => true,
+        n if n >= MIN_HEX_ID && seg.iter().all(u8::is_ascii_hexdigit) => seg.iter().any(u8::is_ascii_digit),
+        _ => seg.iter().all(u8::is_ascii_digit),
     }
-    if b.iter().all(u8::is_ascii_digit) {
-        return true;
-    }
-    if is_uuid(b) {
-        return true;
-    }
-    b.len() >= MIN_HEX_ID && b.iter().all(u8::is_ascii_hexdigit) && b.iter().any(u8::is_ascii_digit)
 }
 
 /// `8-4-4-4-12` hex digits, any case.

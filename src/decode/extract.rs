@@ -13,7 +13,7 @@
 use simd_json::Node;
 use std::sync::Arc;
 
-use super::json::{lookup, node_count};
+use super::json::{lookup, node_count, scalar};
 use crate::event::{BatchBuilder, FieldSet, FieldValueRef};
 
 /// Buckets of the first-segment index; a power of two well above the
@@ -34,6 +34,9 @@ pub(super) struct FieldPlan {
     roots: Vec<Box<[u8]>>,
     /// For each path, the index of its first segment in `roots`.
     path_root: Vec<usize>,
+    /// Bit `n` set when some root is `n` bytes long (roots of 64 bytes and
+    /// more set bit 63): most keys are ruled out by their length alone.
+    lengths: u64,
     /// Root index + 1 of the first root in each bucket; 0 for none.
     buckets: [u8; BUCKETS],
     /// Root index + 1 of the next root in the same bucket; 0 ends the chain.
@@ -45,10 +48,16 @@ pub(super) struct FieldPlan {
     per_path: bool,
 }
 
+/// The bit of [`FieldPlan::lengths`] for a key of `n` bytes; none for 0.
+#[inline]
+fn length_bit(n: usize) -> u64 {
+    (1u64 << n.min(63)) & !1
+}
+
+#[inline]
 fn bucket(key: &[u8]) -> usize {
     // Callers pass non-empty keys.
-    let (first, last) = (key[0] as usize, key[key.len() - 1] as usize);
-    (key.len().wrapping_mul(31) ^ first ^ (last << 2)) % BUCKETS
+    (key.len().wrapping_mul(7) ^ key[0] as usize ^ ((key[key.len() - 1] as usize) << 1)) % BUCKETS
 }
 
 /// Equality of short byte strings without a call into `memcmp`: keys are
@@ -90,6 +99,7 @@ impl FieldPlan {
         let per_path = roots.len() > MAX_ROOTS || roots.iter().any(|r| r.is_empty());
         let mut buckets = [0u8; BUCKETS];
         let mut next = vec![0u8; roots.len()];
+        let lengths = roots.iter().fold(0u64, |bits, r| bits | length_bit(r.len()));
         if !per_path {
             for (i, r) in roots.iter().enumerate().rev() {
                 let b = bucket(r);
@@ -102,6 +112,7 @@ impl FieldPlan {
             fields,
             roots,
             path_root,
+            lengths,
             buckets,
             next,
             per_path,
@@ -132,7 +143,7 @@ impl FieldPlan {
                 let Some(value) = nodes.get(idx) else { break };
                 let count = node_count(value);
                 let key = key.as_bytes();
-                if !key.is_empty() {
+                if self.lengths & length_bit(key.len()) != 0 {
                     let mut link = self.buckets[bucket(key)];
                     while link != 0 {
                         let r = (link - 1) as usize;
@@ -155,6 +166,7 @@ impl FieldPlan {
         for (path, &root) in self.fields.paths().iter().zip(&self.path_root) {
             let v = match self.found[root] {
                 (0, _) => FieldValueRef::Missing,
+                (start, _) if path.segments().len() == 1 => nodes.get(start).map_or(FieldValueRef::Missing, scalar),
                 (start, count) => match nodes.get(start..start + count) {
                     Some(value) => lookup(value, &path.segments()[1..]),
                     None => FieldValueRef::Missing,

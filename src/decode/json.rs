@@ -233,14 +233,21 @@ pub(super) fn lookup<'a>(nodes: &'a [Node<'a>], path: &[String]) -> FieldValueRe
             None => return FieldValueRef::Missing,
         }
     }
-    match cur.first() {
-        Some(Node::String(s)) => FieldValueRef::Str(s),
-        Some(Node::Static(StaticNode::Null)) => FieldValueRef::Null,
-        Some(Node::Static(StaticNode::Bool(b))) => FieldValueRef::Bool(*b),
-        Some(Node::Static(StaticNode::I64(n))) => FieldValueRef::Number(*n as f64),
-        Some(Node::Static(StaticNode::U64(n))) => FieldValueRef::Number(*n as f64),
-        Some(Node::Static(StaticNode::F64(n))) => FieldValueRef::Number(*n),
-        Some(Node::Object { .. } | Node::Array { .. }) => FieldValueRef::Composite,
+    cur.first().map_or(FieldValueRef::Missing, scalar)
+}
+
+/// The value a node starts: strings, numbers, booleans and null as such,
+/// objects and arrays as composite.
+#[inline]
+pub(super) fn scalar<'a>(node: &'a Node<'a>) -> FieldValueRef<'a> {
+    match node {
+        Node::String(s) => FieldValueRef::Str(s),
+        Node::Static(StaticNode::Null) => FieldValueRef::Null,
+        Node::Static(StaticNode::Bool(b)) => FieldValueRef::Bool(*b),
+        Node::Static(StaticNode::I64(n)) => FieldValueRef::Number(*n as f64),
+        Node::Static(StaticNode::U64(n)) => FieldValueRef::Number(*n as f64),
+        Node::Static(StaticNode::F64(n)) => FieldValueRef::Number(*n),
+        Node::Object { .. } | Node::Array { .. } => FieldValueRef::Composite,
         #[allow(unreachable_patterns)]
         _ => FieldValueRef::Missing,
     }

@@ -6,9 +6,9 @@
 use std::hash::BuildHasher;
 
 use super::config::{LabelSource, DEFAULT_MISSING_LABEL};
-use super::route::{normalize_path, rewrite_into, Rewrite};
+use super::route::{normalize_into, rewrite_into, Rewrite};
 use super::rule::{FieldIndex, Row};
-use super::series::push_key_value;
+use super::series::finish_key_value;
 use crate::enrich::SourceContext;
 use crate::event::FieldValueRef;
 
@@ -45,7 +45,7 @@ pub(crate) struct LabelGroup {
     /// The event `key` was built for; `usize::MAX` for none.
     event: usize,
     text: String,
-    norm: String,
+    norm: Vec<u8>,
     rewritten: String,
     rewrite_tmp: String,
 }
@@ -80,7 +80,7 @@ impl LabelGroup {
             hash: 0,
             event: usize::MAX,
             text: String::new(),
-            norm: String::new(),
+            norm: Vec::new(),
             rewritten: String::new(),
             rewrite_tmp: String::new(),
         }
@@ -106,7 +106,7 @@ impl LabelGroup {
 
     /// The key and its hash for the event in `row`, built once per event.
     #[inline]
-    pub(crate) fn key(&mut self, row: &Row<'_>, hasher: &impl BuildHasher) -> (u64, &[u8]) {
+    pub(crate) fn key(&mut self, row: &Row<'_, '_>, hasher: &impl BuildHasher) -> (u64, &[u8]) {
         if self.event != row.index() {
             self.build(row);
             self.hash = hasher.hash_one(self.key.as_slice());
@@ -115,7 +115,7 @@ impl LabelGroup {
         (self.hash, &self.key)
     }
 
-    fn build(&mut self, row: &Row<'_>) {
+    fn build(&mut self, row: &Row<'_, '_>) {
         let LabelGroup {
             specs,
             meta_values,
@@ -150,13 +150,25 @@ impl LabelGroup {
                     found.or(meta.as_deref()).unwrap_or(&spec.default)
                 }
             };
-            let value = if spec.normalize { normalize_path(value, norm) } else { value };
-            if spec.patterns.is_empty() {
-                push_key_value(key, value, MAX_LABEL_BYTES);
-            } else {
-                rewrite_into(value, &spec.patterns, rewritten, rewrite_tmp);
-                push_key_value(key, rewritten, MAX_LABEL_BYTES);
+            let start = key.len();
+            key.extend_from_slice(&[0; 4]);
+            match (spec.normalize, spec.patterns.is_empty()) {
+                (false, true) => key.extend_from_slice(value.as_bytes()),
+                (true, true) => normalize_into(value, key),
+                (normalize, false) => {
+                    let value = if normalize {
+                        norm.clear();
+                        normalize_into(value, norm);
+                        // Only whole segments are replaced, by ASCII.
+                        std::str::from_utf8(norm).unwrap_or(value)
+                    } else {
+                        value
+                    };
+                    rewrite_into(value, &spec.patterns, rewritten, rewrite_tmp);
+                    key.extend_from_slice(rewritten.as_bytes());
+                }
             }
+            finish_key_value(key, start, MAX_LABEL_BYTES);
         }
     }
 }

@@ -43,17 +43,28 @@ impl TapFields {
     }
 }
 
-/// One event's extracted values, addressed by tap field index.
-pub(crate) struct Row<'a> {
-    batch: &'a Batch,
-    map: &'a [Option<usize>],
+/// One event's extracted values, addressed by tap field index: read from
+/// the batch once per event, then shared by every rule and label.
+pub(crate) struct Row<'r, 'a> {
+    values: &'r [FieldValueRef<'a>],
     index: usize,
 }
 
-impl<'a> Row<'a> {
-    /// Event `index` of `batch`, with `map` from [`TapFields::bind`].
-    pub(crate) fn new(batch: &'a Batch, map: &'a [Option<usize>], index: usize) -> Row<'a> {
-        Row { batch, map, index }
+impl<'r, 'a> Row<'r, 'a> {
+    /// Event `index`, whose values [`Row::fill`] read into `values`.
+    pub(crate) fn new(values: &'r [FieldValueRef<'a>], index: usize) -> Row<'r, 'a> {
+        Row { values, index }
+    }
+
+    /// Reads event `index` of `batch` into `values`, by tap field index;
+    /// `map` comes from [`TapFields::bind`].
+    #[inline]
+    pub(crate) fn fill(batch: &'a Batch, map: &[Option<usize>], index: usize, values: &mut Vec<FieldValueRef<'a>>) {
+        values.clear();
+        values.extend(map.iter().map(|m| match m {
+            Some(j) => batch.value(index, *j),
+            None => FieldValueRef::Missing,
+        }));
     }
 
     /// The event's index in its batch.
@@ -64,10 +75,7 @@ impl<'a> Row<'a> {
     /// The value of tap field `f`.
     #[inline]
     pub(crate) fn get(&self, f: FieldIndex) -> FieldValueRef<'a> {
-        match self.map.get(f) {
-            Some(Some(j)) => self.batch.value(self.index, *j),
-            _ => FieldValueRef::Missing,
-        }
+        self.values.get(f).copied().unwrap_or(FieldValueRef::Missing)
     }
 }
 
@@ -105,14 +113,24 @@ impl Literal {
         }
     }
 
+    #[inline]
     fn matches(&self, v: FieldValueRef<'_>) -> bool {
         match v {
-            FieldValueRef::Str(s) => s == self.text || (self.number.is_some() && s.trim().parse::<f64>().ok() == self.number),
+            FieldValueRef::Str(s) => {
+                bytes_eq(s.as_bytes(), self.text.as_bytes()) || (self.number.is_some() && s.trim().parse::<f64>().ok() == self.number)
+            }
             FieldValueRef::Number(n) => self.number == Some(n),
             FieldValueRef::Bool(b) => self.boolean == Some(b),
             _ => false,
         }
     }
+}
+
+/// Equality of short byte strings (field values compared with literals)
+/// without a call into `memcmp`.
+#[inline]
+fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && (a.len() > 16 && a == b || a.iter().zip(b).all(|(x, y)| x == y))
 }
 
 /// The test of a compiled condition.
@@ -177,8 +195,8 @@ impl Check {
     /// Whether the event passes. `None` when the test cannot decide: every
     /// test but `exists` needs the field present (and ranges need a number).
     /// `text` is scratch space for numbers tested as text.
-    #[inline]
-    pub(crate) fn eval(&self, row: &Row<'_>, text: &mut String) -> Option<bool> {
+    #[inline(always)]
+    pub(crate) fn eval(&self, row: &Row<'_, '_>, text: &mut String) -> Option<bool> {
         let v = row.get(self.field);
         if let Test::Exists(want) = self.test {
             return Some(!matches!(v, FieldValueRef::Missing) == want);
@@ -191,7 +209,10 @@ impl Check {
             Test::Equals(l) => l.matches(v),
             Test::NotEquals(l) => !l.matches(v),
             Test::OneOf(ls) => ls.iter().any(|l| l.matches(v)),
-            Test::Prefix(p) => as_text(v, text)?.starts_with(p.as_str()),
+            Test::Prefix(p) => {
+                let t = as_text(v, text)?.as_bytes();
+                t.len() >= p.len() && bytes_eq(&t[..p.len()], p.as_bytes())
+            }
             Test::Pattern(re) => re.is_match(as_text(v, text)?),
             Test::Range { lo, lo_incl, hi, hi_incl } => {
                 let n = v.as_f64()?;
@@ -224,7 +245,7 @@ impl LatencySpec {
     /// The event's latency in seconds; `None` when missing or not a
     /// finite, non-negative duration.
     #[inline]
-    pub(crate) fn seconds(&self, row: &Row<'_>) -> Option<f64> {
+    pub(crate) fn seconds(&self, row: &Row<'_, '_>) -> Option<f64> {
         let v = row.get(self.field);
         let secs = match (self.unit, v) {
             (LatencyUnit::Duration, FieldValueRef::Str(s)) => parse_duration(s)?,
@@ -356,8 +377,8 @@ impl CompiledRule {
     }
 
     /// Decides what the event in `row` is to this rule.
-    #[inline]
-    pub(crate) fn judge(&self, row: &Row<'_>, text: &mut String) -> Verdict {
+    #[inline(always)]
+    pub(crate) fn judge(&self, row: &Row<'_, '_>, text: &mut String) -> Verdict {
         for c in &self.matches {
             if c.eval(row, text) != Some(true) {
                 return Verdict::Skip;
@@ -416,8 +437,12 @@ mod tests {
         let batch = out.build(ctx, std::time::SystemTime::now());
         let map = fields.bind(batch.fields());
         let mut text = String::new();
+        let mut values = Vec::new();
         (0..batch.len())
-            .map(|i| compiled.judge(&Row::new(&batch, &map, i), &mut text))
+            .map(|i| {
+                Row::fill(&batch, &map, i, &mut values);
+                compiled.judge(&Row::new(&values, i), &mut text)
+            })
             .collect()
     }
 

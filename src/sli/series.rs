@@ -112,12 +112,27 @@ impl<'a> Iterator for KeyValues<'a> {
 
 /// Appends one value to a series key being built.
 pub(crate) fn push_key_value(key: &mut Vec<u8>, value: &str, max_bytes: usize) {
-    let mut end = value.len().min(max_bytes);
-    while !value.is_char_boundary(end) {
-        end -= 1;
+    let start = key.len();
+    key.extend_from_slice(&[0; 4]);
+    key.extend_from_slice(value.as_bytes());
+    finish_key_value(key, start, max_bytes);
+}
+
+/// Ends a value written after a 4-byte placeholder at `start`: cuts it to
+/// `max_bytes` at a char boundary and fills in its length.
+#[inline]
+pub(crate) fn finish_key_value(key: &mut Vec<u8>, start: usize, max_bytes: usize) {
+    let body = start + 4;
+    let mut len = key.len() - body;
+    if len > max_bytes {
+        len = max_bytes;
+        // Step back over UTF-8 continuation bytes to a char boundary.
+        while len > 0 && key[body + len] & 0xC0 == 0x80 {
+            len -= 1;
+        }
+        key.truncate(body + len);
     }
-    key.extend_from_slice(&(end as u32).to_le_bytes());
-    key.extend_from_slice(&value.as_bytes()[..end]);
+    key[start..body].copy_from_slice(&(len as u32).to_le_bytes());
 }
 
 /// Where an event's counts go.

@@ -167,8 +167,10 @@ impl TapState {
         for g in groups.iter_mut() {
             g.begin_batch(&batch.source);
         }
+        let mut values = Vec::with_capacity(map.len());
         for i in 0..batch.len() {
-            let row = Row::new(batch, map, i);
+            Row::fill(batch, map, i, &mut values);
+            let row = Row::new(&values, i);
             for r in rules.iter_mut() {
                 let (error, latency, latency_missing) = match r.rule.judge(&row, text) {
                     Verdict::Skip => continue,

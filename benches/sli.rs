@@ -1,6 +1,8 @@
 //! The SLI tap on the hot path: decoding a batch of the benchmark corpus
 //! (~285-byte JSON app logs) with and without the fields the three rules of
-//! `config/sli-example.toml` need, and the tap's own per-batch update.
+//! `config/sli-example.toml` need, the tap's per-event work (`prepare`, on
+//! the decode pool) and its per-batch merge (`observe`, on the fan-out
+//! task).
 //!
 //! `cargo bench --bench sli`. The whole-pipeline comparison (release
 //! binary, stdin → blackhole, 2M lines) is `scripts/bench-sli`.
@@ -8,7 +10,7 @@
 #[path = "support/corpus.rs"]
 mod corpus;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::json;
 use std::hint::black_box;
 use std::path::Path;
@@ -62,7 +64,7 @@ fn bench(c: &mut Criterion) {
     let mut d = Decoder::new();
     let batch = decode(&mut d, &lines, &with, &ctx);
     // Warm the series table: the steady state has every series already.
-    tap.observe(&batch);
+    tap.observe(&batch, tap.prepare(&batch));
 
     let mut g = c.benchmark_group("sli");
     g.throughput(Throughput::Elements(BATCH as u64));
@@ -70,11 +72,16 @@ fn bench(c: &mut Criterion) {
     g.bench_function("decode/three_rules_fields", |b| {
         b.iter(|| black_box(decode(&mut d, &lines, &with, &ctx)))
     });
-    g.bench_function("tap/three_rules", |b| b.iter(|| tap.observe(black_box(&batch))));
+    // The per-event part, on the decode pool (parallel across batches).
+    g.bench_function("tap/prepare_three_rules", |b| b.iter(|| black_box(tap.prepare(black_box(&batch)))));
+    // The per-batch merge under the lock, on the fan-out task (serial).
+    g.bench_function("tap/merge_three_rules", |b| {
+        b.iter_batched(|| tap.prepare(&batch), |p| tap.observe(&batch, p), BatchSize::SmallInput)
+    });
     g.bench_function("decode_and_tap/three_rules", |b| {
         b.iter(|| {
             let batch = decode(&mut d, &lines, &with, &ctx);
-            tap.observe(&batch);
+            tap.observe(&batch, tap.prepare(&batch));
             black_box(batch)
         })
     });

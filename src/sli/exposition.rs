@@ -8,7 +8,7 @@ use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, Me
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use super::tap::{Shared, TapState, INCOMPLETE_REASONS};
+use super::tap::{Compiled, Shared, TapState, INCOMPLETE_REASONS};
 use super::window::Counts;
 use crate::telemetry::metrics;
 
@@ -179,11 +179,16 @@ fn gauge(labels: Vec<LabelPair>, v: f64) -> Metric {
 /// Renders the rules of one tap whose names are not in `seen` yet.
 fn render(shared: &Shared, seen: &mut std::collections::BTreeSet<Arc<str>>) -> Vec<MetricFamily> {
     let now_ms = shared.now_ms();
-    render_state(&mut shared.lock(), now_ms, seen)
+    render_state(&shared.compiled, &mut shared.lock(), now_ms, seen)
 }
 
 /// Renders `state` as of `now_ms` on its tap's clock.
-pub(crate) fn render_state(state: &mut TapState, now_ms: u64, seen: &mut std::collections::BTreeSet<Arc<str>>) -> Vec<MetricFamily> {
+pub(crate) fn render_state(
+    compiled: &Compiled,
+    state: &mut TapState,
+    now_ms: u64,
+    seen: &mut std::collections::BTreeSet<Arc<str>>,
+) -> Vec<MetricFamily> {
     let mut fams: [(MetricFamily, Vec<Metric>); 9] = FAMILIES.map(|(name, help, ty, _)| {
         let mut f = MetricFamily::default();
         f.set_name(name.to_string());
@@ -193,20 +198,20 @@ pub(crate) fn render_state(state: &mut TapState, now_ms: u64, seen: &mut std::co
     });
     let [requests, latency, burn, objective, threshold, series_count, overflow, incomplete, memory] = &mut fams;
 
-    for r in state.rules.iter_mut() {
-        if !seen.insert(r.rule.name.clone()) {
+    for (rule, r) in compiled.rules.iter().zip(state.rules.iter_mut()) {
+        if !seen.insert(rule.name.clone()) {
             continue;
         }
-        let sli = &*r.rule.name;
-        let names = &state.groups[r.rule.group].names;
-        let outcomes = if r.rule.latency.as_ref().is_some_and(|l| l.threshold.is_some()) {
+        let sli = &*rule.name;
+        let names = &compiled.groups[rule.group].names;
+        let outcomes = if rule.latency.as_ref().is_some_and(|l| l.threshold.is_some()) {
             3
         } else {
             2
         };
         // (service, release) → counts per window, summed over routes/methods.
         let mut budget: BTreeMap<(String, String), Vec<Counts>> = BTreeMap::new();
-        let windows = r.rule.windows.clone();
+        let windows = rule.windows.clone();
         for s in r.table.iter_mut() {
             s.advance(&windows, now_ms);
             let mut base = vec![label("sli", sli)];
@@ -216,10 +221,10 @@ pub(crate) fn render_state(state: &mut TapState, now_ms: u64, seen: &mut std::co
                 l.push(label("outcome", name));
                 requests.1.push(counter(l, s.outcomes[o]));
             }
-            if r.rule.latency.is_some() {
+            if rule.latency.is_some() {
                 let mut cumulative = 0;
-                let mut buckets = Vec::with_capacity(r.rule.bounds.len());
-                for (i, bound) in r.rule.bounds.iter().enumerate() {
+                let mut buckets = Vec::with_capacity(rule.bounds.len());
+                for (i, bound) in rule.bounds.iter().enumerate() {
                     cumulative += s.buckets[i];
                     let mut b = Bucket::default();
                     b.set_upper_bound(*bound);
@@ -249,7 +254,7 @@ pub(crate) fn render_state(state: &mut TapState, now_ms: u64, seen: &mut std::co
                 }
             }
         }
-        if let Some(obj) = r.rule.objective {
+        if let Some(obj) = rule.objective {
             objective.1.push(gauge(labels(&[("sli", sli)]), obj));
             for ((service, release), counts) in &budget {
                 for (w, c) in windows.iter().zip(counts) {
@@ -259,7 +264,7 @@ pub(crate) fn render_state(state: &mut TapState, now_ms: u64, seen: &mut std::co
                 }
             }
         }
-        if let Some(t) = r.rule.latency.as_ref().and_then(|l| l.threshold) {
+        if let Some(t) = rule.latency.as_ref().and_then(|l| l.threshold) {
             threshold.1.push(gauge(labels(&[("sli", sli)]), t));
         }
         series_count.1.push(gauge(labels(&[("sli", sli)]), r.table.len() as f64));

@@ -31,18 +31,23 @@ struct LabelSpec {
     patterns: Vec<Rewrite>,
 }
 
-/// A label configuration shared by rules, with the scratch space for the
-/// key of the event being looked at.
+/// A label configuration shared by rules. Immutable once built, so batches
+/// decoded in parallel use it at once, each with its own [`KeyScratch`].
 #[derive(Debug)]
 pub(crate) struct LabelGroup {
     /// The label names, in key order.
     pub names: Vec<&'static str>,
     specs: Vec<LabelSpec>,
-    /// Metadata values for the current batch, per spec.
+}
+
+/// The key of the event being looked at, and the buffers that build it.
+#[derive(Debug, Default)]
+pub(crate) struct KeyScratch {
+    /// Metadata values for the current batch, per label.
     meta_values: Vec<Option<String>>,
     key: Vec<u8>,
     hash: u64,
-    /// The event `key` was built for; `usize::MAX` for none.
+    /// The event `key` was built for, plus one; 0 for none.
     event: usize,
     text: String,
     norm: Vec<u8>,
@@ -72,18 +77,7 @@ impl LabelGroup {
                     .collect(),
             });
         }
-        LabelGroup {
-            meta_values: vec![None; specs.len()],
-            names,
-            specs,
-            key: Vec::with_capacity(128),
-            hash: 0,
-            event: usize::MAX,
-            text: String::new(),
-            norm: Vec::new(),
-            rewritten: String::new(),
-            rewrite_tmp: String::new(),
-        }
+        LabelGroup { names, specs }
     }
 
     /// A string that is equal for groups that compute the same labels.
@@ -91,33 +85,33 @@ impl LabelGroup {
         format!("{sources:?}")
     }
 
-    /// Looks up this batch's metadata values and forgets the last key.
-    pub(crate) fn begin_batch(&mut self, source: &SourceContext) {
-        for (spec, slot) in self.specs.iter().zip(&mut self.meta_values) {
-            *slot = spec.meta.as_deref().and_then(|p| source.meta_value(p)).and_then(|v| match v {
+    /// Looks up a batch's metadata values and forgets the last key.
+    pub(crate) fn begin_batch(&self, source: &SourceContext, scratch: &mut KeyScratch) {
+        scratch.meta_values.clear();
+        scratch.meta_values.extend(self.specs.iter().map(|spec| {
+            spec.meta.as_deref().and_then(|p| source.meta_value(p)).and_then(|v| match v {
                 serde_json::Value::String(s) => Some(s.clone()),
                 serde_json::Value::Number(n) => Some(n.to_string()),
                 serde_json::Value::Bool(b) => Some(b.to_string()),
                 _ => None,
-            });
-        }
-        self.event = usize::MAX;
+            })
+        }));
+        scratch.event = 0;
     }
 
     /// The key and its hash for the event in `row`, built once per event.
     #[inline]
-    pub(crate) fn key(&mut self, row: &Row<'_, '_>, hasher: &impl BuildHasher) -> (u64, &[u8]) {
-        if self.event != row.index() {
-            self.build(row);
-            self.hash = hasher.hash_one(self.key.as_slice());
-            self.event = row.index();
+    pub(crate) fn key<'s>(&self, scratch: &'s mut KeyScratch, row: &Row<'_, '_>, hasher: &impl BuildHasher) -> (u64, &'s [u8]) {
+        if scratch.event != row.index() + 1 {
+            self.build(scratch, row);
+            scratch.hash = hasher.hash_one(scratch.key.as_slice());
+            scratch.event = row.index() + 1;
         }
-        (self.hash, &self.key)
+        (scratch.hash, &scratch.key)
     }
 
-    fn build(&mut self, row: &Row<'_, '_>) {
-        let LabelGroup {
-            specs,
+    fn build(&self, scratch: &mut KeyScratch, row: &Row<'_, '_>) {
+        let KeyScratch {
             meta_values,
             key,
             text,
@@ -125,9 +119,9 @@ impl LabelGroup {
             rewritten,
             rewrite_tmp,
             ..
-        } = self;
+        } = scratch;
         key.clear();
-        for (spec, meta) in specs.iter().zip(meta_values.iter()) {
+        for (spec, meta) in self.specs.iter().zip(meta_values.iter()) {
             let value: &str = match &spec.fixed {
                 Some(v) => v,
                 None => {

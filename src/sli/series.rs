@@ -176,9 +176,9 @@ impl SeriesTable {
     }
 
     /// The slot for `key` (hashed to `hash`), creating the series while
-    /// there is room. Each call that lands in overflow counts one event.
+    /// there is room. `events` that land in overflow are counted there.
     #[inline]
-    pub(crate) fn slot(&mut self, hash: u64, key: &[u8], windows: &[WindowSpec], now_ms: u64) -> Slot {
+    pub(crate) fn slot(&mut self, hash: u64, key: &[u8], windows: &[WindowSpec], now_ms: u64, events: u64) -> Slot {
         let series = &self.series;
         if let Some(&i) = self.index.find(hash, |&i| series[i as usize].key.as_ref() == key) {
             return Slot::Series(i as usize);
@@ -186,7 +186,7 @@ impl SeriesTable {
         // A key that would render exactly like the overflow series joins it,
         // so no two series ever share a label set.
         if self.series.len() >= self.max_series || key == self.overflow.key.as_ref() {
-            self.overflow_events += 1;
+            self.overflow_events += events;
             return Slot::Overflow;
         }
         let i = self.series.len();
@@ -250,7 +250,7 @@ mod tests {
         let mut slots = Vec::new();
         for r in ["a", "b", "c", "d", "a", "e", "c"] {
             let k = key(&["svc", r]);
-            slots.push(t.slot(h.hash_one(&k), &k, &windows, 0));
+            slots.push(t.slot(h.hash_one(&k), &k, &windows, 0, 1));
         }
         use Slot::*;
         assert_eq!(slots, [Series(0), Series(1), Series(2), Overflow, Series(0), Overflow, Series(2)]);
@@ -280,7 +280,7 @@ mod tests {
     fn a_key_equal_to_the_overflow_labels_joins_overflow() {
         let mut t = SeriesTable::new(10, 1, 1, &[], 0);
         let k = key(&["__overflow__"]);
-        assert_eq!(t.slot(7, &k, &[], 0), Slot::Overflow);
+        assert_eq!(t.slot(7, &k, &[], 0, 1), Slot::Overflow);
         assert_eq!(t.len(), 0);
     }
 }

@@ -1,26 +1,39 @@
-//! The SLI tap: sees every batch once, before fan-out, and updates every
-//! rule's series under one lock per batch.
+//! The SLI tap. Each batch is judged on the decode pool, in parallel with
+//! other batches, into a [`Partial`]: counts per (rule, label values) for
+//! that batch alone. The fan-out task then merges it into the rules' series
+//! under one lock, in batch order; the merge costs per distinct series in
+//! the batch, not per event.
 
-use hashbrown::DefaultHashBuilder;
+use hashbrown::{DefaultHashBuilder, HashTable};
+use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::config::SliRule;
-use super::labels::LabelGroup;
+use super::labels::{KeyScratch, LabelGroup};
 use super::rule::{CompiledRule, Row, TapFields, Verdict};
 use super::series::{Outcome, SeriesTable};
-use crate::event::{Batch, FieldPath, FieldSet};
-use crate::pipeline::BatchTap;
+use crate::event::{Batch, FieldPath};
+use crate::pipeline::{BatchTap, Prepared};
 
 /// Why a matched event was not (fully) measured, by index in
 /// [`RuleState::incomplete`].
 pub(crate) const INCOMPLETE_REASONS: [&str; 2] = ["no_outcome", "no_latency"];
 
-/// A rule with its series.
+/// The rules and label groups, compiled; read-only, shared by every batch.
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    /// Rules in config order.
+    pub rules: Vec<CompiledRule>,
+    /// Label configurations, shared by rules.
+    pub groups: Vec<LabelGroup>,
+    fields: TapFields,
+    hasher: DefaultHashBuilder,
+}
+
+/// A rule's series and counters.
 #[derive(Debug)]
 pub(crate) struct RuleState {
-    /// The compiled rule.
-    pub rule: CompiledRule,
     /// Its series, bounded by the rule's limit.
     pub table: SeriesTable,
     /// Matched events by [`INCOMPLETE_REASONS`].
@@ -30,22 +43,16 @@ pub(crate) struct RuleState {
 /// Everything the tap updates, behind one lock.
 #[derive(Debug)]
 pub(crate) struct TapState {
-    /// Rules in config order.
+    /// Per rule, in config order.
     pub rules: Vec<RuleState>,
-    /// Label configurations, shared by rules.
-    pub groups: Vec<LabelGroup>,
-    fields: TapFields,
-    /// The field set the last batch carried and where the tap's fields are
-    /// in it.
-    bound: Option<(Arc<FieldSet>, Vec<Option<usize>>)>,
-    hasher: DefaultHashBuilder,
-    text: String,
 }
 
 /// State shared between the tap and the `/metrics` collector.
 #[derive(Debug)]
 pub(crate) struct Shared {
     started: Instant,
+    /// The rules.
+    pub compiled: Compiled,
     state: Mutex<TapState>,
 }
 
@@ -91,38 +98,38 @@ impl SliTap {
             };
             compiled.push(CompiledRule::new(rule, &mut fields, group));
         }
-        let started = Instant::now();
-        let rules = compiled
-            .into_iter()
-            .map(|rule| {
-                let labels = groups[rule.group].names.len();
-                let table = SeriesTable::new(rule.max_series, rule.bounds.len() + 1, labels, &rule.windows, 0);
-                RuleState {
-                    rule,
-                    table,
+        let state = TapState {
+            rules: compiled
+                .iter()
+                .map(|rule| RuleState {
+                    table: SeriesTable::new(
+                        rule.max_series,
+                        rule.bounds.len() + 1,
+                        groups[rule.group].names.len(),
+                        &rule.windows,
+                        0,
+                    ),
                     incomplete: [0; 2],
-                }
-            })
-            .collect();
-        let shared = Arc::new(Shared {
-            started,
-            state: Mutex::new(TapState {
-                rules,
-                groups,
-                fields: TapFields::default(),
-                bound: None,
-                hasher: DefaultHashBuilder::default(),
-                text: String::new(),
-            }),
-        });
+                })
+                .collect(),
+        };
         let paths = fields.paths().to_vec();
-        shared.lock().fields = fields;
+        let shared = Arc::new(Shared {
+            started: Instant::now(),
+            compiled: Compiled {
+                rules: compiled,
+                groups,
+                fields,
+                hasher: DefaultHashBuilder::default(),
+            },
+            state: Mutex::new(state),
+        });
         super::exposition::attach(&shared);
         SliTap { shared, fields: paths }
     }
 
     /// The event fields the rules read; add them to the pipeline's
-    /// [`FieldSet`].
+    /// [`crate::event::FieldSet`].
     pub fn fields(&self) -> Vec<FieldPath> {
         self.fields.clone()
     }
@@ -137,49 +144,133 @@ impl SliTap {
         }
         out
     }
-}
 
-impl BatchTap for SliTap {
-    fn observe(&self, batch: &Batch) {
-        if batch.is_empty() {
-            return;
-        }
-        let now_ms = self.shared.now_ms();
-        self.shared.lock().observe(batch, now_ms);
+    /// Merges a batch's counts at `now_ms` on the tap's clock.
+    fn merge(&self, partial: &Partial, now_ms: u64) {
+        self.shared.lock().apply(&self.shared.compiled, partial, now_ms);
     }
 }
 
-impl TapState {
-    /// Counts every event of `batch` for every rule, at `now_ms`.
-    pub(crate) fn observe(&mut self, batch: &Batch, now_ms: u64) {
-        let TapState {
-            rules,
-            groups,
-            fields,
-            bound,
-            hasher,
-            text,
+impl BatchTap for SliTap {
+    fn prepare(&self, batch: &Batch) -> Option<Prepared> {
+        Some(Box::new(self.shared.compiled.judge(batch)))
+    }
+
+    fn observe(&self, batch: &Batch, prepared: Option<Prepared>) {
+        if batch.is_empty() {
+            return;
+        }
+        let partial = match prepared.map(|p| p.downcast::<Partial>()) {
+            Some(Ok(p)) => *p,
+            // A batch sent already decoded was not prepared: judge it here.
+            _ => self.shared.compiled.judge(batch),
+        };
+        self.merge(&partial, self.shared.now_ms());
+    }
+}
+
+/// One series' counts within a batch.
+#[derive(Debug)]
+struct Entry {
+    rule: usize,
+    /// The label group's hash of the key.
+    hash: u64,
+    /// The key, in [`Partial::keys`].
+    key: Range<usize>,
+    outcomes: [u64; 3],
+    /// Start of its buckets in [`Partial::buckets`] (the rule's bucket count).
+    buckets: usize,
+    sum: f64,
+}
+
+/// What one batch adds to every rule.
+#[derive(Debug, Default)]
+pub(crate) struct Partial {
+    /// Per rule, by [`INCOMPLETE_REASONS`].
+    incomplete: Vec<[u64; 2]>,
+    /// In the order their first event came, so series are created in
+    /// arrival order.
+    entries: Vec<Entry>,
+    index: HashTable<u32>,
+    keys: Vec<u8>,
+    buckets: Vec<u64>,
+}
+
+impl Partial {
+    /// The entry for `key` of `rule`, created with `nb` zero buckets.
+    #[inline]
+    fn entry(&mut self, rule: usize, hash: u64, key: &[u8], nb: usize) -> &mut Entry {
+        let Partial {
+            entries,
+            index,
+            keys,
+            buckets,
+            ..
         } = self;
-        if !bound.as_ref().is_some_and(|(set, _)| Arc::ptr_eq(set, batch.fields())) {
-            *bound = Some((batch.fields().clone(), fields.bind(batch.fields())));
+        let h = hash ^ (rule as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let found = index
+            .find(h, |&i| {
+                let e = &entries[i as usize];
+                e.rule == rule && keys[e.key.clone()] == *key
+            })
+            .copied();
+        let i = match found {
+            Some(i) => i as usize,
+            None => {
+                let start = keys.len();
+                keys.extend_from_slice(key);
+                let b = buckets.len();
+                buckets.resize(b + nb, 0);
+                entries.push(Entry {
+                    rule,
+                    hash,
+                    key: start..keys.len(),
+                    outcomes: [0; 3],
+                    buckets: b,
+                    sum: 0.0,
+                });
+                let i = entries.len() - 1;
+                index.insert_unique(h, i as u32, |&j| {
+                    let e = &entries[j as usize];
+                    e.hash ^ (e.rule as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                });
+                i
+            }
+        };
+        &mut entries[i]
+    }
+}
+
+impl Compiled {
+    /// Judges every event of `batch` for every rule: the per-event work,
+    /// touching no shared state.
+    pub(crate) fn judge(&self, batch: &Batch) -> Partial {
+        let mut partial = Partial {
+            incomplete: vec![[0; 2]; self.rules.len()],
+            ..Partial::default()
+        };
+        if batch.is_empty() {
+            return partial;
         }
-        let Some((_, map)) = bound.as_ref() else { return };
-        for g in groups.iter_mut() {
-            g.begin_batch(&batch.source);
+        let map = self.fields.bind(batch.fields());
+        let mut scratch: Vec<KeyScratch> = self.groups.iter().map(|_| KeyScratch::default()).collect();
+        for (g, s) in self.groups.iter().zip(&mut scratch) {
+            g.begin_batch(&batch.source, s);
         }
+        let mut text = String::new();
         let mut values = Vec::with_capacity(map.len());
         for i in 0..batch.len() {
-            Row::fill(batch, map, i, &mut values);
+            Row::fill(batch, &map, i, &mut values);
             let row = Row::new(&values, i);
-            for r in rules.iter_mut() {
-                let (error, latency, latency_missing) = match r.rule.judge(&row, text) {
+            for (r, rule) in self.rules.iter().enumerate() {
+                let (error, latency, latency_missing) = match rule.judge(&row, &mut text) {
                     Verdict::Skip => continue,
                     Verdict::NoOutcome => {
-                        r.incomplete[0] += 1;
+                        partial.incomplete[r][0] += 1;
                         continue;
                     }
                     Verdict::NoLatency => {
-                        r.incomplete[1] += 1;
+                        partial.incomplete[r][1] += 1;
                         continue;
                     }
                     Verdict::Counted {
@@ -188,12 +279,10 @@ impl TapState {
                         latency_missing,
                     } => (error, latency, latency_missing),
                 };
-                r.incomplete[1] += latency_missing as u64;
-                let (hash, key) = groups[r.rule.group].key(&row, hasher);
-                let slot = r.table.slot(hash, key, &r.rule.windows, now_ms);
-                let series = r.table.get_mut(slot);
-                series.advance(&r.rule.windows, now_ms);
-                let slow = match (latency, r.rule.latency.as_ref().and_then(|l| l.threshold)) {
+                partial.incomplete[r][1] += latency_missing as u64;
+                let (hash, key) = self.groups[rule.group].key(&mut scratch[rule.group], &row, &self.hasher);
+                let nb = rule.bounds.len() + 1;
+                let slow = match (latency, rule.latency.as_ref().and_then(|l| l.threshold)) {
                     (Some(l), Some(t)) => l > t,
                     _ => false,
                 };
@@ -204,13 +293,45 @@ impl TapState {
                 } else {
                     Outcome::Success
                 };
-                series.outcomes[outcome as usize] += 1;
+                let e = partial.entry(r, hash, key, nb);
+                e.outcomes[outcome as usize] += 1;
                 if let Some(l) = latency {
+                    e.sum += l;
                     // Bucket `le=b` counts l <= b; past the last bound is +Inf.
-                    series.buckets[r.rule.bounds.partition_point(|&b| b < l)] += 1;
-                    series.sum += l;
+                    let b = e.buckets + rule.bounds.partition_point(|&b| b < l);
+                    partial.buckets[b] += 1;
                 }
             }
+        }
+        partial
+    }
+}
+
+impl TapState {
+    /// Adds a batch's counts to the rules' series at `now_ms`.
+    pub(crate) fn apply(&mut self, compiled: &Compiled, partial: &Partial, now_ms: u64) {
+        for (state, inc) in self.rules.iter_mut().zip(&partial.incomplete) {
+            state.incomplete[0] += inc[0];
+            state.incomplete[1] += inc[1];
+        }
+        for e in &partial.entries {
+            let (Some(state), Some(rule)) = (self.rules.get_mut(e.rule), compiled.rules.get(e.rule)) else {
+                continue;
+            };
+            let events = e.outcomes.iter().sum();
+            let slot = state
+                .table
+                .slot(e.hash, &partial.keys[e.key.clone()], &rule.windows, now_ms, events);
+            let series = state.table.get_mut(slot);
+            series.advance(&rule.windows, now_ms);
+            for (total, n) in series.outcomes.iter_mut().zip(e.outcomes) {
+                *total += n;
+            }
+            let nb = series.buckets.len();
+            for (total, n) in series.buckets.iter_mut().zip(&partial.buckets[e.buckets..e.buckets + nb]) {
+                *total += n;
+            }
+            series.sum += e.sum;
         }
     }
 }
@@ -220,7 +341,7 @@ mod tests {
     use super::*;
     use crate::decode::Decoder;
     use crate::enrich::SourceContext;
-    use crate::event::BatchBuilder;
+    use crate::event::{BatchBuilder, FieldSet};
     use serde_json::{json, Map, Value};
 
     fn tap(rules: Value) -> SliTap {
@@ -248,7 +369,7 @@ mod tests {
 
     /// Sample lines of the rendered text as (name{labels}, value).
     fn samples(tap: &SliTap, now_ms: u64) -> Map<String, Value> {
-        let fams = super::super::exposition::render_state(&mut tap.shared.lock(), now_ms, &mut Default::default());
+        let fams = super::super::exposition::render_state(&tap.shared.compiled, &mut tap.shared.lock(), now_ms, &mut Default::default());
         let mut text = String::new();
         prometheus::TextEncoder::new().encode_utf8(&fams, &mut text).unwrap();
         text.lines()
@@ -278,7 +399,7 @@ mod tests {
         lines.push("not json".into());
         lines.push(r#"{"service":"api"}"#.into());
         let b = batch(&t, json!({"release": {"version": "v1"}}), &lines);
-        t.observe(&b);
+        t.observe(&b, None);
         let s = samples(&t, 0);
         let get = |k: &str| s.get(k).and_then(Value::as_f64).unwrap_or_else(|| panic!("{k} missing in {s:#?}"));
         assert_eq!(
@@ -322,7 +443,7 @@ mod tests {
             lines.push(line("api", Some("v2"), if i % 20 == 0 { 500 } else { 200 }, 1.0));
         }
         let b = batch(&t, json!({}), &lines);
-        t.shared.lock().observe(&b, 1_000);
+        t.merge(&t.shared.compiled.judge(&b), 1_000);
         let burn = |now: u64, release: &str, w: &str| {
             let k = format!(r#"sluice_sli_error_budget_burn_rate{{sli="canary",service="api",release="{release}",window="{w}"}}"#);
             samples(&t, now)[&k].as_f64().unwrap()
@@ -336,7 +457,7 @@ mod tests {
         assert!((burn(361_000, "v2", "1h") - 50.0).abs() < 1e-9);
         // Healthy traffic now dilutes the long window only by its share.
         let healthy: Vec<String> = (0..1000).map(|_| line("api", Some("v2"), 200, 1.0)).collect();
-        t.shared.lock().observe(&batch(&t, json!({}), &healthy), 362_000);
+        t.merge(&t.shared.compiled.judge(&batch(&t, json!({}), &healthy)), 362_000);
         assert_eq!(burn(362_000, "v2", "5m"), 0.0);
         assert!((burn(362_000, "v2", "1h") - 25.0).abs() < 1e-9);
     }
@@ -347,7 +468,7 @@ mod tests {
         let lines: Vec<String> = (0..50)
             .map(|i| format!(r#"{{"service":"s","path":"/r/x{i}/{i}","status":200}}"#))
             .collect();
-        t.observe(&batch(&t, json!({}), &lines));
+        t.observe(&batch(&t, json!({}), &lines), None);
         let s = samples(&t, 0);
         let routes: std::collections::BTreeSet<&str> = s
             .keys()

@@ -268,6 +268,19 @@ impl Config {
                 Err(mut e) => errors.append(&mut e),
             }
         }
+        if top.data_dir.is_none() {
+            for (name, cfg) in &sources {
+                if cfg.needs_data_dir() {
+                    errors.push(ConfigError::new(
+                        "data_dir",
+                        format!(
+                            "data_dir is not set, and source {name:?} ({}) keeps its checkpoints there: set data_dir or SLUICE_DATA_DIR",
+                            cfg.kind()
+                        ),
+                    ));
+                }
+            }
+        }
         if sources.is_empty() && !errors.iter().any(|e| e.path.starts_with("sources")) {
             errors.push(ConfigError::new("sources", "at least one source is required"));
         }

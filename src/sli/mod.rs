@@ -7,11 +7,12 @@
 //! - `labels` and `route`: label values, with route normalisation.
 //! - `series`: the per-SLI series table and its cardinality guard.
 //! - `window`: fixed-memory sliding windows for burn rates.
-//! - [`SliTap`]: the [`crate::pipeline::BatchTap`] that updates all of it
-//!   once per batch; `exposition` renders it on `/metrics`.
+//! - [`SliTap`]: the [`crate::pipeline::BatchTap`]: it judges each batch on
+//!   the decode pool into per-series counts and merges them once per batch;
+//!   `exposition` renders the result on `/metrics`.
 //!
-//! Counts are exact within a process: every batch passes the tap once, on
-//! its source's fan-out task, before it reaches any sink.
+//! Counts are exact within a process: every batch is judged once and merged
+//! once, in order, on its source's fan-out task, before it reaches any sink.
 
 pub mod config;
 mod exposition;

@@ -251,6 +251,12 @@ impl Config {
             if let Err(e) = buffer.validate() {
                 errors.push(ConfigError::new(format!("{path}.buffer"), e));
             }
+            if buffer.kind == crate::buffer::BufferType::Disk && top.data_dir.is_none() {
+                errors.push(ConfigError::new(
+                    format!("{path}.buffer.type"),
+                    "a disk buffer needs data_dir (or SLUICE_DATA_DIR) to be set",
+                ));
+            }
             if let Some(inputs) = &inputs {
                 for (i, input) in inputs.iter().enumerate() {
                     if !sources.contains_key(input) && !errors.iter().any(|e| e.path.starts_with(&format!("sources.{input}"))) {

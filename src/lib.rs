@@ -16,5 +16,6 @@ pub mod event;
 pub mod framing;
 pub mod pipeline;
 pub mod sinks;
+pub mod sli;
 pub mod sources;
 pub mod telemetry;

@@ -7,7 +7,11 @@
 //! When the queue ends (`recv` returns `None`) it flushes and returns.
 
 pub mod blackhole;
+pub(crate) mod http;
+pub mod loki;
+pub mod s3;
 pub mod stdout;
+pub mod template;
 
 use serde_json::{Map, Value};
 use std::path::PathBuf;
@@ -26,6 +30,10 @@ pub enum SinkConfig {
     Stdout(stdout::StdoutConfig),
     /// `type = "blackhole"`.
     Blackhole(blackhole::BlackholeConfig),
+    /// `type = "loki"`.
+    Loki(Box<loki::LokiConfig>),
+    /// `type = "s3"`.
+    S3(Box<s3::S3Config>),
 }
 
 /// Errors that end a sink. Delivery failures that retrying can fix are not
@@ -63,10 +71,22 @@ pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<
     let parsed = match kind {
         "stdout" => parse_at(path, value, &mut errors).map(SinkConfig::Stdout),
         "blackhole" => parse_at(path, value, &mut errors).map(SinkConfig::Blackhole),
+        "loki" => parse_at::<loki::LokiConfig>(path, value, &mut errors).and_then(|c| {
+            let mut e = c.validate(path);
+            let ok = e.is_empty();
+            errors.append(&mut e);
+            ok.then(|| SinkConfig::Loki(Box::new(c)))
+        }),
+        "s3" => parse_at::<s3::S3Config>(path, value, &mut errors).and_then(|c| {
+            let mut e = c.validate(path);
+            let ok = e.is_empty();
+            errors.append(&mut e);
+            ok.then(|| SinkConfig::S3(Box::new(c)))
+        }),
         other => {
             errors.push(ConfigError::new(
                 format!("{path}.type"),
-                format!("unknown sink type {other:?}; known: stdout, blackhole"),
+                format!("unknown sink type {other:?}; known: stdout, blackhole, loki, s3"),
             ));
             None
         }
@@ -80,6 +100,8 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::Blackhole(_) => "blackhole",
+            SinkConfig::Loki(_) => "loki",
+            SinkConfig::S3(_) => "s3",
         }
     }
 
@@ -87,6 +109,8 @@ impl SinkConfig {
     pub fn fields_needed(&self) -> Vec<FieldPath> {
         match self {
             SinkConfig::Stdout(_) | SinkConfig::Blackhole(_) => Vec::new(),
+            SinkConfig::Loki(c) => c.fields_needed(),
+            SinkConfig::S3(c) => c.fields_needed(),
         }
     }
 
@@ -95,6 +119,8 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(c) => Ok(c.build(cx, input)),
             SinkConfig::Blackhole(c) => Ok(c.build(cx, input)),
+            SinkConfig::Loki(c) => c.build(cx, input).await,
+            SinkConfig::S3(c) => c.build(cx, input).await,
         }
     }
 }

@@ -194,7 +194,7 @@ impl LineFramer {
                     dropped += self.enforce_limit(&mut spans);
                     return Some(Lines { chunk, spans, dropped });
                 }
-                None if self.buf.len() >= self.max_line_bytes => {
+                None if self.buf.len() > self.max_line_bytes => {
                     let head = self.buf.split_to(self.max_line_bytes).freeze();
                     self.scanned = 0;
                     self.discarding = true;

@@ -151,3 +151,82 @@ impl QueueReceiver {
         self.rx.try_recv().ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ByteSize;
+    use crate::enrich::SourceContext;
+    use crate::event::{AckGroup, BatchBuilder, FieldSet};
+    use std::time::{Duration, SystemTime};
+
+    fn batch(events: usize, ack: Option<crate::event::Acknowledger>) -> Arc<Batch> {
+        let mut b = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 64, events);
+        for _ in 0..events {
+            b.buffer().extend_from_slice(b"{}");
+            b.finish_event();
+        }
+        let ctx = Arc::new(SourceContext::new("s".into(), "test", String::new(), serde_json::Map::new()));
+        let mut batch = b.build(ctx, SystemTime::now());
+        if let Some(a) = &ack {
+            a.expect(1);
+        }
+        batch.ack = ack;
+        Arc::new(batch)
+    }
+
+    fn config(max_events: usize, when_full: WhenFull) -> BufferConfig {
+        BufferConfig {
+            max_events,
+            max_bytes: ByteSize(1 << 20),
+            when_full,
+            ..BufferConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn block_policy_waits_until_the_sink_takes_a_batch() {
+        let (tx, mut rx) = queue("block-test", &config(10, WhenFull::Block));
+        tx.send(batch(8, None)).await.unwrap();
+        let second = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(batch(8, None)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!second.is_finished(), "no room: the sender waits");
+        let first = rx.recv().await.unwrap();
+        assert!(!second.is_finished(), "room comes back when the sink is done, not when it receives");
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(1), second)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(rx.recv().await.unwrap().batch.len(), 8);
+    }
+
+    #[tokio::test]
+    async fn drop_newest_skips_counts_and_acknowledges_as_dropped() {
+        let (tx, mut rx) = queue("drop-test", &config(10, WhenFull::DropNewest));
+        let (group, mut acks) = AckGroup::new();
+        tx.send(batch(8, Some(group.next()))).await.unwrap();
+        tx.send(batch(8, Some(group.next()))).await.unwrap();
+        let c = acks.try_recv().unwrap();
+        assert_eq!((c.seq, c.outcome), (1, AckOutcome::Dropped));
+        let dropped = metrics().events_dropped.with_label_values(&["drop-test", "queue_full"]).get();
+        assert_eq!(dropped, 8);
+        let item = rx.recv().await.unwrap();
+        item.batch.acknowledge(AckOutcome::Delivered);
+        assert_eq!(acks.try_recv().unwrap().outcome, AckOutcome::Delivered);
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_the_budget_still_passes_alone() {
+        let (tx, mut rx) = queue("big-test", &config(4, WhenFull::Block));
+        tokio::time::timeout(Duration::from_secs(1), tx.send(batch(100, None)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rx.recv().await.unwrap().batch.len(), 100);
+    }
+}

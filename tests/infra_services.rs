@@ -43,17 +43,10 @@ fn tansu_creates_a_topic_and_round_trips_a_message_through_rdkafka() {
     let opts = AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT));
     let new_topic = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
     let created = rt
-        .block_on(async {
-            tokio::time::timeout(KAFKA_TIMEOUT, admin.create_topics(&[new_topic], &opts)).await
-        })
+        .block_on(async { tokio::time::timeout(KAFKA_TIMEOUT, admin.create_topics(&[new_topic], &opts)).await })
         .expect("create_topics timed out")
         .expect("create_topics");
-    assert_eq!(
-        created,
-        vec![Ok(topic.to_string())],
-        "tansu log:\n{}",
-        kafka.log()
-    );
+    assert_eq!(created, vec![Ok(topic.to_string())], "tansu log:\n{}", kafka.log());
 
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &kafka.addr)
@@ -62,33 +55,16 @@ fn tansu_creates_a_topic_and_round_trips_a_message_through_rdkafka() {
         .expect("producer");
     let record = FutureRecord::to(topic).key("k1").payload("hello tansu");
     let delivery = rt
-        .block_on(async {
-            tokio::time::timeout(
-                KAFKA_TIMEOUT,
-                producer.send(record, Duration::from_secs(10)),
-            )
-            .await
-        })
+        .block_on(async { tokio::time::timeout(KAFKA_TIMEOUT, producer.send(record, Duration::from_secs(10))).await })
         .expect("produce timed out")
         .unwrap_or_else(|(e, _)| panic!("produce failed: {e}; tansu log:\n{}", kafka.log()));
     assert_eq!(delivery.partition, 0);
     assert_eq!(delivery.offset, 0, "first message of a new topic");
 
-    let metadata = producer
-        .client()
-        .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
-        .expect("metadata");
-    let brokers: Vec<String> = metadata
-        .brokers()
-        .iter()
-        .map(|b| format!("{}:{}", b.host(), b.port()))
-        .collect();
+    let metadata = producer.client().fetch_metadata(Some(topic), KAFKA_TIMEOUT).expect("metadata");
+    let brokers: Vec<String> = metadata.brokers().iter().map(|b| format!("{}:{}", b.host(), b.port())).collect();
     assert_eq!(brokers, vec![kafka.addr.clone()], "advertised listener");
-    let t = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .expect("topic in metadata");
+    let t = metadata.topics().iter().find(|t| t.name() == topic).expect("topic in metadata");
     assert!(t.error().is_none(), "topic error: {:?}", t.error());
     assert_eq!(t.partitions().len(), 1);
 
@@ -100,26 +76,16 @@ fn tansu_creates_a_topic_and_round_trips_a_message_through_rdkafka() {
         .create()
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .expect("partition offset");
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).expect("partition offset");
     consumer.assign(&tpl).expect("assign");
-    let got = support::wait_until(
-        "the message back from tansu",
-        KAFKA_TIMEOUT,
-        || match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => Some((
-                m.key().map(<[u8]>::to_vec),
-                m.payload().map(<[u8]>::to_vec),
-                m.offset(),
-            )),
+    let got = support::wait_until("the message back from tansu", KAFKA_TIMEOUT, || {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => Some((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec), m.offset())),
             Some(Err(e)) => panic!("consume failed: {e}"),
             None => None,
-        },
-    );
-    assert_eq!(
-        got,
-        (Some(b"k1".to_vec()), Some(b"hello tansu".to_vec()), 0)
-    );
+        }
+    });
+    assert_eq!(got, (Some(b"k1".to_vec()), Some(b"hello tansu".to_vec()), 0));
 }
 
 #[test]
@@ -135,24 +101,14 @@ fn s3s_fs_round_trips_an_object_with_sigv4() {
     rt.block_on(async {
         let url = bucket.create_bucket(&creds).sign(Duration::from_secs(60));
         let resp = http.put(url).send().await.expect("create bucket");
-        assert_eq!(
-            resp.status(),
-            200,
-            "{}",
-            resp.text().await.unwrap_or_default()
-        );
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap_or_default());
 
         let body = "line one\nline two\n";
         let url = bucket
             .put_object(Some(&creds), "logs/2024/01/part-0.ndjson")
             .sign(Duration::from_secs(60));
         let resp = http.put(url).body(body).send().await.expect("put object");
-        assert_eq!(
-            resp.status(),
-            200,
-            "{}",
-            resp.text().await.unwrap_or_default()
-        );
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap_or_default());
 
         let url = bucket
             .get_object(Some(&creds), "logs/2024/01/part-0.ndjson")
@@ -169,13 +125,9 @@ fn s3s_fs_round_trips_an_object_with_sigv4() {
         let resp = http.get(url).send().await.expect("get with bad secret");
         assert_eq!(resp.status(), 403);
     });
+    assert_eq!(s3.keys_on_disk("sluice-smoke"), vec!["logs/2024/01/part-0.ndjson".to_string()]);
     assert_eq!(
-        s3.keys_on_disk("sluice-smoke"),
-        vec!["logs/2024/01/part-0.ndjson".to_string()]
-    );
-    assert_eq!(
-        std::fs::read_to_string(s3.object_path("sluice-smoke", "logs/2024/01/part-0.ndjson"))
-            .expect("object on disk"),
+        std::fs::read_to_string(s3.object_path("sluice-smoke", "logs/2024/01/part-0.ndjson")).expect("object on disk"),
         "line one\nline two\n"
     );
 }
@@ -200,14 +152,10 @@ fn s3s_fs_treats_a_directory_under_root_as_a_bucket() {
     s3.create_bucket_dir("from-mkdir");
     let creds = s3.credentials();
     let bucket = s3.bucket("from-mkdir");
-    let url = bucket
-        .put_object(Some(&creds), "a/b.txt")
-        .sign(Duration::from_secs(60));
+    let url = bucket.put_object(Some(&creds), "a/b.txt").sign(Duration::from_secs(60));
     let (status, body) = support::http_request("PUT", url.as_str(), &[], b"payload");
     assert_eq!(status, 200, "{body}");
-    let url = bucket
-        .list_objects_v2(Some(&creds))
-        .sign(Duration::from_secs(60));
+    let url = bucket.list_objects_v2(Some(&creds)).sign(Duration::from_secs(60));
     let (status, listing) = support::http_get(url.as_str());
     assert_eq!(status, 200, "{listing}");
     assert!(listing.contains("<Key>a/b.txt</Key>"), "{listing}");
@@ -224,18 +172,10 @@ fn kafka_helpers_create_a_topic_and_read_back_every_partition() {
         .create()
         .expect("producer");
     for (partition, payload) in [(0, "p0-a"), (1, "p1-a"), (0, "p0-b")] {
-        let record = FutureRecord::<str, str>::to("two-parts")
-            .partition(partition)
-            .payload(payload);
-        rt.block_on(async {
-            tokio::time::timeout(
-                KAFKA_TIMEOUT,
-                producer.send(record, Duration::from_secs(10)),
-            )
-            .await
-        })
-        .expect("produce timed out")
-        .unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
+        let record = FutureRecord::<str, str>::to("two-parts").partition(partition).payload(payload);
+        rt.block_on(async { tokio::time::timeout(KAFKA_TIMEOUT, producer.send(record, Duration::from_secs(10))).await })
+            .expect("produce timed out")
+            .unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
     }
     let got: Vec<(i32, i64, Vec<u8>)> = kafka
         .read_topic("two-parts", 3, KAFKA_TIMEOUT)
@@ -244,11 +184,7 @@ fn kafka_helpers_create_a_topic_and_read_back_every_partition() {
         .collect();
     assert_eq!(
         got,
-        vec![
-            (0, 0, b"p0-a".to_vec()),
-            (0, 1, b"p0-b".to_vec()),
-            (1, 0, b"p1-a".to_vec()),
-        ]
+        vec![(0, 0, b"p0-a".to_vec()), (0, 1, b"p0-b".to_vec()), (1, 0, b"p1-a".to_vec()),]
     );
 }
 
@@ -299,8 +235,7 @@ fn promtool_checks_rule_files() {
 fn prometheus_server_answers_queries_and_scrapes_its_target() {
     // Scrape Prometheus itself: a target that is certainly up.
     let port = support::free_port();
-    let prom =
-        PrometheusServer::start_on(port, &format!("127.0.0.1:{port}"), Duration::from_secs(1));
+    let prom = PrometheusServer::start_on(port, &format!("127.0.0.1:{port}"), Duration::from_secs(1));
     let v = prom.query("up");
     assert_eq!(v["status"], "success", "{v}");
     assert_eq!(v["data"]["resultType"], "vector", "{v}");

@@ -57,10 +57,7 @@ mod logproto {
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn entry(ts_ns: i64, line: &str, metadata: &[(&str, &str)]) -> ReceivedEntry {
@@ -92,9 +89,7 @@ fn assert_success(out: &Output) {
 
 /// Snappy raw block (what Loki expects), not the framed stream format.
 fn snappy_raw(buf: &[u8]) -> Vec<u8> {
-    snap::raw::Encoder::new()
-        .compress_vec(buf)
-        .expect("snappy compress")
+    snap::raw::Encoder::new().compress_vec(buf).expect("snappy compress")
 }
 
 fn push_protobuf(loki: &Loki, tenant: Option<&str>, req: &logproto::PushRequest) -> (u16, String) {
@@ -156,21 +151,12 @@ fn winston_loki_protobuf_push_is_decoded_exactly() {
             labels: labels(&[("job", "checkout"), ("env", "test"), ("level", "info")]),
             entries: vec![
                 entry(1_700_000_000_123_000_000, "first line", &[]),
-                entry(
-                    1_700_000_000_456_000_000,
-                    "second \"quoted\" ünïcödé line",
-                    &[],
-                ),
+                entry(1_700_000_000_456_000_000, "second \"quoted\" ünïcödé line", &[]),
             ],
         },
         ReceivedStream {
             tenant: "team-a".into(),
-            labels: labels(&[
-                ("job", "checkout"),
-                ("env", "test"),
-                ("level", "info"),
-                ("pod", "p-1"),
-            ]),
+            labels: labels(&[("job", "checkout"), ("env", "test"), ("level", "info"), ("pod", "p-1")]),
             entries: vec![entry(1_700_000_001_000_000_000, "third, other stream", &[])],
         },
     ];
@@ -180,11 +166,7 @@ fn winston_loki_protobuf_push_is_decoded_exactly() {
     assert_eq!(stats.by_status.get("204"), Some(&1));
     // winston-loki falls back to JSON when its snappy binding is missing;
     // this proves the protobuf path was the one exercised.
-    assert_eq!(
-        stats.by_content_type.get("application/x-protobuf"),
-        Some(&1),
-        "{stats:?}"
-    );
+    assert_eq!(stats.by_content_type.get("application/x-protobuf"), Some(&1), "{stats:?}");
 }
 
 #[test]
@@ -211,10 +193,7 @@ fn winston_loki_json_push_carries_structured_metadata() {
         )],
     }];
     assert_eq!(loki.entries(), want);
-    assert_eq!(
-        loki.stats().by_content_type.get("application/json"),
-        Some(&1)
-    );
+    assert_eq!(loki.stats().by_content_type.get("application/json"), Some(&1));
 }
 
 #[test]
@@ -261,8 +240,7 @@ fn json_push_plain_and_gzip_are_decoded() {
     let gz_doc = serde_json::json!({"streams": [
         {"stream": {"job": "gz"}, "values": [["1700000000000000003", "gzipped line"]]},
     ]});
-    gz.write_all(gz_doc.to_string().as_bytes())
-        .expect("gzip write");
+    gz.write_all(gz_doc.to_string().as_bytes()).expect("gzip write");
     let body = gz.finish().expect("gzip finish");
     let (status, text) = support::http_post(
         &loki.push_url(),
@@ -325,11 +303,7 @@ fn protobuf_push_decodes_escaped_labels_metadata_and_skips_unknown_fields() {
     raw.extend_from_slice(&[(14 << 3) | 2, 3, b'x', b'y', b'z']);
     raw.extend_from_slice(&[(15 << 3) | 5, 1, 2, 3, 4]);
     raw.extend_from_slice(&[0xa0, 0x06, 7]); // key 800 = field 100, varint
-    let (status, text) = support::http_post(
-        &loki.push_url(),
-        &[("Content-Type", "application/x-protobuf")],
-        &snappy_raw(&raw),
-    );
+    let (status, text) = support::http_post(&loki.push_url(), &[("Content-Type", "application/x-protobuf")], &snappy_raw(&raw));
     assert_eq!((status, text.as_str()), (204, ""));
 
     let want = vec![ReceivedStream {
@@ -368,11 +342,7 @@ fn malformed_pushes_are_rejected_with_400_and_store_nothing() {
     let cases: Vec<(&str, Headers, Vec<u8>)> = vec![
         ("framed snappy", &pb, framed),
         ("uncompressed protobuf", &pb, good.clone()),
-        (
-            "truncated protobuf",
-            &pb,
-            snappy_raw(&good[..good.len() - 1]),
-        ),
+        ("truncated protobuf", &pb, snappy_raw(&good[..good.len() - 1])),
         ("wire type 3 (group)", &pb, snappy_raw(&[(1 << 3) | 3, 0])),
         (
             "empty label set",
@@ -404,10 +374,7 @@ fn malformed_pushes_are_rejected_with_400_and_store_nothing() {
         ),
         (
             "gzip header on plain body",
-            &[
-                ("Content-Type", "application/json"),
-                ("Content-Encoding", "gzip"),
-            ],
+            &[("Content-Type", "application/json"), ("Content-Encoding", "gzip")],
             br#"{"streams":[]}"#.to_vec(),
         ),
     ];
@@ -454,9 +421,7 @@ fn fault_modes_answer_like_loki_for_the_next_n_pushes() {
     let (status, text) = push(&[3]);
     assert_eq!(status, 400);
     assert!(
-        text.starts_with(
-            "entry for stream '{job=\"faults\"}' has timestamp too old: 1970-01-01T00:00:00Z"
-        ),
+        text.starts_with("entry for stream '{job=\"faults\"}' has timestamp too old: 1970-01-01T00:00:00Z"),
         "{text}"
     );
 
@@ -502,10 +467,7 @@ fn strict_order_rejects_entries_older_than_the_newest_of_their_stream() {
     let (status, text) = push("a", &[15, 25]);
     assert_eq!(status, 400);
     assert!(text.contains("reason: 'entry out of order'"), "{text}");
-    assert!(
-        text.ends_with("total ignored: 1 out of 2 for stream: {job=\"a\"}"),
-        "{text}"
-    );
+    assert!(text.ends_with("total ignored: 1 out of 2 for stream: {job=\"a\"}"), "{text}");
     // Another stream has its own order.
     assert_eq!(push("b", &[5]).0, 204);
     // An exact duplicate of the newest entry is dropped without an error.
@@ -523,12 +485,7 @@ fn strict_order_rejects_entries_older_than_the_newest_of_their_stream() {
 
     // With a window, as with Loki's unordered writes.
     let s: i64 = 1_000_000_000;
-    loki.set_mode(
-        LokiMode::StrictOrder {
-            window_ns: 5_000_000_000,
-        },
-        None,
-    );
+    loki.set_mode(LokiMode::StrictOrder { window_ns: 5_000_000_000 }, None);
     assert_eq!(push("c", &[100 * s]).0, 204);
     assert_eq!(push("c", &[97 * s]).0, 204, "inside the window");
     let (status, text) = push("c", &[90 * s]);
@@ -562,8 +519,7 @@ fn chunked_request_bodies_are_decoded() {
     }
     req.extend_from_slice(b"0\r\n\r\n");
     let mut conn = std::net::TcpStream::connect(addr).expect("connect");
-    conn.set_read_timeout(Some(support::HTTP_TIMEOUT))
-        .expect("read timeout");
+    conn.set_read_timeout(Some(support::HTTP_TIMEOUT)).expect("read timeout");
     conn.write_all(&req).expect("send request");
     let mut answer = String::new();
     conn.read_to_string(&mut answer).expect("read answer");
@@ -583,16 +539,9 @@ fn protobuf_tenants_are_kept_apart() {
     };
     assert_eq!(push_protobuf(&loki, Some("t1"), &req("one")).0, 204);
     assert_eq!(push_protobuf(&loki, Some("t2"), &req("two")).0, 204);
-    let got: Vec<(String, String)> = loki
-        .entries()
-        .into_iter()
-        .map(|s| (s.tenant, s.entries[0].line.clone()))
-        .collect();
+    let got: Vec<(String, String)> = loki.entries().into_iter().map(|s| (s.tenant, s.entries[0].line.clone())).collect();
     assert_eq!(
         got,
-        vec![
-            ("t1".to_string(), "one".to_string()),
-            ("t2".to_string(), "two".to_string())
-        ]
+        vec![("t1".to_string(), "one".to_string()), ("t2".to_string(), "two".to_string())]
     );
 }

@@ -52,8 +52,7 @@ pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("SLUICE_TEST_CACHE") {
         return PathBuf::from(dir);
     }
-    let home =
-        std::env::var_os("HOME").expect("HOME is not set and SLUICE_TEST_CACHE is not either");
+    let home = std::env::var_os("HOME").expect("HOME is not set and SLUICE_TEST_CACHE is not either");
     PathBuf::from(home).join(".cache/sluice-test")
 }
 
@@ -72,11 +71,7 @@ fn locate(var: &str, what: &str, defaults: &[PathBuf]) -> PathBuf {
         .iter()
         .find(|p| p.exists())
         .cloned()
-        .unwrap_or_else(|| {
-            panic!(
-                "{what} not found ({var} unset, looked in {defaults:?}): run scripts/test to install {what}"
-            )
-        })
+        .unwrap_or_else(|| panic!("{what} not found ({var} unset, looked in {defaults:?}): run scripts/test to install {what}"))
 }
 
 /// `name` on `PATH`, as a list of one candidate (empty if absent).
@@ -104,29 +99,17 @@ pub fn tansu_bin() -> PathBuf {
 
 /// The s3s-fs binary built by `cargo install`.
 pub fn s3s_fs_bin() -> PathBuf {
-    locate(
-        "SLUICE_TEST_S3S_FS",
-        "s3s-fs",
-        &[cache_dir().join("s3s-fs/bin/s3s-fs")],
-    )
+    locate("SLUICE_TEST_S3S_FS", "s3s-fs", &[cache_dir().join("s3s-fs/bin/s3s-fs")])
 }
 
 /// promtool from the Debian `prometheus` package.
 pub fn promtool_bin() -> PathBuf {
-    locate(
-        "SLUICE_TEST_PROMTOOL",
-        "promtool (apt prometheus)",
-        &on_path("promtool"),
-    )
+    locate("SLUICE_TEST_PROMTOOL", "promtool (apt prometheus)", &on_path("promtool"))
 }
 
 /// The Prometheus server from the Debian `prometheus` package.
 pub fn prometheus_bin() -> PathBuf {
-    locate(
-        "SLUICE_TEST_PROMETHEUS",
-        "prometheus (apt prometheus)",
-        &on_path("prometheus"),
-    )
+    locate("SLUICE_TEST_PROMETHEUS", "prometheus (apt prometheus)", &on_path("prometheus"))
 }
 
 /// The venv python that has cramjam.
@@ -173,9 +156,7 @@ pub fn free_port() -> u16 {
 
 /// Waits until `addr` accepts a TCP connection; panics after `timeout`.
 pub fn wait_for_tcp(addr: &str, timeout: Duration) {
-    let sock: SocketAddr = addr
-        .parse()
-        .unwrap_or_else(|e| panic!("bad address {addr}: {e}"));
+    let sock: SocketAddr = addr.parse().unwrap_or_else(|e| panic!("bad address {addr}: {e}"));
     let deadline = Instant::now() + timeout;
     loop {
         match TcpStream::connect_timeout(&sock, Duration::from_millis(200)) {
@@ -196,10 +177,7 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
         if let Some(v) = check() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         thread::sleep(Duration::from_millis(50));
     }
 }
@@ -215,8 +193,7 @@ impl ServiceProcess {
     /// Spawns `cmd` with stdout and stderr appended to `log` (unless the
     /// caller already routed stdout, as the Loki receiver does).
     fn spawn(name: &str, mut cmd: Command, log: PathBuf, pipe_stdout: bool) -> ServiceProcess {
-        let out =
-            fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        let out = fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         let err = out.try_clone().expect("clone log file handle");
         cmd.stdin(Stdio::null()).stderr(err);
         if pipe_stdout {
@@ -224,9 +201,7 @@ impl ServiceProcess {
         } else {
             cmd.stdout(out);
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("failed to start {name} ({cmd:?}): {e}"));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("failed to start {name} ({cmd:?}): {e}"));
         ServiceProcess {
             name: name.to_string(),
             child,
@@ -242,11 +217,7 @@ impl ServiceProcess {
     /// Panics with the log if the process has exited.
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "{} exited ({status}); its log:\n{}",
-                self.name,
-                self.log_text()
-            );
+            panic!("{} exited ({status}); its log:\n{}", self.name, self.log_text());
         }
     }
 
@@ -295,10 +266,7 @@ pub fn http_agent() -> ureq::Agent {
 
 /// GET `url`; returns (status, body).
 pub fn http_get(url: &str) -> (u16, String) {
-    let mut resp = http_agent()
-        .get(url)
-        .call()
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let mut resp = http_agent().get(url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
     let status = resp.status().as_u16();
     let body = resp
         .body_mut()
@@ -313,12 +281,7 @@ pub fn http_post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Stri
 }
 
 /// A request with a body (`POST`, `PUT`, ...); returns (status, body).
-pub fn http_request(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String) {
+pub fn http_request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
     let agent = http_agent();
     let mut req = match method {
         "POST" => agent.post(url),
@@ -329,9 +292,7 @@ pub fn http_request(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let mut resp = req
-        .send(body)
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let mut resp = req.send(body).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
     let status = resp.status().as_u16();
     let body = resp
         .body_mut()
@@ -370,11 +331,7 @@ impl Kafka {
             .args(["--storage-engine", "memory://tansu/"]);
         let mut process = ServiceProcess::spawn("tansu", cmd, dir.path().join("tansu.log"), false);
         process.wait_for_tcp(&addr, START_TIMEOUT);
-        Kafka {
-            addr,
-            process,
-            _dir: dir,
-        }
+        Kafka { addr, process, _dir: dir }
     }
 
     /// Creates `topic` with `partitions` partitions (replication 1).
@@ -382,22 +339,17 @@ impl Kafka {
     /// timeout.
     pub async fn create_topic(&self, topic: &str, partitions: i32) {
         use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-            rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", &self.addr)
-                .create()
-                .expect("kafka admin client");
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .create()
+            .expect("kafka admin client");
         let opts = AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT));
         let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
         let result = tokio::time::timeout(KAFKA_TIMEOUT, admin.create_topics(&[new_topic], &opts))
             .await
             .unwrap_or_else(|_| panic!("creating topic {topic} took over {KAFKA_TIMEOUT:?}"))
             .unwrap_or_else(|e| panic!("creating topic {topic}: {e}; tansu log:\n{}", self.log()));
-        assert_eq!(
-            result,
-            vec![Ok(topic.to_string())],
-            "creating topic {topic}"
-        );
+        assert_eq!(result, vec![Ok(topic.to_string())], "creating topic {topic}");
     }
 
     /// Reads `topic` from the beginning of every partition until at least
@@ -422,10 +374,7 @@ impl Kafka {
                     .expect("partition offset");
             }
         }
-        assert!(
-            tpl.count() > 0,
-            "topic {topic} has no partitions (does it exist?)"
-        );
+        assert!(tpl.count() > 0, "topic {topic} has no partitions (does it exist?)");
         consumer.assign(&tpl).expect("assign partitions");
         let mut records = Vec::new();
         let deadline = Instant::now() + timeout;
@@ -445,12 +394,7 @@ impl Kafka {
                         .headers()
                         .map(|h| {
                             h.iter()
-                                .map(|h| {
-                                    (
-                                        h.key.to_string(),
-                                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                                    )
-                                })
+                                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
                                 .collect()
                         })
                         .unwrap_or_default(),
@@ -520,8 +464,7 @@ impl S3 {
             .args(["--access-key", &access_key])
             .args(["--secret-key", &secret_key])
             .arg(root.path());
-        let mut process =
-            ServiceProcess::spawn("s3s-fs", cmd, logs.path().join("s3s-fs.log"), false);
+        let mut process = ServiceProcess::spawn("s3s-fs", cmd, logs.path().join("s3s-fs.log"), false);
         let addr = format!("127.0.0.1:{port}");
         process.wait_for_tcp(&addr, START_TIMEOUT);
         S3 {
@@ -538,16 +481,13 @@ impl S3 {
     /// Creates a bucket as a plain directory under `root`, which is all a
     /// bucket is to s3s-fs (proved by `tests/infra_services.rs`).
     pub fn create_bucket_dir(&self, name: &str) {
-        fs::create_dir(self.root.path().join(name))
-            .unwrap_or_else(|e| panic!("mkdir bucket {name}: {e}"));
+        fs::create_dir(self.root.path().join(name)).unwrap_or_else(|e| panic!("mkdir bucket {name}: {e}"));
     }
 
     /// Creates a bucket through the S3 API (a SigV4-presigned PUT).
     pub fn create_bucket(&self, name: &str) {
         let bucket = self.bucket(name);
-        let url = bucket
-            .create_bucket(&self.credentials())
-            .sign(Duration::from_secs(60));
+        let url = bucket.create_bucket(&self.credentials()).sign(Duration::from_secs(60));
         let (status, body) = http_request("PUT", url.as_str(), &[], b"");
         assert_eq!(status, 200, "creating bucket {name}: {body}");
     }
@@ -555,13 +495,7 @@ impl S3 {
     /// A rusty-s3 handle on `name` at this server.
     pub fn bucket(&self, name: &str) -> rusty_s3::Bucket {
         let url: reqwest::Url = self.endpoint.parse().expect("endpoint URL");
-        rusty_s3::Bucket::new(
-            url,
-            rusty_s3::UrlStyle::Path,
-            name.to_string(),
-            self.region.clone(),
-        )
-        .expect("bucket handle")
+        rusty_s3::Bucket::new(url, rusty_s3::UrlStyle::Path, name.to_string(), self.region.clone()).expect("bucket handle")
     }
 
     /// The credentials this server accepts.
@@ -696,8 +630,7 @@ impl Loki {
         // Port 0: the receiver binds a free port itself and reports it, so
         // there is no race for the port.
         cmd.arg(&script).args(["--port", "0"]);
-        let mut process =
-            ServiceProcess::spawn("loki_receiver.py", cmd, logs.path().join("loki.log"), true);
+        let mut process = ServiceProcess::spawn("loki_receiver.py", cmd, logs.path().join("loki.log"), true);
         let stdout = process.child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
@@ -741,8 +674,7 @@ impl Loki {
     pub fn entries(&self) -> Vec<ReceivedStream> {
         let (status, body) = http_get(&format!("{}/control/received", self.url));
         assert_eq!(status, 200, "GET /control/received: {body}");
-        serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("parsing /control/received: {e}: {body}"))
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("parsing /control/received: {e}: {body}"))
     }
 
     /// Every accepted line, across streams, in acceptance order per stream.
@@ -755,15 +687,11 @@ impl Loki {
 
     /// Waits until at least `n` entries were accepted; returns all streams.
     pub fn wait_for_entries(&self, n: usize, timeout: Duration) -> Vec<ReceivedStream> {
-        wait_until(
-            &format!("{n} entries at the Loki receiver"),
-            timeout,
-            || {
-                let streams = self.entries();
-                let have: usize = streams.iter().map(|s| s.entries.len()).sum();
-                (have >= n).then_some(streams)
-            },
-        )
+        wait_until(&format!("{n} entries at the Loki receiver"), timeout, || {
+            let streams = self.entries();
+            let have: usize = streams.iter().map(|s| s.entries.len()).sum();
+            (have >= n).then_some(streams)
+        })
     }
 
     /// Sets how the next pushes are answered. `count`: for that many pushes,
@@ -797,8 +725,7 @@ impl Loki {
     pub fn stats(&self) -> LokiStats {
         let (status, body) = http_get(&format!("{}/control/stats", self.url));
         assert_eq!(status, 200, "GET /control/stats: {body}");
-        serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("parsing /control/stats: {e}: {body}"))
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("parsing /control/stats: {e}: {body}"))
     }
 
     /// Every push request received, whatever the answer.
@@ -823,10 +750,7 @@ impl Loki {
 pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
     let mut cmd = Command::new(promtool_bin());
     cmd.args(["check", "metrics"]);
-    tool_result(
-        "promtool check metrics",
-        run_bounded(cmd, Some(text.as_bytes()), TOOL_TIMEOUT),
-    )
+    tool_result("promtool check metrics", run_bounded(cmd, Some(text.as_bytes()), TOOL_TIMEOUT))
 }
 
 /// Runs `promtool check rules` on a rules file.
@@ -864,17 +788,11 @@ pub fn run_bounded(mut cmd: Command, input: Option<&[u8]>, timeout: Duration) ->
             buf
         })
     }
-    cmd.stdin(if input.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let what = format!("{cmd:?}");
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("failed to start {what}: {e}"));
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("failed to start {what}: {e}"));
     // A thread writes stdin so a child that writes before reading all its
     // input cannot deadlock us on a full pipe.
     let writer = child.stdin.take().map(|mut stdin| {
@@ -942,14 +860,10 @@ impl PrometheusServer {
         let mut cmd = Command::new(bin);
         cmd.current_dir(dir.path())
             .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--log.level=warn");
-        let mut process =
-            ServiceProcess::spawn("prometheus", cmd, dir.path().join("prometheus.log"), false);
+        let mut process = ServiceProcess::spawn("prometheus", cmd, dir.path().join("prometheus.log"), false);
         process.wait_for_tcp(&addr, START_TIMEOUT);
         let url = format!("http://{addr}");
         let deadline = Instant::now() + START_TIMEOUT;
@@ -984,21 +898,16 @@ impl PrometheusServer {
         let status = resp.status().as_u16();
         let body = resp.body_mut().read_to_string().unwrap_or_default();
         assert_eq!(status, 200, "query {promql:?} answered {status}: {body}");
-        serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("query {promql:?}: bad JSON {e}: {body}"))
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("query {promql:?}: bad JSON {e}: {body}"))
     }
 
     /// Polls `promql` until its result vector is not empty; returns it.
     pub fn wait_for(&self, promql: &str, timeout: Duration) -> Vec<serde_json::Value> {
-        wait_until(
-            &format!("a result for {promql:?} from prometheus"),
-            timeout,
-            || {
-                let v = self.query(promql);
-                let result = v["data"]["result"].as_array().cloned().unwrap_or_default();
-                (!result.is_empty()).then_some(result)
-            },
-        )
+        wait_until(&format!("a result for {promql:?} from prometheus"), timeout, || {
+            let v = self.query(promql);
+            let result = v["data"]["result"].as_array().cloned().unwrap_or_default();
+            (!result.is_empty()).then_some(result)
+        })
     }
 
     /// The server's output so far (warnings and errors only).

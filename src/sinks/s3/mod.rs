@@ -77,6 +77,10 @@ struct OpenObject {
     failed: Option<Failure>,
 }
 
+/// Where part of a batch goes: an object prefix, the byte ranges of the
+/// batch's NDJSON for it, and how many events they hold.
+type Route = (String, Vec<(usize, usize)>, u64);
+
 /// How an object's upload ended.
 struct Finished {
     key: Arc<str>,
@@ -191,10 +195,10 @@ impl S3Sink {
 
     /// Which object prefix each event goes to: the batch's NDJSON as byte
     /// ranges per prefix (consecutive events merged), with event counts.
-    fn route(&self, batch: &Batch) -> Vec<(String, Vec<(usize, usize)>, u64)> {
+    fn route(&self, batch: &Batch) -> Vec<Route> {
         let at = jiff::Timestamp::try_from(batch.received_at).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
         let parts = self.prefix.template().map_literals(|l| at.strftime(l).to_string());
-        let mut out: Vec<(String, Vec<(usize, usize)>, u64)> = Vec::new();
+        let mut out: Vec<Route> = Vec::new();
         if !self.per_event_prefix {
             let prefix: String = parts
                 .iter()

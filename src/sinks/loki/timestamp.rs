@@ -34,8 +34,14 @@ fn from_number(n: f64, format: TimestampFormat) -> Option<i64> {
         TimestampFormat::Rfc3339 => return None,
         f => unit_of(f)?,
     };
-    let ns = n * unit as f64;
-    (ns.abs() < i64::MAX as f64).then_some(ns as i64)
+    // Whole units and the fraction apart: 1714564800.25 s times 1e9 in
+    // one f64 product would lose the last digits.
+    let whole = n.trunc();
+    if whole.abs() >= i64::MAX as f64 {
+        return None;
+    }
+    let frac = ((n - whole) * unit as f64).round() as i64;
+    (whole as i64).checked_mul(unit)?.checked_add(frac)
 }
 
 /// Nanoseconds per unit of a Unix format.

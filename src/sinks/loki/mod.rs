@@ -14,28 +14,28 @@
 //! batch is acknowledged once every push that carries its events is done;
 //! one push can carry several batches and one batch can span pushes.
 
+mod builder;
 pub mod config;
 pub mod encode;
 mod rejection;
 mod timestamp;
 
+pub use builder::{Push, PushBuilder};
 pub use config::LokiConfig;
 
 use bytes::Bytes;
 use prometheus::{Histogram, IntCounter, IntCounterVec, Opts};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
-use self::config::{Compression, Encoding, TimestampFormat};
-use self::encode::{EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter, Timestamp};
+use self::config::{Compression, Encoding};
 use super::http::{self, AckTracker, Backoff, ErrorKind, HealthFlag, RetryConfig, TrackId};
-use super::template::BoundTemplate;
 use super::{SinkCx, SinkError};
 use crate::buffer::{QueueItem, QueueReceiver};
-use crate::event::{AckOutcome, Batch, FieldPath};
+use crate::event::AckOutcome;
 use crate::pipeline::Task;
 use crate::telemetry::metrics;
 
@@ -186,51 +186,6 @@ impl Shared {
     }
 }
 
-/// Where a label's value comes from.
-#[derive(Debug, Clone)]
-enum LabelValue {
-    /// The source's name (the default `source` label).
-    SourceName,
-    /// A template over event fields and metadata.
-    Template(BoundTemplate),
-}
-
-/// Per-event plan computed in the first pass over a batch.
-#[derive(Debug, Clone, Copy)]
-struct EventPlan {
-    /// Index into the batch's distinct label sets.
-    key: u32,
-    ts: i64,
-    /// Range of this event's pairs in `meta_ranges`.
-    meta_start: u32,
-    meta_len: u32,
-}
-
-/// The push being filled.
-#[derive(Default)]
-struct Pending {
-    req: PushRequest,
-    /// Stream label sets as JSON objects (JSON encoding only), parallel to
-    /// `req.streams`.
-    stream_json: Vec<String>,
-    /// Label text → index in `req.streams`.
-    index: HashMap<String, usize>,
-    events: usize,
-    bytes: usize,
-    /// Batches with events in this push, each once.
-    parts: Vec<TrackId>,
-    opened: Option<Instant>,
-}
-
-/// A push ready to go.
-struct Sealed {
-    req: PushRequest,
-    stream_json: Vec<String>,
-    events: usize,
-    bytes: usize,
-    parts: Vec<TrackId>,
-}
-
 /// How a push ended.
 enum PushOutcome {
     /// Loki stored every entry.
@@ -250,93 +205,40 @@ struct PushResult {
 /// The sink's state, owned by its task.
 struct LokiSink {
     shared: Arc<Shared>,
-    labels: Vec<(String, LabelValue)>,
-    /// True when some label depends on the event, not only on the batch.
-    per_event_labels: bool,
-    metadata: Vec<(Bytes, Option<usize>)>,
-    ts_column: Option<usize>,
-    ts_format: TimestampFormat,
-    max_bytes: usize,
-    max_events: usize,
+    builder: PushBuilder,
     timeout: Duration,
     concurrency: usize,
     tracker: AckTracker,
-    pending: Pending,
-    // Scratch, reused across batches.
-    plan: Vec<EventPlan>,
-    keys: Vec<String>,
-    key_json: Vec<String>,
-    key_index: HashMap<String, u32>,
-    key_to_stream: Vec<Option<usize>>,
-    meta_arena: String,
-    meta_ranges: Vec<(u32, u32, u32)>,
+    /// Reused output of [`PushBuilder::add`].
+    filled: Vec<Push>,
 }
 
 impl LokiSink {
     fn new(cfg: &LokiConfig, cx: &SinkCx, shared: Arc<Shared>) -> LokiSink {
-        let mut labels: Vec<(String, LabelValue)> = cfg
-            .labels
-            .iter()
-            .map(|(k, t)| (k.clone(), LabelValue::Template(t.bind(&cx.fields))))
-            .collect();
-        if cfg.default_labels {
-            if !cfg.labels.contains_key("source") {
-                labels.push(("source".into(), LabelValue::SourceName));
-            }
-            if !cfg.labels.contains_key("host") {
-                if let Ok(t) = super::template::Template::parse("{{ host }}") {
-                    labels.push(("host".into(), LabelValue::Template(t.bind(&cx.fields))));
-                }
-            }
-        }
-        // Loki sorts label names; so do we, so one label set has one text.
-        labels.sort_by(|a, b| a.0.cmp(&b.0));
-        let per_event_labels = labels
-            .iter()
-            .any(|(_, v)| matches!(v, LabelValue::Template(t) if !t.template().is_literal()));
-        let metadata = cfg
-            .metadata_fields()
-            .into_iter()
-            .map(|(name, path)| (Bytes::from(name), cx.fields.index_of(&path)))
-            .collect();
-        let ts_column = cfg.timestamp_path().and_then(|p: FieldPath| cx.fields.index_of(&p));
         LokiSink {
             shared,
-            labels,
-            per_event_labels,
-            metadata,
-            ts_column,
-            ts_format: cfg.timestamp_format,
-            max_bytes: cfg.batch.max_bytes.0 as usize,
-            max_events: cfg.batch.max_events,
+            builder: PushBuilder::new(cfg, &cx.fields),
             timeout: cfg.batch.timeout,
             concurrency: cfg.request.concurrency,
             tracker: AckTracker::default(),
-            pending: Pending::default(),
-            plan: Vec::new(),
-            keys: Vec::new(),
-            key_json: Vec::new(),
-            key_index: HashMap::new(),
-            key_to_stream: Vec::new(),
-            meta_arena: String::new(),
-            meta_ranges: Vec::new(),
+            filled: Vec::new(),
         }
     }
 
     async fn run(mut self, mut input: QueueReceiver) -> Result<(), SinkError> {
         let mut inflight: JoinSet<PushResult> = JoinSet::new();
-        let mut sealed: VecDeque<Sealed> = VecDeque::new();
+        let mut sealed: VecDeque<Push> = VecDeque::new();
         let mut input_open = true;
         loop {
             while inflight.len() < self.concurrency {
-                let Some(s) = sealed.pop_front() else { break };
-                inflight.spawn(push(self.shared.clone(), s));
+                let Some(p) = sealed.pop_front() else { break };
+                inflight.spawn(push(self.shared.clone(), p));
             }
             if !input_open && sealed.is_empty() && inflight.is_empty() {
                 debug_assert_eq!(self.tracker.len(), 0);
                 return Ok(());
             }
-            let deadline = self.pending.opened.map(|t| tokio::time::Instant::from_std(t + self.timeout));
+            let deadline = self.builder.opened().map(|t| tokio::time::Instant::from_std(t + self.timeout));
             // A push waiting for a slot stops intake: the queue fills and
             // backpressure reaches the sources.
             let accepting = input_open && sealed.is_empty();
@@ -352,12 +254,26 @@ impl LokiSink {
                     Some(item) => self.add(item, &mut sealed),
                     None => {
                         input_open = false;
-                        sealed.extend(self.seal());
+                        sealed.extend(self.builder.seal());
                     }
                 },
-                _ = sleep_until(deadline), if deadline.is_some() => sealed.extend(self.seal()),
+                _ = sleep_until(deadline), if deadline.is_some() => sealed.extend(self.builder.seal()),
             }
         }
+    }
+
+    /// Adds a batch's events to the pending push; pushes that fill go to
+    /// `sealed`. The queue item (and its budget) is held until every push
+    /// carrying its events is done.
+    fn add(&mut self, item: QueueItem, sealed: &mut VecDeque<Push>) {
+        let batch = item.batch.clone();
+        let id = self.tracker.track(item, true);
+        let parts = self.builder.add(&batch, id, &mut self.filled);
+        for _ in 0..parts {
+            self.tracker.add_part(id);
+        }
+        self.tracker.seal(id);
+        sealed.extend(self.filled.drain(..));
     }
 
     /// Acknowledges the batches of a finished push.
@@ -379,201 +295,6 @@ impl LokiSink {
         }
         Ok(())
     }
-
-    /// Adds a batch's events to the pending push, sealing pushes as they
-    /// fill.
-    fn add(&mut self, item: QueueItem, sealed: &mut VecDeque<Sealed>) {
-        let batch = item.batch.clone();
-        let id = self.tracker.track(item, true);
-        self.plan_batch(&batch);
-        let arena = Bytes::from(std::mem::take(&mut self.meta_arena).into_bytes());
-        self.key_to_stream.clear();
-        self.key_to_stream.resize(self.keys.len(), None);
-        let mut in_pending = false;
-        for i in 0..batch.len() {
-            let line = batch.event_bytes(i);
-            let full =
-                self.pending.events >= self.max_events || (self.pending.events > 0 && self.pending.bytes + line.len() > self.max_bytes);
-            if full {
-                sealed.extend(self.seal());
-                self.key_to_stream.iter_mut().for_each(|s| *s = None);
-                in_pending = false;
-            }
-            if !in_pending {
-                self.tracker.add_part(id);
-                self.pending.parts.push(id);
-                self.pending.opened.get_or_insert_with(Instant::now);
-                in_pending = true;
-            }
-            let p = self.plan[i];
-            let stream = match self.key_to_stream[p.key as usize] {
-                Some(s) => s,
-                None => {
-                    let s = self.stream_for(p.key as usize);
-                    self.key_to_stream[p.key as usize] = Some(s);
-                    s
-                }
-            };
-            let structured_metadata = self.meta_ranges[p.meta_start as usize..(p.meta_start + p.meta_len) as usize]
-                .iter()
-                .map(|&(m, start, end)| LabelPairAdapter {
-                    name: self.metadata[m as usize].0.clone(),
-                    value: arena.slice(start as usize..end as usize),
-                })
-                .collect();
-            self.pending.bytes += line.len();
-            self.pending.events += 1;
-            self.pending.req.streams[stream].entries.push(EntryAdapter {
-                timestamp: Some(Timestamp::from_nanos(p.ts)),
-                line,
-                structured_metadata,
-            });
-        }
-        self.tracker.seal(id);
-        if self.pending.events >= self.max_events || self.pending.bytes >= self.max_bytes {
-            sealed.extend(self.seal());
-        }
-    }
-
-    /// The pending push's stream for the batch's label set `key`.
-    fn stream_for(&mut self, key: usize) -> usize {
-        if let Some(&s) = self.pending.index.get(self.keys[key].as_str()) {
-            return s;
-        }
-        let s = self.pending.req.streams.len();
-        self.pending.req.streams.push(StreamAdapter {
-            labels: self.keys[key].clone(),
-            entries: Vec::new(),
-        });
-        if self.shared.encoding == Encoding::Json {
-            self.pending.stream_json.push(self.key_json[key].clone());
-        }
-        self.pending.index.insert(self.keys[key].clone(), s);
-        s
-    }
-
-    /// First pass: every event's label set, time and structured metadata.
-    fn plan_batch(&mut self, batch: &Batch) {
-        self.plan.clear();
-        self.keys.clear();
-        self.key_json.clear();
-        self.key_index.clear();
-        self.meta_ranges.clear();
-        self.meta_arena.clear();
-        let received = batch.received_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
-        let mut text = String::with_capacity(128);
-        let mut value = String::with_capacity(64);
-        let mut shared_key = None;
-        for i in 0..batch.len() {
-            let key = match shared_key {
-                Some(k) => k,
-                None => {
-                    text.clear();
-                    self.label_text(batch, i, &mut text, &mut value, None);
-                    let k = match self.key_index.get(text.as_str()) {
-                        Some(&k) => k,
-                        None => {
-                            let k = self.keys.len() as u32;
-                            self.key_index.insert(text.clone(), k);
-                            self.keys.push(text.clone());
-                            if self.shared.encoding == Encoding::Json {
-                                let mut json = String::new();
-                                self.label_text(batch, i, &mut String::new(), &mut value, Some(&mut json));
-                                self.key_json.push(json);
-                            }
-                            k
-                        }
-                    };
-                    if !self.per_event_labels {
-                        shared_key = Some(k);
-                    }
-                    k
-                }
-            };
-            let ts = self
-                .ts_column
-                .and_then(|c| timestamp::event_nanos(batch.value(i, c), self.ts_format))
-                .unwrap_or(received);
-            let meta_start = self.meta_ranges.len() as u32;
-            for (m, (_, column)) in self.metadata.iter().enumerate() {
-                let Some(c) = column else { continue };
-                let start = self.meta_arena.len();
-                if batch.value(i, *c).render(&mut self.meta_arena) && self.meta_arena.len() > start {
-                    self.meta_ranges.push((m as u32, start as u32, self.meta_arena.len() as u32));
-                }
-            }
-            self.plan.push(EventPlan {
-                key,
-                ts,
-                meta_start,
-                meta_len: self.meta_ranges.len() as u32 - meta_start,
-            });
-        }
-    }
-
-    /// Renders event `i`'s label set as LogQL text (`{a="x", b="y"}`) and,
-    /// when asked, as a JSON object. Labels that render empty are left
-    /// out; with none left, the source name is the label.
-    fn label_text(&self, batch: &Batch, i: usize, out: &mut String, value: &mut String, mut json: Option<&mut String>) {
-        out.push('{');
-        if let Some(j) = json.as_deref_mut() {
-            j.push('{');
-        }
-        let mut first = true;
-        for (name, lv) in &self.labels {
-            value.clear();
-            match lv {
-                LabelValue::SourceName => value.push_str(&batch.source.source),
-                LabelValue::Template(t) => t.render(batch, i, value),
-            }
-            if value.is_empty() {
-                continue;
-            }
-            push_label(out, json.as_deref_mut(), first, name, value);
-            first = false;
-        }
-        if first {
-            push_label(out, json.as_deref_mut(), true, "source", &batch.source.source);
-        }
-        out.push('}');
-        if let Some(j) = json {
-            j.push('}');
-        }
-    }
-
-    /// Closes the pending push.
-    fn seal(&mut self) -> Option<Sealed> {
-        if self.pending.events == 0 {
-            self.pending.opened = None;
-            return None;
-        }
-        let p = std::mem::take(&mut self.pending);
-        Some(Sealed {
-            req: p.req,
-            stream_json: p.stream_json,
-            events: p.events,
-            bytes: p.bytes,
-            parts: p.parts,
-        })
-    }
-}
-
-fn push_label(out: &mut String, json: Option<&mut String>, first: bool, name: &str, value: &str) {
-    if !first {
-        out.push_str(", ");
-    }
-    out.push_str(name);
-    out.push('=');
-    encode::quote_label_value(out, value);
-    if let Some(j) = json {
-        if !first {
-            j.push(',');
-        }
-        // Serialising a str cannot fail.
-        j.push_str(&serde_json::to_string(name).unwrap_or_default());
-        j.push(':');
-        j.push_str(&serde_json::to_string(value).unwrap_or_default());
-    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -585,32 +306,16 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 /// Encodes a push (on the blocking pool) and delivers it, retrying what
 /// can be retried.
-async fn push(shared: Arc<Shared>, sealed: Sealed) -> PushResult {
-    let Sealed {
-        mut req,
-        stream_json,
-        events,
-        bytes,
-        parts,
-    } = sealed;
-    let s = shared.clone();
-    let body = tokio::task::spawn_blocking(move || {
-        encode::order_entries(&mut req.streams);
-        match (s.encoding, s.compression) {
-            (Encoding::Protobuf, _) => encode::encode_protobuf(&req).map_err(|e| e.to_string()),
-            (Encoding::Json, Compression::Gzip) => {
-                encode::gzip(&encode::encode_json(&req, &stream_json), s.gzip_level).map_err(|e| e.to_string())
-            }
-            (Encoding::Json, _) => Ok(encode::encode_json(&req, &stream_json)),
-        }
-    })
-    .await;
-    let body = match body {
+async fn push(shared: Arc<Shared>, mut p: Push) -> PushResult {
+    let parts = p.take_parts();
+    let (events, bytes) = (p.events() as u64, p.bytes() as u64);
+    let (encoding, compression, level) = (shared.encoding, shared.compression, shared.gzip_level);
+    let body = match tokio::task::spawn_blocking(move || p.encode(encoding, compression, level)).await {
         Ok(Ok(b)) => Bytes::from(b),
         Ok(Err(e)) => return fail(parts, format!("cannot encode a push: {e}")),
         Err(e) => return fail(parts, format!("encoder task failed: {e}")),
     };
-    let outcome = deliver(&shared, body, events as u64, bytes as u64).await;
+    let outcome = deliver(&shared, body, events, bytes).await;
     PushResult { parts, outcome }
 }
 

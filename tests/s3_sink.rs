@@ -181,6 +181,34 @@ fn key_prefix_templates_route_each_event_by_its_field() {
     assert_eq!(got, want);
 }
 
+/// Lines of `len` hex digits from a xorshift: gzip cannot shrink them much,
+/// so a few MiB of input make a multi-part object.
+fn incompressible_lines(n: usize, len: usize) -> Vec<String> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|i| {
+            let mut pad = String::with_capacity(len);
+            while pad.len() < len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                pad.push_str(&format!("{x:016x}"));
+            }
+            format!("{{\"i\":{i},\"service\":\"api\",\"pad\":\"{pad}\"}}")
+        })
+        .collect()
+}
+
+fn multipart_etag(s3: &S3, key: &str) -> String {
+    let url = s3
+        .bucket(BUCKET)
+        .head_object(Some(&s3.credentials()), key)
+        .sign(Duration::from_secs(60));
+    let resp = support::http_agent().head(url.as_str()).call().unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.headers().get("etag").unwrap().to_str().unwrap().trim_matches('"').to_owned()
+}
+
 #[test]
 fn large_object_goes_up_in_parts_and_reassembles_exactly() {
     let s3 = S3::start();
@@ -194,10 +222,7 @@ fn large_object_goes_up_in_parts_and_reassembles_exactly() {
         &credentials(&s3),
     );
     // About 13MiB of NDJSON: two full parts and a smaller last one.
-    let pad = "x".repeat(400);
-    let lines: Vec<String> = (0..30_000)
-        .map(|i| format!("{{\"i\":{i},\"service\":\"api\",\"pad\":\"{pad}\"}}"))
-        .collect();
+    let lines = incompressible_lines(30_000, 400);
     for chunk in lines.chunks(2000) {
         sluice.write_lines(chunk);
     }
@@ -213,14 +238,42 @@ fn large_object_goes_up_in_parts_and_reassembles_exactly() {
         want.len()
     );
     // A multipart object's ETag is "<md5 of part md5s>-<parts>".
-    let url = s3
-        .bucket(BUCKET)
-        .head_object(Some(&s3.credentials()), key)
-        .sign(Duration::from_secs(60));
-    let resp = support::http_agent().head(url.as_str()).call().unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let etag = resp.headers().get("etag").unwrap().to_str().unwrap().trim_matches('"').to_owned();
+    let etag = multipart_etag(&s3, key);
     assert!(etag.ends_with("-3"), "expected a 3-part upload, ETag {etag}");
+}
+
+#[test]
+fn large_gzip_object_goes_up_in_parts_of_compressed_members() {
+    let s3 = S3::start();
+    s3.create_bucket_dir(BUCKET);
+    let mut sluice = start(
+        &s3_sink(
+            &s3.endpoint,
+            "compression_level = 1\nkey_prefix = \"big/\"\n[sinks.s3.batch]\nmax_bytes = \"256MiB\"\ntimeout = \"60s\"\n\
+             [sinks.s3.multipart]\npart_size = \"5MiB\"\n",
+        ),
+        &credentials(&s3),
+    );
+    // About 17MiB of NDJSON, about 9MiB once gzipped: two parts.
+    let lines = incompressible_lines(40_000, 400);
+    for chunk in lines.chunks(2000) {
+        sluice.write_lines(chunk);
+    }
+    sluice.finish(UPLOAD_TIMEOUT);
+    let objs = objects(s3.root.path());
+    assert_eq!(objs.len(), 1);
+    let (key, text) = &objs[0];
+    assert!(key.ends_with(".ndjson.gz"));
+    let want: String = lines.iter().map(|l| enriched(l) + "\n").collect();
+    assert!(
+        text == &want,
+        "object differs from the input ({} vs {} bytes)",
+        text.len(),
+        want.len()
+    );
+    let etag = multipart_etag(&s3, key);
+    let parts: u32 = etag.rsplit('-').next().unwrap().parse().unwrap();
+    assert!(parts >= 2, "expected a multipart upload, ETag {etag}");
 }
 
 #[test]

@@ -3,9 +3,10 @@
 //! Events go to an object per key prefix (strftime over the receive time,
 //! `{{ field }}` templates per event). An object is cut when it holds
 //! `batch.max_bytes` of NDJSON or `batch.timeout` after it opened. Objects
-//! are compressed as they fill (gzip by default, zstd as an option); once
-//! the compressed size passes `multipart.part_size` the object continues as
-//! a multipart upload, so a large object never sits whole in memory.
+//! are compressed as they fill, 1 MiB at a time, the pieces in parallel
+//! (gzip members or zstd frames, see [`encoder`]); once the compressed size
+//! passes `multipart.part_size` the object continues as a multipart upload,
+//! so a large object never sits whole in memory.
 //!
 //! A source batch is acknowledged when every object holding its events is
 //! uploaded. The sink copies a batch into its compressor and releases the
@@ -14,7 +15,7 @@
 
 pub mod client;
 pub mod config;
-mod encoder;
+pub mod encoder;
 
 pub use config::S3Config;
 
@@ -26,7 +27,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use self::client::{Failure, S3Client};
 use self::config::S3Compression;
-use self::encoder::Encoder;
+use self::encoder::{compress_member, MEMBER_BYTES};
 use super::http::{AckTracker, TrackId};
 use super::template::{BoundTemplate, RenderPart};
 use super::{SinkCx, SinkError};
@@ -62,11 +63,17 @@ struct Multipart {
     next_part: u16,
 }
 
-/// An object being filled.
+/// A member being compressed on the blocking pool.
+type Member = JoinHandle<std::io::Result<Vec<u8>>>;
+
+/// An object being filled. Its bytes, in order: `out` (compressed, not yet
+/// uploaded), then `compressing` (members in flight, in order), then
+/// `staging` (raw, not yet handed to a compressor).
 struct OpenObject {
     key: Arc<str>,
-    /// `None` only while a blocking task is compressing into it.
-    encoder: Option<Encoder>,
+    staging: Vec<u8>,
+    compressing: VecDeque<Member>,
+    out: Vec<u8>,
     raw_bytes: u64,
     events: u64,
     opened: Instant,
@@ -101,6 +108,8 @@ struct S3Sink {
     timeout: Duration,
     part_size: usize,
     parts_in_flight: usize,
+    /// Members of one object compressing at once: the cores.
+    members_in_flight: usize,
     concurrency: usize,
     max_open: usize,
     objects: HashMap<String, OpenObject>,
@@ -120,6 +129,7 @@ impl S3Sink {
             timeout: cfg.batch.timeout,
             part_size: cfg.multipart.part_size.0 as usize,
             parts_in_flight: cfg.multipart.parts_in_flight,
+            members_in_flight: std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8),
             concurrency: cfg.request.concurrency,
             max_open: cfg.max_open_objects,
             objects: HashMap::new(),
@@ -233,8 +243,9 @@ impl S3Sink {
         out
     }
 
-    /// Compresses `ranges` of the batch into the object for `prefix`,
-    /// opening it if needed, uploading parts and cutting it as it fills.
+    /// Appends `ranges` of the batch to the object for `prefix`, opening
+    /// it if needed, compressing, uploading parts and cutting it as it
+    /// fills.
     async fn write(
         &mut self,
         prefix: &str,
@@ -249,12 +260,13 @@ impl S3Sink {
                     self.cut(&oldest).await?;
                 }
             }
-            let encoder = Encoder::new(self.compression, self.level).map_err(|e| self.fatal(format!("cannot start a compressor: {e}")))?;
             self.objects.insert(
                 prefix.to_owned(),
                 OpenObject {
                     key: object_key(prefix, self.compression).into(),
-                    encoder: Some(encoder),
+                    staging: Vec::new(),
+                    compressing: VecDeque::new(),
+                    out: Vec::new(),
                     raw_bytes: 0,
                     events: 0,
                     opened: Instant::now(),
@@ -264,36 +276,29 @@ impl S3Sink {
                 },
             );
         }
+        let (compression, level, members_max) = (self.compression, self.level, self.members_in_flight);
         let Some(obj) = self.objects.get_mut(prefix) else {
             return Ok(());
         };
-        let Some(mut encoder) = obj.encoder.take() else {
-            return Err(self.fatal("compressor lost".into()));
-        };
-        let data: Bytes = batch.ndjson().clone();
-        let raw: u64 = ranges.iter().map(|(s, e)| (e - s) as u64).sum();
-        let encoder = tokio::task::spawn_blocking(move || {
-            for (s, e) in ranges {
-                encoder.write(&data[s..e])?;
-            }
-            Ok::<_, std::io::Error>(encoder)
-        })
-        .await
-        .map_err(|e| self.fatal(format!("compressor task failed: {e}")))?
-        .map_err(|e| self.fatal(format!("compression failed: {e}")))?;
-        let part_size = self.part_size;
-        let Some(obj) = self.objects.get_mut(prefix) else {
-            return Ok(());
-        };
-        obj.encoder = Some(encoder);
-        obj.raw_bytes += raw;
+        let data = batch.ndjson();
+        for (s, e) in ranges {
+            obj.raw_bytes += (e - s) as u64;
+            obj.staging.extend_from_slice(&data[s..e]);
+        }
         obj.events += events;
         if obj.tracks.last() != Some(&id) {
             obj.tracks.push(id);
             self.tracker.add_part(id);
         }
-        let ready = obj.encoder.as_ref().is_some_and(|e| e.output_len() >= part_size);
-        if ready {
+        if obj.staging.len() >= MEMBER_BYTES {
+            obj.start_member(compression, level);
+        }
+        // Bound the members in flight (and their memory): collect the
+        // oldest while too many compress.
+        while obj.compressing.len() > members_max {
+            obj.collect_member(&self.client.name).await?;
+        }
+        if obj.out.len() >= self.part_size {
             self.upload_part(prefix).await?;
         }
         if self.objects.get(prefix).is_some_and(|o| o.raw_bytes >= self.max_bytes) {
@@ -313,9 +318,7 @@ impl S3Sink {
         };
         if obj.failed.is_some() {
             // The object is lost already; keep its memory bounded.
-            if let Some(e) = obj.encoder.as_mut() {
-                e.take_output();
-            }
+            obj.out = Vec::new();
             return Ok(());
         }
         if obj.multipart.is_none() {
@@ -331,6 +334,7 @@ impl S3Sink {
                 Err(f) => {
                     let fatal = matches!(f, Failure::Fatal(_));
                     obj.failed = Some(f.clone());
+                    obj.out = Vec::new();
                     if fatal {
                         return Err(fatal_err(&name, &f));
                     }
@@ -348,6 +352,7 @@ impl S3Sink {
                 Ok(etag) => mp.etags.push(etag),
                 Err(f) => {
                     obj.failed = Some(f.clone());
+                    obj.out = Vec::new();
                     if matches!(f, Failure::Fatal(_)) {
                         return Err(fatal_err(&name, &f));
                     }
@@ -355,7 +360,7 @@ impl S3Sink {
                 }
             }
         }
-        let body = Bytes::from(obj.encoder.as_mut().map(Encoder::take_output).unwrap_or_default());
+        let body = Bytes::from(std::mem::take(&mut obj.out));
         let number = mp.next_part;
         mp.next_part += 1;
         let key = obj.key.clone();
@@ -368,9 +373,12 @@ impl S3Sink {
 
     /// Closes the object for `prefix` and starts its final upload.
     async fn cut(&mut self, prefix: &str) -> Result<(), SinkError> {
-        let Some(obj) = self.objects.remove(prefix) else {
+        let Some(mut obj) = self.objects.remove(prefix) else {
             return Ok(());
         };
+        if !obj.staging.is_empty() {
+            obj.start_member(self.compression, self.level);
+        }
         while self.finishing.len() >= self.concurrency {
             match self.finishing.join_next().await {
                 Some(res) => self.finished(res)?,
@@ -424,12 +432,40 @@ fn fatal(sink: &str, message: String) -> SinkError {
     }
 }
 
-/// Finishes the compressor and uploads what is left: one `PUT`, or the
+impl OpenObject {
+    /// Hands the staged raw bytes to a compressor on the blocking pool.
+    fn start_member(&mut self, compression: S3Compression, level: u32) {
+        let raw = std::mem::take(&mut self.staging);
+        if compression == S3Compression::None && self.compressing.is_empty() {
+            self.out.extend_from_slice(&raw);
+            return;
+        }
+        self.compressing
+            .push_back(tokio::task::spawn_blocking(move || compress_member(compression, level, &raw)));
+    }
+
+    /// Waits for the oldest member and appends it to `out`.
+    async fn collect_member(&mut self, sink: &str) -> Result<(), SinkError> {
+        if let Some(h) = self.compressing.pop_front() {
+            let bytes = h
+                .await
+                .map_err(|e| fatal(sink, format!("compressor task failed: {e}")))?
+                .map_err(|e| fatal(sink, format!("compression failed: {e}")))?;
+            if self.failed.is_none() {
+                self.out.extend_from_slice(&bytes);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Collects the last members and uploads what is left: one `PUT`, or the
 /// last part and the completion of a multipart upload.
 async fn finish_object(client: Arc<S3Client>, obj: OpenObject) -> Finished {
     let OpenObject {
         key,
-        encoder,
+        compressing,
+        mut out,
         raw_bytes,
         events,
         tracks,
@@ -444,14 +480,14 @@ async fn finish_object(client: Arc<S3Client>, obj: OpenObject) -> Finished {
         raw_bytes,
         result,
     };
-    let tail = match encoder {
-        Some(e) => match tokio::task::spawn_blocking(move || e.finish()).await {
-            Ok(Ok(t)) => t,
+    for h in compressing {
+        match h.await {
+            Ok(Ok(bytes)) => out.extend_from_slice(&bytes),
             Ok(Err(e)) => return done(Err(Failure::Fatal(format!("compression failed: {e}")))),
             Err(e) => return done(Err(Failure::Fatal(format!("compressor task failed: {e}")))),
-        },
-        None => return done(Err(Failure::Fatal("compressor lost".into()))),
-    };
+        }
+    }
+    let tail = out;
     let result = match multipart {
         None => match failed {
             Some(f) => Err(f),

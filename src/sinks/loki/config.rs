@@ -308,3 +308,50 @@ impl LokiConfig {
         errors
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, Format};
+
+    fn errors(sink: &str) -> Vec<String> {
+        let text = format!("[sources.in]\ntype = \"stdin\"\n[sinks.loki]\ntype = \"loki\"\n{sink}");
+        match Config::from_str(&text, Format::Toml, &|_| None) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_minimal_config_is_valid() {
+        assert!(errors("endpoint = \"http://loki:3100\"\n").is_empty());
+    }
+
+    #[test]
+    fn mistakes_are_reported_with_their_key_paths() {
+        let e = errors(
+            "endpoint = \"ftp://x\"\nlabels = { \"bad-name\" = \"x\", ok = \"{{ svc\" }\n\
+             encoding = \"json\"\ncompression = \"snappy\"\nstructured_metadata = [\"a..b\"]\n\
+             [sinks.loki.batch]\nmax_events = 0\n",
+        );
+        let joined = e.join("\n");
+        assert!(joined.contains("sinks.loki.labels.ok: unclosed"), "{joined}");
+        let e = errors(
+            "endpoint = \"ftp://x\"\nlabels = { \"bad-name\" = \"x\" }\nencoding = \"json\"\ncompression = \"snappy\"\n\
+             structured_metadata = [\"a..b\"]\n[sinks.loki.batch]\nmax_events = 0\n",
+        );
+        let joined = e.join("\n");
+        for want in [
+            "sinks.loki.endpoint: must be an http or https URL",
+            "sinks.loki.labels.bad-name: a label name must match",
+            "sinks.loki.compression: the JSON form takes",
+            "sinks.loki.structured_metadata[0]",
+            "sinks.loki.batch.max_events: must be at least 1",
+        ] {
+            assert!(joined.contains(want), "missing {want:?} in {joined}");
+        }
+        assert!(
+            !errors("endpoint = \"http://x\"\ncolour = 1\n").is_empty(),
+            "unknown keys are errors"
+        );
+    }
+}

@@ -278,3 +278,38 @@ impl S3Config {
         errors
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, Format};
+
+    fn errors(sink: &str) -> String {
+        let text = format!("[sources.in]\ntype = \"stdin\"\n[sinks.s3]\ntype = \"s3\"\n{sink}");
+        match Config::from_str(&text, Format::Toml, &|_| None) {
+            Ok(_) => String::new(),
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"),
+        }
+    }
+
+    #[test]
+    fn a_minimal_config_is_valid() {
+        assert_eq!(errors("bucket = \"logs\"\n"), "");
+    }
+
+    #[test]
+    fn mistakes_are_reported_with_their_key_paths() {
+        let e = errors(
+            "bucket = \"logs\"\nkey_prefix = \"/x/%\"\ncompression = \"zstd\"\ncompression_level = 30\n\
+             [sinks.s3.multipart]\npart_size = \"1MiB\"\n",
+        );
+        for want in [
+            "sinks.s3.key_prefix: invalid strftime",
+            "sinks.s3.key_prefix: must not start with `/`",
+            "sinks.s3.compression_level: zstd takes 1 to 19",
+            "sinks.s3.multipart.part_size: must be between 5MiB and 5GiB",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in {e}");
+        }
+        assert!(errors("bucket = \"logs\"\nsecret_access_key = \"x\"\n").contains("unknown field"));
+    }
+}

@@ -1,9 +1,10 @@
 //! A plain client that measures a server's own ceiling for
 //! `scripts/bench-sinks-http`: it encodes everything before the clock
-//! starts, then only sends, so its rate is what the server can take.
+//! starts (the same pushes and objects sluice makes of the corpus), then
+//! only sends, so its rate is what the server can take.
 //!
 //! ```text
-//! plain_push loki <push-url> <corpus> <lines> <entries-per-push> <connections>
+//! plain_push loki <push-url> <corpus> <lines> <connections>
 //! plain_push s3 <endpoint> <bucket> <corpus> <lines> <object-mib> <connections>
 //!     (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)
 //! ```
@@ -16,10 +17,16 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice::sinks::loki::encode::{self, EntryAdapter, PushRequest, StreamAdapter, Timestamp};
+use sluice::config::{Config, Format};
+use sluice::decode::Decoder;
+use sluice::enrich::{EnrichConfig, Fragment, SourceContext};
+use sluice::event::{BatchBuilder, FieldSet};
+use sluice::sinks::loki::config::{Compression, Encoding};
+use sluice::sinks::loki::PushBuilder;
+use sluice::sinks::SinkConfig;
 
 fn usage() -> ! {
-    eprintln!("usage: plain_push loki <push-url> <corpus> <lines> <entries-per-push> <connections>");
+    eprintln!("usage: plain_push loki <push-url> <corpus> <lines> <connections>");
     eprintln!("       plain_push s3 <endpoint> <bucket> <corpus> <lines> <object-mib> <connections>");
     std::process::exit(2)
 }
@@ -73,32 +80,57 @@ async fn send_all(bodies: Vec<(reqwest::RequestBuilder, u64)>, connections: usiz
     (total, started.elapsed())
 }
 
+/// The pushes sluice's Loki sink makes of the corpus with the bench
+/// config (`scripts/bench-sinks-http`): same enrichment, labels, metadata
+/// and push size, built by the sink's own [`PushBuilder`] ahead of time.
 async fn loki(args: &[String]) -> (u64, Duration) {
     let url: String = arg(args, 2);
     let lines = read_lines(&arg::<String>(args, 3), arg(args, 4));
-    let per_push: usize = arg(args, 5);
-    let connections: usize = arg(args, 6);
-    let client = reqwest::Client::new();
-    let mut bodies = Vec::new();
-    for (n, chunk) in lines.chunks(per_push).enumerate() {
-        let req = PushRequest {
-            streams: vec![StreamAdapter {
-                labels: format!("{{job=\"plain_push\", part=\"{}\"}}", n % 8),
-                entries: chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(i, l)| EntryAdapter {
-                        timestamp: Some(Timestamp::from_nanos(1_700_000_000_000_000_000 + (n * per_push + i) as i64)),
-                        line: l.clone(),
-                        structured_metadata: Vec::new(),
-                    })
-                    .collect(),
-            }],
-        };
-        let body = encode::encode_protobuf(&req).expect("encode");
-        let rb = client.post(&url).header("content-type", "application/x-protobuf").body(body);
-        bodies.push((rb, chunk.len() as u64));
+    let connections: usize = arg(args, 5);
+    let text = format!(
+        "[sources.app]\ntype = \"stdin\"\n[sinks.loki]\ntype = \"loki\"\nendpoint = \"{url}\"\n\
+         labels = {{ service = \"{{{{ service }}}}\", level = \"{{{{ level }}}}\" }}\nstructured_metadata = [\"request_id\"]\n"
+    );
+    let config = Config::from_str(&text, Format::Toml, &|_| None).expect("config");
+    let SinkConfig::Loki(cfg) = &config.sinks["loki"].config else {
+        unreachable!("a loki sink")
+    };
+    let mut fields = FieldSet::new();
+    for p in cfg.fields_needed() {
+        fields.add(p);
     }
+    let fields = Arc::new(fields);
+    let enrich = EnrichConfig {
+        host: Some("bench-node".into()),
+        release: Some("1.0.0".into()),
+        ..Default::default()
+    };
+    let fragment = Fragment::from_map(&enrich.metadata(None));
+    let ctx = Arc::new(SourceContext::new("app".into(), "stdin", String::new(), enrich.metadata(None)));
+    let mut builder = PushBuilder::new(cfg, &fields);
+    let mut decoder = Decoder::new();
+    let client = reqwest::Client::new();
+    let mut pushes = Vec::new();
+    let mut bodies = Vec::new();
+    let mut encode_all = |pushes: &mut Vec<sluice::sinks::loki::Push>| {
+        for p in pushes.drain(..) {
+            let events = p.events() as u64;
+            let body = p.encode(Encoding::Protobuf, Compression::Snappy, 6).expect("encode");
+            let rb = client.post(&url).header("content-type", "application/x-protobuf").body(body);
+            bodies.push((rb, events));
+        }
+    };
+    for (n, chunk) in lines.chunks(4096).enumerate() {
+        let mut b = BatchBuilder::with_capacity(fields.clone(), chunk.len() * 400, chunk.len());
+        for l in chunk {
+            decoder.decode_line(l, false, &[], &fragment, &mut b);
+        }
+        let batch = b.build(ctx.clone(), std::time::SystemTime::now());
+        builder.add(&batch, n as u64, &mut pushes);
+        encode_all(&mut pushes);
+    }
+    pushes.extend(builder.seal());
+    encode_all(&mut pushes);
     send_all(bodies, connections).await
 }
 

@@ -227,7 +227,7 @@ impl LokiSink {
 
     async fn run(mut self, mut input: QueueReceiver) -> Result<(), SinkError> {
         let mut inflight: JoinSet<PushResult> = JoinSet::new();
-        let mut sealed: VecDeque<Push> = VecDeque::new();
+        let mut sealed: VecDeque<Encoded> = VecDeque::new();
         let mut input_open = true;
         loop {
             while inflight.len() < self.concurrency {
@@ -254,10 +254,10 @@ impl LokiSink {
                     Some(item) => self.add(item, &mut sealed),
                     None => {
                         input_open = false;
-                        sealed.extend(self.builder.seal());
+                        sealed.extend(self.builder.seal().map(|p| self.encode(p)));
                     }
                 },
-                _ = sleep_until(deadline), if deadline.is_some() => sealed.extend(self.builder.seal()),
+                _ = sleep_until(deadline), if deadline.is_some() => sealed.extend(self.builder.seal().map(|p| self.encode(p))),
             }
         }
     }
@@ -265,7 +265,7 @@ impl LokiSink {
     /// Adds a batch's events to the pending push; pushes that fill go to
     /// `sealed`. The queue item (and its budget) is held until every push
     /// carrying its events is done.
-    fn add(&mut self, item: QueueItem, sealed: &mut VecDeque<Push>) {
+    fn add(&mut self, item: QueueItem, sealed: &mut VecDeque<Encoded>) {
         let batch = item.batch.clone();
         let id = self.tracker.track(item, true);
         let parts = self.builder.add(&batch, id, &mut self.filled);
@@ -273,7 +273,23 @@ impl LokiSink {
             self.tracker.add_part(id);
         }
         self.tracker.seal(id);
-        sealed.extend(self.filled.drain(..));
+        let filled = std::mem::take(&mut self.filled);
+        sealed.extend(filled.into_iter().map(|p| self.encode(p)));
+    }
+
+    /// Starts encoding a push on the blocking pool at once, so it is ready
+    /// the moment a request slot frees (Loki never waits for our encoder).
+    fn encode(&self, mut p: Push) -> Encoded {
+        let parts = p.take_parts();
+        let (events, bytes) = (p.events() as u64, p.bytes() as u64);
+        let s = &self.shared;
+        let (encoding, compression, level) = (s.encoding, s.compression, s.gzip_level);
+        Encoded {
+            body: tokio::task::spawn_blocking(move || p.encode(encoding, compression, level)),
+            parts,
+            events,
+            bytes,
+        }
     }
 
     /// Acknowledges the batches of a finished push.
@@ -304,13 +320,23 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Encodes a push (on the blocking pool) and delivers it, retrying what
-/// can be retried.
-async fn push(shared: Arc<Shared>, mut p: Push) -> PushResult {
-    let parts = p.take_parts();
-    let (events, bytes) = (p.events() as u64, p.bytes() as u64);
-    let (encoding, compression, level) = (shared.encoding, shared.compression, shared.gzip_level);
-    let body = match tokio::task::spawn_blocking(move || p.encode(encoding, compression, level)).await {
+/// A push whose body is being encoded.
+struct Encoded {
+    body: tokio::task::JoinHandle<Result<Vec<u8>, String>>,
+    parts: Vec<TrackId>,
+    events: u64,
+    bytes: u64,
+}
+
+/// Waits for a push's body and delivers it, retrying what can be retried.
+async fn push(shared: Arc<Shared>, e: Encoded) -> PushResult {
+    let Encoded {
+        body,
+        parts,
+        events,
+        bytes,
+    } = e;
+    let body = match body.await {
         Ok(Ok(b)) => Bytes::from(b),
         Ok(Err(e)) => return fail(parts, format!("cannot encode a push: {e}")),
         Err(e) => return fail(parts, format!("encoder task failed: {e}")),

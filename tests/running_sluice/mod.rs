@@ -1,6 +1,7 @@
 //! The real `sluice` binary as a child process for sink tests: a config
-//! file with a stdin source, stdin piped, the API on a known port, logs in
-//! a file. Killed on drop.
+//! file with a stdin source, stdin piped, logs in a file. The API binds
+//! port 0 and the test reads the real address from sluice's log, so
+//! parallel suites never race for a port. Killed on drop.
 // Each test file uses part of this module; the rest must not warn.
 #![allow(dead_code)]
 
@@ -24,8 +25,8 @@ pub fn enriched(line: &str) -> String {
 pub struct RunningSluice {
     child: Child,
     stdin: Option<ChildStdin>,
-    /// The API port (`/metrics`, `/ready`).
-    pub api: u16,
+    /// The API address (`/metrics`, `/ready`), once read from the log.
+    api: std::cell::OnceCell<String>,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -35,9 +36,8 @@ impl RunningSluice {
     /// `release.version = 1.4.2` and `host = node-7`, and `sinks` (TOML).
     pub fn start(sinks: &str, env: &[(&str, &str)]) -> RunningSluice {
         let dir = tempfile::tempdir().unwrap();
-        let api = crate::support::free_port();
         let config = format!(
-            "shutdown_timeout = \"20s\"\n[api]\naddress = \"127.0.0.1:{api}\"\n\
+            "shutdown_timeout = \"20s\"\n[api]\naddress = \"127.0.0.1:0\"\n\
              [enrich]\nhost = \"node-7\"\nrelease = \"1.4.2\"\n\
              [sources.app]\ntype = \"stdin\"\ndetect_writer = false\n{sinks}"
         );
@@ -65,7 +65,7 @@ impl RunningSluice {
         RunningSluice {
             child,
             stdin,
-            api,
+            api: std::cell::OnceCell::new(),
             log,
             _dir: dir,
         }
@@ -119,7 +119,7 @@ impl RunningSluice {
 
     /// One sample of `/metrics`, by its exact name and labels (0 if absent).
     pub fn metric(&self, series: &str) -> f64 {
-        let (status, body) = crate::support::http_get(&format!("http://127.0.0.1:{}/metrics", self.api));
+        let (status, body) = crate::support::http_get(&format!("http://{}/metrics", self.api()));
         assert_eq!(status, 200);
         body.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
@@ -129,14 +129,27 @@ impl RunningSluice {
 
     /// The status `/ready` answers.
     pub fn ready_status(&self) -> u16 {
-        crate::support::http_get(&format!("http://127.0.0.1:{}/ready", self.api)).0
+        crate::support::http_get(&format!("http://{}/ready", self.api())).0
     }
 
-    /// Waits until the API accepts connections.
+    /// Waits until the API serves.
     pub fn wait_api(&self) {
-        crate::support::wait_until("the sluice API", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", self.api)).ok()
-        });
+        self.api();
+    }
+
+    /// The address the API bound, from sluice's log line
+    /// `serving /metrics, /health and /ready` (waits for it).
+    pub fn api(&self) -> &str {
+        self.api.get_or_init(|| {
+            crate::support::wait_until("the sluice API address in its log", Duration::from_secs(30), || {
+                self.log_text().lines().find_map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                    (v["message"] == "serving /metrics, /health and /ready")
+                        .then(|| v["address"].as_str().map(str::to_owned))
+                        .flatten()
+                })
+            })
+        })
     }
 }
 

@@ -133,6 +133,9 @@ fn zstd_objects_cut_by_size_decode_to_exactly_the_input_lines() {
     let mut got: Vec<String> = Vec::new();
     for (key, text) in &objs {
         assert!(key.starts_with("raw/") && key.ends_with(".ndjson.zst"), "{key}");
+        // Cut between events at the first one that reaches the limit.
+        let last = text.lines().last().map_or(0, |l| l.len() + 1);
+        assert!(text.len() - last < 256 * 1024, "{key} holds {} bytes", text.len());
         got.extend(text.lines().map(str::to_owned));
     }
     // Objects are cut in order but their keys sort by time then a random

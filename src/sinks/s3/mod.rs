@@ -84,9 +84,9 @@ struct OpenObject {
     failed: Option<Failure>,
 }
 
-/// Where part of a batch goes: an object prefix, the byte ranges of the
-/// batch's NDJSON for it, and how many events they hold.
-type Route = (String, Vec<(usize, usize)>, u64);
+/// Where part of a batch goes: an object prefix and the byte ranges of the
+/// batch's NDJSON for it.
+type Route = (String, Vec<(usize, usize)>);
 
 /// How an object's upload ended.
 struct Finished {
@@ -196,8 +196,8 @@ impl S3Sink {
         // is released now, the acknowledgement waits for the upload.
         let id = self.tracker.track(item, false);
         let routes = self.route(&batch);
-        for (prefix, ranges, events) in routes {
-            self.write(&prefix, &batch, ranges, events, id).await?;
+        for (prefix, ranges) in routes {
+            self.write(&prefix, &batch, ranges, id).await?;
         }
         self.tracker.seal(id);
         Ok(())
@@ -217,7 +217,7 @@ impl S3Sink {
                     RenderPart::Field => "",
                 })
                 .collect();
-            out.push((prefix, vec![(0, batch.byte_len())], batch.len() as u64));
+            out.push((prefix, vec![(0, batch.byte_len())]));
             return out;
         }
         let base = batch.ndjson().as_ptr() as usize;
@@ -229,81 +229,93 @@ impl S3Sink {
             let ev = batch.event(i);
             let start = ev.as_ptr() as usize - base;
             let end = start + ev.len() + 1;
-            match out.iter_mut().find(|(p, _, _)| *p == key) {
-                Some((_, ranges, n)) => {
-                    *n += 1;
-                    match ranges.last_mut() {
-                        Some(last) if last.1 == start => last.1 = end,
-                        _ => ranges.push((start, end)),
-                    }
-                }
-                None => out.push((key.clone(), vec![(start, end)], 1)),
+            match out.iter_mut().find(|(p, _)| *p == key) {
+                Some((_, ranges)) => match ranges.last_mut() {
+                    Some(last) if last.1 == start => last.1 = end,
+                    _ => ranges.push((start, end)),
+                },
+                None => out.push((key.clone(), vec![(start, end)])),
             }
         }
         out
     }
 
     /// Appends `ranges` of the batch to the object for `prefix`, opening
-    /// it if needed, compressing, uploading parts and cutting it as it
-    /// fills.
-    async fn write(
-        &mut self,
-        prefix: &str,
-        batch: &Arc<Batch>,
-        ranges: Vec<(usize, usize)>,
-        events: u64,
-        id: TrackId,
-    ) -> Result<(), SinkError> {
-        if !self.objects.contains_key(prefix) {
-            if self.objects.len() >= self.max_open {
-                if let Some(oldest) = self.objects.iter().min_by_key(|(_, o)| o.opened).map(|(k, _)| k.clone()) {
-                    self.cut(&oldest).await?;
+    /// it if needed, compressing, uploading parts, and cutting it at
+    /// `batch.max_bytes` (between two events, so a large batch may span
+    /// objects).
+    async fn write(&mut self, prefix: &str, batch: &Arc<Batch>, ranges: Vec<(usize, usize)>, id: TrackId) -> Result<(), SinkError> {
+        let data = batch.ndjson();
+        let (compression, level, members_max) = (self.compression, self.level, self.members_in_flight);
+        for (mut start, end) in ranges {
+            while start < end {
+                self.open(prefix).await?;
+                let Some(obj) = self.objects.get_mut(prefix) else {
+                    return Ok(());
+                };
+                // Up to the budget, then on to the end of that event: every
+                // event ends with the only `\n` it holds.
+                let budget = self.max_bytes.saturating_sub(obj.raw_bytes).max(1) as usize;
+                let stop = if end - start <= budget {
+                    end
+                } else {
+                    let from = start + budget - 1;
+                    memchr::memchr(b'\n', &data[from..end]).map_or(end, |p| from + p + 1)
+                };
+                let piece = &data[start..stop];
+                obj.raw_bytes += piece.len() as u64;
+                obj.events += memchr::memchr_iter(b'\n', piece).count() as u64;
+                obj.staging.extend_from_slice(piece);
+                start = stop;
+                if obj.tracks.last() != Some(&id) {
+                    obj.tracks.push(id);
+                    self.tracker.add_part(id);
+                }
+                if obj.staging.len() >= MEMBER_BYTES {
+                    obj.start_member(compression, level);
+                }
+                // Bound the members in flight (and their memory): collect
+                // the oldest while too many compress.
+                while obj.compressing.len() > members_max {
+                    obj.collect_member(&self.client.name).await?;
+                }
+                if obj.out.len() >= self.part_size {
+                    self.upload_part(prefix).await?;
+                }
+                if self.objects.get(prefix).is_some_and(|o| o.raw_bytes >= self.max_bytes) {
+                    self.cut(prefix).await?;
                 }
             }
-            self.objects.insert(
-                prefix.to_owned(),
-                OpenObject {
-                    key: object_key(prefix, self.compression).into(),
-                    staging: Vec::new(),
-                    compressing: VecDeque::new(),
-                    out: Vec::new(),
-                    raw_bytes: 0,
-                    events: 0,
-                    opened: Instant::now(),
-                    tracks: Vec::new(),
-                    multipart: None,
-                    failed: None,
-                },
-            );
         }
-        let (compression, level, members_max) = (self.compression, self.level, self.members_in_flight);
-        let Some(obj) = self.objects.get_mut(prefix) else {
+        Ok(())
+    }
+
+    /// Opens an object for `prefix` unless one is open, cutting the oldest
+    /// when `max_open_objects` are open already.
+    async fn open(&mut self, prefix: &str) -> Result<(), SinkError> {
+        if self.objects.contains_key(prefix) {
             return Ok(());
-        };
-        let data = batch.ndjson();
-        for (s, e) in ranges {
-            obj.raw_bytes += (e - s) as u64;
-            obj.staging.extend_from_slice(&data[s..e]);
         }
-        obj.events += events;
-        if obj.tracks.last() != Some(&id) {
-            obj.tracks.push(id);
-            self.tracker.add_part(id);
+        if self.objects.len() >= self.max_open {
+            if let Some(oldest) = self.objects.iter().min_by_key(|(_, o)| o.opened).map(|(k, _)| k.clone()) {
+                self.cut(&oldest).await?;
+            }
         }
-        if obj.staging.len() >= MEMBER_BYTES {
-            obj.start_member(compression, level);
-        }
-        // Bound the members in flight (and their memory): collect the
-        // oldest while too many compress.
-        while obj.compressing.len() > members_max {
-            obj.collect_member(&self.client.name).await?;
-        }
-        if obj.out.len() >= self.part_size {
-            self.upload_part(prefix).await?;
-        }
-        if self.objects.get(prefix).is_some_and(|o| o.raw_bytes >= self.max_bytes) {
-            self.cut(prefix).await?;
-        }
+        self.objects.insert(
+            prefix.to_owned(),
+            OpenObject {
+                key: object_key(prefix, self.compression).into(),
+                staging: Vec::new(),
+                compressing: VecDeque::new(),
+                out: Vec::new(),
+                raw_bytes: 0,
+                events: 0,
+                opened: Instant::now(),
+                tracks: Vec::new(),
+                multipart: None,
+                failed: None,
+            },
+        );
         Ok(())
     }
 

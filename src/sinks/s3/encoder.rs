@@ -15,14 +15,27 @@ pub const MEMBER_BYTES: usize = 1 << 20;
 
 /// Compresses `data` as one complete member.
 pub fn compress_member(compression: S3Compression, level: u32, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    compress_member_into(compression, level, data, Vec::with_capacity(data.len() / 4 + 64))
+}
+
+/// Compresses `data` as one complete member, appended to `out` (a buffer
+/// the caller reuses, so members do not allocate afresh).
+pub fn compress_member_into(compression: S3Compression, level: u32, data: &[u8], mut out: Vec<u8>) -> std::io::Result<Vec<u8>> {
     match compression {
         S3Compression::Gzip => {
-            let mut e = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 6 + 64), flate2::Compression::new(level));
+            let mut e = flate2::write::GzEncoder::new(out, flate2::Compression::new(level));
             e.write_all(data)?;
             e.finish()
         }
-        S3Compression::Zstd => zstd::bulk::compress(data, level as i32),
-        S3Compression::None => Ok(data.to_vec()),
+        S3Compression::Zstd => {
+            let mut e = zstd::stream::write::Encoder::new(out, level as i32)?;
+            e.write_all(data)?;
+            e.finish()
+        }
+        S3Compression::None => {
+            out.extend_from_slice(data);
+            Ok(out)
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use self::client::{Failure, S3Client};
 use self::config::S3Compression;
-use self::encoder::{compress_member, MEMBER_BYTES};
+use self::encoder::{compress_member_into, MEMBER_BYTES};
 use super::http::{AckTracker, TrackId};
 use super::template::{BoundTemplate, RenderPart};
 use super::{SinkCx, SinkError};
@@ -63,8 +63,13 @@ struct Multipart {
     next_part: u16,
 }
 
-/// A member being compressed on the blocking pool.
-type Member = JoinHandle<std::io::Result<Vec<u8>>>;
+/// A member being compressed on the blocking pool; it gives back its raw
+/// buffer and its compressed bytes, both to be reused.
+type Member = JoinHandle<std::io::Result<(Vec<u8>, Vec<u8>)>>;
+
+/// Room in a staging buffer: a member plus the batch that crosses the
+/// member size, so it rarely grows.
+const STAGING_CAPACITY: usize = 2 * MEMBER_BYTES;
 
 /// An object being filled. Its bytes, in order: `out` (compressed, not yet
 /// uploaded), then `compressing` (members in flight, in order), then
@@ -74,6 +79,11 @@ struct OpenObject {
     staging: Vec<u8>,
     compressing: VecDeque<Member>,
     out: Vec<u8>,
+    /// Buffers back from the compressors, reused: the sink's memory stays
+    /// in a few long-lived buffers instead of spreading over the
+    /// allocator's per-thread arenas.
+    spare_raw: Vec<Vec<u8>>,
+    spare_out: Vec<Vec<u8>>,
     raw_bytes: u64,
     events: u64,
     opened: Instant,
@@ -305,9 +315,11 @@ impl S3Sink {
             prefix.to_owned(),
             OpenObject {
                 key: object_key(prefix, self.compression).into(),
-                staging: Vec::new(),
+                staging: Vec::with_capacity(STAGING_CAPACITY),
                 compressing: VecDeque::new(),
                 out: Vec::new(),
+                spare_raw: Vec::new(),
+                spare_out: Vec::new(),
                 raw_bytes: 0,
                 events: 0,
                 opened: Instant::now(),
@@ -372,7 +384,8 @@ impl S3Sink {
                 }
             }
         }
-        let body = Bytes::from(std::mem::take(&mut obj.out));
+        let next = Vec::with_capacity(obj.out.capacity());
+        let body = Bytes::from(std::mem::replace(&mut obj.out, next));
         let number = mp.next_part;
         mp.next_part += 1;
         let key = obj.key.clone();
@@ -447,25 +460,34 @@ fn fatal(sink: &str, message: String) -> SinkError {
 impl OpenObject {
     /// Hands the staged raw bytes to a compressor on the blocking pool.
     fn start_member(&mut self, compression: S3Compression, level: u32) {
-        let raw = std::mem::take(&mut self.staging);
         if compression == S3Compression::None && self.compressing.is_empty() {
-            self.out.extend_from_slice(&raw);
+            self.out.extend_from_slice(&self.staging);
+            self.staging.clear();
             return;
         }
-        self.compressing
-            .push_back(tokio::task::spawn_blocking(move || compress_member(compression, level, &raw)));
+        let next = self.spare_raw.pop().unwrap_or_else(|| Vec::with_capacity(STAGING_CAPACITY));
+        let raw = std::mem::replace(&mut self.staging, next);
+        let out = self.spare_out.pop().unwrap_or_default();
+        self.compressing.push_back(tokio::task::spawn_blocking(move || {
+            compress_member_into(compression, level, &raw, out).map(|out| (raw, out))
+        }));
     }
 
-    /// Waits for the oldest member and appends it to `out`.
+    /// Waits for the oldest member, appends it to `out` and keeps its
+    /// buffers for the next members.
     async fn collect_member(&mut self, sink: &str) -> Result<(), SinkError> {
         if let Some(h) = self.compressing.pop_front() {
-            let bytes = h
+            let (mut raw, mut bytes) = h
                 .await
                 .map_err(|e| fatal(sink, format!("compressor task failed: {e}")))?
                 .map_err(|e| fatal(sink, format!("compression failed: {e}")))?;
             if self.failed.is_none() {
                 self.out.extend_from_slice(&bytes);
             }
+            raw.clear();
+            bytes.clear();
+            self.spare_raw.push(raw);
+            self.spare_out.push(bytes);
         }
         Ok(())
     }
@@ -494,7 +516,7 @@ async fn finish_object(client: Arc<S3Client>, obj: OpenObject) -> Finished {
     };
     for h in compressing {
         match h.await {
-            Ok(Ok(bytes)) => out.extend_from_slice(&bytes),
+            Ok(Ok((_, bytes))) => out.extend_from_slice(&bytes),
             Ok(Err(e)) => return done(Err(Failure::Fatal(format!("compression failed: {e}")))),
             Err(e) => return done(Err(Failure::Fatal(format!("compressor task failed: {e}")))),
         }

@@ -8,6 +8,7 @@
 
 pub mod blackhole;
 pub(crate) mod http;
+pub mod kafka;
 pub mod loki;
 pub mod s3;
 pub mod stdout;
@@ -34,6 +35,8 @@ pub enum SinkConfig {
     Loki(Box<loki::LokiConfig>),
     /// `type = "s3"`.
     S3(Box<s3::S3Config>),
+    /// `type = "kafka"`.
+    Kafka(kafka::KafkaConfig),
 }
 
 /// Errors that end a sink. Delivery failures that retrying can fix are not
@@ -83,10 +86,16 @@ pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<
             errors.append(&mut e);
             ok.then(|| SinkConfig::S3(Box::new(c)))
         }),
+        "kafka" => parse_at::<kafka::KafkaConfig>(path, value, &mut errors).and_then(|c| {
+            let mut invalid = c.validate(path);
+            let ok = invalid.is_empty();
+            errors.append(&mut invalid);
+            ok.then_some(SinkConfig::Kafka(c))
+        }),
         other => {
             errors.push(ConfigError::new(
                 format!("{path}.type"),
-                format!("unknown sink type {other:?}; known: stdout, blackhole, loki, s3"),
+                format!("unknown sink type {other:?}; known: stdout, blackhole, kafka, loki, s3"),
             ));
             None
         }
@@ -102,6 +111,7 @@ impl SinkConfig {
             SinkConfig::Blackhole(_) => "blackhole",
             SinkConfig::Loki(_) => "loki",
             SinkConfig::S3(_) => "s3",
+            SinkConfig::Kafka(_) => "kafka",
         }
     }
 
@@ -111,6 +121,7 @@ impl SinkConfig {
             SinkConfig::Stdout(_) | SinkConfig::Blackhole(_) => Vec::new(),
             SinkConfig::Loki(c) => c.fields_needed(),
             SinkConfig::S3(c) => c.fields_needed(),
+            SinkConfig::Kafka(c) => c.fields_needed(),
         }
     }
 
@@ -121,6 +132,7 @@ impl SinkConfig {
             SinkConfig::Blackhole(c) => Ok(c.build(cx, input)),
             SinkConfig::Loki(c) => c.build(cx, input).await,
             SinkConfig::S3(c) => c.build(cx, input).await,
+            SinkConfig::Kafka(c) => c.build(cx, input).await,
         }
     }
 }

@@ -7,8 +7,12 @@
 //! When the queue ends (`recv` returns `None`) it flushes and returns.
 
 pub mod blackhole;
+pub(crate) mod http;
 pub mod kafka;
+pub mod loki;
+pub mod s3;
 pub mod stdout;
+pub mod template;
 
 use serde_json::{Map, Value};
 use std::path::PathBuf;
@@ -27,6 +31,10 @@ pub enum SinkConfig {
     Stdout(stdout::StdoutConfig),
     /// `type = "blackhole"`.
     Blackhole(blackhole::BlackholeConfig),
+    /// `type = "loki"`.
+    Loki(Box<loki::LokiConfig>),
+    /// `type = "s3"`.
+    S3(Box<s3::S3Config>),
     /// `type = "kafka"`.
     Kafka(kafka::KafkaConfig),
 }
@@ -66,6 +74,18 @@ pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<
     let parsed = match kind {
         "stdout" => parse_at(path, value, &mut errors).map(SinkConfig::Stdout),
         "blackhole" => parse_at(path, value, &mut errors).map(SinkConfig::Blackhole),
+        "loki" => parse_at::<loki::LokiConfig>(path, value, &mut errors).and_then(|c| {
+            let mut e = c.validate(path);
+            let ok = e.is_empty();
+            errors.append(&mut e);
+            ok.then(|| SinkConfig::Loki(Box::new(c)))
+        }),
+        "s3" => parse_at::<s3::S3Config>(path, value, &mut errors).and_then(|c| {
+            let mut e = c.validate(path);
+            let ok = e.is_empty();
+            errors.append(&mut e);
+            ok.then(|| SinkConfig::S3(Box::new(c)))
+        }),
         "kafka" => parse_at::<kafka::KafkaConfig>(path, value, &mut errors).and_then(|c| {
             let mut invalid = c.validate(path);
             let ok = invalid.is_empty();
@@ -75,7 +95,7 @@ pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<
         other => {
             errors.push(ConfigError::new(
                 format!("{path}.type"),
-                format!("unknown sink type {other:?}; known: stdout, blackhole, kafka"),
+                format!("unknown sink type {other:?}; known: stdout, blackhole, kafka, loki, s3"),
             ));
             None
         }
@@ -89,6 +109,8 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::Blackhole(_) => "blackhole",
+            SinkConfig::Loki(_) => "loki",
+            SinkConfig::S3(_) => "s3",
             SinkConfig::Kafka(_) => "kafka",
         }
     }
@@ -97,6 +119,8 @@ impl SinkConfig {
     pub fn fields_needed(&self) -> Vec<FieldPath> {
         match self {
             SinkConfig::Stdout(_) | SinkConfig::Blackhole(_) => Vec::new(),
+            SinkConfig::Loki(c) => c.fields_needed(),
+            SinkConfig::S3(c) => c.fields_needed(),
             SinkConfig::Kafka(c) => c.fields_needed(),
         }
     }
@@ -106,6 +130,8 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(c) => Ok(c.build(cx, input)),
             SinkConfig::Blackhole(c) => Ok(c.build(cx, input)),
+            SinkConfig::Loki(c) => c.build(cx, input).await,
+            SinkConfig::S3(c) => c.build(cx, input).await,
             SinkConfig::Kafka(c) => c.build(cx, input).await,
         }
     }

@@ -1,0 +1,455 @@
+//! `type = "loki"`: pushes events to Grafana Loki.
+//!
+//! Each event becomes one entry: its line is the event's JSON, its time
+//! comes from `timestamp_field` (else the receive time), its labels from
+//! templates, and chosen high-cardinality fields travel as structured
+//! metadata. Entries are grouped into streams by label set and ordered by
+//! time within each stream; a push leaves when it reaches `batch.max_bytes`
+//! or `batch.max_events`, or `batch.timeout` after its first entry.
+//!
+//! Delivery: 429, 5xx and connection errors are retried with exponential
+//! backoff and jitter (honouring `Retry-After`) until they succeed; other
+//! 4xx are not retried. A 400 in which Loki refused only some entries (out
+//! of order, too old) keeps what Loki stored and counts the rest. A source
+//! batch is acknowledged once every push that carries its events is done;
+//! one push can carry several batches and one batch can span pushes.
+
+mod builder;
+pub mod config;
+pub mod encode;
+mod rejection;
+mod timestamp;
+
+pub use builder::{Push, PushBuilder};
+pub use config::LokiConfig;
+
+use bytes::Bytes;
+use prometheus::{Histogram, IntCounter, IntCounterVec, Opts};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
+use std::collections::VecDeque;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+use self::config::{Compression, Encoding};
+use super::http::{self, AckTracker, Backoff, ErrorKind, HealthFlag, RetryConfig, TrackId};
+use super::{SinkCx, SinkError};
+use crate::buffer::{QueueItem, QueueReceiver};
+use crate::event::AckOutcome;
+use crate::pipeline::Task;
+use crate::telemetry::metrics;
+
+/// Metrics only the Loki sink has.
+struct LokiMetrics {
+    /// `sluice_loki_entries_rejected_total{sink,reason}`.
+    rejected: IntCounterVec,
+}
+
+fn loki_metrics() -> &'static LokiMetrics {
+    static M: OnceLock<LokiMetrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "sluice_loki_entries_rejected_total",
+                "Entries Loki refused in an otherwise accepted push, by reason (out_of_order, too_old, other).",
+            ),
+            &["sink", "reason"],
+        )
+        .expect("valid metric definition");
+        // Registering can only fail on a duplicate name, which a test that
+        // builds several sinks would hit; the counter still works.
+        let _ = metrics().registry.register(Box::new(rejected.clone()));
+        LokiMetrics { rejected }
+    })
+}
+
+impl LokiConfig {
+    /// Prepares the client, checks Loki (`GET /ready`) and starts the sink.
+    pub async fn build(&self, cx: SinkCx, input: QueueReceiver) -> Result<Task<SinkError>, SinkError> {
+        let fatal = |message: String| SinkError::Fatal {
+            sink: cx.name.to_string(),
+            message,
+        };
+        let shared = Arc::new(Shared::new(self, &cx).map_err(fatal)?);
+        if self.healthcheck {
+            shared.healthcheck(&self.endpoint).await.map_err(fatal)?;
+        }
+        let sink = LokiSink::new(self, &cx, shared);
+        Ok(Box::pin(sink.run(input)))
+    }
+}
+
+/// What push tasks share: the client, the target and the counters.
+struct Shared {
+    name: Arc<str>,
+    client: reqwest::Client,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    encoding: Encoding,
+    compression: Compression,
+    gzip_level: u32,
+    retry: RetryConfig,
+    health: HealthFlag,
+    events: IntCounter,
+    bytes: IntCounter,
+    retries: IntCounter,
+    dropped: IntCounter,
+    duration: Histogram,
+}
+
+impl Shared {
+    fn new(cfg: &LokiConfig, cx: &SinkCx) -> Result<Shared, String> {
+        let base = cfg.endpoint.trim_end_matches('/');
+        let url = reqwest::Url::parse(&format!("{base}{}", cfg.path)).map_err(|e| format!("invalid push URL: {e}"))?;
+        let mut headers = HeaderMap::new();
+        let compression = cfg.effective_compression();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(match cfg.encoding {
+                Encoding::Protobuf => "application/x-protobuf",
+                Encoding::Json => "application/json",
+            }),
+        );
+        if compression == Compression::Gzip {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        if let Some(t) = &cfg.tenant_id {
+            let v = HeaderValue::from_str(t).map_err(|_| "tenant_id is not a valid header value".to_owned())?;
+            headers.insert("X-Scope-OrgID", v);
+        }
+        if let Some(a) = &cfg.auth {
+            let value = match (&a.user, &a.password_file, &a.bearer_token_file) {
+                (Some(user), Some(pw), _) => {
+                    use base64::Engine;
+                    let password = http::read_secret_file(pw, "auth.password_file")?;
+                    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                    format!("Basic {token}")
+                }
+                (_, _, Some(f)) => format!("Bearer {}", http::read_secret_file(f, "auth.bearer_token_file")?),
+                _ => return Err("auth: set user and password_file, or bearer_token_file".into()),
+            };
+            let mut v = HeaderValue::from_str(&value).map_err(|_| "auth: the credentials are not a valid header value".to_owned())?;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+        let m = metrics();
+        let name: &str = &cx.name;
+        Ok(Shared {
+            name: cx.name.clone(),
+            client: http::client(cfg.request.timeout)?,
+            url,
+            headers,
+            encoding: cfg.encoding,
+            compression,
+            gzip_level: cfg.gzip_level,
+            retry: cfg.retry.clone(),
+            health: HealthFlag::new(cx.health.clone()),
+            events: m.sink_events.with_label_values(&[name]),
+            bytes: m.sink_bytes.with_label_values(&[name]),
+            retries: m.sink_retries.with_label_values(&[name]),
+            dropped: m.events_dropped.with_label_values(&[name, "rejected"]),
+            duration: m.sink_request_duration.with_label_values(&[name]),
+        })
+    }
+
+    /// `GET {endpoint}/ready`. Unreachable or refused credentials stop the
+    /// start; any other answer (Loki still starting, a gateway without
+    /// `/ready`) starts the sink as unhealthy until a push succeeds.
+    async fn healthcheck(&self, endpoint: &str) -> Result<(), String> {
+        let ready = format!("{}/ready", endpoint.trim_end_matches('/'));
+        let mut req = self.client.get(&ready).timeout(Duration::from_secs(10));
+        for key in [AUTHORIZATION.as_str(), "X-Scope-OrgID"] {
+            if let Some(v) = self.headers.get(key) {
+                req = req.header(key, v.clone());
+            }
+        }
+        match req.send().await {
+            Ok(resp) if resp.status().is_success() => {
+                tracing::info!(sink = %self.name, url = %ready, "Loki is ready");
+                Ok(())
+            }
+            Ok(resp) if matches!(resp.status().as_u16(), 401 | 403) => Err(format!(
+                "Loki at {endpoint} refused our credentials ({}): check auth.user/auth.password_file or auth.bearer_token_file",
+                resp.status()
+            )),
+            Ok(resp) => {
+                tracing::warn!(sink = %self.name, url = %ready, status = %resp.status(),
+                    "Loki is reachable but not ready; starting, and /ready reports this sink unhealthy until a push succeeds");
+                self.health.set_unhealthy();
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "cannot reach Loki at {endpoint}: {} (set healthcheck = false to start anyway)",
+                http::error_chain(&e)
+            )),
+        }
+    }
+}
+
+/// How a push ended.
+enum PushOutcome {
+    /// Loki stored every entry.
+    Delivered,
+    /// Loki stored some entries and refused others (counted), or refused
+    /// the whole push with a 4xx (counted): not retried.
+    Dropped,
+    /// The sink cannot work (credentials, address): stop.
+    Fatal(String),
+}
+
+struct PushResult {
+    parts: Vec<TrackId>,
+    outcome: PushOutcome,
+}
+
+/// The sink's state, owned by its task.
+struct LokiSink {
+    shared: Arc<Shared>,
+    builder: PushBuilder,
+    timeout: Duration,
+    concurrency: usize,
+    tracker: AckTracker,
+    /// Reused output of [`PushBuilder::add`].
+    filled: Vec<Push>,
+}
+
+impl LokiSink {
+    fn new(cfg: &LokiConfig, cx: &SinkCx, shared: Arc<Shared>) -> LokiSink {
+        LokiSink {
+            shared,
+            builder: PushBuilder::new(cfg, &cx.fields),
+            timeout: cfg.batch.timeout,
+            concurrency: cfg.request.concurrency,
+            tracker: AckTracker::default(),
+            filled: Vec::new(),
+        }
+    }
+
+    async fn run(mut self, mut input: QueueReceiver) -> Result<(), SinkError> {
+        let mut inflight: JoinSet<PushResult> = JoinSet::new();
+        let mut sealed: VecDeque<Encoded> = VecDeque::new();
+        let mut input_open = true;
+        loop {
+            while inflight.len() < self.concurrency {
+                let Some(p) = sealed.pop_front() else { break };
+                inflight.spawn(push(self.shared.clone(), p));
+            }
+            if !input_open && sealed.is_empty() && inflight.is_empty() {
+                debug_assert_eq!(self.tracker.len(), 0);
+                return Ok(());
+            }
+            let deadline = self.builder.opened().map(|t| tokio::time::Instant::from_std(t + self.timeout));
+            // A push waiting for a slot stops intake: the queue fills and
+            // backpressure reaches the sources.
+            let accepting = input_open && sealed.is_empty();
+            tokio::select! {
+                Some(res) = inflight.join_next(), if !inflight.is_empty() => {
+                    let res = res.unwrap_or_else(|e| PushResult {
+                        parts: Vec::new(),
+                        outcome: PushOutcome::Fatal(format!("push task failed: {e}")),
+                    });
+                    self.finish(res)?;
+                }
+                item = input.recv(), if accepting => match item {
+                    Some(item) => self.add(item, &mut sealed),
+                    None => {
+                        input_open = false;
+                        sealed.extend(self.builder.seal().map(|p| self.encode(p)));
+                    }
+                },
+                _ = sleep_until(deadline), if deadline.is_some() => sealed.extend(self.builder.seal().map(|p| self.encode(p))),
+            }
+        }
+    }
+
+    /// Adds a batch's events to the pending push; pushes that fill go to
+    /// `sealed`. The queue item (and its budget) is held until every push
+    /// carrying its events is done.
+    fn add(&mut self, item: QueueItem, sealed: &mut VecDeque<Encoded>) {
+        let batch = item.batch.clone();
+        let id = self.tracker.track(item, true);
+        let parts = self.builder.add(&batch, id, &mut self.filled);
+        for _ in 0..parts {
+            self.tracker.add_part(id);
+        }
+        self.tracker.seal(id);
+        let filled = std::mem::take(&mut self.filled);
+        sealed.extend(filled.into_iter().map(|p| self.encode(p)));
+    }
+
+    /// Starts encoding a push on the blocking pool at once, so it is ready
+    /// the moment a request slot frees (Loki never waits for our encoder).
+    fn encode(&self, mut p: Push) -> Encoded {
+        let parts = p.take_parts();
+        let (events, bytes) = (p.events() as u64, p.bytes() as u64);
+        let s = &self.shared;
+        let (encoding, compression, level) = (s.encoding, s.compression, s.gzip_level);
+        Encoded {
+            body: tokio::task::spawn_blocking(move || p.encode(encoding, compression, level)),
+            parts,
+            events,
+            bytes,
+        }
+    }
+
+    /// Acknowledges the batches of a finished push.
+    fn finish(&mut self, res: PushResult) -> Result<(), SinkError> {
+        let outcome = match &res.outcome {
+            PushOutcome::Delivered => AckOutcome::Delivered,
+            PushOutcome::Dropped => AckOutcome::Dropped,
+            PushOutcome::Fatal(_) => AckOutcome::Abandoned,
+        };
+        for id in &res.parts {
+            self.tracker.part_done(*id, outcome);
+        }
+        if let PushOutcome::Fatal(message) = res.outcome {
+            self.tracker.abandon_all();
+            return Err(SinkError::Fatal {
+                sink: self.shared.name.to_string(),
+                message,
+            });
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A push whose body is being encoded.
+struct Encoded {
+    body: tokio::task::JoinHandle<Result<Vec<u8>, String>>,
+    parts: Vec<TrackId>,
+    events: u64,
+    bytes: u64,
+}
+
+/// Waits for a push's body and delivers it, retrying what can be retried.
+async fn push(shared: Arc<Shared>, e: Encoded) -> PushResult {
+    let Encoded {
+        body,
+        parts,
+        events,
+        bytes,
+    } = e;
+    let body = match body.await {
+        Ok(Ok(b)) => Bytes::from(b),
+        Ok(Err(e)) => return fail(parts, format!("cannot encode a push: {e}")),
+        Err(e) => return fail(parts, format!("encoder task failed: {e}")),
+    };
+    let outcome = deliver(&shared, body, events, bytes).await;
+    PushResult { parts, outcome }
+}
+
+fn fail(parts: Vec<TrackId>, message: String) -> PushResult {
+    PushResult {
+        parts,
+        outcome: PushOutcome::Fatal(message),
+    }
+}
+
+/// Sends one push until Loki answers something final.
+async fn deliver(shared: &Shared, body: Bytes, events: u64, bytes: u64) -> PushOutcome {
+    let mut backoff = Backoff::new(&shared.retry);
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        let started = Instant::now();
+        let sent = shared
+            .client
+            .post(shared.url.clone())
+            .headers(shared.headers.clone())
+            .body(body.clone())
+            .send()
+            .await;
+        let (kind, detail, retry_after) = match sent {
+            Ok(resp) if resp.status().is_success() => {
+                shared.duration.observe(started.elapsed().as_secs_f64());
+                shared.health.success();
+                shared.events.inc_by(events);
+                shared.bytes.inc_by(bytes);
+                if attempt > 1 {
+                    tracing::info!(sink = %shared.name, attempts = attempt, "push delivered after retries");
+                }
+                return PushOutcome::Delivered;
+            }
+            Ok(resp) => {
+                let status = resp.status();
+                let retry_after = http::retry_after(resp.headers());
+                let text = resp.text().await.unwrap_or_default();
+                shared.duration.observe(started.elapsed().as_secs_f64());
+                let kind = ErrorKind::of_status(status);
+                if !kind.is_retryable() {
+                    return refused(shared, status, &text, events, bytes);
+                }
+                (kind, format!("{status}: {}", http::excerpt(text.trim())), retry_after)
+            }
+            Err(e) => {
+                shared.duration.observe(started.elapsed().as_secs_f64());
+                (ErrorKind::of(&e), http::error_chain(&e), None)
+            }
+        };
+        metrics().sink_errors.with_label_values(&[&shared.name, kind.as_str()]).inc();
+        shared.retries.inc();
+        shared.health.failure();
+        let delay = backoff.next_delay(retry_after);
+        if attempt.is_power_of_two() {
+            tracing::warn!(sink = %shared.name, attempt, error = %detail, retry_in = ?delay, "push failed; retrying");
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// A final 4xx: a partial rejection is counted per entry, a whole refusal
+/// for the whole push; credentials or a wrong address stop the sink.
+fn refused(shared: &Shared, status: reqwest::StatusCode, text: &str, events: u64, bytes: u64) -> PushOutcome {
+    // The push reached Loki and was answered: Loki itself is fine.
+    shared.health.success();
+    if http::is_misconfiguration(status) {
+        metrics()
+            .sink_errors
+            .with_label_values(&[&shared.name, ErrorKind::Client.as_str()])
+            .inc();
+        return PushOutcome::Fatal(format!(
+            "Loki answered {status} to a push to {}: {} (check endpoint, path, tenant_id and auth)",
+            shared.url,
+            http::excerpt(text.trim())
+        ));
+    }
+    let rejection = if status == reqwest::StatusCode::BAD_REQUEST {
+        rejection::parse(text, events)
+    } else {
+        rejection::Rejection {
+            counts: vec![(rejection::Reason::Other, events)],
+            partial: false,
+        }
+    };
+    let refused = rejection.total();
+    let kind = if rejection.partial {
+        ErrorKind::Rejected
+    } else {
+        ErrorKind::Client
+    };
+    metrics().sink_errors.with_label_values(&[&shared.name, kind.as_str()]).inc();
+    let lm = loki_metrics();
+    for (reason, n) in &rejection.counts {
+        lm.rejected.with_label_values(&[&shared.name, reason.as_str()]).inc_by(*n);
+    }
+    shared.dropped.inc_by(refused);
+    let delivered = events - refused;
+    shared.events.inc_by(delivered);
+    shared.bytes.inc_by(bytes * delivered / events.max(1));
+    tracing::warn!(
+        sink = %shared.name,
+        status = %status,
+        refused,
+        stored = delivered,
+        answer = %http::excerpt(text.trim()),
+        "Loki refused entries; they are counted in sluice_events_dropped_total and not retried"
+    );
+    PushOutcome::Dropped
+}

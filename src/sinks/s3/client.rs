@@ -1,0 +1,314 @@
+//! S3 requests: SigV4 presigned by `rusty-s3`, sent with `reqwest`, each
+//! retried with backoff while the failure is one retrying can fix.
+//!
+//! Integrity: every `PUT` and `UploadPart` carries `Content-MD5` (a signed
+//! header); S3 refuses a body that does not match it (`BadDigest`), and
+//! that answer is retried.
+
+use base64::Engine;
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use prometheus::{Histogram, IntCounter};
+use rusty_s3::actions::CreateMultipartUpload;
+use rusty_s3::{Bucket, Credentials, S3Action};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::config::S3Config;
+use crate::sinks::http::{self, Backoff, ErrorKind, HealthFlag, RetryConfig};
+use crate::sinks::SinkCx;
+use crate::telemetry::metrics;
+
+/// How long a presigned URL stays valid: long enough for one attempt of
+/// the slowest request, short enough to be useless if it leaked.
+const PRESIGN_TTL: Duration = Duration::from_secs(900);
+
+/// Content type of every object.
+const CONTENT_TYPE: &str = "application/x-ndjson";
+
+/// A successful answer.
+struct Answer {
+    etag: Option<String>,
+    text: String,
+}
+
+/// A request that will not succeed.
+#[derive(Debug, Clone)]
+pub(crate) enum Failure {
+    /// S3 refused it for good (a 4xx): the object is dropped and counted.
+    Rejected(String),
+    /// The sink cannot work (credentials, bucket): it stops.
+    Fatal(String),
+}
+
+/// The S3 side of the sink, shared by its upload tasks.
+pub(crate) struct S3Client {
+    pub(crate) name: Arc<str>,
+    http: reqwest::Client,
+    bucket: Bucket,
+    credentials: Credentials,
+    retry: RetryConfig,
+    pub(crate) health: HealthFlag,
+    retries: IntCounter,
+    duration: Histogram,
+}
+
+impl std::fmt::Debug for S3Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the credentials.
+        f.debug_struct("S3Client")
+            .field("name", &self.name)
+            .field("bucket", &self.bucket.name())
+            .finish()
+    }
+}
+
+/// Credentials from the configured files, else the environment. The
+/// error names where we looked, never a value.
+fn credentials(cfg: &S3Config) -> Result<Credentials, String> {
+    let key = http::secret_from(cfg.access_key_id_file.as_ref(), "access_key_id_file", "AWS_ACCESS_KEY_ID")?;
+    let secret = http::secret_from(
+        cfg.secret_access_key_file.as_ref(),
+        "secret_access_key_file",
+        "AWS_SECRET_ACCESS_KEY",
+    )?;
+    let token = http::secret_from(cfg.session_token_file.as_ref(), "session_token_file", "AWS_SESSION_TOKEN")?;
+    match (key, secret) {
+        (Some(k), Some(s)) => Ok(match token {
+            Some(t) => Credentials::new_with_token(k, s, t),
+            None => Credentials::new(k, s),
+        }),
+        _ => Err("no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+                  or access_key_id_file and secret_access_key_file"
+            .into()),
+    }
+}
+
+impl S3Client {
+    /// Builds the client from the config and the environment.
+    pub(crate) fn new(cfg: &S3Config, cx: &SinkCx) -> Result<S3Client, String> {
+        let endpoint = cfg.effective_endpoint();
+        let url = reqwest::Url::parse(&endpoint).map_err(|e| format!("invalid endpoint {endpoint:?}: {e}"))?;
+        let style = match cfg.effective_url_style() {
+            super::config::UrlStyle::Path => rusty_s3::UrlStyle::Path,
+            super::config::UrlStyle::VirtualHost => rusty_s3::UrlStyle::VirtualHost,
+        };
+        let bucket = Bucket::new(url, style, cfg.bucket.clone(), cfg.region.clone())
+            .map_err(|e| format!("invalid bucket {:?} at {endpoint}: {e}", cfg.bucket))?;
+        let m = metrics();
+        let name: &str = &cx.name;
+        Ok(S3Client {
+            name: cx.name.clone(),
+            http: http::client(cfg.request.timeout)?,
+            bucket,
+            credentials: credentials(cfg)?,
+            retry: cfg.retry.clone(),
+            health: HealthFlag::new(cx.health.clone()),
+            retries: m.sink_retries.with_label_values(&[name]),
+            duration: m.sink_request_duration.with_label_values(&[name]),
+        })
+    }
+
+    /// `HEAD` the bucket: a clear start-up error for wrong credentials, an
+    /// unknown bucket or an unreachable endpoint.
+    pub(crate) async fn healthcheck(&self) -> Result<(), String> {
+        let url = self.bucket.head_bucket(Some(&self.credentials)).sign(PRESIGN_TTL);
+        let where_ = format!("bucket {:?} at {}", self.bucket.name(), self.bucket.base_url());
+        let resp = self
+            .http
+            .head(url)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach S3 for {where_}: {}", http::error_chain(&e)))?;
+        match resp.status().as_u16() {
+            200..=299 => {
+                tracing::info!(sink = %self.name, bucket = %self.bucket.name(), "S3 bucket is reachable");
+                Ok(())
+            }
+            401 | 403 => Err(format!(
+                "S3 refused our credentials for {where_} ({}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY \
+                 (or access_key_id_file / secret_access_key_file), the region and the bucket policy",
+                resp.status()
+            )),
+            404 => Err(format!("{where_} does not exist ({})", resp.status())),
+            301 | 307 => Err(format!(
+                "{where_} answered {}: the bucket is in another region than {:?}",
+                resp.status(),
+                self.bucket.region()
+            )),
+            _ => Err(format!("S3 answered {} to HEAD {where_}", resp.status())),
+        }
+    }
+
+    /// Uploads a whole object.
+    pub(crate) async fn put_object(&self, key: &str, body: Bytes) -> Result<(), Failure> {
+        let md5 = content_md5(&body);
+        self.send("PutObject", key, || {
+            let mut a = self.bucket.put_object(Some(&self.credentials), key);
+            a.headers_mut().insert("content-md5", md5.as_str());
+            a.headers_mut().insert("content-type", CONTENT_TYPE);
+            let url = a.sign(PRESIGN_TTL);
+            self.http
+                .put(url)
+                .header("content-md5", md5.as_str())
+                .header("content-type", CONTENT_TYPE)
+                .body(body.clone())
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Starts a multipart upload; returns its id.
+    pub(crate) async fn create_multipart(&self, key: &str) -> Result<String, Failure> {
+        let answer = self
+            .send("CreateMultipartUpload", key, || {
+                let mut a = self.bucket.create_multipart_upload(Some(&self.credentials), key);
+                a.headers_mut().insert("content-type", CONTENT_TYPE);
+                let url = a.sign(PRESIGN_TTL);
+                self.http.post(url).header("content-type", CONTENT_TYPE)
+            })
+            .await?;
+        CreateMultipartUpload::parse_response(&answer.text)
+            .map(|r| r.upload_id().to_owned())
+            .map_err(|e| Failure::Rejected(format!("CreateMultipartUpload for {key}: unreadable answer: {e}")))
+    }
+
+    /// Uploads part `number` (from 1); returns its ETag.
+    pub(crate) async fn upload_part(&self, key: &str, upload_id: &str, number: u16, body: Bytes) -> Result<String, Failure> {
+        let md5 = content_md5(&body);
+        let answer = self
+            .send("UploadPart", key, || {
+                let mut a = self.bucket.upload_part(Some(&self.credentials), key, number, upload_id);
+                a.headers_mut().insert("content-md5", md5.as_str());
+                let url = a.sign(PRESIGN_TTL);
+                self.http.put(url).header("content-md5", md5.as_str()).body(body.clone())
+            })
+            .await?;
+        answer
+            .etag
+            .ok_or_else(|| Failure::Rejected(format!("UploadPart {number} of {key}: the answer has no ETag")))
+    }
+
+    /// Completes a multipart upload from its parts' ETags, in order.
+    pub(crate) async fn complete_multipart(&self, key: &str, upload_id: &str, etags: &[String]) -> Result<(), Failure> {
+        let body = {
+            let a = self
+                .bucket
+                .complete_multipart_upload(Some(&self.credentials), key, upload_id, etags.iter().map(String::as_str));
+            a.body()
+        };
+        let text = self
+            .send("CompleteMultipartUpload", key, || {
+                let a = self
+                    .bucket
+                    .complete_multipart_upload(Some(&self.credentials), key, upload_id, etags.iter().map(String::as_str));
+                let url = a.sign(PRESIGN_TTL);
+                self.http.post(url).body(body.clone())
+            })
+            .await?
+            .text;
+        // S3 may answer 200 and still fail: the body then holds an Error.
+        rusty_s3::actions::CompleteMultipartUploadResponse::parse(&text)
+            .map(drop)
+            .map_err(|_| Failure::Rejected(format!("CompleteMultipartUpload of {key} failed: {}", http::excerpt(text.trim()))))
+    }
+
+    /// Abandons a multipart upload (best effort: S3 would otherwise keep,
+    /// and bill, its parts).
+    pub(crate) async fn abort_multipart(&self, key: &str, upload_id: &str) {
+        let url = self
+            .bucket
+            .abort_multipart_upload(Some(&self.credentials), key, upload_id)
+            .sign(PRESIGN_TTL);
+        if let Err(e) = self.http.delete(url).send().await {
+            tracing::warn!(sink = %self.name, key, error = %http::error_chain(&e), "could not abort a multipart upload");
+        }
+    }
+
+    /// Sends until S3 answers 2xx or something final.
+    async fn send<F>(&self, op: &str, key: &str, build: F) -> Result<Answer, Failure>
+    where
+        F: Fn() -> reqwest::RequestBuilder,
+    {
+        let mut backoff = Backoff::new(&self.retry);
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            let (kind, detail, retry_after) = match build().send().await {
+                Ok(resp) if resp.status().is_success() => {
+                    let etag = resp
+                        .headers()
+                        .get(reqwest::header::ETAG)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    let text = resp.text().await;
+                    self.duration.observe(started.elapsed().as_secs_f64());
+                    match text {
+                        Ok(t) => {
+                            self.health.success();
+                            if attempt > 1 {
+                                tracing::info!(sink = %self.name, op, key, attempts = attempt, "S3 request succeeded after retries");
+                            }
+                            return Ok(Answer { etag, text: t });
+                        }
+                        Err(e) => (ErrorKind::of(&e), http::error_chain(&e), None),
+                    }
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let retry_after = http::retry_after(resp.headers());
+                    let text = resp.text().await.unwrap_or_default();
+                    self.duration.observe(started.elapsed().as_secs_f64());
+                    let mut kind = ErrorKind::of_status(status);
+                    // A body that did not match its Content-MD5 was damaged
+                    // on the way: send it again.
+                    if text.contains("<Code>BadDigest</Code>") || text.contains("<Code>RequestTimeout</Code>") {
+                        kind = ErrorKind::Server;
+                    }
+                    let detail = format!("{op} {key}: {status}: {}", http::excerpt(text.trim()));
+                    if !kind.is_retryable() {
+                        metrics().sink_errors.with_label_values(&[&self.name, kind.as_str()]).inc();
+                        self.health.success();
+                        return Err(if http::is_misconfiguration(status) {
+                            Failure::Fatal(format!("S3 refused {detail} (check the credentials, bucket and region)"))
+                        } else {
+                            Failure::Rejected(detail)
+                        });
+                    }
+                    (kind, detail, retry_after)
+                }
+                Err(e) => {
+                    self.duration.observe(started.elapsed().as_secs_f64());
+                    (ErrorKind::of(&e), format!("{op} {key}: {}", http::error_chain(&e)), None)
+                }
+            };
+            metrics().sink_errors.with_label_values(&[&self.name, kind.as_str()]).inc();
+            self.retries.inc();
+            self.health.failure();
+            let delay = backoff.next_delay(retry_after);
+            if attempt.is_power_of_two() {
+                tracing::warn!(sink = %self.name, attempt, error = %detail, retry_in = ?delay, "S3 request failed; retrying");
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// Base64 of the body's MD5, for `Content-MD5`.
+pub(crate) fn content_md5(body: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(Md5::digest(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_md5_is_base64_of_the_digest() {
+        // md5("") = d41d8cd98f00b204e9800998ecf8427e.
+        assert_eq!(content_md5(b""), "1B2M2Y8AsgTpgAmY7PhCfg==");
+        assert_eq!(content_md5(b"hello\n"), "sZRqySSS0jR8YjW00mERhA==");
+    }
+}

@@ -1,0 +1,247 @@
+//! `{{ field }}` templates over event fields and source metadata, for Loki
+//! labels and S3 key prefixes.
+//!
+//! A template is literal text with `{{ path }}` placeholders. A placeholder
+//! renders the event's own field `path` (extracted by the decoder, so every
+//! path must be declared in `fields_needed`), or, when the event does not
+//! have it, the value at `path` in the batch's source metadata
+//! (`release.version`, `host`, `kubernetes.namespace`). Objects, arrays,
+//! nulls and absent values render as nothing.
+
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+use crate::event::{Batch, FieldPath, FieldSet};
+
+/// One piece of a template.
+#[derive(Debug, Clone, PartialEq)]
+enum Segment {
+    /// Text copied as is.
+    Literal(String),
+    /// A field path, rendered from the event or the source metadata.
+    Field {
+        /// The parsed path.
+        path: FieldPath,
+        /// The path as written (`release.version`), for metadata lookups.
+        dotted: String,
+    },
+}
+
+/// A parsed template. Invariant: no two `Literal` segments are adjacent
+/// and no literal is empty.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    source: String,
+    segments: Vec<Segment>,
+}
+
+impl Template {
+    /// Parses `text`. `{{` must be closed by `}}` and hold a non-empty
+    /// dotted path; spaces inside the braces are ignored.
+    pub fn parse(text: &str) -> Result<Template, String> {
+        let mut segments = Vec::new();
+        let mut rest = text;
+        let mut literal = String::new();
+        while let Some(open) = rest.find("{{") {
+            literal.push_str(&rest[..open]);
+            let after = &rest[open + 2..];
+            let Some(close) = after.find("}}") else {
+                return Err(format!("unclosed `{{{{` in template {text:?}"));
+            };
+            let inner = after[..close].trim();
+            if inner.is_empty() {
+                return Err(format!("empty `{{{{ }}}}` in template {text:?}"));
+            }
+            if inner.contains(char::is_whitespace) || inner.contains('{') {
+                return Err(format!("invalid field path {inner:?} in template {text:?}"));
+            }
+            let path = FieldPath::parse(inner).map_err(|e| format!("{e} in template {text:?}"))?;
+            if !literal.is_empty() {
+                segments.push(Segment::Literal(std::mem::take(&mut literal)));
+            }
+            segments.push(Segment::Field {
+                path,
+                dotted: inner.to_owned(),
+            });
+            rest = &after[close + 2..];
+        }
+        literal.push_str(rest);
+        if !literal.is_empty() {
+            segments.push(Segment::Literal(literal));
+        }
+        Ok(Template {
+            source: text.to_owned(),
+            segments,
+        })
+    }
+
+    /// The template as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// The field paths it refers to (for `fields_needed`).
+    pub fn fields(&self) -> impl Iterator<Item = &FieldPath> + '_ {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Field { path, .. } => Some(path),
+            Segment::Literal(_) => None,
+        })
+    }
+
+    /// True when the template has no placeholder: it renders the same for
+    /// every event.
+    pub fn is_literal(&self) -> bool {
+        self.segments.iter().all(|s| matches!(s, Segment::Literal(_)))
+    }
+
+    /// Applies `f` to every literal segment (S3 uses it to expand strftime
+    /// in the literal text only, never in field values).
+    pub(crate) fn map_literals(&self, mut f: impl FnMut(&str) -> String) -> Vec<RenderPart> {
+        self.segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(l) => RenderPart::Literal(f(l)),
+                Segment::Field { .. } => RenderPart::Field,
+            })
+            .collect()
+    }
+
+    /// Binds the template to the pipeline's field set: looks up the column
+    /// of every placeholder once, so rendering is a table lookup.
+    pub(crate) fn bind(&self, fields: &FieldSet) -> BoundTemplate {
+        let columns = self
+            .segments
+            .iter()
+            .map(|s| match s {
+                Segment::Field { path, .. } => fields.index_of(path),
+                Segment::Literal(_) => None,
+            })
+            .collect();
+        BoundTemplate {
+            template: self.clone(),
+            columns,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Template {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Template::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A rendered piece, for callers that post-process literals.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RenderPart {
+    /// Literal text, already post-processed.
+    Literal(String),
+    /// A placeholder, rendered per event.
+    Field,
+}
+
+/// A template with the decoder columns of its placeholders resolved.
+#[derive(Debug, Clone)]
+pub(crate) struct BoundTemplate {
+    template: Template,
+    /// Parallel to the template's segments; `None` for literals and for a
+    /// path the decoder does not extract (then only metadata is used).
+    columns: Vec<Option<usize>>,
+}
+
+impl BoundTemplate {
+    /// The template.
+    pub(crate) fn template(&self) -> &Template {
+        &self.template
+    }
+
+    /// Renders event `i` of `batch` into `out`.
+    pub(crate) fn render(&self, batch: &Batch, i: usize, out: &mut String) {
+        for (seg, col) in self.template.segments.iter().zip(&self.columns) {
+            match seg {
+                Segment::Literal(l) => out.push_str(l),
+                Segment::Field { dotted, .. } => {
+                    render_field(batch, i, *col, dotted, out);
+                }
+            }
+        }
+    }
+
+    /// Renders event `i` with pre-processed literal `parts` (from
+    /// [`Template::map_literals`]); each placeholder's value passes through
+    /// `clean` (which also decides what a missing value becomes).
+    pub(crate) fn render_parts(
+        &self,
+        parts: &[RenderPart],
+        batch: &Batch,
+        i: usize,
+        out: &mut String,
+        scratch: &mut String,
+        clean: impl Fn(&str, &mut String),
+    ) {
+        let fields = self.template.segments.iter().zip(&self.columns).filter_map(|(seg, col)| match seg {
+            Segment::Field { dotted, .. } => Some((dotted, *col)),
+            Segment::Literal(_) => None,
+        });
+        let mut fields = fields;
+        for part in parts {
+            match part {
+                RenderPart::Literal(l) => out.push_str(l),
+                RenderPart::Field => {
+                    scratch.clear();
+                    if let Some((dotted, col)) = fields.next() {
+                        render_field(batch, i, col, dotted, scratch);
+                    }
+                    clean(scratch, out);
+                }
+            }
+        }
+    }
+}
+
+/// Renders one placeholder: the event's value, else the source metadata's.
+fn render_field(batch: &Batch, i: usize, column: Option<usize>, dotted: &str, out: &mut String) -> bool {
+    if let Some(c) = column {
+        if batch.value(i, c).render(out) {
+            return true;
+        }
+    }
+    match batch.source.meta_value(dotted) {
+        Some(Value::String(s)) => {
+            out.push_str(s);
+            true
+        }
+        Some(Value::Number(n)) => {
+            out.push_str(&n.to_string());
+            true
+        }
+        Some(Value::Bool(b)) => {
+            out.push_str(if *b { "true" } else { "false" });
+            true
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_split_into_literals_and_fields() {
+        let t = Template::parse("logs/{{ service }}-{{release.version}}/x").unwrap();
+        let paths: Vec<String> = t.fields().map(|p| p.to_string()).collect();
+        assert_eq!(paths, ["service", "release.version"]);
+        assert!(!t.is_literal());
+        assert!(Template::parse("plain").unwrap().is_literal());
+        assert!(Template::parse("").unwrap().is_literal());
+    }
+
+    #[test]
+    fn malformed_templates_are_errors() {
+        assert!(Template::parse("{{ service").is_err());
+        assert!(Template::parse("{{ }}").is_err());
+        assert!(Template::parse("{{ a..b }}").is_err());
+        assert!(Template::parse("{{ a b }}").is_err());
+    }
+}

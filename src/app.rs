@@ -129,6 +129,7 @@ pub async fn run_with(config: Config, ext: Extensions) -> Result<Stopped, RunErr
     // close and the sinks drain and exit.
     drop(senders);
     health.set_started(true);
+    let service_manager = telemetry::systemd::ServiceManager::ready();
 
     let mut failure: Option<RunError> = None;
     let stopped = tokio::select! {
@@ -141,6 +142,7 @@ pub async fn run_with(config: Config, ext: Extensions) -> Result<Stopped, RunErr
         }
     };
     health.set_started(false);
+    service_manager.stopping();
     trigger.trigger();
     tracing::info!(reason = ?stopped, "stopping: draining queues and flushing sinks");
 

@@ -488,7 +488,10 @@ impl ProgressDisplay {
                             }
                         }
                         last_file = state.file.load(Ordering::Relaxed);
-                        eprintln!("{}", progress_line(&state, &paths, total));
+                        // The last line is the one `finish` writes.
+                        if last_file < paths.len() {
+                            eprintln!("{}", progress_line(&state, &paths, total));
+                        }
                     }
                 }))
             }

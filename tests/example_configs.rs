@@ -40,7 +40,13 @@ fn config_files() -> Vec<PathBuf> {
 /// Variables a config reads with no default (`${VAR}`, `${VAR:?msg}`).
 fn required_vars(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut rest = text;
+    // Comment lines are not interpolated.
+    let live: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut rest = live.as_str();
     while let Some(i) = rest.find("${") {
         rest = &rest[i + 2..];
         let end = rest.find('}').unwrap_or(rest.len());

@@ -250,3 +250,25 @@ fn undelivered_lines_make_the_exit_status_non_zero_with_a_count() {
     );
     assert!(stderr.contains("standard output was closed by its reader"), "{stderr}");
 }
+
+#[test]
+fn damaged_gzip_is_reported_after_sending_the_lines_before_the_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let all = lines("cut", 50_000);
+    let gz = gzip((all.join("\n") + "\n").as_bytes());
+    // A rotated file copied while it was being compressed: cut in half.
+    let path = dir.path().join("cut.log.gz");
+    std::fs::write(&path, &gz[..gz.len() / 2]).unwrap();
+
+    let out = finish(command(&config, &[&path]).spawn().unwrap(), b"", Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("replay: read error: {}: ", path.display())), "{stderr}");
+    let got: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    assert!(!got.is_empty() && got.len() < all.len(), "{} lines out of {}", got.len(), all.len());
+    // Whatever came out is the file's beginning, whole lines, in order
+    // (the last one may be the cut-off piece, wrapped or not).
+    let whole = &got[..got.len() - 1];
+    assert!(whole.iter().zip(&all).all(|(g, w)| g == w), "a prefix of the file's lines");
+}

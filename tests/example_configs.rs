@@ -16,7 +16,7 @@ const EXAMPLE_ENV: &[(&str, &str)] = &[
     ("POD_NAME", "sluice-agent-abcde"),
     ("POD_NAMESPACE", "sluice"),
     ("KAFKA_BROKERS", "127.0.0.1:9092"),
-    ("LOKI_URL", "http://127.0.0.1:3100/loki/api/v1/push"),
+    ("LOKI_ENDPOINT", "http://127.0.0.1:3100"),
     ("S3_BUCKET", "logs-archive"),
     ("S3_REGION", "us-east-1"),
     ("S3_ENDPOINT", "http://127.0.0.1:9000"),

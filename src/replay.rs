@@ -113,7 +113,7 @@ pub struct ReplayReport {
     pub read_errors: Vec<String>,
     /// Sinks that failed, with the reason.
     pub sink_errors: Vec<String>,
-    /// A signal stopped the replay before every file was read.
+    /// A signal stopped the replay (reading, or waiting for the sinks).
     pub interrupted: bool,
 }
 
@@ -209,9 +209,13 @@ pub async fn replay(config: Config, opts: ReplayOptions) -> Result<ReplayReport,
 
     let display = ProgressDisplay::start(opts.progress, opts.paths.clone(), total_bytes, state.clone());
     let mut report = ReplayReport::default();
+    let mut signalled = false;
     let read_to_end = tokio::select! {
         _ = &mut done_rx => true,
-        _ = termination() => false,
+        _ = termination() => {
+            signalled = true;
+            false
+        }
         Some(res) = sinks.join_next() => {
             // A sink ended while there was still input: it failed.
             record_sink(res, &mut report.sink_errors);
@@ -231,29 +235,46 @@ pub async fn replay(config: Config, opts: ReplayOptions) -> Result<ReplayReport,
     let outcome = std::mem::take(&mut *tally.lock().unwrap_or_else(PoisonError::into_inner));
     report.files_done = outcome.files_done;
     report.read_errors = outcome.read_errors;
-    report.interrupted = outcome.interrupted;
+    report.interrupted = outcome.interrupted || signalled;
     report.truncated = outcome.truncated;
     report.bytes_read = state.bytes.load(Ordering::Relaxed);
 
     // Every line is read; wait for the sinks to finish with them. After a
-    // signal or a failed sink the wait is bounded, as in a normal run.
-    let bounded = report.interrupted || !report.sink_errors.is_empty();
-    let drain = async {
-        let _ = fan_out.await;
-        while let Some(res) = sinks.join_next().await {
-            record_sink(res, &mut report.sink_errors);
-        }
-    };
-    if bounded {
-        tokio::select! {
-            _ = drain => {}
-            _ = tokio::time::sleep(config.shutdown_timeout) => {
-                report.sink_errors.push(format!("the sinks did not finish within shutdown_timeout ({:?})", config.shutdown_timeout));
+    // signal or a failed sink the wait is bounded, as in a normal run; a
+    // signal during an unbounded drain bounds it; a second signal ends it.
+    let bounded = !read_to_end || report.interrupted || !report.sink_errors.is_empty();
+    let mut drain_errors = Vec::new();
+    let mut interrupted = report.interrupted;
+    let cut_short = {
+        let drain = async {
+            let _ = fan_out.await;
+            while let Some(res) = sinks.join_next().await {
+                record_sink(res, &mut drain_errors);
+            }
+        };
+        tokio::pin!(drain);
+        let mut drained = false;
+        if !bounded {
+            tokio::select! {
+                _ = &mut drain => drained = true,
+                _ = termination() => interrupted = true,
             }
         }
-    } else {
-        drain.await;
-    }
+        if drained {
+            None
+        } else {
+            tokio::select! {
+                _ = &mut drain => None,
+                _ = tokio::time::sleep(config.shutdown_timeout) => {
+                    Some(format!("the sinks did not finish within shutdown_timeout ({:?})", config.shutdown_timeout))
+                }
+                _ = termination() => Some("second signal: stopped without draining".to_owned()),
+            }
+        }
+    };
+    report.interrupted = interrupted;
+    report.sink_errors.append(&mut drain_errors);
+    report.sink_errors.extend(cut_short);
     display.finish();
 
     // Count outcomes per line. A batch with no completion (a sink still
@@ -592,7 +613,7 @@ impl std::fmt::Display for ReplayReport {
             write!(f, ", {} truncated at the line limit", self.truncated)?;
         }
         if self.interrupted {
-            write!(f, "\nreplay: interrupted before every file was read")?;
+            write!(f, "\nreplay: interrupted by a signal")?;
         }
         for e in &self.read_errors {
             write!(f, "\nreplay: read error: {e}")?;

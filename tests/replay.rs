@@ -272,3 +272,35 @@ fn damaged_gzip_is_reported_after_sending_the_lines_before_the_damage() {
     let whole = &got[..got.len() - 1];
     assert!(whole.iter().zip(&all).all(|(g, w)| g == w), "a prefix of the file's lines");
 }
+
+#[test]
+fn a_signal_stops_the_replay_and_the_undelivered_lines_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let file = dir.path().join("big.log");
+    std::fs::write(&file, lines("big", 200_000).join("\n") + "\n").unwrap();
+
+    let mut cmd = command(&config, &[&file]);
+    cmd.env("SLUICE_SHUTDOWN_TIMEOUT", "1s");
+    let mut child = cmd.spawn().unwrap();
+    // Nobody reads stdout: the pipe fills, the stdout sink blocks, its
+    // queue fills, and the reader waits. Then the operator gives up.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "replay cannot finish with a stalled sink");
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let mut err = child.stderr.take().unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "replay did not stop after SIGINT");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    err.read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("replay: interrupted by a signal"), "{stderr}");
+    assert!(stderr.contains(" NOT delivered ("), "{stderr}");
+}

@@ -120,9 +120,11 @@ impl Decoder {
         }
         buf.push(b'}');
 
-        let fields = out.fields().clone();
-        for path in fields.paths() {
-            out.push_value(lookup(nodes, path.segments()));
+        if !out.fields().is_empty() {
+            let fields = out.fields().clone();
+            for path in fields.paths() {
+                out.push_value(lookup(nodes, path.segments()));
+            }
         }
         out.finish_event();
         *tape = t.reset();

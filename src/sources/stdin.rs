@@ -1,7 +1,6 @@
 //! `type = "stdin"`: the development pipe, `app | sluice`.
 
 use serde::Deserialize;
-use std::os::fd::FromRawFd;
 use std::sync::Arc;
 
 use super::{SourceCx, SourceError};
@@ -78,9 +77,6 @@ fn read_loop(cfg: &StdinConfig, cx: &SourceCx) -> Result<(), SourceError> {
     let writer = if cfg.detect_writer { pipe_writer(0) } else { None };
     let meta = cx.enrich.metadata(writer.as_ref());
     let ctx = Arc::new(SourceContext::new(cx.name.clone(), "stdin", String::new(), meta));
-    // SAFETY: fd 0 stays open for the life of the process; ManuallyDrop
-    // keeps this File from closing it.
-    let mut stdin = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
     let mut framer = LineFramer::new(cfg.max_line_bytes.0 as usize, cfg.oversize);
     loop {
         if cx.shutdown.is_set() {
@@ -90,7 +86,7 @@ fn read_loop(cfg: &StdinConfig, cx: &SourceCx) -> Result<(), SourceError> {
             Readiness::Idle => continue,
             Readiness::Ready => {}
         }
-        let n = match framer.fill_from(&mut *stdin) {
+        let n = match framer.fill_from_fd(0) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(fatal(format!("read failed: {e}"))),
@@ -101,7 +97,7 @@ fn read_loop(cfg: &StdinConfig, cx: &SourceCx) -> Result<(), SourceError> {
         // Take what else is already waiting, up to one chunk, so batches
         // are large when input is fast and immediate when it trickles.
         while framer.pending_bytes() < framer.read_chunk() && matches!(wait_readable(0, 0), Readiness::Ready) {
-            match framer.fill_from(&mut *stdin) {
+            match framer.fill_from_fd(0) {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use sluice::app::{self, Stopped};
 use sluice::config::Config;
 use sluice::replay::{self, ProgressStyle, ReplayOptions};
+use sluice::sources::process::{run_command, RunCommand};
 
 /// sluice: collects line-delimited JSON events, enriches them with release
 /// and process metadata, derives SLI metrics and fans them out.
@@ -44,6 +45,18 @@ enum Command {
         #[arg(required = true, value_name = "PATHS")]
         paths: Vec<PathBuf>,
     },
+    /// Run a command with its log router attached: its stdout and stderr
+    /// become events with process metadata, sent to the config's sinks
+    /// (stdout by default). SIGTERM and SIGINT are forwarded to it; sluice
+    /// exits with its exit code.
+    Run {
+        /// `process.type` of its events (web, worker, clock).
+        #[arg(long, env = "SLUICE_PROCESS_TYPE")]
+        process_type: Option<String>,
+        /// The command and its arguments, after `--`.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,20 +89,24 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let replay = match cli.command {
+    let replay = match &cli.command {
         Some(Command::Replay { sinks, quiet, paths }) => {
             if cli.config.is_none() {
                 eprintln!("sluice replay: --config is required (the sinks to send to come from it)");
                 return ExitCode::from(2);
             }
-            let progress = if quiet {
+            let progress = if *quiet {
                 ProgressStyle::Quiet
             } else if std::io::stderr().is_terminal() {
                 ProgressStyle::Bar
             } else {
                 ProgressStyle::Lines
             };
-            Some(ReplayOptions { paths, sinks, progress })
+            Some(ReplayOptions {
+                paths: paths.clone(),
+                sinks: sinks.clone(),
+                progress,
+            })
         }
         _ => None,
     };
@@ -122,6 +139,14 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         };
+    }
+    if let Some(Command::Run { process_type, command }) = cli.command {
+        let outcome = runtime.block_on(run_command(config, RunCommand { command, process_type }));
+        runtime.shutdown_background();
+        if let Err(e) = &outcome.pipeline {
+            tracing::error!(error = %e, "the log pipeline stopped with an error");
+        }
+        return ExitCode::from(outcome.exit_code());
     }
     let result = runtime.block_on(app::run(config));
     // Blocking threads may still sit in a read on a terminal; do not wait.

@@ -3,6 +3,7 @@
 //! through [`Decoder::decode_line`], the one place that parses JSON.
 
 mod json;
+pub mod syslog;
 
 pub use json::{escape_json_str, Decoder};
 

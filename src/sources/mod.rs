@@ -2,6 +2,9 @@
 //! struct and a `build` function; [`parse_config`] and [`SourceConfig`] are
 //! the registry that names them.
 
+pub mod kafka;
+pub mod process;
+pub mod socket;
 pub mod stdin;
 
 use serde_json::{Map, Value};
@@ -17,6 +20,12 @@ use crate::pipeline::{ShutdownSignal, SourceOutput, Task};
 pub enum SourceConfig {
     /// `type = "stdin"`.
     Stdin(stdin::StdinConfig),
+    /// `type = "socket"`: unix, TCP or UDP sockets.
+    Socket(Box<socket::SocketConfig>),
+    /// `type = "process"`: a command's stdout and stderr (`sluice run`).
+    Process(Box<process::ProcessConfig>),
+    /// `type = "kafka"`: a consumer group (the aggregator tier).
+    Kafka(Box<kafka::KafkaSourceConfig>),
 }
 
 /// Errors a running source can end with.
@@ -53,10 +62,13 @@ pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<
     let value = Value::Object(rest);
     let parsed = match kind {
         "stdin" => parse_at(path, value, &mut errors).map(SourceConfig::Stdin),
+        "socket" => socket::SocketConfig::parse(path, value, &mut errors).map(|c| SourceConfig::Socket(Box::new(c))),
+        "process" => process::ProcessConfig::parse(path, value, &mut errors).map(|c| SourceConfig::Process(Box::new(c))),
+        "kafka" => kafka::KafkaSourceConfig::parse(path, value, &mut errors).map(|c| SourceConfig::Kafka(Box::new(c))),
         other => {
             errors.push(ConfigError::new(
                 format!("{path}.type"),
-                format!("unknown source type {other:?}; known: stdin"),
+                format!("unknown source type {other:?}; known: stdin, socket, process, kafka"),
             ));
             None
         }
@@ -69,6 +81,9 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Stdin(_) => "stdin",
+            SourceConfig::Socket(_) => "socket",
+            SourceConfig::Process(_) => "process",
+            SourceConfig::Kafka(_) => "kafka",
         }
     }
 
@@ -76,6 +91,9 @@ impl SourceConfig {
     pub fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
         match self {
             SourceConfig::Stdin(c) => c.build(cx),
+            SourceConfig::Socket(c) => c.build(cx),
+            SourceConfig::Process(c) => c.build(cx),
+            SourceConfig::Kafka(c) => c.build(cx),
         }
     }
 }

@@ -1,0 +1,367 @@
+//! `type = "process"` and `sluice run -- CMD ARGS`: runs a command with its
+//! log router attached, the Procfile way. Its stdout and stderr become two
+//! event streams carrying process metadata (`process.pid`,
+//! `process.command`, `process.type`, and `stream`); SIGTERM and SIGINT
+//! sent to sluice are forwarded to the command's process group; when the
+//! command exits and its output is drained, the pipeline drains and
+//! `sluice run` exits with the command's exit code.
+
+use serde::Deserialize;
+use serde_json::Value;
+use std::io::IsTerminal;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::{SourceConfig, SourceCx, SourceError};
+use crate::app::{self, RunError, Stopped};
+use crate::config::{duration, ByteSize, Config};
+use crate::enrich::{ProcessInfo, SourceContext};
+use crate::framing::{LineFramer, OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
+use crate::pipeline::{ShutdownSignal, Task};
+
+/// Default wait, after the command exited, for its output pipes to close.
+/// A background child that inherited them may keep them open forever.
+const DEFAULT_EXIT_DRAIN: Duration = Duration::from_secs(2);
+
+/// When the pipeline shuts down without a signal having been forwarded
+/// (a sink failed), the command gets SIGTERM after this pause. The pause
+/// lets a SIGTERM sent to sluice reach the forwarder first, so the command
+/// sees it once.
+const SHUTDOWN_TERM_DELAY: Duration = Duration::from_millis(200);
+
+/// After SIGTERM to the background processes still holding the output,
+/// how long to wait for them to let go.
+const BACKGROUND_EXIT_WAIT: Duration = Duration::from_millis(500);
+
+/// The name `sluice run` gives its source.
+pub const RUN_SOURCE_NAME: &str = "app";
+
+/// How the command ended, as the source saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandExit {
+    /// It ran and exited (or was killed by a signal).
+    Exited(ExitStatus),
+    /// It could not be started.
+    NotStarted(std::io::ErrorKind),
+}
+
+impl CommandExit {
+    /// The exit code a shell would give: the command's own code, 128 plus
+    /// the signal that killed it, 127 when it was not found, 126 when it
+    /// could not be executed.
+    pub fn code(&self) -> u8 {
+        match self {
+            CommandExit::Exited(s) => match (s.code(), s.signal()) {
+                (Some(c), _) => c as u8,
+                (None, Some(sig)) => (128 + sig).min(255) as u8,
+                (None, None) => 1,
+            },
+            CommandExit::NotStarted(std::io::ErrorKind::NotFound) => 127,
+            CommandExit::NotStarted(std::io::ErrorKind::PermissionDenied) => 126,
+            CommandExit::NotStarted(_) => 1,
+        }
+    }
+}
+
+/// Where a process source reports how its command ended. Not part of the
+/// config's meaning: two configs that differ only here are equal.
+#[derive(Clone, Default)]
+pub struct ExitSlot(Arc<OnceLock<CommandExit>>);
+
+impl ExitSlot {
+    /// How the command ended, once it has.
+    pub fn get(&self) -> Option<CommandExit> {
+        self.0.get().copied()
+    }
+
+    fn set(&self, exit: CommandExit) {
+        let _ = self.0.set(exit);
+    }
+}
+
+impl PartialEq for ExitSlot {
+    fn eq(&self, _: &ExitSlot) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for ExitSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ExitSlot").field(&self.get()).finish()
+    }
+}
+
+/// Settings of the process source.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessConfig {
+    /// The program and its arguments (no shell; use `["sh", "-c", "…"]`).
+    pub command: Vec<String>,
+    /// `process.type` of its events (web, worker, clock); defaults to
+    /// `enrich.process_type`.
+    #[serde(default)]
+    pub process_type: Option<String>,
+    /// Longest line kept whole.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: ByteSize,
+    /// What happens to a longer line: `truncate` or `drop`.
+    #[serde(default)]
+    pub oversize: OverflowPolicy,
+    /// After the command exits, how long to wait for its output pipes to
+    /// close; then processes it left in its process group (which hold them
+    /// open) get SIGTERM.
+    #[serde(default = "default_exit_drain", deserialize_with = "duration")]
+    pub exit_drain: Duration,
+    /// Filled in when the command has ended.
+    #[serde(skip)]
+    pub exit: ExitSlot,
+}
+
+fn default_max_line_bytes() -> ByteSize {
+    ByteSize(DEFAULT_MAX_LINE_BYTES as u64)
+}
+
+fn default_exit_drain() -> Duration {
+    DEFAULT_EXIT_DRAIN
+}
+
+impl ProcessConfig {
+    /// A config for `command`, with defaults.
+    pub fn new(command: Vec<String>, process_type: Option<String>) -> ProcessConfig {
+        ProcessConfig {
+            command,
+            process_type,
+            max_line_bytes: default_max_line_bytes(),
+            oversize: OverflowPolicy::Truncate,
+            exit_drain: DEFAULT_EXIT_DRAIN,
+            exit: ExitSlot::default(),
+        }
+    }
+
+    /// Parses and checks the settings at config `path`.
+    pub fn parse(path: &str, value: Value, errors: &mut Vec<crate::config::ConfigError>) -> Option<ProcessConfig> {
+        let cfg: ProcessConfig = crate::config::parse_at(path, value, errors)?;
+        if cfg.command.first().is_none_or(|p| p.is_empty()) {
+            errors.push(crate::config::ConfigError::new(
+                format!("{path}.command"),
+                "needs the program to run, like [\"bin/web\", \"--port\", \"8080\"]",
+            ));
+            return None;
+        }
+        Some(cfg)
+    }
+
+    /// Starts the command when the task first runs.
+    pub fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
+        let cfg = self.clone();
+        Ok(Box::pin(run_source(cfg, cx)))
+    }
+}
+
+async fn run_source(cfg: ProcessConfig, cx: SourceCx) -> Result<(), SourceError> {
+    let fatal = |message: String| SourceError::Fatal {
+        source_name: cx.name.to_string(),
+        message,
+    };
+    // Listen before the command starts, so no signal is missed.
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => return Err(fatal(format!("cannot install signal handlers: {e}"))),
+    };
+    let program = cfg.command[0].clone();
+    let mut command = tokio::process::Command::new(&program);
+    command
+        .args(&cfg.command[1..])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group: a terminal's Ctrl-C reaches sluice only,
+        // which forwards it once (not twice).
+        .process_group(0)
+        .kill_on_drop(true);
+    // In a background process group, reading a terminal would stop the
+    // command (SIGTTIN); a pipe or file is fine.
+    if std::io::stdin().is_terminal() {
+        command.stdin(Stdio::null());
+    }
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            cfg.exit.set(CommandExit::NotStarted(e.kind()));
+            return Err(fatal(format!("cannot start {program:?}: {e}")));
+        }
+    };
+    let pid = child.id();
+    let info = ProcessInfo {
+        pid,
+        command: Some(cfg.command.join(" ")),
+    };
+    tracing::info!(source = %cx.name, pid = ?pid, command = %cfg.command.join(" "), "started the command");
+    let context = |stream: &str| {
+        let mut meta = cx.enrich.metadata(Some(&info));
+        if let Some(t) = cfg.process_type.as_deref().filter(|t| !t.is_empty()) {
+            if let Some(Value::Object(p)) = meta.get_mut("process") {
+                p.insert("type".into(), Value::String(t.into()));
+            }
+        }
+        meta.insert("stream".into(), Value::String(stream.into()));
+        Arc::new(SourceContext::new(cx.name.clone(), "process", stream.into(), meta))
+    };
+    let (out_ctx, err_ctx) = (context("stdout"), context("stderr"));
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let readers = async { tokio::join!(read_pipe(stdout, out_ctx, &cfg, &cx), read_pipe(stderr, err_ctx, &cfg, &cx)) };
+    tokio::pin!(readers);
+    let mut readers_done = false;
+    let mut shutdown: ShutdownSignal = cx.shutdown.clone();
+    let mut shutdown_seen = false;
+    let mut forwarded = false;
+    let term_delay = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(term_delay);
+    let forward = |sig: libc::c_int| {
+        if let Some(pid) = pid {
+            // SAFETY: kill(2) with a negative pid signals the process group
+            // the command leads; no memory is involved.
+            unsafe { libc::kill(-(pid as libc::pid_t), sig) };
+        }
+    };
+    let status = loop {
+        tokio::select! {
+            _ = &mut readers, if !readers_done => readers_done = true,
+            status = child.wait() => break status,
+            _ = term.recv() => {
+                forwarded = true;
+                tracing::info!(source = %cx.name, "forwarding SIGTERM to the command");
+                forward(libc::SIGTERM);
+            }
+            _ = int.recv() => {
+                forwarded = true;
+                tracing::info!(source = %cx.name, "forwarding SIGINT to the command");
+                forward(libc::SIGINT);
+            }
+            _ = shutdown.wait(), if !shutdown_seen => {
+                shutdown_seen = true;
+                term_delay.as_mut().reset(tokio::time::Instant::now() + SHUTDOWN_TERM_DELAY);
+            }
+            _ = &mut term_delay, if shutdown_seen => {
+                term_delay.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
+                if !forwarded {
+                    forwarded = true;
+                    tracing::info!(source = %cx.name, "pipeline stopping: sending SIGTERM to the command");
+                    forward(libc::SIGTERM);
+                }
+            }
+        }
+    };
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => return Err(fatal(format!("cannot wait for the command: {e}"))),
+    };
+    let exit = CommandExit::Exited(status);
+    tracing::info!(source = %cx.name, code = exit.code(), "the command exited");
+    if !readers_done {
+        let drained = tokio::time::timeout(cfg.exit_drain, &mut readers).await.is_ok();
+        if !drained {
+            // Background processes of the command hold its output open:
+            // they go with it, as when a supervisor stops a process type.
+            tracing::warn!(source = %cx.name, "the command exited but processes it started still hold its output; sending them SIGTERM");
+            forward(libc::SIGTERM);
+            if tokio::time::timeout(BACKGROUND_EXIT_WAIT, &mut readers).await.is_err() {
+                tracing::warn!(source = %cx.name, "its output is still open; not waiting longer");
+            }
+        }
+    }
+    cfg.exit.set(exit);
+    Ok(())
+}
+
+/// Reads one pipe to its end, line by line into the pipeline.
+async fn read_pipe<R: AsyncRead + Unpin>(pipe: Option<R>, ctx: Arc<SourceContext>, cfg: &ProcessConfig, cx: &SourceCx) {
+    let Some(mut pipe) = pipe else { return };
+    let mut framer = LineFramer::new(cfg.max_line_bytes.0 as usize, cfg.oversize);
+    loop {
+        match pipe.read_buf(framer.buf_mut()).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                tracing::warn!(source = %cx.name, stream = %ctx.stream, %error, "reading the command's output failed");
+                break;
+            }
+        }
+        while let Some(lines) = framer.take_lines() {
+            if cx.output.send_lines(lines, ctx.clone(), None).await.is_err() {
+                return;
+            }
+        }
+    }
+    while let Some(lines) = framer.finish() {
+        if cx.output.send_lines(lines, ctx.clone(), None).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What `sluice run` should do.
+#[derive(Debug, Clone)]
+pub struct RunCommand {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// `--process-type`.
+    pub process_type: Option<String>,
+}
+
+/// How `sluice run` ended.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// How the command ended, if it was started.
+    pub exit: Option<CommandExit>,
+    /// How the pipeline ended.
+    pub pipeline: Result<Stopped, RunError>,
+}
+
+impl RunOutcome {
+    /// The exit code for `sluice run`: the command's (the pipeline's error,
+    /// if any, is logged), or 1 when the command's end is unknown.
+    pub fn exit_code(&self) -> u8 {
+        match self.exit {
+            Some(e) => e.code(),
+            None => 1,
+        }
+    }
+}
+
+/// Runs `command` with the config's sinks: its stdout and stderr replace
+/// the config's sources, and every sink receives them.
+pub async fn run_command(mut config: Config, run: RunCommand) -> RunOutcome {
+    let process_type = run.process_type.or_else(|| config.enrich.process_type.clone());
+    let source = ProcessConfig::new(run.command, process_type);
+    let exit = source.exit.clone();
+    config.sources.clear();
+    config
+        .sources
+        .insert(RUN_SOURCE_NAME.to_owned(), SourceConfig::Process(Box::new(source)));
+    for sink in config.sinks.values_mut() {
+        sink.inputs = None;
+    }
+    let pipeline = app::run(config).await;
+    RunOutcome {
+        exit: exit.get(),
+        pipeline,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        assert_eq!(CommandExit::Exited(ExitStatus::from_raw(3 << 8)).code(), 3);
+        assert_eq!(CommandExit::Exited(ExitStatus::from_raw(libc::SIGTERM)).code(), 143);
+        assert_eq!(CommandExit::NotStarted(std::io::ErrorKind::NotFound).code(), 127);
+    }
+}

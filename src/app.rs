@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 
-use crate::buffer::queue;
+use crate::buffer::{self, BufferCx};
 use crate::config::Config;
 use crate::event::FieldSet;
 use crate::pipeline::{shutdown_pair, source_output, BatchTap};
@@ -94,8 +94,15 @@ pub async fn run_with(config: Config, ext: Extensions) -> Result<Stopped, RunErr
 
     let mut sinks = JoinSet::new();
     let mut senders = BTreeMap::new();
+    let mut disk_buffers = Vec::new();
+    let buffer_cx = BufferCx {
+        data_dir: config.data_dir.clone(),
+        fields: fields.clone(),
+    };
     for (name, spec) in &config.sinks {
-        let (tx, rx) = queue(name, &spec.buffer);
+        let opened = buffer::open(name, &spec.buffer, &buffer_cx).map_err(|e| RunError::Component(e.to_string()))?;
+        let (tx, rx) = (opened.sender, opened.receiver);
+        disk_buffers.extend(opened.disk);
         let cx = SinkCx {
             name: name.as_str().into(),
             fields: fields.clone(),
@@ -144,6 +151,13 @@ pub async fn run_with(config: Config, ext: Extensions) -> Result<Stopped, RunErr
     health.set_started(false);
     service_manager.stopping();
     trigger.trigger();
+    if stopped == Stopped::Signal {
+        // What waits on disk stays there for the next run; sinks only
+        // finish what they already hold.
+        for d in &disk_buffers {
+            d.stop_feeding();
+        }
+    }
     tracing::info!(reason = ?stopped, "stopping: draining queues and flushing sinks");
 
     // After a signal (or a failed sink) the drain is bounded; at the end of
@@ -156,6 +170,9 @@ pub async fn run_with(config: Config, ext: Extensions) -> Result<Stopped, RunErr
         }
         while let Some(res) = sinks.join_next().await {
             record(res, &mut failure);
+        }
+        for d in disk_buffers {
+            d.closed().await;
         }
     };
     if bounded {

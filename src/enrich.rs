@@ -26,6 +26,21 @@ impl Member {
         }
     }
 
+    /// Renders `"key":"value"` for a string value: the per-event members
+    /// (a container line's timestamp) take this path, one buffer each.
+    pub fn string(key: &str, value: &str) -> Member {
+        let mut rendered = Vec::with_capacity(key.len() + value.len() + 6);
+        rendered.push(b'"');
+        crate::decode::escape_json_str(key, &mut rendered);
+        rendered.extend_from_slice(b"\":\"");
+        crate::decode::escape_json_str(value, &mut rendered);
+        rendered.push(b'"');
+        Member {
+            key: key.into(),
+            rendered: rendered.into(),
+        }
+    }
+
     /// The member's key.
     pub fn key(&self) -> &str {
         &self.key
@@ -210,6 +225,13 @@ mod tests {
         };
         let meta = cfg.metadata(None);
         assert_eq!(Value::Object(meta).to_string(), r#"{"release":{"version":"1.2.3"}}"#);
+    }
+
+    #[test]
+    fn string_members_match_the_general_renderer() {
+        for (k, v) in [("time", "2026-11-23T01:02:03.123456789Z"), ("k\"ey", "a\nb\u{1}\\")] {
+            assert_eq!(Member::string(k, v), Member::new(k, &Value::String(v.into())));
+        }
     }
 
     #[test]

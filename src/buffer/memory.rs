@@ -17,7 +17,7 @@ pub struct QueueItem {
     pub batch: Arc<Batch>,
     _events: Option<OwnedSemaphorePermit>,
     _bytes: Option<OwnedSemaphorePermit>,
-    gauge: Gauges,
+    gauge: Option<Gauges>,
 }
 
 #[derive(Debug, Clone)]
@@ -28,15 +28,17 @@ struct Gauges {
 
 impl Drop for QueueItem {
     fn drop(&mut self) {
-        self.gauge.events.sub(self.batch.len() as i64);
-        self.gauge.bytes.sub(self.batch.byte_len() as i64);
+        if let Some(gauge) = &self.gauge {
+            gauge.events.sub(self.batch.len() as i64);
+            gauge.bytes.sub(self.batch.byte_len() as i64);
+        }
     }
 }
 
-/// The fan-out's end of a sink queue. Cloneable: each source's fan-out
-/// holds one.
+/// The sending end of an in-memory queue. Cloneable: each source's fan-out
+/// holds one (through [`super::QueueSender`]).
 #[derive(Debug, Clone)]
-pub struct QueueSender {
+pub(crate) struct MemorySender {
     tx: mpsc::UnboundedSender<QueueItem>,
     events: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
@@ -44,7 +46,8 @@ pub struct QueueSender {
     max_bytes: u32,
     when_full: WhenFull,
     sink: Arc<str>,
-    gauge: Gauges,
+    /// `None` when a disk buffer owns the sink's gauges (its read-ahead).
+    gauge: Option<Gauges>,
 }
 
 /// The sink's end of its queue.
@@ -53,25 +56,39 @@ pub struct QueueReceiver {
     rx: mpsc::UnboundedReceiver<QueueItem>,
 }
 
-/// A queue for the sink named `sink`.
-pub fn queue(sink: &str, config: &BufferConfig) -> (QueueSender, QueueReceiver) {
+/// An in-memory queue for the sink named `sink`, whatever `config.kind`
+/// says (disk buffers are opened with [`super::open`]).
+pub fn queue(sink: &str, config: &BufferConfig) -> (super::QueueSender, QueueReceiver) {
+    metrics().buffer_max_bytes.with_label_values(&[sink]).set(config.max_bytes.0 as i64);
+    let (tx, rx) = memory_queue(sink, config.max_events, config.max_bytes.0, config.when_full, true);
+    (super::QueueSender::memory(tx), rx)
+}
+
+/// An in-memory queue bounded by `max_events` and `max_bytes`; with
+/// `gauges` it reports `sluice_buffer_events`/`_bytes` for `sink`.
+pub(crate) fn memory_queue(
+    sink: &str,
+    max_events: usize,
+    max_bytes: u64,
+    when_full: WhenFull,
+    gauges: bool,
+) -> (MemorySender, QueueReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
     let m = metrics();
-    let gauge = Gauges {
+    let gauge = gauges.then(|| Gauges {
         events: m.buffer_events.with_label_values(&[sink]),
         bytes: m.buffer_bytes.with_label_values(&[sink]),
-    };
-    m.buffer_max_bytes.with_label_values(&[sink]).set(config.max_bytes.0 as i64);
-    let max_events = config.max_events.min(u32::MAX as usize) as u32;
-    let max_bytes = config.max_bytes.0.min(u32::MAX as u64) as u32;
+    });
+    let max_events = max_events.clamp(1, u32::MAX as usize) as u32;
+    let max_bytes = max_bytes.clamp(1, u32::MAX as u64) as u32;
     (
-        QueueSender {
+        MemorySender {
             tx,
             events: Arc::new(Semaphore::new(max_events as usize)),
             bytes: Arc::new(Semaphore::new(max_bytes as usize)),
             max_events,
             max_bytes,
-            when_full: config.when_full,
+            when_full,
             sink: sink.into(),
             gauge,
         },
@@ -84,7 +101,7 @@ pub fn queue(sink: &str, config: &BufferConfig) -> (QueueSender, QueueReceiver) 
 #[error("sink {0} has stopped")]
 pub struct SinkGone(pub Arc<str>);
 
-impl QueueSender {
+impl MemorySender {
     /// Queues a batch, waiting for room under the `block` policy, or
     /// dropping it (counted, acknowledged as dropped) under `drop_newest`.
     /// A batch larger than the whole budget takes the whole budget.
@@ -117,8 +134,10 @@ impl QueueSender {
                 }
             }
         };
-        self.gauge.events.add(batch.len() as i64);
-        self.gauge.bytes.add(batch.byte_len() as i64);
+        if let Some(gauge) = &self.gauge {
+            gauge.events.add(batch.len() as i64);
+            gauge.bytes.add(batch.byte_len() as i64);
+        }
         let item = QueueItem {
             batch,
             _events: Some(permits.0),

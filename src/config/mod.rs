@@ -244,6 +244,12 @@ impl Config {
             if let Err(e) = buffer.validate() {
                 errors.push(ConfigError::new(format!("{path}.buffer"), e));
             }
+            if buffer.kind == crate::buffer::BufferType::Disk && top.data_dir.is_none() {
+                errors.push(ConfigError::new(
+                    format!("{path}.buffer.type"),
+                    "a disk buffer needs data_dir (or SLUICE_DATA_DIR) to be set",
+                ));
+            }
             if let Some(inputs) = &inputs {
                 for (i, input) in inputs.iter().enumerate() {
                     if !sources.contains_key(input) && !errors.iter().any(|e| e.path.starts_with(&format!("sources.{input}"))) {
@@ -259,6 +265,19 @@ impl Config {
                     sinks.insert(name, SinkSpec { inputs, buffer, config });
                 }
                 Err(mut e) => errors.append(&mut e),
+            }
+        }
+        if top.data_dir.is_none() {
+            for (name, cfg) in &sources {
+                if cfg.needs_data_dir() {
+                    errors.push(ConfigError::new(
+                        "data_dir",
+                        format!(
+                            "data_dir is not set, and source {name:?} ({}) keeps its checkpoints there: set data_dir or SLUICE_DATA_DIR",
+                            cfg.kind()
+                        ),
+                    ));
+                }
             }
         }
         if sources.is_empty() && !errors.iter().any(|e| e.path.starts_with("sources")) {

@@ -2,7 +2,10 @@
 //! Container formats (CRI, docker) unwrap first; the payload then goes
 //! through [`Decoder::decode_line`], the one place that parses JSON.
 
+pub mod cri;
+pub mod docker;
 mod json;
+pub mod partial;
 pub mod syslog;
 
 pub use json::{escape_json_str, Decoder};

@@ -94,6 +94,71 @@ impl Batch {
             ack.complete(outcome);
         }
     }
+
+    /// The event ends, extracted values and their string arena, for the disk
+    /// buffer to persist a batch as it is.
+    pub(crate) fn raw_parts(&self) -> (&[u32], &[FieldValue], &str) {
+        (&self.ends, &self.values, &self.strings)
+    }
+
+    /// Rebuilds a batch from parts a disk buffer persisted. `None` when the
+    /// parts break a [`Batch`] invariant (the record is then treated as
+    /// corrupt), so a damaged record can never make an accessor panic.
+    pub(crate) fn from_raw_parts(parts: RawParts, source: Arc<SourceContext>, received_at: SystemTime) -> Option<Batch> {
+        let RawParts {
+            data,
+            ends,
+            values,
+            strings,
+            fields,
+        } = parts;
+        let mut prev = 0u32;
+        for &end in &ends {
+            if end <= prev || end as usize > data.len() || data[end as usize - 1] != b'\n' {
+                return None;
+            }
+            prev = end;
+        }
+        if prev as usize != data.len() || values.len() != ends.len() * fields.len() {
+            return None;
+        }
+        let str_ok = |start: u32, len: u32| {
+            let (start, end) = (start as usize, start as usize + len as usize);
+            end <= strings.len() && strings.is_char_boundary(start) && strings.is_char_boundary(end)
+        };
+        if !values.iter().all(|v| match *v {
+            FieldValue::Str(start, len) => str_ok(start, len),
+            _ => true,
+        }) {
+            return None;
+        }
+        Some(Batch {
+            data,
+            ends,
+            values,
+            strings,
+            fields,
+            source,
+            received_at,
+            ack: None,
+        })
+    }
+}
+
+/// The parts of a [`Batch`] without its source, as a disk buffer reads them
+/// back. [`Batch::from_raw_parts`] checks them.
+#[derive(Debug)]
+pub(crate) struct RawParts {
+    /// The NDJSON bytes.
+    pub data: Bytes,
+    /// End offset of each event (after its newline).
+    pub ends: Vec<u32>,
+    /// Extracted values, `ends.len() * fields.len()` of them.
+    pub values: Vec<FieldValue>,
+    /// Arena the string values point into.
+    pub strings: String,
+    /// The field set the values belong to.
+    pub fields: Arc<FieldSet>,
 }
 
 /// A borrowed view of one extracted value.

@@ -7,6 +7,7 @@
 //! When the queue ends (`recv` returns `None`) it flushes and returns.
 
 pub mod blackhole;
+pub mod kafka;
 pub mod stdout;
 
 use serde_json::{Map, Value};
@@ -26,6 +27,8 @@ pub enum SinkConfig {
     Stdout(stdout::StdoutConfig),
     /// `type = "blackhole"`.
     Blackhole(blackhole::BlackholeConfig),
+    /// `type = "kafka"`.
+    Kafka(kafka::KafkaConfig),
 }
 
 /// Errors that end a sink. Delivery failures that retrying can fix are not
@@ -63,10 +66,16 @@ pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<
     let parsed = match kind {
         "stdout" => parse_at(path, value, &mut errors).map(SinkConfig::Stdout),
         "blackhole" => parse_at(path, value, &mut errors).map(SinkConfig::Blackhole),
+        "kafka" => parse_at::<kafka::KafkaConfig>(path, value, &mut errors).and_then(|c| {
+            let mut invalid = c.validate(path);
+            let ok = invalid.is_empty();
+            errors.append(&mut invalid);
+            ok.then_some(SinkConfig::Kafka(c))
+        }),
         other => {
             errors.push(ConfigError::new(
                 format!("{path}.type"),
-                format!("unknown sink type {other:?}; known: stdout, blackhole"),
+                format!("unknown sink type {other:?}; known: stdout, blackhole, kafka"),
             ));
             None
         }
@@ -80,6 +89,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::Blackhole(_) => "blackhole",
+            SinkConfig::Kafka(_) => "kafka",
         }
     }
 
@@ -87,6 +97,7 @@ impl SinkConfig {
     pub fn fields_needed(&self) -> Vec<FieldPath> {
         match self {
             SinkConfig::Stdout(_) | SinkConfig::Blackhole(_) => Vec::new(),
+            SinkConfig::Kafka(c) => c.fields_needed(),
         }
     }
 
@@ -95,6 +106,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(c) => Ok(c.build(cx, input)),
             SinkConfig::Blackhole(c) => Ok(c.build(cx, input)),
+            SinkConfig::Kafka(c) => c.build(cx, input).await,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! struct and a `build` function; [`parse_config`] and [`SourceConfig`] are
 //! the registry that names them.
 
+pub mod file;
 pub mod kafka;
 pub mod process;
 pub mod socket;
@@ -20,6 +21,8 @@ use crate::pipeline::{ShutdownSignal, SourceOutput, Task};
 pub enum SourceConfig {
     /// `type = "stdin"`.
     Stdin(stdin::StdinConfig),
+    /// `type = "file"`.
+    File(Box<file::FileConfig>),
     /// `type = "socket"`: unix, TCP or UDP sockets.
     Socket(Box<socket::SocketConfig>),
     /// `type = "process"`: a command's stdout and stderr (`sluice run`).
@@ -62,13 +65,20 @@ pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<
     let value = Value::Object(rest);
     let parsed = match kind {
         "stdin" => parse_at(path, value, &mut errors).map(SourceConfig::Stdin),
+        "file" => parse_at::<file::FileConfig>(path, value, &mut errors).and_then(|c| {
+            let problems = c.problems();
+            for (key, message) in &problems {
+                errors.push(ConfigError::new(format!("{path}.{key}"), message.clone()));
+            }
+            problems.is_empty().then(|| SourceConfig::File(Box::new(c)))
+        }),
         "socket" => socket::SocketConfig::parse(path, value, &mut errors).map(|c| SourceConfig::Socket(Box::new(c))),
         "process" => process::ProcessConfig::parse(path, value, &mut errors).map(|c| SourceConfig::Process(Box::new(c))),
         "kafka" => kafka::KafkaSourceConfig::parse(path, value, &mut errors).map(|c| SourceConfig::Kafka(Box::new(c))),
         other => {
             errors.push(ConfigError::new(
                 format!("{path}.type"),
-                format!("unknown source type {other:?}; known: stdin, socket, process, kafka"),
+                format!("unknown source type {other:?}; known: stdin, file, socket, process, kafka"),
             ));
             None
         }
@@ -77,10 +87,16 @@ pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<
 }
 
 impl SourceConfig {
+    /// Whether the source keeps state (checkpoints) under `data_dir`.
+    pub fn needs_data_dir(&self) -> bool {
+        matches!(self, SourceConfig::File(_))
+    }
+
     /// The type name.
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Stdin(_) => "stdin",
+            SourceConfig::File(_) => "file",
             SourceConfig::Socket(_) => "socket",
             SourceConfig::Process(_) => "process",
             SourceConfig::Kafka(_) => "kafka",
@@ -91,6 +107,7 @@ impl SourceConfig {
     pub fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
         match self {
             SourceConfig::Stdin(c) => c.build(cx),
+            SourceConfig::File(c) => c.build(cx),
             SourceConfig::Socket(c) => c.build(cx),
             SourceConfig::Process(c) => c.build(cx),
             SourceConfig::Kafka(c) => c.build(cx),

@@ -44,6 +44,12 @@ pub struct Metrics {
     pub buffer_bytes: IntGaugeVec,
     /// `sluice_buffer_max_bytes{sink}`: the configured budget.
     pub buffer_max_bytes: IntGaugeVec,
+    /// `sluice_buffer_corrupt_records_total{sink}`: disk buffer records
+    /// (or damaged segment tails) skipped because they failed their check.
+    pub buffer_corrupt_records: IntCounterVec,
+    /// `sluice_buffer_errors_total{sink,kind}`: disk buffer I/O failures
+    /// (`write`, `read`, `delete`, `checkpoint`).
+    pub buffer_errors: IntCounterVec,
     /// `sluice_batch_events`: events per batch, to see batching at work.
     pub batch_events: Histogram,
     /// `sluice_build_info{version}`: always 1.
@@ -99,6 +105,16 @@ impl Metrics {
             buffer_events: gauge("sluice_buffer_events", "Events queued or in flight for a sink.", &["sink"])?,
             buffer_bytes: gauge("sluice_buffer_bytes", "Bytes queued or in flight for a sink.", &["sink"])?,
             buffer_max_bytes: gauge("sluice_buffer_max_bytes", "Configured queue budget of a sink in bytes.", &["sink"])?,
+            buffer_corrupt_records: counter(
+                "sluice_buffer_corrupt_records_total",
+                "Disk buffer records skipped because they failed their length or CRC check.",
+                &["sink"],
+            )?,
+            buffer_errors: counter(
+                "sluice_buffer_errors_total",
+                "Disk buffer I/O failures, by kind.",
+                &["sink", "kind"],
+            )?,
             batch_events: {
                 let h = Histogram::with_opts(
                     HistogramOpts::new("sluice_batch_events", "Events per batch leaving the decoder.")

@@ -1,0 +1,386 @@
+//! Docker's json-file format: one JSON object per line,
+//! `{"log":"…\n","stream":"stdout","time":"…"}`. Docker splits lines longer
+//! than 16 KiB into pieces whose `log` does not end in a newline.
+//!
+//! [`DockerReader`] runs in order on the file's reader: it finds where `log`
+//! ends with byte searches (the key order is fixed by docker) to tell
+//! pieces from whole lines and merges pieces, still escaped, into one
+//! wrapper. [`DockerBatch::decode`] runs on the decode pool: it parses each
+//! wrapper with simd-json to unescape `log`, then decodes the payload like
+//! any line.
+
+use bytes::Bytes;
+use serde_json::Value;
+use simd_json::{Buffers, Node, Tape};
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+use super::cri::{STREAM_KEY, TIME_KEY};
+use super::partial::{ContainerStats, PartialLines, Piece, Stream};
+use super::Decoder;
+use crate::enrich::{Fragment, Member};
+use crate::event::BatchBuilder;
+use crate::framing::Lines;
+
+const LOG_PREFIX: &[u8] = b"{\"log\":\"";
+const STREAM_MARK: &[u8] = b"\",\"stream\":\"";
+const TIME_MARK: &[u8] = b"\",\"time\":\"";
+
+/// A docker line split by byte search, without unescaping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DockerLine<'a> {
+    /// The `log` value, still JSON-escaped.
+    pub log_raw: &'a [u8],
+    /// Which stream.
+    pub stream: Stream,
+    /// The `time` value.
+    pub time: &'a [u8],
+    /// `log` ends with a newline: the line is whole (or the last piece).
+    pub complete: bool,
+}
+
+/// Splits a json-file line written in docker's key order, or `None`.
+pub fn split(line: &[u8]) -> Option<DockerLine<'_>> {
+    if !line.starts_with(LOG_PREFIX) {
+        return None;
+    }
+    // Inside a JSON string every `"` is escaped, so the last unescaped
+    // `","stream":"` is the real end of `log`.
+    let at = memchr::memmem::rfind(line, STREAM_MARK)?;
+    if at < LOG_PREFIX.len() {
+        return None;
+    }
+    let log_raw = &line[LOG_PREFIX.len()..at];
+    let after = &line[at + STREAM_MARK.len()..];
+    let stream = if after.starts_with(b"stdout\"") {
+        Stream::Stdout
+    } else if after.starts_with(b"stderr\"") {
+        Stream::Stderr
+    } else {
+        return None;
+    };
+    let after = &after[6..];
+    let time = match memchr::memmem::find(after, TIME_MARK) {
+        Some(t) => {
+            let v = &after[t + TIME_MARK.len()..];
+            &v[..memchr::memchr(b'"', v)?]
+        }
+        None => &after[..0],
+    };
+    Some(DockerLine {
+        log_raw,
+        stream,
+        time,
+        complete: ends_with_escaped_newline(log_raw),
+    })
+}
+
+/// `raw` ends with the escape `\n` (and not with an escaped backslash
+/// followed by `n`).
+fn ends_with_escaped_newline(raw: &[u8]) -> bool {
+    if !raw.ends_with(b"\\n") {
+        return false;
+    }
+    let backslashes = raw[..raw.len() - 1].iter().rev().take_while(|&&b| b == b'\\').count();
+    backslashes % 2 == 1
+}
+
+/// The longest prefix of `raw` no longer than `max` that does not end
+/// inside an escape sequence.
+fn safe_cut(raw: &[u8], max: usize) -> usize {
+    let max = max.min(raw.len());
+    let window_start = max.saturating_sub(6);
+    let mut i = window_start;
+    // Walk escapes from a point known to be outside one: the start of the
+    // window may be inside one, so step back to the start of its run.
+    while i > 0 && raw[i - 1] == b'\\' {
+        i -= 1;
+    }
+    let mut cut = max;
+    while i < max {
+        if raw[i] == b'\\' {
+            let len = if raw.get(i + 1) == Some(&b'u') { 6 } else { 2 };
+            if i + len > max {
+                cut = i;
+                break;
+            }
+            i += len;
+        } else {
+            i += 1;
+        }
+    }
+    cut
+}
+
+/// A chunk of wrapper lines (whole, or assembled from pieces).
+#[derive(Debug, Clone, Default)]
+pub struct DockerBatch {
+    /// The read chunk.
+    pub chunk: Bytes,
+    /// Wrappers assembled from pieces.
+    pub merged: Vec<u8>,
+    /// Each event's wrapper and whether it was cut.
+    pub records: Vec<(Piece, bool)>,
+}
+
+struct Scratch {
+    bytes: Vec<u8>,
+    buffers: Buffers,
+    tape: Tape<'static>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+        bytes: Vec::with_capacity(4096),
+        buffers: Buffers::new(4096),
+        tape: Tape(Vec::new()),
+    });
+}
+
+impl DockerBatch {
+    /// Bytes of wrapper, for sizing the output buffer.
+    pub fn wrapper_bytes(&self) -> usize {
+        self.records.iter().map(|(p, _)| p.len as usize).sum()
+    }
+
+    /// Decodes every record: the wrapper is parsed to unescape `log`, the
+    /// payload then decoded with `stream` and `time` members. A line that
+    /// is not a docker wrapper is decoded as it is.
+    pub fn decode(&self, decoder: &mut Decoder, fragment: &Fragment, out: &mut BatchBuilder) {
+        let stdout = Member::new(STREAM_KEY, &Value::from(Stream::Stdout.as_str()));
+        let stderr = Member::new(STREAM_KEY, &Value::from(Stream::Stderr.as_str()));
+        let mut extra: Vec<Member> = Vec::with_capacity(2);
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            let Scratch { bytes, buffers, tape } = &mut *s;
+            for (piece, truncated) in &self.records {
+                let line = piece.get(&self.chunk, &self.merged);
+                bytes.clear();
+                bytes.extend_from_slice(line);
+                bytes.resize(line.len() + simd_json::INPUT_PADDING, 0);
+                let mut t: Tape<'_> = std::mem::replace(tape, Tape(Vec::new())).reset();
+                let parsed = simd_json::fill_tape_padded(bytes, line.len(), buffers, &mut t).is_ok();
+                let fields = if parsed { wrapper_fields(&t.0) } else { None };
+                match fields {
+                    Some((log, stream, time)) => {
+                        let log = log.strip_suffix('\n').unwrap_or(log);
+                        let log = log.strip_suffix('\r').unwrap_or(log);
+                        extra.clear();
+                        match stream {
+                            Some("stdout") => extra.push(stdout.clone()),
+                            Some("stderr") => extra.push(stderr.clone()),
+                            Some(other) => extra.push(Member::new(STREAM_KEY, &Value::from(other))),
+                            None => {}
+                        }
+                        if let Some(time) = time {
+                            extra.push(Member::string(TIME_KEY, time));
+                        }
+                        decoder.decode_line(log.as_bytes(), *truncated, &extra, fragment, out);
+                    }
+                    None => decoder.decode_line(line, *truncated, &[], fragment, out),
+                }
+                *tape = t.reset();
+            }
+        });
+    }
+}
+
+/// `log`, `stream` and `time` of a parsed wrapper; `None` unless the root
+/// is an object with a string `log`.
+fn wrapper_fields<'t>(nodes: &'t [Node<'t>]) -> Option<(&'t str, Option<&'t str>, Option<&'t str>)> {
+    let Some(&Node::Object { len, .. }) = nodes.first() else {
+        return None;
+    };
+    let (mut log, mut stream, mut time) = (None, None, None);
+    let mut idx = 1;
+    for _ in 0..len {
+        let Some(Node::String(key)) = nodes.get(idx) else { return None };
+        idx += 1;
+        let value = nodes.get(idx)?;
+        if let Node::String(v) = value {
+            match *key {
+                "log" => log = Some(*v),
+                "stream" => stream = Some(*v),
+                "time" => time = Some(*v),
+                _ => {}
+            }
+        }
+        idx += match value {
+            Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
+            _ => 1,
+        };
+    }
+    Some((log?, stream, time))
+}
+
+/// The in-order half of docker decoding for one file: tells pieces from
+/// whole lines and merges pieces per stream.
+#[derive(Debug)]
+pub struct DockerReader {
+    partials: PartialLines,
+    stats: ContainerStats,
+}
+
+impl DockerReader {
+    /// Assembled `log` values are cut at `partial_max_bytes` (escaped).
+    pub fn new(partial_max_bytes: usize) -> DockerReader {
+        DockerReader {
+            partials: PartialLines::new(partial_max_bytes),
+            stats: ContainerStats::default(),
+        }
+    }
+
+    /// Unwraps the lines of a chunk that starts at file offset
+    /// `chunk_offset`.
+    pub fn unwrap(&mut self, lines: &Lines, chunk_offset: u64, now: Instant) -> DockerBatch {
+        let mut batch = DockerBatch {
+            chunk: lines.chunk.clone(),
+            merged: Vec::new(),
+            records: Vec::with_capacity(lines.len()),
+        };
+        for (i, span) in lines.spans.iter().enumerate() {
+            let line = lines.line(i);
+            let Some(d) = split(line).filter(|_| !span.truncated) else {
+                if !span.truncated {
+                    self.stats.foreign += 1;
+                }
+                batch.records.push((Piece::of_chunk(&lines.chunk, line), span.truncated));
+                continue;
+            };
+            if !d.complete {
+                self.partials
+                    .push(d.stream, d.log_raw, d.time, chunk_offset + span.start as u64, now, safe_cut);
+                continue;
+            }
+            if !self.partials.has(d.stream) {
+                batch.records.push((Piece::of_chunk(&lines.chunk, line), false));
+                continue;
+            }
+            self.partials.push(d.stream, d.log_raw, d.time, 0, now, safe_cut);
+            if let Some(p) = self.partials.take(d.stream) {
+                self.stats.merged += 1;
+                if p.overflowed {
+                    self.stats.overflowed += 1;
+                }
+                batch
+                    .records
+                    .push((wrap(&mut batch.merged, d.stream, &p.buf, &p.time), p.overflowed));
+            }
+        }
+        batch
+    }
+
+    /// Pieces older than `timeout` (all, when zero), as wrappers.
+    pub fn take_expired(&mut self, now: Instant, timeout: Duration) -> Option<DockerBatch> {
+        let expired = self.partials.take_expired(now, timeout);
+        if expired.is_empty() {
+            return None;
+        }
+        let mut batch = DockerBatch::default();
+        for (stream, p) in expired {
+            self.stats.timed_out += 1;
+            batch.records.push((wrap(&mut batch.merged, stream, &p.buf, &p.time), p.overflowed));
+        }
+        Some(batch)
+    }
+
+    /// Where the oldest unfinished piece starts in the file.
+    pub fn pending_start(&self) -> Option<u64> {
+        self.partials.earliest_start()
+    }
+
+    /// Counters since the last call.
+    pub fn take_stats(&mut self) -> ContainerStats {
+        std::mem::take(&mut self.stats)
+    }
+}
+
+/// Writes a wrapper around an escaped `log` value into `merged`.
+fn wrap(merged: &mut Vec<u8>, stream: Stream, log_raw: &[u8], time: &[u8]) -> Piece {
+    let start = merged.len();
+    merged.extend_from_slice(LOG_PREFIX);
+    merged.extend_from_slice(log_raw);
+    merged.extend_from_slice(STREAM_MARK);
+    merged.extend_from_slice(stream.as_str().as_bytes());
+    merged.extend_from_slice(TIME_MARK);
+    merged.extend_from_slice(time);
+    merged.extend_from_slice(b"\"}");
+    Piece {
+        start: start as u32,
+        len: (merged.len() - start) as u32,
+        merged: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::FieldSet;
+    use crate::framing::split_lines;
+    use std::sync::Arc;
+
+    fn lines(text: &[u8]) -> Lines {
+        let chunk = Bytes::copy_from_slice(text);
+        let mut spans = Vec::new();
+        split_lines(&chunk, &mut spans);
+        Lines { chunk, spans, dropped: 0 }
+    }
+
+    fn decode(batch: &DockerBatch) -> Vec<serde_json::Value> {
+        let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 1024, 8);
+        let mut d = Decoder::new();
+        batch.decode(&mut d, &Fragment::default(), &mut out);
+        let ctx = Arc::new(crate::enrich::SourceContext::new(
+            "t".into(),
+            "file",
+            String::new(),
+            Default::default(),
+        ));
+        let b = out.build(ctx, std::time::SystemTime::now());
+        b.events().map(|e| serde_json::from_slice(e).unwrap()).collect()
+    }
+
+    #[test]
+    fn escaped_newline_is_told_from_escaped_backslash() {
+        assert!(ends_with_escaped_newline(br"abc\n"));
+        assert!(!ends_with_escaped_newline(br"abc\\n"));
+        assert!(ends_with_escaped_newline(br"abc\\\n"));
+        assert!(!ends_with_escaped_newline(b"abc"));
+    }
+
+    #[test]
+    fn cut_never_splits_an_escape() {
+        assert_eq!(safe_cut(br"abc\u00e9def", 6), 3);
+        assert_eq!(safe_cut(br"abc\u00e9def", 9), 9);
+        assert_eq!(safe_cut(br"ab\\cd", 3), 2);
+        assert_eq!(safe_cut(br"ab\\cd", 4), 4);
+    }
+
+    #[test]
+    fn pieces_merge_and_payload_is_unescaped_then_decoded() {
+        let text = br#"{"log":"{\"msg\":\"a \\\"quoted\\\" ","stream":"stdout","time":"2024-01-01T00:00:00.1Z"}
+{"log":"err line\n","stream":"stderr","time":"2024-01-01T00:00:00.2Z"}
+{"log":"word\"}\n","stream":"stdout","time":"2024-01-01T00:00:00.3Z"}
+"#;
+        let mut r = DockerReader::new(1 << 20);
+        let batch = r.unwrap(&lines(text), 0, Instant::now());
+        let v = decode(&batch);
+        assert_eq!(v.len(), 2);
+        assert_eq!(
+            v[0],
+            serde_json::json!({"message":"err line","stream":"stderr","time":"2024-01-01T00:00:00.2Z"})
+        );
+        assert_eq!(
+            v[1],
+            serde_json::json!({"msg":"a \"quoted\" word","stream":"stdout","time":"2024-01-01T00:00:00.1Z"})
+        );
+        assert_eq!(r.take_stats().merged, 1);
+    }
+
+    #[test]
+    fn foreign_lines_are_kept() {
+        let mut r = DockerReader::new(100);
+        let v = decode(&r.unwrap(&lines(b"{\"other\":1}\nplain\n"), 0, Instant::now()));
+        assert_eq!(v, vec![serde_json::json!({"other":1}), serde_json::json!({"message":"plain"})]);
+    }
+}

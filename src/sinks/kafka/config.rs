@@ -1,0 +1,288 @@
+//! Settings of the Kafka sink, their defaults and their validation.
+
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::template::Template;
+use crate::config::{duration, ConfigError};
+use crate::event::FieldPath;
+
+/// `type = "kafka"`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port…]`: the brokers to bootstrap from.
+    pub bootstrap_servers: String,
+    /// Topic, or a template over event fields and metadata:
+    /// `logs-{{ service }}`.
+    pub topic: String,
+    /// Substituted for a template field that neither the event nor the
+    /// source's metadata has.
+    #[serde(default = "default_missing")]
+    pub topic_missing_value: String,
+    /// Event field whose value becomes the message key (same key, same
+    /// partition). Without it messages have no key.
+    #[serde(default)]
+    pub key_field: Option<String>,
+    /// Compression of record batches.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Broker acknowledgements a message needs to count as delivered.
+    #[serde(default)]
+    pub acks: Acks,
+    /// Any other librdkafka producer property, passed through as is
+    /// (`"linger.ms" = "5"`).
+    #[serde(default)]
+    pub librdkafka_options: BTreeMap<String, OptionValue>,
+    /// Check at start-up that the brokers answer (fetch metadata); a failure
+    /// stops sluice with an error naming them.
+    #[serde(default = "default_true")]
+    pub healthcheck: bool,
+    /// How long the start-up check waits.
+    #[serde(default = "default_healthcheck_timeout", deserialize_with = "duration")]
+    pub healthcheck_timeout: Duration,
+}
+
+fn default_missing() -> String {
+    "unknown".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_healthcheck_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// `compression`: librdkafka's `compression.codec`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// No compression (the default: every broker and consumer reads it).
+    #[default]
+    None,
+    /// gzip.
+    Gzip,
+    /// snappy.
+    Snappy,
+    /// lz4.
+    Lz4,
+    /// zstd.
+    Zstd,
+}
+
+impl Compression {
+    /// The librdkafka name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// `acks`: `"all"` (the default: every in-sync replica has it), `1` (the
+/// leader has it) or `0` (sent is enough; nothing can be retried).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Acks {
+    /// `all` / `-1`.
+    #[default]
+    All,
+    /// `1`.
+    Leader,
+    /// `0`.
+    None,
+}
+
+impl Acks {
+    /// The librdkafka value of `acks`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Acks::All => "all",
+            Acks::Leader => "1",
+            Acks::None => "0",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Acks {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match OptionValue::deserialize(d)?.0.as_str() {
+            "all" | "-1" => Ok(Acks::All),
+            "1" | "leader" => Ok(Acks::Leader),
+            "0" | "none" => Ok(Acks::None),
+            other => Err(serde::de::Error::custom(format!("invalid acks {other:?}: use \"all\", 1 or 0"))),
+        }
+    }
+}
+
+/// A librdkafka property value: written as a string, number or boolean.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionValue(pub String);
+
+impl<'de> Deserialize<'de> for OptionValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            I(i64),
+            F(f64),
+            B(bool),
+        }
+        Ok(OptionValue(match Raw::deserialize(d)? {
+            Raw::S(s) => s,
+            Raw::I(i) => i.to_string(),
+            Raw::F(f) => f.to_string(),
+            Raw::B(b) => b.to_string(),
+        }))
+    }
+}
+
+/// Properties sluice sets from its own keys; passing them through
+/// `librdkafka_options` as well would make two sources of truth.
+const RESERVED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "bootstrap_servers"),
+    ("metadata.broker.list", "bootstrap_servers"),
+    ("compression.codec", "compression"),
+    ("compression.type", "compression"),
+    ("acks", "acks"),
+    ("request.required.acks", "acks"),
+];
+
+/// librdkafka defaults sluice changes (an option of the same name wins).
+///
+/// The producer queue is bounded at 16 MiB so memory follows the sink's
+/// queue budget rather than librdkafka's 1 GiB default: messages waiting in
+/// librdkafka are copies of events the sink's queue still accounts for.
+pub(crate) const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    ("client.id", "sluice"),
+    ("queue.buffering.max.kbytes", "16384"),
+    ("queue.buffering.max.messages", "100000"),
+];
+
+impl KafkaConfig {
+    /// Checks what serde cannot: templates, field paths, options.
+    pub fn validate(&self, path: &str) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if self.bootstrap_servers.trim().is_empty() {
+            errors.push(ConfigError::new(
+                format!("{path}.bootstrap_servers"),
+                "must name at least one broker",
+            ));
+        }
+        if let Err(e) = Template::parse(&self.topic) {
+            errors.push(ConfigError::new(format!("{path}.topic"), e));
+        }
+        if let Some(k) = &self.key_field {
+            if let Err(e) = FieldPath::parse(k) {
+                errors.push(ConfigError::new(format!("{path}.key_field"), e));
+            }
+        }
+        for (key, value) in &self.librdkafka_options {
+            if let Some((_, ours)) = RESERVED.iter().find(|(k, _)| k == key) {
+                errors.push(ConfigError::new(
+                    format!("{path}.librdkafka_options.{key}"),
+                    format!("set this with the sink's `{ours}` key"),
+                ));
+                continue;
+            }
+            // librdkafka checks names and values without starting a client.
+            let mut c = rdkafka::ClientConfig::new();
+            c.set(key, &value.0);
+            if let Err(e) = c.create_native_config() {
+                errors.push(ConfigError::new(format!("{path}.librdkafka_options.{key}"), e.to_string()));
+            }
+        }
+        errors
+    }
+
+    /// The librdkafka producer configuration.
+    pub fn client_config(&self) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        for (k, v) in PRODUCER_DEFAULTS {
+            c.set(*k, *v);
+        }
+        c.set("bootstrap.servers", &self.bootstrap_servers)
+            .set("compression.codec", self.compression.as_str())
+            .set("acks", self.acks.as_str());
+        for (k, v) in &self.librdkafka_options {
+            c.set(k, &v.0);
+        }
+        c
+    }
+
+    /// Event fields the sink reads: template fields and the key.
+    pub fn fields_needed(&self) -> Vec<FieldPath> {
+        let mut out: Vec<FieldPath> = Template::parse(&self.topic)
+            .map(|t| t.fields().cloned().collect())
+            .unwrap_or_default();
+        if let Some(k) = self.key_field.as_deref().and_then(|k| FieldPath::parse(k).ok()) {
+            out.push(k);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: serde_json::Value) -> Result<KafkaConfig, serde_json::Error> {
+        serde_json::from_value(v)
+    }
+
+    #[test]
+    fn defaults_are_acks_all_no_compression_and_a_healthcheck() {
+        let c = parse(json!({"bootstrap_servers": "k:9092", "topic": "logs"})).unwrap();
+        assert_eq!(c.acks, Acks::All);
+        assert_eq!(c.compression, Compression::None);
+        assert!(c.healthcheck);
+        assert!(c.validate("sinks.k").is_empty());
+        let cc = c.client_config();
+        assert_eq!(cc.get("acks"), Some("all"));
+        assert_eq!(cc.get("queue.buffering.max.kbytes"), Some("16384"));
+    }
+
+    #[test]
+    fn options_pass_through_and_are_checked_by_librdkafka() {
+        let c = parse(json!({
+            "bootstrap_servers": "k:9092", "topic": "logs-{{ service }}", "key_field": "request.id",
+            "acks": 1, "compression": "zstd",
+            "librdkafka_options": {"linger.ms": 5, "enable.idempotence": false, "queue.buffering.max.kbytes": "1024"}
+        }))
+        .unwrap();
+        assert!(c.validate("sinks.k").is_empty(), "{:?}", c.validate("sinks.k"));
+        let cc = c.client_config();
+        assert_eq!(cc.get("linger.ms"), Some("5"));
+        assert_eq!(cc.get("acks"), Some("1"));
+        assert_eq!(cc.get("compression.codec"), Some("zstd"));
+        assert_eq!(cc.get("queue.buffering.max.kbytes"), Some("1024"));
+        let fields: Vec<String> = c.fields_needed().iter().map(|f| f.to_string()).collect();
+        assert_eq!(fields, ["service", "request.id"]);
+
+        let bad = parse(json!({
+            "bootstrap_servers": "", "topic": "logs {{",
+            "librdkafka_options": {"no.such.thing": "1", "acks": "all", "linger.ms": "soon"}
+        }))
+        .unwrap();
+        let paths: Vec<String> = bad.validate("sinks.k").into_iter().map(|e| e.path).collect();
+        for want in [
+            "sinks.k.bootstrap_servers",
+            "sinks.k.topic",
+            "sinks.k.librdkafka_options.no.such.thing",
+            "sinks.k.librdkafka_options.acks",
+            "sinks.k.librdkafka_options.linger.ms",
+        ] {
+            assert!(paths.iter().any(|p| p == want), "missing {want} in {paths:?}");
+        }
+        assert!(parse(json!({"bootstrap_servers": "k", "topic": "t", "compression": "brotli"})).is_err());
+        assert!(parse(json!({"bootstrap_servers": "k", "topic": "t", "acks": 2})).is_err());
+    }
+}

@@ -1,0 +1,228 @@
+//! Checkpoints: for every file, the offset up to which every sink has
+//! acknowledged its lines, with the identity needed to find the file again
+//! after a restart (fingerprint, tail hash, device, inode, birth time).
+//!
+//! Written atomically (temp file, fsync, rename, fsync of the directory)
+//! so a crash leaves either the old or the new checkpoint, never half of
+//! one. A file that does not parse is reported, renamed aside and replaced:
+//! a bad checkpoint never turns into a crash loop.
+
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::fingerprint::{FileKey, Fingerprint};
+
+/// Version of the checkpoint format; a file with another version is set
+/// aside like a corrupt one.
+const FORMAT_VERSION: u32 = 1;
+
+/// The checkpoint file's name inside the source's directory.
+pub const CHECKPOINT_FILE: &str = "checkpoints.json";
+
+/// One file's acknowledged position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Where the file was last seen (for logs and for finding rotated
+    /// siblings; identity comes from the other fields).
+    pub path: PathBuf,
+    /// Device number.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Birth time (ns since the epoch) where the file system records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub btime: Option<u64>,
+    /// Hash of the first `fingerprint_len` bytes.
+    pub fingerprint: u64,
+    /// Bytes the fingerprint covers.
+    pub fingerprint_len: u32,
+    /// Acknowledged offset: every line before it was delivered.
+    pub offset: u64,
+    /// Hash of the bytes just before `offset` (see `fingerprint::TAIL_BYTES`).
+    pub tail: u64,
+}
+
+impl Entry {
+    /// The device and inode the entry was written for.
+    pub fn key(&self) -> FileKey {
+        FileKey {
+            dev: self.dev,
+            ino: self.ino,
+        }
+    }
+
+    /// The fingerprint the entry was written with.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint {
+            hash: self.fingerprint,
+            len: self.fingerprint_len,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct OnDisk {
+    version: u32,
+    files: Vec<Entry>,
+}
+
+/// Why checkpoints could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The directory or file could not be created or written.
+    #[error("cannot write checkpoint {path}: {error}")]
+    Write {
+        /// The file being written.
+        path: PathBuf,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// The directory could not be created.
+    #[error("cannot create checkpoint directory {path}: {error}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+}
+
+/// What loading found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The entries (empty on first start or after a corrupt file).
+    pub entries: Vec<Entry>,
+    /// A checkpoint file existed (valid or not): this is not a first start.
+    pub existed: bool,
+    /// Where a corrupt file was moved to, if it was.
+    pub set_aside: Option<(PathBuf, String)>,
+}
+
+/// Reads and writes one source's checkpoint file.
+#[derive(Debug)]
+pub struct Checkpointer {
+    dir: PathBuf,
+    path: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Checkpointer {
+    /// Checkpoints in `dir` (created if missing).
+    pub fn new(dir: PathBuf) -> Result<Checkpointer, CheckpointError> {
+        std::fs::create_dir_all(&dir).map_err(|error| CheckpointError::Dir { path: dir.clone(), error })?;
+        Ok(Checkpointer {
+            path: dir.join(CHECKPOINT_FILE),
+            tmp: dir.join(format!("{CHECKPOINT_FILE}.tmp")),
+            dir,
+        })
+    }
+
+    /// The checkpoint file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Loads the checkpoint. A corrupt, truncated or foreign file is renamed
+    /// to `checkpoints.json.corrupt-<unix seconds>` and reported in
+    /// [`Loaded::set_aside`]; loading then starts empty.
+    pub fn load(&self) -> Loaded {
+        // A temp file left by a crash mid-write is incomplete by definition.
+        let _ = std::fs::remove_file(&self.tmp);
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::default(),
+            Err(e) => return self.set_aside(format!("unreadable: {e}")),
+        };
+        match serde_json::from_slice::<OnDisk>(&bytes) {
+            Ok(d) if d.version == FORMAT_VERSION => Loaded {
+                entries: d.files,
+                existed: true,
+                set_aside: None,
+            },
+            Ok(d) => self.set_aside(format!("unknown format version {}", d.version)),
+            Err(e) => self.set_aside(format!("not a valid checkpoint ({} bytes): {e}", bytes.len())),
+        }
+    }
+
+    fn set_aside(&self, reason: String) -> Loaded {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let aside = self.dir.join(format!("{CHECKPOINT_FILE}.corrupt-{secs}"));
+        let moved = std::fs::rename(&self.path, &aside).is_ok() || std::fs::remove_file(&self.path).is_ok();
+        Loaded {
+            entries: Vec::new(),
+            existed: true,
+            set_aside: Some((if moved { aside } else { self.path.clone() }, reason)),
+        }
+    }
+
+    /// Replaces the checkpoint with `entries`, atomically.
+    pub fn save(&self, entries: &[Entry]) -> Result<(), CheckpointError> {
+        let err = |error| CheckpointError::Write {
+            path: self.path.clone(),
+            error,
+        };
+        let body = serde_json::to_vec(&OnDisk {
+            version: FORMAT_VERSION,
+            files: entries.to_vec(),
+        })
+        .map_err(|e| err(std::io::Error::other(e)))?;
+        let mut f = std::fs::File::create(&self.tmp).map_err(err)?;
+        f.write_all(&body).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        drop(f);
+        std::fs::rename(&self.tmp, &self.path).map_err(err)?;
+        // The rename is durable only once the directory is.
+        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(err)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(offset: u64) -> Entry {
+        Entry {
+            path: "/var/log/a.log".into(),
+            dev: 1,
+            ino: 2,
+            btime: Some(3),
+            fingerprint: 4,
+            fingerprint_len: 1024,
+            offset,
+            tail: 5,
+        }
+    }
+
+    #[test]
+    fn saved_entries_load_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checkpointer::new(dir.path().join("src")).unwrap();
+        assert!(!c.load().existed);
+        c.save(&[entry(10), entry(20)]).unwrap();
+        let l = c.load();
+        assert!(l.existed);
+        assert_eq!(l.entries, vec![entry(10), entry(20)]);
+    }
+
+    #[test]
+    fn truncated_checkpoint_is_set_aside_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checkpointer::new(dir.path().to_path_buf()).unwrap();
+        c.save(&[entry(10)]).unwrap();
+        let full = std::fs::read(c.path()).unwrap();
+        std::fs::write(c.path(), &full[..full.len() / 2]).unwrap();
+        let l = c.load();
+        assert!(l.entries.is_empty());
+        let (aside, _) = l.set_aside.expect("reported");
+        assert!(aside.exists());
+        assert!(!c.path().exists());
+        // And the next save works.
+        c.save(&[entry(11)]).unwrap();
+        assert_eq!(c.load().entries, vec![entry(11)]);
+    }
+}

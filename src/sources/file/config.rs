@@ -1,0 +1,183 @@
+//! Settings of the `file` source, their defaults and their validation.
+
+use serde::Deserialize;
+use std::time::Duration;
+
+use super::fingerprint::DEFAULT_FINGERPRINT_BYTES;
+use super::kubernetes::KubernetesConfig;
+use crate::config::{duration, ByteSize};
+use crate::framing::{OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
+
+/// Default open-file cap: far above what one node's pods write at once,
+/// far below the usual `ulimit -n` of 65536.
+pub const DEFAULT_MAX_OPEN_FILES: usize = 4096;
+
+/// Default bytes one file may read per turn: one large read (fewer
+/// syscalls, bigger batches) yet small enough that a thousand other files
+/// get their turn within a few milliseconds.
+pub const DEFAULT_READ_BUDGET: u64 = 256 * 1024;
+
+/// How a file's lines are wrapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FileFormat {
+    /// Detected per file from its first line: CRI, docker json-file, or
+    /// plain lines.
+    #[default]
+    Auto,
+    /// CRI (containerd, CRI-O): `<time> <stream> <P|F> <message>`.
+    Cri,
+    /// Docker json-file: `{"log":"…","stream":"…","time":"…"}`.
+    Docker,
+    /// Plain lines (each one JSON or text).
+    Lines,
+}
+
+/// Where to start in a file seen for the first time at the first start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadFrom {
+    /// From the first byte.
+    #[default]
+    Beginning,
+    /// From the end: only lines written from now on.
+    End,
+}
+
+/// Settings of the file source (`type = "file"`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// Glob patterns of files to read (`*`, `?`, `[..]`, `{a,b}`, and `**`
+    /// for any number of directories). Absolute paths.
+    pub include: Vec<String>,
+    /// Glob patterns of files never to read.
+    pub exclude: Vec<String>,
+    /// Line format: `auto`, `cri`, `docker` or `lines`.
+    pub format: FileFormat,
+    /// Where to start in files found at the very first start (no checkpoint
+    /// yet). Files that appear later are always read from the beginning.
+    pub read_from: ReadFrom,
+    /// Longest line kept whole.
+    pub max_line_bytes: ByteSize,
+    /// What happens to a longer line: `truncate` or `drop`.
+    pub oversize: OverflowPolicy,
+    /// Most files open at once; more wait, and idle open files are closed
+    /// to let them in.
+    pub max_open_files: usize,
+    /// How often the include globs are scanned for new, rotated and
+    /// deleted files.
+    #[serde(deserialize_with = "duration")]
+    pub scan_interval: Duration,
+    /// How long the readers sleep when no file had new data.
+    #[serde(deserialize_with = "duration")]
+    pub poll_interval: Duration,
+    /// How often acknowledged offsets are written to disk.
+    #[serde(deserialize_with = "duration")]
+    pub checkpoint_interval: Duration,
+    /// How long a rotated-away or deleted file is kept open at its end, in
+    /// case its writer has not reopened yet.
+    #[serde(deserialize_with = "duration")]
+    pub rotate_wait: Duration,
+    /// Leading bytes hashed to recognise a file.
+    pub fingerprint_bytes: ByteSize,
+    /// Bytes one file may read per turn before the next file's turn.
+    pub read_budget: ByteSize,
+    /// Reader threads (0: one per core, at most 4).
+    pub readers: usize,
+    /// Longest line assembled from partial pieces (CRI `P`, docker pieces
+    /// without a newline); longer ones are cut and flagged.
+    pub partial_max_bytes: ByteSize,
+    /// How long a partial line waits for its next piece before it is sent
+    /// as it is.
+    #[serde(deserialize_with = "duration")]
+    pub partial_timeout: Duration,
+    /// Read the files found at start to their end, then stop (backfills,
+    /// benchmarks). The pipeline drains and sluice exits.
+    pub stop_at_eof: bool,
+    /// Add a `path` label to the per-file metrics (bytes read, lag). Off by
+    /// default: paths are unbounded label values.
+    pub metrics_per_file: bool,
+    /// Kubernetes metadata.
+    pub kubernetes: KubernetesConfig,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        FileConfig {
+            include: Vec::new(),
+            exclude: Vec::new(),
+            format: FileFormat::Auto,
+            read_from: ReadFrom::Beginning,
+            max_line_bytes: ByteSize(DEFAULT_MAX_LINE_BYTES as u64),
+            oversize: OverflowPolicy::Truncate,
+            max_open_files: DEFAULT_MAX_OPEN_FILES,
+            scan_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(100),
+            checkpoint_interval: Duration::from_secs(1),
+            rotate_wait: Duration::from_secs(5),
+            fingerprint_bytes: ByteSize(DEFAULT_FINGERPRINT_BYTES as u64),
+            read_budget: ByteSize(DEFAULT_READ_BUDGET),
+            readers: 0,
+            partial_max_bytes: ByteSize(DEFAULT_MAX_LINE_BYTES as u64),
+            partial_timeout: Duration::from_secs(5),
+            stop_at_eof: false,
+            metrics_per_file: false,
+            kubernetes: KubernetesConfig::default(),
+        }
+    }
+}
+
+impl FileConfig {
+    /// Every problem with the settings, as (key, message).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        if self.include.is_empty() {
+            p.push(("include", "at least one glob pattern is required".to_owned()));
+        }
+        for (key, globs) in [("include", &self.include), ("exclude", &self.exclude)] {
+            for g in globs {
+                if !g.starts_with('/') {
+                    p.push((key, format!("{g:?} must be an absolute path")));
+                }
+                if let Err(e) = globset::GlobBuilder::new(g).literal_separator(true).build() {
+                    p.push((key, format!("invalid glob {g:?}: {e}")));
+                }
+            }
+        }
+        if self.max_open_files == 0 {
+            p.push(("max_open_files", "must be at least 1".into()));
+        }
+        if self.max_line_bytes.0 == 0 || self.max_line_bytes.0 > u32::MAX as u64 / 2 {
+            p.push(("max_line_bytes", "must be between 1 byte and 2GiB".into()));
+        }
+        if self.fingerprint_bytes.0 < 16 || self.fingerprint_bytes.0 > 1 << 20 {
+            p.push(("fingerprint_bytes", "must be between 16 bytes and 1MiB".into()));
+        }
+        if self.read_budget.0 < 4096 || self.read_budget.0 > 64 << 20 {
+            p.push(("read_budget", "must be between 4KiB and 64MiB".into()));
+        }
+        if self.partial_max_bytes.0 == 0 || self.partial_max_bytes.0 > u32::MAX as u64 / 2 {
+            p.push(("partial_max_bytes", "must be between 1 byte and 2GiB".into()));
+        }
+        for (key, d) in [
+            ("scan_interval", self.scan_interval),
+            ("poll_interval", self.poll_interval),
+            ("checkpoint_interval", self.checkpoint_interval),
+        ] {
+            if d.is_zero() {
+                p.push((key, "must be greater than zero".into()));
+            }
+        }
+        p.extend(self.kubernetes.problems());
+        p
+    }
+
+    /// Reader threads to start.
+    pub fn reader_threads(&self) -> usize {
+        if self.readers > 0 {
+            return self.readers.min(64);
+        }
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4)
+    }
+}

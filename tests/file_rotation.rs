@@ -1,0 +1,454 @@
+//! Rotation with real tools while a writer appends ~10,000 lines/s: real
+//! `logrotate` in `create` and `copytruncate` modes, the kubelet's
+//! rename-reopen-gzip pattern, `kill -9` at random points, and a rotation
+//! that happens while sluice is stopped.
+
+mod file_support;
+
+use file_support::{append, config, counts, Sluice};
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Lines per second the writers aim for.
+const RATE: u64 = 10_000;
+
+/// Appends numbered lines at `RATE` until stopped, in bursts every 5 ms.
+/// With `reopen`, it reopens the path when it leads to another file (an
+/// application told to reopen after `create` rotation); without, it keeps
+/// its descriptor (an application under `copytruncate`).
+struct Writer {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Writer {
+    fn start(path: PathBuf, reopen: bool, line: fn(u64) -> String) -> Writer {
+        Writer::start_with(path, RATE, move |path, _| reopen.then(|| path.to_path_buf()), line)
+    }
+
+    /// `rotate(path, n)` may rotate the file itself and returns the path to
+    /// reopen (kubelet style), or `None` to keep the descriptor.
+    fn start_with(
+        path: PathBuf,
+        rate: u64,
+        rotate: impl Fn(&Path, u64) -> Option<PathBuf> + Send + 'static,
+        line: fn(u64) -> String,
+    ) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let open = |p: &Path| std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap();
+            let mut f = open(&path);
+            let mut ino = f.metadata().unwrap().ino();
+            let start = Instant::now();
+            let mut n = 0u64;
+            let mut buf = String::new();
+            while !flag.load(Ordering::Relaxed) {
+                let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+                buf.clear();
+                while n < due {
+                    buf.push_str(&line(n));
+                    buf.push('\n');
+                    n += 1;
+                }
+                f.write_all(buf.as_bytes()).unwrap();
+                if let Some(p) = rotate(&path, n) {
+                    let now_ino = std::fs::metadata(&p).map(|m| m.ino()).unwrap_or(0);
+                    if now_ino != ino {
+                        f = open(&p);
+                        ino = f.metadata().unwrap().ino();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            n
+        });
+        Writer {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+fn json_line(n: u64) -> String {
+    format!(r#"{{"seq":{n},"msg":"request handled in {} ms"}}"#, n % 97)
+}
+
+fn logrotate(dir: &Path, conf: &str) {
+    let conf_path = dir.join("logrotate.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let out = Command::new("logrotate")
+        .arg("-f")
+        .arg("-s")
+        .arg(dir.join("logrotate.state"))
+        .arg(&conf_path)
+        .output()
+        .expect("logrotate is installed (scripts/test installs it)");
+    assert!(out.status.success(), "logrotate failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn seqs(lines: &[String]) -> HashMap<String, usize> {
+    counts(lines, "seq")
+}
+
+fn assert_exactly_once(lines: &[String], expected: &[u64]) {
+    let got = seqs(lines);
+    let dups: Vec<_> = got.iter().filter(|(_, c)| **c > 1).map(|(k, _)| k.clone()).take(5).collect();
+    assert!(dups.is_empty(), "duplicates, e.g. {dups:?}");
+    let missing: Vec<u64> = expected.iter().copied().filter(|s| !got.contains_key(&s.to_string())).collect();
+    assert!(
+        missing.is_empty(),
+        "{} lines missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(lines.len(), expected.len(), "lines that were never written arrived");
+}
+
+/// Every `seq` in every uncompressed file of `dir` whose name starts with
+/// `prefix`.
+fn on_disk(dir: &Path, prefix: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(prefix) || name.ends_with(".gz") {
+            continue;
+        }
+        for l in std::fs::read_to_string(e.path()).unwrap().lines() {
+            if let Some(v) = serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["seq"].as_u64()) {
+                out.push(v);
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+#[test]
+fn logrotate_create_mode_loses_no_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let app = logs.join("app.log");
+    let cfg = config(&dir.path().join("data"), &[app.display().to_string()], "");
+    let mut s = Sluice::start(dir.path(), &cfg);
+    let w = Writer::start(app.clone(), true, json_line);
+    let conf = format!(
+        "{} {{\n  rotate 50\n  create\n  missingok\n  compress\n  delaycompress\n}}\n",
+        app.display()
+    );
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(700));
+        logrotate(dir.path(), &conf);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let n = w.finish();
+    assert!(n >= 25_000, "writer managed {n} lines");
+    s.wait_for(n as usize, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, lines) = s.stop();
+    let rotated = std::fs::read_dir(&logs).unwrap().count();
+    assert!(rotated >= 5, "logrotate rotated ({rotated} files)");
+    assert_exactly_once(&lines, &(0..n).collect::<Vec<_>>());
+}
+
+#[test]
+fn logrotate_copytruncate_delivers_every_line_left_on_disk_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let app = logs.join("app.log");
+    let cfg = config(&dir.path().join("data"), &[app.display().to_string()], "");
+    let mut s = Sluice::start(dir.path(), &cfg);
+    let w = Writer::start(app.clone(), false, json_line);
+    let conf = format!("{} {{\n  rotate 50\n  copytruncate\n  missingok\n  nocompress\n}}\n", app.display());
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(700));
+        logrotate(dir.path(), &conf);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let n = w.finish();
+    // Lines written between logrotate's copy and its truncate are on no
+    // disk at all (copytruncate's known window); every other line is.
+    let disk = on_disk(&logs, "app.log");
+    assert!(disk.len() as u64 > n * 9 / 10, "{} of {n} lines on disk", disk.len());
+    let want: std::collections::HashSet<String> = disk.iter().map(|s| s.to_string()).collect();
+    s.wait_until("every line on disk", Duration::from_secs(60), |l| {
+        let got = seqs(l);
+        want.iter().all(|k| got.contains_key(k))
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let (_, lines) = s.stop();
+    let copies = std::fs::read_dir(&logs).unwrap().count();
+    assert!(copies >= 5, "logrotate made copies ({copies} files)");
+    // Every line on disk arrives once; lines sluice read before logrotate
+    // truncated them away may arrive too (they are on no disk), also once.
+    let got = seqs(&lines);
+    let dups: Vec<_> = got.iter().filter(|(_, c)| **c > 1).map(|(k, _)| k.clone()).take(5).collect();
+    assert!(dups.is_empty(), "duplicates, e.g. {dups:?}");
+    let missing: Vec<u64> = disk.iter().copied().filter(|s| !got.contains_key(&s.to_string())).collect();
+    assert!(
+        missing.is_empty(),
+        "{} lines on disk missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(
+        got.keys().all(|k| k.parse::<u64>().is_ok_and(|s| s < n)),
+        "lines that were never written arrived"
+    );
+}
+
+#[test]
+fn kubelet_rename_reopen_and_gzip_loses_no_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cdir = dir.path().join("pods/shop_api-6b7_9a8b7c6d/api");
+    std::fs::create_dir_all(&cdir).unwrap();
+    let live = cdir.join("0.log");
+    let cfg = config(
+        &dir.path().join("data"),
+        &[format!("{}/pods/**/*.log", dir.path().display())],
+        "[sources.files.kubernetes]\nenabled = true",
+    );
+    let mut s = Sluice::start(dir.path(), &cfg);
+    let every = 7_000u64; // lines between rotations: ~0.7 s
+    let next_rotation = std::sync::atomic::AtomicU64::new(every);
+    let w = Writer::start_with(
+        live.clone(),
+        RATE,
+        move |path, n| {
+            // The runtime's rotation, as the kubelet asks for it: rename,
+            // reopen, then compress all but the newest rotated file.
+            if n >= next_rotation.load(Ordering::Relaxed) {
+                next_rotation.store(n + every, Ordering::Relaxed);
+                let dirp = path.parent().unwrap();
+                let ts = format!("{}", Instant::now().elapsed().as_nanos() + n as u128);
+                let rotated = dirp.join(format!("0.log.{n:08}-{ts}"));
+                std::fs::rename(path, &rotated).unwrap();
+                std::fs::File::create(path).unwrap();
+                let mut older: Vec<PathBuf> = std::fs::read_dir(dirp)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        let n = p.file_name().unwrap().to_string_lossy().into_owned();
+                        n.starts_with("0.log.") && !n.ends_with(".gz")
+                    })
+                    .collect();
+                older.sort();
+                older.pop();
+                for o in older {
+                    let st = Command::new("gzip").arg(&o).status().unwrap();
+                    assert!(st.success());
+                }
+            }
+            Some(path.to_path_buf())
+        },
+        |n| format!("2024-05-01T10:00:00.{:09}Z stdout F {}", n % 1_000_000_000, json_line(n)),
+    );
+    std::thread::sleep(Duration::from_millis(3200));
+    let n = w.finish();
+    let gz = std::fs::read_dir(&cdir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".gz"))
+        .count();
+    assert!(gz >= 2, "older rotated files were compressed ({gz})");
+    let lines = s.wait_for(n as usize, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, lines2) = s.stop();
+    assert!(lines2.len() >= lines.len());
+    assert_exactly_once(&lines2, &(0..n).collect::<Vec<_>>());
+    let v: serde_json::Value = serde_json::from_str(&lines2[0]).unwrap();
+    assert_eq!(v["kubernetes"]["pod"], "api-6b7");
+    assert_eq!(v["stream"], "stdout");
+}
+
+/// A small deterministic generator for kill points.
+struct XorShift(u64);
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn kill_9_at_random_points_loses_nothing_and_duplicates_only_the_last_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let app = logs.join("app.log");
+    let checkpoint_interval = Duration::from_millis(200);
+    let cfg = config(&dir.path().join("data"), &[app.display().to_string()], "");
+    assert!(cfg.contains("checkpoint_interval = \"200ms\""));
+    let rate = 5_000u64;
+    let w = Writer::start_with(app.clone(), rate, |_, _| None, json_line);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut rng = XorShift(seed);
+    let mut runs: Vec<Vec<String>> = Vec::new();
+    // Per killed run: when each of its lines arrived, and when it was killed.
+    let mut timing: Vec<(Vec<Instant>, Instant)> = Vec::new();
+    let started = Instant::now();
+    for _ in 0..10 {
+        let s = Sluice::start(dir.path(), &cfg);
+        std::thread::sleep(Duration::from_millis(300 + rng.next() % 1200));
+        let (lines, arrivals, killed) = s.kill9_timed();
+        runs.push(lines);
+        timing.push((arrivals, killed));
+        if started.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+    }
+    let n = w.finish();
+    let mut s = Sluice::start(dir.path(), &cfg);
+    let delivered_before: usize = runs.iter().map(Vec::len).sum();
+    s.wait_until("every line after the last restart", Duration::from_secs(60), |l| {
+        let mut all: std::collections::HashSet<String> = runs.iter().flatten().map(|x| x.to_string()).collect();
+        all.extend(l.iter().cloned());
+        all.len() as u64 >= n
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, last) = s.stop();
+    runs.push(last);
+    assert!(delivered_before > 0);
+
+    // At least once.
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    for run in &runs {
+        for v in file_support::parse(run) {
+            *seen.entry(v["seq"].as_u64().unwrap()).or_default() += 1;
+        }
+    }
+    let missing: Vec<u64> = (0..n).filter(|s| !seen.contains_key(s)).take(10).collect();
+    assert!(missing.is_empty(), "seed {seed}: lines lost: {missing:?}");
+    assert!(seen.keys().all(|s| *s < n));
+
+    // Duplicates only from the last checkpoint interval before each kill:
+    // a line re-delivered by run k+1 had arrived from run k shortly before
+    // run k was killed (one checkpoint interval, plus scheduling slack on a
+    // busy machine).
+    let window = checkpoint_interval + Duration::from_millis(1500);
+    let mut total_dups = 0;
+    for k in 0..runs.len() - 1 {
+        let (arrivals, killed) = &timing[k];
+        let arrived: HashMap<u64, Instant> = file_support::parse(&runs[k])
+            .iter()
+            .zip(arrivals)
+            .map(|(v, t)| (v["seq"].as_u64().unwrap(), *t))
+            .collect();
+        for v in file_support::parse(&runs[k + 1]) {
+            let s = v["seq"].as_u64().unwrap();
+            if let Some(t) = arrived.get(&s) {
+                total_dups += 1;
+                let before_kill = killed.saturating_duration_since(*t);
+                assert!(
+                    before_kill <= window,
+                    "seed {seed}: run {} re-delivered seq {s}, which run {k} had delivered {before_kill:?} before it was killed",
+                    k + 1
+                );
+            }
+        }
+    }
+    eprintln!("{} kills, {n} lines, {total_dups} duplicates", runs.len() - 1);
+}
+
+#[test]
+fn rotation_while_stopped_is_found_by_fingerprint_and_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let app = logs.join("app.log");
+    append(&app, (0..1000).map(json_line));
+    let cfg = config(&dir.path().join("data"), &[app.display().to_string()], "");
+    let mut s = Sluice::start(dir.path(), &cfg);
+    s.wait_for(1000, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(400));
+    let (status, first) = s.stop();
+    assert!(status.success());
+    // While sluice is down: more lines, then rename-and-create, then the
+    // new file gets lines too. The rotated name is outside the glob.
+    append(&app, (1000..1500).map(json_line));
+    std::fs::rename(&app, logs.join("app.log.1")).unwrap();
+    append(&app, (1500..1700).map(json_line));
+    let mut s = Sluice::start(dir.path(), &cfg);
+    s.wait_for(700, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, second) = s.stop();
+    let all: Vec<String> = first.into_iter().chain(second).collect();
+    assert_exactly_once(&all, &(0..1700).collect::<Vec<_>>());
+}
+
+#[test]
+fn copytruncate_copy_is_finished_from_the_read_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let app = logs.join("app.log");
+    append(&app, (0..1000).map(json_line));
+    // Readers idle for a second between rounds, so the copy and truncate
+    // below happen before the reader sees the new lines.
+    let cfg = file_support::config_with_api(&dir.path().join("data"), &[app.display().to_string()], "")
+        .replace("poll_interval = \"20ms\"", "poll_interval = \"1s\"");
+    let mut s = Sluice::start(dir.path(), &cfg);
+    s.wait_for(1000, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(200));
+    // What logrotate's copytruncate does, in one go: lines the reader has
+    // not seen yet are only in the copy afterwards.
+    append(&app, (1000..1500).map(json_line));
+    std::fs::copy(&app, logs.join("app.log.1")).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&app).unwrap().set_len(0).unwrap();
+    append(&app, (1500..1600).map(json_line));
+    let lines = s.wait_for(1600, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(s.metric("sluice_file_truncations_total{source=\"files\"}"), Some(1.0));
+    assert_eq!(
+        s.metric("sluice_file_resumed_total{source=\"files\"}"),
+        Some(1.0),
+        "the copy was found"
+    );
+    let (_, lines2) = s.stop();
+    assert_eq!(lines.len(), lines2.len());
+    assert_exactly_once(&lines2, &(0..1600).collect::<Vec<_>>());
+}
+
+#[test]
+fn file_truncated_and_rewritten_past_the_offset_is_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let app = logs.join("app.log");
+    append(&app, (0..100).map(json_line));
+    let cfg =
+        config(&dir.path().join("data"), &[app.display().to_string()], "").replace("poll_interval = \"20ms\"", "poll_interval = \"1s\"");
+    let mut s = Sluice::start(dir.path(), &cfg);
+    s.wait_for(100, Duration::from_secs(30));
+    // Truncated and at once written past the old size: a size check alone
+    // cannot see it; the changed first bytes give it away.
+    let f = std::fs::OpenOptions::new().write(true).open(&app).unwrap();
+    f.set_len(0).unwrap();
+    drop(f);
+    append(&app, (100..400).map(json_line));
+    let lines = s.wait_for(400, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, lines2) = s.stop();
+    assert_eq!(lines.len(), lines2.len());
+    assert_exactly_once(&lines2, &(0..400).collect::<Vec<_>>());
+}

@@ -1,0 +1,256 @@
+//! The Kafka sink against a real Kafka-protocol broker (tansu) on loopback,
+//! and against librdkafka's in-process mock cluster for request errors.
+
+mod kafka_support;
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kafka_support::{events, id_of, read_topic, read_until, Broker, Sluice, KAFKA_TIMEOUT};
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn kafka_config(bootstrap: &str, sink: &str) -> String {
+    format!(
+        r#"
+shutdown_timeout = "20s"
+[api]
+address = "{{api}}"
+[sources.in]
+type = "stdin"
+[sinks.out]
+type = "stdout"
+[sinks.k]
+type = "kafka"
+bootstrap_servers = "{bootstrap}"
+{sink}
+"#
+    )
+}
+
+/// Runs sluice over `input` to completion and returns what it wrote on
+/// stdout (the events exactly as every sink received them).
+fn run_to_end(config: &str, input: &[String]) -> Vec<String> {
+    let mut s = Sluice::start(config);
+    s.write_lines(input);
+    s.close_stdin();
+    let status = s.wait(RUN_TIMEOUT);
+    assert!(status.success(), "sluice failed ({status}):\n{}", s.stderr());
+    let out = s.stdout_lines();
+    assert_eq!(out.len(), input.len(), "stdout lines");
+    out
+}
+
+#[test]
+fn every_event_arrives_exactly_once_as_written_with_topic_and_key_from_fields() {
+    let broker = Broker::start();
+    let input = events(0, 3000, 120);
+    let config = kafka_config(&broker.addr, "topic = \"logs-{{ service }}\"\nkey_field = \"id\"");
+    let written = run_to_end(&config, &input);
+
+    // What stdout got, by the topic each event must land in.
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in &written {
+        let v: serde_json::Value = serde_json::from_str(line).expect("stdout is JSON");
+        let service = v["service"].as_str().expect("service");
+        expected.entry(format!("logs-{service}")).or_default().push(line.clone());
+    }
+    assert_eq!(expected.len(), 3);
+    for (topic, lines) in &expected {
+        let got = read_topic(&broker.addr, topic, lines.len(), KAFKA_TIMEOUT);
+        assert_eq!(got.len(), lines.len(), "messages in {topic}: exactly once");
+        let mut payloads: Vec<String> = got.iter().map(|m| String::from_utf8(m.payload.clone()).expect("UTF-8")).collect();
+        let mut want = lines.clone();
+        payloads.sort();
+        want.sort();
+        assert_eq!(payloads, want, "{topic}: byte-identical events");
+        for m in &got {
+            let key = m.key.as_deref().expect("every message has a key");
+            assert_eq!(key, id_of(&m.payload).to_string().as_bytes(), "key is the id field");
+        }
+    }
+}
+
+#[test]
+fn every_compression_codec_delivers_events_intact() {
+    let broker = Broker::start();
+    for (i, codec) in ["none", "gzip", "snappy", "lz4", "zstd"].into_iter().enumerate() {
+        let input = events(i * 1000, 400, 200);
+        let topic = format!("codec-{codec}");
+        let config = kafka_config(&broker.addr, &format!("topic = \"{topic}\"\ncompression = \"{codec}\""));
+        let mut written = run_to_end(&config, &input);
+        let got = read_topic(&broker.addr, &topic, input.len(), KAFKA_TIMEOUT);
+        assert_eq!(got.len(), input.len(), "{codec}: exactly once");
+        let mut got: Vec<String> = got.into_iter().map(|m| String::from_utf8(m.payload).expect("UTF-8")).collect();
+        got.sort();
+        written.sort();
+        assert_eq!(got, written, "{codec}: byte-identical events");
+    }
+}
+
+#[test]
+fn broker_restart_mid_stream_delivers_every_event_at_least_once() {
+    let mut broker = Broker::start_persistent();
+    broker.create_topic("restart", 2);
+    // Short timeouts so both recovery paths run within the outage:
+    // librdkafka's own reconnects and the sink's retries of timed-out
+    // messages.
+    let sink = r#"topic = "restart"
+[sinks.k.librdkafka_options]
+"message.timeout.ms" = "3000"
+"reconnect.backoff.max.ms" = "500"
+"#;
+    let mut s = Sluice::start(&kafka_config(&broker.addr, sink));
+    let total = 3000;
+    let input = events(0, total, 150);
+    for chunk in input[..1500].chunks(100) {
+        s.write_lines(chunk);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    broker.down();
+    let down_at = Instant::now();
+    for chunk in input[1500..].chunks(100) {
+        s.write_lines(chunk);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    // The broker stays down for about 7 s in all.
+    std::thread::sleep(Duration::from_secs(7).saturating_sub(down_at.elapsed()));
+    assert_eq!(s.ready_status(), 503, "/ready reports the sink while its broker is down");
+    broker.up();
+    s.close_stdin();
+    let status = s.wait(RUN_TIMEOUT);
+    assert!(status.success(), "sluice failed ({status}):\n{}", s.stderr());
+
+    let count = |got: &[kafka_support::Received]| {
+        let mut seen = vec![0u32; total];
+        for m in got {
+            seen[id_of(&m.payload) as usize] += 1;
+        }
+        seen
+    };
+    let got = read_until(&broker.addr, "restart", KAFKA_TIMEOUT, |got| count(got).iter().all(|&n| n > 0));
+    let seen = count(&got);
+    let missing: Vec<usize> = (0..total).filter(|&i| seen[i] == 0).collect();
+    assert!(
+        missing.is_empty(),
+        "{} events lost, first {:?}\nbroker log:\n{}",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        broker.log()
+    );
+}
+
+#[test]
+fn unreachable_brokers_stop_start_up_with_an_error_naming_them() {
+    let dead = Broker::reserve();
+    let config = format!(
+        r#"
+[api]
+enabled = false
+[sources.in]
+type = "stdin"
+[sinks.k]
+type = "kafka"
+bootstrap_servers = "{}"
+topic = "t"
+healthcheck_timeout = "2s"
+"#,
+        dead.addr
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, config).expect("config");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.arg("--config").arg(&path);
+    let started = Instant::now();
+    let out = support::run_bounded(cmd, Some(b""), Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "start-up must fail: {stderr}");
+    assert!(stderr.contains(&dead.addr), "the error names the brokers: {stderr}");
+    assert!(stderr.contains("cannot reach the Kafka brokers"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(20), "bounded by healthcheck_timeout");
+}
+
+/// The mock cluster answers produce requests with errors first; with
+/// librdkafka's own retries off, the sink's retries must get every event
+/// through, and count what they did.
+#[test]
+fn produce_errors_are_retried_by_the_sink_until_every_event_is_delivered() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("mock", 1, 1).expect("topic");
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+        ],
+    );
+    let bootstrap = mock.bootstrap_servers();
+    let sink = r#"topic = "mock"
+[sinks.k.librdkafka_options]
+"message.send.max.retries" = "0"
+"#;
+    let mut s = Sluice::start(&kafka_config(&bootstrap, sink));
+    let input = events(0, 500, 80);
+    s.write_lines(&input);
+    kafka_support::eventually("every event delivered", RUN_TIMEOUT, || {
+        s.metric("sluice_sink_events_total{sink=\"k\"}") >= input.len() as f64
+    });
+    let m = s.metrics();
+    assert!(
+        m.get("sluice_sink_retries_total{sink=\"k\"}").copied().unwrap_or(0.0) >= 1.0,
+        "{m:?}"
+    );
+    let errors: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("sluice_sink_errors_total{kind="))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(errors >= 1.0, "errors are counted by kind: {m:?}");
+    s.close_stdin();
+    assert!(s.wait(RUN_TIMEOUT).success(), "{}", s.stderr());
+
+    let got = read_topic(&bootstrap, "mock", input.len(), KAFKA_TIMEOUT);
+    let mut ids: Vec<u64> = got.iter().map(|m| id_of(&m.payload)).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), input.len(), "every event at least once");
+}
+
+/// A message the broker can never take is dropped and counted, and the
+/// sink moves on (no endless retry): sluice exits at end of input.
+#[test]
+fn messages_the_broker_rejects_for_good_are_dropped_and_counted() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("big", 1, 1).expect("topic");
+    mock.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE]);
+    let bootstrap = mock.bootstrap_servers();
+    let sink = r#"topic = "big"
+[sinks.k.librdkafka_options]
+"message.send.max.retries" = "0"
+"linger.ms" = "50"
+"#;
+    let mut s = Sluice::start(&kafka_config(&bootstrap, sink));
+    let input = events(0, 200, 80);
+    s.write_lines(&input);
+    let m = support::wait_until("rejected messages counted", RUN_TIMEOUT, || {
+        let m = s.metrics();
+        let dropped = m
+            .get("sluice_events_dropped_total{component=\"k\",reason=\"message_too_large\"}")
+            .copied()
+            .unwrap_or(0.0);
+        let sent = m.get("sluice_sink_events_total{sink=\"k\"}").copied().unwrap_or(0.0);
+        (dropped >= 1.0 && dropped + sent >= input.len() as f64).then_some(m)
+    });
+    let dropped = m["sluice_events_dropped_total{component=\"k\",reason=\"message_too_large\"}"];
+    assert_eq!(m["sluice_sink_errors_total{kind=\"message_too_large\",sink=\"k\"}"], dropped);
+    s.close_stdin();
+    assert!(s.wait(Duration::from_secs(30)).success(), "{}", s.stderr());
+    let delivered = input.len() - dropped as usize;
+    let got = read_topic(&bootstrap, "big", delivered, KAFKA_TIMEOUT);
+    assert_eq!(got.len(), delivered);
+}

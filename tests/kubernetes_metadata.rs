@@ -1,0 +1,280 @@
+//! Kubernetes metadata from a real API server stand-in: a loopback HTTPS
+//! server (hyper on tokio-rustls, with a CA and certificate generated here)
+//! that serves real Pod JSON for list and watch. sluice must send its
+//! service-account token, ask for this node's pods only, enrich events with
+//! labels, annotations, owner and image, follow changes from the watch, and
+//! keep a deleted pod's metadata for its last lines.
+
+mod file_support;
+
+use bytes::Bytes;
+use file_support::{append, config, parse, Sluice};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Frame;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_rustls::rustls;
+
+const TOKEN: &str = "test-token-7f3a9c";
+
+#[derive(Default)]
+struct ApiState {
+    /// (path and query, authorization header) of every request.
+    requests: Mutex<Vec<(String, String)>>,
+    pods: Mutex<Vec<Value>>,
+    watchers: Mutex<Vec<mpsc::UnboundedSender<Bytes>>>,
+}
+
+impl ApiState {
+    fn send_event(&self, kind: &str, pod: &Value) {
+        let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": pod})));
+        self.watchers.lock().unwrap().retain(|w| w.send(line.clone()).is_ok());
+    }
+}
+
+/// A watch response body: events as the test sends them.
+struct WatchBody(mpsc::UnboundedReceiver<Bytes>);
+
+impl hyper::body::Body for WatchBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+async fn handle(
+    req: hyper::Request<hyper::body::Incoming>,
+    state: Arc<ApiState>,
+) -> Result<hyper::Response<BoxBody<Bytes, Infallible>>, Infallible> {
+    let uri = req.uri().to_string();
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    state.requests.lock().unwrap().push((uri.clone(), auth.clone()));
+    if auth != format!("Bearer {TOKEN}") {
+        return Ok(hyper::Response::builder()
+            .status(401)
+            .body(Full::new(Bytes::from_static(b"{\"kind\":\"Status\",\"code\":401}")).boxed())
+            .unwrap());
+    }
+    if uri.contains("watch=true") {
+        let (tx, rx) = mpsc::unbounded_channel();
+        state.watchers.lock().unwrap().push(tx);
+        return Ok(hyper::Response::builder()
+            .header("content-type", "application/json")
+            .body(WatchBody(rx).boxed())
+            .unwrap());
+    }
+    let list = json!({
+        "kind": "PodList", "apiVersion": "v1",
+        "metadata": {"resourceVersion": "100"},
+        "items": *state.pods.lock().unwrap(),
+    });
+    Ok(hyper::Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(list.to_string())).boxed())
+        .unwrap())
+}
+
+/// Generates a CA and a server certificate for localhost; writes the CA to
+/// `ca_path`; serves on a loopback port it returns.
+fn start_api(rt: &tokio::runtime::Runtime, state: Arc<ApiState>, ca_path: &Path) -> u16 {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "sluice test cluster CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    std::fs::write(ca_path, ca_cert.pem()).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut srv_params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    srv_params.distinguished_name.push(DnType::CommonName, "kubernetes");
+    let srv_key = KeyPair::generate().unwrap();
+    let srv_cert = srv_params.signed_by(&srv_key, &issuer).unwrap();
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![srv_cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(srv_key.serialize_der())),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    rt.spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            let state = state.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(move |req| handle(req, state.clone()));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+fn pod(version: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": "api-7f9", "namespace": "shop", "uid": "0c1d2e3f-aaaa-4bbb-8ccc-123456789abc",
+            "resourceVersion": "101",
+            "labels": {"app": "api", "app.kubernetes.io/version": version, "app.kubernetes.io/component": "worker"},
+            "annotations": {"team": "payments"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "api-6d4b", "uid": "r1", "controller": true}]
+        },
+        "spec": {"nodeName": "node-a", "containers": [{"name": "api", "image": "registry.local/shop/api:3.1.4"}]},
+        "status": {"phase": "Running"}
+    })
+}
+
+#[test]
+fn pods_from_a_real_tls_api_server_enrich_events_and_follow_the_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let state = Arc::new(ApiState::default());
+    state.pods.lock().unwrap().push(pod("3.1.4"));
+    let ca = dir.path().join("ca.crt");
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let port = start_api(&rt, state.clone(), &ca);
+
+    let api_dir = dir.path().join("pods/shop_api-7f9_0c1d2e3f-aaaa-4bbb-8ccc-123456789abc/api");
+    let other_dir = dir.path().join("pods/shop_batch-1_99999999-0000/job");
+    std::fs::create_dir_all(&api_dir).unwrap();
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let cri = |id: &str| format!("2024-05-01T10:00:00.000000001Z stdout F {{\"id\":\"{id}\"}}");
+    append(&api_dir.join("0.log"), [cri("first")]);
+    append(&other_dir.join("0.log"), [cri("other")]);
+
+    let kube = format!(
+        "[sources.files.kubernetes]\nenabled = true\napi = true\napi_url = \"https://localhost:{port}\"\n\
+         token_file = \"{}\"\nca_file = \"{}\"\nnode_name = \"node-a\"\ninitial_sync_timeout = \"10s\"",
+        token.display(),
+        ca.display()
+    );
+    let cfg = config(
+        &dir.path().join("data"),
+        &[format!("{}/pods/**/*.log", dir.path().display())],
+        &kube,
+    );
+    let mut s = Sluice::start(dir.path(), &cfg);
+    let lines = s.wait_for(2, Duration::from_secs(30));
+    let v = parse(&lines);
+    let first = v.iter().find(|e| e["id"] == "first").unwrap();
+    assert_eq!(first["kubernetes"]["namespace"], "shop");
+    assert_eq!(first["kubernetes"]["pod"], "api-7f9");
+    assert_eq!(first["kubernetes"]["container"], "api");
+    assert_eq!(first["kubernetes"]["node"], "node-a");
+    assert_eq!(first["kubernetes"]["labels"]["app"], "api");
+    assert_eq!(first["kubernetes"]["annotations"]["team"], "payments");
+    assert_eq!(first["kubernetes"]["owner"], json!({"kind": "ReplicaSet", "name": "api-6d4b"}));
+    assert_eq!(first["kubernetes"]["image"], "registry.local/shop/api:3.1.4");
+    assert_eq!(first["release"]["version"], "3.1.4");
+    assert_eq!(first["process"]["type"], "worker");
+    let other = v.iter().find(|e| e["id"] == "other").unwrap();
+    assert_eq!(other["kubernetes"]["pod"], "batch-1", "path metadata without a pod");
+    assert!(other["kubernetes"].get("labels").is_none());
+    assert_eq!(other["process"]["type"], "job");
+
+    // A new release rolls out: the watch says so, new lines carry it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state.watchers.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "sluice never started a watch");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    state.send_event("MODIFIED", &pod("3.1.5"));
+    // Lines keep coming; once the watch event is in, they carry 3.1.5.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut probe = 0;
+    loop {
+        probe += 1;
+        append(&api_dir.join("0.log"), [cri(&format!("probe-{probe}"))]);
+        let lines = s.wait_for(2 + probe, Duration::from_secs(10));
+        let v = parse(&lines);
+        if v.last().unwrap()["release"]["version"] == "3.1.5" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the watch's MODIFIED event never reached new lines");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The pod is deleted; its last lines still get its metadata.
+    state.send_event("DELETED", &pod("3.1.5"));
+    std::thread::sleep(Duration::from_millis(300));
+    let before = s.count();
+    append(&api_dir.join("0.log"), [cri("after-delete")]);
+    let lines = s.wait_for(before + 1, Duration::from_secs(10));
+    let last = parse(&lines).into_iter().find(|e| e["id"] == "after-delete").unwrap();
+    assert_eq!(last["release"]["version"], "3.1.5");
+    assert_eq!(last["kubernetes"]["labels"]["app"], "api");
+    let _ = s.stop();
+
+    let reqs = state.requests.lock().unwrap().clone();
+    assert!(reqs.iter().all(|(_, auth)| auth == &format!("Bearer {TOKEN}")), "{reqs:?}");
+    assert!(
+        reqs.iter().all(|(u, _)| u.contains("fieldSelector=spec.nodeName%3Dnode-a")),
+        "{reqs:?}"
+    );
+    assert!(reqs.iter().any(|(u, _)| !u.contains("watch=true")), "listed");
+    assert!(
+        reqs.iter()
+            .any(|(u, _)| u.contains("watch=true") && u.contains("resourceVersion=100")),
+        "watched from the list's version"
+    );
+}
+
+#[test]
+fn untrusted_api_certificate_is_refused_and_path_metadata_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let state = Arc::new(ApiState::default());
+    state.pods.lock().unwrap().push(pod("3.1.4"));
+    let port = start_api(&rt, state.clone(), &dir.path().join("real-ca.crt"));
+    // sluice trusts a different CA than the one that signed the server.
+    let other_ca = dir.path().join("other-ca.crt");
+    let _ = start_api(&rt, Arc::new(ApiState::default()), &other_ca);
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let api_dir = dir.path().join("pods/shop_api-7f9_0c1d2e3f-aaaa-4bbb-8ccc-123456789abc/api");
+    std::fs::create_dir_all(&api_dir).unwrap();
+    append(&api_dir.join("0.log"), ["2024-05-01T10:00:00Z stdout F {\"id\":\"x\"}".to_owned()]);
+    let kube = format!(
+        "[sources.files.kubernetes]\nenabled = true\napi = true\napi_url = \"https://localhost:{port}\"\n\
+         token_file = \"{}\"\nca_file = \"{}\"\nnode_name = \"node-a\"\ninitial_sync_timeout = \"1s\"",
+        token.display(),
+        other_ca.display()
+    );
+    let cfg = config(
+        &dir.path().join("data"),
+        &[format!("{}/pods/**/*.log", dir.path().display())],
+        &kube,
+    );
+    let mut s = Sluice::start(dir.path(), &cfg);
+    let lines = s.wait_for(1, Duration::from_secs(30));
+    let v = parse(&lines);
+    assert_eq!(v[0]["kubernetes"]["pod"], "api-7f9");
+    assert!(v[0]["kubernetes"].get("labels").is_none(), "no metadata from an untrusted server");
+    assert!(s.stderr().contains("kubernetes API"), "{}", s.stderr());
+    assert!(state.requests.lock().unwrap().is_empty(), "no request got past the TLS handshake");
+    let _ = s.stop();
+}

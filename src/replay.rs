@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
-use crate::buffer::queue;
+use crate::buffer::{self, BufferCx};
 use crate::config::Config;
 use crate::enrich::SourceContext;
 use crate::event::{AckGroup, AckOutcome, FieldSet};
@@ -168,9 +168,16 @@ pub async fn replay(config: Config, opts: ReplayOptions) -> Result<ReplayReport,
     let health = Arc::new(Health::default());
     let mut sinks = JoinSet::new();
     let mut senders = Vec::new();
+    let mut disk_buffers = Vec::new();
+    let buffer_cx = BufferCx {
+        data_dir: config.data_dir.clone(),
+        fields: fields.clone(),
+    };
     for name in &chosen {
         let spec = &config.sinks[name];
-        let (tx, rx) = queue(name, &spec.buffer);
+        let opened = buffer::open(name, &spec.buffer, &buffer_cx).map_err(|e| ReplayError::Sink(e.to_string()))?;
+        let (tx, rx) = (opened.sender, opened.receiver);
+        disk_buffers.extend(opened.disk);
         let cx = SinkCx {
             name: name.as_str().into(),
             fields: fields.clone(),
@@ -243,6 +250,14 @@ pub async fn replay(config: Config, opts: ReplayOptions) -> Result<ReplayReport,
     // signal or a failed sink the wait is bounded, as in a normal run; a
     // signal during an unbounded drain bounds it; a second signal ends it.
     let bounded = !read_to_end || report.interrupted || !report.sink_errors.is_empty();
+    if bounded {
+        // As in a run stopped by a signal: what waits in a disk buffer stays
+        // there for the next run on this data_dir; sinks finish what they
+        // hold. Such lines count as delivered (they are on disk).
+        for d in &disk_buffers {
+            d.stop_feeding();
+        }
+    }
     let mut drain_errors = Vec::new();
     let mut interrupted = report.interrupted;
     let cut_short = {
@@ -250,6 +265,9 @@ pub async fn replay(config: Config, opts: ReplayOptions) -> Result<ReplayReport,
             let _ = fan_out.await;
             while let Some(res) = sinks.join_next().await {
                 record_sink(res, &mut drain_errors);
+            }
+            for d in disk_buffers {
+                d.closed().await;
             }
         };
         tokio::pin!(drain);

@@ -304,3 +304,43 @@ fn a_signal_stops_the_replay_and_the_undelivered_lines_are_counted() {
     assert!(stderr.contains("replay: interrupted by a signal"), "{stderr}");
     assert!(stderr.contains(" NOT delivered ("), "{stderr}");
 }
+
+#[test]
+fn replay_through_a_disk_buffer_delivers_every_line_and_leaves_it_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("disk.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[api]\nenabled = false\n[enrich]\ndisable_host = true\n[sources.stdin]\ntype = \"stdin\"\n[sinks.out]\ntype = \"stdout\"\n[sinks.out.buffer]\ntype = \"disk\"\nmax_bytes = \"64MiB\"\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let want = lines("disk", 30_000);
+    let file = dir.path().join("a.log");
+    std::fs::write(&file, want.join("\n") + "\n").unwrap();
+
+    let out = finish(command(&config, &[&file]).spawn().unwrap(), b"", Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let got: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    assert!(
+        got == want.iter().map(String::as_str).collect::<Vec<_>>(),
+        "every line once, in order, through the disk buffer"
+    );
+    assert!(stderr.contains("30000 line(s); 30000 delivered"), "{stderr}");
+
+    // A second replay of nothing new finds the buffer empty: nothing was
+    // left on disk to be sent again.
+    let empty = dir.path().join("empty.log");
+    std::fs::write(&empty, "").unwrap();
+    let out = finish(command(&config, &[&empty]).spawn().unwrap(), b"", Duration::from_secs(60));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stdout.is_empty(),
+        "the disk buffer was left with {} bytes of events",
+        out.stdout.len()
+    );
+}

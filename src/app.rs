@@ -58,7 +58,8 @@ pub async fn run(config: Config) -> Result<Stopped, RunError> {
 }
 
 /// [`run`] with extensions.
-pub async fn run_with(config: Config, ext: Extensions) -> Result<Stopped, RunError> {
+pub async fn run_with(config: Config, mut ext: Extensions) -> Result<Stopped, RunError> {
+    crate::sli::extend(&mut ext, &config.sli);
     let health = Arc::new(Health::default());
     let _api = if config.api.enabled {
         match telemetry::serve(config.api.address, health.clone()).await {

@@ -17,5 +17,6 @@ pub mod framing;
 pub mod pipeline;
 pub mod replay;
 pub mod sinks;
+pub mod sli;
 pub mod sources;
 pub mod telemetry;

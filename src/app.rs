@@ -137,6 +137,7 @@ pub async fn run_with(config: Config, mut ext: Extensions) -> Result<Stopped, Ru
     // close and the sinks drain and exit.
     drop(senders);
     health.set_started(true);
+    let service_manager = telemetry::systemd::ServiceManager::ready();
 
     let mut failure: Option<RunError> = None;
     let stopped = tokio::select! {
@@ -149,6 +150,7 @@ pub async fn run_with(config: Config, mut ext: Extensions) -> Result<Stopped, Ru
         }
     };
     health.set_started(false);
+    service_manager.stopping();
     trigger.trigger();
     if stopped == Stopped::Signal {
         // What waits on disk stays there for the next run; sinks only

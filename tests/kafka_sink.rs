@@ -247,7 +247,11 @@ fn messages_the_broker_rejects_for_good_are_dropped_and_counted() {
         (dropped >= 1.0 && dropped + sent >= input.len() as f64).then_some(m)
     });
     let dropped = m["sluice_events_dropped_total{component=\"k\",reason=\"message_too_large\"}"];
-    assert_eq!(m["sluice_sink_errors_total{kind=\"message_too_large\",sink=\"k\"}"], dropped);
+    // Errors count failed deliveries as librdkafka reports them: one
+    // refused Produce request may carry several messages, so errors are at
+    // least one and at most the messages dropped.
+    let errors = m["sluice_sink_errors_total{kind=\"message_too_large\",sink=\"k\"}"];
+    assert!(errors >= 1.0 && errors <= dropped, "errors {errors}, dropped {dropped}");
     s.close_stdin();
     assert!(s.wait(Duration::from_secs(30)).success(), "{}", s.stderr());
     let delivered = input.len() - dropped as usize;

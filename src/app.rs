@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 
-use crate::buffer::{self, BufferCx};
-use crate::config::Config;
+use crate::buffer::{self, BufferCx, DiskHandle, QueueSender};
+use crate::config::{Config, SinkSpec};
 use crate::event::FieldSet;
 use crate::pipeline::{shutdown_pair, source_output, BatchTap};
-use crate::sinks::SinkCx;
+use crate::sinks::{SinkCx, SinkError};
 use crate::sources::SourceCx;
 use crate::telemetry::{self, Health};
 
@@ -101,17 +101,10 @@ pub async fn run_with(config: Config, mut ext: Extensions) -> Result<Stopped, Ru
         fields: fields.clone(),
     };
     for (name, spec) in &config.sinks {
-        let opened = buffer::open(name, &spec.buffer, &buffer_cx).map_err(|e| RunError::Component(e.to_string()))?;
-        let (tx, rx) = (opened.sender, opened.receiver);
-        disk_buffers.extend(opened.disk);
-        let cx = SinkCx {
-            name: name.as_str().into(),
-            fields: fields.clone(),
-            health: health.clone(),
-            data_dir: config.data_dir.clone(),
-        };
-        let task = spec.config.build(cx, rx).await.map_err(|e| RunError::Component(e.to_string()))?;
-        sinks.spawn(task);
+        let (tx, disk) = start_sink(name, spec, &buffer_cx, &health, &mut sinks)
+            .await
+            .map_err(RunError::Component)?;
+        disk_buffers.extend(disk);
         senders.insert(name.clone(), tx);
     }
 
@@ -192,6 +185,29 @@ pub async fn run_with(config: Config, mut ext: Extensions) -> Result<Stopped, Ru
         Some(e) => Err(e),
         None => Ok(stopped),
     }
+}
+
+/// Opens a sink's queue (memory or disk), builds the sink on it and spawns
+/// it into `sinks`. Returns the queue's sending end for the fan-out and, for
+/// a disk buffer, its handle (stop it and wait for it at shutdown). `run`
+/// and `replay` start their sinks through here.
+pub(crate) async fn start_sink(
+    name: &str,
+    spec: &SinkSpec,
+    buffer_cx: &BufferCx,
+    health: &Arc<Health>,
+    sinks: &mut JoinSet<Result<(), SinkError>>,
+) -> Result<(QueueSender, Option<DiskHandle>), String> {
+    let opened = buffer::open(name, &spec.buffer, buffer_cx).map_err(|e| e.to_string())?;
+    let cx = SinkCx {
+        name: name.into(),
+        fields: buffer_cx.fields.clone(),
+        health: health.clone(),
+        data_dir: buffer_cx.data_dir.clone(),
+    };
+    let task = spec.config.build(cx, opened.receiver).await.map_err(|e| e.to_string())?;
+    sinks.spawn(task);
+    Ok((opened.sender, opened.disk))
 }
 
 async fn wait_all<E: std::fmt::Display + Send + 'static>(set: &mut JoinSet<Result<(), E>>, failure: &mut Option<RunError>) {

@@ -12,13 +12,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
-use crate::buffer::{self, BufferCx};
+use crate::buffer::BufferCx;
 use crate::config::Config;
 use crate::enrich::SourceContext;
 use crate::event::{AckGroup, AckOutcome, FieldSet};
 use crate::framing::{LineFramer, OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
 use crate::pipeline::{shutdown_pair, source_output, ShutdownSignal, SourceOutput};
-use crate::sinks::SinkCx;
 use crate::telemetry::Health;
 
 /// The two bytes every gzip member starts with (RFC 1952).
@@ -174,18 +173,10 @@ pub async fn replay(config: Config, opts: ReplayOptions) -> Result<ReplayReport,
         fields: fields.clone(),
     };
     for name in &chosen {
-        let spec = &config.sinks[name];
-        let opened = buffer::open(name, &spec.buffer, &buffer_cx).map_err(|e| ReplayError::Sink(e.to_string()))?;
-        let (tx, rx) = (opened.sender, opened.receiver);
-        disk_buffers.extend(opened.disk);
-        let cx = SinkCx {
-            name: name.as_str().into(),
-            fields: fields.clone(),
-            health: health.clone(),
-            data_dir: config.data_dir.clone(),
-        };
-        let task = spec.config.build(cx, rx).await.map_err(|e| ReplayError::Sink(e.to_string()))?;
-        sinks.spawn(task);
+        let (tx, disk) = crate::app::start_sink(name, &config.sinks[name], &buffer_cx, &health, &mut sinks)
+            .await
+            .map_err(ReplayError::Sink)?;
+        disk_buffers.extend(disk);
         senders.push(tx);
     }
 

@@ -138,7 +138,7 @@ fn unit_matches_what_the_binary_does() {
     assert_eq!(setting("EnvironmentFile"), "-/etc/sluice/sluice.env");
     // systemd waits longer than sluice's own drain before SIGKILL.
     let cfg = sluice::config::Config::from_str(
-        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/dev.toml")).unwrap(),
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vm.toml")).unwrap(),
         sluice::config::Format::Toml,
         &|_| None,
     )

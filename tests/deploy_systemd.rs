@@ -138,9 +138,14 @@ fn unit_matches_what_the_binary_does() {
     assert_eq!(setting("EnvironmentFile"), "-/etc/sluice/sluice.env");
     // systemd waits longer than sluice's own drain before SIGKILL.
     let cfg = sluice::config::Config::from_str(
-        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/dev.toml")).unwrap(),
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vm.toml")).unwrap(),
         sluice::config::Format::Toml,
-        &|_| None,
+        // The variables /etc/sluice/sluice.env sets for it.
+        &|k| match k {
+            "LOKI_ENDPOINT" => Some("http://127.0.0.1:3100".to_owned()),
+            "S3_BUCKET" => Some("archive".to_owned()),
+            _ => None,
+        },
     )
     .unwrap();
     assert!(seconds(&setting("TimeoutStopSec")) > cfg.shutdown_timeout.as_secs());
@@ -156,4 +161,30 @@ fn unit_matches_what_the_binary_does() {
     ] {
         assert_eq!(setting(key), want, "{key}=");
     }
+}
+
+#[test]
+fn vm_config_validates_with_the_example_environment_file() {
+    // What the unit gives sluice: the variables of /etc/sluice/sluice.env
+    // (as shipped, uncommented lines only) and SLUICE_DATA_DIR.
+    let env_text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/sluice.env")).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("validate")
+        .arg("--config")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vm.toml"))
+        .env("SLUICE_DATA_DIR", "/var/lib/sluice");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SLUICE_") && k != "SLUICE_DATA_DIR" || k.starts_with("LOKI_") || k.starts_with("S3_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut set = 0;
+    for line in env_text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let (k, v) = line.split_once('=').unwrap_or_else(|| panic!("not KEY=VALUE: {line:?}"));
+        cmd.env(k, v);
+        set += 1;
+    }
+    assert!(set >= 2, "the env file sets the variables vm.toml requires");
+    let out = run(cmd, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -20,6 +20,8 @@ const EXAMPLE_ENV: &[(&str, &str)] = &[
     ("S3_BUCKET", "logs-archive"),
     ("S3_REGION", "us-east-1"),
     ("S3_ENDPOINT", "http://127.0.0.1:9000"),
+    ("KAFKA_USERNAME", "aggregator"),
+    ("KAFKA_PASSWORD", "secret"),
 ];
 
 fn config_files() -> Vec<PathBuf> {
@@ -59,6 +61,43 @@ fn required_vars(text: &str) -> Vec<String> {
     out
 }
 
+/// Runs `sluice validate` on `text` (written to `path`) with the example
+/// environment; panics with the errors unless it is valid.
+fn validate(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("validate").arg("--config").arg(path);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SLUICE_") || EXAMPLE_ENV.iter().any(|(n, _)| *n == k) {
+            cmd.env_remove(k);
+        }
+    }
+    for var in required_vars(text) {
+        let (_, v) = EXAMPLE_ENV
+            .iter()
+            .find(|(n, _)| *n == var)
+            .unwrap_or_else(|| panic!("{} needs ${{{var}}}: add it to EXAMPLE_ENV and docs/deploy.md", path.display()));
+        cmd.env(&var, v);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("sluice validate {} hung", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} does not validate:\n{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("config is valid"));
+}
+
 #[test]
 fn every_shipped_config_passes_sluice_validate() {
     let files = config_files();
@@ -66,43 +105,50 @@ fn every_shipped_config_passes_sluice_validate() {
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    for want in ["dev.toml", "blackhole.toml"] {
+    for want in ["dev.toml", "vm.toml", "daemonset.toml", "aggregator.toml", "blackhole.toml"] {
         assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
     }
+    let dir = tempfile::tempdir().unwrap();
     for file in &files {
+        // Validated from a copy so that `validate` reads exactly this text.
         let text = std::fs::read_to_string(file).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("validate").arg("--config").arg(file);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("SLUICE_") || EXAMPLE_ENV.iter().any(|(n, _)| *n == k) {
-                cmd.env_remove(k);
-            }
-        }
-        for var in required_vars(&text) {
-            let (_, v) = EXAMPLE_ENV
-                .iter()
-                .find(|(n, _)| *n == var)
-                .unwrap_or_else(|| panic!("{} needs ${{{var}}}: add it to EXAMPLE_ENV and docs/deploy.md", file.display()));
-            cmd.env(&var, v);
-        }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let t0 = Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            if t0.elapsed() > Duration::from_secs(30) {
-                let _ = child.kill();
-                panic!("sluice validate {} hung", file.display());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{} does not validate:\n{}",
-            file.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).starts_with("config is valid"));
+        validate(&dir.path().join(file.file_name().unwrap()), &text);
     }
+}
+
+/// The alternatives the configs offer as commented blocks (`# [sinks.x]`
+/// up to the end of the block) stay valid when uncommented.
+#[test]
+fn commented_alternatives_in_the_shipped_configs_validate_when_uncommented() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut found = 0;
+    for file in config_files() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut i = 0;
+        while i < lines.len() {
+            if !(lines[i].starts_with("# [sources.") || lines[i].starts_with("# [sinks.")) {
+                i += 1;
+                continue;
+            }
+            // The block: commented lines from the table header on.
+            let start = i;
+            while i < lines.len() && lines[i].starts_with('#') {
+                i += 1;
+            }
+            let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+            for l in &mut out[start..i] {
+                *l = l.strip_prefix("# ").or_else(|| l.strip_prefix('#')).unwrap_or(l).to_owned();
+            }
+            found += 1;
+            let name = format!("{}-alt{start}.toml", file.file_stem().unwrap().to_string_lossy());
+            validate(&dir.path().join(name), &(out.join("\n") + "\n"));
+        }
+    }
+    assert!(
+        found >= 2,
+        "the daemonset Loki and aggregator SASL alternatives are checked (found {found})"
+    );
 }
 
 #[test]

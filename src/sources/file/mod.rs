@@ -135,7 +135,7 @@ impl FileConfig {
             let reader = Reader::new(ReaderCx {
                 source: name.clone(),
                 cfg: cfg.clone(),
-                output: cx.output.clone(),
+                output: Some(cx.output.clone()),
                 handle: handle.clone(),
                 shutdown: cx.shutdown.clone(),
                 stop: stop.clone(),

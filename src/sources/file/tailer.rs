@@ -45,7 +45,10 @@ const STAT_EVERY: Duration = Duration::from_millis(200);
 pub(crate) struct ReaderCx {
     pub source: Arc<str>,
     pub cfg: Arc<FileConfig>,
-    pub output: SourceOutput,
+    /// Where batches go; `None` once the reader has stopped reading, so the
+    /// fan-out can end and the sinks flush what they hold (an S3 object is
+    /// only uploaded, and its batches acknowledged, when its queue closes).
+    pub output: Option<SourceOutput>,
     pub handle: tokio::runtime::Handle,
     pub shutdown: ShutdownSignal,
     /// Set by the scanner in `stop_at_eof` mode once every file is done.
@@ -53,6 +56,13 @@ pub(crate) struct ReaderCx {
     pub registry: Arc<Mutex<Registry>>,
     pub contexts: Arc<ContextFactory>,
     pub started: Instant,
+}
+
+impl ReaderCx {
+    /// The output, while the reader still sends.
+    fn out(&self) -> Result<&SourceOutput, PipelineClosed> {
+        self.output.as_ref().ok_or(PipelineClosed)
+    }
 }
 
 /// A file handed to a reader.
@@ -256,7 +266,11 @@ impl Reader {
             }
         }
         // Whatever was read is in the pipeline: wait for its fate, so the
-        // final checkpoint is as far as it can be.
+        // final checkpoint is as far as it can be. Let go of the output
+        // first: sinks that acknowledge only when their input ends (S3
+        // uploads its open objects then) would otherwise wait for us while
+        // we wait for them, until shutdown_timeout.
+        self.cx.output = None;
         self.files.append(&mut self.spawned);
         loop {
             for t in self.files.iter_mut() {
@@ -410,17 +424,20 @@ impl Reader {
         let mut ckpt = ckpt;
         let dropped = lines.dropped;
         let res = match &mut t.unwrap {
-            Unwrap::Undetected | Unwrap::Lines => self.cx.output.blocking_send_lines(lines, ctx, Some(ack)),
+            Unwrap::Undetected | Unwrap::Lines => self.cx.out().and_then(|o| o.blocking_send_lines(lines, ctx, Some(ack))),
             Unwrap::Cri(r) => {
                 let batch = r.unwrap(&lines, chunk_offset, now);
                 ckpt = r.pending_start().map_or(ckpt, |p| p.min(ckpt));
                 self.stats.add(r.take_stats());
                 let hint = batch.payload_bytes()
                     + batch.records.len() * (ctx.fragment.members().iter().map(|m| m.rendered().len() + 1).sum::<usize>() + 64);
-                let out = &self.cx.output;
-                self.cx
-                    .handle
-                    .block_on(out.send_decoded(ctx.clone(), Some(ack), hint, move |d, o| batch.decode(d, &ctx.fragment, o)))
+                match self.cx.out() {
+                    Ok(out) => self
+                        .cx
+                        .handle
+                        .block_on(out.send_decoded(ctx.clone(), Some(ack), hint, move |d, o| batch.decode(d, &ctx.fragment, o))),
+                    Err(e) => Err(e),
+                }
             }
             Unwrap::Docker(r) => {
                 let batch = r.unwrap(&lines, chunk_offset, now);
@@ -428,10 +445,13 @@ impl Reader {
                 self.stats.add(r.take_stats());
                 let hint = batch.wrapper_bytes()
                     + batch.records.len() * (ctx.fragment.members().iter().map(|m| m.rendered().len() + 1).sum::<usize>() + 16);
-                let out = &self.cx.output;
-                self.cx
-                    .handle
-                    .block_on(out.send_decoded(ctx.clone(), Some(ack), hint, move |d, o| batch.decode(d, &ctx.fragment, o)))
+                match self.cx.out() {
+                    Ok(out) => self
+                        .cx
+                        .handle
+                        .block_on(out.send_decoded(ctx.clone(), Some(ack), hint, move |d, o| batch.decode(d, &ctx.fragment, o))),
+                    Err(e) => Err(e),
+                }
             }
         };
         if dropped > 0 && !matches!(t.unwrap, Unwrap::Lines | Unwrap::Undetected) {
@@ -462,11 +482,13 @@ impl Reader {
                     let seq = ack.seq();
                     let ctx2 = ctx.clone();
                     let hint = batch.payload_bytes() + 256;
-                    let r = self.cx.handle.block_on(
-                        self.cx
-                            .output
-                            .send_decoded(ctx, Some(ack), hint, move |d, o| batch.decode(d, &ctx2.fragment, o)),
-                    );
+                    let r = match self.cx.out() {
+                        Ok(out) => self
+                            .cx
+                            .handle
+                            .block_on(out.send_decoded(ctx, Some(ack), hint, move |d, o| batch.decode(d, &ctx2.fragment, o))),
+                        Err(e) => Err(e),
+                    };
                     (Some((seq, ckpt)), r)
                 }
                 None => (None, Ok(())),
@@ -479,11 +501,13 @@ impl Reader {
                     let seq = ack.seq();
                     let ctx2 = ctx.clone();
                     let hint = batch.wrapper_bytes() + 256;
-                    let r = self.cx.handle.block_on(
-                        self.cx
-                            .output
-                            .send_decoded(ctx, Some(ack), hint, move |d, o| batch.decode(d, &ctx2.fragment, o)),
-                    );
+                    let r = match self.cx.out() {
+                        Ok(out) => self
+                            .cx
+                            .handle
+                            .block_on(out.send_decoded(ctx, Some(ack), hint, move |d, o| batch.decode(d, &ctx2.fragment, o))),
+                        Err(e) => Err(e),
+                    };
                     (Some((seq, ckpt)), r)
                 }
                 None => (None, Ok(())),

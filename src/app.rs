@@ -58,7 +58,8 @@ pub async fn run(config: Config) -> Result<Stopped, RunError> {
 }
 
 /// [`run`] with extensions.
-pub async fn run_with(config: Config, ext: Extensions) -> Result<Stopped, RunError> {
+pub async fn run_with(config: Config, mut ext: Extensions) -> Result<Stopped, RunError> {
+    crate::sli::extend(&mut ext, &config.sli);
     let health = Arc::new(Health::default());
     let _api = if config.api.enabled {
         match telemetry::serve(config.api.address, health.clone()).await {
@@ -136,6 +137,7 @@ pub async fn run_with(config: Config, ext: Extensions) -> Result<Stopped, RunErr
     // close and the sinks drain and exit.
     drop(senders);
     health.set_started(true);
+    let service_manager = telemetry::systemd::ServiceManager::ready();
 
     let mut failure: Option<RunError> = None;
     let stopped = tokio::select! {
@@ -148,6 +150,7 @@ pub async fn run_with(config: Config, ext: Extensions) -> Result<Stopped, RunErr
         }
     };
     health.set_started(false);
+    service_manager.stopping();
     trigger.trigger();
     if stopped == Stopped::Signal {
         // What waits on disk stays there for the next run; sinks only

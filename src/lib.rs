@@ -15,6 +15,8 @@ pub mod enrich;
 pub mod event;
 pub mod framing;
 pub mod pipeline;
+pub mod replay;
 pub mod sinks;
+pub mod sli;
 pub mod sources;
 pub mod telemetry;

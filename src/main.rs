@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use sluice::app::{self, Stopped};
 use sluice::config::Config;
+use sluice::replay::{self, ProgressStyle, ReplayOptions};
 use sluice::sources::process::{run_command, RunCommand};
 
 /// sluice: collects line-delimited JSON events, enriches them with release
@@ -30,6 +31,20 @@ struct Cli {
 enum Command {
     /// Check a config and report every error with its key path.
     Validate,
+    /// Backfill existing files (plain or gzip) through the config's sinks,
+    /// once, then exit: 0 when every line was delivered, 1 otherwise. The
+    /// config's sources are ignored.
+    Replay {
+        /// Send only to these sinks (repeatable); all of them by default.
+        #[arg(long = "sink", value_name = "NAME")]
+        sinks: Vec<String>,
+        /// No progress display, only the final summary.
+        #[arg(short, long)]
+        quiet: bool,
+        /// The files to replay, in order.
+        #[arg(required = true, value_name = "PATHS")]
+        paths: Vec<PathBuf>,
+    },
     /// Run a command with its log router attached: its stdout and stderr
     /// become events with process metadata, sent to the config's sinks
     /// (stdout by default). SIGTERM and SIGINT are forwarded to it; sluice
@@ -74,6 +89,27 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    let replay = match &cli.command {
+        Some(Command::Replay { sinks, quiet, paths }) => {
+            if cli.config.is_none() {
+                eprintln!("sluice replay: --config is required (the sinks to send to come from it)");
+                return ExitCode::from(2);
+            }
+            let progress = if *quiet {
+                ProgressStyle::Quiet
+            } else if std::io::stderr().is_terminal() {
+                ProgressStyle::Bar
+            } else {
+                ProgressStyle::Lines
+            };
+            Some(ReplayOptions {
+                paths: paths.clone(),
+                sinks: sinks.clone(),
+                progress,
+            })
+        }
+        _ => None,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sluice-worker")
@@ -86,6 +122,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(opts) = replay {
+        let result = runtime.block_on(replay::replay(config, opts));
+        runtime.shutdown_background();
+        return match result {
+            Ok(report) => {
+                eprintln!("{report}");
+                if report.all_delivered() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("sluice replay: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Some(Command::Run { process_type, command }) = cli.command {
         let outcome = runtime.block_on(run_command(config, RunCommand { command, process_type }));
         runtime.shutdown_background();

@@ -31,14 +31,26 @@ const DECODE_IN_FLIGHT: usize = 4;
 pub struct PipelineClosed;
 
 enum Pending {
-    Decoding(JoinHandle<Batch>),
+    /// Decoding on the blocking pool; the taps' prepared work comes with it.
+    Decoding(JoinHandle<(Batch, Vec<Option<Prepared>>)>),
     Ready(Batch),
 }
 
+/// What a [`BatchTap`] computed for one batch on the decode pool.
+pub type Prepared = Box<dyn std::any::Any + Send>;
+
 /// Looks at every batch before it is fanned out (the SLI metrics).
 pub trait BatchTap: Send + Sync {
-    /// Called once per batch, in order, on the fan-out task.
-    fn observe(&self, batch: &Batch);
+    /// Called on the decode pool right after a batch is decoded, in parallel
+    /// with other batches: per-event work that needs no shared state goes
+    /// here. What it returns is handed to [`BatchTap::observe`].
+    fn prepare(&self, _batch: &Batch) -> Option<Prepared> {
+        None
+    }
+
+    /// Called once per batch, in order, on the fan-out task, with what
+    /// `prepare` returned (`None` for a batch sent already decoded).
+    fn observe(&self, batch: &Batch, prepared: Option<Prepared>);
 }
 
 /// A source's way into the pipeline. Cloneable; the fan-out ends when every
@@ -48,6 +60,7 @@ pub struct SourceOutput {
     tx: mpsc::Sender<Pending>,
     fields: Arc<FieldSet>,
     source: Arc<str>,
+    taps: Arc<[Arc<dyn BatchTap>]>,
 }
 
 impl std::fmt::Debug for SourceOutput {
@@ -126,6 +139,7 @@ impl SourceOutput {
     {
         let fields = self.fields.clone();
         let source = self.source.clone();
+        let taps = self.taps.clone();
         let received_at = SystemTime::now();
         Pending::Decoding(tokio::task::spawn_blocking(move || {
             let mut out = BatchBuilder::with_capacity(fields, size_hint, size_hint / 200 + 1);
@@ -152,7 +166,8 @@ impl SourceOutput {
             }
             let mut batch = out.build(ctx, received_at);
             batch.ack = ack;
-            batch
+            let prepared = taps.iter().map(|t| t.prepare(&batch)).collect();
+            (batch, prepared)
         }))
     }
 }
@@ -167,14 +182,15 @@ pub fn source_output(
     taps: Vec<Arc<dyn BatchTap>>,
 ) -> (SourceOutput, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(DECODE_IN_FLIGHT);
-    let task = tokio::spawn(fan_out(rx, sinks, taps, source.clone()));
-    (SourceOutput { tx, fields, source }, task)
+    let taps: Arc<[Arc<dyn BatchTap>]> = taps.into();
+    let task = tokio::spawn(fan_out(rx, sinks, taps.clone(), source.clone()));
+    (SourceOutput { tx, fields, source, taps }, task)
 }
 
-async fn fan_out(mut rx: mpsc::Receiver<Pending>, sinks: Vec<QueueSender>, taps: Vec<Arc<dyn BatchTap>>, source: Arc<str>) {
+async fn fan_out(mut rx: mpsc::Receiver<Pending>, sinks: Vec<QueueSender>, taps: Arc<[Arc<dyn BatchTap>]>, source: Arc<str>) {
     while let Some(pending) = rx.recv().await {
-        let batch = match pending {
-            Pending::Ready(b) => b,
+        let (batch, mut prepared) = match pending {
+            Pending::Ready(b) => (b, Vec::new()),
             Pending::Decoding(handle) => match handle.await {
                 Ok(b) => b,
                 Err(e) => {
@@ -188,8 +204,9 @@ async fn fan_out(mut rx: mpsc::Receiver<Pending>, sinks: Vec<QueueSender>, taps:
             },
         };
         metrics().batch_events.observe(batch.len() as f64);
-        for tap in &taps {
-            tap.observe(&batch);
+        prepared.resize_with(taps.len(), || None);
+        for (tap, p) in taps.iter().zip(prepared) {
+            tap.observe(&batch, p);
         }
         if let Some(ack) = &batch.ack {
             ack.expect(if batch.is_empty() { 0 } else { sinks.len() });

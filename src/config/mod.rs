@@ -19,6 +19,7 @@ use std::time::Duration;
 use crate::buffer::BufferConfig;
 use crate::enrich::EnrichConfig;
 use crate::sinks::SinkConfig;
+use crate::sli::SliRule;
 use crate::sources::SourceConfig;
 
 /// What `app | sluice` does with no config: stdin to stdout, enriched.
@@ -138,6 +139,8 @@ pub struct Config {
     pub sources: BTreeMap<String, SourceConfig>,
     /// Sinks by name.
     pub sinks: BTreeMap<String, SinkSpec>,
+    /// SLI rules (`[[sli]]`), in config order.
+    pub sli: Vec<SliRule>,
     /// True when the API address was set explicitly (a bind failure is then
     /// fatal; with the default it is a warning, so two dev pipes can run).
     pub api_address_explicit: bool,
@@ -209,6 +212,10 @@ impl Config {
         let enrich: EnrichConfig = root
             .remove("enrich")
             .and_then(|v| parse_at("enrich", v, &mut errors))
+            .unwrap_or_default();
+        let sli = root
+            .remove("sli")
+            .map(|v| crate::sli::config::parse_rules(v, &mut errors))
             .unwrap_or_default();
         let top: TopLevel = parse_at("", Value::Object(root), &mut errors).unwrap_or_default();
 
@@ -296,6 +303,7 @@ impl Config {
             enrich: enrich.with_env(),
             sources,
             sinks,
+            sli,
             api_address_explicit,
         })
     }

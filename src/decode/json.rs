@@ -4,6 +4,7 @@
 
 use simd_json::{Buffers, Node, StaticNode, Tape};
 
+use super::extract::FieldPlan;
 use super::DecodeStats;
 use crate::enrich::{Fragment, Member};
 use crate::event::{BatchBuilder, FieldValueRef};
@@ -19,6 +20,8 @@ pub struct Decoder {
     scratch: Vec<u8>,
     buffers: Buffers,
     tape: Tape<'static>,
+    /// How to extract the field set of the batches being decoded.
+    plan: Option<FieldPlan>,
     /// Counters since the last [`Decoder::take_stats`].
     stats: DecodeStats,
 }
@@ -42,6 +45,7 @@ impl Decoder {
             scratch: Vec::with_capacity(4096),
             buffers: Buffers::with_max_depth(4096, MAX_DEPTH),
             tape: Tape(Vec::new()),
+            plan: None,
             stats: DecodeStats::default(),
         }
     }
@@ -80,7 +84,11 @@ impl Decoder {
     /// written nothing, when it is not valid JSON.
     fn try_object(&mut self, line: &[u8], close: usize, extra: &[Member], fragment: &Fragment, out: &mut BatchBuilder) -> bool {
         let Decoder {
-            scratch, buffers, tape, ..
+            scratch,
+            buffers,
+            tape,
+            plan,
+            ..
         } = self;
         scratch.clear();
         scratch.extend_from_slice(line);
@@ -121,10 +129,11 @@ impl Decoder {
         buf.push(b'}');
 
         if !out.fields().is_empty() {
-            let fields = out.fields().clone();
-            for path in fields.paths() {
-                out.push_value(lookup(nodes, path.segments()));
-            }
+            let plan = match plan {
+                Some(p) if p.is_for(out.fields()) => p,
+                _ => plan.insert(FieldPlan::new(out.fields().clone())),
+            };
+            plan.extract(nodes, out);
         }
         out.finish_event();
         *tape = t.reset();
@@ -208,14 +217,15 @@ fn child<'t, 'i>(nodes: &'t [Node<'i>], key: &str) -> Option<&'t [Node<'i>]> {
     None
 }
 
-fn node_count(n: &Node<'_>) -> usize {
+pub(super) fn node_count(n: &Node<'_>) -> usize {
     match n {
         Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
         _ => 1,
     }
 }
 
-fn lookup<'a>(nodes: &'a [Node<'a>], path: &[String]) -> FieldValueRef<'a> {
+/// The value at `path` below the value that starts at `nodes[0]`.
+pub(super) fn lookup<'a>(nodes: &'a [Node<'a>], path: &[String]) -> FieldValueRef<'a> {
     let mut cur = nodes;
     for seg in path {
         match child(cur, seg) {
@@ -223,14 +233,21 @@ fn lookup<'a>(nodes: &'a [Node<'a>], path: &[String]) -> FieldValueRef<'a> {
             None => return FieldValueRef::Missing,
         }
     }
-    match cur.first() {
-        Some(Node::String(s)) => FieldValueRef::Str(s),
-        Some(Node::Static(StaticNode::Null)) => FieldValueRef::Null,
-        Some(Node::Static(StaticNode::Bool(b))) => FieldValueRef::Bool(*b),
-        Some(Node::Static(StaticNode::I64(n))) => FieldValueRef::Number(*n as f64),
-        Some(Node::Static(StaticNode::U64(n))) => FieldValueRef::Number(*n as f64),
-        Some(Node::Static(StaticNode::F64(n))) => FieldValueRef::Number(*n),
-        Some(Node::Object { .. } | Node::Array { .. }) => FieldValueRef::Composite,
+    cur.first().map_or(FieldValueRef::Missing, scalar)
+}
+
+/// The value a node starts: strings, numbers, booleans and null as such,
+/// objects and arrays as composite.
+#[inline]
+pub(super) fn scalar<'a>(node: &'a Node<'a>) -> FieldValueRef<'a> {
+    match node {
+        Node::String(s) => FieldValueRef::Str(s),
+        Node::Static(StaticNode::Null) => FieldValueRef::Null,
+        Node::Static(StaticNode::Bool(b)) => FieldValueRef::Bool(*b),
+        Node::Static(StaticNode::I64(n)) => FieldValueRef::Number(*n as f64),
+        Node::Static(StaticNode::U64(n)) => FieldValueRef::Number(*n as f64),
+        Node::Static(StaticNode::F64(n)) => FieldValueRef::Number(*n),
+        Node::Object { .. } | Node::Array { .. } => FieldValueRef::Composite,
         #[allow(unreachable_patterns)]
         _ => FieldValueRef::Missing,
     }

@@ -4,6 +4,7 @@
 
 pub mod cri;
 pub mod docker;
+mod extract;
 mod json;
 pub mod partial;
 pub mod syslog;

@@ -2,6 +2,7 @@
 //! and the HTTP endpoints that serve them.
 
 mod http;
+pub(crate) mod systemd;
 
 pub use http::{serve, ApiHandle, Health};
 

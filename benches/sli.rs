@@ -1,0 +1,92 @@
+//! The SLI tap on the hot path: decoding a batch of the benchmark corpus
+//! (~285-byte JSON app logs) with and without the fields the three rules of
+//! `config/sli-example.toml` need, the tap's per-event work (`prepare`, on
+//! the decode pool) and its per-batch merge (`observe`, on the fan-out
+//! task).
+//!
+//! `cargo bench --bench sli`. The whole-pipeline comparison (release
+//! binary, stdin → blackhole, 2M lines) is `scripts/bench-sli`.
+
+#[path = "support/corpus.rs"]
+mod corpus;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use serde_json::json;
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use sluice::config::Config;
+use sluice::decode::Decoder;
+use sluice::enrich::SourceContext;
+use sluice::event::{Batch, BatchBuilder, FieldSet};
+use sluice::pipeline::BatchTap;
+use sluice::sli::SliTap;
+
+/// Events per batch: about what one 1 MiB read of the corpus holds.
+const BATCH: usize = 3500;
+
+/// The `scripts/gen-corpus` shape, split into lines.
+fn lines() -> Vec<String> {
+    let text = String::from_utf8(corpus::ndjson(BATCH, 42)).expect("corpus is UTF-8");
+    text.lines().map(str::to_owned).collect()
+}
+
+fn context() -> Arc<SourceContext> {
+    let meta = json!({"release": {"version": "v1.4.2"}, "host": "bench"});
+    let serde_json::Value::Object(meta) = meta else { unreachable!() };
+    Arc::new(SourceContext::new("stdin".into(), "stdin", String::new(), meta))
+}
+
+fn decode(d: &mut Decoder, lines: &[String], fields: &Arc<FieldSet>, ctx: &Arc<SourceContext>) -> Batch {
+    let bytes: usize = lines.iter().map(|l| l.len() + 64).sum();
+    let mut out = BatchBuilder::with_capacity(fields.clone(), bytes, lines.len());
+    for l in lines {
+        d.decode_line(l.as_bytes(), false, &[], &ctx.fragment, &mut out);
+    }
+    out.build(ctx.clone(), SystemTime::now())
+}
+
+fn bench(c: &mut Criterion) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sli-example.toml");
+    let config = Config::load(&path).expect("example config");
+    assert_eq!(config.sli.len(), 3);
+    let tap = SliTap::new(&config.sli);
+    let lines = lines();
+    let ctx = context();
+    let none = Arc::new(FieldSet::new());
+    let mut with = FieldSet::new();
+    for p in tap.fields() {
+        with.add(p);
+    }
+    let with = Arc::new(with);
+    let mut d = Decoder::new();
+    let batch = decode(&mut d, &lines, &with, &ctx);
+    // Warm the series table: the steady state has every series already.
+    tap.observe(&batch, tap.prepare(&batch));
+
+    let mut g = c.benchmark_group("sli");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("decode/no_rules", |b| b.iter(|| black_box(decode(&mut d, &lines, &none, &ctx))));
+    g.bench_function("decode/three_rules_fields", |b| {
+        b.iter(|| black_box(decode(&mut d, &lines, &with, &ctx)))
+    });
+    // The per-event part, on the decode pool (parallel across batches).
+    g.bench_function("tap/prepare_three_rules", |b| b.iter(|| black_box(tap.prepare(black_box(&batch)))));
+    // The per-batch merge under the lock, on the fan-out task (serial).
+    g.bench_function("tap/merge_three_rules", |b| {
+        b.iter_batched(|| tap.prepare(&batch), |p| tap.observe(&batch, p), BatchSize::SmallInput)
+    });
+    g.bench_function("decode_and_tap/three_rules", |b| {
+        b.iter(|| {
+            let batch = decode(&mut d, &lines, &with, &ctx);
+            tap.observe(&batch, tap.prepare(&batch));
+            black_box(batch)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,290 @@
+//! Field extraction in one pass over an event's top-level keys.
+//!
+//! Looking each configured path up on its own scans the event's keys once
+//! per path, with a string comparison per key; with the handful of fields
+//! SLI rules and sink labels need, that cost more than parsing the event.
+//! A [`FieldPlan`] instead indexes the distinct first segments of the
+//! field set by a small hash of (length, first byte, last byte), walks the
+//! top-level keys once, and compares a key in full only against the
+//! segment its hash points at. Deeper segments are then resolved inside the
+//! one value they start from. The result is the same as looking each path
+//! up on its own: the first occurrence of a duplicated key wins.
+
+use simd_json::Node;
+use std::sync::Arc;
+
+use super::json::{lookup, node_count, scalar};
+use crate::event::{BatchBuilder, FieldSet, FieldValueRef};
+
+/// Buckets of the first-segment index; a power of two well above the
+/// number of distinct first segments a config names.
+const BUCKETS: usize = 64;
+
+/// Distinct first segments the index holds (`u8` links); a larger field
+/// set is looked up path by path.
+const MAX_ROOTS: usize = 255;
+
+/// How to extract one [`FieldSet`] from parsed events.
+#[derive(Debug)]
+pub(super) struct FieldPlan {
+    /// The set this plan is for; holding it keeps its address from being
+    /// reused by a different set.
+    fields: Arc<FieldSet>,
+    /// Distinct first segments, as bytes.
+    roots: Vec<Box<[u8]>>,
+    /// For each path, the index of its first segment in `roots`.
+    path_root: Vec<usize>,
+    /// Bit `n` set when some root is `n` bytes long (roots of 64 bytes and
+    /// more set bit 63): most keys are ruled out by their length alone.
+    lengths: u64,
+    /// Root index + 1 of the first root in each bucket; 0 for none.
+    buckets: [u8; BUCKETS],
+    /// Root index + 1 of the next root in the same bucket; 0 ends the chain.
+    next: Vec<u8>,
+    /// Per root, for the event being extracted: where its value starts in
+    /// the tape and how many nodes it spans (start 0: not found).
+    found: Vec<(usize, usize)>,
+    /// Too many roots for the index: look paths up one by one.
+    per_path: bool,
+}
+
+/// The bit of [`FieldPlan::lengths`] for a key of `n` bytes; none for 0.
+#[inline]
+fn length_bit(n: usize) -> u64 {
+    (1u64 << n.min(63)) & !1
+}
+
+#[inline]
+fn bucket(key: &[u8]) -> usize {
+    // Callers pass non-empty keys.
+    (key.len().wrapping_mul(7) ^ key[0] as usize ^ ((key[key.len() - 1] as usize) << 1)) % BUCKETS
+}
+
+/// Equality of short byte strings without a call into `memcmp`: keys are
+/// mostly under 16 bytes, where two overlapping 8-byte loads decide.
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if n < 8 {
+        return a.iter().zip(b).all(|(x, y)| x == y);
+    }
+    let word = |s: &[u8], at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_ne_bytes(w)
+    };
+    word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8) && (n <= 16 || a[8..n - 8] == b[8..n - 8])
+}
+
+impl FieldPlan {
+    /// The plan for `fields`.
+    pub(super) fn new(fields: Arc<FieldSet>) -> FieldPlan {
+        let mut roots: Vec<Box<[u8]>> = Vec::new();
+        let mut path_root = Vec::with_capacity(fields.len());
+        for path in fields.paths() {
+            // FieldPath::parse rejects empty paths and empty segments.
+            let first = path.segments().first().map(|s| s.as_bytes()).unwrap_or_default();
+            let i = match roots.iter().position(|r| **r == *first) {
+                Some(i) => i,
+                None => {
+                    roots.push(first.into());
+                    roots.len() - 1
+                }
+            };
+            path_root.push(i);
+        }
+        let per_path = roots.len() > MAX_ROOTS || roots.iter().any(|r| r.is_empty());
+        let mut buckets = [0u8; BUCKETS];
+        let mut next = vec![0u8; roots.len()];
+        let lengths = roots.iter().fold(0u64, |bits, r| bits | length_bit(r.len()));
+        if !per_path {
+            for (i, r) in roots.iter().enumerate().rev() {
+                let b = bucket(r);
+                next[i] = buckets[b];
+                buckets[b] = (i + 1) as u8;
+            }
+        }
+        FieldPlan {
+            found: vec![(0, 0); roots.len()],
+            fields,
+            roots,
+            path_root,
+            lengths,
+            buckets,
+            next,
+            per_path,
+        }
+    }
+
+    /// Whether this plan is for `fields`.
+    pub(super) fn is_for(&self, fields: &Arc<FieldSet>) -> bool {
+        Arc::ptr_eq(&self.fields, fields)
+    }
+
+    /// Pushes one value per path of the field set, in order, for the object
+    /// whose tape is `nodes`.
+    pub(super) fn extract<'a>(&mut self, nodes: &'a [Node<'a>], out: &mut BatchBuilder) {
+        if self.per_path {
+            for path in self.fields.paths() {
+                out.push_value(lookup(nodes, path.segments()));
+            }
+            return;
+        }
+        self.found.iter_mut().for_each(|f| *f = (0, 0));
+        let mut remaining = self.roots.len();
+        if let Some(&Node::Object { len, .. }) = nodes.first() {
+            let mut idx = 1;
+            for _ in 0..len {
+                let Some(Node::String(key)) = nodes.get(idx) else { break };
+                idx += 1;
+                let Some(value) = nodes.get(idx) else { break };
+                let count = node_count(value);
+                let key = key.as_bytes();
+                if self.lengths & length_bit(key.len()) != 0 {
+                    let mut link = self.buckets[bucket(key)];
+                    while link != 0 {
+                        let r = (link - 1) as usize;
+                        if same(&self.roots[r], key) {
+                            if self.found[r].0 == 0 {
+                                self.found[r] = (idx, count);
+                                remaining -= 1;
+                            }
+                            break;
+                        }
+                        link = self.next[r];
+                    }
+                    if remaining == 0 {
+                        break;
+                    }
+                }
+                idx += count;
+            }
+        }
+        for (path, &root) in self.fields.paths().iter().zip(&self.path_root) {
+            let v = match self.found[root] {
+                (0, _) => FieldValueRef::Missing,
+                (start, _) if path.segments().len() == 1 => nodes.get(start).map_or(FieldValueRef::Missing, scalar),
+                (start, count) => match nodes.get(start..start + count) {
+                    Some(value) => lookup(value, &path.segments()[1..]),
+                    None => FieldValueRef::Missing,
+                },
+            };
+            out.push_value(v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::FieldPath;
+    use proptest::prelude::*;
+    use simd_json::{Buffers, Tape};
+
+    /// Extracts `paths` from `json` with the plan and with one lookup per
+    /// path, as the extracted values of a one-event batch each.
+    fn both(json: &str, paths: &[String]) -> (Vec<String>, Vec<String>) {
+        let mut set = FieldSet::new();
+        for p in paths {
+            set.add(FieldPath::parse(p).unwrap());
+        }
+        let set = Arc::new(set);
+        let mut bytes = json.as_bytes().to_vec();
+        let len = bytes.len();
+        bytes.resize(len + simd_json::INPUT_PADDING, 0);
+        let mut buffers = Buffers::new(len);
+        let mut tape = Tape(Vec::new());
+        simd_json::fill_tape_padded(&mut bytes, len, &mut buffers, &mut tape).expect("valid JSON");
+        let run = |planned: bool| {
+            let mut out = BatchBuilder::with_capacity(set.clone(), 64, 1);
+            out.buffer().extend_from_slice(b"{}");
+            if planned {
+                FieldPlan::new(set.clone()).extract(&tape.0, &mut out);
+            } else {
+                for p in set.paths() {
+                    out.push_value(lookup(&tape.0, p.segments()));
+                }
+            }
+            out.finish_event();
+            let ctx = Arc::new(crate::enrich::SourceContext::new(
+                "t".into(),
+                "test",
+                String::new(),
+                Default::default(),
+            ));
+            let batch = out.build(ctx, std::time::SystemTime::now());
+            (0..set.len()).map(|i| format!("{:?}", batch.value(0, i))).collect::<Vec<_>>()
+        };
+        (run(true), run(false))
+    }
+
+    #[test]
+    fn nested_missing_duplicate_and_colliding_keys() {
+        let paths: Vec<String> = [
+            "status",
+            "http.status",
+            "http.host",
+            "a",
+            "ab",
+            "ba",
+            "missing",
+            "x.y.z",
+            "dup",
+            "long_key_name_here",
+        ]
+        .map(String::from)
+        .to_vec();
+        let json = r#"{"a":1,"dup":"first","http":{"status":503,"host":"h"},"ab":"x","dup":"second","ba":[1],"x":{"y":{"z":null}},"status":"200","long_key_name_here":true,"":0}"#;
+        let (plan, each) = both(json, &paths);
+        assert_eq!(plan, each);
+        assert_eq!(plan[8], r#"Str("first")"#);
+        assert_eq!(plan[1], "Number(503.0)");
+        assert_eq!(plan[6], "Missing");
+    }
+
+    #[test]
+    fn short_and_long_key_equality() {
+        for (a, b) in [
+            ("", ""),
+            ("a", "a"),
+            ("abcdefg", "abcdefh"),
+            ("abcdefgh", "abcdefgh"),
+            ("abcdefghij", "abcdefghiJ"),
+        ] {
+            assert_eq!(same(a.as_bytes(), b.as_bytes()), a == b, "{a} {b}");
+        }
+        let long_a = "k".repeat(40);
+        let mut long_b = long_a.clone();
+        long_b.replace_range(20..21, "x");
+        assert!(same(long_a.as_bytes(), long_a.as_bytes()));
+        assert!(!same(long_a.as_bytes(), long_b.as_bytes()));
+    }
+
+    proptest! {
+        /// On any object over a small key alphabet (so keys repeat, nest and
+        /// collide in buckets) the plan finds what per-path lookups find.
+        #[test]
+        fn plan_matches_per_path_lookup(
+            members in proptest::collection::vec(("[abk]{1,3}|status|service_name_long", 0u8..4, "[a-z]{0,3}"), 0..12),
+            paths in proptest::collection::vec("[abk]{1,3}(\\.[abk]{1,2}){0,2}|status|service_name_long", 1..8),
+        ) {
+            let mut json = String::from("{");
+            for (i, (k, kind, v)) in members.iter().enumerate() {
+                if i > 0 { json.push(','); }
+                let value = match kind {
+                    0 => format!("\"{v}\""),
+                    1 => format!("{}", v.len()),
+                    2 => format!("{{\"a\":\"{v}\",\"b\":{{\"k\":{}}}}}", v.len()),
+                    _ => "[1,{\"a\":2}]".to_owned(),
+                };
+                json.push_str(&format!("\"{k}\":{value}"));
+            }
+            json.push('}');
+            let (plan, each) = both(&json, &paths);
+            prop_assert_eq!(plan, each);
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Route normalisation: `/users/42/orders/9f1c…` and `/users/7/orders/0b2e…`
+//! are one route, `/users/:id/orders/:id`. Without it every id would be a
+//! new series and the series limit would be spent on noise.
+
+use regex::Regex;
+
+/// What replaces an id segment.
+pub(crate) const ID: &str = ":id";
+
+/// Shortest run of hex digits treated as an id (a 64-bit id in hex, a Mongo
+/// ObjectId, a hash); shorter hex-looking words (`cafe`, `add`) stay.
+const MIN_HEX_ID: usize = 16;
+
+/// Appends `path` to `out` with its query string and fragment removed and
+/// every segment that is an id (all digits, a UUID, or 16+ hex digits with
+/// at least one digit) replaced by `:id`. One pass over the bytes, copying
+/// the stretches between ids in bulk; only whole segments are replaced, so
+/// UTF-8 stays valid.
+pub(crate) fn normalize_into(path: &str, out: &mut Vec<u8>) {
+    let b = path.as_bytes();
+    // Bytes of `b` before `copied` are in `out` (or replaced there).
+    let mut copied = 0;
+    let mut seg = 0;
+    let mut digits = true;
+    let mut i = 0;
+    loop {
+        let c = b.get(i).copied();
+        match c {
+            Some(b'/') | Some(b'?') | Some(b'#') | None => {
+                if i > seg && (digits || is_other_id(&b[seg..i])) {
+                    out.extend_from_slice(&b[copied..seg]);
+                    out.extend_from_slice(ID.as_bytes());
+                    copied = i;
+                }
+                if c != Some(b'/') {
+                    out.extend_from_slice(&b[copied..i]);
+                    return;
+                }
+                seg = i + 1;
+                digits = true;
+            }
+            Some(c) => digits &= c.is_ascii_digit(),
+        }
+        i += 1;
+    }
+}
+
+/// A non-numeric id segment: a UUID, or 16+ hex digits with a digit.
+fn is_other_id(seg: &[u8]) -> bool {
+    match seg.len() {
+        36 => is_uuid(seg),
+        n if n >= MIN_HEX_ID => seg.iter().all(u8::is_ascii_hexdigit) && seg.iter().any(u8::is_ascii_digit),
+        _ => false,
+    }
+}
+
+/// `8-4-4-4-12` hex digits, any case.
+fn is_uuid(b: &[u8]) -> bool {
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// One configured rewrite of a label value, compiled.
+#[derive(Debug, Clone)]
+pub(crate) struct Rewrite {
+    re: Regex,
+    replace: String,
+    /// The replacement has no `$` group references: matches are replaced
+    /// by plain copies, without building capture groups.
+    literal: bool,
+}
+
+impl Rewrite {
+    /// Every match of `re` becomes `replace` (`$1`, `${name}` expand).
+    pub(crate) fn new(re: Regex, replace: String) -> Rewrite {
+        let literal = !replace.contains('$');
+        Rewrite { re, replace, literal }
+    }
+}
+
+/// Applies rewrites in order and leaves the result in `out`; `tmp` is
+/// scratch. Only rules that configure patterns run a regex per event, and
+/// with plain replacements nothing is allocated once the buffers have grown.
+pub(crate) fn rewrite_into(value: &str, rewrites: &[Rewrite], out: &mut String, tmp: &mut String) {
+    out.clear();
+    out.push_str(value);
+    for rw in rewrites {
+        let mut matches = rw.re.find_iter(out.as_str()).peekable();
+        if matches.peek().is_none() {
+            continue;
+        }
+        tmp.clear();
+        if rw.literal {
+            let mut last = 0;
+            for m in matches {
+                tmp.push_str(&out[last..m.start()]);
+                tmp.push_str(&rw.replace);
+                last = m.end();
+            }
+            tmp.push_str(&out[last..]);
+        } else {
+            drop(matches);
+            tmp.push_str(&rw.re.replace_all(out.as_str(), rw.replace.as_str()));
+        }
+        std::mem::swap(out, tmp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(p: &str) -> String {
+        let mut out = b"prefix:".to_vec();
+        normalize_into(p, &mut out);
+        String::from_utf8(out).unwrap().strip_prefix("prefix:").unwrap().to_owned()
+    }
+
+    #[test]
+    fn ids_and_uuids_become_placeholders() {
+        assert_eq!(norm("/users/42/orders"), "/users/:id/orders");
+        assert_eq!(norm("/o/3F2504E0-4F89-11D3-9A0C-0305E82C3301/items/7"), "/o/:id/items/:id");
+        assert_eq!(norm("/blob/507f1f77bcf86cd799439011"), "/blob/:id");
+        assert_eq!(norm("/search?q=1&page=2"), "/search");
+        assert_eq!(norm("/a/7#frag"), "/a/:id");
+        assert_eq!(norm("42"), ":id");
+        assert_eq!(norm("/é/12/ü"), "/é/:id/ü");
+    }
+
+    #[test]
+    fn words_and_templates_are_kept() {
+        for p in [
+            "/",
+            "",
+            "/users/:id",
+            "/v2/cafe/add",
+            "/deadbeefcafebabe",
+            "/users/42x",
+            "/a//b",
+            "a/b/",
+        ] {
+            assert_eq!(norm(p), p, "{p}");
+        }
+    }
+
+    #[test]
+    fn patterns_rewrite_in_order() {
+        let rws = vec![
+            Rewrite::new(Regex::new("^/v[0-9]+/").unwrap(), "/v:n/".to_owned()),
+            Rewrite::new(Regex::new("/files/(.*)").unwrap(), "/files/*".to_owned()),
+            Rewrite::new(Regex::new("/(?P<kind>img|doc)s/").unwrap(), "/${kind}/".to_owned()),
+            Rewrite::new(Regex::new("x").unwrap(), "y".to_owned()),
+        ];
+        let (mut out, mut tmp) = (String::new(), String::new());
+        let mut run = |v: &str| {
+            rewrite_into(v, &rws, &mut out, &mut tmp);
+            out.clone()
+        };
+        assert_eq!(run("/v3/files/a/b.txt"), "/v:n/files/*");
+        assert_eq!(run("/imgs/a/docs/b"), "/img/a/doc/b");
+        assert_eq!(run("/other"), "/other");
+        assert_eq!(run("xax"), "yay");
+        assert_eq!(run(""), "");
+    }
+}

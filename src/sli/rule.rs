@@ -1,0 +1,567 @@
+//! Rules compiled for the hot path: which events count, their outcome and
+//! their latency, read from the values the decoder extracted.
+//!
+//! A rule refers to fields by their index in the tap's own field list
+//! ([`FieldIndex`]); per batch that list is mapped onto the batch's
+//! [`FieldSet`] once, so a lookup per event is two array reads.
+
+use regex::Regex;
+use std::sync::Arc;
+
+use super::config::{Condition, LatencyUnit, Scalar, SliRule};
+use super::window::WindowSpec;
+use crate::event::{Batch, FieldPath, FieldSet, FieldValueRef};
+
+/// An index into the tap's field list.
+pub(crate) type FieldIndex = usize;
+
+/// The fields every rule of a tap reads, deduplicated.
+#[derive(Debug, Default)]
+pub(crate) struct TapFields {
+    paths: Vec<FieldPath>,
+}
+
+impl TapFields {
+    /// The index of `path`, adding it once.
+    pub(crate) fn add(&mut self, path: &FieldPath) -> FieldIndex {
+        if let Some(i) = self.paths.iter().position(|p| p == path) {
+            return i;
+        }
+        self.paths.push(path.clone());
+        self.paths.len() - 1
+    }
+
+    /// The paths, by index.
+    pub(crate) fn paths(&self) -> &[FieldPath] {
+        &self.paths
+    }
+
+    /// Where each tap field is in `set` (`None` if the pipeline did not
+    /// extract it, which reads as missing).
+    pub(crate) fn bind(&self, set: &FieldSet) -> Vec<Option<usize>> {
+        self.paths.iter().map(|p| set.index_of(p)).collect()
+    }
+}
+
+/// One event's extracted values, addressed by tap field index: read from
+/// the batch once per event, then shared by every rule and label.
+pub(crate) struct Row<'r, 'a> {
+    values: &'r [FieldValueRef<'a>],
+    index: usize,
+}
+
+impl<'r, 'a> Row<'r, 'a> {
+    /// Event `index`, whose values [`Row::fill`] read into `values`.
+    pub(crate) fn new(values: &'r [FieldValueRef<'a>], index: usize) -> Row<'r, 'a> {
+        Row { values, index }
+    }
+
+    /// Reads event `index` of `batch` into `values`, by tap field index;
+    /// `map` comes from [`TapFields::bind`].
+    #[inline]
+    pub(crate) fn fill(batch: &'a Batch, map: &[Option<usize>], index: usize, values: &mut Vec<FieldValueRef<'a>>) {
+        values.clear();
+        values.extend(map.iter().map(|m| match m {
+            Some(j) => batch.value(index, *j),
+            None => FieldValueRef::Missing,
+        }));
+    }
+
+    /// The event's index in its batch.
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The value of tap field `f`.
+    #[inline]
+    pub(crate) fn get(&self, f: FieldIndex) -> FieldValueRef<'a> {
+        self.values.get(f).copied().unwrap_or(FieldValueRef::Missing)
+    }
+}
+
+/// A literal ready for comparison: strings that look like numbers or
+/// booleans also compare with numbers and booleans.
+#[derive(Debug, Clone)]
+struct Literal {
+    text: String,
+    number: Option<f64>,
+    boolean: Option<bool>,
+}
+
+impl Literal {
+    fn new(s: &Scalar) -> Literal {
+        match s {
+            Scalar::Bool(b) => Literal {
+                text: b.to_string(),
+                number: None,
+                boolean: Some(*b),
+            },
+            Scalar::Number(n) => Literal {
+                text: ryu::Buffer::new().format(*n).trim_end_matches(".0").to_owned(),
+                number: Some(*n),
+                boolean: None,
+            },
+            Scalar::Str(s) => Literal {
+                text: s.clone(),
+                number: s.trim().parse().ok(),
+                boolean: match s.as_str() {
+                    "true" => Some(true),
+                    "false" => Some(false),
+                    _ => None,
+                },
+            },
+        }
+    }
+
+    #[inline]
+    fn matches(&self, v: FieldValueRef<'_>) -> bool {
+        match v {
+            FieldValueRef::Str(s) => {
+                bytes_eq(s.as_bytes(), self.text.as_bytes()) || (self.number.is_some() && s.trim().parse::<f64>().ok() == self.number)
+            }
+            FieldValueRef::Number(n) => self.number == Some(n),
+            FieldValueRef::Bool(b) => self.boolean == Some(b),
+            _ => false,
+        }
+    }
+}
+
+/// Equality of short byte strings (field values compared with literals)
+/// without a call into `memcmp`.
+#[inline]
+fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && (a.len() > 16 && a == b || a.iter().zip(b).all(|(x, y)| x == y))
+}
+
+/// The test of a compiled condition.
+#[derive(Debug, Clone)]
+enum Test {
+    Exists(bool),
+    Equals(Literal),
+    NotEquals(Literal),
+    OneOf(Vec<Literal>),
+    Prefix(String),
+    Pattern(Regex),
+    /// Bounds with inclusiveness; infinite when not set.
+    Range {
+        lo: f64,
+        lo_incl: bool,
+        hi: f64,
+        hi_incl: bool,
+    },
+}
+
+/// A compiled condition on one field.
+#[derive(Debug, Clone)]
+pub(crate) struct Check {
+    field: FieldIndex,
+    test: Test,
+}
+
+impl Check {
+    /// Compiles a validated condition.
+    pub(crate) fn new(c: &Condition, fields: &mut TapFields) -> Check {
+        let test = if let Some(e) = c.exists {
+            Test::Exists(e)
+        } else if let Some(v) = &c.equals {
+            Test::Equals(Literal::new(v))
+        } else if let Some(v) = &c.not_equals {
+            Test::NotEquals(Literal::new(v))
+        } else if let Some(list) = &c.one_of {
+            Test::OneOf(list.iter().map(Literal::new).collect())
+        } else if let Some(p) = &c.prefix {
+            Test::Prefix(p.clone())
+        } else if let Some(p) = &c.pattern {
+            Test::Pattern(p.0.clone())
+        } else {
+            let (lo, lo_incl) = match (c.gt, c.gte) {
+                (Some(v), _) => (v, false),
+                (None, Some(v)) => (v, true),
+                (None, None) => (f64::NEG_INFINITY, true),
+            };
+            let (hi, hi_incl) = match (c.lt, c.lte) {
+                (Some(v), _) => (v, false),
+                (None, Some(v)) => (v, true),
+                (None, None) => (f64::INFINITY, true),
+            };
+            Test::Range { lo, lo_incl, hi, hi_incl }
+        };
+        Check {
+            field: fields.add(&c.field),
+            test,
+        }
+    }
+
+    /// Whether the event passes. `None` when the test cannot decide: every
+    /// test but `exists` needs the field present (and ranges need a number).
+    /// `text` is scratch space for numbers tested as text.
+    #[inline(always)]
+    pub(crate) fn eval(&self, row: &Row<'_, '_>, text: &mut String) -> Option<bool> {
+        let v = row.get(self.field);
+        if let Test::Exists(want) = self.test {
+            return Some(!matches!(v, FieldValueRef::Missing) == want);
+        }
+        if matches!(v, FieldValueRef::Missing | FieldValueRef::Null) {
+            return None;
+        }
+        Some(match &self.test {
+            Test::Exists(_) => unreachable!("handled above"),
+            Test::Equals(l) => l.matches(v),
+            Test::NotEquals(l) => !l.matches(v),
+            Test::OneOf(ls) => ls.iter().any(|l| l.matches(v)),
+            Test::Prefix(p) => {
+                let t = as_text(v, text)?.as_bytes();
+                t.len() >= p.len() && bytes_eq(&t[..p.len()], p.as_bytes())
+            }
+            Test::Pattern(re) => re.is_match(as_text(v, text)?),
+            Test::Range { lo, lo_incl, hi, hi_incl } => {
+                let n = v.as_f64()?;
+                (if *lo_incl { n >= *lo } else { n > *lo }) && (if *hi_incl { n <= *hi } else { n < *hi })
+            }
+        })
+    }
+}
+
+fn as_text<'a>(v: FieldValueRef<'a>, text: &'a mut String) -> Option<&'a str> {
+    match v {
+        FieldValueRef::Str(s) => Some(s),
+        _ => {
+            text.clear();
+            v.render(text).then_some(text.as_str())
+        }
+    }
+}
+
+/// Where a rule's latency is.
+#[derive(Debug, Clone)]
+pub(crate) struct LatencySpec {
+    field: FieldIndex,
+    unit: LatencyUnit,
+    /// Seconds; slower successes are `slow`.
+    pub threshold: Option<f64>,
+}
+
+impl LatencySpec {
+    /// The event's latency in seconds; `None` when missing or not a
+    /// finite, non-negative duration.
+    #[inline]
+    pub(crate) fn seconds(&self, row: &Row<'_, '_>) -> Option<f64> {
+        let v = row.get(self.field);
+        let secs = match (self.unit, v) {
+            (LatencyUnit::Duration, FieldValueRef::Str(s)) => parse_duration(s)?,
+            (unit, FieldValueRef::Str(s)) => match s.trim().parse::<f64>() {
+                Ok(n) => n * unit_factor(unit),
+                // "12.5ms" in a numeric field: take it as written.
+                Err(_) => parse_duration(s)?,
+            },
+            (unit, FieldValueRef::Number(n)) => n * unit_factor(unit),
+            _ => return None,
+        };
+        (secs.is_finite() && secs >= 0.0).then_some(secs)
+    }
+}
+
+fn unit_factor(unit: LatencyUnit) -> f64 {
+    match unit {
+        LatencyUnit::Nanoseconds => 1e-9,
+        LatencyUnit::Microseconds => 1e-6,
+        LatencyUnit::Milliseconds => 1e-3,
+        LatencyUnit::Seconds | LatencyUnit::Duration => 1.0,
+    }
+}
+
+/// Parses a duration string as Go and most loggers write it: one or more
+/// `<decimal><unit>` parts (`12.5ms`, `1m30s`, `250µs`), units `ns`, `us`,
+/// `µs`, `ms`, `s`, `m`, `h`; `0` alone is zero. Returns seconds.
+pub(crate) fn parse_duration(s: &str) -> Option<f64> {
+    let s = s.trim();
+    if s == "0" {
+        return Some(0.0);
+    }
+    let mut rest = s;
+    let mut total = 0.0;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        if num_end == 0 {
+            return None;
+        }
+        let n: f64 = rest[..num_end].parse().ok()?;
+        rest = rest[num_end..].trim_start();
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.' || c == ' ')
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += n * factor;
+        rest = rest[unit_end..].trim_start();
+    }
+    Some(total)
+}
+
+/// A rule ready for events.
+#[derive(Debug)]
+pub(crate) struct CompiledRule {
+    /// The `sli` label value.
+    pub name: Arc<str>,
+    matches: Vec<Check>,
+    outcome: Check,
+    /// Whether `outcome` passing means error (else it means success).
+    outcome_is_error: bool,
+    /// Latency, if the rule has it.
+    pub latency: Option<LatencySpec>,
+    /// Histogram upper bounds, seconds (the `+Inf` bucket is implicit).
+    pub bounds: Arc<[f64]>,
+    /// Target fraction of good events.
+    pub objective: Option<f64>,
+    /// Burn-rate windows (empty without an objective).
+    pub windows: Arc<[WindowSpec]>,
+    /// Series limit.
+    pub max_series: usize,
+    /// Index of its [`super::labels::LabelGroup`].
+    pub group: usize,
+}
+
+/// What one event is to a rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Verdict {
+    /// Not a request of this SLI.
+    Skip,
+    /// Matched, but the outcome field could not decide.
+    NoOutcome,
+    /// Matched, but a latency SLI's latency is missing or invalid.
+    NoLatency,
+    /// Counted: an error (`true`) or not, with its latency if it has one.
+    /// `latency_missing` says a configured latency could not be read.
+    Counted {
+        error: bool,
+        latency: Option<f64>,
+        latency_missing: bool,
+    },
+}
+
+impl CompiledRule {
+    /// Compiles a validated rule.
+    pub(crate) fn new(rule: &SliRule, fields: &mut TapFields, group: usize) -> CompiledRule {
+        let (outcome, outcome_is_error) = rule.outcome();
+        let windows: Vec<WindowSpec> = if rule.objective.is_some() {
+            rule.windows().into_iter().map(WindowSpec::new).collect()
+        } else {
+            Vec::new()
+        };
+        CompiledRule {
+            name: rule.name.as_str().into(),
+            matches: rule.matches.iter().map(|c| Check::new(c, fields)).collect(),
+            outcome: Check::new(&outcome, fields),
+            outcome_is_error,
+            latency: rule.latency.as_ref().map(|l| LatencySpec {
+                field: fields.add(&l.field),
+                unit: l.unit,
+                threshold: l.threshold.map(|t| t.as_secs_f64()),
+            }),
+            bounds: rule.bucket_bounds().into(),
+            objective: rule.objective,
+            windows: windows.into(),
+            max_series: rule.max_series,
+            group,
+        }
+    }
+
+    /// Decides what the event in `row` is to this rule.
+    #[inline(always)]
+    pub(crate) fn judge(&self, row: &Row<'_, '_>, text: &mut String) -> Verdict {
+        for c in &self.matches {
+            if c.eval(row, text) != Some(true) {
+                return Verdict::Skip;
+            }
+        }
+        let error = match self.outcome.eval(row, text) {
+            Some(passed) => passed == self.outcome_is_error,
+            None => return Verdict::NoOutcome,
+        };
+        let (latency, latency_missing) = match &self.latency {
+            None => (None, false),
+            Some(l) => match l.seconds(row) {
+                Some(s) => (Some(s), false),
+                None if l.threshold.is_some() => return Verdict::NoLatency,
+                None => (None, true),
+            },
+        };
+        Verdict::Counted {
+            error,
+            latency,
+            latency_missing,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Decoder;
+    use crate::enrich::{Fragment, SourceContext};
+    use crate::event::BatchBuilder;
+    use serde_json::json;
+
+    fn rule(v: serde_json::Value) -> SliRule {
+        let mut errors = Vec::new();
+        let r = super::super::config::parse_rules(json!([v]), &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        r.into_iter().next().unwrap()
+    }
+
+    /// Decodes `lines` extracting exactly the rule's fields, then judges
+    /// every event.
+    fn judge_all(r: &SliRule, lines: &[&str]) -> Vec<Verdict> {
+        let mut fields = TapFields::default();
+        let compiled = CompiledRule::new(r, &mut fields, 0);
+        let mut set = FieldSet::new();
+        for p in fields.paths() {
+            set.add(p.clone());
+        }
+        let mut out = BatchBuilder::with_capacity(Arc::new(set), 1024, 8);
+        let mut d = Decoder::new();
+        for l in lines {
+            d.decode_line(l.as_bytes(), false, &[], &Fragment::default(), &mut out);
+        }
+        let ctx = Arc::new(SourceContext::new("t".into(), "test", String::new(), Default::default()));
+        let batch = out.build(ctx, std::time::SystemTime::now());
+        let map = fields.bind(batch.fields());
+        let mut text = String::new();
+        let mut values = Vec::new();
+        (0..batch.len())
+            .map(|i| {
+                Row::fill(&batch, &map, i, &mut values);
+                compiled.judge(&Row::new(&values, i), &mut text)
+            })
+            .collect()
+    }
+
+    fn counted(error: bool, latency: Option<f64>) -> Verdict {
+        Verdict::Counted {
+            error,
+            latency,
+            latency_missing: false,
+        }
+    }
+
+    #[test]
+    fn default_outcome_is_status_500_and_above() {
+        let r = rule(json!({"name": "a"}));
+        let v = judge_all(
+            &r,
+            &[
+                r#"{"status":200}"#,
+                r#"{"status":503}"#,
+                r#"{"status":"500"}"#,
+                r#"{"msg":"x"}"#,
+                "plain",
+                r#"{"status":"n/a"}"#,
+            ],
+        );
+        assert_eq!(
+            v,
+            [
+                counted(false, None),
+                counted(true, None),
+                counted(true, None),
+                Verdict::NoOutcome,
+                Verdict::NoOutcome,
+                Verdict::NoOutcome
+            ]
+        );
+    }
+
+    #[test]
+    fn match_conditions_all_apply() {
+        let r = rule(json!({"name": "a", "match": [
+            {"field": "kind", "equals": "access"},
+            {"field": "path", "pattern": "^/api/"},
+            {"field": "method", "one_of": ["GET", "POST"]},
+            {"field": "internal", "exists": false},
+        ]}));
+        let v = judge_all(
+            &r,
+            &[
+                r#"{"kind":"access","path":"/api/x","method":"GET","status":200}"#,
+                r#"{"kind":"access","path":"/web/x","method":"GET","status":200}"#,
+                r#"{"kind":"access","path":"/api/x","method":"PUT","status":200}"#,
+                r#"{"kind":"audit","path":"/api/x","method":"GET","status":200}"#,
+                r#"{"kind":"access","path":"/api/x","method":"POST","status":200,"internal":true}"#,
+                r#"{"path":"/api/x","method":"GET","status":200}"#,
+            ],
+        );
+        assert_eq!(v[0], counted(false, None));
+        assert!(v[1..].iter().all(|x| *x == Verdict::Skip), "{v:?}");
+    }
+
+    #[test]
+    fn success_condition_and_numbers_as_text() {
+        let r = rule(json!({"name": "a", "success": {"field": "code", "prefix": "2"}}));
+        let v = judge_all(&r, &[r#"{"code":204}"#, r#"{"code":"201"}"#, r#"{"code":404}"#, r#"{"code":true}"#]);
+        assert_eq!(
+            v,
+            [counted(false, None), counted(false, None), counted(true, None), counted(true, None)]
+        );
+    }
+
+    #[test]
+    fn latency_units_and_threshold() {
+        let r = rule(json!({"name": "a", "latency": {"field": "d", "unit": "ms", "threshold": "250ms"}}));
+        let v = judge_all(
+            &r,
+            &[
+                r#"{"status":200,"d":12.5}"#,
+                r#"{"status":200,"d":"40"}"#,
+                r#"{"status":200,"d":"1.5s"}"#,
+                r#"{"status":200}"#,
+                r#"{"status":200,"d":-3}"#,
+            ],
+        );
+        assert_eq!(v[0], counted(false, Some(0.0125)));
+        assert_eq!(v[1], counted(false, Some(0.04)));
+        assert_eq!(v[2], counted(false, Some(1.5)));
+        assert_eq!(v[3], Verdict::NoLatency);
+        assert_eq!(v[4], Verdict::NoLatency);
+
+        let r = rule(json!({"name": "b", "latency": {"field": "d", "unit": "us"}}));
+        let v = judge_all(&r, &[r#"{"status":200,"d":1500}"#, r#"{"status":500,"d":"x"}"#]);
+        assert_eq!(v[0], counted(false, Some(0.0015)));
+        assert_eq!(
+            v[1],
+            Verdict::Counted {
+                error: true,
+                latency: None,
+                latency_missing: true
+            }
+        );
+    }
+
+    #[test]
+    fn duration_strings_parse_like_go() {
+        let close = |s: &str, want: f64| {
+            let got = parse_duration(s).unwrap_or_else(|| panic!("{s}"));
+            assert!((got - want).abs() < 1e-12, "{s}: {got} != {want}");
+        };
+        close("12.5ms", 0.0125);
+        close("1m30s", 90.0);
+        close("250µs", 0.00025);
+        close("250us", 0.00025);
+        close("3ns", 3e-9);
+        close("2h", 7200.0);
+        close(" 1.5 s ", 1.5);
+        close("0", 0.0);
+        for bad in ["", "ms", "12", "12 parsecs", "1..2s", "-1s", "1s-"] {
+            assert!(parse_duration(bad).is_none(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! `Type=notify`: the real binary talks to a real unix datagram socket the
+//! way systemd sets it up (`NOTIFY_SOCKET`, `WATCHDOG_USEC`), and a real
+//! SIGTERM ends it.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The next datagram, or `None` after `timeout`.
+fn recv(sock: &UnixDatagram, timeout: Duration) -> Option<String> {
+    sock.set_read_timeout(Some(timeout)).unwrap();
+    let mut buf = [0u8; 4096];
+    match sock.recv(&mut buf) {
+        Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => None,
+        Err(e) => panic!("recv on the notify socket: {e}"),
+    }
+}
+
+fn has(msg: &str, assignment: &str) -> bool {
+    msg.lines().any(|l| l == assignment)
+}
+
+#[test]
+fn notifies_ready_then_feeds_the_watchdog_then_reports_stopping_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+
+    let t0 = Instant::now();
+    let mut child = Command::new(BIN)
+        .env("NOTIFY_SOCKET", &path)
+        // 400 ms: pings every 200 ms.
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .env("SLUICE_API_ADDRESS", format!("127.0.0.1:{}", free_port()))
+        .env("SLUICE_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice");
+    // Keep stdin open: the pipeline runs until the signal.
+    let _stdin = child.stdin.take();
+
+    let first = recv(&sock, Duration::from_secs(10)).expect("READY=1 within 10 s");
+    assert!(has(&first, "READY=1"), "first message must be READY=1, got {first:?}");
+
+    let mut pings = Vec::new();
+    while pings.len() < 3 {
+        let msg = recv(&sock, Duration::from_secs(5)).expect("a watchdog ping within 5 s");
+        assert!(!has(&msg, "READY=1"), "READY=1 is sent once");
+        if has(&msg, "WATCHDOG=1") {
+            pings.push(Instant::now());
+        }
+    }
+    // Three pings at ~200 ms: well inside the 400 ms timeout each, not a flood.
+    let spacing = pings[2] - pings[0];
+    assert!(
+        spacing >= Duration::from_millis(250) && spacing < Duration::from_millis(1500),
+        "two ping intervals took {spacing:?}"
+    );
+
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stopping = false;
+    while Instant::now() < deadline {
+        match recv(&sock, Duration::from_millis(500)) {
+            Some(msg) if has(&msg, "STOPPING=1") => {
+                stopping = true;
+                break;
+            }
+            Some(_) => {}
+            None => {}
+        }
+    }
+    assert!(stopping, "STOPPING=1 after SIGTERM");
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("sluice did not exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+}
+
+#[test]
+fn watchdog_variables_without_a_notify_socket_are_harmless() {
+    let out = Command::new(BIN)
+        .env_remove("NOTIFY_SOCKET")
+        .env("WATCHDOG_USEC", "100000")
+        .env("SLUICE_API_ENABLED", "false")
+        .env("SLUICE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run sluice");
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "no warning expected: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -292,7 +292,7 @@ impl S3Sink {
     }
 
     /// Which object prefix each event goes to: the batch's NDJSON as byte
-    /// ranges per prefix (consecutive events merged), with event counts.
+    /// ranges per prefix (consecutive events merged).
     fn route(&self, batch: &Batch) -> Vec<Route> {
         let at = jiff::Timestamp::try_from(batch.received_at).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
         let parts = self.prefix.template().map_literals(|l| at.strftime(l).to_string());

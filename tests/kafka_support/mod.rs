@@ -286,6 +286,19 @@ impl Sluice {
     /// Starts sluice on `config`, where `{api}` is replaced by a free
     /// address for its API.
     pub fn start(config: &str) -> Sluice {
+        for _attempt in 0..5 {
+            let s = Sluice::launch(config);
+            if s.wait_healthy() {
+                return s;
+            }
+            // The API port was taken by another test's service between
+            // choosing it and binding it: sluice refused to start (as it
+            // must); try another port.
+        }
+        panic!("sluice could not bind a free API port in 5 attempts");
+    }
+
+    fn launch(config: &str) -> Sluice {
         let dir = TempDir::new().expect("temp dir");
         let api_addr = format!("127.0.0.1:{}", support::free_port());
         let path = dir.path().join("sluice.toml");
@@ -318,15 +331,19 @@ impl Sluice {
             stderr_path,
             _dir: dir,
         };
-        s.wait_healthy();
         s
     }
 
-    fn wait_healthy(&self) {
+    /// True once `/health` answers; false if sluice could not bind its API
+    /// port because something else took it first.
+    fn wait_healthy(&self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if support::http_agent().get(format!("{}/health", self.api)).call().is_ok() {
-                return;
+                return true;
+            }
+            if self.stderr().contains("cannot serve the API") && self.stderr().contains("Address already in use") {
+                return false;
             }
             assert!(Instant::now() < deadline, "sluice never served /health:\n{}", self.stderr());
             thread::sleep(Duration::from_millis(20));

@@ -20,7 +20,7 @@ use sluice::framing::{LineFramer, OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
 use sluice::sinks::loki::config::{Compression, Encoding};
 use sluice::sinks::loki::{LokiConfig, PushBuilder};
 use sluice::sinks::s3::config::S3Compression;
-use sluice::sinks::s3::encoder::{compress_member, MEMBER_BYTES};
+use sluice::sinks::s3::encoder::{MemberCompressor, MEMBER_BYTES};
 use sluice::sinks::SinkConfig;
 
 /// Events per batch, about what one 64 KiB-to-1 MiB source read holds.
@@ -105,10 +105,15 @@ fn s3(c: &mut Criterion) {
     ] {
         // One core's share: members one after the other (the sink runs
         // them in parallel).
+        let mut compressor = MemberCompressor::new(compression, level).expect("compressor");
+        let mut out = Vec::new();
         g.bench_function(name, |b| {
             b.iter(|| {
                 data.chunks(MEMBER_BYTES)
-                    .map(|m| compress_member(compression, level, m).expect("compress").len())
+                    .map(|m| {
+                        compressor.compress(m, &mut out).expect("compress");
+                        out.len()
+                    })
                     .sum::<usize>()
             })
         });

@@ -254,10 +254,10 @@ impl LokiSink {
                     Some(item) => self.add(item, &mut sealed),
                     None => {
                         input_open = false;
-                        sealed.extend(self.builder.seal().map(|p| self.encode(p)));
+                        sealed.extend(self.builder.seal().map(|p| encode(&self.shared, p)));
                     }
                 },
-                _ = sleep_until(deadline), if deadline.is_some() => sealed.extend(self.builder.seal().map(|p| self.encode(p))),
+                _ = sleep_until(deadline), if deadline.is_some() => sealed.extend(self.builder.seal().map(|p| encode(&self.shared, p))),
             }
         }
     }
@@ -273,23 +273,8 @@ impl LokiSink {
             self.tracker.add_part(id);
         }
         self.tracker.seal(id);
-        let filled = std::mem::take(&mut self.filled);
-        sealed.extend(filled.into_iter().map(|p| self.encode(p)));
-    }
-
-    /// Starts encoding a push on the blocking pool at once, so it is ready
-    /// the moment a request slot frees (Loki never waits for our encoder).
-    fn encode(&self, mut p: Push) -> Encoded {
-        let parts = p.take_parts();
-        let (events, bytes) = (p.events() as u64, p.bytes() as u64);
-        let s = &self.shared;
-        let (encoding, compression, level) = (s.encoding, s.compression, s.gzip_level);
-        Encoded {
-            body: tokio::task::spawn_blocking(move || p.encode(encoding, compression, level)),
-            parts,
-            events,
-            bytes,
-        }
+        let shared = &self.shared;
+        sealed.extend(self.filled.drain(..).map(|p| encode(shared, p)));
     }
 
     /// Acknowledges the batches of a finished push.
@@ -317,6 +302,20 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Starts encoding a push on the blocking pool at once, so it is ready the
+/// moment a request slot frees (Loki never waits for our encoder).
+fn encode(shared: &Shared, mut p: Push) -> Encoded {
+    let parts = p.take_parts();
+    let (events, bytes) = (p.events() as u64, p.bytes() as u64);
+    let (encoding, compression, level) = (shared.encoding, shared.compression, shared.gzip_level);
+    Encoded {
+        body: tokio::task::spawn_blocking(move || p.encode(encoding, compression, level)),
+        parts,
+        events,
+        bytes,
     }
 }
 

@@ -27,7 +27,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use self::client::{Failure, S3Client};
 use self::config::S3Compression;
-use self::encoder::{compress_member_into, MEMBER_BYTES};
+use self::encoder::{MemberCompressor, MEMBER_BYTES};
 use super::http::{AckTracker, TrackId};
 use super::template::{BoundTemplate, RenderPart};
 use super::{SinkCx, SinkError};
@@ -94,6 +94,80 @@ struct OpenObject {
     failed: Option<Failure>,
 }
 
+/// Part buffers, reused: a part's bytes go back to the pool when the last
+/// request holding them is done, so the sink keeps a few long-lived
+/// buffers instead of allocating (and leaving in the allocator's arenas) a
+/// fresh one per part.
+#[derive(Clone)]
+struct PartPool {
+    free: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    /// Buffers kept at most: the parts one object has in flight and the one
+    /// it fills. More are freed, so an idle pool holds little.
+    keep: usize,
+}
+
+impl PartPool {
+    fn new(keep: usize) -> PartPool {
+        PartPool {
+            free: Arc::default(),
+            keep,
+        }
+    }
+
+    /// A buffer of at least `capacity`, from the pool when it has one.
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        let reused = self.free.lock().ok().and_then(|mut v| v.pop());
+        let mut buf = reused.unwrap_or_default();
+        buf.reserve(capacity);
+        buf
+    }
+
+    /// `buf` as a request body; its memory returns to the pool afterwards.
+    fn body(&self, buf: Vec<u8>) -> Bytes {
+        Bytes::from_owner(Pooled { buf, pool: self.clone() })
+    }
+}
+
+/// A buffer that returns to its pool when dropped.
+struct Pooled {
+    buf: Vec<u8>,
+    pool: PartPool,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        if let Ok(mut v) = self.pool.free.lock() {
+            if v.len() < self.pool.keep {
+                v.push(buf);
+            }
+        }
+    }
+}
+
+/// Member compressors, reused (their contexts are a few MiB each).
+#[derive(Clone, Default)]
+struct CompressorPool(Arc<std::sync::Mutex<Vec<MemberCompressor>>>);
+
+impl CompressorPool {
+    fn take(&self) -> Option<MemberCompressor> {
+        self.0.lock().ok().and_then(|mut v| v.pop())
+    }
+
+    fn put(&self, c: MemberCompressor) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(c);
+        }
+    }
+}
+
 /// Where part of a batch goes: an object prefix and the byte ranges of the
 /// batch's NDJSON for it.
 type Route = (String, Vec<(usize, usize)>);
@@ -123,6 +197,8 @@ struct S3Sink {
     concurrency: usize,
     max_open: usize,
     objects: HashMap<String, OpenObject>,
+    parts: PartPool,
+    compressors: CompressorPool,
     tracker: AckTracker,
     finishing: JoinSet<Finished>,
 }
@@ -143,6 +219,8 @@ impl S3Sink {
             concurrency: cfg.request.concurrency,
             max_open: cfg.max_open_objects,
             objects: HashMap::new(),
+            parts: PartPool::new(cfg.multipart.parts_in_flight + 1),
+            compressors: CompressorPool::default(),
             tracker: AckTracker::default(),
             finishing: JoinSet::new(),
         }
@@ -214,7 +292,7 @@ impl S3Sink {
     }
 
     /// Which object prefix each event goes to: the batch's NDJSON as byte
-    /// ranges per prefix (consecutive events merged), with event counts.
+    /// ranges per prefix (consecutive events merged).
     fn route(&self, batch: &Batch) -> Vec<Route> {
         let at = jiff::Timestamp::try_from(batch.received_at).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
         let parts = self.prefix.template().map_literals(|l| at.strftime(l).to_string());
@@ -282,7 +360,7 @@ impl S3Sink {
                     self.tracker.add_part(id);
                 }
                 if obj.staging.len() >= MEMBER_BYTES {
-                    obj.start_member(compression, level);
+                    obj.start_member(compression, level, &self.compressors);
                 }
                 // Bound the members in flight (and their memory): collect
                 // the oldest while too many compress.
@@ -317,7 +395,7 @@ impl S3Sink {
                 key: object_key(prefix, self.compression).into(),
                 staging: Vec::with_capacity(STAGING_CAPACITY),
                 compressing: VecDeque::new(),
-                out: Vec::new(),
+                out: self.parts.take(self.part_size + 2 * MEMBER_BYTES),
                 spare_raw: Vec::new(),
                 spare_out: Vec::new(),
                 raw_bytes: 0,
@@ -384,8 +462,8 @@ impl S3Sink {
                 }
             }
         }
-        let next = Vec::with_capacity(obj.out.capacity());
-        let body = Bytes::from(std::mem::replace(&mut obj.out, next));
+        let next = self.parts.take(self.part_size + 2 * MEMBER_BYTES);
+        let body = self.parts.body(std::mem::replace(&mut obj.out, next));
         let number = mp.next_part;
         mp.next_part += 1;
         let key = obj.key.clone();
@@ -402,7 +480,7 @@ impl S3Sink {
             return Ok(());
         };
         if !obj.staging.is_empty() {
-            obj.start_member(self.compression, self.level);
+            obj.start_member(self.compression, self.level, &self.compressors);
         }
         while self.finishing.len() >= self.concurrency {
             match self.finishing.join_next().await {
@@ -411,7 +489,7 @@ impl S3Sink {
             }
         }
         let client = self.client.clone();
-        self.finishing.spawn(finish_object(client, obj));
+        self.finishing.spawn(finish_object(client, obj, self.parts.clone()));
         Ok(())
     }
 
@@ -459,7 +537,7 @@ fn fatal(sink: &str, message: String) -> SinkError {
 
 impl OpenObject {
     /// Hands the staged raw bytes to a compressor on the blocking pool.
-    fn start_member(&mut self, compression: S3Compression, level: u32) {
+    fn start_member(&mut self, compression: S3Compression, level: u32, compressors: &CompressorPool) {
         if compression == S3Compression::None && self.compressing.is_empty() {
             self.out.extend_from_slice(&self.staging);
             self.staging.clear();
@@ -467,9 +545,16 @@ impl OpenObject {
         }
         let next = self.spare_raw.pop().unwrap_or_else(|| Vec::with_capacity(STAGING_CAPACITY));
         let raw = std::mem::replace(&mut self.staging, next);
-        let out = self.spare_out.pop().unwrap_or_default();
+        let mut out = self.spare_out.pop().unwrap_or_default();
+        let compressors = compressors.clone();
         self.compressing.push_back(tokio::task::spawn_blocking(move || {
-            compress_member_into(compression, level, &raw, out).map(|out| (raw, out))
+            let mut c = match compressors.take() {
+                Some(c) => c,
+                None => MemberCompressor::new(compression, level)?,
+            };
+            c.compress(&raw, &mut out)?;
+            compressors.put(c);
+            Ok((raw, out))
         }));
     }
 
@@ -495,7 +580,7 @@ impl OpenObject {
 
 /// Collects the last members and uploads what is left: one `PUT`, or the
 /// last part and the completion of a multipart upload.
-async fn finish_object(client: Arc<S3Client>, obj: OpenObject) -> Finished {
+async fn finish_object(client: Arc<S3Client>, obj: OpenObject, pool: PartPool) -> Finished {
     let OpenObject {
         key,
         compressing,
@@ -525,7 +610,7 @@ async fn finish_object(client: Arc<S3Client>, obj: OpenObject) -> Finished {
     let result = match multipart {
         None => match failed {
             Some(f) => Err(f),
-            None => client.put_object(&key, Bytes::from(tail)).await,
+            None => client.put_object(&key, pool.body(tail)).await,
         },
         Some(mut mp) => {
             let mut result = match failed {
@@ -543,7 +628,7 @@ async fn finish_object(client: Arc<S3Client>, obj: OpenObject) -> Finished {
                 }
             }
             if result.is_ok() && !tail.is_empty() {
-                match client.upload_part(&key, &mp.upload_id, mp.next_part, Bytes::from(tail)).await {
+                match client.upload_part(&key, &mp.upload_id, mp.next_part, pool.body(tail)).await {
                     Ok(etag) => mp.etags.push(etag),
                     Err(f) => result = Err(f),
                 }

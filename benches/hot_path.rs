@@ -85,6 +85,34 @@ fn decode(c: &mut Criterion) {
             })
         });
     }
+    // As the stdin source feeds the decode pool: 256 KiB reads, one builder
+    // per chunk sized as the pipeline sizes it.
+    let chunks = {
+        let mut f = LineFramer::new(DEFAULT_MAX_LINE_BYTES, OverflowPolicy::Truncate);
+        let mut r = &data[..];
+        let mut chunks = Vec::new();
+        while f.fill_from(&mut r).expect("in-memory read") > 0 {
+            while let Some(l) = f.take_lines() {
+                chunks.push(l);
+            }
+        }
+        chunks
+    };
+    let per_event: usize = frag.members().iter().map(|m| m.rendered().len() + 1).sum::<usize>() + 1;
+    let no_fields = Arc::new(FieldSet::new());
+    g.bench_function("decode_read_chunks", |b| {
+        let mut d = Decoder::new();
+        b.iter(|| {
+            let mut n = 0;
+            for lines in &chunks {
+                let size = lines.chunk.len() + lines.len() * per_event;
+                let mut out = BatchBuilder::with_capacity(no_fields.clone(), size, size / 200 + 1);
+                d.decode_lines(lines, &frag, &mut out);
+                n += out.len();
+            }
+            n
+        })
+    });
     // The encode step for NDJSON sinks is building the batch: the bytes are
     // final once decoded. Measured here: builder to shared Batch.
     let ctx = Arc::new(SourceContext::new("bench".into(), "bench", String::new(), Map::new()));

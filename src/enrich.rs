@@ -57,14 +57,22 @@ impl Member {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Fragment {
     members: Vec<Member>,
+    /// The union of the members' [`key_signature`]s.
+    key_signatures: u64,
 }
 
 impl Fragment {
     /// Renders each top-level entry of `meta` as one member.
     pub fn from_map(meta: &Map<String, Value>) -> Fragment {
-        Fragment {
-            members: meta.iter().map(|(k, v)| Member::new(k, v)).collect(),
-        }
+        let members: Vec<Member> = meta.iter().map(|(k, v)| Member::new(k, v)).collect();
+        let key_signatures = members.iter().fold(0, |acc, m| acc | key_signature(m.key()));
+        Fragment { members, key_signatures }
+    }
+
+    /// The union of the members' [`key_signature`]s: an event key whose
+    /// signature is not in it is none of the members' keys.
+    pub fn key_signatures(&self) -> u64 {
+        self.key_signatures
     }
 
     /// The members, in order.
@@ -76,6 +84,15 @@ impl Fragment {
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
+}
+
+/// A key as one bit of 64, from its length and first byte: two keys with
+/// different signatures differ, so the decoder compares an event's key with
+/// the members' keys only when the signatures meet.
+#[inline]
+pub fn key_signature(key: &str) -> u64 {
+    let first = key.as_bytes().first().copied().unwrap_or(0) as usize;
+    1 << ((key.len() * 7 + first) & 63)
 }
 
 /// Where a batch came from and the metadata every event of it shares.

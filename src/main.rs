@@ -60,6 +60,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    app::limit_malloc_arenas();
     let cli = Cli::parse();
     init_logging();
     let config = match &cli.config {

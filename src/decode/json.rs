@@ -6,7 +6,7 @@ use simd_json::{Buffers, Node, StaticNode, Tape};
 
 use super::extract::FieldPlan;
 use super::DecodeStats;
-use crate::enrich::{Fragment, Member};
+use crate::enrich::{key_signature, Fragment, Member};
 use crate::event::{BatchBuilder, FieldValueRef};
 use crate::framing::Lines;
 
@@ -116,14 +116,31 @@ impl Decoder {
             buf.extend_from_slice(m.rendered());
             *need_comma = true;
         };
-        for (i, m) in extra.iter().enumerate() {
-            if !has_key(nodes, m.key()) && !extra[..i].iter().any(|e| e.key() == m.key()) {
-                append(m, buf, &mut need_comma);
+        let members = fragment.members();
+        if extra.len() + members.len() <= 64 {
+            // One pass over the event's keys marks the members it already
+            // has (the usual event has none of them).
+            let present = present_members(nodes, extra, fragment);
+            for (i, m) in extra.iter().enumerate() {
+                if present & (1 << i) == 0 && !extra[..i].iter().any(|e| e.key() == m.key()) {
+                    append(m, buf, &mut need_comma);
+                }
             }
-        }
-        for m in fragment.members() {
-            if !has_key(nodes, m.key()) && !extra.iter().any(|e| e.key() == m.key()) {
-                append(m, buf, &mut need_comma);
+            for (i, m) in members.iter().enumerate() {
+                if present & (1 << (extra.len() + i)) == 0 && !extra.iter().any(|e| e.key() == m.key()) {
+                    append(m, buf, &mut need_comma);
+                }
+            }
+        } else {
+            for (i, m) in extra.iter().enumerate() {
+                if !has_key(nodes, m.key()) && !extra[..i].iter().any(|e| e.key() == m.key()) {
+                    append(m, buf, &mut need_comma);
+                }
+            }
+            for m in members {
+                if !has_key(nodes, m.key()) && !extra.iter().any(|e| e.key() == m.key()) {
+                    append(m, buf, &mut need_comma);
+                }
             }
         }
         buf.push(b'}');
@@ -188,6 +205,36 @@ fn object_bounds(line: &[u8]) -> Option<usize> {
     let first = line.iter().position(|b| !b.is_ascii_whitespace())?;
     let last = line.iter().rposition(|b| !b.is_ascii_whitespace())?;
     (line[first] == b'{' && line[last] == b'}' && last > first).then_some(last)
+}
+
+/// Which members of `extra` then `fragment` (64 at most together) the root
+/// object of the tape already has, as bits in that order. An event key is
+/// compared with the members only when its [`key_signature`] is one of
+/// theirs, which the usual event's keys are not.
+fn present_members(nodes: &[Node<'_>], extra: &[Member], fragment: &Fragment) -> u64 {
+    let Some(&Node::Object { len, .. }) = nodes.first() else {
+        return 0;
+    };
+    let signatures = extra.iter().fold(fragment.key_signatures(), |acc, m| acc | key_signature(m.key()));
+    let mut present = 0u64;
+    let mut idx = 1;
+    for _ in 0..len {
+        let Some(Node::String(k)) = nodes.get(idx) else {
+            return present;
+        };
+        if signatures & key_signature(k) != 0 {
+            for (i, m) in extra.iter().chain(fragment.members()).enumerate() {
+                if m.key() == *k {
+                    present |= 1 << i;
+                }
+            }
+        }
+        match nodes.get(idx + 1) {
+            Some(n) => idx += 1 + node_count(n),
+            None => return present,
+        }
+    }
+    present
 }
 
 /// Whether the root object of the tape has the key.
@@ -326,6 +373,32 @@ mod tests {
         let (v, _, s) = decode(&[br#" {"msg":"hi","host":"mine"} "#], &[]);
         assert_eq!(v[0], json!({"msg":"hi","host":"mine","release":{"version":"v2"}}));
         assert_eq!(s.wrapped, 0);
+    }
+
+    #[test]
+    fn a_key_that_only_shares_a_signature_with_a_member_does_not_hide_it() {
+        // "http" and "host" have the same length and first byte.
+        assert_eq!(crate::enrich::key_signature("http"), crate::enrich::key_signature("host"));
+        let (v, _, _) = decode(&[br#"{"http":{"host":"x"},"hos":1,"hostname":2}"#], &[]);
+        assert_eq!(v[0]["host"], "node-1");
+        assert_eq!(v[0]["http"], json!({"host":"x"}));
+    }
+
+    #[test]
+    fn more_than_64_members_still_yield_to_the_event() {
+        let mut m = Map::new();
+        for i in 0..70 {
+            m.insert(format!("k{i}"), json!(i));
+        }
+        let frag = Fragment::from_map(&m);
+        let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 1024, 1);
+        Decoder::new().decode_line(br#"{"k69":"mine"}"#, false, &[], &frag, &mut out);
+        let ctx = Arc::new(crate::enrich::SourceContext::new("t".into(), "test", String::new(), Map::new()));
+        let batch = out.build(ctx, std::time::SystemTime::now());
+        let v: Value = serde_json::from_slice(batch.events().next().unwrap()).unwrap();
+        assert_eq!(v["k69"], "mine");
+        assert_eq!(v["k0"], 0);
+        assert_eq!(v.as_object().unwrap().len(), 70);
     }
 
     #[test]

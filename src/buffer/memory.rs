@@ -15,9 +15,29 @@ use crate::telemetry::metrics;
 pub struct QueueItem {
     /// The batch, shared with every other sink it went to.
     pub batch: Arc<Batch>,
+    share: BudgetShare,
+}
+
+impl QueueItem {
+    /// Splits the item into its batch and its share of the budget. A sink
+    /// whose client library copies the events (librdkafka) lets the batch go
+    /// once they are copied and keeps the share until they are delivered:
+    /// the budget then stands for the copy, instead of the batch and its
+    /// copy both taking memory while only one is counted.
+    pub fn into_parts(self) -> (Arc<Batch>, BudgetShare) {
+        (self.batch, self.share)
+    }
+}
+
+/// A batch's share of its sink's queue budget (events and bytes), given back
+/// when dropped.
+#[derive(Debug)]
+pub struct BudgetShare {
     _events: Option<OwnedSemaphorePermit>,
     _bytes: Option<OwnedSemaphorePermit>,
     gauge: Option<Gauges>,
+    events: i64,
+    bytes: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -26,11 +46,11 @@ struct Gauges {
     bytes: prometheus::IntGauge,
 }
 
-impl Drop for QueueItem {
+impl Drop for BudgetShare {
     fn drop(&mut self) {
         if let Some(gauge) = &self.gauge {
-            gauge.events.sub(self.batch.len() as i64);
-            gauge.bytes.sub(self.batch.byte_len() as i64);
+            gauge.events.sub(self.events);
+            gauge.bytes.sub(self.bytes);
         }
     }
 }
@@ -107,7 +127,7 @@ impl MemorySender {
     /// A batch larger than the whole budget takes the whole budget.
     pub async fn send(&self, batch: Arc<Batch>) -> Result<(), SinkGone> {
         let n_events = (batch.len() as u32).clamp(1, self.max_events);
-        let n_bytes = (batch.byte_len() as u32).clamp(1, self.max_bytes);
+        let n_bytes = (batch.memory_len() as u32).clamp(1, self.max_bytes);
         let permits = match self.when_full {
             WhenFull::Block => {
                 let e = self.events.clone().acquire_many_owned(n_events).await;
@@ -136,14 +156,16 @@ impl MemorySender {
         };
         if let Some(gauge) = &self.gauge {
             gauge.events.add(batch.len() as i64);
-            gauge.bytes.add(batch.byte_len() as i64);
+            gauge.bytes.add(batch.memory_len() as i64);
         }
-        let item = QueueItem {
-            batch,
+        let share = BudgetShare {
             _events: Some(permits.0),
             _bytes: Some(permits.1),
             gauge: self.gauge.clone(),
+            events: batch.len() as i64,
+            bytes: batch.memory_len() as i64,
         };
+        let item = QueueItem { batch, share };
         self.tx.send(item).map_err(|_| SinkGone(self.sink.clone()))
     }
 

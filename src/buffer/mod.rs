@@ -11,7 +11,7 @@ mod disk;
 mod memory;
 
 pub use disk::DiskHandle;
-pub use memory::{queue, QueueItem, QueueReceiver, SinkGone};
+pub use memory::{queue, BudgetShare, QueueItem, QueueReceiver, SinkGone};
 
 use serde::Deserialize;
 use std::path::PathBuf;

@@ -49,9 +49,16 @@ impl Batch {
         self.ends.is_empty()
     }
 
-    /// Bytes of NDJSON this batch holds (its weight in queue budgets).
+    /// Bytes of NDJSON this batch holds.
     pub fn byte_len(&self) -> usize {
         self.data.len()
+    }
+
+    /// Memory the batch holds: its NDJSON, its event ends and its extracted
+    /// values (its weight in queue budgets, so that a budget bounds memory
+    /// and not only event bytes).
+    pub fn memory_len(&self) -> usize {
+        self.data.len() + std::mem::size_of_val(&self.ends[..]) + std::mem::size_of_val(&self.values[..]) + self.strings.len()
     }
 
     /// The whole batch as NDJSON: every event followed by `\n`.

@@ -40,7 +40,8 @@ pub struct Metrics {
     pub sink_request_duration: HistogramVec,
     /// `sluice_buffer_events{sink}`: events queued or in flight for a sink.
     pub buffer_events: IntGaugeVec,
-    /// `sluice_buffer_bytes{sink}`: bytes queued or in flight for a sink.
+    /// `sluice_buffer_bytes{sink}`: memory of the batches queued or in flight
+    /// for a sink (event bytes, their ends and extracted values).
     pub buffer_bytes: IntGaugeVec,
     /// `sluice_buffer_max_bytes{sink}`: the configured budget.
     pub buffer_max_bytes: IntGaugeVec,
@@ -103,7 +104,7 @@ impl Metrics {
                 h
             },
             buffer_events: gauge("sluice_buffer_events", "Events queued or in flight for a sink.", &["sink"])?,
-            buffer_bytes: gauge("sluice_buffer_bytes", "Bytes queued or in flight for a sink.", &["sink"])?,
+            buffer_bytes: gauge("sluice_buffer_bytes", "Memory of the batches queued or in flight for a sink, in bytes.", &["sink"])?,
             buffer_max_bytes: gauge("sluice_buffer_max_bytes", "Configured queue budget of a sink in bytes.", &["sink"])?,
             buffer_corrupt_records: counter(
                 "sluice_buffer_corrupt_records_total",

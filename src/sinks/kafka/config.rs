@@ -157,13 +157,18 @@ const RESERVED: &[(&str, &str)] = &[
 
 /// librdkafka defaults sluice changes (an option of the same name wins).
 ///
-/// The producer queue is bounded at 16 MiB so memory follows the sink's
-/// queue budget rather than librdkafka's 1 GiB default: messages waiting in
-/// librdkafka are copies of events the sink's queue still accounts for.
+/// The sink lets a batch go once librdkafka has copied its events and keeps
+/// the batch's share of the queue budget until they are delivered, so the
+/// budget bounds librdkafka's copies. What the budget does not see is
+/// librdkafka's own bookkeeping, about 215 bytes per message: the message
+/// cap of 16,384 bounds that to about 3.4 MiB (librdkafka's default of
+/// 100,000 allowed 20 MiB), at the same throughput to the broker. The byte
+/// cap of 16 MiB (librdkafka: 1 GiB) keeps one sink from filling librdkafka
+/// with a whole large budget before the first delivery report.
 pub(crate) const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("client.id", "sluice"),
     ("queue.buffering.max.kbytes", "16384"),
-    ("queue.buffering.max.messages", "100000"),
+    ("queue.buffering.max.messages", "16384"),
 ];
 
 impl KafkaConfig {

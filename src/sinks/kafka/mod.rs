@@ -26,8 +26,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use super::{SinkCx, SinkError};
-use crate::buffer::{QueueItem, QueueReceiver};
-use crate::event::{AckOutcome, FieldPath};
+use crate::buffer::{BudgetShare, QueueItem, QueueReceiver};
+use crate::event::{AckOutcome, Acknowledger, FieldPath};
 use crate::pipeline::Task;
 use crate::telemetry::{metrics, Health};
 use template::{BoundTemplate, Template};
@@ -49,9 +49,14 @@ const FINAL_FLUSH: Duration = Duration::from_secs(5);
 
 /// One batch on its way to Kafka. Every message sent holds a reference as
 /// its delivery opaque; the batch's queue budget is released when the last
-/// reference goes.
+/// reference goes. The batch itself is let go as soon as librdkafka has
+/// copied its events: from then on the budget share stands for that copy.
 struct Flight {
-    item: QueueItem,
+    /// The batch's share of the queue budget.
+    _share: BudgetShare,
+    ack: Option<Acknowledger>,
+    events: usize,
+    bytes: usize,
     /// Messages not yet settled (delivered or dropped).
     remaining: AtomicUsize,
     /// Messages dropped for a permanent error.
@@ -97,12 +102,13 @@ impl Shared {
         if flight.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
-        let batch = &flight.item.batch;
         let dropped = flight.dropped.load(Ordering::Acquire);
-        self.events.inc_by((batch.len() - dropped.min(batch.len())) as u64);
-        self.bytes.inc_by(batch.byte_len() as u64);
+        self.events.inc_by((flight.events - dropped.min(flight.events)) as u64);
+        self.bytes.inc_by(flight.bytes as u64);
         self.duration.observe(flight.started.elapsed().as_secs_f64());
-        batch.acknowledge(if dropped > 0 { AckOutcome::Dropped } else { AckOutcome::Delivered });
+        if let Some(ack) = &flight.ack {
+            ack.complete(if dropped > 0 { AckOutcome::Dropped } else { AckOutcome::Delivered });
+        }
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
@@ -427,9 +433,12 @@ impl ProducerThread {
             item.batch.acknowledge(AckOutcome::Delivered);
             return;
         }
-        let batch = item.batch.clone();
+        let (batch, share) = item.into_parts();
         let flight = Arc::new(Flight {
-            item,
+            _share: share,
+            ack: batch.ack.clone(),
+            events: n,
+            bytes: batch.byte_len(),
             remaining: AtomicUsize::new(n),
             dropped: AtomicUsize::new(0),
             started: Instant::now(),

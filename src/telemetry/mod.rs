@@ -104,7 +104,11 @@ impl Metrics {
                 h
             },
             buffer_events: gauge("sluice_buffer_events", "Events queued or in flight for a sink.", &["sink"])?,
-            buffer_bytes: gauge("sluice_buffer_bytes", "Memory of the batches queued or in flight for a sink, in bytes.", &["sink"])?,
+            buffer_bytes: gauge(
+                "sluice_buffer_bytes",
+                "Memory of the batches queued or in flight for a sink, in bytes.",
+                &["sink"],
+            )?,
             buffer_max_bytes: gauge("sluice_buffer_max_bytes", "Configured queue budget of a sink in bytes.", &["sink"])?,
             buffer_corrupt_records: counter(
                 "sluice_buffer_corrupt_records_total",

@@ -27,8 +27,9 @@ use super::ContextFactory;
 use crate::decode::cri::{self, CriReader};
 use crate::decode::docker::{self, DockerReader};
 use crate::decode::partial::ContainerStats;
+use crate::decode::Decoder;
 use crate::enrich::SourceContext;
-use crate::event::{AckGroup, AckOutcome, AckReceiver, AckWindow};
+use crate::event::{AckGroup, AckOutcome, AckReceiver, AckWindow, Acknowledger, BatchBuilder};
 use crate::framing::{split_lines, LineSpan, Lines, OverflowPolicy};
 use crate::pipeline::{PipelineClosed, ShutdownSignal, SourceOutput};
 use crate::telemetry::metrics;
@@ -63,6 +64,21 @@ impl ReaderCx {
     fn out(&self) -> Result<&SourceOutput, PipelineClosed> {
         self.output.as_ref().ok_or(PipelineClosed)
     }
+
+    /// Hands a container batch to the decode pool from this reader thread;
+    /// it leaves in order with the file's other batches.
+    fn send_decoded<F>(&self, ctx: Arc<SourceContext>, ack: Acknowledger, size_hint: usize, decode: F) -> Result<(), PipelineClosed>
+    where
+        F: FnOnce(&mut Decoder, &mut BatchBuilder) + Send + 'static,
+    {
+        let out = self.out()?;
+        self.handle.block_on(out.send_decoded(ctx, Some(ack), size_hint, decode))
+    }
+}
+
+/// Bytes the source's metadata adds to each event.
+fn members_len(ctx: &SourceContext) -> usize {
+    ctx.fragment.members().iter().map(|m| m.rendered().len() + 1).sum()
 }
 
 /// A file handed to a reader.
@@ -429,29 +445,17 @@ impl Reader {
                 let batch = r.unwrap(&lines, chunk_offset, now);
                 ckpt = r.pending_start().map_or(ckpt, |p| p.min(ckpt));
                 self.stats.add(r.take_stats());
-                let hint = batch.payload_bytes()
-                    + batch.records.len() * (ctx.fragment.members().iter().map(|m| m.rendered().len() + 1).sum::<usize>() + 64);
-                match self.cx.out() {
-                    Ok(out) => self
-                        .cx
-                        .handle
-                        .block_on(out.send_decoded(ctx.clone(), Some(ack), hint, move |d, o| batch.decode(d, &ctx.fragment, o))),
-                    Err(e) => Err(e),
-                }
+                let hint = batch.payload_bytes() + batch.records.len() * (members_len(&ctx) + 64);
+                self.cx
+                    .send_decoded(ctx.clone(), ack, hint, move |d, o| batch.decode(d, &ctx.fragment, o))
             }
             Unwrap::Docker(r) => {
                 let batch = r.unwrap(&lines, chunk_offset, now);
                 ckpt = r.pending_start().map_or(ckpt, |p| p.min(ckpt));
                 self.stats.add(r.take_stats());
-                let hint = batch.wrapper_bytes()
-                    + batch.records.len() * (ctx.fragment.members().iter().map(|m| m.rendered().len() + 1).sum::<usize>() + 16);
-                match self.cx.out() {
-                    Ok(out) => self
-                        .cx
-                        .handle
-                        .block_on(out.send_decoded(ctx.clone(), Some(ack), hint, move |d, o| batch.decode(d, &ctx.fragment, o))),
-                    Err(e) => Err(e),
-                }
+                let hint = batch.wrapper_bytes() + batch.records.len() * (members_len(&ctx) + 16);
+                self.cx
+                    .send_decoded(ctx.clone(), ack, hint, move |d, o| batch.decode(d, &ctx.fragment, o))
             }
         };
         if dropped > 0 && !matches!(t.unwrap, Unwrap::Lines | Unwrap::Undetected) {
@@ -482,13 +486,7 @@ impl Reader {
                     let seq = ack.seq();
                     let ctx2 = ctx.clone();
                     let hint = batch.payload_bytes() + 256;
-                    let r = match self.cx.out() {
-                        Ok(out) => self
-                            .cx
-                            .handle
-                            .block_on(out.send_decoded(ctx, Some(ack), hint, move |d, o| batch.decode(d, &ctx2.fragment, o))),
-                        Err(e) => Err(e),
-                    };
+                    let r = self.cx.send_decoded(ctx, ack, hint, move |d, o| batch.decode(d, &ctx2.fragment, o));
                     (Some((seq, ckpt)), r)
                 }
                 None => (None, Ok(())),
@@ -501,13 +499,7 @@ impl Reader {
                     let seq = ack.seq();
                     let ctx2 = ctx.clone();
                     let hint = batch.wrapper_bytes() + 256;
-                    let r = match self.cx.out() {
-                        Ok(out) => self
-                            .cx
-                            .handle
-                            .block_on(out.send_decoded(ctx, Some(ack), hint, move |d, o| batch.decode(d, &ctx2.fragment, o))),
-                        Err(e) => Err(e),
-                    };
+                    let r = self.cx.send_decoded(ctx, ack, hint, move |d, o| batch.decode(d, &ctx2.fragment, o));
                     (Some((seq, ckpt)), r)
                 }
                 None => (None, Ok(())),

@@ -13,6 +13,8 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Starts sluice with its API on `port` (0 when the test does not query it,
+/// so that it never races another process for a port).
 fn spawn(args: &[&str], port: u16, extra_env: &[(&str, &str)]) -> Child {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
@@ -104,10 +106,9 @@ fn mixed_input(n: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
 #[test]
 fn every_stdin_line_comes_out_once_in_order_with_metadata() {
     let (input, lines) = mixed_input(20_000);
-    let port = free_port();
     let mut child = spawn(
         &[],
-        port,
+        0,
         &[
             ("SLUICE_RELEASE", "1.4.2"),
             ("SLUICE_RELEASE_COMMIT", "abc123"),
@@ -157,7 +158,7 @@ fn every_stdin_line_comes_out_once_in_order_with_metadata() {
 
 #[test]
 fn last_line_without_newline_is_kept() {
-    let mut child = spawn(&[], free_port(), &[]);
+    let mut child = spawn(&[], 0, &[]);
     child.stdin.take().unwrap().write_all(b"{\"a\":1}\nno newline at end").unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
@@ -169,7 +170,7 @@ fn last_line_without_newline_is_kept() {
 
 #[test]
 fn unknown_metadata_is_left_out_not_empty() {
-    let mut child = spawn(&[], free_port(), &[("SLUICE_HOST", "h1")]);
+    let mut child = spawn(&[], 0, &[("SLUICE_HOST", "h1")]);
     child.stdin.take().unwrap().write_all(b"{\"a\":1}\n").unwrap();
     let out = child.wait_with_output().unwrap();
     let v: Value = serde_json::from_slice(out.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
@@ -181,8 +182,7 @@ fn unknown_metadata_is_left_out_not_empty() {
 fn pipe_writer_pid_and_command_become_process_metadata() {
     // A shell pipeline, as a developer runs it: the writer is a subshell
     // that lives long enough for sluice to find it.
-    let port = free_port();
-    let script = format!("(echo '{{\"x\":1}}'; sleep 0.5; echo '{{\"x\":2}}') | SLUICE_API_ADDRESS=127.0.0.1:{port} SLUICE_LOG=warn {BIN}");
+    let script = format!("(echo '{{\"x\":1}}'; sleep 0.5; echo '{{\"x\":2}}') | SLUICE_API_ADDRESS=127.0.0.1:0 SLUICE_LOG=warn {BIN}");
     let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
     assert!(out.status.success());
     let first: Value = serde_json::from_slice(out.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
@@ -321,7 +321,7 @@ fn required_variable_missing_is_a_config_error() {
 fn dev_config_is_exactly_the_embedded_default() {
     let input = b"{\"a\":1}\ntext\n";
     let run = |args: &[&str]| {
-        let mut child = spawn(args, free_port(), &[("SLUICE_RELEASE", "9")]);
+        let mut child = spawn(args, 0, &[("SLUICE_RELEASE", "9")]);
         child.stdin.take().unwrap().write_all(input).unwrap();
         child.wait_with_output().unwrap().stdout
     };
@@ -343,7 +343,7 @@ fn help_and_version() {
 
 #[test]
 fn logs_go_to_stderr_never_stdout() {
-    let mut child = spawn(&[], free_port(), &[("SLUICE_LOG", "debug")]);
+    let mut child = spawn(&[], 0, &[("SLUICE_LOG", "debug")]);
     child.stdin.take().unwrap().write_all(b"{\"only\":true}\n").unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::ByteSize;
+use crate::config::{ByteSize, NumberOrText};
 use crate::event::{Batch, FieldSet};
 
 /// What a full queue does with the next batch.
@@ -59,22 +59,15 @@ pub enum FsyncPolicy {
 
 impl<'de> Deserialize<'de> for FsyncPolicy {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(f64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::S(s) if s == "always" => Ok(FsyncPolicy::Always),
-            Raw::S(s) if s == "never" => Ok(FsyncPolicy::Never),
-            Raw::S(s) => humantime::parse_duration(s.trim()).map(FsyncPolicy::Interval).map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "invalid fsync policy {s:?}: use \"always\", \"never\" or an interval such as \"1s\""
-                ))
-            }),
-            Raw::N(n) if n > 0.0 && n.is_finite() => Ok(FsyncPolicy::Interval(Duration::from_secs_f64(n))),
-            Raw::N(n) => Err(serde::de::Error::custom(format!("invalid fsync interval {n}"))),
+        match NumberOrText::deserialize(d)? {
+            NumberOrText::Text(s) if s == "always" => Ok(FsyncPolicy::Always),
+            NumberOrText::Text(s) if s == "never" => Ok(FsyncPolicy::Never),
+            v => match v.to_duration() {
+                Ok(t) if !t.is_zero() => Ok(FsyncPolicy::Interval(t)),
+                _ => Err(serde::de::Error::custom(format!(
+                    "invalid fsync policy {v}: use \"always\", \"never\" or an interval such as \"1s\""
+                ))),
+            },
         }
     }
 }
@@ -298,6 +291,33 @@ pub fn open(sink: &str, config: &BufferConfig, cx: &BufferCx) -> Result<OpenedQu
                 receiver,
                 disk: Some(handle),
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fsync(toml_value: &str) -> Result<FsyncPolicy, String> {
+        #[derive(Deserialize)]
+        struct T {
+            fsync: FsyncPolicy,
+        }
+        toml::from_str::<T>(&format!("fsync = {toml_value}"))
+            .map(|t| t.fsync)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn fsync_policy_is_a_word_an_interval_or_seconds() {
+        assert_eq!(fsync("\"always\""), Ok(FsyncPolicy::Always));
+        assert_eq!(fsync("\"never\""), Ok(FsyncPolicy::Never));
+        assert_eq!(fsync("\"250ms\""), Ok(FsyncPolicy::Interval(Duration::from_millis(250))));
+        assert_eq!(fsync("2"), Ok(FsyncPolicy::Interval(Duration::from_secs(2))));
+        for bad in ["\"sometimes\"", "0", "-1", "\"0s\""] {
+            let e = fsync(bad).unwrap_err();
+            assert!(e.contains("invalid fsync policy") && e.contains("\"always\""), "{bad}: {e}");
         }
     }
 }

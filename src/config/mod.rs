@@ -5,6 +5,7 @@ mod interpolate;
 mod units;
 
 pub use interpolate::interpolate;
+pub(crate) use units::NumberOrText;
 pub use units::{duration, ByteSize};
 
 use serde::de::DeserializeOwned;

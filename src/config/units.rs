@@ -46,20 +46,41 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// A config value written as a number or as text (durations, policies).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum NumberOrText {
+    /// A bare number.
+    Number(f64),
+    /// A string.
+    Text(String),
+}
+
+impl NumberOrText {
+    /// The value as a duration: a number of seconds, or `"1500ms"`, `"30s"`,
+    /// `"5m"`.
+    pub(crate) fn to_duration(&self) -> Result<Duration, String> {
+        match self {
+            NumberOrText::Number(n) if *n >= 0.0 && n.is_finite() => Ok(Duration::from_secs_f64(*n)),
+            NumberOrText::Number(n) => Err(format!("invalid duration {n}")),
+            NumberOrText::Text(s) => humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}")),
+        }
+    }
+}
+
+impl std::fmt::Display for NumberOrText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NumberOrText::Number(n) => write!(f, "{n}"),
+            NumberOrText::Text(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
 /// Deserialises a duration from `"1500ms"`, `"30s"`, `"5m"` or a number of
 /// seconds.
 pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        N(f64),
-        S(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::N(n) if n >= 0.0 && n.is_finite() => Ok(Duration::from_secs_f64(n)),
-        Raw::N(n) => Err(serde::de::Error::custom(format!("invalid duration {n}"))),
-        Raw::S(s) => humantime::parse_duration(s.trim()).map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}"))),
-    }
+    NumberOrText::deserialize(d)?.to_duration().map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]

@@ -315,29 +315,10 @@ fn wrap(merged: &mut Vec<u8>, stream: Stream, log_raw: &[u8], time: &[u8]) -> Pi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::FieldSet;
-    use crate::framing::split_lines;
-    use std::sync::Arc;
-
-    fn lines(text: &[u8]) -> Lines {
-        let chunk = Bytes::copy_from_slice(text);
-        let mut spans = Vec::new();
-        split_lines(&chunk, &mut spans);
-        Lines { chunk, spans, dropped: 0 }
-    }
+    use crate::decode::test_support::{decoded, lines};
 
     fn decode(batch: &DockerBatch) -> Vec<serde_json::Value> {
-        let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 1024, 8);
-        let mut d = Decoder::new();
-        batch.decode(&mut d, &Fragment::default(), &mut out);
-        let ctx = Arc::new(crate::enrich::SourceContext::new(
-            "t".into(),
-            "file",
-            String::new(),
-            Default::default(),
-        ));
-        let b = out.build(ctx, std::time::SystemTime::now());
-        b.events().map(|e| serde_json::from_slice(e).unwrap()).collect()
+        decoded(|d, out| batch.decode(d, &Fragment::default(), out))
     }
 
     #[test]

@@ -8,6 +8,8 @@ mod extract;
 mod json;
 pub mod partial;
 pub mod syslog;
+#[cfg(test)]
+mod test_support;
 
 pub use json::{escape_json_str, Decoder};
 

@@ -1,0 +1,26 @@
+//! What the container-format unit tests share.
+
+use bytes::Bytes;
+use std::sync::Arc;
+
+use super::Decoder;
+use crate::enrich::SourceContext;
+use crate::event::{BatchBuilder, FieldSet};
+use crate::framing::{split_lines, Lines};
+
+/// `text` framed as one chunk.
+pub(crate) fn lines(text: &[u8]) -> Lines {
+    let chunk = Bytes::copy_from_slice(text);
+    let mut spans = Vec::new();
+    split_lines(&chunk, &mut spans);
+    Lines { chunk, spans, dropped: 0 }
+}
+
+/// The events `decode` writes into an empty batch, parsed.
+pub(crate) fn decoded(decode: impl FnOnce(&mut Decoder, &mut BatchBuilder)) -> Vec<serde_json::Value> {
+    let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 1024, 8);
+    decode(&mut Decoder::new(), &mut out);
+    let ctx = Arc::new(SourceContext::new("t".into(), "file", String::new(), Default::default()));
+    let b = out.build(ctx, std::time::SystemTime::now());
+    b.events().map(|e| serde_json::from_slice(e).unwrap()).collect()
+}

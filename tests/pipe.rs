@@ -7,11 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+mod support;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 /// Starts sluice with its API on `port` (0 when the test does not query it,
 /// so that it never races another process for a port).
@@ -29,6 +27,14 @@ fn spawn(args: &[&str], port: u16, extra_env: &[(&str, &str)]) -> Child {
         cmd.env(k, v);
     }
     cmd.spawn().expect("spawn sluice")
+}
+
+/// Starts sluice with its API on a port the kernel picks; returns the port.
+fn spawn_with_api() -> (Child, u16) {
+    let mut child = spawn(&[], 0, &[("SLUICE_LOG", "info")]);
+    let address = support::api_address_from_log(child.stderr.take().unwrap());
+    let port = address.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port");
+    (child, port)
 }
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -193,8 +199,7 @@ fn pipe_writer_pid_and_command_become_process_metadata() {
 #[test]
 fn signal_stops_reading_drains_accepted_lines_and_exits_zero() {
     for sig in [libc::SIGTERM, libc::SIGINT] {
-        let port = free_port();
-        let mut child = spawn(&[], port, &[]);
+        let (mut child, port) = spawn_with_api();
         let mut stdin = child.stdin.take().unwrap();
         let n = 5_000;
         let mut input = Vec::new();
@@ -227,8 +232,7 @@ fn signal_stops_reading_drains_accepted_lines_and_exits_zero() {
 
 #[test]
 fn health_ready_and_metrics_are_served_while_running() {
-    let port = free_port();
-    let mut child = spawn(&[], port, &[]);
+    let (mut child, port) = spawn_with_api();
     wait_until("/health", Duration::from_secs(5), || {
         http_get(port, "/health").map(|r| r.0) == Some(200)
     });

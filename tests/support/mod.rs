@@ -154,6 +154,30 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local_addr").port()
 }
 
+/// The address sluice's API bound, read from its JSON log on `stderr` (start
+/// it with `SLUICE_API_ADDRESS=127.0.0.1:0` and `SLUICE_LOG=info`: no race
+/// for a free port). The rest of the log is drained on a thread, so sluice
+/// never blocks on a full pipe.
+pub fn api_address_from_log(stderr: std::process::ChildStderr) -> String {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let Ok(line) = line else { break };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "serving /metrics, /health and /ready" {
+            if let Some(a) = v["address"].as_str() {
+                let address = a.to_owned();
+                thread::spawn(move || lines.for_each(drop));
+                return address;
+            }
+        }
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    panic!("sluice ended its log without serving the API:\n{seen}");
+}
+
 /// Waits until `addr` accepts a TCP connection; panics after `timeout`.
 pub fn wait_for_tcp(addr: &str, timeout: Duration) {
     let sock: SocketAddr = addr.parse().unwrap_or_else(|e| panic!("bad address {addr}: {e}"));

@@ -8,10 +8,6 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// The next datagram, or `None` after `timeout`.
 fn recv(sock: &UnixDatagram, timeout: Duration) -> Option<String> {
     sock.set_read_timeout(Some(timeout)).unwrap();
@@ -39,7 +35,7 @@ fn notifies_ready_then_feeds_the_watchdog_then_reports_stopping_on_sigterm() {
         // 400 ms: pings every 200 ms.
         .env("WATCHDOG_USEC", "400000")
         .env_remove("WATCHDOG_PID")
-        .env("SLUICE_API_ADDRESS", format!("127.0.0.1:{}", free_port()))
+        .env("SLUICE_API_ADDRESS", "127.0.0.1:0")
         .env("SLUICE_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

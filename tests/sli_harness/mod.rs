@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::support::{free_port, http_get, wait_until};
+use crate::support::{http_get, wait_until};
 
 /// How long sluice may take to answer `/health` after start.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -44,12 +44,13 @@ impl Sluice {
             format!("[sources.stdin]\ntype = \"stdin\"\ndetect_writer = false\n\n[sinks.null]\ntype = \"blackhole\"\n\n{sli_rules}\n");
         let path = dir.path().join("sluice.toml");
         std::fs::write(&path, config).expect("write config");
-        let api_addr = format!("127.0.0.1:{}", free_port());
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.arg("--config")
             .arg(&path)
-            .env("SLUICE_API_ADDRESS", &api_addr)
+            // The kernel picks the port; it is read back from the log.
+            .env("SLUICE_API_ADDRESS", "127.0.0.1:0")
+            .env("SLUICE_LOG", "info")
             .env_remove("SLUICE_RELEASE")
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
@@ -57,6 +58,16 @@ impl Sluice {
             .stderr(stderr);
         let mut child = cmd.spawn().expect("start sluice");
         let stdin = child.stdin.take();
+        let log = dir.path().join("stderr.log");
+        let api_addr = wait_until("sluice to log its API address", START_TIMEOUT, || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "sluice exited at start ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            crate::support::api_address_in_log(&std::fs::read_to_string(&log).unwrap_or_default())
+        });
         let mut s = Sluice {
             child,
             stdin,

@@ -164,18 +164,26 @@ pub fn api_address_from_log(stderr: std::process::ChildStderr) -> String {
     let mut seen = String::new();
     for line in lines.by_ref() {
         let Ok(line) = line else { break };
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["message"] == "serving /metrics, /health and /ready" {
-            if let Some(a) = v["address"].as_str() {
-                let address = a.to_owned();
-                thread::spawn(move || lines.for_each(drop));
-                return address;
-            }
+        if let Some(address) = api_address_in_log(&line) {
+            thread::spawn(move || lines.for_each(drop));
+            return address;
         }
         seen.push_str(&line);
         seen.push('\n');
     }
     panic!("sluice ended its log without serving the API:\n{seen}");
+}
+
+/// The address in sluice's "serving /metrics, /health and /ready" JSON log
+/// line, if `log` has one.
+pub fn api_address_in_log(log: &str) -> Option<String> {
+    log.lines().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if v["message"] != "serving /metrics, /health and /ready" {
+            return None;
+        }
+        v["address"].as_str().map(str::to_owned)
+    })
 }
 
 /// Waits until `addr` accepts a TCP connection; panics after `timeout`.

@@ -28,7 +28,7 @@ use crate::decode::cri::{self, CriReader};
 use crate::decode::docker::{self, DockerReader};
 use crate::decode::partial::ContainerStats;
 use crate::decode::Decoder;
-use crate::enrich::SourceContext;
+use crate::enrich::{Fragment, SourceContext};
 use crate::event::{AckGroup, AckOutcome, AckReceiver, AckWindow, Acknowledger, BatchBuilder};
 use crate::framing::{split_lines, LineSpan, Lines, OverflowPolicy};
 use crate::pipeline::{PipelineClosed, ShutdownSignal, SourceOutput};
@@ -96,6 +96,10 @@ enum Unwrap {
     Docker(DockerReader),
 }
 
+/// A container batch's decode, boxed so that either format's expired
+/// partial lines take one path (flushes are rare: not the hot path).
+type ContainerDecode = Box<dyn FnOnce(&mut Decoder, &Fragment, &mut BatchBuilder) + Send>;
+
 struct Acks {
     group: AckGroup,
     rx: AckReceiver,
@@ -122,6 +126,14 @@ impl Acks {
             acked: offset,
             stuck: false,
         }
+    }
+
+    /// Records that batch `seq` ends at file offset `ckpt`; recorded
+    /// offsets never go back.
+    fn note_sent(&mut self, seq: u64, ckpt: u64) {
+        let ckpt = ckpt.max(self.recorded);
+        self.recorded = ckpt;
+        self.pending.push_back((seq, ckpt));
     }
 
     fn poll(&mut self, path: &Shared) {
@@ -464,9 +476,7 @@ impl Reader {
                 .with_label_values(&[&self.cx.source, "line_too_long"])
                 .inc_by(dropped);
         }
-        let ckpt = ckpt.max(t.acks.recorded);
-        t.acks.recorded = ckpt;
-        t.acks.pending.push_back((seq, ckpt));
+        t.acks.note_sent(seq, ckpt);
         res
     }
 
@@ -474,43 +484,39 @@ impl Reader {
     /// when zero).
     fn flush_partials(&mut self, t: &mut Tracked, timeout: Duration) -> Result<(), PipelineClosed> {
         let now = Instant::now();
-        let ctx = t.ctx.clone();
-        let base_ckpt = t.read - t.carry.len() as u64;
-        let send = |batch_ckpt: Option<u64>| base_ckpt.min(batch_ckpt.unwrap_or(u64::MAX));
-        let (fut_ckpt, res) = match &mut t.unwrap {
-            Unwrap::Cri(r) => match r.take_expired(now, timeout) {
-                Some(batch) => {
-                    self.stats.add(r.take_stats());
-                    let ckpt = send(r.pending_start());
-                    let ack = t.acks.group.next();
-                    let seq = ack.seq();
-                    let ctx2 = ctx.clone();
-                    let hint = batch.payload_bytes() + 256;
-                    let r = self.cx.send_decoded(ctx, ack, hint, move |d, o| batch.decode(d, &ctx2.fragment, o));
-                    (Some((seq, ckpt)), r)
-                }
-                None => (None, Ok(())),
-            },
-            Unwrap::Docker(r) => match r.take_expired(now, timeout) {
-                Some(batch) => {
-                    self.stats.add(r.take_stats());
-                    let ckpt = send(r.pending_start());
-                    let ack = t.acks.group.next();
-                    let seq = ack.seq();
-                    let ctx2 = ctx.clone();
-                    let hint = batch.wrapper_bytes() + 256;
-                    let r = self.cx.send_decoded(ctx, ack, hint, move |d, o| batch.decode(d, &ctx2.fragment, o));
-                    (Some((seq, ckpt)), r)
-                }
-                None => (None, Ok(())),
-            },
-            _ => (None, Ok(())),
+        // Either format's expired lines: where the unread part of the file
+        // starts, a size hint, and how to decode them.
+        let expired: Option<(Option<u64>, usize, ContainerDecode)> = match &mut t.unwrap {
+            Unwrap::Cri(r) => r.take_expired(now, timeout).map(|batch| {
+                self.stats.add(r.take_stats());
+                let hint = batch.payload_bytes() + 256;
+                (
+                    r.pending_start(),
+                    hint,
+                    Box::new(move |d: &mut Decoder, f: &Fragment, o: &mut BatchBuilder| batch.decode(d, f, o)) as ContainerDecode,
+                )
+            }),
+            Unwrap::Docker(r) => r.take_expired(now, timeout).map(|batch| {
+                self.stats.add(r.take_stats());
+                let hint = batch.wrapper_bytes() + 256;
+                (
+                    r.pending_start(),
+                    hint,
+                    Box::new(move |d: &mut Decoder, f: &Fragment, o: &mut BatchBuilder| batch.decode(d, f, o)) as ContainerDecode,
+                )
+            }),
+            _ => None,
         };
-        if let Some((seq, ckpt)) = fut_ckpt {
-            let ckpt = ckpt.max(t.acks.recorded);
-            t.acks.recorded = ckpt;
-            t.acks.pending.push_back((seq, ckpt));
-        }
+        let Some((pending_start, hint, decode)) = expired else {
+            return Ok(());
+        };
+        let ckpt = (t.read - t.carry.len() as u64).min(pending_start.unwrap_or(u64::MAX));
+        let ack = t.acks.group.next();
+        let seq = ack.seq();
+        let ctx = t.ctx.clone();
+        let fragment = ctx.clone();
+        let res = self.cx.send_decoded(ctx, ack, hint, move |d, o| decode(d, &fragment.fragment, o));
+        t.acks.note_sent(seq, ckpt);
         res
     }
 

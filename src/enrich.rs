@@ -86,13 +86,12 @@ impl Fragment {
     }
 }
 
-/// A key as one bit of 64, from its length and first byte: two keys with
+/// A key as one bit of 64: its [`crate::decode::key_bucket`]. Two keys with
 /// different signatures differ, so the decoder compares an event's key with
 /// the members' keys only when the signatures meet.
 #[inline]
 pub fn key_signature(key: &str) -> u64 {
-    let first = key.as_bytes().first().copied().unwrap_or(0) as usize;
-    1 << ((key.len() * 7 + first) & 63)
+    1 << crate::decode::key_bucket(key.as_bytes())
 }
 
 /// Where a batch came from and the metadata every event of it shares.

@@ -14,11 +14,8 @@ use simd_json::Node;
 use std::sync::Arc;
 
 use super::json::{lookup, node_count, scalar};
+use super::{key_bucket as bucket, KEY_BUCKETS as BUCKETS};
 use crate::event::{BatchBuilder, FieldSet, FieldValueRef};
-
-/// Buckets of the first-segment index; a power of two well above the
-/// number of distinct first segments a config names.
-const BUCKETS: usize = 64;
 
 /// Distinct first segments the index holds (`u8` links); a larger field
 /// set is looked up path by path.
@@ -52,12 +49,6 @@ pub(super) struct FieldPlan {
 #[inline]
 fn length_bit(n: usize) -> u64 {
     (1u64 << n.min(63)) & !1
-}
-
-#[inline]
-fn bucket(key: &[u8]) -> usize {
-    // Callers pass non-empty keys.
-    (key.len().wrapping_mul(7) ^ key[0] as usize ^ ((key[key.len() - 1] as usize) << 1)) % BUCKETS
 }
 
 /// Equality of short byte strings without a call into `memcmp`: keys are

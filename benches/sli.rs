@@ -1,7 +1,7 @@
 //! The SLI tap on the hot path: decoding a batch of the benchmark corpus
-//! (~285-byte JSON app logs) with and without the fields the three rules of
-//! `config/sli-example.toml` need, the tap's per-event work (`prepare`, on
-//! the decode pool) and its per-batch merge (`observe`, on the fan-out
+//! (~285-byte JSON app logs) without rules and with the three rules of
+//! `config/sli-example.toml` judging every event as it decodes (on the
+//! decode pool), and the tap's per-batch merge (`observe`, on the fan-out
 //! task).
 //!
 //! `cargo bench --bench sli`. The whole-pipeline comparison (release
@@ -21,7 +21,7 @@ use sluice::config::Config;
 use sluice::decode::Decoder;
 use sluice::enrich::SourceContext;
 use sluice::event::{Batch, BatchBuilder, FieldSet};
-use sluice::pipeline::BatchTap;
+use sluice::pipeline::{BatchTap, Prepared};
 use sluice::sli::SliTap;
 
 /// Events per batch: about what one 1 MiB read of the corpus holds.
@@ -39,13 +39,27 @@ fn context() -> Arc<SourceContext> {
     Arc::new(SourceContext::new("stdin".into(), "stdin", String::new(), meta))
 }
 
-fn decode(d: &mut Decoder, lines: &[String], fields: &Arc<FieldSet>, ctx: &Arc<SourceContext>) -> Batch {
+/// Decodes `lines` into one batch; with `tap`, the tap judges every event
+/// as it decodes and its counts come back too.
+fn decode(d: &mut Decoder, lines: &[String], ctx: &Arc<SourceContext>, tap: Option<&SliTap>) -> (Batch, Vec<Prepared>) {
     let bytes: usize = lines.iter().map(|l| l.len() + 64).sum();
-    let mut out = BatchBuilder::with_capacity(fields.clone(), bytes, lines.len());
+    let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), bytes, lines.len());
+    if let Some(tap) = tap {
+        out.observe(tap.fields(), tap.begin(ctx));
+    }
     for l in lines {
         d.decode_line(l.as_bytes(), false, &[], &ctx.fragment, &mut out);
     }
-    out.build(ctx.clone(), SystemTime::now())
+    let prepared = out.finish_observers();
+    (out.build(ctx.clone(), SystemTime::now()), prepared)
+}
+
+/// Hands a batch's counts to the tap, as the fan-out task does.
+fn merge(tap: &SliTap, (batch, prepared): (Batch, Vec<Prepared>)) -> Batch {
+    for p in prepared {
+        tap.observe(&batch, p);
+    }
+    batch
 }
 
 fn bench(c: &mut Criterion) {
@@ -55,35 +69,27 @@ fn bench(c: &mut Criterion) {
     let tap = SliTap::new(&config.sli);
     let lines = lines();
     let ctx = context();
-    let none = Arc::new(FieldSet::new());
-    let mut with = FieldSet::new();
-    for p in tap.fields() {
-        with.add(p);
-    }
-    let with = Arc::new(with);
     let mut d = Decoder::new();
-    let batch = decode(&mut d, &lines, &with, &ctx);
     // Warm the series table: the steady state has every series already.
-    tap.observe(&batch, tap.prepare(&batch));
+    merge(&tap, decode(&mut d, &lines, &ctx, Some(&tap)));
 
     let mut g = c.benchmark_group("sli");
     g.throughput(Throughput::Elements(BATCH as u64));
-    g.bench_function("decode/no_rules", |b| b.iter(|| black_box(decode(&mut d, &lines, &none, &ctx))));
-    g.bench_function("decode/three_rules_fields", |b| {
-        b.iter(|| black_box(decode(&mut d, &lines, &with, &ctx)))
-    });
+    g.bench_function("decode/no_rules", |b| b.iter(|| black_box(decode(&mut d, &lines, &ctx, None))));
     // The per-event part, on the decode pool (parallel across batches).
-    g.bench_function("tap/prepare_three_rules", |b| b.iter(|| black_box(tap.prepare(black_box(&batch)))));
+    g.bench_function("decode/three_rules_judged", |b| {
+        b.iter(|| black_box(decode(&mut d, &lines, &ctx, Some(&tap))))
+    });
     // The per-batch merge under the lock, on the fan-out task (serial).
     g.bench_function("tap/merge_three_rules", |b| {
-        b.iter_batched(|| tap.prepare(&batch), |p| tap.observe(&batch, p), BatchSize::SmallInput)
+        b.iter_batched(
+            || decode(&mut d, &lines, &ctx, Some(&tap)),
+            |judged| merge(&tap, judged),
+            BatchSize::SmallInput,
+        )
     });
     g.bench_function("decode_and_tap/three_rules", |b| {
-        b.iter(|| {
-            let batch = decode(&mut d, &lines, &with, &ctx);
-            tap.observe(&batch, tap.prepare(&batch));
-            black_box(batch)
-        })
+        b.iter(|| black_box(merge(&tap, decode(&mut d, &lines, &ctx, Some(&tap)))))
     });
     g.finish();
 }

@@ -48,11 +48,8 @@ pub enum Stopped {
 pub struct Extensions {
     /// Observers of every batch, before fan-out.
     pub taps: Vec<Arc<dyn BatchTap>>,
-    /// Fields the taps need extracted.
-    pub fields: Vec<crate::event::FieldPath>,
 }
 
-/// Runs the pipeline until input ends or a signal arrives.
 /// Allocator arenas sluice allows when `MALLOC_ARENA_MAX` is not set.
 ///
 /// glibc gives each thread that allocates under contention its own arena
@@ -77,6 +74,7 @@ pub fn limit_malloc_arenas() {
     }
 }
 
+/// Runs the pipeline until input ends or a signal arrives.
 pub async fn run(config: Config) -> Result<Stopped, RunError> {
     run_with(config, Extensions::default()).await
 }
@@ -111,9 +109,6 @@ pub async fn run_with(config: Config, mut ext: Extensions) -> Result<Stopped, Ru
         for p in spec.config.fields_needed() {
             fields.add(p);
         }
-    }
-    for p in ext.fields {
-        fields.add(p);
     }
     let fields = Arc::new(fields);
 

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::buffer::QueueSender;
 use crate::decode::Decoder;
 use crate::enrich::SourceContext;
-use crate::event::{AckOutcome, Acknowledger, Batch, BatchBuilder, FieldSet};
+use crate::event::{AckOutcome, Acknowledger, Batch, BatchBuilder, EventObserver, FieldSet};
 use crate::framing::Lines;
 use crate::telemetry::metrics;
 
@@ -30,27 +30,27 @@ const DECODE_IN_FLIGHT: usize = 4;
 #[error("the pipeline has shut down")]
 pub struct PipelineClosed;
 
-enum Pending {
-    /// Decoding on the blocking pool; the taps' prepared work comes with it.
-    Decoding(JoinHandle<(Batch, Vec<Option<Prepared>>)>),
-    Ready(Batch),
-}
+/// A batch decoding on the blocking pool, with what each tap made of it.
+type Pending = JoinHandle<(Batch, Vec<Prepared>)>;
 
-/// What a [`BatchTap`] computed for one batch on the decode pool.
+/// What a [`BatchTap`]'s observer made of one batch on the decode pool.
 pub type Prepared = Box<dyn std::any::Any + Send>;
 
-/// Looks at every batch before it is fanned out (the SLI metrics).
+/// Looks at every event before it is fanned out (the SLI metrics), in two
+/// steps: per event while the batch decodes, in parallel with other
+/// batches, then once per batch, in order.
 pub trait BatchTap: Send + Sync {
-    /// Called on the decode pool right after a batch is decoded, in parallel
-    /// with other batches: per-event work that needs no shared state goes
-    /// here. What it returns is handed to [`BatchTap::observe`].
-    fn prepare(&self, _batch: &Batch) -> Option<Prepared> {
-        None
-    }
+    /// The fields the per-event step reads. They are read from each parsed
+    /// event for the tap alone, not stored in the batch.
+    fn fields(&self) -> Arc<FieldSet>;
 
-    /// Called once per batch, in order, on the fan-out task, with what
-    /// `prepare` returned (`None` for a batch sent already decoded).
-    fn observe(&self, batch: &Batch, prepared: Option<Prepared>);
+    /// Called on the decode pool before a batch from `source` decodes: the
+    /// observer that sees its events. What it finishes with is handed to
+    /// [`BatchTap::observe`].
+    fn begin(&self, source: &SourceContext) -> Box<dyn EventObserver>;
+
+    /// Called once per batch, in order, on the fan-out task.
+    fn observe(&self, batch: &Batch, prepared: Prepared);
 }
 
 /// A source's way into the pipeline. Cloneable; the fan-out ends when every
@@ -115,11 +115,6 @@ impl SourceOutput {
         self.tx.send(pending).await.map_err(|_| PipelineClosed)
     }
 
-    /// Queues an already decoded batch.
-    pub async fn send_batch(&self, batch: Batch) -> Result<(), PipelineClosed> {
-        self.tx.send(Pending::Ready(batch)).await.map_err(|_| PipelineClosed)
-    }
-
     fn spawn_lines(&self, lines: Lines, ctx: Arc<SourceContext>, ack: Option<Acknowledger>) -> Pending {
         if lines.dropped > 0 {
             metrics()
@@ -141,8 +136,11 @@ impl SourceOutput {
         let source = self.source.clone();
         let taps = self.taps.clone();
         let received_at = SystemTime::now();
-        Pending::Decoding(tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut out = BatchBuilder::with_capacity(fields, size_hint, size_hint / 200 + 1);
+            for tap in taps.iter() {
+                out.observe(tap.fields(), tap.begin(&ctx));
+            }
             let stats = DECODER.with(|d| {
                 let mut d = d.borrow_mut();
                 decode(&mut d, &mut out);
@@ -164,11 +162,11 @@ impl SourceOutput {
             if stats.truncated > 0 {
                 m.lines_truncated.with_label_values(&[&source]).inc_by(stats.truncated);
             }
+            let prepared = out.finish_observers();
             let mut batch = out.build(ctx, received_at);
             batch.ack = ack;
-            let prepared = taps.iter().map(|t| t.prepare(&batch)).collect();
             (batch, prepared)
-        }))
+        })
     }
 }
 
@@ -189,22 +187,18 @@ pub fn source_output(
 
 async fn fan_out(mut rx: mpsc::Receiver<Pending>, sinks: Vec<QueueSender>, taps: Arc<[Arc<dyn BatchTap>]>, source: Arc<str>) {
     while let Some(pending) = rx.recv().await {
-        let (batch, mut prepared) = match pending {
-            Pending::Ready(b) => (b, Vec::new()),
-            Pending::Decoding(handle) => match handle.await {
-                Ok(b) => b,
-                Err(e) => {
-                    // Decode never panics on input (every path is tested with
-                    // hostile bytes); if it ever does, say so loudly. The
-                    // batch's acknowledger was dropped with it, so the source
-                    // does not move past these lines.
-                    tracing::error!(source = %source, error = %e, "decode task failed; batch abandoned");
-                    continue;
-                }
-            },
+        let (batch, prepared) = match pending.await {
+            Ok(b) => b,
+            Err(e) => {
+                // Decode never panics on input (every path is tested with
+                // hostile bytes); if it ever does, say so loudly. The batch's
+                // acknowledger was dropped with it, so the source does not
+                // move past these lines.
+                tracing::error!(source = %source, error = %e, "decode task failed; batch abandoned");
+                continue;
+            }
         };
         metrics().batch_events.observe(batch.len() as f64);
-        prepared.resize_with(taps.len(), || None);
         for (tap, p) in taps.iter().zip(prepared) {
             tap.observe(&batch, p);
         }

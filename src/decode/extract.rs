@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::json::{lookup, node_count, scalar};
 use super::{key_bucket as bucket, KEY_BUCKETS as BUCKETS};
-use crate::event::{BatchBuilder, FieldSet, FieldValueRef};
+use crate::event::{FieldSet, FieldValueRef};
 
 /// Distinct first segments the index holds (`u8` links); a larger field
 /// set is looked up path by path.
@@ -31,9 +31,9 @@ pub(super) struct FieldPlan {
     roots: Vec<Box<[u8]>>,
     /// For each path, the index of its first segment in `roots`.
     path_root: Vec<usize>,
-    /// Bit `n` set when some root is `n` bytes long (roots of 64 bytes and
-    /// more set bit 63): most keys are ruled out by their length alone.
-    lengths: u64,
+    /// Bit `b` set when some root is in bucket `b`: most keys are ruled out
+    /// by their bucket alone.
+    mask: u64,
     /// Root index + 1 of the first root in each bucket; 0 for none.
     buckets: [u8; BUCKETS],
     /// Root index + 1 of the next root in the same bucket; 0 ends the chain.
@@ -43,12 +43,6 @@ pub(super) struct FieldPlan {
     found: Vec<(usize, usize)>,
     /// Too many roots for the index: look paths up one by one.
     per_path: bool,
-}
-
-/// The bit of [`FieldPlan::lengths`] for a key of `n` bytes; none for 0.
-#[inline]
-fn length_bit(n: usize) -> u64 {
-    (1u64 << n.min(63)) & !1
 }
 
 /// Equality of short byte strings without a call into `memcmp`: keys are
@@ -90,7 +84,11 @@ impl FieldPlan {
         let per_path = roots.len() > MAX_ROOTS || roots.iter().any(|r| r.is_empty());
         let mut buckets = [0u8; BUCKETS];
         let mut next = vec![0u8; roots.len()];
-        let lengths = roots.iter().fold(0u64, |bits, r| bits | length_bit(r.len()));
+        let mask = if per_path {
+            0
+        } else {
+            roots.iter().fold(0u64, |bits, r| bits | 1 << bucket(r))
+        };
         if !per_path {
             for (i, r) in roots.iter().enumerate().rev() {
                 let b = bucket(r);
@@ -103,7 +101,7 @@ impl FieldPlan {
             fields,
             roots,
             path_root,
-            lengths,
+            mask,
             buckets,
             next,
             per_path,
@@ -115,55 +113,80 @@ impl FieldPlan {
         Arc::ptr_eq(&self.fields, fields)
     }
 
-    /// Pushes one value per path of the field set, in order, for the object
-    /// whose tape is `nodes`.
-    pub(super) fn extract<'a>(&mut self, nodes: &'a [Node<'a>], out: &mut BatchBuilder) {
-        if self.per_path {
-            for path in self.fields.paths() {
-                out.push_value(lookup(nodes, path.segments()));
-            }
+    /// Number of paths in the field set.
+    pub(super) fn len(&self) -> usize {
+        self.path_root.len()
+    }
+
+    /// Finds where each first segment's value is in the object whose tape
+    /// is `nodes`, in one pass over its keys; [`FieldPlan::value`] then reads
+    /// the values. The decoder's own pass over the keys uses
+    /// [`FieldPlan::begin`] and [`FieldPlan::offer`] instead.
+    pub(super) fn locate(&mut self, nodes: &[Node<'_>]) {
+        self.begin();
+        let Some(&Node::Object { len, .. }) = nodes.first() else {
+            return;
+        };
+        let mut idx = 1;
+        for _ in 0..len {
+            let Some(Node::String(key)) = nodes.get(idx) else { break };
+            let Some(value) = nodes.get(idx + 1) else { break };
+            let count = node_count(value);
+            let key = key.as_bytes();
+            self.offer(bucket(key), key, idx + 1, count);
+            idx += 1 + count;
+        }
+    }
+
+    /// The buckets ([`super::key_bucket`]) of the keys the plan looks for,
+    /// as bits.
+    #[inline]
+    pub(super) fn mask(&self) -> u64 {
+        self.mask
+    }
+
+    /// Forgets the last event's values.
+    #[inline]
+    pub(super) fn begin(&mut self) {
+        self.found.iter_mut().for_each(|f| *f = (0, 0));
+    }
+
+    /// Shows the plan one top-level key of the event: `b` is its
+    /// [`super::key_bucket`], and its value starts at tape index `idx` and
+    /// spans `count` nodes. The first occurrence of a key wins.
+    #[inline]
+    pub(super) fn offer(&mut self, b: usize, key: &[u8], idx: usize, count: usize) {
+        if self.mask & (1 << b) == 0 {
             return;
         }
-        self.found.iter_mut().for_each(|f| *f = (0, 0));
-        let mut remaining = self.roots.len();
-        if let Some(&Node::Object { len, .. }) = nodes.first() {
-            let mut idx = 1;
-            for _ in 0..len {
-                let Some(Node::String(key)) = nodes.get(idx) else { break };
-                idx += 1;
-                let Some(value) = nodes.get(idx) else { break };
-                let count = node_count(value);
-                let key = key.as_bytes();
-                if self.lengths & length_bit(key.len()) != 0 {
-                    let mut link = self.buckets[bucket(key)];
-                    while link != 0 {
-                        let r = (link - 1) as usize;
-                        if same(&self.roots[r], key) {
-                            if self.found[r].0 == 0 {
-                                self.found[r] = (idx, count);
-                                remaining -= 1;
-                            }
-                            break;
-                        }
-                        link = self.next[r];
-                    }
-                    if remaining == 0 {
-                        break;
-                    }
+        let mut link = self.buckets[b];
+        while link != 0 {
+            let r = (link - 1) as usize;
+            if same(&self.roots[r], key) {
+                if self.found[r].0 == 0 {
+                    self.found[r] = (idx, count);
                 }
-                idx += count;
+                return;
             }
+            link = self.next[r];
         }
-        for (path, &root) in self.fields.paths().iter().zip(&self.path_root) {
-            let v = match self.found[root] {
-                (0, _) => FieldValueRef::Missing,
-                (start, _) if path.segments().len() == 1 => nodes.get(start).map_or(FieldValueRef::Missing, scalar),
-                (start, count) => match nodes.get(start..start + count) {
-                    Some(value) => lookup(value, &path.segments()[1..]),
-                    None => FieldValueRef::Missing,
-                },
-            };
-            out.push_value(v);
+    }
+
+    /// The value of path `i` of the field set in the object [`FieldPlan::locate`]
+    /// last looked at (`nodes` must be that object's tape).
+    #[inline]
+    pub(super) fn value<'a>(&self, nodes: &'a [Node<'a>], i: usize) -> FieldValueRef<'a> {
+        let path = &self.fields.paths()[i];
+        if self.per_path {
+            return lookup(nodes, path.segments());
+        }
+        match self.found[self.path_root[i]] {
+            (0, _) => FieldValueRef::Missing,
+            (start, _) if path.segments().len() == 1 => nodes.get(start).map_or(FieldValueRef::Missing, scalar),
+            (start, count) => match nodes.get(start..start + count) {
+                Some(value) => lookup(value, &path.segments()[1..]),
+                None => FieldValueRef::Missing,
+            },
         }
     }
 }
@@ -171,7 +194,7 @@ impl FieldPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::FieldPath;
+    use crate::event::{BatchBuilder, FieldPath};
     use proptest::prelude::*;
     use simd_json::{Buffers, Tape};
 
@@ -193,7 +216,11 @@ mod tests {
             let mut out = BatchBuilder::with_capacity(set.clone(), 64, 1);
             out.buffer().extend_from_slice(b"{}");
             if planned {
-                FieldPlan::new(set.clone()).extract(&tape.0, &mut out);
+                let mut plan = FieldPlan::new(set.clone());
+                plan.locate(&tape.0);
+                for i in 0..plan.len() {
+                    out.push_value(plan.value(&tape.0, i));
+                }
             } else {
                 for p in set.paths() {
                     out.push_value(lookup(&tape.0, p.segments()));

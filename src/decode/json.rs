@@ -6,8 +6,11 @@ use simd_json::{Buffers, Node, StaticNode, Tape};
 
 use super::extract::FieldPlan;
 use super::DecodeStats;
+use std::sync::Arc;
+
+use super::key_bucket;
 use crate::enrich::{key_signature, Fragment, Member};
-use crate::event::{BatchBuilder, FieldValueRef};
+use crate::event::{BatchBuilder, FieldPath, FieldSet, FieldValueRef};
 use crate::framing::Lines;
 
 /// Deepest nesting simd-json accepts; deeper documents are kept as wrapped
@@ -22,6 +25,8 @@ pub struct Decoder {
     tape: Tape<'static>,
     /// How to extract the field set of the batches being decoded.
     plan: Option<FieldPlan>,
+    /// How to read the fields of each observer of those batches.
+    observer_plans: Vec<FieldPlan>,
     /// Counters since the last [`Decoder::take_stats`].
     stats: DecodeStats,
 }
@@ -46,6 +51,7 @@ impl Decoder {
             buffers: Buffers::with_max_depth(4096, MAX_DEPTH),
             tape: Tape(Vec::new()),
             plan: None,
+            observer_plans: Vec::new(),
             stats: DecodeStats::default(),
         }
     }
@@ -88,6 +94,7 @@ impl Decoder {
             buffers,
             tape,
             plan,
+            observer_plans,
             ..
         } = self;
         scratch.clear();
@@ -106,6 +113,16 @@ impl Decoder {
             return false;
         };
 
+        // One pass over the event's keys marks the members it already has
+        // (the usual event has none of them) and finds the fields the batch
+        // and its first observer need.
+        let members = fragment.members();
+        let track_members = extra.len() + members.len() <= 64;
+        let mut out_plan = (!out.fields().is_empty()).then(|| cached_plan(plan, out.fields()));
+        let observed = !out.observers_mut().is_empty();
+        let first_observer = out.observers_mut().first().map(|o| observer_plan(observer_plans, 0, &o.fields));
+        let present = scan_keys(nodes, extra, fragment, track_members, out_plan.as_deref_mut(), first_observer);
+
         let buf = out.buffer();
         buf.extend_from_slice(&line[..close]);
         let mut need_comma = keys > 0;
@@ -116,41 +133,35 @@ impl Decoder {
             buf.extend_from_slice(m.rendered());
             *need_comma = true;
         };
-        let members = fragment.members();
-        if extra.len() + members.len() <= 64 {
-            // One pass over the event's keys marks the members it already
-            // has (the usual event has none of them).
-            let present = present_members(nodes, extra, fragment);
-            for (i, m) in extra.iter().enumerate() {
-                if present & (1 << i) == 0 && !extra[..i].iter().any(|e| e.key() == m.key()) {
-                    append(m, buf, &mut need_comma);
-                }
+        for (i, m) in extra.iter().enumerate() {
+            let has = if track_members {
+                present & (1 << i) != 0
+            } else {
+                has_key(nodes, m.key())
+            };
+            if !has && !extra[..i].iter().any(|e| e.key() == m.key()) {
+                append(m, buf, &mut need_comma);
             }
-            for (i, m) in members.iter().enumerate() {
-                if present & (1 << (extra.len() + i)) == 0 && !extra.iter().any(|e| e.key() == m.key()) {
-                    append(m, buf, &mut need_comma);
-                }
-            }
-        } else {
-            for (i, m) in extra.iter().enumerate() {
-                if !has_key(nodes, m.key()) && !extra[..i].iter().any(|e| e.key() == m.key()) {
-                    append(m, buf, &mut need_comma);
-                }
-            }
-            for m in members {
-                if !has_key(nodes, m.key()) && !extra.iter().any(|e| e.key() == m.key()) {
-                    append(m, buf, &mut need_comma);
-                }
+        }
+        for (i, m) in members.iter().enumerate() {
+            let has = if track_members {
+                present & (1 << (extra.len() + i)) != 0
+            } else {
+                has_key(nodes, m.key())
+            };
+            if !has && !extra.iter().any(|e| e.key() == m.key()) {
+                append(m, buf, &mut need_comma);
             }
         }
         buf.push(b'}');
 
-        if !out.fields().is_empty() {
-            let plan = match plan {
-                Some(p) if p.is_for(out.fields()) => p,
-                _ => plan.insert(FieldPlan::new(out.fields().clone())),
-            };
-            plan.extract(nodes, out);
+        if let Some(plan) = out_plan {
+            for i in 0..plan.len() {
+                out.push_value(plan.value(nodes, i));
+            }
+        }
+        if observed {
+            show_object(observer_plans, nodes, out);
         }
         out.finish_event();
         *tape = t.reset();
@@ -189,13 +200,71 @@ impl Decoder {
         buf.push(b'}');
         let fields = out.fields().clone();
         for path in fields.paths() {
-            let v = match path.segments() {
-                [only] if only == "message" => FieldValueRef::Str(&text),
-                _ => FieldValueRef::Missing,
-            };
-            out.push_value(v);
+            out.push_value(wrapped_value(path, &text));
+        }
+        for o in out.observers_mut() {
+            with_values(o.fields.len(), |i| wrapped_value(&o.fields.paths()[i], &text), |v| o.inner.event(v));
         }
         out.finish_event();
+    }
+}
+
+/// The value of `path` in a wrapped line: its text is the `message`.
+fn wrapped_value<'a>(path: &FieldPath, text: &'a str) -> FieldValueRef<'a> {
+    match path.segments() {
+        [only] if only == "message" => FieldValueRef::Str(text),
+        _ => FieldValueRef::Missing,
+    }
+}
+
+/// Values handed to observers on the stack, up to this many fields.
+const INLINE_VALUES: usize = 16;
+
+/// The plan for `fields`, made anew when the batch's field set changed.
+fn cached_plan<'p>(plan: &'p mut Option<FieldPlan>, fields: &Arc<FieldSet>) -> &'p mut FieldPlan {
+    if !plan.as_ref().is_some_and(|p| p.is_for(fields)) {
+        *plan = Some(FieldPlan::new(fields.clone()));
+    }
+    plan.get_or_insert_with(|| FieldPlan::new(fields.clone()))
+}
+
+/// The plan of observer `k`, reading `fields`.
+fn observer_plan<'p>(plans: &'p mut Vec<FieldPlan>, k: usize, fields: &Arc<FieldSet>) -> &'p mut FieldPlan {
+    match plans.get(k) {
+        Some(p) if p.is_for(fields) => {}
+        Some(_) => plans[k] = FieldPlan::new(fields.clone()),
+        None => plans.push(FieldPlan::new(fields.clone())),
+    }
+    &mut plans[k]
+}
+
+/// Shows the event whose tape is `nodes` to every observer of `out`, each
+/// with the values of its own fields. The first observer's plan has seen
+/// the keys already ([`scan_keys`]); the others look for themselves.
+fn show_object(plans: &mut Vec<FieldPlan>, nodes: &[Node<'_>], out: &mut BatchBuilder) {
+    for (k, o) in out.observers_mut().iter_mut().enumerate() {
+        let plan = observer_plan(plans, k, &o.fields);
+        if k > 0 {
+            plan.locate(nodes);
+        }
+        let plan = &*plan;
+        with_values(plan.len(), |i| plan.value(nodes, i), |v| o.inner.event(v));
+    }
+}
+
+/// Calls `f` with the `n` values `value` gives, without allocating for the
+/// usual handful of fields.
+#[inline]
+fn with_values<'a>(n: usize, value: impl Fn(usize) -> FieldValueRef<'a>, f: impl FnOnce(&[FieldValueRef<'a>])) {
+    if n <= INLINE_VALUES {
+        let mut row = [FieldValueRef::Missing; INLINE_VALUES];
+        for (i, slot) in row[..n].iter_mut().enumerate() {
+            *slot = value(i);
+        }
+        f(&row[..n]);
+    } else {
+        let row: Vec<FieldValueRef<'a>> = (0..n).map(value).collect();
+        f(&row);
     }
 }
 
@@ -207,32 +276,61 @@ fn object_bounds(line: &[u8]) -> Option<usize> {
     (line[first] == b'{' && line[last] == b'}' && last > first).then_some(last)
 }
 
-/// Which members of `extra` then `fragment` (64 at most together) the root
-/// object of the tape already has, as bits in that order. An event key is
-/// compared with the members only when its [`key_signature`] is one of
-/// theirs, which the usual event's keys are not.
-fn present_members(nodes: &[Node<'_>], extra: &[Member], fragment: &Fragment) -> u64 {
+/// One pass over the keys of the root object of the tape: which members of
+/// `extra` then `fragment` the event already has, as bits in that order
+/// (when `track_members`, which needs 64 members or fewer), while `plans`
+/// are offered every key. An event key is compared with the members only
+/// when its [`key_bucket`] is one of theirs, which the usual event's keys
+/// are not.
+fn scan_keys(
+    nodes: &[Node<'_>],
+    extra: &[Member],
+    fragment: &Fragment,
+    track_members: bool,
+    mut first: Option<&mut FieldPlan>,
+    mut second: Option<&mut FieldPlan>,
+) -> u64 {
     let Some(&Node::Object { len, .. }) = nodes.first() else {
         return 0;
     };
-    let signatures = extra.iter().fold(fragment.key_signatures(), |acc, m| acc | key_signature(m.key()));
+    let signatures = if track_members {
+        extra.iter().fold(fragment.key_signatures(), |acc, m| acc | key_signature(m.key()))
+    } else {
+        0
+    };
+    let mut wanted = signatures;
+    for p in [first.as_deref_mut(), second.as_deref_mut()].into_iter().flatten() {
+        p.begin();
+        wanted |= p.mask();
+    }
     let mut present = 0u64;
     let mut idx = 1;
     for _ in 0..len {
         let Some(Node::String(k)) = nodes.get(idx) else {
-            return present;
+            break;
         };
-        if signatures & key_signature(k) != 0 {
-            for (i, m) in extra.iter().chain(fragment.members()).enumerate() {
-                if m.key() == *k {
-                    present |= 1 << i;
+        let Some(value) = nodes.get(idx + 1) else {
+            break;
+        };
+        let count = node_count(value);
+        let b = key_bucket(k.as_bytes());
+        // Most keys are in no wanted bucket: one test rules them out.
+        if wanted & (1 << b) != 0 {
+            if signatures & (1 << b) != 0 {
+                for (i, m) in extra.iter().chain(fragment.members()).enumerate() {
+                    if m.key() == *k {
+                        present |= 1 << i;
+                    }
                 }
             }
+            if let Some(p) = first.as_deref_mut() {
+                p.offer(b, k.as_bytes(), idx + 1, count);
+            }
+            if let Some(p) = second.as_deref_mut() {
+                p.offer(b, k.as_bytes(), idx + 1, count);
+            }
         }
-        match nodes.get(idx + 1) {
-            Some(n) => idx += 1 + node_count(n),
-            None => return present,
-        }
+        idx += 1 + count;
     }
     present
 }
@@ -341,9 +439,8 @@ pub fn escape_json_str(s: &str, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{FieldPath, FieldSet};
+    use crate::event::FieldPath;
     use serde_json::{json, Map, Value};
-    use std::sync::Arc;
 
     fn fragment() -> Fragment {
         let mut m = Map::new();
@@ -431,6 +528,82 @@ mod tests {
         assert_eq!(b.value(0, 2), FieldValueRef::Bool(true));
         assert_eq!(b.value(0, 3), FieldValueRef::Missing);
         assert_eq!(b.value(1, 4), FieldValueRef::Str("text"));
+    }
+
+    /// Renders every value an observer is shown.
+    struct Seen(Vec<String>);
+
+    impl crate::event::EventObserver for Seen {
+        fn event(&mut self, values: &[FieldValueRef<'_>]) {
+            self.0.push(format!("{values:?}"));
+        }
+
+        fn finish(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+            Box::new(self.0)
+        }
+    }
+
+    #[test]
+    fn observers_see_what_extraction_stores() {
+        let lines: [&[u8]; 4] = [
+            br#"{"status":503,"http":{"path":"/p"},"host":"own","status":1}"#,
+            b"not json",
+            br#"{"ok":false,"message":"m"}"#,
+            br#"{"a":"#,
+        ];
+        let sets: Vec<Arc<FieldSet>> = [&["status", "http.path", "host"][..], &["message", "ok", "http.path"][..]]
+            .iter()
+            .map(|paths| {
+                let mut set = FieldSet::new();
+                for p in *paths {
+                    set.add(FieldPath::parse(p).unwrap());
+                }
+                Arc::new(set)
+            })
+            .collect();
+        for batch_fields in &sets {
+            let mut out = BatchBuilder::with_capacity(batch_fields.clone(), 1024, 4);
+            for set in &sets {
+                out.observe(set.clone(), Box::new(Seen(Vec::new())));
+            }
+            let mut d = Decoder::new();
+            for l in lines {
+                d.decode_line(l, false, &[], &fragment(), &mut out);
+            }
+            let seen: Vec<Vec<String>> = out
+                .finish_observers()
+                .into_iter()
+                .map(|s| *s.downcast::<Vec<String>>().unwrap())
+                .collect();
+            let ctx = Arc::new(crate::enrich::SourceContext::new(
+                "t".into(),
+                "test",
+                String::new(),
+                Default::default(),
+            ));
+            let batch = out.build(ctx, std::time::SystemTime::now());
+            let stored: Vec<String> = (0..batch.len())
+                .map(|i| format!("{:?}", (0..batch_fields.len()).map(|f| batch.value(i, f)).collect::<Vec<_>>()))
+                .collect();
+            let which = sets.iter().position(|s| Arc::ptr_eq(s, batch_fields)).unwrap();
+            assert_eq!(seen[which], stored);
+        }
+        let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 1024, 4);
+        out.observe(sets[0].clone(), Box::new(Seen(Vec::new())));
+        out.observe(sets[1].clone(), Box::new(Seen(Vec::new())));
+        let mut d = Decoder::new();
+        for l in lines {
+            d.decode_line(l, false, &[], &fragment(), &mut out);
+        }
+        let seen: Vec<Vec<String>> = out
+            .finish_observers()
+            .into_iter()
+            .map(|s| *s.downcast::<Vec<String>>().unwrap())
+            .collect();
+        assert_eq!(seen[0][0], r#"[Number(503.0), Str("/p"), Str("own")]"#);
+        assert_eq!(seen[1][1], r#"[Str("not json"), Missing, Missing]"#);
+        assert_eq!(seen[1][2], r#"[Str("m"), Bool(false), Missing]"#);
+        assert_eq!(seen[0][3], "[Missing, Missing, Missing]");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! where the logs are collected, per SLI, service and release.
 //!
 //! - [`config`]: the `[[sli]]` rules, validated at config time.
-//! - `rule`: rules compiled against the fields the decoder extracts.
+//! - `rule`: rules compiled against the fields the decoder reads for them.
 //! - `labels` and `route`: label values, with route normalisation.
 //! - `series`: the per-SLI series table and its cardinality guard.
 //! - `window`: fixed-memory sliding windows for burn rates.
@@ -31,13 +31,10 @@ use std::sync::Arc;
 
 use crate::app::Extensions;
 
-/// Adds a tap for `rules` (if there are any) to `ext`, with the fields it
-/// needs extracted.
+/// Adds a tap for `rules` (if there are any) to `ext`.
 pub fn extend(ext: &mut Extensions, rules: &[SliRule]) {
     if rules.is_empty() {
         return;
     }
-    let tap = SliTap::new(rules);
-    ext.fields.extend(tap.fields());
-    ext.taps.push(Arc::new(tap));
+    ext.taps.push(Arc::new(SliTap::new(rules)));
 }

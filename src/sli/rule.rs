@@ -2,15 +2,15 @@
 //! their latency, read from the values the decoder extracted.
 //!
 //! A rule refers to fields by their index in the tap's own field list
-//! ([`FieldIndex`]); per batch that list is mapped onto the batch's
-//! [`FieldSet`] once, so a lookup per event is two array reads.
+//! ([`FieldIndex`]); the decoder hands each event's values over in that
+//! order, so a lookup per event is one array read.
 
 use regex::Regex;
 use std::sync::Arc;
 
 use super::config::{Condition, LatencyUnit, Scalar, SliRule};
 use super::window::WindowSpec;
-use crate::event::{Batch, FieldPath, FieldSet, FieldValueRef};
+use crate::event::{FieldPath, FieldValueRef};
 
 /// An index into the tap's field list.
 pub(crate) type FieldIndex = usize;
@@ -35,36 +35,19 @@ impl TapFields {
     pub(crate) fn paths(&self) -> &[FieldPath] {
         &self.paths
     }
-
-    /// Where each tap field is in `set` (`None` if the pipeline did not
-    /// extract it, which reads as missing).
-    pub(crate) fn bind(&self, set: &FieldSet) -> Vec<Option<usize>> {
-        self.paths.iter().map(|p| set.index_of(p)).collect()
-    }
 }
 
-/// One event's extracted values, addressed by tap field index: read from
-/// the batch once per event, then shared by every rule and label.
+/// One event's values, addressed by tap field index: read from the parsed
+/// event once, then shared by every rule and label.
 pub(crate) struct Row<'r, 'a> {
     values: &'r [FieldValueRef<'a>],
     index: usize,
 }
 
 impl<'r, 'a> Row<'r, 'a> {
-    /// Event `index`, whose values [`Row::fill`] read into `values`.
+    /// Event `index` of its batch, with `values` by tap field index.
     pub(crate) fn new(values: &'r [FieldValueRef<'a>], index: usize) -> Row<'r, 'a> {
         Row { values, index }
-    }
-
-    /// Reads event `index` of `batch` into `values`, by tap field index;
-    /// `map` comes from [`TapFields::bind`].
-    #[inline]
-    pub(crate) fn fill(batch: &'a Batch, map: &[Option<usize>], index: usize, values: &mut Vec<FieldValueRef<'a>>) {
-        values.clear();
-        values.extend(map.iter().map(|m| match m {
-            Some(j) => batch.value(index, *j),
-            None => FieldValueRef::Missing,
-        }));
     }
 
     /// The event's index in its batch.
@@ -408,8 +391,8 @@ impl CompiledRule {
 mod tests {
     use super::*;
     use crate::decode::Decoder;
-    use crate::enrich::{Fragment, SourceContext};
-    use crate::event::BatchBuilder;
+    use crate::enrich::Fragment;
+    use crate::event::{BatchBuilder, EventObserver, FieldSet};
     use serde_json::json;
 
     fn rule(v: serde_json::Value) -> SliRule {
@@ -419,31 +402,46 @@ mod tests {
         r.into_iter().next().unwrap()
     }
 
-    /// Decodes `lines` extracting exactly the rule's fields, then judges
-    /// every event.
+    /// Judges each event the decoder shows it, as the tap does.
+    struct Judge {
+        rule: CompiledRule,
+        verdicts: Vec<Verdict>,
+    }
+
+    impl EventObserver for Judge {
+        fn event(&mut self, values: &[FieldValueRef<'_>]) {
+            let v = self.rule.judge(&Row::new(values, self.verdicts.len()), &mut String::new());
+            self.verdicts.push(v);
+        }
+
+        fn finish(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+            Box::new(self.verdicts)
+        }
+    }
+
+    /// Decodes `lines`, reading exactly the rule's fields, and judges every
+    /// event.
     fn judge_all(r: &SliRule, lines: &[&str]) -> Vec<Verdict> {
         let mut fields = TapFields::default();
-        let compiled = CompiledRule::new(r, &mut fields, 0);
+        let rule = CompiledRule::new(r, &mut fields, 0);
         let mut set = FieldSet::new();
         for p in fields.paths() {
             set.add(p.clone());
         }
-        let mut out = BatchBuilder::with_capacity(Arc::new(set), 1024, 8);
+        let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 1024, 8);
+        out.observe(
+            Arc::new(set),
+            Box::new(Judge {
+                rule,
+                verdicts: Vec::new(),
+            }),
+        );
         let mut d = Decoder::new();
         for l in lines {
             d.decode_line(l.as_bytes(), false, &[], &Fragment::default(), &mut out);
         }
-        let ctx = Arc::new(SourceContext::new("t".into(), "test", String::new(), Default::default()));
-        let batch = out.build(ctx, std::time::SystemTime::now());
-        let map = fields.bind(batch.fields());
-        let mut text = String::new();
-        let mut values = Vec::new();
-        (0..batch.len())
-            .map(|i| {
-                Row::fill(&batch, &map, i, &mut values);
-                compiled.judge(&Row::new(&values, i), &mut text)
-            })
-            .collect()
+        let verdicts = out.finish_observers().pop().expect("one observer");
+        *verdicts.downcast::<Vec<Verdict>>().expect("the judge's verdicts")
     }
 
     fn counted(error: bool, latency: Option<f64>) -> Verdict {

@@ -13,7 +13,8 @@ use super::config::SliRule;
 use super::labels::{KeyScratch, LabelGroup};
 use super::rule::{CompiledRule, Row, TapFields, Verdict};
 use super::series::{Outcome, SeriesTable};
-use crate::event::{Batch, FieldPath};
+use crate::enrich::SourceContext;
+use crate::event::{Batch, EventObserver, FieldSet, FieldValueRef};
 use crate::pipeline::{BatchTap, Prepared};
 
 /// Why a matched event was not (fully) measured, by index in
@@ -27,7 +28,6 @@ pub(crate) struct Compiled {
     pub rules: Vec<CompiledRule>,
     /// Label configurations, shared by rules.
     pub groups: Vec<LabelGroup>,
-    fields: TapFields,
     hasher: DefaultHashBuilder,
 }
 
@@ -70,12 +70,12 @@ impl Shared {
 }
 
 /// Derives SLI metrics from every batch: add it to the pipeline as a
-/// [`BatchTap`] and have the decoder extract [`SliTap::fields`]. Its series
-/// appear on `/metrics` for as long as the tap lives.
+/// [`BatchTap`]. Its series appear on `/metrics` for as long as the tap
+/// lives.
 #[derive(Debug, Clone)]
 pub struct SliTap {
     shared: Arc<Shared>,
-    fields: Vec<FieldPath>,
+    fields: Arc<FieldSet>,
 }
 
 impl SliTap {
@@ -113,25 +113,24 @@ impl SliTap {
                 })
                 .collect(),
         };
-        let paths = fields.paths().to_vec();
+        let mut set = FieldSet::new();
+        for p in fields.paths() {
+            set.add(p.clone());
+        }
         let shared = Arc::new(Shared {
             started: Instant::now(),
             compiled: Compiled {
                 rules: compiled,
                 groups,
-                fields,
                 hasher: DefaultHashBuilder::default(),
             },
             state: Mutex::new(state),
         });
         super::exposition::attach(&shared);
-        SliTap { shared, fields: paths }
-    }
-
-    /// The event fields the rules read; add them to the pipeline's
-    /// [`crate::event::FieldSet`].
-    pub fn fields(&self) -> Vec<FieldPath> {
-        self.fields.clone()
+        SliTap {
+            shared,
+            fields: Arc::new(set),
+        }
     }
 
     /// The metrics of this tap alone in the Prometheus text format (what it
@@ -152,20 +151,68 @@ impl SliTap {
 }
 
 impl BatchTap for SliTap {
-    fn prepare(&self, batch: &Batch) -> Option<Prepared> {
-        Some(Box::new(self.shared.compiled.judge(batch)))
+    /// The event fields the rules read, in [`TapFields`] order.
+    fn fields(&self) -> Arc<FieldSet> {
+        self.fields.clone()
     }
 
-    fn observe(&self, batch: &Batch, prepared: Option<Prepared>) {
-        if batch.is_empty() {
-            return;
+    fn begin(&self, source: &SourceContext) -> Box<dyn EventObserver> {
+        Box::new(BatchJudge::new(self.shared.clone(), source))
+    }
+
+    fn observe(&self, _batch: &Batch, prepared: Prepared) {
+        match prepared.downcast::<Partial>() {
+            Ok(partial) => self.merge(&partial, self.shared.now_ms()),
+            Err(_) => tracing::error!("SLI tap handed another observer's result; batch not counted"),
         }
-        let partial = match prepared.map(|p| p.downcast::<Partial>()) {
-            Some(Ok(p)) => *p,
-            // A batch sent already decoded was not prepared: judge it here.
-            _ => self.shared.compiled.judge(batch),
+    }
+}
+
+/// Judges the events of one batch as they decode, into a [`Partial`]: the
+/// per-event work, touching no shared state.
+struct BatchJudge {
+    shared: Arc<Shared>,
+    partial: Partial,
+    /// Per label group.
+    scratch: Vec<KeyScratch>,
+    text: String,
+    /// Events seen so far.
+    events: usize,
+}
+
+impl BatchJudge {
+    fn new(shared: Arc<Shared>, source: &SourceContext) -> BatchJudge {
+        let compiled = &shared.compiled;
+        let mut scratch: Vec<KeyScratch> = compiled.groups.iter().map(|_| KeyScratch::default()).collect();
+        for (g, s) in compiled.groups.iter().zip(&mut scratch) {
+            g.begin_batch(source, s);
+        }
+        let partial = Partial {
+            incomplete: vec![[0; 2]; compiled.rules.len()],
+            ..Partial::default()
         };
-        self.merge(&partial, self.shared.now_ms());
+        BatchJudge {
+            shared,
+            partial,
+            scratch,
+            text: String::new(),
+            events: 0,
+        }
+    }
+}
+
+impl EventObserver for BatchJudge {
+    #[inline]
+    fn event(&mut self, values: &[FieldValueRef<'_>]) {
+        let row = Row::new(values, self.events);
+        self.shared
+            .compiled
+            .judge(&row, &mut self.partial, &mut self.scratch, &mut self.text);
+        self.events += 1;
+    }
+
+    fn finish(self: Box<Self>) -> Prepared {
+        Box::new(self.partial)
     }
 }
 
@@ -242,68 +289,50 @@ impl Partial {
 }
 
 impl Compiled {
-    /// Judges every event of `batch` for every rule: the per-event work,
-    /// touching no shared state.
-    pub(crate) fn judge(&self, batch: &Batch) -> Partial {
-        let mut partial = Partial {
-            incomplete: vec![[0; 2]; self.rules.len()],
-            ..Partial::default()
-        };
-        if batch.is_empty() {
-            return partial;
-        }
-        let map = self.fields.bind(batch.fields());
-        let mut scratch: Vec<KeyScratch> = self.groups.iter().map(|_| KeyScratch::default()).collect();
-        for (g, s) in self.groups.iter().zip(&mut scratch) {
-            g.begin_batch(&batch.source, s);
-        }
-        let mut text = String::new();
-        let mut values = Vec::with_capacity(map.len());
-        for i in 0..batch.len() {
-            Row::fill(batch, &map, i, &mut values);
-            let row = Row::new(&values, i);
-            for (r, rule) in self.rules.iter().enumerate() {
-                let (error, latency, latency_missing) = match rule.judge(&row, &mut text) {
-                    Verdict::Skip => continue,
-                    Verdict::NoOutcome => {
-                        partial.incomplete[r][0] += 1;
-                        continue;
-                    }
-                    Verdict::NoLatency => {
-                        partial.incomplete[r][1] += 1;
-                        continue;
-                    }
-                    Verdict::Counted {
-                        error,
-                        latency,
-                        latency_missing,
-                    } => (error, latency, latency_missing),
-                };
-                partial.incomplete[r][1] += latency_missing as u64;
-                let (hash, key) = self.groups[rule.group].key(&mut scratch[rule.group], &row, &self.hasher);
-                let nb = rule.bounds.len() + 1;
-                let slow = match (latency, rule.latency.as_ref().and_then(|l| l.threshold)) {
-                    (Some(l), Some(t)) => l > t,
-                    _ => false,
-                };
-                let outcome = if error {
-                    Outcome::Error
-                } else if slow {
-                    Outcome::Slow
-                } else {
-                    Outcome::Success
-                };
-                let e = partial.entry(r, hash, key, nb);
-                e.outcomes[outcome as usize] += 1;
-                if let Some(l) = latency {
-                    e.sum += l;
-                    // Bucket `le=b` counts l <= b; past the last bound is +Inf.
-                    let b = e.buckets + rule.bounds.partition_point(|&b| b < l);
-                    partial.buckets[b] += 1;
+    /// Judges the event in `row` for every rule into `partial`; `scratch`
+    /// holds each label group's key.
+    #[inline]
+    fn judge(&self, row: &Row<'_, '_>, partial: &mut Partial, scratch: &mut [KeyScratch], text: &mut String) {
+        for (r, rule) in self.rules.iter().enumerate() {
+            let (error, latency, latency_missing) = match rule.judge(row, text) {
+                Verdict::Skip => continue,
+                Verdict::NoOutcome => {
+                    partial.incomplete[r][0] += 1;
+                    continue;
                 }
+                Verdict::NoLatency => {
+                    partial.incomplete[r][1] += 1;
+                    continue;
+                }
+                Verdict::Counted {
+                    error,
+                    latency,
+                    latency_missing,
+                } => (error, latency, latency_missing),
+            };
+            partial.incomplete[r][1] += latency_missing as u64;
+            let (hash, key) = self.groups[rule.group].key(&mut scratch[rule.group], row, &self.hasher);
+            let nb = rule.bounds.len() + 1;
+            let slow = match (latency, rule.latency.as_ref().and_then(|l| l.threshold)) {
+                (Some(l), Some(t)) => l > t,
+                _ => false,
+            };
+            let outcome = if error {
+                Outcome::Error
+            } else if slow {
+                Outcome::Slow
+            } else {
+                Outcome::Success
+            };
+            let e = partial.entry(r, hash, key, nb);
+            e.outcomes[outcome as usize] += 1;
+            if let Some(l) = latency {
+                e.sum += l;
+                // Bucket `le=b` counts l <= b; past the last bound is +Inf.
+                let b = e.buckets + rule.bounds.partition_point(|&b| b < l);
+                partial.buckets[b] += 1;
             }
         }
-        partial
     }
 }
 
@@ -341,7 +370,7 @@ mod tests {
     use super::*;
     use crate::decode::Decoder;
     use crate::enrich::SourceContext;
-    use crate::event::{BatchBuilder, FieldSet};
+    use crate::event::{BatchBuilder, FieldPath};
     use serde_json::{json, Map, Value};
 
     fn tap(rules: Value) -> SliTap {
@@ -351,20 +380,22 @@ mod tests {
         SliTap::new(&rules)
     }
 
-    fn batch(tap: &SliTap, meta: Value, lines: &[String]) -> Batch {
-        let mut set = FieldSet::new();
-        set.add(FieldPath::parse("unrelated").unwrap());
-        for p in tap.fields() {
-            set.add(p);
-        }
+    /// Decodes `lines` from a source with metadata `meta` while the tap
+    /// judges them: the batch and the tap's counts for it.
+    fn judged(tap: &SliTap, meta: Value, lines: &[String]) -> (Batch, Partial) {
         let Value::Object(meta) = meta else { panic!() };
         let ctx = Arc::new(SourceContext::new("t".into(), "test", String::new(), meta));
+        let mut set = FieldSet::new();
+        set.add(FieldPath::parse("unrelated").unwrap());
         let mut out = BatchBuilder::with_capacity(Arc::new(set), 4096, lines.len());
+        out.observe(tap.fields(), tap.begin(&ctx));
         let mut d = Decoder::new();
         for l in lines {
             d.decode_line(l.as_bytes(), false, &[], &ctx.fragment, &mut out);
         }
-        out.build(ctx, std::time::SystemTime::now())
+        let prepared = out.finish_observers().pop().expect("one observer");
+        let partial = *prepared.downcast::<Partial>().expect("the tap's counts");
+        (out.build(ctx, std::time::SystemTime::now()), partial)
     }
 
     /// Sample lines of the rendered text as (name{labels}, value).
@@ -398,8 +429,8 @@ mod tests {
         }
         lines.push("not json".into());
         lines.push(r#"{"service":"api"}"#.into());
-        let b = batch(&t, json!({"release": {"version": "v1"}}), &lines);
-        t.observe(&b, None);
+        let (b, partial) = judged(&t, json!({"release": {"version": "v1"}}), &lines);
+        t.observe(&b, Box::new(partial));
         let s = samples(&t, 0);
         let get = |k: &str| s.get(k).and_then(Value::as_f64).unwrap_or_else(|| panic!("{k} missing in {s:#?}"));
         assert_eq!(
@@ -442,8 +473,7 @@ mod tests {
             lines.push(line("api", Some("v1"), 200, 1.0));
             lines.push(line("api", Some("v2"), if i % 20 == 0 { 500 } else { 200 }, 1.0));
         }
-        let b = batch(&t, json!({}), &lines);
-        t.merge(&t.shared.compiled.judge(&b), 1_000);
+        t.merge(&judged(&t, json!({}), &lines).1, 1_000);
         let burn = |now: u64, release: &str, w: &str| {
             let k = format!(r#"sluice_sli_error_budget_burn_rate{{sli="canary",service="api",release="{release}",window="{w}"}}"#);
             samples(&t, now)[&k].as_f64().unwrap()
@@ -457,7 +487,7 @@ mod tests {
         assert!((burn(361_000, "v2", "1h") - 50.0).abs() < 1e-9);
         // Healthy traffic now dilutes the long window only by its share.
         let healthy: Vec<String> = (0..1000).map(|_| line("api", Some("v2"), 200, 1.0)).collect();
-        t.merge(&t.shared.compiled.judge(&batch(&t, json!({}), &healthy)), 362_000);
+        t.merge(&judged(&t, json!({}), &healthy).1, 362_000);
         assert_eq!(burn(362_000, "v2", "5m"), 0.0);
         assert!((burn(362_000, "v2", "1h") - 25.0).abs() < 1e-9);
     }
@@ -468,7 +498,8 @@ mod tests {
         let lines: Vec<String> = (0..50)
             .map(|i| format!(r#"{{"service":"s","path":"/r/x{i}/{i}","status":200}}"#))
             .collect();
-        t.observe(&batch(&t, json!({}), &lines), None);
+        let (b, partial) = judged(&t, json!({}), &lines);
+        t.observe(&b, Box::new(partial));
         let s = samples(&t, 0);
         let routes: std::collections::BTreeSet<&str> = s
             .keys()

@@ -29,8 +29,9 @@ pub(super) struct FieldPlan {
     fields: Arc<FieldSet>,
     /// Distinct first segments, as bytes.
     roots: Vec<Box<[u8]>>,
-    /// For each path, the index of its first segment in `roots`.
-    path_root: Vec<usize>,
+    /// For each path, the index of its first segment in `roots`, and
+    /// whether that is its only segment.
+    path_root: Vec<(usize, bool)>,
     /// Bit `b` set when some root is in bucket `b`: most keys are ruled out
     /// by their bucket alone.
     mask: u64,
@@ -46,15 +47,20 @@ pub(super) struct FieldPlan {
 }
 
 /// Equality of short byte strings without a call into `memcmp`: keys are
-/// mostly under 16 bytes, where two overlapping 8-byte loads decide.
-#[inline]
+/// mostly under 16 bytes, where two overlapping loads of 4 or 8 bytes
+/// decide.
+#[inline(always)]
 fn same(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
         return false;
     }
-    if n < 8 {
+    if n < 4 {
         return a.iter().zip(b).all(|(x, y)| x == y);
+    }
+    if n < 8 {
+        let word = |s: &[u8], at: usize| u32::from_ne_bytes([s[at], s[at + 1], s[at + 2], s[at + 3]]);
+        return word(a, 0) == word(b, 0) && word(a, n - 4) == word(b, n - 4);
     }
     let word = |s: &[u8], at: usize| {
         let mut w = [0u8; 8];
@@ -79,7 +85,7 @@ impl FieldPlan {
                     roots.len() - 1
                 }
             };
-            path_root.push(i);
+            path_root.push((i, path.segments().len() == 1));
         }
         let per_path = roots.len() > MAX_ROOTS || roots.iter().any(|r| r.is_empty());
         let mut buckets = [0u8; BUCKETS];
@@ -154,7 +160,7 @@ impl FieldPlan {
     /// Shows the plan one top-level key of the event: `b` is its
     /// [`super::key_bucket`], and its value starts at tape index `idx` and
     /// spans `count` nodes. The first occurrence of a key wins.
-    #[inline]
+    #[inline(always)]
     pub(super) fn offer(&mut self, b: usize, key: &[u8], idx: usize, count: usize) {
         if self.mask & (1 << b) == 0 {
             return;
@@ -174,17 +180,17 @@ impl FieldPlan {
 
     /// The value of path `i` of the field set in the object [`FieldPlan::locate`]
     /// last looked at (`nodes` must be that object's tape).
-    #[inline]
+    #[inline(always)]
     pub(super) fn value<'a>(&self, nodes: &'a [Node<'a>], i: usize) -> FieldValueRef<'a> {
-        let path = &self.fields.paths()[i];
         if self.per_path {
-            return lookup(nodes, path.segments());
+            return lookup(nodes, self.fields.paths()[i].segments());
         }
-        match self.found[self.path_root[i]] {
+        let (root, single) = self.path_root[i];
+        match self.found[root] {
             (0, _) => FieldValueRef::Missing,
-            (start, _) if path.segments().len() == 1 => nodes.get(start).map_or(FieldValueRef::Missing, scalar),
+            (start, _) if single => nodes.get(start).map_or(FieldValueRef::Missing, scalar),
             (start, count) => match nodes.get(start..start + count) {
-                Some(value) => lookup(value, &path.segments()[1..]),
+                Some(value) => lookup(value, &self.fields.paths()[i].segments()[1..]),
                 None => FieldValueRef::Missing,
             },
         }
@@ -269,6 +275,9 @@ mod tests {
             ("", ""),
             ("a", "a"),
             ("abcdefg", "abcdefh"),
+            ("abcd", "abce"),
+            ("abcde", "xbcde"),
+            ("ab", "ac"),
             ("abcdefgh", "abcdefgh"),
             ("abcdefghij", "abcdefghiJ"),
         ] {

@@ -243,11 +243,14 @@ fn observer_plan<'p>(plans: &'p mut Vec<FieldPlan>, k: usize, fields: &Arc<Field
 /// the keys already ([`scan_keys`]); the others look for themselves.
 fn show_object(plans: &mut Vec<FieldPlan>, nodes: &[Node<'_>], out: &mut BatchBuilder) {
     for (k, o) in out.observers_mut().iter_mut().enumerate() {
-        let plan = observer_plan(plans, k, &o.fields);
-        if k > 0 {
+        let plan = if k == 0 {
+            // Made for this observer before the pass over the keys.
+            &plans[0]
+        } else {
+            let plan = observer_plan(plans, k, &o.fields);
             plan.locate(nodes);
-        }
-        let plan = &*plan;
+            &*plan
+        };
         with_values(plan.len(), |i| plan.value(nodes, i), |v| o.inner.event(v));
     }
 }

@@ -47,11 +47,7 @@ pub(crate) fn normalize_into(path: &str, out: &mut Vec<u8>) {
 
 /// A non-numeric id segment: a UUID, or 16+ hex digits with a digit.
 fn is_other_id(seg: &[u8]) -> bool {
-    match seg.len() {
-        36 => is_uuid(seg),
-        n if n >= MIN_HEX_ID => seg.iter().all(u8::is_ascii_hexdigit) && seg.iter().any(u8::is_ascii_digit),
-        _ => false,
-    }
+    seg.len() >= MIN_HEX_ID && (is_uuid(seg) || seg.iter().all(u8::is_ascii_hexdigit) && seg.iter().any(u8::is_ascii_digit))
 }
 
 /// `8-4-4-4-12` hex digits, any case.
@@ -128,6 +124,16 @@ mod tests {
         assert_eq!(norm("/a/7#frag"), "/a/:id");
         assert_eq!(norm("42"), ":id");
         assert_eq!(norm("/é/12/ü"), "/é/:id/ü");
+    }
+
+    #[test]
+    fn hex_ids_are_ids_at_every_length_from_16() {
+        // 36 hex digits are an id although not UUID-shaped, as 35 and 37 are.
+        for n in [16, 35, 36, 37, 64] {
+            let id = "a1".repeat(n / 2) + &"f".repeat(n % 2);
+            assert_eq!(norm(&format!("/blobs/{id}")), "/blobs/:id", "{n} hex digits");
+        }
+        assert_eq!(norm(&format!("/blobs/{}", "a".repeat(36))), format!("/blobs/{}", "a".repeat(36)));
     }
 
     #[test]

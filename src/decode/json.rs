@@ -121,7 +121,25 @@ impl Decoder {
         let mut out_plan = (!out.fields().is_empty()).then(|| cached_plan(plan, out.fields()));
         let observed = !out.observers_mut().is_empty();
         let first_observer = out.observers_mut().first().map(|o| observer_plan(observer_plans, 0, &o.fields));
-        let present = scan_keys(nodes, extra, fragment, track_members, out_plan.as_deref_mut(), first_observer);
+        // One copy of the pass per combination of plans, so the usual event
+        // with neither pays nothing for them.
+        let present = match (out_plan.as_deref_mut(), first_observer) {
+            (None, None) => scan_keys(nodes, extra, fragment, track_members, 0, |_, _, _, _| {}),
+            (Some(p), None) | (None, Some(p)) => {
+                p.begin();
+                let mask = p.mask();
+                scan_keys(nodes, extra, fragment, track_members, mask, |b, k, idx, count| p.offer(b, k, idx, count))
+            }
+            (Some(p), Some(q)) => {
+                p.begin();
+                q.begin();
+                let mask = p.mask() | q.mask();
+                scan_keys(nodes, extra, fragment, track_members, mask, |b, k, idx, count| {
+                    p.offer(b, k, idx, count);
+                    q.offer(b, k, idx, count);
+                })
+            }
+        };
 
         let buf = out.buffer();
         buf.extend_from_slice(&line[..close]);
@@ -133,24 +151,27 @@ impl Decoder {
             buf.extend_from_slice(m.rendered());
             *need_comma = true;
         };
-        for (i, m) in extra.iter().enumerate() {
-            let has = if track_members {
-                present & (1 << i) != 0
-            } else {
-                has_key(nodes, m.key())
-            };
-            if !has && !extra[..i].iter().any(|e| e.key() == m.key()) {
-                append(m, buf, &mut need_comma);
+        if track_members {
+            for (i, m) in extra.iter().enumerate() {
+                if present & (1 << i) == 0 && !extra[..i].iter().any(|e| e.key() == m.key()) {
+                    append(m, buf, &mut need_comma);
+                }
             }
-        }
-        for (i, m) in members.iter().enumerate() {
-            let has = if track_members {
-                present & (1 << (extra.len() + i)) != 0
-            } else {
-                has_key(nodes, m.key())
-            };
-            if !has && !extra.iter().any(|e| e.key() == m.key()) {
-                append(m, buf, &mut need_comma);
+            for (i, m) in members.iter().enumerate() {
+                if present & (1 << (extra.len() + i)) == 0 && !extra.iter().any(|e| e.key() == m.key()) {
+                    append(m, buf, &mut need_comma);
+                }
+            }
+        } else {
+            for (i, m) in extra.iter().enumerate() {
+                if !has_key(nodes, m.key()) && !extra[..i].iter().any(|e| e.key() == m.key()) {
+                    append(m, buf, &mut need_comma);
+                }
+            }
+            for m in members {
+                if !has_key(nodes, m.key()) && !extra.iter().any(|e| e.key() == m.key()) {
+                    append(m, buf, &mut need_comma);
+                }
             }
         }
         buf.push(b'}');
@@ -285,13 +306,14 @@ fn object_bounds(line: &[u8]) -> Option<usize> {
 /// are offered every key. An event key is compared with the members only
 /// when its [`key_bucket`] is one of theirs, which the usual event's keys
 /// are not.
+#[inline(always)]
 fn scan_keys(
     nodes: &[Node<'_>],
     extra: &[Member],
     fragment: &Fragment,
     track_members: bool,
-    mut first: Option<&mut FieldPlan>,
-    mut second: Option<&mut FieldPlan>,
+    plan_buckets: u64,
+    mut offer: impl FnMut(usize, &[u8], usize, usize),
 ) -> u64 {
     let Some(&Node::Object { len, .. }) = nodes.first() else {
         return 0;
@@ -301,11 +323,7 @@ fn scan_keys(
     } else {
         0
     };
-    let mut wanted = signatures;
-    for p in [first.as_deref_mut(), second.as_deref_mut()].into_iter().flatten() {
-        p.begin();
-        wanted |= p.mask();
-    }
+    let wanted = signatures | plan_buckets;
     let mut present = 0u64;
     let mut idx = 1;
     for _ in 0..len {
@@ -326,11 +344,8 @@ fn scan_keys(
                     }
                 }
             }
-            if let Some(p) = first.as_deref_mut() {
-                p.offer(b, k.as_bytes(), idx + 1, count);
-            }
-            if let Some(p) = second.as_deref_mut() {
-                p.offer(b, k.as_bytes(), idx + 1, count);
+            if plan_buckets & (1 << b) != 0 {
+                offer(b, k.as_bytes(), idx + 1, count);
             }
         }
         idx += 1 + count;

@@ -233,13 +233,7 @@ mod tests {
                 }
             }
             out.finish_event();
-            let ctx = Arc::new(crate::enrich::SourceContext::new(
-                "t".into(),
-                "test",
-                String::new(),
-                Default::default(),
-            ));
-            let batch = out.build(ctx, std::time::SystemTime::now());
+            let batch = out.build(super::super::test_support::context(), std::time::SystemTime::now());
             (0..set.len()).map(|i| format!("{:?}", batch.value(0, i))).collect::<Vec<_>>()
         };
         (run(true), run(false))

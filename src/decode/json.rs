@@ -128,7 +128,9 @@ impl Decoder {
             (Some(p), None) | (None, Some(p)) => {
                 p.begin();
                 let mask = p.mask();
-                scan_keys(nodes, extra, fragment, track_members, mask, |b, k, idx, count| p.offer(b, k, idx, count))
+                scan_keys(nodes, extra, fragment, track_members, mask, |b, k, idx, count| {
+                    p.offer(b, k, idx, count)
+                })
             }
             (Some(p), Some(q)) => {
                 p.begin();
@@ -551,6 +553,19 @@ mod tests {
     /// Renders every value an observer is shown.
     struct Seen(Vec<String>);
 
+    /// Decodes `lines` into `out` and returns what each of its observers
+    /// was shown, rendered.
+    fn observe_lines(out: &mut BatchBuilder, lines: &[&[u8]]) -> Vec<Vec<String>> {
+        let mut d = Decoder::new();
+        for l in lines {
+            d.decode_line(l, false, &[], &fragment(), out);
+        }
+        out.finish_observers()
+            .into_iter()
+            .map(|s| *s.downcast::<Vec<String>>().unwrap())
+            .collect()
+    }
+
     impl crate::event::EventObserver for Seen {
         fn event(&mut self, values: &[FieldValueRef<'_>]) {
             self.0.push(format!("{values:?}"));
@@ -584,22 +599,8 @@ mod tests {
             for set in &sets {
                 out.observe(set.clone(), Box::new(Seen(Vec::new())));
             }
-            let mut d = Decoder::new();
-            for l in lines {
-                d.decode_line(l, false, &[], &fragment(), &mut out);
-            }
-            let seen: Vec<Vec<String>> = out
-                .finish_observers()
-                .into_iter()
-                .map(|s| *s.downcast::<Vec<String>>().unwrap())
-                .collect();
-            let ctx = Arc::new(crate::enrich::SourceContext::new(
-                "t".into(),
-                "test",
-                String::new(),
-                Default::default(),
-            ));
-            let batch = out.build(ctx, std::time::SystemTime::now());
+            let seen = observe_lines(&mut out, &lines);
+            let batch = out.build(super::super::test_support::context(), std::time::SystemTime::now());
             let stored: Vec<String> = (0..batch.len())
                 .map(|i| format!("{:?}", (0..batch_fields.len()).map(|f| batch.value(i, f)).collect::<Vec<_>>()))
                 .collect();
@@ -609,15 +610,7 @@ mod tests {
         let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 1024, 4);
         out.observe(sets[0].clone(), Box::new(Seen(Vec::new())));
         out.observe(sets[1].clone(), Box::new(Seen(Vec::new())));
-        let mut d = Decoder::new();
-        for l in lines {
-            d.decode_line(l, false, &[], &fragment(), &mut out);
-        }
-        let seen: Vec<Vec<String>> = out
-            .finish_observers()
-            .into_iter()
-            .map(|s| *s.downcast::<Vec<String>>().unwrap())
-            .collect();
+        let seen = observe_lines(&mut out, &lines);
         assert_eq!(seen[0][0], r#"[Number(503.0), Str("/p"), Str("own")]"#);
         assert_eq!(seen[1][1], r#"[Str("not json"), Missing, Missing]"#);
         assert_eq!(seen[1][2], r#"[Str("m"), Bool(false), Missing]"#);

@@ -9,7 +9,7 @@ mod json;
 pub mod partial;
 pub mod syslog;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 pub use json::{escape_json_str, Decoder};
 

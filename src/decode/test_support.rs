@@ -1,4 +1,4 @@
-//! What the container-format unit tests share.
+//! What the decoder's unit tests share.
 
 use bytes::Bytes;
 use std::sync::Arc;
@@ -20,7 +20,11 @@ pub(crate) fn lines(text: &[u8]) -> Lines {
 pub(crate) fn decoded(decode: impl FnOnce(&mut Decoder, &mut BatchBuilder)) -> Vec<serde_json::Value> {
     let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 1024, 8);
     decode(&mut Decoder::new(), &mut out);
-    let ctx = Arc::new(SourceContext::new("t".into(), "file", String::new(), Default::default()));
-    let b = out.build(ctx, std::time::SystemTime::now());
+    let b = out.build(context(), std::time::SystemTime::now());
     b.events().map(|e| serde_json::from_slice(e).unwrap()).collect()
+}
+
+/// A source with no metadata, to build test batches with.
+pub(crate) fn context() -> Arc<SourceContext> {
+    Arc::new(SourceContext::new("t".into(), "file", String::new(), Default::default()))
 }

@@ -145,11 +145,8 @@ mod tests {
         assert_eq!(norm("/é/12/ü"), "/é/:id/ü");
     }
 
-/// The byte-at-a-time version [`normalize_into`] replaced: appends `path` to `out` with its query string and fragment removed and
-    /// every segment that is an id (all digits, a UUID, or 16+ hex digits with
-    /// at least one digit) replaced by `:id`. One pass over the bytes, copying
-    /// the stretches between ids in bulk; only whole segments are replaced, so
-    /// UTF-8 stays valid.
+    /// The byte-at-a-time version [`normalize_into`] replaced, as the
+    /// reference it must agree with.
     fn reference(path: &str, out: &mut Vec<u8>) {
         let b = path.as_bytes();
         // Bytes of `b` before `copied` are in `out` (or replaced there).

@@ -90,14 +90,11 @@ impl FieldPlan {
         let per_path = roots.len() > MAX_ROOTS || roots.iter().any(|r| r.is_empty());
         let mut buckets = [0u8; BUCKETS];
         let mut next = vec![0u8; roots.len()];
-        let mask = if per_path {
-            0
-        } else {
-            roots.iter().fold(0u64, |bits, r| bits | 1 << bucket(r))
-        };
+        let mut mask = 0u64;
         if !per_path {
             for (i, r) in roots.iter().enumerate().rev() {
                 let b = bucket(r);
+                mask |= 1 << b;
                 next[i] = buckets[b];
                 buckets[b] = (i + 1) as u8;
             }

@@ -26,7 +26,7 @@ pub struct Decoder {
     /// How to extract the field set of the batches being decoded.
     plan: Option<FieldPlan>,
     /// How to read the fields of each observer of those batches.
-    observer_plans: Vec<FieldPlan>,
+    observer_plans: Vec<Option<FieldPlan>>,
     /// Counters since the last [`Decoder::take_stats`].
     stats: DecodeStats,
 }
@@ -243,37 +243,33 @@ fn wrapped_value<'a>(path: &FieldPath, text: &'a str) -> FieldValueRef<'a> {
 /// Values handed to observers on the stack, up to this many fields.
 const INLINE_VALUES: usize = 16;
 
-/// The plan for `fields`, made anew when the batch's field set changed.
+/// The plan for `fields`, made anew when the field set changed.
 fn cached_plan<'p>(plan: &'p mut Option<FieldPlan>, fields: &Arc<FieldSet>) -> &'p mut FieldPlan {
     if !plan.as_ref().is_some_and(|p| p.is_for(fields)) {
-        *plan = Some(FieldPlan::new(fields.clone()));
+        *plan = None;
     }
     plan.get_or_insert_with(|| FieldPlan::new(fields.clone()))
 }
 
 /// The plan of observer `k`, reading `fields`.
-fn observer_plan<'p>(plans: &'p mut Vec<FieldPlan>, k: usize, fields: &Arc<FieldSet>) -> &'p mut FieldPlan {
-    match plans.get(k) {
-        Some(p) if p.is_for(fields) => {}
-        Some(_) => plans[k] = FieldPlan::new(fields.clone()),
-        None => plans.push(FieldPlan::new(fields.clone())),
+fn observer_plan<'p>(plans: &'p mut Vec<Option<FieldPlan>>, k: usize, fields: &Arc<FieldSet>) -> &'p mut FieldPlan {
+    if plans.len() <= k {
+        plans.resize_with(k + 1, || None);
     }
-    &mut plans[k]
+    cached_plan(&mut plans[k], fields)
 }
 
 /// Shows the event whose tape is `nodes` to every observer of `out`, each
 /// with the values of its own fields. The first observer's plan has seen
 /// the keys already ([`scan_keys`]); the others look for themselves.
-fn show_object(plans: &mut Vec<FieldPlan>, nodes: &[Node<'_>], out: &mut BatchBuilder) {
+fn show_object(plans: &mut Vec<Option<FieldPlan>>, nodes: &[Node<'_>], out: &mut BatchBuilder) {
     for (k, o) in out.observers_mut().iter_mut().enumerate() {
-        let plan = if k == 0 {
-            // Made for this observer before the pass over the keys.
-            &plans[0]
-        } else {
-            let plan = observer_plan(plans, k, &o.fields);
-            plan.locate(nodes);
-            &*plan
-        };
+        // The first observer's plan was made, and shown the keys, before
+        // the pass over them.
+        if k > 0 || plans.first().is_none_or(Option::is_none) {
+            observer_plan(plans, k, &o.fields).locate(nodes);
+        }
+        let Some(Some(plan)) = plans.get(k) else { continue };
         with_values(plan.len(), |i| plan.value(nodes, i), |v| o.inner.event(v));
     }
 }
@@ -304,10 +300,10 @@ fn object_bounds(line: &[u8]) -> Option<usize> {
 
 /// One pass over the keys of the root object of the tape: which members of
 /// `extra` then `fragment` the event already has, as bits in that order
-/// (when `track_members`, which needs 64 members or fewer), while `plans`
-/// are offered every key. An event key is compared with the members only
-/// when its [`key_bucket`] is one of theirs, which the usual event's keys
-/// are not.
+/// (when `track_members`, which needs 64 members or fewer), while `offer`
+/// is shown every key in `plan_buckets` (the plans' [`FieldPlan::mask`]).
+/// An event key is compared with the members only when its [`key_bucket`]
+/// is one of theirs, which the usual event's keys are not.
 #[inline(always)]
 fn scan_keys(
     nodes: &[Node<'_>],
@@ -510,8 +506,7 @@ mod tests {
         let frag = Fragment::from_map(&m);
         let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 1024, 1);
         Decoder::new().decode_line(br#"{"k69":"mine"}"#, false, &[], &frag, &mut out);
-        let ctx = Arc::new(crate::enrich::SourceContext::new("t".into(), "test", String::new(), Map::new()));
-        let batch = out.build(ctx, std::time::SystemTime::now());
+        let batch = out.build(super::super::test_support::context(), std::time::SystemTime::now());
         let v: Value = serde_json::from_slice(batch.events().next().unwrap()).unwrap();
         assert_eq!(v["k69"], "mine");
         assert_eq!(v["k0"], 0);

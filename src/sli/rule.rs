@@ -10,32 +10,11 @@ use std::sync::Arc;
 
 use super::config::{Condition, LatencyUnit, Scalar, SliRule};
 use super::window::WindowSpec;
-use crate::event::{FieldPath, FieldValueRef};
+use crate::event::{FieldSet, FieldValueRef};
 
-/// An index into the tap's field list.
+/// An index into the tap's field set (the paths its rules read, each once,
+/// in the order [`FieldSet::add`] gave them).
 pub(crate) type FieldIndex = usize;
-
-/// The fields every rule of a tap reads, deduplicated.
-#[derive(Debug, Default)]
-pub(crate) struct TapFields {
-    paths: Vec<FieldPath>,
-}
-
-impl TapFields {
-    /// The index of `path`, adding it once.
-    pub(crate) fn add(&mut self, path: &FieldPath) -> FieldIndex {
-        if let Some(i) = self.paths.iter().position(|p| p == path) {
-            return i;
-        }
-        self.paths.push(path.clone());
-        self.paths.len() - 1
-    }
-
-    /// The paths, by index.
-    pub(crate) fn paths(&self) -> &[FieldPath] {
-        &self.paths
-    }
-}
 
 /// One event's values, addressed by tap field index: read from the parsed
 /// event once, then shared by every rule and label.
@@ -143,7 +122,7 @@ pub(crate) struct Check {
 
 impl Check {
     /// Compiles a validated condition.
-    pub(crate) fn new(c: &Condition, fields: &mut TapFields) -> Check {
+    pub(crate) fn new(c: &Condition, fields: &mut FieldSet) -> Check {
         let test = if let Some(e) = c.exists {
             Test::Exists(e)
         } else if let Some(v) = &c.equals {
@@ -170,7 +149,7 @@ impl Check {
             Test::Range { lo, lo_incl, hi, hi_incl }
         };
         Check {
-            field: fields.add(&c.field),
+            field: fields.add(c.field.clone()),
             test,
         }
     }
@@ -334,7 +313,7 @@ pub(crate) enum Verdict {
 
 impl CompiledRule {
     /// Compiles a validated rule.
-    pub(crate) fn new(rule: &SliRule, fields: &mut TapFields, group: usize) -> CompiledRule {
+    pub(crate) fn new(rule: &SliRule, fields: &mut FieldSet, group: usize) -> CompiledRule {
         let (outcome, outcome_is_error) = rule.outcome();
         let windows: Vec<WindowSpec> = if rule.objective.is_some() {
             rule.windows().into_iter().map(WindowSpec::new).collect()
@@ -347,7 +326,7 @@ impl CompiledRule {
             outcome: Check::new(&outcome, fields),
             outcome_is_error,
             latency: rule.latency.as_ref().map(|l| LatencySpec {
-                field: fields.add(&l.field),
+                field: fields.add(l.field.clone()),
                 unit: l.unit,
                 threshold: l.threshold.map(|t| t.as_secs_f64()),
             }),
@@ -392,7 +371,7 @@ mod tests {
     use super::*;
     use crate::decode::Decoder;
     use crate::enrich::Fragment;
-    use crate::event::{BatchBuilder, EventObserver, FieldSet};
+    use crate::event::{BatchBuilder, EventObserver};
     use serde_json::json;
 
     fn rule(v: serde_json::Value) -> SliRule {
@@ -422,15 +401,11 @@ mod tests {
     /// Decodes `lines`, reading exactly the rule's fields, and judges every
     /// event.
     fn judge_all(r: &SliRule, lines: &[&str]) -> Vec<Verdict> {
-        let mut fields = TapFields::default();
+        let mut fields = FieldSet::new();
         let rule = CompiledRule::new(r, &mut fields, 0);
-        let mut set = FieldSet::new();
-        for p in fields.paths() {
-            set.add(p.clone());
-        }
         let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 1024, 8);
         out.observe(
-            Arc::new(set),
+            Arc::new(fields),
             Box::new(Judge {
                 rule,
                 verdicts: Vec::new(),

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::config::SliRule;
 use super::labels::{KeyScratch, LabelGroup};
-use super::rule::{CompiledRule, Row, TapFields, Verdict};
+use super::rule::{CompiledRule, Row, Verdict};
 use super::series::{Outcome, SeriesTable};
 use crate::enrich::SourceContext;
 use crate::event::{Batch, EventObserver, FieldSet, FieldValueRef};
@@ -81,7 +81,7 @@ pub struct SliTap {
 impl SliTap {
     /// A tap for validated rules (from [`crate::config::Config::sli`]).
     pub fn new(rules: &[SliRule]) -> SliTap {
-        let mut fields = TapFields::default();
+        let mut fields = FieldSet::new();
         let mut groups: Vec<LabelGroup> = Vec::new();
         let mut identities: Vec<String> = Vec::new();
         let mut compiled = Vec::new();
@@ -91,7 +91,7 @@ impl SliTap {
             let group = match identities.iter().position(|x| *x == id) {
                 Some(g) => g,
                 None => {
-                    groups.push(LabelGroup::new(&sources, |p| fields.add(p)));
+                    groups.push(LabelGroup::new(&sources, |p| fields.add(p.clone())));
                     identities.push(id);
                     groups.len() - 1
                 }
@@ -113,10 +113,6 @@ impl SliTap {
                 })
                 .collect(),
         };
-        let mut set = FieldSet::new();
-        for p in fields.paths() {
-            set.add(p.clone());
-        }
         let shared = Arc::new(Shared {
             started: Instant::now(),
             compiled: Compiled {
@@ -129,7 +125,7 @@ impl SliTap {
         super::exposition::attach(&shared);
         SliTap {
             shared,
-            fields: Arc::new(set),
+            fields: Arc::new(fields),
         }
     }
 
@@ -151,7 +147,7 @@ impl SliTap {
 }
 
 impl BatchTap for SliTap {
-    /// The event fields the rules read, in [`TapFields`] order.
+    /// The event fields the rules read, by [`super::rule::FieldIndex`].
     fn fields(&self) -> Arc<FieldSet> {
         self.fields.clone()
     }

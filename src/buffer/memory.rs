@@ -126,8 +126,9 @@ impl MemorySender {
     /// dropping it (counted, acknowledged as dropped) under `drop_newest`.
     /// A batch larger than the whole budget takes the whole budget.
     pub async fn send(&self, batch: Arc<Batch>) -> Result<(), SinkGone> {
-        let n_events = (batch.len() as u32).clamp(1, self.max_events);
-        let n_bytes = (batch.memory_len() as u32).clamp(1, self.max_bytes);
+        let (events, bytes) = (batch.len(), batch.memory_len());
+        let n_events = (events as u32).clamp(1, self.max_events);
+        let n_bytes = (bytes as u32).clamp(1, self.max_bytes);
         let permits = match self.when_full {
             WhenFull::Block => {
                 let e = self.events.clone().acquire_many_owned(n_events).await;
@@ -147,7 +148,7 @@ impl MemorySender {
                         metrics()
                             .events_dropped
                             .with_label_values(&[&self.sink, "queue_full"])
-                            .inc_by(batch.len() as u64);
+                            .inc_by(events as u64);
                         batch.acknowledge(AckOutcome::Dropped);
                         return Ok(());
                     }
@@ -155,15 +156,15 @@ impl MemorySender {
             }
         };
         if let Some(gauge) = &self.gauge {
-            gauge.events.add(batch.len() as i64);
-            gauge.bytes.add(batch.memory_len() as i64);
+            gauge.events.add(events as i64);
+            gauge.bytes.add(bytes as i64);
         }
         let share = BudgetShare {
             _events: Some(permits.0),
             _bytes: Some(permits.1),
             gauge: self.gauge.clone(),
-            events: batch.len() as i64,
-            bytes: batch.memory_len() as i64,
+            events: events as i64,
+            bytes: bytes as i64,
         };
         let item = QueueItem { batch, share };
         self.tx.send(item).map_err(|_| SinkGone(self.sink.clone()))

@@ -80,6 +80,12 @@ impl Fragment {
         &self.members
     }
 
+    /// Bytes the members add to each event they are spliced into: each
+    /// rendered member and its comma (a size hint for decode buffers).
+    pub fn spliced_len(&self) -> usize {
+        self.members.iter().map(|m| m.rendered().len() + 1).sum()
+    }
+
     /// True when nothing is added.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()

@@ -122,7 +122,7 @@ impl SourceOutput {
                 .with_label_values(&[&self.source, "line_too_long"])
                 .inc_by(lines.dropped);
         }
-        let size = lines.chunk.len() + lines.len() * (ctx.fragment.members().iter().map(|m| m.rendered().len() + 1).sum::<usize>() + 1);
+        let size = lines.chunk.len() + lines.len() * (ctx.fragment.spliced_len() + 1);
         self.spawn_decode(ctx.clone(), ack, size, move |decoder, out| {
             decoder.decode_lines(&lines, &ctx.fragment, out);
         })

@@ -76,11 +76,6 @@ impl ReaderCx {
     }
 }
 
-/// Bytes the source's metadata adds to each event.
-fn members_len(ctx: &SourceContext) -> usize {
-    ctx.fragment.members().iter().map(|m| m.rendered().len() + 1).sum()
-}
-
 /// A file handed to a reader.
 pub(crate) struct NewFile {
     pub shared: Arc<Shared>,
@@ -457,7 +452,7 @@ impl Reader {
                 let batch = r.unwrap(&lines, chunk_offset, now);
                 ckpt = r.pending_start().map_or(ckpt, |p| p.min(ckpt));
                 self.stats.add(r.take_stats());
-                let hint = batch.payload_bytes() + batch.records.len() * (members_len(&ctx) + 64);
+                let hint = batch.payload_bytes() + batch.records.len() * (ctx.fragment.spliced_len() + 64);
                 self.cx
                     .send_decoded(ctx.clone(), ack, hint, move |d, o| batch.decode(d, &ctx.fragment, o))
             }
@@ -465,7 +460,7 @@ impl Reader {
                 let batch = r.unwrap(&lines, chunk_offset, now);
                 ckpt = r.pending_start().map_or(ckpt, |p| p.min(ckpt));
                 self.stats.add(r.take_stats());
-                let hint = batch.wrapper_bytes() + batch.records.len() * (members_len(&ctx) + 16);
+                let hint = batch.wrapper_bytes() + batch.records.len() * (ctx.fragment.spliced_len() + 16);
                 self.cx
                     .send_decoded(ctx.clone(), ack, hint, move |d, o| batch.decode(d, &ctx.fragment, o))
             }

@@ -421,7 +421,7 @@ impl Reader {
                 if lines.is_empty() {
                     return Ok(());
                 }
-                let per_event = ctx.fragment.members().iter().map(|m| m.rendered().len() + 1).sum::<usize>() + 160;
+                let per_event = ctx.fragment.spliced_len() + 160;
                 let size = lines.chunk.len() + lines.len() * per_event;
                 let source = self.name.clone();
                 let fragment_ctx = ctx.clone();

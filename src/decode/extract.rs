@@ -178,11 +178,18 @@ impl FieldPlan {
     /// The value of path `i` of the field set in the object [`FieldPlan::locate`]
     /// last looked at (`nodes` must be that object's tape).
     #[inline(always)]
+    /// `Missing` for `i` past the last path.
     pub(super) fn value<'a>(&self, nodes: &'a [Node<'a>], i: usize) -> FieldValueRef<'a> {
         if self.per_path {
-            return lookup(nodes, self.fields.paths()[i].segments());
+            return self
+                .fields
+                .paths()
+                .get(i)
+                .map_or(FieldValueRef::Missing, |p| lookup(nodes, p.segments()));
         }
-        let (root, single) = self.path_root[i];
+        let Some(&(root, single)) = self.path_root.get(i) else {
+            return FieldValueRef::Missing;
+        };
         match self.found[root] {
             (0, _) => FieldValueRef::Missing,
             (start, _) if single => nodes.get(start).map_or(FieldValueRef::Missing, scalar),

@@ -5,6 +5,7 @@
 use simd_json::{Buffers, Node, StaticNode, Tape};
 
 use super::extract::FieldPlan;
+use super::values::EventValues;
 use super::DecodeStats;
 use std::sync::Arc;
 
@@ -226,32 +227,31 @@ impl Decoder {
             out.push_value(wrapped_value(path, &text));
         }
         for o in out.observers_mut() {
-            with_values(o.fields.len(), |i| wrapped_value(&o.fields.paths()[i], &text), |v| o.inner.event(v));
+            o.inner.event(&EventValues::wrapped(&text, o.fields.paths()));
         }
         out.finish_event();
     }
 }
 
 /// The value of `path` in a wrapped line: its text is the `message`.
-fn wrapped_value<'a>(path: &FieldPath, text: &'a str) -> FieldValueRef<'a> {
+pub(super) fn wrapped_value<'a>(path: &FieldPath, text: &'a str) -> FieldValueRef<'a> {
     match path.segments() {
         [only] if only == "message" => FieldValueRef::Str(text),
         _ => FieldValueRef::Missing,
     }
 }
 
-/// Values handed to observers on the stack, up to this many fields.
-const INLINE_VALUES: usize = 16;
-
 /// The plan for `fields`, made anew when the field set changed.
+#[inline]
 fn cached_plan<'p>(plan: &'p mut Option<FieldPlan>, fields: &Arc<FieldSet>) -> &'p mut FieldPlan {
     if !plan.as_ref().is_some_and(|p| p.is_for(fields)) {
-        *plan = None;
+        *plan = Some(FieldPlan::new(fields.clone()));
     }
-    plan.get_or_insert_with(|| FieldPlan::new(fields.clone()))
+    plan.as_mut().expect("set above")
 }
 
 /// The plan of observer `k`, reading `fields`.
+#[inline]
 fn observer_plan<'p>(plans: &'p mut Vec<Option<FieldPlan>>, k: usize, fields: &Arc<FieldSet>) -> &'p mut FieldPlan {
     if plans.len() <= k {
         plans.resize_with(k + 1, || None);
@@ -260,33 +260,17 @@ fn observer_plan<'p>(plans: &'p mut Vec<Option<FieldPlan>>, k: usize, fields: &A
 }
 
 /// Shows the event whose tape is `nodes` to every observer of `out`, each
-/// with the values of its own fields. The first observer's plan has seen
-/// the keys already ([`scan_keys`]); the others look for themselves.
+/// with its own fields located. The first observer's plan has seen the
+/// keys already ([`scan_keys`]); the others look for themselves.
+#[inline]
 fn show_object(plans: &mut Vec<Option<FieldPlan>>, nodes: &[Node<'_>], out: &mut BatchBuilder) {
     for (k, o) in out.observers_mut().iter_mut().enumerate() {
-        // The first observer's plan was made, and shown the keys, before
-        // the pass over them.
-        if k > 0 || plans.first().is_none_or(Option::is_none) {
+        if k > 0 {
             observer_plan(plans, k, &o.fields).locate(nodes);
         }
-        let Some(Some(plan)) = plans.get(k) else { continue };
-        with_values(plan.len(), |i| plan.value(nodes, i), |v| o.inner.event(v));
-    }
-}
-
-/// Calls `f` with the `n` values `value` gives, without allocating for the
-/// usual handful of fields.
-#[inline]
-fn with_values<'a>(n: usize, value: impl Fn(usize) -> FieldValueRef<'a>, f: impl FnOnce(&[FieldValueRef<'a>])) {
-    if n <= INLINE_VALUES {
-        let mut row = [FieldValueRef::Missing; INLINE_VALUES];
-        for (i, slot) in row[..n].iter_mut().enumerate() {
-            *slot = value(i);
+        if let Some(Some(plan)) = plans.get(k) {
+            o.inner.event(&EventValues::parsed(nodes, plan));
         }
-        f(&row[..n]);
-    } else {
-        let row: Vec<FieldValueRef<'a>> = (0..n).map(value).collect();
-        f(&row);
     }
 }
 
@@ -562,7 +546,8 @@ mod tests {
     }
 
     impl crate::event::EventObserver for Seen {
-        fn event(&mut self, values: &[FieldValueRef<'_>]) {
+        fn event(&mut self, values: &EventValues<'_>) {
+            assert_eq!(values.get(values.len()), FieldValueRef::Missing, "past the last field");
             self.0.push(format!("{values:?}"));
         }
 

@@ -10,8 +10,10 @@ pub mod partial;
 pub mod syslog;
 #[cfg(test)]
 pub(crate) mod test_support;
+mod values;
 
 pub use json::{escape_json_str, Decoder};
+pub use values::EventValues;
 
 /// Buckets of [`key_bucket`]: a power of two well above the number of keys
 /// a config names, and 64 so that a set of buckets fits in one `u64`.

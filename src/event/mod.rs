@@ -227,9 +227,9 @@ impl<'a> FieldValueRef<'a> {
 /// parsed event: their fields are read where they lie, never copied into the
 /// batch.
 pub trait EventObserver: Send {
-    /// One event: `values` holds its value of each path of the field set the
-    /// observer was attached with, in order.
-    fn event(&mut self, values: &[FieldValueRef<'_>]);
+    /// One event: `values` gives its value of each path of the field set
+    /// the observer was attached with, by index, as asked for.
+    fn event(&mut self, values: &crate::decode::EventValues<'_>);
 
     /// The batch is complete: what the observer made of it.
     fn finish(self: Box<Self>) -> Box<dyn std::any::Any + Send>;

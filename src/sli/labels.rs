@@ -40,15 +40,13 @@ pub(crate) struct LabelGroup {
     specs: Vec<LabelSpec>,
 }
 
-/// The key of the event being looked at, and the buffers that build it.
+/// The metadata values of the batch being judged, and the buffers that
+/// build an event's key.
 #[derive(Debug, Default)]
 pub(crate) struct KeyScratch {
     /// Metadata values for the current batch, per label.
     meta_values: Vec<Option<String>>,
     key: Vec<u8>,
-    hash: u64,
-    /// The event `key` was built for, plus one; 0 for none.
-    event: usize,
     text: String,
     norm: Vec<u8>,
     rewritten: String,
@@ -85,7 +83,7 @@ impl LabelGroup {
         format!("{sources:?}")
     }
 
-    /// Looks up a batch's metadata values and forgets the last key.
+    /// Looks up a batch's metadata values.
     pub(crate) fn begin_batch(&self, source: &SourceContext, scratch: &mut KeyScratch) {
         scratch.meta_values.clear();
         scratch.meta_values.extend(self.specs.iter().map(|spec| {
@@ -96,18 +94,13 @@ impl LabelGroup {
                 _ => None,
             })
         }));
-        scratch.event = 0;
     }
 
-    /// The key and its hash for the event in `row`, built once per event.
+    /// The key of the event in `row`, and its hash.
     #[inline]
     pub(crate) fn key<'s>(&self, scratch: &'s mut KeyScratch, row: &Row<'_, '_>, hasher: &impl BuildHasher) -> (u64, &'s [u8]) {
-        if scratch.event != row.index() + 1 {
-            self.build(scratch, row);
-            scratch.hash = hasher.hash_one(scratch.key.as_slice());
-            scratch.event = row.index() + 1;
-        }
-        (scratch.hash, &scratch.key)
+        self.build(scratch, row);
+        (hasher.hash_one(scratch.key.as_slice()), &scratch.key)
     }
 
     fn build(&self, scratch: &mut KeyScratch, row: &Row<'_, '_>) {

@@ -1,43 +1,39 @@
 //! Rules compiled for the hot path: which events count, their outcome and
-//! their latency, read from the values the decoder extracted.
+//! their latency, read from the event as the decoder parsed it.
 //!
 //! A rule refers to fields by their index in the tap's own field list
-//! ([`FieldIndex`]); the decoder hands each event's values over in that
-//! order, so a lookup per event is one array read.
+//! ([`FieldIndex`]); the decoder has located every such field in the event,
+//! so reading one is a few instructions, and only the fields a rule gets
+//! to are read.
 
 use regex::Regex;
 use std::sync::Arc;
 
 use super::config::{Condition, LatencyUnit, Scalar, SliRule};
 use super::window::WindowSpec;
+use crate::decode::EventValues;
 use crate::event::{FieldSet, FieldValueRef};
 
 /// An index into the tap's field set (the paths its rules read, each once,
 /// in the order [`FieldSet::add`] gave them).
 pub(crate) type FieldIndex = usize;
 
-/// One event's values, addressed by tap field index: read from the parsed
-/// event once, then shared by every rule and label.
+/// One event's values, addressed by tap field index: each read where it
+/// lies in the parsed event when a rule or label asks for it.
 pub(crate) struct Row<'r, 'a> {
-    values: &'r [FieldValueRef<'a>],
-    index: usize,
+    values: &'r EventValues<'a>,
 }
 
 impl<'r, 'a> Row<'r, 'a> {
-    /// Event `index` of its batch, with `values` by tap field index.
-    pub(crate) fn new(values: &'r [FieldValueRef<'a>], index: usize) -> Row<'r, 'a> {
-        Row { values, index }
-    }
-
-    /// The event's index in its batch.
-    pub(crate) fn index(&self) -> usize {
-        self.index
+    /// An event with `values` by tap field index.
+    pub(crate) fn new(values: &'r EventValues<'a>) -> Row<'r, 'a> {
+        Row { values }
     }
 
     /// The value of tap field `f`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn get(&self, f: FieldIndex) -> FieldValueRef<'a> {
-        self.values.get(f).copied().unwrap_or(FieldValueRef::Missing)
+        self.values.get(f)
     }
 }
 
@@ -388,8 +384,8 @@ mod tests {
     }
 
     impl EventObserver for Judge {
-        fn event(&mut self, values: &[FieldValueRef<'_>]) {
-            let v = self.rule.judge(&Row::new(values, self.verdicts.len()), &mut String::new());
+        fn event(&mut self, values: &EventValues<'_>) {
+            let v = self.rule.judge(&Row::new(values), &mut String::new());
             self.verdicts.push(v);
         }
 

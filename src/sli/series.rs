@@ -196,6 +196,12 @@ impl SeriesTable {
         Slot::Series(i)
     }
 
+    /// Counts `events` more in overflow, for a key already known to be
+    /// there.
+    pub(crate) fn add_overflow_events(&mut self, events: u64) {
+        self.overflow_events += events;
+    }
+
     /// The series at `slot`.
     #[inline]
     pub(crate) fn get_mut(&mut self, slot: Slot) -> &mut Series {

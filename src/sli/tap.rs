@@ -3,6 +3,11 @@
 //! that batch alone. The fan-out task then merges it into the rules' series
 //! under one lock, in batch order; the merge costs per distinct series in
 //! the batch, not per event.
+//!
+//! A [`Partial`] is reused from batch to batch, and keeps what it learnt:
+//! the label keys it has met (so a known key is looked up, never stored
+//! again) and, per rule, where each key's series is in the rule's table
+//! (so the merge finds it without hashing).
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 use std::ops::Range;
@@ -12,9 +17,10 @@ use std::time::Instant;
 use super::config::SliRule;
 use super::labels::{KeyScratch, LabelGroup};
 use super::rule::{CompiledRule, Row, Verdict};
-use super::series::{Outcome, SeriesTable};
+use super::series::{Outcome, SeriesTable, Slot};
+use crate::decode::EventValues;
 use crate::enrich::SourceContext;
-use crate::event::{Batch, EventObserver, FieldSet, FieldValueRef};
+use crate::event::{Batch, EventObserver, FieldSet};
 use crate::pipeline::{BatchTap, Prepared};
 
 /// Why a matched event was not (fully) measured, by index in
@@ -54,6 +60,8 @@ pub(crate) struct Shared {
     /// The rules.
     pub compiled: Compiled,
     state: Mutex<TapState>,
+    /// Merged [`Partial`]s, for the next batches.
+    spare: Mutex<Vec<Partial>>,
 }
 
 impl Shared {
@@ -121,6 +129,7 @@ impl SliTap {
                 hasher: DefaultHashBuilder::default(),
             },
             state: Mutex::new(state),
+            spare: Mutex::new(Vec::new()),
         });
         super::exposition::attach(&shared);
         SliTap {
@@ -140,9 +149,11 @@ impl SliTap {
         out
     }
 
-    /// Merges a batch's counts at `now_ms` on the tap's clock.
-    fn merge(&self, partial: &Partial, now_ms: u64) {
-        self.shared.lock().apply(&self.shared.compiled, partial, now_ms);
+    /// Merges a batch's counts at `now_ms` on the tap's clock, then keeps
+    /// its judge's caches for another batch.
+    fn merge(&self, mut partial: Partial, now_ms: u64) {
+        self.shared.lock().apply(&self.shared.compiled, &mut partial, now_ms);
+        self.shared.give_back(partial);
     }
 }
 
@@ -158,11 +169,21 @@ impl BatchTap for SliTap {
 
     fn observe(&self, _batch: &Batch, prepared: Prepared) {
         match prepared.downcast::<Partial>() {
-            Ok(partial) => self.merge(&partial, self.shared.now_ms()),
+            Ok(partial) => self.merge(*partial, self.shared.now_ms()),
             Err(_) => tracing::error!("SLI tap handed another observer's result; batch not counted"),
         }
     }
 }
+
+/// Spare [`Partial`]s kept warm for the next batches; more than this many
+/// batches judged at once get a fresh one, dropped after its merge.
+const SPARE_PARTIALS: usize = 8;
+
+/// A judge's cache of a label group's keys is cleared before a batch once
+/// it holds this many keys beyond the largest series limit of the group's
+/// rules (keys past the limit all count in overflow, so only input with
+/// ever new label values gets there).
+const CACHE_SLACK: usize = 256;
 
 /// Judges the events of one batch as they decode, into a [`Partial`]: the
 /// per-event work, touching no shared state.
@@ -171,6 +192,9 @@ struct BatchJudge {
     partial: Partial,
     /// Per label group.
     scratch: Vec<KeyScratch>,
+    /// Per label group: the event whose key was looked up last, plus one,
+    /// and that key's entry in the group's cache.
+    memo: Vec<(usize, u32)>,
     text: String,
     /// Events seen so far.
     events: usize,
@@ -183,11 +207,10 @@ impl BatchJudge {
         for (g, s) in compiled.groups.iter().zip(&mut scratch) {
             g.begin_batch(source, s);
         }
-        let partial = Partial {
-            incomplete: vec![[0; 2]; compiled.rules.len()],
-            ..Partial::default()
-        };
+        let mut partial = shared.take_partial();
+        partial.trim(compiled);
         BatchJudge {
+            memo: vec![(0, 0); compiled.groups.len()],
             shared,
             partial,
             scratch,
@@ -199,116 +222,49 @@ impl BatchJudge {
 
 impl EventObserver for BatchJudge {
     #[inline]
-    fn event(&mut self, values: &[FieldValueRef<'_>]) {
-        let row = Row::new(values, self.events);
-        self.shared
-            .compiled
-            .judge(&row, &mut self.partial, &mut self.scratch, &mut self.text);
+    fn event(&mut self, values: &EventValues<'_>) {
+        let row = Row::new(values);
         self.events += 1;
-    }
-
-    fn finish(self: Box<Self>) -> Prepared {
-        Box::new(self.partial)
-    }
-}
-
-/// One series' counts within a batch.
-#[derive(Debug)]
-struct Entry {
-    rule: usize,
-    /// The label group's hash of the key.
-    hash: u64,
-    /// The key, in [`Partial::keys`].
-    key: Range<usize>,
-    outcomes: [u64; 3],
-    /// Start of its buckets in [`Partial::buckets`] (the rule's bucket count).
-    buckets: usize,
-    sum: f64,
-}
-
-/// What one batch adds to every rule.
-#[derive(Debug, Default)]
-pub(crate) struct Partial {
-    /// Per rule, by [`INCOMPLETE_REASONS`].
-    incomplete: Vec<[u64; 2]>,
-    /// In the order their first event came, so series are created in
-    /// arrival order.
-    entries: Vec<Entry>,
-    index: HashTable<u32>,
-    keys: Vec<u8>,
-    buckets: Vec<u64>,
-}
-
-impl Partial {
-    /// The entry for `key` of `rule`, created with `nb` zero buckets.
-    #[inline]
-    fn entry(&mut self, rule: usize, hash: u64, key: &[u8], nb: usize) -> &mut Entry {
-        let Partial {
-            entries,
-            index,
-            keys,
-            buckets,
-            ..
+        let BatchJudge {
+            shared,
+            partial,
+            scratch,
+            memo,
+            text,
+            events,
         } = self;
-        let h = hash ^ (rule as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let found = index
-            .find(h, |&i| {
-                let e = &entries[i as usize];
-                e.rule == rule && keys[e.key.clone()] == *key
-            })
-            .copied();
-        let i = match found {
-            Some(i) => i as usize,
-            None => {
-                let start = keys.len();
-                keys.extend_from_slice(key);
-                let b = buckets.len();
-                buckets.resize(b + nb, 0);
-                entries.push(Entry {
-                    rule,
-                    hash,
-                    key: start..keys.len(),
-                    outcomes: [0; 3],
-                    buckets: b,
-                    sum: 0.0,
-                });
-                let i = entries.len() - 1;
-                index.insert_unique(h, i as u32, |&j| {
-                    let e = &entries[j as usize];
-                    e.hash ^ (e.rule as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                });
-                i
-            }
-        };
-        &mut entries[i]
-    }
-}
-
-impl Compiled {
-    /// Judges the event in `row` for every rule into `partial`; `scratch`
-    /// holds each label group's key.
-    #[inline]
-    fn judge(&self, row: &Row<'_, '_>, partial: &mut Partial, scratch: &mut [KeyScratch], text: &mut String) {
-        for (r, rule) in self.rules.iter().enumerate() {
-            let (error, latency, latency_missing) = match rule.judge(row, text) {
+        let compiled = &shared.compiled;
+        for (r, rule) in compiled.rules.iter().enumerate() {
+            let cells = &mut partial.rules[r];
+            let (error, latency) = match rule.judge(&row, text) {
                 Verdict::Skip => continue,
                 Verdict::NoOutcome => {
-                    partial.incomplete[r][0] += 1;
+                    cells.incomplete[0] += 1;
                     continue;
                 }
                 Verdict::NoLatency => {
-                    partial.incomplete[r][1] += 1;
+                    cells.incomplete[1] += 1;
                     continue;
                 }
                 Verdict::Counted {
                     error,
                     latency,
                     latency_missing,
-                } => (error, latency, latency_missing),
+                } => {
+                    cells.incomplete[1] += latency_missing as u64;
+                    (error, latency)
+                }
             };
-            partial.incomplete[r][1] += latency_missing as u64;
-            let (hash, key) = self.groups[rule.group].key(&mut scratch[rule.group], row, &self.hasher);
-            let nb = rule.bounds.len() + 1;
+            let g = rule.group;
+            let entry = match memo[g] {
+                (seen, entry) if seen == *events => entry,
+                _ => {
+                    let (hash, key) = compiled.groups[g].key(&mut scratch[g], &row, &compiled.hasher);
+                    let entry = partial.groups[g].entry(hash, key);
+                    memo[g] = (*events, entry);
+                    entry
+                }
+            };
             let slow = match (latency, rule.latency.as_ref().and_then(|l| l.threshold)) {
                 (Some(l), Some(t)) => l > t,
                 _ => false,
@@ -320,43 +276,234 @@ impl Compiled {
             } else {
                 Outcome::Success
             };
-            let e = partial.entry(r, hash, key, nb);
-            e.outcomes[outcome as usize] += 1;
-            if let Some(l) = latency {
-                e.sum += l;
-                // Bucket `le=b` counts l <= b; past the last bound is +Inf.
-                let b = e.buckets + rule.bounds.partition_point(|&b| b < l);
-                partial.buckets[b] += 1;
+            // Bucket `le=b` counts l <= b; past the last bound is +Inf.
+            let latency = latency.map(|l| (l, rule.bounds.partition_point(|&b| b < l)));
+            partial.rules[r].count(entry as usize, outcome, latency);
+        }
+    }
+
+    fn finish(self: Box<Self>) -> Prepared {
+        Box::new(self.partial)
+    }
+}
+
+/// The keys of one label group a judge has met, kept from batch to batch
+/// so that a key seen before is found, not stored again.
+#[derive(Debug, Default)]
+struct KeyCache {
+    index: HashTable<u32>,
+    keys: Vec<u8>,
+    /// Per entry: its key in `keys`, and the key's hash.
+    entries: Vec<(Range<u32>, u64)>,
+}
+
+impl KeyCache {
+    /// The entry of `key` (hashed to `hash`), added if new.
+    #[inline]
+    fn entry(&mut self, hash: u64, key: &[u8]) -> u32 {
+        let KeyCache { index, keys, entries } = self;
+        let found = index.find(hash, |&i| {
+            let (range, h) = &entries[i as usize];
+            *h == hash && same_bytes(&keys[range.start as usize..range.end as usize], key)
+        });
+        if let Some(&i) = found {
+            return i;
+        }
+        let start = keys.len() as u32;
+        keys.extend_from_slice(key);
+        entries.push((start..keys.len() as u32, hash));
+        let i = (entries.len() - 1) as u32;
+        index.insert_unique(hash, i, |&j| entries[j as usize].1);
+        i
+    }
+
+    /// The key of entry `i`, and its hash.
+    fn key(&self, i: usize) -> (&[u8], u64) {
+        let (range, hash) = &self.entries[i];
+        (&self.keys[range.start as usize..range.end as usize], *hash)
+    }
+
+    fn clear(&mut self) {
+        self.index.clear();
+        self.keys.clear();
+        self.entries.clear();
+    }
+}
+
+/// Byte equality inlined for the short keys of label values: eight bytes
+/// at a time, no call into `memcmp`.
+#[inline(always)]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut x = a.chunks_exact(8);
+    let mut y = b.chunks_exact(8);
+    for (p, q) in (&mut x).zip(&mut y) {
+        if p != q {
+            return false;
+        }
+    }
+    x.remainder() == y.remainder()
+}
+
+/// Where a cache entry's series is in a rule's table, once merged.
+const UNRESOLVED: u32 = u32::MAX;
+const OVERFLOW: u32 = u32::MAX - 1;
+
+/// One rule's counts for the batch being judged, per entry of its label
+/// group's [`KeyCache`], and where each entry's series is in the rule's
+/// table.
+#[derive(Debug)]
+struct RuleCells {
+    /// Cells per entry: the outcomes, then the histogram buckets.
+    stride: usize,
+    cells: Vec<u64>,
+    /// Latency sum per entry, seconds.
+    sums: Vec<f64>,
+    /// Per entry: [`UNRESOLVED`], [`OVERFLOW`] or a series index.
+    slots: Vec<u32>,
+    /// Entries counted in this batch, in the order of their first event
+    /// (the order new series are created in).
+    touched: Vec<u32>,
+    /// By [`INCOMPLETE_REASONS`].
+    incomplete: [u64; 2],
+}
+
+impl RuleCells {
+    fn new(buckets: usize) -> RuleCells {
+        RuleCells {
+            stride: 3 + buckets,
+            cells: Vec::new(),
+            sums: Vec::new(),
+            slots: Vec::new(),
+            touched: Vec::new(),
+            incomplete: [0; 2],
+        }
+    }
+
+    /// Counts one event of entry `e` with its latency and bucket.
+    #[inline]
+    fn count(&mut self, e: usize, outcome: Outcome, latency: Option<(f64, usize)>) {
+        if e >= self.slots.len() {
+            self.slots.resize(e + 1, UNRESOLVED);
+            self.sums.resize(e + 1, 0.0);
+            self.cells.resize((e + 1) * self.stride, 0);
+        }
+        let cells = &mut self.cells[e * self.stride..(e + 1) * self.stride];
+        // Every counted event adds one outcome: none yet, first this batch.
+        if cells[..3].iter().sum::<u64>() == 0 {
+            self.touched.push(e as u32);
+        }
+        cells[outcome as usize] += 1;
+        if let Some((l, b)) = latency {
+            cells[3 + b] += 1;
+            self.sums[e] += l;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.cells.clear();
+        self.sums.clear();
+        self.slots.clear();
+        self.touched.clear();
+    }
+}
+
+/// What a judge made of one batch, with the key caches it carries from
+/// batch to batch: after the merge its counts are zero again and it goes
+/// back to the tap for another batch.
+#[derive(Debug, Default)]
+pub(crate) struct Partial {
+    /// Per label group.
+    groups: Vec<KeyCache>,
+    /// Per rule, in config order.
+    rules: Vec<RuleCells>,
+}
+
+impl Partial {
+    fn new(compiled: &Compiled) -> Partial {
+        Partial {
+            groups: compiled.groups.iter().map(|_| KeyCache::default()).collect(),
+            rules: compiled.rules.iter().map(|r| RuleCells::new(r.bounds.len() + 1)).collect(),
+        }
+    }
+
+    /// Clears the key caches grown past their bound.
+    fn trim(&mut self, compiled: &Compiled) {
+        for (g, cache) in self.groups.iter_mut().enumerate() {
+            let rules = || compiled.rules.iter().enumerate().filter(|(_, r)| r.group == g);
+            let limit = rules().map(|(_, r)| r.max_series).max().unwrap_or(0) + CACHE_SLACK;
+            if cache.entries.len() > limit {
+                cache.clear();
+                for (r, _) in rules() {
+                    self.rules[r].clear();
+                }
             }
         }
     }
 }
 
-impl TapState {
-    /// Adds a batch's counts to the rules' series at `now_ms`.
-    pub(crate) fn apply(&mut self, compiled: &Compiled, partial: &Partial, now_ms: u64) {
-        for (state, inc) in self.rules.iter_mut().zip(&partial.incomplete) {
-            state.incomplete[0] += inc[0];
-            state.incomplete[1] += inc[1];
+impl Shared {
+    /// A spare [`Partial`], or a new one.
+    fn take_partial(&self) -> Partial {
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        spare.unwrap_or_else(|| Partial::new(&self.compiled))
+    }
+
+    /// Keeps a merged [`Partial`] for another batch, unless enough are kept.
+    fn give_back(&self, partial: Partial) {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < SPARE_PARTIALS {
+            spare.push(partial);
         }
-        for e in &partial.entries {
-            let (Some(state), Some(rule)) = (self.rules.get_mut(e.rule), compiled.rules.get(e.rule)) else {
-                continue;
-            };
-            let events = e.outcomes.iter().sum();
-            let slot = state
-                .table
-                .slot(e.hash, &partial.keys[e.key.clone()], &rule.windows, now_ms, events);
-            let series = state.table.get_mut(slot);
-            series.advance(&rule.windows, now_ms);
-            for (total, n) in series.outcomes.iter_mut().zip(e.outcomes) {
-                *total += n;
+    }
+}
+
+impl TapState {
+    /// Adds a batch's counts to the rules' series at `now_ms`, leaving the
+    /// batch's counts at zero.
+    pub(crate) fn apply(&mut self, compiled: &Compiled, partial: &mut Partial, now_ms: u64) {
+        let Partial { groups, rules } = partial;
+        for ((state, rule), cells) in self.rules.iter_mut().zip(&compiled.rules).zip(rules.iter_mut()) {
+            state.incomplete[0] += cells.incomplete[0];
+            state.incomplete[1] += cells.incomplete[1];
+            cells.incomplete = [0; 2];
+            let cache = &groups[rule.group];
+            let stride = cells.stride;
+            for &e in &cells.touched {
+                let e = e as usize;
+                let counts = &mut cells.cells[e * stride..(e + 1) * stride];
+                let events = counts[..3].iter().sum();
+                let slot = match cells.slots[e] {
+                    UNRESOLVED => {
+                        let (key, hash) = cache.key(e);
+                        let slot = state.table.slot(hash, key, &rule.windows, now_ms, events);
+                        cells.slots[e] = match slot {
+                            Slot::Series(i) => i as u32,
+                            Slot::Overflow => OVERFLOW,
+                        };
+                        slot
+                    }
+                    OVERFLOW => {
+                        state.table.add_overflow_events(events);
+                        Slot::Overflow
+                    }
+                    i => Slot::Series(i as usize),
+                };
+                let series = state.table.get_mut(slot);
+                series.advance(&rule.windows, now_ms);
+                for (total, n) in series.outcomes.iter_mut().zip(&counts[..3]) {
+                    *total += n;
+                }
+                for (total, n) in series.buckets.iter_mut().zip(&counts[3..]) {
+                    *total += n;
+                }
+                series.sum += cells.sums[e];
+                counts.fill(0);
+                cells.sums[e] = 0.0;
             }
-            let nb = series.buckets.len();
-            for (total, n) in series.buckets.iter_mut().zip(&partial.buckets[e.buckets..e.buckets + nb]) {
-                *total += n;
-            }
-            series.sum += e.sum;
+            cells.touched.clear();
         }
     }
 }
@@ -469,7 +616,7 @@ mod tests {
             lines.push(line("api", Some("v1"), 200, 1.0));
             lines.push(line("api", Some("v2"), if i % 20 == 0 { 500 } else { 200 }, 1.0));
         }
-        t.merge(&judged(&t, json!({}), &lines).1, 1_000);
+        t.merge(judged(&t, json!({}), &lines).1, 1_000);
         let burn = |now: u64, release: &str, w: &str| {
             let k = format!(r#"sluice_sli_error_budget_burn_rate{{sli="canary",service="api",release="{release}",window="{w}"}}"#);
             samples(&t, now)[&k].as_f64().unwrap()
@@ -483,9 +630,68 @@ mod tests {
         assert!((burn(361_000, "v2", "1h") - 50.0).abs() < 1e-9);
         // Healthy traffic now dilutes the long window only by its share.
         let healthy: Vec<String> = (0..1000).map(|_| line("api", Some("v2"), 200, 1.0)).collect();
-        t.merge(&judged(&t, json!({}), &healthy).1, 362_000);
+        t.merge(judged(&t, json!({}), &healthy).1, 362_000);
         assert_eq!(burn(362_000, "v2", "5m"), 0.0);
         assert!((burn(362_000, "v2", "1h") - 25.0).abs() < 1e-9);
+    }
+
+    /// Requests per route value of rule `sli`, from the rendered text.
+    fn requests_by_route(s: &Map<String, Value>, sli: &str) -> std::collections::BTreeMap<String, f64> {
+        let mut by = std::collections::BTreeMap::new();
+        let prefix = format!(r#"sluice_sli_requests_total{{sli="{sli}","#);
+        for (k, v) in s.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+            let route = k.split("route=\"").nth(1).unwrap().split('"').next().unwrap();
+            *by.entry(route.to_owned()).or_insert(0.0) += v.as_f64().unwrap();
+        }
+        by
+    }
+
+    #[test]
+    fn reused_judges_count_exactly_across_batches() {
+        // Three series allowed, batches judged two at a time, and far more
+        // new routes than a judge's key cache keeps, so caches are reused,
+        // trimmed and refilled while keys land in series and in overflow.
+        let t = tap(json!([
+            {"name": "routes", "max_series": 3, "labels": {"route": "path"}},
+            {"name": "all", "latency": {"field": "ms", "unit": "ms"}, "labels": {"route": "path", "method": "method"}, "max_series": 10000},
+        ]));
+        let batch = |b: usize| -> Vec<String> {
+            (0..200)
+                .map(|i| {
+                    let route = if i % 2 == 0 {
+                        format!("/r/k{}", i % 6)
+                    } else {
+                        format!("/r/u{b}x{i}")
+                    };
+                    format!(r#"{{"service":"s","path":"{route}","status":200,"ms":1}}"#)
+                })
+                .collect()
+        };
+        for round in 0..4 {
+            let (b1, p1) = judged(&t, json!({}), &batch(2 * round));
+            let (b2, p2) = judged(&t, json!({}), &batch(2 * round + 1));
+            t.observe(&b1, Box::new(p1));
+            t.observe(&b2, Box::new(p2));
+        }
+        let s = samples(&t, 0);
+        let routes = requests_by_route(&s, "routes");
+        let want: std::collections::BTreeMap<String, f64> =
+            [("/r/k0", 272.0), ("/r/u0x1", 1.0), ("/r/k2", 264.0), ("__overflow__", 1063.0)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect();
+        assert_eq!(routes, want);
+        assert_eq!(s[r#"sluice_sli_series_overflow_total{sli="routes"}"#], 1063.0);
+        let all = requests_by_route(&s, "all");
+        assert_eq!(all.len(), 3 + 800);
+        assert_eq!(all.values().sum::<f64>(), 1600.0);
+        assert_eq!(all["/r/k4"], 264.0);
+        let count: f64 = s
+            .iter()
+            .filter(|(k, _)| k.starts_with(r#"sluice_sli_latency_seconds_count{sli="all""#))
+            .map(|(_, v)| v.as_f64().unwrap())
+            .sum();
+        assert_eq!(count, 1600.0);
     }
 
     #[test]

@@ -1,0 +1,74 @@
+//! What an [`crate::event::EventObserver`] sees of one event: its values of
+//! the observer's fields, made only when the observer asks for them.
+
+use simd_json::Node;
+
+use super::extract::FieldPlan;
+use super::json::wrapped_value;
+use crate::event::{FieldPath, FieldValueRef};
+
+/// One event's values of an observer's fields, by index in its field set.
+///
+/// The decoder has already found where each field's value lies in the
+/// parsed event (in its one pass over the keys), so reading a value is a
+/// few instructions, and a value nobody reads costs nothing: a rule that
+/// rejects an event on its first field never touches the others.
+#[derive(Clone, Copy)]
+pub struct EventValues<'v>(Source<'v>);
+
+#[derive(Clone, Copy)]
+enum Source<'v> {
+    /// A parsed JSON object and the plan that located the fields in it.
+    Parsed { nodes: &'v [Node<'v>], plan: &'v FieldPlan },
+    /// A line kept as `{"message": text}`.
+    Wrapped { text: &'v str, paths: &'v [FieldPath] },
+    /// Values given in full.
+    List(&'v [FieldValueRef<'v>]),
+}
+
+impl std::fmt::Debug for EventValues<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries((0..self.len()).map(|i| self.get(i))).finish()
+    }
+}
+
+impl<'v> EventValues<'v> {
+    /// The fields `plan` located in the object whose tape is `nodes`.
+    pub(super) fn parsed(nodes: &'v [Node<'v>], plan: &'v FieldPlan) -> EventValues<'v> {
+        EventValues(Source::Parsed { nodes, plan })
+    }
+
+    /// The fields `paths` of a wrapped line whose text is `text`.
+    pub(super) fn wrapped(text: &'v str, paths: &'v [FieldPath]) -> EventValues<'v> {
+        EventValues(Source::Wrapped { text, paths })
+    }
+
+    /// Values given in field order.
+    pub fn from_list(values: &'v [FieldValueRef<'v>]) -> EventValues<'v> {
+        EventValues(Source::List(values))
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        match self.0 {
+            Source::Parsed { plan, .. } => plan.len(),
+            Source::Wrapped { paths, .. } => paths.len(),
+            Source::List(values) => values.len(),
+        }
+    }
+
+    /// Whether there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The value of field `i`; `Missing` past the last field.
+    #[inline(always)]
+    pub fn get(&self, i: usize) -> FieldValueRef<'v> {
+        match self.0 {
+            Source::Parsed { nodes, plan } => plan.value(nodes, i),
+            Source::Wrapped { text, paths } => paths.get(i).map_or(FieldValueRef::Missing, |p| wrapped_value(p, text)),
+            Source::List(values) => values.get(i).copied().unwrap_or(FieldValueRef::Missing),
+        }
+    }
+}

@@ -50,7 +50,7 @@ pub(super) struct FieldPlan {
 /// mostly under 16 bytes, where two overlapping loads of 4 or 8 bytes
 /// decide.
 #[inline(always)]
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
         return false;

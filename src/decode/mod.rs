@@ -15,6 +15,10 @@ mod values;
 pub use json::{escape_json_str, Decoder};
 pub use values::EventValues;
 
+/// Equality of short byte strings without a call into `memcmp`, for keys,
+/// label values and literals.
+pub(crate) use extract::same as same_bytes;
+
 /// Buckets of [`key_bucket`]: a power of two well above the number of keys
 /// a config names, and 64 so that a set of buckets fits in one `u64`.
 pub(crate) const KEY_BUCKETS: usize = 64;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::config::{Condition, LatencyUnit, Scalar, SliRule};
 use super::window::WindowSpec;
-use crate::decode::EventValues;
+use crate::decode::{same_bytes, EventValues};
 use crate::event::{FieldSet, FieldValueRef};
 
 /// An index into the tap's field set (the paths its rules read, each once,
@@ -75,20 +75,13 @@ impl Literal {
     fn matches(&self, v: FieldValueRef<'_>) -> bool {
         match v {
             FieldValueRef::Str(s) => {
-                bytes_eq(s.as_bytes(), self.text.as_bytes()) || (self.number.is_some() && s.trim().parse::<f64>().ok() == self.number)
+                same_bytes(s.as_bytes(), self.text.as_bytes()) || (self.number.is_some() && s.trim().parse::<f64>().ok() == self.number)
             }
             FieldValueRef::Number(n) => self.number == Some(n),
             FieldValueRef::Bool(b) => self.boolean == Some(b),
             _ => false,
         }
     }
-}
-
-/// Equality of short byte strings (field values compared with literals)
-/// without a call into `memcmp`.
-#[inline]
-fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && (a.len() > 16 && a == b || a.iter().zip(b).all(|(x, y)| x == y))
 }
 
 /// The test of a compiled condition.
@@ -169,7 +162,7 @@ impl Check {
             Test::OneOf(ls) => ls.iter().any(|l| l.matches(v)),
             Test::Prefix(p) => {
                 let t = as_text(v, text)?.as_bytes();
-                t.len() >= p.len() && bytes_eq(&t[..p.len()], p.as_bytes())
+                t.len() >= p.len() && same_bytes(&t[..p.len()], p.as_bytes())
             }
             Test::Pattern(re) => re.is_match(as_text(v, text)?),
             Test::Range { lo, lo_incl, hi, hi_incl } => {

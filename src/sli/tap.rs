@@ -304,7 +304,7 @@ impl KeyCache {
         let KeyCache { index, keys, entries } = self;
         let found = index.find(hash, |&i| {
             let (range, h) = &entries[i as usize];
-            *h == hash && same_bytes(&keys[range.start as usize..range.end as usize], key)
+            *h == hash && same_key(&keys[range.start as usize..range.end as usize], key)
         });
         if let Some(&i) = found {
             return i;
@@ -330,10 +330,10 @@ impl KeyCache {
     }
 }
 
-/// Byte equality inlined for the short keys of label values: eight bytes
-/// at a time, no call into `memcmp`.
+/// Equality of series keys (a few label values, tens of bytes): eight
+/// bytes at a time, no call into `memcmp`.
 #[inline(always)]
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+fn same_key(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

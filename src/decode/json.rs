@@ -245,9 +245,9 @@ pub(super) fn wrapped_value<'a>(path: &FieldPath, text: &'a str) -> FieldValueRe
 #[inline]
 fn cached_plan<'p>(plan: &'p mut Option<FieldPlan>, fields: &Arc<FieldSet>) -> &'p mut FieldPlan {
     if !plan.as_ref().is_some_and(|p| p.is_for(fields)) {
-        *plan = Some(FieldPlan::new(fields.clone()));
+        *plan = None;
     }
-    plan.as_mut().expect("set above")
+    plan.get_or_insert_with(|| FieldPlan::new(fields.clone()))
 }
 
 /// The plan of observer `k`, reading `fields`.

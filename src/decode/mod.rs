@@ -15,8 +15,8 @@ mod values;
 pub use json::{escape_json_str, Decoder};
 pub use values::EventValues;
 
-/// Equality of short byte strings without a call into `memcmp`, for keys,
-/// label values and literals.
+/// Equality of byte strings without a call into `memcmp`, for keys, label
+/// values, literals and series keys.
 pub(crate) use extract::same as same_bytes;
 
 /// Buckets of [`key_bucket`]: a power of two well above the number of keys

@@ -22,8 +22,6 @@ enum Source<'v> {
     Parsed { nodes: &'v [Node<'v>], plan: &'v FieldPlan },
     /// A line kept as `{"message": text}`.
     Wrapped { text: &'v str, paths: &'v [FieldPath] },
-    /// Values given in full.
-    List(&'v [FieldValueRef<'v>]),
 }
 
 impl std::fmt::Debug for EventValues<'_> {
@@ -43,17 +41,11 @@ impl<'v> EventValues<'v> {
         EventValues(Source::Wrapped { text, paths })
     }
 
-    /// Values given in field order.
-    pub fn from_list(values: &'v [FieldValueRef<'v>]) -> EventValues<'v> {
-        EventValues(Source::List(values))
-    }
-
     /// Number of fields.
     pub fn len(&self) -> usize {
         match self.0 {
             Source::Parsed { plan, .. } => plan.len(),
             Source::Wrapped { paths, .. } => paths.len(),
-            Source::List(values) => values.len(),
         }
     }
 
@@ -68,7 +60,6 @@ impl<'v> EventValues<'v> {
         match self.0 {
             Source::Parsed { nodes, plan } => plan.value(nodes, i),
             Source::Wrapped { text, paths } => paths.get(i).map_or(FieldValueRef::Missing, |p| wrapped_value(p, text)),
-            Source::List(values) => values.get(i).copied().unwrap_or(FieldValueRef::Missing),
         }
     }
 }

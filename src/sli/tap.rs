@@ -18,7 +18,7 @@ use super::config::SliRule;
 use super::labels::{KeyScratch, LabelGroup};
 use super::rule::{CompiledRule, Row, Verdict};
 use super::series::{Outcome, SeriesTable, Slot};
-use crate::decode::EventValues;
+use crate::decode::{same_bytes, EventValues};
 use crate::enrich::SourceContext;
 use crate::event::{Batch, EventObserver, FieldSet};
 use crate::pipeline::{BatchTap, Prepared};
@@ -304,7 +304,7 @@ impl KeyCache {
         let KeyCache { index, keys, entries } = self;
         let found = index.find(hash, |&i| {
             let (range, h) = &entries[i as usize];
-            *h == hash && same_key(&keys[range.start as usize..range.end as usize], key)
+            *h == hash && same_bytes(&keys[range.start as usize..range.end as usize], key)
         });
         if let Some(&i) = found {
             return i;
@@ -328,23 +328,6 @@ impl KeyCache {
         self.keys.clear();
         self.entries.clear();
     }
-}
-
-/// Equality of series keys (a few label values, tens of bytes): eight
-/// bytes at a time, no call into `memcmp`.
-#[inline(always)]
-fn same_key(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut x = a.chunks_exact(8);
-    let mut y = b.chunks_exact(8);
-    for (p, q) in (&mut x).zip(&mut y) {
-        if p != q {
-            return false;
-        }
-    }
-    x.remainder() == y.remainder()
 }
 
 /// Where a cache entry's series is in a rule's table, once merged.

@@ -59,27 +59,39 @@ pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
         return a.iter().zip(b).all(|(x, y)| x == y);
     }
     if n < 8 {
-        let word = |s: &[u8], at: usize| u32::from_ne_bytes([s[at], s[at + 1], s[at + 2], s[at + 3]]);
-        return word(a, 0) == word(b, 0) && word(a, n - 4) == word(b, n - 4);
+        return word4(a, 0) == word4(b, 0) && word4(a, n - 4) == word4(b, n - 4);
     }
-    let word = |s: &[u8], at: usize| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&s[at..at + 8]);
-        u64::from_ne_bytes(w)
-    };
-    if word(a, 0) != word(b, 0) || word(a, n - 8) != word(b, n - 8) {
+    if word8(a, 0) != word8(b, 0) || word8(a, n - 8) != word8(b, n - 8) {
         return false;
     }
     // The words between the first and the last, the final one overlapping
     // the last.
     let mut at = 8;
     while at + 8 < n {
-        if word(a, at) != word(b, at) {
+        if word8(a, at) != word8(b, at) {
             return false;
         }
         at += 8;
     }
     true
+}
+
+/// The 4 bytes of `s` at `at`, as one load.
+#[inline(always)]
+fn word4(s: &[u8], at: usize) -> u32 {
+    match s[at..at + 4].try_into() {
+        Ok(w) => u32::from_ne_bytes(w),
+        Err(_) => unreachable!("a 4-byte slice"),
+    }
+}
+
+/// The 8 bytes of `s` at `at`, as one load.
+#[inline(always)]
+fn word8(s: &[u8], at: usize) -> u64 {
+    match s[at..at + 8].try_into() {
+        Ok(w) => u64::from_ne_bytes(w),
+        Err(_) => unreachable!("an 8-byte slice"),
+    }
 }
 
 impl FieldPlan {

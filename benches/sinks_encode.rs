@@ -12,7 +12,6 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use sluice::config::{Config, Format};
 use sluice::decode::Decoder;
 use sluice::enrich::{Fragment, SourceContext};
 use sluice::event::{Batch, BatchBuilder, FieldSet};
@@ -22,6 +21,7 @@ use sluice::sinks::loki::{LokiConfig, PushBuilder};
 use sluice::sinks::s3::config::S3Compression;
 use sluice::sinks::s3::encoder::{MemberCompressor, MEMBER_BYTES};
 use sluice::sinks::SinkConfig;
+use sluice::topology::{Config, Format};
 
 /// Events per batch, about what one 64 KiB-to-1 MiB source read holds.
 const BATCH: usize = 4096;

@@ -17,12 +17,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use sluice::config::Config;
 use sluice::decode::Decoder;
 use sluice::enrich::SourceContext;
 use sluice::event::{Batch, BatchBuilder, FieldSet};
 use sluice::pipeline::{BatchTap, Prepared};
 use sluice::sli::SliTap;
+use sluice::topology::Config;
 
 /// Events per batch: about what one 1 MiB read of the corpus holds.
 const BATCH: usize = 3500;

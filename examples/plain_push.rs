@@ -17,13 +17,13 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice::config::{Config, Format};
 use sluice::decode::Decoder;
 use sluice::enrich::{EnrichConfig, Fragment, SourceContext};
 use sluice::event::{BatchBuilder, FieldSet};
 use sluice::sinks::loki::config::{Compression, Encoding};
 use sluice::sinks::loki::PushBuilder;
 use sluice::sinks::SinkConfig;
+use sluice::topology::{Config, Format};
 
 fn usage() -> ! {
     eprintln!("usage: plain_push loki <push-url> <corpus> <lines> <connections>");

@@ -4,19 +4,19 @@
 //! each line with SIMD and splices in the metadata of [`enrich`], and the
 //! [`pipeline`] fans each batch out to per-sink queues ([`buffer`]) that
 //! [`sinks`] drain. A batch is acknowledged back to its source once every
-//! sink has delivered it ([`event`]). [`app`] wires it together from a
-//! [`config`].
+//! sink has delivered it ([`event`]). The [`topology`] wires it together
+//! from a config and runs it; the [`commands`] are what `main.rs` calls.
 
-pub mod app;
 pub mod buffer;
+pub mod commands;
 pub mod config;
 pub mod decode;
 pub mod enrich;
 pub mod event;
 pub mod framing;
 pub mod pipeline;
-pub mod replay;
 pub mod sinks;
 pub mod sli;
 pub mod sources;
 pub mod telemetry;
+pub mod topology;

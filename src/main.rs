@@ -5,10 +5,10 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sluice::app::{self, Stopped};
-use sluice::config::Config;
-use sluice::replay::{self, ProgressStyle, ReplayOptions};
-use sluice::sources::process::{run_command, RunCommand};
+use sluice::commands::exec::{run_command, RunCommand};
+use sluice::commands::replay::{self, ProgressStyle, ReplayOptions};
+use sluice::commands::{self, limit_malloc_arenas};
+use sluice::topology::{Config, Stopped};
 
 /// sluice: collects line-delimited JSON events, enriches them with release
 /// and process metadata, derives SLI metrics and fans them out.
@@ -60,7 +60,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    app::limit_malloc_arenas();
+    limit_malloc_arenas();
     let cli = Cli::parse();
     init_logging();
     let config = match &cli.config {
@@ -142,14 +142,14 @@ fn main() -> ExitCode {
         };
     }
     if let Some(Command::Run { process_type, command }) = cli.command {
-        let outcome = runtime.block_on(run_command(config, RunCommand { command, process_type }));
+        let outcome = runtime.block_on(run_command(config, cli.config.clone(), RunCommand { command, process_type }));
         runtime.shutdown_background();
         if let Err(e) = &outcome.pipeline {
             tracing::error!(error = %e, "the log pipeline stopped with an error");
         }
         return ExitCode::from(outcome.exit_code());
     }
-    let result = runtime.block_on(app::run(config));
+    let result = runtime.block_on(commands::run(config, cli.config.clone()));
     // Blocking threads may still sit in a read on a terminal; do not wait.
     runtime.shutdown_background();
     match result {

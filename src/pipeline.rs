@@ -3,9 +3,10 @@
 //! then one fan-out task per source hands each batch to every sink queue.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::SystemTime;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -58,7 +59,7 @@ pub trait BatchTap: Send + Sync {
 #[derive(Clone)]
 pub struct SourceOutput {
     tx: mpsc::Sender<Pending>,
-    fields: Arc<FieldSet>,
+    wiring: Arc<Wiring>,
     source: Arc<str>,
     taps: Arc<[Arc<dyn BatchTap>]>,
 }
@@ -74,9 +75,9 @@ thread_local! {
 }
 
 impl SourceOutput {
-    /// The fields sinks and SLI rules need extracted.
-    pub fn fields(&self) -> &Arc<FieldSet> {
-        &self.fields
+    /// The fields sinks need extracted, as of now (a reload may add some).
+    pub fn fields(&self) -> Arc<FieldSet> {
+        self.wiring.fields()
     }
 
     /// The source's name.
@@ -132,7 +133,7 @@ impl SourceOutput {
     where
         F: FnOnce(&mut Decoder, &mut BatchBuilder) + Send + 'static,
     {
-        let fields = self.fields.clone();
+        let fields = self.wiring.fields();
         let source = self.source.clone();
         let taps = self.taps.clone();
         let received_at = SystemTime::now();
@@ -170,6 +171,59 @@ impl SourceOutput {
     }
 }
 
+/// Which sink queues each source's batches go to. Fan-outs read it once
+/// per batch; a reload takes it for writing to rewire the topology, which
+/// pauses every fan-out between two batches (sources wait: backpressure, not
+/// loss) until the new sinks are in place.
+pub struct Wiring {
+    routes: tokio::sync::RwLock<HashMap<Arc<str>, Arc<[QueueSender]>>>,
+    /// The fields decode extracts for the sinks. A reload only appends to
+    /// it, so the indexes a running sink looked up stay valid.
+    fields: std::sync::RwLock<Arc<FieldSet>>,
+}
+
+impl std::fmt::Debug for Wiring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wiring").finish_non_exhaustive()
+    }
+}
+
+/// The routes of a [`Wiring`], held for writing: fan-outs wait until it is
+/// dropped.
+pub(crate) type Rewiring<'a> = tokio::sync::RwLockWriteGuard<'a, HashMap<Arc<str>, Arc<[QueueSender]>>>;
+
+impl Wiring {
+    /// A wiring that routes nothing yet and extracts `fields`.
+    pub(crate) fn new(fields: Arc<FieldSet>) -> Wiring {
+        Wiring {
+            routes: tokio::sync::RwLock::new(HashMap::new()),
+            fields: std::sync::RwLock::new(fields),
+        }
+    }
+
+    /// A wiring that sends `source`'s batches to `sinks`.
+    pub fn fixed(source: Arc<str>, fields: Arc<FieldSet>, sinks: Vec<QueueSender>) -> Arc<Wiring> {
+        let mut wiring = Wiring::new(fields);
+        wiring.routes.get_mut().insert(source, sinks.into());
+        Arc::new(wiring)
+    }
+
+    /// The fields decode extracts now.
+    pub fn fields(&self) -> Arc<FieldSet> {
+        self.fields.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Replaces the fields decode extracts (a superset of the old ones).
+    pub(crate) fn set_fields(&self, fields: Arc<FieldSet>) {
+        *self.fields.write().unwrap_or_else(PoisonError::into_inner) = fields;
+    }
+
+    /// Holds every fan-out between two batches and hands over the routes.
+    pub(crate) async fn rewire(&self) -> Rewiring<'_> {
+        self.routes.write().await
+    }
+}
+
 /// Creates a source's output and spawns its fan-out task, which feeds
 /// `sinks` and finishes once every clone of the output is dropped and the
 /// last batch is queued.
@@ -179,13 +233,21 @@ pub fn source_output(
     sinks: Vec<QueueSender>,
     taps: Vec<Arc<dyn BatchTap>>,
 ) -> (SourceOutput, JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(DECODE_IN_FLIGHT);
-    let taps: Arc<[Arc<dyn BatchTap>]> = taps.into();
-    let task = tokio::spawn(fan_out(rx, sinks, taps.clone(), source.clone()));
-    (SourceOutput { tx, fields, source, taps }, task)
+    let wiring = Wiring::fixed(source.clone(), fields, sinks);
+    wired_output(source, wiring, taps)
 }
 
-async fn fan_out(mut rx: mpsc::Receiver<Pending>, sinks: Vec<QueueSender>, taps: Arc<[Arc<dyn BatchTap>]>, source: Arc<str>) {
+/// [`source_output`] whose sinks are whatever `wiring` routes `source` to
+/// when each batch leaves.
+pub(crate) fn wired_output(source: Arc<str>, wiring: Arc<Wiring>, taps: Vec<Arc<dyn BatchTap>>) -> (SourceOutput, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(DECODE_IN_FLIGHT);
+    let taps: Arc<[Arc<dyn BatchTap>]> = taps.into();
+    let task = tokio::spawn(fan_out(rx, wiring.clone(), taps.clone(), source.clone()));
+    (SourceOutput { tx, wiring, source, taps }, task)
+}
+
+async fn fan_out(mut rx: mpsc::Receiver<Pending>, wiring: Arc<Wiring>, taps: Arc<[Arc<dyn BatchTap>]>, source: Arc<str>) {
+    let none: Arc<[QueueSender]> = Arc::new([]);
     while let Some(pending) = rx.recv().await {
         let (batch, prepared) = match pending.await {
             Ok(b) => b,
@@ -202,6 +264,10 @@ async fn fan_out(mut rx: mpsc::Receiver<Pending>, sinks: Vec<QueueSender>, taps:
         for (tap, p) in taps.iter().zip(prepared) {
             tap.observe(&batch, p);
         }
+        // Held while the batch is queued: a rewiring waits for it, and no
+        // batch goes to a sink the rewiring has already let go.
+        let routes = wiring.routes.read().await;
+        let sinks = routes.get(&source).unwrap_or(&none);
         if let Some(ack) = &batch.ack {
             ack.expect(if batch.is_empty() { 0 } else { sinks.len() });
         }
@@ -209,7 +275,7 @@ async fn fan_out(mut rx: mpsc::Receiver<Pending>, sinks: Vec<QueueSender>, taps:
             continue;
         }
         let batch = Arc::new(batch);
-        for sink in &sinks {
+        for sink in sinks.iter() {
             if let Err(e) = sink.send(batch.clone()).await {
                 tracing::debug!(error = %e, "batch not queued");
                 batch.acknowledge(AckOutcome::Abandoned);

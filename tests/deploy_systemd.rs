@@ -137,9 +137,9 @@ fn unit_matches_what_the_binary_does() {
     assert_eq!(setting("Environment"), "SLUICE_DATA_DIR=%S/sluice");
     assert_eq!(setting("EnvironmentFile"), "-/etc/sluice/sluice.env");
     // systemd waits longer than sluice's own drain before SIGKILL.
-    let cfg = sluice::config::Config::from_str(
+    let cfg = sluice::topology::Config::from_str(
         &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vm.toml")).unwrap(),
-        sluice::config::Format::Toml,
+        sluice::topology::Format::Toml,
         // The variables /etc/sluice/sluice.env sets for it.
         &|k| match k {
             "LOKI_ENDPOINT" => Some("http://127.0.0.1:3100".to_owned()),

@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use running_sluice::{enriched, RunningSluice as Sluice};
 use sluice::buffer::{queue, BufferConfig};
-use sluice::config::{Config, Format};
 use sluice::decode::Decoder;
 use sluice::enrich::{Fragment, SourceContext};
 use sluice::event::{AckGroup, AckOutcome, BatchBuilder, FieldSet};
 use sluice::sinks::SinkCx;
 use sluice::telemetry::Health;
+use sluice::topology::{Config, Format};
 use support::{free_port, http_get, wait_until, Loki, LokiMode, ReceivedStream};
 
 /// How long a test waits for deliveries before failing.

@@ -16,12 +16,12 @@ use std::time::Duration;
 use running_sluice::{enriched, RunningSluice};
 use rusty_s3::S3Action;
 use sluice::buffer::{queue, BufferConfig};
-use sluice::config::{Config, Format};
 use sluice::decode::Decoder;
 use sluice::enrich::{Fragment, SourceContext};
 use sluice::event::{AckGroup, AckOutcome, BatchBuilder, FieldSet};
 use sluice::sinks::SinkCx;
 use sluice::telemetry::Health;
+use sluice::topology::{Config, Format};
 use support::{wait_until, S3};
 
 /// How long a test waits for uploads before failing.

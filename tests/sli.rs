@@ -605,7 +605,7 @@ fn example_sli_config_is_valid() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let config = sluice::config::Config::load(&repo_path("config/sli-example.toml")).unwrap();
+    let config = sluice::topology::Config::load(&repo_path("config/sli-example.toml")).unwrap();
     let names: Vec<&str> = config.sli.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["api_availability", "checkout_latency", "read_success"]);
 }

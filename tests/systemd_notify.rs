@@ -92,6 +92,56 @@ fn notifies_ready_then_feeds_the_watchdog_then_reports_stopping_on_sigterm() {
 }
 
 #[test]
+fn a_reload_is_announced_as_reloading_then_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        "[api]\naddress = \"127.0.0.1:0\"\n[sources.in]\ntype = \"stdin\"\n[sinks.out]\ntype = \"blackhole\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &path)
+        .env_remove("WATCHDOG_USEC")
+        .env("SLUICE_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sluice");
+    let _stdin = child.stdin.take();
+    let first = recv(&sock, Duration::from_secs(10)).expect("READY=1 within 10 s");
+    assert!(has(&first, "READY=1"), "{first:?}");
+
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    let reloading = recv(&sock, Duration::from_secs(10)).expect("RELOADING=1 after SIGHUP");
+    assert!(has(&reloading, "RELOADING=1"), "{reloading:?}");
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("MONOTONIC_USEC in {reloading:?}"));
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let now_usec = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000;
+    assert!(
+        usec <= now_usec && now_usec - usec < 10_000_000,
+        "MONOTONIC_USEC {usec} is not about now ({now_usec})"
+    );
+    let ready = recv(&sock, Duration::from_secs(10)).expect("READY=1 after the reload");
+    assert!(has(&ready, "READY=1"), "{ready:?}");
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP must not end sluice");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
 fn watchdog_variables_without_a_notify_socket_are_harmless() {
     let out = Command::new(BIN)
         .env_remove("NOTIFY_SOCKET")

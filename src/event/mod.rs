@@ -86,8 +86,13 @@ impl Batch {
     /// The extracted value of `field` (an index into the pipeline's
     /// [`FieldSet`]) for event `i`.
     pub fn value(&self, i: usize, field: usize) -> FieldValueRef<'_> {
-        let v = &self.values[i * self.fields.len() + field];
-        v.as_ref(&self.strings)
+        // A batch decoded before a reload added fields has fewer of them
+        // than the sink that reads it asked for: those are missing.
+        let n = self.fields.len();
+        if field >= n {
+            return FieldValueRef::Missing;
+        }
+        self.values[i * n + field].as_ref(&self.strings)
     }
 
     /// The field set the values were extracted for.

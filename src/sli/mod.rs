@@ -29,12 +29,9 @@ pub use tap::SliTap;
 
 use std::sync::Arc;
 
-use crate::app::Extensions;
+use crate::pipeline::BatchTap;
 
-/// Adds a tap for `rules` (if there are any) to `ext`.
-pub fn extend(ext: &mut Extensions, rules: &[SliRule]) {
-    if rules.is_empty() {
-        return;
-    }
-    ext.taps.push(Arc::new(SliTap::new(rules)));
+/// The tap that judges `rules`, if there are any.
+pub fn tap(rules: &[SliRule]) -> Option<Arc<dyn BatchTap>> {
+    (!rules.is_empty()).then(|| Arc::new(SliTap::new(rules)) as Arc<dyn BatchTap>)
 }

@@ -87,7 +87,7 @@ pub struct SliTap {
 }
 
 impl SliTap {
-    /// A tap for validated rules (from [`crate::config::Config::sli`]).
+    /// A tap for validated rules (from [`crate::topology::Config::sli`]).
     pub fn new(rules: &[SliRule]) -> SliTap {
         let mut fields = FieldSet::new();
         let mut groups: Vec<LabelGroup> = Vec::new();

@@ -610,7 +610,7 @@ async fn drain(consumer: &Arc<StreamConsumer<GroupContext>>, state: &Arc<Mutex<A
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, Format};
+    use crate::topology::{Config, Format};
 
     #[test]
     fn kafka_settings_are_checked_with_key_paths() {

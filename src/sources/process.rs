@@ -16,9 +16,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{SourceConfig, SourceCx, SourceError};
-use crate::app::{self, RunError, Stopped};
-use crate::config::{duration, ByteSize, Config};
+use super::{SourceCx, SourceError};
+use crate::config::{duration, ByteSize};
 use crate::enrich::{ProcessInfo, SourceContext};
 use crate::framing::{LineFramer, OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
 use crate::pipeline::{ShutdownSignal, Task};
@@ -302,55 +301,6 @@ async fn read_pipe<R: AsyncRead + Unpin>(pipe: Option<R>, ctx: Arc<SourceContext
         if cx.output.send_lines(lines, ctx.clone(), None).await.is_err() {
             return;
         }
-    }
-}
-
-/// What `sluice run` should do.
-#[derive(Debug, Clone)]
-pub struct RunCommand {
-    /// The program and its arguments.
-    pub command: Vec<String>,
-    /// `--process-type`.
-    pub process_type: Option<String>,
-}
-
-/// How `sluice run` ended.
-#[derive(Debug)]
-pub struct RunOutcome {
-    /// How the command ended, if it was started.
-    pub exit: Option<CommandExit>,
-    /// How the pipeline ended.
-    pub pipeline: Result<Stopped, RunError>,
-}
-
-impl RunOutcome {
-    /// The exit code for `sluice run`: the command's (the pipeline's error,
-    /// if any, is logged), or 1 when the command's end is unknown.
-    pub fn exit_code(&self) -> u8 {
-        match self.exit {
-            Some(e) => e.code(),
-            None => 1,
-        }
-    }
-}
-
-/// Runs `command` with the config's sinks: its stdout and stderr replace
-/// the config's sources, and every sink receives them.
-pub async fn run_command(mut config: Config, run: RunCommand) -> RunOutcome {
-    let process_type = run.process_type.or_else(|| config.enrich.process_type.clone());
-    let source = ProcessConfig::new(run.command, process_type);
-    let exit = source.exit.clone();
-    config.sources.clear();
-    config
-        .sources
-        .insert(RUN_SOURCE_NAME.to_owned(), SourceConfig::Process(Box::new(source)));
-    for sink in config.sinks.values_mut() {
-        sink.inputs = None;
-    }
-    let pipeline = app::run(config).await;
-    RunOutcome {
-        exit: exit.get(),
-        pipeline,
     }
 }
 

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 
 use super::metrics;
 
@@ -60,8 +61,27 @@ impl Drop for ApiHandle {
     }
 }
 
+/// A `POST /-/reload`, handed to the running topology, which answers on
+/// `reply` once the new config is applied or refused.
+#[derive(Debug)]
+pub struct ReloadRequest {
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<ReloadReply>,
+}
+
+/// How a reload ended, for the HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReply {
+    /// The new config runs (or changed nothing).
+    pub applied: bool,
+    /// What happened, one line per change or per error.
+    pub message: String,
+}
+
 /// Binds `addr` and serves the endpoints until the handle is dropped.
-pub async fn serve(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<ApiHandle> {
+/// `POST /-/reload` is served when `reload` is given (a config file to
+/// re-read); without it the endpoint answers 409.
+pub async fn serve(addr: SocketAddr, health: Arc<Health>, reload: Option<mpsc::Sender<ReloadRequest>>) -> std::io::Result<ApiHandle> {
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
@@ -75,10 +95,12 @@ pub async fn serve(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<Api
                 }
             };
             let health = health.clone();
+            let reload = reload.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let health = health.clone();
-                    async move { Ok::<_, std::convert::Infallible>(route(req, &health)) }
+                    let reload = reload.clone();
+                    async move { Ok::<_, std::convert::Infallible>(route(req, &health, reload.as_ref()).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -89,12 +111,34 @@ pub async fn serve(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<Api
     Ok(ApiHandle { local_addr, task })
 }
 
-fn route(req: Request<Incoming>, health: &Health) -> Response<Full<Bytes>> {
+async fn route(req: Request<Incoming>, health: &Health, reload: Option<&mpsc::Sender<ReloadRequest>>) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: &'static str| {
         let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
         *r.status_mut() = status;
         r
     };
+    if req.uri().path() == "/-/reload" {
+        if req.method() != Method::POST {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /-/reload\n");
+        }
+        let Some(reload) = reload else {
+            return text(StatusCode::CONFLICT, "no config file to reload: sluice runs the embedded default\n");
+        };
+        let (reply, answer) = oneshot::channel();
+        if reload.send(ReloadRequest { reply }).await.is_err() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+        }
+        return match answer.await {
+            Ok(r) => {
+                let mut resp = Response::new(Full::new(Bytes::from(r.message + "\n")));
+                if !r.applied {
+                    *resp.status_mut() = StatusCode::BAD_REQUEST;
+                }
+                resp
+            }
+            Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+        };
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }

@@ -4,7 +4,7 @@
 mod http;
 pub(crate) mod systemd;
 
-pub use http::{serve, ApiHandle, Health};
+pub use http::{serve, ApiHandle, Health, ReloadReply, ReloadRequest};
 
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use std::sync::OnceLock;
@@ -57,6 +57,14 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// `sluice_ready`: 1 while `/ready` answers 200.
     pub ready: IntGauge,
+    /// `sluice_config_reloads_total{outcome}`: reloads asked for by SIGHUP
+    /// or `POST /-/reload`: `applied`, `rejected` (invalid config, or a
+    /// change that needs a restart), `failed` (a new component did not
+    /// start; the old one runs on).
+    pub config_reloads: IntCounterVec,
+    /// `sluice_component_starts_total{component,kind}`: times a source or
+    /// sink was started (once at start-up, again when a reload replaced it).
+    pub component_starts: IntCounterVec,
 }
 
 impl Metrics {
@@ -134,6 +142,12 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            config_reloads: counter("sluice_config_reloads_total", "Config reloads, by outcome.", &["outcome"])?,
+            component_starts: counter(
+                "sluice_component_starts_total",
+                "Times a source or sink was started.",
+                &["component", "kind"],
+            )?,
             registry,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);

@@ -121,6 +121,25 @@ impl ServiceManager {
         }
     }
 
+    /// Sends `RELOADING=1` (with the monotonic time systemd asks for) as
+    /// a reload starts, so `systemctl reload` waits for [`Self::reloaded`].
+    pub(crate) fn reloading(&self) {
+        if let Some(n) = &self.notifier {
+            let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: clock_gettime writes into the timespec it is given.
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+            let usec = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000;
+            n.notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading the config"));
+        }
+    }
+
+    /// Sends `READY=1` once a reload is done (applied or refused).
+    pub(crate) fn reloaded(&self) {
+        if let Some(n) = &self.notifier {
+            n.notify("READY=1\nSTATUS=collecting");
+        }
+    }
+
     /// Sends `STOPPING=1`. The watchdog keeps being fed while the queues
     /// drain (bounded by `shutdown_timeout`).
     pub(crate) fn stopping(&self) {

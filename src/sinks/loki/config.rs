@@ -311,7 +311,7 @@ impl LokiConfig {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, Format};
+    use crate::topology::{Config, Format};
 
     fn errors(sink: &str) -> Vec<String> {
         let text = format!("[sources.in]\ntype = \"stdin\"\n[sinks.loki]\ntype = \"loki\"\n{sink}");

@@ -281,7 +281,7 @@ impl S3Config {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, Format};
+    use crate::topology::{Config, Format};
 
     fn errors(sink: &str) -> String {
         let text = format!("[sources.in]\ntype = \"stdin\"\n[sinks.s3]\ntype = \"s3\"\n{sink}");

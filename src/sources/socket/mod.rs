@@ -677,7 +677,7 @@ pub(crate) async fn accept_or_stop<T, F: std::future::Future<Output = std::io::R
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, Format};
+    use crate::topology::{Config, Format};
 
     fn error_paths(sources: &str) -> Vec<String> {
         let text = format!("{sources}\n[sinks.out]\ntype = \"stdout\"\n");

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use crate::buffer::BufferCx;
-use crate::config::Config;
 use crate::enrich::SourceContext;
 use crate::event::{AckGroup, AckOutcome, FieldSet};
 use crate::framing::{LineFramer, OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
 use crate::pipeline::{shutdown_pair, source_output, ShutdownSignal, SourceOutput};
 use crate::telemetry::Health;
+use crate::topology::{build_sink, Config, RunError};
 
 /// The two bytes every gzip member starts with (RFC 1952).
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
@@ -84,8 +84,8 @@ pub enum ReplayError {
         known: String,
     },
     /// A sink could not start.
-    #[error("{0}")]
-    Sink(String),
+    #[error(transparent)]
+    Sink(Box<RunError>),
     /// The reader thread could not be started.
     #[error("cannot start the reader thread: {0}")]
     Thread(std::io::Error),
@@ -173,11 +173,12 @@ pub async fn replay(config: Config, opts: ReplayOptions) -> Result<ReplayReport,
         fields: fields.clone(),
     };
     for name in &chosen {
-        let (tx, disk) = crate::app::start_sink(name, &config.sinks[name], &buffer_cx, &health, &mut sinks)
+        let built = build_sink(name, &config.sinks[name], &buffer_cx, &health)
             .await
-            .map_err(ReplayError::Sink)?;
-        disk_buffers.extend(disk);
-        senders.push(tx);
+            .map_err(|e| ReplayError::Sink(Box::new(e)))?;
+        sinks.spawn(built.task);
+        disk_buffers.extend(built.disk);
+        senders.push(built.sender);
     }
 
     let (output, fan_out) = source_output(SOURCE_NAME.into(), fields, senders, Vec::new());

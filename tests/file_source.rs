@@ -379,6 +379,30 @@ fn docker_partial_lines_are_merged_and_unescaped() {
 }
 
 #[test]
+fn docker_json_with_spaces_is_unwrapped_by_the_auto_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    // The same wrapper docker writes, laid out by another writer: spaces
+    // after `:` and `,`, as many JSON libraries print by default.
+    append(
+        &logs.join("c-json.log"),
+        (0..3).map(|i| format!(r#"{{"log": "{{\"id\":\"{i}\"}}\n", "stream": "stderr", "time": "2024-05-01T10:00:0{i}.5Z"}}"#)),
+    );
+    let cfg = config(&dir.path().join("data"), &[glob(&logs, "*.log")], "");
+    assert!(!cfg.contains("format"), "the default format is auto");
+    let mut s = Sluice::start(dir.path(), &cfg);
+    let v = parse(&s.wait_for(3, T));
+    for (i, e) in v.iter().enumerate() {
+        assert_eq!(e["id"], i.to_string(), "{e}");
+        assert_eq!(e["stream"], "stderr", "{e}");
+        assert_eq!(e["time"], format!("2024-05-01T10:00:0{i}.5Z"), "{e}");
+        assert!(e.get("log").is_none(), "the wrapper was unwrapped: {e}");
+    }
+    let _ = s.stop();
+}
+
+#[test]
 fn symlinked_container_log_is_read_once_with_pod_metadata() {
     let dir = tempfile::tempdir().unwrap();
     let pod_dir = dir.path().join("pods/shop_web-5c9_6f1e2d3c/nginx");

@@ -452,3 +452,102 @@ fn file_truncated_and_rewritten_past_the_offset_is_read_again() {
     assert_eq!(lines.len(), lines2.len());
     assert_exactly_once(&lines2, &(0..400).collect::<Vec<_>>());
 }
+
+/// `sluice_file_rotations_total{source="files",kind}` for each kind seen.
+fn rotations(s: &Sluice) -> HashMap<String, f64> {
+    s.metrics()
+        .lines()
+        .filter(|l| l.starts_with("sluice_file_rotations_total{"))
+        .filter_map(|l| {
+            let kind = l.split("kind=\"").nth(1)?.split('"').next()?.to_string();
+            Some((kind, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Waits until `n` rotations of any kind were counted, then returns them.
+fn wait_for_rotations(s: &Sluice, n: f64) -> HashMap<String, f64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = rotations(s);
+        if r.values().sum::<f64>() >= n || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn logrotate_compress_without_delaycompress_counts_renames_not_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let app = logs.join("app.log");
+    append(&app, (0..100).map(json_line));
+    let cfg = file_support::config_with_api(&dir.path().join("data"), &[app.display().to_string()], "");
+    let mut s = Sluice::start(dir.path(), &cfg);
+    s.wait_for(100, Duration::from_secs(30));
+    // The rotated file is compressed in the same run, well before
+    // rotate_wait ends: the open handle then belongs to a deleted inode.
+    let conf = format!("{} {{\n  rotate 10\n  create\n  missingok\n  compress\n}}\n", app.display());
+    for round in 1..=2u64 {
+        logrotate(dir.path(), &conf);
+        append(&app, (round * 100..round * 100 + 100).map(json_line));
+        // Read before the next round compresses them away.
+        s.wait_for(round as usize * 100 + 100, Duration::from_secs(30));
+    }
+    let gz = std::fs::read_dir(&logs)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".gz"))
+        .count();
+    assert_eq!(gz, 2, "logrotate compressed both rotated files at once");
+    let lines = s.wait_for(300, Duration::from_secs(30));
+    let kinds = wait_for_rotations(&s, 2.0);
+    assert_eq!(kinds.get("rename"), Some(&2.0), "rotations counted: {kinds:?}");
+    assert_eq!(kinds.get("delete"), None, "rotations counted: {kinds:?}");
+    let (_, lines2) = s.stop();
+    assert_eq!(lines.len(), lines2.len());
+    assert_exactly_once(&lines2, &(0..300).collect::<Vec<_>>());
+}
+
+#[test]
+fn file_renamed_within_the_globs_then_compressed_counts_as_a_rename() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let app = logs.join("app.log");
+    append(&app, (0..100).map(json_line));
+    // `app.log*` also matches the rotated name, so the scanner sees the
+    // rename before gzip removes the file.
+    let cfg = file_support::config_with_api(&dir.path().join("data"), &[format!("{}*", app.display())], "");
+    let mut s = Sluice::start(dir.path(), &cfg);
+    s.wait_for(100, Duration::from_secs(30));
+    let rotated = logs.join("app.log.1");
+    std::fs::rename(&app, &rotated).unwrap();
+    std::thread::sleep(Duration::from_millis(500)); // several scans
+    let st = Command::new("gzip").arg(&rotated).status().unwrap();
+    assert!(st.success());
+    let kinds = wait_for_rotations(&s, 1.0);
+    assert_eq!(kinds.get("rename"), Some(&1.0), "rotations counted: {kinds:?}");
+    assert_eq!(kinds.get("delete"), None, "rotations counted: {kinds:?}");
+    let (_, lines) = s.stop();
+    assert_exactly_once(&lines, &(0..100).collect::<Vec<_>>());
+}
+
+#[test]
+fn file_deleted_with_nothing_in_its_place_counts_as_a_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let app = logs.join("app.log");
+    append(&app, (0..100).map(json_line));
+    let cfg = file_support::config_with_api(&dir.path().join("data"), &[app.display().to_string()], "");
+    let mut s = Sluice::start(dir.path(), &cfg);
+    s.wait_for(100, Duration::from_secs(30));
+    std::fs::remove_file(&app).unwrap();
+    let kinds = wait_for_rotations(&s, 1.0);
+    assert_eq!(kinds.get("delete"), Some(&1.0), "rotations counted: {kinds:?}");
+    assert_eq!(kinds.get("rename"), None, "rotations counted: {kinds:?}");
+    let _ = s.stop();
+}

@@ -608,7 +608,7 @@ impl Reader {
                 &self.cx.registry.lock().unwrap_or_else(|e| e.into_inner()),
             )
         });
-        tracing::info!(source = %self.cx.source, path = %path.display(), read = t.read, size, copy = ?copy.as_ref().map(|c| c.3.display().to_string()), "file truncated; reading it again from the start");
+        tracing::info!(source = %self.cx.source, path = %path.display(), read = t.read, size, copy = copy.as_ref().map(|c| tracing::field::display(c.3.display())), "file truncated; reading it again from the start");
         let dup = match t.shared.file.try_clone() {
             Ok(f) => f,
             Err(e) => {

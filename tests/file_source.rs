@@ -447,6 +447,37 @@ fn file_source_without_data_dir_is_rejected_with_a_clear_error() {
 }
 
 #[test]
+fn validate_reports_a_missing_data_dir_as_the_docs_quote_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &[glob(dir.path(), "*.log")], "").replacen("data_dir", "# data_dir", 1);
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("validate")
+        .arg("--config")
+        .arg(&path)
+        .env_remove("SLUICE_DATA_DIR")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "validate accepts a file source without data_dir");
+    let err = String::from_utf8_lossy(&out.stderr);
+    // docs/file-source.md quotes the error in a code block under its
+    // `data_dir` heading: every line of it is what validate prints.
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/file-source.md")).unwrap();
+    let section = docs
+        .split("## `data_dir` (required)")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let quoted = section.split("```").nth(1).expect("the section quotes the error in a code block");
+    for line in quoted.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+        assert!(err.contains(line.trim()), "docs quote {line:?}; validate printed:\n{err}");
+    }
+}
+
+#[test]
 fn read_from_end_skips_existing_lines_only_on_the_first_start() {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");

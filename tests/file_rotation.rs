@@ -465,28 +465,44 @@ fn rotations(s: &Sluice) -> HashMap<String, f64> {
         .collect()
 }
 
-/// Waits until `n` rotations of any kind were counted, then returns them.
-fn wait_for_rotations(s: &Sluice, n: f64) -> HashMap<String, f64> {
+/// Waits until as many rotations as `want` holds were counted (any kind),
+/// then asserts they are `want`, by kind.
+fn assert_rotations(s: &Sluice, want: &[(&str, f64)]) {
+    let total: f64 = want.iter().map(|(_, n)| n).sum();
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = rotations(s);
-        if r.values().sum::<f64>() >= n || Instant::now() > deadline {
-            return r;
-        }
+    let mut got = rotations(s);
+    while got.values().sum::<f64>() < total && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
+        got = rotations(s);
     }
+    let want: HashMap<String, f64> = want.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+    assert_eq!(got, want, "sluice_file_rotations_total by kind");
 }
 
-#[test]
-fn logrotate_compress_without_delaycompress_counts_renames_not_deletes() {
+/// sluice (with its API) reading `logs/app.log`, through the glob `glob`
+/// makes of that path, once the file's first 100 lines arrived.
+struct AppLog {
+    dir: tempfile::TempDir,
+    logs: PathBuf,
+    app: PathBuf,
+    s: Sluice,
+}
+
+fn read_app_log(glob: impl FnOnce(&Path) -> String) -> AppLog {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let app = logs.join("app.log");
     append(&app, (0..100).map(json_line));
-    let cfg = file_support::config_with_api(&dir.path().join("data"), &[app.display().to_string()], "");
+    let cfg = file_support::config_with_api(&dir.path().join("data"), &[glob(&app)], "");
     let mut s = Sluice::start(dir.path(), &cfg);
     s.wait_for(100, Duration::from_secs(30));
+    AppLog { dir, logs, app, s }
+}
+
+#[test]
+fn logrotate_compress_without_delaycompress_counts_renames_not_deletes() {
+    let AppLog { dir, logs, app, mut s } = read_app_log(|app| app.display().to_string());
     // The rotated file is compressed in the same run, well before
     // rotate_wait ends: the open handle then belongs to a deleted inode.
     let conf = format!("{} {{\n  rotate 10\n  create\n  missingok\n  compress\n}}\n", app.display());
@@ -502,52 +518,31 @@ fn logrotate_compress_without_delaycompress_counts_renames_not_deletes() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".gz"))
         .count();
     assert_eq!(gz, 2, "logrotate compressed both rotated files at once");
-    let lines = s.wait_for(300, Duration::from_secs(30));
-    let kinds = wait_for_rotations(&s, 2.0);
-    assert_eq!(kinds.get("rename"), Some(&2.0), "rotations counted: {kinds:?}");
-    assert_eq!(kinds.get("delete"), None, "rotations counted: {kinds:?}");
-    let (_, lines2) = s.stop();
-    assert_eq!(lines.len(), lines2.len());
-    assert_exactly_once(&lines2, &(0..300).collect::<Vec<_>>());
+    assert_rotations(&s, &[("rename", 2.0)]);
+    let (_, lines) = s.stop();
+    assert_exactly_once(&lines, &(0..300).collect::<Vec<_>>());
 }
 
 #[test]
 fn file_renamed_within_the_globs_then_compressed_counts_as_a_rename() {
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let app = logs.join("app.log");
-    append(&app, (0..100).map(json_line));
     // `app.log*` also matches the rotated name, so the scanner sees the
     // rename before gzip removes the file.
-    let cfg = file_support::config_with_api(&dir.path().join("data"), &[format!("{}*", app.display())], "");
-    let mut s = Sluice::start(dir.path(), &cfg);
-    s.wait_for(100, Duration::from_secs(30));
+    let AppLog { dir: _dir, logs, app, s } = read_app_log(|app| format!("{}*", app.display()));
     let rotated = logs.join("app.log.1");
     std::fs::rename(&app, &rotated).unwrap();
     std::thread::sleep(Duration::from_millis(500)); // several scans
     let st = Command::new("gzip").arg(&rotated).status().unwrap();
     assert!(st.success());
-    let kinds = wait_for_rotations(&s, 1.0);
-    assert_eq!(kinds.get("rename"), Some(&1.0), "rotations counted: {kinds:?}");
-    assert_eq!(kinds.get("delete"), None, "rotations counted: {kinds:?}");
+    assert_rotations(&s, &[("rename", 1.0)]);
     let (_, lines) = s.stop();
     assert_exactly_once(&lines, &(0..100).collect::<Vec<_>>());
 }
 
 #[test]
 fn file_deleted_with_nothing_in_its_place_counts_as_a_delete() {
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let app = logs.join("app.log");
-    append(&app, (0..100).map(json_line));
-    let cfg = file_support::config_with_api(&dir.path().join("data"), &[app.display().to_string()], "");
-    let mut s = Sluice::start(dir.path(), &cfg);
-    s.wait_for(100, Duration::from_secs(30));
+    let AppLog { dir: _dir, app, s, .. } = read_app_log(|app| app.display().to_string());
     std::fs::remove_file(&app).unwrap();
-    let kinds = wait_for_rotations(&s, 1.0);
-    assert_eq!(kinds.get("delete"), Some(&1.0), "rotations counted: {kinds:?}");
-    assert_eq!(kinds.get("rename"), None, "rotations counted: {kinds:?}");
-    let _ = s.stop();
+    assert_rotations(&s, &[("delete", 1.0)]);
+    let (_, lines) = s.stop();
+    assert_exactly_once(&lines, &(0..100).collect::<Vec<_>>());
 }

@@ -452,3 +452,97 @@ fn file_truncated_and_rewritten_past_the_offset_is_read_again() {
     assert_eq!(lines.len(), lines2.len());
     assert_exactly_once(&lines2, &(0..400).collect::<Vec<_>>());
 }
+
+/// `sluice_file_rotations_total{source="files",kind}` for each kind seen.
+fn rotations(s: &Sluice) -> HashMap<String, f64> {
+    s.metrics()
+        .lines()
+        .filter(|l| l.starts_with("sluice_file_rotations_total{"))
+        .filter_map(|l| {
+            let kind = l.split("kind=\"").nth(1)?.split('"').next()?.to_string();
+            Some((kind, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Waits until as many rotations as `want` holds were counted (any kind),
+/// then asserts they are `want`, by kind.
+fn assert_rotations(s: &Sluice, want: &[(&str, f64)]) {
+    let total: f64 = want.iter().map(|(_, n)| n).sum();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got = rotations(s);
+    while got.values().sum::<f64>() < total && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        got = rotations(s);
+    }
+    let want: HashMap<String, f64> = want.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+    assert_eq!(got, want, "sluice_file_rotations_total by kind");
+}
+
+/// sluice (with its API) reading `logs/app.log`, through the glob `glob`
+/// makes of that path, once the file's first 100 lines arrived.
+struct AppLog {
+    dir: tempfile::TempDir,
+    logs: PathBuf,
+    app: PathBuf,
+    s: Sluice,
+}
+
+fn read_app_log(glob: impl FnOnce(&Path) -> String) -> AppLog {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let app = logs.join("app.log");
+    append(&app, (0..100).map(json_line));
+    let cfg = file_support::config_with_api(&dir.path().join("data"), &[glob(&app)], "");
+    let mut s = Sluice::start(dir.path(), &cfg);
+    s.wait_for(100, Duration::from_secs(30));
+    AppLog { dir, logs, app, s }
+}
+
+#[test]
+fn logrotate_compress_without_delaycompress_counts_renames_not_deletes() {
+    let AppLog { dir, logs, app, mut s } = read_app_log(|app| app.display().to_string());
+    // The rotated file is compressed in the same run, well before
+    // rotate_wait ends: the open handle then belongs to a deleted inode.
+    let conf = format!("{} {{\n  rotate 10\n  create\n  missingok\n  compress\n}}\n", app.display());
+    for round in 1..=2u64 {
+        logrotate(dir.path(), &conf);
+        append(&app, (round * 100..round * 100 + 100).map(json_line));
+        // Read before the next round compresses them away.
+        s.wait_for(round as usize * 100 + 100, Duration::from_secs(30));
+    }
+    let gz = std::fs::read_dir(&logs)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".gz"))
+        .count();
+    assert_eq!(gz, 2, "logrotate compressed both rotated files at once");
+    assert_rotations(&s, &[("rename", 2.0)]);
+    let (_, lines) = s.stop();
+    assert_exactly_once(&lines, &(0..300).collect::<Vec<_>>());
+}
+
+#[test]
+fn file_renamed_within_the_globs_then_compressed_counts_as_a_rename() {
+    // `app.log*` also matches the rotated name, so the scanner sees the
+    // rename before gzip removes the file.
+    let AppLog { dir: _dir, logs, app, s } = read_app_log(|app| format!("{}*", app.display()));
+    let rotated = logs.join("app.log.1");
+    std::fs::rename(&app, &rotated).unwrap();
+    std::thread::sleep(Duration::from_millis(500)); // several scans
+    let st = Command::new("gzip").arg(&rotated).status().unwrap();
+    assert!(st.success());
+    assert_rotations(&s, &[("rename", 1.0)]);
+    let (_, lines) = s.stop();
+    assert_exactly_once(&lines, &(0..100).collect::<Vec<_>>());
+}
+
+#[test]
+fn file_deleted_with_nothing_in_its_place_counts_as_a_delete() {
+    let AppLog { dir: _dir, app, s, .. } = read_app_log(|app| app.display().to_string());
+    std::fs::remove_file(&app).unwrap();
+    assert_rotations(&s, &[("delete", 1.0)]);
+    let (_, lines) = s.stop();
+    assert_exactly_once(&lines, &(0..100).collect::<Vec<_>>());
+}

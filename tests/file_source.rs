@@ -379,6 +379,30 @@ fn docker_partial_lines_are_merged_and_unescaped() {
 }
 
 #[test]
+fn docker_json_with_spaces_is_unwrapped_by_the_auto_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    // The same wrapper docker writes, laid out by another writer: spaces
+    // after `:` and `,`, as many JSON libraries print by default.
+    append(
+        &logs.join("c-json.log"),
+        (0..3).map(|i| format!(r#"{{"log": "{{\"id\":\"{i}\"}}\n", "stream": "stderr", "time": "2024-05-01T10:00:0{i}.5Z"}}"#)),
+    );
+    let cfg = config(&dir.path().join("data"), &[glob(&logs, "*.log")], "");
+    assert!(!cfg.contains("format"), "the default format is auto");
+    let mut s = Sluice::start(dir.path(), &cfg);
+    let v = parse(&s.wait_for(3, T));
+    for (i, e) in v.iter().enumerate() {
+        assert_eq!(e["id"], i.to_string(), "{e}");
+        assert_eq!(e["stream"], "stderr", "{e}");
+        assert_eq!(e["time"], format!("2024-05-01T10:00:0{i}.5Z"), "{e}");
+        assert!(e.get("log").is_none(), "the wrapper was unwrapped: {e}");
+    }
+    let _ = s.stop();
+}
+
+#[test]
 fn symlinked_container_log_is_read_once_with_pod_metadata() {
     let dir = tempfile::tempdir().unwrap();
     let pod_dir = dir.path().join("pods/shop_web-5c9_6f1e2d3c/nginx");
@@ -420,6 +444,37 @@ fn file_source_without_data_dir_is_rejected_with_a_clear_error() {
     assert!(!status.success());
     let err = s.stderr();
     assert!(err.contains("data_dir is not set") && err.contains("SLUICE_DATA_DIR"), "{err}");
+}
+
+#[test]
+fn validate_reports_a_missing_data_dir_as_the_docs_quote_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &[glob(dir.path(), "*.log")], "").replacen("data_dir", "# data_dir", 1);
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("validate")
+        .arg("--config")
+        .arg(&path)
+        .env_remove("SLUICE_DATA_DIR")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "validate accepts a file source without data_dir");
+    let err = String::from_utf8_lossy(&out.stderr);
+    // docs/file-source.md quotes the error in a code block under its
+    // `data_dir` heading: every line of it is what validate prints.
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/file-source.md")).unwrap();
+    let section = docs
+        .split("## `data_dir` (required)")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let quoted = section.split("```").nth(1).expect("the section quotes the error in a code block");
+    for line in quoted.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+        assert!(err.contains(line.trim()), "docs quote {line:?}; validate printed:\n{err}");
+    }
 }
 
 #[test]

@@ -39,8 +39,24 @@ pub struct DockerLine<'a> {
     pub complete: bool,
 }
 
-/// Splits a json-file line written in docker's key order, or `None`.
+/// Splits a json-file line, or `None` when it is not one. Docker's own
+/// compact layout is split by byte search; the same object laid out
+/// otherwise (spaces, other key order, extra keys) is walked as JSON.
 pub fn split(line: &[u8]) -> Option<DockerLine<'_>> {
+    split_compact(line).or_else(|| {
+        // Only a line that could be a wrapper pays for the walk.
+        let first = line.iter().find(|b| !b.is_ascii_whitespace());
+        if first == Some(&b'{') && memchr::memmem::find(line, b"\"log\"").is_some() {
+            split_any_layout(line)
+        } else {
+            None
+        }
+    })
+}
+
+/// Splits a line written in docker's exact layout,
+/// `{"log":"…","stream":"…","time":"…"…`.
+fn split_compact(line: &[u8]) -> Option<DockerLine<'_>> {
     if !line.starts_with(LOG_PREFIX) {
         return None;
     }
@@ -73,6 +89,147 @@ pub fn split(line: &[u8]) -> Option<DockerLine<'_>> {
         time,
         complete: ends_with_escaped_newline(log_raw),
     })
+}
+
+/// Splits a wrapper in any JSON layout by walking its top-level object:
+/// `log` must be a string and `stream` `"stdout"` or `"stderr"`; `time`
+/// is used when it is a string. Nested values are skipped, not checked
+/// (the decode pool parses the wrapper in full).
+fn split_any_layout(line: &[u8]) -> Option<DockerLine<'_>> {
+    let mut w = Walk { bytes: line, at: 0 };
+    let (mut log, mut stream, mut time) = (None, None, None);
+    w.expect(b'{')?;
+    if !w.eat(b'}') {
+        loop {
+            let key = w.string()?;
+            w.expect(b':')?;
+            let value = w.value()?;
+            let body = value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\""));
+            match key {
+                b"log" => log = Some(body?),
+                b"stream" => {
+                    stream = Some(match body? {
+                        b"stdout" => Stream::Stdout,
+                        b"stderr" => Stream::Stderr,
+                        _ => return None,
+                    })
+                }
+                b"time" => time = body,
+                _ => {}
+            }
+            if w.eat(b'}') {
+                break;
+            }
+            w.expect(b',')?;
+        }
+    }
+    w.skip_whitespace();
+    if w.at != line.len() {
+        return None;
+    }
+    let log_raw = log?;
+    Some(DockerLine {
+        log_raw,
+        stream: stream?,
+        time: time.unwrap_or(&line[..0]),
+        complete: ends_with_escaped_newline(log_raw),
+    })
+}
+
+/// A cursor over one JSON text. Every method skips whitespace first and
+/// returns `None` on bytes that JSON does not allow there.
+struct Walk<'a> {
+    bytes: &'a [u8],
+    /// Invariant: `at <= bytes.len()`.
+    at: usize,
+}
+
+/// How deep [`Walk::value`] follows nested objects and arrays; deeper
+/// wrappers are not docker's.
+const MAX_DEPTH: usize = 64;
+
+impl<'a> Walk<'a> {
+    fn skip_whitespace(&mut self) {
+        while self.bytes.get(self.at).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
+            self.at += 1;
+        }
+    }
+
+    /// Consumes `byte` if it comes next.
+    fn eat(&mut self, byte: u8) -> bool {
+        self.skip_whitespace();
+        if self.bytes.get(self.at) == Some(&byte) {
+            self.at += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        self.eat(byte).then_some(())
+    }
+
+    /// A string's body, still escaped.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        self.expect(b'"')?;
+        let start = self.at;
+        loop {
+            match *self.bytes.get(self.at)? {
+                b'"' => break,
+                b'\\' => self.at = (self.at + 2).min(self.bytes.len()),
+                b if b < 0x20 => return None,
+                _ => self.at += 1,
+            }
+        }
+        let body = self.bytes.get(start..self.at)?;
+        self.at += 1;
+        Some(body)
+    }
+
+    /// One value, as it is written (a string with its quotes).
+    fn value(&mut self) -> Option<&'a [u8]> {
+        self.skip_whitespace();
+        let start = self.at;
+        let mut depth = 0usize;
+        loop {
+            self.skip_whitespace();
+            match *self.bytes.get(self.at)? {
+                b'"' => {
+                    self.string()?;
+                }
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return None;
+                    }
+                    self.at += 1;
+                    continue;
+                }
+                b'}' | b']' => {
+                    depth = depth.checked_sub(1)?;
+                    self.at += 1;
+                }
+                b',' | b':' if depth > 0 => {
+                    self.at += 1;
+                    continue;
+                }
+                b if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.') => {
+                    while self
+                        .bytes
+                        .get(self.at)
+                        .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.'))
+                    {
+                        self.at += 1;
+                    }
+                }
+                _ => return None,
+            }
+            if depth == 0 {
+                return Some(&self.bytes[start..self.at]);
+            }
+        }
+    }
 }
 
 /// `raw` ends with the escape `\n` (and not with an escaped backslash
@@ -356,6 +513,103 @@ mod tests {
             serde_json::json!({"msg":"a \"quoted\" word","stream":"stdout","time":"2024-01-01T00:00:00.1Z"})
         );
         assert_eq!(r.take_stats().merged, 1);
+    }
+
+    /// One docker json-file line, `{"log":…,"stream":…,"time":…}`, with
+    /// `gap(i)` written around its `i`th token (empty: docker's layout).
+    fn docker_json(log: &str, stream: &str, time: &str, gap: impl Fn(usize) -> String) -> String {
+        let tokens = [
+            "{".to_string(),
+            "\"log\"".into(),
+            ":".into(),
+            serde_json::to_string(log).unwrap(),
+            ",".into(),
+            "\"stream\"".into(),
+            ":".into(),
+            serde_json::to_string(stream).unwrap(),
+            ",".into(),
+            "\"time\"".into(),
+            ":".into(),
+            serde_json::to_string(time).unwrap(),
+            "}".into(),
+        ];
+        let mut out = gap(0);
+        for (i, t) in tokens.iter().enumerate() {
+            out.push_str(t);
+            out.push_str(&gap(i + 1));
+        }
+        out
+    }
+
+    fn unwrap_and_decode(text: &str) -> Vec<serde_json::Value> {
+        let mut text = text.to_string();
+        text.push('\n');
+        let mut r = DockerReader::new(1 << 20);
+        let mut events = decode(&r.unwrap(&lines(text.as_bytes()), 0, Instant::now()));
+        if let Some(rest) = r.take_expired(Instant::now(), Duration::ZERO) {
+            events.extend(decode(&rest));
+        }
+        events
+    }
+
+    #[test]
+    fn spaced_docker_json_splits_like_the_compact_layout() {
+        let compact = docker_json("{\"a\":1}\n", "stderr", "2024-01-01T00:00:00Z", |_| String::new());
+        let spaced = docker_json("{\"a\":1}\n", "stderr", "2024-01-01T00:00:00Z", |_| " ".into());
+        let (c, s) = (split(compact.as_bytes()).unwrap(), split(spaced.as_bytes()).unwrap());
+        assert_eq!(c, s);
+        assert_eq!(s.log_raw, br#"{\"a\":1}\n"#);
+        assert!(s.complete);
+        // Other key orders and extra keys are docker JSON too.
+        let reordered = br#"{ "stream": "stdout", "attrs": {"x": [1, "}"]}, "log": "hi\n" }"#;
+        let d = split(reordered).unwrap();
+        assert_eq!((d.log_raw, d.stream, d.time), (&b"hi\\n"[..], Stream::Stdout, &b""[..]));
+        // Not docker JSON: no string log, no known stream, not an object,
+        // not one whole value.
+        for line in [
+            &br#"{ "log": 1, "stream": "stdout" }"#[..],
+            br#"{ "log": "a\n", "stream": "other" }"#,
+            br#"{ "log": "a\n" }"#,
+            br#"[ "log", "stream" ]"#,
+            br#"{ "log": "a\n", "stream": "stdout" } x"#,
+            br#"{ "log": "a\n", "stream": "stdout""#,
+            br#"{ "log": "a
+", "stream": "stdout" }"#,
+        ] {
+            assert_eq!(split(line), None, "{}", String::from_utf8_lossy(line));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn spaced_and_compact_docker_json_decode_to_the_same_event(
+            log in "(\\PC|[\"\\\\\n\t{}:,])*",
+            stderr in proptest::bool::ANY,
+            time in "[0-9TZ:.\\-]{0,30}",
+            gaps in proptest::collection::vec("[ \t]{0,3}", 14),
+            newline in proptest::bool::ANY,
+            cut in 0usize..=100,
+        ) {
+            let log = if newline { format!("{log}\n") } else { log };
+            let stream = if stderr { "stderr" } else { "stdout" };
+            let compact = docker_json(&log, stream, &time, |_| String::new());
+            let spaced = docker_json(&log, stream, &time, |i| gaps[i].clone());
+            let (c, s) = (split(compact.as_bytes()), split(spaced.as_bytes()));
+            proptest::prop_assert!(c.is_some());
+            proptest::prop_assert_eq!(c, s);
+            proptest::prop_assert_eq!(unwrap_and_decode(&compact), unwrap_and_decode(&spaced));
+            // The same line written as two pieces (docker's split of a long
+            // line) merges to the same event in either layout.
+            let at = log.char_indices().map(|(i, _)| i).nth(log.chars().count() * cut / 100).unwrap_or(log.len());
+            let (a, b) = log.split_at(at);
+            let pieces = |gap: &dyn Fn(usize) -> String| {
+                format!("{}\n{}", docker_json(a, stream, &time, gap), docker_json(b, stream, &time, gap))
+            };
+            let compact_pieces = pieces(&|_| String::new());
+            let spaced_pieces = pieces(&|i| gaps[i].clone());
+            proptest::prop_assert_eq!(unwrap_and_decode(&compact_pieces), unwrap_and_decode(&spaced_pieces));
+            proptest::prop_assert_eq!(unwrap_and_decode(&compact), unwrap_and_decode(&spaced));
+        }
     }
 
     #[test]

@@ -246,7 +246,7 @@ impl KafkaSourceConfig {
         consumer
             .subscribe(&topics)
             .map_err(|e| fatal(format!("cannot subscribe to {topics:?}: {e}")))?;
-        tracing::info!(source = %cx.name, topics = ?self.topics, group = %self.group_id, "consuming from Kafka");
+        tracing::info!(source = %cx.name, topics = %self.topics.join(","), group = %self.group_id, "consuming from Kafka");
         Ok(Box::pin(run(Arc::new(consumer), state, self.clone(), cx)))
     }
 }

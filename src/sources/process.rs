@@ -198,7 +198,7 @@ async fn run_source(cfg: ProcessConfig, cx: SourceCx) -> Result<(), SourceError>
         pid,
         command: Some(cfg.command.join(" ")),
     };
-    tracing::info!(source = %cx.name, pid = ?pid, command = %cfg.command.join(" "), "started the command");
+    tracing::info!(source = %cx.name, pid, command = %cfg.command.join(" "), "started the command");
     let context = |stream: &str| {
         let mut meta = cx.enrich.metadata(Some(&info));
         if let Some(t) = cfg.process_type.as_deref().filter(|t| !t.is_empty()) {

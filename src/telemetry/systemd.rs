@@ -29,7 +29,7 @@ impl Notifier {
         let addr = match socket_addr(name.as_encoded_bytes()) {
             Ok(a) => a,
             Err(error) => {
-                tracing::warn!(socket = ?name, %error, "NOTIFY_SOCKET is not a usable unix socket address; not notifying systemd");
+                tracing::warn!(socket = %name.to_string_lossy(), %error, "NOTIFY_SOCKET is not a usable unix socket address; not notifying systemd");
                 return None;
             }
         };
@@ -104,7 +104,7 @@ impl ServiceManager {
         };
         notifier.notify("READY=1\nSTATUS=collecting");
         let watchdog = watchdog_interval().map(|every| {
-            tracing::debug!(interval = ?every, "feeding the systemd watchdog");
+            tracing::debug!(interval_ms = every.as_millis() as u64, "feeding the systemd watchdog");
             let n = notifier.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);

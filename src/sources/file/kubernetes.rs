@@ -640,7 +640,7 @@ impl PodWatcher {
             };
             if let Err(e) = result {
                 m.kube_api_errors.with_label_values(&[&self.source]).inc();
-                tracing::warn!(source = %self.source, error = %e, retry_in = ?backoff, "kubernetes API");
+                tracing::warn!(source = %self.source, error = %e, retry_in_ms = backoff.as_millis() as u64, "kubernetes API");
                 let nanos = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.subsec_nanos())

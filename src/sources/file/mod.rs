@@ -317,6 +317,7 @@ impl Scanner {
                     if *p != f.path {
                         tracing::debug!(source = %self.source, from = %p.display(), to = %f.path.display(), "file renamed");
                         *p = f.path.clone();
+                        s.renamed.store(true, Ordering::Release);
                     }
                     s.rotated.store(false, Ordering::Release);
                     drop(p);
@@ -329,8 +330,11 @@ impl Scanner {
                     }
                 }
                 None => {
-                    let here = FileStat::of_path(&s.path()).map(|st| st.key == s.key).unwrap_or(false);
-                    s.rotated.store(!here, Ordering::Release);
+                    let at_path = FileStat::of_path(&s.path()).map(|st| st.key).ok();
+                    s.rotated.store(at_path != Some(s.key), Ordering::Release);
+                    if at_path.is_some_and(|k| k != s.key) {
+                        s.renamed.store(true, Ordering::Release);
+                    }
                 }
             }
         }

@@ -47,6 +47,10 @@ pub struct Shared {
     pub acked: AtomicU64,
     /// Set by the scanner: the path no longer leads to this file.
     pub rotated: AtomicBool,
+    /// Set by the scanner, never cleared: the file was seen under another
+    /// path, or its path led to another file. Its end is then a rotation,
+    /// even if the rotated file is deleted (compressed) before it is closed.
+    pub renamed: AtomicBool,
     /// Set by the scanner: the first bytes changed (truncated and written
     /// again past the read offset between two looks).
     pub rewritten: AtomicBool,
@@ -135,6 +139,7 @@ impl Registry {
             read: AtomicU64::new(offset),
             acked: AtomicU64::new(acked),
             rotated: AtomicBool::new(false),
+            renamed: AtomicBool::new(false),
             rewritten: AtomicBool::new(false),
             park: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(0),

@@ -547,7 +547,7 @@ impl Reader {
         if self.cx.cfg.stop_at_eof {
             self.finish(t, Disposal::Keep, true)?;
         } else if t.finishing || ((deleted || rotated) && waited >= self.cx.cfg.rotate_wait) {
-            let kind = if deleted { "delete" } else { "rename" };
+            let kind = rotation_kind(&t.shared, deleted);
             FileMetrics::get().rotations.with_label_values(&[&self.cx.source, kind]).inc();
             tracing::debug!(source = %self.cx.source, path = %t.shared.path().display(), offset = t.read, kind, "finished a rotated file");
             self.finish(t, Disposal::Forget, true)?;
@@ -608,7 +608,7 @@ impl Reader {
                 &self.cx.registry.lock().unwrap_or_else(|e| e.into_inner()),
             )
         });
-        tracing::info!(source = %self.cx.source, path = %path.display(), read = t.read, size, copy = ?copy.as_ref().map(|c| c.3.display().to_string()), "file truncated; reading it again from the start");
+        tracing::info!(source = %self.cx.source, path = %path.display(), read = t.read, size, copy = copy.as_ref().map(|c| tracing::field::display(c.3.display())), "file truncated; reading it again from the start");
         let dup = match t.shared.file.try_clone() {
             Ok(f) => f,
             Err(e) => {
@@ -692,6 +692,19 @@ fn find_copy(dir: &Path, head: &[u8], read: u64, last: &[u8], reg: &Registry) ->
         }
     }
     None
+}
+
+/// How a file that is finished at its end left its path. A rotated file
+/// that was compressed (deleted) before it was closed was still rotated:
+/// it was seen under another name, or another file now holds its path.
+/// Only a deleted file with nothing in its place was deleted.
+fn rotation_kind(shared: &Shared, deleted: bool) -> &'static str {
+    let taken = || FileStat::of_path(&shared.path()).is_ok_and(|st| st.key != shared.key);
+    if !deleted || shared.renamed.load(Ordering::Acquire) || taken() {
+        "rename"
+    } else {
+        "delete"
+    }
 }
 
 /// Format detection from the first line of a file.

@@ -45,12 +45,12 @@ fn decode(d: &mut Decoder, lines: &[String], ctx: &Arc<SourceContext>, tap: Opti
     let bytes: usize = lines.iter().map(|l| l.len() + 64).sum();
     let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), bytes, lines.len());
     if let Some(tap) = tap {
-        out.observe(tap.fields(), tap.begin(ctx));
+        d.observe(tap.fields(), tap.begin(ctx));
     }
     for l in lines {
         d.decode_line(l.as_bytes(), false, &[], &ctx.fragment, &mut out);
     }
-    let prepared = out.finish_observers();
+    let prepared = d.finish_observers();
     (out.build(ctx.clone(), SystemTime::now()), prepared)
 }
 

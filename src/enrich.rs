@@ -31,9 +31,9 @@ impl Member {
     pub fn string(key: &str, value: &str) -> Member {
         let mut rendered = Vec::with_capacity(key.len() + value.len() + 6);
         rendered.push(b'"');
-        crate::decode::escape_json_str(key, &mut rendered);
+        crate::json_text::escape_json_str(key, &mut rendered);
         rendered.extend_from_slice(b"\":\"");
-        crate::decode::escape_json_str(value, &mut rendered);
+        crate::json_text::escape_json_str(value, &mut rendered);
         rendered.push(b'"');
         Member {
             key: key.into(),
@@ -92,12 +92,12 @@ impl Fragment {
     }
 }
 
-/// A key as one bit of 64: its [`crate::decode::key_bucket`]. Two keys with
+/// A key as one bit of 64: its [`crate::json_text::key_bucket`]. Two keys with
 /// different signatures differ, so the decoder compares an event's key with
 /// the members' keys only when the signatures meet.
 #[inline]
 pub fn key_signature(key: &str) -> u64 {
-    1 << crate::decode::key_bucket(key.as_bytes())
+    1 << crate::json_text::key_bucket(key.as_bytes())
 }
 
 /// Where a batch came from and the metadata every event of it shares.

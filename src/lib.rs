@@ -14,6 +14,7 @@ pub mod decode;
 pub mod enrich;
 pub mod event;
 pub mod framing;
+pub(crate) mod json_text;
 pub mod pipeline;
 pub mod sinks;
 pub mod sli;

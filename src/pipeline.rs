@@ -13,8 +13,9 @@ use tokio::task::JoinHandle;
 
 use crate::buffer::QueueSender;
 use crate::decode::Decoder;
+use crate::decode::EventObserver;
 use crate::enrich::SourceContext;
-use crate::event::{AckOutcome, Acknowledger, Batch, BatchBuilder, EventObserver, FieldSet};
+use crate::event::{AckOutcome, Acknowledger, Batch, BatchBuilder, FieldSet};
 use crate::framing::Lines;
 use crate::telemetry::metrics;
 
@@ -139,13 +140,13 @@ impl SourceOutput {
         let received_at = SystemTime::now();
         tokio::task::spawn_blocking(move || {
             let mut out = BatchBuilder::with_capacity(fields, size_hint, size_hint / 200 + 1);
-            for tap in taps.iter() {
-                out.observe(tap.fields(), tap.begin(&ctx));
-            }
-            let stats = DECODER.with(|d| {
+            let (stats, prepared) = DECODER.with(|d| {
                 let mut d = d.borrow_mut();
+                for tap in taps.iter() {
+                    d.observe(tap.fields(), tap.begin(&ctx));
+                }
                 decode(&mut d, &mut out);
-                d.take_stats()
+                (d.take_stats(), d.finish_observers())
             });
             let m = metrics();
             m.source_events.with_label_values(&[&source]).inc_by(stats.events);
@@ -163,7 +164,6 @@ impl SourceOutput {
             if stats.truncated > 0 {
                 m.lines_truncated.with_label_values(&[&source]).inc_by(stats.truncated);
             }
-            let prepared = out.finish_observers();
             let mut batch = out.build(ctx, received_at);
             batch.ack = ack;
             (batch, prepared)

@@ -13,9 +13,9 @@
 use simd_json::Node;
 use std::sync::Arc;
 
-use super::json::{lookup, node_count, scalar};
-use super::{key_bucket as bucket, KEY_BUCKETS as BUCKETS};
+use super::tape::{lookup, node_count, scalar};
 use crate::event::{FieldSet, FieldValueRef};
+use crate::json_text::{key_bucket as bucket, KEY_BUCKETS as BUCKETS};
 
 /// Distinct first segments the index holds (`u8` links); a larger field
 /// set is looked up path by path.
@@ -165,7 +165,7 @@ impl FieldPlan {
         }
     }
 
-    /// The buckets ([`super::key_bucket`]) of the keys the plan looks for,
+    /// The buckets ([`crate::json_text::key_bucket`]) of the keys the plan looks for,
     /// as bits.
     #[inline]
     pub(super) fn mask(&self) -> u64 {
@@ -179,7 +179,7 @@ impl FieldPlan {
     }
 
     /// Shows the plan one top-level key of the event: `b` is its
-    /// [`super::key_bucket`], and its value starts at tape index `idx` and
+    /// [`crate::json_text::key_bucket`], and its value starts at tape index `idx` and
     /// spans `count` nodes. The first occurrence of a key wins.
     #[inline(always)]
     pub(super) fn offer(&mut self, b: usize, key: &[u8], idx: usize, count: usize) {

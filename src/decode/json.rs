@@ -2,17 +2,19 @@
 //! pipeline needs, and splice the source's metadata members in before the
 //! closing brace. The event's own bytes are copied, never re-serialised.
 
-use simd_json::{Buffers, Node, StaticNode, Tape};
+use simd_json::{Buffers, Node, Tape};
 
 use super::extract::FieldPlan;
-use super::values::EventValues;
+use super::tape::{self, node_count, wrapped_value};
+use super::values::{EventObserver, EventValues, Observer};
 use super::DecodeStats;
 use std::sync::Arc;
 
-use super::key_bucket;
 use crate::enrich::{key_signature, Fragment, Member};
-use crate::event::{BatchBuilder, FieldPath, FieldSet, FieldValueRef};
+use crate::event::{BatchBuilder, FieldSet};
 use crate::framing::Lines;
+pub(crate) use crate::json_text::escape_json_str;
+use crate::json_text::key_bucket;
 
 /// Deepest nesting simd-json accepts; deeper documents are kept as wrapped
 /// text (simd-json's own default, named here so the behaviour is visible).
@@ -26,6 +28,8 @@ pub struct Decoder {
     tape: Tape<'static>,
     /// How to extract the field set of the batches being decoded.
     plan: Option<FieldPlan>,
+    /// Observers of the batch being decoded, in the order attached.
+    observers: Vec<Observer>,
     /// How to read the fields of each observer of those batches.
     observer_plans: Vec<Option<FieldPlan>>,
     /// Counters since the last [`Decoder::take_stats`].
@@ -52,9 +56,22 @@ impl Decoder {
             buffers: Buffers::with_max_depth(4096, MAX_DEPTH),
             tape: Tape(Vec::new()),
             plan: None,
+            observers: Vec::new(),
             observer_plans: Vec::new(),
             stats: DecodeStats::default(),
         }
+    }
+
+    /// Has every event decoded from now on shown to `observer`, with the
+    /// values of `fields`, until [`Decoder::finish_observers`].
+    pub fn observe(&mut self, fields: Arc<FieldSet>, observer: Box<dyn EventObserver>) {
+        self.observers.push(Observer { fields, inner: observer });
+    }
+
+    /// Detaches the observers, each with what it made of the events so far,
+    /// in the order they were attached.
+    pub fn finish_observers(&mut self) -> Vec<Box<dyn std::any::Any + Send>> {
+        self.observers.drain(..).map(|o| o.inner.finish()).collect()
     }
 
     /// Counters since the last call, resetting them.
@@ -95,6 +112,7 @@ impl Decoder {
             buffers,
             tape,
             plan,
+            observers,
             observer_plans,
             ..
         } = self;
@@ -120,8 +138,8 @@ impl Decoder {
         let members = fragment.members();
         let track_members = extra.len() + members.len() <= 64;
         let mut out_plan = (!out.fields().is_empty()).then(|| cached_plan(plan, out.fields()));
-        let observed = !out.observers_mut().is_empty();
-        let first_observer = out.observers_mut().first().map(|o| observer_plan(observer_plans, 0, &o.fields));
+        let observed = !observers.is_empty();
+        let first_observer = observers.first().map(|o| observer_plan(observer_plans, 0, &o.fields));
         // One copy of the pass per combination of plans, so the usual event
         // with neither pays nothing for them.
         let present = match (out_plan.as_deref_mut(), first_observer) {
@@ -185,7 +203,7 @@ impl Decoder {
             }
         }
         if observed {
-            show_object(observer_plans, nodes, out);
+            show_object(observer_plans, nodes, observers);
         }
         out.finish_event();
         *tape = t.reset();
@@ -226,18 +244,10 @@ impl Decoder {
         for path in fields.paths() {
             out.push_value(wrapped_value(path, &text));
         }
-        for o in out.observers_mut() {
+        for o in &mut self.observers {
             o.inner.event(&EventValues::wrapped(&text, o.fields.paths()));
         }
         out.finish_event();
-    }
-}
-
-/// The value of `path` in a wrapped line: its text is the `message`.
-pub(super) fn wrapped_value<'a>(path: &FieldPath, text: &'a str) -> FieldValueRef<'a> {
-    match path.segments() {
-        [only] if only == "message" => FieldValueRef::Str(text),
-        _ => FieldValueRef::Missing,
     }
 }
 
@@ -259,12 +269,12 @@ fn observer_plan<'p>(plans: &'p mut Vec<Option<FieldPlan>>, k: usize, fields: &A
     cached_plan(&mut plans[k], fields)
 }
 
-/// Shows the event whose tape is `nodes` to every observer of `out`, each
-/// with its own fields located. The first observer's plan has seen the
-/// keys already ([`scan_keys`]); the others look for themselves.
+/// Shows the event whose tape is `nodes` to every observer, each with its
+/// own fields located. The first observer's plan has seen the keys already
+/// ([`scan_keys`]); the others look for themselves.
 #[inline]
-fn show_object(plans: &mut Vec<Option<FieldPlan>>, nodes: &[Node<'_>], out: &mut BatchBuilder) {
-    for (k, o) in out.observers_mut().iter_mut().enumerate() {
+fn show_object(plans: &mut Vec<Option<FieldPlan>>, nodes: &[Node<'_>], observers: &mut [Observer]) {
+    for (k, o) in observers.iter_mut().enumerate() {
         if k > 0 {
             observer_plan(plans, k, &o.fields).locate(nodes);
         }
@@ -337,109 +347,13 @@ fn scan_keys(
 
 /// Whether the root object of the tape has the key.
 fn has_key(nodes: &[Node<'_>], key: &str) -> bool {
-    child(nodes, key).is_some()
-}
-
-/// The value of `key` in the object that starts at `nodes[0]`, as the slice
-/// of nodes it spans.
-fn child<'t, 'i>(nodes: &'t [Node<'i>], key: &str) -> Option<&'t [Node<'i>]> {
-    let Some(&Node::Object { len, .. }) = nodes.first() else {
-        return None;
-    };
-    let mut idx = 1;
-    for _ in 0..len {
-        let k = match nodes.get(idx)? {
-            Node::String(s) => *s,
-            _ => return None,
-        };
-        idx += 1;
-        let count = node_count(nodes.get(idx)?);
-        if k == key {
-            return nodes.get(idx..idx + count);
-        }
-        idx += count;
-    }
-    None
-}
-
-pub(super) fn node_count(n: &Node<'_>) -> usize {
-    match n {
-        Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
-        _ => 1,
-    }
-}
-
-/// The value at `path` below the value that starts at `nodes[0]`.
-pub(super) fn lookup<'a>(nodes: &'a [Node<'a>], path: &[String]) -> FieldValueRef<'a> {
-    let mut cur = nodes;
-    for seg in path {
-        match child(cur, seg) {
-            Some(next) => cur = next,
-            None => return FieldValueRef::Missing,
-        }
-    }
-    cur.first().map_or(FieldValueRef::Missing, scalar)
-}
-
-/// The value a node starts: strings, numbers, booleans and null as such,
-/// objects and arrays as composite.
-#[inline]
-pub(super) fn scalar<'a>(node: &'a Node<'a>) -> FieldValueRef<'a> {
-    match node {
-        Node::String(s) => FieldValueRef::Str(s),
-        Node::Static(StaticNode::Null) => FieldValueRef::Null,
-        Node::Static(StaticNode::Bool(b)) => FieldValueRef::Bool(*b),
-        Node::Static(StaticNode::I64(n)) => FieldValueRef::Number(*n as f64),
-        Node::Static(StaticNode::U64(n)) => FieldValueRef::Number(*n as f64),
-        Node::Static(StaticNode::F64(n)) => FieldValueRef::Number(*n),
-        Node::Object { .. } | Node::Array { .. } => FieldValueRef::Composite,
-        #[allow(unreachable_patterns)]
-        _ => FieldValueRef::Missing,
-    }
-}
-
-/// Bytes that need escaping inside a JSON string: `"`, `\` and controls.
-static NEEDS_ESCAPE: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        t[i] = true;
-        i += 1;
-    }
-    t[b'"' as usize] = true;
-    t[b'\\' as usize] = true;
-    t
-};
-
-/// Appends `s` as the inside of a JSON string literal.
-pub fn escape_json_str(s: &str, out: &mut Vec<u8>) {
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if !NEEDS_ESCAPE[b as usize] {
-            continue;
-        }
-        out.extend_from_slice(&bytes[start..i]);
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            _ => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]);
-            }
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
+    tape::child(nodes, key).is_some()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::FieldPath;
+    use crate::event::{FieldPath, FieldValueRef};
     use serde_json::{json, Map, Value};
 
     fn fragment() -> Fragment {
@@ -532,20 +446,23 @@ mod tests {
     /// Renders every value an observer is shown.
     struct Seen(Vec<String>);
 
-    /// Decodes `lines` into `out` and returns what each of its observers
-    /// was shown, rendered.
-    fn observe_lines(out: &mut BatchBuilder, lines: &[&[u8]]) -> Vec<Vec<String>> {
+    /// Decodes `lines` into `out` with an observer reading each of
+    /// `observed`, and returns what each was shown, rendered.
+    fn observe_lines(out: &mut BatchBuilder, observed: &[Arc<FieldSet>], lines: &[&[u8]]) -> Vec<Vec<String>> {
         let mut d = Decoder::new();
+        for set in observed {
+            d.observe(set.clone(), Box::new(Seen(Vec::new())));
+        }
         for l in lines {
             d.decode_line(l, false, &[], &fragment(), out);
         }
-        out.finish_observers()
+        d.finish_observers()
             .into_iter()
             .map(|s| *s.downcast::<Vec<String>>().unwrap())
             .collect()
     }
 
-    impl crate::event::EventObserver for Seen {
+    impl EventObserver for Seen {
         fn event(&mut self, values: &EventValues<'_>) {
             assert_eq!(values.get(values.len()), FieldValueRef::Missing, "past the last field");
             self.0.push(format!("{values:?}"));
@@ -576,10 +493,7 @@ mod tests {
             .collect();
         for batch_fields in &sets {
             let mut out = BatchBuilder::with_capacity(batch_fields.clone(), 1024, 4);
-            for set in &sets {
-                out.observe(set.clone(), Box::new(Seen(Vec::new())));
-            }
-            let seen = observe_lines(&mut out, &lines);
+            let seen = observe_lines(&mut out, &sets, &lines);
             let batch = out.build(super::super::test_support::context(), std::time::SystemTime::now());
             let stored: Vec<String> = (0..batch.len())
                 .map(|i| format!("{:?}", (0..batch_fields.len()).map(|f| batch.value(i, f)).collect::<Vec<_>>()))
@@ -588,9 +502,7 @@ mod tests {
             assert_eq!(seen[which], stored);
         }
         let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 1024, 4);
-        out.observe(sets[0].clone(), Box::new(Seen(Vec::new())));
-        out.observe(sets[1].clone(), Box::new(Seen(Vec::new())));
-        let seen = observe_lines(&mut out, &lines);
+        let seen = observe_lines(&mut out, &sets, &lines);
         assert_eq!(seen[0][0], r#"[Number(503.0), Str("/p"), Str("own")]"#);
         assert_eq!(seen[1][1], r#"[Str("not json"), Missing, Missing]"#);
         assert_eq!(seen[1][2], r#"[Str("m"), Bool(false), Missing]"#);

@@ -8,32 +8,18 @@ mod extract;
 mod json;
 pub mod partial;
 pub mod syslog;
+mod tape;
 #[cfg(test)]
 pub(crate) mod test_support;
 mod values;
 
-pub use json::{escape_json_str, Decoder};
-pub use values::EventValues;
+pub use crate::json_text::escape_json_str;
+pub use json::Decoder;
+pub use values::{EventObserver, EventValues, Observer};
 
 /// Equality of byte strings without a call into `memcmp`, for keys, label
 /// values, literals and series keys.
 pub(crate) use extract::same as same_bytes;
-
-/// Buckets of [`key_bucket`]: a power of two well above the number of keys
-/// a config names, and 64 so that a set of buckets fits in one `u64`.
-pub(crate) const KEY_BUCKETS: usize = 64;
-
-/// A JSON key's bucket, from its length and its first and last byte. Keys
-/// in different buckets differ, so a lookup compares a key in full only
-/// with the keys of its bucket (field extraction, and the metadata splice
-/// checking whether an event already has a member).
-#[inline]
-pub(crate) fn key_bucket(key: &[u8]) -> usize {
-    match (key.first(), key.last()) {
-        (Some(&first), Some(&last)) => (key.len().wrapping_mul(7) ^ first as usize ^ ((last as usize) << 1)) % KEY_BUCKETS,
-        _ => 0,
-    }
-}
 
 /// Counters a decoder accumulates; callers flush them into the self-metrics
 /// once per batch, never per event.

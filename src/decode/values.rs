@@ -1,11 +1,13 @@
-//! What an [`crate::event::EventObserver`] sees of one event: its values of
+//! What an [`EventObserver`] sees of one event: its values of
 //! the observer's fields, made only when the observer asks for them.
 
 use simd_json::Node;
 
 use super::extract::FieldPlan;
-use super::json::wrapped_value;
-use crate::event::{FieldPath, FieldValueRef};
+use super::tape::wrapped_value;
+use std::sync::Arc;
+
+use crate::event::{FieldPath, FieldSet, FieldValueRef};
 
 /// One event's values of an observer's fields, by index in its field set.
 ///
@@ -61,5 +63,32 @@ impl<'v> EventValues<'v> {
             Source::Parsed { nodes, plan } => plan.value(nodes, i),
             Source::Wrapped { text, paths } => paths.get(i).map_or(FieldValueRef::Missing, |p| wrapped_value(p, text)),
         }
+    }
+}
+
+/// Sees every event of one batch as the decoder produces it, with the values
+/// of its own fields. The SLI rules judge events this way, straight from the
+/// parsed event: their fields are read where they lie, never copied into the
+/// batch.
+pub trait EventObserver: Send {
+    /// One event: `values` gives its value of each path of the field set
+    /// the observer was attached with, by index, as asked for.
+    fn event(&mut self, values: &EventValues<'_>);
+
+    /// The batch is complete: what the observer made of it.
+    fn finish(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
+}
+
+/// An observer and the fields it reads.
+pub struct Observer {
+    /// The paths whose values [`EventObserver::event`] gets.
+    pub fields: Arc<FieldSet>,
+    /// The observer.
+    pub inner: Box<dyn EventObserver>,
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observer").field("fields", &self.fields.len()).finish()
     }
 }

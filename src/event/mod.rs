@@ -227,33 +227,6 @@ impl<'a> FieldValueRef<'a> {
     }
 }
 
-/// Sees every event of one batch as the decoder produces it, with the values
-/// of its own fields. The SLI rules judge events this way, straight from the
-/// parsed event: their fields are read where they lie, never copied into the
-/// batch.
-pub trait EventObserver: Send {
-    /// One event: `values` gives its value of each path of the field set
-    /// the observer was attached with, by index, as asked for.
-    fn event(&mut self, values: &crate::decode::EventValues<'_>);
-
-    /// The batch is complete: what the observer made of it.
-    fn finish(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
-}
-
-/// An observer and the fields it reads.
-pub struct Observer {
-    /// The paths whose values [`EventObserver::event`] gets.
-    pub fields: Arc<FieldSet>,
-    /// The observer.
-    pub inner: Box<dyn EventObserver>,
-}
-
-impl std::fmt::Debug for Observer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Observer").field("fields", &self.fields.len()).finish()
-    }
-}
-
 /// Builds one [`Batch`]: the decoder appends events and their field values.
 #[derive(Debug)]
 pub struct BatchBuilder {
@@ -262,7 +235,6 @@ pub struct BatchBuilder {
     values: Vec<FieldValue>,
     strings: String,
     fields: Arc<FieldSet>,
-    observers: Vec<Observer>,
 }
 
 impl BatchBuilder {
@@ -274,25 +246,7 @@ impl BatchBuilder {
             values: Vec::with_capacity(events * fields.len()),
             strings: String::new(),
             fields,
-            observers: Vec::new(),
         }
-    }
-
-    /// Has the decoder show every event from now on to `observer`, with the
-    /// values of `fields`.
-    pub fn observe(&mut self, fields: Arc<FieldSet>, observer: Box<dyn EventObserver>) {
-        self.observers.push(Observer { fields, inner: observer });
-    }
-
-    /// The attached observers, for the decoder.
-    pub fn observers_mut(&mut self) -> &mut [Observer] {
-        &mut self.observers
-    }
-
-    /// Detaches the observers, each with what it made of the events so far,
-    /// in the order they were attached.
-    pub fn finish_observers(&mut self) -> Vec<Box<dyn std::any::Any + Send>> {
-        self.observers.drain(..).map(|o| o.inner.finish()).collect()
     }
 
     /// The output buffer the decoder writes the current event into.

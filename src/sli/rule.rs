@@ -359,8 +359,9 @@ impl CompiledRule {
 mod tests {
     use super::*;
     use crate::decode::Decoder;
+    use crate::decode::EventObserver;
     use crate::enrich::Fragment;
-    use crate::event::{BatchBuilder, EventObserver};
+    use crate::event::BatchBuilder;
     use serde_json::json;
 
     fn rule(v: serde_json::Value) -> SliRule {
@@ -393,18 +394,18 @@ mod tests {
         let mut fields = FieldSet::new();
         let rule = CompiledRule::new(r, &mut fields, 0);
         let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 1024, 8);
-        out.observe(
+        let mut d = Decoder::new();
+        d.observe(
             Arc::new(fields),
             Box::new(Judge {
                 rule,
                 verdicts: Vec::new(),
             }),
         );
-        let mut d = Decoder::new();
         for l in lines {
             d.decode_line(l.as_bytes(), false, &[], &Fragment::default(), &mut out);
         }
-        let verdicts = out.finish_observers().pop().expect("one observer");
+        let verdicts = d.finish_observers().pop().expect("one observer");
         *verdicts.downcast::<Vec<Verdict>>().expect("the judge's verdicts")
     }
 

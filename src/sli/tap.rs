@@ -18,9 +18,10 @@ use super::config::SliRule;
 use super::labels::{KeyScratch, LabelGroup};
 use super::rule::{CompiledRule, Row, Verdict};
 use super::series::{Outcome, SeriesTable, Slot};
+use crate::decode::EventObserver;
 use crate::decode::{same_bytes, EventValues};
 use crate::enrich::SourceContext;
-use crate::event::{Batch, EventObserver, FieldSet};
+use crate::event::{Batch, FieldSet};
 use crate::pipeline::{BatchTap, Prepared};
 
 /// Why a matched event was not (fully) measured, by index in
@@ -514,12 +515,12 @@ mod tests {
         let mut set = FieldSet::new();
         set.add(FieldPath::parse("unrelated").unwrap());
         let mut out = BatchBuilder::with_capacity(Arc::new(set), 4096, lines.len());
-        out.observe(tap.fields(), tap.begin(&ctx));
         let mut d = Decoder::new();
+        d.observe(tap.fields(), tap.begin(&ctx));
         for l in lines {
             d.decode_line(l.as_bytes(), false, &[], &ctx.fragment, &mut out);
         }
-        let prepared = out.finish_observers().pop().expect("one observer");
+        let prepared = d.finish_observers().pop().expect("one observer");
         let partial = *prepared.downcast::<Partial>().expect("the tap's counts");
         (out.build(ctx, std::time::SystemTime::now()), partial)
     }

@@ -4,6 +4,8 @@
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
+use crate::recycle::Pool;
+
 /// How much to ask the kernel for per read. Large reads amortise the
 /// syscall; 256 KiB keeps a chunk well inside L2 while it is decoded.
 pub const READ_CHUNK_BYTES: usize = 256 * 1024;
@@ -97,6 +99,20 @@ pub fn split_lines(chunk: &[u8], spans: &mut Vec<LineSpan>) -> usize {
 /// Turns a byte stream into chunks of complete lines, enforcing the line
 /// limit with bounded memory.
 ///
+/// Read buffers whose chunks were decoded, for the next read.
+static READ_BUFFERS: Pool<BytesMut> = Pool::new();
+
+/// Hands a decoded chunk's memory back for a later read, once nothing else
+/// holds a view of it (the last chunk split off a read buffer frees it).
+pub fn recycle(chunk: Bytes) {
+    if let Ok(mut buf) = chunk.try_into_mut() {
+        // Reclaims the whole allocation: the chunk was a view into it.
+        buf.clear();
+        buf.reserve(buf.capacity());
+        READ_BUFFERS.give(buf);
+    }
+}
+
 /// Invariants: `buf` holds only bytes after the last newline handed out;
 /// `buf[..scanned]` is known to contain no newline; when `discarding` is
 /// set, the current line already overflowed and its remaining bytes are
@@ -184,6 +200,13 @@ impl LineFramer {
         } else {
             self.read_chunk
         };
+        // Chunks split off this buffer may still be decoding: a recycled
+        // buffer takes the carried partial line instead of a fresh one.
+        if let Some(mut spare) = READ_BUFFERS.take(len + additional) {
+            spare.extend_from_slice(&self.buf);
+            self.buf = spare;
+            return;
+        }
         self.buf.reserve(additional);
     }
 

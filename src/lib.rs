@@ -16,6 +16,7 @@ pub mod event;
 pub mod framing;
 pub(crate) mod json_text;
 pub mod pipeline;
+pub(crate) mod recycle;
 pub mod sinks;
 pub mod sli;
 pub mod sources;

@@ -127,6 +127,7 @@ impl SourceOutput {
         let size = lines.chunk.len() + lines.len() * (ctx.fragment.spliced_len() + 1);
         self.spawn_decode(ctx.clone(), ack, size, move |decoder, out| {
             decoder.decode_lines(&lines, &ctx.fragment, out);
+            crate::framing::recycle(lines.chunk);
         })
     }
 

@@ -15,6 +15,10 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::enrich::SourceContext;
+use crate::recycle::Pool;
+
+/// Output buffers of batches the sinks are done with, for the next batch.
+static BATCH_BUFFERS: Pool<Vec<u8>> = Pool::new();
 
 /// A batch of decoded, enriched events from one stream (one file, one
 /// connection, stdin).
@@ -157,6 +161,16 @@ impl Batch {
     }
 }
 
+impl Drop for Batch {
+    /// Hands the output buffer back for the next batch when no sink still
+    /// holds a view of it.
+    fn drop(&mut self) {
+        if let Ok(data) = std::mem::take(&mut self.data).try_into_mut() {
+            BATCH_BUFFERS.give(data.into());
+        }
+    }
+}
+
 /// The parts of a [`Batch`] without its source, as a disk buffer reads them
 /// back. [`Batch::from_raw_parts`] checks them.
 #[derive(Debug)]
@@ -241,7 +255,7 @@ impl BatchBuilder {
     /// A builder sized for about `bytes` of output.
     pub fn with_capacity(fields: Arc<FieldSet>, bytes: usize, events: usize) -> Self {
         BatchBuilder {
-            data: Vec::with_capacity(bytes),
+            data: BATCH_BUFFERS.take(bytes).unwrap_or_else(|| Vec::with_capacity(bytes)),
             ends: Vec::with_capacity(events),
             values: Vec::with_capacity(events * fields.len()),
             strings: String::new(),

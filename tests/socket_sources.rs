@@ -166,24 +166,28 @@ fn the_socket_file_gets_the_configured_mode_and_owner() {
     assert_eq!((meta.uid(), meta.gid()), (0, 0));
 }
 
-/// A TCP source on an ephemeral port (the test reads the port from the
-/// logs) with the API on one too.
-fn tcp_config(extra: &str) -> String {
+/// A socket source `name` with `settings`, the API on an ephemeral port
+/// (the test reads it from the logs), and a stdout sink `out`.
+fn socket_config(name: &str, settings: &str) -> String {
     format!(
         r#"
 [api]
 address = "127.0.0.1:0"
 [enrich]
 disable_host = true
-[sources.tcp]
+[sources.{name}]
 type = "socket"
-mode = "tcp"
-address = "127.0.0.1:0"
-{extra}
+{settings}
 [sinks.out]
 type = "stdout"
 "#
     )
+}
+
+/// A TCP source on an ephemeral port (the test reads the port from the
+/// logs) with the API on one too.
+fn tcp_config(extra: &str) -> String {
+    socket_config("tcp", &format!("mode = \"tcp\"\naddress = \"127.0.0.1:0\"\n{extra}"))
 }
 
 fn tcp_address(s: &mut Sluice) -> String {
@@ -517,22 +521,7 @@ max_events = 100
 /// A datagram source whose stdout sink is stalled until the test reads
 /// it: a small sink queue, and stdout a pipe nobody reads yet.
 fn stalled_datagram_config(mode_and_place: &str) -> String {
-    format!(
-        r#"
-[api]
-address = "127.0.0.1:0"
-[enrich]
-disable_host = true
-[sources.dgram]
-type = "socket"
-{mode_and_place}
-receive_buffer_bytes = "4MiB"
-[sinks.out]
-type = "stdout"
-[sinks.out.buffer]
-max_events = 100
-"#
-    )
+    socket_config("dgram", &format!("{mode_and_place}\nreceive_buffer_bytes = \"4MiB\"")) + "[sinks.out.buffer]\nmax_events = 100\n"
 }
 
 /// A python3 sender of `count` datagrams `{"seq":N,"pad":"…"}` of about

@@ -498,14 +498,20 @@ mod tests {
         );
     }
 
+    type Framing = fn(&[u8], &[usize], usize, OverflowPolicy) -> (Vec<(Vec<u8>, bool)>, u64);
+
     #[test]
     fn oversize_frames_are_truncated_or_dropped_and_the_next_frame_survives() {
-        let input = encode(&[vec![b'x'; 500], b"next".to_vec()]);
-        let (got, _) = frame(&input, &[7, 100], 50, OverflowPolicy::Truncate);
-        assert_eq!(got, vec![(vec![b'x'; 50], true), (b"next".to_vec(), false)]);
-        let (got, dropped) = frame(&input, &[7, 100], 50, OverflowPolicy::Drop);
-        assert_eq!(dropped, 1);
-        assert_eq!(got, vec![(b"next".to_vec(), false)]);
+        let counted = encode(&[vec![b'x'; 500], b"next".to_vec()]);
+        let mut nul = vec![b'x'; 500];
+        nul.extend_from_slice(b"\0next\0");
+        for (input, framing) in [(counted, frame as Framing), (nul, frame_nul)] {
+            let (got, _) = framing(&input, &[7, 100], 50, OverflowPolicy::Truncate);
+            assert_eq!(got, vec![(vec![b'x'; 50], true), (b"next".to_vec(), false)]);
+            let (got, dropped) = framing(&input, &[7, 100], 50, OverflowPolicy::Drop);
+            assert_eq!(dropped, 1);
+            assert_eq!(got, vec![(b"next".to_vec(), false)]);
+        }
     }
 
     #[test]
@@ -532,17 +538,6 @@ mod tests {
                 "<14>no trailer"
             ]
         );
-    }
-
-    #[test]
-    fn oversize_nul_frames_are_truncated_or_dropped_and_the_next_frame_survives() {
-        let mut input = vec![b'x'; 500];
-        input.extend_from_slice(b"\0next\0");
-        let (got, _) = frame_nul(&input, &[7, 100], 50, OverflowPolicy::Truncate);
-        assert_eq!(got, vec![(vec![b'x'; 50], true), (b"next".to_vec(), false)]);
-        let (got, dropped) = frame_nul(&input, &[7, 100], 50, OverflowPolicy::Drop);
-        assert_eq!(dropped, 1);
-        assert_eq!(got, vec![(b"next".to_vec(), false)]);
     }
 
     #[test]

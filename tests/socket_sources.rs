@@ -614,19 +614,23 @@ fn a_udp_burst_during_a_pipeline_stall_waits_in_the_kernel_buffer_and_all_of_it_
     };
     // Trickle until the pipeline is stalled: sluice then stops reading,
     // and what arrives stays in the kernel's buffer.
-    let mut queued;
-    loop {
+    let queued = loop {
         send(50, &mut sent);
         std::thread::sleep(Duration::from_millis(100));
-        queued = udp_rx_queue_bytes(port);
-        if queued > 0 {
-            break;
+        let before = udp_rx_queue_bytes(port);
+        if before > 0 {
+            // Not merely late: nothing more is read while nothing is sent.
+            std::thread::sleep(Duration::from_millis(200));
+            let after = udp_rx_queue_bytes(port);
+            if after >= before {
+                break after;
+            }
         }
         assert!(
             sent < MOST_TO_STALL,
             "sluice kept draining the socket while its pipeline was stalled"
         );
-    }
+    };
     // A burst now waits in the kernel buffer: not read, not dropped.
     send(BURST, &mut sent);
     std::thread::sleep(Duration::from_millis(300));
@@ -643,7 +647,9 @@ fn a_udp_burst_during_a_pipeline_stall_waits_in_the_kernel_buffer_and_all_of_it_
 
 #[test]
 fn a_unix_datagram_sender_is_held_back_during_a_pipeline_stall_and_nothing_is_lost() {
-    const SENT: u64 = 3_000;
+    // More than the stalled pipeline can hold even when every burst is a
+    // full 256 KiB (about 800 of these datagrams).
+    const SENT: u64 = 20_000;
     let mut s = Sluice::start(
         &stalled_datagram_config("mode = \"unix_datagram\"\npath = \"{dir}/dgram.sock\""),
         Output::Raw,

@@ -13,7 +13,7 @@ const MAX_COUNT_DIGITS: usize = 10;
 
 /// How a connection's bytes are cut into messages, once decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Cut {
+pub(crate) enum ConnFraming {
     /// Each message ends with a newline (an optional `\r` before it is
     /// not part of the message).
     Newline,
@@ -25,16 +25,16 @@ pub(crate) enum Cut {
     OctetCounting,
 }
 
-impl Cut {
+impl ConnFraming {
     /// The cut `auto` picks for a syslog connection from its first read:
     /// octet counting when it starts with a digit (a count), NUL framing
     /// when a NUL has arrived (glibc and Python end each record with one,
     /// and a newline-framed record never holds one), newlines otherwise.
-    pub(crate) fn detect(first: &[u8]) -> Cut {
+    pub(crate) fn detect(first: &[u8]) -> ConnFraming {
         match first.first() {
-            Some(b'1'..=b'9') => Cut::OctetCounting,
-            _ if memchr::memchr(0, first).is_some() => Cut::Nul,
-            _ => Cut::Newline,
+            Some(b'1'..=b'9') => ConnFraming::OctetCounting,
+            _ if memchr::memchr(0, first).is_some() => ConnFraming::Nul,
+            _ => ConnFraming::Newline,
         }
     }
 }
@@ -50,11 +50,11 @@ pub(crate) enum ConnFramer {
 
 impl ConnFramer {
     /// A framer that cuts as `cut` says.
-    pub(crate) fn new(cut: Cut, max_frame: usize, policy: OverflowPolicy, read_chunk: usize) -> ConnFramer {
+    pub(crate) fn new(cut: ConnFraming, max_frame: usize, policy: OverflowPolicy, read_chunk: usize) -> ConnFramer {
         match cut {
-            Cut::Newline => ConnFramer::Newline(LineFramer::with_read_chunk(max_frame, policy, read_chunk)),
-            Cut::Nul => ConnFramer::Rfc6587(Rfc6587Framer::new(false, 0, max_frame, policy, read_chunk)),
-            Cut::OctetCounting => ConnFramer::Rfc6587(Rfc6587Framer::new(true, b'\n', max_frame, policy, read_chunk)),
+            ConnFraming::Newline => ConnFramer::Newline(LineFramer::with_read_chunk(max_frame, policy, read_chunk)),
+            ConnFraming::Nul => ConnFramer::Rfc6587(Rfc6587Framer::new(false, 0, max_frame, policy, read_chunk)),
+            ConnFraming::OctetCounting => ConnFramer::Rfc6587(Rfc6587Framer::new(true, b'\n', max_frame, policy, read_chunk)),
         }
     }
 
@@ -92,9 +92,9 @@ impl ConnFramer {
 
     /// Switches a newline framer that has not framed anything yet to
     /// `cut`, keeping what it buffered.
-    pub(crate) fn switch_to(self, cut: Cut, max_frame: usize, policy: OverflowPolicy, read_chunk: usize) -> ConnFramer {
+    pub(crate) fn switch_to(self, cut: ConnFraming, max_frame: usize, policy: OverflowPolicy, read_chunk: usize) -> ConnFramer {
         match (self, cut) {
-            (ConnFramer::Newline(mut f), Cut::Nul | Cut::OctetCounting) => {
+            (ConnFramer::Newline(mut f), ConnFraming::Nul | ConnFraming::OctetCounting) => {
                 let mut next = ConnFramer::new(cut, max_frame, policy, read_chunk);
                 let pending = f.buf_mut().split();
                 next.buf_mut().extend_from_slice(&pending);
@@ -144,7 +144,7 @@ enum Step {
         skip: usize,
         discard_to_trailer: bool,
     },
-    /// A truncated frame whose remaining `skip` bytes (or rest of line)
+    /// A truncated frame whose remaining `skip` bytes (or the rest up to the trailer)
     /// must be discarded after it.
     Cut {
         start: usize,
@@ -542,18 +542,18 @@ mod tests {
 
     #[test]
     fn auto_picks_octet_counting_nul_or_newlines_from_the_first_read() {
-        assert_eq!(Cut::detect(b"23 <13>1 - h app - - - x"), Cut::OctetCounting);
-        assert_eq!(Cut::detect(b"<12>one\0<12>tw"), Cut::Nul);
-        assert_eq!(Cut::detect(b"<11>Traceback:\n  File x\0"), Cut::Nul);
-        assert_eq!(Cut::detect(b"<13>one\n<13>two\n"), Cut::Newline);
-        assert_eq!(Cut::detect(b"<13>a partial rec"), Cut::Newline);
+        assert_eq!(ConnFraming::detect(b"23 <13>1 - h app - - - x"), ConnFraming::OctetCounting);
+        assert_eq!(ConnFraming::detect(b"<12>one\0<12>tw"), ConnFraming::Nul);
+        assert_eq!(ConnFraming::detect(b"<11>Traceback:\n  File x\0"), ConnFraming::Nul);
+        assert_eq!(ConnFraming::detect(b"<13>one\n<13>two\n"), ConnFraming::Newline);
+        assert_eq!(ConnFraming::detect(b"<13>a partial rec"), ConnFraming::Newline);
     }
 
     #[test]
     fn switching_a_newline_framer_keeps_what_it_buffered() {
-        let mut f = ConnFramer::new(Cut::Newline, 100, OverflowPolicy::Truncate, 64);
+        let mut f = ConnFramer::new(ConnFraming::Newline, 100, OverflowPolicy::Truncate, 64);
         f.buf_mut().extend_from_slice(b"<12>one\n1\0<12>tw");
-        let mut f = f.switch_to(Cut::Nul, 100, OverflowPolicy::Truncate, 64);
+        let mut f = f.switch_to(ConnFraming::Nul, 100, OverflowPolicy::Truncate, 64);
         f.buf_mut().extend_from_slice(b"o\0");
         let lines = f.take_lines().unwrap();
         assert_eq!((lines.line(0), lines.line(1)), (&b"<12>one\n1"[..], &b"<12>two"[..]));

@@ -42,7 +42,7 @@ use crate::enrich::SourceContext;
 use crate::framing::{Lines, OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
 use crate::pipeline::{PipelineClosed, ShutdownSignal, SourceOutput, Task};
 use crate::telemetry::metrics as core_metrics;
-use framing::{ConnFramer, Cut};
+use framing::{ConnFramer, ConnFraming};
 use metrics::socket_metrics;
 
 /// Bytes asked for per read on a connection. Large reads keep batches big
@@ -413,7 +413,7 @@ impl Reader {
         }
     }
 
-    fn framer(&self, cut: Cut) -> ConnFramer {
+    fn framer(&self, cut: ConnFraming) -> ConnFramer {
         ConnFramer::new(cut, self.max_frame, self.oversize, CONN_READ_CHUNK)
     }
 
@@ -460,9 +460,9 @@ impl Reader {
     /// asked; what is buffered at the end is sent as the last frame.
     pub(crate) async fn serve(&self, mut conn: Conn, ctx: Arc<SourceContext>, mut shutdown: ShutdownSignal) {
         let mut cut = match self.framing {
-            StreamFraming::Auto | StreamFraming::Newline => Cut::Newline,
-            StreamFraming::Nul => Cut::Nul,
-            StreamFraming::OctetCounting => Cut::OctetCounting,
+            StreamFraming::Auto | StreamFraming::Newline => ConnFraming::Newline,
+            StreamFraming::Nul => ConnFraming::Nul,
+            StreamFraming::OctetCounting => ConnFraming::OctetCounting,
         };
         let mut undecided = self.framing == StreamFraming::Auto && self.format == SocketFormat::Syslog;
         let mut slot: Option<ConnFramer> = None;
@@ -488,7 +488,7 @@ impl Reader {
             if undecided {
                 undecided = false;
                 if let Some(mut f) = slot.take() {
-                    cut = Cut::detect(f.buf_mut());
+                    cut = ConnFraming::detect(f.buf_mut());
                     slot = Some(f.switch_to(cut, self.max_frame, self.oversize, CONN_READ_CHUNK));
                 }
             }

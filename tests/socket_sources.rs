@@ -166,24 +166,28 @@ fn the_socket_file_gets_the_configured_mode_and_owner() {
     assert_eq!((meta.uid(), meta.gid()), (0, 0));
 }
 
-/// A TCP source on an ephemeral port (the test reads the port from the
-/// logs) with the API on one too.
-fn tcp_config(extra: &str) -> String {
+/// A socket source `name` with `settings`, the API on an ephemeral port
+/// (the test reads it from the logs), and a stdout sink `out`.
+fn socket_config(name: &str, settings: &str) -> String {
     format!(
         r#"
 [api]
 address = "127.0.0.1:0"
 [enrich]
 disable_host = true
-[sources.tcp]
+[sources.{name}]
 type = "socket"
-mode = "tcp"
-address = "127.0.0.1:0"
-{extra}
+{settings}
 [sinks.out]
 type = "stdout"
 "#
     )
+}
+
+/// A TCP source on an ephemeral port (the test reads the port from the
+/// logs) with the API on one too.
+fn tcp_config(extra: &str) -> String {
+    socket_config("tcp", &format!("mode = \"tcp\"\naddress = \"127.0.0.1:0\"\n{extra}"))
 }
 
 fn tcp_address(s: &mut Sluice) -> String {
@@ -512,4 +516,181 @@ max_events = 100
     assert!(delivered < SENT, "the pipeline never filled up");
     assert_eq!(delivered + dropped, SENT + 1, "every datagram is either delivered or counted");
     assert!(proc_status_kib(s.child.id(), "VmRSS") > 0);
+}
+
+/// A datagram source whose stdout sink is stalled until the test reads
+/// it: a small sink queue, and stdout a pipe nobody reads yet.
+fn stalled_datagram_config(mode_and_place: &str) -> String {
+    socket_config("dgram", &format!("{mode_and_place}\nreceive_buffer_bytes = \"4MiB\"")) + "[sinks.out.buffer]\nmax_events = 100\n"
+}
+
+/// A python3 sender of `count` datagrams `{"seq":N,"pad":"…"}` of about
+/// 300 bytes to the unix datagram socket `path`, as fast as the socket
+/// lets it.
+fn unix_datagram_burst(path: &std::path::Path, count: u64) -> Command {
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\npad = 'p' * 280\nfor i in range({count}):\n    s.sendto(b'{{\"seq\":%d,\"pad\":\"%s\"}}\\n' % (i, pad.encode()), {path:?})\n",
+        path = path.display().to_string()
+    );
+    let mut c = Command::new("python3");
+    c.args(["-c", &script]);
+    c
+}
+
+/// Reads `count` events from sluice's stdout (bounded by `WAIT`) and
+/// checks that every `seq` below `count` arrived exactly once.
+fn read_every_seq(s: &mut Sluice, count: u64) {
+    let stdout = s.take_stdout();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                break;
+            };
+            if tx.send(v["seq"].as_u64()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = std::collections::HashSet::new();
+    while (seen.len() as u64) < count {
+        match rx.recv_timeout(WAIT) {
+            Ok(Some(seq)) => assert!(seen.insert(seq), "seq {seq} delivered twice"),
+            Ok(None) => panic!("an event without seq"),
+            Err(_) => panic!("{} of {count} datagrams arrived; logs:\n{}", seen.len(), s.logs()),
+        }
+    }
+    assert!((0..count).all(|q| seen.contains(&q)));
+}
+
+/// Bytes waiting in the kernel receive queue of the UDP socket bound to
+/// 127.0.0.1:`port` (the `rx_queue` column of /proc/net/udp).
+fn udp_rx_queue_bytes(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/udp").unwrap();
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .find_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.get(1) == Some(&local.as_str())).then(|| cols[4].split_once(':').map(|(_, rx)| u64::from_str_radix(rx, 16).unwrap()))?
+        })
+        .unwrap_or_else(|| panic!("no UDP socket on {local} in /proc/net/udp"))
+}
+
+#[test]
+fn a_udp_burst_during_a_pipeline_stall_waits_in_the_kernel_buffer_and_all_of_it_arrives() {
+    // Datagrams of ~190 bytes: the kernel charges about 1 KiB for each, so
+    // the 8 MiB it gives for a 4 MiB receive buffer holds some 8,000, more
+    // than this test ever sends.
+    const MOST_TO_STALL: u64 = 3_000;
+    const BURST: u64 = 2_000;
+    let rmem_max: u64 = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        rmem_max >= 4 << 20,
+        "this test needs net.core.rmem_max of at least 4 MiB (it is {rmem_max})"
+    );
+    let mut s = Sluice::start(&stalled_datagram_config("mode = \"udp\"\naddress = \"127.0.0.1:0\""), Output::Raw);
+    let udp = s.logged_address("receiving datagrams", Some("dgram"), WAIT);
+    let port: u16 = udp.rsplit(':').next().unwrap().parse().unwrap();
+    let api = s.api_address();
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut sent = 0u64;
+    // Events of ~200 bytes: the 64 KiB pipe of the stalled stdout holds
+    // a few hundred.
+    let pad = "p".repeat(150);
+    let send = |n: u64, sent: &mut u64| {
+        for _ in 0..n {
+            sender
+                .send_to(format!("{{\"seq\":{sent},\"pad\":\"{pad}\"}}\n").as_bytes(), ("127.0.0.1", port))
+                .unwrap();
+            *sent += 1;
+        }
+    };
+    // Trickle until the pipeline is stalled: sluice then stops reading,
+    // and what arrives stays in the kernel's buffer.
+    let queued = loop {
+        send(50, &mut sent);
+        std::thread::sleep(Duration::from_millis(100));
+        let before = udp_rx_queue_bytes(port);
+        if before > 0 {
+            // Not merely late: nothing more is read while nothing is sent.
+            std::thread::sleep(Duration::from_millis(200));
+            let after = udp_rx_queue_bytes(port);
+            if after >= before {
+                break after;
+            }
+        }
+        assert!(
+            sent < MOST_TO_STALL,
+            "sluice kept draining the socket while its pipeline was stalled"
+        );
+    };
+    // A burst now waits in the kernel buffer: not read, not dropped.
+    send(BURST, &mut sent);
+    std::thread::sleep(Duration::from_millis(300));
+    let after_burst = udp_rx_queue_bytes(port);
+    assert!(
+        after_burst > queued,
+        "the burst did not wait in the kernel buffer ({queued} -> {after_burst} bytes)"
+    );
+    eprintln!("{after_burst} bytes waited in the kernel buffer during the stall; {sent} datagrams sent");
+    read_every_seq(&mut s, sent);
+    let dropped = Sluice::metric(&api, r#"sluice_events_dropped_total{component="dgram",reason="socket_overflow"}"#);
+    assert_eq!(dropped, 0.0, "nothing is dropped when the burst fits the receive buffer");
+}
+
+#[test]
+fn a_unix_datagram_sender_is_held_back_during_a_pipeline_stall_and_nothing_is_lost() {
+    // More than the stalled pipeline can hold even when every burst is a
+    // full 256 KiB (about 800 of these datagrams).
+    const SENT: u64 = 20_000;
+    let mut s = Sluice::start(
+        &stalled_datagram_config("mode = \"unix_datagram\"\npath = \"{dir}/dgram.sock\""),
+        Output::Raw,
+    );
+    let sock = s.path("dgram.sock");
+    wait_for_path(&sock, WAIT);
+    let api = s.api_address();
+    let mut sender = unix_datagram_burst(&sock, SENT).stderr(Stdio::piped()).spawn().unwrap();
+    // The kernel queues a few datagrams per unix socket, then blocks the
+    // sender until sluice reads: with the pipeline stalled it stays
+    // blocked.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        sender.try_wait().unwrap().is_none(),
+        "the sender finished during the stall: sluice kept reading"
+    );
+    read_every_seq(&mut s, SENT);
+    assert!(sender.wait().unwrap().success());
+    let dropped = Sluice::metric(&api, r#"sluice_events_dropped_total{component="dgram",reason="socket_overflow"}"#);
+    assert_eq!(dropped, 0.0);
+}
+
+#[test]
+fn socket_sources_log_their_socket_path_as_a_plain_value() {
+    let config =
+        unix_config("unix_datagram", "") + "[sources.stream]\ntype = \"socket\"\nmode = \"unix_stream\"\npath = \"{dir}/stream.sock\"\n";
+    let mut s = Sluice::start(&config, Output::Lines);
+    s.wait_for_log("receiving datagrams", WAIT);
+    s.wait_for_log("listening on a unix stream socket", WAIT);
+    let logs = s.logs();
+    let path_of = |message: &str| {
+        logs.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == message)
+            .map(|v| v["path"].clone())
+            .unwrap_or_else(|| panic!("no {message:?} in {logs}"))
+    };
+    assert_eq!(path_of("receiving datagrams"), json!(s.path("app.sock").display().to_string()));
+    assert_eq!(
+        path_of("listening on a unix stream socket"),
+        json!(s.path("stream.sock").display().to_string())
+    );
+    assert!(!logs.contains("Some("), "Rust debug text in the logs:\n{logs}");
 }

@@ -1,6 +1,7 @@
 //! Syslog from real clients: util-linux `logger` (RFC 5424 and RFC 3164,
 //! unix datagram and stream sockets, newline and octet-counted framing),
-//! Python's `logging.handlers.SysLogHandler` (unix datagram, UDP) and
+//! Python's `logging.handlers.SysLogHandler` (unix datagram, its unix
+//! stream fallback with NUL-terminated records, UDP) and
 //! `socat` (TCP, UDP), parsed into fields.
 
 mod running;
@@ -36,6 +37,12 @@ type = "socket"
 mode = "unix_stream"
 path = "{dir}/stream.sock"
 format = "syslog"
+[sources.nul]
+type = "socket"
+mode = "unix_stream"
+path = "{dir}/nul.sock"
+format = "syslog"
+framing = "nul"
 [sources.tcp]
 type = "socket"
 mode = "tcp"
@@ -57,6 +64,7 @@ type = "stdout"
     };
     wait_for_path(&s.path("log.sock"), WAIT);
     wait_for_path(&s.path("stream.sock"), WAIT);
+    wait_for_path(&s.path("nul.sock"), WAIT);
     (s, ports)
 }
 
@@ -209,6 +217,76 @@ log.error("disk full")
     assert_eq!(e["procid"], "42");
     assert_eq!(e["peer"]["ip"], "127.0.0.1");
     from("pyudp", "disk almost full");
+}
+
+/// Python's `SysLogHandler` pointed at `sock` with no ident and the
+/// default `%(message)s` format: it sends `<PRI>message\0`, over a unix
+/// datagram socket or, when the socket is a stream one, over a stream
+/// connection (its fallback), one record per send. `socktype` is the
+/// socket type Python must have ended up with.
+fn python_syslog_handler_without_ident(sock: &std::path::Path, socktype: &str, messages: &[&str]) {
+    let script = format!(
+        r#"
+import logging, logging.handlers, socket
+h = logging.handlers.SysLogHandler(address={sock:?})
+log = logging.getLogger("t")
+log.addHandler(h)
+for m in {messages:?}:
+    log.warning(m)
+assert h.socktype == socket.{socktype}, h.socktype
+"#,
+        sock = sock.display().to_string(),
+    );
+    run_client(Command::new("python3").args(["-c", &script]), WAIT);
+}
+
+#[test]
+fn a_tagless_json_message_from_python_syslog_handler_is_decoded_not_split_at_its_first_colon() {
+    let (s, _) = start();
+    python_syslog_handler_without_ident(
+        &s.path("log.sock"),
+        "SOCK_DGRAM",
+        &[r#"{"a":1,"b":2}"#, r#"{"user": "ann", "ok": true}"#],
+    );
+    let events = s.events(2, WAIT);
+    for e in &events {
+        assert!(e.get("appname").is_none(), "a JSON body has no tag: {e}");
+        assert!(e.get("message").is_none(), "merged, not kept as text: {e}");
+        assert_eq!(e["facility"], "user");
+        assert_eq!(e["severity"], "warning");
+        assert!(e["process"]["pid"].is_number(), "{e}");
+    }
+    assert_eq!(
+        (events[0]["a"].clone(), events[0]["b"].clone()),
+        (json!(1), json!(2)),
+        "{}",
+        events[0]
+    );
+    assert_eq!(
+        (events[1]["user"].clone(), events[1]["ok"].clone()),
+        (json!("ann"), json!(true)),
+        "{}",
+        events[1]
+    );
+}
+
+#[test]
+fn python_syslog_handler_falling_back_to_a_unix_stream_socket_sends_nul_framed_records_that_stay_apart() {
+    let (s, _) = start();
+    let records = ["one", "two", "first line\nsecond line", r#"{"a":1,"b":2}"#];
+    // `stream.sock` has the default framing (auto), `nul.sock` says nul.
+    for sock in ["stream.sock", "nul.sock"] {
+        python_syslog_handler_without_ident(&s.path(sock), "SOCK_STREAM", &records);
+        let events = s.events(4, WAIT);
+        for (e, want) in events.iter().zip(["one", "two", "first line\nsecond line"]) {
+            assert_eq!(e["message"], want, "{sock}: {events:#?}");
+            assert_eq!(e["severity"], "warning");
+            assert!(e["process"]["uid"].is_number(), "peer credentials on the connection: {e}");
+        }
+        assert_eq!(events[3]["a"], 1, "{sock}: {}", events[3]);
+        assert_eq!(events[3]["b"], 2, "{sock}: {}", events[3]);
+        assert!(s.remaining_events(Duration::from_millis(300)).is_empty());
+    }
 }
 
 #[test]

@@ -301,7 +301,7 @@ fn rfc3164(facility: u8, severity: u8, s: &[u8]) -> SyslogMessage<'_> {
         let word_len = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
         let word = &rest[..word_len];
         let tag_like = tag(rest).is_some() && (word.ends_with(b":") || word.contains(&b'['));
-        if !word.is_empty() && !tag_like && word_len < rest.len() && word.iter().all(|b| (33..=126).contains(b)) {
+        if !word.is_empty() && !tag_like && word_len < rest.len() && word.iter().all(|&b| hostname_byte(b)) {
             hostname = Some(word);
             rest = &rest[word_len + 1..];
         }
@@ -331,13 +331,25 @@ struct Tag<'a> {
     message: &'a [u8],
 }
 
+/// A byte of an RFC 3164 tag. The RFC ends the tag at the first
+/// character that is not alphanumeric; real program names also use
+/// `-_./@%()` (`postfix/smtpd`, `systemd-logind`, `python3.11`, `(sd-pam)`,
+/// `%ASA-6-302013`). Quotes, braces and brackets end it, so a message that
+/// is JSON (`{"a":1}`, sent with no tag) is never split at its first colon.
+fn tag_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b'@' | b'%' | b'(' | b')')
+}
+
+/// A byte of an RFC 3164 HOSTNAME: a host name, an IPv4 or an IPv6
+/// address (with a zone). A word with anything else is not a host name,
+/// so the start of a JSON message is not taken for one.
+fn hostname_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'%')
+}
+
 /// An RFC 3164 tag at the start of `s`: `app[pid]: ` or `app: `.
 fn tag(s: &[u8]) -> Option<Tag<'_>> {
-    let name_len = s
-        .iter()
-        .take(MAX_TAG_BYTES + 1)
-        .take_while(|&&b| (33..=126).contains(&b) && b != b'[' && b != b':')
-        .count();
+    let name_len = s.iter().take(MAX_TAG_BYTES + 1).take_while(|&&b| tag_byte(b)).count();
     if name_len == 0 || name_len > MAX_TAG_BYTES {
         return None;
     }
@@ -786,6 +798,55 @@ mod tests {
         assert_eq!(v[0]["timestamp"], "2026-11-03T02:08:02");
         assert_eq!(v[1]["procid"], "12");
         assert_eq!(v[1]["message"], "x");
+    }
+
+    #[test]
+    fn a_tagless_json_body_is_merged_not_split_at_its_first_colon() {
+        let (v, bad) = decode_all(&[
+            b"<12>{\"a\":1,\"b\":2}\0",
+            b"<12>Nov  3 02:08:02 {\"a\": 1, \"b\": \"x:y\"}",
+            b"<12>[\"a:b\"]",
+        ]);
+        assert_eq!(bad, 0);
+        assert_eq!(v[0], json!({"a":1,"b":2,"facility":"user","severity":"warning","host":"collector"}));
+        assert_eq!(
+            v[1],
+            json!({"a":1,"b":"x:y","facility":"user","severity":"warning","timestamp":"2026-11-03T02:08:02","host":"collector"})
+        );
+        assert_eq!(v[2]["message"], "[\"a:b\"]");
+        assert!(v[2].get("appname").is_none());
+    }
+
+    #[test]
+    fn program_names_real_senders_use_are_still_tags() {
+        for (line, app, pid, host) in [
+            (
+                &b"<22>Nov  3 02:08:02 mx postfix/smtpd[811]: connect"[..],
+                "postfix/smtpd",
+                Some("811"),
+                Some("mx"),
+            ),
+            (
+                b"<38>Nov  3 02:08:02 systemd-logind[1]: New session",
+                "systemd-logind",
+                Some("1"),
+                None,
+            ),
+            (b"<86>Nov  3 02:08:02 (sd-pam)[9]: x", "(sd-pam)", Some("9"), None),
+            (
+                b"<166>Nov  3 02:08:02 10.0.0.1 %ASA-6-302013: Built",
+                "%ASA-6-302013",
+                None,
+                Some("10.0.0.1"),
+            ),
+            (b"<13>python3.11: started", "python3.11", None, None),
+        ] {
+            let m = parse(line).unwrap();
+            let shown = String::from_utf8_lossy(line);
+            assert_eq!(m.appname, Some(app.as_bytes()), "{shown}");
+            assert_eq!(m.procid, pid.map(str::as_bytes), "{shown}");
+            assert_eq!(m.hostname, host.map(str::as_bytes), "{shown}");
+        }
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! Datagram sockets (unix datagram, UDP). A receive task drains the socket
-//! as fast as the kernel fills it, grouping what one wake-up brings by
-//! sender, and hands the groups to a forward task through a small queue.
-//! Datagrams cannot be held back, so when that queue is full the group is
-//! dropped and counted (`socket_overflow`), and the kernel's own drops
-//! (SO_RXQ_OVFL) are counted under the same reason.
+//! Datagram sockets (unix datagram, UDP). A receive task reads what one
+//! wake-up brings, grouped by sender, and hands it to a forward task
+//! through a small queue; it reads only once that queue has room. While
+//! the pipeline is full nothing is read, so a burst waits in the kernel's
+//! receive buffer (`receive_buffer_bytes`) instead of being dropped here.
+//! Past that buffer a unix datagram sender is held back by the kernel, and
+//! UDP datagrams are dropped by the kernel, which says how many
+//! (SO_RXQ_OVFL); they are counted as `socket_overflow`.
 
 use bytes::BytesMut;
 use std::collections::HashMap;
@@ -28,9 +30,10 @@ const BURST_BYTES: usize = 256 * 1024;
 /// Distinct senders in one burst before it is handed on early.
 const BURST_GROUPS: usize = 64;
 
-/// Batches waiting for the pipeline. Small: datagrams that cannot be
-/// taken are better dropped and counted now than buffered without bound.
-const QUEUE_BATCHES: usize = 16;
+/// Bursts read ahead of the pipeline (one more is in the forward task).
+/// Small: a datagram that the pipeline cannot take yet is better left in
+/// the kernel's receive buffer, which the operator sizes, than held here.
+const QUEUE_BURSTS: usize = 2;
 
 /// Largest UDP payload.
 const UDP_RECEIVE_BYTES: usize = 65_536;
@@ -211,6 +214,27 @@ struct Burst {
 }
 
 impl Burst {
+    /// Takes what the burst gathered, one batch per sender, leaving it
+    /// empty for the next wake-up.
+    fn take(&mut self) -> Vec<PeerBatch> {
+        if self.groups.is_empty() {
+            self.buf.clear();
+            return Vec::new();
+        }
+        let chunk = self.buf.split().freeze();
+        self.groups
+            .drain(..)
+            .map(|(peer, spans, dropped)| PeerBatch {
+                peer,
+                lines: Lines {
+                    chunk: chunk.clone(),
+                    spans,
+                    dropped,
+                },
+            })
+            .collect()
+    }
+
     /// Records the datagram just stored at `buf[start..]`.
     fn add(&mut self, start: usize, r: &Received) {
         let g = match self.groups.iter().position(|(p, _, _)| *p == r.peer) {
@@ -293,14 +317,17 @@ pub(crate) async fn run(
     reader: Arc<Reader>,
     cx: SourceCx,
 ) -> Result<(), SourceError> {
-    let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
+    let (tx, rx) = mpsc::channel(QUEUE_BURSTS);
     let forwarder = tokio::spawn(forward(rx, reader, cfg.clone(), cx.clone()));
     match &socket {
         DatagramSocket::Udp(s) => match s.local_addr() {
             Ok(address) => tracing::info!(source = %cx.name, %address, "receiving datagrams"),
             Err(_) => tracing::info!(source = %cx.name, "receiving datagrams"),
         },
-        DatagramSocket::Unix(_) => tracing::info!(source = %cx.name, path = ?cfg.path, "receiving datagrams"),
+        DatagramSocket::Unix(_) => match &cfg.path {
+            Some(path) => tracing::info!(source = %cx.name, path = %path.display(), "receiving datagrams"),
+            None => tracing::info!(source = %cx.name, "receiving datagrams"),
+        },
     }
     let result = receive(&socket, &cfg, &cx, tx).await;
     let _ = forwarder.await;
@@ -309,7 +336,7 @@ pub(crate) async fn run(
     result
 }
 
-async fn receive(socket: &DatagramSocket, cfg: &SocketConfig, cx: &SourceCx, tx: mpsc::Sender<PeerBatch>) -> Result<(), SourceError> {
+async fn receive(socket: &DatagramSocket, cfg: &SocketConfig, cx: &SourceCx, tx: mpsc::Sender<Vec<PeerBatch>>) -> Result<(), SourceError> {
     let mut shutdown = cx.shutdown.clone();
     let overflow = metrics().events_dropped.with_label_values(&[&cx.name, "socket_overflow"]);
     let cap = socket.receive_bytes();
@@ -324,6 +351,16 @@ async fn receive(socket: &DatagramSocket, cfg: &SocketConfig, cx: &SourceCx, tx:
     // attached to a datagram only once it is non-zero.
     let mut kernel_drops: u32 = 0;
     loop {
+        // Room for the next burst first: while the pipeline is full this
+        // waits, and datagrams wait in the kernel's buffer.
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.wait() => break,
+            p = tx.reserve() => match p {
+                Ok(p) => p,
+                Err(_) => return Ok(()),
+            },
+        };
         tokio::select! {
             biased;
             _ = shutdown.wait() => break,
@@ -343,8 +380,8 @@ async fn receive(socket: &DatagramSocket, cfg: &SocketConfig, cx: &SourceCx, tx:
                         kernel_drops = count;
                     }
                     burst.add(start, &r);
-                    if burst.is_full() && !hand_on(&mut burst, &tx, &overflow) {
-                        return Ok(());
+                    if burst.is_full() {
+                        break;
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -356,40 +393,17 @@ async fn receive(socket: &DatagramSocket, cfg: &SocketConfig, cx: &SourceCx, tx:
                 }
             }
         }
-        if !hand_on(&mut burst, &tx, &overflow) {
-            return Ok(());
+        let batches = burst.take();
+        if !batches.is_empty() {
+            permit.send(batches);
         }
     }
     Ok(())
 }
 
-/// Queues the burst's groups for the forwarder; a group that finds the
-/// queue full is dropped and counted. False once the forwarder is gone.
-fn hand_on(burst: &mut Burst, tx: &mpsc::Sender<PeerBatch>, overflow: &prometheus::IntCounter) -> bool {
-    if burst.groups.is_empty() {
-        burst.buf.clear();
-        return true;
-    }
-    let chunk = burst.buf.split().freeze();
-    for (peer, spans, dropped) in burst.groups.drain(..) {
-        let n = spans.len() as u64;
-        let lines = Lines {
-            chunk: chunk.clone(),
-            spans,
-            dropped,
-        };
-        match tx.try_send(PeerBatch { peer, lines }) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => overflow.inc_by(n),
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
-        }
-    }
-    true
-}
-
 /// Takes batches from the receive task to the pipeline, waiting as long as
 /// the pipeline needs; renders each sender's metadata once (per minute).
-async fn forward(mut rx: mpsc::Receiver<PeerBatch>, reader: Arc<Reader>, cfg: SocketConfig, cx: SourceCx) {
+async fn forward(mut rx: mpsc::Receiver<Vec<PeerBatch>>, reader: Arc<Reader>, cfg: SocketConfig, cx: SourceCx) {
     let mut cache: HashMap<PeerKey, (Arc<SourceContext>, Instant)> = HashMap::new();
     let environment: Arc<[String]> = cfg.peer_environment.clone().into();
     let where_ = cfg
@@ -398,24 +412,26 @@ async fn forward(mut rx: mpsc::Receiver<PeerBatch>, reader: Arc<Reader>, cfg: So
         .map(|p| p.display().to_string())
         .or_else(|| cfg.address.map(|a| a.to_string()))
         .unwrap_or_default();
-    while let Some(batch) = rx.recv().await {
-        let fresh = cache
-            .get(&batch.peer)
-            .filter(|(_, at)| at.elapsed() < CONTEXT_TTL)
-            .map(|(c, _)| c.clone());
-        let ctx = match fresh {
-            Some(c) => c,
-            None => {
-                if cache.len() >= CONTEXT_CACHE_ENTRIES {
-                    cache.clear();
+    while let Some(burst) = rx.recv().await {
+        for batch in burst {
+            let fresh = cache
+                .get(&batch.peer)
+                .filter(|(_, at)| at.elapsed() < CONTEXT_TTL)
+                .map(|(c, _)| c.clone());
+            let ctx = match fresh {
+                Some(c) => c,
+                None => {
+                    if cache.len() >= CONTEXT_CACHE_ENTRIES {
+                        cache.clear();
+                    }
+                    let c = Arc::new(context_for(batch.peer, &cfg, &cx, &environment, &where_).await);
+                    cache.insert(batch.peer, (c.clone(), Instant::now()));
+                    c
                 }
-                let c = Arc::new(context_for(batch.peer, &cfg, &cx, &environment, &where_).await);
-                cache.insert(batch.peer, (c.clone(), Instant::now()));
-                c
+            };
+            if reader.send(batch.lines, &ctx).await.is_err() {
+                return;
             }
-        };
-        if reader.send(batch.lines, &ctx).await.is_err() {
-            return;
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Framing of stream connections: newline-delimited (NDJSON, syslog with
-//! non-transparent framing) or RFC 6587 octet counting (`LEN SP MSG`),
-//! chosen per connection.
+//! non-transparent framing), NUL-terminated (syslog from glibc and
+//! Python's `SysLogHandler` on a unix stream socket; GELF over TCP) or
+//! RFC 6587 octet counting (`LEN SP MSG`), chosen per connection.
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -10,21 +11,58 @@ use crate::framing::{LineFramer, LineSpan, Lines, OverflowPolicy};
 /// describe; a longer run of digits is not a length.
 const MAX_COUNT_DIGITS: usize = 10;
 
+/// How a connection's bytes are cut into messages, once decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnFraming {
+    /// Each message ends with a newline (an optional `\r` before it is
+    /// not part of the message).
+    Newline,
+    /// Each message ends with a NUL (RFC 6587 non-transparent framing with
+    /// the NUL trailer); newlines inside a message are kept.
+    Nul,
+    /// RFC 6587 octet counting (`LEN SP MSG`); a frame without a count
+    /// ends at a newline, so mixed senders work.
+    OctetCounting,
+}
+
+impl ConnFraming {
+    /// The cut `auto` picks for a syslog connection from its first read:
+    /// octet counting when it starts with a digit (a count), NUL framing
+    /// when a NUL has arrived (glibc and Python end each record with one,
+    /// and a newline-framed record never holds one), newlines otherwise.
+    pub(crate) fn detect(first: &[u8]) -> ConnFraming {
+        match first.first() {
+            Some(b'1'..=b'9') => ConnFraming::OctetCounting,
+            _ if memchr::memchr(0, first).is_some() => ConnFraming::Nul,
+            _ => ConnFraming::Newline,
+        }
+    }
+}
+
 /// How one connection is framed.
 #[derive(Debug)]
 pub(crate) enum ConnFramer {
     /// Newline-delimited.
     Newline(LineFramer),
-    /// RFC 6587 octet counting.
-    Octet(OctetFramer),
+    /// NUL-terminated or octet-counted.
+    Rfc6587(Rfc6587Framer),
 }
 
 impl ConnFramer {
+    /// A framer that cuts as `cut` says.
+    pub(crate) fn new(cut: ConnFraming, max_frame: usize, policy: OverflowPolicy, read_chunk: usize) -> ConnFramer {
+        match cut {
+            ConnFraming::Newline => ConnFramer::Newline(LineFramer::with_read_chunk(max_frame, policy, read_chunk)),
+            ConnFraming::Nul => ConnFramer::Rfc6587(Rfc6587Framer::new(false, 0, max_frame, policy, read_chunk)),
+            ConnFraming::OctetCounting => ConnFramer::Rfc6587(Rfc6587Framer::new(true, b'\n', max_frame, policy, read_chunk)),
+        }
+    }
+
     /// The read buffer: append only.
     pub(crate) fn buf_mut(&mut self) -> &mut BytesMut {
         match self {
             ConnFramer::Newline(f) => f.buf_mut(),
-            ConnFramer::Octet(f) => f.buf_mut(),
+            ConnFramer::Rfc6587(f) => f.buf_mut(),
         }
     }
 
@@ -32,7 +70,7 @@ impl ConnFramer {
     pub(crate) fn pending_bytes(&self) -> usize {
         match self {
             ConnFramer::Newline(f) => f.pending_bytes(),
-            ConnFramer::Octet(f) => f.buf.len(),
+            ConnFramer::Rfc6587(f) => f.buf.len(),
         }
     }
 
@@ -40,7 +78,7 @@ impl ConnFramer {
     pub(crate) fn take_lines(&mut self) -> Option<Lines> {
         match self {
             ConnFramer::Newline(f) => f.take_lines(),
-            ConnFramer::Octet(f) => f.take_lines(),
+            ConnFramer::Rfc6587(f) => f.take_lines(),
         }
     }
 
@@ -48,41 +86,47 @@ impl ConnFramer {
     pub(crate) fn finish(&mut self) -> Option<Lines> {
         match self {
             ConnFramer::Newline(f) => f.finish(),
-            ConnFramer::Octet(f) => f.finish(),
+            ConnFramer::Rfc6587(f) => f.finish(),
         }
     }
 
-    /// Switches a newline framer that has not framed anything yet to octet
-    /// counting, keeping what it buffered.
-    pub(crate) fn into_octet(self, max_frame: usize, policy: OverflowPolicy, read_chunk: usize) -> ConnFramer {
-        match self {
-            ConnFramer::Newline(mut f) => {
-                let mut o = OctetFramer::new(max_frame, policy, read_chunk);
+    /// Switches a newline framer that has not framed anything yet to
+    /// `cut`, keeping what it buffered.
+    pub(crate) fn switch_to(self, cut: ConnFraming, max_frame: usize, policy: OverflowPolicy, read_chunk: usize) -> ConnFramer {
+        match (self, cut) {
+            (ConnFramer::Newline(mut f), ConnFraming::Nul | ConnFraming::OctetCounting) => {
+                let mut next = ConnFramer::new(cut, max_frame, policy, read_chunk);
                 let pending = f.buf_mut().split();
-                o.buf.extend_from_slice(&pending);
-                ConnFramer::Octet(o)
+                next.buf_mut().extend_from_slice(&pending);
+                next
             }
-            octet => octet,
+            (same, _) => same,
         }
     }
 }
 
-/// RFC 6587 section 3.4.1 octet counting, tolerant of mixed senders: a
-/// frame that does not start with a digit is taken as a newline-terminated
-/// frame, and newlines between frames are skipped.
+/// RFC 6587 framing: octet counting (section 3.4.1), tolerant of mixed
+/// senders (a frame that does not start with a count ends at its trailer),
+/// or non-transparent framing alone (section 3.4.2: every frame ends at its
+/// trailer, NUL here). Separators between frames (newlines, carriage
+/// returns, spaces, NULs) are skipped.
 ///
 /// Invariants: `buf` starts at a frame boundary unless `skip > 0` (the
-/// rest of an oversize frame still to discard) or `discard_line` is set
-/// (the rest of an oversize newline frame); `buf` never grows past
-/// `max_frame + MAX_COUNT_DIGITS + 1 + read_chunk`.
+/// rest of an oversize counted frame still to discard) or
+/// `discard_to_trailer` is set (the rest of an oversize uncounted frame);
+/// `buf` never grows past `max_frame + MAX_COUNT_DIGITS + 1 + read_chunk`.
 #[derive(Debug)]
-pub(crate) struct OctetFramer {
+pub(crate) struct Rfc6587Framer {
+    /// Whether a frame may start with an octet count.
+    counting: bool,
+    /// The byte that ends an uncounted frame: `\n` or NUL.
+    trailer: u8,
     buf: BytesMut,
     max_frame: usize,
     policy: OverflowPolicy,
     read_chunk: usize,
     skip: usize,
-    discard_line: bool,
+    discard_to_trailer: bool,
 }
 
 enum Step {
@@ -95,15 +139,19 @@ enum Step {
     },
     /// An oversize frame dropped; its bytes up to `next` are consumed and
     /// `skip` more follow.
-    Dropped { next: usize, skip: usize, discard_line: bool },
-    /// A truncated frame whose remaining `skip` bytes (or rest of line)
+    Dropped {
+        next: usize,
+        skip: usize,
+        discard_to_trailer: bool,
+    },
+    /// A truncated frame whose remaining `skip` bytes (or the rest up to the trailer)
     /// must be discarded after it.
     Cut {
         start: usize,
         len: usize,
         next: usize,
         skip: usize,
-        discard_line: bool,
+        discard_to_trailer: bool,
     },
     /// Separators between frames, consumed up to `next`.
     Skip { next: usize },
@@ -111,15 +159,19 @@ enum Step {
     NeedMore,
 }
 
-impl OctetFramer {
-    pub(crate) fn new(max_frame: usize, policy: OverflowPolicy, read_chunk: usize) -> OctetFramer {
-        OctetFramer {
+impl Rfc6587Framer {
+    /// A framer; `counting` allows octet counts, `trailer` ends a frame
+    /// without one.
+    pub(crate) fn new(counting: bool, trailer: u8, max_frame: usize, policy: OverflowPolicy, read_chunk: usize) -> Rfc6587Framer {
+        Rfc6587Framer {
+            counting,
+            trailer,
             buf: BytesMut::with_capacity(read_chunk),
             max_frame: max_frame.max(1),
             policy,
             read_chunk: read_chunk.max(1),
             skip: 0,
-            discard_line: false,
+            discard_to_trailer: false,
         }
     }
 
@@ -141,11 +193,11 @@ impl OctetFramer {
                 return false;
             }
         }
-        if self.discard_line {
-            match memchr::memchr(b'\n', &self.buf) {
+        if self.discard_to_trailer {
+            match memchr::memchr(self.trailer, &self.buf) {
                 Some(nl) => {
                     self.buf.advance(nl + 1);
-                    self.discard_line = false;
+                    self.discard_to_trailer = false;
                 }
                 None => {
                     self.buf.clear();
@@ -180,17 +232,21 @@ impl OctetFramer {
                     len,
                     next,
                     skip,
-                    discard_line,
+                    discard_to_trailer,
                 } => {
                     spans.push(span(start, len, true));
                     pos = next;
-                    after = Some((skip, discard_line));
+                    after = Some((skip, discard_to_trailer));
                     break;
                 }
-                Step::Dropped { next, skip, discard_line } => {
+                Step::Dropped {
+                    next,
+                    skip,
+                    discard_to_trailer,
+                } => {
                     dropped += 1;
                     pos = next;
-                    after = Some((skip, discard_line));
+                    after = Some((skip, discard_to_trailer));
                     break;
                 }
                 Step::Skip { next } => pos = next,
@@ -198,9 +254,9 @@ impl OctetFramer {
             }
         }
         let chunk: Bytes = self.buf.split_to(pos).freeze();
-        if let Some((skip, discard_line)) = after {
+        if let Some((skip, discard_to_trailer)) = after {
             self.skip = skip;
-            self.discard_line = discard_line;
+            self.discard_to_trailer = discard_to_trailer;
             self.discard();
         }
         if spans.is_empty() {
@@ -213,7 +269,7 @@ impl OctetFramer {
     fn step(&self, pos: usize) -> Step {
         let b = &self.buf[pos..];
         // Separators some senders put between frames.
-        let lead = b.iter().take_while(|&&c| matches!(c, b'\n' | b'\r' | b' ' | 0)).count();
+        let lead = b.iter().take_while(|&&c| is_separator(c)).count();
         let b = &b[lead..];
         let at = pos + lead;
         if lead > 0 {
@@ -222,7 +278,7 @@ impl OctetFramer {
         if b.is_empty() {
             return Step::NeedMore;
         }
-        if matches!(b[0], b'1'..=b'9') {
+        if self.counting && matches!(b[0], b'1'..=b'9') {
             let digits = b.iter().take(MAX_COUNT_DIGITS + 1).take_while(|c| c.is_ascii_digit()).count();
             match b.get(digits) {
                 None if digits <= MAX_COUNT_DIGITS => return Step::NeedMore,
@@ -247,14 +303,14 @@ impl OctetFramer {
                         OverflowPolicy::Drop => Step::Dropped {
                             next: start + have.min(len),
                             skip: len - have.min(len),
-                            discard_line: false,
+                            discard_to_trailer: false,
                         },
                         OverflowPolicy::Truncate if have >= self.max_frame => Step::Cut {
                             start,
                             len: self.max_frame,
                             next: start + self.max_frame,
                             skip: len - self.max_frame,
-                            discard_line: false,
+                            discard_to_trailer: false,
                         },
                         OverflowPolicy::Truncate => Step::NeedMore,
                     };
@@ -263,12 +319,9 @@ impl OctetFramer {
                 _ => {}
             }
         }
-        match memchr::memchr(b'\n', b) {
+        match memchr::memchr(self.trailer, b) {
             Some(nl) => {
-                let mut len = nl;
-                if len > 0 && b[len - 1] == b'\r' {
-                    len -= 1;
-                }
+                let len = self.content_len(&b[..nl]);
                 if len > self.max_frame {
                     return match self.policy {
                         OverflowPolicy::Truncate => Step::Frame {
@@ -280,7 +333,7 @@ impl OctetFramer {
                         OverflowPolicy::Drop => Step::Dropped {
                             next: at + nl + 1,
                             skip: 0,
-                            discard_line: false,
+                            discard_to_trailer: false,
                         },
                     };
                 }
@@ -297,15 +350,26 @@ impl OctetFramer {
                     len: self.max_frame,
                     next: self.buf.len(),
                     skip: 0,
-                    discard_line: true,
+                    discard_to_trailer: true,
                 },
                 OverflowPolicy::Drop => Step::Dropped {
                     next: self.buf.len(),
                     skip: 0,
-                    discard_line: true,
+                    discard_to_trailer: true,
                 },
             },
             None => Step::NeedMore,
+        }
+    }
+
+    /// Length of a frame's content without the line ending before its
+    /// trailer: a `\r` before a newline trailer; any `\r` and `\n` before
+    /// a NUL (some senders end records with `\n\0`).
+    fn content_len(&self, frame: &[u8]) -> usize {
+        if self.trailer == b'\n' {
+            frame.strip_suffix(b"\r").unwrap_or(frame).len()
+        } else {
+            frame.iter().rposition(|&c| !matches!(c, b'\n' | b'\r')).map_or(0, |i| i + 1)
         }
     }
 
@@ -316,20 +380,20 @@ impl OctetFramer {
         if let Some(lines) = self.take_lines() {
             return Some(lines);
         }
-        if self.skip > 0 || self.discard_line {
+        if self.skip > 0 || self.discard_to_trailer {
             self.buf.clear();
             self.skip = 0;
-            self.discard_line = false;
+            self.discard_to_trailer = false;
             return None;
         }
         let rest = self.buf.split().freeze();
-        let lead = rest.iter().take_while(|&&c| matches!(c, b'\n' | b'\r' | b' ' | 0)).count();
+        let lead = rest.iter().take_while(|&&c| is_separator(c)).count();
         if lead == rest.len() {
             return None;
         }
         let b = &rest[lead..];
         let digits = b.iter().take_while(|c| c.is_ascii_digit()).count();
-        let counted = matches!(b.first(), Some(b'1'..=b'9')) && digits <= MAX_COUNT_DIGITS && b.get(digits) == Some(&b' ');
+        let counted = self.counting && matches!(b.first(), Some(b'1'..=b'9')) && digits <= MAX_COUNT_DIGITS && b.get(digits) == Some(&b' ');
         let start = if counted { lead + digits + 1 } else { lead };
         let len = (rest.len() - start).min(self.max_frame);
         let truncated = counted || rest.len() - start > self.max_frame;
@@ -339,6 +403,11 @@ impl OctetFramer {
             dropped: 0,
         })
     }
+}
+
+/// Bytes some senders put between frames.
+fn is_separator(c: u8) -> bool {
+    matches!(c, b'\n' | b'\r' | b' ' | 0)
 }
 
 fn span(start: usize, len: usize, truncated: bool) -> LineSpan {
@@ -362,10 +431,20 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Feeds `input` in pieces of the given sizes (cycled) and collects
-    /// every frame, then the end-of-input frames.
+    /// Feeds `input` to an octet-counting framer in pieces of the given
+    /// sizes (cycled) and collects every frame, then the end-of-input
+    /// frames.
     fn frame(input: &[u8], pieces: &[usize], max: usize, policy: OverflowPolicy) -> (Vec<(Vec<u8>, bool)>, u64) {
-        let mut f = OctetFramer::new(max, policy, 64);
+        frame_with(Rfc6587Framer::new(true, b'\n', max, policy, 64), input, pieces)
+    }
+
+    /// The same with a NUL-framing framer.
+    fn frame_nul(input: &[u8], pieces: &[usize], max: usize, policy: OverflowPolicy) -> (Vec<(Vec<u8>, bool)>, u64) {
+        frame_with(Rfc6587Framer::new(false, 0, max, policy, 64), input, pieces)
+    }
+
+    fn frame_with(mut f: Rfc6587Framer, input: &[u8], pieces: &[usize]) -> (Vec<(Vec<u8>, bool)>, u64) {
+        let max = f.max_frame;
         let mut out = Vec::new();
         let mut dropped = 0;
         let mut collect = |lines: Lines, out: &mut Vec<(Vec<u8>, bool)>| {
@@ -419,14 +498,20 @@ mod tests {
         );
     }
 
+    type Framing = fn(&[u8], &[usize], usize, OverflowPolicy) -> (Vec<(Vec<u8>, bool)>, u64);
+
     #[test]
     fn oversize_frames_are_truncated_or_dropped_and_the_next_frame_survives() {
-        let input = encode(&[vec![b'x'; 500], b"next".to_vec()]);
-        let (got, _) = frame(&input, &[7, 100], 50, OverflowPolicy::Truncate);
-        assert_eq!(got, vec![(vec![b'x'; 50], true), (b"next".to_vec(), false)]);
-        let (got, dropped) = frame(&input, &[7, 100], 50, OverflowPolicy::Drop);
-        assert_eq!(dropped, 1);
-        assert_eq!(got, vec![(b"next".to_vec(), false)]);
+        let counted = encode(&[vec![b'x'; 500], b"next".to_vec()]);
+        let mut nul = vec![b'x'; 500];
+        nul.extend_from_slice(b"\0next\0");
+        for (input, framing) in [(counted, frame as Framing), (nul, frame_nul)] {
+            let (got, _) = framing(&input, &[7, 100], 50, OverflowPolicy::Truncate);
+            assert_eq!(got, vec![(vec![b'x'; 50], true), (b"next".to_vec(), false)]);
+            let (got, dropped) = framing(&input, &[7, 100], 50, OverflowPolicy::Drop);
+            assert_eq!(dropped, 1);
+            assert_eq!(got, vec![(b"next".to_vec(), false)]);
+        }
     }
 
     #[test]
@@ -437,7 +522,56 @@ mod tests {
         assert_eq!(got, vec![(b"hello".to_vec(), false)]);
     }
 
+    #[test]
+    fn nul_frames_keep_their_newlines_and_separators_between_them_are_skipped() {
+        let input = b"<12>one\0<12>two\n\0\n<11>first line\nsecond line\x0012 apples: not a count\0<14>no trailer";
+        let (got, dropped) = frame_nul(input, &[5], 100, OverflowPolicy::Truncate);
+        assert_eq!(dropped, 0);
+        let got: Vec<_> = got.into_iter().map(|(l, _)| String::from_utf8(l).unwrap()).collect();
+        assert_eq!(
+            got,
+            [
+                "<12>one",
+                "<12>two",
+                "<11>first line\nsecond line",
+                "12 apples: not a count",
+                "<14>no trailer"
+            ]
+        );
+    }
+
+    #[test]
+    fn auto_picks_octet_counting_nul_or_newlines_from_the_first_read() {
+        assert_eq!(ConnFraming::detect(b"23 <13>1 - h app - - - x"), ConnFraming::OctetCounting);
+        assert_eq!(ConnFraming::detect(b"<12>one\0<12>tw"), ConnFraming::Nul);
+        assert_eq!(ConnFraming::detect(b"<11>Traceback:\n  File x\0"), ConnFraming::Nul);
+        assert_eq!(ConnFraming::detect(b"<13>one\n<13>two\n"), ConnFraming::Newline);
+        assert_eq!(ConnFraming::detect(b"<13>a partial rec"), ConnFraming::Newline);
+    }
+
+    #[test]
+    fn switching_a_newline_framer_keeps_what_it_buffered() {
+        let mut f = ConnFramer::new(ConnFraming::Newline, 100, OverflowPolicy::Truncate, 64);
+        f.buf_mut().extend_from_slice(b"<12>one\n1\0<12>tw");
+        let mut f = f.switch_to(ConnFraming::Nul, 100, OverflowPolicy::Truncate, 64);
+        f.buf_mut().extend_from_slice(b"o\0");
+        let lines = f.take_lines().unwrap();
+        assert_eq!((lines.line(0), lines.line(1)), (&b"<12>one\n1"[..], &b"<12>two"[..]));
+    }
+
     proptest! {
+        #[test]
+        fn any_read_split_gives_the_same_nul_frames(
+            messages in proptest::collection::vec("[^\\x00\\n\\r ][^\\x00]{0,30}[^\\x00\\n\\r]", 0..20),
+            pieces in proptest::collection::vec(1usize..50, 1..5),
+        ) {
+            let input: Vec<u8> = messages.iter().flat_map(|m| m.bytes().chain([0])).collect();
+            let (got, dropped) = frame_nul(&input, &pieces, 256, OverflowPolicy::Truncate);
+            prop_assert_eq!(dropped, 0);
+            let want: Vec<_> = messages.into_iter().map(|m| (m.into_bytes(), false)).collect();
+            prop_assert_eq!(got, want);
+        }
+
         #[test]
         fn any_read_split_gives_the_same_frames(
             // RFC 6587: a length is NONZERO-DIGIT *DIGIT.
@@ -455,6 +589,8 @@ mod tests {
         fn random_bytes_never_panic(input in proptest::collection::vec(any::<u8>(), 0..400), piece in 1usize..64) {
             let _ = frame(&input, &[piece], 32, OverflowPolicy::Truncate);
             let _ = frame(&input, &[piece], 32, OverflowPolicy::Drop);
+            let _ = frame_nul(&input, &[piece], 32, OverflowPolicy::Truncate);
+            let _ = frame_nul(&input, &[piece], 32, OverflowPolicy::Drop);
         }
     }
 }

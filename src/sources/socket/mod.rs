@@ -10,8 +10,10 @@
 //!
 //! Stream connections are read only as fast as the pipeline takes their
 //! batches, so a full pipeline stops reading and the sender feels TCP (or
-//! unix socket) flow control. Datagrams cannot be held back: what arrives
-//! while the pipeline is full is dropped and counted
+//! unix socket) flow control. Datagram sockets are read only while the
+//! pipeline can take more too, so a burst waits in the kernel's receive
+//! buffer; past it a unix datagram sender is held back by the kernel, and
+//! UDP datagrams are dropped by the kernel and counted
 //! (`sluice_events_dropped_total{reason="socket_overflow"}`).
 
 mod datagram;
@@ -37,10 +39,10 @@ use super::{SourceCx, SourceError};
 use crate::config::{duration, parse_at, ByteSize, ConfigError};
 use crate::decode::syslog::SyslogDecoder;
 use crate::enrich::SourceContext;
-use crate::framing::{LineFramer, Lines, OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
+use crate::framing::{Lines, OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
 use crate::pipeline::{PipelineClosed, ShutdownSignal, SourceOutput, Task};
 use crate::telemetry::metrics as core_metrics;
-use framing::ConnFramer;
+use framing::{ConnFramer, ConnFraming};
 use metrics::socket_metrics;
 
 /// Bytes asked for per read on a connection. Large reads keep batches big
@@ -85,15 +87,24 @@ pub enum SocketFormat {
 }
 
 /// How a stream connection is cut into messages.
+///
+/// The default, `auto`, is what every config without the key had before
+/// `nul` existed (newlines, and octet counting for a syslog connection that
+/// starts with a count), plus NUL detection for syslog, where a NUL never
+/// occurs in a newline-framed record: existing configs keep working, and
+/// glibc's and Python's NUL-terminated unix stream records stay apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamFraming {
-    /// Newlines, except that a syslog connection whose first byte is a
-    /// digit uses octet counting (RFC 6587), decided per connection.
+    /// Newlines; a syslog connection is decided on its first read:
+    /// octet counting when it starts with a digit, NUL when a NUL has
+    /// arrived, newlines otherwise.
     #[default]
     Auto,
     /// Newlines only.
     Newline,
+    /// Each message ends with a NUL; newlines inside a message are kept.
+    Nul,
     /// RFC 6587 octet counting (`LEN SP MSG`).
     OctetCounting,
 }
@@ -113,7 +124,8 @@ pub struct SocketConfig {
     /// `json` (default) or `syslog`.
     #[serde(default)]
     pub format: SocketFormat,
-    /// Stream framing: `auto` (default), `newline` or `octet_counting`.
+    /// Stream framing: `auto` (default), `newline`, `nul` or
+    /// `octet_counting`.
     #[serde(default)]
     pub framing: StreamFraming,
     /// Longest message (line, frame or datagram) kept whole.
@@ -241,8 +253,11 @@ impl SocketConfig {
         if cfg.tls.is_some() && cfg.mode != SocketMode::Tcp {
             errors.push(ConfigError::new(format!("{path}.tls"), "TLS is only for `mode = \"tcp\"`"));
         }
-        if !stream && cfg.framing == StreamFraming::OctetCounting {
-            errors.push(ConfigError::new(format!("{path}.framing"), "octet counting is for stream sockets"));
+        if !stream && matches!(cfg.framing, StreamFraming::OctetCounting | StreamFraming::Nul) {
+            errors.push(ConfigError::new(
+                format!("{path}.framing"),
+                "`nul` and `octet_counting` are for stream sockets (a datagram is framed by the kernel)",
+            ));
         }
         if stream && cfg.max_connections == 0 {
             errors.push(ConfigError::new(format!("{path}.max_connections"), "must be at least 1"));
@@ -398,12 +413,8 @@ impl Reader {
         }
     }
 
-    fn framer(&self, octet: bool) -> ConnFramer {
-        if octet {
-            ConnFramer::Octet(framing::OctetFramer::new(self.max_frame, self.oversize, CONN_READ_CHUNK))
-        } else {
-            ConnFramer::Newline(LineFramer::with_read_chunk(self.max_frame, self.oversize, CONN_READ_CHUNK))
-        }
+    fn framer(&self, cut: ConnFraming) -> ConnFramer {
+        ConnFramer::new(cut, self.max_frame, self.oversize, CONN_READ_CHUNK)
     }
 
     /// Decodes framed messages (JSON lines or syslog) and queues them;
@@ -448,11 +459,15 @@ impl Reader {
     /// Reads one connection until it ends, idles out, or shutdown is
     /// asked; what is buffered at the end is sent as the last frame.
     pub(crate) async fn serve(&self, mut conn: Conn, ctx: Arc<SourceContext>, mut shutdown: ShutdownSignal) {
-        let mut octet = self.framing == StreamFraming::OctetCounting;
+        let mut cut = match self.framing {
+            StreamFraming::Auto | StreamFraming::Newline => ConnFraming::Newline,
+            StreamFraming::Nul => ConnFraming::Nul,
+            StreamFraming::OctetCounting => ConnFraming::OctetCounting,
+        };
         let mut undecided = self.framing == StreamFraming::Auto && self.format == SocketFormat::Syslog;
         let mut slot: Option<ConnFramer> = None;
         loop {
-            let read = conn.read(&mut slot, || self.framer(octet));
+            let read = conn.read(&mut slot, || self.framer(cut));
             let result = tokio::select! {
                 biased;
                 _ = shutdown.wait() => break,
@@ -473,13 +488,8 @@ impl Reader {
             if undecided {
                 undecided = false;
                 if let Some(mut f) = slot.take() {
-                    let first = matches!(f.buf_mut().first(), Some(b'1'..=b'9'));
-                    octet = first;
-                    slot = Some(if first {
-                        f.into_octet(self.max_frame, self.oversize, CONN_READ_CHUNK)
-                    } else {
-                        f
-                    });
+                    cut = ConnFraming::detect(f.buf_mut());
+                    slot = Some(f.switch_to(cut, self.max_frame, self.oversize, CONN_READ_CHUNK));
                 }
             }
             let Some(f) = slot.as_mut() else { continue };
@@ -710,6 +720,7 @@ permissions = "999"
 type = "socket"
 mode = "unix_datagram"
 path = "/tmp/x"
+framing = "nul"
 tls = { cert_file = "c", key_file = "k" }
 [sources.e]
 type = "socket"
@@ -725,6 +736,7 @@ mode = "carrier_pigeon"
             "sources.b.peer_environment:",
             "sources.c.permissions:",
             "sources.d.tls:",
+            "sources.d.framing:",
             "sources.e.mode:",
         ] {
             assert!(errs.iter().any(|e| e.starts_with(want)), "missing {want} in {errs:#?}");

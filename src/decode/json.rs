@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::enrich::{key_signature, Fragment, Member};
 use crate::event::{BatchBuilder, FieldSet};
 use crate::framing::Lines;
-pub(crate) use crate::json_text::escape_json_str;
+use crate::json_text::escape_json_str;
 use crate::json_text::key_bucket;
 
 /// Deepest nesting simd-json accepts; deeper documents are kept as wrapped

@@ -13,7 +13,6 @@ mod tape;
 pub(crate) mod test_support;
 mod values;
 
-pub use crate::json_text::escape_json_str;
 pub use json::Decoder;
 pub use values::{EventObserver, EventValues, Observer};
 

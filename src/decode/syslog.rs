@@ -23,7 +23,8 @@ use serde_json::{Map, Value};
 use std::ops::Range;
 use std::time::SystemTime;
 
-use super::json::{escape_json_str, Decoder};
+use super::json::Decoder;
+use crate::json_text::escape_json_str;
 use crate::enrich::{Fragment, Member};
 use crate::event::BatchBuilder;
 

@@ -1536,6 +1536,219 @@ mod tests {
         }
     }
 
+    fn pos(segment: u64, offset: u64) -> Position {
+        Position { segment, offset }
+    }
+
+    fn pending(seq: u64, start: Position, end: Position, done: bool) -> Pending {
+        Pending {
+            seq,
+            start,
+            end,
+            events: 1,
+            done,
+        }
+    }
+
+    #[test]
+    fn spans_are_the_runs_of_done_records_merged_with_inherited_ones() {
+        let mut st = State {
+            segments: BTreeMap::new(),
+            disk_bytes: 0,
+            acked: pos(0, 8),
+            pending: VecDeque::from([
+                pending(0, pos(0, 8), pos(0, 50), false),
+                pending(1, pos(0, 50), pos(0, 90), true),
+                pending(2, pos(0, 90), pos(1, 40), true),
+                pending(3, pos(1, 40), pos(1, 80), false),
+                pending(4, pos(1, 80), pos(1, 99), true),
+            ]),
+            inherited: vec![
+                Span {
+                    start: pos(0, 0),
+                    end: pos(0, 8),
+                },
+                Span {
+                    start: pos(1, 99),
+                    end: pos(2, 10),
+                },
+            ],
+            writer_closed: false,
+        };
+        let span = |start, end| Span { start, end };
+        assert_eq!(
+            st.spans(),
+            vec![span(pos(0, 50), pos(1, 40)), span(pos(1, 80), pos(2, 10))],
+            "an inherited span behind the position is gone; touching spans merge"
+        );
+        st.pending.iter_mut().for_each(|p| p.done = false);
+        st.inherited.clear();
+        assert!(st.spans().is_empty());
+    }
+
+    #[test]
+    fn acked_file_round_trips_and_reads_the_format_without_spans() {
+        let spans = [Span {
+            start: pos(3, 100),
+            end: pos(5, 8),
+        }];
+        assert_eq!(decode_acked(&encode_acked(pos(3, 40), &spans)), Ok((pos(3, 40), spans.to_vec())));
+        let mut old = Vec::new();
+        put_position(&mut old, pos(7, 9));
+        let crc = crc32c::crc32c(&old);
+        old.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_acked(&old), Ok((pos(7, 9), Vec::new())));
+        let overlapping = [spans[0], spans[0]];
+        assert!(decode_acked(&encode_acked(pos(3, 40), &overlapping)).is_err());
+    }
+
+    /// A small buffer directory after a shutdown: two records in one
+    /// segment; with `ack_first` the first one is acknowledged (and the
+    /// `acked` file says so), else neither is and there is no `acked` file.
+    /// Returns the events and the segment's path.
+    async fn small_buffer(dir: &Path, ack_first: bool) -> (Vec<String>, PathBuf) {
+        let fs = fields(&["a"]);
+        let (tx, mut rx, handle) = open("pristine", dir, &small_config(), fs.clone()).unwrap();
+        let lines = [r#"{"a":"one"}"#, r#"{"a":"two","b":[1,2]}"#, r#"{"a":"three"}"#];
+        tx.send(Arc::new(batch(&fs, &lines[..2], json!({"k":"v"})))).await.unwrap();
+        tx.send(Arc::new(batch(&fs, &lines[2..], json!({"k":"v"})))).await.unwrap();
+        if ack_first {
+            let item = rx.recv().await.unwrap();
+            item.batch.acknowledge(AckOutcome::Delivered);
+        }
+        handle.stop_feeding();
+        drop((tx, rx));
+        handle.closed().await;
+        let segs: Vec<PathBuf> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .collect();
+        assert_eq!(segs.len(), 1);
+        assert_eq!(dir.join("acked").exists(), ack_first);
+        (lines.iter().map(|l| l.to_string()).collect(), segs[0].clone())
+    }
+
+    fn small_config() -> BufferConfig {
+        BufferConfig {
+            kind: BufferType::Disk,
+            max_events: 1000,
+            max_bytes: ByteSize(1 << 20),
+            when_full: WhenFull::Block,
+            fsync: FsyncPolicy::Never,
+        }
+    }
+
+    /// Opens the buffer in `dir` as `sink`, writes one new event, and reads
+    /// everything back (acknowledging it) until the buffer closes: what a
+    /// restart on a damaged directory must survive. Returns the events read.
+    async fn open_and_drain(dir: &Path, sink: &str) -> Vec<String> {
+        let fs = fields(&["a"]);
+        let (tx, mut rx, handle) = open(sink, dir, &small_config(), fs.clone()).unwrap();
+        tx.send(Arc::new(batch(&fs, &[r#"{"a":"new"}"#], json!({})))).await.unwrap();
+        drop(tx);
+        let mut got = Vec::new();
+        loop {
+            let item = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+            let Some(item) = item.unwrap_or_else(|_| panic!("{sink}: the buffer stopped delivering")) else {
+                break;
+            };
+            got.extend(item.batch.events().map(|e| String::from_utf8_lossy(e).into_owned()));
+            item.batch.acknowledge(AckOutcome::Delivered);
+        }
+        drop(rx);
+        handle.closed().await;
+        assert_eq!(
+            got.last().map(String::as_str),
+            Some(r#"{"a":"new"}"#),
+            "{sink}: new events still flow"
+        );
+        got
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        for e in fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+
+    /// Every damaged variant of one file of a small buffer, each opened,
+    /// written to and drained in a fresh copy of the directory.
+    async fn each_variant_of(pristine: &Path, path: &Path, check: impl Fn(&str, &[u8], &[String], &Path)) {
+        let file = if path.ends_with("acked") { "acked" } else { "segment" };
+        let bytes = fs::read(&path).unwrap();
+        let name = path.file_name().unwrap().to_owned();
+        let mut variants: Vec<(String, Vec<u8>)> = (0..bytes.len()).map(|n| (format!("cut{n}"), bytes[..n].to_vec())).collect();
+        for i in 0..bytes.len() {
+            for mask in [0x01u8, 0xff] {
+                let mut v = bytes.clone();
+                v[i] ^= mask;
+                variants.push((format!("flip{i}x{mask:02x}"), v));
+            }
+        }
+        for (what, v) in variants {
+            let dir = tempfile::tempdir().unwrap();
+            copy_dir(pristine, dir.path());
+            fs::write(dir.path().join(&name), &v).unwrap();
+            let sink = format!("{file}-{what}");
+            let got = open_and_drain(dir.path(), &sink).await;
+            check(&sink, &v, &got, dir.path());
+        }
+    }
+
+    fn corrupt_records(sink: &str) -> u64 {
+        metrics().buffer_corrupt_records.with_label_values(&[sink]).get()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_cut_and_flip_of_a_segment_is_survived_and_counted() {
+        let pristine = tempfile::tempdir().unwrap();
+        let (lines, path) = small_buffer(pristine.path(), false).await;
+        let seg = fs::read(&path).unwrap();
+        // Record boundaries: a cut there leaves a shorter, valid segment
+        // (an empty file is a crash right after creating it).
+        let first_len = u32::from_le_bytes(seg[8..12].try_into().unwrap()) as usize;
+        let boundaries = [0, 8, 8 + 8 + first_len, seg.len()];
+        each_variant_of(pristine.path(), &path, |sink, v, got, _| {
+            let old = &got[..got.len() - 1];
+            assert!(old.iter().all(|e| lines.contains(e)), "{sink}: only real events: {got:?}");
+            if sink.contains("flip") || !boundaries.contains(&v.len()) {
+                assert!(corrupt_records(sink) >= 1, "{sink}: damage is counted");
+            } else {
+                assert_eq!(corrupt_records(sink), 0, "{sink}");
+            }
+            if v.len() >= boundaries[2] && seg[..boundaries[2]] == v[..boundaries[2]] {
+                assert_eq!(old[..2], lines[..2], "{sink}: the intact first record is delivered");
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_cut_and_flip_of_the_acked_file_is_set_aside_counted_and_replayed() {
+        let pristine = tempfile::tempdir().unwrap();
+        let (lines, _) = small_buffer(pristine.path(), true).await;
+        let intact = tempfile::tempdir().unwrap();
+        copy_dir(pristine.path(), intact.path());
+        let got = open_and_drain(intact.path(), "acked-intact").await;
+        assert_eq!(got[..got.len() - 1], lines[2..], "intact: the acknowledged record is not replayed");
+        each_variant_of(pristine.path(), &pristine.path().join("acked"), |sink, _, got, dir| {
+            assert_eq!(
+                metrics().buffer_corrupt_files.with_label_values(&[sink]).get(),
+                1,
+                "{sink}: damage is counted"
+            );
+            assert_eq!(got[..got.len() - 1], lines[..], "{sink}: every record is replayed");
+            let aside = fs::read_dir(dir)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("acked.corrupt-"))
+                .count();
+            assert_eq!(aside, 1, "{sink}: the damaged file is set aside");
+        })
+        .await;
+    }
+
     #[test]
     fn fsync_and_defaults_depend_on_the_buffer_type() {
         let c: BufferConfig = serde_json::from_value(json!({"type": "disk", "fsync": "always"})).unwrap();

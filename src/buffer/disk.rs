@@ -427,6 +427,7 @@ pub(crate) fn open(
         last_sync: Instant::now(),
         header: Vec::new(),
         drop_counter: m.events_dropped.with_label_values(&[sink, "buffer_full"]),
+        disk_full: false,
     };
     let reader = Reader {
         shared: shared.clone(),
@@ -627,6 +628,15 @@ struct Writer {
     /// Reused buffer for record headers.
     header: Vec<u8>,
     drop_counter: prometheus::IntCounter,
+    /// The last write failed for lack of space and its batch was dropped
+    /// (so the next such failure is not logged again).
+    disk_full: bool,
+}
+
+/// The file system (or the user's quota) has no room: under `drop_newest`
+/// that is the buffer being full.
+fn is_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 enum Admit {
@@ -711,14 +721,29 @@ impl Writer {
         let mut failures = 0u32;
         loop {
             match self.append(&frame, batch, size) {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.disk_full = false;
+                    break;
+                }
                 Err(e) => {
                     self.shared.io_error("write");
+                    self.abandon_segment();
+                    if is_full(&e) && self.when_full == WhenFull::DropNewest {
+                        // A full file system is a full buffer: the policy
+                        // says to drop rather than wait.
+                        if !self.disk_full {
+                            tracing::error!(sink = %self.shared.sink, dir = %self.shared.dir.display(), error = %e,
+                                "the disk buffer's file system is full; dropping new batches (when_full = \"drop_newest\") until there is room");
+                        }
+                        self.disk_full = true;
+                        self.drop_counter.inc_by(batch.len() as u64);
+                        batch.acknowledge(AckOutcome::Dropped);
+                        return;
+                    }
                     if failures % 30 == 0 {
                         tracing::error!(sink = %self.shared.sink, dir = %self.shared.dir.display(), error = %e, "cannot write to the disk buffer; retrying");
                     }
                     failures += 1;
-                    self.abandon_segment();
                     std::thread::sleep(WRITE_RETRY);
                 }
             }

@@ -226,3 +226,61 @@ fn stop_with_a_dead_sink(s: Sluice) {
     let last = log.lines().last().unwrap_or_default();
     assert!(last.contains("shutdown did not finish"), "{last}");
 }
+
+/// A damaged checkpoint file at start, against the real binary: for cuts
+/// and flipped bytes spread over the whole file (every byte position is
+/// covered in-process by the checkpoint's unit tests), sluice starts, sets
+/// the file aside, counts it, reads the files again from their start, and
+/// keeps tailing.
+#[test]
+fn damaged_checkpoint_is_set_aside_and_counted_and_sluice_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    for f in 0..2 {
+        append(&logs.join(format!("f{f}.log")), (0..10).map(|i| format!(r#"{{"id":"{f}-{i}"}}"#)));
+    }
+    let data = dir.path().join("data");
+    let cfg = config_with_api(&data, &[glob(&logs, "*.log")], "");
+    let mut s = Sluice::start(dir.path(), &cfg);
+    s.wait_for(20, T);
+    let (status, _) = s.stop();
+    assert!(status.success());
+    let ckpt = data.join("file/files/checkpoints.json");
+    let good = std::fs::read(&ckpt).unwrap();
+    const STRIDE: usize = 23;
+    let mut variants: Vec<(String, Vec<u8>)> = (0..good.len())
+        .step_by(STRIDE)
+        .map(|n| (format!("cut at {n}"), good[..n].to_vec()))
+        .collect();
+    for i in (STRIDE / 2..good.len()).step_by(STRIDE) {
+        let mut v = good.clone();
+        v[i] ^= 0x01;
+        variants.push((format!("byte {i} ^ 0x01"), v));
+    }
+    let mut next = 10;
+    for (what, v) in variants {
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir_all(ckpt.parent().unwrap()).unwrap();
+        std::fs::write(&ckpt, &v).unwrap();
+        let mut s = Sluice::start(dir.path(), &cfg);
+        let lines = s.wait_for(20, T);
+        assert_eq!(
+            metric(&s, "sluice_file_checkpoint_errors_total{kind=\"corrupt\",source=\"files\"}"),
+            1.0,
+            "{what}: counted"
+        );
+        assert_each_once(&lines, (0..2).flat_map(|f| (0..next).map(move |i| format!("{f}-{i}"))));
+        append(&logs.join("f0.log"), [format!(r#"{{"id":"0-{next}"}}"#)]);
+        append(&logs.join("f1.log"), [format!(r#"{{"id":"1-{next}"}}"#)]);
+        next += 1;
+        s.wait_for(2 * next, T);
+        let (status, _) = s.stop();
+        assert!(status.success(), "{what}");
+        let aside = std::fs::read_dir(ckpt.parent().unwrap())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".corrupt-"))
+            .count();
+        assert_eq!(aside, 1, "{what}: set aside");
+    }
+}

@@ -1702,7 +1702,7 @@ mod tests {
     /// written to and drained in a fresh copy of the directory.
     async fn each_variant_of(pristine: &Path, path: &Path, check: impl Fn(&str, &[u8], &[String], &Path)) {
         let file = if path.ends_with("acked") { "acked" } else { "segment" };
-        let bytes = fs::read(&path).unwrap();
+        let bytes = fs::read(path).unwrap();
         let name = path.file_name().unwrap().to_owned();
         let mut variants: Vec<(String, Vec<u8>)> = (0..bytes.len()).map(|n| (format!("cut{n}"), bytes[..n].to_vec())).collect();
         for i in 0..bytes.len() {

@@ -21,7 +21,7 @@ fn assert_each_once(lines: &[String], expected: impl IntoIterator<Item = String>
     let mut n = 0;
     for want in expected {
         n += 1;
-        assert_eq!(got.get(&want), Some(&1), "{want}");
+        assert_eq!(got.get(&want), Some(&1), "{want} in {lines:?}");
     }
     assert_eq!(lines.len(), n, "no extra lines");
 }
@@ -264,7 +264,7 @@ fn damaged_checkpoint_is_set_aside_and_counted_and_sluice_keeps_running() {
         std::fs::create_dir_all(ckpt.parent().unwrap()).unwrap();
         std::fs::write(&ckpt, &v).unwrap();
         let mut s = Sluice::start(dir.path(), &cfg);
-        let lines = s.wait_for(20, T);
+        let lines = s.wait_for(2 * next, T);
         assert_eq!(
             metric(&s, "sluice_file_checkpoint_errors_total{kind=\"corrupt\",source=\"files\"}"),
             1.0,

@@ -12,8 +12,8 @@ use kafka_support::{events, eventually, id_of, read_until, segments, Broker, Slu
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 
-fn config(data_dir: &Path, bootstrap: &str, topic: &str, buffer: &str, with_stdout: bool) -> String {
-    let stdout = if with_stdout { "[sinks.out]\ntype = \"stdout\"\n" } else { "" };
+/// sluice with a stdin source named `in` feeding `sinks` (TOML).
+fn stdin_config(data_dir: &Path, sinks: &str) -> String {
     format!(
         r#"
 data_dir = "{}"
@@ -22,7 +22,17 @@ shutdown_timeout = "2s"
 address = "{{api}}"
 [sources.in]
 type = "stdin"
-{stdout}
+{sinks}"#,
+        data_dir.display()
+    )
+}
+
+fn config(data_dir: &Path, bootstrap: &str, topic: &str, buffer: &str, with_stdout: bool) -> String {
+    let stdout = if with_stdout { "[sinks.out]\ntype = \"stdout\"\n" } else { "" };
+    stdin_config(
+        data_dir,
+        &format!(
+            r#"{stdout}
 [sinks.k]
 type = "kafka"
 bootstrap_servers = "{bootstrap}"
@@ -33,8 +43,8 @@ healthcheck = false
 [sinks.k.buffer]
 type = "disk"
 {buffer}
-"#,
-        data_dir.display()
+"#
+        ),
     )
 }
 
@@ -348,14 +358,10 @@ max_bytes = "64MiB"
 fn kill_9_with_one_stuck_record_resends_only_what_was_not_delivered() {
     let loki = support::Loki::start();
     let data = tempfile::tempdir().expect("temp dir");
-    let cfg = format!(
-        r#"
-data_dir = "{}"
-shutdown_timeout = "2s"
-[api]
-address = "{{api}}"
-[sources.in]
-type = "stdin"
+    let cfg = stdin_config(
+        data.path(),
+        &format!(
+            r#"
 [sinks.k]
 type = "loki"
 endpoint = "{}"
@@ -370,8 +376,8 @@ timeout = "50ms"
 type = "disk"
 max_bytes = "64MiB"
 "#,
-        data.path().display(),
-        loki.url
+            loki.url
+        ),
     );
     let line = |i: usize, lane: &str| format!(r#"{{"id":{i},"lane":"{lane}","msg":"event {i} of lane {lane}"}}"#);
     let stuck: Vec<String> = (0..100).map(|i| line(i, "stuck")).collect();

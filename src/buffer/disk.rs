@@ -46,7 +46,7 @@ use super::memory::{memory_queue, MemorySender, QueueReceiver, SinkGone};
 use super::{BufferConfig, BufferError, FsyncPolicy, WhenFull, DEFAULT_BUFFER_MAX_BYTES};
 use crate::decode::Decoder;
 use crate::enrich::{Fragment, SourceContext};
-use crate::event::{AckGroup, AckOutcome, AckReceiver, AckWindow, Batch, BatchBuilder, FieldPath, FieldSet, FieldValue, RawParts};
+use crate::event::{AckGroup, AckOutcome, AckReceiver, Batch, BatchBuilder, FieldPath, FieldSet, FieldValue, RawParts};
 use crate::telemetry::metrics;
 
 /// First bytes of every segment file; a later format gets a new magic.
@@ -146,13 +146,36 @@ struct Segment {
     sealed: bool,
 }
 
-/// A record handed to the sink and not yet acknowledged, in read order.
+/// A stretch of the buffer whose records are all acknowledged: from where
+/// its first record starts to where its last one ends. Nothing but those
+/// records lies between (the reader reads in order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: Position,
+    end: Position,
+}
+
+impl Span {
+    /// The record (or region) from `start` to `end` lies inside.
+    fn covers(&self, start: Position, end: Position) -> bool {
+        self.start <= start && end <= self.end
+    }
+}
+
+/// A record handed to the sink and not yet passed by the acknowledged
+/// position, in read order.
 #[derive(Debug)]
 struct Pending {
     seq: u64,
+    /// Where the record starts (its frame, or the cursor for a skipped
+    /// region): never before the previous entry's `end`.
+    start: Position,
     /// Where the record ends: the acknowledged position moves here.
     end: Position,
     events: u64,
+    /// Delivered (or dropped) by the sink: it belongs to an acknowledged
+    /// span even while an earlier record holds the position back.
+    done: bool,
 }
 
 #[derive(Debug)]
@@ -162,8 +185,13 @@ struct State {
     disk_bytes: u64,
     /// Everything before this position is acknowledged.
     acked: Position,
-    /// Records the reader handed out, oldest first.
+    /// Records the reader handed out, oldest first; the front one is never
+    /// `done` (done entries at the front are popped into `acked`).
     pending: VecDeque<Pending>,
+    /// Spans an earlier run acknowledged past `acked` (sorted, disjoint),
+    /// kept until `acked` passes them: the reader skips their records
+    /// again, but a crash before it gets there must not forget them.
+    inherited: Vec<Span>,
     /// The writer is gone: no segment will grow any more.
     writer_closed: bool,
 }
@@ -184,6 +212,41 @@ struct Shared {
     corrupt: prometheus::IntCounter,
 }
 
+impl State {
+    /// Every acknowledged span past `acked`: runs of done records in
+    /// `pending` and what is left of the inherited spans, sorted, merged,
+    /// and at most [`MAX_SPANS`] (the first ones: keeping fewer only means
+    /// resending more after a crash).
+    fn spans(&self) -> Vec<Span> {
+        let mut spans: Vec<Span> = self.inherited.iter().filter(|s| s.end > self.acked).copied().collect();
+        let mut run: Option<Span> = None;
+        for p in &self.pending {
+            match (&mut run, p.done) {
+                (Some(r), true) => r.end = p.end,
+                (None, true) => {
+                    run = Some(Span {
+                        start: p.start,
+                        end: p.end,
+                    })
+                }
+                (Some(_), false) => spans.extend(run.take()),
+                (None, false) => {}
+            }
+        }
+        spans.extend(run);
+        spans.sort_by_key(|s| s.start);
+        let mut merged: Vec<Span> = Vec::with_capacity(spans.len());
+        for s in spans {
+            match merged.last_mut() {
+                Some(last) if s.start <= last.end => last.end = last.end.max(s.end),
+                _ => merged.push(s),
+            }
+        }
+        merged.truncate(MAX_SPANS);
+        merged
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock is a bug; the state is still
@@ -199,14 +262,25 @@ impl Shared {
         metrics().buffer_errors.with_label_values(&[&self.sink, kind]).inc();
     }
 
-    /// Removes every sealed segment that holds only acknowledged records;
+    /// Removes every sealed segment that holds only acknowledged records
+    /// (before the acknowledged position, or inside one of `spans`);
     /// returns their ids for the caller to unlink outside the lock.
-    fn take_deletable(&self, st: &mut State) -> Vec<u64> {
+    fn take_deletable(&self, st: &mut State, spans: &[Span]) -> Vec<u64> {
         let acked = st.acked;
         let ids: Vec<u64> = st
             .segments
             .iter()
-            .filter(|(&id, seg)| seg.sealed && (id < acked.segment || (id == acked.segment && acked.offset >= seg.len)))
+            .filter(|(&id, seg)| {
+                let first = Position {
+                    segment: id,
+                    offset: SEGMENT_MAGIC.len() as u64,
+                };
+                let end = Position {
+                    segment: id,
+                    offset: seg.len,
+                };
+                seg.sealed && (end <= acked || spans.iter().any(|s| s.covers(first.min(end), end)))
+            })
             .map(|(&id, _)| id)
             .collect();
         for id in &ids {
@@ -279,16 +353,28 @@ pub(crate) fn open(
         let len = entry.metadata().map_err(|e| io_err(&entry.path(), e))?.len();
         segments.insert(id, Segment { len, sealed: true });
     }
-    let acked = read_acked(dir).unwrap_or_else(|| {
+    let m = metrics();
+    let corrupt_files = m.buffer_corrupt_files.with_label_values(&[sink]);
+    let saved = match read_acked(dir) {
+        AckedFile::Read(saved) => Some(saved),
+        AckedFile::Missing => None,
+        AckedFile::Damaged(reason) => {
+            corrupt_files.inc();
+            let aside = set_aside(dir);
+            tracing::error!(sink = %sink, dir = %dir.display(), reason = %reason, moved_to = %aside.display(),
+                "disk buffer acknowledged position is damaged; set aside, replaying every segment (expect duplicates)");
+            None
+        }
+    };
+    let (acked, inherited) = saved.unwrap_or_else(|| {
         // No position (first run, or the file was damaged): replay all.
         let first = segments.keys().next().copied().unwrap_or(0);
-        Position { segment: first, offset: 0 }
+        (Position { segment: first, offset: 0 }, Vec::new())
     });
     let disk_bytes = segments.values().map(|s| s.len).sum();
     let next_segment = segments.keys().next_back().map_or(0, |id| id + 1).max(acked.segment + 1);
     let first_new_segment = next_segment;
 
-    let m = metrics();
     let shared = Arc::new(Shared {
         sink: sink.into(),
         dir: dir.to_owned(),
@@ -297,6 +383,7 @@ pub(crate) fn open(
             disk_bytes,
             acked,
             pending: VecDeque::new(),
+            inherited: inherited.clone(),
             writer_closed: false,
         }),
         data: Condvar::new(),
@@ -309,7 +396,7 @@ pub(crate) fn open(
     m.buffer_max_bytes.with_label_values(&[sink]).set(config.max_bytes.0 as i64);
     let stale = {
         let mut st = shared.lock();
-        let ids = shared.take_deletable(&mut st);
+        let ids = shared.take_deletable(&mut st, &[]);
         let replay = st.disk_bytes;
         if replay > 0 {
             tracing::info!(sink = %sink, bytes = replay, "disk buffer holds unacknowledged records from an earlier run; replaying them first");
@@ -340,6 +427,7 @@ pub(crate) fn open(
         last_sync: Instant::now(),
         header: Vec::new(),
         drop_counter: m.events_dropped.with_label_values(&[sink, "buffer_full"]),
+        disk_full: false,
     };
     let reader = Reader {
         shared: shared.clone(),
@@ -348,6 +436,7 @@ pub(crate) fn open(
         feed,
         stop: stop_rx,
         cursor: acked,
+        acked_spans: inherited.iter().copied().collect(),
         file: None,
         first_new_segment,
         contexts: Vec::new(),
@@ -356,9 +445,7 @@ pub(crate) fn open(
     let acker = Acker {
         shared: shared.clone(),
         acks,
-        window: AckWindow::default(),
-        frozen: false,
-        persisted: acked,
+        persisted: (acked, inherited),
         last_persist: Instant::now(),
         fsync: config.fsync,
     };
@@ -397,36 +484,127 @@ pub(crate) fn open(
 // The acknowledged position file
 // ---------------------------------------------------------------------------
 
-/// `segment: u64 LE`, `offset: u64 LE`, `crc32c` of those 16 bytes.
-fn encode_acked(p: Position) -> [u8; 20] {
-    let mut b = [0u8; 20];
-    b[..8].copy_from_slice(&p.segment.to_le_bytes());
-    b[8..16].copy_from_slice(&p.offset.to_le_bytes());
-    let crc = crc32c::crc32c(&b[..16]);
-    b[16..].copy_from_slice(&crc.to_le_bytes());
+/// First bytes of the `acked` file since acknowledged spans are kept; the
+/// file before that was 20 bytes without a magic, and is still read.
+const ACKED_MAGIC: &[u8; 8] = b"SLCACK02";
+
+/// At most this many acknowledged spans past the position are kept (32
+/// bytes each on disk). Each span ends at a record the sink has not
+/// finished with, so this many only appear with as many records stuck at
+/// once; past it the later spans are forgotten and resent after a crash.
+const MAX_SPANS: usize = 4096;
+
+fn put_position(out: &mut Vec<u8>, p: Position) {
+    out.extend_from_slice(&p.segment.to_le_bytes());
+    out.extend_from_slice(&p.offset.to_le_bytes());
+}
+
+/// [`ACKED_MAGIC`], the position (`segment: u64 LE`, `offset: u64 LE`),
+/// `spans: u32 LE`, each span's start and end positions, then `crc32c` of
+/// everything before it.
+fn encode_acked(acked: Position, spans: &[Span]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(ACKED_MAGIC.len() + 16 + 4 + spans.len() * 32 + 4);
+    b.extend_from_slice(ACKED_MAGIC);
+    put_position(&mut b, acked);
+    b.extend_from_slice(&(spans.len() as u32).to_le_bytes());
+    for s in spans {
+        put_position(&mut b, s.start);
+        put_position(&mut b, s.end);
+    }
+    let crc = crc32c::crc32c(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
     b
 }
 
-fn read_acked(dir: &Path) -> Option<Position> {
-    let b = fs::read(dir.join("acked")).ok()?;
-    let b: &[u8; 20] = b.as_slice().try_into().ok()?;
-    let crc = u32::from_le_bytes(b[16..].try_into().ok()?);
-    if crc32c::crc32c(&b[..16]) != crc {
-        tracing::warn!(dir = %dir.display(), "disk buffer acknowledged position is damaged; replaying every segment");
-        return None;
+/// The position and spans of an `acked` file, or why it is damaged.
+fn decode_acked(b: &[u8]) -> Result<(Position, Vec<Span>), &'static str> {
+    let (body, crc) = b.split_last_chunk::<4>().ok_or("shorter than its checksum")?;
+    if crc32c::crc32c(body) != u32::from_le_bytes(*crc) {
+        return Err("checksum mismatch");
     }
-    Some(Position {
-        segment: u64::from_le_bytes(b[..8].try_into().ok()?),
-        offset: u64::from_le_bytes(b[8..16].try_into().ok()?),
-    })
+    fn position(r: &mut Fields) -> Option<Position> {
+        Some(Position {
+            segment: r.u64()?,
+            offset: r.u64()?,
+        })
+    }
+    let mut r = Fields { buf: body, pos: 0 };
+    if body.len() == 16 {
+        // The format before spans: the position alone.
+        return position(&mut r).map(|p| (p, Vec::new())).ok_or("truncated");
+    }
+    if r.take(ACKED_MAGIC.len()) != Some(ACKED_MAGIC.as_slice()) {
+        return Err("unknown format");
+    }
+    let acked = position(&mut r).ok_or("truncated")?;
+    let n = r.u32().ok_or("truncated")? as usize;
+    if n > MAX_SPANS || body.len() != r.pos + n * 32 {
+        return Err("span count does not match the length");
+    }
+    let mut spans = Vec::with_capacity(n);
+    let mut last = acked;
+    for _ in 0..n {
+        let (Some(start), Some(end)) = (position(&mut r), position(&mut r)) else {
+            return Err("truncated");
+        };
+        // Spans lie past the position, in order, and do not overlap.
+        if start < last || end <= start {
+            return Err("spans out of order");
+        }
+        spans.push(Span { start, end });
+        last = end;
+    }
+    Ok((acked, spans))
 }
 
-fn write_acked(dir: &Path, p: Position, sync: bool) -> io::Result<()> {
+/// What reading the `acked` file found.
+enum AckedFile {
+    /// First run: no file.
+    Missing,
+    /// The position and the spans acknowledged past it.
+    Read((Position, Vec<Span>)),
+    /// Unreadable or damaged, and why.
+    Damaged(String),
+}
+
+fn read_acked(dir: &Path) -> AckedFile {
+    match fs::read(dir.join("acked")) {
+        Ok(b) => match decode_acked(&b) {
+            Ok(saved) => AckedFile::Read(saved),
+            Err(why) => AckedFile::Damaged(format!("{why} ({} bytes)", b.len())),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => AckedFile::Missing,
+        Err(e) => AckedFile::Damaged(format!("unreadable: {e}")),
+    }
+}
+
+/// Moves a damaged `acked` file to `acked.corrupt-<unix seconds>` (or
+/// removes it if it cannot be moved), so it is reported once; returns
+/// where it went.
+fn set_aside(dir: &Path) -> PathBuf {
+    let path = dir.join("acked");
+    let secs = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let aside = dir.join(format!("acked.corrupt-{secs}"));
+    if fs::rename(&path, &aside).is_ok() {
+        return aside;
+    }
+    let _ = fs::remove_file(&path);
+    path
+}
+
+fn write_acked(dir: &Path, acked: Position, spans: &[Span], sync: bool) -> io::Result<()> {
     let tmp = dir.join("acked.tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(&encode_acked(p))?;
-    if sync {
-        f.sync_data()?;
+    let written = File::create(&tmp).and_then(|mut f| {
+        f.write_all(&encode_acked(acked, spans))?;
+        if sync {
+            f.sync_data()?;
+        }
+        Ok(())
+    });
+    if let Err(e) = written {
+        // On a full disk, give back what the partial file took.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
     fs::rename(&tmp, dir.join("acked"))
 }
@@ -450,6 +628,15 @@ struct Writer {
     /// Reused buffer for record headers.
     header: Vec<u8>,
     drop_counter: prometheus::IntCounter,
+    /// The last write failed for lack of space and its batch was dropped
+    /// (so the next such failure is not logged again).
+    disk_full: bool,
+}
+
+/// The file system (or the user's quota) has no room: under `drop_newest`
+/// that is the buffer being full.
+fn is_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 enum Admit {
@@ -469,7 +656,7 @@ impl Drop for Writer {
                     seg.sealed = true;
                 }
             }
-            self.shared.take_deletable(&mut st)
+            self.shared.take_deletable(&mut st, &[])
         };
         self.shared.unlink(&deletable);
         self.shared.data.notify_all();
@@ -534,14 +721,29 @@ impl Writer {
         let mut failures = 0u32;
         loop {
             match self.append(&frame, batch, size) {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.disk_full = false;
+                    break;
+                }
                 Err(e) => {
                     self.shared.io_error("write");
+                    self.abandon_segment();
+                    if is_full(&e) && self.when_full == WhenFull::DropNewest {
+                        // A full file system is a full buffer: the policy
+                        // says to drop rather than wait.
+                        if !self.disk_full {
+                            tracing::error!(sink = %self.shared.sink, dir = %self.shared.dir.display(), error = %e,
+                                "the disk buffer's file system is full; dropping new batches (when_full = \"drop_newest\") until there is room");
+                        }
+                        self.disk_full = true;
+                        self.drop_counter.inc_by(batch.len() as u64);
+                        batch.acknowledge(AckOutcome::Dropped);
+                        return;
+                    }
                     if failures % 30 == 0 {
                         tracing::error!(sink = %self.shared.sink, dir = %self.shared.dir.display(), error = %e, "cannot write to the disk buffer; retrying");
                     }
                     failures += 1;
-                    self.abandon_segment();
                     std::thread::sleep(WRITE_RETRY);
                 }
             }
@@ -570,7 +772,7 @@ impl Writer {
                         seg.sealed = true;
                     }
                     self.current = None;
-                    let ids = self.shared.take_deletable(&mut st);
+                    let ids = self.shared.take_deletable(&mut st, &[]);
                     drop(st);
                     self.shared.unlink(&ids);
                     st = self.shared.lock();
@@ -636,7 +838,7 @@ impl Writer {
                     seg.sealed = true;
                 }
             }
-            self.shared.take_deletable(&mut st)
+            self.shared.take_deletable(&mut st, &[])
         };
         self.shared.unlink(&deletable);
         let id = self.next_segment;
@@ -678,7 +880,7 @@ impl Writer {
             if let Some(seg) = st.segments.get_mut(&id) {
                 seg.sealed = true;
             }
-            self.shared.take_deletable(&mut st)
+            self.shared.take_deletable(&mut st, &[])
         };
         self.shared.unlink(&deletable);
         self.shared.data.notify_all();
@@ -822,6 +1024,9 @@ struct Reader {
     feed: MemorySender,
     stop: watch::Receiver<bool>,
     cursor: Position,
+    /// Spans an earlier run acknowledged past the cursor, sorted: their
+    /// records are skipped, not sent again.
+    acked_spans: VecDeque<Span>,
     file: Option<(u64, File)>,
     /// Segments from here on were written by this run (their events are
     /// already in the gauge).
@@ -833,8 +1038,10 @@ struct Reader {
 }
 
 enum Next {
-    /// A record's payload and where it ends.
-    Record(Bytes, Position),
+    /// A record's payload, where it starts and where it ends.
+    Record(Bytes, Position, Position),
+    /// A record an earlier run's sink acknowledged, up to this position.
+    Acknowledged(Position),
     /// Damage up to this position was skipped.
     Corrupt(Position),
     /// A segment without records (a write failed right after it was
@@ -850,8 +1057,12 @@ impl Reader {
     fn run(mut self, rt: &tokio::runtime::Handle) {
         let _rt = rt.enter();
         loop {
-            let (payload, end) = match self.next() {
-                Next::Record(p, end) => (p, end),
+            let (payload, start, end) = match self.next() {
+                Next::Record(p, start, end) => (p, start, end),
+                Next::Acknowledged(end) => {
+                    self.skip_to(end);
+                    continue;
+                }
                 Next::Corrupt(end) => {
                     self.shared.corrupt.inc();
                     tracing::warn!(sink = %self.shared.sink, segment = end.segment, "skipped a corrupt disk buffer record");
@@ -878,8 +1089,10 @@ impl Reader {
             ack.expect(1);
             self.shared.lock().pending.push_back(Pending {
                 seq: ack.seq(),
+                start,
                 end,
                 events,
+                done: false,
             });
             batch.ack = Some(ack);
             let batch = Arc::new(batch);
@@ -905,8 +1118,10 @@ impl Reader {
         let ack = self.group.next();
         self.shared.lock().pending.push_back(Pending {
             seq: ack.seq(),
+            start: self.cursor,
             end,
             events: 0,
+            done: false,
         });
         ack.expect(1);
         ack.complete(AckOutcome::Dropped);
@@ -988,6 +1203,10 @@ impl Reader {
             // after this point in the segment can be trusted.
             return Next::Corrupt(seg_end);
         }
+        let start = Position { segment: id, offset: at };
+        if acknowledged(&mut self.acked_spans, start, Position { segment: id, offset: end }) {
+            return Next::Acknowledged(Position { segment: id, offset: end });
+        }
         let mut payload = vec![0u8; rec_len as usize];
         if read(&mut payload, at + FRAME_BYTES).is_none() {
             self.shared.io_error("read");
@@ -998,7 +1217,7 @@ impl Reader {
             return Next::Corrupt(end);
         }
         self.cursor = end;
-        Next::Record(Bytes::from(payload), end)
+        Next::Record(Bytes::from(payload), start, end)
     }
 
     /// Rebuilds a batch from a checked payload; `None` if it does not parse.
@@ -1100,6 +1319,16 @@ impl Reader {
     }
 }
 
+/// The record from `start` to `end` lies in one of `spans` (sorted), which
+/// an earlier run acknowledged. Spans behind the record are dropped on the
+/// way: the reader only moves forward.
+fn acknowledged(spans: &mut VecDeque<Span>, start: Position, end: Position) -> bool {
+    while spans.front().is_some_and(|s| s.end <= start) {
+        spans.pop_front();
+    }
+    spans.front().is_some_and(|s| s.covers(start, end))
+}
+
 fn paths_to_set(paths: &[&str]) -> Option<FieldSet> {
     let mut set = FieldSet::new();
     for p in paths {
@@ -1115,11 +1344,8 @@ fn paths_to_set(paths: &[&str]) -> Option<FieldSet> {
 struct Acker {
     shared: Arc<Shared>,
     acks: AckReceiver,
-    window: AckWindow,
-    /// A record was abandoned (shutdown): the position stays before it for
-    /// the rest of this run, and it is replayed next time.
-    frozen: bool,
-    persisted: Position,
+    /// The position and spans last written to the `acked` file.
+    persisted: (Position, Vec<Span>),
     last_persist: Instant,
     fsync: FsyncPolicy,
 }
@@ -1128,8 +1354,8 @@ impl Acker {
     fn run(mut self, rt: &tokio::runtime::Handle) {
         let _rt = rt.enter();
         loop {
-            // Woken at least every interval, so the position on disk is
-            // never more than that behind, even when acknowledgements stop.
+            // Woken at least every interval, so the state on disk is never
+            // more than that behind, even when acknowledgements stop.
             let next = rt.block_on(tokio::time::timeout(ACK_PERSIST_INTERVAL, self.acks.recv()));
             match next {
                 Ok(Some(c)) => {
@@ -1149,48 +1375,72 @@ impl Acker {
         self.persist(!matches!(self.fsync, FsyncPolicy::Never));
     }
 
+    /// Marks completed records done and moves the position over the done
+    /// prefix. An abandoned record (shutdown) stays not done: the position
+    /// stays before it for the rest of this run and it is replayed next
+    /// time, while records after it that were delivered form spans.
     fn advance(&mut self, completions: Vec<crate::event::Completion>) {
         let mut events = 0u64;
         let deletable = {
             let mut st = self.shared.lock();
+            let Some(first) = st.pending.front().map(|p| p.seq) else {
+                return;
+            };
             for c in completions {
-                for (seq, outcome) in self.window.complete(c) {
-                    if self.frozen {
-                        continue;
-                    }
-                    if outcome == AckOutcome::Abandoned {
-                        self.frozen = true;
-                        continue;
-                    }
-                    // Sequence numbers are handed out in read order, one per
-                    // pending record, so the front is this one.
-                    if let Some(p) = st.pending.pop_front() {
-                        debug_assert_eq!(p.seq, seq);
-                        st.acked = p.end;
-                        events += p.events;
-                    }
+                // Sequence numbers are handed out in read order, one per
+                // pending record, so a record's index is its distance
+                // from the front.
+                let Some(p) = c.seq.checked_sub(first).and_then(|i| st.pending.get_mut(i as usize)) else {
+                    continue;
+                };
+                if outcome_is_done(c.outcome) && !p.done {
+                    p.done = true;
+                    events += p.events;
                 }
             }
-            self.shared.take_deletable(&mut st)
+            while let Some(p) = st.pending.pop_front() {
+                if !p.done {
+                    st.pending.push_front(p);
+                    break;
+                }
+                st.acked = p.end;
+            }
+            let acked = st.acked;
+            st.inherited.retain(|s| s.end > acked);
+            self.shared.take_deletable(&mut st, &[])
         };
         self.shared.events_gauge.sub(events as i64);
         self.shared.unlink(&deletable);
     }
 
+    /// Writes the position and spans if they changed (or `sync` asks), and
+    /// deletes segments the spans cover.
     fn persist(&mut self, sync: bool) {
         self.last_persist = Instant::now();
-        let acked = self.shared.lock().acked;
-        if acked == self.persisted && !sync {
+        let (acked, spans, deletable) = {
+            let mut st = self.shared.lock();
+            let spans = st.spans();
+            let deletable = self.shared.take_deletable(&mut st, &spans);
+            (st.acked, spans, deletable)
+        };
+        self.shared.unlink(&deletable);
+        if acked == self.persisted.0 && spans == self.persisted.1 && !sync {
             return;
         }
-        match write_acked(&self.shared.dir, acked, sync) {
-            Ok(()) => self.persisted = acked,
+        match write_acked(&self.shared.dir, acked, &spans, sync) {
+            Ok(()) => self.persisted = (acked, spans),
             Err(e) => {
                 self.shared.io_error("checkpoint");
-                tracing::warn!(sink = %self.shared.sink, error = %e, "cannot record the disk buffer's acknowledged position");
+                tracing::warn!(sink = %self.shared.sink, error = %e, "cannot record the disk buffer's acknowledged position; retrying");
             }
         }
     }
+}
+
+/// Delivered and dropped records are finished with; an abandoned one is
+/// not (it is read again after a restart).
+fn outcome_is_done(outcome: AckOutcome) -> bool {
+    outcome != AckOutcome::Abandoned
 }
 
 #[cfg(test)]
@@ -1231,6 +1481,7 @@ mod tests {
                     disk_bytes: 0,
                     acked: Position { segment: 0, offset: 0 },
                     pending: VecDeque::new(),
+                    inherited: Vec::new(),
                     writer_closed: false,
                 }),
                 data: Condvar::new(),
@@ -1245,6 +1496,7 @@ mod tests {
             feed,
             stop,
             cursor: Position { segment: 0, offset: 0 },
+            acked_spans: VecDeque::new(),
             file: None,
             first_new_segment: 0,
             contexts: Vec::new(),
@@ -1307,6 +1559,219 @@ mod tests {
             v[i] ^= 0xff;
             let _ = r.decode(Bytes::from(v));
         }
+    }
+
+    fn pos(segment: u64, offset: u64) -> Position {
+        Position { segment, offset }
+    }
+
+    fn pending(seq: u64, start: Position, end: Position, done: bool) -> Pending {
+        Pending {
+            seq,
+            start,
+            end,
+            events: 1,
+            done,
+        }
+    }
+
+    #[test]
+    fn spans_are_the_runs_of_done_records_merged_with_inherited_ones() {
+        let mut st = State {
+            segments: BTreeMap::new(),
+            disk_bytes: 0,
+            acked: pos(0, 8),
+            pending: VecDeque::from([
+                pending(0, pos(0, 8), pos(0, 50), false),
+                pending(1, pos(0, 50), pos(0, 90), true),
+                pending(2, pos(0, 90), pos(1, 40), true),
+                pending(3, pos(1, 40), pos(1, 80), false),
+                pending(4, pos(1, 80), pos(1, 99), true),
+            ]),
+            inherited: vec![
+                Span {
+                    start: pos(0, 0),
+                    end: pos(0, 8),
+                },
+                Span {
+                    start: pos(1, 99),
+                    end: pos(2, 10),
+                },
+            ],
+            writer_closed: false,
+        };
+        let span = |start, end| Span { start, end };
+        assert_eq!(
+            st.spans(),
+            vec![span(pos(0, 50), pos(1, 40)), span(pos(1, 80), pos(2, 10))],
+            "an inherited span behind the position is gone; touching spans merge"
+        );
+        st.pending.iter_mut().for_each(|p| p.done = false);
+        st.inherited.clear();
+        assert!(st.spans().is_empty());
+    }
+
+    #[test]
+    fn acked_file_round_trips_and_reads_the_format_without_spans() {
+        let spans = [Span {
+            start: pos(3, 100),
+            end: pos(5, 8),
+        }];
+        assert_eq!(decode_acked(&encode_acked(pos(3, 40), &spans)), Ok((pos(3, 40), spans.to_vec())));
+        let mut old = Vec::new();
+        put_position(&mut old, pos(7, 9));
+        let crc = crc32c::crc32c(&old);
+        old.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_acked(&old), Ok((pos(7, 9), Vec::new())));
+        let overlapping = [spans[0], spans[0]];
+        assert!(decode_acked(&encode_acked(pos(3, 40), &overlapping)).is_err());
+    }
+
+    /// A small buffer directory after a shutdown: two records in one
+    /// segment; with `ack_first` the first one is acknowledged (and the
+    /// `acked` file says so), else neither is and there is no `acked` file.
+    /// Returns the events and the segment's path.
+    async fn small_buffer(dir: &Path, ack_first: bool) -> (Vec<String>, PathBuf) {
+        let fs = fields(&["a"]);
+        let (tx, mut rx, handle) = open("pristine", dir, &small_config(), fs.clone()).unwrap();
+        let lines = [r#"{"a":"one"}"#, r#"{"a":"two","b":[1,2]}"#, r#"{"a":"three"}"#];
+        tx.send(Arc::new(batch(&fs, &lines[..2], json!({"k":"v"})))).await.unwrap();
+        tx.send(Arc::new(batch(&fs, &lines[2..], json!({"k":"v"})))).await.unwrap();
+        if ack_first {
+            let item = rx.recv().await.unwrap();
+            item.batch.acknowledge(AckOutcome::Delivered);
+        }
+        handle.stop_feeding();
+        drop((tx, rx));
+        handle.closed().await;
+        let segs: Vec<PathBuf> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .collect();
+        assert_eq!(segs.len(), 1);
+        assert_eq!(dir.join("acked").exists(), ack_first);
+        (lines.iter().map(|l| l.to_string()).collect(), segs[0].clone())
+    }
+
+    fn small_config() -> BufferConfig {
+        BufferConfig {
+            kind: BufferType::Disk,
+            max_events: 1000,
+            max_bytes: ByteSize(1 << 20),
+            when_full: WhenFull::Block,
+            fsync: FsyncPolicy::Never,
+        }
+    }
+
+    /// Opens the buffer in `dir` as `sink`, writes one new event, and reads
+    /// everything back (acknowledging it) until the buffer closes: what a
+    /// restart on a damaged directory must survive. Returns the events read.
+    async fn open_and_drain(dir: &Path, sink: &str) -> Vec<String> {
+        let fs = fields(&["a"]);
+        let (tx, mut rx, handle) = open(sink, dir, &small_config(), fs.clone()).unwrap();
+        tx.send(Arc::new(batch(&fs, &[r#"{"a":"new"}"#], json!({})))).await.unwrap();
+        drop(tx);
+        let mut got = Vec::new();
+        loop {
+            let item = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+            let Some(item) = item.unwrap_or_else(|_| panic!("{sink}: the buffer stopped delivering")) else {
+                break;
+            };
+            got.extend(item.batch.events().map(|e| String::from_utf8_lossy(e).into_owned()));
+            item.batch.acknowledge(AckOutcome::Delivered);
+        }
+        drop(rx);
+        handle.closed().await;
+        assert_eq!(
+            got.last().map(String::as_str),
+            Some(r#"{"a":"new"}"#),
+            "{sink}: new events still flow"
+        );
+        got
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        for e in fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+
+    /// Every damaged variant of one file of a small buffer, each opened,
+    /// written to and drained in a fresh copy of the directory.
+    async fn each_variant_of(pristine: &Path, path: &Path, check: impl Fn(&str, &[u8], &[String], &Path)) {
+        let file = if path.ends_with("acked") { "acked" } else { "segment" };
+        let bytes = fs::read(path).unwrap();
+        let name = path.file_name().unwrap().to_owned();
+        let mut variants: Vec<(String, Vec<u8>)> = (0..bytes.len()).map(|n| (format!("cut{n}"), bytes[..n].to_vec())).collect();
+        for i in 0..bytes.len() {
+            for mask in [0x01u8, 0xff] {
+                let mut v = bytes.clone();
+                v[i] ^= mask;
+                variants.push((format!("flip{i}x{mask:02x}"), v));
+            }
+        }
+        for (what, v) in variants {
+            let dir = tempfile::tempdir().unwrap();
+            copy_dir(pristine, dir.path());
+            fs::write(dir.path().join(&name), &v).unwrap();
+            let sink = format!("{file}-{what}");
+            let got = open_and_drain(dir.path(), &sink).await;
+            check(&sink, &v, &got, dir.path());
+        }
+    }
+
+    fn corrupt_records(sink: &str) -> u64 {
+        metrics().buffer_corrupt_records.with_label_values(&[sink]).get()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_cut_and_flip_of_a_segment_is_survived_and_counted() {
+        let pristine = tempfile::tempdir().unwrap();
+        let (lines, path) = small_buffer(pristine.path(), false).await;
+        let seg = fs::read(&path).unwrap();
+        // Record boundaries: a cut there leaves a shorter, valid segment
+        // (an empty file is a crash right after creating it).
+        let first_len = u32::from_le_bytes(seg[8..12].try_into().unwrap()) as usize;
+        let boundaries = [0, 8, 8 + 8 + first_len, seg.len()];
+        each_variant_of(pristine.path(), &path, |sink, v, got, _| {
+            let old = &got[..got.len() - 1];
+            assert!(old.iter().all(|e| lines.contains(e)), "{sink}: only real events: {got:?}");
+            if sink.contains("flip") || !boundaries.contains(&v.len()) {
+                assert!(corrupt_records(sink) >= 1, "{sink}: damage is counted");
+            } else {
+                assert_eq!(corrupt_records(sink), 0, "{sink}");
+            }
+            if v.len() >= boundaries[2] && seg[..boundaries[2]] == v[..boundaries[2]] {
+                assert_eq!(old[..2], lines[..2], "{sink}: the intact first record is delivered");
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_cut_and_flip_of_the_acked_file_is_set_aside_counted_and_replayed() {
+        let pristine = tempfile::tempdir().unwrap();
+        let (lines, _) = small_buffer(pristine.path(), true).await;
+        let intact = tempfile::tempdir().unwrap();
+        copy_dir(pristine.path(), intact.path());
+        let got = open_and_drain(intact.path(), "acked-intact").await;
+        assert_eq!(got[..got.len() - 1], lines[2..], "intact: the acknowledged record is not replayed");
+        each_variant_of(pristine.path(), &pristine.path().join("acked"), |sink, _, got, dir| {
+            assert_eq!(
+                metrics().buffer_corrupt_files.with_label_values(&[sink]).get(),
+                1,
+                "{sink}: damage is counted"
+            );
+            assert_eq!(got[..got.len() - 1], lines[..], "{sink}: every record is replayed");
+            let aside = fs::read_dir(dir)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("acked.corrupt-"))
+                .count();
+            assert_eq!(aside, 1, "{sink}: the damaged file is set aside");
+        })
+        .await;
     }
 
     #[test]

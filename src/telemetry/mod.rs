@@ -48,6 +48,9 @@ pub struct Metrics {
     /// `sluice_buffer_corrupt_records_total{sink}`: disk buffer records
     /// (or damaged segment tails) skipped because they failed their check.
     pub buffer_corrupt_records: IntCounterVec,
+    /// `sluice_buffer_corrupt_files_total{sink}`: damaged disk buffer
+    /// `acked` files set aside at start.
+    pub buffer_corrupt_files: IntCounterVec,
     /// `sluice_buffer_errors_total{sink,kind}`: disk buffer I/O failures
     /// (`write`, `read`, `delete`, `checkpoint`).
     pub buffer_errors: IntCounterVec,
@@ -121,6 +124,11 @@ impl Metrics {
             buffer_corrupt_records: counter(
                 "sluice_buffer_corrupt_records_total",
                 "Disk buffer records skipped because they failed their length or CRC check.",
+                &["sink"],
+            )?,
+            buffer_corrupt_files: counter(
+                "sluice_buffer_corrupt_files_total",
+                "Damaged disk buffer acknowledgement files set aside at start (their records are replayed).",
                 &["sink"],
             )?,
             buffer_errors: counter(

@@ -29,6 +29,12 @@ impl Sluice {
 
     /// [`Sluice::start`] with extra environment variables.
     pub fn start_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Sluice {
+        Sluice::start_with(dir, config, env, |_| {})
+    }
+
+    /// [`Sluice::start_env`], with `adjust` applied to the command before
+    /// it is spawned (resource limits, …).
+    pub fn start_with(dir: &Path, config: &str, env: &[(&str, &str)], adjust: impl FnOnce(&mut Command)) -> Sluice {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cfg_path = dir.join(format!("sluice-{n}.toml"));
@@ -45,6 +51,7 @@ impl Sluice {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        adjust(&mut cmd);
         let mut child = cmd.spawn().expect("start sluice");
         let stdout = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));

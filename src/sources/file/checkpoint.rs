@@ -4,8 +4,10 @@
 //!
 //! Written atomically (temp file, fsync, rename, fsync of the directory)
 //! so a crash leaves either the old or the new checkpoint, never half of
-//! one. A file that does not parse is reported, renamed aside and replaced:
-//! a bad checkpoint never turns into a crash loop.
+//! one. The entries carry a CRC-32C, so damage that still parses (a flipped
+//! digit of an offset) is caught too. A file that does not parse or check
+//! is reported, renamed aside and replaced: a bad checkpoint never turns
+//! into a crash loop, and never into a wrong offset.
 
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -14,8 +16,12 @@ use std::path::{Path, PathBuf};
 use super::fingerprint::{FileKey, Fingerprint};
 
 /// Version of the checkpoint format; a file with another version is set
-/// aside like a corrupt one.
-const FORMAT_VERSION: u32 = 1;
+/// aside like a corrupt one. Version 2 added `crc32c`; version 1 files
+/// (without it) are still read.
+const FORMAT_VERSION: u32 = 2;
+
+/// The format before the checksum.
+const FORMAT_VERSION_UNCHECKED: u32 = 1;
 
 /// The checkpoint file's name inside the source's directory.
 pub const CHECKPOINT_FILE: &str = "checkpoints.json";
@@ -61,10 +67,20 @@ impl Entry {
     }
 }
 
+/// The file: `{"version":2,"crc32c":N,"files":[…]}`, where `crc32c` is of
+/// the `files` array as sluice serialises it (compact JSON, fields in
+/// declaration order), so it can be checked after parsing.
 #[derive(Debug, Serialize, Deserialize)]
 struct OnDisk {
     version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crc32c: Option<u32>,
     files: Vec<Entry>,
+}
+
+/// CRC-32C of the entries' serialised form.
+fn entries_crc(files: &[Entry]) -> Result<u32, serde_json::Error> {
+    Ok(crc32c::crc32c(&serde_json::to_vec(files)?))
 }
 
 /// Why checkpoints could not be read or written.
@@ -134,14 +150,23 @@ impl Checkpointer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::default(),
             Err(e) => return self.set_aside(format!("unreadable: {e}")),
         };
-        match serde_json::from_slice::<OnDisk>(&bytes) {
-            Ok(d) if d.version == FORMAT_VERSION => Loaded {
-                entries: d.files,
-                existed: true,
-                set_aside: None,
-            },
-            Ok(d) => self.set_aside(format!("unknown format version {}", d.version)),
-            Err(e) => self.set_aside(format!("not a valid checkpoint ({} bytes): {e}", bytes.len())),
+        let d = match serde_json::from_slice::<OnDisk>(&bytes) {
+            Ok(d) => d,
+            Err(e) => return self.set_aside(format!("not a valid checkpoint ({} bytes): {e}", bytes.len())),
+        };
+        let checked = match (d.version, d.crc32c) {
+            (FORMAT_VERSION, Some(crc)) => entries_crc(&d.files).is_ok_and(|c| c == crc),
+            (FORMAT_VERSION_UNCHECKED, None) => true,
+            (FORMAT_VERSION | FORMAT_VERSION_UNCHECKED, _) => false,
+            (v, _) => return self.set_aside(format!("unknown format version {v}")),
+        };
+        if !checked {
+            return self.set_aside(format!("checksum mismatch ({} bytes)", bytes.len()));
+        }
+        Loaded {
+            entries: d.files,
+            existed: true,
+            set_aside: None,
         }
     }
 
@@ -165,15 +190,25 @@ impl Checkpointer {
             path: self.path.clone(),
             error,
         };
-        let body = serde_json::to_vec(&OnDisk {
-            version: FORMAT_VERSION,
-            files: entries.to_vec(),
-        })
-        .map_err(|e| err(std::io::Error::other(e)))?;
-        let mut f = std::fs::File::create(&self.tmp).map_err(err)?;
-        f.write_all(&body).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        drop(f);
+        let body = entries_crc(entries)
+            .and_then(|crc| {
+                serde_json::to_vec(&OnDisk {
+                    version: FORMAT_VERSION,
+                    crc32c: Some(crc),
+                    files: entries.to_vec(),
+                })
+            })
+            .map_err(|e| err(std::io::Error::other(e)))?;
+        let written = std::fs::File::create(&self.tmp).and_then(|mut f| {
+            f.write_all(&body)?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            // A full disk: the old checkpoint stays as it was; give back
+            // the space the partial temp file took.
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(err(e));
+        }
         std::fs::rename(&self.tmp, &self.path).map_err(err)?;
         // The rename is durable only once the directory is.
         std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(err)?;
@@ -207,6 +242,55 @@ mod tests {
         let l = c.load();
         assert!(l.existed);
         assert_eq!(l.entries, vec![entry(10), entry(20)]);
+    }
+
+    #[test]
+    fn checkpoint_without_a_checksum_from_before_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checkpointer::new(dir.path().to_path_buf()).unwrap();
+        let v1 = serde_json::json!({"version": 1, "files": [entry(10)]});
+        std::fs::write(c.path(), v1.to_string()).unwrap();
+        let l = c.load();
+        assert!(l.set_aside.is_none());
+        assert_eq!(l.entries, vec![entry(10)]);
+        let v1_with_crc = serde_json::json!({"version": 1, "crc32c": 7, "files": [entry(10)]});
+        std::fs::write(c.path(), v1_with_crc.to_string()).unwrap();
+        assert!(
+            c.load().set_aside.is_some(),
+            "a damaged version number is not a way around the check"
+        );
+    }
+
+    /// Every cut and every flipped byte of a small checkpoint file is
+    /// caught: set aside and reported, never loaded with a wrong offset,
+    /// never a panic. A flipped digit still parses as JSON, so only the
+    /// checksum catches it.
+    #[test]
+    fn every_cut_and_flip_of_a_checkpoint_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checkpointer::new(dir.path().to_path_buf()).unwrap();
+        c.save(&[entry(10), entry(123_456)]).unwrap();
+        let good = std::fs::read(c.path()).unwrap();
+        let mut variants: Vec<(String, Vec<u8>)> = (0..good.len()).map(|n| (format!("cut {n}"), good[..n].to_vec())).collect();
+        for i in 0..good.len() {
+            for mask in [0x01u8, 0x02, 0x10, 0xff] {
+                let mut v = good.clone();
+                v[i] ^= mask;
+                variants.push((format!("byte {i} ^ {mask:#04x}"), v));
+            }
+        }
+        for (what, v) in variants {
+            std::fs::write(c.path(), &v).unwrap();
+            let l = c.load();
+            assert!(l.existed, "{what}");
+            assert!(l.entries.is_empty(), "{what}: loaded {:?}", l.entries);
+            let (aside, _) = l.set_aside.unwrap_or_else(|| panic!("{what}: not reported"));
+            assert_eq!(std::fs::read(&aside).unwrap(), v, "{what}: the damaged file is kept aside");
+            assert!(!c.path().exists(), "{what}");
+            std::fs::remove_file(aside).unwrap();
+        }
+        std::fs::write(c.path(), &good).unwrap();
+        assert_eq!(c.load().entries, vec![entry(10), entry(123_456)], "the intact file still loads");
     }
 
     #[test]

@@ -173,11 +173,72 @@ impl FileConfig {
         p
     }
 
+    /// This config as the source runs it: `max_open_files` lowered, with a
+    /// warning, to what the process's open-file limit (`ulimit -n`) leaves
+    /// after [`reserved_descriptors`], so files wait their turn for a
+    /// descriptor instead of failing to open (and taking the checkpoint
+    /// writes and sockets down with them).
+    pub fn with_descriptor_limit(&self, source: &str) -> FileConfig {
+        let mut cfg = self.clone();
+        let limit = open_file_limit();
+        let cap = open_file_cap(self.max_open_files, limit);
+        if cap < self.max_open_files {
+            tracing::warn!(source = %source, max_open_files = self.max_open_files, limit = limit.unwrap_or_default(), open_at_most = cap,
+                "the open-file limit (ulimit -n) is below max_open_files; keeping fewer files open, the rest wait their turn");
+            cfg.max_open_files = cap;
+        }
+        cfg
+    }
+
     /// Reader threads to start.
     pub fn reader_threads(&self) -> usize {
         if self.readers > 0 {
             return self.readers.min(64);
         }
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4)
+    }
+}
+
+/// Descriptors a file source leaves for everything else (sockets, disk
+/// buffer segments, checkpoint writes, other sources): a quarter of the
+/// limit, and never fewer than [`MIN_RESERVED_DESCRIPTORS`].
+pub fn reserved_descriptors(limit: u64) -> u64 {
+    (limit / 4).max(MIN_RESERVED_DESCRIPTORS)
+}
+
+/// The floor of [`reserved_descriptors`]: a process with a few sinks and
+/// disk buffers needs a few dozen descriptors of its own.
+const MIN_RESERVED_DESCRIPTORS: u64 = 64;
+
+/// The soft `RLIMIT_NOFILE`, or `None` when unlimited or unknown.
+fn open_file_limit() -> Option<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    Some(lim.rlim_cur)
+}
+
+/// Files open at once under `configured` and a descriptor `limit`: at least
+/// one, so a tiny limit still makes progress.
+fn open_file_cap(configured: usize, limit: Option<u64>) -> usize {
+    let Some(limit) = limit else { return configured };
+    let budget = limit.saturating_sub(reserved_descriptors(limit)).max(1);
+    configured.min(usize::try_from(budget).unwrap_or(usize::MAX))
+}
+
+#[cfg(test)]
+mod descriptor_tests {
+    use super::*;
+
+    #[test]
+    fn open_file_cap_leaves_a_reserve_under_the_descriptor_limit() {
+        assert_eq!(open_file_cap(4096, None), 4096);
+        assert_eq!(open_file_cap(4096, Some(65536)), 4096);
+        assert_eq!(open_file_cap(4096, Some(256)), 192);
+        assert_eq!(open_file_cap(4096, Some(1024)), 768);
+        assert_eq!(open_file_cap(100, Some(1024)), 100);
+        assert_eq!(open_file_cap(4096, Some(10)), 1);
     }
 }

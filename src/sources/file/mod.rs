@@ -94,7 +94,7 @@ impl FileConfig {
         })?;
         let checkpointer = Checkpointer::new(data_dir.join("file").join(&*cx.name)).map_err(|e| fatal(e.to_string()))?;
         let globs = Globs::new(&self.include, &self.exclude).map_err(|e| fatal(format!("invalid glob: {e}")))?;
-        let cfg = Arc::new(self.clone());
+        let cfg = Arc::new(self.with_descriptor_limit(&name));
         let handle = tokio::runtime::Handle::current();
 
         let base = cx.enrich.metadata(None);
@@ -343,6 +343,20 @@ impl Scanner {
         }
 
         let fp_len = self.cfg.fingerprint_bytes.0 as usize;
+        // Only as many candidates are opened as there are free slots, so a
+        // scan never spends descriptors on files that must wait anyway (a
+        // descriptor limit below the number of files would otherwise let
+        // the same few files take every free descriptor, scan after scan).
+        // Files with unread bytes go first, then the longest waiting.
+        let now = Instant::now();
+        let seen: HashMap<FileKey, u64> = self.dormant.iter().map(|e| (e.key(), e.offset)).collect();
+        let mut found = found;
+        found.sort_by_key(|f| {
+            let caught_up = seen.get(&f.stat.key).is_some_and(|&offset| offset >= f.stat.size);
+            (caught_up, self.waiting_since.get(&f.stat.key).copied().unwrap_or(now))
+        });
+        let free = self.cfg.max_open_files.saturating_sub(reg.open_count());
+        let mut deferred: HashSet<FileKey> = HashSet::new();
         let mut cands: Vec<Candidate> = Vec::new();
         for f in found {
             let key = f.stat.key;
@@ -365,7 +379,18 @@ impl Scanner {
                 // Nothing to read yet, and possibly a copy being made.
                 continue;
             }
-            let Ok(file) = File::open(&f.path) else { continue };
+            if cands.len() >= free {
+                deferred.insert(key);
+                continue;
+            }
+            let file = match File::open(&f.path) {
+                Ok(file) => file,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    deferred.insert(key);
+                    continue;
+                }
+                Err(_) => continue,
+            };
             let Ok(head) = read_at(&file, 0, fp_len) else { continue };
             if is_compressed(&f.path, &head) {
                 self.ignored.insert(key, f.stat.size);
@@ -423,6 +448,10 @@ impl Scanner {
             if used[i] {
                 continue;
             }
+            if deferred.contains(&e.key()) {
+                used[i] = true; // found, waiting for a slot
+                continue;
+            }
             if FileStat::of_path(&e.path).is_ok_and(|st| st.key == e.key() && st.size == 0) {
                 used[i] = true; // still there, still empty
                 continue;
@@ -457,8 +486,7 @@ impl Scanner {
         }
         // Waiting files take turns: those with unread bytes first, then the
         // longest waiting. A file closed to make room waits from then on.
-        let now = Instant::now();
-        let keys: HashSet<FileKey> = cands.iter().map(|c| c.found.stat.key).collect();
+        let keys: HashSet<FileKey> = cands.iter().map(|c| c.found.stat.key).chain(deferred.iter().copied()).collect();
         self.waiting_since.retain(|k, _| keys.contains(k));
         for k in keys {
             self.waiting_since.entry(k).or_insert(now);
@@ -492,6 +520,7 @@ impl Scanner {
             i += 1;
             keep_dormant[i - 1]
         });
+        let waiting = waiting + deferred.len();
         let m = FileMetrics::get();
         m.waiting_files.with_label_values(&[&self.source]).set(waiting as i64);
         if waiting > 0 {

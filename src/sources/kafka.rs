@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
-use super::{SourceCx, SourceError};
+use super::{SourceCx, SourceError, SourceErrorKind};
 use crate::config::{duration, parse_at, ByteSize, ConfigError};
 use crate::enrich::SourceContext;
 use crate::event::{AckGroup, AckOutcome, AckReceiver, AckWindow};
@@ -229,10 +229,7 @@ impl KafkaSourceConfig {
     /// Creates the consumer and subscribes (so a bad setting fails at
     /// start-up), then starts the source.
     pub fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
-        let fatal = |message: String| SourceError::Fatal {
-            source_name: cx.name.to_string(),
-            message,
-        };
+        let fatal = |action: String, error| SourceError::new(&cx.name, SourceErrorKind::Kafka { action, error });
         let state = Arc::new(Mutex::new(Assignments::default()));
         let context = GroupContext {
             source: cx.name.clone(),
@@ -241,11 +238,11 @@ impl KafkaSourceConfig {
         let consumer: StreamConsumer<GroupContext> = self
             .client_config()
             .create_with_context(context)
-            .map_err(|e| fatal(format!("cannot create the Kafka consumer: {e}")))?;
+            .map_err(|e| fatal("create the Kafka consumer".into(), e))?;
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
-            .map_err(|e| fatal(format!("cannot subscribe to {topics:?}: {e}")))?;
+            .map_err(|e| fatal(format!("subscribe to {}", topics.join(", ")), e))?;
         tracing::info!(source = %cx.name, topics = %self.topics.join(","), group = %self.group_id, "consuming from Kafka");
         Ok(Box::pin(run(Arc::new(consumer), state, self.clone(), cx)))
     }

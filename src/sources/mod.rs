@@ -31,17 +31,81 @@ pub enum SourceConfig {
     Kafka(Box<kafka::KafkaSourceConfig>),
 }
 
-/// Errors a running source can end with.
+/// Why a source could not start, or stopped for good.
 #[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// Reading failed in a way the source cannot recover from.
-    #[error("source {source_name}: {message}")]
-    Fatal {
-        /// The source's name.
-        source_name: String,
-        /// What happened.
+#[error("source {source_name}: {kind}")]
+pub struct SourceError {
+    /// The source's name in the config.
+    pub source_name: String,
+    /// What went wrong.
+    #[source]
+    pub kind: SourceErrorKind,
+}
+
+/// What went wrong in a source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceErrorKind {
+    /// A setting it needs is missing or unusable; `key` is its config key
+    /// below the source (`data_dir` for the top-level one).
+    #[error("{key}: {message}")]
+    Setting {
+        /// The config key.
+        key: &'static str,
+        /// What to set, in words an operator can act on.
         message: String,
     },
+    /// An operating-system call failed for good.
+    #[error("cannot {action}: {error}")]
+    Io {
+        /// What it was doing (`read stdin`, `start a reader thread`).
+        action: &'static str,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// A thread the source runs on died without saying why.
+    #[error("its {0} thread died")]
+    ThreadDied(&'static str),
+    /// A command (`sluice run`, `type = "process"`) could not be run.
+    #[error("cannot {action} {program:?}: {error}")]
+    Command {
+        /// `start` or `wait for`.
+        action: &'static str,
+        /// The program.
+        program: String,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The socket could not be set up or failed.
+    #[error(transparent)]
+    Socket(#[from] socket::SocketError),
+    /// Checkpoints cannot be kept.
+    #[error(transparent)]
+    Checkpoint(#[from] file::checkpoint::CheckpointError),
+    /// The Kubernetes API client cannot be set up.
+    #[error(transparent)]
+    Kubernetes(#[from] file::kubernetes::ApiError),
+    /// An `include` or `exclude` pattern does not compile.
+    #[error("invalid glob: {0}")]
+    Glob(#[from] globset::Error),
+    /// The Kafka client failed.
+    #[error("cannot {action}: {error}")]
+    Kafka {
+        /// What it was doing.
+        action: String,
+        /// The client's error.
+        error: rdkafka::error::KafkaError,
+    },
+}
+
+impl SourceError {
+    /// An error of source `name`.
+    pub fn new(name: &str, kind: impl Into<SourceErrorKind>) -> SourceError {
+        SourceError {
+            source_name: name.to_owned(),
+            kind: kind.into(),
+        }
+    }
 }
 
 /// What a source gets to run with.

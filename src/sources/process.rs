@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{SourceCx, SourceError};
+use super::{SourceCx, SourceError, SourceErrorKind};
 use crate::config::{duration, ByteSize};
 use crate::enrich::{ProcessInfo, SourceContext};
 use crate::framing::{LineFramer, OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
@@ -162,14 +162,18 @@ impl ProcessConfig {
 }
 
 async fn run_source(cfg: ProcessConfig, cx: SourceCx) -> Result<(), SourceError> {
-    let fatal = |message: String| SourceError::Fatal {
-        source_name: cx.name.to_string(),
-        message,
-    };
     // Listen before the command starts, so no signal is missed.
     let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(t), Ok(i)) => (t, i),
-        (Err(e), _) | (_, Err(e)) => return Err(fatal(format!("cannot install signal handlers: {e}"))),
+        (Err(error), _) | (_, Err(error)) => {
+            return Err(SourceError::new(
+                &cx.name,
+                SourceErrorKind::Io {
+                    action: "install signal handlers",
+                    error,
+                },
+            ))
+        }
     };
     let program = cfg.command[0].clone();
     let mut command = tokio::process::Command::new(&program);
@@ -190,7 +194,14 @@ async fn run_source(cfg: ProcessConfig, cx: SourceCx) -> Result<(), SourceError>
         Ok(c) => c,
         Err(e) => {
             cfg.exit.set(CommandExit::NotStarted(e.kind()));
-            return Err(fatal(format!("cannot start {program:?}: {e}")));
+            return Err(SourceError::new(
+                &cx.name,
+                SourceErrorKind::Command {
+                    action: "start",
+                    program,
+                    error: e,
+                },
+            ));
         }
     };
     let pid = child.id();
@@ -257,7 +268,16 @@ async fn run_source(cfg: ProcessConfig, cx: SourceCx) -> Result<(), SourceError>
     };
     let status = match status {
         Ok(s) => s,
-        Err(e) => return Err(fatal(format!("cannot wait for the command: {e}"))),
+        Err(error) => {
+            return Err(SourceError::new(
+                &cx.name,
+                SourceErrorKind::Command {
+                    action: "wait for",
+                    program,
+                    error,
+                },
+            ))
+        }
     };
     let exit = CommandExit::Exited(status);
     tracing::info!(source = %cx.name, code = exit.code(), "the command exited");

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use std::sync::Arc;
 
-use super::{SourceCx, SourceError};
+use super::{SourceCx, SourceError, SourceErrorKind};
 use crate::config::ByteSize;
 use crate::enrich::{ProcessInfo, SourceContext};
 use crate::framing::{LineFramer, OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
@@ -43,6 +43,7 @@ impl StdinConfig {
     /// shutdown is asked (checked at least every 100 ms).
     pub fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
         let cfg = self.clone();
+        let name = cx.name.clone();
         let handle = tokio::runtime::Handle::current();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
@@ -51,26 +52,25 @@ impl StdinConfig {
                 let _guard = handle.enter();
                 let _ = done_tx.send(read_loop(&cfg, &cx));
             })
-            .map_err(|e| SourceError::Fatal {
-                source_name: "stdin".into(),
-                message: format!("cannot start reader thread: {e}"),
+            .map_err(|error| {
+                SourceError::new(
+                    &name,
+                    SourceErrorKind::Io {
+                        action: "start the stdin reader thread",
+                        error,
+                    },
+                )
             })?;
         Ok(Box::pin(async move {
-            done_rx.await.unwrap_or_else(|_| {
-                Err(SourceError::Fatal {
-                    source_name: "stdin".into(),
-                    message: "reader thread died".into(),
-                })
-            })
+            done_rx
+                .await
+                .unwrap_or_else(|_| Err(SourceError::new(&name, SourceErrorKind::ThreadDied("stdin reader"))))
         }))
     }
 }
 
 fn read_loop(cfg: &StdinConfig, cx: &SourceCx) -> Result<(), SourceError> {
-    let fatal = |message: String| SourceError::Fatal {
-        source_name: cx.name.to_string(),
-        message,
-    };
+    let fatal = |error| SourceError::new(&cx.name, SourceErrorKind::Io { action: "read stdin", error });
     // Larger pipe, fewer wake-ups; harmless where stdin is not a pipe.
     // SAFETY: fcntl on fd 0 with an integer argument has no memory effects.
     unsafe { libc::fcntl(0, libc::F_SETPIPE_SZ, PIPE_BYTES) };
@@ -89,7 +89,7 @@ fn read_loop(cfg: &StdinConfig, cx: &SourceCx) -> Result<(), SourceError> {
         let n = match framer.fill_from_fd(0) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(fatal(format!("read failed: {e}"))),
+            Err(e) => return Err(fatal(e)),
         };
         if n == 0 {
             break;
@@ -101,7 +101,7 @@ fn read_loop(cfg: &StdinConfig, cx: &SourceCx) -> Result<(), SourceError> {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(fatal(format!("read failed: {e}"))),
+                Err(e) => return Err(fatal(e)),
             }
         }
         while let Some(lines) = framer.take_lines() {

@@ -36,7 +36,7 @@ use self::kubernetes::{KubernetesConfig, PodCache, PodWatcher};
 use self::metrics::FileMetrics;
 use self::shared::{Disposal, Registry, Shared};
 use self::tailer::{NewFile, Reader, ReaderCx};
-use super::{SourceCx, SourceError};
+use super::{SourceCx, SourceError, SourceErrorKind};
 use crate::enrich::SourceContext;
 use crate::pipeline::{ShutdownSignal, Task};
 
@@ -85,15 +85,13 @@ impl FileConfig {
     /// checkpoint is written.
     pub fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
         let name = cx.name.clone();
-        let fatal = |message: String| SourceError::Fatal {
-            source_name: name.to_string(),
-            message,
-        };
+        let fatal = |kind: SourceErrorKind| SourceError::new(&name, kind);
+        let setting = |key, message: &str| fatal(SourceErrorKind::Setting { key, message: message.into() });
         let data_dir = cx.data_dir.clone().ok_or_else(|| {
-            fatal("data_dir is not set: the file source keeps its checkpoints in <data_dir>/file/<source>; set `data_dir` in the config or SLUICE_DATA_DIR".into())
+            setting("data_dir", "not set: the file source keeps its checkpoints in <data_dir>/file/<source>; set `data_dir` in the config or SLUICE_DATA_DIR")
         })?;
-        let checkpointer = Checkpointer::new(data_dir.join("file").join(&*cx.name)).map_err(|e| fatal(e.to_string()))?;
-        let globs = Globs::new(&self.include, &self.exclude).map_err(|e| fatal(format!("invalid glob: {e}")))?;
+        let checkpointer = Checkpointer::new(data_dir.join("file").join(&*cx.name)).map_err(|e| fatal(e.into()))?;
+        let globs = Globs::new(&self.include, &self.exclude).map_err(|e| fatal(e.into()))?;
         let cfg = Arc::new(self.with_descriptor_limit(&name));
         let handle = tokio::runtime::Handle::current();
 
@@ -101,14 +99,14 @@ impl FileConfig {
         let (kube, cache) = if self.kubernetes.enabled {
             let cache = if self.kubernetes.api {
                 let node = self.kubernetes.resolved_node_name().ok_or_else(|| {
-                    fatal("kubernetes.api needs the node name: set kubernetes.node_name or NODE_NAME (downward API)".into())
+                    setting("kubernetes.api", "needs the node name: set kubernetes.node_name or NODE_NAME (downward API)")
                 })?;
                 let url = self.kubernetes.resolved_api_url().ok_or_else(|| {
-                    fatal("kubernetes.api needs the API server: set kubernetes.api_url or run in a pod (KUBERNETES_SERVICE_HOST)".into())
+                    setting("kubernetes.api", "needs the API server: set kubernetes.api_url or run in a pod (KUBERNETES_SERVICE_HOST)")
                 })?;
                 let cache = Arc::new(PodCache::default());
                 let watcher =
-                    PodWatcher::new(&self.kubernetes, url, node, cache.clone(), name.clone()).map_err(|e| fatal(e.to_string()))?;
+                    PodWatcher::new(&self.kubernetes, url, node, cache.clone(), name.clone()).map_err(|e| fatal(e.into()))?;
                 handle.spawn(watcher.run(cx.shutdown.clone()));
                 Some(cache)
             } else {
@@ -146,7 +144,12 @@ impl FileConfig {
             let t = std::thread::Builder::new()
                 .name(format!("sluice-file-{i}"))
                 .spawn(move || reader.run(rx))
-                .map_err(|e| fatal(format!("cannot start a reader thread: {e}")))?;
+                .map_err(|error| {
+                    fatal(SourceErrorKind::Io {
+                        action: "start a reader thread",
+                        error,
+                    })
+                })?;
             senders.push(tx);
             threads.push(t);
         }
@@ -180,14 +183,16 @@ impl FileConfig {
             .spawn(move || {
                 let _ = done_tx.send(scanner.run(threads));
             })
-            .map_err(|e| fatal(format!("cannot start the scanner thread: {e}")))?;
-        Ok(Box::pin(async move {
-            done_rx.await.unwrap_or_else(|_| {
-                Err(SourceError::Fatal {
-                    source_name: name.to_string(),
-                    message: "the scanner thread died".into(),
+            .map_err(|error| {
+                fatal(SourceErrorKind::Io {
+                    action: "start the scanner thread",
+                    error,
                 })
-            })
+            })?;
+        Ok(Box::pin(async move {
+            done_rx
+                .await
+                .unwrap_or_else(|_| Err(SourceError::new(&name, SourceErrorKind::ThreadDied("scanner"))))
         }))
     }
 }

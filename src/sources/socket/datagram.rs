@@ -21,7 +21,7 @@ use super::unix::SocketFile;
 use super::{Reader, SocketConfig, SocketFormat};
 use crate::enrich::SourceContext;
 use crate::framing::{split_lines, LineSpan, Lines, OverflowPolicy};
-use crate::sources::{SourceCx, SourceError};
+use crate::sources::{SourceCx, SourceError, SourceErrorKind};
 use crate::telemetry::metrics;
 
 /// Bytes gathered from one wake-up before they are handed on: one batch.
@@ -365,7 +365,7 @@ async fn receive(socket: &DatagramSocket, cfg: &SocketConfig, cx: &SourceCx, tx:
             biased;
             _ = shutdown.wait() => break,
             r = socket.readable() => if let Err(error) = r {
-                return Err(SourceError::Fatal { source_name: cx.name.to_string(), message: format!("socket failed: {error}") });
+                return Err(SourceError::new(&cx.name, SourceErrorKind::Io { action: "wait on the socket", error }));
             },
         }
         loop {

@@ -286,10 +286,7 @@ impl SocketConfig {
     /// the source.
     pub fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
         let name = cx.name.clone();
-        let fatal = move |e: SocketError| SourceError::Fatal {
-            source_name: name.to_string(),
-            message: e.to_string(),
-        };
+        let fatal = move |e: SocketError| SourceError::new(&name, e);
         let reader = Arc::new(Reader::new(self, &cx));
         match self.mode {
             SocketMode::Tcp => {
@@ -350,7 +347,8 @@ impl SocketConfig {
 
 /// Why a socket source could not start.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum SocketError {
+#[non_exhaustive]
+pub enum SocketError {
     /// A setting the mode needs is missing (validation catches this first).
     #[error("`{0}` is not set")]
     Missing(&'static str),

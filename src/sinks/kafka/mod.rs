@@ -219,10 +219,38 @@ fn error_kind(code: Option<RDKafkaErrorCode>) -> &'static str {
     }
 }
 
+/// How long an error report identical to the one before it is not logged
+/// again. rdkafka 0.39 hands every error event to `ClientContext::error`
+/// twice (once in `Client::poll_event`, once in `BaseProducer::poll`), and
+/// librdkafka repeats "all brokers down" every few hundred milliseconds
+/// during an outage: one line per report per second is enough.
+const REPEAT_WINDOW: Duration = Duration::from_secs(1);
+
+/// The last client error logged: (error, reason, when).
+type LastError = Option<(String, String, Instant)>;
+
 /// librdkafka's callbacks: delivery reports, errors and logs.
 struct SinkContext {
     shared: Arc<Shared>,
     work: mpsc::Sender<Work>,
+    /// Only the polling thread reports errors; the lock is never contended.
+    last_error: std::sync::Mutex<LastError>,
+}
+
+impl SinkContext {
+    /// Whether this error report repeats the one logged last, within
+    /// [`REPEAT_WINDOW`]; if not, it becomes the last one.
+    fn repeats(&self, error: &str, reason: &str) -> bool {
+        let now = Instant::now();
+        let mut last = self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((e, r, at)) = last.as_ref() {
+            if e == error && r == reason && now.duration_since(*at) < REPEAT_WINDOW {
+                return true;
+            }
+        }
+        *last = Some((error.to_owned(), reason.to_owned(), now));
+        false
+    }
 }
 
 impl ClientContext for SinkContext {
@@ -244,7 +272,10 @@ impl ClientContext for SinkContext {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.shared.mark_unhealthy("transport", &error);
         }
-        tracing::warn!(sink = %self.shared.sink, %error, reason, "Kafka client error");
+        let text = error.to_string();
+        if !self.repeats(&text, reason) {
+            tracing::warn!(sink = %self.shared.sink, error = %text, reason, "Kafka client error");
+        }
     }
 }
 
@@ -322,6 +353,7 @@ impl KafkaConfig {
         let context = SinkContext {
             shared: shared.clone(),
             work: work_tx.clone(),
+            last_error: std::sync::Mutex::new(None),
         };
         let producer: ThreadedProducer<SinkContext> = self
             .client_config()

@@ -1,12 +1,14 @@
-//! `{{ field }}` templates over event fields and source metadata, for Loki
-//! labels and S3 key prefixes.
+//! `{{ field }}` templates over event fields and source metadata.
+//!
+//! The one `{{ path }}` template language of the sinks: Loki labels, S3
+//! key prefixes, Kafka topics (`kafka/topic.rs` adds Kafka's naming rules).
 //!
 //! A template is literal text with `{{ path }}` placeholders. A placeholder
 //! renders the event's own field `path` (extracted by the decoder, so every
 //! path must be declared in `fields_needed`), or, when the event does not
-//! have it, the value at `path` in the batch's source metadata
-//! (`release.version`, `host`, `kubernetes.namespace`). Objects, arrays,
-//! nulls and absent values render as nothing.
+//! have it (or has it empty), the value at `path` in the batch's source
+//! metadata (`release.version`, `host`, `kubernetes.namespace`). Objects,
+//! arrays, nulls, empty and absent values render as nothing.
 
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
@@ -200,14 +202,16 @@ impl BoundTemplate {
 }
 
 /// Renders one placeholder: the event's value, else the source metadata's.
+/// An empty value counts as absent.
 fn render_field(batch: &Batch, i: usize, column: Option<usize>, dotted: &str, out: &mut String) -> bool {
     if let Some(c) = column {
-        if batch.value(i, c).render(out) {
+        let start = out.len();
+        if batch.value(i, c).render(out) && out.len() > start {
             return true;
         }
     }
     match batch.source.meta_value(dotted) {
-        Some(Value::String(s)) => {
+        Some(Value::String(s)) if !s.is_empty() => {
             out.push_str(s);
             true
         }
@@ -235,6 +239,39 @@ mod tests {
         assert!(!t.is_literal());
         assert!(Template::parse("plain").unwrap().is_literal());
         assert!(Template::parse("").unwrap().is_literal());
+    }
+
+    #[test]
+    fn an_event_value_wins_and_a_missing_or_empty_one_falls_back_to_metadata() {
+        use crate::decode::Decoder;
+        use crate::enrich::{Fragment, SourceContext};
+        use crate::event::BatchBuilder;
+        use std::sync::Arc;
+
+        let mut fs = FieldSet::new();
+        fs.add(FieldPath::parse("service").unwrap());
+        let fs = Arc::new(fs);
+        let mut out = BatchBuilder::with_capacity(fs.clone(), 256, 4);
+        let mut d = Decoder::new();
+        for l in [r#"{"service":"api"}"#, r#"{"x":1}"#, r#"{"service":""}"#, r#"{"service":null}"#] {
+            d.decode_line(l.as_bytes(), false, &[], &Fragment::default(), &mut out);
+        }
+        let serde_json::Value::Object(meta) = serde_json::json!({"service": "from-meta"}) else {
+            panic!()
+        };
+        let batch = out.build(
+            Arc::new(SourceContext::new("s".into(), "stdin", String::new(), meta)),
+            std::time::SystemTime::now(),
+        );
+        let t = Template::parse("svc={{ service }}").unwrap().bind(&fs);
+        let rendered: Vec<String> = (0..4)
+            .map(|i| {
+                let mut s = String::new();
+                t.render(&batch, i, &mut s);
+                s
+            })
+            .collect();
+        assert_eq!(rendered, ["svc=api", "svc=from-meta", "svc=from-meta", "svc=from-meta"]);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! waits for room, the sink's queue fills, the fan-out's policy applies.
 
 mod config;
-mod template;
+mod topic;
 
 pub use config::{Acks, Compression, KafkaConfig, OptionValue};
 
@@ -30,7 +30,7 @@ use crate::buffer::{BudgetShare, QueueItem, QueueReceiver};
 use crate::event::{AckOutcome, Acknowledger, FieldPath};
 use crate::pipeline::Task;
 use crate::telemetry::{metrics, Health};
-use template::{BoundTemplate, Template};
+use topic::{BoundTopic, TopicTemplate};
 
 /// How long the producer thread waits before offering a message again when
 /// librdkafka's queue is full. Short: the queue drains at broker speed.
@@ -323,7 +323,7 @@ impl KafkaConfig {
             sink: cx.name.to_string(),
             message,
         };
-        let topic = Template::parse(&self.topic).map_err(|e| fatal(format!("topic: {e}")))?;
+        let topic = TopicTemplate::parse(&self.topic).map_err(|e| fatal(format!("topic: {e}")))?;
         let key = match &self.key_field {
             Some(k) => {
                 let path = FieldPath::parse(k).map_err(|e| fatal(format!("key_field: {e}")))?;
@@ -422,7 +422,7 @@ async fn forward(
 struct ProducerThread {
     producer: ThreadedProducer<SinkContext>,
     shared: Arc<Shared>,
-    topic: BoundTemplate,
+    topic: BoundTopic,
     literal_topic: Option<String>,
     key: Option<usize>,
     /// Messages waiting for their retry time, in the order they failed.
@@ -476,9 +476,6 @@ impl ProducerThread {
             started: Instant::now(),
         });
         self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        if self.literal_topic.is_none() {
-            self.topic.start_batch(&batch);
-        }
         for i in 0..n {
             let topic = match &self.literal_topic {
                 Some(t) => t.as_str(),

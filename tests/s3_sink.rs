@@ -361,17 +361,48 @@ impl Drop for FixedS3 {
     }
 }
 
+/// An S3 server that can go down and come back on the same port. The
+/// helper's server only provides credentials and a directory; the one
+/// sluice talks to runs on a fixed port so it can come back there.
+struct RestartableS3 {
+    // Declared first so the server stops before the directory goes.
+    server: Option<FixedS3>,
+    s3: S3,
+    root: PathBuf,
+    port: u16,
+    endpoint: String,
+}
+
+impl RestartableS3 {
+    fn start() -> RestartableS3 {
+        let s3 = S3::start();
+        let root: PathBuf = s3.root.path().to_owned();
+        std::fs::create_dir(root.join(BUCKET)).unwrap();
+        let port = support::free_port();
+        let server = Some(FixedS3::start(port, &root, &s3));
+        RestartableS3 {
+            server,
+            s3,
+            root,
+            port,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn stop(&mut self) {
+        self.server = None;
+    }
+
+    fn restart(&mut self) {
+        self.server = Some(FixedS3::start(self.port, &self.root, &self.s3));
+    }
+}
+
 #[test]
 fn s3_down_mid_stream_then_back_gets_every_event() {
-    // The helper's server only provides credentials and a directory; the
-    // one sluice talks to runs on a fixed port so it can come back there.
-    let s3 = S3::start();
-    let root: PathBuf = s3.root.path().to_owned();
-    std::fs::create_dir(root.join(BUCKET)).unwrap();
-    let port = support::free_port();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let server = FixedS3::start(port, &root, &s3);
-    let mut sluice = start(&s3_sink(&endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n"), &credentials(&s3));
+    let mut s3 = RestartableS3::start();
+    let (root, endpoint) = (s3.root.clone(), s3.endpoint.clone());
+    let mut sluice = start(&s3_sink(&endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n"), &credentials(&s3.s3));
     sluice.wait_api();
     let lines: Vec<String> = (0..2000).map(|i| app_line(i, "api")).collect();
     sluice.write_lines(&lines[..1000]);
@@ -379,13 +410,13 @@ fn s3_down_mid_stream_then_back_gets_every_event() {
         let n: usize = objects(&root).iter().map(|(_, t)| t.lines().count()).sum();
         (n >= 1000).then_some(())
     });
-    drop(server);
+    s3.stop();
     sluice.write_lines(&lines[1000..]);
     wait_until("/ready to report the dead sink", Duration::from_secs(20), || {
         (sluice.ready_status() == 503).then_some(())
     });
     std::thread::sleep(Duration::from_secs(3));
-    let _server = FixedS3::start(port, &root, &s3);
+    s3.restart();
     sluice.finish(UPLOAD_TIMEOUT);
     let got: BTreeSet<String> = objects(&root).iter().flat_map(|(_, t)| t.lines().map(str::to_owned)).collect();
     let want: BTreeSet<String> = lines.iter().map(|l| enriched(l)).collect();
@@ -400,24 +431,20 @@ fn stored_lines(root: &std::path::Path) -> BTreeSet<String> {
 
 #[test]
 fn an_object_that_failed_during_an_outage_goes_up_as_soon_as_s3_answers_again() {
-    let s3 = S3::start();
-    let root: PathBuf = s3.root.path().to_owned();
-    std::fs::create_dir(root.join(BUCKET)).unwrap();
-    let port = support::free_port();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let server = FixedS3::start(port, &root, &s3);
+    let mut s3 = RestartableS3::start();
+    let root = s3.root.clone();
     // A first retry 10 to 20 s after the failure: without a wake-up the
     // stuck object would sit that out after S3 is back.
-    let config = s3_sink_retrying(&endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n", "20s", "60s");
-    let mut sluice = start(&config, &credentials(&s3));
+    let config = s3_sink_retrying(&s3.endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n", "20s", "60s");
+    let mut sluice = start(&config, &credentials(&s3.s3));
     sluice.wait_api();
-    drop(server);
+    s3.stop();
     let stuck: Vec<String> = (0..100).map(|i| app_line(i, "stuck")).collect();
     sluice.write_lines(&stuck);
     wait_until("the stuck object's failed attempt", Duration::from_secs(20), || {
         sluice.log_text().contains("S3 request failed; retrying").then_some(())
     });
-    let _server = FixedS3::start(port, &root, &s3);
+    s3.restart();
     let back = std::time::Instant::now();
     let newer: Vec<String> = (100..200).map(|i| app_line(i, "newer")).collect();
     sluice.write_lines(&newer);
@@ -436,15 +463,14 @@ fn an_object_that_failed_during_an_outage_goes_up_as_soon_as_s3_answers_again() 
 
 #[test]
 fn every_failed_attempt_is_logged_and_warned_about_once_per_interval() {
-    let s3 = S3::start();
-    let root: PathBuf = s3.root.path().to_owned();
-    std::fs::create_dir(root.join(BUCKET)).unwrap();
-    let port = support::free_port();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let server = FixedS3::start(port, &root, &s3);
-    let mut sluice = start(&s3_sink(&endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n"), &credentials(&s3));
+    let mut s3 = RestartableS3::start();
+    let root = s3.root.clone();
+    let mut sluice = start(
+        &s3_sink(&s3.endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n"),
+        &credentials(&s3.s3),
+    );
     sluice.wait_api();
-    drop(server);
+    s3.stop();
     // One object, retried every 25 to 500 ms for 3 s: a dozen attempts.
     let lines: Vec<String> = (0..100).map(|i| app_line(i, "api")).collect();
     sluice.write_lines(&lines);
@@ -452,7 +478,7 @@ fn every_failed_attempt_is_logged_and_warned_about_once_per_interval() {
         sluice.log_text().contains("S3 request failed; retrying").then_some(())
     });
     std::thread::sleep(Duration::from_secs(3));
-    let _server = FixedS3::start(port, &root, &s3);
+    s3.restart();
     let want: BTreeSet<String> = lines.iter().map(|l| enriched(l)).collect();
     wait_until("the object", UPLOAD_TIMEOUT, || (stored_lines(&root) == want).then_some(()));
     let retried = sluice.metric("sluice_sink_retries_total{sink=\"s3\"}");

@@ -351,6 +351,11 @@ impl Endpoint {
     {
         let mut backoff = Backoff::new(&self.retry);
         let mut attempt: u32 = 0;
+        // Whether this attempt was sent early, woken by an answer to
+        // another request. If it fails too, it waits out its whole backoff:
+        // a request the endpoint keeps failing alone is not retried at the
+        // pace of the other requests' answers.
+        let mut early = false;
         loop {
             attempt += 1;
             let answered_before = self.answered.load(Ordering::Acquire);
@@ -383,15 +388,17 @@ impl Endpoint {
             // Registered before the check, so an answer between the two
             // still wakes this request.
             let woken = self.recovered.notified();
-            if failed.unreachable() && failed.retry_after.is_none() {
+            if failed.unreachable() && failed.retry_after.is_none() && !early {
                 if self.answered.load(Ordering::Acquire) != answered_before {
+                    early = true;
                     continue;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = woken => {}
-                }
+                early = tokio::select! {
+                    _ = tokio::time::sleep(delay) => false,
+                    _ = woken => true,
+                };
             } else {
+                early = false;
                 tokio::time::sleep(delay).await;
             }
         }

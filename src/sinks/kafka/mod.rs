@@ -476,6 +476,9 @@ impl ProducerThread {
             started: Instant::now(),
         });
         self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        if self.literal_topic.is_none() {
+            self.topic.start_batch(&batch);
+        }
         for i in 0..n {
             let topic = match &self.literal_topic {
                 Some(t) => t.as_str(),

@@ -6,7 +6,7 @@
 //! `topic_missing_value`, and the name is cut to [`MAX_TOPIC_LEN`].
 
 use crate::event::{Batch, FieldPath, FieldSet};
-use crate::sinks::template::{BoundTemplate, RenderPart, Template};
+use crate::sinks::template::{BatchMeta, BoundTemplate, RenderPart, Template};
 
 /// Longest topic name Kafka accepts.
 pub(crate) const MAX_TOPIC_LEN: usize = 249;
@@ -59,6 +59,7 @@ impl TopicTemplate {
             parts: self.template.map_literals(str::to_owned),
             template: self.template.bind(fields),
             missing: clean_missing,
+            meta: BatchMeta::default(),
             scratch: String::new(),
         }
     }
@@ -72,16 +73,24 @@ pub(crate) struct BoundTopic {
     parts: Vec<RenderPart>,
     /// `topic_missing_value`, already legal.
     missing: String,
+    /// The metadata values of the batch given to [`Self::start_batch`].
+    meta: BatchMeta,
     scratch: String,
 }
 
 impl BoundTopic {
-    /// Renders the topic of event `i` of `batch` into `out`.
+    /// Looks up the batch's metadata values (once per batch).
+    pub(crate) fn start_batch(&mut self, batch: &Batch) {
+        self.template.batch_meta(batch, &mut self.meta);
+    }
+
+    /// Renders the topic of event `i` of the batch given to
+    /// [`Self::start_batch`] into `out`.
     pub(crate) fn render(&mut self, batch: &Batch, i: usize, out: &mut String) {
         out.clear();
         let missing = self.missing.as_str();
         self.template
-            .render_parts(&self.parts, batch, i, out, &mut self.scratch, |value, out| {
+            .render_parts(&self.parts, &self.meta, batch, i, out, &mut self.scratch, |value, out| {
                 if value.is_empty() {
                     out.push_str(missing);
                 } else {
@@ -98,7 +107,11 @@ impl BoundTopic {
 /// Appends `value` with every character Kafka does not allow in a topic
 /// name replaced by `_`.
 fn sanitize(value: &str, out: &mut String) {
-    out.extend(value.chars().map(|c| if legal_topic_char(c) { c } else { '_' }));
+    if value.bytes().all(|b| legal_topic_char(b as char)) {
+        out.push_str(value);
+    } else {
+        out.extend(value.chars().map(|c| if legal_topic_char(c) { c } else { '_' }));
+    }
 }
 
 #[cfg(test)]
@@ -139,6 +152,7 @@ mod tests {
             std::time::SystemTime::now(),
         );
         let mut t = TopicTemplate::parse("logs-{{ service }}-{{ team }}").unwrap().bind(&fs, "unknown");
+        t.start_batch(&batch);
         let mut s = String::new();
         t.render(&batch, 0, &mut s);
         assert_eq!(s, "logs-api_v1-core");
@@ -163,6 +177,7 @@ mod tests {
             std::time::SystemTime::now(),
         );
         let mut t = TopicTemplate::parse("logs-{{ service }}").unwrap().bind(&fs, "unknown");
+        t.start_batch(&batch);
         let mut s = String::new();
         t.render(&batch, 0, &mut s);
         assert_eq!(s.len(), MAX_TOPIC_LEN);

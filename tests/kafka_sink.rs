@@ -258,3 +258,53 @@ fn messages_the_broker_rejects_for_good_are_dropped_and_counted() {
     let got = read_topic(&bootstrap, "big", delivered, KAFKA_TIMEOUT);
     assert_eq!(got.len(), delivered);
 }
+
+/// While the broker is down every Kafka client error is logged once: one
+/// report is one line, not two identical lines microseconds apart.
+#[test]
+fn broker_outage_logs_each_client_error_once() {
+    let mut broker = Broker::start_persistent();
+    broker.create_topic("outage", 1);
+    let sink = r#"topic = "outage"
+[sinks.k.librdkafka_options]
+"reconnect.backoff.ms" = "100"
+"reconnect.backoff.max.ms" = "500"
+"#;
+    let mut s = Sluice::start(&kafka_config(&broker.addr, sink));
+    s.write_lines(&events(0, 100, 50));
+    broker.down();
+    s.write_lines(&events(100, 100, 50));
+    std::thread::sleep(Duration::from_secs(4));
+    broker.up();
+    s.close_stdin();
+    let status = s.wait(RUN_TIMEOUT);
+    let stderr = s.stderr();
+    assert!(status.success(), "sluice failed ({status}):\n{stderr}");
+    // Each WARN or ERROR line without its timestamp, with the time it was
+    // written: the same text twice within 50 ms is one report logged twice.
+    let mut last: BTreeMap<String, jiff::Timestamp> = BTreeMap::new();
+    let mut client_errors = 0;
+    let mut twice = Vec::new();
+    for line in stderr.lines() {
+        let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if !matches!(fields.get("level").and_then(|l| l.as_str()), Some("WARN" | "ERROR")) {
+            continue;
+        }
+        let Some(at) = fields.remove("timestamp").and_then(|t| t.as_str()?.parse::<jiff::Timestamp>().ok()) else {
+            continue;
+        };
+        let text = serde_json::Value::Object(fields).to_string();
+        if text.contains("Kafka client error") {
+            client_errors += 1;
+        }
+        if let Some(before) = last.insert(text.clone(), at) {
+            if at.duration_since(before) < jiff::SignedDuration::from_millis(50) {
+                twice.push(text);
+            }
+        }
+    }
+    assert!(client_errors > 0, "the outage is logged:\n{stderr}");
+    assert!(twice.is_empty(), "logged twice: {twice:#?}");
+}

@@ -293,6 +293,44 @@ fn partial_rejection_keeps_the_accepted_entries_and_counts_the_rest() {
 }
 
 #[test]
+fn a_400_that_does_not_say_how_many_were_refused_counts_the_whole_push_as_refused() {
+    let loki = Loki::start();
+    // "entry out of order" and nothing else: no "total ignored: N out of M",
+    // no "K errors like:". Loki refused the push and kept none of it.
+    let (status, text) = support::http_post(
+        &format!("{}/control/mode", loki.url),
+        &[("Content-Type", "application/json")],
+        br#"{"mode": "400-bare-out-of-order", "count": 1}"#,
+    );
+    assert_eq!(status, 204, "{text}");
+    let mut sluice = Sluice::start(
+        &loki_sink(&loki.url, "[sinks.loki.batch]\ntimeout = \"30s\"\nmax_events = 2000\n"),
+        &[],
+    );
+    sluice.wait_api();
+    let lines: Vec<String> = (0..2000).map(|i| event(i, "api", "info", i as i64 * 1000)).collect();
+    sluice.write(&(lines.join("\n") + "\n"));
+    wait_until("the refusal to be counted", DELIVERY_TIMEOUT, || {
+        (sluice.metric("sluice_events_dropped_total{component=\"loki\",reason=\"rejected\"}") > 0.0).then_some(())
+    });
+    let stats = loki.stats();
+    assert_eq!((stats.pushes, stats.accepted_entries), (1, 0), "{stats:?}");
+    assert_eq!(
+        sluice.metric("sluice_events_dropped_total{component=\"loki\",reason=\"rejected\"}"),
+        2000.0,
+        "every entry of the refused push is counted as refused"
+    );
+    assert_eq!(
+        sluice.metric("sluice_sink_events_total{sink=\"loki\"}"),
+        0.0,
+        "nothing Loki did not keep is counted as delivered"
+    );
+    assert_eq!(sluice.metric("sluice_sink_errors_total{kind=\"http_4xx\",sink=\"loki\"}"), 1.0);
+    sluice.close_stdin();
+    assert!(sluice.wait(DELIVERY_TIMEOUT).success(), "{}", sluice.log_text());
+}
+
+#[test]
 fn out_of_order_entries_in_a_later_push_are_counted_and_the_in_order_ones_kept() {
     let loki = Loki::start();
     loki.set_mode(LokiMode::StrictOrder { window_ns: 0 }, None);

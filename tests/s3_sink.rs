@@ -36,9 +36,14 @@ fn app_line(i: usize, service: &str) -> String {
 }
 
 fn s3_sink(s3_endpoint: &str, extra: &str) -> String {
+    s3_sink_retrying(s3_endpoint, extra, "50ms", "500ms")
+}
+
+/// The sink with its `retry` table set.
+fn s3_sink_retrying(s3_endpoint: &str, extra: &str, initial_backoff: &str, max_backoff: &str) -> String {
     format!(
         "[sinks.s3]\ntype = \"s3\"\nbucket = \"{BUCKET}\"\nendpoint = \"{s3_endpoint}\"\nregion = \"us-east-1\"\n{extra}\n\
-         [sinks.s3.retry]\ninitial_backoff = \"50ms\"\nmax_backoff = \"500ms\"\n"
+         [sinks.s3.retry]\ninitial_backoff = \"{initial_backoff}\"\nmax_backoff = \"{max_backoff}\"\n"
     )
 }
 
@@ -356,17 +361,48 @@ impl Drop for FixedS3 {
     }
 }
 
+/// An S3 server that can go down and come back on the same port. The
+/// helper's server only provides credentials and a directory; the one
+/// sluice talks to runs on a fixed port so it can come back there.
+struct RestartableS3 {
+    // Declared first so the server stops before the directory goes.
+    server: Option<FixedS3>,
+    s3: S3,
+    root: PathBuf,
+    port: u16,
+    endpoint: String,
+}
+
+impl RestartableS3 {
+    fn start() -> RestartableS3 {
+        let s3 = S3::start();
+        let root: PathBuf = s3.root.path().to_owned();
+        std::fs::create_dir(root.join(BUCKET)).unwrap();
+        let port = support::free_port();
+        let server = Some(FixedS3::start(port, &root, &s3));
+        RestartableS3 {
+            server,
+            s3,
+            root,
+            port,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn stop(&mut self) {
+        self.server = None;
+    }
+
+    fn restart(&mut self) {
+        self.server = Some(FixedS3::start(self.port, &self.root, &self.s3));
+    }
+}
+
 #[test]
 fn s3_down_mid_stream_then_back_gets_every_event() {
-    // The helper's server only provides credentials and a directory; the
-    // one sluice talks to runs on a fixed port so it can come back there.
-    let s3 = S3::start();
-    let root: PathBuf = s3.root.path().to_owned();
-    std::fs::create_dir(root.join(BUCKET)).unwrap();
-    let port = support::free_port();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let server = FixedS3::start(port, &root, &s3);
-    let mut sluice = start(&s3_sink(&endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n"), &credentials(&s3));
+    let mut s3 = RestartableS3::start();
+    let (root, endpoint) = (s3.root.clone(), s3.endpoint.clone());
+    let mut sluice = start(&s3_sink(&endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n"), &credentials(&s3.s3));
     sluice.wait_api();
     let lines: Vec<String> = (0..2000).map(|i| app_line(i, "api")).collect();
     sluice.write_lines(&lines[..1000]);
@@ -374,18 +410,85 @@ fn s3_down_mid_stream_then_back_gets_every_event() {
         let n: usize = objects(&root).iter().map(|(_, t)| t.lines().count()).sum();
         (n >= 1000).then_some(())
     });
-    drop(server);
+    s3.stop();
     sluice.write_lines(&lines[1000..]);
     wait_until("/ready to report the dead sink", Duration::from_secs(20), || {
         (sluice.ready_status() == 503).then_some(())
     });
     std::thread::sleep(Duration::from_secs(3));
-    let _server = FixedS3::start(port, &root, &s3);
+    s3.restart();
     sluice.finish(UPLOAD_TIMEOUT);
     let got: BTreeSet<String> = objects(&root).iter().flat_map(|(_, t)| t.lines().map(str::to_owned)).collect();
     let want: BTreeSet<String> = lines.iter().map(|l| enriched(l)).collect();
     assert_eq!(got, want, "every event at least once");
     assert!(sluice.log_text().contains("S3 request failed; retrying"));
+}
+
+/// Lines the objects under `root` hold.
+fn stored_lines(root: &std::path::Path) -> BTreeSet<String> {
+    objects(root).iter().flat_map(|(_, t)| t.lines().map(str::to_owned)).collect()
+}
+
+#[test]
+fn an_object_that_failed_during_an_outage_goes_up_as_soon_as_s3_answers_again() {
+    let mut s3 = RestartableS3::start();
+    let root = s3.root.clone();
+    // A first retry 10 to 20 s after the failure: without a wake-up the
+    // stuck object would sit that out after S3 is back.
+    let config = s3_sink_retrying(&s3.endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n", "20s", "60s");
+    let mut sluice = start(&config, &credentials(&s3.s3));
+    sluice.wait_api();
+    s3.stop();
+    let stuck: Vec<String> = (0..100).map(|i| app_line(i, "stuck")).collect();
+    sluice.write_lines(&stuck);
+    wait_until("the stuck object's failed attempt", Duration::from_secs(20), || {
+        sluice.log_text().contains("S3 request failed; retrying").then_some(())
+    });
+    s3.restart();
+    let back = std::time::Instant::now();
+    let newer: Vec<String> = (100..200).map(|i| app_line(i, "newer")).collect();
+    sluice.write_lines(&newer);
+    let want: BTreeSet<String> = stuck.iter().chain(&newer).map(|l| enriched(l)).collect();
+    wait_until("every object, the stuck one too", UPLOAD_TIMEOUT, || {
+        (stored_lines(&root) == want).then_some(())
+    });
+    let took = back.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the stuck object went up {took:?} after S3 was back (its backoff was at least 10 s)\n{}",
+        sluice.log_text()
+    );
+    sluice.finish(UPLOAD_TIMEOUT);
+}
+
+#[test]
+fn every_failed_attempt_is_logged_and_warned_about_once_per_interval() {
+    let mut s3 = RestartableS3::start();
+    let root = s3.root.clone();
+    let mut sluice = start(
+        &s3_sink(&s3.endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n"),
+        &credentials(&s3.s3),
+    );
+    sluice.wait_api();
+    s3.stop();
+    // One object, retried every 25 to 500 ms for 3 s: a dozen attempts.
+    let lines: Vec<String> = (0..100).map(|i| app_line(i, "api")).collect();
+    sluice.write_lines(&lines);
+    wait_until("a first failed attempt", Duration::from_secs(20), || {
+        sluice.log_text().contains("S3 request failed; retrying").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    s3.restart();
+    let want: BTreeSet<String> = lines.iter().map(|l| enriched(l)).collect();
+    wait_until("the object", UPLOAD_TIMEOUT, || (stored_lines(&root) == want).then_some(()));
+    let retried = sluice.metric("sluice_sink_retries_total{sink=\"s3\"}");
+    let log = sluice.log_text();
+    let failures: Vec<&str> = log.lines().filter(|l| l.contains("S3 request failed; retrying")).collect();
+    assert!(retried >= 5.0, "{retried} retries\n{log}");
+    assert_eq!(failures.len() as f64, retried, "one line per failed attempt\n{log}");
+    let warnings = failures.iter().filter(|l| l.contains("\"WARN\"")).count();
+    assert_eq!(warnings, 1, "one warning per 10 s, the rest at info\n{log}");
+    sluice.finish(UPLOAD_TIMEOUT);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@
 //! When the queue ends (`recv` returns `None`) it flushes and returns.
 
 pub mod blackhole;
+pub(crate) mod delivery;
 pub(crate) mod http;
 pub mod kafka;
 pub mod loki;

@@ -1,12 +1,14 @@
-//! `{{ field }}` templates over event fields and source metadata, for Loki
-//! labels and S3 key prefixes.
+//! `{{ field }}` templates over event fields and source metadata.
+//!
+//! The one `{{ path }}` template language of the sinks: Loki labels, S3
+//! key prefixes, Kafka topics (`kafka/topic.rs` adds Kafka's naming rules).
 //!
 //! A template is literal text with `{{ path }}` placeholders. A placeholder
 //! renders the event's own field `path` (extracted by the decoder, so every
 //! path must be declared in `fields_needed`), or, when the event does not
-//! have it, the value at `path` in the batch's source metadata
-//! (`release.version`, `host`, `kubernetes.namespace`). Objects, arrays,
-//! nulls and absent values render as nothing.
+//! have it (or has it empty), the value at `path` in the batch's source
+//! metadata (`release.version`, `host`, `kubernetes.namespace`). Objects,
+//! arrays, nulls, empty and absent values render as nothing.
 
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
@@ -161,37 +163,61 @@ impl BoundTemplate {
             match seg {
                 Segment::Literal(l) => out.push_str(l),
                 Segment::Field { dotted, .. } => {
-                    render_field(batch, i, *col, dotted, out);
+                    if !render_event(batch, i, *col, out) {
+                        render_meta(batch, dotted, out);
+                    }
                 }
             }
         }
     }
 
+    /// Looks up, once for `batch`, what each placeholder renders for an
+    /// event that lacks its field; for [`Self::render_parts`].
+    pub(crate) fn batch_meta(&self, batch: &Batch, meta: &mut BatchMeta) {
+        meta.values.clear();
+        for seg in &self.template.segments {
+            if let Segment::Field { dotted, .. } = seg {
+                let mut value = String::new();
+                render_meta(batch, dotted, &mut value);
+                meta.values.push(value);
+            }
+        }
+    }
+
     /// Renders event `i` with pre-processed literal `parts` (from
-    /// [`Template::map_literals`]); each placeholder's value passes through
+    /// [`Template::map_literals`]) and the batch's metadata values (from
+    /// [`Self::batch_meta`]); each placeholder's value passes through
     /// `clean` (which also decides what a missing value becomes).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn render_parts(
         &self,
         parts: &[RenderPart],
+        meta: &BatchMeta,
         batch: &Batch,
         i: usize,
         out: &mut String,
         scratch: &mut String,
         clean: impl Fn(&str, &mut String),
     ) {
-        let fields = self.template.segments.iter().zip(&self.columns).filter_map(|(seg, col)| match seg {
-            Segment::Field { dotted, .. } => Some((dotted, *col)),
-            Segment::Literal(_) => None,
-        });
-        let mut fields = fields;
+        let mut columns = self
+            .template
+            .segments
+            .iter()
+            .zip(&self.columns)
+            .filter_map(|(seg, col)| matches!(seg, Segment::Field { .. }).then_some(*col));
+        let mut field = 0;
         for part in parts {
             match part {
                 RenderPart::Literal(l) => out.push_str(l),
                 RenderPart::Field => {
                     scratch.clear();
-                    if let Some((dotted, col)) = fields.next() {
-                        render_field(batch, i, col, dotted, scratch);
+                    let col = columns.next().flatten();
+                    if !render_event(batch, i, col, scratch) {
+                        if let Some(v) = meta.values.get(field) {
+                            scratch.push_str(v);
+                        }
                     }
+                    field += 1;
                     clean(scratch, out);
                 }
             }
@@ -199,27 +225,30 @@ impl BoundTemplate {
     }
 }
 
-/// Renders one placeholder: the event's value, else the source metadata's.
-fn render_field(batch: &Batch, i: usize, column: Option<usize>, dotted: &str, out: &mut String) -> bool {
-    if let Some(c) = column {
-        if batch.value(i, c).render(out) {
-            return true;
-        }
-    }
+/// The metadata value of each placeholder of a template for one batch:
+/// what an event that lacks the field renders, looked up once per batch
+/// rather than once per event. Empty when the metadata has no value.
+#[derive(Debug, Default)]
+pub(crate) struct BatchMeta {
+    values: Vec<String>,
+}
+
+/// Renders an event's own value of a placeholder; false (and nothing
+/// written) when it has none. An empty value counts as none.
+fn render_event(batch: &Batch, i: usize, column: Option<usize>, out: &mut String) -> bool {
+    let Some(c) = column else { return false };
+    let start = out.len();
+    batch.value(i, c).render(out) && out.len() > start
+}
+
+/// Renders the source metadata's value at `dotted`, if it has a
+/// non-empty scalar there.
+fn render_meta(batch: &Batch, dotted: &str, out: &mut String) {
     match batch.source.meta_value(dotted) {
-        Some(Value::String(s)) => {
-            out.push_str(s);
-            true
-        }
-        Some(Value::Number(n)) => {
-            out.push_str(&n.to_string());
-            true
-        }
-        Some(Value::Bool(b)) => {
-            out.push_str(if *b { "true" } else { "false" });
-            true
-        }
-        _ => false,
+        Some(Value::String(s)) => out.push_str(s),
+        Some(Value::Number(n)) => out.push_str(&n.to_string()),
+        Some(Value::Bool(b)) => out.push_str(if *b { "true" } else { "false" }),
+        _ => {}
     }
 }
 
@@ -235,6 +264,39 @@ mod tests {
         assert!(!t.is_literal());
         assert!(Template::parse("plain").unwrap().is_literal());
         assert!(Template::parse("").unwrap().is_literal());
+    }
+
+    #[test]
+    fn an_event_value_wins_and_a_missing_or_empty_one_falls_back_to_metadata() {
+        use crate::decode::Decoder;
+        use crate::enrich::{Fragment, SourceContext};
+        use crate::event::BatchBuilder;
+        use std::sync::Arc;
+
+        let mut fs = FieldSet::new();
+        fs.add(FieldPath::parse("service").unwrap());
+        let fs = Arc::new(fs);
+        let mut out = BatchBuilder::with_capacity(fs.clone(), 256, 4);
+        let mut d = Decoder::new();
+        for l in [r#"{"service":"api"}"#, r#"{"x":1}"#, r#"{"service":""}"#, r#"{"service":null}"#] {
+            d.decode_line(l.as_bytes(), false, &[], &Fragment::default(), &mut out);
+        }
+        let serde_json::Value::Object(meta) = serde_json::json!({"service": "from-meta"}) else {
+            panic!()
+        };
+        let batch = out.build(
+            Arc::new(SourceContext::new("s".into(), "stdin", String::new(), meta)),
+            std::time::SystemTime::now(),
+        );
+        let t = Template::parse("svc={{ service }}").unwrap().bind(&fs);
+        let rendered: Vec<String> = (0..4)
+            .map(|i| {
+                let mut s = String::new();
+                t.render(&batch, i, &mut s);
+                s
+            })
+            .collect();
+        assert_eq!(rendered, ["svc=api", "svc=from-meta", "svc=from-meta", "svc=from-meta"]);
     }
 
     #[test]

@@ -37,7 +37,7 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 # Loki's tenant when auth is disabled and no X-Scope-OrgID is sent.
 DEFAULT_TENANT = "fake"
 
-FAULT_MODES = ("429", "500", "400-out-of-order", "400-too-old", "400-partial")
+FAULT_MODES = ("429", "500", "400-out-of-order", "400-too-old", "400-partial", "400-bare-out-of-order")
 BASE_MODES = ("ok", "204", "strict-order")
 
 
@@ -508,6 +508,11 @@ def apply_push(tenant, streams):
                     f"{rfc3339(ts)}, oldest acceptable timestamp is: {rfc3339(ts + 1_000_000_000)}"
                 )
         return 400, "entry too old"
+    if fault == "400-bare-out-of-order":
+        # A whole push refused by a Loki (or a gateway in front of it) that
+        # says only why, not how many: nothing is stored.
+        STATE.stats["rejected_entries"] += n_entries
+        return 400, "entry out of order"
 
     errors = []
     for s in streams:

@@ -4,7 +4,7 @@ use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::template::Template;
+use super::topic::TopicTemplate;
 use crate::config::{duration, ConfigError};
 use crate::event::FieldPath;
 
@@ -181,7 +181,7 @@ impl KafkaConfig {
                 "must name at least one broker",
             ));
         }
-        if let Err(e) = Template::parse(&self.topic) {
+        if let Err(e) = TopicTemplate::parse(&self.topic) {
             errors.push(ConfigError::new(format!("{path}.topic"), e));
         }
         if let Some(k) = &self.key_field {
@@ -224,7 +224,7 @@ impl KafkaConfig {
 
     /// Event fields the sink reads: template fields and the key.
     pub fn fields_needed(&self) -> Vec<FieldPath> {
-        let mut out: Vec<FieldPath> = Template::parse(&self.topic)
+        let mut out: Vec<FieldPath> = TopicTemplate::parse(&self.topic)
             .map(|t| t.fields().cloned().collect())
             .unwrap_or_default();
         if let Some(k) = self.key_field.as_deref().and_then(|k| FieldPath::parse(k).ok()) {

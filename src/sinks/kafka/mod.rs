@@ -11,7 +11,7 @@
 //! waits for room, the sink's queue fills, the fan-out's policy applies.
 
 mod config;
-mod template;
+mod topic;
 
 pub use config::{Acks, Compression, KafkaConfig, OptionValue};
 
@@ -30,7 +30,7 @@ use crate::buffer::{BudgetShare, QueueItem, QueueReceiver};
 use crate::event::{AckOutcome, Acknowledger, FieldPath};
 use crate::pipeline::Task;
 use crate::telemetry::{metrics, Health};
-use template::{BoundTemplate, Template};
+use topic::{BoundTopic, TopicTemplate};
 
 /// How long the producer thread waits before offering a message again when
 /// librdkafka's queue is full. Short: the queue drains at broker speed.
@@ -219,10 +219,38 @@ fn error_kind(code: Option<RDKafkaErrorCode>) -> &'static str {
     }
 }
 
+/// How long an error report identical to the one before it is not logged
+/// again. rdkafka 0.39 hands every error event to `ClientContext::error`
+/// twice (once in `Client::poll_event`, once in `BaseProducer::poll`), and
+/// librdkafka repeats "all brokers down" every few hundred milliseconds
+/// during an outage: one line per report per second is enough.
+const REPEAT_WINDOW: Duration = Duration::from_secs(1);
+
+/// The last client error logged: (error, reason, when).
+type LastError = Option<(String, String, Instant)>;
+
 /// librdkafka's callbacks: delivery reports, errors and logs.
 struct SinkContext {
     shared: Arc<Shared>,
     work: mpsc::Sender<Work>,
+    /// Only the polling thread reports errors; the lock is never contended.
+    last_error: std::sync::Mutex<LastError>,
+}
+
+impl SinkContext {
+    /// Whether this error report repeats the one logged last, within
+    /// [`REPEAT_WINDOW`]; if not, it becomes the last one.
+    fn repeats(&self, error: &str, reason: &str) -> bool {
+        let now = Instant::now();
+        let mut last = self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((e, r, at)) = last.as_ref() {
+            if e == error && r == reason && now.duration_since(*at) < REPEAT_WINDOW {
+                return true;
+            }
+        }
+        *last = Some((error.to_owned(), reason.to_owned(), now));
+        false
+    }
 }
 
 impl ClientContext for SinkContext {
@@ -244,7 +272,10 @@ impl ClientContext for SinkContext {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.shared.mark_unhealthy("transport", &error);
         }
-        tracing::warn!(sink = %self.shared.sink, %error, reason, "Kafka client error");
+        let text = error.to_string();
+        if !self.repeats(&text, reason) {
+            tracing::warn!(sink = %self.shared.sink, error = %text, reason, "Kafka client error");
+        }
     }
 }
 
@@ -292,7 +323,7 @@ impl KafkaConfig {
             sink: cx.name.to_string(),
             message,
         };
-        let topic = Template::parse(&self.topic).map_err(|e| fatal(format!("topic: {e}")))?;
+        let topic = TopicTemplate::parse(&self.topic).map_err(|e| fatal(format!("topic: {e}")))?;
         let key = match &self.key_field {
             Some(k) => {
                 let path = FieldPath::parse(k).map_err(|e| fatal(format!("key_field: {e}")))?;
@@ -322,6 +353,7 @@ impl KafkaConfig {
         let context = SinkContext {
             shared: shared.clone(),
             work: work_tx.clone(),
+            last_error: std::sync::Mutex::new(None),
         };
         let producer: ThreadedProducer<SinkContext> = self
             .client_config()
@@ -390,7 +422,7 @@ async fn forward(
 struct ProducerThread {
     producer: ThreadedProducer<SinkContext>,
     shared: Arc<Shared>,
-    topic: BoundTemplate,
+    topic: BoundTopic,
     literal_topic: Option<String>,
     key: Option<usize>,
     /// Messages waiting for their retry time, in the order they failed.

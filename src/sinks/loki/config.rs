@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::encode::is_valid_label_name;
 use crate::config::{duration, ByteSize, ConfigError};
 use crate::event::FieldPath;
-use crate::sinks::http::RetryConfig;
+use crate::sinks::delivery::RetryConfig;
 use crate::sinks::template::Template;
 
 /// The push API path under `endpoint`.

@@ -24,15 +24,16 @@ pub use builder::{Push, PushBuilder};
 pub use config::LokiConfig;
 
 use bytes::Bytes;
-use prometheus::{Histogram, IntCounter, IntCounterVec, Opts};
+use prometheus::{IntCounter, IntCounterVec, Opts};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::task::JoinSet;
 
 use self::config::{Compression, Encoding};
-use super::http::{self, AckTracker, Backoff, ErrorKind, HealthFlag, RetryConfig, TrackId};
+use super::delivery::{self, Answer, Endpoint, ErrorKind, Failed};
+use super::http::{self, AckTracker, TrackId};
 use super::{SinkCx, SinkError};
 use crate::buffer::{QueueItem, QueueReceiver};
 use crate::event::AckOutcome;
@@ -88,13 +89,11 @@ struct Shared {
     encoding: Encoding,
     compression: Compression,
     gzip_level: u32,
-    retry: RetryConfig,
-    health: HealthFlag,
+    /// Retries, error counts, request times and `/ready`.
+    endpoint: Endpoint,
     events: IntCounter,
     bytes: IntCounter,
-    retries: IntCounter,
     dropped: IntCounter,
-    duration: Histogram,
 }
 
 impl Shared {
@@ -142,13 +141,10 @@ impl Shared {
             encoding: cfg.encoding,
             compression,
             gzip_level: cfg.gzip_level,
-            retry: cfg.retry.clone(),
-            health: HealthFlag::new(cx.health.clone()),
+            endpoint: Endpoint::new(cx.name.clone(), "push", cfg.retry.clone(), cx.health.clone()),
             events: m.sink_events.with_label_values(&[name]),
             bytes: m.sink_bytes.with_label_values(&[name]),
-            retries: m.sink_retries.with_label_values(&[name]),
             dropped: m.events_dropped.with_label_values(&[name, "rejected"]),
-            duration: m.sink_request_duration.with_label_values(&[name]),
         })
     }
 
@@ -175,7 +171,7 @@ impl Shared {
             Ok(resp) => {
                 tracing::warn!(sink = %self.name, url = %ready, status = %resp.status(),
                     "Loki is reachable but not ready; starting, and /ready reports this sink unhealthy until a push succeeds");
-                self.health.set_unhealthy();
+                self.endpoint.health().set_unhealthy();
                 Ok(())
             }
             Err(e) => Err(format!(
@@ -353,71 +349,57 @@ fn fail(parts: Vec<TrackId>, message: String) -> PushResult {
 
 /// Sends one push until Loki answers something final.
 async fn deliver(shared: &Shared, body: Bytes, events: u64, bytes: u64) -> PushOutcome {
-    let mut backoff = Backoff::new(&shared.retry);
-    let mut attempt: u32 = 0;
-    loop {
-        attempt += 1;
-        let started = Instant::now();
-        let sent = shared
-            .client
-            .post(shared.url.clone())
-            .headers(shared.headers.clone())
-            .body(body.clone())
-            .send()
-            .await;
-        let (kind, detail, retry_after) = match sent {
-            Ok(resp) if resp.status().is_success() => {
-                shared.duration.observe(started.elapsed().as_secs_f64());
-                shared.health.success();
-                shared.events.inc_by(events);
-                shared.bytes.inc_by(bytes);
-                if attempt > 1 {
-                    tracing::info!(sink = %shared.name, attempts = attempt, "push delivered after retries");
-                }
-                return PushOutcome::Delivered;
-            }
-            Ok(resp) => {
-                let status = resp.status();
-                let retry_after = http::retry_after(resp.headers());
-                let text = resp.text().await.unwrap_or_default();
-                shared.duration.observe(started.elapsed().as_secs_f64());
-                let kind = ErrorKind::of_status(status);
-                if !kind.is_retryable() {
-                    return refused(shared, status, &text, events, bytes);
-                }
-                (kind, format!("{status}: {}", http::excerpt(text.trim())), retry_after)
-            }
-            Err(e) => {
-                shared.duration.observe(started.elapsed().as_secs_f64());
-                (ErrorKind::of(&e), http::error_chain(&e), None)
-            }
-        };
-        metrics().sink_errors.with_label_values(&[&shared.name, kind.as_str()]).inc();
-        shared.retries.inc();
-        shared.health.failure();
-        let delay = backoff.next_delay(retry_after);
-        if attempt.is_power_of_two() {
-            tracing::warn!(sink = %shared.name, attempt, error = %detail, retry_in = ?delay, "push failed; retrying");
-        }
-        tokio::time::sleep(delay).await;
+    let outcome = shared
+        .endpoint
+        .send(
+            || {
+                shared
+                    .client
+                    .post(shared.url.clone())
+                    .headers(shared.headers.clone())
+                    .body(body.clone())
+            },
+            |resp| judge(shared, resp, events, bytes),
+        )
+        .await;
+    if let PushOutcome::Delivered = outcome {
+        shared.events.inc_by(events);
+        shared.bytes.inc_by(bytes);
     }
+    outcome
+}
+
+/// What Loki's answer to a push means.
+async fn judge(shared: &Shared, resp: reqwest::Response, events: u64, bytes: u64) -> Answer<PushOutcome> {
+    let status = resp.status();
+    if status.is_success() {
+        return Answer::Accepted(PushOutcome::Delivered);
+    }
+    let retry_after = delivery::retry_after(resp.headers());
+    let text = resp.text().await.unwrap_or_default();
+    let kind = ErrorKind::of_status(status);
+    if kind.is_retryable() {
+        return Answer::Retry(Failed {
+            kind,
+            detail: format!("{status}: {}", http::excerpt(text.trim())),
+            retry_after,
+        });
+    }
+    refused(shared, status, &text, events, bytes)
 }
 
 /// A final 4xx: a partial rejection is counted per entry, a whole refusal
 /// for the whole push; credentials or a wrong address stop the sink.
-fn refused(shared: &Shared, status: reqwest::StatusCode, text: &str, events: u64, bytes: u64) -> PushOutcome {
-    // The push reached Loki and was answered: Loki itself is fine.
-    shared.health.success();
-    if http::is_misconfiguration(status) {
-        metrics()
-            .sink_errors
-            .with_label_values(&[&shared.name, ErrorKind::Client.as_str()])
-            .inc();
-        return PushOutcome::Fatal(format!(
-            "Loki answered {status} to a push to {}: {} (check endpoint, path, tenant_id and auth)",
-            shared.url,
-            http::excerpt(text.trim())
-        ));
+fn refused(shared: &Shared, status: reqwest::StatusCode, text: &str, events: u64, bytes: u64) -> Answer<PushOutcome> {
+    if delivery::is_misconfiguration(status) {
+        return Answer::Refused(
+            ErrorKind::Client,
+            PushOutcome::Fatal(format!(
+                "Loki answered {status} to a push to {}: {} (check endpoint, path, tenant_id and auth)",
+                shared.url,
+                http::excerpt(text.trim())
+            )),
+        );
     }
     let rejection = if status == reqwest::StatusCode::BAD_REQUEST {
         rejection::parse(text, events)
@@ -433,7 +415,6 @@ fn refused(shared: &Shared, status: reqwest::StatusCode, text: &str, events: u64
     } else {
         ErrorKind::Client
     };
-    metrics().sink_errors.with_label_values(&[&shared.name, kind.as_str()]).inc();
     let lm = loki_metrics();
     for (reason, n) in &rejection.counts {
         lm.rejected.with_label_values(&[&shared.name, reason.as_str()]).inc_by(*n);
@@ -450,5 +431,5 @@ fn refused(shared: &Shared, status: reqwest::StatusCode, text: &str, events: u64
         answer = %http::excerpt(text.trim()),
         "Loki refused entries; they are counted in sluice_events_dropped_total and not retried"
     );
-    PushOutcome::Dropped
+    Answer::Refused(kind, PushOutcome::Dropped)
 }

@@ -17,7 +17,10 @@
 //!   message per refused entry, grouped by text and joined with `; `:
 //!   `<k> errors like: entry for stream '{…}' has timestamp too old: …`.
 //!
-//! A 400 that matches neither shape refused the whole push.
+//! A 400 that matches neither shape refused the whole push, and so does
+//! one that names a reason without a count (a bare `entry out of order`):
+//! when the answer does not say how many entries were refused, none of the
+//! push is counted as stored.
 
 /// Why entries were refused, as the `reason` label of
 /// `sluice_loki_entries_rejected_total`.
@@ -138,17 +141,19 @@ pub fn parse(body: &str, entries: u64) -> Rejection {
 }
 
 /// Loki's per-entry validation messages (the distributor drops only that
-/// entry and stores the rest of the push).
+/// entry and stores the rest of the push). Each names the entry's stream
+/// (`stream '{…}'`); a bare reason such as `entry out of order` says why
+/// but not how many, so it is not one of them: that push was refused
+/// whole (the ingester's ordering messages always end in a total).
 fn is_entry_validation(message: &str) -> bool {
     const PER_ENTRY: &[&str] = &[
         "has timestamp too old",
         "has timestamp too new",
-        "entry out of order",
-        "too far behind",
+        "max entry size",
         "line too long",
         "structured metadata",
     ];
-    PER_ENTRY.iter().any(|p| message.contains(p))
+    message.contains("stream '") && PER_ENTRY.iter().any(|p| message.contains(p))
 }
 
 #[cfg(test)]
@@ -199,6 +204,29 @@ mod tests {
         assert!(!r.partial);
         let r = parse("", 5);
         assert_eq!(r.total(), 5);
+    }
+
+    #[test]
+    fn a_reason_without_a_count_refuses_the_whole_push() {
+        for body in [
+            "entry out of order",
+            "entry too far behind",
+            "entry with timestamp 2024-01-02 03:04:05 +0000 UTC ignored, reason: 'entry out of order' for stream: {a=\"b\"}",
+            "has timestamp too old",
+        ] {
+            let r = parse(body, 2000);
+            assert_eq!(r.total(), 2000, "{body}");
+            assert!(!r.partial, "{body}");
+        }
+    }
+
+    #[test]
+    fn line_too_long_is_counted_per_entry() {
+        let body =
+            "2 errors like: max entry size '256' bytes exceeded for stream '{app=\"a\"}' while adding an entry with length '300' bytes";
+        let r = parse(body, 10);
+        assert_eq!(r.counts, vec![(Reason::Other, 2)]);
+        assert!(r.partial);
     }
 
     #[test]

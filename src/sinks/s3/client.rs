@@ -8,16 +8,15 @@
 use base64::Engine;
 use bytes::Bytes;
 use md5::{Digest, Md5};
-use prometheus::{Histogram, IntCounter};
 use rusty_s3::actions::CreateMultipartUpload;
 use rusty_s3::{Bucket, Credentials, S3Action};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::config::S3Config;
-use crate::sinks::http::{self, Backoff, ErrorKind, HealthFlag, RetryConfig};
+use crate::sinks::delivery::{self, Answer, Endpoint, ErrorKind, Failed};
+use crate::sinks::http;
 use crate::sinks::SinkCx;
-use crate::telemetry::metrics;
 
 /// How long a presigned URL stays valid: long enough for one attempt of
 /// the slowest request, short enough to be useless if it leaked.
@@ -27,7 +26,7 @@ const PRESIGN_TTL: Duration = Duration::from_secs(900);
 const CONTENT_TYPE: &str = "application/x-ndjson";
 
 /// A successful answer.
-struct Answer {
+struct Reply {
     etag: Option<String>,
     text: String,
 }
@@ -47,10 +46,8 @@ pub(crate) struct S3Client {
     http: reqwest::Client,
     bucket: Bucket,
     credentials: Credentials,
-    retry: RetryConfig,
-    pub(crate) health: HealthFlag,
-    retries: IntCounter,
-    duration: Histogram,
+    /// Retries, error counts, request times and `/ready`.
+    endpoint: Endpoint,
 }
 
 impl std::fmt::Debug for S3Client {
@@ -95,17 +92,12 @@ impl S3Client {
         };
         let bucket = Bucket::new(url, style, cfg.bucket.clone(), cfg.region.clone())
             .map_err(|e| format!("invalid bucket {:?} at {endpoint}: {e}", cfg.bucket))?;
-        let m = metrics();
-        let name: &str = &cx.name;
         Ok(S3Client {
             name: cx.name.clone(),
             http: http::client(cfg.request.timeout)?,
             bucket,
             credentials: credentials(cfg)?,
-            retry: cfg.retry.clone(),
-            health: HealthFlag::new(cx.health.clone()),
-            retries: m.sink_retries.with_label_values(&[name]),
-            duration: m.sink_request_duration.with_label_values(&[name]),
+            endpoint: Endpoint::new(cx.name.clone(), "S3 request", cfg.retry.clone(), cx.health.clone()),
         })
     }
 
@@ -227,73 +219,49 @@ impl S3Client {
     }
 
     /// Sends until S3 answers 2xx or something final.
-    async fn send<F>(&self, op: &str, key: &str, build: F) -> Result<Answer, Failure>
+    async fn send<F>(&self, op: &str, key: &str, build: F) -> Result<Reply, Failure>
     where
         F: Fn() -> reqwest::RequestBuilder,
     {
-        let mut backoff = Backoff::new(&self.retry);
-        let mut attempt: u32 = 0;
-        loop {
-            attempt += 1;
-            let started = Instant::now();
-            let (kind, detail, retry_after) = match build().send().await {
-                Ok(resp) if resp.status().is_success() => {
-                    let etag = resp
-                        .headers()
-                        .get(reqwest::header::ETAG)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned);
-                    let text = resp.text().await;
-                    self.duration.observe(started.elapsed().as_secs_f64());
-                    match text {
-                        Ok(t) => {
-                            self.health.success();
-                            if attempt > 1 {
-                                tracing::info!(sink = %self.name, op, key, attempts = attempt, "S3 request succeeded after retries");
-                            }
-                            return Ok(Answer { etag, text: t });
-                        }
-                        Err(e) => (ErrorKind::of(&e), http::error_chain(&e), None),
-                    }
-                }
-                Ok(resp) => {
-                    let status = resp.status();
-                    let retry_after = http::retry_after(resp.headers());
-                    let text = resp.text().await.unwrap_or_default();
-                    self.duration.observe(started.elapsed().as_secs_f64());
-                    let mut kind = ErrorKind::of_status(status);
-                    // A body that did not match its Content-MD5 was damaged
-                    // on the way: send it again.
-                    if text.contains("<Code>BadDigest</Code>") || text.contains("<Code>RequestTimeout</Code>") {
-                        kind = ErrorKind::Server;
-                    }
-                    let detail = format!("{op} {key}: {status}: {}", http::excerpt(text.trim()));
-                    if !kind.is_retryable() {
-                        metrics().sink_errors.with_label_values(&[&self.name, kind.as_str()]).inc();
-                        self.health.success();
-                        return Err(if http::is_misconfiguration(status) {
-                            Failure::Fatal(format!("S3 refused {detail} (check the credentials, bucket and region)"))
-                        } else {
-                            Failure::Rejected(detail)
-                        });
-                    }
-                    (kind, detail, retry_after)
-                }
-                Err(e) => {
-                    self.duration.observe(started.elapsed().as_secs_f64());
-                    (ErrorKind::of(&e), format!("{op} {key}: {}", http::error_chain(&e)), None)
-                }
-            };
-            metrics().sink_errors.with_label_values(&[&self.name, kind.as_str()]).inc();
-            self.retries.inc();
-            self.health.failure();
-            let delay = backoff.next_delay(retry_after);
-            if attempt.is_power_of_two() {
-                tracing::warn!(sink = %self.name, attempt, error = %detail, retry_in = ?delay, "S3 request failed; retrying");
-            }
-            tokio::time::sleep(delay).await;
-        }
+        self.endpoint.send(build, |resp| judge(op, key, resp)).await
     }
+}
+
+/// What S3's answer to a request means.
+async fn judge(op: &str, key: &str, resp: reqwest::Response) -> Answer<Result<Reply, Failure>> {
+    let what = || format!("{op} {key}");
+    let status = resp.status();
+    if status.is_success() {
+        let etag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        return match resp.text().await {
+            Ok(text) => Answer::Accepted(Ok(Reply { etag, text })),
+            Err(e) => Answer::Retry(Failed::transport(&what(), &e)),
+        };
+    }
+    let retry_after = delivery::retry_after(resp.headers());
+    let text = resp.text().await.unwrap_or_default();
+    let mut kind = ErrorKind::of_status(status);
+    // A body that did not match its Content-MD5 was damaged on the way:
+    // send it again.
+    if text.contains("<Code>BadDigest</Code>") || text.contains("<Code>RequestTimeout</Code>") {
+        kind = ErrorKind::Server;
+    }
+    let detail = format!("{}: {status}: {}", what(), http::excerpt(text.trim()));
+    if kind.is_retryable() {
+        return Answer::Retry(Failed { kind, detail, retry_after });
+    }
+    Answer::Refused(
+        kind,
+        Err(if delivery::is_misconfiguration(status) {
+            Failure::Fatal(format!("S3 refused {detail} (check the credentials, bucket and region)"))
+        } else {
+            Failure::Rejected(detail)
+        }),
+    )
 }
 
 /// Base64 of the body's MD5, for `Content-MD5`.

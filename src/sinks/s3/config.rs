@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::config::{duration, ByteSize, ConfigError};
 use crate::event::FieldPath;
-use crate::sinks::http::RetryConfig;
+use crate::sinks::delivery::RetryConfig;
 use crate::sinks::template::Template;
 
 /// S3's smallest part, except the last: 5 MiB.

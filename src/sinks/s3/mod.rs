@@ -29,7 +29,7 @@ use self::client::{Failure, S3Client};
 use self::config::S3Compression;
 use self::encoder::{MemberCompressor, MEMBER_BYTES};
 use super::http::{AckTracker, TrackId};
-use super::template::{BoundTemplate, RenderPart};
+use super::template::{BatchMeta, BoundTemplate, RenderPart};
 use super::{SinkCx, SinkError};
 use crate::buffer::{QueueItem, QueueReceiver};
 use crate::event::{AckOutcome, Batch};
@@ -309,11 +309,14 @@ impl S3Sink {
             return out;
         }
         let base = batch.ndjson().as_ptr() as usize;
+        let mut meta = BatchMeta::default();
+        self.prefix.batch_meta(batch, &mut meta);
         let mut key = String::new();
         let mut scratch = String::new();
         for i in 0..batch.len() {
             key.clear();
-            self.prefix.render_parts(&parts, batch, i, &mut key, &mut scratch, clean_key_value);
+            self.prefix
+                .render_parts(&parts, &meta, batch, i, &mut key, &mut scratch, clean_key_value);
             let ev = batch.event(i);
             let start = ev.as_ptr() as usize - base;
             let end = start + ev.len() + 1;

@@ -24,9 +24,9 @@ use std::ops::Range;
 use std::time::SystemTime;
 
 use super::json::Decoder;
-use crate::json_text::escape_json_str;
 use crate::enrich::{Fragment, Member};
 use crate::event::BatchBuilder;
+use crate::json_text::escape_json_str;
 
 /// Facility names by code (RFC 5424 table 1, as syslog.h names them).
 const FACILITIES: [&str; 24] = [

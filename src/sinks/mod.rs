@@ -40,18 +40,65 @@ pub enum SinkConfig {
     Kafka(kafka::KafkaConfig),
 }
 
-/// Errors that end a sink. Delivery failures that retrying can fix are not
-/// errors: a sink retries them itself.
+/// Why a sink could not start, or stopped for good. Delivery failures that
+/// retrying can fix are not errors: a sink retries them itself.
 #[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// The sink cannot go on (its output closed, its config cannot work).
-    #[error("sink {sink}: {message}")]
-    Fatal {
-        /// The sink's name.
-        sink: String,
-        /// What happened.
-        message: String,
+#[error("sink {sink}: {kind}")]
+pub struct SinkError {
+    /// The sink's name in the config.
+    pub sink: String,
+    /// What went wrong.
+    #[source]
+    pub kind: SinkErrorKind,
+}
+
+/// What went wrong in a sink.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkErrorKind {
+    /// Its settings cannot work (an endpoint URL, credentials, a template),
+    /// in words that name the key.
+    #[error("{0}")]
+    Setup(String),
+    /// The backend did not answer its start-up check (`healthcheck`).
+    #[error("{0}")]
+    Unhealthy(String),
+    /// The backend refused a delivery for good (authentication, a missing
+    /// bucket): retrying cannot help.
+    #[error("{0}")]
+    Refused(String),
+    /// Standard output was closed by its reader.
+    #[error("standard output was closed by its reader")]
+    OutputClosed,
+    /// An operating-system call failed for good.
+    #[error("cannot {action}: {error}")]
+    Io {
+        /// What it was doing.
+        action: &'static str,
+        /// The OS error.
+        error: std::io::Error,
     },
+    /// The Kafka client could not be created.
+    #[error("cannot {action}: {error}")]
+    Kafka {
+        /// What it was doing.
+        action: &'static str,
+        /// The client's error.
+        error: rdkafka::error::KafkaError,
+    },
+    /// A task or thread of the sink died (a bug, not an input).
+    #[error("{0}")]
+    Died(String),
+}
+
+impl SinkError {
+    /// An error of sink `name`.
+    pub fn new(name: &str, kind: SinkErrorKind) -> SinkError {
+        SinkError {
+            sink: name.to_owned(),
+            kind,
+        }
+    }
 }
 
 /// What a sink gets to run with.

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use std::io::Write;
 
-use super::{SinkCx, SinkError};
+use super::{SinkCx, SinkError, SinkErrorKind};
 use crate::buffer::QueueReceiver;
 use crate::event::AckOutcome;
 use crate::pipeline::Task;
@@ -30,15 +30,15 @@ impl StdoutConfig {
                     let batch = &item.batch;
                     if let Err(e) = out.write_all(batch.ndjson()).and_then(|_| out.flush()) {
                         batch.acknowledge(AckOutcome::Abandoned);
-                        let message = if e.kind() == std::io::ErrorKind::BrokenPipe {
-                            "standard output was closed by its reader".to_owned()
+                        let kind = if e.kind() == std::io::ErrorKind::BrokenPipe {
+                            SinkErrorKind::OutputClosed
                         } else {
-                            format!("write failed: {e}")
+                            SinkErrorKind::Io {
+                                action: "write to standard output",
+                                error: e,
+                            }
                         };
-                        return Err(SinkError::Fatal {
-                            sink: cx.name.to_string(),
-                            message,
-                        });
+                        return Err(SinkError::new(&cx.name, kind));
                     }
                     events.inc_by(batch.len() as u64);
                     bytes.inc_by(batch.byte_len() as u64);
@@ -47,12 +47,7 @@ impl StdoutConfig {
                 Ok(())
             })
             .await
-            .unwrap_or_else(|e| {
-                Err(SinkError::Fatal {
-                    sink: name.to_string(),
-                    message: format!("writer thread failed: {e}"),
-                })
-            })
+            .unwrap_or_else(|e| Err(SinkError::new(&name, SinkErrorKind::Died(format!("writer thread failed: {e}")))))
         })
     }
 }

@@ -70,7 +70,15 @@ impl StdinConfig {
 }
 
 fn read_loop(cfg: &StdinConfig, cx: &SourceCx) -> Result<(), SourceError> {
-    let fatal = |error| SourceError::new(&cx.name, SourceErrorKind::Io { action: "read stdin", error });
+    let fatal = |error| {
+        SourceError::new(
+            &cx.name,
+            SourceErrorKind::Io {
+                action: "read stdin",
+                error,
+            },
+        )
+    };
     // Larger pipe, fewer wake-ups; harmless where stdin is not a pipe.
     // SAFETY: fcntl on fd 0 with an integer argument has no memory effects.
     unsafe { libc::fcntl(0, libc::F_SETPIPE_SZ, PIPE_BYTES) };

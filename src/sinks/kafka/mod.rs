@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use super::{SinkCx, SinkError};
+use super::{SinkCx, SinkError, SinkErrorKind};
 use crate::buffer::{BudgetShare, QueueItem, QueueReceiver};
 use crate::event::{AckOutcome, Acknowledger, FieldPath};
 use crate::pipeline::Task;
@@ -319,18 +319,16 @@ impl KafkaConfig {
     /// Creates the producer, checks the brokers answer (unless the health
     /// check is off), and starts the sink on its queue.
     pub async fn build(&self, cx: SinkCx, input: QueueReceiver) -> Result<Task<SinkError>, SinkError> {
-        let fatal = |message: String| SinkError::Fatal {
-            sink: cx.name.to_string(),
-            message,
-        };
-        let topic = TopicTemplate::parse(&self.topic).map_err(|e| fatal(format!("topic: {e}")))?;
+        let fatal = |kind: SinkErrorKind| SinkError::new(&cx.name, kind);
+        let setup = |message: String| fatal(SinkErrorKind::Setup(message));
+        let topic = TopicTemplate::parse(&self.topic).map_err(|e| setup(format!("topic: {e}")))?;
         let key = match &self.key_field {
             Some(k) => {
-                let path = FieldPath::parse(k).map_err(|e| fatal(format!("key_field: {e}")))?;
+                let path = FieldPath::parse(k).map_err(|e| setup(format!("key_field: {e}")))?;
                 Some(
                     cx.fields
                         .index_of(&path)
-                        .ok_or_else(|| fatal(format!("key_field {k:?} is not extracted")))?,
+                        .ok_or_else(|| setup(format!("key_field {k:?} is not extracted")))?,
                 )
             }
             None => None,
@@ -355,10 +353,12 @@ impl KafkaConfig {
             work: work_tx.clone(),
             last_error: std::sync::Mutex::new(None),
         };
-        let producer: ThreadedProducer<SinkContext> = self
-            .client_config()
-            .create_with_context(context)
-            .map_err(|e| fatal(format!("cannot create the Kafka producer: {e}")))?;
+        let producer: ThreadedProducer<SinkContext> = self.client_config().create_with_context(context).map_err(|error| {
+            fatal(SinkErrorKind::Kafka {
+                action: "create the Kafka producer",
+                error,
+            })
+        })?;
         let producer = Arc::new(producer);
 
         if self.healthcheck {
@@ -366,18 +366,19 @@ impl KafkaConfig {
             let timeout = self.healthcheck_timeout;
             let checked = tokio::task::spawn_blocking(move || p.client().fetch_metadata(None, timeout))
                 .await
-                .map_err(|e| fatal(format!("health check failed: {e}")))?;
+                .map_err(|e| fatal(SinkErrorKind::Died(format!("health check failed: {e}"))))?;
             if let Err(e) = checked {
-                return Err(fatal(format!(
+                return Err(fatal(SinkErrorKind::Unhealthy(format!(
                     "cannot reach the Kafka brokers {} within {:?}: {e} (check bootstrap_servers, or set healthcheck = false to start anyway)",
                     self.bootstrap_servers, timeout
-                )));
+                ))));
             }
         }
 
         let literal_topic = topic.as_literal();
         let producer_thread = ProducerThread {
-            producer: Arc::into_inner(producer).ok_or_else(|| fatal("producer still shared after the health check".into()))?,
+            producer: Arc::into_inner(producer)
+                .ok_or_else(|| fatal(SinkErrorKind::Died("producer still shared after the health check".into())))?,
             shared,
             topic: topic.bind(&cx.fields, &self.topic_missing_value),
             literal_topic,
@@ -393,7 +394,12 @@ impl KafkaConfig {
                 producer_thread.run(work_rx);
                 let _ = done_tx.send(());
             })
-            .map_err(|e| fatal(format!("cannot start the producer thread: {e}")))?;
+            .map_err(|error| {
+                fatal(SinkErrorKind::Io {
+                    action: "start the producer thread",
+                    error,
+                })
+            })?;
         Ok(Box::pin(forward(cx.name.clone(), input, work_tx, done_rx)))
     }
 }
@@ -413,10 +419,8 @@ async fn forward(
     }
     let _ = work.send(Work::Close);
     drop(work);
-    done.await.map_err(|_| SinkError::Fatal {
-        sink: sink.to_string(),
-        message: "the producer thread died".into(),
-    })
+    done.await
+        .map_err(|_| SinkError::new(&sink, SinkErrorKind::Died("the producer thread died".into())))
 }
 
 struct ProducerThread {

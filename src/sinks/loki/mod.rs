@@ -34,7 +34,7 @@ use tokio::task::JoinSet;
 use self::config::{Compression, Encoding};
 use super::delivery::{self, Answer, Endpoint, ErrorKind, Failed};
 use super::http::{self, AckTracker, TrackId};
-use super::{SinkCx, SinkError};
+use super::{SinkCx, SinkError, SinkErrorKind};
 use crate::buffer::{QueueItem, QueueReceiver};
 use crate::event::AckOutcome;
 use crate::pipeline::Task;
@@ -67,13 +67,13 @@ fn loki_metrics() -> &'static LokiMetrics {
 impl LokiConfig {
     /// Prepares the client, checks Loki (`GET /ready`) and starts the sink.
     pub async fn build(&self, cx: SinkCx, input: QueueReceiver) -> Result<Task<SinkError>, SinkError> {
-        let fatal = |message: String| SinkError::Fatal {
-            sink: cx.name.to_string(),
-            message,
-        };
-        let shared = Arc::new(Shared::new(self, &cx).map_err(fatal)?);
+        let fatal = |kind: SinkErrorKind| SinkError::new(&cx.name, kind);
+        let shared = Arc::new(Shared::new(self, &cx).map_err(|e| fatal(SinkErrorKind::Setup(e)))?);
         if self.healthcheck {
-            shared.healthcheck(&self.endpoint).await.map_err(fatal)?;
+            shared
+                .healthcheck(&self.endpoint)
+                .await
+                .map_err(|e| fatal(SinkErrorKind::Unhealthy(e)))?;
         }
         let sink = LokiSink::new(self, &cx, shared);
         Ok(Box::pin(sink.run(input)))
@@ -285,10 +285,7 @@ impl LokiSink {
         }
         if let PushOutcome::Fatal(message) = res.outcome {
             self.tracker.abandon_all();
-            return Err(SinkError::Fatal {
-                sink: self.shared.name.to_string(),
-                message,
-            });
+            return Err(SinkError::new(&self.shared.name, SinkErrorKind::Refused(message)));
         }
         Ok(())
     }

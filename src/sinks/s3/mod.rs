@@ -30,7 +30,7 @@ use self::config::S3Compression;
 use self::encoder::{MemberCompressor, MEMBER_BYTES};
 use super::http::{AckTracker, TrackId};
 use super::template::{BatchMeta, BoundTemplate, RenderPart};
-use super::{SinkCx, SinkError};
+use super::{SinkCx, SinkError, SinkErrorKind};
 use crate::buffer::{QueueItem, QueueReceiver};
 use crate::event::{AckOutcome, Batch};
 use crate::pipeline::Task;
@@ -40,13 +40,10 @@ impl S3Config {
     /// Reads the credentials, checks the bucket (`HEAD`) and starts the
     /// sink.
     pub async fn build(&self, cx: SinkCx, input: QueueReceiver) -> Result<Task<SinkError>, SinkError> {
-        let fatal = |message: String| SinkError::Fatal {
-            sink: cx.name.to_string(),
-            message,
-        };
-        let client = Arc::new(S3Client::new(self, &cx).map_err(fatal)?);
+        let fatal = |kind: SinkErrorKind| SinkError::new(&cx.name, kind);
+        let client = Arc::new(S3Client::new(self, &cx).map_err(|e| fatal(SinkErrorKind::Setup(e)))?);
         if self.healthcheck {
-            client.healthcheck().await.map_err(fatal)?;
+            client.healthcheck().await.map_err(|e| fatal(SinkErrorKind::Unhealthy(e)))?;
         }
         let sink = S3Sink::new(self, &cx, client);
         Ok(Box::pin(sink.run(input)))
@@ -500,7 +497,7 @@ impl S3Sink {
     fn finished(&mut self, res: Result<Finished, tokio::task::JoinError>) -> Result<(), SinkError> {
         let f = match res {
             Ok(f) => f,
-            Err(e) => return Err(self.fatal(format!("upload task failed: {e}"))),
+            Err(e) => return Err(died(&self.client.name, format!("upload task failed: {e}"))),
         };
         let m = metrics();
         let outcome = match &f.result {
@@ -518,24 +515,18 @@ impl S3Sink {
                     "S3 refused an object; its events are dropped and counted");
                 AckOutcome::Dropped
             }
-            Err(Failure::Fatal(why)) => return Err(self.fatal(why.clone())),
+            Err(Failure::Fatal(why)) => return Err(SinkError::new(&self.client.name, SinkErrorKind::Refused(why.clone()))),
         };
         for id in f.tracks {
             self.tracker.part_done(id, outcome);
         }
         Ok(())
     }
-
-    fn fatal(&self, message: String) -> SinkError {
-        fatal(&self.client.name, message)
-    }
 }
 
-fn fatal(sink: &str, message: String) -> SinkError {
-    SinkError::Fatal {
-        sink: sink.to_owned(),
-        message,
-    }
+/// A task of the sink died: a bug, not an input.
+fn died(sink: &str, message: String) -> SinkError {
+    SinkError::new(sink, SinkErrorKind::Died(message))
 }
 
 impl OpenObject {
@@ -567,8 +558,16 @@ impl OpenObject {
         if let Some(h) = self.compressing.pop_front() {
             let (mut raw, mut bytes) = h
                 .await
-                .map_err(|e| fatal(sink, format!("compressor task failed: {e}")))?
-                .map_err(|e| fatal(sink, format!("compression failed: {e}")))?;
+                .map_err(|e| died(sink, format!("compressor task failed: {e}")))?
+                .map_err(|error| {
+                    SinkError::new(
+                        sink,
+                        SinkErrorKind::Io {
+                            action: "compress an object",
+                            error,
+                        },
+                    )
+                })?;
             if self.failed.is_none() {
                 self.out.extend_from_slice(&bytes);
             }
@@ -655,7 +654,7 @@ async fn join_part(h: JoinHandle<Result<String, Failure>>) -> Result<String, Fai
 
 fn fatal_err(sink: &str, f: &Failure) -> SinkError {
     match f {
-        Failure::Rejected(s) | Failure::Fatal(s) => fatal(sink, s.clone()),
+        Failure::Rejected(s) | Failure::Fatal(s) => SinkError::new(sink, SinkErrorKind::Refused(s.clone())),
     }
 }
 

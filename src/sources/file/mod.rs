@@ -86,7 +86,12 @@ impl FileConfig {
     pub fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
         let name = cx.name.clone();
         let fatal = |kind: SourceErrorKind| SourceError::new(&name, kind);
-        let setting = |key, message: &str| fatal(SourceErrorKind::Setting { key, message: message.into() });
+        let setting = |key, message: &str| {
+            fatal(SourceErrorKind::Setting {
+                key,
+                message: message.into(),
+            })
+        };
         let data_dir = cx.data_dir.clone().ok_or_else(|| {
             setting("data_dir", "not set: the file source keeps its checkpoints in <data_dir>/file/<source>; set `data_dir` in the config or SLUICE_DATA_DIR")
         })?;
@@ -99,14 +104,19 @@ impl FileConfig {
         let (kube, cache) = if self.kubernetes.enabled {
             let cache = if self.kubernetes.api {
                 let node = self.kubernetes.resolved_node_name().ok_or_else(|| {
-                    setting("kubernetes.api", "needs the node name: set kubernetes.node_name or NODE_NAME (downward API)")
+                    setting(
+                        "kubernetes.api",
+                        "needs the node name: set kubernetes.node_name or NODE_NAME (downward API)",
+                    )
                 })?;
                 let url = self.kubernetes.resolved_api_url().ok_or_else(|| {
-                    setting("kubernetes.api", "needs the API server: set kubernetes.api_url or run in a pod (KUBERNETES_SERVICE_HOST)")
+                    setting(
+                        "kubernetes.api",
+                        "needs the API server: set kubernetes.api_url or run in a pod (KUBERNETES_SERVICE_HOST)",
+                    )
                 })?;
                 let cache = Arc::new(PodCache::default());
-                let watcher =
-                    PodWatcher::new(&self.kubernetes, url, node, cache.clone(), name.clone()).map_err(|e| fatal(e.into()))?;
+                let watcher = PodWatcher::new(&self.kubernetes, url, node, cache.clone(), name.clone()).map_err(|e| fatal(e.into()))?;
                 handle.spawn(watcher.run(cx.shutdown.clone()));
                 Some(cache)
             } else {

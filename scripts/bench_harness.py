@@ -169,3 +169,23 @@ def print_run_comment(path, lines):
     cores, and the corpus's size."""
     print(f"<!-- {time.strftime('%Y-%m-%d %H:%M')} · {os.cpu_count()} cores · corpus {os.path.getsize(path) / 1e6:.0f} MB, "
           f"{lines:,} lines -->")
+
+
+def stdin_to_kafka_config(data_dir, bootstrap, topic, buffer, sink_extra=""):
+    """A sluice config reading stdin into one Kafka sink, `kafka`, with the
+    API off: `sink_extra` are more lines of [sinks.kafka], `buffer` the body
+    of its [sinks.kafka.buffer] table."""
+    return f"""
+data_dir = "{data_dir}"
+[api]
+enabled = false
+[sources.in]
+type = "stdin"
+[sinks.kafka]
+type = "kafka"
+bootstrap_servers = "{bootstrap}"
+topic = "{topic}"
+{sink_extra}
+[sinks.kafka.buffer]
+{buffer}
+"""

@@ -10,6 +10,11 @@ Each script imports it with the scripts folder on sys.path:
 CPU and max RSS of a run come from GNU time (`/usr/bin/time`, Debian
 package `time`): its fork before exec is tiny, so ru_maxrss is sluice's
 own, where a fork of the Python process would count Python's memory too.
+
+scripts/bench-files stays bash and does not use this module: its corpus is
+its own CRI generator (lines of another shape, split over 1,000 files), its
+runs read `/usr/bin/time -v`, and what it shares with the rest is one
+`cargo build` line and the path of the binary.
 """
 import os
 import socket

@@ -165,9 +165,7 @@ impl SourceOutput {
             if stats.truncated > 0 {
                 m.lines_truncated.with_label_values(&[&source]).inc_by(stats.truncated);
             }
-            let mut batch = out.build(ctx, received_at);
-            batch.ack = ack;
-            (batch, prepared)
+            (out.build(ctx, received_at).with_ack(ack), prepared)
         })
     }
 }
@@ -269,7 +267,7 @@ async fn fan_out(mut rx: mpsc::Receiver<Pending>, wiring: Arc<Wiring>, taps: Arc
         // batch goes to a sink the rewiring has already let go.
         let routes = wiring.routes.read().await;
         let sinks = routes.get(&source).unwrap_or(&none);
-        if let Some(ack) = &batch.ack {
+        if let Some(ack) = batch.acknowledger() {
             ack.expect(if batch.is_empty() { 0 } else { sinks.len() });
         }
         if batch.is_empty() {

@@ -372,9 +372,7 @@ fn batch(group: &AckGroup, fields: &Arc<FieldSet>, lines: &[String]) -> sluice::
     for l in lines {
         d.decode_line(l.as_bytes(), false, &[], &Fragment::default(), &mut b);
     }
-    let mut batch = b.build(ctx, std::time::SystemTime::now());
-    batch.ack = Some(group.next());
-    batch
+    b.build(ctx, std::time::SystemTime::now()).with_ack(Some(group.next()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,7 +426,7 @@ async fn source_batches_are_acknowledged_only_once_their_pushes_succeeded() {
         let lines: Vec<String> = (n..n + size).map(|i| event(i, "api", "info", i as i64)).collect();
         n += size;
         let b = batch(&group, &fields, &lines);
-        b.ack.as_ref().unwrap().expect(1);
+        b.acknowledger().unwrap().expect(1);
         tx.send(Arc::new(b)).await.unwrap();
     }
     tokio::time::sleep(Duration::from_secs(2)).await;

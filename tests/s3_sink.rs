@@ -531,9 +531,10 @@ async fn a_source_batch_is_acknowledged_when_its_object_is_uploaded() {
                 &mut builder,
             );
         }
-        let mut batch = builder.build(ctx.clone(), std::time::SystemTime::now());
-        batch.ack = Some(group.next());
-        batch.ack.as_ref().unwrap().expect(1);
+        let batch = builder
+            .build(ctx.clone(), std::time::SystemTime::now())
+            .with_ack(Some(group.next()));
+        batch.acknowledger().unwrap().expect(1);
         tx.send(Arc::new(batch)).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;

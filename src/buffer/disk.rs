@@ -1075,7 +1075,7 @@ impl Reader {
                 }
                 Next::End | Next::Stopped => break,
             };
-            let Some(mut batch) = self.decode(payload) else {
+            let Some(batch) = self.decode(payload) else {
                 self.shared.corrupt.inc();
                 tracing::warn!(sink = %self.shared.sink, segment = end.segment, "skipped a disk buffer record that does not decode");
                 self.skip_to(end);
@@ -1094,8 +1094,7 @@ impl Reader {
                 events,
                 done: false,
             });
-            batch.ack = Some(ack);
-            let batch = Arc::new(batch);
+            let batch = Arc::new(batch.with_ack(Some(ack)));
             let mut stop = self.stop.clone();
             let sent = rt.block_on(async {
                 tokio::select! {

@@ -209,12 +209,10 @@ mod tests {
             b.finish_event();
         }
         let ctx = Arc::new(SourceContext::new("s".into(), "test", String::new(), serde_json::Map::new()));
-        let mut batch = b.build(ctx, SystemTime::now());
         if let Some(a) = &ack {
             a.expect(1);
         }
-        batch.ack = ack;
-        Arc::new(batch)
+        Arc::new(b.build(ctx, SystemTime::now()).with_ack(ack))
     }
 
     fn config(max_events: usize, when_full: WhenFull) -> BufferConfig {

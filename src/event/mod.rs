@@ -39,7 +39,7 @@ pub struct Batch {
     /// When the source read the bytes of this batch.
     pub received_at: SystemTime,
     /// Set when the batch must be acknowledged back to its source.
-    pub ack: Option<Acknowledger>,
+    ack: Option<Acknowledger>,
 }
 
 impl Batch {
@@ -102,6 +102,18 @@ impl Batch {
     /// The field set the values were extracted for.
     pub fn fields(&self) -> &Arc<FieldSet> {
         &self.fields
+    }
+
+    /// The batch, acknowledged back to its source through `ack` once every
+    /// sink is done with it. Set before the batch is shared.
+    pub fn with_ack(mut self, ack: Option<Acknowledger>) -> Batch {
+        self.ack = ack;
+        self
+    }
+
+    /// How the batch is acknowledged to its source, if it is.
+    pub fn acknowledger(&self) -> Option<&Acknowledger> {
+        self.ack.as_ref()
     }
 
     /// Tells the source that this sink is done with the batch.
@@ -264,20 +276,20 @@ impl BatchBuilder {
     }
 
     /// The output buffer the decoder writes the current event into.
-    pub fn buffer(&mut self) -> &mut Vec<u8> {
+    pub(crate) fn buffer(&mut self) -> &mut Vec<u8> {
         &mut self.data
     }
 
     /// Ends the current event: appends the newline and records the boundary.
     /// The caller must have pushed exactly `fields.len()` values for it.
-    pub fn finish_event(&mut self) {
+    pub(crate) fn finish_event(&mut self) {
         self.data.push(b'\n');
         self.ends.push(self.data.len() as u32);
         debug_assert_eq!(self.values.len(), self.ends.len() * self.fields.len());
     }
 
     /// Records an extracted value for the current event.
-    pub fn push_value(&mut self, v: FieldValueRef<'_>) {
+    pub(crate) fn push_value(&mut self, v: FieldValueRef<'_>) {
         let stored = match v {
             FieldValueRef::Missing => FieldValue::Missing,
             FieldValueRef::Null => FieldValue::Null,

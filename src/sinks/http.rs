@@ -42,7 +42,7 @@ impl AckTracker {
     pub(crate) fn track(&mut self, item: QueueItem, keep_item: bool) -> TrackId {
         let id = self.next;
         self.next += 1;
-        let ack = item.batch.ack.clone();
+        let ack = item.batch.acknowledger().cloned();
         self.open.insert(
             id,
             Tracked {

@@ -472,7 +472,7 @@ impl ProducerThread {
         let (batch, share) = item.into_parts();
         let flight = Arc::new(Flight {
             _share: share,
-            ack: batch.ack.clone(),
+            ack: batch.acknowledger().cloned(),
             events: n,
             bytes: batch.byte_len(),
             remaining: AtomicUsize::new(n),

@@ -67,6 +67,22 @@ impl ConnFramer {
     }
 }
 
+/// Fuzzing entry point: frames `data` with octet counting, handed over in
+/// pieces of `piece` bytes as a connection would read it, then ends the
+/// input. Returns every run of frames in order.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn fuzz_octet_frames(data: &[u8], piece: usize, max_frame: usize, policy: OverflowPolicy) -> Vec<Lines> {
+    let mut framer = ConnFramer::Newline(LineFramer::new(max_frame, policy)).into_octet(max_frame, policy, piece);
+    let mut out = Vec::new();
+    for p in data.chunks(piece.max(1)) {
+        framer.buf_mut().extend_from_slice(p);
+        out.extend(std::iter::from_fn(|| framer.take_lines()));
+    }
+    out.extend(std::iter::from_fn(|| framer.finish()));
+    out
+}
+
 /// RFC 6587 section 3.4.1 octet counting, tolerant of mixed senders: a
 /// frame that does not start with a digit is taken as a newline-terminated
 /// frame, and newlines between frames are skipped.

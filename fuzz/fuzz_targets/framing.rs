@@ -4,8 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluice::framing::OverflowPolicy;
-use sluice_fuzz::{frame_lines, Input};
+use sluice_fuzz::{frame_lines, framed, limited, Input};
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
@@ -14,37 +13,18 @@ fuzz_target!(|data: &[u8]| {
     let policy = input.policy();
     let data = input.rest();
 
-    let mut got: Vec<(&[u8], bool)> = Vec::new();
-    let mut dropped = 0;
     let runs = frame_lines(data, piece, max_line, policy);
-    for lines in &runs {
-        dropped += lines.dropped;
-        for (i, span) in lines.spans.iter().enumerate() {
-            let line = lines.line(i);
-            assert!(line.len() <= max_line, "line of {} bytes over the limit {max_line}", line.len());
-            got.push((line, span.truncated));
-        }
+    let (got, dropped) = framed(&runs);
+    for (line, _) in &got {
+        assert!(line.len() <= max_line, "line of {} bytes over the limit {max_line}", line.len());
     }
-
     // The same lines, split at once.
-    let mut want: Vec<(&[u8], bool)> = Vec::new();
-    let mut want_dropped = 0;
     let mut parts: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
     if parts.last().is_some_and(|l| l.is_empty()) {
         parts.pop();
     }
-    for mut line in parts {
-        if let Some(stripped) = line.strip_suffix(b"\r") {
-            line = stripped;
-        }
-        if line.len() <= max_line {
-            want.push((line, false));
-        } else if policy == OverflowPolicy::Truncate {
-            want.push((&line[..max_line], true));
-        } else {
-            want_dropped += 1;
-        }
-    }
+    let stripped = parts.into_iter().map(|line| line.strip_suffix(b"\r").unwrap_or(line));
+    let (want, want_dropped) = limited(stripped, max_line, policy);
     assert_eq!(got, want, "lines differ (piece {piece}, max {max_line}, {policy:?})");
     assert_eq!(dropped, want_dropped, "dropped lines differ");
 });

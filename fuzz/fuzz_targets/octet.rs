@@ -4,9 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluice::framing::OverflowPolicy;
 use sluice::sources::socket::fuzz_octet_frames;
-use sluice_fuzz::Input;
+use sluice_fuzz::{framed, limited, Input};
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
@@ -32,26 +31,9 @@ fuzz_target!(|data: &[u8]| {
         stream.extend_from_slice(format!("{} ", m.len()).as_bytes());
         stream.extend_from_slice(m);
     }
-    let mut want: Vec<(&[u8], bool)> = Vec::new();
-    let mut want_dropped = 0;
-    for m in &messages {
-        if m.len() <= max_frame {
-            want.push((m, false));
-        } else if policy == OverflowPolicy::Truncate {
-            want.push((&m[..max_frame], true));
-        } else {
-            want_dropped += 1;
-        }
-    }
+    let (want, want_dropped) = limited(messages, max_frame, policy);
     let runs = fuzz_octet_frames(&stream, piece, max_frame, policy);
-    let mut got: Vec<(&[u8], bool)> = Vec::new();
-    let mut dropped = 0;
-    for lines in &runs {
-        dropped += lines.dropped;
-        for (i, span) in lines.spans.iter().enumerate() {
-            got.push((lines.line(i), span.truncated));
-        }
-    }
+    let (got, dropped) = framed(&runs);
     assert_eq!(got, want, "frames differ (piece {piece}, max {max_frame}, {policy:?})");
     assert_eq!(dropped, want_dropped, "dropped frames differ");
 });

@@ -310,12 +310,13 @@ pub fn run_container<R: ContainerReader>(data: &[u8], new_reader: impl FnOnce(us
     check_batch(&build(out));
 }
 
-/// A scratch directory for this fuzzing process (in memory where the
-/// system has /dev/shm), made once.
+/// A scratch directory for this fuzzing process, made once: under
+/// `SLUICE_FUZZ_SCRATCH` (scripts/fuzz sets it and removes it afterwards),
+/// else in memory where the system has /dev/shm.
 pub fn scratch_dir(name: &str) -> &'static std::path::Path {
     static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let base = std::path::Path::new("/dev/shm");
+        let base = std::env::var_os("SLUICE_FUZZ_SCRATCH").map_or_else(|| std::path::PathBuf::from("/dev/shm"), std::path::PathBuf::from);
         let base = if base.is_dir() { base.to_owned() } else { std::env::temp_dir() };
         let dir = base.join(format!("sluice-fuzz-{name}-{}", std::process::id()));
         if let Err(e) = std::fs::create_dir_all(&dir) {

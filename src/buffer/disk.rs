@@ -1442,6 +1442,79 @@ fn outcome_is_done(outcome: AckOutcome) -> bool {
     outcome != AckOutcome::Abandoned
 }
 
+/// Fuzzing entry point: reads `segment` as the bytes of a sealed segment
+/// file with the reader's own code (magic, frame lengths, CRCs, record
+/// decoding against `fields`), as a restart would. Returns the events
+/// rebuilt and the damaged regions skipped. `dir` is scratch space; the
+/// segment is written there first.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn fuzz_read_segment(dir: &Path, segment: &[u8], fields: &[&str]) -> io::Result<(usize, usize)> {
+    let Some(fields) = paths_to_set(fields) else {
+        return Ok((0, 0));
+    };
+    let id = 1;
+    fs::write(segment_path(dir, id), segment)?;
+    let (feed, _rx) = memory_queue("fuzz", 1, 1, WhenFull::Block, false);
+    let (_stop_tx, stop) = watch::channel(false);
+    let m = metrics();
+    let shared = Arc::new(Shared {
+        sink: "fuzz".into(),
+        dir: dir.to_owned(),
+        state: Mutex::new(State {
+            segments: BTreeMap::from([(
+                id,
+                Segment {
+                    len: segment.len() as u64,
+                    sealed: true,
+                },
+            )]),
+            disk_bytes: segment.len() as u64,
+            acked: Position { segment: 0, offset: 0 },
+            pending: VecDeque::new(),
+            inherited: Vec::new(),
+            writer_closed: true,
+        }),
+        data: Condvar::new(),
+        room: Condvar::new(),
+        _lock: File::open(dir)?,
+        events_gauge: m.buffer_events.with_label_values(&["fuzz"]),
+        bytes_gauge: m.buffer_bytes.with_label_values(&["fuzz"]),
+        corrupt: m.buffer_corrupt_records.with_label_values(&["fuzz"]),
+    });
+    let mut reader = Reader {
+        shared,
+        fields: Arc::new(fields),
+        group: AckGroup::new().0,
+        feed,
+        stop,
+        cursor: Position { segment: id, offset: 0 },
+        acked_spans: VecDeque::new(),
+        file: None,
+        first_new_segment: id + 1,
+        contexts: Vec::new(),
+        decoder: None,
+    };
+    let (mut events, mut damaged) = (0, 0);
+    loop {
+        match reader.next() {
+            Next::Record(payload, _, end) => match reader.decode(payload) {
+                Some(batch) => events += batch.len(),
+                None => {
+                    damaged += 1;
+                    reader.skip_to(end);
+                }
+            },
+            Next::Corrupt(end) => {
+                damaged += 1;
+                reader.skip_to(end);
+            }
+            Next::Empty(end) | Next::Acknowledged(end) => reader.skip_to(end),
+            Next::End | Next::Stopped => return Ok((events, damaged)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

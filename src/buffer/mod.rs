@@ -10,6 +10,9 @@
 mod disk;
 mod memory;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use disk::fuzz_read_segment;
 pub use disk::DiskHandle;
 pub use memory::{queue, BudgetShare, QueueItem, QueueReceiver, SinkGone};
 

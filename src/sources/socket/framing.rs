@@ -105,6 +105,22 @@ impl ConnFramer {
     }
 }
 
+/// Fuzzing entry point: frames `data` with octet counting, handed over in
+/// pieces of `piece` bytes as a connection would read it, then ends the
+/// input. Returns every run of frames in order.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn fuzz_octet_frames(data: &[u8], piece: usize, max_frame: usize, policy: OverflowPolicy) -> Vec<Lines> {
+    let mut framer = ConnFramer::new(ConnFraming::OctetCounting, max_frame, policy, piece.max(1));
+    let mut out = Vec::new();
+    for p in data.chunks(piece.max(1)) {
+        framer.buf_mut().extend_from_slice(p);
+        out.extend(std::iter::from_fn(|| framer.take_lines()));
+    }
+    out.extend(std::iter::from_fn(|| framer.finish()));
+    out
+}
+
 /// RFC 6587 framing: octet counting (section 3.4.1), tolerant of mixed
 /// senders (a frame that does not start with a count ends at its trailer),
 /// or non-transparent framing alone (section 3.4.2: every frame ends at its

@@ -24,6 +24,9 @@ mod peer;
 mod tls;
 mod unix;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use framing::fuzz_octet_frames;
 pub use tls::{ClientAuth, TlsConfig};
 
 use serde::{Deserialize, Deserializer};

@@ -1,0 +1,66 @@
+//! JSON decoding of one line: the metadata splice, the wrapping of lines
+//! that are not objects, and field extraction. Every event is valid JSON;
+//! an object keeps its own members, gains the spliced ones it lacks, and
+//! its extracted fields equal what serde_json reads from the line.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use serde_json::{Map, Value};
+use sluice::decode::Decoder;
+use sluice::enrich::Member;
+use sluice_fuzz::{build, builder, check_batch, expected_value, fragment, metadata, same_value, unique_keys, Input};
+
+fuzz_target!(|data: &[u8]| {
+    let mut input = Input::new(data);
+    let flags = input.byte();
+    let line = input.rest();
+    // A line, as framing hands it over: never with a newline inside.
+    if line.contains(&b'\n') {
+        return;
+    }
+    let truncated = flags & 1 == 1;
+    let extra_kv: &[(&str, &str)] = if flags & 2 == 2 {
+        &[("stream", "stdout"), ("time", "2024-01-01T00:00:00Z")]
+    } else {
+        &[]
+    };
+    let extra: Vec<Member> = extra_kv.iter().map(|(k, v)| Member::string(k, v)).collect();
+
+    let mut decoder = Decoder::new();
+    let mut out = builder();
+    decoder.decode_line(line, truncated, &extra, &fragment(), &mut out);
+    let stats = decoder.take_stats();
+    let batch = build(out);
+    assert_eq!(batch.len(), 1, "one line, one event");
+    let events = check_batch(&batch);
+    let event = &events[0];
+
+    if stats.wrapped == 1 {
+        let text = String::from_utf8_lossy(line);
+        assert_eq!(event.get("message").and_then(Value::as_str), Some(&*text), "wrapped message");
+        assert_eq!(event.get("truncated") == Some(&Value::Bool(true)), truncated, "truncated flag");
+        return;
+    }
+    assert!(!truncated, "a truncated line is always wrapped");
+    // The line itself, as serde_json reads it (skipped where it cannot: deep
+    // nesting past its recursion limit, or a key given twice).
+    let Ok(Value::Object(own)) = serde_json::from_slice::<Value>(line) else {
+        return;
+    };
+    if !unique_keys(line) {
+        return;
+    }
+    let mut want: Map<String, Value> = own.clone();
+    for (k, v) in extra_kv {
+        want.entry(k.to_string()).or_insert_with(|| Value::from(*v));
+    }
+    for (k, v) in metadata() {
+        want.entry(k).or_insert(v);
+    }
+    assert_eq!(event, &want, "event members");
+    for (f, path) in batch.fields().paths().iter().enumerate() {
+        let got = batch.value(0, f);
+        let expected = expected_value(&own, path);
+        assert!(same_value(got, expected), "field {path:?}: got {got:?}, want {expected:?}");
+    }
+});

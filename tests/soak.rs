@@ -585,8 +585,9 @@ struct Sample {
     rss_kib: u64,
     hwm_kib: u64,
     fds: usize,
-    /// `sluice_source_events_total` by source and `sluice_sink_events_total`
-    /// by sink, as `source:<name>` / `sink:<name>`.
+    /// `sluice_source_events_total` by source, `sluice_sink_events_total`
+    /// and `sluice_buffer_bytes` by sink, as `source:<name>`, `sink:<name>`,
+    /// `buffer_bytes:<name>`.
     counters: BTreeMap<String, f64>,
 }
 
@@ -768,6 +769,7 @@ fn sample(pid: u32, k: usize, api: &str) -> Sample {
             for (prefix, kind) in [
                 ("sluice_source_events_total{source=\"", "source"),
                 ("sluice_sink_events_total{sink=\"", "sink"),
+                ("sluice_buffer_bytes{sink=\"", "buffer_bytes"),
             ] {
                 if let Some(rest) = l.strip_prefix(prefix) {
                     if let Some((name, value)) = rest.split_once("\"} ") {
@@ -954,15 +956,25 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Everything the Loki receiver accepted.
-fn loki_tally(loki: &support::Loki) -> Tally {
+/// Everything the Loki receiver accepted (`/control/received`, read here
+/// without the support client's 10 MiB body limit: a long soak holds more).
+fn loki_tally(loki: &support::Loki) -> Result<Tally, String> {
+    let url = format!("{}/control/received", loki.url);
+    let mut resp = support::http_agent().get(&url).call().map_err(|e| format!("GET {url}: {e}"))?;
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(4 << 30)
+        .read_to_vec()
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let streams: Vec<support::ReceivedStream> = serde_json::from_slice(&body).map_err(|e| format!("parsing {url}: {e}"))?;
     let mut t = Tally::default();
-    for s in loki.entries() {
+    for s in streams {
         for e in s.entries {
             t.add(e.line.as_bytes());
         }
     }
-    t
+    Ok(t)
 }
 
 // ---------------------------------------------------------------------------
@@ -1027,8 +1039,7 @@ fn count(input: usize, want: &Expected, got: &Tally, kills: &[Instant], lost_exa
     // Socket tails cut by a kill.
     let mut excused = vec![false; exp.len()];
     for conn in &want.conns[input] {
-        let cut = conn.broken.is_some_and(|b| kills.iter().any(|k| conn.opened <= *k && *k <= b));
-        if !cut {
+        if cutting_kill(conn, kills).is_none() {
             continue;
         }
         let last_arrived = (conn.first..conn.end).rev().find(|n| got.get(input, *n) > 0);
@@ -1053,6 +1064,25 @@ fn count(input: usize, want: &Expected, got: &Tally, kills: &[Instant], lost_exa
         }
     }
     c
+}
+
+/// The kill that cut connection `c`, if one did.
+fn cutting_kill(c: &Conn, kills: &[Instant]) -> Option<usize> {
+    let broken = c.broken?;
+    kills.iter().position(|k| c.opened <= *k && *k <= broken)
+}
+
+/// Socket lines missing at `got` from the tails of the connections kill
+/// `k` cut (the same lines [`count`] excuses).
+fn tail_lost_at_kill(input: usize, want: &Expected, got: &Tally, kills: &[Instant], k: usize) -> u64 {
+    want.conns[input]
+        .iter()
+        .filter(|c| cutting_kill(c, kills) == Some(k))
+        .map(|c| {
+            let last = (c.first..c.end).rev().find(|n| got.get(input, *n) > 0);
+            (last.map_or(c.first, |n| n + 1)..c.end).filter(|n| got.get(input, *n) == 0).count() as u64
+        })
+        .sum()
 }
 
 /// Duplicates each sink may show: for every kill, what the re-readable
@@ -1251,6 +1281,9 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
     fs::create_dir_all(&app_dir).expect("mkdir app logs");
     fs::create_dir_all(&pod_dir).expect("mkdir pod logs");
     let sock = work.path().join("app.sock");
+    // sluice's own logs, one per process: kept where SLUICE_SOAK_LOGS says.
+    let log_dir = std::env::var_os("SLUICE_SOAK_LOGS").map_or_else(|| work.path().to_path_buf(), PathBuf::from);
+    fs::create_dir_all(&log_dir).expect("mkdir log dir");
 
     // Services.
     let mut broker = kafka_support::Broker::start_persistent();
@@ -1282,7 +1315,7 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
     let mut sup = Supervisor {
         bin: bin.clone(),
         config: config_path,
-        dir: work.path().to_path_buf(),
+        dir: log_dir.clone(),
         api: format!("http://{api_addr}"),
         env: vec![
             ("AWS_ACCESS_KEY_ID".into(), s3.access_key.clone()),
@@ -1362,6 +1395,7 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
     let mut next_s3 = t0 + rng.secs(5, 30);
     let mut next_loki = t0 + rng.secs(5, 15);
     let (mut kills, mut broker_stops, mut s3_stops) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut broker_ups, mut s3_ups) = (Vec::new(), Vec::new());
     let (mut broker_down_total, mut s3_down_total) = (Duration::ZERO, Duration::ZERO);
     let mut loki_bursts: BTreeMap<&str, (u32, u64)> = BTreeMap::new();
     let mut crash_loop = false;
@@ -1392,6 +1426,7 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
         match broker_down_until {
             Some(t) if now >= t => {
                 broker.up();
+                broker_ups.push(Instant::now());
                 broker_down_until = None;
                 eprintln!("soak: {:.1}s broker up", secs(now));
                 next_broker = now + rng.secs(30, 60);
@@ -1409,6 +1444,7 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
         match s3_down_until {
             Some(t) if now >= t => {
                 s3.start_again();
+                s3_ups.push(Instant::now());
                 s3_down_until = None;
                 eprintln!("soak: {:.1}s S3 up", secs(now));
                 next_s3 = now + rng.secs(25, 50);
@@ -1513,7 +1549,11 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
         if let Err(e) = output_topic.catch_up(Duration::from_secs(2), Duration::from_secs(60)) {
             failures.push(e);
         }
-        let tallies = [output_topic.tally.clone(), s3_reader.read(), loki_tally(&loki)];
+        let loki_now = loki_tally(&loki).unwrap_or_else(|e| {
+            failures.push(e);
+            Tally::default()
+        });
+        let tallies = [output_topic.tally.clone(), s3_reader.read(), loki_now];
         let complete = tallies.iter().all(|t| {
             (0..5).all(|i| {
                 let c = count(i, &expected, t, &kills, &mut Vec::new());
@@ -1546,7 +1586,11 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
     }
     // What arrived during shutdown counts too.
     let _ = output_topic.catch_up(Duration::from_secs(2), Duration::from_secs(60));
-    let tallies = [output_topic.tally.clone(), s3_reader.read(), loki_tally(&loki)];
+    let loki_end = loki_tally(&loki).unwrap_or_else(|e| {
+        failures.push(e);
+        Tally::default()
+    });
+    let tallies = [output_topic.tally.clone(), s3_reader.read(), loki_end];
 
     // ---- The report ------------------------------------------------------
     let samples = samples.lock().expect("samples").clone();
@@ -1665,6 +1709,37 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
         "socket lines in flight at a crash, per crash: {}",
         in_flight_per_crash.join(", ")
     ));
+    for (k, &t) in kills.iter().enumerate() {
+        let down =
+            |stops: &[Instant], ups: &[Instant]| stops.iter().enumerate().any(|(i, d)| *d <= t && ups.get(i).is_none_or(|u| t <= *u));
+        let lifetime = sup.lifetimes.iter().position(|l| matches!(l.end, Some((e, End::Killed)) if e == t));
+        let buffers: Vec<String> = SINKS
+            .iter()
+            .map(|sink| {
+                let b = lifetime.map_or(0.0, |l| counter_at(&samples, l, t, &format!("buffer_bytes:{sink}")));
+                format!("{sink} {:.2} MiB", b / 1048576.0)
+            })
+            .collect();
+        let tails: Vec<String> = SINKS
+            .iter()
+            .enumerate()
+            .map(|(s, sink)| {
+                format!(
+                    "{sink} tcp {} unix {}",
+                    tail_lost_at_kill(TCP, &expected, &tallies[s], &kills, k),
+                    tail_lost_at_kill(UNIX, &expected, &tallies[s], &kills, k)
+                )
+            })
+            .collect();
+        say(format!(
+            "kill {k} at {:.1}s: broker {}, S3 {}; disk buffers {}; socket tail lost: {}",
+            secs(t),
+            if down(&broker_stops, &broker_ups) { "down" } else { "up" },
+            if down(&s3_stops, &s3_ups) { "down" } else { "up" },
+            buffers.join(", "),
+            tails.join("; ")
+        ));
+    }
 
     // Memory.
     let peak = sup

@@ -819,8 +819,7 @@ fn spawn_sampler(
 fn counter_at(samples: &[Sample], k: usize, t: Instant, key: &str) -> f64 {
     samples
         .iter()
-        .filter(|s| s.lifetime == k && s.at <= t)
-        .next_back()
+        .rfind(|s| s.lifetime == k && s.at <= t)
         .and_then(|s| s.counters.get(key).copied())
         .unwrap_or(0.0)
 }
@@ -848,12 +847,14 @@ fn lifetime_at(lifetimes: &[Lifetime], t: Instant) -> Option<usize> {
 struct TopicReader {
     topic: String,
     consumers: Vec<BaseConsumer>,
+    /// Per partition: the offset after the last message read.
+    next: Vec<i64>,
     tally: Tally,
 }
 
 impl TopicReader {
     fn new(bootstrap: &str, topic: &str, partitions: i32) -> TopicReader {
-        let consumers = (0..partitions)
+        let consumers: Vec<BaseConsumer> = (0..partitions)
             .map(|p| {
                 let c: BaseConsumer = ClientConfig::new()
                     .set("bootstrap.servers", bootstrap)
@@ -870,25 +871,47 @@ impl TopicReader {
             .collect();
         TopicReader {
             topic: topic.to_string(),
+            next: vec![0; consumers.len()],
             consumers,
             tally: Tally::default(),
         }
     }
 
-    /// Reads until nothing new came for `quiet` (at most `limit`).
+    /// Reads up to each partition's high watermark as it is now, then
+    /// until nothing new came for `quiet`; `Err` after `limit`. (tansu's
+    /// high watermark is the base offset of the last batch plus one, so
+    /// reaching it means the last batch is being read; the quiet period
+    /// takes the rest of it.)
     fn catch_up(&mut self, quiet: Duration, limit: Duration) -> Result<(), String> {
         let deadline = Instant::now() + limit;
+        let mut ends = Vec::with_capacity(self.consumers.len());
+        for (p, c) in self.consumers.iter().enumerate() {
+            let (_, high) = c
+                .fetch_watermarks(&self.topic, p as i32, Duration::from_secs(10))
+                .map_err(|e| format!("watermarks of {} partition {p}: {e}", self.topic))?;
+            ends.push(high);
+        }
         let mut last = Instant::now();
-        while last.elapsed() < quiet && Instant::now() < deadline {
-            for c in &self.consumers {
+        loop {
+            let reached = self.next.iter().zip(&ends).all(|(n, e)| n >= e);
+            if reached && last.elapsed() >= quiet {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "reading {}: at offsets {:?}, the ends were {ends:?}, after {limit:?}",
+                    self.topic, self.next
+                ));
+            }
+            for (p, c) in self.consumers.iter().enumerate() {
                 while let Some(m) = c.poll(Duration::from_millis(20)) {
                     let m = m.map_err(|e| format!("consuming {}: {e}", self.topic))?;
                     self.tally.add(m.payload().unwrap_or_default());
+                    self.next[p] = m.offset() + 1;
                     last = Instant::now();
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -1036,20 +1059,7 @@ fn count(input: usize, want: &Expected, got: &Tally, kills: &[Instant], lost_exa
             .take(exp.len())
             .filter(|(n, g)| **g > 0 && exp[*n] == 0)
             .count() as u64;
-    // Socket tails cut by a kill.
-    let mut excused = vec![false; exp.len()];
-    for conn in &want.conns[input] {
-        if cutting_kill(conn, kills).is_none() {
-            continue;
-        }
-        let last_arrived = (conn.first..conn.end).rev().find(|n| got.get(input, *n) > 0);
-        let tail_from = last_arrived.map_or(conn.first, |n| n + 1);
-        for n in tail_from..conn.end {
-            if let Some(e) = excused.get_mut(n as usize) {
-                *e = true;
-            }
-        }
-    }
+    let excused = excused_tails(input, want, got, kills);
     for (n, &m) in missing.iter().enumerate() {
         if !m {
             continue;
@@ -1064,6 +1074,41 @@ fn count(input: usize, want: &Expected, got: &Tally, kills: &[Instant], lost_exa
         }
     }
     c
+}
+
+/// The lost lines of `input` at `got`, as inclusive ranges.
+fn lost_ranges(input: usize, want: &Expected, got: &Tally, kills: &[Instant]) -> Vec<(u64, u64)> {
+    let excused = excused_tails(input, want, got, kills);
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (n, &w) in want.copies[input].iter().enumerate() {
+        let n = n as u64;
+        if w == 0 || got.get(input, n) > 0 || excused.get(n as usize).copied().unwrap_or(false) {
+            continue;
+        }
+        match out.last_mut() {
+            Some((_, to)) if *to + 1 == n => *to = n,
+            _ => out.push((n, n)),
+        }
+    }
+    out
+}
+
+/// Which lines of a socket input are the tail of a connection a kill cut
+/// and never arrived at `got`.
+fn excused_tails(input: usize, want: &Expected, got: &Tally, kills: &[Instant]) -> Vec<bool> {
+    let mut excused = vec![false; want.copies[input].len()];
+    for conn in &want.conns[input] {
+        if cutting_kill(conn, kills).is_none() {
+            continue;
+        }
+        let last_arrived = (conn.first..conn.end).rev().find(|n| got.get(input, *n) > 0);
+        for n in last_arrived.map_or(conn.first, |n| n + 1)..conn.end {
+            if let Some(e) = excused.get_mut(n as usize) {
+                *e = true;
+            }
+        }
+    }
+    excused
 }
 
 /// The kill that cut connection `c`, if one did.
@@ -1546,9 +1591,9 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
                 tail(&sup.lifetimes.last().expect("lifetime").log, 30)
             ));
         }
-        if let Err(e) = output_topic.catch_up(Duration::from_secs(2), Duration::from_secs(60)) {
-            failures.push(e);
-        }
+        // An unfinished read here is retried on the next round; the one
+        // after shutdown counts.
+        let _ = output_topic.catch_up(Duration::from_secs(2), Duration::from_secs(60));
         let loki_now = loki_tally(&loki).unwrap_or_else(|e| {
             failures.push(e);
             Tally::default()
@@ -1585,7 +1630,9 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
         }
     }
     // What arrived during shutdown counts too.
-    let _ = output_topic.catch_up(Duration::from_secs(2), Duration::from_secs(60));
+    if let Err(e) = output_topic.catch_up(Duration::from_secs(2), Duration::from_secs(120)) {
+        failures.push(e);
+    }
     let loki_end = loki_tally(&loki).unwrap_or_else(|e| {
         failures.push(e);
         Tally::default()
@@ -1647,9 +1694,9 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
     ));
     let mut lost_examples = Vec::new();
     let mut totals = [Count::default(); 3];
-    for i in 0..5 {
+    for (i, name) in INPUTS.iter().enumerate() {
         let counts: Vec<Count> = tallies.iter().map(|t| count(i, &expected, t, &kills, &mut lost_examples)).collect();
-        let mut row = format!("{:<10} {:>8}", INPUTS[i], counts[0].expected);
+        let mut row = format!("{name:<10} {:>8}", counts[0].expected);
         for (s, c) in counts.iter().enumerate() {
             row.push_str(&format!(" | {:>26}", format!("{}/{}/{}", c.lost, c.in_flight, c.duplicates)));
             let t = &mut totals[s];
@@ -1694,8 +1741,26 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
             ));
         }
     }
-    if !lost_examples.is_empty() {
-        say(format!("lost, first: {}", lost_examples.join(", ")));
+    for (s, sink) in SINKS.iter().enumerate() {
+        for (i, name) in INPUTS.iter().enumerate() {
+            for (from, to) in lost_ranges(i, &expected, &tallies[s], &kills).into_iter().take(5) {
+                let conn = expected.conns[i].iter().enumerate().find(|(_, c)| c.first <= from && from < c.end);
+                let conn = conn.map_or(String::new(), |(j, c)| {
+                    format!(
+                        " (connection {j}: lines {}..{}, opened at {:.1}s, {})",
+                        c.first,
+                        c.end,
+                        secs(c.opened),
+                        match (c.broken, cutting_kill(c, &kills)) {
+                            (Some(b), Some(k)) => format!("cut by kill {k}, write failed at {:.1}s", secs(b)),
+                            (Some(b), None) => format!("write failed at {:.1}s with no kill", secs(b)),
+                            (None, _) => "closed by the sender".to_string(),
+                        }
+                    )
+                });
+                say(format!("{sink}: lost {name} {from}..={to}{conn}"));
+            }
+        }
     }
     if !s3_reader.unreadable.is_empty() {
         say(format!("S3 objects that do not decode whole: {:?}", s3_reader.unreadable));

@@ -57,6 +57,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use support::XorShift;
 
 // ---------------------------------------------------------------------------
 // Sizes, rates and budgets
@@ -185,23 +186,70 @@ impl Tally {
     }
 }
 
-// ---------------------------------------------------------------------------
-// A tiny deterministic generator for the fault schedule
-// ---------------------------------------------------------------------------
+/// What an outage schedule asks for now.
+enum Change {
+    Down,
+    Up,
+}
 
-struct XorShift(u64);
+/// A service stopped for 5–15 s at a time, `every` (seconds, low and high)
+/// after it came back.
+struct Outage {
+    name: &'static str,
+    every: (u64, u64),
+    next: Instant,
+    down_until: Option<Instant>,
+    /// When it was stopped, and started again.
+    stops: Vec<Instant>,
+    ups: Vec<Instant>,
+    /// Time down in all.
+    total: Duration,
+}
 
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+impl Outage {
+    fn new(name: &'static str, first: Instant, every: (u64, u64)) -> Outage {
+        Outage {
+            name,
+            every,
+            next: first,
+            down_until: None,
+            stops: Vec::new(),
+            ups: Vec::new(),
+            total: Duration::ZERO,
+        }
     }
 
-    /// Uniform in `lo..=hi` seconds, to the millisecond.
-    fn secs(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo * 1000 + self.next() % ((hi - lo) * 1000 + 1))
+    /// The change due at `now` (`at` is `now` in seconds into the run, for
+    /// the log), recorded as done.
+    fn due(&mut self, now: Instant, rng: &mut XorShift, at: f64) -> Option<Change> {
+        match self.down_until {
+            Some(t) if now >= t => {
+                self.down_until = None;
+                self.ups.push(now);
+                self.next = now + rng.secs(self.every.0, self.every.1);
+                eprintln!("soak: {at:.1}s {} up", self.name);
+                Some(Change::Up)
+            }
+            None if now >= self.next => {
+                let d = rng.secs(5, 15);
+                self.stops.push(now);
+                self.total += d;
+                self.down_until = Some(now + d);
+                eprintln!("soak: {at:.1}s {} down for {:.1}s", self.name, d.as_secs_f64());
+                Some(Change::Down)
+            }
+            _ => None,
+        }
+    }
+
+    /// The end of the faults: true if the service is down and must be
+    /// started again.
+    fn end(&mut self) -> bool {
+        let down = self.down_until.take().is_some();
+        if down {
+            self.ups.push(Instant::now());
+        }
+        down
     }
 }
 
@@ -674,11 +722,14 @@ impl Supervisor {
         self.watched.0.store(0, Ordering::SeqCst);
         let hwm = sample.hwm_kib;
         self.samples.lock().expect("samples").push(sample);
+        // The kill time is taken before the signal: a sender sees its
+        // connection fail at once, and a kill recorded after the reap
+        // would look later than the failure it caused.
+        let died = Instant::now();
         let _ = child.kill();
         let _ = child.wait();
         let l = &mut self.lifetimes[k];
         l.hwm_kib = hwm;
-        let died = Instant::now();
         l.end = Some((died, End::Killed));
         Some(died)
     }
@@ -1434,14 +1485,10 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
         // A short run still has a crash, half way.
         next_kill = t0 + fault_phase / 2;
     }
-    let mut broker_down_until: Option<Instant> = None;
-    let mut next_broker = t0 + rng.secs(10, 40);
-    let mut s3_down_until: Option<Instant> = None;
-    let mut next_s3 = t0 + rng.secs(5, 30);
+    let mut broker_outage = Outage::new("broker", t0 + rng.secs(10, 40), (30, 60));
+    let mut s3_outage = Outage::new("S3", t0 + rng.secs(5, 30), (25, 50));
     let mut next_loki = t0 + rng.secs(5, 15);
-    let (mut kills, mut broker_stops, mut s3_stops) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut broker_ups, mut s3_ups) = (Vec::new(), Vec::new());
-    let (mut broker_down_total, mut s3_down_total) = (Duration::ZERO, Duration::ZERO);
+    let mut kills = Vec::new();
     let mut loki_bursts: BTreeMap<&str, (u32, u64)> = BTreeMap::new();
     let mut crash_loop = false;
     while Instant::now() < end && !crash_loop {
@@ -1468,41 +1515,15 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
             }
             next_kill = Instant::now() + rng.secs(30, 90);
         }
-        match broker_down_until {
-            Some(t) if now >= t => {
-                broker.up();
-                broker_ups.push(Instant::now());
-                broker_down_until = None;
-                eprintln!("soak: {:.1}s broker up", secs(now));
-                next_broker = now + rng.secs(30, 60);
-            }
-            None if now >= next_broker => {
-                let d = rng.secs(5, 15);
-                broker.down();
-                broker_stops.push(now);
-                broker_down_total += d;
-                broker_down_until = Some(now + d);
-                eprintln!("soak: {:.1}s broker down for {:.1}s", secs(now), d.as_secs_f64());
-            }
-            _ => {}
+        match broker_outage.due(now, &mut rng, secs(now)) {
+            Some(Change::Down) => broker.down(),
+            Some(Change::Up) => broker.up(),
+            None => {}
         }
-        match s3_down_until {
-            Some(t) if now >= t => {
-                s3.start_again();
-                s3_ups.push(Instant::now());
-                s3_down_until = None;
-                eprintln!("soak: {:.1}s S3 up", secs(now));
-                next_s3 = now + rng.secs(25, 50);
-            }
-            None if now >= next_s3 => {
-                let d = rng.secs(5, 15);
-                s3.stop();
-                s3_stops.push(now);
-                s3_down_total += d;
-                s3_down_until = Some(now + d);
-                eprintln!("soak: {:.1}s S3 down for {:.1}s", secs(now), d.as_secs_f64());
-            }
-            _ => {}
+        match s3_outage.due(now, &mut rng, secs(now)) {
+            Some(Change::Down) => s3.stop(),
+            Some(Change::Up) => s3.start_again(),
+            None => {}
         }
         if now >= next_loki {
             let (mode, name) = if rng.next() % 2 == 0 {
@@ -1523,10 +1544,10 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
 
     // The end: writers stop, services come back, Loki accepts.
     stop.store(true, Ordering::Relaxed);
-    if broker_down_until.is_some() {
+    if broker_outage.end() {
         broker.up();
     }
-    if s3_down_until.is_some() {
+    if s3_outage.end() {
         s3.start_again();
     }
     loki.set_mode(support::LokiMode::Ok, None);
@@ -1656,10 +1677,10 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
         "faults: {} kill -9 ({} sluice processes); broker stopped {}x ({:.0}s down); S3 server stopped {}x ({:.0}s down); Loki bursts {}",
         kills.len(),
         sup.lifetimes.len(),
-        broker_stops.len(),
-        broker_down_total.as_secs_f64(),
-        s3_stops.len(),
-        s3_down_total.as_secs_f64(),
+        broker_outage.stops.len(),
+        broker_outage.total.as_secs_f64(),
+        s3_outage.stops.len(),
+        s3_outage.total.as_secs_f64(),
         loki_bursts
             .iter()
             .map(|(k, (n, pushes))| format!("{k}: {n} bursts, {pushes} pushes"))
@@ -1709,7 +1730,7 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
         }
         say(row);
     }
-    let allow = duplicate_allowance(&samples, &sup.lifetimes, &kills, &broker_stops, &s3_stops);
+    let allow = duplicate_allowance(&samples, &sup.lifetimes, &kills, &broker_outage.stops, &s3_outage.stops);
     let crashes = kills.len().max(1) as f64;
     for (s, sink) in SINKS.iter().enumerate() {
         let t = &totals[s];
@@ -1799,8 +1820,12 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
         say(format!(
             "kill {k} at {:.1}s: broker {}, S3 {}; disk buffers {}; socket tail lost: {}",
             secs(t),
-            if down(&broker_stops, &broker_ups) { "down" } else { "up" },
-            if down(&s3_stops, &s3_ups) { "down" } else { "up" },
+            if down(&broker_outage.stops, &broker_outage.ups) {
+                "down"
+            } else {
+                "up"
+            },
+            if down(&s3_outage.stops, &s3_outage.ups) { "down" } else { "up" },
             buffers.join(", "),
             tails.join("; ")
         ));

@@ -214,6 +214,25 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
     }
 }
 
+/// A small deterministic generator (xorshift64) for kill points and fault
+/// schedules: a test prints its seed, and the same seed replays the run.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    /// The next number; the seed must not be 0.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in `lo..=hi` seconds, to the millisecond.
+    pub fn secs(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo * 1000 + self.next() % ((hi - lo) * 1000 + 1))
+    }
+}
+
 /// A child process with its output in a log file; killed and reaped on drop.
 pub struct ServiceProcess {
     name: String,

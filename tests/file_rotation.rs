@@ -4,6 +4,7 @@
 //! that happens while sluice is stopped.
 
 mod file_support;
+mod support;
 
 use file_support::{append, config, counts, Sluice};
 use std::collections::HashMap;
@@ -275,17 +276,6 @@ fn kubelet_rename_reopen_and_gzip_loses_no_line() {
     assert_eq!(v["stream"], "stdout");
 }
 
-/// A small deterministic generator for kill points.
-struct XorShift(u64);
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[test]
 fn kill_9_at_random_points_loses_nothing_and_duplicates_only_the_last_interval() {
     let dir = tempfile::tempdir().unwrap();
@@ -302,7 +292,7 @@ fn kill_9_at_random_points_loses_nothing_and_duplicates_only_the_last_interval()
         .unwrap()
         .as_nanos() as u64
         | 1;
-    let mut rng = XorShift(seed);
+    let mut rng = support::XorShift(seed);
     let mut runs: Vec<Vec<String>> = Vec::new();
     // Per killed run: when each of its lines arrived, and when it was killed.
     let mut timing: Vec<(Vec<Instant>, Instant)> = Vec::new();

@@ -214,6 +214,25 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
     }
 }
 
+/// A small deterministic generator (xorshift64) for kill points and fault
+/// schedules: a test prints its seed, and the same seed replays the run.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    /// The next number; the seed must not be 0.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in `lo..=hi` seconds, to the millisecond.
+    pub fn secs(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo * 1000 + self.next() % ((hi - lo) * 1000 + 1))
+    }
+}
+
 /// A child process with its output in a log file; killed and reaped on drop.
 pub struct ServiceProcess {
     name: String,
@@ -277,12 +296,17 @@ impl ServiceProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Kills and reaps the process now (dropping it would do the same).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for ServiceProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -479,26 +503,19 @@ pub struct S3 {
     /// The served directory.
     pub root: TempDir,
     _logs: TempDir,
+    /// How many times the server was started (names its log files).
+    starts: u32,
 }
 
 impl S3 {
     /// Starts s3s-fs and waits until it accepts connections.
     pub fn start() -> S3 {
-        let bin = s3s_fs_bin();
         let root = TempDir::new().expect("temp dir");
         let logs = TempDir::new().expect("temp dir");
-        let port = free_port();
+        let addr = format!("127.0.0.1:{}", free_port());
         let access_key = "sluice-test-access".to_string();
         let secret_key = "sluice-test-secret-key".to_string();
-        let mut cmd = Command::new(bin);
-        cmd.args(["--host", "127.0.0.1"])
-            .args(["--port", &port.to_string()])
-            .args(["--access-key", &access_key])
-            .args(["--secret-key", &secret_key])
-            .arg(root.path());
-        let mut process = ServiceProcess::spawn("s3s-fs", cmd, logs.path().join("s3s-fs.log"), false);
-        let addr = format!("127.0.0.1:{port}");
-        process.wait_for_tcp(&addr, START_TIMEOUT);
+        let process = S3::serve(&addr, &access_key, &secret_key, root.path(), logs.path(), 1);
         S3 {
             endpoint: format!("http://{addr}"),
             access_key,
@@ -507,7 +524,43 @@ impl S3 {
             root,
             process,
             _logs: logs,
+            starts: 1,
         }
+    }
+
+    /// Runs s3s-fs over `root` on `addr` (its `start`-th log file) and waits
+    /// until it accepts connections.
+    fn serve(addr: &str, access_key: &str, secret_key: &str, root: &Path, logs: &Path, start: u32) -> ServiceProcess {
+        let (host, port) = addr.rsplit_once(':').expect("host:port");
+        let mut cmd = Command::new(s3s_fs_bin());
+        cmd.args(["--host", host])
+            .args(["--port", port])
+            .args(["--access-key", access_key])
+            .args(["--secret-key", secret_key])
+            .arg(root);
+        let mut process = ServiceProcess::spawn("s3s-fs", cmd, logs.join(format!("s3s-fs-{start}.log")), false);
+        process.wait_for_tcp(addr, START_TIMEOUT);
+        process
+    }
+
+    /// Kills the server (SIGKILL: requests in flight are cut); `root` and
+    /// the port stay, for [`S3::start_again`].
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    /// Starts the server again on the same port over the same directory.
+    pub fn start_again(&mut self) {
+        self.starts += 1;
+        let addr = self.endpoint.trim_start_matches("http://").to_string();
+        self.process = S3::serve(
+            &addr,
+            &self.access_key,
+            &self.secret_key,
+            self.root.path(),
+            self._logs.path(),
+            self.starts,
+        );
     }
 
     /// Creates a bucket as a plain directory under `root`, which is all a
@@ -559,7 +612,7 @@ impl S3 {
         out
     }
 
-    /// The server's output so far.
+    /// The output of the server's latest start so far.
     pub fn log(&self) -> String {
         self.process.log_text()
     }

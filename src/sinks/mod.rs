@@ -47,9 +47,9 @@ pub enum SinkConfig {
 pub struct SinkError {
     /// The sink's name in the config.
     pub sink: String,
-    /// What went wrong.
+    /// What went wrong (boxed: a sink's `Result` stays small).
     #[source]
-    pub kind: SinkErrorKind,
+    pub kind: Box<SinkErrorKind>,
 }
 
 /// What went wrong in a sink.
@@ -96,7 +96,7 @@ impl SinkError {
     pub fn new(name: &str, kind: SinkErrorKind) -> SinkError {
         SinkError {
             sink: name.to_owned(),
-            kind,
+            kind: Box::new(kind),
         }
     }
 }

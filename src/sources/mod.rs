@@ -37,9 +37,9 @@ pub enum SourceConfig {
 pub struct SourceError {
     /// The source's name in the config.
     pub source_name: String,
-    /// What went wrong.
+    /// What went wrong (boxed: a source's `Result` stays small).
     #[source]
-    pub kind: SourceErrorKind,
+    pub kind: Box<SourceErrorKind>,
 }
 
 /// What went wrong in a source.
@@ -103,7 +103,7 @@ impl SourceError {
     pub fn new(name: &str, kind: impl Into<SourceErrorKind>) -> SourceError {
         SourceError {
             source_name: name.to_owned(),
-            kind: kind.into(),
+            kind: Box::new(kind.into()),
         }
     }
 }

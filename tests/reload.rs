@@ -105,10 +105,6 @@ fn start(dir: tempfile::TempDir, s3: Option<&S3>) -> Sluice {
     Sluice::spawn(cmd, dir, Output::Lines)
 }
 
-fn numbers(events: &[serde_json::Value]) -> Vec<u64> {
-    events.iter().filter_map(|e| e["n"].as_u64()).collect()
-}
-
 /// Collects stdout events until every number below `total` was seen.
 fn collect_until(sluice: &Sluice, seen: &mut BTreeSet<u64>, all: &mut Vec<u64>, total: u64) {
     let deadline = Instant::now() + WAIT;
@@ -120,10 +116,24 @@ fn collect_until(sluice: &Sluice, seen: &mut BTreeSet<u64>, all: &mut Vec<u64>, 
             (0..total).find(|n| !seen.contains(n)),
             sluice.logs()
         );
-        let got = numbers(&sluice.remaining_events(Duration::from_millis(200)));
+        let got = arrived(sluice, Duration::from_millis(200));
         seen.extend(got.iter().copied());
         all.extend(got);
     }
+}
+
+/// The numbers of the events that arrive on stdout within `window` (the
+/// writer may never pause, so this does not wait for a quiet moment).
+fn arrived(sluice: &Sluice, window: Duration) -> Vec<u64> {
+    let rx = sluice.lines.as_ref().expect("stdout collected as lines");
+    let deadline = Instant::now() + window;
+    let mut out = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(line) = rx.recv_timeout(left) else { break };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        out.extend(v["n"].as_u64());
+    }
+    out
 }
 
 fn metric(api: &str, series: &str) -> f64 {
@@ -307,7 +317,7 @@ fn fifty_reloads_lose_nothing_and_leak_nothing() {
     for i in 1..=50 {
         write_config(sluice.dir.path(), &configs[i % 2]);
         sighup(&sluice, &api, "applied");
-        let got = numbers(&sluice.remaining_events(Duration::from_millis(20)));
+        let got = arrived(&sluice, Duration::from_millis(20));
         seen.extend(got.iter().copied());
         all.extend(got);
         if i == 10 {
@@ -348,7 +358,7 @@ fn a_removed_source_added_back_resumes_from_its_checkpoint() {
     thread::sleep(Duration::from_millis(300));
     let total = writer.stop();
     assert!(
-        numbers(&sluice.remaining_events(Duration::from_millis(500))).is_empty(),
+        arrived(&sluice, Duration::from_millis(500)).is_empty(),
         "a removed source reads nothing"
     );
 

@@ -231,6 +231,8 @@ struct Topology {
     sinks: BTreeMap<String, RunningSink>,
     /// Fan-outs of stopped sources that may still be queuing batches.
     retired_fan_outs: Vec<JoinHandle<()>>,
+    /// Stopped sources still waiting for their last acknowledgements.
+    retired_sources: Vec<(String, JoinHandle<Result<(), SourceError>>)>,
     next_id: u64,
     exits_tx: mpsc::UnboundedSender<u64>,
     exits: mpsc::UnboundedReceiver<u64>,
@@ -251,6 +253,7 @@ impl Topology {
             sources: BTreeMap::new(),
             sinks: BTreeMap::new(),
             retired_fan_outs: Vec::new(),
+            retired_sources: Vec::new(),
             next_id: 0,
             exits_tx,
             exits,
@@ -416,9 +419,19 @@ impl Topology {
     }
 
     async fn drain(&mut self) {
-        let names: Vec<String> = self.sources.keys().cloned().collect();
-        for name in names {
-            self.stop_source(&name).await;
+        // Sources let go of their output before they wait for their last
+        // acknowledgements, and some sinks acknowledge only when their
+        // input ends (S3 uploads its open objects then): so the queues
+        // close once the fan-outs are done, and the sources are waited for
+        // after the sinks.
+        let sources = std::mem::take(&mut self.sources);
+        for s in sources.values() {
+            s.trigger.trigger();
+        }
+        let mut tasks = Vec::new();
+        for (name, s) in sources {
+            let _ = s.fan_out.await;
+            tasks.push((name, s.task));
         }
         for f in std::mem::take(&mut self.retired_fan_outs) {
             let _ = f.await;
@@ -430,15 +443,29 @@ impl Topology {
         for name in names {
             self.stop_sink(&name, false).await;
         }
+        for (name, task) in tasks.into_iter().chain(std::mem::take(&mut self.retired_sources)) {
+            let result = task.await;
+            self.record_exit("source", &name, result);
+        }
     }
 
-    /// Stops a source and waits until its last batch is queued.
+    /// Stops a source and waits until its last batch is queued, then (at
+    /// most `shutdown_timeout`) until it has ended, its final checkpoint
+    /// written. A source still waiting for acknowledgements then (a sink
+    /// holding its batches for a while) ends on its own later; it is
+    /// waited for at shutdown.
     async fn stop_source(&mut self, name: &str) {
         let Some(source) = self.sources.remove(name) else { return };
         source.trigger.trigger();
-        let result = source.task.await;
-        self.record_exit("source", name, result);
         let _ = source.fan_out.await;
+        let mut task = source.task;
+        match tokio::time::timeout(self.config.shutdown_timeout, &mut task).await {
+            Ok(result) => self.record_exit("source", name, result),
+            Err(_) => {
+                tracing::warn!(source = %name, "the stopped source still waits for acknowledgements; it ends when its sinks deliver");
+                self.retired_sources.push((name.to_owned(), task));
+            }
+        }
     }
 
     /// Waits for a sink whose queue is closing to deliver what it holds and

@@ -116,7 +116,7 @@ fn image_builds_the_locked_release_binary_and_runs_it_unprivileged() {
             ".dockerignore lets {path} in"
         );
     }
-    assert!(std::fs::read_to_string(root().join("src/config/mod.rs"))
+    assert!(std::fs::read_to_string(root().join("src/topology/config.rs"))
         .unwrap()
         .contains("../../config/dev.toml"));
 

@@ -561,8 +561,9 @@ impl Topology {
             let wiring = self.wiring.clone();
             let mut routes = wiring.rewire().await;
             routes.clear();
-            let grown = fields_for(&new, &self.wiring.fields());
-            if grown.len() != self.wiring.fields().len() {
+            let current = self.wiring.fields();
+            let grown = fields_for(&new, &current);
+            if grown.len() != current.len() {
                 self.wiring.set_fields(Arc::new(grown));
             }
             for name in diff.sinks_removed.iter().chain(&diff.sinks_changed) {

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{ByteSize, NumberOrText};
+use crate::config::{ByteSize, ConfigError, NumberOrText, Validate};
 use crate::event::{Batch, FieldSet};
 
 /// What a full queue does with the next batch.
@@ -156,28 +156,21 @@ impl Default for BufferConfig {
     }
 }
 
-impl BufferConfig {
-    /// Checks the limits make sense.
-    pub fn validate(&self) -> Result<(), String> {
+/// Checks the limits make sense.
+impl Validate for BufferConfig {
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         if self.max_events == 0 {
-            return Err("max_events must be at least 1".into());
+            errors.push(ConfigError::at(path, "max_events", "must be at least 1"));
         }
-        match self.kind {
-            BufferType::Memory => {
-                if self.max_bytes.0 < 1024 {
-                    return Err("max_bytes must be at least 1KiB".into());
-                }
-                if self.max_bytes.0 > u32::MAX as u64 {
-                    return Err("max_bytes must be below 4GiB for a memory buffer".into());
-                }
-            }
-            BufferType::Disk => {
-                if self.max_bytes.0 < MIN_DISK_BUFFER_BYTES {
-                    return Err("max_bytes must be at least 1MiB for a disk buffer".into());
-                }
-            }
+        let max_bytes = match self.kind {
+            BufferType::Memory if self.max_bytes.0 < 1024 => Some("must be at least 1KiB"),
+            BufferType::Memory if self.max_bytes.0 > u32::MAX as u64 => Some("must be below 4GiB for a memory buffer"),
+            BufferType::Disk if self.max_bytes.0 < MIN_DISK_BUFFER_BYTES => Some("must be at least 1MiB for a disk buffer"),
+            _ => None,
+        };
+        if let Some(message) = max_bytes {
+            errors.push(ConfigError::at(path, "max_bytes", message));
         }
-        Ok(())
     }
 }
 

@@ -32,6 +32,39 @@ impl ConfigError {
             message: message.into(),
         }
     }
+
+    /// An error at `key` below `path`: `at("sinks.s3", "bucket", ..)` is at
+    /// `sinks.s3.bucket`, `at("sli", "[2]", ..)` at `sli[2]`.
+    pub fn at(path: &str, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(key_path(path, key), message)
+    }
+}
+
+/// `key` below `path`, joined with a dot unless `key` is an index (`[2]`)
+/// or either side is empty.
+pub fn key_path(path: &str, key: &str) -> String {
+    match (path.is_empty(), key.is_empty()) {
+        (true, _) => key.to_owned(),
+        (_, true) => path.to_owned(),
+        _ if key.starts_with('[') => format!("{path}{key}"),
+        _ => format!("{path}.{key}"),
+    }
+}
+
+/// What every component config and sub-config implements: the checks serde
+/// cannot make (ranges, URLs, settings that exclude each other). It appends
+/// every problem it finds, each with its full key path below `path` (the
+/// path of the table it was read from, like `sources.app` or
+/// `sinks.s3.buffer`), so `sluice validate` reports them all at once.
+pub trait Validate {
+    /// Appends every problem with these settings to `errors`.
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>);
+}
+
+impl<T: Validate> Validate for Box<T> {
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        (**self).validate(path, errors);
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -65,20 +98,26 @@ pub fn env_lookup(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-/// Deserialises `value` into `T`, recording any error with its full key path.
+/// Deserialises `value` into `T`, recording any error with its full key
+/// path. For a table with checks of its own, use [`parse_valid`].
 pub fn parse_at<T: DeserializeOwned>(prefix: &str, value: Value, errors: &mut Vec<ConfigError>) -> Option<T> {
     match serde_path_to_error::deserialize::<_, T>(value) {
         Ok(v) => Some(v),
         Err(e) => {
             let inner = e.path().to_string();
-            let path = match (prefix.is_empty(), inner.as_str()) {
-                (_, ".") => prefix.to_owned(),
-                (true, p) => p.to_owned(),
-                (false, p) if p.starts_with('[') => format!("{prefix}{p}"),
-                (false, p) => format!("{prefix}.{p}"),
-            };
-            errors.push(ConfigError::new(path, e.into_inner().to_string()));
+            let key = if inner == "." { "" } else { inner.as_str() };
+            errors.push(ConfigError::at(prefix, key, e.into_inner().to_string()));
             None
         }
     }
+}
+
+/// The one way a component's table is read: deserialise it at `path`
+/// ([`parse_at`]), then [`Validate`] it. Every problem lands in `errors`
+/// with its key path; the settings come back only when there was none.
+pub fn parse_valid<T: DeserializeOwned + Validate>(path: &str, value: Value, errors: &mut Vec<ConfigError>) -> Option<T> {
+    let cfg: T = parse_at(path, value, errors)?;
+    let before = errors.len();
+    cfg.validate(path, errors);
+    (errors.len() == before).then_some(cfg)
 }

@@ -3,8 +3,9 @@
 
 use serde::Deserialize;
 
-use super::{SinkCx, SinkError};
+use super::{SinkComponent, SinkCx, SinkError};
 use crate::buffer::QueueReceiver;
+use crate::config::{ConfigError, Validate};
 use crate::event::AckOutcome;
 use crate::pipeline::Task;
 use crate::telemetry::metrics;
@@ -17,11 +18,16 @@ pub struct BlackholeConfig {
     pub print_summary: bool,
 }
 
-impl BlackholeConfig {
+/// Serde checks everything the blackhole has.
+impl Validate for BlackholeConfig {
+    fn validate(&self, _path: &str, _errors: &mut Vec<ConfigError>) {}
+}
+
+impl SinkComponent for BlackholeConfig {
     /// Consumes the queue.
-    pub fn build(&self, cx: SinkCx, mut input: QueueReceiver) -> Task<SinkError> {
+    async fn build(&self, cx: SinkCx, mut input: QueueReceiver) -> Result<Task<SinkError>, SinkError> {
         let print_summary = self.print_summary;
-        Box::pin(async move {
+        Ok(Box::pin(async move {
             let events = metrics().sink_events.with_label_values(&[&cx.name]);
             let bytes = metrics().sink_bytes.with_label_values(&[&cx.name]);
             let (mut n, mut b) = (0u64, 0u64);
@@ -36,6 +42,6 @@ impl BlackholeConfig {
                 tracing::info!(sink = %cx.name, events = n, bytes = b, "blackhole summary");
             }
             Ok(())
-        })
+        }))
     }
 }

@@ -31,7 +31,7 @@ use prometheus::{Histogram, IntCounter};
 use tokio::sync::Notify;
 
 use super::http;
-use crate::config::duration;
+use crate::config::{duration, ConfigError, Validate};
 use crate::telemetry::{metrics, Health};
 
 /// At most one warning about failed attempts per endpoint in this time;
@@ -68,16 +68,15 @@ impl Default for RetryConfig {
     }
 }
 
-impl RetryConfig {
-    /// Checks the bounds.
-    pub fn validate(&self) -> Result<(), String> {
+/// Checks the bounds.
+impl Validate for RetryConfig {
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         if self.initial_backoff.is_zero() {
-            return Err("initial_backoff must be above 0".into());
+            errors.push(ConfigError::at(path, "initial_backoff", "must be above 0"));
         }
         if self.max_backoff < self.initial_backoff {
-            return Err("max_backoff must be at least initial_backoff".into());
+            errors.push(ConfigError::at(path, "max_backoff", "must be at least initial_backoff"));
         }
-        Ok(())
     }
 }
 

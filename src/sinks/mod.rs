@@ -1,6 +1,6 @@
-//! Sinks: where events go. A sink is one file (or folder) here with a config
-//! struct and a `build` function; [`parse_config`] and [`SinkConfig`] are
-//! the registry that names them.
+//! Sinks: where events go. A sink type is one file or folder here with a
+//! config struct implementing [`SinkComponent`], plus one line in the
+//! registry at the end of this file.
 //!
 //! Every sink follows one contract: take [`QueueItem`]s from its queue,
 //! deliver them, then call `batch.acknowledge(..)` exactly once per item.
@@ -16,29 +16,15 @@ pub mod stdout;
 pub mod template;
 
 use serde_json::{Map, Value};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::buffer::QueueReceiver;
-use crate::config::{parse_at, ConfigError};
+use crate::config::{parse_valid, ConfigError, Validate};
 use crate::event::{FieldPath, FieldSet};
 use crate::pipeline::Task;
 use crate::telemetry::Health;
-
-/// A sink's settings, by type.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SinkConfig {
-    /// `type = "stdout"`.
-    Stdout(stdout::StdoutConfig),
-    /// `type = "blackhole"`.
-    Blackhole(blackhole::BlackholeConfig),
-    /// `type = "loki"`.
-    Loki(Box<loki::LokiConfig>),
-    /// `type = "s3"`.
-    S3(Box<s3::S3Config>),
-    /// `type = "kafka"`.
-    Kafka(kafka::KafkaConfig),
-}
 
 /// Why a sink could not start, or stopped for good. Delivery failures that
 /// retrying can fix are not errors: a sink retries them itself.
@@ -115,72 +101,76 @@ pub struct SinkCx {
     pub data_dir: Option<PathBuf>,
 }
 
-/// Parses the settings of a sink of type `kind` at config `path`.
-pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<SinkConfig, Vec<ConfigError>> {
-    let mut errors = Vec::new();
-    let value = Value::Object(rest);
-    let parsed = match kind {
-        "stdout" => parse_at(path, value, &mut errors).map(SinkConfig::Stdout),
-        "blackhole" => parse_at(path, value, &mut errors).map(SinkConfig::Blackhole),
-        "loki" => parse_at::<loki::LokiConfig>(path, value, &mut errors).and_then(|c| {
-            let mut e = c.validate(path);
-            let ok = e.is_empty();
-            errors.append(&mut e);
-            ok.then(|| SinkConfig::Loki(Box::new(c)))
-        }),
-        "s3" => parse_at::<s3::S3Config>(path, value, &mut errors).and_then(|c| {
-            let mut e = c.validate(path);
-            let ok = e.is_empty();
-            errors.append(&mut e);
-            ok.then(|| SinkConfig::S3(Box::new(c)))
-        }),
-        "kafka" => parse_at::<kafka::KafkaConfig>(path, value, &mut errors).and_then(|c| {
-            let mut invalid = c.validate(path);
-            let ok = invalid.is_empty();
-            errors.append(&mut invalid);
-            ok.then_some(SinkConfig::Kafka(c))
-        }),
-        other => {
-            errors.push(ConfigError::new(
-                format!("{path}.type"),
-                format!("unknown sink type {other:?}; known: stdout, blackhole, kafka, loki, s3"),
-            ));
-            None
-        }
-    };
-    parsed.ok_or(errors)
-}
-
-impl SinkConfig {
-    /// The type name.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkConfig::Stdout(_) => "stdout",
-            SinkConfig::Blackhole(_) => "blackhole",
-            SinkConfig::Loki(_) => "loki",
-            SinkConfig::S3(_) => "s3",
-            SinkConfig::Kafka(_) => "kafka",
-        }
-    }
-
+/// What a sink type is: a config that checks itself ([`Validate`]), names
+/// the event fields it reads, and starts the sink. Each type implements it
+/// in its own folder; the registry below names it.
+pub trait SinkComponent: Validate {
     /// Event fields this sink reads (labels, keys, timestamps).
-    pub fn fields_needed(&self) -> Vec<FieldPath> {
-        match self {
-            SinkConfig::Stdout(_) | SinkConfig::Blackhole(_) => Vec::new(),
-            SinkConfig::Loki(c) => c.fields_needed(),
-            SinkConfig::S3(c) => c.fields_needed(),
-            SinkConfig::Kafka(c) => c.fields_needed(),
-        }
+    fn fields_needed(&self) -> Vec<FieldPath> {
+        Vec::new()
     }
 
     /// Checks the destination and starts the sink on its queue.
-    pub async fn build(&self, cx: SinkCx, input: QueueReceiver) -> Result<Task<SinkError>, SinkError> {
-        match self {
-            SinkConfig::Stdout(c) => Ok(c.build(cx, input)),
-            SinkConfig::Blackhole(c) => Ok(c.build(cx, input)),
-            SinkConfig::Loki(c) => c.build(cx, input).await,
-            SinkConfig::S3(c) => c.build(cx, input).await,
-            SinkConfig::Kafka(c) => c.build(cx, input).await,
+    fn build(&self, cx: SinkCx, input: QueueReceiver) -> impl Future<Output = Result<Task<SinkError>, SinkError>> + Send;
+}
+
+/// The sink registry: one line per type, `"name" => Variant(Config)`. It
+/// makes [`SinkConfig`], [`parse_config`] and the dispatch to each type's
+/// [`SinkComponent`].
+macro_rules! sink_registry {
+    ($($name:literal => $variant:ident($config:ty)),+ $(,)?) => {
+        /// A sink's settings, by type.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum SinkConfig {
+            $(#[doc = concat!("`type = \"", $name, "\"`.")] $variant($config),)+
         }
-    }
+
+        /// Parses and checks the settings of a sink of type `kind` at config
+        /// `path`, returning every error with its key path.
+        pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<SinkConfig, Vec<ConfigError>> {
+            let mut errors = Vec::new();
+            let value = Value::Object(rest);
+            let parsed = match kind {
+                $($name => parse_valid::<$config>(path, value, &mut errors).map(SinkConfig::$variant),)+
+                other => {
+                    errors.push(ConfigError::at(path, "type", format!(
+                        "unknown sink type {other:?}; known: {}", [$($name),+].join(", ")
+                    )));
+                    None
+                }
+            };
+            parsed.ok_or(errors)
+        }
+
+        impl SinkConfig {
+            /// The type name.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(SinkConfig::$variant(_) => $name,)+
+                }
+            }
+
+            /// Event fields this sink reads (labels, keys, timestamps).
+            pub fn fields_needed(&self) -> Vec<FieldPath> {
+                match self {
+                    $(SinkConfig::$variant(c) => c.fields_needed(),)+
+                }
+            }
+
+            /// Checks the destination and starts the sink on its queue.
+            pub async fn build(&self, cx: SinkCx, input: QueueReceiver) -> Result<Task<SinkError>, SinkError> {
+                match self {
+                    $(SinkConfig::$variant(c) => c.build(cx, input).await,)+
+                }
+            }
+        }
+    };
+}
+
+sink_registry! {
+    "stdout" => Stdout(stdout::StdoutConfig),
+    "blackhole" => Blackhole(blackhole::BlackholeConfig),
+    "kafka" => Kafka(kafka::KafkaConfig),
+    "loki" => Loki(Box<loki::LokiConfig>),
+    "s3" => S3(Box<s3::S3Config>),
 }

@@ -4,8 +4,9 @@
 use serde::Deserialize;
 use std::io::Write;
 
-use super::{SinkCx, SinkError, SinkErrorKind};
+use super::{SinkComponent, SinkCx, SinkError, SinkErrorKind};
 use crate::buffer::QueueReceiver;
+use crate::config::{ConfigError, Validate};
 use crate::event::AckOutcome;
 use crate::pipeline::Task;
 use crate::telemetry::metrics;
@@ -15,11 +16,16 @@ use crate::telemetry::metrics;
 #[serde(deny_unknown_fields)]
 pub struct StdoutConfig {}
 
-impl StdoutConfig {
+/// Serde checks everything stdout has.
+impl Validate for StdoutConfig {
+    fn validate(&self, _path: &str, _errors: &mut Vec<ConfigError>) {}
+}
+
+impl SinkComponent for StdoutConfig {
     /// Writes on a blocking thread: a reader that stops reading blocks the
     /// write, the queue fills, and backpressure reaches the source.
-    pub fn build(&self, cx: SinkCx, mut input: QueueReceiver) -> Task<SinkError> {
-        Box::pin(async move {
+    async fn build(&self, cx: SinkCx, mut input: QueueReceiver) -> Result<Task<SinkError>, SinkError> {
+        Ok(Box::pin(async move {
             let name = cx.name.clone();
             tokio::task::spawn_blocking(move || {
                 let events = metrics().sink_events.with_label_values(&[&cx.name]);
@@ -48,6 +54,6 @@ impl StdoutConfig {
             })
             .await
             .unwrap_or_else(|e| Err(SinkError::new(&name, SinkErrorKind::Died(format!("writer thread failed: {e}")))))
-        })
+        }))
     }
 }

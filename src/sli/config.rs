@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
-use crate::config::ConfigError;
+use crate::config::{parse_at, ConfigError, Validate};
 use crate::event::FieldPath;
 
 /// Series one SLI keeps before new label values go to `__overflow__`.
@@ -148,7 +148,9 @@ impl Condition {
             lte: None,
         }
     }
+}
 
+impl Validate for Condition {
     fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         let range = [self.gt, self.gte, self.lt, self.lte];
         let kinds = [
@@ -326,7 +328,9 @@ impl LabelSource {
             ..LabelSource::default()
         }
     }
+}
 
+impl Validate for LabelSource {
     fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         if self.value.is_some() && (!self.field.is_empty() || self.meta.is_some()) {
             errors.push(ConfigError::new(format!("{path}.value"), "a fixed value excludes field and meta"));
@@ -469,9 +473,11 @@ impl SliRule {
         }
         b
     }
+}
 
-    /// Checks what serde cannot, appending errors under `path` (`sli[2]`).
-    pub(crate) fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+/// Checks what serde cannot, appending errors under `path` (`sli[2]`).
+impl Validate for SliRule {
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
             errors.push(ConfigError::new(
                 format!("{path}.name"),
@@ -572,7 +578,9 @@ pub(crate) fn parse_rules(value: serde_json::Value, errors: &mut Vec<ConfigError
     let mut names = BTreeSet::new();
     for (i, item) in items.into_iter().enumerate() {
         let path = format!("sli[{i}]");
-        let Some(rule) = crate::config::parse_at::<SliRule>(&path, item, errors) else {
+        // Not `parse_valid`: a rule with other problems still takes its
+        // name, so a duplicate is reported too.
+        let Some(rule) = parse_at::<SliRule>(&path, item, errors) else {
             continue;
         };
         rule.validate(&path, errors);

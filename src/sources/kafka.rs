@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
-use super::{SourceCx, SourceError, SourceErrorKind};
-use crate::config::{duration, parse_at, ByteSize, ConfigError};
+use super::{SourceComponent, SourceCx, SourceError, SourceErrorKind};
+use crate::config::{duration, ByteSize, ConfigError, Validate};
 use crate::enrich::SourceContext;
 use crate::event::{AckGroup, AckOutcome, AckReceiver, AckWindow};
 use crate::framing::{LineSpan, Lines, DEFAULT_MAX_LINE_BYTES};
@@ -168,11 +168,9 @@ fn kafka_metrics() -> &'static KafkaMetrics {
     })
 }
 
-impl KafkaSourceConfig {
-    /// Parses and checks the settings at config `path`.
-    pub fn parse(path: &str, value: serde_json::Value, errors: &mut Vec<ConfigError>) -> Option<KafkaSourceConfig> {
-        let cfg: KafkaSourceConfig = parse_at(path, value, errors)?;
-        let before = errors.len();
+impl Validate for KafkaSourceConfig {
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        let cfg = self;
         if cfg.bootstrap_servers.trim().is_empty() {
             errors.push(ConfigError::new(
                 format!("{path}.bootstrap_servers"),
@@ -197,9 +195,10 @@ impl KafkaSourceConfig {
         if cfg.commit_interval.is_zero() {
             errors.push(ConfigError::new(format!("{path}.commit_interval"), "must be above zero"));
         }
-        (errors.len() == before).then_some(cfg)
     }
+}
 
+impl KafkaSourceConfig {
     fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         let ms = |d: Duration| d.as_millis().max(1).to_string();
@@ -225,10 +224,12 @@ impl KafkaSourceConfig {
         }
         c
     }
+}
 
+impl SourceComponent for KafkaSourceConfig {
     /// Creates the consumer and subscribes (so a bad setting fails at
     /// start-up), then starts the source.
-    pub fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
+    fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
         let fatal = |action: String, error| SourceError::new(&cx.name, SourceErrorKind::Kafka { action, error });
         let state = Arc::new(Mutex::new(Assignments::default()));
         let context = GroupContext {

@@ -1,6 +1,6 @@
-//! Sources: where events come from. A source is one file here with a config
-//! struct and a `build` function; [`parse_config`] and [`SourceConfig`] are
-//! the registry that names them.
+//! Sources: where events come from. A source type is one file or folder
+//! here with a config struct implementing [`SourceComponent`], plus one line
+//! in the registry at the end of this file.
 
 pub mod file;
 pub mod kafka;
@@ -12,24 +12,9 @@ use serde_json::{Map, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{parse_at, ConfigError};
+use crate::config::{parse_valid, ConfigError, Validate};
 use crate::enrich::EnrichConfig;
 use crate::pipeline::{ShutdownSignal, SourceOutput, Task};
-
-/// A source's settings, by type.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SourceConfig {
-    /// `type = "stdin"`.
-    Stdin(stdin::StdinConfig),
-    /// `type = "file"`.
-    File(Box<file::FileConfig>),
-    /// `type = "socket"`: unix, TCP or UDP sockets.
-    Socket(Box<socket::SocketConfig>),
-    /// `type = "process"`: a command's stdout and stderr (`sluice run`).
-    Process(Box<process::ProcessConfig>),
-    /// `type = "kafka"`: a consumer group (the aggregator tier).
-    Kafka(Box<kafka::KafkaSourceConfig>),
-}
 
 /// Why a source could not start, or stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -123,58 +108,76 @@ pub struct SourceCx {
     pub data_dir: Option<PathBuf>,
 }
 
-/// Parses the settings of a source of type `kind` at config `path`.
-pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<SourceConfig, Vec<ConfigError>> {
-    let mut errors = Vec::new();
-    let value = Value::Object(rest);
-    let parsed = match kind {
-        "stdin" => parse_at(path, value, &mut errors).map(SourceConfig::Stdin),
-        "file" => parse_at::<file::FileConfig>(path, value, &mut errors).and_then(|c| {
-            let problems = c.problems();
-            for (key, message) in &problems {
-                errors.push(ConfigError::new(format!("{path}.{key}"), message.clone()));
-            }
-            problems.is_empty().then(|| SourceConfig::File(Box::new(c)))
-        }),
-        "socket" => socket::SocketConfig::parse(path, value, &mut errors).map(|c| SourceConfig::Socket(Box::new(c))),
-        "process" => process::ProcessConfig::parse(path, value, &mut errors).map(|c| SourceConfig::Process(Box::new(c))),
-        "kafka" => kafka::KafkaSourceConfig::parse(path, value, &mut errors).map(|c| SourceConfig::Kafka(Box::new(c))),
-        other => {
-            errors.push(ConfigError::new(
-                format!("{path}.type"),
-                format!("unknown source type {other:?}; known: stdin, file, socket, process, kafka"),
-            ));
-            None
-        }
-    };
-    parsed.ok_or(errors)
+/// What a source type is: a config that checks itself ([`Validate`]) and
+/// starts the source. Each type implements it in its own folder; the
+/// registry below names it.
+pub trait SourceComponent: Validate {
+    /// Starts the source; the task ends when input ends or shutdown is asked.
+    fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError>;
+
+    /// Whether the source keeps state (checkpoints) under `data_dir`.
+    fn needs_data_dir(&self) -> bool {
+        false
+    }
 }
 
-impl SourceConfig {
-    /// Whether the source keeps state (checkpoints) under `data_dir`.
-    pub fn needs_data_dir(&self) -> bool {
-        matches!(self, SourceConfig::File(_))
-    }
-
-    /// The type name.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SourceConfig::Stdin(_) => "stdin",
-            SourceConfig::File(_) => "file",
-            SourceConfig::Socket(_) => "socket",
-            SourceConfig::Process(_) => "process",
-            SourceConfig::Kafka(_) => "kafka",
+/// The source registry: one line per type, `"name" => Variant(Config)`.
+/// It makes [`SourceConfig`], [`parse_config`] and the dispatch to each
+/// type's [`SourceComponent`].
+macro_rules! source_registry {
+    ($($name:literal => $variant:ident($config:ty)),+ $(,)?) => {
+        /// A source's settings, by type.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum SourceConfig {
+            $(#[doc = concat!("`type = \"", $name, "\"`.")] $variant($config),)+
         }
-    }
 
-    /// Starts the source; the task ends when input ends or shutdown is asked.
-    pub fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
-        match self {
-            SourceConfig::Stdin(c) => c.build(cx),
-            SourceConfig::File(c) => c.build(cx),
-            SourceConfig::Socket(c) => c.build(cx),
-            SourceConfig::Process(c) => c.build(cx),
-            SourceConfig::Kafka(c) => c.build(cx),
+        /// Parses and checks the settings of a source of type `kind` at
+        /// config `path`, returning every error with its key path.
+        pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<SourceConfig, Vec<ConfigError>> {
+            let mut errors = Vec::new();
+            let value = Value::Object(rest);
+            let parsed = match kind {
+                $($name => parse_valid::<$config>(path, value, &mut errors).map(SourceConfig::$variant),)+
+                other => {
+                    errors.push(ConfigError::at(path, "type", format!(
+                        "unknown source type {other:?}; known: {}", [$($name),+].join(", ")
+                    )));
+                    None
+                }
+            };
+            parsed.ok_or(errors)
         }
-    }
+
+        impl SourceConfig {
+            /// The type name.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(SourceConfig::$variant(_) => $name,)+
+                }
+            }
+
+            /// Whether the source keeps state (checkpoints) under `data_dir`.
+            pub fn needs_data_dir(&self) -> bool {
+                match self {
+                    $(SourceConfig::$variant(c) => c.needs_data_dir(),)+
+                }
+            }
+
+            /// Starts the source; the task ends when input ends or shutdown is asked.
+            pub fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
+                match self {
+                    $(SourceConfig::$variant(c) => c.build(cx),)+
+                }
+            }
+        }
+    };
+}
+
+source_registry! {
+    "stdin" => Stdin(stdin::StdinConfig),
+    "file" => File(Box<file::FileConfig>),
+    "socket" => Socket(Box<socket::SocketConfig>),
+    "process" => Process(Box<process::ProcessConfig>),
+    "kafka" => Kafka(Box<kafka::KafkaSourceConfig>),
 }

@@ -16,8 +16,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{SourceCx, SourceError, SourceErrorKind};
-use crate::config::{duration, ByteSize};
+use super::{SourceComponent, SourceCx, SourceError, SourceErrorKind};
+use crate::config::{duration, ByteSize, ConfigError, Validate};
 use crate::enrich::{ProcessInfo, SourceContext};
 use crate::framing::{LineFramer, OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
 use crate::pipeline::{ShutdownSignal, Task};
@@ -140,22 +140,23 @@ impl ProcessConfig {
             exit: ExitSlot::default(),
         }
     }
+}
 
-    /// Parses and checks the settings at config `path`.
-    pub fn parse(path: &str, value: Value, errors: &mut Vec<crate::config::ConfigError>) -> Option<ProcessConfig> {
-        let cfg: ProcessConfig = crate::config::parse_at(path, value, errors)?;
-        if cfg.command.first().is_none_or(|p| p.is_empty()) {
-            errors.push(crate::config::ConfigError::new(
-                format!("{path}.command"),
+impl Validate for ProcessConfig {
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        if self.command.first().is_none_or(|p| p.is_empty()) {
+            errors.push(ConfigError::at(
+                path,
+                "command",
                 "needs the program to run, like [\"bin/web\", \"--port\", \"8080\"]",
             ));
-            return None;
         }
-        Some(cfg)
     }
+}
 
+impl SourceComponent for ProcessConfig {
     /// Starts the command when the task first runs.
-    pub fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
+    fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
         let cfg = self.clone();
         Ok(Box::pin(run_source(cfg, cx)))
     }

@@ -3,8 +3,8 @@
 use serde::Deserialize;
 use std::sync::Arc;
 
-use super::{SourceCx, SourceError, SourceErrorKind};
-use crate::config::ByteSize;
+use super::{SourceComponent, SourceCx, SourceError, SourceErrorKind};
+use crate::config::{ByteSize, ConfigError, Validate};
 use crate::enrich::{ProcessInfo, SourceContext};
 use crate::framing::{LineFramer, OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
 use crate::pipeline::Task;
@@ -38,10 +38,15 @@ impl Default for StdinConfig {
     }
 }
 
-impl StdinConfig {
+/// Serde checks everything stdin has.
+impl Validate for StdinConfig {
+    fn validate(&self, _path: &str, _errors: &mut Vec<ConfigError>) {}
+}
+
+impl SourceComponent for StdinConfig {
     /// Starts a reader thread on fd 0. It stops at end of input or when
     /// shutdown is asked (checked at least every 100 ms).
-    pub fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
+    fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
         let cfg = self.clone();
         let name = cx.name.clone();
         let handle = tokio::runtime::Handle::current();

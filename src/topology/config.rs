@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::buffer::BufferConfig;
-use crate::config::{duration, env_lookup, interpolate, parse_at, ConfigError, ConfigErrors};
+use crate::config::{duration, env_lookup, interpolate, parse_at, parse_valid, ConfigError, ConfigErrors};
 use crate::enrich::EnrichConfig;
 use crate::sinks::SinkConfig;
 use crate::sli::SliRule;
@@ -199,11 +199,8 @@ impl Config {
                 .and_then(|v| parse_at(&format!("{path}.inputs"), v, &mut errors));
             let buffer: BufferConfig = rest
                 .remove("buffer")
-                .map(|v| parse_at(&format!("{path}.buffer"), v, &mut errors).unwrap_or_default())
+                .and_then(|v| parse_valid(&format!("{path}.buffer"), v, &mut errors))
                 .unwrap_or_default();
-            if let Err(e) = buffer.validate() {
-                errors.push(ConfigError::new(format!("{path}.buffer"), e));
-            }
             if buffer.kind == crate::buffer::BufferType::Disk && top.data_dir.is_none() {
                 errors.push(ConfigError::new(
                     format!("{path}.buffer.type"),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::topic::TopicTemplate;
-use crate::config::{duration, ConfigError};
+use crate::config::{duration, ConfigError, Validate};
 use crate::event::FieldPath;
 
 /// `type = "kafka"`.
@@ -171,10 +171,9 @@ pub(crate) const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("queue.buffering.max.messages", "16384"),
 ];
 
-impl KafkaConfig {
-    /// Checks what serde cannot: templates, field paths, options.
-    pub fn validate(&self, path: &str) -> Vec<ConfigError> {
-        let mut errors = Vec::new();
+/// Checks what serde cannot: templates, field paths, options.
+impl Validate for KafkaConfig {
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         if self.bootstrap_servers.trim().is_empty() {
             errors.push(ConfigError::new(
                 format!("{path}.bootstrap_servers"),
@@ -204,9 +203,10 @@ impl KafkaConfig {
                 errors.push(ConfigError::new(format!("{path}.librdkafka_options.{key}"), e.to_string()));
             }
         }
-        errors
     }
+}
 
+impl KafkaConfig {
     /// The librdkafka producer configuration.
     pub fn client_config(&self) -> rdkafka::ClientConfig {
         let mut c = rdkafka::ClientConfig::new();
@@ -221,26 +221,22 @@ impl KafkaConfig {
         }
         c
     }
-
-    /// Event fields the sink reads: template fields and the key.
-    pub fn fields_needed(&self) -> Vec<FieldPath> {
-        let mut out: Vec<FieldPath> = TopicTemplate::parse(&self.topic)
-            .map(|t| t.fields().cloned().collect())
-            .unwrap_or_default();
-        if let Some(k) = self.key_field.as_deref().and_then(|k| FieldPath::parse(k).ok()) {
-            out.push(k);
-        }
-        out
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::SinkComponent;
     use serde_json::json;
 
     fn parse(v: serde_json::Value) -> Result<KafkaConfig, serde_json::Error> {
         serde_json::from_value(v)
+    }
+
+    fn problems(c: &KafkaConfig) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        c.validate("sinks.k", &mut errors);
+        errors
     }
 
     #[test]
@@ -249,7 +245,7 @@ mod tests {
         assert_eq!(c.acks, Acks::All);
         assert_eq!(c.compression, Compression::None);
         assert!(c.healthcheck);
-        assert!(c.validate("sinks.k").is_empty());
+        assert!(problems(&c).is_empty());
         let cc = c.client_config();
         assert_eq!(cc.get("acks"), Some("all"));
         assert_eq!(cc.get("queue.buffering.max.kbytes"), Some("16384"));
@@ -263,7 +259,7 @@ mod tests {
             "librdkafka_options": {"linger.ms": 5, "enable.idempotence": false, "queue.buffering.max.kbytes": "1024"}
         }))
         .unwrap();
-        assert!(c.validate("sinks.k").is_empty(), "{:?}", c.validate("sinks.k"));
+        assert!(problems(&c).is_empty(), "{:?}", problems(&c));
         let cc = c.client_config();
         assert_eq!(cc.get("linger.ms"), Some("5"));
         assert_eq!(cc.get("acks"), Some("1"));
@@ -277,7 +273,7 @@ mod tests {
             "librdkafka_options": {"no.such.thing": "1", "acks": "all", "linger.ms": "soon"}
         }))
         .unwrap();
-        let paths: Vec<String> = bad.validate("sinks.k").into_iter().map(|e| e.path).collect();
+        let paths: Vec<String> = problems(&bad).into_iter().map(|e| e.path).collect();
         for want in [
             "sinks.k.bootstrap_servers",
             "sinks.k.topic",

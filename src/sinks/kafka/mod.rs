@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use super::{SinkCx, SinkError, SinkErrorKind};
+use super::{SinkComponent, SinkCx, SinkError, SinkErrorKind};
 use crate::buffer::{BudgetShare, QueueItem, QueueReceiver};
 use crate::event::{AckOutcome, Acknowledger, FieldPath};
 use crate::pipeline::Task;
@@ -315,10 +315,21 @@ impl ProducerContext for SinkContext {
     }
 }
 
-impl KafkaConfig {
+impl SinkComponent for KafkaConfig {
+    /// Event fields the sink reads: template fields and the key.
+    fn fields_needed(&self) -> Vec<FieldPath> {
+        let mut out: Vec<FieldPath> = TopicTemplate::parse(&self.topic)
+            .map(|t| t.fields().cloned().collect())
+            .unwrap_or_default();
+        if let Some(k) = self.key_field.as_deref().and_then(|k| FieldPath::parse(k).ok()) {
+            out.push(k);
+        }
+        out
+    }
+
     /// Creates the producer, checks the brokers answer (unless the health
     /// check is off), and starts the sink on its queue.
-    pub async fn build(&self, cx: SinkCx, input: QueueReceiver) -> Result<Task<SinkError>, SinkError> {
+    async fn build(&self, cx: SinkCx, input: QueueReceiver) -> Result<Task<SinkError>, SinkError> {
         let fatal = |kind: SinkErrorKind| SinkError::new(&cx.name, kind);
         let setup = |message: String| fatal(SinkErrorKind::Setup(message));
         let topic = TopicTemplate::parse(&self.topic).map_err(|e| setup(format!("topic: {e}")))?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::encode::is_valid_label_name;
-use crate::config::{duration, ByteSize, ConfigError};
+use crate::config::{duration, key_path, ByteSize, ConfigError, Validate};
 use crate::event::FieldPath;
 use crate::sinks::delivery::RetryConfig;
 use crate::sinks::template::Template;
@@ -215,22 +215,12 @@ impl LokiConfig {
             .then(|| FieldPath::parse(&self.timestamp_field).ok())
             .flatten()
     }
+}
 
-    /// Event fields the decoder must extract for this sink.
-    pub fn fields_needed(&self) -> Vec<FieldPath> {
-        let mut out: Vec<FieldPath> = self.labels.values().flat_map(|t| t.fields().cloned()).collect();
-        if self.default_labels && !self.labels.contains_key("host") {
-            out.push(FieldPath::parse("host").unwrap_or_else(|_| unreachable!("constant path")));
-        }
-        out.extend(self.metadata_fields().into_iter().map(|(_, p)| p));
-        out.extend(self.timestamp_path());
-        out
-    }
-
-    /// Checks what serde cannot; each error carries its key path.
-    pub fn validate(&self, path: &str) -> Vec<ConfigError> {
-        let mut errors = Vec::new();
-        let mut err = |key: &str, msg: String| errors.push(ConfigError::new(format!("{path}.{key}"), msg));
+/// Checks what serde cannot; each error carries its key path.
+impl Validate for LokiConfig {
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        let mut err = |key: &str, msg: String| errors.push(ConfigError::at(path, key, msg));
         match reqwest::Url::parse(&self.endpoint) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
             Ok(u) => err("endpoint", format!("must be an http or https URL, not {}", u.scheme())),
@@ -290,9 +280,6 @@ impl LokiConfig {
         if self.request.timeout.is_zero() {
             err("request.timeout", "must be above 0".into());
         }
-        if let Err(e) = self.retry.validate() {
-            err("retry", e);
-        }
         if let Some(a) = &self.auth {
             let basic = a.user.is_some() || a.password_file.is_some();
             if basic && (a.user.is_none() || a.password_file.is_none()) {
@@ -305,7 +292,7 @@ impl LokiConfig {
                 err("auth", "set user and password_file, or bearer_token_file".into());
             }
         }
-        errors
+        self.retry.validate(&key_path(path, "retry"), errors);
     }
 }
 

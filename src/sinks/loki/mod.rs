@@ -34,9 +34,9 @@ use tokio::task::JoinSet;
 use self::config::{Compression, Encoding};
 use super::delivery::{self, Answer, Endpoint, ErrorKind, Failed};
 use super::http::{self, AckTracker, TrackId};
-use super::{SinkCx, SinkError, SinkErrorKind};
+use super::{SinkComponent, SinkCx, SinkError, SinkErrorKind};
 use crate::buffer::{QueueItem, QueueReceiver};
-use crate::event::AckOutcome;
+use crate::event::{AckOutcome, FieldPath};
 use crate::pipeline::Task;
 use crate::telemetry::metrics;
 
@@ -64,9 +64,20 @@ fn loki_metrics() -> &'static LokiMetrics {
     })
 }
 
-impl LokiConfig {
+impl SinkComponent for LokiConfig {
+    /// Event fields the decoder must extract for this sink.
+    fn fields_needed(&self) -> Vec<FieldPath> {
+        let mut out: Vec<FieldPath> = self.labels.values().flat_map(|t| t.fields().cloned()).collect();
+        if self.default_labels && !self.labels.contains_key("host") {
+            out.push(FieldPath::parse("host").unwrap_or_else(|_| unreachable!("constant path")));
+        }
+        out.extend(self.metadata_fields().into_iter().map(|(_, p)| p));
+        out.extend(self.timestamp_path());
+        out
+    }
+
     /// Prepares the client, checks Loki (`GET /ready`) and starts the sink.
-    pub async fn build(&self, cx: SinkCx, input: QueueReceiver) -> Result<Task<SinkError>, SinkError> {
+    async fn build(&self, cx: SinkCx, input: QueueReceiver) -> Result<Task<SinkError>, SinkError> {
         let fatal = |kind: SinkErrorKind| SinkError::new(&cx.name, kind);
         let shared = Arc::new(Shared::new(self, &cx).map_err(|e| fatal(SinkErrorKind::Setup(e)))?);
         if self.healthcheck {

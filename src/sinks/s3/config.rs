@@ -4,8 +4,7 @@ use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{duration, ByteSize, ConfigError};
-use crate::event::FieldPath;
+use crate::config::{duration, key_path, ByteSize, ConfigError, Validate};
 use crate::sinks::delivery::RetryConfig;
 use crate::sinks::template::Template;
 
@@ -187,11 +186,6 @@ fn yes() -> bool {
 }
 
 impl S3Config {
-    /// Event fields the decoder must extract for this sink.
-    pub fn fields_needed(&self) -> Vec<FieldPath> {
-        self.key_prefix.fields().cloned().collect()
-    }
-
     /// The URL style actually used.
     pub fn effective_url_style(&self) -> UrlStyle {
         self.url_style.unwrap_or(if self.endpoint.is_some() {
@@ -216,11 +210,12 @@ impl S3Config {
             S3Compression::None => 0,
         })
     }
+}
 
-    /// Checks what serde cannot; each error carries its key path.
-    pub fn validate(&self, path: &str) -> Vec<ConfigError> {
-        let mut errors = Vec::new();
-        let mut err = |key: &str, msg: String| errors.push(ConfigError::new(format!("{path}.{key}"), msg));
+/// Checks what serde cannot; each error carries its key path.
+impl Validate for S3Config {
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        let mut err = |key: &str, msg: String| errors.push(ConfigError::at(path, key, msg));
         if self.bucket.is_empty() {
             err("bucket", "must not be empty".into());
         }
@@ -272,10 +267,7 @@ impl S3Config {
         if self.max_open_objects == 0 {
             err("max_open_objects", "must be at least 1".into());
         }
-        if let Err(e) = self.retry.validate() {
-            err("retry", e);
-        }
-        errors
+        self.retry.validate(&key_path(path, "retry"), errors);
     }
 }
 

@@ -30,16 +30,21 @@ use self::config::S3Compression;
 use self::encoder::{MemberCompressor, MEMBER_BYTES};
 use super::http::{AckTracker, TrackId};
 use super::template::{BatchMeta, BoundTemplate, RenderPart};
-use super::{SinkCx, SinkError, SinkErrorKind};
+use super::{SinkComponent, SinkCx, SinkError, SinkErrorKind};
 use crate::buffer::{QueueItem, QueueReceiver};
-use crate::event::{AckOutcome, Batch};
+use crate::event::{AckOutcome, Batch, FieldPath};
 use crate::pipeline::Task;
 use crate::telemetry::metrics;
 
-impl S3Config {
+impl SinkComponent for S3Config {
+    /// Event fields the decoder must extract for this sink.
+    fn fields_needed(&self) -> Vec<FieldPath> {
+        self.key_prefix.fields().cloned().collect()
+    }
+
     /// Reads the credentials, checks the bucket (`HEAD`) and starts the
     /// sink.
-    pub async fn build(&self, cx: SinkCx, input: QueueReceiver) -> Result<Task<SinkError>, SinkError> {
+    async fn build(&self, cx: SinkCx, input: QueueReceiver) -> Result<Task<SinkError>, SinkError> {
         let fatal = |kind: SinkErrorKind| SinkError::new(&cx.name, kind);
         let client = Arc::new(S3Client::new(self, &cx).map_err(|e| fatal(SinkErrorKind::Setup(e)))?);
         if self.healthcheck {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::fingerprint::DEFAULT_FINGERPRINT_BYTES;
 use super::kubernetes::KubernetesConfig;
-use crate::config::{duration, ByteSize};
+use crate::config::{duration, key_path, ByteSize, ConfigError, Validate};
 use crate::framing::{OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
 
 /// Default open-file cap: far above what one node's pods write at once,
@@ -128,37 +128,36 @@ impl Default for FileConfig {
     }
 }
 
-impl FileConfig {
-    /// Every problem with the settings, as (key, message).
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
-        let mut p = Vec::new();
+impl Validate for FileConfig {
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        let mut p = |key: &str, message: String| errors.push(ConfigError::at(path, key, message));
         if self.include.is_empty() {
-            p.push(("include", "at least one glob pattern is required".to_owned()));
+            p("include", "at least one glob pattern is required".to_owned());
         }
         for (key, globs) in [("include", &self.include), ("exclude", &self.exclude)] {
             for g in globs {
                 if !g.starts_with('/') {
-                    p.push((key, format!("{g:?} must be an absolute path")));
+                    p(key, format!("{g:?} must be an absolute path"));
                 }
                 if let Err(e) = globset::GlobBuilder::new(g).literal_separator(true).build() {
-                    p.push((key, format!("invalid glob {g:?}: {e}")));
+                    p(key, format!("invalid glob {g:?}: {e}"));
                 }
             }
         }
         if self.max_open_files == 0 {
-            p.push(("max_open_files", "must be at least 1".into()));
+            p("max_open_files", "must be at least 1".into());
         }
         if self.max_line_bytes.0 == 0 || self.max_line_bytes.0 > u32::MAX as u64 / 2 {
-            p.push(("max_line_bytes", "must be between 1 byte and 2GiB".into()));
+            p("max_line_bytes", "must be between 1 byte and 2GiB".into());
         }
         if self.fingerprint_bytes.0 < 16 || self.fingerprint_bytes.0 > 1 << 20 {
-            p.push(("fingerprint_bytes", "must be between 16 bytes and 1MiB".into()));
+            p("fingerprint_bytes", "must be between 16 bytes and 1MiB".into());
         }
         if self.read_budget.0 < 4096 || self.read_budget.0 > 64 << 20 {
-            p.push(("read_budget", "must be between 4KiB and 64MiB".into()));
+            p("read_budget", "must be between 4KiB and 64MiB".into());
         }
         if self.partial_max_bytes.0 == 0 || self.partial_max_bytes.0 > u32::MAX as u64 / 2 {
-            p.push(("partial_max_bytes", "must be between 1 byte and 2GiB".into()));
+            p("partial_max_bytes", "must be between 1 byte and 2GiB".into());
         }
         for (key, d) in [
             ("scan_interval", self.scan_interval),
@@ -166,13 +165,14 @@ impl FileConfig {
             ("checkpoint_interval", self.checkpoint_interval),
         ] {
             if d.is_zero() {
-                p.push((key, "must be greater than zero".into()));
+                p(key, "must be greater than zero".into());
             }
         }
-        p.extend(self.kubernetes.problems());
-        p
+        self.kubernetes.validate(&key_path(path, "kubernetes"), errors);
     }
+}
 
+impl FileConfig {
     /// This config as the source runs it: `max_open_files` lowered, with a
     /// warning, to what the process's open-file limit (`ulimit -n`) leaves
     /// after [`reserved_descriptors`], so files wait their turn for a

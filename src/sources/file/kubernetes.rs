@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::config::duration;
+use crate::config::{duration, ConfigError, Validate};
 use crate::pipeline::ShutdownSignal;
 
 /// Where a pod's service account token is mounted.
@@ -74,21 +74,20 @@ impl Default for KubernetesConfig {
     }
 }
 
-impl KubernetesConfig {
-    /// Problems with the settings, as (key, message).
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
-        let mut p = Vec::new();
+impl Validate for KubernetesConfig {
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         if self.api && !self.enabled {
-            p.push(("kubernetes.api", "needs kubernetes.enabled = true".into()));
+            errors.push(ConfigError::at(path, "api", "needs kubernetes.enabled = true"));
         }
         if let Some(u) = &self.api_url {
             if !u.starts_with("https://") {
-                p.push(("kubernetes.api_url", format!("{u:?} must be an https:// URL")));
+                errors.push(ConfigError::at(path, "api_url", format!("{u:?} must be an https:// URL")));
             }
         }
-        p
     }
+}
 
+impl KubernetesConfig {
     /// The API URL, from the setting or the in-cluster environment.
     pub fn resolved_api_url(&self) -> Option<String> {
         if let Some(u) = &self.api_url {

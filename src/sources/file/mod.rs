@@ -36,7 +36,7 @@ use self::kubernetes::{KubernetesConfig, PodCache, PodWatcher};
 use self::metrics::FileMetrics;
 use self::shared::{Disposal, Registry, Shared};
 use self::tailer::{NewFile, Reader, ReaderCx};
-use super::{SourceCx, SourceError, SourceErrorKind};
+use super::{SourceComponent, SourceCx, SourceError, SourceErrorKind};
 use crate::enrich::SourceContext;
 use crate::pipeline::{ShutdownSignal, Task};
 
@@ -78,12 +78,17 @@ impl ContextFactory {
     }
 }
 
-impl FileConfig {
+impl SourceComponent for FileConfig {
+    /// Checkpoints live under `data_dir`.
+    fn needs_data_dir(&self) -> bool {
+        true
+    }
+
     /// Starts the scanner and reader threads (and the pod watcher when the
     /// Kubernetes API is enabled). The task ends at shutdown, or with
     /// `stop_at_eof` once every file was read to its end, after the final
     /// checkpoint is written.
-    pub fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
+    fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
         let name = cx.name.clone();
         let fatal = |kind: SourceErrorKind| SourceError::new(&name, kind);
         let setting = |key, message: &str| {

@@ -38,8 +38,8 @@ use std::time::{Duration, SystemTime};
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinSet;
 
-use super::{SourceCx, SourceError};
-use crate::config::{duration, parse_at, ByteSize, ConfigError};
+use super::{SourceComponent, SourceCx, SourceError};
+use crate::config::{duration, ByteSize, ConfigError, Validate};
 use crate::decode::syslog::SyslogDecoder;
 use crate::enrich::SourceContext;
 use crate::framing::{Lines, OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
@@ -212,12 +212,9 @@ fn octal_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> 
     Ok(Some(mode))
 }
 
-impl SocketConfig {
-    /// Parses and checks the settings at config `path`, recording every
-    /// error with its key path.
-    pub fn parse(path: &str, value: serde_json::Value, errors: &mut Vec<ConfigError>) -> Option<SocketConfig> {
-        let cfg: SocketConfig = parse_at(path, value, errors)?;
-        let before = errors.len();
+impl Validate for SocketConfig {
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        let cfg = self;
         let stream = matches!(cfg.mode, SocketMode::Tcp | SocketMode::UnixStream);
         let unix = matches!(cfg.mode, SocketMode::UnixStream | SocketMode::UnixDatagram);
         if unix {
@@ -282,12 +279,13 @@ impl SocketConfig {
                 errors.push(ConfigError::new(format!("{path}.peer_environment[{i}]"), "not a variable name"));
             }
         }
-        (errors.len() == before).then_some(cfg)
     }
+}
 
+impl SourceComponent for SocketConfig {
     /// Binds the socket (so a bad address fails at start-up) and starts
     /// the source.
-    pub fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
+    fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
         let name = cx.name.clone();
         let fatal = move |e: SocketError| SourceError::new(&name, e);
         let reader = Arc::new(Reader::new(self, &cx));
@@ -338,7 +336,9 @@ impl SocketConfig {
             }
         }
     }
+}
 
+impl SocketConfig {
     fn file_settings(&self) -> unix::FileSettings {
         unix::FileSettings {
             permissions: self.permissions.unwrap_or(DEFAULT_PERMISSIONS),

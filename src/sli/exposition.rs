@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use super::tap::{Compiled, Shared, TapState, INCOMPLETE_REASONS};
 use super::window::Counts;
-use crate::telemetry::metrics;
+use crate::telemetry::register;
 
 /// `sluice_sli_requests_total{sli,service,release[,route,method],outcome}`.
 pub const REQUESTS: &str = "sluice_sli_requests_total";
@@ -132,9 +132,7 @@ fn taps() -> &'static Arc<Taps> {
             descs,
             live: Mutex::new(Vec::new()),
         });
-        if let Err(e) = metrics().registry.register(Box::new(Registered(taps.clone()))) {
-            tracing::error!(error = %e, "cannot register SLI metrics; they will be missing from /metrics");
-        }
+        register("sluice_sli_*", Registered(taps.clone()));
         taps
     })
 }

@@ -32,7 +32,7 @@ use crate::enrich::SourceContext;
 use crate::event::{AckGroup, AckOutcome, AckReceiver, AckWindow};
 use crate::framing::{LineSpan, Lines, DEFAULT_MAX_LINE_BYTES};
 use crate::pipeline::Task;
-use crate::telemetry::metrics;
+use crate::telemetry::{counter_vec, gauge_vec};
 
 /// Pause after a consumer error, so a persistent one does not spin.
 const ERROR_PAUSE: Duration = Duration::from_millis(200);
@@ -135,36 +135,22 @@ struct KafkaMetrics {
 
 fn kafka_metrics() -> &'static KafkaMetrics {
     static M: OnceLock<KafkaMetrics> = OnceLock::new();
-    M.get_or_init(|| {
-        let registry = &metrics().registry;
-        let register = |c: Box<dyn prometheus::core::Collector>, name: &str| {
-            if let Err(e) = registry.register(c) {
-                tracing::error!(metric = name, error = %e, "cannot register metric");
-            }
-        };
-        // Constant names and labels: construction cannot fail.
-        let lag = prometheus::IntGaugeVec::new(
-            prometheus::Opts::new(
-                "sluice_kafka_consumer_lag",
-                "Messages in a partition past the offset this consumer group committed.",
-            ),
+    M.get_or_init(|| KafkaMetrics {
+        lag: gauge_vec(
+            "sluice_kafka_consumer_lag",
+            "Messages in a partition past the offset this consumer group committed.",
             &["source", "topic", "partition"],
-        )
-        .expect("valid metric");
-        register(Box::new(lag.clone()), "sluice_kafka_consumer_lag");
-        let commits = prometheus::IntCounterVec::new(
-            prometheus::Opts::new("sluice_kafka_commits_total", "Offset commits, by result (ok, error)."),
+        ),
+        commits: counter_vec(
+            "sluice_kafka_commits_total",
+            "Offset commits, by result (ok, error).",
             &["source", "result"],
-        )
-        .expect("valid metric");
-        register(Box::new(commits.clone()), "sluice_kafka_commits_total");
-        let rebalances = prometheus::IntCounterVec::new(
-            prometheus::Opts::new("sluice_kafka_rebalances_total", "Partition assignments and revocations."),
+        ),
+        rebalances: counter_vec(
+            "sluice_kafka_rebalances_total",
+            "Partition assignments and revocations.",
             &["source", "kind"],
-        )
-        .expect("valid metric");
-        register(Box::new(rebalances.clone()), "sluice_kafka_rebalances_total");
-        KafkaMetrics { lag, commits, rebalances }
+        ),
     })
 }
 

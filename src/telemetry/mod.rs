@@ -6,6 +6,7 @@ pub(crate) mod systemd;
 
 pub use http::{serve, ApiHandle, Health, ReloadReply, ReloadRequest};
 
+use prometheus::core::Collector;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use std::sync::OnceLock;
 
@@ -71,98 +72,93 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    fn new() -> Result<Metrics, prometheus::Error> {
+    fn new() -> Metrics {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
+        let counter = |name, help, labels: &[&str]| new_counter_vec(&registry, name, help, labels);
+        let gauge = |name, help, labels: &[&str]| new_gauge_vec(&registry, name, help, labels);
         let m = Metrics {
-            source_events: counter("sluice_source_events_total", "Events produced by a source.", &["source"])?,
-            source_bytes: counter("sluice_source_bytes_total", "Line bytes read by a source.", &["source"])?,
+            source_events: counter("sluice_source_events_total", "Events produced by a source.", &["source"]),
+            source_bytes: counter("sluice_source_bytes_total", "Line bytes read by a source.", &["source"]),
             events_wrapped: counter(
                 "sluice_events_wrapped_total",
                 "Lines that were not a JSON object and were kept as {\"message\":...}.",
                 &["source", "reason"],
-            )?,
-            lines_truncated: counter("sluice_lines_truncated_total", "Lines cut at max_line_bytes.", &["source"])?,
+            ),
+            lines_truncated: counter("sluice_lines_truncated_total", "Lines cut at max_line_bytes.", &["source"]),
             events_dropped: counter(
                 "sluice_events_dropped_total",
                 "Events not delivered, by component and reason.",
                 &["component", "reason"],
-            )?,
-            sink_events: counter("sluice_sink_events_total", "Events delivered by a sink.", &["sink"])?,
+            ),
+            sink_events: counter("sluice_sink_events_total", "Events delivered by a sink.", &["sink"]),
             sink_bytes: counter(
                 "sluice_sink_bytes_total",
                 "Bytes of events delivered by a sink, before compression.",
                 &["sink"],
-            )?,
-            sink_errors: counter("sluice_sink_errors_total", "Failed delivery attempts, by kind.", &["sink", "kind"])?,
-            sink_retries: counter("sluice_sink_retries_total", "Delivery requests that were retried.", &["sink"])?,
-            sink_request_duration: {
-                let h = HistogramVec::new(
+            ),
+            sink_errors: counter("sluice_sink_errors_total", "Failed delivery attempts, by kind.", &["sink", "kind"]),
+            sink_retries: counter("sluice_sink_retries_total", "Delivery requests that were retried.", &["sink"]),
+            sink_request_duration: add(
+                &registry,
+                "sluice_sink_request_duration_seconds",
+                HistogramVec::new(
                     HistogramOpts::new("sluice_sink_request_duration_seconds", "Duration of one delivery request.")
                         .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
                     &["sink"],
-                )?;
-                registry.register(Box::new(h.clone()))?;
-                h
-            },
-            buffer_events: gauge("sluice_buffer_events", "Events queued or in flight for a sink.", &["sink"])?,
+                ),
+            ),
+            buffer_events: gauge("sluice_buffer_events", "Events queued or in flight for a sink.", &["sink"]),
             buffer_bytes: gauge(
                 "sluice_buffer_bytes",
                 "Memory of the batches queued or in flight for a sink, in bytes.",
                 &["sink"],
-            )?,
-            buffer_max_bytes: gauge("sluice_buffer_max_bytes", "Configured queue budget of a sink in bytes.", &["sink"])?,
+            ),
+            buffer_max_bytes: gauge("sluice_buffer_max_bytes", "Configured queue budget of a sink in bytes.", &["sink"]),
             buffer_corrupt_records: counter(
                 "sluice_buffer_corrupt_records_total",
                 "Disk buffer records skipped because they failed their length or CRC check.",
                 &["sink"],
-            )?,
+            ),
             buffer_corrupt_files: counter(
                 "sluice_buffer_corrupt_files_total",
                 "Damaged disk buffer acknowledgement files set aside at start (their records are replayed).",
                 &["sink"],
-            )?,
+            ),
             buffer_errors: counter(
                 "sluice_buffer_errors_total",
                 "Disk buffer I/O failures, by kind.",
                 &["sink", "kind"],
-            )?,
-            batch_events: {
-                let h = Histogram::with_opts(
+            ),
+            batch_events: add(
+                &registry,
+                "sluice_batch_events",
+                Histogram::with_opts(
                     HistogramOpts::new("sluice_batch_events", "Events per batch leaving the decoder.")
                         .buckets(vec![1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0]),
-                )?;
-                registry.register(Box::new(h.clone()))?;
-                h
-            },
-            build_info: gauge("sluice_build_info", "Build information; always 1.", &["version"])?,
-            ready: {
-                let g = IntGauge::new("sluice_ready", "1 while the pipeline is ready.")?;
-                registry.register(Box::new(g.clone()))?;
-                g
-            },
-            config_reloads: counter("sluice_config_reloads_total", "Config reloads, by outcome.", &["outcome"])?,
+                ),
+            ),
+            build_info: gauge("sluice_build_info", "Build information; always 1.", &["version"]),
+            ready: add(
+                &registry,
+                "sluice_ready",
+                IntGauge::new("sluice_ready", "1 while the pipeline is ready."),
+            ),
+            config_reloads: counter("sluice_config_reloads_total", "Config reloads, by outcome.", &["outcome"]),
             component_starts: counter(
                 "sluice_component_starts_total",
                 "Times a source or sink was started.",
                 &["component", "kind"],
-            )?,
+            ),
             registry,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         // process_cpu_seconds_total, process_resident_memory_bytes, open fds.
-        m.registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
-        Ok(m)
+        install(
+            &m.registry,
+            "process_*",
+            prometheus::process_collector::ProcessCollector::for_self(),
+        );
+        m
     }
 
     /// The registry as Prometheus text.
@@ -179,7 +175,50 @@ impl Metrics {
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
-    // The names and labels are constants; a failure here is a programming
-    // error caught by every test that touches metrics.
-    METRICS.get_or_init(|| Metrics::new().expect("self-metrics register"))
+    METRICS.get_or_init(Metrics::new)
+}
+
+// The one way a metric is registered. A component's metrics are created
+// once (a `OnceLock` in the component) with these functions, under fixed
+// `&'static str` names, on the process-wide registry `/metrics` encodes.
+
+/// `IntCounterVec` `name{labels}`, registered on the process-wide registry.
+pub(crate) fn counter_vec(name: &'static str, help: &'static str, labels: &[&str]) -> IntCounterVec {
+    new_counter_vec(&metrics().registry, name, help, labels)
+}
+
+/// `IntGaugeVec` `name{labels}`, registered on the process-wide registry.
+pub(crate) fn gauge_vec(name: &'static str, help: &'static str, labels: &[&str]) -> IntGaugeVec {
+    new_gauge_vec(&metrics().registry, name, help, labels)
+}
+
+/// A collector of its own (one that renders families itself, like the SLI
+/// taps), registered on the process-wide registry; `name` is for the log.
+pub(crate) fn register(name: &'static str, collector: impl Collector + 'static) {
+    install(&metrics().registry, name, collector);
+}
+
+fn new_counter_vec(registry: &Registry, name: &'static str, help: &'static str, labels: &[&str]) -> IntCounterVec {
+    add(registry, name, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+fn new_gauge_vec(registry: &Registry, name: &'static str, help: &'static str, labels: &[&str]) -> IntGaugeVec {
+    add(registry, name, IntGaugeVec::new(Opts::new(name, help), labels))
+}
+
+/// Registers `made` on `registry` and hands it back. Building fails only
+/// for a name, help or label that is not valid Prometheus: they are
+/// constants, so that is a bug every test touching the metric finds.
+/// Registering fails only for a name taken twice: that is logged, and the
+/// metric still works, missing from `/metrics`.
+fn add<C: Collector + Clone + 'static>(registry: &Registry, name: &'static str, made: Result<C, prometheus::Error>) -> C {
+    let metric = made.unwrap_or_else(|e| panic!("metric {name} is not a valid definition: {e}"));
+    install(registry, name, metric.clone());
+    metric
+}
+
+fn install(registry: &Registry, name: &'static str, collector: impl Collector + 'static) {
+    if let Err(error) = registry.register(Box::new(collector)) {
+        tracing::error!(metric = name, %error, "cannot register a metric; it will be missing from /metrics");
+    }
 }

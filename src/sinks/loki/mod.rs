@@ -24,7 +24,7 @@ pub use builder::{Push, PushBuilder};
 pub use config::LokiConfig;
 
 use bytes::Bytes;
-use prometheus::{IntCounter, IntCounterVec, Opts};
+use prometheus::{IntCounter, IntCounterVec};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
@@ -38,7 +38,7 @@ use super::{SinkComponent, SinkCx, SinkError, SinkErrorKind};
 use crate::buffer::{QueueItem, QueueReceiver};
 use crate::event::{AckOutcome, FieldPath};
 use crate::pipeline::Task;
-use crate::telemetry::metrics;
+use crate::telemetry::{counter_vec, metrics};
 
 /// Metrics only the Loki sink has.
 struct LokiMetrics {
@@ -48,19 +48,12 @@ struct LokiMetrics {
 
 fn loki_metrics() -> &'static LokiMetrics {
     static M: OnceLock<LokiMetrics> = OnceLock::new();
-    M.get_or_init(|| {
-        let rejected = IntCounterVec::new(
-            Opts::new(
-                "sluice_loki_entries_rejected_total",
-                "Entries Loki refused in an otherwise accepted push, by reason (out_of_order, too_old, other).",
-            ),
+    M.get_or_init(|| LokiMetrics {
+        rejected: counter_vec(
+            "sluice_loki_entries_rejected_total",
+            "Entries Loki refused in an otherwise accepted push, by reason (out_of_order, too_old, other).",
             &["sink", "reason"],
-        )
-        .expect("valid metric definition");
-        // Registering can only fail on a duplicate name, which a test that
-        // builds several sinks would hit; the counter still works.
-        let _ = metrics().registry.register(Box::new(rejected.clone()));
-        LokiMetrics { rejected }
+        ),
     })
 }
 

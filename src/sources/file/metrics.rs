@@ -3,10 +3,10 @@
 //! read turn or batch, never per event. No per-path label unless
 //! `metrics_per_file` is set, and then only on the two per-path series.
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{IntCounterVec, IntGaugeVec};
 use std::sync::OnceLock;
 
-use crate::telemetry::metrics;
+use crate::telemetry::{counter_vec, gauge_vec};
 
 /// The file source's metrics.
 #[derive(Debug)]
@@ -53,84 +53,71 @@ impl FileMetrics {
     /// The metrics, registered on first use.
     pub fn get() -> &'static FileMetrics {
         static M: OnceLock<FileMetrics> = OnceLock::new();
-        // Names and labels are constants: registration fails only on a
-        // programming error, which every file-source test would catch.
-        M.get_or_init(|| FileMetrics::register().expect("file source metrics register"))
+        M.get_or_init(FileMetrics::register)
     }
 
-    fn register() -> Result<FileMetrics, prometheus::Error> {
-        let reg = &metrics().registry;
-        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            reg.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-            reg.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        Ok(FileMetrics {
-            open_files: gauge("sluice_file_open_files", "Files the file source holds open.", &["source"])?,
-            waiting_files: gauge(
+    fn register() -> FileMetrics {
+        FileMetrics {
+            open_files: gauge_vec("sluice_file_open_files", "Files the file source holds open.", &["source"]),
+            waiting_files: gauge_vec(
                 "sluice_file_waiting_files",
                 "Files found but waiting for a slot under max_open_files.",
                 &["source"],
-            )?,
-            bytes_read: counter("sluice_file_bytes_read_total", "Bytes read from files.", &["source"])?,
-            lag_bytes: gauge(
+            ),
+            bytes_read: counter_vec("sluice_file_bytes_read_total", "Bytes read from files.", &["source"]),
+            lag_bytes: gauge_vec(
                 "sluice_file_checkpoint_lag_bytes",
                 "Bytes read but not yet acknowledged by every sink.",
                 &["source"],
-            )?,
-            rotations: counter("sluice_file_rotations_total", "Rotations seen, by kind.", &["source", "kind"])?,
-            truncations: counter(
+            ),
+            rotations: counter_vec("sluice_file_rotations_total", "Rotations seen, by kind.", &["source", "kind"]),
+            truncations: counter_vec(
                 "sluice_file_truncations_total",
                 "Files that shrank below the read offset (copytruncate).",
                 &["source"],
-            )?,
-            partial_merges: counter(
+            ),
+            partial_merges: counter_vec(
                 "sluice_file_partial_merges_total",
                 "Container log lines assembled from partial pieces.",
                 &["source"],
-            )?,
-            partial_overflows: counter(
+            ),
+            partial_overflows: counter_vec(
                 "sluice_file_partial_overflows_total",
                 "Partial lines cut at partial_max_bytes or sent alone after partial_timeout.",
                 &["source", "reason"],
-            )?,
-            checkpoint_writes: counter("sluice_file_checkpoint_writes_total", "Checkpoint files written.", &["source"])?,
-            checkpoint_errors: counter(
+            ),
+            checkpoint_writes: counter_vec("sluice_file_checkpoint_writes_total", "Checkpoint files written.", &["source"]),
+            checkpoint_errors: counter_vec(
                 "sluice_file_checkpoint_errors_total",
                 "Checkpoint files that could not be written or were corrupt.",
                 &["source", "kind"],
-            )?,
-            resumed: counter(
+            ),
+            resumed: counter_vec(
                 "sluice_file_resumed_total",
                 "Rotated or copied files found by fingerprint and finished from a checkpoint.",
                 &["source"],
-            )?,
-            path_bytes_read: counter(
+            ),
+            path_bytes_read: counter_vec(
                 "sluice_file_path_bytes_read_total",
                 "Bytes read per file (only with metrics_per_file).",
                 &["source", "path"],
-            )?,
-            path_lag_bytes: gauge(
+            ),
+            path_lag_bytes: gauge_vec(
                 "sluice_file_path_lag_bytes",
                 "Bytes read but not yet acknowledged, per file (only with metrics_per_file).",
                 &["source", "path"],
-            )?,
-            kube_pods: gauge("sluice_kubernetes_pods", "Pods in the Kubernetes metadata cache.", &["source"])?,
-            kube_api_errors: counter(
+            ),
+            kube_pods: gauge_vec("sluice_kubernetes_pods", "Pods in the Kubernetes metadata cache.", &["source"]),
+            kube_api_errors: counter_vec(
                 "sluice_kubernetes_api_errors_total",
                 "Failed list or watch requests to the API server.",
                 &["source"],
-            )?,
-            kube_watch_restarts: counter(
+            ),
+            kube_watch_restarts: counter_vec(
                 "sluice_kubernetes_watch_restarts_total",
                 "Pod watches that ended and were started again.",
                 &["source"],
-            )?,
-        })
+            ),
+        }
     }
 }

@@ -1,10 +1,10 @@
 //! Self-metrics of the socket source, registered on the global registry
 //! the first time a socket source starts.
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{IntCounterVec, IntGaugeVec};
 use std::sync::OnceLock;
 
-use crate::telemetry::metrics;
+use crate::telemetry::{counter_vec, gauge_vec};
 
 /// The socket source's metrics. Names are stable.
 #[derive(Debug)]
@@ -25,40 +25,22 @@ pub(crate) struct SocketMetrics {
 /// The socket metrics, registered once.
 pub(crate) fn socket_metrics() -> &'static SocketMetrics {
     static METRICS: OnceLock<SocketMetrics> = OnceLock::new();
-    METRICS.get_or_init(|| {
-        let registry = &metrics().registry;
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            // Constant names and labels: this cannot fail.
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            if let Err(e) = registry.register(Box::new(g.clone())) {
-                tracing::error!(metric = name, error = %e, "cannot register metric");
-            }
-            g
-        };
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            if let Err(e) = registry.register(Box::new(c.clone())) {
-                tracing::error!(metric = name, error = %e, "cannot register metric");
-            }
-            c
-        };
-        SocketMetrics {
-            connections: gauge("sluice_source_connections", "Open connections of a socket source.", &["source"]),
-            accepted: counter(
-                "sluice_source_connections_total",
-                "Connections a socket source accepted.",
-                &["source"],
-            ),
-            refused: counter(
-                "sluice_source_connections_refused_total",
-                "Connections a socket source closed at once, by reason (limit, tls).",
-                &["source", "reason"],
-            ),
-            syslog_malformed: counter(
-                "sluice_syslog_malformed_total",
-                "Lines that were not syslog and were kept as plain messages.",
-                &["source"],
-            ),
-        }
+    METRICS.get_or_init(|| SocketMetrics {
+        connections: gauge_vec("sluice_source_connections", "Open connections of a socket source.", &["source"]),
+        accepted: counter_vec(
+            "sluice_source_connections_total",
+            "Connections a socket source accepted.",
+            &["source"],
+        ),
+        refused: counter_vec(
+            "sluice_source_connections_refused_total",
+            "Connections a socket source closed at once, by reason (limit, tls).",
+            &["source", "reason"],
+        ),
+        syslog_malformed: counter_vec(
+            "sluice_syslog_malformed_total",
+            "Lines that were not syslog and were kept as plain messages.",
+            &["source"],
+        ),
     })
 }

@@ -20,7 +20,7 @@ use sluice::sinks::loki::config::{Compression, Encoding};
 use sluice::sinks::loki::{LokiConfig, PushBuilder};
 use sluice::sinks::s3::config::S3Compression;
 use sluice::sinks::s3::encoder::{MemberCompressor, MEMBER_BYTES};
-use sluice::sinks::SinkConfig;
+use sluice::sinks::{SinkComponent, SinkConfig};
 use sluice::topology::{Config, Format};
 
 /// Events per batch, about what one 64 KiB-to-1 MiB source read holds.

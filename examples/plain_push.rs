@@ -22,7 +22,7 @@ use sluice::enrich::{EnrichConfig, Fragment, SourceContext};
 use sluice::event::{BatchBuilder, FieldSet};
 use sluice::sinks::loki::config::{Compression, Encoding};
 use sluice::sinks::loki::PushBuilder;
-use sluice::sinks::SinkConfig;
+use sluice::sinks::{SinkComponent, SinkConfig};
 use sluice::topology::{Config, Format};
 
 fn usage() -> ! {

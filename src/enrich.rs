@@ -15,7 +15,7 @@ pub struct Member {
 
 impl Member {
     /// Renders `"key":value`.
-    pub fn new(key: &str, value: &Value) -> Member {
+    pub(crate) fn new(key: &str, value: &Value) -> Member {
         let mut rendered = serde_json::to_vec(key).unwrap_or_default();
         rendered.push(b':');
         // Serialising a serde_json::Value cannot fail.
@@ -42,7 +42,7 @@ impl Member {
     }
 
     /// The member's key.
-    pub fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &str {
         &self.key
     }
 
@@ -71,7 +71,7 @@ impl Fragment {
 
     /// The union of the members' [`key_signature`]s: an event key whose
     /// signature is not in it is none of the members' keys.
-    pub fn key_signatures(&self) -> u64 {
+    pub(crate) fn key_signatures(&self) -> u64 {
         self.key_signatures
     }
 
@@ -82,13 +82,8 @@ impl Fragment {
 
     /// Bytes the members add to each event they are spliced into: each
     /// rendered member and its comma (a size hint for decode buffers).
-    pub fn spliced_len(&self) -> usize {
+    pub(crate) fn spliced_len(&self) -> usize {
         self.members.iter().map(|m| m.rendered().len() + 1).sum()
-    }
-
-    /// True when nothing is added.
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
     }
 }
 
@@ -96,7 +91,7 @@ impl Fragment {
 /// different signatures differ, so the decoder compares an event's key with
 /// the members' keys only when the signatures meet.
 #[inline]
-pub fn key_signature(key: &str) -> u64 {
+pub(crate) fn key_signature(key: &str) -> u64 {
     1 << crate::json_text::key_bucket(key.as_bytes())
 }
 
@@ -104,14 +99,14 @@ pub fn key_signature(key: &str) -> u64 {
 #[derive(Debug, Clone)]
 pub struct SourceContext {
     /// The source's name in the config.
-    pub source: Arc<str>,
+    pub(crate) source: Arc<str>,
     /// The source type (`stdin`, `file`, …).
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
     /// The stream within the source: a file path, a peer address; empty for
     /// stdin.
-    pub stream: String,
+    pub(crate) stream: String,
     /// The metadata as JSON, for label and key templates (`release.version`).
-    pub meta: Map<String, Value>,
+    pub(crate) meta: Map<String, Value>,
     /// The same metadata, pre-rendered for splicing.
     pub fragment: Fragment,
 }
@@ -130,7 +125,7 @@ impl SourceContext {
     }
 
     /// Looks up a dotted path (`kubernetes.namespace`) in the metadata.
-    pub fn meta_value(&self, path: &str) -> Option<&Value> {
+    pub(crate) fn meta_value(&self, path: &str) -> Option<&Value> {
         let mut parts = path.split('.');
         let mut v = self.meta.get(parts.next()?)?;
         for p in parts {
@@ -166,14 +161,14 @@ pub struct EnrichConfig {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProcessInfo {
     /// Process id.
-    pub pid: Option<u32>,
+    pub(crate) pid: Option<u32>,
     /// Command line, arguments joined by spaces.
-    pub command: Option<String>,
+    pub(crate) command: Option<String>,
 }
 
 impl EnrichConfig {
     /// Fills unset values from the environment (`SLUICE_RELEASE`, …).
-    pub fn with_env(mut self) -> EnrichConfig {
+    pub(crate) fn with_env(mut self) -> EnrichConfig {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         self.release = self.release.or_else(|| env("SLUICE_RELEASE"));
         self.release_commit = self.release_commit.or_else(|| env("SLUICE_RELEASE_COMMIT"));

@@ -8,7 +8,7 @@ use crate::recycle::Pool;
 
 /// How much to ask the kernel for per read. Large reads amortise the
 /// syscall; 256 KiB keeps a chunk well inside L2 while it is decoded.
-pub const READ_CHUNK_BYTES: usize = 256 * 1024;
+pub(crate) const READ_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Default cap on one line: long enough for any sane log event, short
 /// enough that a stream without newlines cannot grow memory without bound.
@@ -30,9 +30,9 @@ pub enum OverflowPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LineSpan {
     /// Offset in the chunk.
-    pub start: u32,
+    pub(crate) start: u32,
     /// Length in bytes.
-    pub len: u32,
+    pub(crate) len: u32,
     /// The line was longer than the limit and was cut to it.
     pub truncated: bool,
 }
@@ -55,12 +55,6 @@ impl Lines {
         &self.chunk[s.start as usize..(s.start + s.len) as usize]
     }
 
-    /// Line `i` as `Bytes` sharing the chunk (no copy).
-    pub fn line_bytes(&self, i: usize) -> Bytes {
-        let s = self.spans[i];
-        self.chunk.slice(s.start as usize..(s.start + s.len) as usize)
-    }
-
     /// Number of lines.
     pub fn len(&self) -> usize {
         self.spans.len()
@@ -69,11 +63,6 @@ impl Lines {
     /// True when there is no line.
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
-    }
-
-    /// Bytes of line content (without newlines).
-    pub fn content_bytes(&self) -> usize {
-        self.spans.iter().map(|s| s.len as usize).sum()
     }
 }
 
@@ -104,7 +93,7 @@ static READ_BUFFERS: Pool<BytesMut> = Pool::new();
 
 /// Hands a decoded chunk's memory back for a later read, once nothing else
 /// holds a view of it (the last chunk split off a read buffer frees it).
-pub fn recycle(chunk: Bytes) {
+pub(crate) fn recycle(chunk: Bytes) {
     if let Ok(mut buf) = chunk.try_into_mut() {
         // Reclaims the whole allocation: the chunk was a view into it.
         buf.clear();
@@ -161,7 +150,7 @@ impl LineFramer {
     /// capacity: no zero-filling first (that memset was 6% of all
     /// instructions on the stdin path). Returns the bytes read (0 at end of
     /// input).
-    pub fn fill_from_fd(&mut self, fd: std::os::fd::RawFd) -> std::io::Result<usize> {
+    pub(crate) fn fill_from_fd(&mut self, fd: std::os::fd::RawFd) -> std::io::Result<usize> {
         self.make_room();
         let spare = self.buf.spare_capacity_mut();
         let want = spare.len().min(self.read_chunk.max(1) * 2);
@@ -178,7 +167,7 @@ impl LineFramer {
 
     /// The buffer, for async readers (`AsyncReadExt::read_buf`). Append
     /// only; reserve about [`LineFramer::read_chunk`] bytes first.
-    pub fn buf_mut(&mut self) -> &mut BytesMut {
+    pub(crate) fn buf_mut(&mut self) -> &mut BytesMut {
         self.make_room();
         &mut self.buf
     }
@@ -216,7 +205,7 @@ impl LineFramer {
     }
 
     /// How many bytes a read should ask for.
-    pub fn read_chunk(&self) -> usize {
+    pub(crate) fn read_chunk(&self) -> usize {
         self.read_chunk
     }
 

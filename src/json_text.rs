@@ -4,14 +4,14 @@
 
 /// Buckets of [`key_bucket`]: a power of two well above the number of keys
 /// a config names, and 64 so that a set of buckets fits in one `u64`.
-pub const KEY_BUCKETS: usize = 64;
+pub(crate) const KEY_BUCKETS: usize = 64;
 
 /// A JSON key's bucket, from its length and its first and last byte. Keys
 /// in different buckets differ, so a lookup compares a key in full only
 /// with the keys of its bucket (field extraction, and the metadata splice
 /// checking whether an event already has a member).
 #[inline]
-pub fn key_bucket(key: &[u8]) -> usize {
+pub(crate) fn key_bucket(key: &[u8]) -> usize {
     match (key.first(), key.last()) {
         (Some(&first), Some(&last)) => (key.len().wrapping_mul(7) ^ first as usize ^ ((last as usize) << 1)) % KEY_BUCKETS,
         _ => 0,
@@ -32,7 +32,7 @@ static NEEDS_ESCAPE: [bool; 256] = {
 };
 
 /// Appends `s` as the inside of a JSON string literal.
-pub fn escape_json_str(s: &str, out: &mut Vec<u8>) {
+pub(crate) fn escape_json_str(s: &str, out: &mut Vec<u8>) {
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {

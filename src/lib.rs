@@ -6,10 +6,13 @@
 //! [`sinks`] drain. A batch is acknowledged back to its source once every
 //! sink has delivered it ([`event`]). The [`topology`] wires it together
 //! from a config and runs it; the [`commands`] are what `main.rs` calls.
+//!
+//! The public surface is what `main.rs`, the tests, the benches and the
+//! fuzz targets use; everything else is `pub(crate)`.
 
 pub mod buffer;
 pub mod commands;
-pub mod config;
+pub(crate) mod config;
 pub mod decode;
 pub mod enrich;
 pub mod event;

@@ -20,7 +20,7 @@ use crate::framing::Lines;
 use crate::telemetry::metrics;
 
 /// A boxed task: sources and sinks run as one of these.
-pub type Task<E> = Pin<Box<dyn Future<Output = Result<(), E>> + Send + 'static>>;
+pub(crate) type Task<E> = Pin<Box<dyn Future<Output = Result<(), E>> + Send + 'static>>;
 
 /// Chunks a source may have in decode at once. Four keeps both cores busy
 /// with one chunk decoding while the next is read, and bounds memory to a
@@ -76,16 +76,6 @@ thread_local! {
 }
 
 impl SourceOutput {
-    /// The fields sinks need extracted, as of now (a reload may add some).
-    pub fn fields(&self) -> Arc<FieldSet> {
-        self.wiring.fields()
-    }
-
-    /// The source's name.
-    pub fn source(&self) -> &Arc<str> {
-        &self.source
-    }
-
     /// Decodes framed lines into one batch (in parallel with other chunks)
     /// and queues it, in order, for fan-out. Waits when the source is ahead
     /// of the pipeline: that is the source's backpressure.
@@ -95,7 +85,12 @@ impl SourceOutput {
     }
 
     /// [`SourceOutput::send_lines`] from a thread outside the runtime.
-    pub fn blocking_send_lines(&self, lines: Lines, ctx: Arc<SourceContext>, ack: Option<Acknowledger>) -> Result<(), PipelineClosed> {
+    pub(crate) fn blocking_send_lines(
+        &self,
+        lines: Lines,
+        ctx: Arc<SourceContext>,
+        ack: Option<Acknowledger>,
+    ) -> Result<(), PipelineClosed> {
         let pending = self.spawn_lines(lines, ctx, ack);
         self.tx.blocking_send(pending).map_err(|_| PipelineClosed)
     }
@@ -103,7 +98,7 @@ impl SourceOutput {
     /// Runs a custom decode (container formats) on the decode pool and
     /// queues its batch in order. `decode` gets this thread's [`Decoder`]
     /// and an empty builder for the pipeline's fields.
-    pub async fn send_decoded<F>(
+    pub(crate) async fn send_decoded<F>(
         &self,
         ctx: Arc<SourceContext>,
         ack: Option<Acknowledger>,
@@ -174,7 +169,7 @@ impl SourceOutput {
 /// per batch; a reload takes it for writing to rewire the topology, which
 /// pauses every fan-out between two batches (sources wait: backpressure, not
 /// loss) until the new sinks are in place.
-pub struct Wiring {
+pub(crate) struct Wiring {
     routes: tokio::sync::RwLock<HashMap<Arc<str>, Arc<[QueueSender]>>>,
     /// The fields decode extracts for the sinks. A reload only appends to
     /// it, so the indexes a running sink looked up stay valid.
@@ -201,14 +196,14 @@ impl Wiring {
     }
 
     /// A wiring that sends `source`'s batches to `sinks`.
-    pub fn fixed(source: Arc<str>, fields: Arc<FieldSet>, sinks: Vec<QueueSender>) -> Arc<Wiring> {
+    pub(crate) fn fixed(source: Arc<str>, fields: Arc<FieldSet>, sinks: Vec<QueueSender>) -> Arc<Wiring> {
         let mut wiring = Wiring::new(fields);
         wiring.routes.get_mut().insert(source, sinks.into());
         Arc::new(wiring)
     }
 
     /// The fields decode extracts now.
-    pub fn fields(&self) -> Arc<FieldSet> {
+    pub(crate) fn fields(&self) -> Arc<FieldSet> {
         self.fields.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
@@ -285,37 +280,37 @@ async fn fan_out(mut rx: mpsc::Receiver<Pending>, wiring: Arc<Wiring>, taps: Arc
 
 /// Tells sources to stop reading. Cloneable; cheap to poll.
 #[derive(Debug, Clone)]
-pub struct ShutdownSignal {
+pub(crate) struct ShutdownSignal {
     rx: watch::Receiver<bool>,
 }
 
 /// Triggers a [`ShutdownSignal`].
 #[derive(Debug)]
-pub struct ShutdownTrigger {
+pub(crate) struct ShutdownTrigger {
     tx: watch::Sender<bool>,
 }
 
 /// A signal and its trigger.
-pub fn shutdown_pair() -> (ShutdownTrigger, ShutdownSignal) {
+pub(crate) fn shutdown_pair() -> (ShutdownTrigger, ShutdownSignal) {
     let (tx, rx) = watch::channel(false);
     (ShutdownTrigger { tx }, ShutdownSignal { rx })
 }
 
 impl ShutdownTrigger {
     /// Asks every source to stop.
-    pub fn trigger(&self) {
+    pub(crate) fn trigger(&self) {
         let _ = self.tx.send(true);
     }
 }
 
 impl ShutdownSignal {
     /// True once shutdown was asked for.
-    pub fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         *self.rx.borrow()
     }
 
     /// Completes when shutdown is asked for.
-    pub async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         let _ = self.rx.wait_for(|v| *v).await;
     }
 }

@@ -13,20 +13,20 @@ use std::sync::{Mutex, PoisonError};
 
 /// Buffers a pool keeps at most: enough for the chunks and batches of two
 /// sources decoding four chunks each, no more.
-pub const KEPT: usize = 8;
+pub(crate) const KEPT: usize = 8;
 
 /// Largest buffer a pool keeps. Read chunks are 320 KiB and batches a
 /// little more; a buffer grown by one huge line is freed, not kept.
-pub const MAX_KEPT_BYTES: usize = 2 * 1024 * 1024;
+pub(crate) const MAX_KEPT_BYTES: usize = 2 * 1024 * 1024;
 
 /// A bounded stack of spare buffers, shared by every thread.
 #[derive(Debug)]
-pub struct Pool<T> {
+pub(crate) struct Pool<T> {
     spare: Mutex<Vec<T>>,
 }
 
 /// A buffer a [`Pool`] can keep.
-pub trait Spare {
+pub(crate) trait Spare {
     /// Its capacity in bytes.
     fn capacity_bytes(&self) -> usize;
     /// Empties it, keeping its capacity.
@@ -53,14 +53,14 @@ impl Spare for bytes::BytesMut {
 
 impl<T: Spare> Pool<T> {
     /// An empty pool.
-    pub const fn new() -> Pool<T> {
+    pub(crate) const fn new() -> Pool<T> {
         Pool {
             spare: Mutex::new(Vec::new()),
         }
     }
 
     /// A spare buffer with room for at least `bytes`, if one is kept.
-    pub fn take(&self, bytes: usize) -> Option<T> {
+    pub(crate) fn take(&self, bytes: usize) -> Option<T> {
         let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
         let i = spare.iter().rposition(|b| b.capacity_bytes() >= bytes)?;
         Some(spare.swap_remove(i))
@@ -68,7 +68,7 @@ impl<T: Spare> Pool<T> {
 
     /// Keeps `buf` for a later [`Pool::take`], or frees it when the pool is
     /// full or the buffer too large.
-    pub fn give(&self, mut buf: T) {
+    pub(crate) fn give(&self, mut buf: T) {
         let cap = buf.capacity_bytes();
         if cap == 0 || cap > MAX_KEPT_BYTES {
             return;

@@ -98,16 +98,11 @@ impl DiskSender {
     pub(crate) async fn send(&self, batch: Arc<Batch>) -> Result<(), SinkGone> {
         self.tx.send(batch).await.map_err(|_| SinkGone(self.sink.clone()))
     }
-
-    /// The sink this buffer feeds.
-    pub(crate) fn sink(&self) -> &str {
-        &self.sink
-    }
 }
 
 /// Controls a running disk buffer.
 #[derive(Debug)]
-pub struct DiskHandle {
+pub(crate) struct DiskHandle {
     stop: watch::Sender<bool>,
     done: Vec<oneshot::Receiver<()>>,
 }
@@ -116,14 +111,14 @@ impl DiskHandle {
     /// Stops handing records to the sink (shutdown on a signal): what is
     /// still on disk stays there for the next run, so the sink only has to
     /// finish what it already holds.
-    pub fn stop_feeding(&self) {
+    pub(crate) fn stop_feeding(&self) {
         let _ = self.stop.send(true);
     }
 
     /// Completes once the writer has synced its last record and the acker
     /// has persisted the final acknowledged position. Call after the sink
     /// and every sender are gone.
-    pub async fn closed(self) {
+    pub(crate) async fn closed(self) {
         for rx in self.done {
             let _ = rx.await;
         }

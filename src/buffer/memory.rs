@@ -24,7 +24,7 @@ impl QueueItem {
     /// once they are copied and keeps the share until they are delivered:
     /// the budget then stands for the copy, instead of the batch and its
     /// copy both taking memory while only one is counted.
-    pub fn into_parts(self) -> (Arc<Batch>, BudgetShare) {
+    pub(crate) fn into_parts(self) -> (Arc<Batch>, BudgetShare) {
         (self.batch, self.share)
     }
 }
@@ -32,7 +32,7 @@ impl QueueItem {
 /// A batch's share of its sink's queue budget (events and bytes), given back
 /// when dropped.
 #[derive(Debug)]
-pub struct BudgetShare {
+pub(crate) struct BudgetShare {
     _events: Option<OwnedSemaphorePermit>,
     _bytes: Option<OwnedSemaphorePermit>,
     gauge: Option<Gauges>,
@@ -125,7 +125,7 @@ impl MemorySender {
     /// Queues a batch, waiting for room under the `block` policy, or
     /// dropping it (counted, acknowledged as dropped) under `drop_newest`.
     /// A batch larger than the whole budget takes the whole budget.
-    pub async fn send(&self, batch: Arc<Batch>) -> Result<(), SinkGone> {
+    pub(crate) async fn send(&self, batch: Arc<Batch>) -> Result<(), SinkGone> {
         let (events, bytes) = (batch.len(), batch.memory_len());
         let n_events = (events as u32).clamp(1, self.max_events);
         let n_bytes = (bytes as u32).clamp(1, self.max_bytes);
@@ -169,11 +169,6 @@ impl MemorySender {
         let item = QueueItem { batch, share };
         self.tx.send(item).map_err(|_| SinkGone(self.sink.clone()))
     }
-
-    /// The sink this queue feeds.
-    pub fn sink(&self) -> &str {
-        &self.sink
-    }
 }
 
 impl QueueReceiver {
@@ -184,13 +179,8 @@ impl QueueReceiver {
     }
 
     /// The next batch, from a thread outside the runtime.
-    pub fn blocking_recv(&mut self) -> Option<QueueItem> {
+    pub(crate) fn blocking_recv(&mut self) -> Option<QueueItem> {
         self.rx.blocking_recv()
-    }
-
-    /// A batch if one is ready now.
-    pub fn try_recv(&mut self) -> Option<QueueItem> {
-        self.rx.try_recv().ok()
     }
 }
 

@@ -13,8 +13,9 @@ mod memory;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub use disk::fuzz_read_segment;
-pub use disk::DiskHandle;
-pub use memory::{queue, BudgetShare, QueueItem, QueueReceiver, SinkGone};
+pub(crate) use disk::DiskHandle;
+pub use memory::queue;
+pub(crate) use memory::{BudgetShare, QueueItem, QueueReceiver, SinkGone};
 
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ use crate::event::{Batch, FieldSet};
 /// What a full queue does with the next batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum WhenFull {
+pub(crate) enum WhenFull {
     /// Wait: the fan-out stops, sources stop reading, nothing is lost.
     #[default]
     Block,
@@ -38,7 +39,7 @@ pub enum WhenFull {
 /// Where a sink's queue lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum BufferType {
+pub(crate) enum BufferType {
     /// In memory, bounded by `max_events` and `max_bytes`.
     #[default]
     Memory,
@@ -49,7 +50,7 @@ pub enum BufferType {
 
 /// When a disk buffer calls `fsync`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncPolicy {
+pub(crate) enum FsyncPolicy {
     /// After every record, before the source is acknowledged: nothing is
     /// lost even on power failure, at the cost of one fsync per batch.
     Always,
@@ -77,24 +78,24 @@ impl<'de> Deserialize<'de> for FsyncPolicy {
 
 /// Default `fsync` of a disk buffer: once a second bounds what a power
 /// failure can take, at a cost no throughput figure notices.
-pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The `buffer` table of a sink.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(try_from = "RawBufferConfig")]
 pub struct BufferConfig {
     /// Memory (the default) or disk.
-    pub kind: BufferType,
+    pub(crate) kind: BufferType,
     /// Most events queued in memory for the sink (for a disk buffer: read
     /// ahead of the sink).
-    pub max_events: usize,
+    pub(crate) max_events: usize,
     /// Most bytes of events queued (and in flight) for the sink; for a disk
     /// buffer, the most bytes of segment files on disk.
-    pub max_bytes: ByteSize,
+    pub(crate) max_bytes: ByteSize,
     /// What to do when full.
-    pub when_full: WhenFull,
+    pub(crate) when_full: WhenFull,
     /// When a disk buffer syncs its writes.
-    pub fsync: FsyncPolicy,
+    pub(crate) fsync: FsyncPolicy,
 }
 
 /// The `buffer` table as written: defaults depend on the type.
@@ -132,14 +133,14 @@ impl TryFrom<RawBufferConfig> for BufferConfig {
 
 /// Default queue budget per sink: 8 MiB holds ~30k typical events, several
 /// batches of slack, while keeping a collector with four sinks small.
-pub const DEFAULT_BUFFER_MAX_BYTES: u64 = 8 << 20;
+pub(crate) const DEFAULT_BUFFER_MAX_BYTES: u64 = 8 << 20;
 
 /// Default event bound of a memory queue (and of a disk buffer's read-ahead).
-pub const DEFAULT_BUFFER_MAX_EVENTS: usize = 100_000;
+pub(crate) const DEFAULT_BUFFER_MAX_EVENTS: usize = 100_000;
 
 /// Default disk budget of a disk buffer: 256 MiB rides out minutes of an
 /// outage at typical agent rates without surprising anyone's disk.
-pub const DEFAULT_DISK_BUFFER_MAX_BYTES: u64 = 256 << 20;
+pub(crate) const DEFAULT_DISK_BUFFER_MAX_BYTES: u64 = 256 << 20;
 
 /// Smallest disk budget: a few segments of a useful size.
 const MIN_DISK_BUFFER_BYTES: u64 = 1 << 20;
@@ -204,34 +205,26 @@ impl QueueSender {
             SenderKind::Disk(tx) => tx.send(batch).await,
         }
     }
-
-    /// The sink this queue feeds.
-    pub fn sink(&self) -> &str {
-        match &self.inner {
-            SenderKind::Memory(tx) => tx.sink(),
-            SenderKind::Disk(tx) => tx.sink(),
-        }
-    }
 }
 
 /// What opening a disk buffer needs besides its config.
 #[derive(Debug, Clone)]
-pub struct BufferCx {
+pub(crate) struct BufferCx {
     /// `data_dir`; the buffer lives in `data_dir/buffers/<sink>`.
-    pub data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// The pipeline's field set: batches read back carry values for it.
-    pub fields: Arc<FieldSet>,
+    pub(crate) fields: Arc<FieldSet>,
 }
 
 /// A sink's queue, ready to use.
 #[derive(Debug)]
-pub struct OpenedQueue {
+pub(crate) struct OpenedQueue {
     /// For the fan-out.
-    pub sender: QueueSender,
+    pub(crate) sender: QueueSender,
     /// For the sink.
-    pub receiver: QueueReceiver,
+    pub(crate) receiver: QueueReceiver,
     /// Set for a disk buffer: stop it and wait for it to close.
-    pub disk: Option<DiskHandle>,
+    pub(crate) disk: Option<DiskHandle>,
 }
 
 /// Why a queue could not be opened.
@@ -266,7 +259,7 @@ pub enum BufferError {
 /// Opens the queue of the sink named `sink` as its config says: in memory,
 /// or on disk under `data_dir/buffers/<sink>` (replaying what an earlier run
 /// left unacknowledged first). Must run inside the tokio runtime.
-pub fn open(sink: &str, config: &BufferConfig, cx: &BufferCx) -> Result<OpenedQueue, BufferError> {
+pub(crate) fn open(sink: &str, config: &BufferConfig, cx: &BufferCx) -> Result<OpenedQueue, BufferError> {
     match config.kind {
         BufferType::Memory => {
             let (sender, receiver) = queue(sink, config);

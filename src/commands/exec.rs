@@ -22,7 +22,7 @@ pub struct RunCommand {
 #[derive(Debug)]
 pub struct RunOutcome {
     /// How the command ended, if it was started.
-    pub exit: Option<CommandExit>,
+    pub(crate) exit: Option<CommandExit>,
     /// How the pipeline ended.
     pub pipeline: Result<Stopped, RunError>,
 }

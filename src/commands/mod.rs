@@ -22,7 +22,7 @@ use crate::topology::{self, Config, RunError, RunOptions, Stopped};
 /// thread: `cat corpus | sluice` peaked at 23–28 MiB with the default and
 /// 17–18 MiB with four arenas, at the same speed (BENCHMARKS.md). Batches are
 /// allocated a few at a time, not per event, so four arenas do not contend.
-pub const MALLOC_ARENAS: i32 = 4;
+pub(crate) const MALLOC_ARENAS: i32 = 4;
 
 /// Caps glibc's malloc arenas at [`MALLOC_ARENAS`] unless the operator set
 /// `MALLOC_ARENA_MAX`. Call it before the runtime starts its threads.

@@ -6,7 +6,7 @@ use super::ConfigError;
 
 /// Replaces every reference in `text` using `lookup`. Returns the new text
 /// or every error found, each naming its line.
-pub fn interpolate(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, Vec<ConfigError>> {
+pub(crate) fn interpolate(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, Vec<ConfigError>> {
     let mut out = String::with_capacity(text.len());
     let mut errors = Vec::new();
     for (n, line) in text.split_inclusive('\n').enumerate() {

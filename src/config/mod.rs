@@ -6,9 +6,9 @@
 mod interpolate;
 mod units;
 
-pub use interpolate::interpolate;
+pub(crate) use interpolate::interpolate;
 pub(crate) use units::NumberOrText;
-pub use units::{duration, ByteSize};
+pub(crate) use units::{duration, ByteSize};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -19,14 +19,14 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// Where: a dotted key path or `line N`.
-    pub path: String,
+    pub(crate) path: String,
     /// What is wrong, in words an operator can act on.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl ConfigError {
     /// An error at `path`.
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError {
             path: path.into(),
             message: message.into(),
@@ -35,14 +35,14 @@ impl ConfigError {
 
     /// An error at `key` below `path`: `at("sinks.s3", "bucket", ..)` is at
     /// `sinks.s3.bucket`, `at("sli", "[2]", ..)` at `sli[2]`.
-    pub fn at(path: &str, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn at(path: &str, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::new(key_path(path, key), message)
     }
 }
 
 /// `key` below `path`, joined with a dot unless `key` is an index (`[2]`)
 /// or either side is empty.
-pub fn key_path(path: &str, key: &str) -> String {
+pub(crate) fn key_path(path: &str, key: &str) -> String {
     match (path.is_empty(), key.is_empty()) {
         (true, _) => key.to_owned(),
         (_, true) => path.to_owned(),
@@ -94,13 +94,13 @@ impl fmt::Display for ConfigErrors {
 }
 
 /// The process environment.
-pub fn env_lookup(name: &str) -> Option<String> {
+pub(crate) fn env_lookup(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
 /// Deserialises `value` into `T`, recording any error with its full key
 /// path. For a table with checks of its own, use [`parse_valid`].
-pub fn parse_at<T: DeserializeOwned>(prefix: &str, value: Value, errors: &mut Vec<ConfigError>) -> Option<T> {
+pub(crate) fn parse_at<T: DeserializeOwned>(prefix: &str, value: Value, errors: &mut Vec<ConfigError>) -> Option<T> {
     match serde_path_to_error::deserialize::<_, T>(value) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -115,7 +115,7 @@ pub fn parse_at<T: DeserializeOwned>(prefix: &str, value: Value, errors: &mut Ve
 /// The one way a component's table is read: deserialise it at `path`
 /// ([`parse_at`]), then [`Validate`] it. Every problem lands in `errors`
 /// with its key path; the settings come back only when there was none.
-pub fn parse_valid<T: DeserializeOwned + Validate>(path: &str, value: Value, errors: &mut Vec<ConfigError>) -> Option<T> {
+pub(crate) fn parse_valid<T: DeserializeOwned + Validate>(path: &str, value: Value, errors: &mut Vec<ConfigError>) -> Option<T> {
     let cfg: T = parse_at(path, value, errors)?;
     let before = errors.len();
     cfg.validate(path, errors);

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 /// A byte size: an integer, or a string such as `512KiB`, `64MiB`, `1GB`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ByteSize(pub u64);
+pub(crate) struct ByteSize(pub u64);
 
 impl ByteSize {
     /// Parses `64MiB`, `10 MB`, `4096`.
-    pub fn parse(s: &str) -> Result<ByteSize, String> {
+    pub(crate) fn parse(s: &str) -> Result<ByteSize, String> {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
         let (num, unit) = (s[..split].trim(), s[split..].trim());
@@ -79,7 +79,7 @@ impl std::fmt::Display for NumberOrText {
 
 /// Deserialises a duration from `"1500ms"`, `"30s"`, `"5m"` or a number of
 /// seconds.
-pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     NumberOrText::deserialize(d)?.to_duration().map_err(serde::de::Error::custom)
 }
 

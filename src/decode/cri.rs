@@ -18,19 +18,19 @@ use crate::event::BatchBuilder;
 use crate::framing::Lines;
 
 /// Key of the container timestamp member added to each event.
-pub const TIME_KEY: &str = "time";
+pub(crate) const TIME_KEY: &str = "time";
 /// Key of the stream member (`stdout`, `stderr`) added to each event.
-pub const STREAM_KEY: &str = "stream";
+pub(crate) const STREAM_KEY: &str = "stream";
 
 /// One CRI line, split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CriLine<'a> {
     /// The runtime's timestamp, as written (RFC 3339).
-    pub time: &'a [u8],
+    pub(crate) time: &'a [u8],
     /// Which stream.
-    pub stream: Stream,
+    pub(crate) stream: Stream,
     /// A `P` piece: the line continues in the next piece of this stream.
-    pub partial: bool,
+    pub(crate) partial: bool,
     /// The container's output.
     pub message: &'a [u8],
 }
@@ -90,31 +90,31 @@ fn looks_like_time(t: &[u8]) -> bool {
 /// One event to decode: its payload, and the stream and time to add (none
 /// for a line that was not CRI: it is kept as it is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Record {
+pub(crate) struct Record {
     /// The message.
-    pub payload: Piece,
+    pub(crate) payload: Piece,
     /// The timestamp.
-    pub time: Piece,
+    pub(crate) time: Piece,
     /// The stream, or `None` for a foreign line.
-    pub stream: Option<Stream>,
+    pub(crate) stream: Option<Stream>,
     /// Cut at `max_line_bytes` or at the partial-line cap.
-    pub truncated: bool,
+    pub(crate) truncated: bool,
 }
 
 /// A chunk unwrapped into records, ready for the decode pool.
 #[derive(Debug, Clone, Default)]
 pub struct CriBatch {
     /// The read chunk the records point into.
-    pub chunk: Bytes,
+    pub(crate) chunk: Bytes,
     /// Payloads and timestamps assembled from pieces.
-    pub merged: Vec<u8>,
+    pub(crate) merged: Vec<u8>,
     /// The events, in order.
-    pub records: Vec<Record>,
+    pub(crate) records: Vec<Record>,
 }
 
 impl CriBatch {
     /// Bytes of payload, for sizing the output buffer.
-    pub fn payload_bytes(&self) -> usize {
+    pub(crate) fn payload_bytes(&self) -> usize {
         self.records.iter().map(|r| r.payload.len as usize).sum()
     }
 
@@ -253,7 +253,7 @@ impl CriReader {
     }
 
     /// Counters since the last call.
-    pub fn take_stats(&mut self) -> ContainerStats {
+    pub(crate) fn take_stats(&mut self) -> ContainerStats {
         std::mem::take(&mut self.stats)
     }
 }

@@ -28,21 +28,21 @@ const TIME_MARK: &[u8] = b"\",\"time\":\"";
 
 /// A docker line split by byte search, without unescaping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DockerLine<'a> {
+pub(crate) struct DockerLine<'a> {
     /// The `log` value, still JSON-escaped.
-    pub log_raw: &'a [u8],
+    pub(crate) log_raw: &'a [u8],
     /// Which stream.
-    pub stream: Stream,
+    pub(crate) stream: Stream,
     /// The `time` value.
-    pub time: &'a [u8],
+    pub(crate) time: &'a [u8],
     /// `log` ends with a newline: the line is whole (or the last piece).
-    pub complete: bool,
+    pub(crate) complete: bool,
 }
 
 /// Splits a json-file line, or `None` when it is not one. Docker's own
 /// compact layout is split by byte search; the same object laid out
 /// otherwise (spaces, other key order, extra keys) is walked as JSON.
-pub fn split(line: &[u8]) -> Option<DockerLine<'_>> {
+pub(crate) fn split(line: &[u8]) -> Option<DockerLine<'_>> {
     split_compact(line).or_else(|| {
         // Only a line that could be a wrapper pays for the walk.
         let first = line.iter().find(|b| !b.is_ascii_whitespace());
@@ -273,11 +273,11 @@ fn safe_cut(raw: &[u8], max: usize) -> usize {
 #[derive(Debug, Clone, Default)]
 pub struct DockerBatch {
     /// The read chunk.
-    pub chunk: Bytes,
+    pub(crate) chunk: Bytes,
     /// Wrappers assembled from pieces.
-    pub merged: Vec<u8>,
+    pub(crate) merged: Vec<u8>,
     /// Each event's wrapper and whether it was cut.
-    pub records: Vec<(Piece, bool)>,
+    pub(crate) records: Vec<(Piece, bool)>,
 }
 
 struct Scratch {
@@ -296,7 +296,7 @@ thread_local! {
 
 impl DockerBatch {
     /// Bytes of wrapper, for sizing the output buffer.
-    pub fn wrapper_bytes(&self) -> usize {
+    pub(crate) fn wrapper_bytes(&self) -> usize {
         self.records.iter().map(|(p, _)| p.len as usize).sum()
     }
 
@@ -447,7 +447,7 @@ impl DockerReader {
     }
 
     /// Counters since the last call.
-    pub fn take_stats(&mut self) -> ContainerStats {
+    pub(crate) fn take_stats(&mut self) -> ContainerStats {
         std::mem::take(&mut self.stats)
     }
 }

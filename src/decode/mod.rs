@@ -6,7 +6,7 @@ pub mod cri;
 pub mod docker;
 mod extract;
 mod json;
-pub mod partial;
+pub(crate) mod partial;
 pub mod syslog;
 mod tape;
 #[cfg(test)]
@@ -14,7 +14,7 @@ pub(crate) mod test_support;
 mod values;
 
 pub use json::Decoder;
-pub use values::{EventObserver, EventValues, Observer};
+pub(crate) use values::{EventObserver, EventValues};
 
 /// Equality of byte strings without a call into `memcmp`, for keys, label
 /// values, literals and series keys.
@@ -25,24 +25,15 @@ pub(crate) use extract::same as same_bytes;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DecodeStats {
     /// Events written.
-    pub events: u64,
+    pub(crate) events: u64,
     /// Line bytes read (without newlines).
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Lines that were not a JSON object and were wrapped as `{"message":…}`.
     pub wrapped: u64,
     /// Wrapped lines whose invalid UTF-8 was replaced.
-    pub invalid_utf8: u64,
+    pub(crate) invalid_utf8: u64,
     /// Lines cut at `max_line_bytes`.
-    pub truncated: u64,
+    pub(crate) truncated: u64,
 }
 
-impl DecodeStats {
-    /// Adds another set of counters.
-    pub fn add(&mut self, o: &DecodeStats) {
-        self.events += o.events;
-        self.bytes += o.bytes;
-        self.wrapped += o.wrapped;
-        self.invalid_utf8 += o.invalid_utf8;
-        self.truncated += o.truncated;
-    }
-}
+impl DecodeStats {}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 /// Which output stream a container line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
+pub(crate) enum Stream {
     /// Standard output.
     Stdout,
     /// Standard error.
@@ -16,7 +16,7 @@ pub enum Stream {
 
 impl Stream {
     /// `stdout` or `stderr`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
@@ -30,30 +30,30 @@ impl Stream {
 
 /// A line being assembled from pieces.
 #[derive(Debug)]
-pub struct Pending {
+pub(crate) struct Pending {
     /// The pieces so far (for docker: still JSON-escaped).
-    pub buf: Vec<u8>,
+    pub(crate) buf: Vec<u8>,
     /// The first piece's timestamp.
-    pub time: Vec<u8>,
+    pub(crate) time: Vec<u8>,
     /// File offset of the first piece's line: a checkpoint must not move
     /// past it until the merged line is sent.
-    pub start_offset: u64,
+    pub(crate) start_offset: u64,
     /// When the first piece was read.
-    pub started: Instant,
+    pub(crate) started: Instant,
     /// Pieces past the cap were cut off.
-    pub overflowed: bool,
+    pub(crate) overflowed: bool,
 }
 
 /// Per-stream pending lines of one file.
 #[derive(Debug)]
-pub struct PartialLines {
+pub(crate) struct PartialLines {
     pending: [Option<Pending>; 2],
     max_bytes: usize,
 }
 
 impl PartialLines {
     /// Merges up to `max_bytes` per line.
-    pub fn new(max_bytes: usize) -> PartialLines {
+    pub(crate) fn new(max_bytes: usize) -> PartialLines {
         PartialLines {
             pending: [None, None],
             max_bytes: max_bytes.max(1),
@@ -62,7 +62,15 @@ impl PartialLines {
 
     /// Appends a piece. `cut` picks a safe length to keep when the piece
     /// does not fit (docker must not cut inside an escape sequence).
-    pub fn push(&mut self, stream: Stream, piece: &[u8], time: &[u8], offset: u64, now: Instant, cut: impl Fn(&[u8], usize) -> usize) {
+    pub(crate) fn push(
+        &mut self,
+        stream: Stream,
+        piece: &[u8],
+        time: &[u8],
+        offset: u64,
+        now: Instant,
+        cut: impl Fn(&[u8], usize) -> usize,
+    ) {
         let max = self.max_bytes;
         let p = self.pending[stream.index()].get_or_insert_with(|| Pending {
             buf: Vec::new(),
@@ -85,18 +93,18 @@ impl PartialLines {
     }
 
     /// Takes the line being assembled for `stream`, if any.
-    pub fn take(&mut self, stream: Stream) -> Option<Pending> {
+    pub(crate) fn take(&mut self, stream: Stream) -> Option<Pending> {
         self.pending[stream.index()].take()
     }
 
     /// Whether a line is being assembled for `stream`.
-    pub fn has(&self, stream: Stream) -> bool {
+    pub(crate) fn has(&self, stream: Stream) -> bool {
         self.pending[stream.index()].is_some()
     }
 
     /// Lines whose last piece came more than `timeout` ago (all of them
     /// when `timeout` is zero), taken out in stream order.
-    pub fn take_expired(&mut self, now: Instant, timeout: Duration) -> Vec<(Stream, Pending)> {
+    pub(crate) fn take_expired(&mut self, now: Instant, timeout: Duration) -> Vec<(Stream, Pending)> {
         let mut out = Vec::new();
         for s in [Stream::Stdout, Stream::Stderr] {
             let expired = self.pending[s.index()]
@@ -113,36 +121,31 @@ impl PartialLines {
     }
 
     /// The cap on an assembled line.
-    pub fn max_bytes(&self) -> usize {
+    pub(crate) fn max_bytes(&self) -> usize {
         self.max_bytes
     }
 
     /// The earliest file offset a pending line started at.
-    pub fn earliest_start(&self) -> Option<u64> {
+    pub(crate) fn earliest_start(&self) -> Option<u64> {
         self.pending.iter().flatten().map(|p| p.start_offset).min()
-    }
-
-    /// True when nothing is pending.
-    pub fn is_empty(&self) -> bool {
-        self.pending.iter().all(Option::is_none)
     }
 }
 
 /// Where a record's bytes are: `len` bytes at `start` of the read chunk, or
 /// of the batch's merge buffer when `merged` is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Piece {
+pub(crate) struct Piece {
     /// Offset.
-    pub start: u32,
+    pub(crate) start: u32,
     /// Length.
-    pub len: u32,
+    pub(crate) len: u32,
     /// In the merge buffer rather than the chunk.
-    pub merged: bool,
+    pub(crate) merged: bool,
 }
 
 impl Piece {
     /// A piece of the chunk; `inner` must be a subslice of `chunk`.
-    pub fn of_chunk(chunk: &[u8], inner: &[u8]) -> Piece {
+    pub(crate) fn of_chunk(chunk: &[u8], inner: &[u8]) -> Piece {
         Piece {
             start: (inner.as_ptr() as usize - chunk.as_ptr() as usize) as u32,
             len: inner.len() as u32,
@@ -151,7 +154,7 @@ impl Piece {
     }
 
     /// Appends `bytes` to the merge buffer and points at them.
-    pub fn append(merged: &mut Vec<u8>, bytes: &[u8]) -> Piece {
+    pub(crate) fn append(merged: &mut Vec<u8>, bytes: &[u8]) -> Piece {
         let start = merged.len() as u32;
         merged.extend_from_slice(bytes);
         Piece {
@@ -162,7 +165,7 @@ impl Piece {
     }
 
     /// The bytes.
-    pub fn get<'a>(&self, chunk: &'a [u8], merged: &'a [u8]) -> &'a [u8] {
+    pub(crate) fn get<'a>(&self, chunk: &'a [u8], merged: &'a [u8]) -> &'a [u8] {
         let src = if self.merged { merged } else { chunk };
         src.get(self.start as usize..(self.start + self.len) as usize).unwrap_or(&[])
     }
@@ -170,20 +173,20 @@ impl Piece {
 
 /// Counters of one unwrap step, flushed into the metrics per batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ContainerStats {
+pub(crate) struct ContainerStats {
     /// Lines assembled from more than one piece.
-    pub merged: u64,
+    pub(crate) merged: u64,
     /// Assembled lines cut at the size cap.
-    pub overflowed: u64,
+    pub(crate) overflowed: u64,
     /// Partial lines sent without their continuation after the timeout.
-    pub timed_out: u64,
+    pub(crate) timed_out: u64,
     /// Lines that were not in the file's container format (kept as they are).
-    pub foreign: u64,
+    pub(crate) foreign: u64,
 }
 
 impl ContainerStats {
     /// Adds another set of counters.
-    pub fn add(&mut self, o: ContainerStats) {
+    pub(crate) fn add(&mut self, o: ContainerStats) {
         self.merged += o.merged;
         self.overflowed += o.overflowed;
         self.timed_out += o.timed_out;
@@ -210,6 +213,6 @@ mod tests {
         assert_eq!(p.earliest_start(), Some(20));
         let expired = p.take_expired(now + Duration::from_secs(10), Duration::from_secs(5));
         assert_eq!(expired.len(), 1);
-        assert!(p.is_empty());
+        assert_eq!(p.earliest_start(), None, "nothing pending");
     }
 }

@@ -70,7 +70,7 @@ const MAX_TAG_BYTES: usize = 48;
 
 /// Which syslog format a message was in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyslogFormat {
+pub(crate) enum SyslogFormat {
     /// RFC 5424 (`<PRI>1 TIMESTAMP HOST APP PROCID MSGID SD MSG`).
     Rfc5424,
     /// RFC 3164, the BSD format (`<PRI>Mmm dd hh:mm:ss HOST TAG[PID]: MSG`),
@@ -80,7 +80,7 @@ pub enum SyslogFormat {
 
 /// A message's timestamp as sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyslogTimestamp<'a> {
+pub(crate) enum SyslogTimestamp<'a> {
     /// RFC 3339 text, kept verbatim.
     Rfc3339(&'a [u8]),
     /// RFC 3164 `Mmm dd hh:mm:ss`: no year and no zone.
@@ -102,25 +102,25 @@ pub enum SyslogTimestamp<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyslogMessage<'a> {
     /// The format it was in.
-    pub format: SyslogFormat,
+    pub(crate) format: SyslogFormat,
     /// Facility code, 0 to 23.
-    pub facility: u8,
+    pub(crate) facility: u8,
     /// Severity code, 0 to 7.
-    pub severity: u8,
+    pub(crate) severity: u8,
     /// When the sender says it happened.
-    pub timestamp: Option<SyslogTimestamp<'a>>,
+    pub(crate) timestamp: Option<SyslogTimestamp<'a>>,
     /// The sender's host name.
-    pub hostname: Option<&'a [u8]>,
+    pub(crate) hostname: Option<&'a [u8]>,
     /// APP-NAME (RFC 5424) or the tag (RFC 3164).
-    pub appname: Option<&'a [u8]>,
+    pub(crate) appname: Option<&'a [u8]>,
     /// PROCID, or the `[pid]` of an RFC 3164 tag.
-    pub procid: Option<&'a [u8]>,
+    pub(crate) procid: Option<&'a [u8]>,
     /// MSGID (RFC 5424 only).
-    pub msgid: Option<&'a [u8]>,
+    pub(crate) msgid: Option<&'a [u8]>,
     /// The structured data, validated, as sent (RFC 5424 only).
-    pub structured_data: Option<&'a [u8]>,
+    pub(crate) structured_data: Option<&'a [u8]>,
     /// The free-form message, without a leading UTF-8 BOM.
-    pub message: &'a [u8],
+    pub(crate) message: &'a [u8],
 }
 
 /// Why a line is not syslog.

@@ -44,21 +44,16 @@ impl<'v> EventValues<'v> {
     }
 
     /// Number of fields.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self.0 {
             Source::Parsed { plan, .. } => plan.len(),
             Source::Wrapped { paths, .. } => paths.len(),
         }
     }
 
-    /// Whether there are no fields.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The value of field `i`; `Missing` past the last field.
     #[inline(always)]
-    pub fn get(&self, i: usize) -> FieldValueRef<'v> {
+    pub(crate) fn get(&self, i: usize) -> FieldValueRef<'v> {
         match self.0 {
             Source::Parsed { nodes, plan } => plan.value(nodes, i),
             Source::Wrapped { text, paths } => paths.get(i).map_or(FieldValueRef::Missing, |p| wrapped_value(p, text)),
@@ -80,11 +75,11 @@ pub trait EventObserver: Send {
 }
 
 /// An observer and the fields it reads.
-pub struct Observer {
+pub(crate) struct Observer {
     /// The paths whose values [`EventObserver::event`] gets.
-    pub fields: Arc<FieldSet>,
+    pub(crate) fields: Arc<FieldSet>,
     /// The observer.
-    pub inner: Box<dyn EventObserver>,
+    pub(crate) inner: Box<dyn EventObserver>,
 }
 
 impl std::fmt::Debug for Observer {

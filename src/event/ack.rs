@@ -29,7 +29,7 @@ pub struct Completion {
 
 /// The receiving end: the source reads completions from here (in any order)
 /// and moves its checkpoint over the contiguous prefix that is done.
-pub type AckReceiver = mpsc::UnboundedReceiver<Completion>;
+pub(crate) type AckReceiver = mpsc::UnboundedReceiver<Completion>;
 
 /// Hands out acknowledgers for one source (or one file of a source).
 #[derive(Debug, Clone)]
@@ -86,7 +86,7 @@ struct AckState {
 
 impl Acknowledger {
     /// The batch's sequence number within its [`AckGroup`].
-    pub fn seq(&self) -> u64 {
+    pub(crate) fn seq(&self) -> u64 {
         self.state.seq
     }
 
@@ -101,7 +101,7 @@ impl Acknowledger {
     }
 
     /// One sink is done with the batch.
-    pub fn complete(&self, outcome: AckOutcome) {
+    pub(crate) fn complete(&self, outcome: AckOutcome) {
         let rank = match outcome {
             AckOutcome::Delivered => 0,
             AckOutcome::Dropped => 1,
@@ -140,7 +140,7 @@ impl Drop for AckState {
 /// Tracks out-of-order completions and yields how far the source may move:
 /// the checkpoint advances over the longest prefix of completed batches.
 #[derive(Debug, Default)]
-pub struct AckWindow {
+pub(crate) struct AckWindow {
     /// Sequence number of the first batch not yet complete.
     next: u64,
     /// Completed batches at or after `next`, kept until the gap fills.
@@ -151,7 +151,7 @@ impl AckWindow {
     /// Records a completion; returns the number of batches the contiguous
     /// prefix grew by and whether any of them was abandoned (the caller must
     /// then stop the checkpoint before it).
-    pub fn complete(&mut self, c: Completion) -> Vec<(u64, AckOutcome)> {
+    pub(crate) fn complete(&mut self, c: Completion) -> Vec<(u64, AckOutcome)> {
         self.done.insert(c.seq, c.outcome);
         let mut advanced = Vec::new();
         while let Some(outcome) = self.done.remove(&self.next) {
@@ -159,11 +159,6 @@ impl AckWindow {
             self.next += 1;
         }
         advanced
-    }
-
-    /// Batches completed out of order, waiting for an earlier one.
-    pub fn pending(&self) -> usize {
-        self.done.len()
     }
 }
 
@@ -207,6 +202,6 @@ mod tests {
         assert!(w.complete(c(1)).is_empty());
         assert!(w.complete(c(2)).is_empty());
         assert_eq!(w.complete(c(0)).len(), 3);
-        assert_eq!(w.pending(), 0);
+        assert!(w.done.is_empty(), "nothing waits for an earlier batch");
     }
 }

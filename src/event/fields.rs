@@ -55,7 +55,7 @@ impl FieldSet {
     }
 
     /// Index of a path, if present.
-    pub fn index_of(&self, path: &FieldPath) -> Option<usize> {
+    pub(crate) fn index_of(&self, path: &FieldPath) -> Option<usize> {
         self.paths.iter().position(|p| p == path)
     }
 
@@ -77,7 +77,7 @@ impl FieldSet {
 
 /// A stored extracted value; strings live in the batch's string arena.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum FieldValue {
+pub(crate) enum FieldValue {
     /// Absent.
     Missing,
     /// `null`.

@@ -7,8 +7,10 @@
 mod ack;
 mod fields;
 
-pub use ack::{AckGroup, AckOutcome, AckReceiver, AckWindow, Acknowledger, Completion};
-pub use fields::{FieldPath, FieldSet, FieldValue};
+pub use ack::{AckGroup, AckOutcome};
+pub(crate) use ack::{AckReceiver, AckWindow, Acknowledger, Completion};
+pub(crate) use fields::FieldValue;
+pub use fields::{FieldPath, FieldSet};
 
 use bytes::Bytes;
 use std::sync::Arc;
@@ -35,9 +37,9 @@ pub struct Batch {
     strings: String,
     fields: Arc<FieldSet>,
     /// Where the events came from, and the metadata shared by all of them.
-    pub source: Arc<SourceContext>,
+    pub(crate) source: Arc<SourceContext>,
     /// When the source read the bytes of this batch.
-    pub received_at: SystemTime,
+    pub(crate) received_at: SystemTime,
     /// Set when the batch must be acknowledged back to its source.
     ack: Option<Acknowledger>,
 }
@@ -61,23 +63,23 @@ impl Batch {
     /// Memory the batch holds: its NDJSON, its event ends and its extracted
     /// values (its weight in queue budgets, so that a budget bounds memory
     /// and not only event bytes).
-    pub fn memory_len(&self) -> usize {
+    pub(crate) fn memory_len(&self) -> usize {
         self.data.len() + std::mem::size_of_val(&self.ends[..]) + std::mem::size_of_val(&self.values[..]) + self.strings.len()
     }
 
     /// The whole batch as NDJSON: every event followed by `\n`.
-    pub fn ndjson(&self) -> &Bytes {
+    pub(crate) fn ndjson(&self) -> &Bytes {
         &self.data
     }
 
     /// Event `i` as a JSON object, without its trailing newline.
-    pub fn event(&self, i: usize) -> &[u8] {
+    pub(crate) fn event(&self, i: usize) -> &[u8] {
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
         &self.data[start..self.ends[i] as usize - 1]
     }
 
     /// Event `i` as a `Bytes` slice of the batch buffer (no copy).
-    pub fn event_bytes(&self, i: usize) -> Bytes {
+    pub(crate) fn event_bytes(&self, i: usize) -> Bytes {
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
         self.data.slice(start..self.ends[i] as usize - 1)
     }
@@ -117,7 +119,7 @@ impl Batch {
     }
 
     /// Tells the source that this sink is done with the batch.
-    pub fn acknowledge(&self, outcome: AckOutcome) {
+    pub(crate) fn acknowledge(&self, outcome: AckOutcome) {
         if let Some(ack) = &self.ack {
             ack.complete(outcome);
         }
@@ -188,15 +190,15 @@ impl Drop for Batch {
 #[derive(Debug)]
 pub(crate) struct RawParts {
     /// The NDJSON bytes.
-    pub data: Bytes,
+    pub(crate) data: Bytes,
     /// End offset of each event (after its newline).
-    pub ends: Vec<u32>,
+    pub(crate) ends: Vec<u32>,
     /// Extracted values, `ends.len() * fields.len()` of them.
-    pub values: Vec<FieldValue>,
+    pub(crate) values: Vec<FieldValue>,
     /// Arena the string values point into.
-    pub strings: String,
+    pub(crate) strings: String,
     /// The field set the values belong to.
-    pub fields: Arc<FieldSet>,
+    pub(crate) fields: Arc<FieldSet>,
 }
 
 /// A borrowed view of one extracted value.
@@ -219,7 +221,7 @@ pub enum FieldValueRef<'a> {
 impl<'a> FieldValueRef<'a> {
     /// The value as text, the way labels and keys render it. Missing, null
     /// and composite values have no text.
-    pub fn render(&self, out: &mut String) -> bool {
+    pub(crate) fn render(&self, out: &mut String) -> bool {
         match *self {
             FieldValueRef::Str(s) => out.push_str(s),
             FieldValueRef::Bool(b) => out.push_str(if b { "true" } else { "false" }),
@@ -236,18 +238,10 @@ impl<'a> FieldValueRef<'a> {
     }
 
     /// The value as a number, when it is one or a string holding one.
-    pub fn as_f64(&self) -> Option<f64> {
+    pub(crate) fn as_f64(&self) -> Option<f64> {
         match *self {
             FieldValueRef::Number(n) => Some(n),
             FieldValueRef::Str(s) => s.trim().parse().ok(),
-            _ => None,
-        }
-    }
-
-    /// The value as a string slice, when it is a string.
-    pub fn as_str(&self) -> Option<&'a str> {
-        match *self {
-            FieldValueRef::Str(s) => Some(s),
             _ => None,
         }
     }
@@ -305,13 +299,6 @@ impl BatchBuilder {
         self.values.push(stored);
     }
 
-    /// Pushes `Missing` for every field (events that are not JSON objects).
-    pub fn push_missing_values(&mut self) {
-        for _ in 0..self.fields.len() {
-            self.values.push(FieldValue::Missing);
-        }
-    }
-
     /// Number of events so far.
     pub fn len(&self) -> usize {
         self.ends.len()
@@ -322,13 +309,8 @@ impl BatchBuilder {
         self.ends.is_empty()
     }
 
-    /// Bytes written so far.
-    pub fn byte_len(&self) -> usize {
-        self.data.len()
-    }
-
     /// The field set this builder extracts.
-    pub fn fields(&self) -> &Arc<FieldSet> {
+    pub(crate) fn fields(&self) -> &Arc<FieldSet> {
         &self.fields
     }
 

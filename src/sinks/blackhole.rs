@@ -15,7 +15,7 @@ use crate::telemetry::metrics;
 #[serde(deny_unknown_fields, default)]
 pub struct BlackholeConfig {
     /// Log a summary of what was received at exit.
-    pub print_summary: bool,
+    pub(crate) print_summary: bool,
 }
 
 /// Serde checks everything the blackhole has.

@@ -50,13 +50,13 @@ const UNHEALTHY_AFTER: u32 = 3;
 /// The `retry` table of an HTTP sink.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
+pub(crate) struct RetryConfig {
     /// Wait before the first retry; doubles with every failed attempt.
     #[serde(deserialize_with = "duration")]
-    pub initial_backoff: Duration,
+    pub(crate) initial_backoff: Duration,
     /// The longest wait between two attempts.
     #[serde(deserialize_with = "duration")]
-    pub max_backoff: Duration,
+    pub(crate) max_backoff: Duration,
 }
 
 impl Default for RetryConfig {

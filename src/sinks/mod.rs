@@ -6,14 +6,14 @@
 //! deliver them, then call `batch.acknowledge(..)` exactly once per item.
 //! When the queue ends (`recv` returns `None`) it flushes and returns.
 
-pub mod blackhole;
+pub(crate) mod blackhole;
 pub(crate) mod delivery;
 pub(crate) mod http;
-pub mod kafka;
+pub(crate) mod kafka;
 pub mod loki;
 pub mod s3;
-pub mod stdout;
-pub mod template;
+pub(crate) mod stdout;
+pub(crate) mod template;
 
 use serde_json::{Map, Value};
 use std::future::Future;
@@ -32,16 +32,16 @@ use crate::telemetry::Health;
 #[error("sink {sink}: {kind}")]
 pub struct SinkError {
     /// The sink's name in the config.
-    pub sink: String,
+    pub(crate) sink: String,
     /// What went wrong (boxed: a sink's `Result` stays small).
     #[source]
-    pub kind: Box<SinkErrorKind>,
+    pub(crate) kind: Box<SinkErrorKind>,
 }
 
 /// What went wrong in a sink.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum SinkErrorKind {
+pub(crate) enum SinkErrorKind {
     /// Its settings cannot work (an endpoint URL, credentials, a template),
     /// in words that name the key.
     #[error("{0}")]
@@ -79,7 +79,7 @@ pub enum SinkErrorKind {
 
 impl SinkError {
     /// An error of sink `name`.
-    pub fn new(name: &str, kind: SinkErrorKind) -> SinkError {
+    pub(crate) fn new(name: &str, kind: SinkErrorKind) -> SinkError {
         SinkError {
             sink: name.to_owned(),
             kind: Box::new(kind),
@@ -127,7 +127,7 @@ macro_rules! sink_registry {
 
         /// Parses and checks the settings of a sink of type `kind` at config
         /// `path`, returning every error with its key path.
-        pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<SinkConfig, Vec<ConfigError>> {
+        pub(crate) fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<SinkConfig, Vec<ConfigError>> {
             let mut errors = Vec::new();
             let value = Value::Object(rest);
             let parsed = match kind {

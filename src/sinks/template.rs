@@ -32,7 +32,7 @@ enum Segment {
 /// A parsed template. Invariant: no two `Literal` segments are adjacent
 /// and no literal is empty.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Template {
+pub(crate) struct Template {
     source: String,
     segments: Vec<Segment>,
 }
@@ -40,7 +40,7 @@ pub struct Template {
 impl Template {
     /// Parses `text`. `{{` must be closed by `}}` and hold a non-empty
     /// dotted path; spaces inside the braces are ignored.
-    pub fn parse(text: &str) -> Result<Template, String> {
+    pub(crate) fn parse(text: &str) -> Result<Template, String> {
         let mut segments = Vec::new();
         let mut rest = text;
         let mut literal = String::new();
@@ -78,12 +78,12 @@ impl Template {
     }
 
     /// The template as written.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.source
     }
 
     /// The field paths it refers to (for `fields_needed`).
-    pub fn fields(&self) -> impl Iterator<Item = &FieldPath> + '_ {
+    pub(crate) fn fields(&self) -> impl Iterator<Item = &FieldPath> + '_ {
         self.segments.iter().filter_map(|s| match s {
             Segment::Field { path, .. } => Some(path),
             Segment::Literal(_) => None,
@@ -92,7 +92,7 @@ impl Template {
 
     /// True when the template has no placeholder: it renders the same for
     /// every event.
-    pub fn is_literal(&self) -> bool {
+    pub(crate) fn is_literal(&self) -> bool {
         self.segments.iter().all(|s| matches!(s, Segment::Literal(_)))
     }
 

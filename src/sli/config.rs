@@ -17,37 +17,37 @@ use crate::config::{parse_at, ConfigError, Validate};
 use crate::event::FieldPath;
 
 /// Series one SLI keeps before new label values go to `__overflow__`.
-pub const DEFAULT_MAX_SERIES: usize = 1000;
+pub(crate) const DEFAULT_MAX_SERIES: usize = 1000;
 
 /// The most series an SLI may be configured for. Each series costs about
 /// 2 KiB with the default windows, so this caps one rule near 2 GiB: a
 /// typo (an extra zero) is an error, not an out-of-memory kill.
-pub const MAX_MAX_SERIES: usize = 1_000_000;
+pub(crate) const MAX_MAX_SERIES: usize = 1_000_000;
 
 /// Burn-rate windows when none are configured: the short and long window
 /// of the Google SRE workbook's fast-burn page (2% of a 30-day budget in
 /// one hour).
-pub const DEFAULT_WINDOWS: [Duration; 2] = [Duration::from_secs(300), Duration::from_secs(3600)];
+pub(crate) const DEFAULT_WINDOWS: [Duration; 2] = [Duration::from_secs(300), Duration::from_secs(3600)];
 
 /// Most burn-rate windows per SLI; each costs ~1 KiB per series.
-pub const MAX_WINDOWS: usize = 8;
+pub(crate) const MAX_WINDOWS: usize = 8;
 
 /// Latency buckets (seconds) when none are configured: request latencies
 /// from one millisecond to ten seconds, dense where web SLO thresholds
 /// usually sit (50 ms to 1 s) so `histogram_quantile` stays close there.
-pub const DEFAULT_BUCKETS: &[f64] = &[
+pub(crate) const DEFAULT_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// Most latency buckets per SLI (every series carries one counter each).
-pub const MAX_BUCKETS: usize = 64;
+pub(crate) const MAX_BUCKETS: usize = 64;
 
 /// The label value of series past the series limit.
-pub const OVERFLOW_LABEL: &str = "__overflow__";
+pub(crate) const OVERFLOW_LABEL: &str = "__overflow__";
 
 /// The value of a label whose source is missing from an event, unless the
 /// label sets its own `default`.
-pub const DEFAULT_MISSING_LABEL: &str = "unknown";
+pub(crate) const DEFAULT_MISSING_LABEL: &str = "unknown";
 
 /// One `[[sli]]` rule.
 #[derive(Debug, Clone, Deserialize)]
@@ -58,30 +58,30 @@ pub struct SliRule {
     /// Target fraction of good events, in (0, 1), such as 0.999. Without it
     /// no burn rate is computed.
     #[serde(default)]
-    pub objective: Option<f64>,
+    pub(crate) objective: Option<f64>,
     /// Conditions an event must all meet to count as a request. Empty:
     /// every event whose outcome can be decided.
     #[serde(default, rename = "match")]
-    pub matches: Vec<Condition>,
+    pub(crate) matches: Vec<Condition>,
     /// When an event is an error; default `status >= 500`. Exclusive with
     /// `success`.
     #[serde(default)]
-    pub error: Option<Condition>,
+    pub(crate) error: Option<Condition>,
     /// When an event is a success (every other event is an error).
     #[serde(default)]
-    pub success: Option<Condition>,
+    pub(crate) success: Option<Condition>,
     /// Where the latency is, its unit, buckets and threshold.
     #[serde(default)]
-    pub latency: Option<LatencyConfig>,
+    pub(crate) latency: Option<LatencyConfig>,
     /// Where the label values come from.
     #[serde(default)]
-    pub labels: LabelsConfig,
+    pub(crate) labels: LabelsConfig,
     /// Burn-rate windows; default 5m and 1h. Needs `objective`.
     #[serde(default, deserialize_with = "optional_durations")]
-    pub windows: Option<Vec<Duration>>,
+    pub(crate) windows: Option<Vec<Duration>>,
     /// Series kept before new label values go to `__overflow__`.
     #[serde(default = "default_max_series")]
-    pub max_series: usize,
+    pub(crate) max_series: usize,
 }
 
 fn default_max_series() -> usize {
@@ -92,48 +92,48 @@ fn default_max_series() -> usize {
 /// `gte`, `lt` and `lte` combine into one range.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Condition {
+pub(crate) struct Condition {
     /// The dotted path of the field (`status`, `http.status`).
     #[serde(deserialize_with = "field_path")]
-    pub field: FieldPath,
+    pub(crate) field: FieldPath,
     /// The field is present (`true`) or absent (`false`); `null` counts as
     /// present.
     #[serde(default)]
-    pub exists: Option<bool>,
+    pub(crate) exists: Option<bool>,
     /// The field equals this string, number or boolean (`"503"` and `503`
     /// are equal).
     #[serde(default)]
-    pub equals: Option<Scalar>,
+    pub(crate) equals: Option<Scalar>,
     /// The field is present and differs from this value.
     #[serde(default)]
-    pub not_equals: Option<Scalar>,
+    pub(crate) not_equals: Option<Scalar>,
     /// The field equals one of these values.
     #[serde(default)]
-    pub one_of: Option<Vec<Scalar>>,
+    pub(crate) one_of: Option<Vec<Scalar>>,
     /// The field, as text, starts with this.
     #[serde(default)]
-    pub prefix: Option<String>,
+    pub(crate) prefix: Option<String>,
     /// The field, as text, matches this regular expression (`regex` crate
     /// syntax; unanchored unless it says `^`/`$`).
     #[serde(default)]
-    pub pattern: Option<Pattern>,
+    pub(crate) pattern: Option<Pattern>,
     /// The field is a number greater than this.
     #[serde(default)]
-    pub gt: Option<f64>,
+    pub(crate) gt: Option<f64>,
     /// The field is a number greater than or equal to this.
     #[serde(default)]
-    pub gte: Option<f64>,
+    pub(crate) gte: Option<f64>,
     /// The field is a number less than this.
     #[serde(default)]
-    pub lt: Option<f64>,
+    pub(crate) lt: Option<f64>,
     /// The field is a number less than or equal to this.
     #[serde(default)]
-    pub lte: Option<f64>,
+    pub(crate) lte: Option<f64>,
 }
 
 impl Condition {
     /// `status >= 500`: the default error condition.
-    pub fn default_error() -> Condition {
+    pub(crate) fn default_error() -> Condition {
         Condition {
             field: FieldPath::parse("status").unwrap_or_else(|_| unreachable!("constant path")),
             exists: None,
@@ -195,7 +195,7 @@ impl Validate for Condition {
 /// A literal an event field is compared with.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
-pub enum Scalar {
+pub(crate) enum Scalar {
     /// `true` / `false`.
     Bool(bool),
     /// Any number.
@@ -206,7 +206,7 @@ pub enum Scalar {
 
 /// A regular expression, compiled when the config is read.
 #[derive(Debug, Clone)]
-pub struct Pattern(pub Regex);
+pub(crate) struct Pattern(pub Regex);
 
 impl PartialEq for Pattern {
     fn eq(&self, other: &Pattern) -> bool {
@@ -226,26 +226,26 @@ impl<'de> Deserialize<'de> for Pattern {
 /// The `latency` table of a rule.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LatencyConfig {
+pub(crate) struct LatencyConfig {
     /// The dotted path of the latency field (`duration_ms`, `http.took`).
     #[serde(deserialize_with = "field_path")]
-    pub field: FieldPath,
+    pub(crate) field: FieldPath,
     /// What a number in that field means; default `ms`.
     #[serde(default)]
-    pub unit: LatencyUnit,
+    pub(crate) unit: LatencyUnit,
     /// A latency SLI: an event slower than this is `slow` and spends error
     /// budget. A duration (`"300ms"`) or seconds.
     #[serde(default, deserialize_with = "optional_duration")]
-    pub threshold: Option<Duration>,
+    pub(crate) threshold: Option<Duration>,
     /// Histogram bucket upper bounds in seconds, increasing; default
     /// [`DEFAULT_BUCKETS`]. The threshold is always added as a bound.
     #[serde(default)]
-    pub buckets: Option<Vec<f64>>,
+    pub(crate) buckets: Option<Vec<f64>>,
 }
 
 /// The unit of a latency field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-pub enum LatencyUnit {
+pub(crate) enum LatencyUnit {
     /// Nanoseconds.
     #[serde(rename = "ns")]
     Nanoseconds,
@@ -269,27 +269,27 @@ pub enum LatencyUnit {
 /// present; `route` and `method` only when configured.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LabelsConfig {
+pub(crate) struct LabelsConfig {
     /// Default: the event's `service` field.
     #[serde(default)]
-    pub service: Option<LabelSource>,
+    pub(crate) service: Option<LabelSource>,
     /// Default: the event's `release.version`, else the source metadata's
     /// `release.version` (`SLUICE_RELEASE`, the pod's version label).
     #[serde(default)]
-    pub release: Option<LabelSource>,
+    pub(crate) release: Option<LabelSource>,
     /// No default. Path normalisation is on for this label unless
     /// `normalize = false`.
     #[serde(default)]
-    pub route: Option<LabelSource>,
+    pub(crate) route: Option<LabelSource>,
     /// No default.
     #[serde(default)]
-    pub method: Option<LabelSource>,
+    pub(crate) method: Option<LabelSource>,
 }
 
 impl LabelsConfig {
     /// The four label sources with defaults applied, in output order:
     /// service, release, route, method.
-    pub fn resolved(&self) -> [Option<LabelSource>; 4] {
+    pub(crate) fn resolved(&self) -> [Option<LabelSource>; 4] {
         let service = self.service.clone().unwrap_or_else(|| LabelSource::field("service"));
         let release = self.release.clone().unwrap_or_else(|| {
             let mut s = LabelSource::field("release.version");
@@ -304,21 +304,21 @@ impl LabelsConfig {
 /// `field` present in the event, else `meta` from the source's metadata,
 /// else `default`. A plain string is shorthand for `{ field = "..." }`.
 #[derive(Debug, Clone, Default)]
-pub struct LabelSource {
+pub(crate) struct LabelSource {
     /// Event fields tried in order.
-    pub field: Vec<FieldPath>,
+    pub(crate) field: Vec<FieldPath>,
     /// A dotted path into the source metadata (`release.version`,
     /// `kubernetes.namespace`).
-    pub meta: Option<String>,
+    pub(crate) meta: Option<String>,
     /// A fixed value for every event.
-    pub value: Option<String>,
+    pub(crate) value: Option<String>,
     /// The value when nothing else gives one; default `unknown`.
-    pub default: Option<String>,
+    pub(crate) default: Option<String>,
     /// Replace numeric and UUID path segments with `:id` and drop query
     /// strings. Default: on for `route`, off for the others.
-    pub normalize: Option<bool>,
+    pub(crate) normalize: Option<bool>,
     /// Rewrites applied after normalisation, in order.
-    pub patterns: Vec<RoutePattern>,
+    pub(crate) patterns: Vec<RoutePattern>,
 }
 
 impl LabelSource {
@@ -350,11 +350,11 @@ impl Validate for LabelSource {
 /// replaced with `replace` (`$1` refers to a capture group).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RoutePattern {
+pub(crate) struct RoutePattern {
     /// What to find.
-    pub pattern: Pattern,
+    pub(crate) pattern: Pattern,
     /// What to put instead.
-    pub replace: String,
+    pub(crate) replace: String,
 }
 
 #[derive(Deserialize)]
@@ -445,13 +445,13 @@ fn optional_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Dura
 
 impl SliRule {
     /// The burn-rate windows, with the default applied.
-    pub fn windows(&self) -> Vec<Duration> {
+    pub(crate) fn windows(&self) -> Vec<Duration> {
         self.windows.clone().unwrap_or_else(|| DEFAULT_WINDOWS.to_vec())
     }
 
     /// The outcome condition and whether it tests for an error (`true`) or
     /// for a success (`false`).
-    pub fn outcome(&self) -> (Condition, bool) {
+    pub(crate) fn outcome(&self) -> (Condition, bool) {
         match (&self.error, &self.success) {
             (_, Some(s)) => (s.clone(), false),
             (Some(e), None) => (e.clone(), true),
@@ -461,7 +461,7 @@ impl SliRule {
 
     /// Histogram bounds in seconds: the configured or default buckets, with
     /// the threshold added so "faster than the threshold" is exact.
-    pub fn bucket_bounds(&self) -> Vec<f64> {
+    pub(crate) fn bucket_bounds(&self) -> Vec<f64> {
         let Some(lat) = &self.latency else { return Vec::new() };
         let mut b = lat.buckets.clone().unwrap_or_else(|| DEFAULT_BUCKETS.to_vec());
         if let Some(t) = lat.threshold {

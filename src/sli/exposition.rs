@@ -13,23 +13,23 @@ use super::window::Counts;
 use crate::telemetry::register;
 
 /// `sluice_sli_requests_total{sli,service,release[,route,method],outcome}`.
-pub const REQUESTS: &str = "sluice_sli_requests_total";
+pub(crate) const REQUESTS: &str = "sluice_sli_requests_total";
 /// `sluice_sli_latency_seconds{sli,service,release[,route,method]}`.
-pub const LATENCY: &str = "sluice_sli_latency_seconds";
+pub(crate) const LATENCY: &str = "sluice_sli_latency_seconds";
 /// `sluice_sli_error_budget_burn_rate{sli,service,release,window}`.
-pub const BURN_RATE: &str = "sluice_sli_error_budget_burn_rate";
+pub(crate) const BURN_RATE: &str = "sluice_sli_error_budget_burn_rate";
 /// `sluice_sli_objective{sli}`.
-pub const OBJECTIVE: &str = "sluice_sli_objective";
+pub(crate) const OBJECTIVE: &str = "sluice_sli_objective";
 /// `sluice_sli_latency_threshold_seconds{sli}`.
-pub const THRESHOLD: &str = "sluice_sli_latency_threshold_seconds";
+pub(crate) const THRESHOLD: &str = "sluice_sli_latency_threshold_seconds";
 /// `sluice_sli_series{sli}`.
-pub const SERIES: &str = "sluice_sli_series";
+pub(crate) const SERIES: &str = "sluice_sli_series";
 /// `sluice_sli_series_overflow_total{sli}`.
-pub const OVERFLOW: &str = "sluice_sli_series_overflow_total";
+pub(crate) const OVERFLOW: &str = "sluice_sli_series_overflow_total";
 /// `sluice_sli_events_incomplete_total{sli,reason}`.
-pub const INCOMPLETE: &str = "sluice_sli_events_incomplete_total";
+pub(crate) const INCOMPLETE: &str = "sluice_sli_events_incomplete_total";
 /// `sluice_sli_series_memory_bytes{sli}`.
-pub const MEMORY: &str = "sluice_sli_series_memory_bytes";
+pub(crate) const MEMORY: &str = "sluice_sli_series_memory_bytes";
 
 const FAMILIES: [(&str, &str, MetricType, &[&str]); 9] = [
     (
@@ -140,11 +140,6 @@ fn taps() -> &'static Arc<Taps> {
 /// Makes a tap's series part of `/metrics` until it is dropped.
 pub(crate) fn attach(shared: &Arc<Shared>) {
     taps().live.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(shared));
-}
-
-/// The families of one tap alone.
-pub(crate) fn families(shared: &Arc<Shared>) -> Vec<MetricFamily> {
-    render(shared, &mut Default::default())
 }
 
 fn label(name: &str, value: &str) -> LabelPair {

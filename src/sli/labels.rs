@@ -36,7 +36,7 @@ struct LabelSpec {
 #[derive(Debug)]
 pub(crate) struct LabelGroup {
     /// The label names, in key order.
-    pub names: Vec<&'static str>,
+    pub(crate) names: Vec<&'static str>,
     specs: Vec<LabelSpec>,
 }
 

@@ -14,7 +14,7 @@
 //! Counts are exact within a process: every batch is judged once and merged
 //! once, in order, on its source's fan-out task, before it reaches any sink.
 
-pub mod config;
+pub(crate) mod config;
 mod exposition;
 mod labels;
 mod route;
@@ -23,8 +23,7 @@ mod series;
 mod tap;
 mod window;
 
-pub use config::{Condition, LabelSource, LabelsConfig, LatencyConfig, LatencyUnit, Pattern, RoutePattern, Scalar, SliRule};
-pub use exposition::{BURN_RATE, INCOMPLETE, LATENCY, MEMORY, OBJECTIVE, OVERFLOW, REQUESTS, SERIES, THRESHOLD};
+pub(crate) use config::SliRule;
 pub use tap::SliTap;
 
 use std::sync::Arc;
@@ -32,6 +31,6 @@ use std::sync::Arc;
 use crate::pipeline::BatchTap;
 
 /// The tap that judges `rules`, if there are any.
-pub fn tap(rules: &[SliRule]) -> Option<Arc<dyn BatchTap>> {
+pub(crate) fn tap(rules: &[SliRule]) -> Option<Arc<dyn BatchTap>> {
     (!rules.is_empty()).then(|| Arc::new(SliTap::new(rules)) as Arc<dyn BatchTap>)
 }

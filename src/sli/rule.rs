@@ -189,7 +189,7 @@ pub(crate) struct LatencySpec {
     field: FieldIndex,
     unit: LatencyUnit,
     /// Seconds; slower successes are `slow`.
-    pub threshold: Option<f64>,
+    pub(crate) threshold: Option<f64>,
 }
 
 impl LatencySpec {
@@ -263,23 +263,23 @@ pub(crate) fn parse_duration(s: &str) -> Option<f64> {
 #[derive(Debug)]
 pub(crate) struct CompiledRule {
     /// The `sli` label value.
-    pub name: Arc<str>,
+    pub(crate) name: Arc<str>,
     matches: Vec<Check>,
     outcome: Check,
     /// Whether `outcome` passing means error (else it means success).
     outcome_is_error: bool,
     /// Latency, if the rule has it.
-    pub latency: Option<LatencySpec>,
+    pub(crate) latency: Option<LatencySpec>,
     /// Histogram upper bounds, seconds (the `+Inf` bucket is implicit).
-    pub bounds: Arc<[f64]>,
+    pub(crate) bounds: Arc<[f64]>,
     /// Target fraction of good events.
-    pub objective: Option<f64>,
+    pub(crate) objective: Option<f64>,
     /// Burn-rate windows (empty without an objective).
-    pub windows: Arc<[WindowSpec]>,
+    pub(crate) windows: Arc<[WindowSpec]>,
     /// Series limit.
-    pub max_series: usize,
+    pub(crate) max_series: usize,
     /// Index of its [`super::labels::LabelGroup`].
-    pub group: usize,
+    pub(crate) group: usize,
 }
 
 /// What one event is to a rule.

@@ -32,17 +32,17 @@ impl Outcome {
 pub(crate) struct Series {
     /// The label values, each as a little-endian `u32` length and UTF-8
     /// bytes, in the order of the rule's label names. Empty for overflow.
-    pub key: Box<[u8]>,
+    pub(crate) key: Box<[u8]>,
     hash: u64,
     /// Requests by [`Outcome`].
-    pub outcomes: [u64; 3],
+    pub(crate) outcomes: [u64; 3],
     /// Latency observations per bucket (not cumulative); the last entry is
     /// the `+Inf` bucket.
-    pub buckets: Box<[u64]>,
+    pub(crate) buckets: Box<[u64]>,
     /// Sum of observed latencies, in seconds.
-    pub sum: f64,
+    pub(crate) sum: f64,
     /// One ring per configured window.
-    pub rings: Box<[Ring]>,
+    pub(crate) rings: Box<[Ring]>,
     /// Tap-clock milliseconds of the last [`Series::advance`].
     advanced_at: u64,
 }

@@ -32,9 +32,9 @@ pub(crate) const INCOMPLETE_REASONS: [&str; 2] = ["no_outcome", "no_latency"];
 #[derive(Debug)]
 pub(crate) struct Compiled {
     /// Rules in config order.
-    pub rules: Vec<CompiledRule>,
+    pub(crate) rules: Vec<CompiledRule>,
     /// Label configurations, shared by rules.
-    pub groups: Vec<LabelGroup>,
+    pub(crate) groups: Vec<LabelGroup>,
     hasher: DefaultHashBuilder,
 }
 
@@ -42,16 +42,16 @@ pub(crate) struct Compiled {
 #[derive(Debug)]
 pub(crate) struct RuleState {
     /// Its series, bounded by the rule's limit.
-    pub table: SeriesTable,
+    pub(crate) table: SeriesTable,
     /// Matched events by [`INCOMPLETE_REASONS`].
-    pub incomplete: [u64; 2],
+    pub(crate) incomplete: [u64; 2],
 }
 
 /// Everything the tap updates, behind one lock.
 #[derive(Debug)]
 pub(crate) struct TapState {
     /// Per rule, in config order.
-    pub rules: Vec<RuleState>,
+    pub(crate) rules: Vec<RuleState>,
 }
 
 /// State shared between the tap and the `/metrics` collector.
@@ -59,7 +59,7 @@ pub(crate) struct TapState {
 pub(crate) struct Shared {
     started: Instant,
     /// The rules.
-    pub compiled: Compiled,
+    pub(crate) compiled: Compiled,
     state: Mutex<TapState>,
     /// Merged [`Partial`]s, for the next batches.
     spare: Mutex<Vec<Partial>>,
@@ -137,17 +137,6 @@ impl SliTap {
             shared,
             fields: Arc::new(fields),
         }
-    }
-
-    /// The metrics of this tap alone in the Prometheus text format (what it
-    /// adds to `/metrics`).
-    pub fn render_text(&self) -> String {
-        let families = super::exposition::families(&self.shared);
-        let mut out = String::new();
-        if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&families, &mut out) {
-            tracing::error!(error = %e, "cannot encode SLI metrics");
-        }
-        out
     }
 
     /// Merges a batch's counts at `now_ms` on the tap's clock, then keeps

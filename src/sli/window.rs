@@ -23,9 +23,9 @@ pub(crate) const SLOTS: usize = 60;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Counts {
     /// Every counted request.
-    pub total: u64,
+    pub(crate) total: u64,
     /// Requests that spent error budget.
-    pub bad: u64,
+    pub(crate) bad: u64,
 }
 
 impl Counts {
@@ -41,9 +41,9 @@ impl Counts {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct WindowSpec {
     /// The `window` label value (`5m`, `1h`).
-    pub label: String,
+    pub(crate) label: String,
     /// Milliseconds between snapshots; at least 1.
-    pub slot_ms: u64,
+    pub(crate) slot_ms: u64,
 }
 
 impl WindowSpec {

@@ -40,7 +40,7 @@ const ERROR_PAUSE: Duration = Duration::from_millis(200);
 /// Where the consumer starts in a partition that has no committed offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum OffsetReset {
+pub(crate) enum OffsetReset {
     /// From the oldest message kept (the default: an aggregator should not
     /// skip what agents wrote before it first started).
     #[default]
@@ -54,45 +54,45 @@ pub enum OffsetReset {
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceConfig {
     /// `host:port[,host:port…]`.
-    pub bootstrap_servers: String,
+    pub(crate) bootstrap_servers: String,
     /// Topics to consume.
-    pub topics: Vec<String>,
+    pub(crate) topics: Vec<String>,
     /// The consumer group; aggregators sharing it share the partitions.
     #[serde(default = "default_group_id")]
-    pub group_id: String,
+    pub(crate) group_id: String,
     /// `earliest` (default) or `latest`.
     #[serde(default)]
-    pub auto_offset_reset: OffsetReset,
+    pub(crate) auto_offset_reset: OffsetReset,
     /// How long the group waits for a silent member before giving its
     /// partitions to others.
     #[serde(default = "default_session_timeout", deserialize_with = "duration")]
-    pub session_timeout: Duration,
+    pub(crate) session_timeout: Duration,
     /// How often acknowledged offsets are committed.
     #[serde(default = "default_commit_interval", deserialize_with = "duration")]
-    pub commit_interval: Duration,
+    pub(crate) commit_interval: Duration,
     /// Most messages in one batch (per partition).
     #[serde(default = "default_max_batch_events")]
-    pub max_batch_events: usize,
+    pub(crate) max_batch_events: usize,
     /// Most payload bytes in one batch (per partition).
     #[serde(default = "default_max_batch_bytes")]
-    pub max_batch_bytes: ByteSize,
+    pub(crate) max_batch_bytes: ByteSize,
     /// Longest a message waits in a partly filled batch.
     #[serde(default = "default_batch_timeout", deserialize_with = "duration")]
-    pub batch_timeout: Duration,
+    pub(crate) batch_timeout: Duration,
     /// Longest event kept whole; longer ones are truncated and flagged.
     #[serde(default = "default_max_event_bytes")]
-    pub max_event_bytes: ByteSize,
+    pub(crate) max_event_bytes: ByteSize,
     /// How often the consumer lag metric is refreshed.
     #[serde(default = "default_lag_interval", deserialize_with = "duration")]
-    pub lag_interval: Duration,
+    pub(crate) lag_interval: Duration,
     /// At shutdown, how long to wait for sinks to acknowledge what was
     /// read, for the final commit.
     #[serde(default = "default_drain_timeout", deserialize_with = "duration")]
-    pub drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
     /// Any other librdkafka consumer property (`security.protocol`,
     /// `sasl.username`, …); they override the settings above.
     #[serde(default)]
-    pub librdkafka_options: BTreeMap<String, String>,
+    pub(crate) librdkafka_options: BTreeMap<String, String>,
 }
 
 fn default_group_id() -> String {

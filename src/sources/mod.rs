@@ -3,10 +3,10 @@
 //! in the registry at the end of this file.
 
 pub mod file;
-pub mod kafka;
-pub mod process;
+pub(crate) mod kafka;
+pub(crate) mod process;
 pub mod socket;
-pub mod stdin;
+pub(crate) mod stdin;
 
 use serde_json::{Map, Value};
 use std::path::PathBuf;
@@ -21,10 +21,10 @@ use crate::pipeline::{ShutdownSignal, SourceOutput, Task};
 #[error("source {source_name}: {kind}")]
 pub struct SourceError {
     /// The source's name in the config.
-    pub source_name: String,
+    pub(crate) source_name: String,
     /// What went wrong (boxed: a source's `Result` stays small).
     #[source]
-    pub kind: Box<SourceErrorKind>,
+    pub(crate) kind: Box<SourceErrorKind>,
 }
 
 /// What went wrong in a source.
@@ -85,7 +85,7 @@ pub enum SourceErrorKind {
 
 impl SourceError {
     /// An error of source `name`.
-    pub fn new(name: &str, kind: impl Into<SourceErrorKind>) -> SourceError {
+    pub(crate) fn new(name: &str, kind: impl Into<SourceErrorKind>) -> SourceError {
         SourceError {
             source_name: name.to_owned(),
             kind: Box::new(kind.into()),
@@ -95,23 +95,23 @@ impl SourceError {
 
 /// What a source gets to run with.
 #[derive(Debug, Clone)]
-pub struct SourceCx {
+pub(crate) struct SourceCx {
     /// The source's name.
-    pub name: Arc<str>,
+    pub(crate) name: Arc<str>,
     /// Where its lines go.
-    pub output: SourceOutput,
+    pub(crate) output: SourceOutput,
     /// Set when it should stop reading.
-    pub shutdown: ShutdownSignal,
+    pub(crate) shutdown: ShutdownSignal,
     /// Release and process metadata settings.
-    pub enrich: Arc<EnrichConfig>,
+    pub(crate) enrich: Arc<EnrichConfig>,
     /// Where it may keep checkpoints.
-    pub data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
 }
 
 /// What a source type is: a config that checks itself ([`Validate`]) and
 /// starts the source. Each type implements it in its own folder; the
 /// registry below names it.
-pub trait SourceComponent: Validate {
+pub(crate) trait SourceComponent: Validate {
     /// Starts the source; the task ends when input ends or shutdown is asked.
     fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError>;
 
@@ -134,7 +134,7 @@ macro_rules! source_registry {
 
         /// Parses and checks the settings of a source of type `kind` at
         /// config `path`, returning every error with its key path.
-        pub fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<SourceConfig, Vec<ConfigError>> {
+        pub(crate) fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<SourceConfig, Vec<ConfigError>> {
             let mut errors = Vec::new();
             let value = Value::Object(rest);
             let parsed = match kind {
@@ -151,21 +151,21 @@ macro_rules! source_registry {
 
         impl SourceConfig {
             /// The type name.
-            pub fn kind(&self) -> &'static str {
+            pub(crate) fn kind(&self) -> &'static str {
                 match self {
                     $(SourceConfig::$variant(_) => $name,)+
                 }
             }
 
             /// Whether the source keeps state (checkpoints) under `data_dir`.
-            pub fn needs_data_dir(&self) -> bool {
+            pub(crate) fn needs_data_dir(&self) -> bool {
                 match self {
                     $(SourceConfig::$variant(c) => c.needs_data_dir(),)+
                 }
             }
 
             /// Starts the source; the task ends when input ends or shutdown is asked.
-            pub fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
+            pub(crate) fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
                 match self {
                     $(SourceConfig::$variant(c) => c.build(cx),)+
                 }

@@ -37,11 +37,11 @@ const SHUTDOWN_TERM_DELAY: Duration = Duration::from_millis(200);
 const BACKGROUND_EXIT_WAIT: Duration = Duration::from_millis(500);
 
 /// The name `sluice run` gives its source.
-pub const RUN_SOURCE_NAME: &str = "app";
+pub(crate) const RUN_SOURCE_NAME: &str = "app";
 
 /// How the command ended, as the source saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommandExit {
+pub(crate) enum CommandExit {
     /// It ran and exited (or was killed by a signal).
     Exited(ExitStatus),
     /// It could not be started.
@@ -52,7 +52,7 @@ impl CommandExit {
     /// The exit code a shell would give: the command's own code, 128 plus
     /// the signal that killed it, 127 when it was not found, 126 when it
     /// could not be executed.
-    pub fn code(&self) -> u8 {
+    pub(crate) fn code(&self) -> u8 {
         match self {
             CommandExit::Exited(s) => match (s.code(), s.signal()) {
                 (Some(c), _) => c as u8,
@@ -69,11 +69,11 @@ impl CommandExit {
 /// Where a process source reports how its command ended. Not part of the
 /// config's meaning: two configs that differ only here are equal.
 #[derive(Clone, Default)]
-pub struct ExitSlot(Arc<OnceLock<CommandExit>>);
+pub(crate) struct ExitSlot(Arc<OnceLock<CommandExit>>);
 
 impl ExitSlot {
     /// How the command ended, once it has.
-    pub fn get(&self) -> Option<CommandExit> {
+    pub(crate) fn get(&self) -> Option<CommandExit> {
         self.0.get().copied()
     }
 
@@ -99,25 +99,25 @@ impl std::fmt::Debug for ExitSlot {
 #[serde(deny_unknown_fields)]
 pub struct ProcessConfig {
     /// The program and its arguments (no shell; use `["sh", "-c", "…"]`).
-    pub command: Vec<String>,
+    pub(crate) command: Vec<String>,
     /// `process.type` of its events (web, worker, clock); defaults to
     /// `enrich.process_type`.
     #[serde(default)]
-    pub process_type: Option<String>,
+    pub(crate) process_type: Option<String>,
     /// Longest line kept whole.
     #[serde(default = "default_max_line_bytes")]
-    pub max_line_bytes: ByteSize,
+    pub(crate) max_line_bytes: ByteSize,
     /// What happens to a longer line: `truncate` or `drop`.
     #[serde(default)]
-    pub oversize: OverflowPolicy,
+    pub(crate) oversize: OverflowPolicy,
     /// After the command exits, how long to wait for its output pipes to
     /// close; then processes it left in its process group (which hold them
     /// open) get SIGTERM.
     #[serde(default = "default_exit_drain", deserialize_with = "duration")]
-    pub exit_drain: Duration,
+    pub(crate) exit_drain: Duration,
     /// Filled in when the command has ended.
     #[serde(skip)]
-    pub exit: ExitSlot,
+    pub(crate) exit: ExitSlot,
 }
 
 fn default_max_line_bytes() -> ByteSize {
@@ -130,7 +130,7 @@ fn default_exit_drain() -> Duration {
 
 impl ProcessConfig {
     /// A config for `command`, with defaults.
-    pub fn new(command: Vec<String>, process_type: Option<String>) -> ProcessConfig {
+    pub(crate) fn new(command: Vec<String>, process_type: Option<String>) -> ProcessConfig {
         ProcessConfig {
             command,
             process_type,

@@ -20,12 +20,12 @@ const PIPE_BYTES: libc::c_int = 1 << 20;
 #[serde(deny_unknown_fields, default)]
 pub struct StdinConfig {
     /// Longest line kept whole.
-    pub max_line_bytes: ByteSize,
+    pub(crate) max_line_bytes: ByteSize,
     /// What happens to a longer line: `truncate` or `drop`.
-    pub oversize: OverflowPolicy,
+    pub(crate) oversize: OverflowPolicy,
     /// Look up the process writing into the pipe (through `/proc`) and add
     /// its pid and command line as process metadata.
-    pub detect_writer: bool,
+    pub(crate) detect_writer: bool,
 }
 
 impl Default for StdinConfig {
@@ -154,7 +154,7 @@ fn wait_readable(fd: i32, timeout_ms: i32) -> Readiness {
 
 /// The process whose stdout is the pipe on `fd` (the writer in
 /// `app | sluice`), found by matching the pipe's inode under `/proc`.
-pub fn pipe_writer(fd: i32) -> Option<ProcessInfo> {
+pub(crate) fn pipe_writer(fd: i32) -> Option<ProcessInfo> {
     // SAFETY: fstat fills the struct we pass; the fd is only inspected.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(fd, &mut st) } != 0 || (st.st_mode & libc::S_IFMT) != libc::S_IFIFO {
@@ -190,7 +190,7 @@ pub fn pipe_writer(fd: i32) -> Option<ProcessInfo> {
 }
 
 /// `/proc/<pid>/cmdline` with arguments joined by spaces.
-pub fn command_line(pid: u32) -> Option<String> {
+pub(crate) fn command_line(pid: u32) -> Option<String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let parts: Vec<String> = raw
         .split(|&b| b == 0)

@@ -22,13 +22,13 @@ pub struct Health {
 
 impl Health {
     /// Marks the pipeline started (every source running).
-    pub fn set_started(&self, started: bool) {
+    pub(crate) fn set_started(&self, started: bool) {
         self.started.store(started, Ordering::Release);
         self.publish();
     }
 
     /// A sink turned unhealthy (`true`) or healthy again (`false`).
-    pub fn sink_unhealthy(&self, unhealthy: bool) {
+    pub(crate) fn sink_unhealthy(&self, unhealthy: bool) {
         if unhealthy {
             self.unhealthy_sinks.fetch_add(1, Ordering::AcqRel);
         } else {
@@ -38,7 +38,7 @@ impl Health {
     }
 
     /// Whether `/ready` answers 200.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.started.load(Ordering::Acquire) && self.unhealthy_sinks.load(Ordering::Acquire) == 0
     }
 
@@ -49,9 +49,9 @@ impl Health {
 
 /// A running API server.
 #[derive(Debug)]
-pub struct ApiHandle {
+pub(crate) struct ApiHandle {
     /// The address it listens on (the real port when 0 was asked for).
-    pub local_addr: SocketAddr,
+    pub(crate) local_addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -64,24 +64,28 @@ impl Drop for ApiHandle {
 /// A `POST /-/reload`, handed to the running topology, which answers on
 /// `reply` once the new config is applied or refused.
 #[derive(Debug)]
-pub struct ReloadRequest {
+pub(crate) struct ReloadRequest {
     /// Where the outcome goes.
-    pub reply: oneshot::Sender<ReloadReply>,
+    pub(crate) reply: oneshot::Sender<ReloadReply>,
 }
 
 /// How a reload ended, for the HTTP answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReloadReply {
+pub(crate) struct ReloadReply {
     /// The new config runs (or changed nothing).
-    pub applied: bool,
+    pub(crate) applied: bool,
     /// What happened, one line per change or per error.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// Binds `addr` and serves the endpoints until the handle is dropped.
 /// `POST /-/reload` is served when `reload` is given (a config file to
 /// re-read); without it the endpoint answers 409.
-pub async fn serve(addr: SocketAddr, health: Arc<Health>, reload: Option<mpsc::Sender<ReloadRequest>>) -> std::io::Result<ApiHandle> {
+pub(crate) async fn serve(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    reload: Option<mpsc::Sender<ReloadRequest>>,
+) -> std::io::Result<ApiHandle> {
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let task = tokio::spawn(async move {

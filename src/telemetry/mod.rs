@@ -4,7 +4,8 @@
 mod http;
 pub(crate) mod systemd;
 
-pub use http::{serve, ApiHandle, Health, ReloadReply, ReloadRequest};
+pub use http::Health;
+pub(crate) use http::{serve, ApiHandle, ReloadReply, ReloadRequest};
 
 use prometheus::core::Collector;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
@@ -13,62 +14,62 @@ use std::sync::OnceLock;
 /// Every self-metric sluice exposes. Names are stable: dashboards and
 /// alerts rely on them.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// The registry `/metrics` encodes.
-    pub registry: Registry,
+    pub(crate) registry: Registry,
     /// `sluice_source_events_total{source}`: events a source produced.
-    pub source_events: IntCounterVec,
+    pub(crate) source_events: IntCounterVec,
     /// `sluice_source_bytes_total{source}`: line bytes a source read.
-    pub source_bytes: IntCounterVec,
+    pub(crate) source_bytes: IntCounterVec,
     /// `sluice_events_wrapped_total{source,reason}`: lines kept as
     /// `{"message":…}` (`not_json`, `invalid_utf8`).
-    pub events_wrapped: IntCounterVec,
+    pub(crate) events_wrapped: IntCounterVec,
     /// `sluice_lines_truncated_total{source}`: lines cut at `max_line_bytes`.
-    pub lines_truncated: IntCounterVec,
+    pub(crate) lines_truncated: IntCounterVec,
     /// `sluice_events_dropped_total{component,reason}`: events not
     /// delivered, by reason (`line_too_long`, `queue_full`, `rejected`).
-    pub events_dropped: IntCounterVec,
+    pub(crate) events_dropped: IntCounterVec,
     /// `sluice_sink_events_total{sink}`: events a sink delivered.
-    pub sink_events: IntCounterVec,
+    pub(crate) sink_events: IntCounterVec,
     /// `sluice_sink_bytes_total{sink}`: bytes a sink delivered (before
     /// compression).
-    pub sink_bytes: IntCounterVec,
+    pub(crate) sink_bytes: IntCounterVec,
     /// `sluice_sink_errors_total{sink,kind}`: failed delivery attempts.
-    pub sink_errors: IntCounterVec,
+    pub(crate) sink_errors: IntCounterVec,
     /// `sluice_sink_retries_total{sink}`: retried requests.
-    pub sink_retries: IntCounterVec,
+    pub(crate) sink_retries: IntCounterVec,
     /// `sluice_sink_request_duration_seconds{sink}`: one delivery request.
-    pub sink_request_duration: HistogramVec,
+    pub(crate) sink_request_duration: HistogramVec,
     /// `sluice_buffer_events{sink}`: events queued or in flight for a sink.
-    pub buffer_events: IntGaugeVec,
+    pub(crate) buffer_events: IntGaugeVec,
     /// `sluice_buffer_bytes{sink}`: memory of the batches queued or in flight
     /// for a sink (event bytes, their ends and extracted values).
-    pub buffer_bytes: IntGaugeVec,
+    pub(crate) buffer_bytes: IntGaugeVec,
     /// `sluice_buffer_max_bytes{sink}`: the configured budget.
-    pub buffer_max_bytes: IntGaugeVec,
+    pub(crate) buffer_max_bytes: IntGaugeVec,
     /// `sluice_buffer_corrupt_records_total{sink}`: disk buffer records
     /// (or damaged segment tails) skipped because they failed their check.
-    pub buffer_corrupt_records: IntCounterVec,
+    pub(crate) buffer_corrupt_records: IntCounterVec,
     /// `sluice_buffer_corrupt_files_total{sink}`: damaged disk buffer
     /// `acked` files set aside at start.
-    pub buffer_corrupt_files: IntCounterVec,
+    pub(crate) buffer_corrupt_files: IntCounterVec,
     /// `sluice_buffer_errors_total{sink,kind}`: disk buffer I/O failures
     /// (`write`, `read`, `delete`, `checkpoint`).
-    pub buffer_errors: IntCounterVec,
+    pub(crate) buffer_errors: IntCounterVec,
     /// `sluice_batch_events`: events per batch, to see batching at work.
-    pub batch_events: Histogram,
+    pub(crate) batch_events: Histogram,
     /// `sluice_build_info{version}`: always 1.
-    pub build_info: IntGaugeVec,
+    pub(crate) build_info: IntGaugeVec,
     /// `sluice_ready`: 1 while `/ready` answers 200.
-    pub ready: IntGauge,
+    pub(crate) ready: IntGauge,
     /// `sluice_config_reloads_total{outcome}`: reloads asked for by SIGHUP
     /// or `POST /-/reload`: `applied`, `rejected` (invalid config, or a
     /// change that needs a restart), `failed` (a new component did not
     /// start; the old one runs on).
-    pub config_reloads: IntCounterVec,
+    pub(crate) config_reloads: IntCounterVec,
     /// `sluice_component_starts_total{component,kind}`: times a source or
     /// sink was started (once at start-up, again when a reload replaced it).
-    pub component_starts: IntCounterVec,
+    pub(crate) component_starts: IntCounterVec,
 }
 
 impl Metrics {
@@ -162,7 +163,7 @@ impl Metrics {
     }
 
     /// The registry as Prometheus text.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         let encoder = prometheus::TextEncoder::new();
         if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
@@ -173,7 +174,7 @@ impl Metrics {
 }
 
 /// The process-wide metrics.
-pub fn metrics() -> &'static Metrics {
+pub(crate) fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
 }

@@ -18,20 +18,20 @@ use crate::sources::SourceConfig;
 
 /// What `app | sluice` does with no config: stdin to stdout, enriched.
 /// `config/dev.toml` is this file, written out.
-pub const DEFAULT_CONFIG: &str = include_str!("../../config/dev.toml");
+pub(crate) const DEFAULT_CONFIG: &str = include_str!("../../config/dev.toml");
 
 /// The `[api]` section: the HTTP endpoint for `/metrics`, `/health`, `/ready`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct ApiConfig {
+pub(crate) struct ApiConfig {
     /// Serve the endpoints at all (`SLUICE_API_ENABLED`).
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// Listen address (`SLUICE_API_ADDRESS`); loopback by default.
-    pub address: SocketAddr,
+    pub(crate) address: SocketAddr,
 }
 
 /// The default API address: loopback, so nothing is exposed by accident.
-pub const DEFAULT_API_ADDRESS: &str = "127.0.0.1:9598";
+pub(crate) const DEFAULT_API_ADDRESS: &str = "127.0.0.1:9598";
 
 impl Default for ApiConfig {
     fn default() -> Self {
@@ -64,9 +64,9 @@ impl Default for TopLevel {
 #[derive(Debug, Clone)]
 pub struct SinkSpec {
     /// Sources whose events this sink receives; all of them when unset.
-    pub inputs: Option<Vec<String>>,
+    pub(crate) inputs: Option<Vec<String>>,
     /// The sink's queue.
-    pub buffer: BufferConfig,
+    pub(crate) buffer: BufferConfig,
     /// The sink's own settings.
     pub config: SinkConfig,
 }
@@ -75,14 +75,14 @@ pub struct SinkSpec {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where checkpoints and disk buffers live (`SLUICE_DATA_DIR`).
-    pub data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// How long a SIGTERM may take to drain and flush
     /// (`SLUICE_SHUTDOWN_TIMEOUT`).
     pub shutdown_timeout: Duration,
     /// The HTTP endpoint.
-    pub api: ApiConfig,
+    pub(crate) api: ApiConfig,
     /// Metadata added to events.
-    pub enrich: EnrichConfig,
+    pub(crate) enrich: EnrichConfig,
     /// Sources by name.
     pub sources: BTreeMap<String, SourceConfig>,
     /// Sinks by name.
@@ -94,7 +94,7 @@ pub struct Config {
     pub(crate) sli_raw: Value,
     /// True when the API address was set explicitly (a bind failure is then
     /// fatal; with the default it is a warning, so two dev pipes can run).
-    pub api_address_explicit: bool,
+    pub(crate) api_address_explicit: bool,
 }
 
 /// The config format, from the file name.
@@ -108,7 +108,7 @@ pub enum Format {
 
 impl Format {
     /// YAML for `.yaml`/`.yml`, TOML otherwise.
-    pub fn from_path(path: &Path) -> Format {
+    pub(crate) fn from_path(path: &Path) -> Format {
         match path.extension().and_then(|e| e.to_str()) {
             Some("yaml" | "yml") => Format::Yaml,
             _ => Format::Toml,
@@ -260,7 +260,7 @@ impl Config {
     }
 
     /// The sinks that receive events from `source`.
-    pub fn sinks_for<'a>(&'a self, source: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pub(crate) fn sinks_for<'a>(&'a self, source: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.sinks
             .iter()
             .filter(move |(_, s)| s.inputs.as_ref().is_none_or(|i| i.iter().any(|x| x == source)))
@@ -305,7 +305,7 @@ fn check_name(path: &str, name: &str, errors: &mut Vec<ConfigError>) {
 
 /// `SLUICE_*` variables that set common settings, so a container needs no
 /// config file. Each maps to one key path.
-pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+pub(crate) const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("SLUICE_DATA_DIR", "data_dir"),
     ("SLUICE_SHUTDOWN_TIMEOUT", "shutdown_timeout"),
     ("SLUICE_API_ENABLED", "api.enabled"),

@@ -7,10 +7,11 @@
 //! - `running`: the live components, the lifecycle and reload.
 //! - `reload`: what a new config changes.
 
-pub mod config;
+pub(crate) mod config;
 mod reload;
 mod running;
 
-pub use config::{ApiConfig, Config, Format, SinkSpec, DEFAULT_API_ADDRESS, DEFAULT_CONFIG, ENV_OVERRIDES};
+pub use config::{Config, Format};
 pub(crate) use running::build_sink;
-pub use running::{run, Reloader, RunError, RunOptions, Stopped};
+pub use running::Stopped;
+pub(crate) use running::{run, Reloader, RunError, RunOptions};

@@ -12,26 +12,26 @@ use crate::config::ConfigError;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Diff {
     /// Sources to stop for good.
-    pub sources_removed: BTreeSet<String>,
+    pub(crate) sources_removed: BTreeSet<String>,
     /// Sources to stop and start again with their new settings.
-    pub sources_changed: BTreeSet<String>,
+    pub(crate) sources_changed: BTreeSet<String>,
     /// Sources to start.
-    pub sources_added: BTreeSet<String>,
+    pub(crate) sources_added: BTreeSet<String>,
     /// Sinks to drain and stop for good.
-    pub sinks_removed: BTreeSet<String>,
+    pub(crate) sinks_removed: BTreeSet<String>,
     /// Sinks to drain and start again with their new settings.
-    pub sinks_changed: BTreeSet<String>,
+    pub(crate) sinks_changed: BTreeSet<String>,
     /// Sinks to start.
-    pub sinks_added: BTreeSet<String>,
+    pub(crate) sinks_added: BTreeSet<String>,
     /// Some sink's `inputs` changed: the routes are rebuilt.
-    pub inputs_changed: bool,
+    pub(crate) inputs_changed: bool,
     /// `shutdown_timeout` changed (applied, nothing restarts).
-    pub timeout_changed: bool,
+    pub(crate) timeout_changed: bool,
 }
 
 impl Diff {
     /// Compares two validated configs.
-    pub fn between(old: &Config, new: &Config) -> Diff {
+    pub(crate) fn between(old: &Config, new: &Config) -> Diff {
         let mut d = Diff::default();
         // Every source renders the enrichment metadata once, at start.
         let enrich_changed = old.enrich != new.enrich;
@@ -69,7 +69,7 @@ impl Diff {
 
     /// True when the topology needs no rewiring: no component starts or
     /// stops and no route changes.
-    pub fn rewires_nothing(&self) -> bool {
+    pub(crate) fn rewires_nothing(&self) -> bool {
         self.sources_removed.is_empty()
             && self.sources_changed.is_empty()
             && self.sources_added.is_empty()
@@ -80,7 +80,7 @@ impl Diff {
     }
 
     /// One line for the log and the `/-/reload` answer.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         if self.rewires_nothing() {
             return if self.timeout_changed {
                 "config reloaded: shutdown_timeout changed; no component restarted".into()

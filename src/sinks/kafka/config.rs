@@ -13,35 +13,35 @@ use crate::event::FieldPath;
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `host:port[,host:port…]`: the brokers to bootstrap from.
-    pub bootstrap_servers: String,
+    pub(crate) bootstrap_servers: String,
     /// Topic, or a template over event fields and metadata:
     /// `logs-{{ service }}`.
-    pub topic: String,
+    pub(crate) topic: String,
     /// Substituted for a template field that neither the event nor the
     /// source's metadata has.
     #[serde(default = "default_missing")]
-    pub topic_missing_value: String,
+    pub(crate) topic_missing_value: String,
     /// Event field whose value becomes the message key (same key, same
     /// partition). Without it messages have no key.
     #[serde(default)]
-    pub key_field: Option<String>,
+    pub(crate) key_field: Option<String>,
     /// Compression of record batches.
     #[serde(default)]
-    pub compression: Compression,
+    pub(crate) compression: Compression,
     /// Broker acknowledgements a message needs to count as delivered.
     #[serde(default)]
-    pub acks: Acks,
+    pub(crate) acks: Acks,
     /// Any other librdkafka producer property, passed through as is
     /// (`"linger.ms" = "5"`).
     #[serde(default)]
-    pub librdkafka_options: BTreeMap<String, OptionValue>,
+    pub(crate) librdkafka_options: BTreeMap<String, OptionValue>,
     /// Check at start-up that the brokers answer (fetch metadata); a failure
     /// stops sluice with an error naming them.
     #[serde(default = "default_true")]
-    pub healthcheck: bool,
+    pub(crate) healthcheck: bool,
     /// How long the start-up check waits.
     #[serde(default = "default_healthcheck_timeout", deserialize_with = "duration")]
-    pub healthcheck_timeout: Duration,
+    pub(crate) healthcheck_timeout: Duration,
 }
 
 fn default_missing() -> String {
@@ -59,7 +59,7 @@ fn default_healthcheck_timeout() -> Duration {
 /// `compression`: librdkafka's `compression.codec`.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum Compression {
+pub(crate) enum Compression {
     /// No compression (the default: every broker and consumer reads it).
     #[default]
     None,
@@ -75,7 +75,7 @@ pub enum Compression {
 
 impl Compression {
     /// The librdkafka name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Compression::None => "none",
             Compression::Gzip => "gzip",
@@ -89,7 +89,7 @@ impl Compression {
 /// `acks`: `"all"` (the default: every in-sync replica has it), `1` (the
 /// leader has it) or `0` (sent is enough; nothing can be retried).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Acks {
+pub(crate) enum Acks {
     /// `all` / `-1`.
     #[default]
     All,
@@ -101,7 +101,7 @@ pub enum Acks {
 
 impl Acks {
     /// The librdkafka value of `acks`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Acks::All => "all",
             Acks::Leader => "1",
@@ -123,7 +123,7 @@ impl<'de> Deserialize<'de> for Acks {
 
 /// A librdkafka property value: written as a string, number or boolean.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OptionValue(pub String);
+pub(crate) struct OptionValue(pub String);
 
 impl<'de> Deserialize<'de> for OptionValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -208,7 +208,7 @@ impl Validate for KafkaConfig {
 
 impl KafkaConfig {
     /// The librdkafka producer configuration.
-    pub fn client_config(&self) -> rdkafka::ClientConfig {
+    pub(crate) fn client_config(&self) -> rdkafka::ClientConfig {
         let mut c = rdkafka::ClientConfig::new();
         for (k, v) in PRODUCER_DEFAULTS {
             c.set(*k, *v);

@@ -13,7 +13,7 @@
 mod config;
 mod topic;
 
-pub use config::{Acks, Compression, KafkaConfig, OptionValue};
+pub(crate) use config::KafkaConfig;
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};

@@ -66,13 +66,8 @@ impl Push {
     }
 
     /// Line bytes in the push, before compression.
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
-    }
-
-    /// Ids (as given to [`PushBuilder::add`]) of the batches it carries.
-    pub fn parts(&self) -> &[u64] {
-        &self.parts
     }
 
     /// Takes the batch ids out (the sink acknowledges through them).
@@ -167,7 +162,7 @@ impl PushBuilder {
     }
 
     /// When the oldest entry of the pending push arrived.
-    pub fn opened(&self) -> Option<Instant> {
+    pub(crate) fn opened(&self) -> Option<Instant> {
         self.pending.opened
     }
 

@@ -12,67 +12,67 @@ use crate::sinks::delivery::RetryConfig;
 use crate::sinks::template::Template;
 
 /// The push API path under `endpoint`.
-pub const DEFAULT_PUSH_PATH: &str = "/loki/api/v1/push";
+pub(crate) const DEFAULT_PUSH_PATH: &str = "/loki/api/v1/push";
 
 /// Settings of the Loki sink.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LokiConfig {
     /// Base URL of Loki (or its gateway): `http://loki:3100`.
-    pub endpoint: String,
+    pub(crate) endpoint: String,
     /// Push path under the endpoint.
     #[serde(default = "default_path")]
-    pub path: String,
+    pub(crate) path: String,
     /// `X-Scope-OrgID`: the tenant, for a multi-tenant Loki.
     #[serde(default)]
-    pub tenant_id: Option<String>,
+    pub(crate) tenant_id: Option<String>,
     /// Wire format: `protobuf` (snappy, the default) or `json`.
     #[serde(default)]
-    pub encoding: Encoding,
+    pub(crate) encoding: Encoding,
     /// Compression of the JSON form: `gzip` (default) or `none`. Protobuf
     /// is always snappy, as Loki requires.
     #[serde(default)]
-    pub compression: Option<Compression>,
+    pub(crate) compression: Option<Compression>,
     /// gzip level for the JSON form, 1 (fast) to 9 (small).
     #[serde(default = "default_gzip_level")]
-    pub gzip_level: u32,
+    pub(crate) gzip_level: u32,
     /// Labels: name → template over event fields and source metadata.
     /// Keep them few and low-cardinality; a label that renders empty is
     /// left out.
     #[serde(default)]
-    pub labels: BTreeMap<String, Template>,
+    pub(crate) labels: BTreeMap<String, Template>,
     /// Add `source` (the source's name) and `host` unless `labels` sets
     /// them.
     #[serde(default = "yes")]
-    pub default_labels: bool,
+    pub(crate) default_labels: bool,
     /// Event fields sent as structured metadata (high-cardinality values
     /// such as `request_id`, `trace_id`); the name is the path with `.`
     /// replaced by `_`.
     #[serde(default)]
-    pub structured_metadata: Vec<String>,
+    pub(crate) structured_metadata: Vec<String>,
     /// The event field that holds the event's time; empty to always use
     /// the time sluice received the event.
     #[serde(default = "default_timestamp_field")]
-    pub timestamp_field: String,
+    pub(crate) timestamp_field: String,
     /// How to read that field.
     #[serde(default)]
-    pub timestamp_format: TimestampFormat,
+    pub(crate) timestamp_format: TimestampFormat,
     /// When a push is sent.
     #[serde(default)]
-    pub batch: LokiBatch,
+    pub(crate) batch: LokiBatch,
     /// HTTP request settings.
     #[serde(default)]
-    pub request: LokiRequest,
+    pub(crate) request: LokiRequest,
     /// Backoff between attempts.
     #[serde(default)]
-    pub retry: RetryConfig,
+    pub(crate) retry: RetryConfig,
     /// Check Loki at start-up (`GET /ready`): unreachable or refusing our
     /// credentials is a start-up error.
     #[serde(default = "yes")]
-    pub healthcheck: bool,
+    pub(crate) healthcheck: bool,
     /// Credentials, read from files (never written in the config).
     #[serde(default)]
-    pub auth: Option<LokiAuth>,
+    pub(crate) auth: Option<LokiAuth>,
 }
 
 /// Loki's push formats.
@@ -101,7 +101,7 @@ pub enum Compression {
 /// How the timestamp field is read.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum TimestampFormat {
+pub(crate) enum TimestampFormat {
     /// RFC 3339 text, or a Unix time whose unit is guessed from its size
     /// (seconds, milliseconds, microseconds or nanoseconds).
     #[default]
@@ -121,14 +121,14 @@ pub enum TimestampFormat {
 /// The `batch` table: a push leaves when any limit is reached.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct LokiBatch {
+pub(crate) struct LokiBatch {
     /// Most line bytes (before compression) in one push.
-    pub max_bytes: ByteSize,
+    pub(crate) max_bytes: ByteSize,
     /// Most entries in one push.
-    pub max_events: usize,
+    pub(crate) max_events: usize,
     /// Longest an entry waits for its push to fill.
     #[serde(deserialize_with = "duration")]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 impl Default for LokiBatch {
@@ -144,14 +144,14 @@ impl Default for LokiBatch {
 /// The `request` table.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct LokiRequest {
+pub(crate) struct LokiRequest {
     /// Longest one push may take, answer included.
     #[serde(deserialize_with = "duration")]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Pushes in flight at once. 1 keeps every stream's entries in order
     /// across pushes, which a Loki with `unordered_writes = false` needs;
     /// a modern Loki accepts more.
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
 }
 
 impl Default for LokiRequest {
@@ -166,13 +166,13 @@ impl Default for LokiRequest {
 /// The `auth` table: basic auth or a bearer token, each from a file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct LokiAuth {
+pub(crate) struct LokiAuth {
     /// Basic-auth user name.
-    pub user: Option<String>,
+    pub(crate) user: Option<String>,
     /// File holding the basic-auth password.
-    pub password_file: Option<PathBuf>,
+    pub(crate) password_file: Option<PathBuf>,
     /// File holding a bearer token.
-    pub bearer_token_file: Option<PathBuf>,
+    pub(crate) bearer_token_file: Option<PathBuf>,
 }
 
 fn default_path() -> String {
@@ -193,7 +193,7 @@ fn yes() -> bool {
 
 impl LokiConfig {
     /// The compression actually used.
-    pub fn effective_compression(&self) -> Compression {
+    pub(crate) fn effective_compression(&self) -> Compression {
         match (self.encoding, self.compression) {
             (_, Some(c)) => c,
             (Encoding::Protobuf, None) => Compression::Snappy,
@@ -202,7 +202,7 @@ impl LokiConfig {
     }
 
     /// The structured metadata fields, parsed, with their Loki names.
-    pub fn metadata_fields(&self) -> Vec<(String, FieldPath)> {
+    pub(crate) fn metadata_fields(&self) -> Vec<(String, FieldPath)> {
         self.structured_metadata
             .iter()
             .filter_map(|p| FieldPath::parse(p).ok().map(|fp| (p.replace('.', "_"), fp)))
@@ -210,7 +210,7 @@ impl LokiConfig {
     }
 
     /// The timestamp field, if any.
-    pub fn timestamp_path(&self) -> Option<FieldPath> {
+    pub(crate) fn timestamp_path(&self) -> Option<FieldPath> {
         (!self.timestamp_field.is_empty())
             .then(|| FieldPath::parse(&self.timestamp_field).ok())
             .flatten()

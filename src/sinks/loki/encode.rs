@@ -14,51 +14,51 @@ use std::io::Write;
 
 /// `logproto.PushRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct PushRequest {
+pub(crate) struct PushRequest {
     /// One per label set.
     #[prost(message, repeated, tag = "1")]
-    pub streams: Vec<StreamAdapter>,
+    pub(crate) streams: Vec<StreamAdapter>,
 }
 
 /// `logproto.StreamAdapter`: a label set and its entries.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct StreamAdapter {
+pub(crate) struct StreamAdapter {
     /// The labels as LogQL text: `{host="a", service="b"}`.
     #[prost(string, tag = "1")]
-    pub labels: String,
+    pub(crate) labels: String,
     /// Entries, oldest first.
     #[prost(message, repeated, tag = "2")]
-    pub entries: Vec<EntryAdapter>,
+    pub(crate) entries: Vec<EntryAdapter>,
 }
 
 /// `logproto.EntryAdapter`: one log line.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct EntryAdapter {
+pub(crate) struct EntryAdapter {
     /// When the event happened.
     #[prost(message, optional, tag = "1")]
-    pub timestamp: Option<Timestamp>,
+    pub(crate) timestamp: Option<Timestamp>,
     /// The line (UTF-8; `string` on Loki's side).
     #[prost(bytes = "bytes", tag = "2")]
-    pub line: Bytes,
+    pub(crate) line: Bytes,
     /// High-cardinality fields kept beside the line, not indexed.
     #[prost(message, repeated, tag = "3")]
-    pub structured_metadata: Vec<LabelPairAdapter>,
+    pub(crate) structured_metadata: Vec<LabelPairAdapter>,
 }
 
 /// `google.protobuf.Timestamp`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, prost::Message)]
-pub struct Timestamp {
+pub(crate) struct Timestamp {
     /// Seconds since the Unix epoch.
     #[prost(int64, tag = "1")]
-    pub seconds: i64,
+    pub(crate) seconds: i64,
     /// Nanoseconds within the second, `0..1_000_000_000`.
     #[prost(int32, tag = "2")]
-    pub nanos: i32,
+    pub(crate) nanos: i32,
 }
 
 impl Timestamp {
     /// From nanoseconds since the epoch (negative times included).
-    pub fn from_nanos(ns: i64) -> Timestamp {
+    pub(crate) fn from_nanos(ns: i64) -> Timestamp {
         Timestamp {
             seconds: ns.div_euclid(1_000_000_000),
             nanos: ns.rem_euclid(1_000_000_000) as i32,
@@ -66,32 +66,32 @@ impl Timestamp {
     }
 
     /// Nanoseconds since the epoch.
-    pub fn as_nanos(&self) -> i64 {
+    pub(crate) fn as_nanos(&self) -> i64 {
         self.seconds.saturating_mul(1_000_000_000).saturating_add(self.nanos as i64)
     }
 }
 
 /// `logproto.LabelPairAdapter`: one structured metadata pair.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct LabelPairAdapter {
+pub(crate) struct LabelPairAdapter {
     /// The name (UTF-8).
     #[prost(bytes = "bytes", tag = "1")]
-    pub name: Bytes,
+    pub(crate) name: Bytes,
     /// The value (UTF-8).
     #[prost(bytes = "bytes", tag = "2")]
-    pub value: Bytes,
+    pub(crate) value: Bytes,
 }
 
 impl EntryAdapter {
     /// The entry's time in nanoseconds (0 when unset).
-    pub fn nanos(&self) -> i64 {
+    pub(crate) fn nanos(&self) -> i64 {
         self.timestamp.map_or(0, |t| t.as_nanos())
     }
 }
 
 /// Sorts each stream's entries by time (stable: equal times keep their
 /// arrival order), skipping streams already in order.
-pub fn order_entries(streams: &mut [StreamAdapter]) {
+pub(crate) fn order_entries(streams: &mut [StreamAdapter]) {
     for s in streams {
         if !s.entries.is_sorted_by_key(EntryAdapter::nanos) {
             s.entries.sort_by_key(EntryAdapter::nanos);
@@ -100,7 +100,7 @@ pub fn order_entries(streams: &mut [StreamAdapter]) {
 }
 
 /// Encodes a push as protobuf and compresses it as one raw snappy block.
-pub fn encode_protobuf(req: &PushRequest) -> Result<Vec<u8>, snap::Error> {
+pub(crate) fn encode_protobuf(req: &PushRequest) -> Result<Vec<u8>, snap::Error> {
     use prost::Message;
     let raw = req.encode_to_vec();
     snap::raw::Encoder::new().compress_vec(&raw)
@@ -108,7 +108,7 @@ pub fn encode_protobuf(req: &PushRequest) -> Result<Vec<u8>, snap::Error> {
 
 /// Encodes a push in Loki's JSON form. `stream_labels[i]` is stream `i`'s
 /// label set as a JSON object, rendered when the stream was opened.
-pub fn encode_json(req: &PushRequest, stream_labels: &[String]) -> Vec<u8> {
+pub(crate) fn encode_json(req: &PushRequest, stream_labels: &[String]) -> Vec<u8> {
     let size: usize = req
         .streams
         .iter()
@@ -152,7 +152,7 @@ pub fn encode_json(req: &PushRequest, stream_labels: &[String]) -> Vec<u8> {
 }
 
 /// gzip at the given level.
-pub fn gzip(data: &[u8], level: u32) -> std::io::Result<Vec<u8>> {
+pub(crate) fn gzip(data: &[u8], level: u32) -> std::io::Result<Vec<u8>> {
     let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 4 + 64), flate2::Compression::new(level));
     enc.write_all(data)?;
     enc.finish()
@@ -169,7 +169,7 @@ fn json_string(out: &mut Vec<u8>, text: &[u8]) {
 /// Appends a label value in LogQL's quoted form (Go string syntax):
 /// backslash, double quote and control characters are escaped, other
 /// characters (including non-ASCII) are kept.
-pub fn quote_label_value(out: &mut String, value: &str) {
+pub(crate) fn quote_label_value(out: &mut String, value: &str) {
     out.push('"');
     for c in value.chars() {
         match c {
@@ -190,7 +190,7 @@ pub fn quote_label_value(out: &mut String, value: &str) {
 
 /// True for a valid Loki label or structured metadata name:
 /// `[a-zA-Z_][a-zA-Z0-9_]*`.
-pub fn is_valid_label_name(name: &str) -> bool {
+pub(crate) fn is_valid_label_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

@@ -16,11 +16,12 @@
 
 mod builder;
 pub mod config;
-pub mod encode;
+pub(crate) mod encode;
 mod rejection;
 mod timestamp;
 
-pub use builder::{Push, PushBuilder};
+pub use builder::Push;
+pub use builder::PushBuilder;
 pub use config::LokiConfig;
 
 use bytes::Bytes;

@@ -25,7 +25,7 @@
 /// Why entries were refused, as the `reason` label of
 /// `sluice_loki_entries_rejected_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// Older than the newest entry of its stream (`entry out of order`,
     /// `entry too far behind`).
     OutOfOrder,
@@ -37,7 +37,7 @@ pub enum Reason {
 
 impl Reason {
     /// The metric label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::OutOfOrder => "out_of_order",
             Reason::TooOld => "too_old",
@@ -58,23 +58,23 @@ impl Reason {
 
 /// What a 400 answer says was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
+pub(crate) struct Rejection {
     /// Refused entries by reason; the sum never exceeds the push's size.
-    pub counts: Vec<(Reason, u64)>,
+    pub(crate) counts: Vec<(Reason, u64)>,
     /// False when the answer was not one of Loki's partial-rejection
     /// messages: the whole push was refused.
-    pub partial: bool,
+    pub(crate) partial: bool,
 }
 
 impl Rejection {
     /// Entries refused in total.
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.counts.iter().map(|(_, n)| n).sum()
     }
 }
 
 /// Reads a 400 body for a push of `entries` entries.
-pub fn parse(body: &str, entries: u64) -> Rejection {
+pub(crate) fn parse(body: &str, entries: u64) -> Rejection {
     let mut counts: Vec<(Reason, u64)> = Vec::new();
     let mut add = |reason: Reason, n: u64| match counts.iter_mut().find(|(r, _)| *r == reason) {
         Some((_, c)) => *c += n,

@@ -6,7 +6,7 @@ use crate::event::FieldValueRef;
 
 /// Nanoseconds since the epoch, or `None` when the value is not a time in
 /// the given format (the caller then uses the receive time).
-pub fn event_nanos(value: FieldValueRef<'_>, format: TimestampFormat) -> Option<i64> {
+pub(crate) fn event_nanos(value: FieldValueRef<'_>, format: TimestampFormat) -> Option<i64> {
     match value {
         FieldValueRef::Str(s) => from_text(s.trim(), format),
         FieldValueRef::Number(n) => from_number(n, format),

@@ -9,76 +9,76 @@ use crate::sinks::delivery::RetryConfig;
 use crate::sinks::template::Template;
 
 /// S3's smallest part, except the last: 5 MiB.
-pub const MIN_PART_SIZE: u64 = 5 << 20;
+pub(crate) const MIN_PART_SIZE: u64 = 5 << 20;
 
 /// S3's largest part.
-pub const MAX_PART_SIZE: u64 = 5 << 30;
+pub(crate) const MAX_PART_SIZE: u64 = 5 << 30;
 
 /// Settings of the S3 sink.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
     /// The bucket objects go to.
-    pub bucket: String,
+    pub(crate) bucket: String,
     /// The S3 endpoint (`http://127.0.0.1:9000` for MinIO or s3s); AWS's
     /// regional endpoint when unset.
     #[serde(default)]
-    pub endpoint: Option<String>,
+    pub(crate) endpoint: Option<String>,
     /// The signing region.
     #[serde(default = "default_region")]
-    pub region: String,
+    pub(crate) region: String,
     /// `path` (`endpoint/bucket/key`) or `virtual_host`
     /// (`bucket.endpoint/key`); path with an explicit endpoint, virtual
     /// host on AWS.
     #[serde(default)]
-    pub url_style: Option<UrlStyle>,
+    pub(crate) url_style: Option<UrlStyle>,
     /// Key prefix: strftime directives (`%Y/%m/%d/%H`, UTC, the time the
     /// object was opened) and `{{ field }}` templates (event fields, else
     /// source metadata; characters other than `A-Za-z0-9._-` become `_`).
     #[serde(default = "default_key_prefix")]
-    pub key_prefix: Template,
+    pub(crate) key_prefix: Template,
     /// `gzip` (default), `zstd` or `none`.
     #[serde(default)]
-    pub compression: S3Compression,
+    pub(crate) compression: S3Compression,
     /// Compression level: gzip 1–9 (default 6), zstd 1–19 (default 3).
     #[serde(default)]
-    pub compression_level: Option<u32>,
+    pub(crate) compression_level: Option<u32>,
     /// When an object is cut.
     #[serde(default)]
-    pub batch: S3Batch,
+    pub(crate) batch: S3Batch,
     /// Multipart upload: objects whose compressed size passes `part_size`
     /// are uploaded in parts of at least that size while they fill.
     #[serde(default)]
-    pub multipart: S3Multipart,
+    pub(crate) multipart: S3Multipart,
     /// HTTP request settings.
     #[serde(default)]
-    pub request: S3Request,
+    pub(crate) request: S3Request,
     /// Backoff between attempts.
     #[serde(default)]
-    pub retry: RetryConfig,
+    pub(crate) retry: RetryConfig,
     /// `HEAD` the bucket at start-up: wrong credentials or an unknown
     /// bucket are a start-up error.
     #[serde(default = "yes")]
-    pub healthcheck: bool,
+    pub(crate) healthcheck: bool,
     /// Most objects open at once (key prefixes with field templates open
     /// one per distinct prefix); past it the oldest is cut.
     #[serde(default = "default_max_open_objects")]
-    pub max_open_objects: usize,
+    pub(crate) max_open_objects: usize,
     /// File holding the access key id (else `AWS_ACCESS_KEY_ID`).
     #[serde(default)]
-    pub access_key_id_file: Option<PathBuf>,
+    pub(crate) access_key_id_file: Option<PathBuf>,
     /// File holding the secret access key (else `AWS_SECRET_ACCESS_KEY`).
     #[serde(default)]
-    pub secret_access_key_file: Option<PathBuf>,
+    pub(crate) secret_access_key_file: Option<PathBuf>,
     /// File holding a session token (else `AWS_SESSION_TOKEN`, optional).
     #[serde(default)]
-    pub session_token_file: Option<PathBuf>,
+    pub(crate) session_token_file: Option<PathBuf>,
 }
 
 /// How bucket and key map to a URL.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum UrlStyle {
+pub(crate) enum UrlStyle {
     /// `endpoint/bucket/key`.
     Path,
     /// `bucket.endpoint/key`.
@@ -100,7 +100,7 @@ pub enum S3Compression {
 
 impl S3Compression {
     /// The object name suffix.
-    pub fn extension(self) -> &'static str {
+    pub(crate) fn extension(self) -> &'static str {
         match self {
             S3Compression::Gzip => ".ndjson.gz",
             S3Compression::Zstd => ".ndjson.zst",
@@ -112,12 +112,12 @@ impl S3Compression {
 /// The `batch` table: an object is cut at either limit.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct S3Batch {
+pub(crate) struct S3Batch {
     /// Most NDJSON bytes (before compression) in one object.
-    pub max_bytes: ByteSize,
+    pub(crate) max_bytes: ByteSize,
     /// Longest an object stays open after its first event.
     #[serde(deserialize_with = "duration")]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 impl Default for S3Batch {
@@ -132,12 +132,12 @@ impl Default for S3Batch {
 /// The `multipart` table.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct S3Multipart {
+pub(crate) struct S3Multipart {
     /// Compressed bytes per part (at least 5MiB; the last part may be
     /// smaller). An object that ends below it is one `PUT`.
-    pub part_size: ByteSize,
+    pub(crate) part_size: ByteSize,
     /// Parts of one object uploading at once.
-    pub parts_in_flight: usize,
+    pub(crate) parts_in_flight: usize,
 }
 
 impl Default for S3Multipart {
@@ -152,12 +152,12 @@ impl Default for S3Multipart {
 /// The `request` table.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct S3Request {
+pub(crate) struct S3Request {
     /// Longest one request may take, answer included.
     #[serde(deserialize_with = "duration")]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Objects finishing (last part, completion or `PUT`) at once.
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
 }
 
 impl Default for S3Request {
@@ -187,7 +187,7 @@ fn yes() -> bool {
 
 impl S3Config {
     /// The URL style actually used.
-    pub fn effective_url_style(&self) -> UrlStyle {
+    pub(crate) fn effective_url_style(&self) -> UrlStyle {
         self.url_style.unwrap_or(if self.endpoint.is_some() {
             UrlStyle::Path
         } else {
@@ -196,14 +196,14 @@ impl S3Config {
     }
 
     /// The endpoint actually used.
-    pub fn effective_endpoint(&self) -> String {
+    pub(crate) fn effective_endpoint(&self) -> String {
         self.endpoint
             .clone()
             .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", self.region))
     }
 
     /// The compression level actually used.
-    pub fn effective_level(&self) -> u32 {
+    pub(crate) fn effective_level(&self) -> u32 {
         self.compression_level.unwrap_or(match self.compression {
             S3Compression::Gzip => 6,
             S3Compression::Zstd => 3,

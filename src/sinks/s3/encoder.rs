@@ -11,14 +11,6 @@ use super::config::S3Compression;
 /// enough that several members keep the cores busy.
 pub const MEMBER_BYTES: usize = 1 << 20;
 
-/// Compresses `data` as one complete member (a fresh compressor: for
-/// tests and benchmarks; the sink reuses a [`MemberCompressor`]).
-pub fn compress_member(compression: S3Compression, level: u32, data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    MemberCompressor::new(compression, level)?.compress(data, &mut out)?;
-    Ok(out)
-}
-
 /// The 10-byte gzip member header: deflate, no name or time, unknown OS.
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 
@@ -110,7 +102,9 @@ mod tests {
         compressor.compress(&member, &mut buf).unwrap();
         out.extend_from_slice(&buf);
         // An empty member is valid too.
-        out.extend(compress_member(c, level, b"").unwrap());
+        let mut empty = Vec::new();
+        MemberCompressor::new(c, level).unwrap().compress(b"", &mut empty).unwrap();
+        out.extend(empty);
         let mut got = Vec::new();
         match c {
             S3Compression::Gzip => {

@@ -13,11 +13,11 @@
 //! batch's queue budget at once: what it holds is bounded by the open
 //! objects' compressed buffers and the parts in flight.
 
-pub mod client;
+pub(crate) mod client;
 pub mod config;
 pub mod encoder;
 
-pub use config::S3Config;
+pub(crate) use config::S3Config;
 
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};

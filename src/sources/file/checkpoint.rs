@@ -31,27 +31,27 @@ pub const CHECKPOINT_FILE: &str = "checkpoints.json";
 pub struct Entry {
     /// Where the file was last seen (for logs and for finding rotated
     /// siblings; identity comes from the other fields).
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// Device number.
-    pub dev: u64,
+    pub(crate) dev: u64,
     /// Inode number.
-    pub ino: u64,
+    pub(crate) ino: u64,
     /// Birth time (ns since the epoch) where the file system records it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub btime: Option<u64>,
+    pub(crate) btime: Option<u64>,
     /// Hash of the first `fingerprint_len` bytes.
-    pub fingerprint: u64,
+    pub(crate) fingerprint: u64,
     /// Bytes the fingerprint covers.
-    pub fingerprint_len: u32,
+    pub(crate) fingerprint_len: u32,
     /// Acknowledged offset: every line before it was delivered.
-    pub offset: u64,
+    pub(crate) offset: u64,
     /// Hash of the bytes just before `offset` (see `fingerprint::TAIL_BYTES`).
-    pub tail: u64,
+    pub(crate) tail: u64,
 }
 
 impl Entry {
     /// The device and inode the entry was written for.
-    pub fn key(&self) -> FileKey {
+    pub(crate) fn key(&self) -> FileKey {
         FileKey {
             dev: self.dev,
             ino: self.ino,
@@ -59,7 +59,7 @@ impl Entry {
     }
 
     /// The fingerprint the entry was written with.
-    pub fn fingerprint(&self) -> Fingerprint {
+    pub(crate) fn fingerprint(&self) -> Fingerprint {
         Fingerprint {
             hash: self.fingerprint,
             len: self.fingerprint_len,
@@ -135,7 +135,7 @@ impl Checkpointer {
     }
 
     /// The checkpoint file's path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 

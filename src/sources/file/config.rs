@@ -10,17 +10,17 @@ use crate::framing::{OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
 
 /// Default open-file cap: far above what one node's pods write at once,
 /// far below the usual `ulimit -n` of 65536.
-pub const DEFAULT_MAX_OPEN_FILES: usize = 4096;
+pub(crate) const DEFAULT_MAX_OPEN_FILES: usize = 4096;
 
 /// Default bytes one file may read per turn: one large read (fewer
 /// syscalls, bigger batches) yet small enough that a thousand other files
 /// get their turn within a few milliseconds.
-pub const DEFAULT_READ_BUDGET: u64 = 256 * 1024;
+pub(crate) const DEFAULT_READ_BUDGET: u64 = 256 * 1024;
 
 /// How a file's lines are wrapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum FileFormat {
+pub(crate) enum FileFormat {
     /// Detected per file from its first line: CRI, docker json-file, or
     /// plain lines.
     #[default]
@@ -36,7 +36,7 @@ pub enum FileFormat {
 /// Where to start in a file seen for the first time at the first start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum ReadFrom {
+pub(crate) enum ReadFrom {
     /// From the first byte.
     #[default]
     Beginning,
@@ -50,56 +50,56 @@ pub enum ReadFrom {
 pub struct FileConfig {
     /// Glob patterns of files to read (`*`, `?`, `[..]`, `{a,b}`, and `**`
     /// for any number of directories). Absolute paths.
-    pub include: Vec<String>,
+    pub(crate) include: Vec<String>,
     /// Glob patterns of files never to read.
-    pub exclude: Vec<String>,
+    pub(crate) exclude: Vec<String>,
     /// Line format: `auto`, `cri`, `docker` or `lines`.
-    pub format: FileFormat,
+    pub(crate) format: FileFormat,
     /// Where to start in files found at the very first start (no checkpoint
     /// yet). Files that appear later are always read from the beginning.
-    pub read_from: ReadFrom,
+    pub(crate) read_from: ReadFrom,
     /// Longest line kept whole.
-    pub max_line_bytes: ByteSize,
+    pub(crate) max_line_bytes: ByteSize,
     /// What happens to a longer line: `truncate` or `drop`.
-    pub oversize: OverflowPolicy,
+    pub(crate) oversize: OverflowPolicy,
     /// Most files open at once; more wait, and idle open files are closed
     /// to let them in.
-    pub max_open_files: usize,
+    pub(crate) max_open_files: usize,
     /// How often the include globs are scanned for new, rotated and
     /// deleted files.
     #[serde(deserialize_with = "duration")]
-    pub scan_interval: Duration,
+    pub(crate) scan_interval: Duration,
     /// How long the readers sleep when no file had new data.
     #[serde(deserialize_with = "duration")]
-    pub poll_interval: Duration,
+    pub(crate) poll_interval: Duration,
     /// How often acknowledged offsets are written to disk.
     #[serde(deserialize_with = "duration")]
-    pub checkpoint_interval: Duration,
+    pub(crate) checkpoint_interval: Duration,
     /// How long a rotated-away or deleted file is kept open at its end, in
     /// case its writer has not reopened yet.
     #[serde(deserialize_with = "duration")]
-    pub rotate_wait: Duration,
+    pub(crate) rotate_wait: Duration,
     /// Leading bytes hashed to recognise a file.
-    pub fingerprint_bytes: ByteSize,
+    pub(crate) fingerprint_bytes: ByteSize,
     /// Bytes one file may read per turn before the next file's turn.
-    pub read_budget: ByteSize,
+    pub(crate) read_budget: ByteSize,
     /// Reader threads (0: one per core, at most 4).
-    pub readers: usize,
+    pub(crate) readers: usize,
     /// Longest line assembled from partial pieces (CRI `P`, docker pieces
     /// without a newline); longer ones are cut and flagged.
-    pub partial_max_bytes: ByteSize,
+    pub(crate) partial_max_bytes: ByteSize,
     /// How long a partial line waits for its next piece before it is sent
     /// as it is.
     #[serde(deserialize_with = "duration")]
-    pub partial_timeout: Duration,
+    pub(crate) partial_timeout: Duration,
     /// Read the files found at start to their end, then stop (backfills,
     /// benchmarks). The pipeline drains and sluice exits.
-    pub stop_at_eof: bool,
+    pub(crate) stop_at_eof: bool,
     /// Add a `path` label to the per-file metrics (bytes read, lag). Off by
     /// default: paths are unbounded label values.
-    pub metrics_per_file: bool,
+    pub(crate) metrics_per_file: bool,
     /// Kubernetes metadata.
-    pub kubernetes: KubernetesConfig,
+    pub(crate) kubernetes: KubernetesConfig,
 }
 
 impl Default for FileConfig {
@@ -178,7 +178,7 @@ impl FileConfig {
     /// after [`reserved_descriptors`], so files wait their turn for a
     /// descriptor instead of failing to open (and taking the checkpoint
     /// writes and sockets down with them).
-    pub fn with_descriptor_limit(&self, source: &str) -> FileConfig {
+    pub(crate) fn with_descriptor_limit(&self, source: &str) -> FileConfig {
         let mut cfg = self.clone();
         let limit = open_file_limit();
         let cap = open_file_cap(self.max_open_files, limit);
@@ -191,7 +191,7 @@ impl FileConfig {
     }
 
     /// Reader threads to start.
-    pub fn reader_threads(&self) -> usize {
+    pub(crate) fn reader_threads(&self) -> usize {
         if self.readers > 0 {
             return self.readers.min(64);
         }
@@ -202,7 +202,7 @@ impl FileConfig {
 /// Descriptors a file source leaves for everything else (sockets, disk
 /// buffer segments, checkpoint writes, other sources): a quarter of the
 /// limit, and never fewer than [`MIN_RESERVED_DESCRIPTORS`].
-pub fn reserved_descriptors(limit: u64) -> u64 {
+pub(crate) fn reserved_descriptors(limit: u64) -> u64 {
     (limit / 4).max(MIN_RESERVED_DESCRIPTORS)
 }
 

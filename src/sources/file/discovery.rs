@@ -15,7 +15,7 @@ const MAX_DEPTH: usize = 32;
 
 /// The compiled globs of one source.
 #[derive(Debug, Clone)]
-pub struct Globs {
+pub(crate) struct Globs {
     include: GlobSet,
     exclude: GlobSet,
     /// Where each include pattern's walk starts, and how deep it may go.
@@ -24,18 +24,18 @@ pub struct Globs {
 
 /// A file a scan found.
 #[derive(Debug, Clone)]
-pub struct Found {
+pub(crate) struct Found {
     /// The path the glob matched (a symlink's own path, if it is one).
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// What `stat` (following symlinks) says.
-    pub stat: FileStat,
+    pub(crate) stat: FileStat,
     /// The path was a symlink.
-    pub via_symlink: bool,
+    pub(crate) via_symlink: bool,
 }
 
 impl Globs {
     /// Compiles the patterns (already validated by the config).
-    pub fn new(include: &[String], exclude: &[String]) -> Result<Globs, globset::Error> {
+    pub(crate) fn new(include: &[String], exclude: &[String]) -> Result<Globs, globset::Error> {
         let build = |pats: &[String]| -> Result<GlobSet, globset::Error> {
             let mut b = GlobSetBuilder::new();
             for p in pats {
@@ -54,13 +54,13 @@ impl Globs {
     }
 
     /// Whether a path is included and not excluded.
-    pub fn matches(&self, path: &Path) -> bool {
+    pub(crate) fn matches(&self, path: &Path) -> bool {
         self.include.is_match(path) && !self.exclude.is_match(path)
     }
 
     /// Walks every root and returns the matching regular files, one entry
     /// per device and inode (a real path wins over a symlink to it).
-    pub fn scan(&self) -> Vec<Found> {
+    pub(crate) fn scan(&self) -> Vec<Found> {
         let mut by_key: HashMap<FileKey, Found> = HashMap::new();
         for (root, depth) in &self.roots {
             self.walk(root, *depth, &mut by_key);

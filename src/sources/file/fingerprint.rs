@@ -14,12 +14,12 @@ use std::path::Path;
 
 /// Default number of leading bytes hashed: one kilobyte is past the header
 /// most loggers write, and short enough that most files have it soon.
-pub const DEFAULT_FINGERPRINT_BYTES: usize = 1024;
+pub(crate) const DEFAULT_FINGERPRINT_BYTES: usize = 1024;
 
 /// Bytes before a checkpointed offset that must match for a file found
 /// elsewhere (a copy, a rotated name) to continue a checkpoint. 64 bytes
 /// tell apart two files that share a header but diverge later.
-pub const TAIL_BYTES: u64 = 64;
+pub(crate) const TAIL_BYTES: u64 = 64;
 
 /// A stable 64-bit hash of `bytes`. The value is stored in checkpoint files,
 /// so it must never change between versions: it is spelled out here rather
@@ -50,10 +50,10 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fingerprint {
     /// [`hash_bytes`] of the first `len` bytes.
-    pub hash: u64,
+    pub(crate) hash: u64,
     /// How many bytes were hashed: the configured length, or less while the
     /// file is shorter than that.
-    pub len: u32,
+    pub(crate) len: u32,
 }
 
 impl Fingerprint {
@@ -76,27 +76,27 @@ impl Fingerprint {
 
 /// Device and inode: the identity of a file while it exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FileKey {
+pub(crate) struct FileKey {
     /// `st_dev`.
-    pub dev: u64,
+    pub(crate) dev: u64,
     /// `st_ino`.
-    pub ino: u64,
+    pub(crate) ino: u64,
 }
 
 /// What `stat` says about a file, as far as identity and reading go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileStat {
+pub(crate) struct FileStat {
     /// Device and inode.
-    pub key: FileKey,
+    pub(crate) key: FileKey,
     /// Size in bytes.
-    pub size: u64,
+    pub(crate) size: u64,
     /// Hard links; 0 once the file is deleted (while still open).
-    pub nlink: u64,
+    pub(crate) nlink: u64,
     /// Birth time in nanoseconds since the epoch, where the file system
     /// records it: a reused inode has a new one.
-    pub btime: Option<u64>,
+    pub(crate) btime: Option<u64>,
     /// A regular file (not a directory, pipe or device).
-    pub regular: bool,
+    pub(crate) regular: bool,
 }
 
 impl FileStat {
@@ -116,7 +116,7 @@ impl FileStat {
     }
 
     /// Stats a path, following symlinks.
-    pub fn of_path(path: &Path) -> std::io::Result<FileStat> {
+    pub(crate) fn of_path(path: &Path) -> std::io::Result<FileStat> {
         use std::os::unix::ffi::OsStrExt;
         let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
         // SAFETY: a zeroed statx is a valid out-parameter.
@@ -131,7 +131,7 @@ impl FileStat {
     }
 
     /// Stats an open file.
-    pub fn of_file(file: &File) -> std::io::Result<FileStat> {
+    pub(crate) fn of_file(file: &File) -> std::io::Result<FileStat> {
         use std::os::fd::AsRawFd;
         // SAFETY: a zeroed statx is a valid out-parameter.
         let mut st: libc::statx = unsafe { std::mem::zeroed() };
@@ -154,7 +154,7 @@ impl FileStat {
 }
 
 /// Reads up to `len` bytes at `offset`, fewer only at end of file.
-pub fn read_at(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_at(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     let mut got = 0;
     while got < len {
@@ -171,7 +171,7 @@ pub fn read_at(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>>
 
 /// The hash of the (up to) [`TAIL_BYTES`] bytes before `offset`, or `None`
 /// when the file no longer has them.
-pub fn tail_hash(file: &File, offset: u64) -> Option<u64> {
+pub(crate) fn tail_hash(file: &File, offset: u64) -> Option<u64> {
     let start = offset.saturating_sub(TAIL_BYTES);
     let bytes = read_at(file, start, (offset - start) as usize).ok()?;
     (bytes.len() as u64 == offset - start).then(|| hash_bytes(&bytes))
@@ -185,7 +185,7 @@ const COMPRESSED_SUFFIXES: &[&str] = &[
 
 /// Whether a file is compressed, by its name or its first bytes (gzip,
 /// bzip2, xz, zstd, lz4 and zip magic numbers).
-pub fn is_compressed(path: &Path, head: &[u8]) -> bool {
+pub(crate) fn is_compressed(path: &Path, head: &[u8]) -> bool {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_ascii_lowercase())

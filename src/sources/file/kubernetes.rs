@@ -19,40 +19,40 @@ use crate::config::{duration, ConfigError, Validate};
 use crate::pipeline::ShutdownSignal;
 
 /// Where a pod's service account token is mounted.
-pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+pub(crate) const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 /// Where the cluster CA is mounted.
-pub const DEFAULT_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+pub(crate) const DEFAULT_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 
 /// The `kubernetes` table of a file source.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct KubernetesConfig {
+pub(crate) struct KubernetesConfig {
     /// Add `kubernetes` metadata parsed from each file's path.
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// Also list and watch this node's pods on the API server.
-    pub api: bool,
+    pub(crate) api: bool,
     /// API server URL; default `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
-    pub api_url: Option<String>,
+    pub(crate) api_url: Option<String>,
     /// Bearer token file (re-read on every request: projected tokens rotate).
-    pub token_file: PathBuf,
+    pub(crate) token_file: PathBuf,
     /// CA bundle that signs the API server's certificate.
-    pub ca_file: PathBuf,
+    pub(crate) ca_file: PathBuf,
     /// This node's name; default `$NODE_NAME` (from the downward API).
-    pub node_name: Option<String>,
+    pub(crate) node_name: Option<String>,
     /// Pod label holding the release version.
-    pub release_label: String,
+    pub(crate) release_label: String,
     /// Pod label holding the process type; default: the container name.
-    pub process_type_label: String,
+    pub(crate) process_type_label: String,
     /// Copy pod labels onto events.
-    pub labels: bool,
+    pub(crate) labels: bool,
     /// Copy pod annotations onto events.
-    pub annotations: bool,
+    pub(crate) annotations: bool,
     /// How long a deleted pod's metadata is kept for its last lines.
     #[serde(deserialize_with = "duration")]
-    pub deleted_pod_retention: Duration,
+    pub(crate) deleted_pod_retention: Duration,
     /// How long the source waits for the first pod list before reading.
     #[serde(deserialize_with = "duration")]
-    pub initial_sync_timeout: Duration,
+    pub(crate) initial_sync_timeout: Duration,
 }
 
 impl Default for KubernetesConfig {
@@ -89,7 +89,7 @@ impl Validate for KubernetesConfig {
 
 impl KubernetesConfig {
     /// The API URL, from the setting or the in-cluster environment.
-    pub fn resolved_api_url(&self) -> Option<String> {
+    pub(crate) fn resolved_api_url(&self) -> Option<String> {
         if let Some(u) = &self.api_url {
             return Some(u.trim_end_matches('/').to_owned());
         }
@@ -100,7 +100,7 @@ impl KubernetesConfig {
     }
 
     /// The node name, from the setting or `NODE_NAME`.
-    pub fn resolved_node_name(&self) -> Option<String> {
+    pub(crate) fn resolved_node_name(&self) -> Option<String> {
         self.node_name
             .clone()
             .or_else(|| std::env::var("NODE_NAME").ok())
@@ -110,23 +110,23 @@ impl KubernetesConfig {
 
 /// What a log file's path says about its container.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathMeta {
+pub(crate) struct PathMeta {
     /// Namespace.
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// Pod name.
-    pub pod: String,
+    pub(crate) pod: String,
     /// Pod UID (only in the `/var/log/pods` layout).
-    pub pod_uid: Option<String>,
+    pub(crate) pod_uid: Option<String>,
     /// Container name.
-    pub container: String,
+    pub(crate) container: String,
     /// Restart count (the `<n>` of `<n>.log`).
-    pub restart: Option<u32>,
+    pub(crate) restart: Option<u32>,
     /// Container ID (only in the `/var/log/containers` layout).
-    pub container_id: Option<String>,
+    pub(crate) container_id: Option<String>,
 }
 
 /// Parses the kubelet's layouts; `None` for any other path.
-pub fn path_meta(path: &Path) -> Option<PathMeta> {
+pub(crate) fn path_meta(path: &Path) -> Option<PathMeta> {
     let comps: Vec<&str> = path.iter().filter_map(|c| c.to_str()).collect();
     let n = comps.len();
     if n >= 3 {
@@ -165,29 +165,29 @@ pub fn path_meta(path: &Path) -> Option<PathMeta> {
 
 /// What the API server says about one pod.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PodInfo {
+pub(crate) struct PodInfo {
     /// Namespace.
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// Name.
-    pub name: String,
+    pub(crate) name: String,
     /// UID.
-    pub uid: String,
+    pub(crate) uid: String,
     /// Labels.
-    pub labels: Map<String, Value>,
+    pub(crate) labels: Map<String, Value>,
     /// Annotations.
-    pub annotations: Map<String, Value>,
+    pub(crate) annotations: Map<String, Value>,
     /// The controlling owner (kind, name).
-    pub owner: Option<(String, String)>,
+    pub(crate) owner: Option<(String, String)>,
     /// Container name → image, including init containers.
-    pub images: Vec<(String, String)>,
+    pub(crate) images: Vec<(String, String)>,
     /// Node the pod runs on.
-    pub node: Option<String>,
+    pub(crate) node: Option<String>,
 }
 
 impl PodInfo {
     /// Reads the fields sluice uses from a Pod object; `None` without a
     /// name, namespace or UID.
-    pub fn from_json(pod: &Value) -> Option<PodInfo> {
+    pub(crate) fn from_json(pod: &Value) -> Option<PodInfo> {
         let meta = pod.get("metadata")?;
         let s = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
         let obj = |v: Option<&Value>| v.and_then(Value::as_object).cloned().unwrap_or_default();
@@ -220,13 +220,13 @@ impl PodInfo {
     }
 
     /// The image of a container.
-    pub fn image(&self, container: &str) -> Option<&str> {
+    pub(crate) fn image(&self, container: &str) -> Option<&str> {
         self.images.iter().find(|(n, _)| n == container).map(|(_, i)| i.as_str())
     }
 }
 
 /// The tag of an image reference (`repo/app:1.2.3@sha256:…` → `1.2.3`).
-pub fn image_tag(image: &str) -> Option<&str> {
+pub(crate) fn image_tag(image: &str) -> Option<&str> {
     let no_digest = image.split('@').next()?;
     let last = no_digest.rsplit('/').next()?;
     let (_, tag) = last.rsplit_once(':')?;
@@ -243,7 +243,7 @@ struct CachedPod {
 /// by UID (or namespace and name) and notice changes through
 /// [`PodCache::generation`].
 #[derive(Debug, Default)]
-pub struct PodCache {
+pub(crate) struct PodCache {
     pods: RwLock<HashMap<String, CachedPod>>,
     generation: AtomicU64,
     synced: AtomicBool,
@@ -252,27 +252,22 @@ pub struct PodCache {
 impl PodCache {
     /// Bumped on every change; a reader whose files were enriched at an
     /// older generation looks again.
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
     /// True once the first list arrived.
-    pub fn synced(&self) -> bool {
+    pub(crate) fn synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
     }
 
     /// Number of pods held (deleted ones included until they expire).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.pods.read().map(|p| p.len()).unwrap_or(0)
     }
 
-    /// True when no pod is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The pod a file belongs to.
-    pub fn lookup(&self, m: &PathMeta) -> Option<Arc<PodInfo>> {
+    pub(crate) fn lookup(&self, m: &PathMeta) -> Option<Arc<PodInfo>> {
         let pods = self.pods.read().ok()?;
         if let Some(uid) = &m.pod_uid {
             if let Some(p) = pods.get(uid) {
@@ -286,7 +281,7 @@ impl PodCache {
     }
 
     /// Adds or replaces a pod.
-    pub fn upsert(&self, info: PodInfo) {
+    pub(crate) fn upsert(&self, info: PodInfo) {
         if let Ok(mut pods) = self.pods.write() {
             let unchanged = pods.get(&info.uid).is_some_and(|p| *p.info == info && p.deleted_at.is_none());
             if unchanged {
@@ -304,7 +299,7 @@ impl PodCache {
     }
 
     /// Marks a pod deleted; it stays until `retention` passes.
-    pub fn mark_deleted(&self, uid: &str, now: Instant) {
+    pub(crate) fn mark_deleted(&self, uid: &str, now: Instant) {
         if let Ok(mut pods) = self.pods.write() {
             if let Some(p) = pods.get_mut(uid) {
                 p.deleted_at.get_or_insert(now);
@@ -314,7 +309,7 @@ impl PodCache {
 
     /// Replaces the whole set after a list: pods not listed are marked
     /// deleted.
-    pub fn replace_all(&self, list: Vec<PodInfo>, now: Instant) {
+    pub(crate) fn replace_all(&self, list: Vec<PodInfo>, now: Instant) {
         let listed: std::collections::HashSet<String> = list.iter().map(|p| p.uid.clone()).collect();
         for p in list {
             self.upsert(p);
@@ -331,7 +326,7 @@ impl PodCache {
     }
 
     /// Forgets pods deleted more than `retention` ago.
-    pub fn expire(&self, now: Instant, retention: Duration) {
+    pub(crate) fn expire(&self, now: Instant, retention: Duration) {
         if let Ok(mut pods) = self.pods.write() {
             pods.retain(|_, p| p.deleted_at.is_none_or(|d| now.duration_since(d) < retention));
         }
@@ -340,7 +335,7 @@ impl PodCache {
 
 /// Builds the `kubernetes` metadata of a file (and the release and process
 /// type it implies) on top of the collector's own metadata `base`.
-pub fn metadata(base: &Map<String, Value>, cfg: &KubernetesConfig, m: &PathMeta, pod: Option<&PodInfo>) -> Map<String, Value> {
+pub(crate) fn metadata(base: &Map<String, Value>, cfg: &KubernetesConfig, m: &PathMeta, pod: Option<&PodInfo>) -> Map<String, Value> {
     let mut meta = base.clone();
     let mut k = Map::new();
     k.insert("namespace".into(), Value::from(m.namespace.as_str()));
@@ -452,7 +447,7 @@ pub enum ApiError {
 
 /// Lists and watches this node's pods into a [`PodCache`].
 #[derive(Debug)]
-pub struct PodWatcher {
+pub(crate) struct PodWatcher {
     client: reqwest::Client,
     base: String,
     node: String,
@@ -467,7 +462,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl PodWatcher {
     /// A watcher for `node` on the API server at `base`.
-    pub fn new(cfg: &KubernetesConfig, base: String, node: String, cache: Arc<PodCache>, source: Arc<str>) -> Result<PodWatcher, ApiError> {
+    pub(crate) fn new(
+        cfg: &KubernetesConfig,
+        base: String,
+        node: String,
+        cache: Arc<PodCache>,
+        source: Arc<str>,
+    ) -> Result<PodWatcher, ApiError> {
         let ca = std::fs::read(&cfg.ca_file).map_err(|error| ApiError::File {
             path: cfg.ca_file.clone(),
             error,
@@ -610,7 +611,7 @@ impl PodWatcher {
     }
 
     /// Lists, then watches, until shutdown; reconnects with backoff.
-    pub async fn run(self, mut shutdown: ShutdownSignal) {
+    pub(crate) async fn run(self, mut shutdown: ShutdownSignal) {
         let mut backoff = Duration::from_millis(500);
         let m = super::metrics::FileMetrics::get();
         while !shutdown.is_set() {

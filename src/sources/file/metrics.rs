@@ -10,48 +10,48 @@ use crate::telemetry::{counter_vec, gauge_vec};
 
 /// The file source's metrics.
 #[derive(Debug)]
-pub struct FileMetrics {
+pub(crate) struct FileMetrics {
     /// `sluice_file_open_files{source}`.
-    pub open_files: IntGaugeVec,
+    pub(crate) open_files: IntGaugeVec,
     /// `sluice_file_waiting_files{source}`: found but not opened (cap).
-    pub waiting_files: IntGaugeVec,
+    pub(crate) waiting_files: IntGaugeVec,
     /// `sluice_file_bytes_read_total{source}`.
-    pub bytes_read: IntCounterVec,
+    pub(crate) bytes_read: IntCounterVec,
     /// `sluice_file_checkpoint_lag_bytes{source}`: read, not yet acknowledged.
-    pub lag_bytes: IntGaugeVec,
+    pub(crate) lag_bytes: IntGaugeVec,
     /// `sluice_file_rotations_total{source,kind}`: `rename`, `truncate`, `delete`.
-    pub rotations: IntCounterVec,
+    pub(crate) rotations: IntCounterVec,
     /// `sluice_file_truncations_total{source}`: files that shrank below the
     /// read offset (copytruncate).
-    pub truncations: IntCounterVec,
+    pub(crate) truncations: IntCounterVec,
     /// `sluice_file_partial_merges_total{source}`: lines assembled from pieces.
-    pub partial_merges: IntCounterVec,
+    pub(crate) partial_merges: IntCounterVec,
     /// `sluice_file_partial_overflows_total{source,reason}`: assembled lines
     /// cut at `partial_max_bytes` (`cap`) or sent alone after
     /// `partial_timeout` (`timeout`).
-    pub partial_overflows: IntCounterVec,
+    pub(crate) partial_overflows: IntCounterVec,
     /// `sluice_file_checkpoint_writes_total{source}`.
-    pub checkpoint_writes: IntCounterVec,
+    pub(crate) checkpoint_writes: IntCounterVec,
     /// `sluice_file_checkpoint_errors_total{source,kind}`: `write`, `corrupt`.
-    pub checkpoint_errors: IntCounterVec,
+    pub(crate) checkpoint_errors: IntCounterVec,
     /// `sluice_file_copy_resumed_total{source}`: rotated copies or renamed
     /// files found by fingerprint and finished.
-    pub resumed: IntCounterVec,
+    pub(crate) resumed: IntCounterVec,
     /// `sluice_file_path_bytes_read_total{source,path}` (`metrics_per_file`).
-    pub path_bytes_read: IntCounterVec,
+    pub(crate) path_bytes_read: IntCounterVec,
     /// `sluice_file_path_lag_bytes{source,path}` (`metrics_per_file`).
-    pub path_lag_bytes: IntGaugeVec,
+    pub(crate) path_lag_bytes: IntGaugeVec,
     /// `sluice_kubernetes_pods{source}`: pods in the metadata cache.
-    pub kube_pods: IntGaugeVec,
+    pub(crate) kube_pods: IntGaugeVec,
     /// `sluice_kubernetes_api_errors_total{source}`.
-    pub kube_api_errors: IntCounterVec,
+    pub(crate) kube_api_errors: IntCounterVec,
     /// `sluice_kubernetes_watch_restarts_total{source}`.
-    pub kube_watch_restarts: IntCounterVec,
+    pub(crate) kube_watch_restarts: IntCounterVec,
 }
 
 impl FileMetrics {
     /// The metrics, registered on first use.
-    pub fn get() -> &'static FileMetrics {
+    pub(crate) fn get() -> &'static FileMetrics {
         static M: OnceLock<FileMetrics> = OnceLock::new();
         M.get_or_init(FileMetrics::register)
     }

@@ -11,15 +11,15 @@
 //! file source without `data_dir` is rejected at start.
 
 pub mod checkpoint;
-pub mod config;
-pub mod discovery;
+pub(crate) mod config;
+pub(crate) mod discovery;
 pub mod fingerprint;
-pub mod kubernetes;
+pub(crate) mod kubernetes;
 pub(crate) mod metrics;
 mod shared;
 mod tailer;
 
-pub use config::{FileConfig, FileFormat, ReadFrom};
+pub(crate) use config::{FileConfig, ReadFrom};
 
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};

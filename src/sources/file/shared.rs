@@ -12,7 +12,7 @@ use super::fingerprint::FileKey;
 
 /// What happens to a file's checkpoint entry once its reader is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposal {
+pub(crate) enum Disposal {
     /// The file is finished (rotated away or deleted and read to its end):
     /// forget it.
     Forget,
@@ -28,57 +28,57 @@ pub enum Disposal {
 /// sink. `head` holds the first bytes of the file (at most the fingerprint
 /// length), which never change while the file is not truncated.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// Unique for the life of the process.
-    pub id: u64,
+    pub(crate) id: u64,
     /// The open file; closed when the last reference goes.
-    pub file: File,
+    pub(crate) file: File,
     /// Device and inode of `file`.
-    pub key: FileKey,
+    pub(crate) key: FileKey,
     /// Birth time of `file`.
-    pub btime: Option<u64>,
+    pub(crate) btime: Option<u64>,
     /// The path it was last seen at.
-    pub path: Mutex<PathBuf>,
+    pub(crate) path: Mutex<PathBuf>,
     /// Its first bytes.
-    pub head: Mutex<Vec<u8>>,
+    pub(crate) head: Mutex<Vec<u8>>,
     /// Offset read so far.
-    pub read: AtomicU64,
+    pub(crate) read: AtomicU64,
     /// Offset acknowledged so far.
-    pub acked: AtomicU64,
+    pub(crate) acked: AtomicU64,
     /// Set by the scanner: the path no longer leads to this file.
-    pub rotated: AtomicBool,
+    pub(crate) rotated: AtomicBool,
     /// Set by the scanner, never cleared: the file was seen under another
     /// path, or its path led to another file. Its end is then a rotation,
     /// even if the rotated file is deleted (compressed) before it is closed.
-    pub renamed: AtomicBool,
+    pub(crate) renamed: AtomicBool,
     /// Set by the scanner: the first bytes changed (truncated and written
     /// again past the read offset between two looks).
-    pub rewritten: AtomicBool,
+    pub(crate) rewritten: AtomicBool,
     /// Set by the scanner: close when idle, others wait for a slot.
-    pub park: AtomicBool,
+    pub(crate) park: AtomicBool,
     /// Milliseconds since the source started at which the reader last found
     /// the file at its end without new data (0 while it has data).
-    pub idle_since_ms: AtomicU64,
+    pub(crate) idle_since_ms: AtomicU64,
     /// Set by the reader when it is finished with the file.
-    pub done: Mutex<Option<Disposal>>,
+    pub(crate) done: Mutex<Option<Disposal>>,
     /// False when the entry must not be written (an old generation whose
     /// bytes are gone).
-    pub checkpointable: AtomicBool,
+    pub(crate) checkpointable: AtomicBool,
 }
 
 impl Shared {
     /// Locks a mutex, ignoring poisoning (the data are plain values).
-    pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
         m.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The path, cloned.
-    pub fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         Shared::lock(&self.path).clone()
     }
 
     /// Whether the reader is done, and how.
-    pub fn disposal(&self) -> Option<Disposal> {
+    pub(crate) fn disposal(&self) -> Option<Disposal> {
         *Shared::lock(&self.done)
     }
 }
@@ -87,38 +87,38 @@ impl Shared {
 /// be copies of a tracked file (not read unless their original is
 /// truncated).
 #[derive(Debug, Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     next_id: u64,
     /// Tracked files by id.
-    pub files: HashMap<u64, Arc<Shared>>,
+    pub(crate) files: HashMap<u64, Arc<Shared>>,
     /// Ids by device and inode, for files whose fd is live.
-    pub by_key: HashMap<FileKey, u64>,
+    pub(crate) by_key: HashMap<FileKey, u64>,
     /// Copies of tracked files (logrotate `copytruncate` at work), with the
     /// size they had when judged.
-    pub shadows: HashMap<FileKey, u64>,
+    pub(crate) shadows: HashMap<FileKey, u64>,
     /// Heads of files that were truncated: a new file next to one that
     /// starts with such a head and is no longer than what was read is the
     /// rotated copy of bytes already read.
-    pub retired: Vec<Retired>,
+    pub(crate) retired: Vec<Retired>,
 }
 
 /// What a truncated file held before it was truncated.
 #[derive(Debug)]
-pub struct Retired {
+pub(crate) struct Retired {
     /// Its directory.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Its first bytes.
-    pub head: Vec<u8>,
+    pub(crate) head: Vec<u8>,
     /// How far it had been read.
-    pub read: u64,
+    pub(crate) read: u64,
     /// When it was truncated.
-    pub at: Instant,
+    pub(crate) at: Instant,
 }
 
 impl Registry {
     /// Adds a file and returns its shared state.
     #[allow(clippy::too_many_arguments)]
-    pub fn add(
+    pub(crate) fn add(
         &mut self,
         file: File,
         key: FileKey,
@@ -153,7 +153,7 @@ impl Registry {
     }
 
     /// Forgets a file (its fd closes once the reader drops it too).
-    pub fn remove(&mut self, id: u64) -> Option<Arc<Shared>> {
+    pub(crate) fn remove(&mut self, id: u64) -> Option<Arc<Shared>> {
         let s = self.files.remove(&id)?;
         if self.by_key.get(&s.key) == Some(&id) {
             self.by_key.remove(&s.key);
@@ -162,17 +162,17 @@ impl Registry {
     }
 
     /// Whether a live tracked file has this device and inode.
-    pub fn tracks(&self, key: &FileKey) -> bool {
+    pub(crate) fn tracks(&self, key: &FileKey) -> bool {
         self.by_key.contains_key(key)
     }
 
     /// Files whose fd is open and not yet done.
-    pub fn open_count(&self) -> usize {
+    pub(crate) fn open_count(&self) -> usize {
         self.files.values().filter(|s| s.disposal().is_none()).count()
     }
 }
 
 /// Loads an atomic.
-pub fn load(a: &AtomicU64) -> u64 {
+pub(crate) fn load(a: &AtomicU64) -> u64 {
     a.load(Ordering::Acquire)
 }

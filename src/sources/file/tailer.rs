@@ -44,19 +44,19 @@ const STAT_EVERY: Duration = Duration::from_millis(200);
 
 /// What every reader thread shares.
 pub(crate) struct ReaderCx {
-    pub source: Arc<str>,
-    pub cfg: Arc<FileConfig>,
+    pub(crate) source: Arc<str>,
+    pub(crate) cfg: Arc<FileConfig>,
     /// Where batches go; `None` once the reader has stopped reading, so the
     /// fan-out can end and the sinks flush what they hold (an S3 object is
     /// only uploaded, and its batches acknowledged, when its queue closes).
-    pub output: Option<SourceOutput>,
-    pub handle: tokio::runtime::Handle,
-    pub shutdown: ShutdownSignal,
+    pub(crate) output: Option<SourceOutput>,
+    pub(crate) handle: tokio::runtime::Handle,
+    pub(crate) shutdown: ShutdownSignal,
     /// Set by the scanner in `stop_at_eof` mode once every file is done.
-    pub stop: Arc<AtomicBool>,
-    pub registry: Arc<Mutex<Registry>>,
-    pub contexts: Arc<ContextFactory>,
-    pub started: Instant,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) registry: Arc<Mutex<Registry>>,
+    pub(crate) contexts: Arc<ContextFactory>,
+    pub(crate) started: Instant,
 }
 
 impl ReaderCx {
@@ -78,10 +78,10 @@ impl ReaderCx {
 
 /// A file handed to a reader.
 pub(crate) struct NewFile {
-    pub shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     /// Found by fingerprint elsewhere than its live path (a rotated file
     /// finished after a restart): read to its end and release.
-    pub finishing: bool,
+    pub(crate) finishing: bool,
 }
 
 enum Unwrap {

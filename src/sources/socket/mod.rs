@@ -27,7 +27,7 @@ mod unix;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub use framing::fuzz_octet_frames;
-pub use tls::{ClientAuth, TlsConfig};
+pub(crate) use tls::TlsConfig;
 
 use serde::{Deserialize, Deserializer};
 use std::net::SocketAddr;
@@ -67,7 +67,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Which kind of socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum SocketMode {
+pub(crate) enum SocketMode {
     /// TCP, newline or octet-counted, optionally TLS; needs `address`.
     Tcp,
     /// UDP, one or more lines per datagram; needs `address`.
@@ -81,7 +81,7 @@ pub enum SocketMode {
 /// What the bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum SocketFormat {
+pub(crate) enum SocketFormat {
     /// One JSON object per line; anything else is kept as `{"message":…}`.
     #[default]
     Json,
@@ -98,7 +98,7 @@ pub enum SocketFormat {
 /// glibc's and Python's NUL-terminated unix stream records stay apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum StreamFraming {
+pub(crate) enum StreamFraming {
     /// Newlines; a syslog connection is decided on its first read:
     /// octet counting when it starts with a digit, NUL when a NUL has
     /// arrived, newlines otherwise.
@@ -117,60 +117,60 @@ pub enum StreamFraming {
 #[serde(deny_unknown_fields)]
 pub struct SocketConfig {
     /// `tcp`, `udp`, `unix_stream` or `unix_datagram`.
-    pub mode: SocketMode,
+    pub(crate) mode: SocketMode,
     /// Listen address for `tcp` and `udp` (`0.0.0.0:5140`).
     #[serde(default)]
-    pub address: Option<SocketAddr>,
+    pub(crate) address: Option<SocketAddr>,
     /// Socket file for `unix_stream` and `unix_datagram`.
     #[serde(default)]
-    pub path: Option<PathBuf>,
+    pub(crate) path: Option<PathBuf>,
     /// `json` (default) or `syslog`.
     #[serde(default)]
-    pub format: SocketFormat,
+    pub(crate) format: SocketFormat,
     /// Stream framing: `auto` (default), `newline`, `nul` or
     /// `octet_counting`.
     #[serde(default)]
-    pub framing: StreamFraming,
+    pub(crate) framing: StreamFraming,
     /// Longest message (line, frame or datagram) kept whole.
     #[serde(default = "default_max_frame_bytes")]
-    pub max_frame_bytes: ByteSize,
+    pub(crate) max_frame_bytes: ByteSize,
     /// What happens to a longer one: `truncate` (default) or `drop`.
     #[serde(default)]
-    pub oversize: OverflowPolicy,
+    pub(crate) oversize: OverflowPolicy,
     /// Most connections open at once (stream modes); past it, new
     /// connections are accepted and closed at once, and counted.
     #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// A connection that sends nothing for this long is closed (`0s`:
     /// never).
     #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// TLS for `tcp`.
     #[serde(default)]
-    pub tls: Option<TlsConfig>,
+    pub(crate) tls: Option<TlsConfig>,
     /// Mode of the socket file, octal (`"0660"`); default `0666`, like
     /// `/dev/log`.
     #[serde(default, deserialize_with = "octal_mode")]
-    pub permissions: Option<u32>,
+    pub(crate) permissions: Option<u32>,
     /// Owner of the socket file: a user name or uid.
     #[serde(default)]
-    pub owner: Option<String>,
+    pub(crate) owner: Option<String>,
     /// Group of the socket file: a group name or gid.
     #[serde(default)]
-    pub group: Option<String>,
+    pub(crate) group: Option<String>,
     /// Unix sockets: add the peer's pid, uid, gid, command line and
     /// executable as `process` metadata (default true).
     #[serde(default = "default_true")]
-    pub peer_metadata: bool,
+    pub(crate) peer_metadata: bool,
     /// Unix sockets: variables to read from the peer's environment
     /// (`/proc/<pid>/environ`, when permitted). `SLUICE_RELEASE`,
     /// `SLUICE_RELEASE_COMMIT` and `SLUICE_PROCESS_TYPE` fill `release` and
     /// `process.type`; others go to `process.environment`.
     #[serde(default)]
-    pub peer_environment: Vec<String>,
+    pub(crate) peer_environment: Vec<String>,
     /// Kernel receive buffer (SO_RCVBUF) for datagram sockets.
     #[serde(default)]
-    pub receive_buffer_bytes: Option<ByteSize>,
+    pub(crate) receive_buffer_bytes: Option<ByteSize>,
 }
 
 fn default_max_frame_bytes() -> ByteSize {

@@ -18,7 +18,7 @@ const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Whether clients must present a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum ClientAuth {
+pub(crate) enum ClientAuth {
     /// A client certificate, if presented, must verify against
     /// `client_ca_file`; clients without one are accepted.
     Optional,
@@ -31,21 +31,21 @@ pub enum ClientAuth {
 /// The `tls` table of a TCP socket source.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct TlsConfig {
+pub(crate) struct TlsConfig {
     /// The server certificate chain (PEM).
-    pub cert_file: PathBuf,
+    pub(crate) cert_file: PathBuf,
     /// The server's private key (PEM: PKCS#8, PKCS#1 or SEC1).
-    pub key_file: PathBuf,
+    pub(crate) key_file: PathBuf,
     /// CA certificates (PEM) that client certificates must chain to. Unset:
     /// clients are not asked for certificates.
     #[serde(default)]
-    pub client_ca_file: Option<PathBuf>,
+    pub(crate) client_ca_file: Option<PathBuf>,
     /// `required` (default) or `optional`; only with `client_ca_file`.
     #[serde(default)]
-    pub client_auth: ClientAuth,
+    pub(crate) client_auth: ClientAuth,
     /// Longest a handshake may take.
     #[serde(default = "default_handshake_timeout", deserialize_with = "duration")]
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
 }
 
 fn default_handshake_timeout() -> Duration {

@@ -386,6 +386,45 @@ when_full = "panic"
     }
 
     #[test]
+    fn sub_config_errors_name_their_own_key_and_unknown_types_list_the_registry() {
+        let text = r#"
+data_dir = "/tmp/x"
+[sources.f]
+type = "file"
+include = ["/var/log/*.log"]
+[sources.f.kubernetes]
+api = true
+[sources.other]
+type = "nope"
+[sinks.out]
+type = "stdout"
+[sinks.out.buffer]
+max_events = 0
+max_bytes = "10B"
+[sinks.l]
+type = "loki"
+endpoint = "http://127.0.0.1:3100"
+[sinks.l.retry]
+initial_backoff = "0s"
+max_backoff = "0s"
+[sinks.more]
+type = "nope"
+"#;
+        let errs = Config::from_str(text, Format::Toml, &no_env).unwrap_err().0;
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        for want in [
+            "sources.f.kubernetes.api: needs kubernetes.enabled = true",
+            "sources.other.type: unknown source type \"nope\"; known: stdin, file, socket, process, kafka",
+            "sinks.more.type: unknown sink type \"nope\"; known: stdout, blackhole, kafka, loki, s3",
+            "sinks.out.buffer.max_events: must be at least 1",
+            "sinks.out.buffer.max_bytes: must be at least 1KiB",
+            "sinks.l.retry.initial_backoff: must be above 0",
+        ] {
+            assert!(text.iter().any(|t| t == want), "missing {want:?} in {text:#?}");
+        }
+    }
+
+    #[test]
     fn yaml_and_env_overrides_work() {
         let text = "sources:\n  in:\n    type: stdin\nsinks:\n  out:\n    type: blackhole\n";
         let env = |k: &str| match k {

@@ -3,7 +3,6 @@
 //! uploads; the objects s3s-fs wrote to its directory are decompressed and
 //! compared with what was written.
 
-mod running_sluice;
 mod support;
 
 use std::collections::BTreeSet;
@@ -13,7 +12,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use running_sluice::{enriched, RunningSluice};
 use rusty_s3::S3Action;
 use sluice::buffer::{queue, BufferConfig};
 use sluice::decode::Decoder;
@@ -22,6 +20,8 @@ use sluice::event::{AckGroup, AckOutcome, BatchBuilder, FieldSet};
 use sluice::sinks::SinkCx;
 use sluice::telemetry::Health;
 use sluice::topology::{Config, Format};
+use support::enriched::{enriched, start_with_sinks};
+use support::Sluice;
 use support::{wait_until, S3};
 
 /// How long a test waits for uploads before failing.
@@ -54,9 +54,9 @@ fn credentials(s3: &S3) -> [(&'static str, String); 2] {
     ]
 }
 
-fn start(sinks: &str, creds: &[(&'static str, String)]) -> RunningSluice {
+fn start(sinks: &str, creds: &[(&'static str, String)]) -> Sluice {
     let env: Vec<(&str, &str)> = creds.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    RunningSluice::start(sinks, &env)
+    start_with_sinks(sinks, &env)
 }
 
 /// Decompresses an object by its extension.
@@ -292,10 +292,10 @@ fn wrong_secret_is_a_clear_start_up_error_and_a_failed_exit() {
         ("AWS_ACCESS_KEY_ID", s3.access_key.clone()),
         ("AWS_SECRET_ACCESS_KEY", "not-the-secret".to_owned()),
     ];
-    let mut sluice = start(&s3_sink(&s3.endpoint, ""), &creds);
+    let sluice = start(&s3_sink(&s3.endpoint, ""), &creds);
     let status = sluice.wait(Duration::from_secs(30));
     assert!(!status.success());
-    let log = sluice.log_text();
+    let log = sluice.logs();
     assert!(log.contains("S3 refused our credentials for bucket \\\"logs\\\""), "{log}");
     assert!(!log.contains("not-the-secret"), "the secret is never logged");
 }
@@ -303,14 +303,14 @@ fn wrong_secret_is_a_clear_start_up_error_and_a_failed_exit() {
 #[test]
 fn unknown_bucket_and_missing_credentials_are_start_up_errors() {
     let s3 = S3::start();
-    let mut sluice = start(&s3_sink(&s3.endpoint, ""), &credentials(&s3));
+    let sluice = start(&s3_sink(&s3.endpoint, ""), &credentials(&s3));
     assert!(!sluice.wait(Duration::from_secs(30)).success());
-    assert!(sluice.log_text().contains("does not exist"), "{}", sluice.log_text());
+    assert!(sluice.logs().contains("does not exist"), "{}", sluice.logs());
 
     s3.create_bucket_dir(BUCKET);
-    let mut sluice = start(&s3_sink(&s3.endpoint, ""), &[]);
+    let sluice = start(&s3_sink(&s3.endpoint, ""), &[]);
     assert!(!sluice.wait(Duration::from_secs(30)).success());
-    assert!(sluice.log_text().contains("no S3 credentials"), "{}", sluice.log_text());
+    assert!(sluice.logs().contains("no S3 credentials"), "{}", sluice.logs());
 }
 
 #[test]
@@ -403,7 +403,7 @@ fn s3_down_mid_stream_then_back_gets_every_event() {
     let mut s3 = RestartableS3::start();
     let (root, endpoint) = (s3.root.clone(), s3.endpoint.clone());
     let mut sluice = start(&s3_sink(&endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n"), &credentials(&s3.s3));
-    sluice.wait_api();
+    sluice.api_address();
     let lines: Vec<String> = (0..2000).map(|i| app_line(i, "api")).collect();
     sluice.write_lines(&lines[..1000]);
     wait_until("the first objects", UPLOAD_TIMEOUT, || {
@@ -421,7 +421,7 @@ fn s3_down_mid_stream_then_back_gets_every_event() {
     let got: BTreeSet<String> = objects(&root).iter().flat_map(|(_, t)| t.lines().map(str::to_owned)).collect();
     let want: BTreeSet<String> = lines.iter().map(|l| enriched(l)).collect();
     assert_eq!(got, want, "every event at least once");
-    assert!(sluice.log_text().contains("S3 request failed; retrying"));
+    assert!(sluice.logs().contains("S3 request failed; retrying"));
 }
 
 /// Lines the objects under `root` hold.
@@ -437,12 +437,12 @@ fn an_object_that_failed_during_an_outage_goes_up_as_soon_as_s3_answers_again() 
     // stuck object would sit that out after S3 is back.
     let config = s3_sink_retrying(&s3.endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n", "20s", "60s");
     let mut sluice = start(&config, &credentials(&s3.s3));
-    sluice.wait_api();
+    sluice.api_address();
     s3.stop();
     let stuck: Vec<String> = (0..100).map(|i| app_line(i, "stuck")).collect();
     sluice.write_lines(&stuck);
     wait_until("the stuck object's failed attempt", Duration::from_secs(20), || {
-        sluice.log_text().contains("S3 request failed; retrying").then_some(())
+        sluice.logs().contains("S3 request failed; retrying").then_some(())
     });
     s3.restart();
     let back = std::time::Instant::now();
@@ -456,7 +456,7 @@ fn an_object_that_failed_during_an_outage_goes_up_as_soon_as_s3_answers_again() 
     assert!(
         took < Duration::from_secs(5),
         "the stuck object went up {took:?} after S3 was back (its backoff was at least 10 s)\n{}",
-        sluice.log_text()
+        sluice.logs()
     );
     sluice.finish(UPLOAD_TIMEOUT);
 }
@@ -469,20 +469,20 @@ fn every_failed_attempt_is_logged_and_warned_about_once_per_interval() {
         &s3_sink(&s3.endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n"),
         &credentials(&s3.s3),
     );
-    sluice.wait_api();
+    sluice.api_address();
     s3.stop();
     // One object, retried every 25 to 500 ms for 3 s: a dozen attempts.
     let lines: Vec<String> = (0..100).map(|i| app_line(i, "api")).collect();
     sluice.write_lines(&lines);
     wait_until("a first failed attempt", Duration::from_secs(20), || {
-        sluice.log_text().contains("S3 request failed; retrying").then_some(())
+        sluice.logs().contains("S3 request failed; retrying").then_some(())
     });
     std::thread::sleep(Duration::from_secs(3));
     s3.restart();
     let want: BTreeSet<String> = lines.iter().map(|l| enriched(l)).collect();
     wait_until("the object", UPLOAD_TIMEOUT, || (stored_lines(&root) == want).then_some(()));
     let retried = sluice.metric("sluice_sink_retries_total{sink=\"s3\"}");
-    let log = sluice.log_text();
+    let log = sluice.logs();
     let failures: Vec<&str> = log.lines().filter(|l| l.contains("S3 request failed; retrying")).collect();
     assert!(retried >= 5.0, "{retried} retries\n{log}");
     assert_eq!(failures.len() as f64, retried, "one line per failed attempt\n{log}");

@@ -25,6 +25,7 @@ pub mod enriched;
 pub mod file_source;
 pub mod kafka;
 pub mod metrics;
+pub mod sli;
 pub mod sluice;
 
 pub use kafka::{Kafka, KAFKA_TIMEOUT};
@@ -143,6 +144,11 @@ pub fn node_modules_dir() -> PathBuf {
 /// The node binary.
 pub fn node_bin() -> PathBuf {
     locate("SLUICE_TEST_NODE", "node", &on_path("node"))
+}
+
+/// A path in the repository (`config/...`, `deploy/...`).
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
 /// This folder: `tests/support` in the source tree.
@@ -722,6 +728,29 @@ fn tool_result(what: &str, out: Output) -> Result<(), String> {
 /// Runs a short-lived command to completion, feeding it `input` on stdin,
 /// and returns its output; kills it and panics after `timeout`.
 pub fn run_bounded(mut cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Output {
+    run_bounded_ref(&mut cmd, input, timeout)
+}
+
+/// Runs a client (`socat`, `openssl`, a python script) to completion with
+/// stdin `/dev/null`; panics with its output unless it succeeds within
+/// `timeout`.
+pub fn run_client(cmd: &mut Command, timeout: Duration) {
+    let out = run_bounded_ref(cmd, None, timeout);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits until `path` exists (a unix socket sluice binds).
+pub fn wait_for_path(path: &Path, timeout: Duration) {
+    wait_until(&format!("{} to appear", path.display()), timeout, || path.exists().then_some(()));
+}
+
+fn run_bounded_ref(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output {
     fn drain(r: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
         thread::spawn(move || {
             let mut buf = Vec::new();

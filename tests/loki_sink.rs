@@ -7,8 +7,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +18,7 @@ use sluice::sinks::SinkCx;
 use sluice::telemetry::Health;
 use sluice::topology::{Config, Format};
 use support::enriched::{enriched, start_with_sinks};
-use support::{free_port, http_get, wait_until, Loki, LokiMode, ReceivedStream};
+use support::{free_port, wait_until, Loki, LokiMode, ReceivedStream};
 
 /// How long a test waits for deliveries before failing.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -176,50 +174,10 @@ fn server_errors_are_retried_then_delivered() {
     assert_eq!(loki.lines(), want);
 }
 
-/// The receiver on a fixed port, so it can be stopped and started again
-/// where sluice expects it.
-struct FixedReceiver {
-    child: Child,
-    url: String,
-}
-
-impl FixedReceiver {
-    fn start(port: u16) -> FixedReceiver {
-        let mut child = Command::new(support::python_bin())
-            .arg(support::support_dir().join("loki_receiver.py"))
-            .args(["--port", &port.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), format!("ready port={port}"));
-        FixedReceiver {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        let (status, body) = http_get(&format!("{}/control/received", self.url));
-        assert_eq!(status, 200);
-        let streams: Vec<ReceivedStream> = serde_json::from_str(&body).unwrap();
-        streams.into_iter().flat_map(|s| s.entries).map(|e| e.line).collect()
-    }
-}
-
-impl Drop for FixedReceiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn receiver_down_mid_stream_then_back_gets_every_event_and_ready_follows() {
     let port = free_port();
-    let first = FixedReceiver::start(port);
+    let first = Loki::start_on(port);
     let mut sluice = start_with_sinks(&loki_sink(&first.url, "[sinks.loki.batch]\ntimeout = \"200ms\"\n"), &[]);
     sluice.api_address();
     let lines: Vec<String> = (0..1000).map(|i| event(i, "api", "info", i as i64)).collect();
@@ -239,7 +197,7 @@ fn receiver_down_mid_stream_then_back_gets_every_event_and_ready_follows() {
     std::thread::sleep(Duration::from_secs(4));
     assert!(sluice.metric("sluice_sink_errors_total{kind=\"connection\",sink=\"loki\"}") >= 3.0);
 
-    let second = FixedReceiver::start(port);
+    let second = Loki::start_on(port);
     let after = wait_until("the second half at the restarted receiver", DELIVERY_TIMEOUT, || {
         let l = second.lines();
         (l.len() >= 500).then_some(l)

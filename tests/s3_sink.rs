@@ -7,8 +7,6 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -334,75 +332,19 @@ fn credentials_can_come_from_files() {
     assert_eq!(objects(s3.root.path()).len(), 1);
 }
 
-/// s3s-fs on a fixed port over a given directory, to stop and restart.
-struct FixedS3 {
-    child: Child,
-}
-
-impl FixedS3 {
-    fn start(port: u16, root: &std::path::Path, s3: &S3) -> FixedS3 {
-        let child = Command::new(support::s3s_fs_bin())
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", &s3.access_key, "--secret-key", &s3.secret_key])
-            .arg(root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        support::wait_for_tcp(&format!("127.0.0.1:{port}"), Duration::from_secs(20));
-        FixedS3 { child }
-    }
-}
-
-impl Drop for FixedS3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// An S3 server that can go down and come back on the same port. The
-/// helper's server only provides credentials and a directory; the one
-/// sluice talks to runs on a fixed port so it can come back there.
-struct RestartableS3 {
-    // Declared first so the server stops before the directory goes.
-    server: Option<FixedS3>,
-    s3: S3,
-    root: PathBuf,
-    port: u16,
-    endpoint: String,
-}
-
-impl RestartableS3 {
-    fn start() -> RestartableS3 {
-        let s3 = S3::start();
-        let root: PathBuf = s3.root.path().to_owned();
-        std::fs::create_dir(root.join(BUCKET)).unwrap();
-        let port = support::free_port();
-        let server = Some(FixedS3::start(port, &root, &s3));
-        RestartableS3 {
-            server,
-            s3,
-            root,
-            port,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    fn stop(&mut self) {
-        self.server = None;
-    }
-
-    fn restart(&mut self) {
-        self.server = Some(FixedS3::start(self.port, &self.root, &self.s3));
-    }
+/// s3s-fs with the bucket as a directory; [`S3::stop`] and
+/// [`S3::start_again`] take it down and bring it back on the same port.
+fn restartable_s3() -> S3 {
+    let s3 = S3::start();
+    s3.create_bucket_dir(BUCKET);
+    s3
 }
 
 #[test]
 fn s3_down_mid_stream_then_back_gets_every_event() {
-    let mut s3 = RestartableS3::start();
-    let (root, endpoint) = (s3.root.clone(), s3.endpoint.clone());
-    let mut sluice = start(&s3_sink(&endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n"), &credentials(&s3.s3));
+    let mut s3 = restartable_s3();
+    let (root, endpoint) = (s3.root.path().to_owned(), s3.endpoint.clone());
+    let mut sluice = start(&s3_sink(&endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n"), &credentials(&s3));
     sluice.api_address();
     let lines: Vec<String> = (0..2000).map(|i| app_line(i, "api")).collect();
     sluice.write_lines(&lines[..1000]);
@@ -416,7 +358,7 @@ fn s3_down_mid_stream_then_back_gets_every_event() {
         (sluice.ready_status() == 503).then_some(())
     });
     std::thread::sleep(Duration::from_secs(3));
-    s3.restart();
+    s3.start_again();
     sluice.finish(UPLOAD_TIMEOUT);
     let got: BTreeSet<String> = objects(&root).iter().flat_map(|(_, t)| t.lines().map(str::to_owned)).collect();
     let want: BTreeSet<String> = lines.iter().map(|l| enriched(l)).collect();
@@ -431,12 +373,12 @@ fn stored_lines(root: &std::path::Path) -> BTreeSet<String> {
 
 #[test]
 fn an_object_that_failed_during_an_outage_goes_up_as_soon_as_s3_answers_again() {
-    let mut s3 = RestartableS3::start();
-    let root = s3.root.clone();
+    let mut s3 = restartable_s3();
+    let root = s3.root.path().to_owned();
     // A first retry 10 to 20 s after the failure: without a wake-up the
     // stuck object would sit that out after S3 is back.
     let config = s3_sink_retrying(&s3.endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n", "20s", "60s");
-    let mut sluice = start(&config, &credentials(&s3.s3));
+    let mut sluice = start(&config, &credentials(&s3));
     sluice.api_address();
     s3.stop();
     let stuck: Vec<String> = (0..100).map(|i| app_line(i, "stuck")).collect();
@@ -444,7 +386,7 @@ fn an_object_that_failed_during_an_outage_goes_up_as_soon_as_s3_answers_again() 
     wait_until("the stuck object's failed attempt", Duration::from_secs(20), || {
         sluice.logs().contains("S3 request failed; retrying").then_some(())
     });
-    s3.restart();
+    s3.start_again();
     let back = std::time::Instant::now();
     let newer: Vec<String> = (100..200).map(|i| app_line(i, "newer")).collect();
     sluice.write_lines(&newer);
@@ -463,12 +405,9 @@ fn an_object_that_failed_during_an_outage_goes_up_as_soon_as_s3_answers_again() 
 
 #[test]
 fn every_failed_attempt_is_logged_and_warned_about_once_per_interval() {
-    let mut s3 = RestartableS3::start();
-    let root = s3.root.clone();
-    let mut sluice = start(
-        &s3_sink(&s3.endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n"),
-        &credentials(&s3.s3),
-    );
+    let mut s3 = restartable_s3();
+    let root = s3.root.path().to_owned();
+    let mut sluice = start(&s3_sink(&s3.endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n"), &credentials(&s3));
     sluice.api_address();
     s3.stop();
     // One object, retried every 25 to 500 ms for 3 s: a dozen attempts.
@@ -478,7 +417,7 @@ fn every_failed_attempt_is_logged_and_warned_about_once_per_interval() {
         sluice.logs().contains("S3 request failed; retrying").then_some(())
     });
     std::thread::sleep(Duration::from_secs(3));
-    s3.restart();
+    s3.start_again();
     let want: BTreeSet<String> = lines.iter().map(|l| enriched(l)).collect();
     wait_until("the object", UPLOAD_TIMEOUT, || (stored_lines(&root) == want).then_some(()));
     let retried = sluice.metric("sluice_sink_retries_total{sink=\"s3\"}");

@@ -570,15 +570,22 @@ pub struct Loki {
 }
 
 impl Loki {
-    /// Starts the receiver and waits until it prints `ready`.
+    /// Starts the receiver on a port it picks and waits until it prints
+    /// `ready`.
     pub fn start() -> Loki {
+        Loki::start_on(0)
+    }
+
+    /// Starts the receiver on `port` (0: one it picks), e.g. again where a
+    /// sink expects it after the first one was dropped.
+    pub fn start_on(port: u16) -> Loki {
         let python = python_bin();
         let script = support_dir().join("loki_receiver.py");
         let logs = TempDir::new().expect("temp dir");
         let mut cmd = Command::new(python);
         // Port 0: the receiver binds a free port itself and reports it, so
         // there is no race for the port.
-        cmd.arg(&script).args(["--port", "0"]);
+        cmd.arg(&script).args(["--port", &port.to_string()]);
         let mut process = ServiceProcess::spawn("loki_receiver.py", cmd, logs.path().join("loki.log"), true);
         let stdout = process.child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();

@@ -51,6 +51,7 @@ pub struct SluiceBuilder {
     config: Option<String>,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+    env_remove: Vec<OsString>,
     stdin_piped: bool,
     stdout: Stdout,
     dir: Option<TempDir>,
@@ -88,6 +89,12 @@ impl SluiceBuilder {
     /// Several environment variables.
     pub fn envs<K: Into<OsString>, V: Into<OsString>>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Self {
         self.env.extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// Removes a variable of the test's environment (`NOTIFY_SOCKET`).
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
+        self.env_remove.push(key.into());
         self
     }
 
@@ -138,6 +145,9 @@ impl SluiceBuilder {
             "AWS_SECRET_ACCESS_KEY",
             "AWS_SESSION_TOKEN",
         ] {
+            cmd.env_remove(var);
+        }
+        for var in &self.env_remove {
             cmd.env_remove(var);
         }
         cmd.envs(self.env);
@@ -218,6 +228,7 @@ impl Sluice {
             config: None,
             args: Vec::new(),
             env: Vec::new(),
+            env_remove: Vec::new(),
             stdin_piped: false,
             stdout: Stdout::Collect,
             dir: None,
@@ -603,12 +614,13 @@ pub fn api_address_in_log(log: &str) -> Option<String> {
     address_in_log(log, API_MESSAGE, None)
 }
 
-/// A field of `/proc/<pid>/status`, in KiB (0 when absent).
+/// A field of `/proc/<pid>/status`, in KiB; panics when the process or the
+/// field is gone, so a dead process never reads as a small one.
 pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
     status
         .lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }

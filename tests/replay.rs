@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use support::sluice::SluiceBuilder;
-use support::{Sluice, Stdout};
+use support::{Sluice, SluiceBuilder, Stdout};
 
 /// Stdout and blackhole sinks; the stdin source is there because a config
 /// needs one, and replay must ignore it.

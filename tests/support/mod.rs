@@ -18,6 +18,20 @@
 //!
 //! Use it from a test file with `mod support;`. Every wait is bounded, and a
 //! service that dies or does not come up panics with its log.
+//!
+//! | file             | what                                                       |
+//! |------------------|------------------------------------------------------------|
+//! | `sluice.rs`      | [`Sluice`]: the one sluice child process (config, args, env, stdin, stdout, log, API address, signals, bounded waits) |
+//! | `metrics.rs`     | [`scrape`] and [`Metrics`]: the one `/metrics` scraper, samples by name and labels |
+//! | `kafka.rs`       | [`Kafka`]: the one broker harness (tansu; down/up on the same port; topics kept in s3s-fs on request) and topic reads |
+//! | `enriched.rs`    | the stdin → enrichment → sinks pipeline of the sink tests   |
+//! | `sli.rs`         | the stdin → blackhole pipeline with `[[sli]]` rules          |
+//! | `file_source.rs` | file-source configs and log files                           |
+//! | this file        | installed services (S3, Loki, Prometheus), ports, HTTP, [`run_bounded`] for short-lived tools |
+//!
+//! sluice's API address is always read from its log
+//! ([`sluice::address_in_log`]): a test asks for port 0 and never races
+//! another process for a port.
 // Each test file uses part of this module; the rest must not warn.
 #![allow(dead_code, unused_imports)]
 
@@ -30,7 +44,7 @@ pub mod sluice;
 
 pub use kafka::{Kafka, KAFKA_TIMEOUT};
 pub use metrics::{scrape, Metrics};
-pub use sluice::{Sluice, Stdout};
+pub use sluice::{Sluice, SluiceBuilder, Stdout};
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -168,21 +182,6 @@ pub fn support_dir() -> PathBuf {
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local_addr").port()
-}
-
-/// Waits until `addr` accepts a TCP connection; panics after `timeout`.
-pub fn wait_for_tcp(addr: &str, timeout: Duration) {
-    let sock: SocketAddr = addr.parse().unwrap_or_else(|e| panic!("bad address {addr}: {e}"));
-    let deadline = Instant::now() + timeout;
-    loop {
-        match TcpStream::connect_timeout(&sock, Duration::from_millis(200)) {
-            Ok(_) => return,
-            Err(e) if Instant::now() >= deadline => {
-                panic!("{addr} did not accept a TCP connection within {timeout:?}: {e}")
-            }
-            Err(_) => thread::sleep(Duration::from_millis(20)),
-        }
-    }
 }
 
 /// Polls `check` every 50 ms until it returns `Some`; panics after `timeout`

@@ -609,11 +609,6 @@ pub fn address_in_log(log: &str, message: &str, source: Option<&str>) -> Option<
     })
 }
 
-/// The API address in sluice's log text, if it logged one.
-pub fn api_address_in_log(log: &str) -> Option<String> {
-    address_in_log(log, API_MESSAGE, None)
-}
-
 /// A field of `/proc/<pid>/status`, in KiB; panics when the process or the
 /// field is gone, so a dead process never reads as a small one.
 pub fn proc_status_kib(pid: u32, field: &str) -> u64 {

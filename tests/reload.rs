@@ -135,7 +135,7 @@ fn arrived(sluice: &Sluice, window: Duration) -> Vec<u64> {
 }
 
 fn metric(api: &str, series: &str) -> f64 {
-    support::scrape(&api).value(series)
+    support::scrape(api).value(series)
 }
 
 fn reloads(api: &str, outcome: &str) -> f64 {

@@ -55,8 +55,11 @@ pub struct SluiceBuilder {
     stdin_piped: bool,
     stdout: Stdout,
     dir: Option<TempDir>,
-    adjust: Option<Box<dyn FnOnce(&mut Command)>>,
+    adjust: Option<Adjust>,
 }
+
+/// A change to the command just before it is spawned.
+type Adjust = Box<dyn FnOnce(&mut Command)>;
 
 impl SluiceBuilder {
     /// The config text, written to `<dir>/sluice.toml`; `{dir}` in it is
@@ -433,36 +436,30 @@ impl Sluice {
     /// Waits until at least `n` stdout lines arrived; returns them all.
     /// Panics with the log if sluice exits short of them or after `timeout`.
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.count() >= n {
-                return self.lines();
-            }
-            if let Some(status) = self.try_status() {
-                let _ = self.wait(Duration::ZERO);
-                if self.count() >= n {
-                    return self.lines();
-                }
-                panic!("sluice exited ({status}) with {} of {n} lines; log:\n{}", self.count(), self.logs());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {n} lines after {timeout:?}; log:\n{}",
-                self.count(),
-                self.logs()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
+        self.wait_until(&format!("{n} lines"), timeout, |lines| lines.len() >= n)
     }
 
     /// Waits until `check` holds for the stdout lines; panics with the log
-    /// after `timeout`.
+    /// if sluice exits without it holding, or after `timeout`.
     pub fn wait_until(&self, what: &str, timeout: Duration, check: impl Fn(&[String]) -> bool) -> Vec<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let lines = self.lines();
             if check(&lines) {
                 return lines;
+            }
+            if let Some(status) = self.try_status() {
+                // Whatever it wrote before exiting may still be in the pipe.
+                let _ = self.wait(Duration::ZERO);
+                let lines = self.lines();
+                if check(&lines) {
+                    return lines;
+                }
+                panic!(
+                    "sluice exited ({status}) before {what} ({} lines); log:\n{}",
+                    lines.len(),
+                    self.logs()
+                );
             }
             assert!(
                 Instant::now() < deadline,

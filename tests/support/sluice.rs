@@ -4,7 +4,7 @@
 //! log, killed on drop.
 //!
 //! ```ignore
-//! let s = Sluice::builder().config(&text).stdin_piped().start();
+//! let mut s = Sluice::builder().config(&text).stdin_piped().start();
 //! s.write("{\"n\":1}\n");
 //! assert_eq!(s.metric("sluice_source_events_total{source=\"app\"}"), 1.0);
 //! ```

@@ -174,8 +174,19 @@ impl SluiceBuilder {
                 let out = child.stdout.take().expect("piped stdout");
                 let sink = collected.clone();
                 thread::spawn(move || {
-                    for line in BufReader::with_capacity(1 << 20, out).lines() {
-                        let Ok(line) = line else { break };
+                    let mut reader = BufReader::with_capacity(1 << 20, out);
+                    let mut buf = Vec::new();
+                    // Bytes, not `lines()`: a line that is not UTF-8 shows up
+                    // (lossily) instead of silently ending the collection.
+                    while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+                        if buf.last() == Some(&b'\n') {
+                            buf.pop();
+                            if buf.last() == Some(&b'\r') {
+                                buf.pop();
+                            }
+                        }
+                        let line = String::from_utf8_lossy(&buf).into_owned();
+                        buf.clear();
                         let mut c = sink.lock().unwrap_or_else(|p| p.into_inner());
                         c.arrivals.push(Instant::now());
                         c.lines.push(line);
@@ -288,11 +299,15 @@ impl Sluice {
         self.child().id()
     }
 
-    /// Sends a signal.
+    /// Sends a signal, unless sluice has exited already.
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child, which is not reaped before drop
-        // or a wait that saw it exit.
-        unsafe { libc::kill(self.pid() as i32, sig) };
+        let mut child = self.child();
+        // Holding the lock, a child not yet reaped keeps its pid: the signal
+        // cannot reach a process that reused it.
+        if let Ok(None) = child.try_wait() {
+            // SAFETY: kill(2) on our own, unreaped child.
+            unsafe { libc::kill(child.id() as i32, sig) };
+        }
     }
 
     /// The exit status, if it has exited.

@@ -4,6 +4,10 @@
 //! directly; no other test file includes it.
 #![allow(dead_code, unused_imports)]
 
+// A file that includes this module may also include `support` itself
+// (tests/resource_faults.rs does on another branch): two copies then, which
+// is harmless for test helpers.
+#[allow(clippy::duplicate_mod)]
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -63,6 +67,11 @@ impl Sluice {
         let out = self.inner.stop();
         let _ = std::fs::copy(self.inner.log_path(), &self.stderr_path);
         out
+    }
+
+    /// SIGKILL (no drain, no final checkpoint); the lines it wrote.
+    pub fn kill9(self) -> Vec<String> {
+        self.inner.kill9_timed().0
     }
 
     /// One sample of `/metrics`, if present.

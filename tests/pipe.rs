@@ -188,35 +188,27 @@ fn signal_stops_reading_drains_accepted_lines_and_exits_zero() {
 
 #[test]
 fn a_signal_after_input_ended_bounds_the_drain_by_shutdown_timeout() {
-    let mut child = spawn(&[], 0, &[("SLUICE_LOG", "info"), ("SLUICE_SHUTDOWN_TIMEOUT", "1s")]);
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    let log = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in stderr.lines() {
-            let Ok(line) = line else { break };
-            if line.contains("input ended") {
-                let _ = tx.send(());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
+    let mut sluice = Sluice::builder()
+        .env("SLUICE_API_ADDRESS", "127.0.0.1:0")
+        .env("SLUICE_LOG", "info")
+        .env("SLUICE_SHUTDOWN_TIMEOUT", "1s")
+        .stdin_piped()
+        .stdout(Stdout::Raw)
+        .start();
     // Every line is read and the input ends, but nobody reads stdout:
     // the drain cannot finish until a signal bounds it.
-    let mut stdin = child.stdin.take().unwrap();
+    let stdout = sluice.take_stdout();
+    let mut stdin = sluice.take_stdin();
     for i in 0..2_000 {
         writeln!(stdin, "{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(100)).unwrap();
     }
     drop(stdin);
-    rx.recv_timeout(Duration::from_secs(10)).expect("the input ended");
-    let stdout = child.stdout.take().unwrap();
+    sluice.wait_for_log("input ended", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
-    kill(&child, libc::SIGTERM);
-    let status = wait_exit(&mut child, Duration::from_secs(10));
+    sluice.signal(libc::SIGTERM);
+    let status = sluice.wait(Duration::from_secs(10));
     drop(stdout);
-    let log = log.join().unwrap();
+    let log = sluice.logs();
     assert_eq!(status.code(), Some(1), "undelivered events: a failure\n{log}");
     assert!(log.contains("shutdown did not finish within 1s"), "{log}");
 }

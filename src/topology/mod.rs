@@ -12,6 +12,5 @@ mod reload;
 mod running;
 
 pub use config::{Config, Format};
-pub(crate) use running::build_sink;
 pub use running::Stopped;
-pub(crate) use running::{run, Reloader, RunError, RunOptions};
+pub(crate) use running::{run, run_to_end, Reloader, RunError, RunOptions};

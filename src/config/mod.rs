@@ -11,7 +11,7 @@ pub(crate) use units::NumberOrText;
 pub(crate) use units::{duration, ByteSize};
 
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::fmt;
 
 /// One problem in a config, with the key path it concerns
@@ -120,4 +120,27 @@ pub(crate) fn parse_valid<T: DeserializeOwned + Validate>(path: &str, value: Val
     let before = errors.len();
     cfg.validate(path, errors);
     (errors.len() == before).then_some(cfg)
+}
+
+/// A component type's reader: [`parse_valid`] into its variant of the
+/// registry's enum.
+pub(crate) type ParseComponent<C> = fn(&str, Value, &mut Vec<ConfigError>) -> Option<C>;
+
+/// Reads a `what` (source, sink) table at `path` with the reader that
+/// `registry` lists for its `type`; an unknown type is an error at
+/// `path.type` that lists the known ones.
+pub(crate) fn parse_component<C>(
+    what: &str,
+    kind: &str,
+    path: &str,
+    rest: Map<String, Value>,
+    registry: &[(&str, ParseComponent<C>)],
+) -> Result<C, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let Some((_, parse)) = registry.iter().find(|(name, _)| *name == kind) else {
+        let known: Vec<&str> = registry.iter().map(|(name, _)| *name).collect();
+        let message = format!("unknown {what} type {kind:?}; known: {}", known.join(", "));
+        return Err(vec![ConfigError::at(path, "type", message)]);
+    };
+    parse(path, Value::Object(rest), &mut errors).ok_or(errors)
 }

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::buffer::QueueReceiver;
-use crate::config::{parse_valid, ConfigError, Validate};
+use crate::config::{parse_component, parse_valid, ConfigError, Validate};
 use crate::event::{FieldPath, FieldSet};
 use crate::pipeline::Task;
 use crate::telemetry::Health;
@@ -128,18 +128,9 @@ macro_rules! sink_registry {
         /// Parses and checks the settings of a sink of type `kind` at config
         /// `path`, returning every error with its key path.
         pub(crate) fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<SinkConfig, Vec<ConfigError>> {
-            let mut errors = Vec::new();
-            let value = Value::Object(rest);
-            let parsed = match kind {
-                $($name => parse_valid::<$config>(path, value, &mut errors).map(SinkConfig::$variant),)+
-                other => {
-                    errors.push(ConfigError::at(path, "type", format!(
-                        "unknown sink type {other:?}; known: {}", [$($name),+].join(", ")
-                    )));
-                    None
-                }
-            };
-            parsed.ok_or(errors)
+            parse_component("sink", kind, path, rest, &[
+                $(($name, |path, value, errors| parse_valid::<$config>(path, value, errors).map(SinkConfig::$variant)),)+
+            ])
         }
 
         impl SinkConfig {

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{parse_valid, ConfigError, Validate};
+use crate::config::{parse_component, parse_valid, ConfigError, Validate};
 use crate::enrich::EnrichConfig;
 use crate::pipeline::{ShutdownSignal, SourceOutput, Task};
 
@@ -135,18 +135,9 @@ macro_rules! source_registry {
         /// Parses and checks the settings of a source of type `kind` at
         /// config `path`, returning every error with its key path.
         pub(crate) fn parse_config(kind: &str, path: &str, rest: Map<String, Value>) -> Result<SourceConfig, Vec<ConfigError>> {
-            let mut errors = Vec::new();
-            let value = Value::Object(rest);
-            let parsed = match kind {
-                $($name => parse_valid::<$config>(path, value, &mut errors).map(SourceConfig::$variant),)+
-                other => {
-                    errors.push(ConfigError::at(path, "type", format!(
-                        "unknown source type {other:?}; known: {}", [$($name),+].join(", ")
-                    )));
-                    None
-                }
-            };
-            parsed.ok_or(errors)
+            parse_component("source", kind, path, rest, &[
+                $(($name, |path, value, errors| parse_valid::<$config>(path, value, errors).map(SourceConfig::$variant)),)+
+            ])
         }
 
         impl SourceConfig {

@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! sluice: a log and metrics event-stream collector.
 //!
 //! Sources read bytes, [`framing`] cuts them into lines, [`decode`] parses

@@ -78,16 +78,16 @@ pub enum Stopped {
 
 /// Re-reads the config for a reload: the file and the environment, through
 /// the same code as `sluice validate`.
-pub type Reloader = Box<dyn Fn() -> Result<Config, ConfigErrors> + Send + Sync>;
+pub(crate) type Reloader = Box<dyn Fn() -> Result<Config, ConfigErrors> + Send + Sync>;
 
 /// Builds a source a command brings besides the config's (replay's
 /// files), as [`SourceConfig::build`](crate::sources::SourceConfig::build)
 /// builds a configured one.
-pub type BuildSource = Box<dyn FnOnce(SourceCx) -> Result<Task<SourceError>, SourceError> + Send>;
+pub(crate) type BuildSource = Box<dyn FnOnce(SourceCx) -> Result<Task<SourceError>, SourceError> + Send>;
 
 /// What a command hands the lifecycle besides its config.
 #[derive(Default)]
-pub struct RunOptions {
+pub(crate) struct RunOptions {
     /// Where a reload's config comes from. Without one (the embedded
     /// default of a pipe, a replay), SIGHUP is logged and ignored.
     pub reloader: Option<Reloader>,
@@ -100,7 +100,7 @@ pub struct RunOptions {
 /// How a run ended, in full, for a command that reports more than an exit
 /// status.
 #[derive(Debug)]
-pub struct RunEnd {
+pub(crate) struct RunEnd {
     /// Why it stopped.
     pub stopped: Stopped,
     /// SIGTERM or SIGINT arrived, while running or while draining.
@@ -111,7 +111,7 @@ pub struct RunEnd {
 
 /// Runs `config` until input ends or a signal arrives, reloading it on
 /// SIGHUP and `POST /-/reload`. The first failure, if any, is the error.
-pub async fn run(config: Config, options: RunOptions) -> Result<Stopped, RunError> {
+pub(crate) async fn run(config: Config, options: RunOptions) -> Result<Stopped, RunError> {
     let end = run_to_end(config, options).await?;
     match end.failures.into_iter().next() {
         Some(e) => Err(e),
@@ -121,7 +121,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Stopped, RunErro
 
 /// [`run`], telling every failure and whether a signal stopped it. Fails
 /// only when the run cannot start.
-pub async fn run_to_end(config: Config, options: RunOptions) -> Result<RunEnd, RunError> {
+pub(crate) async fn run_to_end(config: Config, options: RunOptions) -> Result<RunEnd, RunError> {
     let mut signals = Signals::install()?;
     let health = Arc::new(Health::default());
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(1);

@@ -135,6 +135,53 @@ fn metric(s: &Sluice, series: &str) -> f64 {
     s.metric(series).unwrap_or(0.0)
 }
 
+/// Filler in each line of a [`FullDiskCase`] log (lines are ~180 bytes).
+const PAD: usize = 150;
+
+/// `data_dir` on a 1 MiB tmpfs, and a log of `n` JSON lines (`"id"` 0..n)
+/// for the file source.
+struct FullDiskCase {
+    fs: Tmpfs,
+    data: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    log: std::path::PathBuf,
+}
+
+impl FullDiskCase {
+    fn new(n: usize) -> FullDiskCase {
+        let fs = Tmpfs::mount("1m");
+        let data = fs.path().join("data");
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let log = logs.join("app.log");
+        let pad = "x".repeat(PAD);
+        append(&log, (0..n).map(|i| format!(r#"{{"id":"{i}","pad":"{pad}"}}"#)));
+        FullDiskCase { fs, data, dir, log }
+    }
+
+    /// The file source into stdout and into a Loki sink `sink` at `url`
+    /// with a 64 MiB disk buffer under `when_full`; a 2 s shutdown.
+    fn config(&self, sink: &str, url: &str, when_full: &str) -> String {
+        let logs = self.log.parent().unwrap();
+        config_with_api(&self.data, &[glob(logs, "*.log")], "").replace("shutdown_timeout = \"20s\"", "shutdown_timeout = \"2s\"")
+            + &format!(
+                r#"
+[sinks.{sink}]
+type = "loki"
+endpoint = "{url}"
+healthcheck = false
+[sinks.{sink}.retry]
+max_backoff = "500ms"
+[sinks.{sink}.buffer]
+type = "disk"
+max_bytes = "64MiB"
+when_full = "{when_full}"
+"#
+            )
+    }
+}
+
 /// `data_dir` on a full file system: the file source's checkpoint writes
 /// fail with a clear error and are retried (and succeed once there is room
 /// again), nothing already written is damaged, and the disk buffer of a
@@ -143,32 +190,15 @@ fn metric(s: &Sluice, series: &str) -> f64 {
 /// not held back).
 #[test]
 fn full_data_dir_fails_checkpoints_clearly_and_applies_when_full() {
-    let fs = Tmpfs::mount("1m");
-    let data = fs.path().join("data");
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let log = logs.join("app.log");
-    let pad = "x".repeat(150);
     let n = 20_000;
-    append(&log, (0..n).map(|i| format!(r#"{{"id":"{i}","pad":"{pad}"}}"#)));
+    let case = FullDiskCase::new(n);
+    let (fs, dir, log) = (&case.fs, &case.dir, &case.log);
     // A Loki sink at a port nobody listens on: its disk buffer only grows.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
-    let cfg = config_with_api(&data, &[glob(&logs, "*.log")], "").replace("shutdown_timeout = \"20s\"", "shutdown_timeout = \"2s\"")
-        + &format!(
-            r#"
-[sinks.dead]
-type = "loki"
-endpoint = "{dead_url}"
-healthcheck = false
-[sinks.dead.buffer]
-type = "disk"
-max_bytes = "64MiB"
-when_full = "drop_newest"
-"#
-        );
+    let cfg = case.config("dead", &dead_url, "drop_newest");
+    let pad = "x".repeat(PAD);
     let mut s = Sluice::start(dir.path(), &cfg);
     // The other sink gets every line: the full disk holds nobody back.
     let lines = s.wait_for(n, T);
@@ -263,36 +293,15 @@ fn loki_lines(loki: &support::Loki) -> Vec<String> {
 /// are dropped, and lines never arrive.)
 #[test]
 fn full_data_dir_under_block_holds_the_source_back_and_loses_nothing() {
-    let fs = Tmpfs::mount("1m");
-    let data = fs.path().join("data");
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let log = logs.join("app.log");
-    let pad = "x".repeat(150);
     // About 11 MB of lines for a 1 MiB file system (besides the buffer,
     // a few batches of about 1 MiB are in memory when the source stops).
     let n = 60_000;
-    append(&log, (0..n).map(|i| format!(r#"{{"id":"{i}","pad":"{pad}"}}"#)));
-    let size = std::fs::metadata(&log).unwrap().len();
+    let case = FullDiskCase::new(n);
+    let (data, dir, log) = (&case.data, &case.dir, &case.log);
+    let size = std::fs::metadata(log).unwrap().len();
     let loki = support::Loki::start();
     loki.set_mode(support::LokiMode::ServerError, None);
-    let cfg = config_with_api(&data, &[glob(&logs, "*.log")], "").replace("shutdown_timeout = \"20s\"", "shutdown_timeout = \"2s\"")
-        + &format!(
-            r#"
-[sinks.loki]
-type = "loki"
-endpoint = "{}"
-healthcheck = false
-[sinks.loki.retry]
-max_backoff = "500ms"
-[sinks.loki.buffer]
-type = "disk"
-max_bytes = "64MiB"
-when_full = "block"
-"#,
-            loki.url
-        );
+    let cfg = case.config("loki", &loki.url, "block");
     let dropped = |s: &Sluice| metric(s, "sluice_events_dropped_total{component=\"loki\",reason=\"buffer_full\"}");
 
     // Loki answers 500: the buffer grows until the file system is full.

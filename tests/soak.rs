@@ -108,9 +108,10 @@ const RSS_BUDGET_MIB: u64 = 32 + 16 + 16 + 15 + 4 + 2 + 3;
 /// through (rotations, reconnects, broker and S3 restarts, ENOSPC) must
 /// not have left it holding more than this many extra descriptors (idle
 /// HTTP keep-alive connections to S3 and Loki, and the open segments of
-/// the disk buffers, which only the process that delivered has; librdkafka's
-/// wake-up pipes vary by ~20 with its connection state, hence the busiest
-/// second of the fresh process). Besides, the last process must hold no
+/// the disk buffers, which only the process that delivered has). Pipes
+/// vary most (librdkafka's and the runtime's wake-up pipes: 17 in an idle
+/// last process, 35 at the busiest second of a fresh one, not settled
+/// yet), hence the busiest second of the fresh process. Besides, the last process must hold no
 /// deleted file and no log file beyond the ones still being written
 /// (`rotate_wait` is long over). The first process's count is reported,
 /// not compared: it was never idle.

@@ -210,7 +210,7 @@ fn full_data_dir_fails_checkpoints_clearly_and_applies_when_full() {
     // Nothing at all left: new lines still reach the other sink, and the
     // checkpoint write that follows them fails and is retried.
     fs.fill();
-    append(&log, (n..n + 100).map(|i| format!(r#"{{"id":"{i}","pad":"{pad}"}}"#)));
+    append(log, (n..n + 100).map(|i| format!(r#"{{"id":"{i}","pad":"{pad}"}}"#)));
     s.wait_for(n + 100, T);
     eventually("a checkpoint write to fail", T, || {
         fs.fill();
@@ -317,7 +317,7 @@ fn full_data_dir_under_block_holds_the_source_back_and_loses_nothing() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(s.count(), read, "the source is held back while the disk is full");
     assert!(read < n / 2, "the source is held back early: {read} of {n} lines read");
-    let checkpoint = checkpoint_offset(&data);
+    let checkpoint = checkpoint_offset(data);
     assert!(checkpoint < size / 2, "checkpoint at {checkpoint} of {size} bytes");
     assert_eq!(dropped(&s), 0.0, "block drops nothing");
 
@@ -352,7 +352,7 @@ fn full_data_dir_under_block_holds_the_source_back_and_loses_nothing() {
         (0..n).all(|i| ids.contains_key(&i.to_string())).then_some(ids)
     });
     assert_eq!(dropped(&s), 0.0, "block drops nothing");
-    assert!(checkpoint_offset(&data) <= size);
+    assert!(checkpoint_offset(data) <= size);
     let copies: usize = arrived.values().sum();
     assert_eq!(arrived.len(), n, "only our lines arrived");
     let (status, _) = s.stop();

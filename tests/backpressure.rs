@@ -3,42 +3,27 @@
 //! arrives once the reader resumes. Precise memory figures are measured in
 //! `scripts/bench stalled`; this test catches unbounded growth.
 
+mod support;
+
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
-
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap()
-}
+use support::{Sluice, Stdout};
 
 #[test]
 fn stalled_stdout_reader_bounds_memory_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("c.toml");
-    std::fs::write(
-        &config,
-        "[api]\nenabled = false\n[sources.stdin]\ntype = \"stdin\"\n[sinks.stdout]\ntype = \"stdout\"\n\
-         [sinks.stdout.buffer]\nmax_bytes = \"4MiB\"\n",
-    )
-    .unwrap();
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
+    let mut sluice = Sluice::builder()
+        .config(
+            "[api]\nenabled = false\n[sources.stdin]\ntype = \"stdin\"\n[sinks.stdout]\ntype = \"stdout\"\n\
+             [sinks.stdout.buffer]\nmax_bytes = \"4MiB\"\n",
+        )
         .env("SLUICE_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+        .stdin_piped()
+        .stdout(Stdout::Raw)
+        .start();
+    let mut stdin = sluice.take_stdin();
     let line = format!("{{\"msg\":\"{}\",\"n\":1}}\n", "x".repeat(200));
     let block: Vec<u8> = line.repeat(4096).into_bytes();
     let total: u64 = 100 << 20;
@@ -62,10 +47,10 @@ fn stalled_stdout_reader_bounds_memory_and_loses_nothing() {
         accepted_while_stalled < total / 4,
         "the writer is held back: {accepted_while_stalled} bytes taken"
     );
-    let hwm = vm_hwm_kib(child.id());
+    let hwm = sluice.memory_kib("VmHWM");
     assert!(hwm < 64 * 1024, "peak RSS {hwm} KiB with a 4 MiB queue budget");
 
-    let mut stdout = child.stdout.take().unwrap();
+    let mut stdout = sluice.take_stdout();
     let mut buf = vec![0u8; 1 << 20];
     let mut got = 0u64;
     loop {
@@ -76,6 +61,6 @@ fn stalled_stdout_reader_bounds_memory_and_loses_nothing() {
         got += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
     }
     let lines = writer.join().unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(sluice.wait(Duration::from_secs(60)).success(), "{}", sluice.logs());
     assert_eq!(got, lines, "every offered line arrives once the reader resumes");
 }

@@ -5,16 +5,16 @@
 
 use proptest::prelude::*;
 use serde_json::{Map, Value};
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sluice::decode::Decoder;
 use sluice::enrich::Fragment;
 use sluice::event::{BatchBuilder, FieldPath, FieldSet};
 use sluice::framing::{LineFramer, OverflowPolicy};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+mod support;
 
 /// Feeds `input` in reads of the given sizes; returns (events, dropped,
 /// the decoded events).
@@ -131,17 +131,9 @@ fn ten_megabyte_line_is_truncated_flagged_and_counted_by_the_binary() {
     let mut input = b"{\"before\":1}\n".to_vec();
     input.extend(std::iter::repeat_n(b'x', 10 << 20));
     input.extend_from_slice(b"\n{\"after\":1}\n");
-    let mut child = Command::new(BIN)
-        .env("SLUICE_API_ENABLED", "false")
-        .env("SLUICE_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
+    let mut cmd = Command::new(support::sluice::BIN);
+    cmd.env("SLUICE_API_ENABLED", "false").env("SLUICE_LOG", "warn");
+    let out = support::run_bounded(cmd, Some(&input), Duration::from_secs(60));
     assert!(out.status.success());
     let events: Vec<Value> = out
         .stdout

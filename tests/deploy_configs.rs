@@ -5,14 +5,11 @@
 
 mod support;
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+use support::{Sluice, Stdout};
 
 fn shipped(name: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(name)).unwrap()
@@ -28,53 +25,21 @@ fn relocate(text: &str, root: &Path, prefixes: &[&str]) -> String {
     out
 }
 
-struct Running {
-    child: Child,
-    stderr: std::thread::JoinHandle<String>,
-}
-
-fn start(config: &Path, env: &[(&str, String)]) -> Running {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--config")
+fn start(config: &Path, env: &[(&str, String)]) -> Sluice {
+    Sluice::builder()
+        .arg("--config")
         .arg(config)
         .env("SLUICE_API_ADDRESS", "127.0.0.1:0")
-        .env("SLUICE_LOG", "info")
-        .env_remove("SLUICE_RELEASE")
-        .env_remove("SLUICE_PROCESS_TYPE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn sluice");
-    let mut err = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    Running { child, stderr }
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdout::Null)
+        .start()
 }
 
-impl Running {
-    /// SIGTERM, then the exit status and everything sluice logged.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let t0 = Instant::now();
-        let status = loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                break st;
-            }
-            if t0.elapsed() > Duration::from_secs(45) {
-                let _ = self.child.kill();
-                panic!("sluice did not stop within 45 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        (status, self.stderr.join().unwrap())
-    }
+/// SIGTERM, then the exit status and everything sluice logged.
+fn stop(sluice: &Sluice) -> (std::process::ExitStatus, String) {
+    sluice.signal(libc::SIGTERM);
+    let status = sluice.wait(Duration::from_secs(45));
+    (status, sluice.logs())
 }
 
 /// A CRI log line as containerd writes it.
@@ -86,7 +51,7 @@ fn cri(n: usize, msg: &str) -> String {
 fn daemonset_config_ships_pod_logs_with_pod_metadata_to_kafka_and_skips_its_own() {
     let kafka = support::Kafka::start();
     let topic = "sluice-events";
-    tokio::runtime::Runtime::new().unwrap().block_on(kafka.create_topic(topic, 1));
+    kafka.create_topic(topic, 1);
 
     let root = tempfile::tempdir().unwrap();
     let pods = root.path().join("var/log/pods");
@@ -134,13 +99,13 @@ fn daemonset_config_ships_pod_logs_with_pod_metadata_to_kafka_and_skips_its_own(
     // A moment for anything extra (the excluded file) to show up.
     std::thread::sleep(Duration::from_millis(500));
     let records_after = kafka.read_topic(topic, n, Duration::from_secs(20));
-    let (status, stderr) = running.stop();
+    let (status, stderr) = stop(&running);
     assert!(status.success(), "exit {status:?}; stderr:\n{stderr}");
     assert_eq!(records_after.len(), n, "exactly the application's lines, not the agent's own");
 
     let mut seen = Vec::new();
     for r in &records {
-        let v: Value = serde_json::from_slice(r.payload.as_deref().unwrap()).unwrap();
+        let v: Value = serde_json::from_slice(&r.payload).unwrap();
         let k = &v["kubernetes"];
         assert_eq!(k["namespace"], "shop", "{v}");
         assert_eq!(k["pod"], "checkout-7d9f8b6c5-x2x4z", "{v}");
@@ -234,7 +199,7 @@ fn vm_config_ships_app_log_files_and_socket_events_to_loki_and_s3() {
     drop(stream);
 
     let streams = loki.wait_for_entries(files_n + socket_n, Duration::from_secs(60));
-    let (status, stderr) = running.stop();
+    let (status, stderr) = stop(&running);
     assert!(status.success(), "exit {status:?}; stderr:\n{stderr}");
 
     // Loki: every line once, under the config's labels.
@@ -290,9 +255,7 @@ fn vm_config_ships_app_log_files_and_socket_events_to_loki_and_s3() {
 #[test]
 fn agent_and_aggregator_configs_move_pod_logs_through_kafka_to_loki_and_s3() {
     let kafka = support::Kafka::start();
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(kafka.create_topic("sluice-events", 2));
+    kafka.create_topic("sluice-events", 2);
     let loki = support::Loki::start();
     let s3 = support::S3::start();
     s3.create_bucket_dir("archive");
@@ -340,9 +303,9 @@ fn agent_and_aggregator_configs_move_pod_logs_through_kafka_to_loki_and_s3() {
 
     // A consumer group's first join takes a while on tansu.
     let streams = loki.wait_for_entries(n, Duration::from_secs(120));
-    let (status, stderr) = aggregator.stop();
+    let (status, stderr) = stop(&aggregator);
     assert!(status.success(), "aggregator exit {status:?}:\n{stderr}");
-    let (status, stderr) = agent.stop();
+    let (status, stderr) = stop(&agent);
     assert!(status.success(), "agent exit {status:?}:\n{stderr}");
 
     let mut msgs = Vec::new();

@@ -4,9 +4,11 @@
 //! build. scripts/build-image-binary builds the release binary with the
 //! Dockerfile's very command and runs it.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -53,22 +55,10 @@ fn hadolint() -> PathBuf {
 
 #[test]
 fn dockerfile_passes_hadolint() {
-    let mut child = Command::new(hadolint())
-        .args(["--no-color", "--failure-threshold", "info"])
-        .arg(root().join("deploy/Dockerfile"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t0.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("hadolint hung");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = Command::new(hadolint());
+    cmd.args(["--no-color", "--failure-threshold", "info"])
+        .arg(root().join("deploy/Dockerfile"));
+    let out = support::run_bounded(cmd, None, Duration::from_secs(60));
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.trim().is_empty(), "hadolint:\n{text}");
 }

@@ -4,11 +4,13 @@
 //! `sluice validate` with the environment the pods get, and the pieces
 //! refer to each other correctly (selectors, ports, service accounts).
 
+mod support;
+
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -48,24 +50,6 @@ fn validator() -> PathBuf {
     let p = cache.join("venv-k8s/bin/kubernetes-validate");
     assert!(p.exists(), "{} missing: run scripts/test --install-only", p.display());
     p
-}
-
-fn run(mut cmd: Command, timeout: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let t0 = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t0.elapsed() > timeout {
-            let _ = child.kill();
-            panic!("{cmd:?} did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
 }
 
 /// Every document of every manifest, by `Kind/name`.
@@ -122,7 +106,7 @@ fn every_manifest_passes_the_kubernetes_openapi_schemas() {
     for version in KUBERNETES_VERSIONS {
         let mut cmd = Command::new(validator());
         cmd.args(["--strict", "--quiet", "-k", version]).args(&files);
-        let out = run(cmd, Duration::from_secs(120));
+        let out = support::run_bounded(cmd, None, Duration::from_secs(120));
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "kubernetes-validate (Kubernetes {version}) failed:\n{text}");
         // --quiet prints only warnings and failures: none expected.
@@ -173,7 +157,7 @@ fn validate_with_pod_env(text: &str, c: &Value) -> Output {
         };
         cmd.env(name, value);
     }
-    run(cmd, Duration::from_secs(30))
+    support::run_bounded(cmd, None, Duration::from_secs(30))
 }
 
 #[test]

@@ -6,9 +6,11 @@
 //! `scripts/test` installs Debian's `systemd` package when
 //! `systemd-analyze` is missing.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -28,24 +30,6 @@ fn systemd_analyze() -> PathBuf {
         }
     }
     panic!("systemd-analyze not found: install Debian's `systemd` package (scripts/test does)");
-}
-
-fn run(mut cmd: Command, timeout: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let t0 = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t0.elapsed() > timeout {
-            let _ = child.kill();
-            panic!("{cmd:?} did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
 }
 
 /// The unit as shipped, except that ExecStart points at the binary this
@@ -92,7 +76,7 @@ fn unit_passes_systemd_analyze_verify_without_a_warning() {
     let unit = unit_for_this_build(dir.path());
     let mut cmd = Command::new(systemd_analyze());
     cmd.arg("verify").arg(&unit).current_dir(dir.path());
-    let out = run(cmd, Duration::from_secs(60));
+    let out = support::run_bounded(cmd, None, Duration::from_secs(60));
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "systemd-analyze verify failed:\n{text}");
     // verify exits 0 on unknown keys and unparsable values (it ignores
@@ -108,7 +92,7 @@ fn unit_hardening_keeps_its_exposure_score() {
     cmd.args(["security", "--offline=true", "--no-pager"])
         .arg(&unit)
         .current_dir(dir.path());
-    let out = run(cmd, Duration::from_secs(60));
+    let out = support::run_bounded(cmd, None, Duration::from_secs(60));
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text
         .lines()
@@ -185,6 +169,6 @@ fn vm_config_validates_with_the_example_environment_file() {
         set += 1;
     }
     assert!(set >= 2, "the env file sets the variables vm.toml requires");
-    let out = run(cmd, Duration::from_secs(30));
+    let out = support::run_bounded(cmd, None, Duration::from_secs(30));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -2,13 +2,14 @@
 //! records kept across restarts and replayed first, corrupt records skipped
 //! and counted, and the overflow action once the disk budget is spent.
 
-mod kafka_support;
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kafka_support::{events, eventually, id_of, read_until, segments, Broker, Sluice, KAFKA_TIMEOUT};
+use support::eventually;
+use support::kafka::{events, id_of, read_until, Kafka, KAFKA_TIMEOUT};
+use support::Sluice;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -19,7 +20,7 @@ fn stdin_config(data_dir: &Path, sinks: &str) -> String {
 data_dir = "{}"
 shutdown_timeout = "2s"
 [api]
-address = "{{api}}"
+address = "127.0.0.1:0"
 [sources.in]
 type = "stdin"
 {sinks}"#,
@@ -54,14 +55,14 @@ fn buffer_events(s: &Sluice) -> f64 {
 
 #[test]
 fn restart_with_a_non_empty_disk_buffer_replays_it_first() {
-    let mut broker = Broker::reserve();
+    let mut broker = Kafka::reserve();
     let data = tempfile::tempdir().expect("temp dir");
     let buf_dir = data.path().join("buffers/k");
     let cfg = config(data.path(), &broker.addr, "replay", "max_bytes = \"64MiB\"", false);
 
     // Run 1: the broker is down; everything goes to disk and stays there.
     let first = events(0, 2000, 150);
-    let mut s = Sluice::start(&cfg);
+    let mut s = Sluice::with_stdin(&cfg);
     s.write_lines(&first);
     eventually("every event written to the disk buffer", RUN_TIMEOUT, || {
         buffer_events(&s) >= first.len() as f64
@@ -75,11 +76,11 @@ fn restart_with_a_non_empty_disk_buffer_replays_it_first() {
     broker.up();
     broker.create_topic("replay", 1);
     let second = events(2000, 1000, 150);
-    let mut s = Sluice::start(&cfg);
+    let mut s = Sluice::with_stdin(&cfg);
     s.write_lines(&second);
     s.close_stdin();
     let status = s.wait(RUN_TIMEOUT);
-    assert!(status.success(), "{}", s.stderr());
+    assert!(status.success(), "{}", s.logs());
 
     let total = first.len() + second.len();
     let got = read_until(&broker.addr, "replay", KAFKA_TIMEOUT, |got| got.len() >= total);
@@ -140,14 +141,14 @@ fn ids_in(payload: &[u8]) -> Vec<u64> {
 
 #[test]
 fn corrupt_records_and_a_torn_tail_are_skipped_and_counted() {
-    let mut broker = Broker::reserve();
+    let mut broker = Kafka::reserve();
     let data = tempfile::tempdir().expect("temp dir");
     let buf_dir = data.path().join("buffers/k");
     let cfg = config(data.path(), &broker.addr, "corrupt", "max_bytes = \"64MiB\"", false);
 
     // Run 1: five batches to disk, then a crash.
     let input = events(0, 500, 100);
-    let mut s = Sluice::start(&cfg);
+    let mut s = Sluice::with_stdin(&cfg);
     for (i, chunk) in input.chunks(100).enumerate() {
         s.write_lines(chunk);
         eventually("the batch on disk", RUN_TIMEOUT, || buffer_events(&s) >= ((i + 1) * 100) as f64);
@@ -175,7 +176,7 @@ fn corrupt_records_and_a_torn_tail_are_skipped_and_counted() {
     // Run 2: the broker is up; every intact record is delivered.
     broker.up();
     broker.create_topic("corrupt", 1);
-    let mut s = Sluice::start(&cfg);
+    let mut s = Sluice::with_stdin(&cfg);
     let expected = input.len() - lost.len();
     eventually("intact records delivered", RUN_TIMEOUT, || {
         s.metric("sluice_sink_events_total{sink=\"k\"}") >= expected as f64
@@ -187,7 +188,7 @@ fn corrupt_records_and_a_torn_tail_are_skipped_and_counted() {
     );
     s.close_stdin();
     let status = s.wait(RUN_TIMEOUT);
-    assert!(status.success(), "no endless loop on damage: {}", s.stderr());
+    assert!(status.success(), "no endless loop on damage: {}", s.logs());
 
     let got = read_until(&broker.addr, "corrupt", KAFKA_TIMEOUT, |got| got.len() >= expected);
     let mut ids: Vec<u64> = got.iter().map(|m| id_of(&m.payload)).collect();
@@ -199,7 +200,7 @@ fn corrupt_records_and_a_torn_tail_are_skipped_and_counted() {
 
 #[test]
 fn spent_disk_budget_drops_newest_under_drop_newest_and_never_stalls_the_others() {
-    let mut broker = Broker::reserve();
+    let mut broker = Kafka::reserve();
     let data = tempfile::tempdir().expect("temp dir");
     let cfg = config(
         data.path(),
@@ -209,9 +210,9 @@ fn spent_disk_budget_drops_newest_under_drop_newest_and_never_stalls_the_others(
         true,
     );
     let input = events(0, 4000, 900);
-    let mut s = Sluice::start(&cfg);
+    let mut s = Sluice::with_stdin(&cfg);
     let writer = s.feed(input.clone(), true);
-    eventually("stdout has every event", RUN_TIMEOUT, || s.stdout_count() >= input.len());
+    eventually("stdout has every event", RUN_TIMEOUT, || s.count() >= input.len());
     let stdin = writer.join().expect("writer");
     let dropped = s.metric("sluice_events_dropped_total{component=\"k\",reason=\"buffer_full\"}");
     assert!(dropped > 0.0, "the budget was spent and the newest batches dropped");
@@ -225,7 +226,7 @@ fn spent_disk_budget_drops_newest_under_drop_newest_and_never_stalls_the_others(
     });
     drop(stdin);
     let status = s.wait(RUN_TIMEOUT);
-    assert!(status.success(), "{}", s.stderr());
+    assert!(status.success(), "{}", s.logs());
     let got = read_until(&broker.addr, "overflow", KAFKA_TIMEOUT, |got| got.len() >= kept);
     let mut ids: Vec<u64> = got.iter().map(|m| id_of(&m.payload)).collect();
     ids.sort();
@@ -235,7 +236,7 @@ fn spent_disk_budget_drops_newest_under_drop_newest_and_never_stalls_the_others(
 
 #[test]
 fn spent_disk_budget_blocks_the_pipeline_under_block_until_the_sink_recovers() {
-    let mut broker = Broker::reserve();
+    let mut broker = Kafka::reserve();
     let data = tempfile::tempdir().expect("temp dir");
     let cfg = config(
         data.path(),
@@ -245,14 +246,14 @@ fn spent_disk_budget_blocks_the_pipeline_under_block_until_the_sink_recovers() {
         true,
     );
     let input = events(0, 4000, 900);
-    let mut s = Sluice::start(&cfg);
+    let mut s = Sluice::with_stdin(&cfg);
     let writer = s.feed(input.clone(), false);
     // The budget fills (records are ~270 KB batches: three fit), the
     // fan-out waits, and stdout stops short.
     let stalled = support::wait_until("the pipeline to stall", RUN_TIMEOUT, || {
-        let before = s.stdout_count();
+        let before = s.count();
         std::thread::sleep(Duration::from_millis(1500));
-        let after = s.stdout_count();
+        let after = s.count();
         (after > 0 && after == before && s.metric("sluice_buffer_bytes{sink=\"k\"}") >= (512 << 10) as f64).then_some(after)
     });
     assert!(stalled < input.len(), "block holds every sink back once the budget is spent");
@@ -263,9 +264,9 @@ fn spent_disk_budget_blocks_the_pipeline_under_block_until_the_sink_recovers() {
     broker.up();
     let started = Instant::now();
     let status = s.wait(RUN_TIMEOUT);
-    assert!(status.success(), "{}", s.stderr());
+    assert!(status.success(), "{}", s.logs());
     let _ = writer.join();
-    assert_eq!(s.stdout_count(), input.len(), "stdout got everything once the sink recovered");
+    assert_eq!(s.count(), input.len(), "stdout got everything once the sink recovered");
     let got = read_until(&broker.addr, "blocked", KAFKA_TIMEOUT, |got| got.len() >= input.len());
     let mut ids: Vec<u64> = got.iter().map(|m| id_of(&m.payload)).collect();
     ids.sort();
@@ -281,7 +282,7 @@ fn spent_disk_budget_blocks_the_pipeline_under_block_until_the_sink_recovers() {
 /// Kafka, every event would arrive twice).
 #[test]
 fn file_checkpoint_moves_once_events_are_on_disk_so_a_restart_sends_each_event_once() {
-    let mut broker = Broker::reserve();
+    let mut broker = Kafka::reserve();
     let data = tempfile::tempdir().expect("temp dir");
     let logs = tempfile::tempdir().expect("temp dir");
     let log = logs.path().join("app.log");
@@ -292,7 +293,7 @@ fn file_checkpoint_moves_once_events_are_on_disk_so_a_restart_sends_each_event_o
 data_dir = "{}"
 shutdown_timeout = "2s"
 [api]
-address = "{{api}}"
+address = "127.0.0.1:0"
 [sources.app]
 type = "file"
 include = ["{}"]
@@ -315,7 +316,7 @@ max_bytes = "64MiB"
 
     // Run 1: the broker is down; the whole file goes to the disk buffer and
     // the checkpoint follows.
-    let mut s = Sluice::start(&cfg);
+    let s = Sluice::with_stdin(&cfg);
     eventually("the file on disk in the buffer", RUN_TIMEOUT, || {
         buffer_events(&s) >= input.len() as f64
     });
@@ -326,7 +327,7 @@ max_bytes = "64MiB"
     // Run 2: the broker is up.
     broker.up();
     broker.create_topic("checkpointed", 1);
-    let mut s = Sluice::start(&cfg);
+    let s = Sluice::with_stdin(&cfg);
     eventually("the buffered events delivered", RUN_TIMEOUT, || {
         s.metric("sluice_sink_events_total{sink=\"k\"}") >= input.len() as f64
     });
@@ -340,7 +341,7 @@ max_bytes = "64MiB"
     );
     s.signal(libc::SIGTERM);
     let status = s.wait(RUN_TIMEOUT);
-    assert!(status.success(), "{}", s.stderr());
+    assert!(status.success(), "{}", s.logs());
 
     let got = read_until(&broker.addr, "checkpointed", KAFKA_TIMEOUT, |got| got.len() >= input.len());
     let mut ids: Vec<u64> = got.iter().map(|m| id_of(&m.payload)).collect();
@@ -390,7 +391,7 @@ max_bytes = "64MiB"
 
     // Run 1: the first push fails once; its retry waits past the crash.
     loki.set_mode(support::LokiMode::ServerError, Some(1));
-    let mut s = Sluice::start(&cfg);
+    let mut s = Sluice::with_stdin(&cfg);
     s.write_lines(&stuck);
     support::wait_until("the stuck push refused", RUN_TIMEOUT, || {
         (loki.stats().by_status.get("500").copied().unwrap_or(0) >= 1).then_some(())
@@ -415,14 +416,14 @@ max_bytes = "64MiB"
 
     // Run 2: the stuck events go out, and nothing delivered before the
     // crash goes out again.
-    let mut s = Sluice::start(&cfg);
+    let mut s = Sluice::with_stdin(&cfg);
     eventually("the stuck events delivered", RUN_TIMEOUT, || {
         s.metric("sluice_sink_events_total{sink=\"k\"}") >= stuck.len() as f64
     });
     std::thread::sleep(Duration::from_secs(2));
     s.close_stdin();
     let status = s.wait(RUN_TIMEOUT);
-    assert!(status.success(), "{}", s.stderr());
+    assert!(status.success(), "{}", s.logs());
     let got = ids(loki.lines());
     let mut unique = got.clone();
     unique.dedup();
@@ -432,4 +433,18 @@ max_bytes = "64MiB"
         0,
         "duplicates: the restart must resend only the undelivered record"
     );
+}
+
+/// Sizes of the segment files in a disk buffer directory, by name.
+fn segments(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out: Vec<(PathBuf, u64)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+                .map(|e| (e.path(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
 }

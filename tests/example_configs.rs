@@ -2,9 +2,11 @@
 //! `sluice validate` (the real binary), given the environment variables it
 //! documents.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -79,16 +81,7 @@ fn validate(path: &Path, text: &str) {
             .unwrap_or_else(|| panic!("{} needs ${{{var}}}: add it to EXAMPLE_ENV and docs/deploy.md", path.display()));
         cmd.env(&var, v);
     }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let t0 = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t0.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("sluice validate {} hung", path.display());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = support::run_bounded(cmd, None, Duration::from_secs(30));
     assert!(
         out.status.success(),
         "{} does not validate:\n{}",

@@ -4,13 +4,14 @@
 //! can fail). In Vector one failing sink stalls every sink sharing a source
 //! (#19938).
 
-mod kafka_support;
 mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kafka_support::{events, eventually, id_of, read_until, Broker, Sluice, KAFKA_TIMEOUT};
+use support::eventually;
+use support::kafka::{events, id_of, read_until, Kafka, KAFKA_TIMEOUT};
+use support::Sluice;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -23,7 +24,7 @@ fn config(data_dir: &Path, bootstrap: &str, topic: &str, buffer: &str) -> String
 data_dir = "{}"
 shutdown_timeout = "5s"
 [api]
-address = "{{api}}"
+address = "127.0.0.1:0"
 [sources.in]
 type = "stdin"
 [sinks.out]
@@ -44,16 +45,14 @@ healthcheck = false
 
 #[test]
 fn dead_sink_with_a_disk_buffer_does_not_slow_the_others() {
-    let mut broker = Broker::reserve();
+    let mut broker = Kafka::reserve();
     let data = tempfile::tempdir().expect("temp dir");
     let cfg = config(data.path(), &broker.addr, "isolated", "type = \"disk\"\nmax_bytes = \"256MiB\"");
     let input = events(0, EVENTS, 300);
-    let mut s = Sluice::start(&cfg);
+    let mut s = Sluice::with_stdin(&cfg);
     let started = Instant::now();
     let writer = s.feed(input.clone(), true);
-    eventually("every event on stdout while Kafka is down", RUN_TIMEOUT, || {
-        s.stdout_count() >= EVENTS
-    });
+    eventually("every event on stdout while Kafka is down", RUN_TIMEOUT, || s.count() >= EVENTS);
     let healthy_took = started.elapsed();
     let stdin = writer.join().expect("writer");
     eventually("/ready reports the dead broker", RUN_TIMEOUT, || s.ready_status() == 503);
@@ -67,20 +66,20 @@ fn dead_sink_with_a_disk_buffer_does_not_slow_the_others() {
     eventually("/ready recovers", RUN_TIMEOUT, || s.ready_status() == 200);
     drop(stdin);
     let status = s.wait(RUN_TIMEOUT);
-    assert!(status.success(), "{}", s.stderr());
+    assert!(status.success(), "{}", s.logs());
     let got = read_until(&broker.addr, "isolated", KAFKA_TIMEOUT, |got| got.len() >= EVENTS);
     let mut ids: Vec<u64> = got.iter().map(|m| id_of(&m.payload)).collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), EVENTS, "every event reached Kafka");
-    assert_eq!(s.stdout_count(), EVENTS, "and stdout, once");
+    assert_eq!(s.count(), EVENTS, "and stdout, once");
 }
 
 /// The control: the same dead sink with a small blocking memory queue holds
 /// the healthy sink back, so the test above measures something real.
 #[test]
 fn dead_sink_with_a_blocking_memory_buffer_stalls_the_others() {
-    let mut broker = Broker::reserve();
+    let mut broker = Kafka::reserve();
     let data = tempfile::tempdir().expect("temp dir");
     let cfg = config(
         data.path(),
@@ -89,12 +88,12 @@ fn dead_sink_with_a_blocking_memory_buffer_stalls_the_others() {
         "type = \"memory\"\nmax_bytes = \"2MiB\"\nwhen_full = \"block\"",
     );
     let input = events(0, EVENTS, 300);
-    let mut s = Sluice::start(&cfg);
+    let mut s = Sluice::with_stdin(&cfg);
     let writer = s.feed(input.clone(), false);
     let stalled = support::wait_until("the healthy sink to stall", RUN_TIMEOUT, || {
-        let before = s.stdout_count();
+        let before = s.count();
         std::thread::sleep(Duration::from_millis(1500));
-        let after = s.stdout_count();
+        let after = s.count();
         (after > 0 && after == before).then_some(after)
     });
     assert!(
@@ -111,7 +110,7 @@ fn dead_sink_with_a_blocking_memory_buffer_stalls_the_others() {
 
     broker.up();
     let status = s.wait(RUN_TIMEOUT);
-    assert!(status.success(), "{}", s.stderr());
+    assert!(status.success(), "{}", s.logs());
     let _ = writer.join();
-    assert_eq!(s.stdout_count(), EVENTS);
+    assert_eq!(s.count(), EVENTS);
 }

@@ -3,10 +3,8 @@
 //! rename-reopen-gzip pattern, `kill -9` at random points, and a rotation
 //! that happens while sluice is stopped.
 
-mod file_support;
 mod support;
 
-use file_support::{append, config, counts, Sluice};
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -15,6 +13,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::file_source::{append, config, counts};
+use support::Sluice;
 
 /// Lines per second the writers aim for.
 const RATE: u64 = 10_000;
@@ -143,7 +143,7 @@ fn logrotate_create_mode_loses_no_line() {
     std::fs::create_dir_all(&logs).unwrap();
     let app = logs.join("app.log");
     let cfg = config(&dir.path().join("data"), &[app.display().to_string()], "");
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     let w = Writer::start(app.clone(), true, json_line);
     let conf = format!(
         "{} {{\n  rotate 50\n  create\n  missingok\n  compress\n  delaycompress\n}}\n",
@@ -171,7 +171,7 @@ fn logrotate_copytruncate_delivers_every_line_left_on_disk_once() {
     std::fs::create_dir_all(&logs).unwrap();
     let app = logs.join("app.log");
     let cfg = config(&dir.path().join("data"), &[app.display().to_string()], "");
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     let w = Writer::start(app.clone(), false, json_line);
     let conf = format!("{} {{\n  rotate 50\n  copytruncate\n  missingok\n  nocompress\n}}\n", app.display());
     for _ in 0..4 {
@@ -222,7 +222,7 @@ fn kubelet_rename_reopen_and_gzip_loses_no_line() {
         &[format!("{}/pods/**/*.log", dir.path().display())],
         "[sources.files.kubernetes]\nenabled = true",
     );
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     let every = 7_000u64; // lines between rotations: ~0.7 s
     let next_rotation = std::sync::atomic::AtomicU64::new(every);
     let w = Writer::start_with(
@@ -298,7 +298,7 @@ fn kill_9_at_random_points_loses_nothing_and_duplicates_only_the_last_interval()
     let mut timing: Vec<(Vec<Instant>, Instant)> = Vec::new();
     let started = Instant::now();
     for _ in 0..10 {
-        let s = Sluice::start(dir.path(), &cfg);
+        let s = Sluice::start(&cfg);
         std::thread::sleep(Duration::from_millis(300 + rng.next() % 1200));
         let (lines, arrivals, killed) = s.kill9_timed();
         runs.push(lines);
@@ -308,7 +308,7 @@ fn kill_9_at_random_points_loses_nothing_and_duplicates_only_the_last_interval()
         }
     }
     let n = w.finish();
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     let delivered_before: usize = runs.iter().map(Vec::len).sum();
     s.wait_until("every line after the last restart", Duration::from_secs(60), |l| {
         let mut all: std::collections::HashSet<String> = runs.iter().flatten().map(|x| x.to_string()).collect();
@@ -323,7 +323,7 @@ fn kill_9_at_random_points_loses_nothing_and_duplicates_only_the_last_interval()
     // At least once.
     let mut seen: HashMap<u64, usize> = HashMap::new();
     for run in &runs {
-        for v in file_support::parse(run) {
+        for v in support::file_source::parse(run) {
             *seen.entry(v["seq"].as_u64().unwrap()).or_default() += 1;
         }
     }
@@ -339,12 +339,12 @@ fn kill_9_at_random_points_loses_nothing_and_duplicates_only_the_last_interval()
     let mut total_dups = 0;
     for k in 0..runs.len() - 1 {
         let (arrivals, killed) = &timing[k];
-        let arrived: HashMap<u64, Instant> = file_support::parse(&runs[k])
+        let arrived: HashMap<u64, Instant> = support::file_source::parse(&runs[k])
             .iter()
             .zip(arrivals)
             .map(|(v, t)| (v["seq"].as_u64().unwrap(), *t))
             .collect();
-        for v in file_support::parse(&runs[k + 1]) {
+        for v in support::file_source::parse(&runs[k + 1]) {
             let s = v["seq"].as_u64().unwrap();
             if let Some(t) = arrived.get(&s) {
                 total_dups += 1;
@@ -368,7 +368,7 @@ fn rotation_while_stopped_is_found_by_fingerprint_and_finished() {
     let app = logs.join("app.log");
     append(&app, (0..1000).map(json_line));
     let cfg = config(&dir.path().join("data"), &[app.display().to_string()], "");
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     s.wait_for(1000, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(400));
     let (status, first) = s.stop();
@@ -378,7 +378,7 @@ fn rotation_while_stopped_is_found_by_fingerprint_and_finished() {
     append(&app, (1000..1500).map(json_line));
     std::fs::rename(&app, logs.join("app.log.1")).unwrap();
     append(&app, (1500..1700).map(json_line));
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     s.wait_for(700, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(500));
     let (_, second) = s.stop();
@@ -395,9 +395,9 @@ fn copytruncate_copy_is_finished_from_the_read_offset() {
     append(&app, (0..1000).map(json_line));
     // Readers idle for a second between rounds, so the copy and truncate
     // below happen before the reader sees the new lines.
-    let cfg = file_support::config_with_api(&dir.path().join("data"), &[app.display().to_string()], "")
+    let cfg = support::file_source::config_with_api(&dir.path().join("data"), &[app.display().to_string()], "")
         .replace("poll_interval = \"20ms\"", "poll_interval = \"1s\"");
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     s.wait_for(1000, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(200));
     // What logrotate's copytruncate does, in one go: lines the reader has
@@ -408,9 +408,9 @@ fn copytruncate_copy_is_finished_from_the_read_offset() {
     append(&app, (1500..1600).map(json_line));
     let lines = s.wait_for(1600, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(s.metric("sluice_file_truncations_total{source=\"files\"}"), Some(1.0));
+    assert_eq!(s.metrics().series("sluice_file_truncations_total{source=\"files\"}"), Some(1.0));
     assert_eq!(
-        s.metric("sluice_file_resumed_total{source=\"files\"}"),
+        s.metrics().series("sluice_file_resumed_total{source=\"files\"}"),
         Some(1.0),
         "the copy was found"
     );
@@ -428,7 +428,7 @@ fn file_truncated_and_rewritten_past_the_offset_is_read_again() {
     append(&app, (0..100).map(json_line));
     let cfg =
         config(&dir.path().join("data"), &[app.display().to_string()], "").replace("poll_interval = \"20ms\"", "poll_interval = \"1s\"");
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     s.wait_for(100, Duration::from_secs(30));
     // Truncated and at once written past the old size: a size check alone
     // cannot see it; the changed first bytes give it away.
@@ -446,12 +446,8 @@ fn file_truncated_and_rewritten_past_the_offset_is_read_again() {
 /// `sluice_file_rotations_total{source="files",kind}` for each kind seen.
 fn rotations(s: &Sluice) -> HashMap<String, f64> {
     s.metrics()
-        .lines()
-        .filter(|l| l.starts_with("sluice_file_rotations_total{"))
-        .filter_map(|l| {
-            let kind = l.split("kind=\"").nth(1)?.split('"').next()?.to_string();
-            Some((kind, l.rsplit(' ').next()?.parse().ok()?))
-        })
+        .matching("sluice_file_rotations_total", &[])
+        .filter_map(|m| Some((m.labels.get("kind")?.clone(), m.value)))
         .collect()
 }
 
@@ -484,15 +480,15 @@ fn read_app_log(glob: impl FnOnce(&Path) -> String) -> AppLog {
     std::fs::create_dir_all(&logs).unwrap();
     let app = logs.join("app.log");
     append(&app, (0..100).map(json_line));
-    let cfg = file_support::config_with_api(&dir.path().join("data"), &[glob(&app)], "");
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let cfg = support::file_source::config_with_api(&dir.path().join("data"), &[glob(&app)], "");
+    let s = Sluice::start(&cfg);
     s.wait_for(100, Duration::from_secs(30));
     AppLog { dir, logs, app, s }
 }
 
 #[test]
 fn logrotate_compress_without_delaycompress_counts_renames_not_deletes() {
-    let AppLog { dir, logs, app, mut s } = read_app_log(|app| app.display().to_string());
+    let AppLog { dir, logs, app, s } = read_app_log(|app| app.display().to_string());
     // The rotated file is compressed in the same run, well before
     // rotate_wait ends: the open handle then belongs to a deleted inode.
     let conf = format!("{} {{\n  rotate 10\n  create\n  missingok\n  compress\n}}\n", app.display());

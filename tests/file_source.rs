@@ -3,11 +3,12 @@
 //! reading, checkpoints across restarts, corrupt checkpoints, container
 //! formats with partial lines, symlinks read once.
 
-mod file_support;
+mod support;
 
-use file_support::{append, config, config_with_api, counts, parse, Sluice};
 use std::collections::HashMap;
 use std::time::Duration;
+use support::file_source::{append, config, config_with_api, counts, parse};
+use support::Sluice;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -48,7 +49,7 @@ fn every_line_of_a_thousand_files_arrives_once() {
         append(&path(f), (0..20).map(|i| format!(r#"{{"id":"{f}-{i}"}}"#)));
     }
     let cfg = config(&dir.path().join("data"), &[glob(&logs, "**/*.log")], "");
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     s.wait_for(20_000, T);
     // Tailing: every file grows while open.
     for f in 0..1000 {
@@ -81,7 +82,7 @@ fn hot_file_does_not_starve_quiet_files() {
         &[glob(&logs, "*.log")],
         "readers = 1\nread_budget = \"64KiB\"",
     );
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     let lines = s.wait_for(200_050, Duration::from_secs(60));
     let pos = |id: &str| lines.iter().position(|l| l.contains(&format!("\"{id}\""))).unwrap();
     let last_quiet = (0..50).map(|q| pos(&format!("quiet-{q}"))).max().unwrap();
@@ -111,7 +112,7 @@ fn files_with_identical_first_kilobyte_are_told_apart_across_restarts() {
     }
     let data = dir.path().join("data");
     let cfg = config(&data, &[glob(&logs, "*.log")], "");
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     s.wait_for(280, T);
     std::thread::sleep(Duration::from_millis(300));
     let (status, first) = s.stop();
@@ -123,7 +124,7 @@ fn files_with_identical_first_kilobyte_are_told_apart_across_restarts() {
             (100..150).map(|i| format!(r#"{{"id":"{name}-{i}"}}"#)),
         );
     }
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     s.wait_for(100, T);
     std::thread::sleep(Duration::from_millis(500));
     let (_, second) = s.stop();
@@ -154,7 +155,7 @@ fn file_deleted_mid_read_is_read_to_its_end_then_released() {
         &[glob(&logs, "*.log")],
         "read_budget = \"16KiB\"\nreaders = 1",
     );
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     s.wait_for(1, T);
     std::fs::remove_file(&f).unwrap();
     let read_when_deleted = s.count();
@@ -165,11 +166,15 @@ fn file_deleted_mid_read_is_read_to_its_end_then_released() {
     let lines = s.wait_for(100_000, Duration::from_secs(60));
     assert_each_once(&lines, "id", (0..100_000).map(|i| i.to_string()));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while s.metric("sluice_file_open_files{source=\"files\"}") != Some(0.0) {
-        assert!(std::time::Instant::now() < deadline, "deleted file still open:\n{}", s.metrics());
+    while s.metrics().series("sluice_file_open_files{source=\"files\"}") != Some(0.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deleted file still open:\n{}",
+            s.metrics().text
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let m = s.metrics();
+    let m = s.metrics().text;
     assert!(m.contains("sluice_file_rotations_total{kind=\"delete\",source=\"files\"} 1"), "{m}");
     let _ = s.stop();
 }
@@ -189,7 +194,7 @@ fn reused_inode_does_not_inherit_the_old_checkpoint() {
     append(&f, (0..50).map(|i| format!(r#"{{"id":"old-{i}"}}"#)));
     let data = dir.path().join("data");
     let cfg = config(&data, &[glob(&logs, "app.log")], "");
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     s.wait_for(80, T);
     std::thread::sleep(Duration::from_millis(400));
     let (status, _) = s.stop();
@@ -226,7 +231,7 @@ fn reused_inode_does_not_inherit_the_old_checkpoint() {
     }
     append(&f, header);
     append(&f, (0..200).map(|i| format!(r#"{{"id":"new-{i}"}}"#)));
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     let lines = s.wait_for(230, T);
     std::thread::sleep(Duration::from_millis(300));
     let ids: Vec<String> = lines.iter().filter(|l| l.contains("\"id\"")).cloned().collect();
@@ -243,7 +248,7 @@ fn truncated_checkpoint_file_is_set_aside_and_reading_goes_on() {
     append(&f, (0..100).map(|i| format!(r#"{{"id":"{i}"}}"#)));
     let data = dir.path().join("data");
     let cfg = config(&data, &[glob(&logs, "*.log")], "");
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     s.wait_for(100, T);
     std::thread::sleep(Duration::from_millis(400));
     let _ = s.stop();
@@ -251,14 +256,14 @@ fn truncated_checkpoint_file_is_set_aside_and_reading_goes_on() {
     let full = std::fs::read(&cp).unwrap();
     std::fs::write(&cp, &full[..full.len() / 2]).unwrap();
     append(&f, (100..150).map(|i| format!(r#"{{"id":"{i}"}}"#)));
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     // Without a checkpoint everything is read again: duplicates, no loss.
     let lines = s.wait_for(150, T);
     let got = counts(&lines, "id");
     for i in 0..150 {
         assert!(got.contains_key(&i.to_string()), "line {i} missing");
     }
-    assert!(s.stderr().contains("checkpoint file is corrupt"), "{}", s.stderr());
+    assert!(s.logs().contains("checkpoint file is corrupt"), "{}", s.logs());
     let aside: Vec<_> = std::fs::read_dir(cp.parent().unwrap())
         .unwrap()
         .flatten()
@@ -280,7 +285,7 @@ fn restart_continues_after_the_acknowledged_offset() {
     let f = logs.join("app.log");
     append(&f, (0..500).map(|i| format!(r#"{{"id":"{i}"}}"#)));
     let cfg = config(&dir.path().join("data"), &[glob(&logs, "*.log")], "");
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     s.wait_for(500, T);
     let (status, first) = s.stop();
     assert!(status.success());
@@ -290,7 +295,7 @@ fn restart_continues_after_the_acknowledged_offset() {
         .open(&f)
         .and_then(|mut h| std::io::Write::write_all(&mut h, br#"{"id":"5"#))
         .unwrap();
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     std::thread::sleep(Duration::from_millis(500));
     std::fs::OpenOptions::new()
         .append(true)
@@ -324,7 +329,7 @@ fn cri_partial_lines_are_merged_per_stream_with_time_and_stream_kept() {
     );
     std::fs::write(&f, text).unwrap();
     let cfg = config_with_api(&dir.path().join("data"), &[glob(&logs, "*.log")], "");
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     let lines = s.wait_for(3, T);
     let v = parse(&lines);
     assert_eq!(v[0]["id"], "one");
@@ -339,7 +344,7 @@ fn cri_partial_lines_are_merged_per_stream_with_time_and_stream_kept() {
     append(&f, ["2024-05-01T10:00:01.000000000Z stderr F and the rest".to_owned()]);
     let lines = s.wait_for(4, T);
     assert_eq!(parse(&lines)[3]["message"], "half and the rest");
-    assert_eq!(s.metric("sluice_file_partial_merges_total{source=\"files\"}"), Some(2.0));
+    assert_eq!(s.metrics().series("sluice_file_partial_merges_total{source=\"files\"}"), Some(2.0));
     let _ = s.stop();
 }
 
@@ -365,7 +370,7 @@ fn docker_partial_lines_are_merged_and_unescaped() {
     ];
     append(&f, lines);
     let cfg = config(&dir.path().join("data"), &[glob(&logs, "*.log")], "");
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     let lines = s.wait_for(3, T);
     let v = parse(&lines);
     assert_eq!(v[0]["id"], "small");
@@ -391,7 +396,7 @@ fn docker_json_with_spaces_is_unwrapped_by_the_auto_format() {
     );
     let cfg = config(&dir.path().join("data"), &[glob(&logs, "*.log")], "");
     assert!(!cfg.contains("format"), "the default format is auto");
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     let v = parse(&s.wait_for(3, T));
     for (i, e) in v.iter().enumerate() {
         assert_eq!(e["id"], i.to_string(), "{e}");
@@ -420,7 +425,7 @@ fn symlinked_container_log_is_read_once_with_pod_metadata() {
         &[glob(dir.path(), "containers/*.log"), glob(dir.path(), "pods/**/*.log")],
         "[sources.files.kubernetes]\nenabled = true",
     );
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     let lines = s.wait_for(10, T);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(s.count(), 10, "read once through two paths");
@@ -439,10 +444,10 @@ fn symlinked_container_log_is_read_once_with_pod_metadata() {
 fn file_source_without_data_dir_is_rejected_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &[glob(dir.path(), "*.log")], "").replacen("data_dir", "# data_dir", 1);
-    let mut s = Sluice::start(dir.path(), &cfg);
-    let status = s.wait_exit(T);
+    let s = Sluice::start(&cfg);
+    let status = s.wait(T);
     assert!(!status.success());
-    let err = s.stderr();
+    let err = s.logs();
     assert!(err.contains("data_dir is not set") && err.contains("SLUICE_DATA_DIR"), "{err}");
 }
 
@@ -484,7 +489,7 @@ fn read_from_end_skips_existing_lines_only_on_the_first_start() {
     std::fs::create_dir_all(&logs).unwrap();
     append(&logs.join("a.log"), (0..50).map(|i| format!(r#"{{"id":"old-{i}"}}"#)));
     let cfg = config(&dir.path().join("data"), &[glob(&logs, "*.log")], "read_from = \"end\"");
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     std::thread::sleep(Duration::from_millis(500));
     append(&logs.join("a.log"), (0..5).map(|i| format!(r#"{{"id":"new-{i}"}}"#)));
     append(&logs.join("b.log"), (0..5).map(|i| format!(r#"{{"id":"b-{i}"}}"#)));
@@ -508,15 +513,15 @@ fn more_files_than_max_open_files_are_all_read_in_turn() {
         );
     }
     let cfg = config_with_api(&dir.path().join("data"), &[glob(&logs, "*.log")], "max_open_files = 10");
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     // Open files never exceed the cap while the others wait their turn.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut saw_waiting = false;
     while s.count() < 600 {
         assert!(std::time::Instant::now() < deadline, "only {} of 600 lines", s.count());
-        let open = s.metric("sluice_file_open_files{source=\"files\"}").unwrap_or(0.0);
+        let open = s.metrics().series("sluice_file_open_files{source=\"files\"}").unwrap_or(0.0);
         assert!(open <= 10.0, "{open} files open with max_open_files = 10");
-        saw_waiting |= s.metric("sluice_file_waiting_files{source=\"files\"}").unwrap_or(0.0) > 0.0;
+        saw_waiting |= s.metrics().series("sluice_file_waiting_files{source=\"files\"}").unwrap_or(0.0) > 0.0;
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(saw_waiting, "files waited for a slot");

@@ -1,15 +1,15 @@
 //! The Kafka sink against a real Kafka-protocol broker (tansu) on loopback,
 //! and against librdkafka's in-process mock cluster for request errors.
 
-mod kafka_support;
 mod support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use kafka_support::{events, id_of, read_topic, read_until, Broker, Sluice, KAFKA_TIMEOUT};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use support::kafka::{events, id_of, read_topic, read_until, Kafka, Record, KAFKA_TIMEOUT};
+use support::Sluice;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -18,7 +18,7 @@ fn kafka_config(bootstrap: &str, sink: &str) -> String {
         r#"
 shutdown_timeout = "20s"
 [api]
-address = "{{api}}"
+address = "127.0.0.1:0"
 [sources.in]
 type = "stdin"
 [sinks.out]
@@ -34,19 +34,19 @@ bootstrap_servers = "{bootstrap}"
 /// Runs sluice over `input` to completion and returns what it wrote on
 /// stdout (the events exactly as every sink received them).
 fn run_to_end(config: &str, input: &[String]) -> Vec<String> {
-    let mut s = Sluice::start(config);
+    let mut s = Sluice::with_stdin(config);
     s.write_lines(input);
     s.close_stdin();
     let status = s.wait(RUN_TIMEOUT);
-    assert!(status.success(), "sluice failed ({status}):\n{}", s.stderr());
-    let out = s.stdout_lines();
+    assert!(status.success(), "sluice failed ({status}):\n{}", s.logs());
+    let out = s.lines();
     assert_eq!(out.len(), input.len(), "stdout lines");
     out
 }
 
 #[test]
 fn every_event_arrives_exactly_once_as_written_with_topic_and_key_from_fields() {
-    let broker = Broker::start();
+    let broker = Kafka::start();
     let input = events(0, 3000, 120);
     let config = kafka_config(&broker.addr, "topic = \"logs-{{ service }}\"\nkey_field = \"id\"");
     let written = run_to_end(&config, &input);
@@ -76,7 +76,7 @@ fn every_event_arrives_exactly_once_as_written_with_topic_and_key_from_fields() 
 
 #[test]
 fn every_compression_codec_delivers_events_intact() {
-    let broker = Broker::start();
+    let broker = Kafka::start();
     for (i, codec) in ["none", "gzip", "snappy", "lz4", "zstd"].into_iter().enumerate() {
         let input = events(i * 1000, 400, 200);
         let topic = format!("codec-{codec}");
@@ -93,7 +93,7 @@ fn every_compression_codec_delivers_events_intact() {
 
 #[test]
 fn broker_restart_mid_stream_delivers_every_event_at_least_once() {
-    let mut broker = Broker::start_persistent();
+    let mut broker = Kafka::start_persistent();
     broker.create_topic("restart", 2);
     // Short timeouts so both recovery paths run within the outage:
     // librdkafka's own reconnects and the sink's retries of timed-out
@@ -103,7 +103,7 @@ fn broker_restart_mid_stream_delivers_every_event_at_least_once() {
 "message.timeout.ms" = "3000"
 "reconnect.backoff.max.ms" = "500"
 "#;
-    let mut s = Sluice::start(&kafka_config(&broker.addr, sink));
+    let mut s = Sluice::with_stdin(&kafka_config(&broker.addr, sink));
     let total = 3000;
     let input = events(0, total, 150);
     for chunk in input[..1500].chunks(100) {
@@ -122,9 +122,9 @@ fn broker_restart_mid_stream_delivers_every_event_at_least_once() {
     broker.up();
     s.close_stdin();
     let status = s.wait(RUN_TIMEOUT);
-    assert!(status.success(), "sluice failed ({status}):\n{}", s.stderr());
+    assert!(status.success(), "sluice failed ({status}):\n{}", s.logs());
 
-    let count = |got: &[kafka_support::Received]| {
+    let count = |got: &[Record]| {
         let mut seen = vec![0u32; total];
         for m in got {
             seen[id_of(&m.payload) as usize] += 1;
@@ -145,7 +145,7 @@ fn broker_restart_mid_stream_delivers_every_event_at_least_once() {
 
 #[test]
 fn unreachable_brokers_stop_start_up_with_an_error_naming_them() {
-    let dead = Broker::reserve();
+    let dead = Kafka::reserve();
     let config = format!(
         r#"
 [api]
@@ -194,25 +194,18 @@ fn produce_errors_are_retried_by_the_sink_until_every_event_is_delivered() {
 [sinks.k.librdkafka_options]
 "message.send.max.retries" = "0"
 "#;
-    let mut s = Sluice::start(&kafka_config(&bootstrap, sink));
+    let mut s = Sluice::with_stdin(&kafka_config(&bootstrap, sink));
     let input = events(0, 500, 80);
     s.write_lines(&input);
-    kafka_support::eventually("every event delivered", RUN_TIMEOUT, || {
+    support::eventually("every event delivered", RUN_TIMEOUT, || {
         s.metric("sluice_sink_events_total{sink=\"k\"}") >= input.len() as f64
     });
     let m = s.metrics();
-    assert!(
-        m.get("sluice_sink_retries_total{sink=\"k\"}").copied().unwrap_or(0.0) >= 1.0,
-        "{m:?}"
-    );
-    let errors: f64 = m
-        .iter()
-        .filter(|(k, _)| k.starts_with("sluice_sink_errors_total{kind="))
-        .map(|(_, v)| v)
-        .sum();
+    assert!(m.value("sluice_sink_retries_total{sink=\"k\"}") >= 1.0, "{m:?}");
+    let errors: f64 = m.sum("sluice_sink_errors_total", &[]);
     assert!(errors >= 1.0, "errors are counted by kind: {m:?}");
     s.close_stdin();
-    assert!(s.wait(RUN_TIMEOUT).success(), "{}", s.stderr());
+    assert!(s.wait(RUN_TIMEOUT).success(), "{}", s.logs());
 
     let got = read_topic(&bootstrap, "mock", input.len(), KAFKA_TIMEOUT);
     let mut ids: Vec<u64> = got.iter().map(|m| id_of(&m.payload)).collect();
@@ -234,26 +227,27 @@ fn messages_the_broker_rejects_for_good_are_dropped_and_counted() {
 "message.send.max.retries" = "0"
 "linger.ms" = "50"
 "#;
-    let mut s = Sluice::start(&kafka_config(&bootstrap, sink));
+    let mut s = Sluice::with_stdin(&kafka_config(&bootstrap, sink));
     let input = events(0, 200, 80);
     s.write_lines(&input);
     let m = support::wait_until("rejected messages counted", RUN_TIMEOUT, || {
         let m = s.metrics();
-        let dropped = m
-            .get("sluice_events_dropped_total{component=\"k\",reason=\"message_too_large\"}")
-            .copied()
-            .unwrap_or(0.0);
-        let sent = m.get("sluice_sink_events_total{sink=\"k\"}").copied().unwrap_or(0.0);
+        let dropped = m.value("sluice_events_dropped_total{component=\"k\",reason=\"message_too_large\"}");
+        let sent = m.value("sluice_sink_events_total{sink=\"k\"}");
         (dropped >= 1.0 && dropped + sent >= input.len() as f64).then_some(m)
     });
-    let dropped = m["sluice_events_dropped_total{component=\"k\",reason=\"message_too_large\"}"];
+    let dropped = m
+        .series("sluice_events_dropped_total{component=\"k\",reason=\"message_too_large\"}")
+        .expect("the sample is on /metrics");
     // Errors count failed deliveries as librdkafka reports them: one
     // refused Produce request may carry several messages, so errors are at
     // least one and at most the messages dropped.
-    let errors = m["sluice_sink_errors_total{kind=\"message_too_large\",sink=\"k\"}"];
+    let errors = m
+        .series("sluice_sink_errors_total{kind=\"message_too_large\",sink=\"k\"}")
+        .expect("the sample is on /metrics");
     assert!(errors >= 1.0 && errors <= dropped, "errors {errors}, dropped {dropped}");
     s.close_stdin();
-    assert!(s.wait(Duration::from_secs(30)).success(), "{}", s.stderr());
+    assert!(s.wait(Duration::from_secs(30)).success(), "{}", s.logs());
     let delivered = input.len() - dropped as usize;
     let got = read_topic(&bootstrap, "big", delivered, KAFKA_TIMEOUT);
     assert_eq!(got.len(), delivered);
@@ -263,14 +257,14 @@ fn messages_the_broker_rejects_for_good_are_dropped_and_counted() {
 /// report is one line, not two identical lines microseconds apart.
 #[test]
 fn broker_outage_logs_each_client_error_once() {
-    let mut broker = Broker::start_persistent();
+    let mut broker = Kafka::start_persistent();
     broker.create_topic("outage", 1);
     let sink = r#"topic = "outage"
 [sinks.k.librdkafka_options]
 "reconnect.backoff.ms" = "100"
 "reconnect.backoff.max.ms" = "500"
 "#;
-    let mut s = Sluice::start(&kafka_config(&broker.addr, sink));
+    let mut s = Sluice::with_stdin(&kafka_config(&broker.addr, sink));
     s.write_lines(&events(0, 100, 50));
     broker.down();
     s.write_lines(&events(100, 100, 50));
@@ -278,7 +272,7 @@ fn broker_outage_logs_each_client_error_once() {
     broker.up();
     s.close_stdin();
     let status = s.wait(RUN_TIMEOUT);
-    let stderr = s.stderr();
+    let stderr = s.logs();
     assert!(status.success(), "sluice failed ({status}):\n{stderr}");
     // Each WARN or ERROR line without its timestamp, with the time it was
     // written: the same text twice within 50 ms is one report logged twice.

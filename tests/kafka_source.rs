@@ -3,26 +3,21 @@
 //! delivery, and a second aggregator in the group takes over when one is
 //! killed mid-stream.
 
-mod running;
 mod support;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use running::{Output, Sluice};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 use support::Kafka;
+use support::{Sluice, Stdout};
 
 /// Joining a consumer group on tansu takes seconds (tens under load).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
 
 fn produce(kafka: &Kafka, topic: &str, partitions: i32, seqs: std::ops::Range<u64>) {
     let producer: BaseProducer = ClientConfig::new()
@@ -91,7 +86,7 @@ impl Aggregator {
 
     /// Starts it with its stdout read one line per `pause`: a slow sink.
     fn start_reading(config: &str, pause: Duration) -> Aggregator {
-        let mut sluice = Sluice::start(config, Output::Raw);
+        let mut sluice = Sluice::builder().config(config).stdout(Stdout::Raw).start();
         let stdout = sluice.take_stdout();
         let (tx, lines) = mpsc::channel();
         thread::spawn(move || {
@@ -189,7 +184,7 @@ fn committed_total(kafka: &Kafka, topic: &str, group: &str, partitions: i32) -> 
 fn every_event_arrives_and_offsets_are_committed_only_for_delivered_events() {
     let kafka = Kafka::start();
     let (topic, partitions) = ("agent-logs", 3);
-    runtime().block_on(kafka.create_topic(topic, partitions));
+    kafka.create_topic(topic, partitions);
     const FIRST: u64 = 3000;
     produce(&kafka, topic, partitions, 0..FIRST);
 
@@ -205,12 +200,11 @@ fn every_event_arrives_and_offsets_are_committed_only_for_delivered_events() {
     let api = agg.sluice.api_address();
     let deadline = Instant::now() + DELIVERY_TIMEOUT;
     loop {
-        let text = running::http_get(&api, "/metrics");
+        let m = agg.sluice.metrics();
         let lags: Vec<f64> = (0..partitions)
             .filter_map(|p| {
                 let series = format!(r#"sluice_kafka_consumer_lag{{partition="{p}",source="kafka",topic="{topic}"}}"#);
-                text.lines()
-                    .find_map(|l| l.strip_prefix(series.as_str()).and_then(|v| v.trim().parse().ok()))
+                m.series(&series)
             })
             .collect();
         if lags.len() == partitions as usize && lags.iter().all(|l| *l == 0.0) {
@@ -219,7 +213,7 @@ fn every_event_arrives_and_offsets_are_committed_only_for_delivered_events() {
         assert!(Instant::now() < deadline, "lag did not reach 0 on every partition: {lags:?}");
         thread::sleep(Duration::from_millis(100));
     }
-    assert!(Sluice::metric(&api, r#"sluice_kafka_commits_total{result="ok",source="kafka"}"#) >= 1.0);
+    assert!(support::scrape(&api).value(r#"sluice_kafka_commits_total{result="ok",source="kafka"}"#) >= 1.0);
 
     // A clean stop commits everything delivered.
     agg.signal(libc::SIGTERM);
@@ -250,7 +244,7 @@ fn every_event_arrives_and_offsets_are_committed_only_for_delivered_events() {
 fn a_second_aggregator_takes_over_when_one_is_killed_mid_stream() {
     let kafka = Kafka::start();
     let (topic, partitions) = ("agent-logs-2", 4);
-    runtime().block_on(kafka.create_topic(topic, partitions));
+    kafka.create_topic(topic, partitions);
     let started = Instant::now();
     const FIRST: u64 = 20_000;
     const TOTAL: u64 = 30_000;

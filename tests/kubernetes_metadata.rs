@@ -5,10 +5,9 @@
 //! labels, annotations, owner and image, follow changes from the watch, and
 //! keep a deleted pod's metadata for its last lines.
 
-mod file_support;
+mod support;
 
 use bytes::Bytes;
-use file_support::{append, config, parse, Sluice};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Frame;
 use serde_json::{json, Value};
@@ -18,6 +17,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use support::file_source::{append, config, parse};
+use support::Sluice;
 use tokio::sync::mpsc;
 use tokio_rustls::rustls;
 
@@ -178,7 +179,7 @@ fn pods_from_a_real_tls_api_server_enrich_events_and_follow_the_watch() {
         &[format!("{}/pods/**/*.log", dir.path().display())],
         &kube,
     );
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     let lines = s.wait_for(2, Duration::from_secs(30));
     let v = parse(&lines);
     let first = v.iter().find(|e| e["id"] == "first").unwrap();
@@ -269,12 +270,12 @@ fn untrusted_api_certificate_is_refused_and_path_metadata_still_works() {
         &[format!("{}/pods/**/*.log", dir.path().display())],
         &kube,
     );
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     let lines = s.wait_for(1, Duration::from_secs(30));
     let v = parse(&lines);
     assert_eq!(v[0]["kubernetes"]["pod"], "api-7f9");
     assert!(v[0]["kubernetes"].get("labels").is_none(), "no metadata from an untrusted server");
-    assert!(s.stderr().contains("kubernetes API"), "{}", s.stderr());
+    assert!(s.logs().contains("kubernetes API"), "{}", s.logs());
     assert!(state.requests.lock().unwrap().is_empty(), "no request got past the TLS handshake");
     let _ = s.stop();
 }

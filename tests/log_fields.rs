@@ -3,11 +3,12 @@
 //! absent value left out, never Rust debug text such as `Some(42)` or
 //! `None`.
 
-mod file_support;
+mod support;
 
-use file_support::{append, Sluice};
 use std::process::Command;
 use std::time::Duration;
+use support::file_source::append;
+use support::Sluice;
 
 /// Every JSON log line of `stderr`, checked for debug text in any field
 /// value; panics naming the line.
@@ -64,9 +65,9 @@ fn truncation_line(copy: Option<&str>) -> (serde_json::Value, std::path::PathBuf
     append(&app, (0..100).map(line));
     // Readers idle for a second between rounds: the copy and truncate
     // below happen before the reader looks again.
-    let cfg = file_support::config(&dir.path().join("data"), &[app.display().to_string()], "")
+    let cfg = support::file_source::config(&dir.path().join("data"), &[app.display().to_string()], "")
         .replace("poll_interval = \"20ms\"", "poll_interval = \"1s\"");
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     s.wait_for(100, Duration::from_secs(30));
     append(&app, (100..150).map(line));
     if let Some(name) = copy {
@@ -77,10 +78,9 @@ fn truncation_line(copy: Option<&str>) -> (serde_json::Value, std::path::PathBuf
     s.wait_until("the lines after the truncation", Duration::from_secs(30), |l| {
         l.iter().any(|l| l.contains(r#""seq":159"#))
     });
-    let stderr_path = s.stderr_path.clone();
     let (status, _) = s.stop();
     assert!(status.success());
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    let stderr = s.logs();
     let lines = plain_log_lines(&stderr);
     let truncated = the_line(&lines, "file truncated; reading it again from the start", &stderr).clone();
     assert_eq!(truncated["path"], app.display().to_string(), "{truncated}");

@@ -4,16 +4,12 @@
 //! stored is compared with what was written. Fault modes make the receiver
 //! answer the way Loki does (429, 500, 400 with Loki's rejection messages).
 
-mod running_sluice;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use running_sluice::{enriched, RunningSluice as Sluice};
 use sluice::buffer::{queue, BufferConfig};
 use sluice::decode::Decoder;
 use sluice::enrich::{Fragment, SourceContext};
@@ -21,7 +17,8 @@ use sluice::event::{AckGroup, AckOutcome, BatchBuilder, FieldSet};
 use sluice::sinks::SinkCx;
 use sluice::telemetry::Health;
 use sluice::topology::{Config, Format};
-use support::{free_port, http_get, wait_until, Loki, LokiMode, ReceivedStream};
+use support::enriched::{enriched, start_with_sinks};
+use support::{free_port, wait_until, Loki, LokiMode, ReceivedStream};
 
 /// How long a test waits for deliveries before failing.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -63,7 +60,7 @@ type Expected = (i64, String, String);
 #[test]
 fn every_event_arrives_with_its_labels_metadata_tenant_and_time_order() {
     let loki = Loki::start();
-    let mut sluice = Sluice::start(
+    let mut sluice = start_with_sinks(
         &loki_sink(
             &loki.url,
             "[sinks.loki.batch]\ntimeout = \"30s\"\nmax_events = 100000\nmax_bytes = \"16MiB\"\n",
@@ -92,7 +89,7 @@ fn every_event_arrives_with_its_labels_metadata_tenant_and_time_order() {
     sluice.write(&input);
     sluice.close_stdin();
     let status = sluice.wait(DELIVERY_TIMEOUT);
-    assert!(status.success(), "sluice failed: {}", sluice.log_text());
+    assert!(status.success(), "sluice failed: {}", sluice.logs());
 
     let streams = loki.entries();
     assert_eq!(all_entries(&streams), 3000, "every event exactly once");
@@ -126,11 +123,11 @@ fn every_event_arrives_with_its_labels_metadata_tenant_and_time_order() {
 #[test]
 fn json_encoding_with_gzip_delivers_the_same_entries() {
     let loki = Loki::start();
-    let mut sluice = Sluice::start(&loki_sink(&loki.url, "").replace("labels =", "encoding = \"json\"\nlabels ="), &[]);
+    let mut sluice = start_with_sinks(&loki_sink(&loki.url, "").replace("labels =", "encoding = \"json\"\nlabels ="), &[]);
     let lines: Vec<String> = (0..500).map(|i| event(i, "api", "info", i as i64 * 1000)).collect();
     sluice.write(&(lines.join("\n") + "\n"));
     sluice.close_stdin();
-    assert!(sluice.wait(DELIVERY_TIMEOUT).success(), "{}", sluice.log_text());
+    assert!(sluice.wait(DELIVERY_TIMEOUT).success(), "{}", sluice.logs());
     let streams = loki.entries();
     assert_eq!(streams.len(), 1);
     let got: Vec<&str> = streams[0].entries.iter().map(|e| e.line.as_str()).collect();
@@ -146,14 +143,14 @@ fn json_encoding_with_gzip_delivers_the_same_entries() {
 fn rate_limit_storm_is_retried_until_every_event_is_delivered() {
     let loki = Loki::start();
     loki.set_mode(LokiMode::TooManyRequests, Some(8));
-    let mut sluice = Sluice::start(&loki_sink(&loki.url, ""), &[]);
+    let mut sluice = start_with_sinks(&loki_sink(&loki.url, ""), &[]);
     let lines: Vec<String> = (0..2000).map(|i| event(i, "api", "info", i as i64)).collect();
     sluice.write(&(lines.join("\n") + "\n"));
     loki.wait_for_entries(2000, DELIVERY_TIMEOUT);
     let retries = sluice.metric("sluice_sink_retries_total{sink=\"loki\"}");
     let throttled = sluice.metric("sluice_sink_errors_total{kind=\"http_429\",sink=\"loki\"}");
     sluice.close_stdin();
-    assert!(sluice.wait(DELIVERY_TIMEOUT).success(), "{}", sluice.log_text());
+    assert!(sluice.wait(DELIVERY_TIMEOUT).success(), "{}", sluice.logs());
     let stats = loki.stats();
     assert_eq!(stats.by_status.get("429"), Some(&8), "{stats:?}");
     assert!(retries >= 8.0 && throttled >= 8.0, "retries {retries}, 429s {throttled}");
@@ -167,62 +164,22 @@ fn rate_limit_storm_is_retried_until_every_event_is_delivered() {
 fn server_errors_are_retried_then_delivered() {
     let loki = Loki::start();
     loki.set_mode(LokiMode::ServerError, Some(3));
-    let mut sluice = Sluice::start(&loki_sink(&loki.url, ""), &[]);
+    let mut sluice = start_with_sinks(&loki_sink(&loki.url, ""), &[]);
     let lines: Vec<String> = (0..300).map(|i| event(i, "api", "info", i as i64)).collect();
     sluice.write(&(lines.join("\n") + "\n"));
     sluice.close_stdin();
-    assert!(sluice.wait(DELIVERY_TIMEOUT).success(), "{}", sluice.log_text());
+    assert!(sluice.wait(DELIVERY_TIMEOUT).success(), "{}", sluice.logs());
     assert_eq!(loki.stats().by_status.get("500"), Some(&3));
     let want: Vec<String> = lines.iter().map(|l| enriched(l)).collect();
     assert_eq!(loki.lines(), want);
 }
 
-/// The receiver on a fixed port, so it can be stopped and started again
-/// where sluice expects it.
-struct FixedReceiver {
-    child: Child,
-    url: String,
-}
-
-impl FixedReceiver {
-    fn start(port: u16) -> FixedReceiver {
-        let mut child = Command::new(support::python_bin())
-            .arg(support::support_dir().join("loki_receiver.py"))
-            .args(["--port", &port.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), format!("ready port={port}"));
-        FixedReceiver {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        let (status, body) = http_get(&format!("{}/control/received", self.url));
-        assert_eq!(status, 200);
-        let streams: Vec<ReceivedStream> = serde_json::from_str(&body).unwrap();
-        streams.into_iter().flat_map(|s| s.entries).map(|e| e.line).collect()
-    }
-}
-
-impl Drop for FixedReceiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn receiver_down_mid_stream_then_back_gets_every_event_and_ready_follows() {
     let port = free_port();
-    let first = FixedReceiver::start(port);
-    let mut sluice = Sluice::start(&loki_sink(&first.url, "[sinks.loki.batch]\ntimeout = \"200ms\"\n"), &[]);
-    sluice.wait_api();
+    let first = Loki::start_on(port);
+    let mut sluice = start_with_sinks(&loki_sink(&first.url, "[sinks.loki.batch]\ntimeout = \"200ms\"\n"), &[]);
+    sluice.api_address();
     let lines: Vec<String> = (0..1000).map(|i| event(i, "api", "info", i as i64)).collect();
     sluice.write(&(lines[..500].join("\n") + "\n"));
     let before = wait_until("the first half at the receiver", DELIVERY_TIMEOUT, || {
@@ -240,7 +197,7 @@ fn receiver_down_mid_stream_then_back_gets_every_event_and_ready_follows() {
     std::thread::sleep(Duration::from_secs(4));
     assert!(sluice.metric("sluice_sink_errors_total{kind=\"connection\",sink=\"loki\"}") >= 3.0);
 
-    let second = FixedReceiver::start(port);
+    let second = Loki::start_on(port);
     let after = wait_until("the second half at the restarted receiver", DELIVERY_TIMEOUT, || {
         let l = second.lines();
         (l.len() >= 500).then_some(l)
@@ -249,7 +206,7 @@ fn receiver_down_mid_stream_then_back_gets_every_event_and_ready_follows() {
         (sluice.ready_status() == 200).then_some(())
     });
     sluice.close_stdin();
-    assert!(sluice.wait(DELIVERY_TIMEOUT).success(), "{}", sluice.log_text());
+    assert!(sluice.wait(DELIVERY_TIMEOUT).success(), "{}", sluice.logs());
 
     let got: BTreeSet<String> = before.into_iter().chain(after).chain(second.lines()).collect();
     let want: BTreeSet<String> = lines.iter().map(|l| enriched(l)).collect();
@@ -260,11 +217,11 @@ fn receiver_down_mid_stream_then_back_gets_every_event_and_ready_follows() {
 fn partial_rejection_keeps_the_accepted_entries_and_counts_the_rest() {
     let loki = Loki::start();
     loki.set_mode(LokiMode::Partial, Some(1));
-    let mut sluice = Sluice::start(
+    let mut sluice = start_with_sinks(
         &loki_sink(&loki.url, "[sinks.loki.batch]\ntimeout = \"30s\"\nmax_events = 100\n"),
         &[],
     );
-    sluice.wait_api();
+    sluice.api_address();
     let lines: Vec<String> = (0..100).map(|i| event(i, "api", "info", i as i64 * 1000)).collect();
     sluice.write(&(lines.join("\n") + "\n"));
     // One push of 100 entries: the receiver stores entries 0, 2, 4, ... and
@@ -288,7 +245,7 @@ fn partial_rejection_keeps_the_accepted_entries_and_counts_the_rest() {
     let more: Vec<String> = (100..110).map(|i| event(i, "api", "info", i as i64 * 1000)).collect();
     sluice.write(&(more.join("\n") + "\n"));
     sluice.close_stdin();
-    assert!(sluice.wait(DELIVERY_TIMEOUT).success(), "{}", sluice.log_text());
+    assert!(sluice.wait(DELIVERY_TIMEOUT).success(), "{}", sluice.logs());
     assert_eq!(all_entries(&loki.entries()), 60);
 }
 
@@ -303,11 +260,11 @@ fn a_400_that_does_not_say_how_many_were_refused_counts_the_whole_push_as_refuse
         br#"{"mode": "400-bare-out-of-order", "count": 1}"#,
     );
     assert_eq!(status, 204, "{text}");
-    let mut sluice = Sluice::start(
+    let mut sluice = start_with_sinks(
         &loki_sink(&loki.url, "[sinks.loki.batch]\ntimeout = \"30s\"\nmax_events = 2000\n"),
         &[],
     );
-    sluice.wait_api();
+    sluice.api_address();
     let lines: Vec<String> = (0..2000).map(|i| event(i, "api", "info", i as i64 * 1000)).collect();
     sluice.write(&(lines.join("\n") + "\n"));
     wait_until("the refusal to be counted", DELIVERY_TIMEOUT, || {
@@ -327,14 +284,14 @@ fn a_400_that_does_not_say_how_many_were_refused_counts_the_whole_push_as_refuse
     );
     assert_eq!(sluice.metric("sluice_sink_errors_total{kind=\"http_4xx\",sink=\"loki\"}"), 1.0);
     sluice.close_stdin();
-    assert!(sluice.wait(DELIVERY_TIMEOUT).success(), "{}", sluice.log_text());
+    assert!(sluice.wait(DELIVERY_TIMEOUT).success(), "{}", sluice.logs());
 }
 
 #[test]
 fn out_of_order_entries_in_a_later_push_are_counted_and_the_in_order_ones_kept() {
     let loki = Loki::start();
     loki.set_mode(LokiMode::StrictOrder { window_ns: 0 }, None);
-    let mut sluice = Sluice::start(
+    let mut sluice = start_with_sinks(
         &loki_sink(&loki.url, "[sinks.loki.batch]\ntimeout = \"30s\"\nmax_events = 10\n"),
         &[],
     );
@@ -345,22 +302,22 @@ fn out_of_order_entries_in_a_later_push_are_counted_and_the_in_order_ones_kept()
     lines.extend((15..20).map(|i| event(i, "api", "info", (100 + i as i64) * 1_000_000_000)));
     sluice.write(&(lines.join("\n") + "\n"));
     sluice.close_stdin();
-    assert!(sluice.wait(DELIVERY_TIMEOUT).success(), "{}", sluice.log_text());
+    assert!(sluice.wait(DELIVERY_TIMEOUT).success(), "{}", sluice.logs());
     let got: Vec<String> = loki.lines();
     let want: Vec<String> = lines[..10].iter().chain(&lines[15..]).map(|l| enriched(l)).collect();
     assert_eq!(got, want);
     let stats = loki.stats();
     assert_eq!((stats.pushes, stats.rejected_entries), (2, 5), "{stats:?}");
-    assert!(sluice.log_text().contains("Loki refused entries"));
+    assert!(sluice.logs().contains("Loki refused entries"));
 }
 
 #[test]
 fn unreachable_loki_is_a_clear_start_up_error() {
     let port = free_port();
-    let mut sluice = Sluice::start(&loki_sink(&format!("http://127.0.0.1:{port}"), ""), &[]);
+    let sluice = start_with_sinks(&loki_sink(&format!("http://127.0.0.1:{port}"), ""), &[]);
     let status = sluice.wait(Duration::from_secs(30));
     assert!(!status.success());
-    let log = sluice.log_text();
+    let log = sluice.logs();
     assert!(log.contains("cannot reach Loki at http://127.0.0.1:"), "{log}");
 }
 

@@ -3,7 +3,6 @@
 //! reading instead of growing. (`scripts/bench-memory` measures the figure on
 //! the release build; this test only catches unbounded growth.)
 
-mod kafka_support;
 mod support;
 
 use std::io::Write;
@@ -11,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kafka_support::{Broker, Sluice};
+use support::kafka::Kafka;
+use support::Sluice;
 
 const BUDGET: u64 = 32 << 20;
 
@@ -28,12 +28,12 @@ fn vm_hwm_bytes(pid: u32) -> u64 {
 
 #[test]
 fn dead_sink_with_a_blocking_memory_queue_keeps_memory_within_a_small_multiple_of_its_budget() {
-    let broker = Broker::reserve();
+    let broker = Kafka::reserve();
     let cfg = format!(
         r#"
 shutdown_timeout = "1s"
 [api]
-address = "{{api}}"
+address = "127.0.0.1:0"
 [sources.in]
 type = "stdin"
 [sinks.k]
@@ -49,7 +49,7 @@ when_full = "block"
 "#,
         broker.addr
     );
-    let mut s = Sluice::start(&cfg);
+    let mut s = Sluice::with_stdin(&cfg);
     let mut stdin = s.take_stdin();
     let written = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,22 +1,24 @@
 //! `app | sluice`: the real binary, real pipes, real signals.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 mod support;
 
+use support::{Sluice, Stdout};
+
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
-/// Starts sluice with its API on `port` (0 when the test does not query it,
-/// so that it never races another process for a port).
-fn spawn(args: &[&str], port: u16, extra_env: &[(&str, &str)]) -> Child {
+/// Starts sluice with its API on a port the kernel picks (so that it never
+/// races another process for a port), for a test that reads its output
+/// bytes to the end.
+fn spawn(args: &[&str], extra_env: &[(&str, &str)]) -> Child {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
-        .env("SLUICE_API_ADDRESS", format!("127.0.0.1:{port}"))
+        .env("SLUICE_API_ADDRESS", "127.0.0.1:0")
         .env("SLUICE_LOG", "warn")
         .env_remove("SLUICE_RELEASE")
         .env_remove("SLUICE_PROCESS_TYPE")
@@ -29,56 +31,14 @@ fn spawn(args: &[&str], port: u16, extra_env: &[(&str, &str)]) -> Child {
     cmd.spawn().expect("spawn sluice")
 }
 
-/// Starts sluice with its API on a port the kernel picks; returns the port.
-fn spawn_with_api() -> (Child, u16) {
-    let mut child = spawn(&[], 0, &[("SLUICE_LOG", "info")]);
-    let address = support::api_address_from_log(child.stderr.take().unwrap());
-    let port = address.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port");
-    (child, port)
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    let status = body.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.split("\r\n\r\n").nth(1).unwrap_or("").to_owned()))
-}
-
-fn metric(port: u16, name: &str) -> Option<f64> {
-    let (_, body) = http_get(port, "/metrics")?;
-    body.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn kill(child: &Child, sig: i32) {
-    // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let t0 = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if t0.elapsed() > timeout {
-            let _ = child.kill();
-            panic!("sluice did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// Starts sluice with its API on a port the kernel picks, stdin piped and
+/// stdout left to the test.
+fn start_with_api() -> Sluice {
+    Sluice::builder()
+        .env("SLUICE_API_ADDRESS", "127.0.0.1:0")
+        .stdin_piped()
+        .stdout(Stdout::Raw)
+        .start()
 }
 
 /// Mixed input: JSON objects, text, arrays, invalid UTF-8, empty lines, CRLF.
@@ -114,7 +74,6 @@ fn every_stdin_line_comes_out_once_in_order_with_metadata() {
     let (input, lines) = mixed_input(20_000);
     let mut child = spawn(
         &[],
-        0,
         &[
             ("SLUICE_RELEASE", "1.4.2"),
             ("SLUICE_RELEASE_COMMIT", "abc123"),
@@ -164,7 +123,7 @@ fn every_stdin_line_comes_out_once_in_order_with_metadata() {
 
 #[test]
 fn last_line_without_newline_is_kept() {
-    let mut child = spawn(&[], 0, &[]);
+    let mut child = spawn(&[], &[]);
     child.stdin.take().unwrap().write_all(b"{\"a\":1}\nno newline at end").unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
@@ -176,7 +135,7 @@ fn last_line_without_newline_is_kept() {
 
 #[test]
 fn unknown_metadata_is_left_out_not_empty() {
-    let mut child = spawn(&[], 0, &[("SLUICE_HOST", "h1")]);
+    let mut child = spawn(&[], &[("SLUICE_HOST", "h1")]);
     child.stdin.take().unwrap().write_all(b"{\"a\":1}\n").unwrap();
     let out = child.wait_with_output().unwrap();
     let v: Value = serde_json::from_slice(out.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
@@ -199,22 +158,20 @@ fn pipe_writer_pid_and_command_become_process_metadata() {
 #[test]
 fn signal_stops_reading_drains_accepted_lines_and_exits_zero() {
     for sig in [libc::SIGTERM, libc::SIGINT] {
-        let (mut child, port) = spawn_with_api();
-        let mut stdin = child.stdin.take().unwrap();
+        let mut sluice = start_with_api();
         let n = 5_000;
         let mut input = Vec::new();
         for i in 0..n {
             input.extend_from_slice(format!("{{\"i\":{i}}}\n").as_bytes());
         }
-        stdin.write_all(&input).unwrap();
-        stdin.flush().unwrap();
+        sluice.write(&input);
         // Accepted = counted by the source. stdout is not read yet, so the
         // events sit in the queue and the pipe when the signal arrives.
-        wait_until("lines accepted", Duration::from_secs(10), || {
-            metric(port, "sluice_source_events_total{source=\"stdin\"}") == Some(n as f64)
+        support::eventually("lines accepted", Duration::from_secs(10), || {
+            sluice.metrics().series("sluice_source_events_total{source=\"stdin\"}") == Some(n as f64)
         });
-        kill(&child, sig);
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        sluice.signal(sig);
+        let mut stdout = BufReader::new(sluice.take_stdout());
         let mut seen = 0;
         let mut line = String::new();
         while stdout.read_line(&mut line).unwrap() > 0 {
@@ -223,35 +180,58 @@ fn signal_stops_reading_drains_accepted_lines_and_exits_zero() {
             seen += 1;
             line.clear();
         }
-        let status = wait_exit(&mut child, Duration::from_secs(10));
+        let status = sluice.wait(Duration::from_secs(10));
         assert!(status.success(), "signal {sig}: exit {status:?}");
         assert_eq!(seen, n, "signal {sig}: every accepted line delivered");
-        drop(stdin);
     }
 }
 
 #[test]
+fn a_signal_after_input_ended_bounds_the_drain_by_shutdown_timeout() {
+    let mut sluice = Sluice::builder()
+        .env("SLUICE_API_ADDRESS", "127.0.0.1:0")
+        .env("SLUICE_LOG", "info")
+        .env("SLUICE_SHUTDOWN_TIMEOUT", "1s")
+        .stdin_piped()
+        .stdout(Stdout::Raw)
+        .start();
+    // Every line is read and the input ends, but nobody reads stdout:
+    // the drain cannot finish until a signal bounds it.
+    let stdout = sluice.take_stdout();
+    let mut stdin = sluice.take_stdin();
+    for i in 0..2_000 {
+        writeln!(stdin, "{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(100)).unwrap();
+    }
+    drop(stdin);
+    sluice.wait_for_log("input ended", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    sluice.signal(libc::SIGTERM);
+    let status = sluice.wait(Duration::from_secs(10));
+    drop(stdout);
+    let log = sluice.logs();
+    assert_eq!(status.code(), Some(1), "undelivered events: a failure\n{log}");
+    assert!(log.contains("shutdown did not finish within 1s"), "{log}");
+}
+
+#[test]
 fn health_ready_and_metrics_are_served_while_running() {
-    let (mut child, port) = spawn_with_api();
-    wait_until("/health", Duration::from_secs(5), || {
-        http_get(port, "/health").map(|r| r.0) == Some(200)
+    let mut sluice = start_with_api();
+    let api = sluice.api_address();
+    support::eventually("/health", Duration::from_secs(5), || {
+        support::http_get(&format!("http://{api}/health")).0 == 200
     });
-    wait_until("/ready", Duration::from_secs(5), || {
-        http_get(port, "/ready").map(|r| r.0) == Some(200)
-    });
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"{\"a\":1}\nnot json\n").unwrap();
-    stdin.flush().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    support::eventually("/ready", Duration::from_secs(5), || sluice.ready_status() == 200);
+    sluice.write(b"{\"a\":1}\nnot json\n");
+    let mut stdout = BufReader::new(sluice.take_stdout());
     let mut line = String::new();
     for _ in 0..2 {
         line.clear();
         stdout.read_line(&mut line).unwrap();
     }
-    wait_until("events counted", Duration::from_secs(5), || {
-        metric(port, "sluice_sink_events_total{sink=\"stdout\"}") == Some(2.0)
+    support::eventually("events counted", Duration::from_secs(5), || {
+        sluice.metrics().series("sluice_sink_events_total{sink=\"stdout\"}") == Some(2.0)
     });
-    let (_, body) = http_get(port, "/metrics").unwrap();
+    let body = sluice.metrics().text;
     for name in [
         "sluice_source_events_total{source=\"stdin\"} 2",
         "sluice_events_wrapped_total{reason=\"not_json\",source=\"stdin\"} 1",
@@ -261,9 +241,9 @@ fn health_ready_and_metrics_are_served_while_running() {
     ] {
         assert!(body.contains(name), "missing {name} in\n{body}");
     }
-    assert_eq!(http_get(port, "/nope").unwrap().0, 404);
-    drop(stdin);
-    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    assert_eq!(support::http_get(&format!("http://{api}/nope")).0, 404);
+    sluice.close_stdin();
+    assert!(sluice.wait(Duration::from_secs(10)).success());
 }
 
 #[test]
@@ -325,7 +305,7 @@ fn required_variable_missing_is_a_config_error() {
 fn dev_config_is_exactly_the_embedded_default() {
     let input = b"{\"a\":1}\ntext\n";
     let run = |args: &[&str]| {
-        let mut child = spawn(args, 0, &[("SLUICE_RELEASE", "9")]);
+        let mut child = spawn(args, &[("SLUICE_RELEASE", "9")]);
         child.stdin.take().unwrap().write_all(input).unwrap();
         child.wait_with_output().unwrap().stdout
     };
@@ -347,7 +327,7 @@ fn help_and_version() {
 
 #[test]
 fn logs_go_to_stderr_never_stdout() {
-    let mut child = spawn(&[], 0, &[("SLUICE_LOG", "debug")]);
+    let mut child = spawn(&[], &[("SLUICE_LOG", "debug")]);
     child.stdin.take().unwrap().write_all(b"{\"only\":true}\n").unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();

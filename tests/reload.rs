@@ -3,7 +3,6 @@
 //! replaced, removed sources stop with a final checkpoint, an invalid config
 //! changes nothing, and no line written is lost.
 
-mod running;
 mod support;
 
 use std::collections::BTreeSet;
@@ -16,7 +15,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use running::{Output, Sluice};
+use support::Sluice;
 use support::{http_post, wait_until, S3};
 
 const BUCKET: &str = "logs";
@@ -96,13 +95,14 @@ fn s3_sink(s3: &S3, prefix: &str) -> String {
 /// when given.
 fn start(dir: tempfile::TempDir, s3: Option<&S3>) -> Sluice {
     std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    cmd.arg("--config").arg(dir.path().join("sluice.toml"));
+    let config = dir.path().join("sluice.toml");
+    let mut sluice = Sluice::builder().arg("--config").arg(config).in_dir(dir);
     if let Some(s3) = s3 {
-        cmd.env("AWS_ACCESS_KEY_ID", &s3.access_key)
+        sluice = sluice
+            .env("AWS_ACCESS_KEY_ID", &s3.access_key)
             .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key);
     }
-    Sluice::spawn(cmd, dir, Output::Lines)
+    sluice.start()
 }
 
 /// Collects stdout events until every number below `total` was seen.
@@ -125,11 +125,9 @@ fn collect_until(sluice: &Sluice, seen: &mut BTreeSet<u64>, all: &mut Vec<u64>, 
 /// The numbers of the events that arrive on stdout within `window` (the
 /// writer may never pause, so this does not wait for a quiet moment).
 fn arrived(sluice: &Sluice, window: Duration) -> Vec<u64> {
-    let rx = sluice.lines.as_ref().expect("stdout collected as lines");
-    let deadline = Instant::now() + window;
+    std::thread::sleep(window);
     let mut out = Vec::new();
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        let Ok(line) = rx.recv_timeout(left) else { break };
+    for line in sluice.new_lines() {
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         out.extend(v["n"].as_u64());
     }
@@ -137,7 +135,7 @@ fn arrived(sluice: &Sluice, window: Duration) -> Vec<u64> {
 }
 
 fn metric(api: &str, series: &str) -> f64 {
-    Sluice::metric(api, series)
+    support::scrape(api).value(series)
 }
 
 fn reloads(api: &str, outcome: &str) -> f64 {
@@ -180,7 +178,7 @@ fn s3_numbers(s3: &S3) -> Vec<(String, Vec<u64>)> {
         .collect()
 }
 
-fn stop(mut sluice: Sluice) {
+fn stop(sluice: Sluice) {
     sluice.signal(libc::SIGTERM);
     let status = sluice.wait(WAIT);
     assert!(status.success(), "exit {status}; logs:\n{}", sluice.logs());
@@ -193,7 +191,7 @@ fn sighup_with_the_same_config_restarts_nothing_and_leaves_no_gap() {
     let dir = tempfile::tempdir().unwrap();
     let config = file_config(&s3_sink(&s3, "first/"));
     write_config(dir.path(), &config);
-    let mut sluice = start(dir, Some(&s3));
+    let sluice = start(dir, Some(&s3));
     let api = sluice.api_address();
     let writer = Writer::start(sluice.path("logs/app.log"), 0, 5000);
     let (mut seen, mut all) = (BTreeSet::new(), Vec::new());
@@ -222,13 +220,13 @@ fn a_changed_s3_prefix_replaces_the_sink_and_delivers_every_line() {
     s3.create_bucket_dir(BUCKET);
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &file_config(&s3_sink(&s3, "first/")));
-    let mut sluice = start(dir, Some(&s3));
+    let sluice = start(dir, Some(&s3));
     let api = sluice.api_address();
     let writer = Writer::start(sluice.path("logs/app.log"), 0, 5000);
     let (mut seen, mut all) = (BTreeSet::new(), Vec::new());
     collect_until(&sluice, &mut seen, &mut all, 2000);
 
-    write_config(sluice.dir.path(), &file_config(&s3_sink(&s3, "second/")));
+    write_config(sluice.dir(), &file_config(&s3_sink(&s3, "second/")));
     sighup(&sluice, &api, "applied");
     assert!(sluice.logs().contains("sinks replaced: s3"), "{}", sluice.logs());
     assert_eq!(starts(&api, "s3", "sink"), 2.0);
@@ -263,14 +261,14 @@ fn a_changed_s3_prefix_replaces_the_sink_and_delivers_every_line() {
 fn an_invalid_config_is_rejected_and_the_pipeline_runs_on() {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &file_config(""));
-    let mut sluice = start(dir, None);
+    let sluice = start(dir, None);
     let api = sluice.api_address();
     let writer = Writer::start(sluice.path("logs/app.log"), 0, 2000);
     let (mut seen, mut all) = (BTreeSet::new(), Vec::new());
     collect_until(&sluice, &mut seen, &mut all, 500);
 
     write_config(
-        sluice.dir.path(),
+        sluice.dir(),
         &file_config("[sinks.stdout.buffer]\nmax_bytes = \"lots\"\n[sinks.more]\ntype = \"nope\"\n"),
     );
     sighup(&sluice, &api, "rejected");
@@ -283,7 +281,7 @@ fn an_invalid_config_is_rejected_and_the_pipeline_runs_on() {
     assert_eq!(reloads(&api, "rejected"), 2.0);
 
     // A change that needs a restart is refused the same way.
-    write_config(sluice.dir.path(), &file_config("").replace("127.0.0.1:0", "127.0.0.1:1"));
+    write_config(sluice.dir(), &file_config("").replace("127.0.0.1:0", "127.0.0.1:1"));
     sighup(&sluice, &api, "rejected");
     assert!(sluice.logs().contains("restart sluice to apply it"), "{}", sluice.logs());
 
@@ -307,15 +305,15 @@ fn fifty_reloads_lose_nothing_and_leak_nothing() {
         file_config("[sinks.stdout.buffer]\nmax_events = 6000\n[sinks.spare]\ntype = \"blackhole\"\n"),
     ];
     write_config(dir.path(), &configs[0]);
-    let mut sluice = start(dir, None);
+    let sluice = start(dir, None);
     let api = sluice.api_address();
     let writer = Writer::start(sluice.path("logs/app.log"), 0, 5000);
     let (mut seen, mut all) = (BTreeSet::new(), Vec::new());
     collect_until(&sluice, &mut seen, &mut all, 500);
-    let pid = sluice.child.id();
+    let pid = sluice.pid();
     let mut baseline = (0, 0);
     for i in 1..=50 {
-        write_config(sluice.dir.path(), &configs[i % 2]);
+        write_config(sluice.dir(), &configs[i % 2]);
         sighup(&sluice, &api, "applied");
         let got = arrived(&sluice, Duration::from_millis(20));
         seen.extend(got.iter().copied());
@@ -342,7 +340,7 @@ fn a_removed_source_added_back_resumes_from_its_checkpoint() {
     let with_app = file_config(other);
     let without_app = with_app.replace("[sources.app]\ntype = \"file\"\ninclude = [\"{dir}/logs/*.log\"]\n", "");
     write_config(dir.path(), &with_app);
-    let mut sluice = start(dir, None);
+    let sluice = start(dir, None);
     let api = sluice.api_address();
     let log = sluice.path("logs/app.log");
     let writer = Writer::start(log.clone(), 0, 5000);
@@ -351,7 +349,7 @@ fn a_removed_source_added_back_resumes_from_its_checkpoint() {
     let (mut seen, mut all) = (BTreeSet::new(), Vec::new());
     collect_until(&sluice, &mut seen, &mut all, first);
 
-    write_config(sluice.dir.path(), &without_app);
+    write_config(sluice.dir(), &without_app);
     sighup(&sluice, &api, "applied");
     assert!(sluice.logs().contains("sources removed: app"), "{}", sluice.logs());
     let writer = Writer::start(log, first, 5000);
@@ -362,7 +360,7 @@ fn a_removed_source_added_back_resumes_from_its_checkpoint() {
         "a removed source reads nothing"
     );
 
-    write_config(sluice.dir.path(), &with_app);
+    write_config(sluice.dir(), &with_app);
     sighup(&sluice, &api, "applied");
     assert_eq!(starts(&api, "app", "source"), 2.0);
     collect_until(&sluice, &mut seen, &mut all, total);

@@ -2,12 +2,14 @@
 //! through real sinks, and its exit status tells whether every line was
 //! delivered.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use support::{Sluice, SluiceBuilder, Stdout};
 
 /// Stdout and blackhole sinks; the stdin source is there because a config
 /// needs one, and replay must ignore it.
@@ -35,55 +37,30 @@ fn write_config(dir: &Path) -> PathBuf {
     path
 }
 
-fn command(config: &Path, args: &[&Path]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("replay")
+/// `sluice --config <config> replay <args>`, stdin piped and left open:
+/// replay must not read it.
+fn command(config: &Path, args: &[&Path]) -> SluiceBuilder {
+    Sluice::builder()
         .arg("--config")
         .arg(config)
-        .args(args)
-        .env("SLUICE_LOG", "info")
-        .env_remove("SLUICE_RELEASE")
-        .env_remove("SLUICE_RELEASE_COMMIT")
-        .env_remove("SLUICE_PROCESS_TYPE")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
+        .arg("replay")
+        .args(args.iter().copied())
+        .stdin_piped()
 }
 
-/// Waits for the child with a deadline, collecting its output.
-fn finish(mut child: Child, stdin: &[u8], timeout: Duration) -> Output {
-    let mut input = child.stdin.take().unwrap();
-    // Replay must not read this: the config's sources are ignored.
-    let _ = input.write_all(stdin);
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if t0.elapsed() > timeout {
-            let _ = child.kill();
-            panic!("sluice replay did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    drop(input);
+/// Writes `stdin` (which replay must ignore: the config's sources are not
+/// run) and waits for the exit; its status, stdout and log.
+fn finish(mut replay: Sluice, stdin: &[u8], timeout: Duration) -> Output {
+    replay.write(stdin);
+    let status = replay.wait(timeout);
+    let mut stdout = replay.lines().join("\n").into_bytes();
+    if !stdout.is_empty() {
+        stdout.push(b'\n');
+    }
     Output {
         status,
-        stdout: out_t.join().unwrap(),
-        stderr: err_t.join().unwrap(),
+        stdout,
+        stderr: replay.logs().into_bytes(),
     }
 }
 
@@ -126,7 +103,7 @@ fn replays_plain_and_gzip_files_through_every_sink_and_exits_zero() {
     let gz_path = dir.path().join("app.log.1.gz");
     std::fs::write(&gz_path, gz).unwrap();
 
-    let child = command(&config, &[&plain_path, &gz_path]).spawn().unwrap();
+    let child = command(&config, &[&plain_path, &gz_path]).start();
     let out = finish(child, b"{\"from\":\"stdin\"}\n", Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}, stderr:\n{stderr}", out.status);
@@ -155,7 +132,7 @@ fn missing_file_is_a_clear_error_and_nothing_is_sent() {
     std::fs::write(&present, "{\"a\":1}\n").unwrap();
     let missing = dir.path().join("missing.log");
 
-    let child = command(&config, &[&present, &missing]).spawn().unwrap();
+    let child = command(&config, &[&present, &missing]).start();
     let out = finish(child, b"", Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
@@ -168,7 +145,7 @@ fn missing_file_is_a_clear_error_and_nothing_is_sent() {
     );
     assert!(out.stdout.is_empty(), "nothing is sent before every file is checked");
 
-    let child = command(&config, &[dir.path()]).spawn().unwrap();
+    let child = command(&config, &[dir.path()]).start();
     let out = finish(child, b"", Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
@@ -181,9 +158,8 @@ fn unknown_sink_name_is_refused_with_the_known_names() {
     let config = write_config(dir.path());
     let file = dir.path().join("a.log");
     std::fs::write(&file, "{\"a\":1}\n").unwrap();
-    let mut cmd = command(&config, &[&file]);
-    cmd.args(["--sink", "lokki"]);
-    let out = finish(cmd.spawn().unwrap(), b"", Duration::from_secs(30));
+    let cmd = command(&config, &[&file]).args(["--sink", "lokki"]);
+    let out = finish(cmd.start(), b"", Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -198,9 +174,8 @@ fn only_the_named_sink_receives_with_the_sink_flag() {
     let config = write_config(dir.path());
     let file = dir.path().join("a.log");
     std::fs::write(&file, "{\"a\":1}\n{\"a\":2}\n").unwrap();
-    let mut cmd = command(&config, &[&file]);
-    cmd.args(["--sink", "null"]);
-    let out = finish(cmd.spawn().unwrap(), b"", Duration::from_secs(30));
+    let cmd = command(&config, &[&file]).args(["--sink", "null"]);
+    let out = finish(cmd.start(), b"", Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(out.stdout.is_empty(), "the stdout sink was not chosen");
@@ -214,20 +189,11 @@ fn undelivered_lines_make_the_exit_status_non_zero_with_a_count() {
     let file = dir.path().join("a.log");
     std::fs::write(&file, lines("x", 5_000).join("\n") + "\n").unwrap();
 
-    let mut child = command(&config, &[&file]).spawn().unwrap();
+    let mut replay = command(&config, &[&file]).stdout(Stdout::Raw).start();
     // The stdout sink's reader goes away: it cannot deliver anything.
-    drop(child.stdout.take());
-    let mut err = child.stderr.take().unwrap();
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(60), "replay did not finish");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stderr = String::new();
-    err.read_to_string(&mut stderr).unwrap();
+    drop(replay.take_stdout());
+    let status = replay.wait(Duration::from_secs(60));
+    let stderr = replay.logs();
     assert_eq!(status.code(), Some(1), "{stderr}");
     // The reader stops once the sink has failed, so not every line need
     // have been read; every line that was read is reported undelivered.
@@ -261,7 +227,7 @@ fn damaged_gzip_is_reported_after_sending_the_lines_before_the_damage() {
     let path = dir.path().join("cut.log.gz");
     std::fs::write(&path, &gz[..gz.len() / 2]).unwrap();
 
-    let out = finish(command(&config, &[&path]).spawn().unwrap(), b"", Duration::from_secs(60));
+    let out = finish(command(&config, &[&path]).start(), b"", Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&format!("replay: read error: {}: ", path.display())), "{stderr}");
@@ -280,26 +246,17 @@ fn a_signal_stops_the_replay_and_the_undelivered_lines_are_counted() {
     let file = dir.path().join("big.log");
     std::fs::write(&file, lines("big", 200_000).join("\n") + "\n").unwrap();
 
-    let mut cmd = command(&config, &[&file]);
-    cmd.env("SLUICE_SHUTDOWN_TIMEOUT", "1s");
-    let mut child = cmd.spawn().unwrap();
+    let replay = command(&config, &[&file])
+        .env("SLUICE_SHUTDOWN_TIMEOUT", "1s")
+        .stdout(Stdout::Raw)
+        .start();
     // Nobody reads stdout: the pipe fills, the stdout sink blocks, its
     // queue fills, and the reader waits. Then the operator gives up.
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(child.try_wait().unwrap().is_none(), "replay cannot finish with a stalled sink");
-    // SAFETY: signalling our own child.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    let mut err = child.stderr.take().unwrap();
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(20), "replay did not stop after SIGINT");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stderr = String::new();
-    err.read_to_string(&mut stderr).unwrap();
+    assert!(replay.try_status().is_none(), "replay cannot finish with a stalled sink");
+    replay.signal(libc::SIGINT);
+    let status = replay.wait(Duration::from_secs(20));
+    let stderr = replay.logs();
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("replay: interrupted by a signal"), "{stderr}");
     assert!(stderr.contains(" NOT delivered ("), "{stderr}");
@@ -322,7 +279,7 @@ fn replay_through_a_disk_buffer_delivers_every_line_and_leaves_it_empty() {
     let file = dir.path().join("a.log");
     std::fs::write(&file, want.join("\n") + "\n").unwrap();
 
-    let out = finish(command(&config, &[&file]).spawn().unwrap(), b"", Duration::from_secs(60));
+    let out = finish(command(&config, &[&file]).start(), b"", Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let got: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
@@ -336,7 +293,7 @@ fn replay_through_a_disk_buffer_delivers_every_line_and_leaves_it_empty() {
     // left on disk to be sent again.
     let empty = dir.path().join("empty.log");
     std::fs::write(&empty, "").unwrap();
-    let out = finish(command(&config, &[&empty]).spawn().unwrap(), b"", Duration::from_secs(60));
+    let out = finish(command(&config, &[&empty]).start(), b"", Duration::from_secs(60));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         out.stdout.is_empty(),

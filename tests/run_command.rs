@@ -2,27 +2,26 @@
 //! events with process metadata, signals sent to sluice reach the command,
 //! and sluice exits with the command's exit code.
 
-mod running;
+mod support;
 
-use running::{Output, Sluice};
-use std::process::Command;
 use std::time::{Duration, Instant};
+use support::Sluice;
 
 const WAIT: Duration = Duration::from_secs(30);
 
 fn run(args: &[&str]) -> Sluice {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    cmd.arg("run")
-        .args(args)
+    Sluice::builder()
+        .arg("run")
+        .args(args.iter().copied())
         .env("SLUICE_API_ENABLED", "false")
-        .env("SLUICE_HOST", "test-host");
-    Sluice::spawn(cmd, tempfile::tempdir().unwrap(), Output::Lines)
+        .env("SLUICE_HOST", "test-host")
+        .start()
 }
 
 #[test]
 fn exits_with_the_commands_code_after_delivering_every_line_of_stdout_and_stderr() {
     let script = r#"for i in $(seq 1 500); do echo "{\"i\":$i}"; done; echo oops >&2; echo 'not json'; exit 3"#;
-    let mut s = run(&["--process-type", "web", "--", "sh", "-c", script]);
+    let s = run(&["--process-type", "web", "--", "sh", "-c", script]);
     let events = s.events(502, WAIT);
     assert_eq!(s.wait(WAIT).code(), Some(3));
     let stdout: Vec<_> = events.iter().filter(|e| e["stream"] == "stdout").collect();
@@ -53,7 +52,7 @@ fn wait_for_ready(s: &Sluice) -> serde_json::Value {
 #[test]
 fn sigterm_reaches_the_command_which_drains_and_its_exit_code_is_kept() {
     let script = r#"trap 'echo "got TERM"; exit 7' TERM; echo ready; while :; do sleep 0.05; done"#;
-    let mut s = run(&["--", "sh", "-c", script]);
+    let s = run(&["--", "sh", "-c", script]);
     let ready = wait_for_ready(&s);
     let pid = ready["process"]["pid"].as_u64().unwrap() as i32;
     s.signal(libc::SIGTERM);
@@ -78,7 +77,7 @@ fn sigint_is_forwarded_once() {
     // Counts SIGINTs for half a second after the first: forwarding must
     // not double it (the command runs in its own process group).
     let script = r#"n=0; trap 'n=$((n+1))' INT; echo ready; while [ $n -eq 0 ]; do sleep 0.02; done; sleep 0.5; echo "ints=$n"; exit 0"#;
-    let mut s = run(&["--", "sh", "-c", script]);
+    let s = run(&["--", "sh", "-c", script]);
     wait_for_ready(&s);
     s.signal(libc::SIGINT);
     let events = s.events(1, WAIT);
@@ -88,14 +87,14 @@ fn sigint_is_forwarded_once() {
 
 #[test]
 fn a_command_killed_by_a_signal_gives_128_plus_the_signal() {
-    let mut s = run(&["--", "sh", "-c", "echo bye; kill -9 $$"]);
+    let s = run(&["--", "sh", "-c", "echo bye; kill -9 $$"]);
     assert_eq!(s.events(1, WAIT)[0]["message"], "bye");
     assert_eq!(s.wait(WAIT).code(), Some(128 + 9));
 }
 
 #[test]
 fn a_missing_command_exits_127_with_a_clear_error() {
-    let mut s = run(&["--", "/nonexistent/program", "arg"]);
+    let s = run(&["--", "/nonexistent/program", "arg"]);
     assert_eq!(s.wait(WAIT).code(), Some(127));
     assert!(s.logs().contains("cannot start \\\"/nonexistent/program\\\""), "{}", s.logs());
 }
@@ -103,7 +102,7 @@ fn a_missing_command_exits_127_with_a_clear_error() {
 #[test]
 fn a_background_child_holding_the_output_open_is_stopped_and_does_not_keep_sluice_waiting() {
     let started = Instant::now();
-    let mut s = run(&["--", "sh", "-c", "sleep 30 & echo started; exit 0"]);
+    let s = run(&["--", "sh", "-c", "sleep 30 & echo started; exit 0"]);
     let e = s.events(1, WAIT).remove(0);
     assert_eq!(e["message"], "started");
     assert_eq!(s.wait(WAIT).code(), Some(0));

@@ -3,17 +3,13 @@
 //! uploads; the objects s3s-fs wrote to its directory are decompressed and
 //! compared with what was written.
 
-mod running_sluice;
 mod support;
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use running_sluice::{enriched, RunningSluice};
 use rusty_s3::S3Action;
 use sluice::buffer::{queue, BufferConfig};
 use sluice::decode::Decoder;
@@ -22,6 +18,8 @@ use sluice::event::{AckGroup, AckOutcome, BatchBuilder, FieldSet};
 use sluice::sinks::SinkCx;
 use sluice::telemetry::Health;
 use sluice::topology::{Config, Format};
+use support::enriched::{enriched, start_with_sinks};
+use support::Sluice;
 use support::{wait_until, S3};
 
 /// How long a test waits for uploads before failing.
@@ -54,9 +52,9 @@ fn credentials(s3: &S3) -> [(&'static str, String); 2] {
     ]
 }
 
-fn start(sinks: &str, creds: &[(&'static str, String)]) -> RunningSluice {
+fn start(sinks: &str, creds: &[(&'static str, String)]) -> Sluice {
     let env: Vec<(&str, &str)> = creds.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    RunningSluice::start(sinks, &env)
+    start_with_sinks(sinks, &env)
 }
 
 /// Decompresses an object by its extension.
@@ -292,10 +290,10 @@ fn wrong_secret_is_a_clear_start_up_error_and_a_failed_exit() {
         ("AWS_ACCESS_KEY_ID", s3.access_key.clone()),
         ("AWS_SECRET_ACCESS_KEY", "not-the-secret".to_owned()),
     ];
-    let mut sluice = start(&s3_sink(&s3.endpoint, ""), &creds);
+    let sluice = start(&s3_sink(&s3.endpoint, ""), &creds);
     let status = sluice.wait(Duration::from_secs(30));
     assert!(!status.success());
-    let log = sluice.log_text();
+    let log = sluice.logs();
     assert!(log.contains("S3 refused our credentials for bucket \\\"logs\\\""), "{log}");
     assert!(!log.contains("not-the-secret"), "the secret is never logged");
 }
@@ -303,14 +301,14 @@ fn wrong_secret_is_a_clear_start_up_error_and_a_failed_exit() {
 #[test]
 fn unknown_bucket_and_missing_credentials_are_start_up_errors() {
     let s3 = S3::start();
-    let mut sluice = start(&s3_sink(&s3.endpoint, ""), &credentials(&s3));
+    let sluice = start(&s3_sink(&s3.endpoint, ""), &credentials(&s3));
     assert!(!sluice.wait(Duration::from_secs(30)).success());
-    assert!(sluice.log_text().contains("does not exist"), "{}", sluice.log_text());
+    assert!(sluice.logs().contains("does not exist"), "{}", sluice.logs());
 
     s3.create_bucket_dir(BUCKET);
-    let mut sluice = start(&s3_sink(&s3.endpoint, ""), &[]);
+    let sluice = start(&s3_sink(&s3.endpoint, ""), &[]);
     assert!(!sluice.wait(Duration::from_secs(30)).success());
-    assert!(sluice.log_text().contains("no S3 credentials"), "{}", sluice.log_text());
+    assert!(sluice.logs().contains("no S3 credentials"), "{}", sluice.logs());
 }
 
 #[test]
@@ -334,76 +332,20 @@ fn credentials_can_come_from_files() {
     assert_eq!(objects(s3.root.path()).len(), 1);
 }
 
-/// s3s-fs on a fixed port over a given directory, to stop and restart.
-struct FixedS3 {
-    child: Child,
-}
-
-impl FixedS3 {
-    fn start(port: u16, root: &std::path::Path, s3: &S3) -> FixedS3 {
-        let child = Command::new(support::s3s_fs_bin())
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", &s3.access_key, "--secret-key", &s3.secret_key])
-            .arg(root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        support::wait_for_tcp(&format!("127.0.0.1:{port}"), Duration::from_secs(20));
-        FixedS3 { child }
-    }
-}
-
-impl Drop for FixedS3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// An S3 server that can go down and come back on the same port. The
-/// helper's server only provides credentials and a directory; the one
-/// sluice talks to runs on a fixed port so it can come back there.
-struct RestartableS3 {
-    // Declared first so the server stops before the directory goes.
-    server: Option<FixedS3>,
-    s3: S3,
-    root: PathBuf,
-    port: u16,
-    endpoint: String,
-}
-
-impl RestartableS3 {
-    fn start() -> RestartableS3 {
-        let s3 = S3::start();
-        let root: PathBuf = s3.root.path().to_owned();
-        std::fs::create_dir(root.join(BUCKET)).unwrap();
-        let port = support::free_port();
-        let server = Some(FixedS3::start(port, &root, &s3));
-        RestartableS3 {
-            server,
-            s3,
-            root,
-            port,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    fn stop(&mut self) {
-        self.server = None;
-    }
-
-    fn restart(&mut self) {
-        self.server = Some(FixedS3::start(self.port, &self.root, &self.s3));
-    }
+/// s3s-fs with the bucket as a directory; [`S3::stop`] and
+/// [`S3::start_again`] take it down and bring it back on the same port.
+fn restartable_s3() -> S3 {
+    let s3 = S3::start();
+    s3.create_bucket_dir(BUCKET);
+    s3
 }
 
 #[test]
 fn s3_down_mid_stream_then_back_gets_every_event() {
-    let mut s3 = RestartableS3::start();
-    let (root, endpoint) = (s3.root.clone(), s3.endpoint.clone());
-    let mut sluice = start(&s3_sink(&endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n"), &credentials(&s3.s3));
-    sluice.wait_api();
+    let mut s3 = restartable_s3();
+    let (root, endpoint) = (s3.root.path().to_owned(), s3.endpoint.clone());
+    let mut sluice = start(&s3_sink(&endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n"), &credentials(&s3));
+    sluice.api_address();
     let lines: Vec<String> = (0..2000).map(|i| app_line(i, "api")).collect();
     sluice.write_lines(&lines[..1000]);
     wait_until("the first objects", UPLOAD_TIMEOUT, || {
@@ -416,12 +358,12 @@ fn s3_down_mid_stream_then_back_gets_every_event() {
         (sluice.ready_status() == 503).then_some(())
     });
     std::thread::sleep(Duration::from_secs(3));
-    s3.restart();
+    s3.start_again();
     sluice.finish(UPLOAD_TIMEOUT);
     let got: BTreeSet<String> = objects(&root).iter().flat_map(|(_, t)| t.lines().map(str::to_owned)).collect();
     let want: BTreeSet<String> = lines.iter().map(|l| enriched(l)).collect();
     assert_eq!(got, want, "every event at least once");
-    assert!(sluice.log_text().contains("S3 request failed; retrying"));
+    assert!(sluice.logs().contains("S3 request failed; retrying"));
 }
 
 /// Lines the objects under `root` hold.
@@ -431,20 +373,20 @@ fn stored_lines(root: &std::path::Path) -> BTreeSet<String> {
 
 #[test]
 fn an_object_that_failed_during_an_outage_goes_up_as_soon_as_s3_answers_again() {
-    let mut s3 = RestartableS3::start();
-    let root = s3.root.clone();
+    let mut s3 = restartable_s3();
+    let root = s3.root.path().to_owned();
     // A first retry 10 to 20 s after the failure: without a wake-up the
     // stuck object would sit that out after S3 is back.
     let config = s3_sink_retrying(&s3.endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n", "20s", "60s");
-    let mut sluice = start(&config, &credentials(&s3.s3));
-    sluice.wait_api();
+    let mut sluice = start(&config, &credentials(&s3));
+    sluice.api_address();
     s3.stop();
     let stuck: Vec<String> = (0..100).map(|i| app_line(i, "stuck")).collect();
     sluice.write_lines(&stuck);
     wait_until("the stuck object's failed attempt", Duration::from_secs(20), || {
-        sluice.log_text().contains("S3 request failed; retrying").then_some(())
+        sluice.logs().contains("S3 request failed; retrying").then_some(())
     });
-    s3.restart();
+    s3.start_again();
     let back = std::time::Instant::now();
     let newer: Vec<String> = (100..200).map(|i| app_line(i, "newer")).collect();
     sluice.write_lines(&newer);
@@ -456,33 +398,30 @@ fn an_object_that_failed_during_an_outage_goes_up_as_soon_as_s3_answers_again() 
     assert!(
         took < Duration::from_secs(5),
         "the stuck object went up {took:?} after S3 was back (its backoff was at least 10 s)\n{}",
-        sluice.log_text()
+        sluice.logs()
     );
     sluice.finish(UPLOAD_TIMEOUT);
 }
 
 #[test]
 fn every_failed_attempt_is_logged_and_warned_about_once_per_interval() {
-    let mut s3 = RestartableS3::start();
-    let root = s3.root.clone();
-    let mut sluice = start(
-        &s3_sink(&s3.endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n"),
-        &credentials(&s3.s3),
-    );
-    sluice.wait_api();
+    let mut s3 = restartable_s3();
+    let root = s3.root.path().to_owned();
+    let mut sluice = start(&s3_sink(&s3.endpoint, "[sinks.s3.batch]\ntimeout = \"300ms\"\n"), &credentials(&s3));
+    sluice.api_address();
     s3.stop();
     // One object, retried every 25 to 500 ms for 3 s: a dozen attempts.
     let lines: Vec<String> = (0..100).map(|i| app_line(i, "api")).collect();
     sluice.write_lines(&lines);
     wait_until("a first failed attempt", Duration::from_secs(20), || {
-        sluice.log_text().contains("S3 request failed; retrying").then_some(())
+        sluice.logs().contains("S3 request failed; retrying").then_some(())
     });
     std::thread::sleep(Duration::from_secs(3));
-    s3.restart();
+    s3.start_again();
     let want: BTreeSet<String> = lines.iter().map(|l| enriched(l)).collect();
     wait_until("the object", UPLOAD_TIMEOUT, || (stored_lines(&root) == want).then_some(()));
     let retried = sluice.metric("sluice_sink_retries_total{sink=\"s3\"}");
-    let log = sluice.log_text();
+    let log = sluice.logs();
     let failures: Vec<&str> = log.lines().filter(|l| l.contains("S3 request failed; retrying")).collect();
     assert!(retried >= 5.0, "{retried} retries\n{log}");
     assert_eq!(failures.len() as f64, retried, "one line per failed attempt\n{log}");

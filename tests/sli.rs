@@ -3,7 +3,6 @@
 //! release whose burn rate crosses the alert threshold within seconds, and
 //! the cardinality guard under thousands of distinct routes.
 
-mod sli_harness;
 mod support;
 
 use serde_json::{json, Value};
@@ -11,7 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sli_harness::{fast_burn_threshold, histogram_quantile, repo_path, Rng, Samples, Sluice};
+use support::sli::start_sli;
+use support::sluice::STOP_TIMEOUT;
+use support::{repo_path, Metrics, Sluice};
 
 /// The default latency buckets sluice documents (seconds).
 const DEFAULT_BUCKETS: &[f64] = &[
@@ -260,15 +261,15 @@ fn labels_of(sli: &str, labels: &[(String, String)]) -> Vec<(String, String)> {
     l
 }
 
-fn get(samples: &Samples, name: &str, labels: &[(String, String)]) -> Option<f64> {
+fn get(samples: &Metrics, name: &str, labels: &[(String, String)]) -> Option<f64> {
     let refs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     samples.get(name, &refs)
 }
 
 /// Cumulative (le, count) pairs of one histogram series, `+Inf` last.
-fn exported_buckets(samples: &Samples, labels: &[(String, String)]) -> Vec<(f64, f64)> {
+fn exported_buckets(samples: &Metrics, labels: &[(String, String)]) -> Vec<(f64, f64)> {
     let mut b: Vec<(f64, f64)> = samples
-        .0
+        .samples
         .iter()
         .filter(|s| s.name == "sluice_sli_latency_seconds_bucket")
         .filter(|s| s.labels.len() == labels.len() + 1 && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
@@ -302,14 +303,14 @@ fn p95(latencies: &[f64]) -> f64 {
 fn replayed_log_counts_match_independent_ground_truth_exactly() {
     let lines = generate_log(30_000, 0x5eed_0005);
     let truth = ground_truth(&lines);
-    let mut sluice = Sluice::start(REPLAY_RULES, &[("SLUICE_RELEASE", COLLECTOR_RELEASE)]);
+    let mut sluice = start_sli(REPLAY_RULES, &[("SLUICE_RELEASE", COLLECTOR_RELEASE)]);
     let mut input = lines.join("\n");
     input.push('\n');
     sluice.write(input.as_bytes());
 
     // Every event is in once the totals and incomplete counts all match;
     // stdin stays open, so this is the live process answering.
-    let samples = sluice.wait_for("all SLI counts", Duration::from_secs(60), |s| {
+    let samples = sluice.wait_for_metrics("all SLI counts", Duration::from_secs(60), |s| {
         truth.iter().all(|(sli, t)| {
             s.sum("sluice_sli_requests_total", &[("sli", sli)]) == t.total() as f64
                 && t.incomplete
@@ -377,7 +378,7 @@ fn replayed_log_counts_match_independent_ground_truth_exactly() {
             "{group}: P95 estimate {estimate} (bucket {ie}) vs exact {exact} (bucket {it})"
         );
     }
-    sluice.finish();
+    sluice.finish(STOP_TIMEOUT);
 }
 
 /// Writes `n` events of `release`, every `error_every`-th one a 500 (0:
@@ -398,8 +399,8 @@ fn canary_release_burn_rate_crosses_fast_burn_threshold_within_ten_seconds() {
     let threshold = fast_burn_threshold();
     assert_eq!(threshold, 14.4, "the rules file pages at the workbook's 14.4");
     let rules = "[[sli]]\nname = \"shop\"\nobjective = 0.999\nwindows = [\"5m\", \"1h\"]\n";
-    let mut sluice = Sluice::start(rules, &[]);
-    let burn = |s: &Samples, release: &str, window: &str| {
+    let mut sluice = start_sli(rules, &[]);
+    let burn = |s: &Metrics, release: &str, window: &str| {
         s.get(
             "sluice_sli_error_budget_burn_rate",
             &[("sli", "shop"), ("service", "shop"), ("release", release), ("window", window)],
@@ -425,7 +426,7 @@ fn canary_release_burn_rate_crosses_fast_burn_threshold_within_ten_seconds() {
         }
         sluice.write(chunk.as_bytes());
 
-        let s = sluice.samples();
+        let s = sluice.metrics();
         polls += 1;
         for w in ["5m", "1h"] {
             if let Some(b) = burn(&s, "v1", w) {
@@ -452,7 +453,7 @@ fn canary_release_burn_rate_crosses_fast_burn_threshold_within_ten_seconds() {
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
     let crossed = crossed.expect("crossed");
-    let s = sluice.samples();
+    let s = sluice.metrics();
     assert_eq!(burn(&s, "v1", "5m"), Some(0.0));
     assert_eq!(burn(&s, "v1", "1h"), Some(0.0));
     assert!(
@@ -461,7 +462,7 @@ fn canary_release_burn_rate_crosses_fast_burn_threshold_within_ten_seconds() {
     );
     assert!(polls > 10);
     eprintln!("v2's 5m burn rate crossed {threshold} {crossed:?} after its first errors");
-    sluice.finish();
+    sluice.finish(STOP_TIMEOUT);
 }
 
 #[test]
@@ -474,7 +475,7 @@ max_series = 1000
 latency = { field = "duration_ms" }
 labels = { route = "path" }
 "#;
-    let mut sluice = Sluice::start(rules, &[]);
+    let mut sluice = start_sli(rules, &[]);
     // Every route is the same length, so the pipeline's buffers see the
     // same input shape in every pass below.
     let long = "x".repeat(200);
@@ -486,7 +487,7 @@ labels = { route = "path" }
         input.push('\n');
     }
     sluice.write(input.as_bytes());
-    let s = sluice.wait_for("5000 requests", Duration::from_secs(30), |s| {
+    let s = sluice.wait_for_metrics("5000 requests", Duration::from_secs(30), |s| {
         s.sum("sluice_sli_requests_total", &[("sli", "routes")]) == 5000.0
     });
     let routes: BTreeSet<&str> = s
@@ -531,24 +532,24 @@ labels = { route = "path" }
     };
     pass(&mut sluice, false);
     pass(&mut sluice, false);
-    sluice.wait_for("95000 requests", Duration::from_secs(60), |s| {
+    sluice.wait_for_metrics("95000 requests", Duration::from_secs(60), |s| {
         s.sum("sluice_sli_requests_total", &[("sli", "routes")]) == 95_000.0
     });
-    let rss = sluice.rss_bytes();
+    let rss = sluice.memory_kib("VmRSS") * 1024;
     pass(&mut sluice, true);
-    let s = sluice.wait_for("140000 requests", Duration::from_secs(60), |s| {
+    let s = sluice.wait_for_metrics("140000 requests", Duration::from_secs(60), |s| {
         s.sum("sluice_sli_requests_total", &[("sli", "routes")]) == 140_000.0
     });
     assert_eq!(s.get("sluice_sli_series", &[("sli", "routes")]), Some(1000.0));
     assert_eq!(s.get("sluice_sli_series_overflow_total", &[("sli", "routes")]), Some(49_000.0));
     assert_eq!(s.get("sluice_sli_series_memory_bytes", &[("sli", "routes")]), Some(memory));
-    let grown = sluice.rss_bytes().saturating_sub(rss);
+    let grown = (sluice.memory_kib("VmRSS") * 1024).saturating_sub(rss);
     eprintln!("RSS {rss} bytes before 45000 new route values, grew by {grown}");
     // A series per new route would be ~110 MiB (two 960-byte window rings,
     // 20 buckets and a 215-byte key each); pipeline buffers vary by a few
     // MiB with scheduling.
     assert!(grown < 24 << 20, "RSS grew by {grown} bytes over 45000 new route values");
-    sluice.finish();
+    sluice.finish(STOP_TIMEOUT);
 }
 
 #[test]
@@ -608,4 +609,65 @@ fn example_sli_config_is_valid() {
     let config = sluice::topology::Config::load(&repo_path("config/sli-example.toml")).unwrap();
     let names: Vec<&str> = config.sli.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["api_availability", "checkout_latency", "read_success"]);
+}
+
+/// A small deterministic generator (xorshift64*), so a failing input can be
+/// regenerated from its seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a non-zero seed.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// One of `items`.
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// Prometheus' `histogram_quantile`: linear interpolation inside the bucket
+/// where the rank falls. `buckets` are (upper bound, cumulative count),
+/// sorted, ending with `+Inf`.
+pub fn histogram_quantile(q: f64, buckets: &[(f64, f64)]) -> f64 {
+    let total = buckets.last().expect("buckets").1;
+    let rank = q * total;
+    let i = buckets.iter().position(|(_, c)| *c >= rank).expect("rank within total");
+    if buckets[i].0.is_infinite() {
+        return buckets[i - 1].0;
+    }
+    let (lo, below) = if i == 0 { (0.0, 0.0) } else { buckets[i - 1] };
+    let (hi, count) = buckets[i];
+    lo + (hi - lo) * (rank - below) / (count - below)
+}
+
+/// The fast-burn threshold the alerting rules use on the 5m window.
+pub fn fast_burn_threshold() -> f64 {
+    let rules = std::fs::read_to_string(repo_path("deploy/prometheus/sluice-sli-rules.yml")).expect("read rules file");
+    rules
+        .lines()
+        .find(|l| l.contains("sluice_sli_error_budget_burn_rate{window=\"5m\"}"))
+        .and_then(|l| l.rsplit_once('>'))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .expect("a 5m burn-rate threshold in the rules file")
 }

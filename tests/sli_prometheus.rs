@@ -4,7 +4,6 @@
 //! the request rate, error ratio, P95 and exact totals the input implies,
 //! through the same queries the Grafana dashboard runs.
 
-mod sli_harness;
 mod support;
 
 use serde_json::Value;
@@ -12,7 +11,9 @@ use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sli_harness::{repo_path, Sluice};
+use support::repo_path;
+use support::sli::start_sli;
+use support::sluice::STOP_TIMEOUT;
 use support::{promtool_bin, promtool_check_metrics, promtool_check_rules, run_bounded, PrometheusServer, TOOL_TIMEOUT};
 
 /// The `[[sli]]` part of the example config.
@@ -29,7 +30,7 @@ fn sli_metrics_output_passes_promtool_check_metrics() {
         "{}\n[[sli]]\nname = \"tiny\"\nobjective = 0.9\nmax_series = 3\nlatency = {{ field = \"duration_ms\", threshold = \"50ms\" }}\nlabels = {{ route = \"path\" }}\n",
         example_rules()
     );
-    let mut sluice = Sluice::start(&rules, &[("SLUICE_RELEASE", "v9")]);
+    let mut sluice = start_sli(&rules, &[("SLUICE_RELEASE", "v9")]);
     let mut input = String::new();
     for i in 0..400 {
         let status = [200, 200, 503, 404, 200][i % 5];
@@ -43,11 +44,11 @@ fn sli_metrics_output_passes_promtool_check_metrics() {
     }
     input.push_str("not json\n{\"path\":\"/api/x\"}\n");
     sluice.write(input.as_bytes());
-    let samples = sluice.wait_for("402 tiny events", Duration::from_secs(30), |s| {
+    let samples = sluice.wait_for_metrics("402 tiny events", Duration::from_secs(30), |s| {
         s.sum("sluice_sli_requests_total", &[("sli", "tiny")]) + s.sum("sluice_sli_events_incomplete_total", &[("sli", "tiny")]) >= 402.0
     });
     assert!(samples.sum("sluice_sli_series_overflow_total", &[("sli", "tiny")]) > 0.0);
-    let text = sluice.metrics_text();
+    let text = sluice.metrics().text;
     for family in [
         "sluice_sli_requests_total",
         "sluice_sli_latency_seconds",
@@ -63,7 +64,7 @@ fn sli_metrics_output_passes_promtool_check_metrics() {
     }
     assert!(text.contains(r#"route="__overflow__""#));
     promtool_check_metrics(&text).unwrap_or_else(|e| panic!("{e}\n--- /metrics ---\n{text}"));
-    sluice.finish();
+    sluice.finish(STOP_TIMEOUT);
 }
 
 #[test]
@@ -115,8 +116,8 @@ objective = 0.999
 latency = { field = "duration_ms", unit = "ms" }
 labels = { route = "path" }
 "#;
-    let mut sluice = Sluice::start(rules, &[("SLUICE_RELEASE", "v1")]);
-    let prom = PrometheusServer::start(&sluice.api_addr, Duration::from_secs(1));
+    let mut sluice = start_sli(rules, &[("SLUICE_RELEASE", "v1")]);
+    let prom = PrometheusServer::start(&sluice.api_address(), Duration::from_secs(1));
     prom.wait_for(r#"up{job="sluice"} == 1"#, Duration::from_secs(30));
 
     // 1000 requests a second for 16 s: every 20th fails, latencies spread
@@ -188,5 +189,5 @@ labels = { route = "path" }
     let errors = scalar(&prom, &format!("sum(sluice_sli_requests_total{{{sel},outcome=\"error\"}})"));
     assert_eq!(errors, (written / 20) as f64);
     drop(stdin);
-    sluice.finish();
+    sluice.finish(STOP_TIMEOUT);
 }

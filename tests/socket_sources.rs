@@ -4,15 +4,15 @@
 //! memory under load and with many idle connections, counted datagram
 //! overflow.
 
-mod running;
+mod support;
 
-use running::{proc_status_kib, run_client, wait_for_path, Output, Sluice};
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{run_client, sluice::proc_status_kib, wait_for_path, Sluice, Stdout};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -37,10 +37,10 @@ type = "stdout"
 
 #[test]
 fn unix_stream_peer_is_identified_by_pid_command_executable_and_its_release_variables() {
-    let s = Sluice::start(
-        &unix_config("unix_stream", r#"peer_environment = ["SLUICE_RELEASE", "GIT_SHA", "NOT_SET"]"#),
-        Output::Lines,
-    );
+    let s = Sluice::start(&unix_config(
+        "unix_stream",
+        r#"peer_environment = ["SLUICE_RELEASE", "GIT_SHA", "NOT_SET"]"#,
+    ));
     let sock = s.path("app.sock");
     wait_for_path(&sock, WAIT);
     let script = format!(
@@ -84,10 +84,7 @@ s.close()
 
 #[test]
 fn unix_datagram_sender_is_identified_from_scm_credentials() {
-    let s = Sluice::start(
-        &unix_config("unix_datagram", r#"peer_environment = ["SLUICE_RELEASE"]"#),
-        Output::Lines,
-    );
+    let s = Sluice::start(&unix_config("unix_datagram", r#"peer_environment = ["SLUICE_RELEASE"]"#));
     let sock = s.path("app.sock");
     wait_for_path(&sock, WAIT);
     let script = format!(
@@ -122,7 +119,7 @@ fn a_stale_socket_file_is_replaced_but_a_live_socket_or_a_regular_file_is_not() 
     // A socket file left by a process that is gone.
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     assert!(sock.exists());
-    let mut first = Sluice::start_in(dir, &unix_config("unix_stream", ""), Output::Lines);
+    let first = Sluice::builder().in_dir(dir).config(&unix_config("unix_stream", "")).start();
     first.wait_for_log("replacing a stale socket file", WAIT);
     first.wait_for_log("listening on a unix stream socket", WAIT);
     let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
@@ -132,7 +129,7 @@ fn a_stale_socket_file_is_replaced_but_a_live_socket_or_a_regular_file_is_not() 
     // A second collector on the same, live, socket refuses to start.
     let other = tempfile::tempdir().unwrap();
     let live = unix_config("unix_stream", "").replace("{dir}/app.sock", &sock.display().to_string());
-    let mut second = Sluice::start_in(other, &live, Output::Lines);
+    let second = Sluice::builder().in_dir(other).config(&live).start();
     assert!(!second.wait(WAIT).success());
     assert!(second.logs().contains("is in use"), "{}", second.logs());
     c.write_all(b"{\"ok\":2}\n").unwrap();
@@ -142,7 +139,7 @@ fn a_stale_socket_file_is_replaced_but_a_live_socket_or_a_regular_file_is_not() 
     let plain = tempfile::tempdir().unwrap();
     let file = plain.path().join("app.sock");
     std::fs::write(&file, "precious").unwrap();
-    let mut third = Sluice::start_in(plain, &unix_config("unix_datagram", ""), Output::Lines);
+    let third = Sluice::builder().in_dir(plain).config(&unix_config("unix_datagram", "")).start();
     assert!(!third.wait(WAIT).success());
     assert!(third.logs().contains("is not a socket"), "{}", third.logs());
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
@@ -155,10 +152,10 @@ fn a_stale_socket_file_is_replaced_but_a_live_socket_or_a_regular_file_is_not() 
 
 #[test]
 fn the_socket_file_gets_the_configured_mode_and_owner() {
-    let s = Sluice::start(
-        &unix_config("unix_datagram", "permissions = \"0620\"\nowner = \"root\"\ngroup = \"0\""),
-        Output::Lines,
-    );
+    let s = Sluice::start(&unix_config(
+        "unix_datagram",
+        "permissions = \"0620\"\nowner = \"root\"\ngroup = \"0\"",
+    ));
     let sock = s.path("app.sock");
     wait_for_path(&sock, WAIT);
     let meta = std::fs::metadata(&sock).unwrap();
@@ -197,7 +194,7 @@ fn tcp_address(s: &mut Sluice) -> String {
 #[test]
 fn ndjson_over_tcp_and_udp_from_socat_arrives_with_the_peer_address() {
     let config = tcp_config("") + "[sources.udp]\ntype = \"socket\"\nmode = \"udp\"\naddress = \"127.0.0.1:0\"\n";
-    let mut s = Sluice::start(&config, Output::Lines);
+    let mut s = Sluice::start(&config);
     let tcp = tcp_address(&mut s);
     let udp = s.logged_address("receiving datagrams", Some("udp"), WAIT);
     let dir = tempfile::tempdir().unwrap();
@@ -223,7 +220,7 @@ fn ndjson_over_tcp_and_udp_from_socat_arrives_with_the_peer_address() {
 
 #[test]
 fn oversize_frames_are_truncated_and_flagged_and_an_idle_connection_is_closed_with_its_last_line() {
-    let mut s = Sluice::start(&tcp_config("max_frame_bytes = 64\nidle_timeout = \"300ms\""), Output::Lines);
+    let mut s = Sluice::start(&tcp_config("max_frame_bytes = 64\nidle_timeout = \"300ms\""));
     let port = tcp_address(&mut s);
     let mut c = TcpStream::connect(&port).unwrap();
     let long = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(200));
@@ -298,7 +295,7 @@ fn tls_with_a_required_client_certificate_accepts_socat_with_one_and_refuses_it_
         + &format!(
             "[sources.tcp.tls]\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\nclient_ca_file = \"{d}/ca.pem\"\nclient_auth = \"required\"\n"
         );
-    let mut s = Sluice::start(&config, Output::Lines);
+    let mut s = Sluice::start(&config);
     let port = tcp_address(&mut s);
     let api = s.api_address();
     let input = certs.path().join("in.ndjson");
@@ -326,11 +323,11 @@ fn tls_with_a_required_client_certificate_accepts_socat_with_one_and_refuses_it_
         .unwrap();
     let _ = status;
     let deadline = Instant::now() + WAIT;
-    while Sluice::metric(&api, r#"sluice_source_connections_refused_total{reason="tls",source="tcp"}"#) < 1.0 {
+    while support::scrape(&api).value(r#"sluice_source_connections_refused_total{reason="tls",source="tcp"}"#) < 1.0 {
         assert!(
             Instant::now() < deadline,
             "the refused handshake was not counted:\n{}",
-            running::http_get(&api, "/metrics")
+            support::scrape(&api).text
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -341,7 +338,7 @@ fn tls_with_a_required_client_certificate_accepts_socat_with_one_and_refuses_it_
 fn a_million_lines_over_tcp_into_a_slow_sink_lose_nothing_and_memory_stays_bounded() {
     const LINES: usize = 1_000_000;
     let config = tcp_config("") + "[sinks.out.buffer]\nmax_events = 10000\nmax_bytes = \"1MiB\"\n";
-    let mut s = Sluice::start(&config, Output::Raw);
+    let mut s = Sluice::builder().config(&config).stdout(Stdout::Raw).start();
     let port = tcp_address(&mut s);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("million.ndjson");
@@ -412,13 +409,13 @@ fn two_thousand_idle_connections_hold_little_memory_and_one_past_the_cap_is_refu
         CONNS + 200,
         limit.rlim_cur
     );
-    let mut s = Sluice::start(&tcp_config(&format!("max_connections = {CONNS}")), Output::Lines);
+    let mut s = Sluice::start(&tcp_config(&format!("max_connections = {CONNS}")));
     let port = tcp_address(&mut s);
     let api = s.api_address();
     let before_kib = s.memory_kib("VmRSS");
     let mut conns: Vec<TcpStream> = (0..CONNS).map(|_| TcpStream::connect(&port).unwrap()).collect();
     let deadline = Instant::now() + WAIT;
-    while Sluice::metric(&api, r#"sluice_source_connections{source="tcp"}"#) < CONNS as f64 {
+    while support::scrape(&api).value(r#"sluice_source_connections{source="tcp"}"#) < CONNS as f64 {
         assert!(Instant::now() < deadline, "not all {CONNS} connections were accepted");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -436,7 +433,7 @@ fn two_thousand_idle_connections_hold_little_memory_and_one_past_the_cap_is_refu
     let mut buf = [0u8; 8];
     assert_eq!(extra.read(&mut buf).unwrap(), 0, "a connection past the cap is closed");
     assert_eq!(
-        Sluice::metric(&api, r#"sluice_source_connections_refused_total{reason="limit",source="tcp"}"#),
+        support::scrape(&api).value(r#"sluice_source_connections_refused_total{reason="limit",source="tcp"}"#),
         1.0
     );
 
@@ -445,7 +442,7 @@ fn two_thousand_idle_connections_hold_little_memory_and_one_past_the_cap_is_refu
     assert_eq!(s.events(1, WAIT)[0]["from"], "the last one");
     conns.truncate(CONNS - 10);
     let deadline = Instant::now() + WAIT;
-    while Sluice::metric(&api, r#"sluice_source_connections{source="tcp"}"#) > (CONNS - 10) as f64 {
+    while support::scrape(&api).value(r#"sluice_source_connections{source="tcp"}"#) > (CONNS - 10) as f64 {
         assert!(Instant::now() < deadline, "closed connections were not released");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -471,11 +468,11 @@ type = "stdout"
 [sinks.out.buffer]
 max_events = 100
 "#;
-    let mut s = Sluice::start(config, Output::Raw);
+    let mut s = Sluice::builder().config(config).stdout(Stdout::Raw).start();
     let udp = s.logged_address("receiving datagrams", Some("udp"), WAIT);
     let udp_port = udp.rsplit(':').next().unwrap().to_owned();
     let api = s.api_address();
-    let dropped = || Sluice::metric(&api, r#"sluice_events_dropped_total{component="udp",reason="socket_overflow"}"#) as u64;
+    let dropped = || support::scrape(&api).value(r#"sluice_events_dropped_total{component="udp",reason="socket_overflow"}"#) as u64;
     // Nobody reads sluice's stdout yet: the pipeline fills up.
     let send = |from: u64, to: u64| {
         let script = format!(
@@ -515,7 +512,7 @@ max_events = 100
     eprintln!("sent {} datagrams: {delivered} delivered, {dropped} dropped and counted", SENT + 1);
     assert!(delivered < SENT, "the pipeline never filled up");
     assert_eq!(delivered + dropped, SENT + 1, "every datagram is either delivered or counted");
-    assert!(proc_status_kib(s.child.id(), "VmRSS") > 0);
+    assert!(proc_status_kib(s.pid(), "VmRSS") > 0);
 }
 
 /// A datagram source whose stdout sink is stalled until the test reads
@@ -595,7 +592,10 @@ fn a_udp_burst_during_a_pipeline_stall_waits_in_the_kernel_buffer_and_all_of_it_
         rmem_max >= 4 << 20,
         "this test needs net.core.rmem_max of at least 4 MiB (it is {rmem_max})"
     );
-    let mut s = Sluice::start(&stalled_datagram_config("mode = \"udp\"\naddress = \"127.0.0.1:0\""), Output::Raw);
+    let mut s = Sluice::builder()
+        .config(&stalled_datagram_config("mode = \"udp\"\naddress = \"127.0.0.1:0\""))
+        .stdout(Stdout::Raw)
+        .start();
     let udp = s.logged_address("receiving datagrams", Some("dgram"), WAIT);
     let port: u16 = udp.rsplit(':').next().unwrap().parse().unwrap();
     let api = s.api_address();
@@ -641,7 +641,7 @@ fn a_udp_burst_during_a_pipeline_stall_waits_in_the_kernel_buffer_and_all_of_it_
     );
     eprintln!("{after_burst} bytes waited in the kernel buffer during the stall; {sent} datagrams sent");
     read_every_seq(&mut s, sent);
-    let dropped = Sluice::metric(&api, r#"sluice_events_dropped_total{component="dgram",reason="socket_overflow"}"#);
+    let dropped = support::scrape(&api).value(r#"sluice_events_dropped_total{component="dgram",reason="socket_overflow"}"#);
     assert_eq!(dropped, 0.0, "nothing is dropped when the burst fits the receive buffer");
 }
 
@@ -650,10 +650,10 @@ fn a_unix_datagram_sender_is_held_back_during_a_pipeline_stall_and_nothing_is_lo
     // More than the stalled pipeline can hold even when every burst is a
     // full 256 KiB (about 800 of these datagrams).
     const SENT: u64 = 20_000;
-    let mut s = Sluice::start(
-        &stalled_datagram_config("mode = \"unix_datagram\"\npath = \"{dir}/dgram.sock\""),
-        Output::Raw,
-    );
+    let mut s = Sluice::builder()
+        .config(&stalled_datagram_config("mode = \"unix_datagram\"\npath = \"{dir}/dgram.sock\""))
+        .stdout(Stdout::Raw)
+        .start();
     let sock = s.path("dgram.sock");
     wait_for_path(&sock, WAIT);
     let api = s.api_address();
@@ -668,7 +668,7 @@ fn a_unix_datagram_sender_is_held_back_during_a_pipeline_stall_and_nothing_is_lo
     );
     read_every_seq(&mut s, SENT);
     assert!(sender.wait().unwrap().success());
-    let dropped = Sluice::metric(&api, r#"sluice_events_dropped_total{component="dgram",reason="socket_overflow"}"#);
+    let dropped = support::scrape(&api).value(r#"sluice_events_dropped_total{component="dgram",reason="socket_overflow"}"#);
     assert_eq!(dropped, 0.0);
 }
 
@@ -676,7 +676,7 @@ fn a_unix_datagram_sender_is_held_back_during_a_pipeline_stall_and_nothing_is_lo
 fn socket_sources_log_their_socket_path_as_a_plain_value() {
     let config =
         unix_config("unix_datagram", "") + "[sources.stream]\ntype = \"socket\"\nmode = \"unix_stream\"\npath = \"{dir}/stream.sock\"\n";
-    let mut s = Sluice::start(&config, Output::Lines);
+    let s = Sluice::start(&config);
     s.wait_for_log("receiving datagrams", WAIT);
     s.wait_for_log("listening on a unix stream socket", WAIT);
     let logs = s.logs();

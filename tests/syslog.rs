@@ -4,12 +4,12 @@
 //! stream fallback with NUL-terminated records, UDP) and
 //! `socat` (TCP, UDP), parsed into fields.
 
-mod running;
+mod support;
 
-use running::{run_client, wait_for_path, Output, Sluice};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::Duration;
+use support::{run_client, wait_for_path, Sluice};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -56,7 +56,7 @@ format = "syslog"
 [sinks.out]
 type = "stdout"
 "#;
-    let mut s = Sluice::start(config, Output::Lines);
+    let s = Sluice::start(config);
     let ports = Ports {
         api: s.api_address(),
         tcp: s.logged_address("listening on TCP", Some("tcp"), WAIT),
@@ -343,5 +343,8 @@ fn malformed_syslog_lines_are_kept_as_messages_and_counted() {
     assert_eq!(events[1]["message"], "<13>1 2024-05-01T10:00:00Z");
     assert_eq!(events[2]["message"], "fine");
     assert_eq!(events[2]["severity"], "notice");
-    assert_eq!(Sluice::metric(&ports.api, r#"sluice_syslog_malformed_total{source="tcp"}"#), 2.0);
+    assert_eq!(
+        support::scrape(&ports.api).value(r#"sluice_syslog_malformed_total{source="tcp"}"#),
+        2.0
+    );
 }

@@ -2,11 +2,13 @@
 //! way systemd sets it up (`NOTIFY_SOCKET`, `WATCHDOG_USEC`), and a real
 //! SIGTERM ends it.
 
+mod support;
+
 use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+use support::{Sluice, Stdout};
 
 /// The next datagram, or `None` after `timeout`.
 fn recv(sock: &UnixDatagram, timeout: Duration) -> Option<String> {
@@ -30,20 +32,17 @@ fn notifies_ready_then_feeds_the_watchdog_then_reports_stopping_on_sigterm() {
     let sock = UnixDatagram::bind(&path).unwrap();
 
     let t0 = Instant::now();
-    let mut child = Command::new(BIN)
+    // Stdin stays open: the pipeline runs until the signal.
+    let sluice = Sluice::builder()
         .env("NOTIFY_SOCKET", &path)
         // 400 ms: pings every 200 ms.
         .env("WATCHDOG_USEC", "400000")
         .env_remove("WATCHDOG_PID")
         .env("SLUICE_API_ADDRESS", "127.0.0.1:0")
         .env("SLUICE_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sluice");
-    // Keep stdin open: the pipeline runs until the signal.
-    let _stdin = child.stdin.take();
+        .stdin_piped()
+        .stdout(Stdout::Null)
+        .start();
 
     let first = recv(&sock, Duration::from_secs(10)).expect("READY=1 within 10 s");
     assert!(has(&first, "READY=1"), "first message must be READY=1, got {first:?}");
@@ -63,8 +62,7 @@ fn notifies_ready_then_feeds_the_watchdog_then_reports_stopping_on_sigterm() {
         "two ping intervals took {spacing:?}"
     );
 
-    // SAFETY: signalling our own child.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    sluice.signal(libc::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut stopping = false;
     while Instant::now() < deadline {
@@ -78,16 +76,7 @@ fn notifies_ready_then_feeds_the_watchdog_then_reports_stopping_on_sigterm() {
         }
     }
     assert!(stopping, "STOPPING=1 after SIGTERM");
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if t0.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("sluice did not exit after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = sluice.wait(Duration::from_secs(30).saturating_sub(t0.elapsed()));
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
 }
 
@@ -96,29 +85,18 @@ fn a_reload_is_announced_as_reloading_then_ready() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&path).unwrap();
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        "[api]\naddress = \"127.0.0.1:0\"\n[sources.in]\ntype = \"stdin\"\n[sinks.out]\ntype = \"blackhole\"\n",
-    )
-    .unwrap();
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
+    let sluice = Sluice::builder()
+        .config("[api]\naddress = \"127.0.0.1:0\"\n[sources.in]\ntype = \"stdin\"\n[sinks.out]\ntype = \"blackhole\"\n")
         .env("NOTIFY_SOCKET", &path)
         .env_remove("WATCHDOG_USEC")
         .env("SLUICE_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn sluice");
-    let _stdin = child.stdin.take();
+        .stdin_piped()
+        .stdout(Stdout::Null)
+        .start();
     let first = recv(&sock, Duration::from_secs(10)).expect("READY=1 within 10 s");
     assert!(has(&first, "READY=1"), "{first:?}");
 
-    // SAFETY: signalling our own child.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    sluice.signal(libc::SIGHUP);
     let reloading = recv(&sock, Duration::from_secs(10)).expect("RELOADING=1 after SIGHUP");
     assert!(has(&reloading, "RELOADING=1"), "{reloading:?}");
     let usec: u64 = reloading
@@ -136,23 +114,17 @@ fn a_reload_is_announced_as_reloading_then_ready() {
     );
     let ready = recv(&sock, Duration::from_secs(10)).expect("READY=1 after the reload");
     assert!(has(&ready, "READY=1"), "{ready:?}");
-    assert!(child.try_wait().unwrap().is_none(), "SIGHUP must not end sluice");
-    let _ = child.kill();
-    let _ = child.wait();
+    assert!(sluice.try_status().is_none(), "SIGHUP must not end sluice");
 }
 
 #[test]
 fn watchdog_variables_without_a_notify_socket_are_harmless() {
-    let out = Command::new(BIN)
-        .env_remove("NOTIFY_SOCKET")
+    let mut cmd = Command::new(support::sluice::BIN);
+    cmd.env_remove("NOTIFY_SOCKET")
         .env("WATCHDOG_USEC", "100000")
         .env("SLUICE_API_ENABLED", "false")
-        .env("SLUICE_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run sluice");
+        .env("SLUICE_LOG", "warn");
+    let out = support::run_bounded(cmd, None, Duration::from_secs(30));
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     assert!(
         out.stderr.is_empty(),

@@ -3,23 +3,16 @@
 //! (Kafka source, consumer group → stdout). Every event the agents accepted
 //! reaches the aggregator's sink, and the agents' metadata survives the hop.
 
-mod running;
 mod support;
 
-use running::{Output, Sluice};
 use std::collections::HashSet;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 use support::Kafka;
+use support::{Sluice, Stdout};
 
 fn agent(kafka: &Kafka, topic: &str, release: &str, seqs: std::ops::Range<u64>) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let config = format!(
+        r#"
 [api]
 enabled = false
 [sources.stdin]
@@ -30,27 +23,23 @@ bootstrap_servers = "{addr}"
 topic = "{topic}"
 key_field = "seq"
 "#,
-            addr = kafka.addr
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("--config")
-        .arg(&config)
+        addr = kafka.addr
+    );
+    let mut agent = Sluice::builder()
+        .config(&config)
         .env("SLUICE_RELEASE", release)
         .env("SLUICE_PROCESS_TYPE", "web")
         .env("SLUICE_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    for seq in seqs {
-        writeln!(stdin, r#"{{"seq":{seq},"msg":"request done","status":200}}"#).unwrap();
-    }
-    drop(stdin);
+        .stdin_piped()
+        .stdout(Stdout::Null)
+        .start();
+    let input: String = seqs
+        .map(|seq| format!("{{\"seq\":{seq},\"msg\":\"request done\",\"status\":200}}\n"))
+        .collect();
+    agent.write(input);
+    agent.close_stdin();
     // Exit 0 at end of input means every event was delivered to Kafka.
-    let status = support::wait_until("agent to exit", Duration::from_secs(60), || child.try_wait().unwrap());
+    let status = agent.wait(Duration::from_secs(60));
     assert!(status.success(), "agent exit {status:?}");
 }
 
@@ -58,11 +47,7 @@ key_field = "seq"
 fn agents_to_kafka_to_aggregator_delivers_every_event_with_agent_metadata() {
     let kafka = Kafka::start();
     let topic = "two-tier";
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(kafka.create_topic(topic, 2));
+    kafka.create_topic(topic, 2);
     agent(&kafka, topic, "v1", 0..3000);
     agent(&kafka, topic, "v2", 3000..6000);
 
@@ -85,7 +70,7 @@ type = "stdout"
 "#,
         addr = kafka.addr
     );
-    let aggregator = Sluice::start(&config, Output::Lines);
+    let aggregator = Sluice::start(&config);
     let events = aggregator.events(6000, Duration::from_secs(120));
     let mut seen = HashSet::new();
     for e in &events {

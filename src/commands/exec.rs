@@ -62,7 +62,7 @@ pub async fn run_command(config: Config, path: Option<PathBuf>, run: RunCommand)
             Ok(with_command(new, &source))
         }) as topology::Reloader
     });
-    let pipeline = topology::run(config, RunOptions { reloader }).await;
+    let pipeline = topology::run(config, RunOptions { reloader, source: None }).await;
     RunOutcome {
         exit: exit.get(),
         pipeline,

@@ -42,5 +42,5 @@ pub fn limit_malloc_arenas() {
 /// without one (the embedded default), a reload is logged and ignored.
 pub async fn run(config: Config, path: Option<PathBuf>) -> Result<Stopped, RunError> {
     let reloader: Option<topology::Reloader> = path.map(|p| Box::new(move || Config::load(&p)) as topology::Reloader);
-    topology::run(config, RunOptions { reloader }).await
+    topology::run(config, RunOptions { reloader, source: None }).await
 }

@@ -10,15 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::task::JoinSet;
 
-use crate::buffer::BufferCx;
 use crate::enrich::SourceContext;
-use crate::event::{AckGroup, AckOutcome, FieldSet};
+use crate::event::{AckGroup, AckOutcome};
 use crate::framing::{LineFramer, OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
-use crate::pipeline::{shutdown_pair, source_output, ShutdownSignal, SourceOutput};
-use crate::telemetry::Health;
-use crate::topology::{build_sink, Config, RunError};
+use crate::pipeline::{ShutdownSignal, SourceOutput, Task};
+use crate::sources::{SourceCx, SourceError, SourceErrorKind};
+use crate::topology::{self, Config, RunError, RunOptions};
 
 /// The two bytes every gzip member starts with (RFC 1952).
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
@@ -83,12 +81,9 @@ pub enum ReplayError {
         /// The config's sinks, comma-separated.
         known: String,
     },
-    /// A sink could not start.
+    /// A sink or the reader could not start.
     #[error(transparent)]
-    Sink(Box<RunError>),
-    /// The reader thread could not be started.
-    #[error("cannot start the reader thread: {0}")]
-    Thread(std::io::Error),
+    Start(Box<RunError>),
 }
 
 /// What a replay did. Lines are counted as framed (one event per line).
@@ -110,7 +105,7 @@ pub struct ReplayReport {
     pub truncated: u64,
     /// Files that could not be read to the end, with the reason.
     pub read_errors: Vec<String>,
-    /// Sinks that failed, with the reason.
+    /// Sinks that failed, or a drain cut short, with the reason.
     pub sink_errors: Vec<String>,
     /// A signal stopped the replay (reading, or waiting for the sinks).
     pub interrupted: bool,
@@ -138,9 +133,10 @@ struct ProgressState {
 }
 
 /// Sends every line of `opts.paths` through the sinks of `config` and
-/// reports what was delivered. Stops reading at SIGINT or SIGTERM, then
-/// drains for at most `shutdown_timeout`.
-pub async fn replay(config: Config, opts: ReplayOptions) -> Result<ReplayReport, ReplayError> {
+/// reports what was delivered. The files are a source of the topology's
+/// one lifecycle: it stops reading at SIGINT, SIGTERM or a failed sink,
+/// then drains for at most `shutdown_timeout`.
+pub async fn replay(mut config: Config, opts: ReplayOptions) -> Result<ReplayReport, ReplayError> {
     if opts.paths.is_empty() {
         return Err(ReplayError::NoFiles);
     }
@@ -156,137 +152,46 @@ pub async fn replay(config: Config, opts: ReplayOptions) -> Result<ReplayReport,
         total_bytes += meta.len();
     }
     let chosen = choose_sinks(&config, &opts.sinks)?;
-
-    let mut fields = FieldSet::new();
-    for name in &chosen {
-        for p in config.sinks[name].config.fields_needed() {
-            fields.add(p);
-        }
+    // The files are the only input and feed every chosen sink. A one-off
+    // backfill serves no API (a running sluice may hold its address) and
+    // keeps no SLI metrics.
+    config.sources.clear();
+    config.sinks.retain(|name, _| chosen.contains(name));
+    for spec in config.sinks.values_mut() {
+        spec.inputs = None;
     }
-    let fields = Arc::new(fields);
-    let health = Arc::new(Health::default());
-    let mut sinks = JoinSet::new();
-    let mut senders = Vec::new();
-    let mut disk_buffers = Vec::new();
-    let buffer_cx = BufferCx {
-        data_dir: config.data_dir.clone(),
-        fields: fields.clone(),
-    };
-    for name in &chosen {
-        let built = build_sink(name, &config.sinks[name], &buffer_cx, &health)
-            .await
-            .map_err(|e| ReplayError::Sink(Box::new(e)))?;
-        sinks.spawn(built.task);
-        disk_buffers.extend(built.disk);
-        senders.push(built.sender);
-    }
+    config.api.enabled = false;
+    config.sli.clear();
 
-    let (output, fan_out) = source_output(SOURCE_NAME.into(), fields, senders, Vec::new());
-    let (trigger, signal) = shutdown_pair();
     let (group, mut completions) = AckGroup::new();
     let state = Arc::new(ProgressState::default());
     let tally = Arc::new(Mutex::new(ReadOutcome::default()));
-    let reader = Reader {
-        output,
-        shutdown: signal,
+    let files = Files {
+        paths: opts.paths.clone(),
         group,
         state: state.clone(),
-        meta: config.enrich.metadata(None),
         tally: tally.clone(),
     };
-    let paths = opts.paths.clone();
-    let handle = tokio::runtime::Handle::current();
-    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name("sluice-replay".into())
-        .spawn(move || {
-            let _guard = handle.enter();
-            reader.read_all(&paths);
-            let _ = done_tx.send(());
-        })
-        .map_err(ReplayError::Thread)?;
-
+    let options = RunOptions {
+        reloader: None,
+        source: Some((SOURCE_NAME.to_owned(), Box::new(move |cx| files.start(cx)))),
+    };
     let display = ProgressDisplay::start(opts.progress, opts.paths.clone(), total_bytes, state.clone());
-    let mut report = ReplayReport::default();
-    let mut signalled = false;
-    let read_to_end = tokio::select! {
-        _ = &mut done_rx => true,
-        _ = termination() => {
-            signalled = true;
-            false
-        }
-        Some(res) = sinks.join_next() => {
-            // A sink ended while there was still input: it failed.
-            record_sink(res, &mut report.sink_errors);
-            false
-        }
-    };
-    if !read_to_end {
-        trigger.trigger();
-        // The reader may wait on a full queue of a stuck sink: bounded.
-        if tokio::time::timeout(config.shutdown_timeout, &mut done_rx).await.is_err() {
-            report.sink_errors.push(format!(
-                "the reader was still waiting on the sinks after shutdown_timeout ({:?})",
-                config.shutdown_timeout
-            ));
-        }
-    }
-    let outcome = std::mem::take(&mut *tally.lock().unwrap_or_else(PoisonError::into_inner));
-    report.files_done = outcome.files_done;
-    report.read_errors = outcome.read_errors;
-    report.interrupted = outcome.interrupted || signalled;
-    report.truncated = outcome.truncated;
-    report.bytes_read = state.bytes.load(Ordering::Relaxed);
-
-    // Every line is read; wait for the sinks to finish with them. After a
-    // signal or a failed sink the wait is bounded, as in a normal run; a
-    // signal during an unbounded drain bounds it; a second signal ends it.
-    let bounded = !read_to_end || report.interrupted || !report.sink_errors.is_empty();
-    if bounded {
-        // As in a run stopped by a signal: what waits in a disk buffer stays
-        // there for the next run on this data_dir; sinks finish what they
-        // hold. Such lines count as delivered (they are on disk).
-        for d in &disk_buffers {
-            d.stop_feeding();
-        }
-    }
-    let mut drain_errors = Vec::new();
-    let mut interrupted = report.interrupted;
-    let cut_short = {
-        let drain = async {
-            let _ = fan_out.await;
-            while let Some(res) = sinks.join_next().await {
-                record_sink(res, &mut drain_errors);
-            }
-            for d in disk_buffers {
-                d.closed().await;
-            }
-        };
-        tokio::pin!(drain);
-        let mut drained = false;
-        if !bounded {
-            tokio::select! {
-                _ = &mut drain => drained = true,
-                _ = termination() => interrupted = true,
-            }
-        }
-        if drained {
-            None
-        } else {
-            tokio::select! {
-                _ = &mut drain => None,
-                _ = tokio::time::sleep(config.shutdown_timeout) => {
-                    Some(format!("the sinks did not finish within shutdown_timeout ({:?})", config.shutdown_timeout))
-                }
-                _ = termination() => Some("second signal: stopped without draining".to_owned()),
-            }
-        }
-    };
-    report.interrupted = interrupted;
-    report.sink_errors.append(&mut drain_errors);
-    report.sink_errors.extend(cut_short);
+    let end = topology::run_to_end(config, options)
+        .await
+        .map_err(|e| ReplayError::Start(Box::new(e)))?;
     display.finish();
 
+    let outcome = std::mem::take(&mut *tally.lock().unwrap_or_else(PoisonError::into_inner));
+    let mut report = ReplayReport {
+        files_done: outcome.files_done,
+        bytes_read: state.bytes.load(Ordering::Relaxed),
+        truncated: outcome.truncated,
+        read_errors: outcome.read_errors,
+        sink_errors: end.failures.iter().map(ToString::to_string).collect(),
+        interrupted: end.signalled,
+        ..ReplayReport::default()
+    };
     // Count outcomes per line. A batch with no completion (a sink still
     // holding it after the timeout) is not delivered.
     let mut outcomes: Vec<Option<AckOutcome>> = vec![None; outcome.line_counts.len()];
@@ -325,14 +230,6 @@ fn choose_sinks(config: &Config, wanted: &[String]) -> Result<Vec<String>, Repla
     Ok(chosen)
 }
 
-fn record_sink(res: Result<Result<(), crate::sinks::SinkError>, tokio::task::JoinError>, errors: &mut Vec<String>) {
-    match res {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => errors.push(e.to_string()),
-        Err(e) => errors.push(format!("sink task failed: {e}")),
-    }
-}
-
 /// What the reader thread did, shared so that it can be counted even if
 /// the thread is still stuck behind a sink at the end.
 #[derive(Debug, Default)]
@@ -342,7 +239,53 @@ struct ReadOutcome {
     truncated: u64,
     files_done: usize,
     read_errors: Vec<String>,
-    interrupted: bool,
+}
+
+/// The files as a source: a thread reads them in order (reads and
+/// decompression block), and the source ends when it has.
+struct Files {
+    paths: Vec<PathBuf>,
+    group: AckGroup,
+    state: Arc<ProgressState>,
+    tally: Arc<Mutex<ReadOutcome>>,
+}
+
+impl Files {
+    fn start(self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
+        let reader = Reader {
+            output: cx.output,
+            shutdown: cx.shutdown,
+            group: self.group,
+            state: self.state,
+            meta: cx.enrich.metadata(None),
+            tally: self.tally,
+        };
+        let paths = self.paths;
+        let handle = tokio::runtime::Handle::current();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("sluice-replay".into())
+            .spawn(move || {
+                let _guard = handle.enter();
+                reader.read_all(&paths);
+                let _ = done_tx.send(());
+            })
+            .map_err(|error| {
+                SourceError::new(
+                    &cx.name,
+                    SourceErrorKind::Io {
+                        action: "start the reader thread",
+                        error,
+                    },
+                )
+            })?;
+        let name = cx.name;
+        Ok(Box::pin(async move {
+            done_rx
+                .await
+                .map_err(|_| SourceError::new(&name, SourceErrorKind::ThreadDied("reader")))
+        }))
+    }
 }
 
 struct Reader {
@@ -364,10 +307,7 @@ impl Reader {
             let mut tally = self.tally();
             match result {
                 Ok(true) => tally.files_done += 1,
-                Ok(false) => {
-                    tally.interrupted = true;
-                    break;
-                }
+                Ok(false) => break,
                 Err(e) => tally.read_errors.push(format!("{}: {e}", path.display())),
             }
         }
@@ -555,6 +495,15 @@ impl ProgressDisplay {
     }
 }
 
+impl Drop for ProgressDisplay {
+    /// A replay that could not start leaves no redraw behind.
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
 fn bar_message(state: &ProgressState, paths: &[PathBuf]) -> String {
     let file = state.file.load(Ordering::Relaxed);
     let lines = state.lines.load(Ordering::Relaxed);
@@ -584,18 +533,6 @@ fn progress_line(state: &ProgressState, paths: &[PathBuf], total: u64) -> String
 
 fn human_bytes(bytes: u64) -> String {
     indicatif::BinaryBytes(bytes).to_string()
-}
-
-/// Completes on SIGTERM or SIGINT.
-async fn termination() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
 
 impl std::fmt::Display for ReplayReport {

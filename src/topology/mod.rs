@@ -12,5 +12,4 @@ mod reload;
 mod running;
 
 pub use config::{ApiConfig, Config, Format, SinkSpec, DEFAULT_API_ADDRESS, DEFAULT_CONFIG, ENV_OVERRIDES};
-pub(crate) use running::build_sink;
-pub use running::{run, Reloader, RunError, RunOptions, Stopped};
+pub use running::{run, run_to_end, BuildSource, Reloader, RunEnd, RunError, RunOptions, Stopped};

@@ -19,7 +19,7 @@ use crate::enrich::EnrichConfig;
 use crate::event::FieldSet;
 use crate::pipeline::{shutdown_pair, wired_output, BatchTap, ShutdownTrigger, Task, Wiring};
 use crate::sinks::SinkError;
-use crate::sources::{SourceConfig, SourceCx, SourceError};
+use crate::sources::{SourceCx, SourceError};
 use crate::telemetry::systemd::ServiceManager;
 use crate::telemetry::{self, metrics, Health, ReloadReply, ReloadRequest};
 
@@ -80,26 +80,58 @@ pub enum Stopped {
 /// the same code as `sluice validate`.
 pub type Reloader = Box<dyn Fn() -> Result<Config, ConfigErrors> + Send + Sync>;
 
+/// Builds a source a command brings besides the config's (replay's
+/// files), as [`SourceConfig::build`](crate::sources::SourceConfig::build)
+/// builds a configured one.
+pub type BuildSource = Box<dyn FnOnce(SourceCx) -> Result<Task<SourceError>, SourceError> + Send>;
+
 /// What a command hands the lifecycle besides its config.
 #[derive(Default)]
 pub struct RunOptions {
     /// Where a reload's config comes from. Without one (the embedded
-    /// default of a pipe), SIGHUP is logged and ignored.
+    /// default of a pipe, a replay), SIGHUP is logged and ignored.
     pub reloader: Option<Reloader>,
+    /// A source of the command's own, by name, fed to every sink whose
+    /// `inputs` do not leave it out. It starts after the config's sources
+    /// and no reload touches it.
+    pub source: Option<(String, BuildSource)>,
+}
+
+/// How a run ended, in full, for a command that reports more than an exit
+/// status.
+#[derive(Debug)]
+pub struct RunEnd {
+    /// Why it stopped.
+    pub stopped: Stopped,
+    /// SIGTERM or SIGINT arrived, while running or while draining.
+    pub signalled: bool,
+    /// Every failure, in order; a drain cut short comes first.
+    pub failures: Vec<RunError>,
 }
 
 /// Runs `config` until input ends or a signal arrives, reloading it on
-/// SIGHUP and `POST /-/reload`.
+/// SIGHUP and `POST /-/reload`. The first failure, if any, is the error.
 pub async fn run(config: Config, options: RunOptions) -> Result<Stopped, RunError> {
+    let end = run_to_end(config, options).await?;
+    match end.failures.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(end.stopped),
+    }
+}
+
+/// [`run`], telling every failure and whether a signal stopped it. Fails
+/// only when the run cannot start.
+pub async fn run_to_end(config: Config, options: RunOptions) -> Result<RunEnd, RunError> {
     let mut signals = Signals::install()?;
     let health = Arc::new(Health::default());
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(1);
     let _api = start_api(&config, &health, options.reloader.is_some().then_some(reload_tx)).await?;
     let mut topology = Topology::new(config, health.clone());
-    topology.start().await?;
+    topology.start(options.source).await?;
     health.set_started(true);
     let service_manager = ServiceManager::ready();
 
+    let mut signalled = false;
     let stopped = loop {
         tokio::select! {
             Some(id) = topology.exits.recv() => {
@@ -107,8 +139,14 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Stopped, RunErro
                     break stopped;
                 }
             }
-            _ = signals.term.recv() => break Stopped::Signal,
-            _ = signals.int.recv() => break Stopped::Signal,
+            _ = signals.term.recv() => {
+                signalled = true;
+                break Stopped::Signal;
+            }
+            _ = signals.int.recv() => {
+                signalled = true;
+                break Stopped::Signal;
+            }
             _ = signals.hangup.recv() => topology.reload(options.reloader.as_ref(), None, &service_manager).await,
             Some(request) = reload_rx.recv() => {
                 topology.reload(options.reloader.as_ref(), Some(request.reply), &service_manager).await;
@@ -122,11 +160,12 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Stopped, RunErro
     health.set_started(false);
     service_manager.stopping();
     tracing::info!(reason = stopped.as_str(), "stopping: draining queues and flushing sinks");
-    topology.stop(stopped, &mut signals).await?;
-    match topology.failure.take() {
-        Some(e) => Err(e),
-        None => Ok(stopped),
-    }
+    signalled |= topology.stop(stopped, &mut signals).await;
+    Ok(RunEnd {
+        stopped,
+        signalled,
+        failures: topology.failures,
+    })
 }
 
 impl Stopped {
@@ -236,8 +275,10 @@ struct Topology {
     next_id: u64,
     exits_tx: mpsc::UnboundedSender<u64>,
     exits: mpsc::UnboundedReceiver<u64>,
-    /// The first failure; the run ends with it.
-    failure: Option<RunError>,
+    /// The name of the command's own source, if it brought one.
+    command_source: Option<String>,
+    /// Every failure so far.
+    failures: Vec<RunError>,
 }
 
 impl Topology {
@@ -257,18 +298,24 @@ impl Topology {
             next_id: 0,
             exits_tx,
             exits,
-            failure: None,
+            command_source: None,
+            failures: Vec::new(),
         }
     }
 
-    /// Starts every sink, wires them, then starts every source.
-    async fn start(&mut self) -> Result<(), RunError> {
+    /// Starts every sink, wires them, then starts every source, the
+    /// command's own last.
+    async fn start(&mut self, command_source: Option<(String, BuildSource)>) -> Result<(), RunError> {
         for (name, spec) in self.config.sinks.clone() {
             self.start_sink(&name, spec).await?;
         }
+        self.command_source = command_source.as_ref().map(|(name, _)| name.clone());
         *self.wiring.rewire().await = self.routes();
         for (name, cfg) in self.config.sources.clone() {
-            self.start_source(&name, cfg)?;
+            self.start_source(&name, |cx| cfg.build(cx))?;
+        }
+        if let Some((name, build)) = command_source {
+            self.start_source(&name, build)?;
         }
         Ok(())
     }
@@ -286,26 +333,39 @@ impl Topology {
         (self.next_id, handle)
     }
 
+    /// Opens a sink's queue (memory or disk), builds the sink on it and
+    /// spawns it.
     async fn start_sink(&mut self, name: &str, spec: SinkSpec) -> Result<(), RunError> {
-        let cx = BufferCx {
+        let buffer_cx = BufferCx {
             data_dir: self.config.data_dir.clone(),
             fields: self.wiring.fields(),
         };
-        let built = build_sink(name, &spec, &cx, &self.health).await?;
-        let (id, task) = self.spawn(built.task);
+        let opened = buffer::open(name, &spec.buffer, &buffer_cx).map_err(|error| RunError::Buffer {
+            sink: name.to_owned(),
+            error,
+        })?;
+        let cx = crate::sinks::SinkCx {
+            name: name.into(),
+            fields: buffer_cx.fields,
+            health: self.health.clone(),
+            data_dir: buffer_cx.data_dir,
+        };
+        let task = spec.config.build(cx, opened.receiver).await?;
+        metrics().component_starts.with_label_values(&[name, "sink"]).inc();
+        let (id, task) = self.spawn(task);
         self.sinks.insert(
             name.to_owned(),
             RunningSink {
                 id,
-                sender: built.sender,
-                disk: built.disk,
+                sender: opened.sender,
+                disk: opened.disk,
                 task,
             },
         );
         Ok(())
     }
 
-    fn start_source(&mut self, name: &str, config: SourceConfig) -> Result<(), RunError> {
+    fn start_source(&mut self, name: &str, build: impl FnOnce(SourceCx) -> Result<Task<SourceError>, SourceError>) -> Result<(), RunError> {
         let source: Arc<str> = name.into();
         let (output, fan_out) = wired_output(source.clone(), self.wiring.clone(), self.taps.clone());
         let (trigger, shutdown) = shutdown_pair();
@@ -316,7 +376,7 @@ impl Topology {
             enrich: self.enrich.clone(),
             data_dir: self.config.data_dir.clone(),
         };
-        let task = config.build(cx)?;
+        let task = build(cx)?;
         let (id, task) = self.spawn(task);
         metrics().component_starts.with_label_values(&[name, "source"]).inc();
         self.sources.insert(
@@ -336,6 +396,7 @@ impl Topology {
         self.config
             .sources
             .keys()
+            .chain(&self.command_source)
             .map(|source| {
                 let sinks: Vec<QueueSender> = self
                     .config
@@ -349,7 +410,7 @@ impl Topology {
 
     fn record(&mut self, error: RunError) {
         tracing::error!(error = %error, "component failed");
-        self.failure.get_or_insert(error);
+        self.failures.push(error);
     }
 
     /// Records how a component's task ended, if badly.
@@ -388,9 +449,10 @@ impl Topology {
 
     /// Stops every source, drains every queue and flushes every sink. After
     /// a signal (or a failed sink) the drain is bounded by
-    /// `shutdown_timeout`; at the end of input it is not: a slow reader
-    /// downstream is backpressure, not a fault.
-    async fn stop(&mut self, stopped: Stopped, signals: &mut Signals) -> Result<(), RunError> {
+    /// `shutdown_timeout`; at the end of input it is not (a slow reader
+    /// downstream is backpressure, not a fault) until a signal bounds it. A
+    /// second signal ends it at once. True when a signal arrived.
+    async fn stop(&mut self, stopped: Stopped, signals: &mut Signals) -> bool {
         for s in self.sources.values() {
             s.trigger.trigger();
         }
@@ -404,18 +466,39 @@ impl Topology {
             }
         }
         let timeout = self.config.shutdown_timeout;
-        if stopped == Stopped::InputEnded {
-            self.drain().await;
-            return Ok(());
-        }
-        tokio::select! {
-            _ = self.drain() => Ok(()),
-            _ = tokio::time::sleep(timeout) => Err(RunError::ShutdownTimeout(timeout)),
-            _ = signals.termination() => {
-                tracing::warn!("second signal: exiting without draining");
-                Err(RunError::ShutdownTimeout(Duration::ZERO))
+        let mut signalled = false;
+        let cut_short = {
+            let drain = self.drain();
+            tokio::pin!(drain);
+            let mut drained = false;
+            if stopped == Stopped::InputEnded {
+                tokio::select! {
+                    _ = &mut drain => drained = true,
+                    _ = signals.termination() => {
+                        signalled = true;
+                        tracing::warn!(timeout = ?timeout, "signal while draining: draining for at most shutdown_timeout");
+                    }
+                }
             }
+            if drained {
+                None
+            } else {
+                tokio::select! {
+                    _ = &mut drain => None,
+                    _ = tokio::time::sleep(timeout) => Some(RunError::ShutdownTimeout(timeout)),
+                    _ = signals.termination() => {
+                        signalled = true;
+                        tracing::warn!("second signal: exiting without draining");
+                        Some(RunError::ShutdownTimeout(Duration::ZERO))
+                    }
+                }
+            }
+        };
+        if let Some(e) = cut_short {
+            // What the run ended with: reported before any failure.
+            self.failures.insert(0, e);
         }
+        signalled
     }
 
     async fn drain(&mut self) {
@@ -494,7 +577,9 @@ impl Topology {
         }
         let answer = match reloader {
             None => {
-                tracing::info!("reload asked for, but sluice runs the embedded default (no config file): ignoring it");
+                tracing::info!(
+                    "reload asked for, but this run has no config file to re-read (the embedded default, or a replay): ignoring it"
+                );
                 ReloadReply {
                     applied: false,
                     message: "no config file to reload".into(),
@@ -594,7 +679,7 @@ impl Topology {
         }
         for name in diff.sources_changed.iter().chain(&diff.sources_added) {
             let Some(cfg) = new.sources.get(name) else { continue };
-            if let Err(e) = self.start_source(name, cfg.clone()) {
+            if let Err(e) = self.start_source(name, |cx| cfg.build(cx)) {
                 self.config.sources.remove(name);
                 failures.push(e.to_string());
             }
@@ -628,36 +713,4 @@ fn fields_for(config: &Config, base: &FieldSet) -> FieldSet {
         }
     }
     fields
-}
-
-/// A sink ready to spawn, with its queue.
-pub(crate) struct BuiltSink {
-    /// The sink's task.
-    pub task: Task<SinkError>,
-    /// The queue's sending end, for the fan-out.
-    pub sender: QueueSender,
-    /// For a disk buffer: stop it and wait for it at shutdown.
-    pub disk: Option<DiskHandle>,
-}
-
-/// Opens a sink's queue (memory or disk) and builds the sink on it. Every
-/// command starts its sinks through here.
-pub(crate) async fn build_sink(name: &str, spec: &SinkSpec, buffer_cx: &BufferCx, health: &Arc<Health>) -> Result<BuiltSink, RunError> {
-    let opened = buffer::open(name, &spec.buffer, buffer_cx).map_err(|error| RunError::Buffer {
-        sink: name.to_owned(),
-        error,
-    })?;
-    let cx = crate::sinks::SinkCx {
-        name: name.into(),
-        fields: buffer_cx.fields.clone(),
-        health: health.clone(),
-        data_dir: buffer_cx.data_dir.clone(),
-    };
-    let task = spec.config.build(cx, opened.receiver).await?;
-    metrics().component_starts.with_label_values(&[name, "sink"]).inc();
-    Ok(BuiltSink {
-        task,
-        sender: opened.sender,
-        disk: opened.disk,
-    })
 }

@@ -18,8 +18,33 @@
 //!
 //! Use it from a test file with `mod support;`. Every wait is bounded, and a
 //! service that dies or does not come up panics with its log.
+//!
+//! | file             | what                                                       |
+//! |------------------|------------------------------------------------------------|
+//! | `sluice.rs`      | [`Sluice`]: the one sluice child process (config, args, env, stdin, stdout, log, API address, signals, bounded waits) |
+//! | `metrics.rs`     | [`scrape`] and [`Metrics`]: the one `/metrics` scraper, samples by name and labels |
+//! | `kafka.rs`       | [`Kafka`]: the one broker harness (tansu; down/up on the same port; topics kept in s3s-fs on request) and topic reads |
+//! | `enriched.rs`    | the stdin → enrichment → sinks pipeline of the sink tests   |
+//! | `sli.rs`         | the stdin → blackhole pipeline with `[[sli]]` rules          |
+//! | `file_source.rs` | file-source configs and log files                           |
+//! | this file        | installed services (S3, Loki, Prometheus), ports, HTTP, [`run_bounded`] for short-lived tools |
+//!
+//! sluice's API address is always read from its log
+//! ([`sluice::address_in_log`]): a test asks for port 0 and never races
+//! another process for a port.
 // Each test file uses part of this module; the rest must not warn.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
+
+pub mod enriched;
+pub mod file_source;
+pub mod kafka;
+pub mod metrics;
+pub mod sli;
+pub mod sluice;
+
+pub use kafka::{Kafka, KAFKA_TIMEOUT};
+pub use metrics::{scrape, Metrics};
+pub use sluice::{Sluice, SluiceBuilder, Stdout};
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -135,6 +160,11 @@ pub fn node_bin() -> PathBuf {
     locate("SLUICE_TEST_NODE", "node", &on_path("node"))
 }
 
+/// A path in the repository (`config/...`, `deploy/...`).
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
 /// This folder: `tests/support` in the source tree.
 pub fn support_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support")
@@ -154,53 +184,6 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local_addr").port()
 }
 
-/// The address sluice's API bound, read from its JSON log on `stderr` (start
-/// it with `SLUICE_API_ADDRESS=127.0.0.1:0` and `SLUICE_LOG=info`: no race
-/// for a free port). The rest of the log is drained on a thread, so sluice
-/// never blocks on a full pipe.
-pub fn api_address_from_log(stderr: std::process::ChildStderr) -> String {
-    use std::io::BufRead;
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    let mut seen = String::new();
-    for line in lines.by_ref() {
-        let Ok(line) = line else { break };
-        if let Some(address) = api_address_in_log(&line) {
-            thread::spawn(move || lines.for_each(drop));
-            return address;
-        }
-        seen.push_str(&line);
-        seen.push('\n');
-    }
-    panic!("sluice ended its log without serving the API:\n{seen}");
-}
-
-/// The address in sluice's "serving /metrics, /health and /ready" JSON log
-/// line, if `log` has one.
-pub fn api_address_in_log(log: &str) -> Option<String> {
-    log.lines().find_map(|line| {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        if v["message"] != "serving /metrics, /health and /ready" {
-            return None;
-        }
-        v["address"].as_str().map(str::to_owned)
-    })
-}
-
-/// Waits until `addr` accepts a TCP connection; panics after `timeout`.
-pub fn wait_for_tcp(addr: &str, timeout: Duration) {
-    let sock: SocketAddr = addr.parse().unwrap_or_else(|e| panic!("bad address {addr}: {e}"));
-    let deadline = Instant::now() + timeout;
-    loop {
-        match TcpStream::connect_timeout(&sock, Duration::from_millis(200)) {
-            Ok(_) => return,
-            Err(e) if Instant::now() >= deadline => {
-                panic!("{addr} did not accept a TCP connection within {timeout:?}: {e}")
-            }
-            Err(_) => thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
 /// Polls `check` every 50 ms until it returns `Some`; panics after `timeout`
 /// with `what` in the message.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
@@ -212,6 +195,12 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
         assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Polls `check` every 50 ms until it holds; panics after `timeout` with
+/// `what` in the message.
+pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    wait_until(what, timeout, || check().then_some(()));
 }
 
 /// A small deterministic generator (xorshift64) for kill points and fault
@@ -355,132 +344,6 @@ pub fn http_request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u
         .read_to_string()
         .unwrap_or_else(|e| panic!("{method} {url}: reading body: {e}"));
     (status, body)
-}
-
-// ---------------------------------------------------------------------------
-// Kafka (tansu)
-// ---------------------------------------------------------------------------
-
-/// A tansu broker with in-memory storage on 127.0.0.1.
-///
-/// Topics are not created on produce: create them first (rdkafka's
-/// `AdminClient::create_topics`).
-pub struct Kafka {
-    /// `127.0.0.1:PORT`, usable as `bootstrap.servers`.
-    pub addr: String,
-    process: ServiceProcess,
-    _dir: TempDir,
-}
-
-impl Kafka {
-    /// Starts a broker and waits until it accepts connections.
-    pub fn start() -> Kafka {
-        let bin = tansu_bin();
-        let dir = TempDir::new().expect("temp dir");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let url = format!("tcp://{addr}");
-        let mut cmd = Command::new(bin);
-        cmd.current_dir(dir.path())
-            .arg("broker")
-            .args(["--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"]);
-        let mut process = ServiceProcess::spawn("tansu", cmd, dir.path().join("tansu.log"), false);
-        process.wait_for_tcp(&addr, START_TIMEOUT);
-        Kafka { addr, process, _dir: dir }
-    }
-
-    /// Creates `topic` with `partitions` partitions (replication 1).
-    /// Async because rdkafka's admin API is; needs a tokio runtime for its
-    /// timeout.
-    pub async fn create_topic(&self, topic: &str, partitions: i32) {
-        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-        let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &self.addr)
-            .create()
-            .expect("kafka admin client");
-        let opts = AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT));
-        let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-        let result = tokio::time::timeout(KAFKA_TIMEOUT, admin.create_topics(&[new_topic], &opts))
-            .await
-            .unwrap_or_else(|_| panic!("creating topic {topic} took over {KAFKA_TIMEOUT:?}"))
-            .unwrap_or_else(|e| panic!("creating topic {topic}: {e}; tansu log:\n{}", self.log()));
-        assert_eq!(result, vec![Ok(topic.to_string())], "creating topic {topic}");
-    }
-
-    /// Reads `topic` from the beginning of every partition until at least
-    /// `min` records arrived, then returns them (per partition in offset
-    /// order). Blocking: from async code call it in `spawn_blocking`.
-    pub fn read_topic(&self, topic: &str, min: usize, timeout: Duration) -> Vec<KafkaRecord> {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        use rdkafka::message::{Headers, Message};
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &self.addr)
-            .set("group.id", "sluice-test-reader")
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("kafka consumer");
-        let metadata = consumer
-            .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
-            .unwrap_or_else(|e| panic!("metadata of {topic}: {e}"));
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        for t in metadata.topics().iter().filter(|t| t.name() == topic) {
-            for p in t.partitions() {
-                tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
-                    .expect("partition offset");
-            }
-        }
-        assert!(tpl.count() > 0, "topic {topic} has no partitions (does it exist?)");
-        consumer.assign(&tpl).expect("assign partitions");
-        let mut records = Vec::new();
-        let deadline = Instant::now() + timeout;
-        while records.len() < min {
-            assert!(
-                Instant::now() < deadline,
-                "read {} of {min} records from {topic} within {timeout:?}",
-                records.len()
-            );
-            match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => records.push(KafkaRecord {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                    headers: m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                }),
-                Some(Err(e)) => panic!("consuming {topic}: {e}"),
-                None => {}
-            }
-        }
-        records.sort_by_key(|r| (r.partition, r.offset));
-        records
-    }
-
-    /// The broker's output so far.
-    pub fn log(&self) -> String {
-        self.process.log_text()
-    }
-}
-
-/// How long a Kafka admin call or metadata request may take.
-pub const KAFKA_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// One record read back from the broker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KafkaRecord {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    /// Header (name, value) pairs in order; a null value reads as empty.
-    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 // ---------------------------------------------------------------------------
@@ -706,15 +569,22 @@ pub struct Loki {
 }
 
 impl Loki {
-    /// Starts the receiver and waits until it prints `ready`.
+    /// Starts the receiver on a port it picks and waits until it prints
+    /// `ready`.
     pub fn start() -> Loki {
+        Loki::start_on(0)
+    }
+
+    /// Starts the receiver on `port` (0: one it picks), e.g. again where a
+    /// sink expects it after the first one was dropped.
+    pub fn start_on(port: u16) -> Loki {
         let python = python_bin();
         let script = support_dir().join("loki_receiver.py");
         let logs = TempDir::new().expect("temp dir");
         let mut cmd = Command::new(python);
         // Port 0: the receiver binds a free port itself and reports it, so
         // there is no race for the port.
-        cmd.arg(&script).args(["--port", "0"]);
+        cmd.arg(&script).args(["--port", &port.to_string()]);
         let mut process = ServiceProcess::spawn("loki_receiver.py", cmd, logs.path().join("loki.log"), true);
         let stdout = process.child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
@@ -864,6 +734,29 @@ fn tool_result(what: &str, out: Output) -> Result<(), String> {
 /// Runs a short-lived command to completion, feeding it `input` on stdin,
 /// and returns its output; kills it and panics after `timeout`.
 pub fn run_bounded(mut cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Output {
+    run_bounded_ref(&mut cmd, input, timeout)
+}
+
+/// Runs a client (`socat`, `openssl`, a python script) to completion with
+/// stdin `/dev/null`; panics with its output unless it succeeds within
+/// `timeout`.
+pub fn run_client(cmd: &mut Command, timeout: Duration) {
+    let out = run_bounded_ref(cmd, None, timeout);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits until `path` exists (a unix socket sluice binds).
+pub fn wait_for_path(path: &Path, timeout: Duration) {
+    wait_until(&format!("{} to appear", path.display()), timeout, || path.exists().then_some(()));
+}
+
+fn run_bounded_ref(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output {
     fn drain(r: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
         thread::spawn(move || {
             let mut buf = Vec::new();

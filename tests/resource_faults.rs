@@ -1,8 +1,10 @@
 //! Disk and resource faults against the real binary: a file descriptor
 //! limit far below the number of files, a data directory on a full file
-//! system, and damaged checkpoint files at start.
+//! system (under `when_full = "drop_newest"` and `"block"`), and damaged
+//! checkpoint files at start.
 
 mod file_support;
+mod support;
 
 use file_support::{append, config, config_with_api, counts, Sluice};
 use std::os::unix::process::CommandExt;
@@ -133,6 +135,53 @@ fn metric(s: &Sluice, series: &str) -> f64 {
     s.metric(series).unwrap_or(0.0)
 }
 
+/// Filler in each line of a [`FullDiskCase`] log (lines are ~180 bytes).
+const PAD: usize = 150;
+
+/// `data_dir` on a 1 MiB tmpfs, and a log of `n` JSON lines (`"id"` 0..n)
+/// for the file source.
+struct FullDiskCase {
+    fs: Tmpfs,
+    data: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    log: std::path::PathBuf,
+}
+
+impl FullDiskCase {
+    fn new(n: usize) -> FullDiskCase {
+        let fs = Tmpfs::mount("1m");
+        let data = fs.path().join("data");
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let log = logs.join("app.log");
+        let pad = "x".repeat(PAD);
+        append(&log, (0..n).map(|i| format!(r#"{{"id":"{i}","pad":"{pad}"}}"#)));
+        FullDiskCase { fs, data, dir, log }
+    }
+
+    /// The file source into stdout and into a Loki sink `sink` at `url`
+    /// with a 64 MiB disk buffer under `when_full`; a 2 s shutdown.
+    fn config(&self, sink: &str, url: &str, when_full: &str) -> String {
+        let logs = self.log.parent().unwrap();
+        config_with_api(&self.data, &[glob(logs, "*.log")], "").replace("shutdown_timeout = \"20s\"", "shutdown_timeout = \"2s\"")
+            + &format!(
+                r#"
+[sinks.{sink}]
+type = "loki"
+endpoint = "{url}"
+healthcheck = false
+[sinks.{sink}.retry]
+max_backoff = "500ms"
+[sinks.{sink}.buffer]
+type = "disk"
+max_bytes = "64MiB"
+when_full = "{when_full}"
+"#
+            )
+    }
+}
+
 /// `data_dir` on a full file system: the file source's checkpoint writes
 /// fail with a clear error and are retried (and succeed once there is room
 /// again), nothing already written is damaged, and the disk buffer of a
@@ -141,32 +190,15 @@ fn metric(s: &Sluice, series: &str) -> f64 {
 /// not held back).
 #[test]
 fn full_data_dir_fails_checkpoints_clearly_and_applies_when_full() {
-    let fs = Tmpfs::mount("1m");
-    let data = fs.path().join("data");
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let log = logs.join("app.log");
-    let pad = "x".repeat(150);
     let n = 20_000;
-    append(&log, (0..n).map(|i| format!(r#"{{"id":"{i}","pad":"{pad}"}}"#)));
+    let case = FullDiskCase::new(n);
+    let (fs, dir, log) = (&case.fs, &case.dir, &case.log);
     // A Loki sink at a port nobody listens on: its disk buffer only grows.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
-    let cfg = config_with_api(&data, &[glob(&logs, "*.log")], "").replace("shutdown_timeout = \"20s\"", "shutdown_timeout = \"2s\"")
-        + &format!(
-            r#"
-[sinks.dead]
-type = "loki"
-endpoint = "{dead_url}"
-healthcheck = false
-[sinks.dead.buffer]
-type = "disk"
-max_bytes = "64MiB"
-when_full = "drop_newest"
-"#
-        );
+    let cfg = case.config("dead", &dead_url, "drop_newest");
+    let pad = "x".repeat(PAD);
     let mut s = Sluice::start(dir.path(), &cfg);
     // The other sink gets every line: the full disk holds nobody back.
     let lines = s.wait_for(n, T);
@@ -178,7 +210,7 @@ when_full = "drop_newest"
     // Nothing at all left: new lines still reach the other sink, and the
     // checkpoint write that follows them fails and is retried.
     fs.fill();
-    append(&log, (n..n + 100).map(|i| format!(r#"{{"id":"{i}","pad":"{pad}"}}"#)));
+    append(log, (n..n + 100).map(|i| format!(r#"{{"id":"{i}","pad":"{pad}"}}"#)));
     s.wait_for(n + 100, T);
     eventually("a checkpoint write to fail", T, || {
         fs.fill();
@@ -214,6 +246,119 @@ when_full = "drop_newest"
     );
     assert_eq!(s.count(), 0, "the checkpoint survived: nothing is read again");
     stop_with_a_dead_sink(s);
+}
+
+/// The largest `offset` in the file source's checkpoint file (0 when there
+/// is none yet).
+fn checkpoint_offset(data: &Path) -> u64 {
+    fn max_offset(v: &serde_json::Value) -> u64 {
+        match v {
+            serde_json::Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| if k == "offset" { v.as_u64().unwrap_or(0) } else { max_offset(v) })
+                .max()
+                .unwrap_or(0),
+            serde_json::Value::Array(a) => a.iter().map(max_offset).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    std::fs::read(data.join("file/files/checkpoints.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .map_or(0, |v| max_offset(&v))
+}
+
+/// Every line the Loki receiver accepted (read without the support
+/// client's 10 MiB body limit: this test sends more).
+fn loki_lines(loki: &support::Loki) -> Vec<String> {
+    let url = format!("{}/control/received", loki.url);
+    let mut resp = support::http_agent().get(&url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_vec()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let streams: Vec<support::ReceivedStream> = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("parsing {url}: {e}"));
+    streams.into_iter().flat_map(|s| s.entries.into_iter().map(|e| e.line)).collect()
+}
+
+/// `data_dir` on a full file system under `when_full = "block"`: a sink
+/// that is down fills its disk buffer until the file system has no room,
+/// then the source is held back (it stops reading, and its checkpoint
+/// stays behind what the buffer holds), nothing is dropped; a `kill -9`
+/// while it is held back loses nothing and damages nothing; once the sink
+/// is back, the buffer drains, its space comes back, and every line
+/// arrives. (With `drop_newest` this fails: the source reads on, batches
+/// are dropped, and lines never arrive.)
+#[test]
+fn full_data_dir_under_block_holds_the_source_back_and_loses_nothing() {
+    // About 11 MB of lines for a 1 MiB file system (besides the buffer,
+    // a few batches of about 1 MiB are in memory when the source stops).
+    let n = 60_000;
+    let case = FullDiskCase::new(n);
+    let (data, dir, log) = (&case.data, &case.dir, &case.log);
+    let size = std::fs::metadata(log).unwrap().len();
+    let loki = support::Loki::start();
+    loki.set_mode(support::LokiMode::ServerError, None);
+    let cfg = case.config("loki", &loki.url, "block");
+    let dropped = |s: &Sluice| metric(s, "sluice_events_dropped_total{component=\"loki\",reason=\"buffer_full\"}");
+
+    // Loki answers 500: the buffer grows until the file system is full.
+    let s = Sluice::start(dir.path(), &cfg);
+    eventually("the disk buffer to run out of room", T, || {
+        metric(&s, "sluice_buffer_errors_total{kind=\"write\",sink=\"loki\"}") > 0.0
+    });
+    assert!(s.stderr().contains("cannot write to the disk buffer; retrying"), "{}", s.stderr());
+    // Held back: the source reads no further (the stdout sink, fed by the
+    // same fan-out, stops), and the checkpoint is behind the file's end.
+    std::thread::sleep(Duration::from_secs(2));
+    let read = s.count();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(s.count(), read, "the source is held back while the disk is full");
+    assert!(read < n / 2, "the source is held back early: {read} of {n} lines read");
+    let checkpoint = checkpoint_offset(data);
+    assert!(checkpoint < size / 2, "checkpoint at {checkpoint} of {size} bytes");
+    assert_eq!(dropped(&s), 0.0, "block drops nothing");
+
+    // A crash while held back: nothing past the buffer was checkpointed,
+    // so nothing is lost.
+    let before_kill = s.kill9();
+    assert_eq!(before_kill.len(), read);
+
+    // Still full, Loki still down: sluice starts, reads the buffer back
+    // undamaged, and is held back again.
+    let s = Sluice::start(dir.path(), &cfg);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(metric(&s, "sluice_buffer_corrupt_files_total{sink=\"loki\"}"), 0.0);
+    assert_eq!(metric(&s, "sluice_buffer_corrupt_records_total{sink=\"loki\"}"), 0.0);
+    assert_eq!(
+        metric(&s, "sluice_file_checkpoint_errors_total{kind=\"corrupt\",source=\"files\"}"),
+        0.0
+    );
+    assert!(
+        metric(&s, "sluice_buffer_events{sink=\"loki\"}") > 0.0,
+        "the buffered lines are kept"
+    );
+    assert!(s.count() < n - read, "still held back");
+
+    // Loki is back: the buffer drains, its space comes back, the source
+    // reads on, and every line arrives at Loki.
+    loki.set_mode(support::LokiMode::Ok, None);
+    let mut s = s;
+    s.wait_for(n - read, T);
+    let arrived = support::wait_until("every line at Loki", T, || {
+        let ids = counts(&loki_lines(&loki), "id");
+        (0..n).all(|i| ids.contains_key(&i.to_string())).then_some(ids)
+    });
+    assert_eq!(dropped(&s), 0.0, "block drops nothing");
+    assert!(checkpoint_offset(data) <= size);
+    let copies: usize = arrived.values().sum();
+    assert_eq!(arrived.len(), n, "only our lines arrived");
+    let (status, _) = s.stop();
+    assert!(status.success(), "exit status {status}");
+    // A crash re-sends at most what was read after the last checkpoint.
+    assert!(copies - n <= read, "{} duplicates after one crash", copies - n);
 }
 
 /// SIGTERM: sluice drains within `shutdown_timeout` and exits by itself;

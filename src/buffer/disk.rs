@@ -211,9 +211,19 @@ impl State {
     /// Every acknowledged span past `acked`: runs of done records in
     /// `pending` and what is left of the inherited spans, sorted, merged,
     /// and at most [`MAX_SPANS`] (the first ones: keeping fewer only means
-    /// resending more after a crash).
+    /// resending more after a crash). An inherited span the position stands
+    /// inside (the reader skips it record by record) starts at the position:
+    /// the `acked` file allows no span behind it.
     fn spans(&self) -> Vec<Span> {
-        let mut spans: Vec<Span> = self.inherited.iter().filter(|s| s.end > self.acked).copied().collect();
+        let mut spans: Vec<Span> = self
+            .inherited
+            .iter()
+            .filter(|s| s.end > self.acked)
+            .map(|s| Span {
+                start: s.start.max(self.acked),
+                end: s.end,
+            })
+            .collect();
         let mut run: Option<Span> = None;
         for p in &self.pending {
             match (&mut run, p.done) {
@@ -1676,6 +1686,36 @@ mod tests {
         st.pending.iter_mut().for_each(|p| p.done = false);
         st.inherited.clear();
         assert!(st.spans().is_empty());
+    }
+
+    /// The chaos soak found an `acked` file sluice had written rejected at
+    /// the next start as "spans out of order": the reader skips an
+    /// inherited span one record at a time, so the position can stand
+    /// inside it when the file is written; the span was written whole,
+    /// starting behind the position. Every segment was then replayed.
+    #[test]
+    fn acked_file_written_inside_an_inherited_span_reads_back() {
+        let st = State {
+            segments: BTreeMap::new(),
+            disk_bytes: 0,
+            acked: pos(1, 50),
+            pending: VecDeque::from([pending(0, pos(1, 50), pos(1, 90), false)]),
+            inherited: vec![Span {
+                start: pos(1, 8),
+                end: pos(2, 10),
+            }],
+            writer_closed: false,
+        };
+        let spans = st.spans();
+        assert_eq!(
+            spans,
+            vec![Span {
+                start: pos(1, 50),
+                end: pos(2, 10),
+            }],
+            "the part of an inherited span behind the position is gone"
+        );
+        assert_eq!(decode_acked(&encode_acked(st.acked, &spans)), Ok((st.acked, spans)));
     }
 
     #[test]

@@ -1,4 +1,3 @@
-#![warn(unreachable_pub)]
 //! sluice: a log and metrics event-stream collector.
 //!
 //! Sources read bytes, [`framing`] cuts them into lines, [`decode`] parses
@@ -10,6 +9,7 @@
 //!
 //! The public surface is what `main.rs`, the tests, the benches and the
 //! fuzz targets use; everything else is `pub(crate)`.
+#![warn(unreachable_pub)]
 
 pub mod buffer;
 pub mod commands;

@@ -36,7 +36,12 @@ fn lines_of(text: String) -> Lines {
     let chunk = Bytes::from(text);
     let mut spans = Vec::new();
     split_lines(&chunk, &mut spans);
-    Lines { chunk, spans, dropped: 0 }
+    Lines {
+        chunk,
+        spans,
+        dropped: 0,
+        may_hold_breaks: false,
+    }
 }
 
 fn fragment() -> Fragment {

@@ -46,6 +46,10 @@ pub struct Lines {
     pub spans: Vec<LineSpan>,
     /// Lines dropped by the `drop` overflow policy while framing this chunk.
     pub dropped: u64,
+    /// A line may hold a line break (`\n` or `\r`): frames cut by NUL or
+    /// octet counts, datagrams, Kafka messages. Newline framing leaves
+    /// none, and its lines skip the check that keeps each event on one line.
+    pub may_hold_breaks: bool,
 }
 
 impl Lines {
@@ -241,7 +245,12 @@ impl LineFramer {
                     let mut spans = Vec::with_capacity(chunk.len() / 128 + 1);
                     split_lines(&chunk, &mut spans);
                     dropped += self.enforce_limit(&mut spans);
-                    return Some(Lines { chunk, spans, dropped });
+                    return Some(Lines {
+                        chunk,
+                        spans,
+                        dropped,
+                        may_hold_breaks: false,
+                    });
                 }
                 // Over the limit once it holds more than max bytes, not
                 // counting a final `\r` that may yet turn out to be CRLF.
@@ -260,6 +269,7 @@ impl LineFramer {
                                     truncated: true,
                                 }],
                                 dropped,
+                                may_hold_breaks: false,
                             });
                         }
                         OverflowPolicy::Drop => dropped += 1,
@@ -293,6 +303,7 @@ impl LineFramer {
             chunk: Bytes::new(),
             spans: Vec::new(),
             dropped,
+            may_hold_breaks: false,
         })
     }
 

@@ -129,7 +129,7 @@ impl CriBatch {
         for r in &self.records {
             let payload = r.payload.get(&self.chunk, &self.merged);
             let Some(stream) = r.stream else {
-                decoder.decode_line(payload, r.truncated, &[], fragment, out);
+                decoder.decode_framed_line(payload, r.truncated, &[], fragment, out);
                 continue;
             };
             if current != Some(stream) {
@@ -141,7 +141,7 @@ impl CriBatch {
             let time = r.time.get(&self.chunk, &self.merged);
             // `parse` admitted only ASCII time characters.
             extra.push(Member::string(TIME_KEY, std::str::from_utf8(time).unwrap_or_default()));
-            decoder.decode_line(payload, r.truncated, &extra, fragment, out);
+            decoder.decode_framed_line(payload, r.truncated, &extra, fragment, out);
         }
     }
 }

@@ -553,6 +553,17 @@ mod tests {
     }
 
     #[test]
+    fn a_log_whose_json_breaks_a_line_inside_stays_one_event_on_one_line() {
+        // Found by the fuzzer: `decoded` fails on an event that spans lines.
+        let events = unwrap_and_decode(r#"{"log":"{\"level\":\"info\"\n}","stream":"stdout","time":"2024-01-01T00:00:00Z"}"#);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["level"], "info");
+        assert_eq!(events[0]["stream"], "stdout");
+        let wrapped = unwrap_and_decode(r#"{"log":"not json\nsecond line\n","stream":"stderr","time":"2024-01-01T00:00:00Z"}"#);
+        assert_eq!(wrapped[0]["message"], "not json\nsecond line", "text keeps its break, escaped");
+    }
+
+    #[test]
     fn spaced_docker_json_splits_like_the_compact_layout() {
         let compact = docker_json("{\"a\":1}\n", "stderr", "2024-01-01T00:00:00Z", |_| String::new());
         let spaced = docker_json("{\"a\":1}\n", "stderr", "2024-01-01T00:00:00Z", |_| " ".into());

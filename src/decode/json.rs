@@ -82,7 +82,7 @@ impl Decoder {
     /// Decodes every line of a framed chunk into `out`, adding `fragment`.
     pub fn decode_lines(&mut self, lines: &Lines, fragment: &Fragment, out: &mut BatchBuilder) {
         for (i, span) in lines.spans.iter().enumerate() {
-            self.decode_line(lines.line(i), span.truncated, &[], fragment, out);
+            self.decode(lines.line(i), span.truncated, lines.may_hold_breaks, &[], fragment, out);
         }
     }
 
@@ -91,13 +91,41 @@ impl Decoder {
     /// `extra` are per-event members (a container's stream and timestamp)
     /// and `fragment` the source's members; the event's own fields win over
     /// both, and `extra` wins over `fragment`.
+    ///
+    /// The line may hold line breaks (a docker `log`, a syslog message, a
+    /// frame cut by NUL or octet counts): the event still takes one line.
     pub fn decode_line(&mut self, line: &[u8], truncated: bool, extra: &[Member], fragment: &Fragment, out: &mut BatchBuilder) {
+        self.decode(line, truncated, true, extra, fragment, out);
+    }
+
+    /// [`Decoder::decode_line`] for a line newline framing cut, which holds
+    /// no `\n` (a `\r` in an object's whitespace is left as it is).
+    pub(crate) fn decode_framed_line(
+        &mut self,
+        line: &[u8],
+        truncated: bool,
+        extra: &[Member],
+        fragment: &Fragment,
+        out: &mut BatchBuilder,
+    ) {
+        self.decode(line, truncated, false, extra, fragment, out);
+    }
+
+    fn decode(
+        &mut self,
+        line: &[u8],
+        truncated: bool,
+        may_hold_breaks: bool,
+        extra: &[Member],
+        fragment: &Fragment,
+        out: &mut BatchBuilder,
+    ) {
         self.stats.events += 1;
         self.stats.bytes += line.len() as u64;
         if truncated {
             self.stats.truncated += 1;
         } else if let Some(close) = object_bounds(line) {
-            if self.try_object(line, close, extra, fragment, out) {
+            if self.try_object(line, close, may_hold_breaks, extra, fragment, out) {
                 return;
             }
         }
@@ -105,8 +133,18 @@ impl Decoder {
     }
 
     /// Writes a line that looks like an object. Returns false, having
-    /// written nothing, when it is not valid JSON.
-    fn try_object(&mut self, line: &[u8], close: usize, extra: &[Member], fragment: &Fragment, out: &mut BatchBuilder) -> bool {
+    /// written nothing, when it is not valid JSON. Line breaks can only
+    /// be whitespace in a valid object: they become spaces, so the event
+    /// stays on one line with the same meaning.
+    fn try_object(
+        &mut self,
+        line: &[u8],
+        close: usize,
+        may_hold_breaks: bool,
+        extra: &[Member],
+        fragment: &Fragment,
+        out: &mut BatchBuilder,
+    ) -> bool {
         let Decoder {
             scratch,
             buffers,
@@ -163,7 +201,11 @@ impl Decoder {
         };
 
         let buf = out.buffer();
+        let start = buf.len();
         buf.extend_from_slice(&line[..close]);
+        if may_hold_breaks {
+            blank_line_breaks(&mut buf[start..]);
+        }
         let mut need_comma = keys > 0;
         let append = |m: &Member, buf: &mut Vec<u8>, need_comma: &mut bool| {
             if *need_comma {
@@ -350,6 +392,16 @@ fn has_key(nodes: &[Node<'_>], key: &str) -> bool {
     tape::child(nodes, key).is_some()
 }
 
+/// Turns every `\n` and `\r` of a valid object's bytes into a space: they
+/// can only be whitespace there.
+fn blank_line_breaks(object: &mut [u8]) {
+    let mut at = 0;
+    while let Some(i) = memchr::memchr2(b'\n', b'\r', &object[at..]) {
+        object[at + i] = b' ';
+        at += i + 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,6 +429,16 @@ mod tests {
         let batch = out.build(ctx, std::time::SystemTime::now());
         let values = batch.events().map(|e| serde_json::from_slice(e).unwrap()).collect();
         (values, batch, d.take_stats())
+    }
+
+    #[test]
+    fn line_breaks_in_an_objects_whitespace_become_spaces() {
+        let (values, batch, _) = decode(&[b"{\"a\":1\n,\"b\":\r\n[2,\n3]\n}", b"{\"a\":\"x\ny\"}"], &[]);
+        for e in batch.events() {
+            assert!(!e.contains(&b'\n') && !e.contains(&b'\r'), "{:?}", String::from_utf8_lossy(e));
+        }
+        assert_eq!((&values[0]["a"], &values[0]["b"]), (&json!(1), &json!([2, 3])));
+        assert_eq!(values[1]["message"], "{\"a\":\"x\ny\"}", "a raw break inside a string is not JSON");
     }
 
     #[test]

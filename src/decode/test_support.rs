@@ -13,7 +13,12 @@ pub(crate) fn lines(text: &[u8]) -> Lines {
     let chunk = Bytes::copy_from_slice(text);
     let mut spans = Vec::new();
     split_lines(&chunk, &mut spans);
-    Lines { chunk, spans, dropped: 0 }
+    Lines {
+        chunk,
+        spans,
+        dropped: 0,
+        may_hold_breaks: false,
+    }
 }
 
 /// The events `decode` writes into an empty batch, parsed.
@@ -21,7 +26,12 @@ pub(crate) fn decoded(decode: impl FnOnce(&mut Decoder, &mut BatchBuilder)) -> V
     let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 1024, 8);
     decode(&mut Decoder::new(), &mut out);
     let b = out.build(context(), std::time::SystemTime::now());
-    b.events().map(|e| serde_json::from_slice(e).unwrap()).collect()
+    b.events()
+        .map(|e| {
+            assert!(!e.contains(&b'\n'), "an event spans lines: {:?}", String::from_utf8_lossy(e));
+            serde_json::from_slice(e).unwrap()
+        })
+        .collect()
 }
 
 /// A source with no metadata, to build test batches with.

@@ -524,6 +524,7 @@ async fn send(
         chunk: p.buf.freeze(),
         spans: p.spans,
         dropped: 0,
+        may_hold_breaks: true,
     };
     cx.output.send_lines(lines, ctx, Some(ack)).await
 }

@@ -402,7 +402,17 @@ impl Reader {
             split_lines(&chunk, &mut spans);
             let dropped = enforce_limit(&mut spans, max, self.cx.cfg.oversize);
             let ckpt = t.read - t.carry.len() as u64;
-            self.emit(t, Lines { chunk, spans, dropped }, base + start as u64, ckpt)?;
+            self.emit(
+                t,
+                Lines {
+                    chunk,
+                    spans,
+                    dropped,
+                    may_hold_breaks: false,
+                },
+                base + start as u64,
+                ckpt,
+            )?;
         } else {
             t.carry.extend_from_slice(&self.scratch[start..]);
             self.scratch.clear();
@@ -576,6 +586,7 @@ impl Reader {
                             truncated: false,
                         }],
                         dropped: 0,
+                        may_hold_breaks: false,
                     }
                 };
                 let offset = t.read - lines.chunk.len() as u64;
@@ -743,11 +754,13 @@ fn overlong(head: &[u8], policy: OverflowPolicy) -> Lines {
                 truncated: true,
             }],
             dropped: 0,
+            may_hold_breaks: false,
         },
         OverflowPolicy::Drop => Lines {
             chunk: Bytes::new(),
             spans: Vec::new(),
             dropped: 1,
+            may_hold_breaks: false,
         },
     }
 }

@@ -230,6 +230,7 @@ impl Burst {
                     chunk: chunk.clone(),
                     spans,
                     dropped,
+                    may_hold_breaks: true,
                 },
             })
             .collect()

@@ -278,7 +278,12 @@ impl Rfc6587Framer {
         if spans.is_empty() {
             return (dropped > 0).then(|| empty(dropped));
         }
-        Some(Lines { chunk, spans, dropped })
+        Some(Lines {
+            chunk,
+            spans,
+            dropped,
+            may_hold_breaks: true,
+        })
     }
 
     /// Frames the bytes at `buf[pos..]`.
@@ -417,6 +422,7 @@ impl Rfc6587Framer {
             chunk: rest,
             spans: vec![span(start, len, truncated)],
             dropped: 0,
+            may_hold_breaks: true,
         })
     }
 }
@@ -439,6 +445,7 @@ fn empty(dropped: u64) -> Lines {
         chunk: Bytes::new(),
         spans: Vec::new(),
         dropped,
+        may_hold_breaks: true,
     }
 }
 

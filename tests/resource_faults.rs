@@ -3,13 +3,14 @@
 //! system (under `when_full = "drop_newest"` and `"block"`), and damaged
 //! checkpoint files at start.
 
-mod file_support;
 mod support;
 
-use file_support::{append, config, config_with_api, counts, Sluice};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::Duration;
+
+use support::file_source::{append, config, config_with_api, counts};
+use support::{eventually, Sluice};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -40,22 +41,25 @@ fn a_thousand_files_under_a_256_descriptor_limit_all_arrive() {
         append(&path(f), (0..20).map(|i| format!(r#"{{"id":"{f}-{i}"}}"#)));
     }
     let cfg = config(&dir.path().join("data"), &[glob(&logs, "*.log")], "");
-    let mut s = Sluice::start_with(dir.path(), &cfg, &[], |cmd| {
-        // SAFETY: setrlimit is async-signal-safe; it runs in the child
-        // between fork and exec and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: 256,
-                    rlim_max: 256,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    });
+    let s = Sluice::builder()
+        .config(&cfg)
+        .adjust(|cmd| {
+            // SAFETY: setrlimit is async-signal-safe; it runs in the child
+            // between fork and exec and touches no memory of the parent.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let limit = libc::rlimit {
+                        rlim_cur: 256,
+                        rlim_max: 256,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        })
+        .start();
     s.wait_for(20_000, T);
     // Tailing goes on under the limit: every file grows once more.
     for f in 0..1000 {
@@ -121,20 +125,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Waits until `check` holds, or panics after `timeout`.
-fn eventually(what: &str, timeout: Duration, check: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !check() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A counter from `/metrics`, 0 when absent.
-fn metric(s: &Sluice, series: &str) -> f64 {
-    s.metric(series).unwrap_or(0.0)
-}
-
 /// Filler in each line of a [`FullDiskCase`] log (lines are ~180 bytes).
 const PAD: usize = 150;
 
@@ -143,7 +133,8 @@ const PAD: usize = 150;
 struct FullDiskCase {
     fs: Tmpfs,
     data: std::path::PathBuf,
-    dir: tempfile::TempDir,
+    /// Holds the log (removed on drop).
+    _dir: tempfile::TempDir,
     log: std::path::PathBuf,
 }
 
@@ -157,7 +148,7 @@ impl FullDiskCase {
         let log = logs.join("app.log");
         let pad = "x".repeat(PAD);
         append(&log, (0..n).map(|i| format!(r#"{{"id":"{i}","pad":"{pad}"}}"#)));
-        FullDiskCase { fs, data, dir, log }
+        FullDiskCase { fs, data, _dir: dir, log }
     }
 
     /// The file source into stdout and into a Loki sink `sink` at `url`
@@ -192,20 +183,20 @@ when_full = "{when_full}"
 fn full_data_dir_fails_checkpoints_clearly_and_applies_when_full() {
     let n = 20_000;
     let case = FullDiskCase::new(n);
-    let (fs, dir, log) = (&case.fs, &case.dir, &case.log);
+    let (fs, log) = (&case.fs, &case.log);
     // A Loki sink at a port nobody listens on: its disk buffer only grows.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
     let cfg = case.config("dead", &dead_url, "drop_newest");
     let pad = "x".repeat(PAD);
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     // The other sink gets every line: the full disk holds nobody back.
     let lines = s.wait_for(n, T);
     assert_each_once(&lines[..n], (0..n).map(|i| i.to_string()));
-    let dropped = metric(&s, "sluice_events_dropped_total{component=\"dead\",reason=\"buffer_full\"}");
+    let dropped = s.metric("sluice_events_dropped_total{component=\"dead\",reason=\"buffer_full\"}");
     assert!(dropped > 0.0, "batches that do not fit the full disk are dropped and counted");
-    assert!(metric(&s, "sluice_buffer_errors_total{kind=\"write\",sink=\"dead\"}") > 0.0);
+    assert!(s.metric("sluice_buffer_errors_total{kind=\"write\",sink=\"dead\"}") > 0.0);
 
     // Nothing at all left: new lines still reach the other sink, and the
     // checkpoint write that follows them fails and is retried.
@@ -214,34 +205,34 @@ fn full_data_dir_fails_checkpoints_clearly_and_applies_when_full() {
     s.wait_for(n + 100, T);
     eventually("a checkpoint write to fail", T, || {
         fs.fill();
-        metric(&s, "sluice_file_checkpoint_errors_total{kind=\"write\",source=\"files\"}") > 0.0
+        s.metric("sluice_file_checkpoint_errors_total{kind=\"write\",source=\"files\"}") > 0.0
     });
     assert!(
-        s.stderr().contains("checkpoint not written") && s.stderr().contains("No space left on device"),
+        s.logs().contains("checkpoint not written") && s.logs().contains("No space left on device"),
         "a clear error: {}",
-        s.stderr()
+        s.logs()
     );
 
     // Room again: the next checkpoint write succeeds.
     fs.free();
-    let writes = metric(&s, "sluice_file_checkpoint_writes_total{source=\"files\"}");
+    let writes = s.metric("sluice_file_checkpoint_writes_total{source=\"files\"}");
     eventually("a checkpoint write to succeed", T, || {
-        metric(&s, "sluice_file_checkpoint_writes_total{source=\"files\"}") > writes
+        s.metric("sluice_file_checkpoint_writes_total{source=\"files\"}") > writes
     });
     stop_with_a_dead_sink(s);
 
     // Nothing was damaged: the checkpoint loads (the file is not read
     // again) and every record the buffer kept reads back intact.
-    let s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        metric(&s, "sluice_file_checkpoint_errors_total{kind=\"corrupt\",source=\"files\"}"),
+        s.metric("sluice_file_checkpoint_errors_total{kind=\"corrupt\",source=\"files\"}"),
         0.0
     );
-    assert_eq!(metric(&s, "sluice_buffer_corrupt_files_total{sink=\"dead\"}"), 0.0);
-    assert_eq!(metric(&s, "sluice_buffer_corrupt_records_total{sink=\"dead\"}"), 0.0);
+    assert_eq!(s.metric("sluice_buffer_corrupt_files_total{sink=\"dead\"}"), 0.0);
+    assert_eq!(s.metric("sluice_buffer_corrupt_records_total{sink=\"dead\"}"), 0.0);
     assert!(
-        metric(&s, "sluice_buffer_events{sink=\"dead\"}") > 0.0,
+        s.metric("sluice_buffer_events{sink=\"dead\"}") > 0.0,
         "the kept records are replayed"
     );
     assert_eq!(s.count(), 0, "the checkpoint survived: nothing is read again");
@@ -268,21 +259,6 @@ fn checkpoint_offset(data: &Path) -> u64 {
         .map_or(0, |v| max_offset(&v))
 }
 
-/// Every line the Loki receiver accepted (read without the support
-/// client's 10 MiB body limit: this test sends more).
-fn loki_lines(loki: &support::Loki) -> Vec<String> {
-    let url = format!("{}/control/received", loki.url);
-    let mut resp = support::http_agent().get(&url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let body = resp
-        .body_mut()
-        .with_config()
-        .limit(1 << 30)
-        .read_to_vec()
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let streams: Vec<support::ReceivedStream> = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("parsing {url}: {e}"));
-    streams.into_iter().flat_map(|s| s.entries.into_iter().map(|e| e.line)).collect()
-}
-
 /// `data_dir` on a full file system under `when_full = "block"`: a sink
 /// that is down fills its disk buffer until the file system has no room,
 /// then the source is held back (it stops reading, and its checkpoint
@@ -297,19 +273,19 @@ fn full_data_dir_under_block_holds_the_source_back_and_loses_nothing() {
     // a few batches of about 1 MiB are in memory when the source stops).
     let n = 60_000;
     let case = FullDiskCase::new(n);
-    let (data, dir, log) = (&case.data, &case.dir, &case.log);
+    let (data, log) = (&case.data, &case.log);
     let size = std::fs::metadata(log).unwrap().len();
     let loki = support::Loki::start();
     loki.set_mode(support::LokiMode::ServerError, None);
     let cfg = case.config("loki", &loki.url, "block");
-    let dropped = |s: &Sluice| metric(s, "sluice_events_dropped_total{component=\"loki\",reason=\"buffer_full\"}");
+    let dropped = |s: &Sluice| s.metric("sluice_events_dropped_total{component=\"loki\",reason=\"buffer_full\"}");
 
     // Loki answers 500: the buffer grows until the file system is full.
-    let s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     eventually("the disk buffer to run out of room", T, || {
-        metric(&s, "sluice_buffer_errors_total{kind=\"write\",sink=\"loki\"}") > 0.0
+        s.metric("sluice_buffer_errors_total{kind=\"write\",sink=\"loki\"}") > 0.0
     });
-    assert!(s.stderr().contains("cannot write to the disk buffer; retrying"), "{}", s.stderr());
+    assert!(s.logs().contains("cannot write to the disk buffer; retrying"), "{}", s.logs());
     // Held back: the source reads no further (the stdout sink, fed by the
     // same fan-out, stops), and the checkpoint is behind the file's end.
     std::thread::sleep(Duration::from_secs(2));
@@ -323,32 +299,28 @@ fn full_data_dir_under_block_holds_the_source_back_and_loses_nothing() {
 
     // A crash while held back: nothing past the buffer was checkpointed,
     // so nothing is lost.
-    let before_kill = s.kill9();
+    let (before_kill, _, _) = s.kill9_timed();
     assert_eq!(before_kill.len(), read);
 
     // Still full, Loki still down: sluice starts, reads the buffer back
     // undamaged, and is held back again.
-    let s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(metric(&s, "sluice_buffer_corrupt_files_total{sink=\"loki\"}"), 0.0);
-    assert_eq!(metric(&s, "sluice_buffer_corrupt_records_total{sink=\"loki\"}"), 0.0);
+    assert_eq!(s.metric("sluice_buffer_corrupt_files_total{sink=\"loki\"}"), 0.0);
+    assert_eq!(s.metric("sluice_buffer_corrupt_records_total{sink=\"loki\"}"), 0.0);
     assert_eq!(
-        metric(&s, "sluice_file_checkpoint_errors_total{kind=\"corrupt\",source=\"files\"}"),
+        s.metric("sluice_file_checkpoint_errors_total{kind=\"corrupt\",source=\"files\"}"),
         0.0
     );
-    assert!(
-        metric(&s, "sluice_buffer_events{sink=\"loki\"}") > 0.0,
-        "the buffered lines are kept"
-    );
+    assert!(s.metric("sluice_buffer_events{sink=\"loki\"}") > 0.0, "the buffered lines are kept");
     assert!(s.count() < n - read, "still held back");
 
     // Loki is back: the buffer drains, its space comes back, the source
     // reads on, and every line arrives at Loki.
     loki.set_mode(support::LokiMode::Ok, None);
-    let mut s = s;
     s.wait_for(n - read, T);
     let arrived = support::wait_until("every line at Loki", T, || {
-        let ids = counts(&loki_lines(&loki), "id");
+        let ids = counts(&loki.lines(), "id");
         (0..n).all(|i| ids.contains_key(&i.to_string())).then_some(ids)
     });
     assert_eq!(dropped(&s), 0.0, "block drops nothing");
@@ -364,9 +336,8 @@ fn full_data_dir_under_block_holds_the_source_back_and_loses_nothing() {
 /// SIGTERM: sluice drains within `shutdown_timeout` and exits by itself;
 /// the status is 1 because the dead sink never delivered what it held.
 fn stop_with_a_dead_sink(s: Sluice) {
-    let stderr_path = s.stderr_path.clone();
     let (status, _) = s.stop();
-    let log = std::fs::read_to_string(stderr_path).unwrap_or_default();
+    let log = s.logs();
     assert_eq!(status.code(), Some(1), "{log}");
     let last = log.lines().last().unwrap_or_default();
     assert!(last.contains("shutdown did not finish"), "{last}");
@@ -387,7 +358,7 @@ fn damaged_checkpoint_is_set_aside_and_counted_and_sluice_keeps_running() {
     }
     let data = dir.path().join("data");
     let cfg = config_with_api(&data, &[glob(&logs, "*.log")], "");
-    let mut s = Sluice::start(dir.path(), &cfg);
+    let s = Sluice::start(&cfg);
     s.wait_for(20, T);
     let (status, _) = s.stop();
     assert!(status.success());
@@ -408,10 +379,10 @@ fn damaged_checkpoint_is_set_aside_and_counted_and_sluice_keeps_running() {
         let _ = std::fs::remove_dir_all(&data);
         std::fs::create_dir_all(ckpt.parent().unwrap()).unwrap();
         std::fs::write(&ckpt, &v).unwrap();
-        let mut s = Sluice::start(dir.path(), &cfg);
+        let s = Sluice::start(&cfg);
         let lines = s.wait_for(2 * next, T);
         assert_eq!(
-            metric(&s, "sluice_file_checkpoint_errors_total{kind=\"corrupt\",source=\"files\"}"),
+            s.metric("sluice_file_checkpoint_errors_total{kind=\"corrupt\",source=\"files\"}"),
             1.0,
             "{what}: counted"
         );

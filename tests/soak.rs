@@ -39,7 +39,6 @@
 //! `SLUICE_SOAK_REPORT` (a file the report is also written to). Needs root
 //! for `mount -t tmpfs`, and the services `scripts/test` installs.
 
-mod kafka_support;
 mod support;
 
 use std::collections::BTreeMap;
@@ -48,7 +47,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -57,7 +56,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
-use support::XorShift;
+use support::sluice::try_proc_status_kib;
+use support::{Sluice, XorShift};
 
 // ---------------------------------------------------------------------------
 // Sizes, rates and budgets
@@ -667,10 +667,12 @@ struct Sample {
 struct Supervisor {
     bin: PathBuf,
     config: PathBuf,
+    /// Where each process's log is kept (`sluice-<k>.log`).
     dir: PathBuf,
+    /// `host:port` of the API (fixed in the config: every process has it).
     api: String,
     env: Vec<(String, String)>,
-    child: Option<Child>,
+    child: Option<Sluice>,
     lifetimes: Vec<Lifetime>,
     /// The pid the sampler watches (0: none) and its lifetime index.
     watched: Arc<(AtomicU32, AtomicU64)>,
@@ -683,20 +685,15 @@ impl Supervisor {
     fn start(&mut self) -> Result<(), String> {
         let k = self.lifetimes.len();
         let log = self.dir.join(format!("sluice-{k}.log"));
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("--config")
+        let child = Sluice::builder()
+            .bin(&self.bin)
+            .arg("--config")
             .arg(&self.config)
-            .env("SLUICE_LOG", "info")
-            .env_remove("SLUICE_RELEASE")
-            .env_remove("SLUICE_PROCESS_TYPE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("sluice log file"));
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
-        let pid = child.id();
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(support::Stdout::Null)
+            .log_to(&log)
+            .start();
+        let pid = child.pid();
         self.lifetimes.push(Lifetime {
             started: Instant::now(),
             pid,
@@ -704,22 +701,12 @@ impl Supervisor {
             end: None,
             hwm_kib: 0,
         });
+        let serving = child.wait_serving(START_TIMEOUT);
         self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self.exited() {
-                return Err(format!("sluice exited at start ({status}); log tail:\n{}", tail(&log, 30)));
-            }
-            if http_status(&format!("{}/health", self.api)) == Some(200) {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "sluice did not serve /health within {START_TIMEOUT:?}; log tail:\n{}",
-                    tail(&log, 30)
-                ));
-            }
-            thread::sleep(Duration::from_millis(50));
+        if let Err(e) = serving {
+            // Records the exit, if that is why.
+            self.exited();
+            return Err(format!("{e}; log tail:\n{}", tail(&log, 30)));
         }
         self.watched.0.store(pid, Ordering::SeqCst);
         self.watched.1.store(k as u64, Ordering::SeqCst);
@@ -728,7 +715,7 @@ impl Supervisor {
 
     /// If sluice exited by itself, records it and returns the status.
     fn exited(&mut self) -> Option<ExitStatus> {
-        let status = self.child.as_mut()?.try_wait().ok()??;
+        let status = self.child.as_ref()?.try_status()?;
         self.child = None;
         self.watched.0.store(0, Ordering::SeqCst);
         if let Some(l) = self.lifetimes.last_mut() {
@@ -740,62 +727,35 @@ impl Supervisor {
     /// Samples it once more, then SIGKILL; returns when it died (the end
     /// of its lifetime).
     fn kill9(&mut self) -> Option<Instant> {
-        let mut child = self.child.take()?;
+        let child = self.child.take()?;
         let k = self.lifetimes.len() - 1;
-        let sample = sample(child.id(), k, &self.api);
+        let sample = sample(child.pid(), k, &self.api);
         self.watched.0.store(0, Ordering::SeqCst);
         let hwm = sample.hwm_kib;
         self.samples.lock().expect("samples").push(sample);
         // The kill time is taken before the signal: a sender sees its
         // connection fail at once, and a kill recorded after the reap
         // would look later than the failure it caused.
-        let died = Instant::now();
-        let _ = child.kill();
-        let _ = child.wait();
+        let (_, _, died) = child.kill9_timed();
         let l = &mut self.lifetimes[k];
         l.hwm_kib = hwm;
         l.end = Some((died, End::Killed));
         Some(died)
     }
 
-    /// SIGTERM, and waits for the exit (bounded).
+    /// SIGTERM, and waits for the exit (bounded; killed after `timeout`).
     fn stop(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
+        let child = self.child.take()?;
         let k = self.lifetimes.len() - 1;
-        self.lifetimes[k].hwm_kib = proc_kib(child.id(), "VmHWM");
+        self.lifetimes[k].hwm_kib = try_proc_status_kib(child.pid(), "VmHWM").unwrap_or(0);
         self.watched.0.store(0, Ordering::SeqCst);
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Ok(Some(s)) = child.try_wait() {
-                break Some(s);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            thread::sleep(Duration::from_millis(50));
-        };
+        child.signal(libc::SIGTERM);
+        let status = child.wait_timeout(timeout);
         if let Some(s) = status {
             self.lifetimes[k].end = Some((Instant::now(), End::Stopped(s)));
         }
+        // Dropping `child` kills one that did not exit.
         status
-    }
-
-    /// Kills what is left (a failed run).
-    fn kill_any(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        self.kill_any();
     }
 }
 
@@ -804,30 +764,6 @@ fn tail(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// The status of a GET, or `None` when nothing answered.
-fn http_status(url: &str) -> Option<u16> {
-    quick_agent().get(url).call().ok().map(|r| r.status().as_u16())
-}
-
-/// An HTTP client with a short timeout, for a process that may be gone.
-fn quick_agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(2)))
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
-
-/// A field of `/proc/<pid>/status` in KiB (0 if the process is gone).
-fn proc_kib(pid: u32, field: &str) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Open descriptors of a process (0 if it is gone).
@@ -886,32 +822,28 @@ fn kinds_text(kinds: &BTreeMap<&'static str, usize>) -> String {
     format!("{total} ({})", parts.join(", "))
 }
 
-/// One sample of process `pid` (lifetime `k`) and its `/metrics`.
+/// One sample of process `pid` (lifetime `k`) and its `/metrics` (no
+/// counters when it does not answer: it may be killed at any moment).
 fn sample(pid: u32, k: usize, api: &str) -> Sample {
     let mut counters = BTreeMap::new();
-    if let Ok(mut r) = quick_agent().get(&format!("{api}/metrics")).call() {
-        let body = r.body_mut().read_to_string().unwrap_or_default();
-        for l in body.lines() {
-            for (prefix, kind) in [
-                ("sluice_source_events_total{source=\"", "source"),
-                ("sluice_sink_events_total{sink=\"", "sink"),
-                ("sluice_buffer_bytes{sink=\"", "buffer_bytes"),
-            ] {
-                if let Some(rest) = l.strip_prefix(prefix) {
-                    if let Some((name, value)) = rest.split_once("\"} ") {
-                        if let Ok(v) = value.trim().parse::<f64>() {
-                            counters.insert(format!("{kind}:{name}"), v);
-                        }
-                    }
-                }
+    if let Ok(m) = support::try_scrape(api) {
+        for s in &m.samples {
+            let (kind, label) = match s.name.as_str() {
+                "sluice_source_events_total" => ("source", "source"),
+                "sluice_sink_events_total" => ("sink", "sink"),
+                "sluice_buffer_bytes" => ("buffer_bytes", "sink"),
+                _ => continue,
+            };
+            if let Some(name) = s.labels.get(label) {
+                counters.insert(format!("{kind}:{name}"), s.value);
             }
         }
     }
     Sample {
         at: Instant::now(),
         lifetime: k,
-        rss_kib: proc_kib(pid, "VmRSS"),
-        hwm_kib: proc_kib(pid, "VmHWM"),
+        rss_kib: try_proc_status_kib(pid, "VmRSS").unwrap_or(0),
+        hwm_kib: try_proc_status_kib(pid, "VmHWM").unwrap_or(0),
         fds: fd_count(pid),
         counters,
     }
@@ -1121,20 +1053,10 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Everything the Loki receiver accepted (`/control/received`, read here
-/// without the support client's 10 MiB body limit: a long soak holds more).
+/// Everything the Loki receiver accepted.
 fn loki_tally(loki: &support::Loki) -> Result<Tally, String> {
-    let url = format!("{}/control/received", loki.url);
-    let mut resp = support::http_agent().get(&url).call().map_err(|e| format!("GET {url}: {e}"))?;
-    let body = resp
-        .body_mut()
-        .with_config()
-        .limit(4 << 30)
-        .read_to_vec()
-        .map_err(|e| format!("GET {url}: {e}"))?;
-    let streams: Vec<support::ReceivedStream> = serde_json::from_slice(&body).map_err(|e| format!("parsing {url}: {e}"))?;
     let mut t = Tally::default();
-    for s in streams {
+    for s in loki.received()? {
         for e in s.entries {
             t.add(e.line.as_bytes());
         }
@@ -1476,7 +1398,7 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
     fs::create_dir_all(&log_dir).expect("mkdir log dir");
 
     // Services.
-    let mut broker = kafka_support::Broker::start_persistent();
+    let mut broker = support::Kafka::start_persistent();
     broker.create_topic("soak-in", 2);
     broker.create_topic("soak-out", 2);
     let mut s3 = support::S3::start();
@@ -1506,7 +1428,7 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
         bin: bin.clone(),
         config: config_path,
         dir: log_dir.clone(),
-        api: format!("http://{api_addr}"),
+        api: api_addr.clone(),
         env: vec![
             ("AWS_ACCESS_KEY_ID".into(), s3.access_key.clone()),
             ("AWS_SECRET_ACCESS_KEY".into(), s3.secret_key.clone()),
@@ -1732,7 +1654,7 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
     let drained_in = writers_done.elapsed();
 
     // Descriptors and memory of the last process, idle, then SIGTERM.
-    let last_pid = sup.child.as_ref().map(|c| c.id());
+    let last_pid = sup.child.as_ref().map(|c| c.pid());
     let fds_end = last_pid.map(|p| fd_extreme(p, &logs, &tmpfs.data_dir, FD_IDLE_WINDOW, std::cmp::Ordering::Less));
     let stop_status = sup.stop(Duration::from_secs(40));
     sampler_stop.store(true, Ordering::Relaxed);
@@ -1767,7 +1689,7 @@ fn chaos_soak_loses_no_line_and_stays_within_its_budgets() {
                 let kinds = sup
                     .child
                     .as_ref()
-                    .map(|c| fd_extreme(c.id(), &logs, &tmpfs.data_dir, FD_SETTLE, std::cmp::Ordering::Greater));
+                    .map(|c| fd_extreme(c.pid(), &logs, &tmpfs.data_dir, FD_SETTLE, std::cmp::Ordering::Greater));
                 match sup.stop(Duration::from_secs(40)) {
                     Some(s) if s.success() => {}
                     other => failures.push(format!("the baseline process did not stop cleanly: {other:?}")),

@@ -3,14 +3,22 @@
 
 use std::collections::BTreeMap;
 
-use super::http_get;
+use super::try_http_get;
 
 /// Fetches `http://{api}/metrics` (`api` is `host:port`) and parses it;
 /// panics unless it answers 200.
 pub fn scrape(api: &str) -> Metrics {
-    let (status, body) = http_get(&format!("http://{api}/metrics"));
-    assert_eq!(status, 200, "GET http://{api}/metrics answered {status}: {body}");
-    Metrics::parse(&body)
+    try_scrape(api).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`scrape`] that says what went wrong instead of panicking, for a
+/// process that may be killed at any moment.
+pub fn try_scrape(api: &str) -> Result<Metrics, String> {
+    let (status, body) = try_http_get(&format!("http://{api}/metrics"))?;
+    if status != 200 {
+        return Err(format!("GET http://{api}/metrics answered {status}: {body}"));
+    }
+    Ok(Metrics::parse(&body))
 }
 
 /// One sample of the exposition.

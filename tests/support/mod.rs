@@ -43,7 +43,7 @@ pub mod sli;
 pub mod sluice;
 
 pub use kafka::{Kafka, KAFKA_TIMEOUT};
-pub use metrics::{scrape, Metrics};
+pub use metrics::{scrape, try_scrape, Metrics};
 pub use sluice::{Sluice, SluiceBuilder, Stdout};
 
 use std::collections::BTreeMap;
@@ -311,13 +311,19 @@ pub fn http_agent() -> ureq::Agent {
 
 /// GET `url`; returns (status, body).
 pub fn http_get(url: &str) -> (u16, String) {
-    let mut resp = http_agent().get(url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    try_http_get(url).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`http_get`] that says what went wrong instead of panicking (nothing
+/// listening, a body cut short), for a server that may be gone.
+pub fn try_http_get(url: &str) -> Result<(u16, String), String> {
+    let mut resp = http_agent().get(url).call().map_err(|e| format!("GET {url}: {e}"))?;
     let status = resp.status().as_u16();
     let body = resp
         .body_mut()
         .read_to_string()
-        .unwrap_or_else(|e| panic!("GET {url}: reading body: {e}"));
-    (status, body)
+        .map_err(|e| format!("GET {url}: reading body: {e}"))?;
+    Ok((status, body))
 }
 
 /// POST `body` to `url` with the given headers; returns (status, body).
@@ -627,9 +633,26 @@ impl Loki {
 
     /// Everything accepted so far, by (tenant, stream), in first-seen order.
     pub fn entries(&self) -> Vec<ReceivedStream> {
-        let (status, body) = http_get(&format!("{}/control/received", self.url));
-        assert_eq!(status, 200, "GET /control/received: {body}");
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("parsing /control/received: {e}: {body}"))
+        self.received().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Loki::entries`] that says what went wrong instead of panicking.
+    /// Read without the HTTP client's 10 MiB body limit: a soak or a
+    /// full-disk test holds more than that.
+    pub fn received(&self) -> Result<Vec<ReceivedStream>, String> {
+        let url = format!("{}/control/received", self.url);
+        let mut resp = http_agent().get(&url).call().map_err(|e| format!("GET {url}: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(4 << 30)
+            .read_to_vec()
+            .map_err(|e| format!("GET {url}: reading body: {e}"))?;
+        if status != 200 {
+            return Err(format!("GET {url} answered {status}: {}", String::from_utf8_lossy(&body)));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("parsing {url}: {e}"))
     }
 
     /// Every accepted line, across streams, in acceptance order per stream.

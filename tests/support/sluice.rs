@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::metrics::{scrape, Metrics};
-use super::{http_get, wait_until};
+use super::{http_get, try_http_get, wait_until};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -48,6 +48,7 @@ pub enum Stdout {
 /// How to start sluice. `--config <file>` comes first (when a config is
 /// given), then the arguments.
 pub struct SluiceBuilder {
+    bin: PathBuf,
     config: Option<String>,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
@@ -55,6 +56,7 @@ pub struct SluiceBuilder {
     stdin_piped: bool,
     stdout: Stdout,
     dir: Option<TempDir>,
+    log: Option<PathBuf>,
     adjust: Option<Adjust>,
 }
 
@@ -62,6 +64,13 @@ pub struct SluiceBuilder {
 type Adjust = Box<dyn FnOnce(&mut Command)>;
 
 impl SluiceBuilder {
+    /// Runs this binary instead of the test build's [`BIN`] (the soak runs
+    /// the release build).
+    pub fn bin(mut self, bin: impl Into<PathBuf>) -> Self {
+        self.bin = bin.into();
+        self
+    }
+
     /// The config text, written to `<dir>/sluice.toml`; `{dir}` in it is
     /// replaced by the process's directory.
     pub fn config(mut self, text: &str) -> Self {
@@ -120,6 +129,13 @@ impl SluiceBuilder {
         self
     }
 
+    /// Writes the log to `path` (kept after the process is gone) instead
+    /// of `<dir>/sluice.log`.
+    pub fn log_to(mut self, path: impl Into<PathBuf>) -> Self {
+        self.log = Some(path.into());
+        self
+    }
+
     /// Changes the command just before it is spawned (resource limits).
     pub fn adjust(mut self, f: impl FnOnce(&mut Command) + 'static) -> Self {
         self.adjust = Some(Box::new(f));
@@ -132,7 +148,7 @@ impl SluiceBuilder {
             Some(dir) => dir,
             None => TempDir::new().expect("temp dir"),
         };
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(&self.bin);
         if let Some(text) = &self.config {
             let path = dir.path().join("sluice.toml");
             std::fs::write(&path, text.replace("{dir}", &dir.path().display().to_string()))
@@ -154,7 +170,7 @@ impl SluiceBuilder {
             cmd.env_remove(var);
         }
         cmd.envs(self.env);
-        let log = dir.path().join("sluice.log");
+        let log = self.log.unwrap_or_else(|| dir.path().join("sluice.log"));
         let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         cmd.stdin(if self.stdin_piped { Stdio::piped() } else { Stdio::null() })
             .stdout(match self.stdout {
@@ -239,6 +255,7 @@ impl Sluice {
     /// How to start one.
     pub fn builder() -> SluiceBuilder {
         SluiceBuilder {
+            bin: PathBuf::from(BIN),
             config: None,
             args: Vec::new(),
             env: Vec::new(),
@@ -246,6 +263,7 @@ impl Sluice {
             stdin_piped: false,
             stdout: Stdout::Collect,
             dir: None,
+            log: None,
             adjust: None,
         }
     }
@@ -325,14 +343,23 @@ impl Sluice {
     /// Waits for the exit and for the rest of stdout; kills it and panics
     /// with the log after `timeout`.
     pub fn wait(&self, timeout: Duration) -> ExitStatus {
+        let Some(status) = self.wait_timeout(timeout) else {
+            self.kill();
+            panic!("sluice did not exit within {timeout:?}; log:\n{}", self.logs());
+        };
+        status
+    }
+
+    /// Waits up to `timeout` for the exit, then for the rest of stdout;
+    /// `None` if sluice is still running (it is left running).
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         let status = loop {
             if let Some(status) = self.try_status() {
                 break status;
             }
             if Instant::now() >= deadline {
-                self.kill();
-                panic!("sluice did not exit within {timeout:?}; log:\n{}", self.logs());
+                return None;
             }
             thread::sleep(Duration::from_millis(10));
         };
@@ -341,7 +368,7 @@ impl Sluice {
         while !self.collected().eof && Instant::now() < drained {
             thread::sleep(Duration::from_millis(5));
         }
-        status
+        Some(status)
     }
 
     /// Closes stdin and asserts a clean exit within `timeout`.
@@ -567,13 +594,39 @@ impl Sluice {
     }
 
     /// Waits until the API answers `/health` with 200; returns `self`.
+    /// Panics with the log if sluice exits first or after
+    /// [`SLUICE_START_TIMEOUT`].
     pub fn serving(self) -> Sluice {
-        let url = format!("http://{}/health", self.api_address());
-        wait_until("sluice to answer /health", SLUICE_START_TIMEOUT, || {
-            self.assert_running("before answering /health");
-            (http_get(&url).0 == 200).then_some(())
-        });
+        if let Err(e) = self.wait_serving(SLUICE_START_TIMEOUT) {
+            panic!("{e}; log:\n{}", self.logs());
+        }
         self
+    }
+
+    /// Waits until the API (its address read from the log) answers
+    /// `/health` with 200; `Err` says why not (sluice exited, or `timeout`
+    /// passed), for a caller that reports rather than panics (the soak's
+    /// restarts).
+    pub fn wait_serving(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_status() {
+                return Err(format!("sluice exited ({status}) before answering /health"));
+            }
+            let api = match self.api.get() {
+                Some(api) => Some(api.clone()),
+                None => address_in_log(&self.logs(), API_MESSAGE, None).map(|a| self.api.get_or_init(|| a).clone()),
+            };
+            if let Some(api) = api {
+                if try_http_get(&format!("http://{api}/health")).is_ok_and(|(status, _)| status == 200) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("sluice did not answer /health within {timeout:?}"));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The parsed `/metrics`.
@@ -624,10 +677,15 @@ pub fn address_in_log(log: &str, message: &str, source: Option<&str>) -> Option<
 /// A field of `/proc/<pid>/status`, in KiB; panics when the process or the
 /// field is gone, so a dead process never reads as a small one.
 pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
-    status
+    try_proc_status_kib(pid, field).unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status (is the process gone?)"))
+}
+
+/// [`proc_status_kib`], `None` when the process or the field is gone (a
+/// sampler that may race a kill).
+pub fn try_proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
         .lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }

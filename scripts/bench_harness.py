@@ -158,10 +158,16 @@ def run_on_file(argv, path, env, through_cat=True, stdout=subprocess.DEVNULL):
 
 def run_timed(argv, path, env, through_cat=False, stdout=subprocess.DEVNULL):
     """`run_on_file` under GNU time; returns (wall s, CPU s, max RSS KiB, exit code)."""
+    return run_timed_rusage(argv, path, env, through_cat, stdout)[:4]
+
+
+def run_timed_rusage(argv, path, env, through_cat=False, stdout=subprocess.DEVNULL):
+    """`run_timed`, with the rusage of the run (GNU time's and, waited for
+    by it, argv's) as a fifth item: its `ru_minflt` counts page faults."""
     timed, out = gnu_timed(argv)
-    wall, code, _ = run_on_file(timed, path, env, through_cat, stdout)
+    wall, code, rusage = run_on_file(timed, path, env, through_cat, stdout)
     cpu, rss = read_gnu_time(out)
-    return wall, cpu, rss, code
+    return wall, cpu, rss, code, rusage
 
 
 def summarize(runs):

@@ -480,6 +480,7 @@ max_events = 100
         );
         run_client(Command::new("python3").args(["-c", &script]), WAIT);
     };
+    let backlog_before = softnet_dropped();
     send(0, SENT);
     let deadline = Instant::now() + WAIT;
     while dropped() == 0 {
@@ -509,10 +510,30 @@ max_events = 100
     let delivered = seen.len() as u64 + 1;
     std::thread::sleep(Duration::from_millis(200));
     let dropped = dropped();
-    eprintln!("sent {} datagrams: {delivered} delivered, {dropped} dropped and counted", SENT + 1);
+    // A datagram can also be lost before it reaches the socket: the
+    // kernel's per-CPU input backlog drops it when loopback outruns the
+    // softirq (a loaded machine), and no socket sees that. The kernel
+    // counts those too, machine-wide, so they bound what may be missing.
+    let backlog = softnet_dropped() - backlog_before;
+    eprintln!("sent {} datagrams: {delivered} delivered, {dropped} dropped and counted, {backlog} dropped in the kernel's backlog", SENT + 1);
     assert!(delivered < SENT, "the pipeline never filled up");
-    assert_eq!(delivered + dropped, SENT + 1, "every datagram is either delivered or counted");
+    assert!(delivered + dropped <= SENT + 1, "more delivered and counted than sent");
+    assert!(
+        delivered + dropped + backlog >= SENT + 1,
+        "every datagram is delivered, counted, or dropped before the socket"
+    );
     assert!(proc_status_kib(s.pid(), "VmRSS") > 0);
+}
+
+/// The kernel's count of packets dropped from its per-CPU input backlogs
+/// (the second column of /proc/net/softnet_stat, summed over CPUs).
+fn softnet_dropped() -> u64 {
+    std::fs::read_to_string("/proc/net/softnet_stat")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(|d| u64::from_str_radix(d, 16).unwrap())
+        .sum()
 }
 
 /// A datagram source whose stdout sink is stalled until the test reads

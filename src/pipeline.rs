@@ -84,6 +84,24 @@ impl SourceOutput {
         self.tx.send(pending).await.map_err(|_| PipelineClosed)
     }
 
+    /// [`SourceOutput::send_lines`] that waits at most `wait` for room in
+    /// the pipeline. `Ok(false)`: there was none, and nothing was taken.
+    pub(crate) async fn send_lines_within(
+        &self,
+        lines: Lines,
+        ctx: Arc<SourceContext>,
+        ack: Option<Acknowledger>,
+        wait: std::time::Duration,
+    ) -> Result<bool, PipelineClosed> {
+        let permit = match tokio::time::timeout(wait, self.tx.reserve()).await {
+            Err(_) => return Ok(false),
+            Ok(Err(_)) => return Err(PipelineClosed),
+            Ok(Ok(permit)) => permit,
+        };
+        permit.send(self.spawn_lines(lines, ctx, ack));
+        Ok(true)
+    }
+
     /// [`SourceOutput::send_lines`] from a thread outside the runtime.
     pub(crate) fn blocking_send_lines(
         &self,

@@ -4,6 +4,7 @@
 
 pub mod file;
 pub(crate) mod kafka;
+pub(crate) mod otlp;
 pub(crate) mod process;
 pub mod socket;
 pub(crate) mod stdin;
@@ -171,4 +172,5 @@ source_registry! {
     "socket" => Socket(Box<socket::SocketConfig>),
     "process" => Process(Box<process::ProcessConfig>),
     "kafka" => Kafka(Box<kafka::KafkaSourceConfig>),
+    "otlp" => Otlp(Box<otlp::OtlpSourceConfig>),
 }

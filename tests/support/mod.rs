@@ -11,6 +11,7 @@
 //! | `SLUICE_TEST_PROMETHEUS`   | the Prometheus server                                 |
 //! | `SLUICE_TEST_PYTHON`       | the venv python that runs `loki_receiver.py`          |
 //! | `SLUICE_TEST_NODE_MODULES` | node_modules holding winston and winston-loki         |
+//! | `SLUICE_TEST_OTEL_PYTHON`  | the venv python with the OpenTelemetry SDK and proto  |
 //!
 //! `SLUICE_TEST_NODE` may name the node binary (default: `node` on `PATH`).
 //! Without a variable the default cache path (or `PATH`) is used. A missing
@@ -143,6 +144,16 @@ pub fn python_bin() -> PathBuf {
         "SLUICE_TEST_PYTHON",
         "the python venv with cramjam",
         &[cache_dir().join("venv/bin/python")],
+    )
+}
+
+/// The venv python with the OpenTelemetry SDK, its OTLP exporters and
+/// `opentelemetry-proto`.
+pub fn otel_python_bin() -> PathBuf {
+    locate(
+        "SLUICE_TEST_OTEL_PYTHON",
+        "the python venv with the OpenTelemetry SDK",
+        &[cache_dir().join("venv-otel/bin/python")],
     )
 }
 

@@ -21,7 +21,7 @@ mod framing;
 mod metrics;
 mod net;
 mod peer;
-mod tls;
+pub(crate) mod tls;
 mod unix;
 
 #[cfg(feature = "fuzzing")]

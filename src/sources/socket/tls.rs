@@ -73,6 +73,12 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, SocketError
 impl TlsConfig {
     /// Loads the certificates and key into an acceptor.
     pub(crate) fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, SocketError> {
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(self.server_config()?)))
+    }
+
+    /// Loads the certificates and key into a server configuration (the
+    /// caller may add ALPN protocols).
+    pub(crate) fn server_config(&self) -> Result<rustls::ServerConfig, SocketError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chain = certificates(&self.cert_file)?;
         let key = PrivateKeyDer::from_pem_file(&self.key_file).map_err(|e| tls_error(&self.key_file, e))?;
@@ -94,7 +100,6 @@ impl TlsConfig {
                 builder.with_client_cert_verifier(verifier.build().map_err(|e| tls_error(ca, e))?)
             }
         };
-        let config = builder.with_single_cert(chain, key).map_err(|e| tls_error(&self.key_file, e))?;
-        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+        builder.with_single_cert(chain, key).map_err(|e| tls_error(&self.key_file, e))
     }
 }

@@ -1,0 +1,750 @@
+//! OTLP log records and sluice events, both ways, by one table
+//! (docs/otlp.md). A record becomes one JSON object:
+//!
+//! - `timestamp` and `observed_timestamp` (RFC 3339, nanoseconds kept);
+//! - `level` (the severity text, or the severity number's short name when
+//!   the text is empty) and `severity_number`;
+//! - `message` when the body is a string, else `body` (structured);
+//! - `event_name`, `trace_id` and `span_id` (hex), `trace_flags`;
+//! - `attributes` (an object), `scope` (`name`, `version`, `attributes`);
+//! - the resource: the attributes sluice has metadata for go to
+//!   `release`, `process`, `host` and `kubernetes` (see [`RESOURCE_KEYS`]),
+//!   the rest to `resource`.
+//!
+//! The sink reads the same shape back; other top-level fields of an event
+//! become attributes, so any sluice event can leave as an OTLP log.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use serde_json::{Map, Value as Json};
+
+use super::proto::{
+    AnyValue, ArrayValue, ExportLogsServiceRequest, InstrumentationScope, KeyValue, KeyValueList, LogRecord, Resource, ResourceLogs,
+    ScopeLogs, Value,
+};
+use crate::json_text::escape_json_str;
+
+/// Resource attributes that are sluice metadata: (attribute, member, key).
+/// A `k8s.pod.label.<name>` attribute is `kubernetes.labels.<name>`, and an
+/// attribute `sluice.<member>.<key>` is any other key of those members.
+pub(crate) const RESOURCE_KEYS: &[(&str, &str, &str)] = &[
+    ("service.version", "release", "version"),
+    ("vcs.ref.head.revision", "release", "commit"),
+    ("service.name", "process", "service"),
+    ("process.pid", "process", "pid"),
+    ("process.command_line", "process", "command"),
+    ("sluice.process.type", "process", "type"),
+    ("k8s.namespace.name", "kubernetes", "namespace"),
+    ("k8s.pod.name", "kubernetes", "pod"),
+    ("k8s.pod.uid", "kubernetes", "pod_uid"),
+    ("k8s.container.name", "kubernetes", "container"),
+    ("k8s.node.name", "kubernetes", "node"),
+];
+
+/// The metadata members resource attributes map onto (`host` is a string).
+const MEMBERS: [&str; 3] = ["release", "process", "kubernetes"];
+const POD_LABEL: &str = "k8s.pod.label.";
+const HOST_NAME: &str = "host.name";
+
+/// Writes every log record of `request` as one NDJSON line into `out`.
+/// Returns how many records it wrote.
+pub(crate) fn write_events(request: &ExportLogsServiceRequest, out: &mut Vec<u8>) -> usize {
+    let mut written = 0;
+    let mut scope_part = Vec::new();
+    for rl in &request.resource_logs {
+        let resource_part = resource_members(rl.resource.as_ref());
+        for sl in &rl.scope_logs {
+            scope_part.clear();
+            if let Some(scope) = sl.scope.as_ref().filter(|s| !is_empty_scope(s)) {
+                scope_part.extend_from_slice(b",\"scope\":");
+                write_scope(scope, &mut scope_part);
+            }
+            for record in &sl.log_records {
+                write_record(record, out);
+                out.extend_from_slice(&scope_part);
+                out.extend_from_slice(&resource_part);
+                out.extend_from_slice(b"}\n");
+                written += 1;
+            }
+        }
+    }
+    written
+}
+
+/// How many log records `request` holds.
+pub(crate) fn record_count(request: &ExportLogsServiceRequest) -> usize {
+    request
+        .resource_logs
+        .iter()
+        .flat_map(|rl| &rl.scope_logs)
+        .map(|sl| sl.log_records.len())
+        .sum()
+}
+
+fn is_empty_scope(s: &InstrumentationScope) -> bool {
+    s.name.is_empty() && s.version.is_empty() && s.attributes.is_empty()
+}
+
+/// The record's own members, from `{` up to (not including) the closing `}`.
+fn write_record(r: &LogRecord, out: &mut Vec<u8>) {
+    out.push(b'{');
+    let mut comma = false;
+    let mut key = |out: &mut Vec<u8>, k: &str| {
+        if comma {
+            out.push(b',');
+        }
+        comma = true;
+        write_str(k, out);
+        out.push(b':');
+    };
+    if r.time_unix_nano != 0 {
+        key(out, "timestamp");
+        write_time(r.time_unix_nano, out);
+    }
+    if r.observed_time_unix_nano != 0 {
+        key(out, "observed_timestamp");
+        write_time(r.observed_time_unix_nano, out);
+    }
+    if !r.severity_text.is_empty() {
+        key(out, "level");
+        write_str(&r.severity_text, out);
+    } else if let Some(name) = severity_name(r.severity_number) {
+        key(out, "level");
+        write_str(name, out);
+    }
+    if r.severity_number != 0 {
+        key(out, "severity_number");
+        out.extend_from_slice(itoa::Buffer::new().format(r.severity_number).as_bytes());
+    }
+    match r.body.as_ref().and_then(|b| b.value.as_ref()) {
+        Some(Value::String(s)) => {
+            key(out, "message");
+            write_str(s, out);
+        }
+        Some(v) => {
+            key(out, "body");
+            write_value(v, out);
+        }
+        None => {}
+    }
+    if !r.event_name.is_empty() {
+        key(out, "event_name");
+        write_str(&r.event_name, out);
+    }
+    if !r.trace_id.is_empty() {
+        key(out, "trace_id");
+        write_hex(&r.trace_id, out);
+    }
+    if !r.span_id.is_empty() {
+        key(out, "span_id");
+        write_hex(&r.span_id, out);
+    }
+    if r.flags != 0 {
+        key(out, "trace_flags");
+        out.extend_from_slice(itoa::Buffer::new().format(r.flags).as_bytes());
+    }
+    if !r.attributes.is_empty() {
+        key(out, "attributes");
+        write_object(&r.attributes, out);
+    }
+    if r.dropped_attributes_count != 0 {
+        key(out, "dropped_attributes_count");
+        out.extend_from_slice(itoa::Buffer::new().format(r.dropped_attributes_count).as_bytes());
+    }
+}
+
+fn write_scope(s: &InstrumentationScope, out: &mut Vec<u8>) {
+    let mut o = Map::new();
+    if !s.name.is_empty() {
+        o.insert("name".into(), Json::from(s.name.as_str()));
+    }
+    if !s.version.is_empty() {
+        o.insert("version".into(), Json::from(s.version.as_str()));
+    }
+    if !s.attributes.is_empty() {
+        o.insert("attributes".into(), kvs_to_json(&s.attributes));
+    }
+    write_json(&Json::Object(o), out);
+}
+
+/// The members a resource adds to each of its events, each preceded by a
+/// comma: rendered once per resource.
+fn resource_members(resource: Option<&Resource>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let Some(resource) = resource else { return out };
+    let mut members: [Map<String, Json>; 3] = Default::default();
+    let mut labels = Map::new();
+    let mut host = None;
+    let mut rest = Map::new();
+    for kv in &resource.attributes {
+        let value = any_to_json(kv.value.as_ref());
+        if let Some((_, member, key)) = RESOURCE_KEYS.iter().find(|(a, _, _)| *a == kv.key) {
+            let m = MEMBERS.iter().position(|x| x == member).unwrap_or(0);
+            members[m].insert((*key).into(), value);
+        } else if let Some(label) = kv.key.strip_prefix(POD_LABEL) {
+            labels.insert(label.into(), value);
+        } else if kv.key == HOST_NAME && value.is_string() {
+            host = Some(value);
+        } else if let Some((member, key)) = sluice_key(&kv.key) {
+            let m = MEMBERS.iter().position(|x| *x == member).unwrap_or(0);
+            members[m].insert(key.into(), value);
+        } else {
+            rest.insert(kv.key.clone(), value);
+        }
+    }
+    if !labels.is_empty() {
+        members[2].insert("labels".into(), Json::Object(labels));
+    }
+    if !rest.is_empty() {
+        out.extend_from_slice(b",\"resource\":");
+        write_json(&Json::Object(rest), &mut out);
+    }
+    for (name, m) in MEMBERS.iter().zip(members) {
+        if !m.is_empty() {
+            out.push(b',');
+            write_str(name, &mut out);
+            out.push(b':');
+            write_json(&Json::Object(m), &mut out);
+        }
+    }
+    if let Some(h) = host {
+        out.extend_from_slice(b",\"host\":");
+        write_json(&h, &mut out);
+    }
+    out
+}
+
+/// `sluice.<member>.<key>` for a metadata member without its own
+/// semantic-convention attribute.
+fn sluice_key(attribute: &str) -> Option<(&str, &str)> {
+    let rest = attribute.strip_prefix("sluice.")?;
+    let (member, key) = rest.split_once('.')?;
+    MEMBERS.contains(&member).then_some((member, key))
+}
+
+/// The OTLP short name of a severity number (1–24), or `None`.
+pub(crate) fn severity_name(n: i32) -> Option<&'static str> {
+    Some(match n {
+        1..=4 => "TRACE",
+        5..=8 => "DEBUG",
+        9..=12 => "INFO",
+        13..=16 => "WARN",
+        17..=20 => "ERROR",
+        21..=24 => "FATAL",
+        _ => return None,
+    })
+}
+
+/// The severity number of a level name (`warn`, `WARNING`, `Error`, …), or 0.
+pub(crate) fn severity_number(level: &str) -> i32 {
+    match level.to_ascii_lowercase().as_str() {
+        "trace" => 1,
+        "debug" => 5,
+        "info" | "information" | "notice" => 9,
+        "warn" | "warning" => 13,
+        "error" | "err" => 17,
+        "fatal" | "critical" | "crit" | "emergency" | "emerg" | "alert" | "panic" => 21,
+        _ => 0,
+    }
+}
+
+fn write_str(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    escape_json_str(s, out);
+    out.push(b'"');
+}
+
+fn write_hex(bytes: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    for b in bytes {
+        out.push(HEX[(b >> 4) as usize]);
+        out.push(HEX[(b & 15) as usize]);
+    }
+    out.push(b'"');
+}
+
+fn write_time(nanos: u64, out: &mut Vec<u8>) {
+    match jiff::Timestamp::from_nanosecond(i128::from(nanos)) {
+        Ok(t) => {
+            let mut s = String::new();
+            let _ = write!(s, "{t}");
+            write_str(&s, out);
+        }
+        Err(_) => out.extend_from_slice(itoa::Buffer::new().format(nanos).as_bytes()),
+    }
+}
+
+fn write_json(v: &Json, out: &mut Vec<u8>) {
+    // Writing to a Vec cannot fail, and a Value always serialises.
+    let _ = serde_json::to_writer(&mut *out, v);
+}
+
+/// Writes a value as [`value_to_json`] maps it, without building it first.
+fn write_value(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::String(s) => write_str(s, out),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
+        Value::Double(d) if d.is_finite() => {
+            let mut b = ryu::Buffer::new();
+            out.extend_from_slice(b.format_finite(*d).as_bytes());
+        }
+        Value::Array(a) => {
+            out.push(b'[');
+            for (i, v) in a.values.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_any(Some(v), out);
+            }
+            out.push(b']');
+        }
+        Value::KvList(l) => write_object(&l.values, out),
+        Value::Double(_) | Value::Bytes(_) => write_json(&value_to_json(v), out),
+    }
+}
+
+fn write_any(v: Option<&AnyValue>, out: &mut Vec<u8>) {
+    match v.and_then(|v| v.value.as_ref()) {
+        Some(v) => write_value(v, out),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// Writes an attribute list as a JSON object (a repeated key is written
+/// twice; readers keep the last, as [`kvs_to_json`] does).
+fn write_object(kvs: &[KeyValue], out: &mut Vec<u8>) {
+    out.push(b'{');
+    for (i, kv) in kvs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(&kv.key, out);
+        out.push(b':');
+        write_any(kv.value.as_ref(), out);
+    }
+    out.push(b'}');
+}
+
+/// An attribute list as a JSON object (a repeated key keeps its last value).
+pub(crate) fn kvs_to_json(kvs: &[KeyValue]) -> Json {
+    Json::Object(kvs.iter().map(|kv| (kv.key.clone(), any_to_json(kv.value.as_ref()))).collect())
+}
+
+fn any_to_json(v: Option<&AnyValue>) -> Json {
+    v.and_then(|v| v.value.as_ref()).map_or(Json::Null, value_to_json)
+}
+
+/// An OTLP value as JSON: integers stay integers and doubles keep a
+/// fraction or exponent (so they come back as doubles); bytes become
+/// base64 text and a non-finite double its name, the two lossy cases.
+pub(crate) fn value_to_json(v: &Value) -> Json {
+    match v {
+        Value::String(s) => Json::from(s.as_str()),
+        Value::Bool(b) => Json::from(*b),
+        Value::Int(i) => Json::from(*i),
+        Value::Double(d) => serde_json::Number::from_f64(*d).map_or_else(|| Json::from(d.to_string()), Json::Number),
+        Value::Array(a) => Json::Array(a.values.iter().map(|v| any_to_json(Some(v))).collect()),
+        Value::KvList(l) => kvs_to_json(&l.values),
+        Value::Bytes(b) => Json::from(base64::engine::general_purpose::STANDARD.encode(b)),
+    }
+}
+
+/// JSON as an OTLP value: the inverse of [`value_to_json`].
+pub(crate) fn json_to_value(j: &Json) -> AnyValue {
+    let value = match j {
+        Json::Null => None,
+        Json::Bool(b) => Some(Value::Bool(*b)),
+        Json::Number(n) => Some(match n.as_i64() {
+            Some(i) if !n.is_f64() => Value::Int(i),
+            _ => Value::Double(n.as_f64().unwrap_or(f64::NAN)),
+        }),
+        Json::String(s) => Some(Value::String(s.clone())),
+        Json::Array(a) => Some(Value::Array(ArrayValue {
+            values: a.iter().map(json_to_value).collect(),
+        })),
+        Json::Object(o) => Some(Value::KvList(KeyValueList { values: json_to_kvs(o) })),
+    };
+    AnyValue { value }
+}
+
+fn json_to_kvs(o: &Map<String, Json>) -> Vec<KeyValue> {
+    o.iter()
+        .map(|(k, v)| KeyValue {
+            key: k.clone(),
+            value: Some(json_to_value(v)),
+        })
+        .collect()
+}
+
+/// Top-level event keys the record itself is made of; every other key is
+/// an attribute.
+const RECORD_KEYS: &[&str] = &[
+    "timestamp",
+    "observed_timestamp",
+    "level",
+    "severity_number",
+    "message",
+    "body",
+    "event_name",
+    "trace_id",
+    "span_id",
+    "trace_flags",
+    "attributes",
+    "dropped_attributes_count",
+    "scope",
+    "resource",
+    "release",
+    "process",
+    "kubernetes",
+    "host",
+];
+
+/// Groups sluice events into one export request: one `ResourceLogs` per
+/// distinct resource, one `ScopeLogs` per scope within it, records in
+/// event order. `now` stands in for a missing observed time.
+#[derive(Default)]
+pub(crate) struct RequestBuilder {
+    resources: Vec<ResourceLogs>,
+    /// Resource (as its JSON text) to its index in `resources`.
+    by_resource: HashMap<String, usize>,
+    records: usize,
+}
+
+impl RequestBuilder {
+    /// Adds one event (a JSON object). An event that is not an object
+    /// goes out as a record whose body is the value.
+    pub(crate) fn push(&mut self, event: &Json, now: u64) {
+        let empty = Map::new();
+        let o = event.as_object().unwrap_or(&empty);
+        let mut record = LogRecord {
+            time_unix_nano: o.get("timestamp").and_then(parse_time).unwrap_or(0),
+            observed_time_unix_nano: o.get("observed_timestamp").and_then(parse_time).unwrap_or(now),
+            ..LogRecord::default()
+        };
+        if let Some(level) = o.get("level").and_then(Json::as_str) {
+            record.severity_text = level.to_owned();
+        }
+        record.severity_number = match o.get("severity_number").and_then(Json::as_i64) {
+            Some(n) => i32::try_from(n).unwrap_or(0),
+            None => severity_number(&record.severity_text),
+        };
+        record.body = match (o.get("message"), o.get("body")) {
+            (Some(m), _) => Some(json_to_value(m)),
+            (None, Some(b)) => Some(json_to_value(b)),
+            (None, None) if event.is_object() => None,
+            (None, None) => Some(json_to_value(event)),
+        };
+        if let Some(n) = o.get("event_name").and_then(Json::as_str) {
+            record.event_name = n.to_owned();
+        }
+        record.trace_id = o.get("trace_id").and_then(Json::as_str).and_then(parse_hex).unwrap_or_default();
+        record.span_id = o.get("span_id").and_then(Json::as_str).and_then(parse_hex).unwrap_or_default();
+        record.flags = o
+            .get("trace_flags")
+            .and_then(Json::as_u64)
+            .and_then(|f| u32::try_from(f).ok())
+            .unwrap_or(0);
+        record.dropped_attributes_count = o
+            .get("dropped_attributes_count")
+            .and_then(Json::as_u64)
+            .and_then(|f| u32::try_from(f).ok())
+            .unwrap_or(0);
+        if let Some(Json::Object(a)) = o.get("attributes") {
+            record.attributes = json_to_kvs(a);
+        }
+        for (k, v) in o {
+            if !RECORD_KEYS.contains(&k.as_str()) || (k == "attributes" && !v.is_object()) {
+                record.attributes.push(KeyValue {
+                    key: k.clone(),
+                    value: Some(json_to_value(v)),
+                });
+            }
+        }
+        let scope = match o.get("scope") {
+            Some(Json::Object(s)) => InstrumentationScope {
+                name: s.get("name").and_then(Json::as_str).unwrap_or_default().to_owned(),
+                version: s.get("version").and_then(Json::as_str).unwrap_or_default().to_owned(),
+                attributes: match s.get("attributes") {
+                    Some(Json::Object(a)) => json_to_kvs(a),
+                    _ => Vec::new(),
+                },
+                dropped_attributes_count: 0,
+            },
+            _ => InstrumentationScope::default(),
+        };
+        let resource = event_resource(o);
+        let key = serde_json::to_string(&resource_key(&resource)).unwrap_or_default();
+        let r = *self.by_resource.entry(key).or_insert_with(|| {
+            self.resources.push(ResourceLogs {
+                resource: Some(resource),
+                scope_logs: Vec::new(),
+                schema_url: String::new(),
+            });
+            self.resources.len() - 1
+        });
+        let scopes = &mut self.resources[r].scope_logs;
+        let s = match scopes.iter().position(|s| s.scope.as_ref() == Some(&scope)) {
+            Some(s) => s,
+            None => {
+                scopes.push(ScopeLogs {
+                    scope: Some(scope),
+                    log_records: Vec::new(),
+                    schema_url: String::new(),
+                });
+                scopes.len() - 1
+            }
+        };
+        scopes[s].log_records.push(record);
+        self.records += 1;
+    }
+
+    /// Records added so far.
+    pub(crate) fn len(&self) -> usize {
+        self.records
+    }
+
+    /// The request, leaving the builder empty.
+    pub(crate) fn take(&mut self) -> ExportLogsServiceRequest {
+        self.by_resource.clear();
+        self.records = 0;
+        ExportLogsServiceRequest {
+            resource_logs: std::mem::take(&mut self.resources),
+        }
+    }
+}
+
+fn resource_key(r: &Resource) -> Json {
+    Json::Array(
+        r.attributes
+            .iter()
+            .map(|kv| Json::Array(vec![Json::from(kv.key.as_str()), any_to_json(kv.value.as_ref())]))
+            .collect(),
+    )
+}
+
+/// The resource of an event: its metadata members and `resource`.
+fn event_resource(o: &Map<String, Json>) -> Resource {
+    let mut attributes = Vec::new();
+    let mut push = |key: String, v: &Json| {
+        attributes.push(KeyValue {
+            key,
+            value: Some(json_to_value(v)),
+        })
+    };
+    if let Some(Json::Object(rest)) = o.get("resource") {
+        for (k, v) in rest {
+            push(k.clone(), v);
+        }
+    }
+    for member in MEMBERS {
+        let Some(Json::Object(m)) = o.get(member) else { continue };
+        for (k, v) in m {
+            if member == "kubernetes" && k == "labels" {
+                if let Json::Object(labels) = v {
+                    for (l, lv) in labels {
+                        push(format!("{POD_LABEL}{l}"), lv);
+                    }
+                    continue;
+                }
+            }
+            match RESOURCE_KEYS.iter().find(|(_, m2, k2)| *m2 == member && k2 == k) {
+                Some((attribute, _, _)) => push((*attribute).to_owned(), v),
+                None => push(format!("sluice.{member}.{k}"), v),
+            }
+        }
+    }
+    if let Some(h) = o.get("host") {
+        push(HOST_NAME.to_owned(), h);
+    }
+    Resource {
+        attributes,
+        dropped_attributes_count: 0,
+    }
+}
+
+/// An RFC 3339 time, or integer nanoseconds since the epoch.
+fn parse_time(v: &Json) -> Option<u64> {
+    match v {
+        Json::String(s) => {
+            let t: jiff::Timestamp = s.parse().ok()?;
+            u64::try_from(t.as_nanosecond()).ok()
+        }
+        Json::Number(n) => n.as_u64(),
+        _ => None,
+    }
+}
+
+fn parse_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, v: Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(v) }),
+        }
+    }
+
+    fn sample() -> ExportLogsServiceRequest {
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(Resource {
+                    attributes: vec![
+                        kv("service.name", Value::String("checkout".into())),
+                        kv("service.version", Value::String("1.4.2".into())),
+                        kv("process.pid", Value::Int(4242)),
+                        kv("k8s.namespace.name", Value::String("shop".into())),
+                        kv("k8s.pod.label.app", Value::String("web".into())),
+                        kv("host.name", Value::String("node-1".into())),
+                        kv("cloud.region", Value::String("eu-west-1".into())),
+                    ],
+                    dropped_attributes_count: 0,
+                }),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(InstrumentationScope {
+                        name: "app.orders".into(),
+                        version: "2".into(),
+                        ..Default::default()
+                    }),
+                    log_records: vec![
+                        LogRecord {
+                            time_unix_nano: 1_780_000_000_123_456_789,
+                            observed_time_unix_nano: 1_780_000_000_223_456_789,
+                            severity_number: 17,
+                            severity_text: "ERROR".into(),
+                            body: Some(AnyValue {
+                                value: Some(Value::String("payment \"declined\"".into())),
+                            }),
+                            attributes: vec![
+                                kv("order.id", Value::Int(77)),
+                                kv("ratio", Value::Double(1.0)),
+                                kv("ok", Value::Bool(false)),
+                                kv(
+                                    "tags",
+                                    Value::Array(ArrayValue {
+                                        values: vec![AnyValue {
+                                            value: Some(Value::String("a".into())),
+                                        }],
+                                    }),
+                                ),
+                            ],
+                            flags: 1,
+                            trace_id: vec![0xab; 16],
+                            span_id: vec![0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08],
+                            ..Default::default()
+                        },
+                        LogRecord {
+                            severity_number: 9,
+                            body: Some(AnyValue {
+                                value: Some(Value::KvList(KeyValueList {
+                                    values: vec![kv("k", Value::String("v".into()))],
+                                })),
+                            }),
+                            observed_time_unix_nano: 5,
+                            ..Default::default()
+                        },
+                    ],
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        }
+    }
+
+    fn events(req: &ExportLogsServiceRequest) -> Vec<Json> {
+        let mut out = Vec::new();
+        assert_eq!(write_events(req, &mut out), record_count(req));
+        out.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_record_maps_onto_the_documented_event_shape() {
+        let got = events(&sample());
+        assert_eq!(got.len(), 2);
+        let e = &got[0];
+        assert_eq!(e["timestamp"], "2026-05-28T20:26:40.123456789Z");
+        assert_eq!(e["level"], "ERROR");
+        assert_eq!(e["severity_number"], 17);
+        assert_eq!(e["message"], "payment \"declined\"");
+        assert_eq!(e["trace_id"], "abababababababababababababababab");
+        assert_eq!(e["span_id"], "0102030405060708");
+        assert_eq!(e["trace_flags"], 1);
+        assert_eq!(e["attributes"]["order.id"], 77);
+        assert_eq!(e["attributes"]["ratio"].as_f64(), Some(1.0));
+        assert!(e["attributes"]["ratio"].is_f64());
+        assert_eq!(e["scope"], serde_json::json!({"name": "app.orders", "version": "2"}));
+        assert_eq!(e["release"], serde_json::json!({"version": "1.4.2"}));
+        assert_eq!(e["process"], serde_json::json!({"service": "checkout", "pid": 4242}));
+        assert_eq!(e["kubernetes"], serde_json::json!({"namespace": "shop", "labels": {"app": "web"}}));
+        assert_eq!(e["host"], "node-1");
+        assert_eq!(e["resource"], serde_json::json!({"cloud.region": "eu-west-1"}));
+        // Severity text missing: the number's name; a structured body.
+        assert_eq!(got[1]["level"], "INFO");
+        assert_eq!(got[1]["body"], serde_json::json!({"k": "v"}));
+        assert!(got[1].get("timestamp").is_none());
+    }
+
+    #[test]
+    fn events_made_from_records_go_back_to_the_same_records() {
+        let req = sample();
+        let mut b = RequestBuilder::default();
+        for e in events(&req) {
+            b.push(&e, 999);
+        }
+        assert_eq!(b.len(), 2);
+        let mut back = b.take();
+        // The one lossy field: an empty severity text comes back as the
+        // number's name.
+        back.resource_logs[0].scope_logs[0].log_records[1].severity_text.clear();
+        let norm = |r: &ExportLogsServiceRequest| {
+            let mut r = r.clone();
+            for rl in &mut r.resource_logs {
+                if let Some(res) = &mut rl.resource {
+                    res.attributes.sort_by(|a, b| a.key.cmp(&b.key));
+                }
+            }
+            r
+        };
+        assert_eq!(norm(&back), norm(&req));
+    }
+
+    #[test]
+    fn plain_events_group_by_resource_and_keep_their_fields_as_attributes() {
+        let mut b = RequestBuilder::default();
+        for line in [
+            r#"{"msg":"a","level":"warn","status":500,"release":{"version":"1"}}"#,
+            r#"{"msg":"b","release":{"version":"2"}}"#,
+            r#"{"msg":"c","release":{"version":"1"}}"#,
+        ] {
+            b.push(&serde_json::from_str(line).unwrap(), 7);
+        }
+        let req = b.take();
+        assert_eq!(req.resource_logs.len(), 2);
+        let first = &req.resource_logs[0].scope_logs[0].log_records;
+        assert_eq!(first.len(), 2);
+        assert_eq!(first[0].severity_number, 13);
+        assert_eq!(first[0].observed_time_unix_nano, 7);
+        assert!(first[0].attributes.iter().any(|kv| kv.key == "status"));
+        assert_eq!(
+            req.resource_logs[1].resource.as_ref().unwrap().attributes[0],
+            kv("service.version", Value::String("2".into()))
+        );
+    }
+}

@@ -1,0 +1,612 @@
+//! `type = "otlp"`: OpenTelemetry logs over gRPC (default
+//! `127.0.0.1:4317`) and HTTP (`127.0.0.1:4318`, `POST /v1/logs`, protobuf
+//! or JSON, gzip or not). Each log record becomes one event, mapped as
+//! docs/otlp.md says, and then goes the way of every other line: decode,
+//! enrichment, SLI rules, sinks.
+//!
+//! Backpressure, as the OTLP spec asks: a request that finds no room in the
+//! pipeline within `queue_timeout` is refused with HTTP 503 or gRPC
+//! `UNAVAILABLE`, with a retry delay, and SDKs retry it. With
+//! `acknowledgements = true` a request is answered only once every sink
+//! has delivered its records (or written them to its disk buffer): an
+//! SDK's retry then makes delivery at-least-once end to end.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::body::{Frame, SizeHint};
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus::IntCounterVec;
+use prost::Message as _;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+use super::socket::tls::TlsConfig;
+use super::{SourceComponent, SourceCx, SourceError, SourceErrorKind};
+use crate::config::{duration, ByteSize, ConfigError, Validate};
+use crate::enrich::SourceContext;
+use crate::event::{AckGroup, AckOutcome};
+use crate::framing::{split_lines, Lines};
+use crate::otlp::grpc::{self, Code};
+use crate::otlp::proto::{Any, Duration as ProtoDuration, ExportLogsServiceRequest, ExportLogsServiceResponse, RetryInfo, Status};
+use crate::otlp::{json, logs, LOGS_GRPC_PATH, LOGS_HTTP_PATH};
+use crate::pipeline::Task;
+use crate::telemetry::counter_vec;
+
+const PROTOBUF: &str = "application/x-protobuf";
+const JSON: &str = "application/json";
+const GRPC: &str = "application/grpc";
+
+/// Settings of the OTLP source.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpSourceConfig {
+    /// Where gRPC is served; `""` turns gRPC off.
+    pub(crate) grpc_address: String,
+    /// Where OTLP/HTTP is served; `""` turns it off.
+    pub(crate) http_address: String,
+    /// Largest request taken, before and after gzip; a larger one gets
+    /// 413 or `RESOURCE_EXHAUSTED`.
+    pub(crate) max_request_bytes: ByteSize,
+    /// Answer a request only once every sink has delivered its records.
+    pub(crate) acknowledgements: bool,
+    /// How long a request waits for room in the pipeline before it is
+    /// refused as retryable.
+    #[serde(deserialize_with = "duration")]
+    pub(crate) queue_timeout: Duration,
+    /// The retry delay a refused request is given.
+    #[serde(deserialize_with = "duration")]
+    pub(crate) retry_after: Duration,
+    /// TLS for both listeners (the socket source's `tls` table).
+    pub(crate) tls: Option<TlsConfig>,
+}
+
+impl Default for OtlpSourceConfig {
+    fn default() -> Self {
+        OtlpSourceConfig {
+            grpc_address: "127.0.0.1:4317".into(),
+            http_address: "127.0.0.1:4318".into(),
+            max_request_bytes: ByteSize(4 << 20),
+            acknowledgements: false,
+            queue_timeout: Duration::from_secs(1),
+            retry_after: Duration::from_secs(1),
+            tls: None,
+        }
+    }
+}
+
+impl OtlpSourceConfig {
+    fn listeners(&self) -> impl Iterator<Item = (Protocol, &str)> {
+        [
+            (Protocol::Grpc, self.grpc_address.as_str()),
+            (Protocol::Http, self.http_address.as_str()),
+        ]
+        .into_iter()
+        .filter(|(_, a)| !a.is_empty())
+    }
+}
+
+impl Validate for OtlpSourceConfig {
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        for (key, address) in [("grpc_address", &self.grpc_address), ("http_address", &self.http_address)] {
+            if !address.is_empty() && address.parse::<SocketAddr>().is_err() {
+                errors.push(ConfigError::at(
+                    path,
+                    key,
+                    format!("{address:?} is not an address like \"127.0.0.1:4317\" (\"\" turns it off)"),
+                ));
+            }
+        }
+        if self.grpc_address.is_empty() && self.http_address.is_empty() {
+            errors.push(ConfigError::at(
+                path,
+                "http_address",
+                "gRPC and HTTP are both off: nothing would be received",
+            ));
+        }
+        let same = match (self.grpc_address.parse::<SocketAddr>(), self.http_address.parse::<SocketAddr>()) {
+            (Ok(g), Ok(h)) => g == h && g.port() != 0,
+            _ => false,
+        };
+        if same {
+            errors.push(ConfigError::at(path, "http_address", "gRPC and HTTP need different ports"));
+        }
+        if self.max_request_bytes.0 < 1024 || self.max_request_bytes.0 > 1 << 30 {
+            errors.push(ConfigError::at(path, "max_request_bytes", "must be between 1KiB and 1GiB"));
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Grpc,
+    Http,
+}
+
+/// Requests refused, by reason: what a client was told to fix or retry.
+struct OtlpMetrics {
+    refused: IntCounterVec,
+}
+
+fn metrics() -> &'static OtlpMetrics {
+    static M: OnceLock<OtlpMetrics> = OnceLock::new();
+    M.get_or_init(|| OtlpMetrics {
+        refused: counter_vec(
+            "sluice_otlp_requests_refused_total",
+            "OTLP requests refused, by reason (busy, too_large, malformed, unsupported).",
+            &["source", "reason"],
+        ),
+    })
+}
+
+/// What every connection of the source shares.
+struct Shared {
+    cfg: OtlpSourceConfig,
+    cx: SourceCx,
+    ctx: Arc<SourceContext>,
+}
+
+impl SourceComponent for OtlpSourceConfig {
+    /// Binds every enabled listener, then serves until shutdown.
+    fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
+        let tls = match &self.tls {
+            Some(t) => Some(t.server_config().map_err(|e| SourceError::new(&cx.name, e))?),
+            None => None,
+        };
+        let cfg = self.clone();
+        Ok(Box::pin(async move {
+            let mut listeners = Vec::new();
+            for (protocol, address) in cfg.listeners() {
+                let bind = async {
+                    let addr: SocketAddr = address.parse().map_err(|_| std::io::Error::other("not an address"))?;
+                    TcpListener::bind(addr).await
+                };
+                let listener = bind.await.map_err(|error| {
+                    SourceError::new(
+                        &cx.name,
+                        SourceErrorKind::Io {
+                            action: "bind the OTLP listener",
+                            error,
+                        },
+                    )
+                })?;
+                if let Ok(address) = listener.local_addr() {
+                    match protocol {
+                        Protocol::Grpc => tracing::info!(source = %cx.name, %address, "receiving OTLP over gRPC"),
+                        Protocol::Http => tracing::info!(source = %cx.name, %address, "receiving OTLP over HTTP"),
+                    }
+                }
+                let acceptor = tls.as_ref().map(|t| {
+                    let mut t = t.clone();
+                    t.alpn_protocols = match protocol {
+                        Protocol::Grpc => vec![b"h2".to_vec()],
+                        Protocol::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+                    };
+                    tokio_rustls::TlsAcceptor::from(Arc::new(t))
+                });
+                listeners.push((protocol, listener, acceptor));
+            }
+            let meta = cx.enrich.metadata(None);
+            let shared = Arc::new(Shared {
+                ctx: Arc::new(SourceContext::new(cx.name.clone(), "otlp", String::new(), meta)),
+                cfg,
+                cx: cx.clone(),
+            });
+            let tasks: Vec<_> = listeners
+                .into_iter()
+                .map(|(protocol, listener, acceptor)| tokio::spawn(accept_loop(protocol, listener, acceptor, shared.clone())))
+                .collect();
+            let mut shutdown = cx.shutdown.clone();
+            shutdown.wait().await;
+            for t in tasks {
+                t.abort();
+            }
+            Ok(())
+        }))
+    }
+}
+
+async fn accept_loop(protocol: Protocol, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, shared: Arc<Shared>) {
+    let handshake = shared.cfg.tls.as_ref().map(|t| t.handshake_timeout).unwrap_or_default();
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(source = %shared.cx.name, %error, "OTLP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => serve(protocol, stream, shared).await,
+                Some(acceptor) => match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => serve(protocol, stream, shared).await,
+                    Ok(Err(error)) => tracing::info!(source = %shared.cx.name, %error, "OTLP TLS handshake failed"),
+                    Err(_) => tracing::info!(source = %shared.cx.name, "OTLP TLS handshake timed out"),
+                },
+            }
+        });
+    }
+}
+
+async fn serve<S>(protocol: Protocol, stream: S, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(match protocol {
+                Protocol::Grpc => grpc_request(req, &shared).await,
+                Protocol::Http => http_request(req, &shared).await,
+            })
+        }
+    });
+    let io = TokioIo::new(stream);
+    let _ = match protocol {
+        Protocol::Grpc => {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, svc)
+                .await
+        }
+        Protocol::Http => hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await,
+    };
+}
+
+/// Why a request was not taken.
+#[derive(Debug)]
+enum Refusal {
+    /// No room in the pipeline in time, or shutting down: retry later.
+    Busy,
+    /// Over `max_request_bytes`.
+    TooLarge,
+    /// Not a valid request.
+    Malformed(String),
+    /// A path, method, content type or encoding sluice does not serve.
+    Unsupported(String),
+}
+
+impl Refusal {
+    fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Busy => "busy",
+            Refusal::TooLarge => "too_large",
+            Refusal::Malformed(_) => "malformed",
+            Refusal::Unsupported(_) => "unsupported",
+        }
+    }
+
+    fn message(&self, limit: u64) -> String {
+        match self {
+            Refusal::Busy => "the pipeline is full; retry later".into(),
+            Refusal::TooLarge => format!("the request is over max_request_bytes ({limit} bytes)"),
+            Refusal::Malformed(m) | Refusal::Unsupported(m) => m.clone(),
+        }
+    }
+}
+
+/// Reads a body of at most `limit` bytes.
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Refusal> {
+    match Limited::new(body, limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::TooLarge),
+        Err(e) => Err(Refusal::Malformed(format!("cannot read the body: {e}"))),
+    }
+}
+
+/// Takes a decoded request into the pipeline: its records as one batch,
+/// waiting for every sink when acknowledgements are on.
+async fn accept(request: &ExportLogsServiceRequest, shared: &Shared) -> Result<(), Refusal> {
+    let count = logs::record_count(request);
+    if count == 0 {
+        return Ok(());
+    }
+    let mut buf = Vec::with_capacity(count * 256);
+    logs::write_events(request, &mut buf);
+    let mut spans = Vec::with_capacity(count);
+    split_lines(&buf, &mut spans);
+    let lines = Lines {
+        chunk: Bytes::from(buf),
+        spans,
+        dropped: 0,
+        may_hold_breaks: false,
+    };
+    let acks = shared.cfg.acknowledgements.then(AckGroup::new);
+    let ack = acks.as_ref().map(|(group, _)| group.next());
+    let taken = shared
+        .cx
+        .output
+        .send_lines_within(lines, shared.ctx.clone(), ack, shared.cfg.queue_timeout)
+        .await
+        .map_err(|_| Refusal::Busy)?;
+    if !taken {
+        return Err(Refusal::Busy);
+    }
+    if let Some((group, mut rx)) = acks {
+        drop(group);
+        match rx.recv().await {
+            Some(c) if c.outcome != AckOutcome::Abandoned => {}
+            // Shut down before every sink delivered: the client retries.
+            _ => return Err(Refusal::Busy),
+        }
+    }
+    Ok(())
+}
+
+fn refused(shared: &Shared, r: &Refusal) {
+    metrics().refused.with_label_values(&[&shared.cx.name, r.reason()]).inc();
+    if !matches!(r, Refusal::Busy) {
+        tracing::debug!(source = %shared.cx.name, reason = r.reason(), error = %r.message(shared.cfg.max_request_bytes.0), "OTLP request refused");
+    }
+}
+
+// --- OTLP/HTTP --------------------------------------------------------------
+
+async fn http_request(req: Request<Incoming>, shared: &Shared) -> Response<Reply> {
+    let json = content_type(req.headers()).is_some_and(|t| t == JSON);
+    match http_export(req, shared).await {
+        Ok(()) => {
+            let body = if json {
+                Bytes::from_static(b"{}")
+            } else {
+                Bytes::from(ExportLogsServiceResponse::default().encode_to_vec())
+            };
+            response(StatusCode::OK, if json { JSON } else { PROTOBUF }, body)
+        }
+        Err(r) => {
+            refused(shared, &r);
+            let status = match r {
+                Refusal::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
+                Refusal::Unsupported(ref m) if m.starts_with("no ") => StatusCode::NOT_FOUND,
+                Refusal::Unsupported(ref m) if m.starts_with("method") => StatusCode::METHOD_NOT_ALLOWED,
+                Refusal::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            };
+            let message = r.message(shared.cfg.max_request_bytes.0);
+            let code = match r {
+                Refusal::Busy => Code::Unavailable,
+                Refusal::TooLarge => Code::ResourceExhausted,
+                Refusal::Malformed(_) => Code::InvalidArgument,
+                Refusal::Unsupported(_) => Code::Unimplemented,
+            };
+            let body = if json {
+                Bytes::from(serde_json::json!({"code": code as i32, "message": message}).to_string())
+            } else {
+                Bytes::from(
+                    Status {
+                        code: code as i32,
+                        message,
+                        details: Vec::new(),
+                    }
+                    .encode_to_vec(),
+                )
+            };
+            let mut resp = response(status, if json { JSON } else { PROTOBUF }, body);
+            if matches!(r, Refusal::Busy) {
+                resp.headers_mut().insert(RETRY_AFTER, retry_after_seconds(shared.cfg.retry_after));
+            }
+            resp
+        }
+    }
+}
+
+async fn http_export(req: Request<Incoming>, shared: &Shared) -> Result<(), Refusal> {
+    if req.uri().path() != LOGS_HTTP_PATH {
+        return Err(Refusal::Unsupported(format!(
+            "no OTLP endpoint at {} (this source takes {LOGS_HTTP_PATH})",
+            req.uri().path()
+        )));
+    }
+    if req.method() != Method::POST {
+        return Err(Refusal::Unsupported(format!("method {} (OTLP takes POST)", req.method())));
+    }
+    let kind = match content_type(req.headers()) {
+        Some(t) if t == PROTOBUF || t == JSON => t,
+        other => {
+            return Err(Refusal::Unsupported(format!(
+                "content type {:?} (OTLP/HTTP takes {PROTOBUF} or {JSON})",
+                other.unwrap_or_default()
+            )))
+        }
+    };
+    let gzip = match req.headers().get(CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?")) {
+        None | Some("identity") => false,
+        Some("gzip") => true,
+        Some(other) => return Err(Refusal::Unsupported(format!("content encoding {other:?} (gzip or none)"))),
+    };
+    let limit = shared.cfg.max_request_bytes.0 as usize;
+    let mut body = read_body(req.into_body(), limit).await?;
+    if gzip {
+        body = grpc::gunzip(&body, limit).map(Bytes::from).map_err(|e| match e {
+            grpc::GunzipError::TooLarge => Refusal::TooLarge,
+            grpc::GunzipError::Bad(m) => Refusal::Malformed(format!("bad gzip: {m}")),
+        })?;
+    }
+    let request = if kind == JSON {
+        json::logs_request(&body).map_err(|e| Refusal::Malformed(format!("bad OTLP/JSON: {e}")))?
+    } else {
+        ExportLogsServiceRequest::decode(body).map_err(|e| Refusal::Malformed(format!("bad OTLP protobuf: {e}")))?
+    };
+    accept(&request, shared).await
+}
+
+/// The media type without parameters, lowercased.
+fn content_type(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    Some(v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+}
+
+fn response(status: StatusCode, kind: &'static str, body: Bytes) -> Response<Reply> {
+    let mut r = Response::new(Reply {
+        data: (!body.is_empty()).then_some(body),
+        trailers: None,
+    });
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(kind));
+    r
+}
+
+fn retry_after_seconds(d: Duration) -> HeaderValue {
+    HeaderValue::from(d.as_secs_f64().ceil().max(1.0) as u64)
+}
+
+/// A response body: at most one data frame, then trailers if any (gRPC's
+/// status travels in trailers after the message).
+struct Reply {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl hyper::body::Body for Reply {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = match self.data.take() {
+            Some(d) => Some(Frame::data(d)),
+            None => self.trailers.take().map(Frame::trailers),
+        };
+        std::task::Poll::Ready(frame.map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
+
+// --- gRPC -------------------------------------------------------------------
+
+async fn grpc_request(req: Request<Incoming>, shared: &Shared) -> Response<Reply> {
+    match grpc_export(req, shared).await {
+        Ok(()) => {
+            let mut r = response(
+                StatusCode::OK,
+                GRPC,
+                Bytes::from(grpc::frame(&ExportLogsServiceResponse::default().encode_to_vec())),
+            );
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            r.body_mut().trailers = Some(trailers);
+            r
+        }
+        Err(r) => {
+            refused(shared, &r);
+            let code = match r {
+                Refusal::Busy => Code::Unavailable,
+                Refusal::TooLarge => Code::ResourceExhausted,
+                Refusal::Malformed(_) => Code::InvalidArgument,
+                Refusal::Unsupported(_) => Code::Unimplemented,
+            };
+            let message = r.message(shared.cfg.max_request_bytes.0);
+            let mut resp = response(StatusCode::OK, GRPC, Bytes::new());
+            let h = resp.headers_mut();
+            h.insert("grpc-status", HeaderValue::from(code as i32));
+            if let Ok(v) = HeaderValue::from_str(&percent_encode(&message)) {
+                h.insert("grpc-message", v);
+            }
+            if matches!(r, Refusal::Busy) {
+                let retry = shared.cfg.retry_after;
+                let status = Status {
+                    code: code as i32,
+                    message,
+                    details: vec![Any {
+                        type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+                        value: RetryInfo {
+                            retry_delay: Some(ProtoDuration {
+                                seconds: retry.as_secs() as i64,
+                                nanos: retry.subsec_nanos() as i32,
+                            }),
+                        }
+                        .encode_to_vec(),
+                    }],
+                };
+                let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD_NO_PAD, status.encode_to_vec());
+                if let Ok(v) = HeaderValue::from_str(&b64) {
+                    h.insert("grpc-status-details-bin", v);
+                }
+            }
+            resp
+        }
+    }
+}
+
+async fn grpc_export(req: Request<Incoming>, shared: &Shared) -> Result<(), Refusal> {
+    if req.uri().path() != LOGS_GRPC_PATH {
+        return Err(Refusal::Unsupported(format!("no method {} here", req.uri().path())));
+    }
+    if !content_type(req.headers()).is_some_and(|t| t.starts_with(GRPC)) {
+        return Err(Refusal::Unsupported("content type is not application/grpc".into()));
+    }
+    let encoding = req.headers().get("grpc-encoding").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let limit = shared.cfg.max_request_bytes.0 as usize;
+    // The 5-byte prefix on top of the message's limit.
+    let body = read_body(req.into_body(), limit + 5).await?;
+    let message = grpc::unframe(&body, encoding.as_deref(), limit).map_err(|e| match e {
+        grpc::FrameError::TooLarge(_) => Refusal::TooLarge,
+        grpc::FrameError::Encoding(m) => Refusal::Unsupported(format!("grpc-encoding {m:?} (gzip or none)")),
+        other => Refusal::Malformed(other.to_string()),
+    })?;
+    let request =
+        ExportLogsServiceRequest::decode(message.as_slice()).map_err(|e| Refusal::Malformed(format!("bad OTLP protobuf: {e}")))?;
+    accept(&request, shared).await
+}
+
+/// `grpc-message` is percent-encoded outside printable ASCII.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(text: &str) -> Vec<String> {
+        let cfg: OtlpSourceConfig = toml::from_str(text).unwrap();
+        let mut errors = Vec::new();
+        cfg.validate("sources.otel", &mut errors);
+        errors.into_iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn listeners_are_checked_with_their_key_paths() {
+        assert!(validate("").is_empty());
+        let e = validate("grpc_address = \"nowhere\"");
+        assert!(e[0].contains("sources.otel.grpc_address"), "{e:?}");
+        let e = validate("grpc_address = \"\"\nhttp_address = \"\"");
+        assert!(e[0].contains("both off"), "{e:?}");
+        let e = validate("grpc_address = \"127.0.0.1:9\"\nhttp_address = \"127.0.0.1:9\"");
+        assert!(e[0].contains("different ports"), "{e:?}");
+        let e = validate("max_request_bytes = \"10B\"");
+        assert!(e[0].contains("sources.otel.max_request_bytes"), "{e:?}");
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_encoded() {
+        assert_eq!(percent_encode("a b%\n✓"), "a b%25%0A%E2%9C%93");
+    }
+}

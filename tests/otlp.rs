@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Command;
 use std::time::Duration;
 
-use support::{http_post, otel_python_bin, run_bounded, support_dir, Loki, LokiMode, Sluice, Stdout};
+use support::{http_post, otel_python_bin, run_bounded, support_dir, Loki, LokiMode, OtlpReceiver, Sluice, Stdout};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -212,5 +212,79 @@ fn bad_requests_get_a_clear_4xx_and_are_counted_and_a_json_request_is_taken() {
     for (reason, n) in [("malformed", 2.0), ("unsupported", 2.0), ("too_large", 2.0)] {
         let series = format!(r#"sluice_otlp_requests_refused_total{{reason="{reason}",source="otel"}}"#);
         assert_eq!(m.value(&series), n, "{series}");
+    }
+}
+
+/// Sends otlp_roundtrip.py's request into sluice's otlp source, out through
+/// its otlp sink (`protocol`) to the independent receiver, and checks the
+/// receiver got the same records.
+fn round_trip(protocol: &str, compression: &str) {
+    let receiver = OtlpReceiver::start();
+    let target = if protocol == "grpc" { &receiver.grpc } else { &receiver.http };
+    let config = format!(
+        "[api]\naddress = \"127.0.0.1:0\"\n[enrich]\ndisable_host = true\n\
+         [sources.otel]\ntype = \"otlp\"\ngrpc_address = \"\"\nhttp_address = \"127.0.0.1:0\"\n\
+         [sinks.out]\ntype = \"otlp\"\nendpoint = \"{target}\"\nprotocol = \"{protocol}\"\ncompression = \"{compression}\"\n\
+         [sinks.out.batch]\ntimeout = \"100ms\"\n"
+    );
+    let s = Sluice::builder().config(&config).stdout(Stdout::Null).start();
+    let http = endpoint(&s, "HTTP");
+    let script = support_dir().join("otlp_roundtrip.py");
+    let mut send = Command::new(otel_python_bin());
+    send.arg(&script).args(["send", &format!("{http}/v1/logs")]);
+    support::run_client(&mut send, WAIT);
+    receiver.wait_for_records(20, WAIT);
+    let dump = s.path("received.json");
+    std::fs::write(&dump, receiver.received_json()).unwrap();
+    let mut check = Command::new(otel_python_bin());
+    check.arg(&script).arg("check").arg(&dump);
+    let out = run_bounded(check, None, WAIT);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        printed.trim(),
+        "same",
+        "{protocol}/{compression}: {printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = s.metrics();
+    assert_eq!(m.value(r#"sluice_sink_events_total{sink="out"}"#), 20.0);
+}
+
+#[test]
+fn an_otlp_log_goes_in_and_out_again_unchanged_over_http() {
+    round_trip("http", "gzip");
+}
+
+#[test]
+fn an_otlp_log_goes_in_and_out_again_unchanged_over_grpc() {
+    round_trip("grpc", "gzip");
+    round_trip("grpc", "none");
+}
+
+#[test]
+fn failed_exports_are_retried_and_only_what_the_receiver_kept_is_counted_delivered() {
+    for protocol in ["http", "grpc"] {
+        let receiver = OtlpReceiver::start();
+        receiver.fail_next(3);
+        let target = if protocol == "grpc" { &receiver.grpc } else { &receiver.http };
+        let config = format!(
+            "[api]\naddress = \"127.0.0.1:0\"\n[sources.in]\ntype = \"stdin\"\n\
+             [sinks.out]\ntype = \"otlp\"\nendpoint = \"{target}\"\nprotocol = \"{protocol}\"\n\
+             [sinks.out.batch]\ntimeout = \"100ms\"\n[sinks.out.retry]\ninitial_backoff = \"50ms\"\nmax_backoff = \"200ms\"\n"
+        );
+        let mut s = Sluice::builder().config(&config).stdin_piped().stdout(Stdout::Null).start();
+        let lines: Vec<String> = (0..50)
+            .map(|i| format!(r#"{{"msg":"line {i}","level":"info","seq":{i}}}"#))
+            .collect();
+        s.write_lines(&lines);
+        receiver.wait_for_records(50, WAIT);
+        let m = s.wait_for_metrics("the sink's delivered count", WAIT, |m| {
+            m.value(r#"sluice_sink_events_total{sink="out"}"#) >= 50.0
+        });
+        assert_eq!(m.value(r#"sluice_sink_events_total{sink="out"}"#), 50.0, "{protocol}");
+        assert!(m.value(r#"sluice_sink_retries_total{sink="out"}"#) >= 3.0, "{protocol}");
+        assert_eq!(receiver.record_count(), 50, "{protocol}: nothing twice");
+        s.close_stdin();
+        s.finish(WAIT);
     }
 }

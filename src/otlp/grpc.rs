@@ -6,11 +6,9 @@ use std::io::Read as _;
 /// gRPC status codes sluice answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Code {
-    Ok = 0,
     InvalidArgument = 3,
     ResourceExhausted = 8,
     Unimplemented = 12,
-    Internal = 13,
     Unavailable = 14,
 }
 

@@ -11,6 +11,7 @@ pub(crate) mod delivery;
 pub(crate) mod http;
 pub(crate) mod kafka;
 pub mod loki;
+pub(crate) mod otlp;
 pub mod s3;
 pub(crate) mod stdout;
 pub(crate) mod template;
@@ -164,4 +165,5 @@ sink_registry! {
     "kafka" => Kafka(kafka::KafkaConfig),
     "loki" => Loki(Box<loki::LokiConfig>),
     "s3" => S3(Box<s3::S3Config>),
+    "otlp" => Otlp(Box<otlp::OtlpSinkConfig>),
 }

@@ -28,6 +28,7 @@
 //! | `enriched.rs`    | the stdin → enrichment → sinks pipeline of the sink tests   |
 //! | `sli.rs`         | the stdin → blackhole pipeline with `[[sli]]` rules          |
 //! | `file_source.rs` | file-source configs and log files                           |
+//! | `otlp.rs`        | [`OtlpReceiver`]: the independent OTLP logs receiver (opentelemetry-proto) |
 //! | this file        | installed services (S3, Loki, Prometheus), ports, HTTP, [`run_bounded`] for short-lived tools |
 //!
 //! sluice's API address is always read from its log
@@ -40,11 +41,13 @@ pub mod enriched;
 pub mod file_source;
 pub mod kafka;
 pub mod metrics;
+pub mod otlp;
 pub mod sli;
 pub mod sluice;
 
 pub use kafka::{Kafka, KAFKA_TIMEOUT};
 pub use metrics::{scrape, try_scrape, Metrics};
+pub use otlp::OtlpReceiver;
 pub use sluice::{Sluice, SluiceBuilder, Stdout};
 
 use std::collections::BTreeMap;

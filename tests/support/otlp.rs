@@ -1,0 +1,98 @@
+//! [`OtlpReceiver`]: the independent OTLP logs receiver
+//! (`otlp_receiver.py`, built from `opentelemetry-proto`) that the otlp
+//! sink is checked against.
+
+use std::io::{BufRead, BufReader};
+use std::process::Command;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::{http_get, http_post, otel_python_bin, support_dir, ServiceProcess, START_TIMEOUT};
+
+/// The receiver, listening on loopback for gRPC and OTLP/HTTP.
+pub struct OtlpReceiver {
+    /// `http://127.0.0.1:PORT` of its gRPC listener.
+    pub grpc: String,
+    /// `http://127.0.0.1:PORT` of its HTTP listener.
+    pub http: String,
+    process: ServiceProcess,
+    _logs: TempDir,
+}
+
+impl OtlpReceiver {
+    /// Starts the receiver and waits until both listeners accept.
+    pub fn start() -> OtlpReceiver {
+        let logs = TempDir::new().expect("temp dir");
+        let mut cmd = Command::new(otel_python_bin());
+        cmd.arg(support_dir().join("otlp_receiver.py"));
+        let mut process = ServiceProcess::spawn("otlp_receiver.py", cmd, logs.path().join("otlp.log"), true);
+        let stdout = process.child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(START_TIMEOUT)
+            .unwrap_or_else(|_| panic!("otlp_receiver.py did not print ready; its log:\n{}", process.log_text()));
+        let ports: Vec<u16> = line
+            .trim()
+            .strip_prefix("ready ")
+            .map(|p| p.split(' ').filter_map(|n| n.parse().ok()).collect())
+            .unwrap_or_default();
+        let [grpc, http] = ports[..] else {
+            process.assert_running();
+            panic!("otlp_receiver.py printed {line:?}; its log:\n{}", process.log_text())
+        };
+        for port in [grpc, http] {
+            process.wait_for_tcp(&format!("127.0.0.1:{port}"), START_TIMEOUT);
+        }
+        OtlpReceiver {
+            grpc: format!("http://127.0.0.1:{grpc}"),
+            http: format!("http://127.0.0.1:{http}"),
+            process,
+            _logs: logs,
+        }
+    }
+
+    /// The accepted export requests, as a JSON list of protobuf-JSON
+    /// objects.
+    pub fn received_json(&self) -> String {
+        let (status, body) = http_get(&format!("{}/received", self.http));
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Log records accepted so far.
+    pub fn record_count(&self) -> usize {
+        let requests: Vec<serde_json::Value> = serde_json::from_str(&self.received_json()).expect("receiver JSON");
+        requests
+            .iter()
+            .flat_map(|r| r["resourceLogs"].as_array().cloned().unwrap_or_default())
+            .flat_map(|rl| rl["scopeLogs"].as_array().cloned().unwrap_or_default())
+            .map(|sl| sl["logRecords"].as_array().map_or(0, Vec::len))
+            .sum()
+    }
+
+    /// Waits until at least `n` records were accepted.
+    pub fn wait_for_records(&self, n: usize, timeout: Duration) {
+        super::wait_until(&format!("{n} records at the OTLP receiver"), timeout, || {
+            (self.record_count() >= n).then_some(())
+        });
+    }
+
+    /// The next `n` exports fail (503 over HTTP, UNAVAILABLE over gRPC).
+    pub fn fail_next(&self, n: u32) {
+        let (status, body) = http_post(&format!("{}/control/fail?n={n}", self.http), &[], b"");
+        assert_eq!(status, 200, "{body}");
+    }
+
+    /// The receiver's own output.
+    pub fn log(&self) -> String {
+        self.process.log_text()
+    }
+}

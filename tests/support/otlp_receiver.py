@@ -1,0 +1,94 @@
+"""An independent OTLP logs receiver, built from opentelemetry-proto's
+generated classes: gRPC (grpcio) and OTLP/HTTP protobuf (gzip or not).
+
+    otlp_receiver.py
+
+Prints "ready GRPC_PORT HTTP_PORT" once both listen on 127.0.0.1. Keeps
+every request it accepted; on the HTTP port:
+
+    GET  /received          the accepted requests, as a JSON list of
+                            protobuf-JSON ExportLogsServiceRequest objects
+    POST /control/fail?n=N  the next N exports (either protocol) fail with
+                            503 / UNAVAILABLE, nothing kept
+"""
+import gzip
+import json
+import sys
+import threading
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as svc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as svc_grpc
+
+lock = threading.Lock()
+received = []
+fail_next = [0]
+
+
+def take(request):
+    """True when the export is kept, False when it must fail."""
+    with lock:
+        if fail_next[0] > 0:
+            fail_next[0] -= 1
+            return False
+        received.append(MessageToDict(request))
+        return True
+
+
+class Logs(svc_grpc.LogsServiceServicer):
+    def Export(self, request, context):
+        if not take(request):
+            context.abort(grpc.StatusCode.UNAVAILABLE, "failing on purpose")
+        return svc.ExportLogsServiceResponse()
+
+
+class Http(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, body, kind):
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path != "/received":
+            return self.reply(404, b"", "text/plain")
+        with lock:
+            body = json.dumps(received).encode()
+        self.reply(200, body, "application/json")
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.path.startswith("/control/fail"):
+            with lock:
+                fail_next[0] = int(self.path.split("n=")[1])
+            return self.reply(200, b"ok", "text/plain")
+        if self.path != "/v1/logs":
+            return self.reply(404, b"", "text/plain")
+        if self.headers.get("Content-Type") != "application/x-protobuf":
+            return self.reply(415, b"", "text/plain")
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        request = svc.ExportLogsServiceRequest()
+        try:
+            request.ParseFromString(body)
+        except Exception:
+            return self.reply(400, b"", "text/plain")
+        if not take(request):
+            return self.reply(503, b"", "text/plain")
+        self.reply(200, svc.ExportLogsServiceResponse().SerializeToString(), "application/x-protobuf")
+
+
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+svc_grpc.add_LogsServiceServicer_to_server(Logs(), server)
+grpc_port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+http = ThreadingHTTPServer(("127.0.0.1", 0), Http)
+print(f"ready {grpc_port} {http.server_address[1]}", flush=True)
+http.serve_forever()

@@ -1,0 +1,109 @@
+"""The round trip of tests/otlp.rs: one OTLP logs request with every kind
+of value, sent to sluice, and the check that what an independent receiver
+got from sluice's otlp sink is the same records.
+
+    otlp_roundtrip.py send URL          POST the request to URL (OTLP/HTTP)
+    otlp_roundtrip.py check FILE        FILE: the receiver's /received JSON;
+                                        prints "same" or the differences
+"""
+import json
+import sys
+import urllib.request
+
+from google.protobuf.json_format import MessageToDict, ParseDict
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as svc
+from opentelemetry.proto.common.v1 import common_pb2 as c
+from opentelemetry.proto.logs.v1 import logs_pb2 as l
+from opentelemetry.proto.resource.v1 import resource_pb2 as r
+
+
+def kv(key, value):
+    return c.KeyValue(key=key, value=value)
+
+
+def s(v):
+    return c.AnyValue(string_value=v)
+
+
+def request():
+    resources = [
+        r.Resource(attributes=[kv("service.name", s("checkout")), kv("service.version", s("1.4.2")),
+                               kv("process.pid", c.AnyValue(int_value=4242)),
+                               kv("k8s.namespace.name", s("shop")), kv("k8s.pod.name", s("checkout-7d9")),
+                               kv("k8s.pod.label.app", s("checkout")), kv("host.name", s("node-1")),
+                               kv("cloud.region", s("eu-west-1"))]),
+        r.Resource(attributes=[kv("service.name", s("cart")), kv("deployment.environment", s("prod"))]),
+    ]
+    out = svc.ExportLogsServiceRequest()
+    seq = 0
+    for res in resources:
+        rl = out.resource_logs.add(resource=res)
+        for scope in (c.InstrumentationScope(name="app.orders", version="2.1",
+                                             attributes=[kv("lib", s("orders"))]),
+                      c.InstrumentationScope(name="app.db")):
+            sl = rl.scope_logs.add(scope=scope)
+            for i in range(5):
+                seq += 1
+                rec = sl.log_records.add(
+                    time_unix_nano=1780000000000000000 + seq * 1001,
+                    observed_time_unix_nano=1780000000000000500 + seq,
+                    severity_number=[9, 13, 17, 5, 21][i],
+                    severity_text=["INFO", "WARN", "ERROR", "DEBUG", "FATAL"][i],
+                    flags=1 if i % 2 else 0,
+                    event_name="order.placed" if i == 3 else "",
+                    dropped_attributes_count=i,
+                )
+                if i == 4:
+                    rec.body.kvlist_value.values.extend([kv("k", s("v")), kv("n", c.AnyValue(int_value=-3))])
+                else:
+                    rec.body.string_value = f"record {seq} \"quoted\" ✓\n"
+                if i != 2:
+                    rec.trace_id = bytes(range(seq, seq + 16))
+                    rec.span_id = bytes(range(seq, seq + 8))
+                arr = c.AnyValue()
+                arr.array_value.values.extend([s("a"), c.AnyValue(bool_value=True), c.AnyValue(double_value=2.5)])
+                rec.attributes.extend([
+                    kv("seq", c.AnyValue(int_value=seq)),
+                    kv("ratio", c.AnyValue(double_value=1.0)),
+                    kv("big", c.AnyValue(int_value=-(2**62))),
+                    kv("ok", c.AnyValue(bool_value=bool(i % 2))),
+                    kv("tags", arr),
+                    kv("empty", c.AnyValue()),
+                ])
+    return out
+
+
+def records(req_dicts):
+    """(resource, scope, record) triples with attribute lists sorted, by seq."""
+    out = []
+    for d in req_dicts:
+        req = ParseDict(d, svc.ExportLogsServiceRequest())
+        for rl in req.resource_logs:
+            res = sorted(json.dumps(MessageToDict(a), sort_keys=True) for a in rl.resource.attributes)
+            for sl in rl.scope_logs:
+                scope = json.dumps(MessageToDict(sl.scope), sort_keys=True)
+                for rec in sl.log_records:
+                    d = MessageToDict(rec)
+                    seq = next(a.value.int_value for a in rec.attributes if a.key == "seq")
+                    out.append((seq, res, scope, json.dumps(d, sort_keys=True)))
+    return sorted(out)
+
+
+if sys.argv[1] == "send":
+    body = request().SerializeToString()
+    req = urllib.request.Request(sys.argv[2], data=body, headers={"Content-Type": "application/x-protobuf"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 200, resp.status
+    print("sent")
+else:
+    got = records(json.load(open(sys.argv[2])))
+    want = records([MessageToDict(request())])
+    if got == want:
+        print("same")
+    else:
+        print(f"{len(got)} records received, {len(want)} sent")
+        for g, w in zip(got, want):
+            if g != w:
+                print("got ", g)
+                print("want", w)
+                break

@@ -20,6 +20,9 @@ pub mod event;
 pub mod framing;
 pub(crate) mod json_text;
 pub(crate) mod otlp;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use otlp::fuzz_logs as fuzz_otlp_logs;
 pub mod pipeline;
 pub(crate) mod recycle;
 pub mod sinks;

@@ -11,3 +11,39 @@ pub(crate) mod proto;
 pub(crate) const LOGS_GRPC_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
 /// The OTLP/HTTP path of logs.
 pub(crate) const LOGS_HTTP_PATH: &str = "/v1/logs";
+
+/// Fuzzing entry: reads `data` as an OTLP logs request (protobuf, or
+/// OTLP/JSON when `json`), maps it to events and back. Panics if an event
+/// is not one line of JSON object, if the record count differs, or if
+/// events made from records do not go back to the same number of records.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn fuzz_logs(data: &[u8], json: bool) {
+    use prost::Message as _;
+    let request = if json {
+        match json::logs_request(data) {
+            Ok(r) => r,
+            Err(_) => return,
+        }
+    } else {
+        match proto::ExportLogsServiceRequest::decode(data) {
+            Ok(r) => r,
+            Err(_) => return,
+        }
+    };
+    let mut out = Vec::new();
+    let n = logs::write_events(&request, &mut out);
+    assert_eq!(n, logs::record_count(&request));
+    let mut builder = logs::RequestBuilder::default();
+    let mut lines = 0;
+    for line in out.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let v: serde_json::Value = serde_json::from_slice(line).expect("an event is valid JSON");
+        assert!(v.is_object(), "an event is an object");
+        builder.push(&v, 1);
+        lines += 1;
+    }
+    assert_eq!(lines, n, "one line per record");
+    let back = builder.take();
+    assert_eq!(logs::record_count(&back), n);
+    let _ = back.encode_to_vec();
+}

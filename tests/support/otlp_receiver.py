@@ -1,15 +1,18 @@
 """An independent OTLP logs receiver, built from opentelemetry-proto's
 generated classes: gRPC (grpcio) and OTLP/HTTP protobuf (gzip or not).
 
-    otlp_receiver.py
+    otlp_receiver.py [--count-only]
 
 Prints "ready GRPC_PORT HTTP_PORT" once both listen on 127.0.0.1. Keeps
 every request it accepted; on the HTTP port:
 
     GET  /received          the accepted requests, as a JSON list of
                             protobuf-JSON ExportLogsServiceRequest objects
+    GET  /count             records accepted so far
     POST /control/fail?n=N  the next N exports (either protocol) fail with
                             503 / UNAVAILABLE, nothing kept
+
+--count-only keeps the count and not the requests (scripts/bench-otlp).
 """
 import gzip
 import json
@@ -26,6 +29,8 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as svc_g
 lock = threading.Lock()
 received = []
 fail_next = [0]
+count = [0]
+count_only = "--count-only" in sys.argv
 
 
 def take(request):
@@ -34,7 +39,9 @@ def take(request):
         if fail_next[0] > 0:
             fail_next[0] -= 1
             return False
-        received.append(MessageToDict(request))
+        count[0] += sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
+        if not count_only:
+            received.append(MessageToDict(request))
         return True
 
 
@@ -57,6 +64,9 @@ class Http(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
+        if self.path == "/count":
+            with lock:
+                return self.reply(200, str(count[0]).encode(), "text/plain")
         if self.path != "/received":
             return self.reply(404, b"", "text/plain")
         with lock:

@@ -5,6 +5,8 @@ got from sluice's otlp sink is the same records.
     otlp_roundtrip.py send URL          POST the request to URL (OTLP/HTTP)
     otlp_roundtrip.py check FILE        FILE: the receiver's /received JSON;
                                         prints "same" or the differences
+    otlp_roundtrip.py bench FILE N      writes a request of N records shaped
+                                        like an SDK's (scripts/bench-otlp)
 """
 import json
 import sys
@@ -89,7 +91,29 @@ def records(req_dicts):
     return sorted(out)
 
 
-if sys.argv[1] == "send":
+def bench_request(n):
+    """N records as the Python SDK's logging bridge makes them."""
+    out = svc.ExportLogsServiceRequest()
+    rl = out.resource_logs.add(resource=r.Resource(attributes=[
+        kv("service.name", s("checkout")), kv("service.version", s("1.4.2")),
+        kv("telemetry.sdk.language", s("python")), kv("telemetry.sdk.name", s("opentelemetry")),
+        kv("k8s.namespace.name", s("shop")), kv("k8s.pod.name", s("checkout-7d9f8c6b5-x2x9z"))]))
+    sl = rl.scope_logs.add(scope=c.InstrumentationScope(name="app.orders"))
+    for i in range(n):
+        rec = sl.log_records.add(
+            time_unix_nano=1780000000000000000 + i * 250000, observed_time_unix_nano=1780000000000000000 + i * 250000 + 40,
+            severity_number=9, severity_text="INFO", trace_id=bytes(range(16)), span_id=bytes(range(8)), flags=1)
+        rec.body.string_value = f"order {i} placed for customer u-{i * 7919 % 100000}"
+        rec.attributes.extend([
+            kv("order.id", c.AnyValue(int_value=i)), kv("amount", c.AnyValue(double_value=i * 1.5)),
+            kv("code.filepath", s("/srv/app/orders.py")), kv("code.function", s("place_order")),
+            kv("code.lineno", c.AnyValue(int_value=118)), kv("http.route", s("/api/v1/orders"))])
+    return out
+
+
+if sys.argv[1] == "bench":
+    open(sys.argv[2], "wb").write(bench_request(int(sys.argv[3])).SerializeToString())
+elif sys.argv[1] == "send":
     body = request().SerializeToString()
     req = urllib.request.Request(sys.argv[2], data=body, headers={"Content-Type": "application/x-protobuf"})
     with urllib.request.urlopen(req, timeout=30) as resp:

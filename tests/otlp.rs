@@ -48,6 +48,19 @@ fn send_with_sdk(protocol: &str, endpoint: &str, count: u64, first: u64) -> Stri
     text
 }
 
+/// Runs tests/support/otel_logs.js (the OpenTelemetry JS SDK); returns
+/// what it printed.
+fn send_with_node_sdk(protocol: &str, endpoint: &str, count: u64, first: u64) -> String {
+    let mut cmd = Command::new(support::node_bin());
+    cmd.arg(support_dir().join("otel_logs.js"))
+        .args([protocol, endpoint, &count.to_string(), &first.to_string()])
+        .env("NODE_PATH", support::otel_node_modules_dir());
+    let out = run_bounded(cmd, None, Duration::from_secs(180));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "otel_logs.js failed: {text}");
+    text
+}
+
 /// Every event by its `order.id`, asserting none arrived twice.
 fn by_order(events: &[serde_json::Value]) -> BTreeMap<u64, serde_json::Value> {
     let mut out = BTreeMap::new();
@@ -108,6 +121,24 @@ fn read_events(s: &mut Sluice, n: usize) -> std::thread::JoinHandle<Vec<serde_js
         }
         events
     })
+}
+
+#[test]
+fn records_from_the_node_sdk_arrive_once_each_over_grpc_and_http_mapped_as_documented() {
+    let s = Sluice::builder().config(&otlp_config("")).stdout(Stdout::Collect).start();
+    let printed = send_with_node_sdk("grpc", &endpoint(&s, "gRPC"), 1000, 0);
+    assert!(printed.contains("failed exports: 0"), "{printed}");
+    let printed = send_with_node_sdk("http", &endpoint(&s, "HTTP"), 1000, 1000);
+    assert!(printed.contains("failed exports: 0"), "{printed}");
+    let got = by_order(&s.events(2000, WAIT));
+    assert_eq!(got.len(), 2000);
+    for (id, e) in &got {
+        check_mapping(e, *id);
+    }
+    assert!(
+        s.remaining_events(Duration::from_millis(500)).is_empty(),
+        "more events than records"
+    );
 }
 
 #[test]

@@ -12,6 +12,7 @@
 //! | `SLUICE_TEST_PYTHON`       | the venv python that runs `loki_receiver.py`          |
 //! | `SLUICE_TEST_NODE_MODULES` | node_modules holding winston and winston-loki         |
 //! | `SLUICE_TEST_OTEL_PYTHON`  | the venv python with the OpenTelemetry SDK and proto  |
+//! | `SLUICE_TEST_OTEL_NODE_MODULES` | node_modules with the OpenTelemetry JS SDK (logs) |
 //!
 //! `SLUICE_TEST_NODE` may name the node binary (default: `node` on `PATH`).
 //! Without a variable the default cache path (or `PATH`) is used. A missing
@@ -157,6 +158,15 @@ pub fn otel_python_bin() -> PathBuf {
         "SLUICE_TEST_OTEL_PYTHON",
         "the python venv with the OpenTelemetry SDK",
         &[cache_dir().join("venv-otel/bin/python")],
+    )
+}
+
+/// node_modules with the OpenTelemetry JS SDK's logs and OTLP exporters.
+pub fn otel_node_modules_dir() -> PathBuf {
+    locate(
+        "SLUICE_TEST_OTEL_NODE_MODULES",
+        "the OpenTelemetry JS SDK (npm)",
+        &[cache_dir().join("node-otel/node_modules")],
     )
 }
 

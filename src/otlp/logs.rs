@@ -476,16 +476,28 @@ impl RequestBuilder {
             },
             _ => InstrumentationScope::default(),
         };
-        let resource = event_resource(o);
-        let key = serde_json::to_string(&resource_key(&resource)).unwrap_or_default();
-        let r = *self.by_resource.entry(key).or_insert_with(|| {
-            self.resources.push(ResourceLogs {
-                resource: Some(resource),
-                scope_logs: Vec::new(),
-                schema_url: String::new(),
-            });
-            self.resources.len() - 1
-        });
+        // The resource is known by the text of the members it is made of;
+        // it is built only the first time.
+        let mut key = Vec::new();
+        for member in RESOURCE_MEMBERS {
+            if let Some(v) = o.get(member) {
+                key.extend_from_slice(member.as_bytes());
+                write_json(v, &mut key);
+            }
+        }
+        let key = String::from_utf8(key).unwrap_or_default();
+        let r = match self.by_resource.get(&key) {
+            Some(r) => *r,
+            None => {
+                self.resources.push(ResourceLogs {
+                    resource: Some(event_resource(o)),
+                    scope_logs: Vec::new(),
+                    schema_url: String::new(),
+                });
+                self.by_resource.insert(key, self.resources.len() - 1);
+                self.resources.len() - 1
+            }
+        };
         let scopes = &mut self.resources[r].scope_logs;
         let s = match scopes.iter().position(|s| s.scope.as_ref() == Some(&scope)) {
             Some(s) => s,
@@ -517,14 +529,8 @@ impl RequestBuilder {
     }
 }
 
-fn resource_key(r: &Resource) -> Json {
-    Json::Array(
-        r.attributes
-            .iter()
-            .map(|kv| Json::Array(vec![Json::from(kv.key.as_str()), any_to_json(kv.value.as_ref())]))
-            .collect(),
-    )
-}
+/// The event members a resource is made of.
+const RESOURCE_MEMBERS: [&str; 5] = ["resource", "release", "process", "kubernetes", "host"];
 
 /// The resource of an event: its metadata members and `resource`.
 fn event_resource(o: &Map<String, Json>) -> Resource {

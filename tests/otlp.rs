@@ -319,3 +319,31 @@ fn failed_exports_are_retried_and_only_what_the_receiver_kept_is_counted_deliver
         s.finish(WAIT);
     }
 }
+
+#[test]
+fn requests_past_max_concurrent_requests_are_refused_as_busy_while_the_others_wait() {
+    let loki = Loki::start();
+    loki.set_mode(LokiMode::ServerError, None);
+    let config = format!(
+        "[api]\naddress = \"127.0.0.1:0\"\n[sources.otel]\ntype = \"otlp\"\ngrpc_address = \"\"\nhttp_address = \"127.0.0.1:0\"\n\
+         acknowledgements = true\nmax_concurrent_requests = 1\nqueue_timeout = \"200ms\"\n\
+         [sinks.loki]\ntype = \"loki\"\nendpoint = \"{url}\"\n[sinks.loki.retry]\ninitial_backoff = \"50ms\"\nmax_backoff = \"200ms\"\n",
+        url = loki.url
+    );
+    let s = Sluice::builder().config(&config).stdout(Stdout::Null).start();
+    let url = format!("{}/v1/logs", endpoint(&s, "HTTP"));
+    let body = br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":{"stringValue":"held"}}]}]}]}"#;
+    let first = {
+        let url = url.clone();
+        std::thread::spawn(move || http_post(&url, &[("content-type", "application/json")], body))
+    };
+    support::eventually("the first export held by a failing Loki", WAIT, || loki.stats().pushes > 0);
+    // The one slot is taken by the first export, waiting for Loki.
+    let (status, answer) = http_post(&url, &[("content-type", "application/json")], body);
+    assert_eq!(status, 503, "{answer}");
+    loki.set_mode(LokiMode::Ok, None);
+    assert_eq!(first.join().unwrap().0, 200);
+    let (status, _) = http_post(&url, &[("content-type", "application/json")], body);
+    assert_eq!(status, 200, "the slot is free again");
+    loki.wait_for_entries(2, WAIT);
+}

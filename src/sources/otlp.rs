@@ -55,6 +55,11 @@ pub struct OtlpSourceConfig {
     pub(crate) max_request_bytes: ByteSize,
     /// Answer a request only once every sink has delivered its records.
     pub(crate) acknowledgements: bool,
+    /// Requests read and decoded at once, over all connections: with
+    /// `max_request_bytes` it bounds the memory requests hold before the
+    /// pipeline's budget takes over. One more waits up to `queue_timeout`,
+    /// then is refused as retryable.
+    pub(crate) max_concurrent_requests: usize,
     /// How long a request waits for room in the pipeline before it is
     /// refused as retryable.
     #[serde(deserialize_with = "duration")]
@@ -73,6 +78,7 @@ impl Default for OtlpSourceConfig {
             http_address: "127.0.0.1:4318".into(),
             max_request_bytes: ByteSize(4 << 20),
             acknowledgements: false,
+            max_concurrent_requests: 16,
             queue_timeout: Duration::from_secs(1),
             retry_after: Duration::from_secs(1),
             tls: None,
@@ -116,6 +122,9 @@ impl Validate for OtlpSourceConfig {
         if same {
             errors.push(ConfigError::at(path, "http_address", "gRPC and HTTP need different ports"));
         }
+        if !(1..=4096).contains(&self.max_concurrent_requests) {
+            errors.push(ConfigError::at(path, "max_concurrent_requests", "must be between 1 and 4096"));
+        }
         if self.max_request_bytes.0 < 1024 || self.max_request_bytes.0 > 1 << 30 {
             errors.push(ConfigError::at(path, "max_request_bytes", "must be between 1KiB and 1GiB"));
         }
@@ -147,6 +156,8 @@ fn metrics() -> &'static OtlpMetrics {
 /// What every connection of the source shares.
 struct Shared {
     cfg: OtlpSourceConfig,
+    /// One permit per request being read, decoded or handed over.
+    requests: tokio::sync::Semaphore,
     cx: SourceCx,
     ctx: Arc<SourceContext>,
 }
@@ -193,6 +204,7 @@ impl SourceComponent for OtlpSourceConfig {
             }
             let meta = cx.enrich.metadata(None);
             let shared = Arc::new(Shared {
+                requests: tokio::sync::Semaphore::new(cfg.max_concurrent_requests),
                 ctx: Arc::new(SourceContext::new(cx.name.clone(), "otlp", String::new(), meta)),
                 cfg,
                 cx: cx.clone(),
@@ -291,6 +303,15 @@ impl Refusal {
             Refusal::TooLarge => format!("the request is over max_request_bytes ({limit} bytes)"),
             Refusal::Malformed(m) | Refusal::Unsupported(m) => m.clone(),
         }
+    }
+}
+
+/// A slot among `max_concurrent_requests`, waited for up to
+/// `queue_timeout`.
+async fn request_permit(shared: &Shared) -> Result<tokio::sync::SemaphorePermit<'_>, Refusal> {
+    match tokio::time::timeout(shared.cfg.queue_timeout, shared.requests.acquire()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(Refusal::Busy),
     }
 }
 
@@ -424,6 +445,7 @@ async fn http_export(req: Request<Incoming>, shared: &Shared) -> Result<(), Refu
         Some("gzip") => true,
         Some(other) => return Err(Refusal::Unsupported(format!("content encoding {other:?} (gzip or none)"))),
     };
+    let _permit = request_permit(shared).await?;
     let limit = shared.cfg.max_request_bytes.0 as usize;
     let mut body = read_body(req.into_body(), limit).await?;
     if gzip {
@@ -555,6 +577,7 @@ async fn grpc_export(req: Request<Incoming>, shared: &Shared) -> Result<(), Refu
         return Err(Refusal::Unsupported("content type is not application/grpc".into()));
     }
     let encoding = req.headers().get("grpc-encoding").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let _permit = request_permit(shared).await?;
     let limit = shared.cfg.max_request_bytes.0 as usize;
     // The 5-byte prefix on top of the message's limit.
     let body = read_body(req.into_body(), limit + 5).await?;

@@ -13,6 +13,7 @@
 
 pub mod buffer;
 pub mod commands;
+pub(crate) mod condition;
 pub(crate) mod config;
 pub mod decode;
 pub mod enrich;

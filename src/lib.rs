@@ -27,3 +27,4 @@ pub mod sli;
 pub mod sources;
 pub mod telemetry;
 pub mod topology;
+pub mod transforms;

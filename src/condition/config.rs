@@ -86,23 +86,6 @@ impl Condition {
         }
     }
 
-    /// Every field path the condition reads, nested ones included.
-    pub(crate) fn fields(&self) -> Vec<&FieldPath> {
-        let mut out = Vec::new();
-        self.visit_fields(&mut out);
-        out
-    }
-
-    fn visit_fields<'a>(&'a self, out: &mut Vec<&'a FieldPath>) {
-        out.extend(self.field.as_ref());
-        for c in self.all.iter().chain(&self.any).flatten() {
-            c.visit_fields(out);
-        }
-        if let Some(n) = &self.not {
-            n.visit_fields(out);
-        }
-    }
-
     fn has_test(&self) -> bool {
         let range = [self.gt, self.gte, self.lt, self.lte];
         self.test_count() > 0 || range.iter().any(Option::is_some)

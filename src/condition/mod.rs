@@ -8,5 +8,5 @@
 mod config;
 mod program;
 
-pub(crate) use config::{Condition, Pattern, Scalar};
+pub(crate) use config::{Condition, Pattern};
 pub(crate) use program::{MetaValues, Program, Values};

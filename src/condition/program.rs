@@ -46,6 +46,7 @@ pub(crate) struct MetaValues {
 
 impl MetaValues {
     /// No metadata: every field the event lacks is missing.
+    #[cfg(test)]
     pub(crate) fn none() -> MetaValues {
         MetaValues::default()
     }

@@ -15,6 +15,7 @@ use crate::enrich::EnrichConfig;
 use crate::sinks::SinkConfig;
 use crate::sli::SliRule;
 use crate::sources::SourceConfig;
+use crate::transforms::TransformSpec;
 
 /// What `app | sluice` does with no config: stdin to stdout, enriched.
 /// `config/dev.toml` is this file, written out.
@@ -87,6 +88,8 @@ pub struct Config {
     pub sources: BTreeMap<String, SourceConfig>,
     /// Sinks by name.
     pub sinks: BTreeMap<String, SinkSpec>,
+    /// Transforms by name (`[transforms.<name>]`).
+    pub transforms: BTreeMap<String, TransformSpec>,
     /// SLI rules (`[[sli]]`), in config order.
     pub sli: Vec<SliRule>,
     /// The `[[sli]]` tables as written (after interpolation): a reload
@@ -157,6 +160,7 @@ impl Config {
         let mut errors = Vec::new();
         let sources_v = take_table(&mut root, "sources", &mut errors);
         let sinks_v = take_table(&mut root, "sinks", &mut errors);
+        let transforms_v = take_table(&mut root, "transforms", &mut errors);
         // Each section parses on its own, so one bad key does not hide
         // the errors of the others.
         let api: ApiConfig = root.remove("api").and_then(|v| parse_at("api", v, &mut errors)).unwrap_or_default();
@@ -187,6 +191,19 @@ impl Config {
             }
         }
 
+        let mut transforms = BTreeMap::new();
+        for (name, v) in transforms_v {
+            let path = format!("transforms.{name}");
+            check_name(&path, &name, &mut errors);
+            let Some((kind, rest)) = split_type(&path, v, &mut errors) else {
+                continue;
+            };
+            if let Some(spec) = crate::transforms::parse_spec(&path, &kind, rest, &mut errors) {
+                transforms.insert(name, spec);
+            }
+        }
+        let mut sink_inputs = Vec::new();
+
         let mut sinks = BTreeMap::new();
         for (name, v) in sinks_v {
             let path = format!("sinks.{name}");
@@ -209,7 +226,13 @@ impl Config {
             }
             if let Some(inputs) = &inputs {
                 for (i, input) in inputs.iter().enumerate() {
-                    if !sources.contains_key(input) && !errors.iter().any(|e| e.path.starts_with(&format!("sources.{input}"))) {
+                    let component = input.split('.').next().unwrap_or(input);
+                    if transforms.contains_key(component) {
+                        // A transform output: checked with the graph.
+                        sink_inputs.push((name.clone(), i, input.clone()));
+                    } else if errors.iter().any(|e| e.path.starts_with(&format!("transforms.{component}"))) {
+                        // The transform's own errors say it all.
+                    } else if !sources.contains_key(input) && !errors.iter().any(|e| e.path.starts_with(&format!("sources.{input}"))) {
                         errors.push(ConfigError::new(
                             format!("{path}.inputs[{i}]"),
                             format!("no source named {input:?}"),
@@ -224,6 +247,12 @@ impl Config {
                 Err(mut e) => errors.append(&mut e),
             }
         }
+        crate::transforms::graph::check(
+            &sources.keys().map(String::as_str).collect(),
+            &transforms,
+            &sink_inputs,
+            &mut errors,
+        );
         if top.data_dir.is_none() {
             for (name, cfg) in &sources {
                 if cfg.needs_data_dir() {
@@ -253,10 +282,24 @@ impl Config {
             enrich: enrich.with_env(),
             sources,
             sinks,
+            transforms,
             sli,
             sli_raw,
             api_address_explicit,
         })
+    }
+
+    /// The sinks that take `output`: a source (sinks without `inputs` take
+    /// every source), a transform or a route output (`split.errors`).
+    pub(crate) fn sinks_taking<'a>(&'a self, output: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let is_source = self.sources.contains_key(output);
+        self.sinks
+            .iter()
+            .filter(move |(_, s)| match &s.inputs {
+                None => is_source,
+                Some(i) => i.iter().any(|x| x == output),
+            })
+            .map(|(n, _)| n.as_str())
     }
 
     /// The sinks that receive events from `source`.

@@ -1,0 +1,363 @@
+//! Transforms (issue 16), each against what docs/transforms.md says it
+//! does: the real binary, real stdin, its stdout and `/metrics`.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{wait_until, Sluice};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+const HEAD: &str = r#"
+shutdown_timeout = "5s"
+[api]
+address = "127.0.0.1:0"
+[sources.app]
+type = "stdin"
+"#;
+
+/// sluice running `HEAD` + `rest`, stdin piped, its API serving.
+fn start(rest: &str, env: &[(&str, &str)]) -> Sluice {
+    let mut b = Sluice::builder().config(&format!("{HEAD}{rest}")).stdin_piped();
+    for (k, v) in env {
+        b = b.env(k, v);
+    }
+    b.start().serving()
+}
+
+/// Feeds `lines`, waits for `n` lines on stdout, then for `metrics` to
+/// settle, and ends the input. Returns stdout.
+fn feed(s: &mut Sluice, lines: &[String], n: usize) -> Vec<String> {
+    s.write_lines(lines);
+    let out = s.wait_for(n, WAIT);
+    // Nothing more arrives: every event of the input went somewhere.
+    wait_until("every event counted in", WAIT, || {
+        (s.metric("sluice_source_events_total{source=\"app\"}") >= lines.len() as f64).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    out
+}
+
+fn json(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+fn numbers(lines: &[String]) -> Vec<u64> {
+    lines.iter().map(|l| json(l)["i"].as_u64().unwrap_or(u64::MAX)).collect()
+}
+
+/// Events 0..n: every fourth a health check, every fifth a metrics scrape,
+/// levels cycling error, warn, info.
+fn requests(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let path = if i % 4 == 0 {
+                "/healthz"
+            } else if i % 5 == 0 {
+                "/metrics"
+            } else {
+                "/api"
+            };
+            let level = ["error", "warn", "info"][i % 3];
+            format!(
+                r#"{{"i":{i},"level":"{level}","path":"{path}","request_id":"r{i}","pod":"p{}"}}"#,
+                i % 2
+            )
+        })
+        .collect()
+}
+
+fn is_health(i: usize) -> bool {
+    i % 4 == 0 || i % 5 == 0
+}
+
+#[test]
+fn filter_drops_health_checks_counts_them_and_keeps_the_rest_byte_exact() {
+    let input = requests(100);
+    let kept: Vec<usize> = (0..100).filter(|i| !is_health(*i)).collect();
+
+    let mut plain = start("[sinks.out]\ntype = \"stdout\"\n", &[]);
+    let all = feed(&mut plain, &input, 100);
+    let mut s = start(
+        r#"
+[transforms.quiet]
+type = "filter"
+inputs = ["app"]
+condition = { not = { field = "path", one_of = ["/healthz", "/metrics"] } }
+[sinks.out]
+type = "stdout"
+inputs = ["quiet"]
+"#,
+        &[],
+    );
+    let out = feed(&mut s, &input, kept.len());
+    let want: Vec<String> = kept.iter().map(|&i| all[i].clone()).collect();
+    assert_eq!(out, want, "the kept events, in order, byte for byte as without the filter");
+    let dropped = 100 - kept.len();
+    assert_eq!(
+        s.metric("sluice_transform_events_dropped_total{reason=\"condition\",transform=\"quiet\"}"),
+        dropped as f64
+    );
+    assert_eq!(s.metric("sluice_transform_events_in_total{transform=\"quiet\"}"), 100.0);
+    assert_eq!(
+        s.metric("sluice_transform_events_out_total{output=\"quiet\",transform=\"quiet\"}"),
+        kept.len() as f64
+    );
+}
+
+#[test]
+fn route_sends_errors_to_one_sink_and_the_unmatched_rest_to_another() {
+    let input = requests(90);
+    let mut s = start(
+        r#"
+[transforms.split]
+type = "route"
+inputs = ["app"]
+routes.errors = { field = "level", equals = "error" }
+[sinks.alerts]
+type = "stdout"
+inputs = ["split.errors"]
+[sinks.rest]
+type = "blackhole"
+inputs = ["split._unmatched"]
+"#,
+        &[],
+    );
+    let out = feed(&mut s, &input, 30);
+    assert_eq!(numbers(&out), (0..90).step_by(3).collect::<Vec<u64>>());
+    wait_until("the rest reaches the blackhole", WAIT, || {
+        (s.metric("sluice_sink_events_total{sink=\"rest\"}") >= 60.0).then_some(())
+    });
+    assert_eq!(s.metric("sluice_sink_events_total{sink=\"rest\"}"), 60.0);
+    assert_eq!(
+        s.metric("sluice_transform_events_out_total{output=\"split._unmatched\",transform=\"split\"}"),
+        60.0
+    );
+    assert_eq!(
+        s.metric("sluice_transform_events_out_total{output=\"split.errors\",transform=\"split\"}"),
+        30.0
+    );
+}
+
+/// FNV-1a 64, as docs/transforms.md specifies for `sample`.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[test]
+fn sample_keeps_the_keys_whose_hash_is_chosen_always_keeps_errors_and_writes_the_rate() {
+    let input = requests(300);
+    let keep = |i: usize| i % 3 == 0 || fnv1a(format!("r{i}").as_bytes()) % 4 == 0;
+    let kept: Vec<u64> = (0..300).filter(|&i| keep(i)).map(|i| i as u64).collect();
+    assert!(kept.len() > 100 && kept.len() < 250, "a real sample: {}", kept.len());
+    let mut s = start(
+        r#"
+[transforms.few]
+type = "sample"
+inputs = ["app"]
+rate = 4
+key = "request_id"
+always_keep = { field = "level", equals = "error" }
+[sinks.out]
+type = "stdout"
+inputs = ["few"]
+"#,
+        &[],
+    );
+    let out = feed(&mut s, &input, kept.len());
+    assert_eq!(numbers(&out), kept);
+    for line in &out {
+        let e = json(line);
+        let error = e["level"] == "error";
+        assert_eq!(e.get("sample_rate").is_some(), !error, "{line}");
+        if !error {
+            assert_eq!(e["sample_rate"], 4, "{line}");
+        }
+    }
+    let dropped = 300 - kept.len();
+    assert_eq!(
+        s.metric("sluice_transform_events_dropped_total{reason=\"sampled\",transform=\"few\"}"),
+        dropped as f64
+    );
+}
+
+#[test]
+fn throttle_lets_the_threshold_through_per_key_and_counts_the_rest_per_key() {
+    let mut input: Vec<String> = (0..10).map(|i| format!(r#"{{"i":{i},"pod":"a"}}"#)).collect();
+    input.extend((10..15).map(|i| format!(r#"{{"i":{i},"pod":"b"}}"#)));
+    input.extend((15..17).map(|i| format!(r#"{{"i":{i}}}"#)));
+    let mut s = start(
+        r#"
+[transforms.calm]
+type = "throttle"
+inputs = ["app"]
+threshold = 3
+window = "1h"
+key = "pod"
+[sinks.out]
+type = "stdout"
+inputs = ["calm"]
+"#,
+        &[],
+    );
+    let out = feed(&mut s, &input, 8);
+    assert_eq!(numbers(&out), [0, 1, 2, 10, 11, 12, 15, 16]);
+    assert_eq!(
+        s.metric("sluice_transform_throttled_events_total{key=\"a\",transform=\"calm\"}"),
+        7.0
+    );
+    assert_eq!(
+        s.metric("sluice_transform_throttled_events_total{key=\"b\",transform=\"calm\"}"),
+        2.0
+    );
+    assert_eq!(
+        s.metric("sluice_transform_events_dropped_total{reason=\"throttled\",transform=\"calm\"}"),
+        9.0
+    );
+}
+
+#[test]
+fn fields_reshape_every_event_and_a_route_after_them_sees_the_change() {
+    let input: Vec<String> = vec![
+        r#"{"i":0,"lvl":"error","msg":"boom","code":"503","debug":{"x":1}}"#.into(),
+        r#"{"i":1,"lvl":"info","msg":"ok","code":"200"}"#.into(),
+        "not json".into(),
+    ];
+    let mut s = start(
+        r#"
+[transforms.shape]
+type = "fields"
+inputs = ["app"]
+rename = { lvl = "level" }
+copy = { msg = "summary" }
+set = { env = "prod", summary = "{{ level }}: {{ msg }}" }
+coerce = { code = "integer" }
+remove = ["debug"]
+[transforms.split]
+type = "route"
+inputs = ["shape"]
+routes.errors = { field = "level", equals = "error" }
+[sinks.out]
+type = "stdout"
+inputs = ["split.errors", "split._unmatched"]
+"#,
+        &[("SLUICE_PROCESS_TYPE", "web")],
+    );
+    let out = feed(&mut s, &input, 3);
+    let events: Vec<Value> = out.iter().map(|l| json(l)).collect();
+    let first = events.iter().find(|e| e["i"] == 0).expect("event 0");
+    assert_eq!(first["level"], "error");
+    assert!(first.get("lvl").is_none() && first.get("debug").is_none(), "{first}");
+    assert_eq!(first["code"], 503);
+    assert_eq!(first["summary"], "error: boom");
+    assert_eq!(first["env"], "prod");
+    assert_eq!(first["process"]["type"], "web", "the metadata stays");
+    let plain = events.iter().find(|e| e.get("message").is_some()).expect("the wrapped line");
+    assert_eq!(plain["message"], "not json");
+    assert_eq!(plain["summary"], ": ");
+    assert_eq!(
+        s.metric("sluice_transform_events_out_total{output=\"split.errors\",transform=\"split\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn conditions_read_metadata_the_event_lacks() {
+    let input: Vec<String> = vec![
+        r#"{"i":0}"#.into(),
+        r#"{"i":1,"process":{"type":"worker"}}"#.into(),
+        r#"{"i":2,"msg":"a timeout here"}"#.into(),
+    ];
+    let mut s = start(
+        r#"
+[transforms.web]
+type = "filter"
+inputs = ["app"]
+condition = { any = [
+  { all = [{ field = "process.type", equals = "web" }, { field = "msg", exists = false }] },
+  { field = "msg", contains = "timeout" },
+] }
+[sinks.out]
+type = "stdout"
+inputs = ["web"]
+"#,
+        &[("SLUICE_PROCESS_TYPE", "web")],
+    );
+    let out = feed(&mut s, &input, 2);
+    assert_eq!(numbers(&out), [0, 2]);
+}
+
+#[test]
+fn a_reloaded_filter_replaces_the_old_one() {
+    let cfg = |path: &str| {
+        format!(
+            r#"
+[transforms.quiet]
+type = "filter"
+inputs = ["app"]
+condition = {{ not = {{ field = "path", equals = "{path}" }} }}
+[sinks.out]
+type = "stdout"
+inputs = ["quiet"]
+"#
+        )
+    };
+    let mut s = start(&cfg("/a"), &[]);
+    let line = |i: usize, p: &str| format!(r#"{{"i":{i},"path":"{p}"}}"#);
+    s.write_lines(&[line(0, "/a"), line(1, "/b")]);
+    assert_eq!(numbers(&s.wait_for(1, WAIT)), [1]);
+    std::fs::write(s.path("sluice.toml"), format!("{HEAD}{}", cfg("/b"))).expect("rewrite config");
+    let before = s.metric("sluice_config_reloads_total{outcome=\"applied\"}");
+    s.signal(libc::SIGHUP);
+    wait_until("the reload applied", WAIT, || {
+        (s.metric("sluice_config_reloads_total{outcome=\"applied\"}") > before).then_some(())
+    });
+    s.write_lines(&[line(2, "/a"), line(3, "/b")]);
+    assert_eq!(numbers(&s.wait_for(2, WAIT)), [1, 2]);
+}
+
+#[test]
+fn validate_reports_graph_errors_with_their_key_paths() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"{HEAD}
+[transforms.split]
+type = "route"
+inputs = ["loop"]
+routes.errors = {{ field = "level", equals = "error" }}
+[transforms.loop]
+type = "filter"
+inputs = ["split.errors"]
+condition = {{ field = "level", exists = true }}
+[sinks.out]
+type = "stdout"
+inputs = ["split.audit"]
+"#
+        ),
+    )
+    .expect("write config");
+    let out = Command::new(support::sluice::BIN)
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run sluice validate");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("transforms.split.inputs[0]") && err.contains("cycle"), "{err}");
+    assert!(err.contains("transforms.loop.inputs[0]"), "{err}");
+    assert!(
+        err.contains("sinks.out.inputs[0]: transform \"split\" has no route \"audit\""),
+        "{err}"
+    );
+}

@@ -722,6 +722,63 @@ inputs = ["split.errors", "app"]
         assert_eq!(got["app"], lines, "the source's own output is untouched");
     }
 
+    /// A batch split into route outputs is acknowledged to its source only
+    /// once the sinks of every output are done with it; a batch whose
+    /// events were all dropped is acknowledged at once.
+    #[tokio::test]
+    async fn a_split_batch_is_acknowledged_when_every_output_is_delivered() {
+        use crate::buffer::{queue, BufferConfig};
+        use crate::event::{AckGroup, AckOutcome};
+        use crate::pipeline::{wired_output, Wiring};
+
+        let c = config(SPLIT).unwrap();
+        let graph = Arc::new(Graph::build(&c.transforms));
+        let (tx_a, mut rx_a) = queue("a", &BufferConfig::default());
+        let (tx_b, mut rx_b) = queue("b", &BufferConfig::default());
+        let wiring = Arc::new(Wiring::new(Arc::new(FieldSet::new())));
+        {
+            let mut routes = wiring.rewire().await;
+            routes.insert("split.errors".into(), vec![tx_a].into());
+            routes.insert("split._unmatched".into(), vec![tx_b].into());
+            let consumed = routes.keys().map(|k| k.to_string()).collect();
+            wiring.set_processing(graph.plans(["app"].into_iter(), &consumed));
+        }
+        let (output, fan_out) = wired_output("app".into(), wiring.clone(), Vec::new());
+        let ctx = Arc::new(SourceContext::new("app".into(), "stdin", String::new(), serde_json::Map::new()));
+        let (group, mut acks) = AckGroup::new();
+        let text = b"{\"level\":\"error\",\"n\":1}\n{\"path\":\"/healthz\"}\n{\"level\":\"info\",\"n\":2}\n";
+        let lines = crate::decode::test_support::lines(text);
+        output.send_lines(lines, ctx.clone(), Some(group.next())).await.unwrap();
+        let a = rx_a.recv().await.unwrap();
+        let b = rx_b.recv().await.unwrap();
+        assert_eq!(a.batch.len(), 1);
+        assert_eq!(b.batch.len(), 1);
+        a.batch.acknowledge(AckOutcome::Delivered);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(acks.try_recv().is_err(), "one output is still in flight");
+        b.batch.acknowledge(AckOutcome::Delivered);
+        let done = tokio::time::timeout(std::time::Duration::from_secs(5), acks.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((done.seq, done.outcome), (0, AckOutcome::Delivered));
+
+        let dropped = crate::decode::test_support::lines(b"{\"path\":\"/healthz\"}\n{\"path\":\"/metrics\"}\n");
+        output.send_lines(dropped, ctx, Some(group.next())).await.unwrap();
+        let done = tokio::time::timeout(std::time::Duration::from_secs(5), acks.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((done.seq, done.outcome), (1, AckOutcome::Delivered), "dropped events count as done");
+        let quiet = std::time::Duration::from_millis(100);
+        assert!(tokio::time::timeout(quiet, rx_a.recv()).await.is_err(), "nothing reached a sink");
+        assert!(tokio::time::timeout(quiet, rx_b.recv()).await.is_err(), "nothing reached a sink");
+        drop(a);
+        drop(b);
+        drop(output);
+        fan_out.await.unwrap();
+    }
+
     proptest! {
         /// Every event that passes the filter is in exactly one output of a
         /// route whose routes exclude each other; every other event was

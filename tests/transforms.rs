@@ -361,3 +361,58 @@ inputs = ["split.audit"]
         "{err}"
     );
 }
+
+#[test]
+fn redact_lets_no_planted_secret_out_and_leaves_ordinary_events_byte_exact() {
+    let secrets = [
+        "ada@example.com",
+        "4111 1111 1111 1111",
+        "10.20.30.40",
+        "2001:db8::8a2e:370:7334",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlX3g",
+        "abcDEF123456789xyz",
+        "AKIAIOSFODNN7EXAMPLE",
+        "hunter22",
+    ];
+    let mut input: Vec<String> = Vec::new();
+    for (i, secret) in secrets.iter().enumerate() {
+        let msg = match i {
+            5 => format!("Authorization: Bearer {secret}"),
+            7 => format!("login password={secret} done"),
+            _ => format!("seen {secret} here"),
+        };
+        input.push(format!(r#"{{"i":{i},"message":"{msg}","status":200}}"#));
+    }
+    input.push(format!("plain line from {} to ada@example.com", secrets[2]));
+    let ordinary: Vec<String> = (100..120)
+        .map(|i| format!(r#"{{"i":{i},"message":"GET /api/v1/orders/{i} took 12.5ms","request_id":"3f2a9c0e8b7d4a1f9e6c5b4a3d2e{i:04}","ts":1733480000{i:03}}}"#))
+        .collect();
+    input.extend(ordinary.iter().cloned());
+
+    let mut plain = start("[sinks.out]\ntype = \"stdout\"\n", &[]);
+    let all = feed(&mut plain, &input, input.len());
+    let mut s = start(
+        r#"
+[transforms.scrub]
+type = "redact"
+inputs = ["app"]
+[sinks.out]
+type = "stdout"
+inputs = ["scrub"]
+"#,
+        &[],
+    );
+    let out = feed(&mut s, &input, input.len());
+    for line in &out {
+        for secret in secrets {
+            assert!(!line.contains(secret), "{secret} left in {line}");
+        }
+    }
+    let scrubbed = out.iter().filter(|l| l.contains("[REDACTED]")).count();
+    assert_eq!(scrubbed, secrets.len() + 1, "{out:#?}");
+    assert_eq!(
+        out[secrets.len() + 1..],
+        all[secrets.len() + 1..],
+        "ordinary events are untouched, byte for byte"
+    );
+}

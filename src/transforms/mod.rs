@@ -14,6 +14,7 @@ mod fields;
 mod filter;
 pub(crate) mod graph;
 mod metrics;
+mod redact;
 mod route;
 mod sample;
 mod stream;
@@ -87,6 +88,7 @@ transform_registry! {
     "sample" => Sample(sample::SampleConfig),
     "throttle" => Throttle(throttle::ThrottleConfig),
     "fields" => Fields(fields::FieldsConfig),
+    "redact" => Redact(redact::RedactConfig),
 }
 
 /// A transform as configured: its inputs plus its own settings.

@@ -416,3 +416,49 @@ inputs = ["scrub"]
         "ordinary events are untouched, byte for byte"
     );
 }
+
+#[test]
+fn parse_reads_logfmt_lines_into_fields_with_a_normalised_timestamp() {
+    let input: Vec<String> = vec![
+        r#"ts=1700000000123 level=warn msg="disk almost full" pct=91"#.into(),
+        r#"{"i":1,"message":"not logfmt at all?"}"#.into(),
+        r#"{"i":2,"level":"info"}"#.into(),
+    ];
+    let mut plain = start("[sinks.out]\ntype = \"stdout\"\n", &[]);
+    let all = feed(&mut plain, &input, 3);
+    let mut s = start(
+        r#"
+[transforms.kv]
+type = "parse"
+inputs = ["app"]
+format = "logfmt"
+drop_field = true
+timestamp = { field = "ts", format = "epoch_ms", target = "time" }
+[transforms.warnings]
+type = "route"
+inputs = ["kv"]
+routes.warn = { field = "level", equals = "warn" }
+[sinks.out]
+type = "stdout"
+inputs = ["warnings.warn", "warnings._unmatched"]
+"#,
+        &[],
+    );
+    let out = feed(&mut s, &input, 3);
+    let first = out
+        .iter()
+        .map(|l| json(l))
+        .find(|e| e.get("pct").is_some())
+        .expect("the parsed line");
+    assert_eq!(first["level"], "warn");
+    assert_eq!(first["msg"], "disk almost full");
+    assert_eq!(first["time"], "2023-11-14T22:13:20.123Z");
+    assert!(first.get("message").is_none(), "drop_field removed the text: {first}");
+    assert_eq!(
+        s.metric("sluice_transform_events_out_total{output=\"warnings.warn\",transform=\"warnings\"}"),
+        1.0
+    );
+    // "not logfmt at all?" parses as bare keys; the event without a
+    // message does not parse and keeps its bytes.
+    assert!(out.contains(&all[2]), "{out:#?}");
+}

@@ -651,7 +651,7 @@ type = "stdout"
             "transforms.s.rate: must be at least 1",
             "transforms.t.threshold: must be at least 1",
             "transforms.t.window: must be above 0",
-            "transforms.u.type: unknown transform type \"nope\"; known: filter, route, sample, throttle, fields, redact",
+            "transforms.u.type: unknown transform type \"nope\"; known: filter, route, sample, throttle, fields, redact, parse",
         ] {
             assert!(e.iter().any(|x| x.starts_with(want)), "missing {want:?} in {e:#?}");
         }

@@ -14,6 +14,7 @@ mod fields;
 mod filter;
 pub(crate) mod graph;
 mod metrics;
+mod parse;
 mod redact;
 mod route;
 mod sample;
@@ -89,6 +90,7 @@ transform_registry! {
     "throttle" => Throttle(throttle::ThrottleConfig),
     "fields" => Fields(fields::FieldsConfig),
     "redact" => Redact(redact::RedactConfig),
+    "parse" => Parse(parse::ParseConfig),
 }
 
 /// A transform as configured: its inputs plus its own settings.

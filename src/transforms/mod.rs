@@ -93,6 +93,20 @@ transform_registry! {
     "parse" => Parse(parse::ParseConfig),
 }
 
+/// For the fuzz target: `key_value` parsing of `text` with these
+/// separators (logfmt is `" "` and `"="`).
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_parse_pairs(text: &str, field_split: &str, value_split: &str) -> Map<String, Value> {
+    parse::pairs(text, field_split, value_split)
+}
+
+/// For the fuzz target: `text` scrubbed by every built-in detector, `None`
+/// when nothing matched.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_redact(text: &str) -> Option<String> {
+    redact::fuzz_scrub(text)
+}
+
 /// A transform as configured: its inputs plus its own settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransformSpec {

@@ -194,7 +194,7 @@ pub(crate) fn parse_text(config: &ParseConfig, text: &str) -> Option<Map<String,
 /// `k=v` pairs split by `field_split`; a value may be double-quoted (with
 /// `\"` and `\\` escapes) and then hold the separators. A piece without
 /// `value_split` is a key with the value `true` (logfmt's bare keys).
-fn pairs(text: &str, field_split: &str, value_split: &str) -> Map<String, Value> {
+pub(crate) fn pairs(text: &str, field_split: &str, value_split: &str) -> Map<String, Value> {
     let mut out = Map::new();
     let mut rest = text.trim_start_matches(field_split);
     while !rest.is_empty() {

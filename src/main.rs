@@ -31,6 +31,10 @@ struct Cli {
 enum Command {
     /// Check a config and report every error with its key path.
     Validate,
+    /// Run the config's `[[tests]]`: input lines through its transforms,
+    /// checked against the events expected at each output. Exit 0 when
+    /// every case passes, 1 otherwise.
+    Test,
     /// Backfill existing files (plain or gzip) through the config's sinks,
     /// once, then exit: 0 when every line was delivered, 1 otherwise. The
     /// config's sources are ignored.
@@ -82,6 +86,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Test) = cli.command {
+        let (report, passed) = config.run_tests();
+        print!("{report}");
+        return if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
     if let Some(Command::Validate) = cli.command {
         println!(
             "config is valid: {} source(s), {} sink(s)",

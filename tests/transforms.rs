@@ -462,3 +462,71 @@ inputs = ["warnings.warn", "warnings._unmatched"]
     // message does not parse and keeps its bytes.
     assert!(out.contains(&all[2]), "{out:#?}");
 }
+
+/// Runs `sluice test --config` on `HEAD` + `rest`: exit success, stdout.
+fn sluice_test(rest: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tests.toml");
+    std::fs::write(&path, format!("{HEAD}{rest}")).expect("write config");
+    let out = Command::new(support::sluice::BIN)
+        .args(["test", "--config"])
+        .arg(&path)
+        .env_remove("SLUICE_PROCESS_TYPE")
+        .output()
+        .expect("run sluice test");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+const TESTED: &str = r#"
+[transforms.quiet]
+type = "filter"
+inputs = ["app"]
+condition = { not = { field = "path", equals = "/healthz" } }
+[transforms.split]
+type = "route"
+inputs = ["quiet"]
+routes.errors = { field = "level", equals = "error" }
+[sinks.out]
+type = "stdout"
+inputs = ["split.errors"]
+"#;
+
+#[test]
+fn sluice_test_runs_config_cases_and_fails_on_a_wrong_expectation() {
+    let good = format!(
+        r#"{TESTED}
+[[tests]]
+name = "errors are routed, health checks dropped"
+input = ['{{"level":"error","path":"/a"}}', '{{"level":"error","path":"/healthz"}}', "plain text", {{ level = "info" }}]
+expect = [
+  {{ output = "split.errors", events = [{{ level = "error", path = "/a" }}] }},
+  {{ output = "split._unmatched", events = [{{ message = "plain text" }}, {{ level = "info" }}] }},
+  {{ output = "quiet", count = 3 }},
+]
+"#
+    );
+    let (ok, text) = sluice_test(&good);
+    assert!(ok, "{text}");
+    assert!(text.contains("test errors are routed, health checks dropped ... ok"), "{text}");
+
+    let bad = format!(
+        r#"{TESTED}
+[[tests]]
+name = "a health check is not dropped"
+input = ['{{"level":"error","path":"/healthz"}}']
+expect = [{{ output = "split.errors", count = 1 }}]
+"#
+    );
+    let (ok, text) = sluice_test(&bad);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("FAILED") && text.contains("split.errors: expected 1 event(s), got 0"),
+        "{text}"
+    );
+
+    let unknown = format!("{TESTED}\n[[tests]]\nname = \"x\"\ninput = []\nexpect = [{{ output = \"split.audit\", count = 0 }}]\n");
+    let (ok, text) = sluice_test(&unknown);
+    assert!(!ok);
+    assert!(text.contains("tests[0].expect[0].output"), "{text}");
+}

@@ -90,6 +90,8 @@ pub struct Config {
     pub sinks: BTreeMap<String, SinkSpec>,
     /// Transforms by name (`[transforms.<name>]`).
     pub transforms: BTreeMap<String, TransformSpec>,
+    /// Config unit tests (`[[tests]]`), run by `sluice test` only.
+    pub(crate) tests: Vec<crate::transforms::testing::TestCase>,
     /// SLI rules (`[[sli]]`), in config order.
     pub sli: Vec<SliRule>,
     /// The `[[sli]]` tables as written (after interpolation): a reload
@@ -168,6 +170,18 @@ impl Config {
             .remove("enrich")
             .and_then(|v| parse_at("enrich", v, &mut errors))
             .unwrap_or_default();
+        let tests: Vec<crate::transforms::testing::TestCase> = match root.remove("tests") {
+            None => Vec::new(),
+            Some(Value::Array(cases)) => cases
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, v)| parse_valid(&format!("tests[{i}]"), v, &mut errors))
+                .collect(),
+            Some(_) => {
+                errors.push(ConfigError::new("tests", "must be a list of [[tests]] tables"));
+                Vec::new()
+            }
+        };
         let sli_raw = root.remove("sli").unwrap_or(Value::Null);
         let sli = if sli_raw.is_null() {
             Vec::new()
@@ -247,12 +261,9 @@ impl Config {
                 Err(mut e) => errors.append(&mut e),
             }
         }
-        crate::transforms::graph::check(
-            &sources.keys().map(String::as_str).collect(),
-            &transforms,
-            &sink_inputs,
-            &mut errors,
-        );
+        let source_names = sources.keys().map(String::as_str).collect();
+        crate::transforms::graph::check(&source_names, &transforms, &sink_inputs, &mut errors);
+        crate::transforms::testing::check(&tests, &source_names, &transforms, &mut errors);
         if top.data_dir.is_none() {
             for (name, cfg) in &sources {
                 if cfg.needs_data_dir() {
@@ -283,10 +294,18 @@ impl Config {
             sources,
             sinks,
             transforms,
+            tests,
             sli,
             sli_raw,
             api_address_explicit,
         })
+    }
+
+    /// Runs the config's `[[tests]]` through its transforms: the report,
+    /// and whether every case passed.
+    pub fn run_tests(&self) -> (String, bool) {
+        let sources = self.sources.keys().map(String::as_str).collect();
+        crate::transforms::testing::run(&self.tests, &sources, &self.transforms, &self.enrich.metadata(None))
     }
 
     /// The sinks that take `output`: a source (sinks without `inputs` take

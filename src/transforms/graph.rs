@@ -540,25 +540,10 @@ mod tests {
         let graph = Arc::new(Graph::build(&c.transforms));
         let consumed: BTreeSet<String> = c.sinks.values().flat_map(|s| s.inputs.clone().unwrap_or_default()).collect();
         let plans = graph.plans(["app"].into_iter(), &consumed);
-        let plan = plans.get("app").expect("app has transforms");
         let ctx = Arc::new(SourceContext::new("app".into(), "stdin", String::new(), serde_json::Map::new()));
-        let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 4096, 16);
-        let mut d = Decoder::new();
-        d.observe(plan.fields(), plan.begin(&ctx));
-        for l in lines {
-            d.decode_line(l.as_bytes(), false, &[], &Fragment::default(), &mut out);
-        }
-        let prepared = d.finish_observers().pop().expect("the plan's observer");
-        let batch = out.build(ctx, std::time::SystemTime::now());
-        plan.process(&batch, prepared)
+        super::super::testing::run_lines(Some(&plans["app"]), ctx, lines, &consumed)
             .into_iter()
-            .map(|(name, output)| {
-                let events: Vec<String> = match &output {
-                    Output::Whole => batch.events().map(|e| String::from_utf8_lossy(e).into_owned()).collect(),
-                    Output::Part(b) => b.events().map(|e| String::from_utf8_lossy(e).into_owned()).collect(),
-                };
-                (name.to_string(), events)
-            })
+            .map(|(name, events)| (name, events.iter().map(|e| e.to_string()).collect()))
             .collect()
     }
 

@@ -19,6 +19,7 @@ mod redact;
 mod route;
 mod sample;
 mod stream;
+pub(crate) mod testing;
 mod throttle;
 
 use serde_json::{Map, Value};

@@ -138,7 +138,7 @@ enum Test {
     NotEquals(Literal),
     OneOf(Vec<Literal>),
     Prefix(String),
-    Contains(Finder<'static>),
+    Contains(Box<Finder<'static>>),
     Pattern(Regex),
     /// Bounds with inclusiveness; infinite when not set.
     Range {
@@ -209,7 +209,7 @@ fn compile(c: &Condition, fields: &mut FieldSet) -> Node {
     } else if let Some(p) = &c.prefix {
         Test::Prefix(p.clone())
     } else if let Some(p) = &c.contains {
-        Test::Contains(Finder::new(p.as_bytes()).into_owned())
+        Test::Contains(Box::new(Finder::new(p.as_bytes()).into_owned()))
     } else if let Some(p) = &c.pattern {
         Test::Pattern(p.0.clone())
     } else {

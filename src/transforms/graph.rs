@@ -547,6 +547,11 @@ mod tests {
             .collect()
     }
 
+    /// `errors` has one starting with `want`.
+    fn assert_has(errors: &[String], want: &str) {
+        assert!(errors.iter().any(|x| x.starts_with(want)), "missing {want:?} in {errors:#?}");
+    }
+
     const SPLIT: &str = r#"
 [transforms.quiet]
 type = "filter"
@@ -600,7 +605,7 @@ inputs = ["r.two", "a.x", "ghost", "r._unmatched"]
             "sinks.out.inputs[1]: transform \"a\" has no named outputs",
             "sinks.out.inputs[2]: no source named \"ghost\"",
         ] {
-            assert!(e.iter().any(|x| x.starts_with(want)), "missing {want:?} in {e:#?}");
+            assert_has(&e, want);
         }
         assert!(!e.iter().any(|x| x.starts_with("sinks.out.inputs[3]")), "{e:#?}");
     }
@@ -638,7 +643,7 @@ type = "stdout"
             "transforms.t.window: must be above 0",
             "transforms.u.type: unknown transform type \"nope\"; known: filter, route, sample, throttle, fields, redact, parse",
         ] {
-            assert!(e.iter().any(|x| x.starts_with(want)), "missing {want:?} in {e:#?}");
+            assert_has(&e, want);
         }
     }
 

@@ -324,6 +324,9 @@ async fn fan_out(mut rx: mpsc::Receiver<Pending>, wiring: Arc<Wiring>, taps: Arc
             send_outputs(batch, outputs, &routes).await;
             continue;
         }
+        if crate::telemetry::tap::active() {
+            crate::telemetry::tap::offer(&source, batch.events());
+        }
         let sinks = routes.get(&source).unwrap_or(&none);
         if let Some(ack) = batch.acknowledger() {
             ack.expect(if batch.is_empty() { 0 } else { sinks.len() });
@@ -346,8 +349,15 @@ async fn fan_out(mut rx: mpsc::Receiver<Pending>, wiring: Arc<Wiring>, taps: Arc
 /// them is done; with none (every event dropped), at once.
 async fn send_outputs(batch: Batch, outputs: Outputs, routes: &HashMap<Arc<str>, Arc<[QueueSender]>>) {
     let batch = Arc::new(batch);
+    let tapped = crate::telemetry::tap::active();
     let mut sends: Vec<(Arc<Batch>, &[QueueSender])> = Vec::with_capacity(outputs.len());
     for (name, output) in outputs {
+        if tapped {
+            match &output {
+                Output::Whole => crate::telemetry::tap::offer(&name, batch.events()),
+                Output::Part(part) => crate::telemetry::tap::offer(&name, part.events()),
+            }
+        }
         let Some(sinks) = routes.get(&name).filter(|s| !s.is_empty()) else {
             continue;
         };

@@ -530,3 +530,46 @@ expect = [{{ output = "split.errors", count = 1 }}]
     assert!(!ok);
     assert!(text.contains("tests[0].expect[0].output"), "{text}");
 }
+
+#[test]
+fn sluice_tap_prints_a_sample_of_a_route_output_and_of_a_transform_no_sink_takes() {
+    let port = support::free_port();
+    let text = format!(
+        r#"
+shutdown_timeout = "5s"
+[api]
+address = "127.0.0.1:{port}"
+[sources.app]
+type = "stdin"
+{TESTED}"#
+    );
+    let mut s = Sluice::builder().config(&text).stdin_piped().start().serving();
+    let config = s.path("sluice.toml");
+    let tap = std::thread::spawn(move || {
+        Command::new(support::sluice::BIN)
+            .args(["tap", "split.errors", "--limit", "2", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run sluice tap")
+    });
+    let quiet = std::thread::spawn(move || support::http_get(&format!("http://127.0.0.1:{port}/tap/quiet?limit=1")));
+    let mut i = 0;
+    while !(tap.is_finished() && quiet.is_finished()) {
+        s.write_lines(&[
+            format!(r#"{{"i":{i},"level":"error","path":"/a"}}"#),
+            format!(r#"{{"i":{},"level":"info","path":"/healthz"}}"#, i + 1),
+        ]);
+        i += 2;
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(i < 2000, "the taps never answered");
+    }
+    let out = tap.join().expect("tap thread");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines.iter().all(|l| json(l)["level"] == "error"), "{lines:?}");
+    let (status, body) = quiet.join().expect("quiet thread");
+    assert_eq!(status, 200);
+    assert_eq!(body.lines().count(), 1, "{body}");
+    assert_eq!(json(body.trim())["path"], "/a", "the filter's output, which no sink takes");
+}

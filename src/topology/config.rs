@@ -301,6 +301,14 @@ impl Config {
         })
     }
 
+    /// The API URL `sluice tap` asks for a sample of `output`; `None` when
+    /// the API is off.
+    pub fn tap_url(&self, output: &str, limit: usize) -> Option<String> {
+        self.api
+            .enabled
+            .then(|| format!("http://{}/tap/{output}?limit={limit}", self.api.address))
+    }
+
     /// Runs the config's `[[tests]]` through its transforms: the report,
     /// and whether every case passed.
     pub fn run_tests(&self) -> (String, bool) {

@@ -348,13 +348,23 @@ impl Processing for SourcePlan {
                 streams.insert(name.clone(), items);
             }
         }
-        self.consumed
+        let mut outputs: Outputs = self
+            .consumed
             .iter()
             .map(|name| {
                 let items = streams.remove(name).unwrap_or_default();
                 (name.clone(), output(batch, items))
             })
-            .collect()
+            .collect();
+        if crate::telemetry::tap::active() {
+            // Outputs no sink takes but someone looks at (`sluice tap`).
+            for name in crate::telemetry::tap::wanted() {
+                if let Some((name, items)) = streams.remove_entry(name.as_str()) {
+                    outputs.push((name, output(batch, items)));
+                }
+            }
+        }
+        outputs
     }
 }
 

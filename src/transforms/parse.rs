@@ -398,6 +398,25 @@ mod tests {
         assert_eq!(normalise_time(&json!(1e30), &TimeFormat::Epoch(1)), None);
     }
 
+    proptest::proptest! {
+        /// Pairs written with quoted, escaped values come back exactly
+        /// (the fuzz target `transforms` checks the same on any bytes).
+        #[test]
+        fn quoted_pairs_round_trip(values in proptest::collection::vec(".*", 0..6), text in ".*") {
+            let mut written = String::new();
+            let mut want = Map::new();
+            for (i, v) in values.iter().enumerate() {
+                let escaped = v.replace('\\', "\\\\").replace('"', "\\\"");
+                written.push_str(&format!("k{i}=\"{escaped}\" "));
+                want.insert(format!("k{i}"), Value::String(v.clone()));
+            }
+            proptest::prop_assert_eq!(pairs(&written, " ", "="), want);
+            for (k, _) in pairs(&text, " ", "=") {
+                proptest::prop_assert!(!k.is_empty() && !k.contains(' '));
+            }
+        }
+    }
+
     #[test]
     fn settings_are_checked_with_their_key_paths() {
         let mut errors = Vec::new();

@@ -93,12 +93,14 @@ impl EventObserver for Judge {
     #[inline]
     fn event(&mut self, values: &EventValues<'_>) {
         let Judge { graph, judged, scratch } = self;
-        let start = judged.bits.len();
-        judged.bits.resize(start + judged.words, 0);
-        for (c, p) in graph.programs.iter().enumerate() {
-            if p.holds(values, &judged.meta, scratch) {
-                judged.bits[start + c / 64] |= 1 << (c % 64);
+        // One word per 64 conditions, pushed whole (no per-event resize).
+        for (w, programs) in graph.programs.chunks(64).enumerate() {
+            let mut word = 0u64;
+            for (c, p) in programs.iter().enumerate() {
+                word |= (p.holds(values, &judged.meta, scratch) as u64) << c;
             }
+            debug_assert!(w < judged.words);
+            judged.bits.push(word);
         }
         for &f in graph.keys.iter() {
             let v = match values.get(f) {

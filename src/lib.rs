@@ -13,6 +13,7 @@
 
 pub mod buffer;
 pub mod commands;
+pub(crate) mod condition;
 pub(crate) mod config;
 pub mod decode;
 pub mod enrich;
@@ -30,3 +31,4 @@ pub mod sli;
 pub mod sources;
 pub mod telemetry;
 pub mod topology;
+pub mod transforms;

@@ -31,6 +31,20 @@ struct Cli {
 enum Command {
     /// Check a config and report every error with its key path.
     Validate,
+    /// Print a sample of the events leaving a source, transform or route
+    /// output (`split.errors`) of the sluice running with this config, over
+    /// its API: up to `--limit` events, or what came within 10 s.
+    Tap {
+        /// The output to look at.
+        output: String,
+        /// Most events to print (at most 1000).
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+    },
+    /// Run the config's `[[tests]]`: input lines through its transforms,
+    /// checked against the events expected at each output. Exit 0 when
+    /// every case passes, 1 otherwise.
+    Test,
     /// Backfill existing files (plain or gzip) through the config's sinks,
     /// once, then exit: 0 when every line was delivered, 1 otherwise. The
     /// config's sources are ignored.
@@ -82,6 +96,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Tap { output, limit }) = &cli.command {
+        return tap(&config, output, *limit);
+    }
+    if let Some(Command::Test) = cli.command {
+        let (report, passed) = config.run_tests();
+        print!("{report}");
+        return if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
     if let Some(Command::Validate) = cli.command {
         println!(
             "config is valid: {} source(s), {} sink(s)",
@@ -156,6 +178,41 @@ fn main() -> ExitCode {
         Ok(Stopped::InputEnded | Stopped::Signal) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "sluice stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sluice tap`: asks the running sluice's API for a sample of `output`.
+fn tap(config: &Config, output: &str, limit: usize) -> ExitCode {
+    let Some(url) = config.tap_url(output, limit) else {
+        eprintln!("sluice tap: the config disables the API (api.enabled = false); tap works through it");
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice tap: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answer = runtime.block_on(async {
+        let resp = reqwest::get(&url).await?;
+        let status = resp.status();
+        Ok::<_, reqwest::Error>((status, resp.bytes().await?))
+    });
+    match answer {
+        Ok((status, body)) if status.is_success() => {
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&body);
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("sluice tap: {url} answered {status}: {}", String::from_utf8_lossy(&body).trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("sluice tap: cannot reach {url}: {e}");
             ExitCode::FAILURE
         }
     }

@@ -32,8 +32,38 @@ const DECODE_IN_FLIGHT: usize = 4;
 #[error("the pipeline has shut down")]
 pub struct PipelineClosed;
 
-/// A batch decoding on the blocking pool, with what each tap made of it.
-type Pending = JoinHandle<(Batch, Vec<Prepared>)>;
+/// A batch decoding on the blocking pool, with what each tap made of it
+/// and, when transforms take the source's events, their outputs.
+type Pending = JoinHandle<(Batch, Vec<Prepared>, Option<Outputs>)>;
+
+/// What the transforms made of one batch: per output that a sink may take
+/// (`filter`, `split.errors`), its events.
+pub type Outputs = Vec<(Arc<str>, Output)>;
+
+/// The events of one transform output.
+#[derive(Debug)]
+pub enum Output {
+    /// Every event of the batch, unchanged: the batch itself goes on.
+    Whole,
+    /// A new batch of the events that reached the output (empty when none
+    /// did). It carries the decoded batch's acknowledger.
+    Part(Batch),
+}
+
+/// The transforms a source's events go through before the sinks, judged
+/// in two steps like a [`BatchTap`]: per event while the batch decodes,
+/// then once per batch, still on the decode pool.
+pub trait Processing: Send + Sync {
+    /// The fields the per-event step reads.
+    fn fields(&self) -> Arc<FieldSet>;
+
+    /// The observer that sees a batch's events as they decode.
+    fn begin(&self, source: &SourceContext) -> Box<dyn EventObserver>;
+
+    /// Runs the transforms over a decoded batch, with what the observer
+    /// made of it: the events of each output.
+    fn process(&self, batch: &Batch, prepared: Prepared) -> Outputs;
+}
 
 /// What a [`BatchTap`]'s observer made of one batch on the decode pool.
 pub type Prepared = Box<dyn std::any::Any + Send>;
@@ -151,13 +181,17 @@ impl SourceOutput {
         let fields = self.wiring.fields();
         let source = self.source.clone();
         let taps = self.taps.clone();
+        let processing = self.wiring.processing(&self.source);
         let received_at = SystemTime::now();
         tokio::task::spawn_blocking(move || {
             let mut out = BatchBuilder::with_capacity(fields, size_hint, size_hint / 200 + 1);
-            let (stats, prepared) = DECODER.with(|d| {
+            let (stats, mut prepared) = DECODER.with(|d| {
                 let mut d = d.borrow_mut();
                 for tap in taps.iter() {
                     d.observe(tap.fields(), tap.begin(&ctx));
+                }
+                if let Some(p) = &processing {
+                    d.observe(p.fields(), p.begin(&ctx));
                 }
                 decode(&mut d, &mut out);
                 (d.take_stats(), d.finish_observers())
@@ -178,7 +212,12 @@ impl SourceOutput {
             if stats.truncated > 0 {
                 m.lines_truncated.with_label_values(&[&source]).inc_by(stats.truncated);
             }
-            (out.build(ctx, received_at).with_ack(ack), prepared)
+            let batch = out.build(ctx, received_at).with_ack(ack);
+            let outputs = match (processing, prepared.len() > taps.len()) {
+                (Some(p), true) => prepared.pop().map(|judged| p.process(&batch, judged)),
+                _ => None,
+            };
+            (batch, prepared, outputs)
         })
     }
 }
@@ -192,6 +231,10 @@ pub(crate) struct Wiring {
     /// The fields decode extracts for the sinks. A reload only appends to
     /// it, so the indexes a running sink looked up stay valid.
     fields: std::sync::RwLock<Arc<FieldSet>>,
+    /// The transforms each source's events go through, by source; a
+    /// source without an entry feeds `routes[source]` directly. With
+    /// transforms, `routes` is keyed by output name (`split.errors`).
+    processing: std::sync::RwLock<HashMap<Arc<str>, Arc<dyn Processing>>>,
 }
 
 impl std::fmt::Debug for Wiring {
@@ -210,6 +253,7 @@ impl Wiring {
         Wiring {
             routes: tokio::sync::RwLock::new(HashMap::new()),
             fields: std::sync::RwLock::new(fields),
+            processing: std::sync::RwLock::new(HashMap::new()),
         }
     }
 
@@ -228,6 +272,21 @@ impl Wiring {
     /// Replaces the fields decode extracts (a superset of the old ones).
     pub(crate) fn set_fields(&self, fields: Arc<FieldSet>) {
         *self.fields.write().unwrap_or_else(PoisonError::into_inner) = fields;
+    }
+
+    /// The transforms `source`'s events go through, if any.
+    pub(crate) fn processing(&self, source: &str) -> Option<Arc<dyn Processing>> {
+        let map = self.processing.read().unwrap_or_else(PoisonError::into_inner);
+        if map.is_empty() {
+            return None;
+        }
+        map.get(source).cloned()
+    }
+
+    /// Replaces the transforms of every source (call it while holding
+    /// [`Wiring::rewire`], with the routes of their outputs).
+    pub(crate) fn set_processing(&self, processing: HashMap<Arc<str>, Arc<dyn Processing>>) {
+        *self.processing.write().unwrap_or_else(PoisonError::into_inner) = processing;
     }
 
     /// Holds every fan-out between two batches and hands over the routes.
@@ -261,7 +320,7 @@ pub(crate) fn wired_output(source: Arc<str>, wiring: Arc<Wiring>, taps: Vec<Arc<
 async fn fan_out(mut rx: mpsc::Receiver<Pending>, wiring: Arc<Wiring>, taps: Arc<[Arc<dyn BatchTap>]>, source: Arc<str>) {
     let none: Arc<[QueueSender]> = Arc::new([]);
     while let Some(pending) = rx.recv().await {
-        let (batch, prepared) = match pending.await {
+        let (batch, prepared, outputs) = match pending.await {
             Ok(b) => b,
             Err(e) => {
                 // Decode never panics on input (every path is tested with
@@ -279,6 +338,13 @@ async fn fan_out(mut rx: mpsc::Receiver<Pending>, wiring: Arc<Wiring>, taps: Arc
         // Held while the batch is queued: a rewiring waits for it, and no
         // batch goes to a sink the rewiring has already let go.
         let routes = wiring.routes.read().await;
+        if let Some(outputs) = outputs {
+            send_outputs(batch, outputs, &routes).await;
+            continue;
+        }
+        if crate::telemetry::tap::active() {
+            crate::telemetry::tap::offer(&source, batch.events());
+        }
         let sinks = routes.get(&source).unwrap_or(&none);
         if let Some(ack) = batch.acknowledger() {
             ack.expect(if batch.is_empty() { 0 } else { sinks.len() });
@@ -291,6 +357,43 @@ async fn fan_out(mut rx: mpsc::Receiver<Pending>, wiring: Arc<Wiring>, taps: Arc
             if let Err(e) = sink.send(batch.clone()).await {
                 tracing::debug!(error = %e, "batch not queued");
                 batch.acknowledge(AckOutcome::Abandoned);
+            }
+        }
+    }
+}
+
+/// Queues each transform output's events to the sinks that take that
+/// output. The batch is acknowledged back to its source once every one of
+/// them is done; with none (every event dropped), at once.
+async fn send_outputs(batch: Batch, outputs: Outputs, routes: &HashMap<Arc<str>, Arc<[QueueSender]>>) {
+    let batch = Arc::new(batch);
+    let tapped = crate::telemetry::tap::active();
+    let mut sends: Vec<(Arc<Batch>, &[QueueSender])> = Vec::with_capacity(outputs.len());
+    for (name, output) in outputs {
+        if tapped {
+            match &output {
+                Output::Whole => crate::telemetry::tap::offer(&name, batch.events()),
+                Output::Part(part) => crate::telemetry::tap::offer(&name, part.events()),
+            }
+        }
+        let Some(sinks) = routes.get(&name).filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        let events = match output {
+            Output::Whole => batch.clone(),
+            Output::Part(part) if part.is_empty() => continue,
+            Output::Part(part) => Arc::new(part),
+        };
+        sends.push((events, sinks));
+    }
+    if let Some(ack) = batch.acknowledger() {
+        ack.expect(sends.iter().map(|(_, sinks)| sinks.len()).sum());
+    }
+    for (events, sinks) in sends {
+        for sink in sinks.iter() {
+            if let Err(e) = sink.send(events.clone()).await {
+                tracing::debug!(error = %e, "batch not queued");
+                events.acknowledge(AckOutcome::Abandoned);
             }
         }
     }

@@ -118,6 +118,20 @@ impl Batch {
         self.ack.as_ref()
     }
 
+    /// A builder for a batch of some of this batch's events (a transform's
+    /// output), with room for `events` of them.
+    pub(crate) fn part_builder(&self, events: usize) -> BatchBuilder {
+        let bytes = self.data.len() / self.len().max(1) * events;
+        BatchBuilder::with_capacity(self.fields.clone(), bytes, events)
+    }
+
+    /// Finishes a batch built from some of this batch's events: same
+    /// source, same read time, acknowledged through the same acknowledger
+    /// (which then waits for the sinks of every part).
+    pub(crate) fn part(&self, builder: BatchBuilder) -> Batch {
+        builder.build(self.source.clone(), self.received_at).with_ack(self.ack.clone())
+    }
+
     /// Tells the source that this sink is done with the batch.
     pub(crate) fn acknowledge(&self, outcome: AckOutcome) {
         if let Some(ack) = &self.ack {
@@ -297,6 +311,20 @@ impl BatchBuilder {
             }
         };
         self.values.push(stored);
+    }
+
+    /// Appends event `i` of `from` as it is: its bytes (a copy, never a
+    /// re-serialisation) and its extracted values. `from` must have this
+    /// builder's field set.
+    pub(crate) fn push_event_of(&mut self, from: &Batch, i: usize) {
+        debug_assert!(Arc::ptr_eq(&self.fields, &from.fields));
+        let start = if i == 0 { 0 } else { from.ends[i - 1] as usize };
+        self.data.extend_from_slice(&from.data[start..from.ends[i] as usize]);
+        self.ends.push(self.data.len() as u32);
+        let n = from.fields.len();
+        for v in &from.values[i * n..(i + 1) * n] {
+            self.push_value(v.as_ref(&from.strings));
+        }
     }
 
     /// Number of events so far.

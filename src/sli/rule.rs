@@ -6,12 +6,12 @@
 //! so reading one is a few instructions, and only the fields a rule gets
 //! to are read.
 
-use regex::Regex;
 use std::sync::Arc;
 
-use super::config::{Condition, LatencyUnit, Scalar, SliRule};
+use super::config::{LatencyUnit, SliRule};
 use super::window::WindowSpec;
-use crate::decode::{same_bytes, EventValues};
+use crate::condition::{MetaValues, Program, Values};
+use crate::decode::EventValues;
 use crate::event::{FieldSet, FieldValueRef};
 
 /// An index into the tap's field set (the paths its rules read, each once,
@@ -37,149 +37,10 @@ impl<'r, 'a> Row<'r, 'a> {
     }
 }
 
-/// A literal ready for comparison: strings that look like numbers or
-/// booleans also compare with numbers and booleans.
-#[derive(Debug, Clone)]
-struct Literal {
-    text: String,
-    number: Option<f64>,
-    boolean: Option<bool>,
-}
-
-impl Literal {
-    fn new(s: &Scalar) -> Literal {
-        match s {
-            Scalar::Bool(b) => Literal {
-                text: b.to_string(),
-                number: None,
-                boolean: Some(*b),
-            },
-            Scalar::Number(n) => Literal {
-                text: ryu::Buffer::new().format(*n).trim_end_matches(".0").to_owned(),
-                number: Some(*n),
-                boolean: None,
-            },
-            Scalar::Str(s) => Literal {
-                text: s.clone(),
-                number: s.trim().parse().ok(),
-                boolean: match s.as_str() {
-                    "true" => Some(true),
-                    "false" => Some(false),
-                    _ => None,
-                },
-            },
-        }
-    }
-
-    #[inline]
-    fn matches(&self, v: FieldValueRef<'_>) -> bool {
-        match v {
-            FieldValueRef::Str(s) => {
-                same_bytes(s.as_bytes(), self.text.as_bytes()) || (self.number.is_some() && s.trim().parse::<f64>().ok() == self.number)
-            }
-            FieldValueRef::Number(n) => self.number == Some(n),
-            FieldValueRef::Bool(b) => self.boolean == Some(b),
-            _ => false,
-        }
-    }
-}
-
-/// The test of a compiled condition.
-#[derive(Debug, Clone)]
-enum Test {
-    Exists(bool),
-    Equals(Literal),
-    NotEquals(Literal),
-    OneOf(Vec<Literal>),
-    Prefix(String),
-    Pattern(Regex),
-    /// Bounds with inclusiveness; infinite when not set.
-    Range {
-        lo: f64,
-        lo_incl: bool,
-        hi: f64,
-        hi_incl: bool,
-    },
-}
-
-/// A compiled condition on one field.
-#[derive(Debug, Clone)]
-pub(crate) struct Check {
-    field: FieldIndex,
-    test: Test,
-}
-
-impl Check {
-    /// Compiles a validated condition.
-    pub(crate) fn new(c: &Condition, fields: &mut FieldSet) -> Check {
-        let test = if let Some(e) = c.exists {
-            Test::Exists(e)
-        } else if let Some(v) = &c.equals {
-            Test::Equals(Literal::new(v))
-        } else if let Some(v) = &c.not_equals {
-            Test::NotEquals(Literal::new(v))
-        } else if let Some(list) = &c.one_of {
-            Test::OneOf(list.iter().map(Literal::new).collect())
-        } else if let Some(p) = &c.prefix {
-            Test::Prefix(p.clone())
-        } else if let Some(p) = &c.pattern {
-            Test::Pattern(p.0.clone())
-        } else {
-            let (lo, lo_incl) = match (c.gt, c.gte) {
-                (Some(v), _) => (v, false),
-                (None, Some(v)) => (v, true),
-                (None, None) => (f64::NEG_INFINITY, true),
-            };
-            let (hi, hi_incl) = match (c.lt, c.lte) {
-                (Some(v), _) => (v, false),
-                (None, Some(v)) => (v, true),
-                (None, None) => (f64::INFINITY, true),
-            };
-            Test::Range { lo, lo_incl, hi, hi_incl }
-        };
-        Check {
-            field: fields.add(c.field.clone()),
-            test,
-        }
-    }
-
-    /// Whether the event passes. `None` when the test cannot decide: every
-    /// test but `exists` needs the field present (and ranges need a number).
-    /// `text` is scratch space for numbers tested as text.
+impl<'a> Values<'a> for Row<'_, 'a> {
     #[inline(always)]
-    pub(crate) fn eval(&self, row: &Row<'_, '_>, text: &mut String) -> Option<bool> {
-        let v = row.get(self.field);
-        if let Test::Exists(want) = self.test {
-            return Some(!matches!(v, FieldValueRef::Missing) == want);
-        }
-        if matches!(v, FieldValueRef::Missing | FieldValueRef::Null) {
-            return None;
-        }
-        Some(match &self.test {
-            Test::Exists(_) => unreachable!("handled above"),
-            Test::Equals(l) => l.matches(v),
-            Test::NotEquals(l) => !l.matches(v),
-            Test::OneOf(ls) => ls.iter().any(|l| l.matches(v)),
-            Test::Prefix(p) => {
-                let t = as_text(v, text)?.as_bytes();
-                t.len() >= p.len() && same_bytes(&t[..p.len()], p.as_bytes())
-            }
-            Test::Pattern(re) => re.is_match(as_text(v, text)?),
-            Test::Range { lo, lo_incl, hi, hi_incl } => {
-                let n = v.as_f64()?;
-                (if *lo_incl { n >= *lo } else { n > *lo }) && (if *hi_incl { n <= *hi } else { n < *hi })
-            }
-        })
-    }
-}
-
-fn as_text<'a>(v: FieldValueRef<'a>, text: &'a mut String) -> Option<&'a str> {
-    match v {
-        FieldValueRef::Str(s) => Some(s),
-        _ => {
-            text.clear();
-            v.render(text).then_some(text.as_str())
-        }
+    fn get(&self, f: FieldIndex) -> FieldValueRef<'a> {
+        self.values.get(f)
     }
 }
 
@@ -264,8 +125,8 @@ pub(crate) fn parse_duration(s: &str) -> Option<f64> {
 pub(crate) struct CompiledRule {
     /// The `sli` label value.
     pub(crate) name: Arc<str>,
-    matches: Vec<Check>,
-    outcome: Check,
+    matches: Vec<Program>,
+    outcome: Program,
     /// Whether `outcome` passing means error (else it means success).
     outcome_is_error: bool,
     /// Latency, if the rule has it.
@@ -311,8 +172,8 @@ impl CompiledRule {
         };
         CompiledRule {
             name: rule.name.as_str().into(),
-            matches: rule.matches.iter().map(|c| Check::new(c, fields)).collect(),
-            outcome: Check::new(&outcome, fields),
+            matches: rule.matches.iter().map(|c| Program::compile(c, fields)).collect(),
+            outcome: Program::compile(&outcome, fields),
             outcome_is_error,
             latency: rule.latency.as_ref().map(|l| LatencySpec {
                 field: fields.add(l.field.clone()),
@@ -327,15 +188,16 @@ impl CompiledRule {
         }
     }
 
-    /// Decides what the event in `row` is to this rule.
+    /// Decides what the event in `row` is to this rule; a field the event
+    /// lacks is read from `meta`, its source's metadata.
     #[inline(always)]
-    pub(crate) fn judge(&self, row: &Row<'_, '_>, text: &mut String) -> Verdict {
+    pub(crate) fn judge(&self, row: &Row<'_, '_>, meta: &MetaValues, text: &mut String) -> Verdict {
         for c in &self.matches {
-            if c.eval(row, text) != Some(true) {
+            if !c.holds(row, meta, text) {
                 return Verdict::Skip;
             }
         }
-        let error = match self.outcome.eval(row, text) {
+        let error = match self.outcome.eval(row, meta, text) {
             Some(passed) => passed == self.outcome_is_error,
             None => return Verdict::NoOutcome,
         };
@@ -379,7 +241,7 @@ mod tests {
 
     impl EventObserver for Judge {
         fn event(&mut self, values: &EventValues<'_>) {
-            let v = self.rule.judge(&Row::new(values), &mut String::new());
+            let v = self.rule.judge(&Row::new(values), &MetaValues::none(), &mut String::new());
             self.verdicts.push(v);
         }
 

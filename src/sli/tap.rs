@@ -18,6 +18,7 @@ use super::config::SliRule;
 use super::labels::{KeyScratch, LabelGroup};
 use super::rule::{CompiledRule, Row, Verdict};
 use super::series::{Outcome, SeriesTable, Slot};
+use crate::condition::MetaValues;
 use crate::decode::EventObserver;
 use crate::decode::{same_bytes, EventValues};
 use crate::enrich::SourceContext;
@@ -154,7 +155,7 @@ impl BatchTap for SliTap {
     }
 
     fn begin(&self, source: &SourceContext) -> Box<dyn EventObserver> {
-        Box::new(BatchJudge::new(self.shared.clone(), source))
+        Box::new(BatchJudge::new(self.shared.clone(), source, &self.fields))
     }
 
     fn observe(&self, _batch: &Batch, prepared: Prepared) {
@@ -188,10 +189,12 @@ struct BatchJudge {
     text: String,
     /// Events seen so far.
     events: usize,
+    /// The batch's source metadata, for fields an event lacks.
+    meta: MetaValues,
 }
 
 impl BatchJudge {
-    fn new(shared: Arc<Shared>, source: &SourceContext) -> BatchJudge {
+    fn new(shared: Arc<Shared>, source: &SourceContext, fields: &FieldSet) -> BatchJudge {
         let compiled = &shared.compiled;
         let mut scratch: Vec<KeyScratch> = compiled.groups.iter().map(|_| KeyScratch::default()).collect();
         for (g, s) in compiled.groups.iter().zip(&mut scratch) {
@@ -206,6 +209,7 @@ impl BatchJudge {
             scratch,
             text: String::new(),
             events: 0,
+            meta: MetaValues::resolve(fields, source),
         }
     }
 }
@@ -222,11 +226,12 @@ impl EventObserver for BatchJudge {
             memo,
             text,
             events,
+            meta,
         } = self;
         let compiled = &shared.compiled;
         for (r, rule) in compiled.rules.iter().enumerate() {
             let cells = &mut partial.rules[r];
-            let (error, latency) = match rule.judge(&row, text) {
+            let (error, latency) = match rule.judge(&row, meta, text) {
                 Verdict::Skip => continue,
                 Verdict::NoOutcome => {
                     cells.incomplete[0] += 1;

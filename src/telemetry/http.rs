@@ -146,6 +146,20 @@ async fn route(req: Request<Incoming>, health: &Health, reload: Option<&mpsc::Se
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
+    if let Some(output) = req.uri().path().strip_prefix("/tap/").filter(|o| !o.is_empty()) {
+        let limit = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit=")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10);
+        let mut r = Response::new(Full::new(Bytes::from(super::tap::collect(output, limit).await)));
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/x-ndjson"),
+        );
+        return r;
+    }
     match req.uri().path() {
         "/metrics" => {
             let mut r = Response::new(Full::new(Bytes::from(metrics().encode())));
@@ -158,6 +172,6 @@ async fn route(req: Request<Incoming>, health: &Health, reload: Option<&mpsc::Se
         "/health" => text(StatusCode::OK, "ok\n"),
         "/ready" if health.is_ready() => text(StatusCode::OK, "ready\n"),
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /health or /ready\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /health, /ready or /tap/<output>\n"),
     }
 }

@@ -3,6 +3,7 @@
 
 mod http;
 pub(crate) mod systemd;
+pub(crate) mod tap;
 
 pub use http::Health;
 pub(crate) use http::{serve, ApiHandle, ReloadReply, ReloadRequest};

@@ -15,6 +15,7 @@ use crate::enrich::EnrichConfig;
 use crate::sinks::SinkConfig;
 use crate::sli::SliRule;
 use crate::sources::SourceConfig;
+use crate::transforms::TransformSpec;
 
 /// What `app | sluice` does with no config: stdin to stdout, enriched.
 /// `config/dev.toml` is this file, written out.
@@ -87,6 +88,10 @@ pub struct Config {
     pub sources: BTreeMap<String, SourceConfig>,
     /// Sinks by name.
     pub sinks: BTreeMap<String, SinkSpec>,
+    /// Transforms by name (`[transforms.<name>]`).
+    pub transforms: BTreeMap<String, TransformSpec>,
+    /// Config unit tests (`[[tests]]`), run by `sluice test` only.
+    pub(crate) tests: Vec<crate::transforms::testing::TestCase>,
     /// SLI rules (`[[sli]]`), in config order.
     pub sli: Vec<SliRule>,
     /// The `[[sli]]` tables as written (after interpolation): a reload
@@ -157,6 +162,7 @@ impl Config {
         let mut errors = Vec::new();
         let sources_v = take_table(&mut root, "sources", &mut errors);
         let sinks_v = take_table(&mut root, "sinks", &mut errors);
+        let transforms_v = take_table(&mut root, "transforms", &mut errors);
         // Each section parses on its own, so one bad key does not hide
         // the errors of the others.
         let api: ApiConfig = root.remove("api").and_then(|v| parse_at("api", v, &mut errors)).unwrap_or_default();
@@ -164,6 +170,18 @@ impl Config {
             .remove("enrich")
             .and_then(|v| parse_at("enrich", v, &mut errors))
             .unwrap_or_default();
+        let tests: Vec<crate::transforms::testing::TestCase> = match root.remove("tests") {
+            None => Vec::new(),
+            Some(Value::Array(cases)) => cases
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, v)| parse_valid(&format!("tests[{i}]"), v, &mut errors))
+                .collect(),
+            Some(_) => {
+                errors.push(ConfigError::new("tests", "must be a list of [[tests]] tables"));
+                Vec::new()
+            }
+        };
         let sli_raw = root.remove("sli").unwrap_or(Value::Null);
         let sli = if sli_raw.is_null() {
             Vec::new()
@@ -187,6 +205,19 @@ impl Config {
             }
         }
 
+        let mut transforms = BTreeMap::new();
+        for (name, v) in transforms_v {
+            let path = format!("transforms.{name}");
+            check_name(&path, &name, &mut errors);
+            let Some((kind, rest)) = split_type(&path, v, &mut errors) else {
+                continue;
+            };
+            if let Some(spec) = crate::transforms::parse_spec(&path, &kind, rest, &mut errors) {
+                transforms.insert(name, spec);
+            }
+        }
+        let mut sink_inputs = Vec::new();
+
         let mut sinks = BTreeMap::new();
         for (name, v) in sinks_v {
             let path = format!("sinks.{name}");
@@ -209,7 +240,13 @@ impl Config {
             }
             if let Some(inputs) = &inputs {
                 for (i, input) in inputs.iter().enumerate() {
-                    if !sources.contains_key(input) && !errors.iter().any(|e| e.path.starts_with(&format!("sources.{input}"))) {
+                    let component = input.split('.').next().unwrap_or(input);
+                    if transforms.contains_key(component) {
+                        // A transform output: checked with the graph.
+                        sink_inputs.push((name.clone(), i, input.clone()));
+                    } else if errors.iter().any(|e| e.path.starts_with(&format!("transforms.{component}"))) {
+                        // The transform's own errors say it all.
+                    } else if !sources.contains_key(input) && !errors.iter().any(|e| e.path.starts_with(&format!("sources.{input}"))) {
                         errors.push(ConfigError::new(
                             format!("{path}.inputs[{i}]"),
                             format!("no source named {input:?}"),
@@ -224,6 +261,9 @@ impl Config {
                 Err(mut e) => errors.append(&mut e),
             }
         }
+        let source_names = sources.keys().map(String::as_str).collect();
+        crate::transforms::graph::check(&source_names, &transforms, &sink_inputs, &mut errors);
+        crate::transforms::testing::check(&tests, &source_names, &transforms, &mut errors);
         if top.data_dir.is_none() {
             for (name, cfg) in &sources {
                 if cfg.needs_data_dir() {
@@ -253,10 +293,40 @@ impl Config {
             enrich: enrich.with_env(),
             sources,
             sinks,
+            transforms,
+            tests,
             sli,
             sli_raw,
             api_address_explicit,
         })
+    }
+
+    /// The API URL `sluice tap` asks for a sample of `output`; `None` when
+    /// the API is off.
+    pub fn tap_url(&self, output: &str, limit: usize) -> Option<String> {
+        self.api
+            .enabled
+            .then(|| format!("http://{}/tap/{output}?limit={limit}", self.api.address))
+    }
+
+    /// Runs the config's `[[tests]]` through its transforms: the report,
+    /// and whether every case passed.
+    pub fn run_tests(&self) -> (String, bool) {
+        let sources = self.sources.keys().map(String::as_str).collect();
+        crate::transforms::testing::run(&self.tests, &sources, &self.transforms, &self.enrich.metadata(None))
+    }
+
+    /// The sinks that take `output`: a source (sinks without `inputs` take
+    /// every source), a transform or a route output (`split.errors`).
+    pub(crate) fn sinks_taking<'a>(&'a self, output: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let is_source = self.sources.contains_key(output);
+        self.sinks
+            .iter()
+            .filter(move |(_, s)| match &s.inputs {
+                None => is_source,
+                Some(i) => i.iter().any(|x| x == output),
+            })
+            .map(|(n, _)| n.as_str())
     }
 
     /// The sinks that receive events from `source`.

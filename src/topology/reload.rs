@@ -23,6 +23,9 @@ pub(crate) struct Diff {
     pub(crate) sinks_changed: BTreeSet<String>,
     /// Sinks to start.
     pub(crate) sinks_added: BTreeSet<String>,
+    /// Transforms added, removed or changed (their settings or inputs):
+    /// the transforms are rebuilt and the routes with them.
+    pub(crate) transforms_changed: BTreeSet<String>,
     /// Some sink's `inputs` changed: the routes are rebuilt.
     pub(crate) inputs_changed: bool,
     /// `shutdown_timeout` changed (applied, nothing restarts).
@@ -63,6 +66,13 @@ impl Diff {
             }
         }
         d.sinks_added = new.sinks.keys().filter(|n| !old.sinks.contains_key(*n)).cloned().collect();
+        d.transforms_changed = old
+            .transforms
+            .keys()
+            .chain(new.transforms.keys())
+            .filter(|n| old.transforms.get(*n) != new.transforms.get(*n))
+            .cloned()
+            .collect();
         d.timeout_changed = old.shutdown_timeout != new.shutdown_timeout;
         d
     }
@@ -76,6 +86,7 @@ impl Diff {
             && self.sinks_removed.is_empty()
             && self.sinks_changed.is_empty()
             && self.sinks_added.is_empty()
+            && self.transforms_changed.is_empty()
             && !self.inputs_changed
     }
 
@@ -100,6 +111,7 @@ impl Diff {
         part("sources restarted:", &self.sources_changed);
         part("sources added:", &self.sources_added);
         part("sources removed:", &self.sources_removed);
+        part("transforms replaced:", &self.transforms_changed);
         if self.inputs_changed {
             parts.push("routes rebuilt".into());
         }

@@ -17,7 +17,7 @@ use crate::buffer::{self, BufferCx, BufferError, DiskHandle, QueueSender};
 use crate::config::ConfigErrors;
 use crate::enrich::EnrichConfig;
 use crate::event::FieldSet;
-use crate::pipeline::{shutdown_pair, wired_output, BatchTap, ShutdownTrigger, Task, Wiring};
+use crate::pipeline::{shutdown_pair, wired_output, BatchTap, Processing, ShutdownTrigger, Task, Wiring};
 use crate::sinks::SinkError;
 use crate::sources::{SourceCx, SourceError};
 use crate::telemetry::systemd::ServiceManager;
@@ -265,6 +265,8 @@ struct Topology {
     health: Arc<Health>,
     enrich: Arc<EnrichConfig>,
     taps: Vec<Arc<dyn BatchTap>>,
+    /// The transforms, compiled; `None` without any.
+    graph: Option<Arc<crate::transforms::graph::Graph>>,
     wiring: Arc<Wiring>,
     sources: BTreeMap<String, RunningSource>,
     sinks: BTreeMap<String, RunningSink>,
@@ -288,6 +290,7 @@ impl Topology {
         Topology {
             enrich: Arc::new(config.enrich.clone()),
             taps: crate::sli::tap(&config.sli).into_iter().collect(),
+            graph: build_graph(&config),
             wiring: Arc::new(Wiring::new(fields)),
             config,
             health,
@@ -310,7 +313,11 @@ impl Topology {
             self.start_sink(&name, spec).await?;
         }
         self.command_source = command_source.as_ref().map(|(name, _)| name.clone());
-        *self.wiring.rewire().await = self.routes();
+        {
+            let mut routes = self.wiring.rewire().await;
+            *routes = self.routes();
+            self.wiring.set_processing(self.processing(&routes));
+        }
         for (name, cfg) in self.config.sources.clone() {
             self.start_source(&name, |cx| cfg.build(cx))?;
         }
@@ -405,7 +412,35 @@ impl Topology {
                     .collect();
                 (Arc::from(source.as_str()), sinks.into())
             })
+            .chain(self.config.transforms.iter().flat_map(|(name, spec)| {
+                crate::transforms::graph::output_names(name, spec).into_iter().map(|output| {
+                    let sinks: Vec<QueueSender> = self
+                        .config
+                        .sinks_taking(&output)
+                        .filter_map(|s| self.sinks.get(s).map(|r| r.sender.clone()))
+                        .collect();
+                    (Arc::from(output.as_str()), sinks.into())
+                })
+            }))
             .collect()
+    }
+
+    /// The transforms each source's events go through, given the routes
+    /// (only outputs some sink takes become batches).
+    fn processing(
+        &self,
+        routes: &std::collections::HashMap<Arc<str>, Arc<[QueueSender]>>,
+    ) -> std::collections::HashMap<Arc<str>, Arc<dyn Processing>> {
+        let Some(graph) = &self.graph else {
+            return std::collections::HashMap::new();
+        };
+        let consumed = routes
+            .iter()
+            .filter(|(_, sinks)| !sinks.is_empty())
+            .map(|(k, _)| k.to_string())
+            .collect();
+        let sources = self.config.sources.keys().chain(&self.command_source).map(String::as_str);
+        graph.plans(sources, &consumed)
     }
 
     fn record(&mut self, error: RunError) {
@@ -675,7 +710,14 @@ impl Topology {
                     self.config.sources.insert(name.clone(), cfg.clone());
                 }
             }
+            if !diff.transforms_changed.is_empty() {
+                // Replaced like a changed sink: batches already decoded
+                // with the old transforms go to the outputs they reached.
+                self.config.transforms = new.transforms.clone();
+                self.graph = build_graph(&self.config);
+            }
             *routes = self.routes();
+            self.wiring.set_processing(self.processing(&routes));
         }
         for name in diff.sources_changed.iter().chain(&diff.sources_added) {
             let Some(cfg) = new.sources.get(name) else { continue };
@@ -701,6 +743,11 @@ impl Topology {
             }
         }
     }
+}
+
+/// The config's transforms, compiled, if it has any.
+fn build_graph(config: &Config) -> Option<Arc<crate::transforms::graph::Graph>> {
+    (!config.transforms.is_empty()).then(|| Arc::new(crate::transforms::graph::Graph::build(&config.transforms)))
 }
 
 /// `base` with every field the config's sinks read appended: a reload only

@@ -1,0 +1,828 @@
+//! The transforms DAG. [`check`] validates it with the config (unknown
+//! inputs, unknown routes, cycles, each at its key path); [`Graph::build`]
+//! compiles every transform once, with all their conditions in one set of
+//! [`Program`]s over one [`FieldSet`]; [`Graph::plans`] gives each source
+//! the part of the graph its events reach, as the pipeline's
+//! [`Processing`].
+//!
+//! Per batch, the decoder shows each event to a [`Judge`], which records
+//! every condition's verdict as one bit and every key as text: judged from
+//! the fields the decoder located, never by parsing the event again. The
+//! steps then move event indexes from output to output; only a transform
+//! that changes an event parses it (once, for every later transform).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::metrics::NodeMetrics;
+use super::stream::{value_at, ChangedValues, Item};
+use super::TransformSpec;
+use crate::condition::{Condition, MetaValues, Program};
+use crate::config::ConfigError;
+use crate::decode::{EventObserver, EventValues};
+use crate::enrich::SourceContext;
+use crate::event::{Batch, FieldPath, FieldSet, FieldValueRef};
+use crate::pipeline::{Output, Outputs, Prepared, Processing};
+
+/// A compiled condition of the graph: its bit in [`Judged`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CondId(usize);
+
+/// A key of the graph (a sample or throttle key field): its text in
+/// [`Judged`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyId(usize);
+
+/// Collects what the transforms judge per event while they are built.
+#[derive(Debug, Default)]
+pub(crate) struct Compiler {
+    fields: FieldSet,
+    programs: Vec<Program>,
+    keys: Vec<usize>,
+}
+
+impl Compiler {
+    /// Compiles a condition judged per event.
+    pub(crate) fn condition(&mut self, c: &Condition) -> CondId {
+        self.programs.push(Program::compile(c, &mut self.fields));
+        CondId(self.programs.len() - 1)
+    }
+
+    /// A field whose text is read per event.
+    pub(crate) fn key(&mut self, path: &FieldPath) -> KeyId {
+        self.keys.push(self.fields.add(path.clone()));
+        KeyId(self.keys.len() - 1)
+    }
+}
+
+/// One transform's work on a batch.
+pub(crate) trait Step: Send + Sync {
+    /// Moves the events of `input` to the transform's outputs (`out` has
+    /// one list per output, in [`super::TransformConfig::outputs`] order,
+    /// or one for a transform with a single output). An event it puts
+    /// nowhere is dropped.
+    fn run(&self, input: Vec<Item>, run: &mut Run<'_>, out: &mut [Vec<Item>]);
+
+    /// Why an event this transform puts nowhere was dropped (the `reason`
+    /// label of `sluice_transform_events_dropped_total`).
+    fn drop_reason(&self) -> &'static str;
+}
+
+/// The verdicts and keys of one batch's events, as the [`Judge`] recorded
+/// them on the decode pool.
+#[derive(Debug, Default)]
+pub(crate) struct Judged {
+    /// `words` u64s per event: bit `c` is condition `c`'s verdict.
+    bits: Vec<u64>,
+    words: usize,
+    /// Per event and key: where its text is in `text`, if it has one.
+    keys: Vec<Option<(u32, u32)>>,
+    text: String,
+    /// The batch's source metadata, for changed events judged later.
+    meta: MetaValues,
+}
+
+/// Judges every event of one batch as it decodes.
+struct Judge {
+    graph: Arc<Graph>,
+    judged: Judged,
+    scratch: String,
+}
+
+impl EventObserver for Judge {
+    #[inline]
+    fn event(&mut self, values: &EventValues<'_>) {
+        let Judge { graph, judged, scratch } = self;
+        // One word per 64 conditions, pushed whole (no per-event resize).
+        for (w, programs) in graph.programs.chunks(64).enumerate() {
+            let mut word = 0u64;
+            for (c, p) in programs.iter().enumerate() {
+                word |= (p.holds(values, &judged.meta, scratch) as u64) << c;
+            }
+            debug_assert!(w < judged.words);
+            judged.bits.push(word);
+        }
+        for &f in graph.keys.iter() {
+            let v = match values.get(f) {
+                FieldValueRef::Missing => judged.meta.get(f),
+                v => v,
+            };
+            let at = judged.text.len();
+            let span = v.render(&mut judged.text).then(|| (at as u32, (judged.text.len() - at) as u32));
+            judged.keys.push(span);
+        }
+    }
+
+    fn finish(self: Box<Self>) -> Prepared {
+        Box::new(self.judged)
+    }
+}
+
+/// What a step may ask about the events of the batch being run.
+pub(crate) struct Run<'b> {
+    batch: &'b Batch,
+    judged: &'b Judged,
+    graph: &'b Graph,
+    scratch: String,
+}
+
+impl Run<'_> {
+    /// Whether condition `c` holds for the event: its decode-time verdict,
+    /// or, for an event a transform changed, judged on the changed event.
+    pub(crate) fn holds(&mut self, c: CondId, item: &Item) -> bool {
+        match &item.changed {
+            None => {
+                let w = self.judged.words * item.idx as usize + c.0 / 64;
+                self.judged.bits.get(w).is_some_and(|bits| bits & (1 << (c.0 % 64)) != 0)
+            }
+            Some(event) => {
+                let values = ChangedValues {
+                    event,
+                    paths: self.graph.fields.paths(),
+                };
+                self.graph.programs[c.0].holds(&values, &self.judged.meta, &mut self.scratch)
+            }
+        }
+    }
+
+    /// The text of key `k` for the event, appended to `out`; false when the
+    /// event has no such value (then `out` is unchanged).
+    pub(crate) fn key(&self, k: KeyId, item: &Item, out: &mut String) -> bool {
+        match &item.changed {
+            None => {
+                let at = item.idx as usize * self.graph.keys.len() + k.0;
+                match self.judged.keys.get(at).copied().flatten() {
+                    Some((start, len)) => {
+                        out.push_str(&self.judged.text[start as usize..(start + len) as usize]);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            Some(event) => {
+                let f = self.graph.keys[k.0];
+                let v = match value_at(event, &self.graph.fields.paths()[f]) {
+                    FieldValueRef::Missing => self.judged.meta.get(f),
+                    v => v,
+                };
+                v.render(out)
+            }
+        }
+    }
+
+    /// The event's bytes as decoded (without its newline).
+    pub(crate) fn bytes(&self, item: &Item) -> &[u8] {
+        self.batch.event(item.idx as usize)
+    }
+
+    /// The event, parsed for a change (once: later transforms change the
+    /// same copy). `None` only if the batch's bytes are not an object,
+    /// which the decoder never writes.
+    pub(crate) fn change<'i>(&self, item: &'i mut Item) -> Option<&'i mut serde_json::Map<String, serde_json::Value>> {
+        if item.changed.is_none() {
+            let parsed = serde_json::from_slice(self.batch.event(item.idx as usize)).ok()?;
+            item.changed = Some(Box::new(parsed));
+        }
+        item.changed.as_deref_mut()
+    }
+}
+
+/// One compiled transform.
+struct Node {
+    inputs: Vec<String>,
+    /// Output names as sinks and transforms write them: the transform's
+    /// name, or `name.route` for each named output.
+    outputs: Vec<Arc<str>>,
+    step: Box<dyn Step>,
+    metrics: NodeMetrics,
+}
+
+/// Every transform of a config, compiled, in an order where each comes
+/// after its inputs.
+pub(crate) struct Graph {
+    nodes: Vec<Node>,
+    fields: Arc<FieldSet>,
+    programs: Vec<Program>,
+    keys: Vec<usize>,
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Graph")
+            .field("transforms", &self.nodes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Output names of a transform: its own name, or one per named output.
+pub(crate) fn output_names(name: &str, spec: &TransformSpec) -> Vec<String> {
+    let named = spec.config.outputs();
+    if named.is_empty() {
+        vec![name.to_owned()]
+    } else {
+        named.iter().map(|o| format!("{name}.{o}")).collect()
+    }
+}
+
+impl Graph {
+    /// Compiles validated transforms ([`check`] passed).
+    pub(crate) fn build(transforms: &BTreeMap<String, TransformSpec>) -> Graph {
+        let mut cx = Compiler::default();
+        let mut nodes = Vec::with_capacity(transforms.len());
+        for name in topological(transforms) {
+            let spec = &transforms[&name];
+            let outputs: Vec<Arc<str>> = output_names(&name, spec).into_iter().map(Arc::from).collect();
+            nodes.push(Node {
+                inputs: spec.inputs.clone(),
+                step: spec.config.build(&name, &mut cx),
+                metrics: NodeMetrics::new(&name, &outputs),
+                outputs,
+            });
+        }
+        Graph {
+            nodes,
+            fields: Arc::new(cx.fields),
+            programs: cx.programs,
+            keys: cx.keys,
+        }
+    }
+
+    /// For each source that some transform takes (directly or further
+    /// down), the part of the graph its events go through. A source absent
+    /// from the map feeds its sinks directly, as without transforms.
+    /// `consumed` names the outputs some sink takes: only those become
+    /// batches.
+    pub(crate) fn plans<'a>(
+        self: &Arc<Self>,
+        sources: impl Iterator<Item = &'a str>,
+        consumed: &BTreeSet<String>,
+    ) -> HashMap<Arc<str>, Arc<dyn Processing>> {
+        let mut plans: HashMap<Arc<str>, Arc<dyn Processing>> = HashMap::new();
+        for source in sources {
+            let mut reached: BTreeSet<&str> = BTreeSet::from([source]);
+            let mut nodes = Vec::new();
+            for (i, node) in self.nodes.iter().enumerate() {
+                if node.inputs.iter().any(|input| reached.contains(input.as_str())) {
+                    nodes.push(i);
+                    reached.extend(node.outputs.iter().map(|o| &**o));
+                }
+            }
+            if nodes.is_empty() {
+                continue;
+            }
+            let plan = SourcePlan {
+                graph: self.clone(),
+                source: source.into(),
+                nodes,
+                consumed: reached.iter().filter(|o| consumed.contains(**o)).map(|o| Arc::from(*o)).collect(),
+            };
+            plans.insert(source.into(), Arc::new(plan));
+        }
+        plans
+    }
+}
+
+/// The transforms one source's events reach, in graph order.
+struct SourcePlan {
+    graph: Arc<Graph>,
+    source: Arc<str>,
+    /// Indexes into `graph.nodes`.
+    nodes: Vec<usize>,
+    /// The outputs reached (the source's own included) that a sink takes.
+    consumed: Vec<Arc<str>>,
+}
+
+impl Processing for SourcePlan {
+    fn fields(&self) -> Arc<FieldSet> {
+        self.graph.fields.clone()
+    }
+
+    fn begin(&self, source: &SourceContext) -> Box<dyn EventObserver> {
+        let g = &self.graph;
+        Box::new(Judge {
+            judged: Judged {
+                words: g.programs.len().div_ceil(64),
+                meta: MetaValues::resolve(&g.fields, source),
+                ..Judged::default()
+            },
+            graph: g.clone(),
+            scratch: String::new(),
+        })
+    }
+
+    fn process(&self, batch: &Batch, prepared: Prepared) -> Outputs {
+        let judged = match prepared.downcast::<Judged>() {
+            Ok(j) => *j,
+            Err(_) => {
+                // Cannot happen (the plan's own observer made it); the
+                // events still reach the sinks that take the source.
+                tracing::error!(source = %self.source, "transforms handed another observer's result; batch sent untransformed");
+                return vec![(self.source.clone(), Output::Whole)];
+            }
+        };
+        let mut run = Run {
+            batch,
+            judged: &judged,
+            graph: &self.graph,
+            scratch: String::new(),
+        };
+        let mut streams: HashMap<Arc<str>, Vec<Item>> = HashMap::new();
+        streams.insert(self.source.clone(), (0..batch.len() as u32).map(Item::new).collect());
+        for &i in &self.nodes {
+            let node = &self.graph.nodes[i];
+            let mut input: Vec<Item> = Vec::new();
+            let mut from = 0;
+            for name in &node.inputs {
+                if let Some(s) = streams.get(name.as_str()) {
+                    input.extend(s.iter().cloned());
+                    from += 1;
+                }
+            }
+            if from > 1 {
+                // Several inputs: keep the batch's order.
+                input.sort_by_key(|item| item.idx);
+            }
+            let seen = input.len();
+            let mut out: Vec<Vec<Item>> = node.outputs.iter().map(|_| Vec::new()).collect();
+            node.step.run(input, &mut run, &mut out);
+            node.metrics.record(seen, &out, node.step.drop_reason());
+            for (name, items) in node.outputs.iter().zip(out) {
+                streams.insert(name.clone(), items);
+            }
+        }
+        let mut outputs: Outputs = self
+            .consumed
+            .iter()
+            .map(|name| {
+                let items = streams.remove(name).unwrap_or_default();
+                (name.clone(), output(batch, items))
+            })
+            .collect();
+        if crate::telemetry::tap::active() {
+            // Outputs no sink takes but someone looks at (`sluice tap`).
+            for name in crate::telemetry::tap::wanted() {
+                if let Some((name, items)) = streams.remove_entry(name.as_str()) {
+                    outputs.push((name, output(batch, items)));
+                }
+            }
+        }
+        outputs
+    }
+}
+
+/// The events of one output as the pipeline sends them: the batch itself
+/// when every event is there unchanged, else a new batch of copies (and
+/// changed events serialised, once).
+fn output(batch: &Batch, items: Vec<Item>) -> Output {
+    if items.len() == batch.len() && items.iter().enumerate().all(|(i, it)| it.idx as usize == i && it.changed.is_none()) {
+        return Output::Whole;
+    }
+    let mut out = batch.part_builder(items.len());
+    for item in &items {
+        match &item.changed {
+            None => out.push_event_of(batch, item.idx as usize),
+            Some(event) => {
+                if serde_json::to_writer(&mut *out.buffer(), event).is_err() {
+                    // A map of JSON values always serialises; keep the
+                    // event as decoded if it ever does not.
+                    out.push_event_of(batch, item.idx as usize);
+                    continue;
+                }
+                let fields = out.fields().clone();
+                for p in fields.paths() {
+                    out.push_value(value_at(event, p));
+                }
+                out.finish_event();
+            }
+        }
+    }
+    Output::Part(batch.part(out))
+}
+
+/// Transform names, each after the transforms it takes input from. The
+/// graph is acyclic ([`check`]); a name in a cycle would be left out.
+fn topological(transforms: &BTreeMap<String, TransformSpec>) -> Vec<String> {
+    let owner = |input: &str| -> Option<String> {
+        let base = input.split('.').next().unwrap_or(input);
+        transforms.contains_key(base).then(|| base.to_owned())
+    };
+    let mut order = Vec::with_capacity(transforms.len());
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    while order.len() < transforms.len() {
+        let before = order.len();
+        for (name, spec) in transforms {
+            if done.contains(name) {
+                continue;
+            }
+            if spec.inputs.iter().filter_map(|i| owner(i)).all(|t| done.contains(&t)) {
+                done.insert(name.clone());
+                order.push(name.clone());
+            }
+        }
+        if order.len() == before {
+            break;
+        }
+    }
+    order
+}
+
+/// Checks the graph of a config: every transform input and sink input
+/// (`sink_inputs`: sink, index, input, for those naming a transform)
+/// names a source, a single-output transform or a route output; no
+/// transform takes its own output, however far down. Each problem is
+/// reported at its key path (`transforms.split.inputs[0]`).
+pub(crate) fn check(
+    sources: &BTreeSet<&str>,
+    transforms: &BTreeMap<String, TransformSpec>,
+    sink_inputs: &[(String, usize, String)],
+    errors: &mut Vec<ConfigError>,
+) {
+    for name in transforms.keys() {
+        if sources.contains(name.as_str()) {
+            errors.push(ConfigError::new(
+                format!("transforms.{name}"),
+                "a source has this name; components need distinct names",
+            ));
+        }
+    }
+    let resolve = |path: String, input: &str, errors: &mut Vec<ConfigError>| {
+        if sources.contains(input) {
+            return;
+        }
+        if let Some(spec) = transforms.get(input) {
+            let named = spec.config.outputs();
+            if !named.is_empty() {
+                errors.push(ConfigError::new(
+                    path,
+                    format!(
+                        "{input:?} is a route; name one of its outputs: {}",
+                        named.iter().map(|o| format!("{input}.{o}")).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+            return;
+        }
+        if let Some((base, route)) = input.split_once('.') {
+            if let Some(spec) = transforms.get(base) {
+                let named = spec.config.outputs();
+                if !named.iter().any(|o| o == route) {
+                    let message = if named.is_empty() {
+                        format!("transform {base:?} has no named outputs; write {base:?}")
+                    } else {
+                        format!("transform {base:?} has no route {route:?}; it has: {}", named.join(", "))
+                    };
+                    errors.push(ConfigError::new(path, message));
+                }
+                return;
+            }
+        }
+        errors.push(ConfigError::new(path, format!("no source or transform named {input:?}")));
+    };
+    for (name, spec) in transforms {
+        for (i, input) in spec.inputs.iter().enumerate() {
+            resolve(format!("transforms.{name}.inputs[{i}]"), input, errors);
+        }
+    }
+    for (sink, i, input) in sink_inputs {
+        resolve(format!("sinks.{sink}.inputs[{i}]"), input, errors);
+    }
+    // A transform left out of a topological order is in a cycle or
+    // downstream of one; report each edge that closes a cycle.
+    let ordered: BTreeSet<String> = topological(transforms).into_iter().collect();
+    for (name, spec) in transforms {
+        if ordered.contains(name) {
+            continue;
+        }
+        for (i, input) in spec.inputs.iter().enumerate() {
+            let base = input.split('.').next().unwrap_or(input);
+            if transforms.contains_key(base) && reaches(transforms, base, name) {
+                errors.push(ConfigError::new(
+                    format!("transforms.{name}.inputs[{i}]"),
+                    format!("{input:?} takes this transform's output, directly or further down: the graph would have a cycle"),
+                ));
+            }
+        }
+    }
+}
+
+/// Whether transform `from` takes input from `to`, directly or through
+/// other transforms (or is `to`).
+fn reaches(transforms: &BTreeMap<String, TransformSpec>, from: &str, to: &str) -> bool {
+    let mut stack = vec![from.to_owned()];
+    let mut seen = BTreeSet::new();
+    while let Some(t) = stack.pop() {
+        if t == to {
+            return true;
+        }
+        if !seen.insert(t.clone()) {
+            continue;
+        }
+        if let Some(spec) = transforms.get(&t) {
+            for input in &spec.inputs {
+                let base = input.split('.').next().unwrap_or(input);
+                if transforms.contains_key(base) {
+                    stack.push(base.to_owned());
+                }
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Decoder;
+    use crate::enrich::Fragment;
+    use crate::event::BatchBuilder;
+    use crate::topology::{Config, Format};
+    use proptest::prelude::*;
+
+    const SOURCES: &str = "[sources.app]\ntype = \"stdin\"\n";
+
+    fn config(text: &str) -> Result<Config, Vec<String>> {
+        Config::from_str(&format!("{SOURCES}{text}"), Format::Toml, &|_| None).map_err(|e| e.0.iter().map(ToString::to_string).collect())
+    }
+
+    /// Decodes `lines` from source `app` through the plan of `config`
+    /// (whose sinks take `consumed`), and returns each consumed output's
+    /// events as text.
+    fn run(text: &str, lines: &[String]) -> BTreeMap<String, Vec<String>> {
+        let c = config(text).unwrap_or_else(|e| panic!("{e:?}"));
+        let graph = Arc::new(Graph::build(&c.transforms));
+        let consumed: BTreeSet<String> = c.sinks.values().flat_map(|s| s.inputs.clone().unwrap_or_default()).collect();
+        let plans = graph.plans(["app"].into_iter(), &consumed);
+        let ctx = Arc::new(SourceContext::new("app".into(), "stdin", String::new(), serde_json::Map::new()));
+        super::super::testing::run_lines(Some(&plans["app"]), ctx, lines, &consumed)
+            .into_iter()
+            .map(|(name, events)| (name, events.iter().map(|e| e.to_string()).collect()))
+            .collect()
+    }
+
+    /// `errors` has one starting with `want`.
+    fn assert_has(errors: &[String], want: &str) {
+        assert!(errors.iter().any(|x| x.starts_with(want)), "missing {want:?} in {errors:#?}");
+    }
+
+    const SPLIT: &str = r#"
+[transforms.quiet]
+type = "filter"
+inputs = ["app"]
+condition = { not = { field = "path", one_of = ["/healthz", "/metrics"] } }
+[transforms.split]
+type = "route"
+inputs = ["quiet"]
+routes.errors = { field = "level", equals = "error" }
+routes.warnings = { field = "level", equals = "warn" }
+[sinks.a]
+type = "blackhole"
+inputs = ["split.errors"]
+[sinks.b]
+type = "blackhole"
+inputs = ["split.warnings", "split._unmatched"]
+"#;
+
+    #[test]
+    fn unknown_inputs_routes_and_cycles_are_reported_at_their_key_paths() {
+        let e = config(
+            r#"
+[transforms.a]
+type = "filter"
+inputs = ["b"]
+condition = { field = "x", exists = true }
+[transforms.b]
+type = "filter"
+inputs = ["a", "nope"]
+condition = { field = "x", exists = true }
+[transforms.r]
+type = "route"
+inputs = ["app"]
+routes.one = { field = "x", exists = true }
+[transforms.s]
+type = "filter"
+inputs = ["r"]
+condition = { field = "x", exists = true }
+[sinks.out]
+type = "stdout"
+inputs = ["r.two", "a.x", "ghost", "r._unmatched"]
+"#,
+        )
+        .unwrap_err();
+        for want in [
+            "transforms.a.inputs[0]: \"b\" takes this transform's output",
+            "transforms.b.inputs[0]: \"a\" takes this transform's output",
+            "transforms.b.inputs[1]: no source or transform named \"nope\"",
+            "transforms.s.inputs[0]: \"r\" is a route; name one of its outputs: r.one, r._unmatched",
+            "sinks.out.inputs[0]: transform \"r\" has no route \"two\"; it has: one, _unmatched",
+            "sinks.out.inputs[1]: transform \"a\" has no named outputs",
+            "sinks.out.inputs[2]: no source named \"ghost\"",
+        ] {
+            assert_has(&e, want);
+        }
+        assert!(!e.iter().any(|x| x.starts_with("sinks.out.inputs[3]")), "{e:#?}");
+    }
+
+    #[test]
+    fn transform_settings_are_checked_with_their_key_paths() {
+        let e = config(
+            r#"
+[transforms.f]
+type = "filter"
+inputs = []
+condition = { field = "x" }
+[transforms.s]
+type = "sample"
+inputs = ["app"]
+rate = 0
+[transforms.t]
+type = "throttle"
+inputs = ["app"]
+threshold = 0
+window = "0s"
+[transforms.u]
+type = "nope"
+inputs = ["app"]
+[sinks.out]
+type = "stdout"
+"#,
+        )
+        .unwrap_err();
+        for want in [
+            "transforms.f.inputs: must name at least one input",
+            "transforms.f.condition: needs one test",
+            "transforms.s.rate: must be at least 1",
+            "transforms.t.threshold: must be at least 1",
+            "transforms.t.window: must be above 0",
+            "transforms.u.type: unknown transform type \"nope\"; known: filter, route, sample, throttle, fields, redact, parse",
+        ] {
+            assert_has(&e, want);
+        }
+    }
+
+    #[test]
+    fn a_filter_that_keeps_everything_passes_the_batch_itself() {
+        let c = config(
+            "[transforms.f]\ntype = \"filter\"\ninputs = [\"app\"]\ncondition = { field = \"n\", exists = true }\n[sinks.o]\ntype = \"blackhole\"\ninputs = [\"f\"]\n",
+        )
+        .unwrap();
+        let graph = Arc::new(Graph::build(&c.transforms));
+        let plans = graph.plans(["app"].into_iter(), &BTreeSet::from(["f".to_string()]));
+        let plan = &plans["app"];
+        let ctx = Arc::new(SourceContext::new("app".into(), "stdin", String::new(), serde_json::Map::new()));
+        let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 256, 4);
+        let mut d = Decoder::new();
+        d.observe(plan.fields(), plan.begin(&ctx));
+        for l in [r#"{"n":1}"#, r#"{"n":2}"#] {
+            d.decode_line(l.as_bytes(), false, &[], &Fragment::default(), &mut out);
+        }
+        let prepared = d.finish_observers().pop().unwrap();
+        let batch = out.build(ctx, std::time::SystemTime::now());
+        let outputs = plan.process(&batch, prepared);
+        assert!(matches!(outputs[..], [(_, Output::Whole)]), "{outputs:?}");
+    }
+
+    #[test]
+    fn filter_then_route_splits_by_level() {
+        let lines: Vec<String> = [
+            r#"{"level":"error","path":"/a"}"#,
+            r#"{"level":"error","path":"/healthz"}"#,
+            r#"{"level":"warn"}"#,
+            r#"{"level":"info","path":"/metrics"}"#,
+            r#"{"level":"info"}"#,
+            "plain text",
+        ]
+        .map(String::from)
+        .to_vec();
+        let got = run(SPLIT, &lines);
+        assert_eq!(got["split.errors"], [lines[0].clone()]);
+        assert_eq!(got["split.warnings"], [lines[2].clone()]);
+        assert_eq!(
+            got["split._unmatched"],
+            [lines[4].clone(), r#"{"message":"plain text"}"#.to_owned()]
+        );
+    }
+
+    #[test]
+    fn a_changed_event_is_judged_as_changed_and_serialised_once() {
+        let text = r#"
+[transforms.shape]
+type = "fields"
+inputs = ["app"]
+rename = { lvl = "level" }
+set = { seen = true }
+[transforms.split]
+type = "route"
+inputs = ["shape"]
+routes.errors = { field = "level", equals = "error" }
+[sinks.a]
+type = "blackhole"
+inputs = ["split.errors", "app"]
+"#;
+        let lines = [r#"{"lvl":"error","n":1}"#, r#"{"lvl":"info","n":2}"#].map(String::from).to_vec();
+        let got = run(text, &lines);
+        assert_eq!(got["split.errors"], [r#"{"n":1,"level":"error","seen":true}"#]);
+        assert_eq!(got["app"], lines, "the source's own output is untouched");
+    }
+
+    /// A batch split into route outputs is acknowledged to its source only
+    /// once the sinks of every output are done with it; a batch whose
+    /// events were all dropped is acknowledged at once.
+    #[tokio::test]
+    async fn a_split_batch_is_acknowledged_when_every_output_is_delivered() {
+        use crate::buffer::{queue, BufferConfig};
+        use crate::event::{AckGroup, AckOutcome};
+        use crate::pipeline::{wired_output, Wiring};
+
+        let c = config(SPLIT).unwrap();
+        let graph = Arc::new(Graph::build(&c.transforms));
+        let (tx_a, mut rx_a) = queue("a", &BufferConfig::default());
+        let (tx_b, mut rx_b) = queue("b", &BufferConfig::default());
+        let wiring = Arc::new(Wiring::new(Arc::new(FieldSet::new())));
+        {
+            let mut routes = wiring.rewire().await;
+            routes.insert("split.errors".into(), vec![tx_a].into());
+            routes.insert("split._unmatched".into(), vec![tx_b].into());
+            let consumed = routes.keys().map(|k| k.to_string()).collect();
+            wiring.set_processing(graph.plans(["app"].into_iter(), &consumed));
+        }
+        let (output, fan_out) = wired_output("app".into(), wiring.clone(), Vec::new());
+        let ctx = Arc::new(SourceContext::new("app".into(), "stdin", String::new(), serde_json::Map::new()));
+        let (group, mut acks) = AckGroup::new();
+        let text = b"{\"level\":\"error\",\"n\":1}\n{\"path\":\"/healthz\"}\n{\"level\":\"info\",\"n\":2}\n";
+        let lines = crate::decode::test_support::lines(text);
+        output.send_lines(lines, ctx.clone(), Some(group.next())).await.unwrap();
+        let a = rx_a.recv().await.unwrap();
+        let b = rx_b.recv().await.unwrap();
+        assert_eq!(a.batch.len(), 1);
+        assert_eq!(b.batch.len(), 1);
+        a.batch.acknowledge(AckOutcome::Delivered);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(acks.try_recv().is_err(), "one output is still in flight");
+        b.batch.acknowledge(AckOutcome::Delivered);
+        let done = tokio::time::timeout(std::time::Duration::from_secs(5), acks.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((done.seq, done.outcome), (0, AckOutcome::Delivered));
+
+        let dropped = crate::decode::test_support::lines(b"{\"path\":\"/healthz\"}\n{\"path\":\"/metrics\"}\n");
+        output.send_lines(dropped, ctx, Some(group.next())).await.unwrap();
+        let done = tokio::time::timeout(std::time::Duration::from_secs(5), acks.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((done.seq, done.outcome), (1, AckOutcome::Delivered), "dropped events count as done");
+        let quiet = std::time::Duration::from_millis(100);
+        assert!(tokio::time::timeout(quiet, rx_a.recv()).await.is_err(), "nothing reached a sink");
+        assert!(tokio::time::timeout(quiet, rx_b.recv()).await.is_err(), "nothing reached a sink");
+        drop(a);
+        drop(b);
+        drop(output);
+        fan_out.await.unwrap();
+    }
+
+    proptest! {
+        /// Every event that passes the filter is in exactly one output of a
+        /// route whose routes exclude each other; every other event was
+        /// dropped; the bytes are the input's.
+        #[test]
+        fn filter_and_route_lose_and_duplicate_nothing(
+            events in proptest::collection::vec((0u8..5, 0u8..4, any::<bool>()), 0..60),
+        ) {
+            let levels = ["error", "warn", "info", "debug", ""];
+            let paths = ["/healthz", "/metrics", "/api", ""];
+            let lines: Vec<String> = events
+                .iter()
+                .enumerate()
+                .map(|(i, (l, p, json))| {
+                    let (level, path) = (levels[*l as usize], paths[*p as usize]);
+                    if !json {
+                        return format!("{i} {level} {path}");
+                    }
+                    let mut s = format!("{{\"i\":{i}");
+                    if !level.is_empty() { s.push_str(&format!(",\"level\":\"{level}\"")); }
+                    if !path.is_empty() { s.push_str(&format!(",\"path\":\"{path}\"")); }
+                    s.push('}');
+                    s
+                })
+                .collect();
+            let got = run(SPLIT, &lines);
+            let mut seen: Vec<String> = got.values().flatten().cloned().collect();
+            let kept: Vec<String> = lines
+                .iter()
+                .zip(&events)
+                .filter(|(_, (_, p, json))| !(*json && *p < 2))
+                .map(|(l, (_, _, json))| if *json { l.clone() } else { format!("{{\"message\":\"{l}\"}}") })
+                .collect();
+            let mut want = kept.clone();
+            seen.sort();
+            want.sort();
+            prop_assert_eq!(seen, want);
+            for e in &got["split.errors"] { prop_assert!(e.contains("\"level\":\"error\"")); }
+            for e in &got["split.warnings"] { prop_assert!(e.contains("\"level\":\"warn\"")); }
+            for e in &got["split._unmatched"] {
+                prop_assert!(!e.contains("\"level\":\"error\"") && !e.contains("\"level\":\"warn\""));
+            }
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! `redact`: scrubs secrets from chosen string fields (`message` by
+//! default) before they leave the node. Built-in detectors (email, credit
+//! card with a Luhn check, IPv4, IPv6, JWT, bearer token, AWS access key,
+//! `password=` values) and custom regular expressions; a match becomes a
+//! fixed text or a keyed hash, so equal values can still be joined.
+//!
+//! The fields' text is read during decode; an event with nothing to scrub
+//! keeps its bytes. Only an event with a match is parsed and changed.
+
+use md5::{Digest, Md5};
+use regex::{Captures, Regex, RegexSet};
+use serde::Deserialize;
+use serde_json::Value;
+use std::borrow::Cow;
+
+use super::graph::{Compiler, KeyId, Run, Step};
+use super::stream::{lookup, set_at, Item};
+use super::TransformComponent;
+use crate::condition::Pattern;
+use crate::config::{ConfigError, Validate};
+use crate::event::FieldPath;
+
+/// The built-in detectors: name, pattern. A pattern's first group, when it
+/// has groups, is kept (the `password=` key), and the rest is replaced.
+const DETECTORS: &[(&str, &str)] = &[
+    ("email", r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
+    // Card numbers by their issuer prefixes (Visa, Mastercard, Amex,
+    // Discover), 13 to 19 digits with optional single spaces or dashes;
+    // a match must also pass the Luhn check.
+    ("credit_card", r"\b(?:4|5[1-5]|2[2-7]|3[47]|6(?:011|5))(?:[ -]?\d){11,17}\b"),
+    ("jwt", r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}"),
+    ("bearer", r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/-]{8,}=*"),
+    ("aws_access_key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+    (
+        "password",
+        r#"(?i)(\b(?:password|passwd|pwd|secret|api_key|apikey|access_token)\s*[=:]\s*)[^\s&,;"']+"#,
+    ),
+    (
+        "ipv6",
+        r"(?i)\b(?:[0-9a-f]{1,4}:){7}[0-9a-f]{1,4}\b|(?:\b(?:[0-9a-f]{1,4}:){1,6}|::)(?::[0-9a-f]{1,4}){1,6}\b|\b(?:[0-9a-f]{1,4}:){1,7}:",
+    ),
+    (
+        "ipv4",
+        r"\b(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}\b",
+    ),
+];
+
+/// `[transforms.<name>] type = "redact"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactConfig {
+    /// String fields to scrub; default `["message"]`.
+    #[serde(default = "default_fields")]
+    fields: Vec<String>,
+    /// Built-in detectors to use; default all of them.
+    #[serde(default)]
+    detectors: Option<Vec<String>>,
+    /// Custom regular expressions; the whole match is replaced.
+    #[serde(default)]
+    patterns: Vec<Pattern>,
+    /// What a match becomes; default `[REDACTED]`.
+    #[serde(default = "default_replace")]
+    replace: String,
+    /// An environment variable holding a key: a match then becomes
+    /// `[<detector>:<keyed hash>]`, the same for the same value, so redacted
+    /// values can still be joined. The key never appears in the config.
+    #[serde(default)]
+    hash_key_env: Option<String>,
+}
+
+fn default_fields() -> Vec<String> {
+    vec!["message".into()]
+}
+
+fn default_replace() -> String {
+    "[REDACTED]".into()
+}
+
+impl Validate for RedactConfig {
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        if self.fields.is_empty() {
+            errors.push(ConfigError::new(format!("{path}.fields"), "must name at least one field"));
+        }
+        for (i, f) in self.fields.iter().enumerate() {
+            if let Err(e) = FieldPath::parse(f) {
+                errors.push(ConfigError::new(format!("{path}.fields[{i}]"), e));
+            }
+        }
+        for (i, d) in self.detectors.iter().flatten().enumerate() {
+            if !DETECTORS.iter().any(|(n, _)| n == d) {
+                let known: Vec<&str> = DETECTORS.iter().map(|(n, _)| *n).collect();
+                errors.push(ConfigError::new(
+                    format!("{path}.detectors[{i}]"),
+                    format!("unknown detector {d:?}; known: {}", known.join(", ")),
+                ));
+            }
+        }
+        if self.detectors.as_ref().is_some_and(Vec::is_empty) && self.patterns.is_empty() {
+            errors.push(ConfigError::new(path, "needs a detector or a pattern"));
+        }
+        if let Some(var) = &self.hash_key_env {
+            if std::env::var_os(var).is_none_or(|v| v.is_empty()) {
+                errors.push(ConfigError::new(
+                    format!("{path}.hash_key_env"),
+                    format!("the environment variable {var} is not set"),
+                ));
+            }
+        }
+    }
+}
+
+impl TransformComponent for RedactConfig {
+    fn build(&self, _name: &str, cx: &mut Compiler) -> Box<dyn Step> {
+        Box::new(self.compile(cx))
+    }
+}
+
+impl RedactConfig {
+    fn compile(&self, cx: &mut Compiler) -> Redact {
+        let fields: Vec<(KeyId, Vec<String>)> = self
+            .fields
+            .iter()
+            .filter_map(|f| FieldPath::parse(f).ok())
+            .map(|p| (cx.key(&p), p.segments().to_vec()))
+            .collect();
+        let mut detectors: Vec<Detector> = DETECTORS
+            .iter()
+            .filter(|(n, _)| self.detectors.as_ref().is_none_or(|d| d.iter().any(|x| x == n)))
+            .filter_map(|(name, re)| {
+                Regex::new(re).ok().map(|re| Detector {
+                    name: name.to_string(),
+                    keeps_prefix: re.captures_len() > 1,
+                    luhn: *name == "credit_card",
+                    re,
+                })
+            })
+            .collect();
+        detectors.extend(self.patterns.iter().map(|p| Detector {
+            name: "pattern".into(),
+            re: p.0.clone(),
+            keeps_prefix: false,
+            luhn: false,
+        }));
+        let set = RegexSet::new(detectors.iter().map(|d| d.re.as_str())).unwrap_or_else(|_| RegexSet::empty());
+        let key = self
+            .hash_key_env
+            .as_ref()
+            .and_then(std::env::var_os)
+            .map(|k| k.into_encoded_bytes());
+        Redact {
+            fields,
+            detectors,
+            set,
+            replace: self.replace.clone(),
+            key,
+        }
+    }
+}
+
+/// `text` scrubbed by every built-in detector (the fuzz target's way in).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_scrub(text: &str) -> Option<String> {
+    use std::sync::OnceLock;
+    static ALL: OnceLock<Redact> = OnceLock::new();
+    let r = ALL.get_or_init(|| {
+        let c: RedactConfig = serde_json::from_value(serde_json::json!({})).unwrap_or_else(|_| unreachable!("defaults"));
+        c.compile(&mut Compiler::default())
+    });
+    r.scrub(text)
+}
+
+struct Detector {
+    name: String,
+    re: Regex,
+    /// The pattern's first group is kept (the `password=` key).
+    keeps_prefix: bool,
+    /// A match must pass the Luhn check.
+    luhn: bool,
+}
+
+struct Redact {
+    fields: Vec<(KeyId, Vec<String>)>,
+    detectors: Vec<Detector>,
+    /// Every detector at once: most text matches none, found in one pass.
+    set: RegexSet,
+    replace: String,
+    /// The keyed hash's key, when a match becomes a hash.
+    key: Option<Vec<u8>>,
+}
+
+/// Whether the digits of `s` pass the Luhn check.
+pub(crate) fn luhn(s: &str) -> bool {
+    let digits: Vec<u32> = s.chars().filter_map(|c| c.to_digit(10)).collect();
+    if digits.len() < 13 {
+        return false;
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| if i % 2 == 1 { (d * 2) % 9 + if d == 9 { 9 } else { 0 } } else { d })
+        .sum();
+    sum % 10 == 0
+}
+
+/// HMAC-MD5 of `value` under `key`, as 16 hex digits: stable for a value,
+/// unreadable without the key.
+fn keyed_hash(key: &[u8], value: &str) -> String {
+    const BLOCK: usize = 64;
+    let mut k = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        k[..16].copy_from_slice(&Md5::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let pad = |b: u8| k.iter().map(|x| x ^ b).collect::<Vec<u8>>();
+    let inner = Md5::new().chain_update(pad(0x36)).chain_update(value.as_bytes()).finalize();
+    let outer = Md5::new().chain_update(pad(0x5c)).chain_update(inner).finalize();
+    outer[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Redact {
+    /// `text` with every match replaced; `None` when nothing matched.
+    fn scrub(&self, text: &str) -> Option<String> {
+        let hits = self.set.matches(text);
+        if !hits.matched_any() {
+            return None;
+        }
+        let mut out: Cow<'_, str> = Cow::Borrowed(text);
+        let mut changed = false;
+        for i in hits.iter() {
+            let d = &self.detectors[i];
+            let replaced = d.re.replace_all(&out, |c: &Captures<'_>| {
+                let whole = c.get(0).map_or("", |m| m.as_str());
+                if d.luhn && !luhn(whole) {
+                    return whole.to_owned();
+                }
+                changed = true;
+                let (keep, secret) = match (d.keeps_prefix, c.get(1)) {
+                    (true, Some(p)) => (p.as_str(), &whole[p.as_str().len()..]),
+                    _ => ("", whole),
+                };
+                match &self.key {
+                    Some(key) => format!("{keep}[{}:{}]", d.name, keyed_hash(key, secret)),
+                    None => format!("{keep}{}", self.replace),
+                }
+            });
+            if let Cow::Owned(s) = replaced {
+                out = Cow::Owned(s);
+            }
+        }
+        changed.then(|| out.into_owned())
+    }
+}
+
+impl Step for Redact {
+    fn run(&self, input: Vec<Item>, run: &mut Run<'_>, out: &mut [Vec<Item>]) {
+        let [kept] = out else { return };
+        kept.reserve(input.len());
+        let mut text = String::new();
+        for mut item in input {
+            for (k, path) in &self.fields {
+                text.clear();
+                if !run.key(*k, &item, &mut text) {
+                    continue;
+                }
+                let Some(clean) = self.scrub(&text) else { continue };
+                if let Some(event) = run.change(&mut item) {
+                    // Only string values are scrubbed: a number or boolean
+                    // is left as it is.
+                    if matches!(lookup(event, path), Some(Value::String(_))) {
+                        set_at(event, path, Value::String(clean));
+                    }
+                }
+            }
+            kept.push(item);
+        }
+    }
+
+    fn drop_reason(&self) -> &'static str {
+        "none"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_valid;
+    use serde_json::json;
+
+    fn redact(v: serde_json::Value) -> Redact {
+        let mut errors = Vec::new();
+        let c: RedactConfig = parse_valid("t", v, &mut errors).unwrap_or_else(|| panic!("{errors:?}"));
+        c.compile(&mut Compiler::default())
+    }
+
+    #[test]
+    fn planted_secrets_of_every_kind_are_scrubbed() {
+        let r = redact(json!({"patterns": ["tok-[0-9]{6}"]}));
+        let planted = [
+            ("mail ada@example.com now", "mail [REDACTED] now"),
+            ("card 4111 1111 1111 1111 ok", "card [REDACTED] ok"),
+            ("card 5500-0000-0000-0004", "card [REDACTED]"),
+            ("from 10.1.2.3 via", "from [REDACTED] via"),
+            ("v6 2001:db8::8a2e:370:7334 x", "v6 [REDACTED] x"),
+            ("v6 fe80:0:0:0:202:b3ff:fe1e:8329", "v6 [REDACTED]"),
+            ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlX3g", "jwt [REDACTED]"),
+            ("Authorization: Bearer abcDEF123456789xyz", "Authorization: Bearer [REDACTED]"),
+            ("key AKIAIOSFODNN7EXAMPLE used", "key [REDACTED] used"),
+            ("login user=bob password=hunter22 ok", "login user=bob password=[REDACTED] ok"),
+            ("custom tok-123456 end", "custom [REDACTED] end"),
+        ];
+        for (input, want) in planted {
+            assert_eq!(r.scrub(input).as_deref(), Some(want), "{input}");
+        }
+    }
+
+    #[test]
+    fn ordinary_text_is_left_alone() {
+        let r = redact(json!({}));
+        for ordinary in [
+            "request completed in 12.5ms",
+            "GET /api/v1/orders/12345 200",
+            "time=2026-11-01T10:30:00.000Z level=info",
+            "request_id=3f2a9c0e8b7d4a1f9e6c5b4a3d2e1f00",
+            "epoch 1733480000123 ms",
+            "card-like 4111 1111 1111 1112 fails luhn",
+            "version 1.2.3 build 4",
+            "user u-004512 bytes 48213",
+        ] {
+            assert_eq!(r.scrub(ordinary), None, "{ordinary}");
+        }
+    }
+
+    #[test]
+    fn a_keyed_hash_is_stable_per_value() {
+        let r = redact(json!({"detectors": ["email"], "hash_key_env": "PATH"}));
+        let a = r.scrub("to ada@example.com").unwrap();
+        let b = r.scrub("cc ada@example.com").unwrap();
+        let c = r.scrub("to bob@example.com").unwrap();
+        assert!(a.starts_with("to [email:") && a.len() == "to [email:]".len() + 16, "{a}");
+        assert_eq!(a[3..], b[3..]);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn luhn_checks_card_digits() {
+        assert!(luhn("4111111111111111"));
+        assert!(luhn("4111-1111-1111-1111"));
+        assert!(!luhn("4111111111111112"));
+        assert!(!luhn("411111"));
+    }
+}

@@ -68,10 +68,18 @@ async fn main() {
                 let ok = match resp {
                     Ok(r) => {
                         let status_ok = r.status().is_success() && r.headers().get("grpc-status").is_none_or(|v| v.as_bytes() == b"0");
+                        if !status_ok && refused.load(Ordering::Relaxed) == 0 {
+                            eprintln!("first refusal: {} {:?}", r.status(), r.headers());
+                        }
                         let _ = r.bytes().await;
                         status_ok
                     }
-                    Err(_) => false,
+                    Err(e) => {
+                        if refused.load(Ordering::Relaxed) == 0 {
+                            eprintln!("first failure: {e:?}");
+                        }
+                        false
+                    }
                 };
                 if ok {
                     records.fetch_add(per_request, Ordering::Relaxed);

@@ -64,7 +64,13 @@ async fn main() {
         let (url, body, records, refused) = (url.clone(), body.clone(), records.clone(), refused.clone());
         tasks.push(tokio::spawn(async move {
             while Instant::now() < until {
-                let resp = client.post(&url).header("content-type", kind).body(body.clone()).send().await;
+                let resp = client
+                    .post(&url)
+                    .header("content-type", kind)
+                    .header("te", "trailers")
+                    .body(body.clone())
+                    .send()
+                    .await;
                 let ok = match resp {
                     Ok(r) => {
                         let status_ok = r.status().is_success() && r.headers().get("grpc-status").is_none_or(|v| v.as_bytes() == b"0");

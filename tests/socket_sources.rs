@@ -515,7 +515,10 @@ max_events = 100
     // softirq (a loaded machine), and no socket sees that. The kernel
     // counts those too, machine-wide, so they bound what may be missing.
     let backlog = softnet_dropped() - backlog_before;
-    eprintln!("sent {} datagrams: {delivered} delivered, {dropped} dropped and counted, {backlog} dropped in the kernel's backlog", SENT + 1);
+    eprintln!(
+        "sent {} datagrams: {delivered} delivered, {dropped} dropped and counted, {backlog} dropped in the kernel's backlog",
+        SENT + 1
+    );
     assert!(delivered < SENT, "the pipeline never filled up");
     assert!(delivered + dropped <= SENT + 1, "more delivered and counted than sent");
     assert!(

@@ -130,6 +130,55 @@ fn worse(a: AckOutcome, b: AckOutcome) -> AckOutcome {
     }
 }
 
+/// The `auth` table of an HTTP sink: basic auth or a bearer token, each
+/// secret read from a file (never written in the config).
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HttpAuth {
+    /// Basic-auth user name.
+    pub(crate) user: Option<String>,
+    /// File holding the basic-auth password.
+    pub(crate) password_file: Option<PathBuf>,
+    /// File holding a bearer token.
+    pub(crate) bearer_token_file: Option<PathBuf>,
+}
+
+impl HttpAuth {
+    /// Checks that exactly one way to authenticate is complete.
+    pub(crate) fn validate(&self, path: &str, errors: &mut Vec<crate::config::ConfigError>) {
+        let mut err = |msg: &str| errors.push(crate::config::ConfigError::at(path, "auth", msg));
+        let basic = self.user.is_some() || self.password_file.is_some();
+        if basic && (self.user.is_none() || self.password_file.is_none()) {
+            err("basic auth needs both user and password_file");
+        }
+        if basic && self.bearer_token_file.is_some() {
+            err("use either basic auth or bearer_token_file, not both");
+        }
+        if !basic && self.bearer_token_file.is_none() {
+            err("set user and password_file, or bearer_token_file");
+        }
+    }
+
+    /// The `Authorization` header, its secret read from its file now and
+    /// marked sensitive (never logged).
+    pub(crate) fn header(&self) -> Result<reqwest::header::HeaderValue, String> {
+        let value = match (&self.user, &self.password_file, &self.bearer_token_file) {
+            (Some(user), Some(pw), _) => {
+                use base64::Engine;
+                let password = read_secret_file(pw, "auth.password_file")?;
+                let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                format!("Basic {token}")
+            }
+            (_, _, Some(f)) => format!("Bearer {}", read_secret_file(f, "auth.bearer_token_file")?),
+            _ => return Err("auth: set user and password_file, or bearer_token_file".into()),
+        };
+        let mut v =
+            reqwest::header::HeaderValue::from_str(&value).map_err(|_| "auth: the credentials are not a valid header value".to_owned())?;
+        v.set_sensitive(true);
+        Ok(v)
+    }
+}
+
 /// Reads a secret from a file: trimmed, never logged. The error names the
 /// file and the config key, not the content.
 pub(crate) fn read_secret_file(path: &Path, key: &str) -> Result<String, String> {

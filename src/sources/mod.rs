@@ -6,6 +6,7 @@ pub mod file;
 pub(crate) mod kafka;
 pub(crate) mod process;
 pub mod socket;
+pub mod statsd;
 pub(crate) mod stdin;
 
 use serde_json::{Map, Value};
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 use crate::config::{parse_component, parse_valid, ConfigError, Validate};
 use crate::enrich::EnrichConfig;
+use crate::event::EventKind;
 use crate::pipeline::{ShutdownSignal, SourceOutput, Task};
 
 /// Why a source could not start, or stopped for good.
@@ -73,6 +75,9 @@ pub enum SourceErrorKind {
     /// An `include` or `exclude` pattern does not compile.
     #[error("invalid glob: {0}")]
     Glob(#[from] globset::Error),
+    /// The statsd source's socket could not be set up.
+    #[error(transparent)]
+    Statsd(#[from] statsd::StatsdError),
     /// The Kafka client failed.
     #[error("cannot {action}: {error}")]
     Kafka {
@@ -119,6 +124,11 @@ pub(crate) trait SourceComponent: Validate {
     fn needs_data_dir(&self) -> bool {
         false
     }
+
+    /// What the source's batches hold: logs, or metric samples.
+    fn produces(&self) -> EventKind {
+        EventKind::Log
+    }
 }
 
 /// The source registry: one line per type, `"name" => Variant(Config)`.
@@ -155,6 +165,13 @@ macro_rules! source_registry {
                 }
             }
 
+            /// What the source's batches hold: logs, or metric samples.
+            pub(crate) fn produces(&self) -> EventKind {
+                match self {
+                    $(SourceConfig::$variant(c) => c.produces(),)+
+                }
+            }
+
             /// Starts the source; the task ends when input ends or shutdown is asked.
             pub(crate) fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
                 match self {
@@ -171,4 +188,5 @@ source_registry! {
     "socket" => Socket(Box<socket::SocketConfig>),
     "process" => Process(Box<process::ProcessConfig>),
     "kafka" => Kafka(Box<kafka::KafkaSourceConfig>),
+    "statsd" => Statsd(Box<statsd::StatsdConfig>),
 }

@@ -224,6 +224,7 @@ impl Config {
                 Err(mut e) => errors.append(&mut e),
             }
         }
+        check_event_kinds(&sources, &sinks, &mut errors);
         if top.data_dir.is_none() {
             for (name, cfg) in &sources {
                 if cfg.needs_data_dir() {
@@ -264,7 +265,32 @@ impl Config {
         self.sinks
             .iter()
             .filter(move |(_, s)| s.inputs.as_ref().is_none_or(|i| i.iter().any(|x| x == source)))
+            // A sink without `inputs` takes every source whose events it
+            // can carry (a Loki sink is not fed a statsd source's metrics).
+            .filter(move |(_, s)| s.inputs.is_some() || self.sources.get(source).is_none_or(|c| s.config.accepts(c.produces())))
             .map(|(n, _)| n.as_str())
+    }
+}
+
+/// A sink whose `inputs` name a source of events it cannot carry (metrics
+/// into Loki, logs into remote write) is an error at that input's key.
+fn check_event_kinds(sources: &BTreeMap<String, SourceConfig>, sinks: &BTreeMap<String, SinkSpec>, errors: &mut Vec<ConfigError>) {
+    for (name, spec) in sinks {
+        for (i, input) in spec.inputs.iter().flatten().enumerate() {
+            let Some(source) = sources.get(input) else { continue };
+            let kind = source.produces();
+            if !spec.config.accepts(kind) {
+                errors.push(ConfigError::new(
+                    format!("sinks.{name}.inputs[{i}]"),
+                    format!(
+                        "source {input:?} ({}) sends {}, which a {} sink cannot carry",
+                        source.kind(),
+                        kind.as_str(),
+                        spec.config.kind()
+                    ),
+                ));
+            }
+        }
     }
 }
 

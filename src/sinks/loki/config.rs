@@ -2,13 +2,13 @@
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use super::encode::is_valid_label_name;
 use crate::config::{duration, key_path, ByteSize, ConfigError, Validate};
 use crate::event::FieldPath;
 use crate::sinks::delivery::RetryConfig;
+use crate::sinks::http::HttpAuth;
 use crate::sinks::template::Template;
 
 /// The push API path under `endpoint`.
@@ -72,7 +72,7 @@ pub struct LokiConfig {
     pub(crate) healthcheck: bool,
     /// Credentials, read from files (never written in the config).
     #[serde(default)]
-    pub(crate) auth: Option<LokiAuth>,
+    pub(crate) auth: Option<HttpAuth>,
 }
 
 /// Loki's push formats.
@@ -161,18 +161,6 @@ impl Default for LokiRequest {
             concurrency: 1,
         }
     }
-}
-
-/// The `auth` table: basic auth or a bearer token, each from a file.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct LokiAuth {
-    /// Basic-auth user name.
-    pub(crate) user: Option<String>,
-    /// File holding the basic-auth password.
-    pub(crate) password_file: Option<PathBuf>,
-    /// File holding a bearer token.
-    pub(crate) bearer_token_file: Option<PathBuf>,
 }
 
 fn default_path() -> String {
@@ -281,16 +269,7 @@ impl Validate for LokiConfig {
             err("request.timeout", "must be above 0".into());
         }
         if let Some(a) = &self.auth {
-            let basic = a.user.is_some() || a.password_file.is_some();
-            if basic && (a.user.is_none() || a.password_file.is_none()) {
-                err("auth", "basic auth needs both user and password_file".into());
-            }
-            if basic && a.bearer_token_file.is_some() {
-                err("auth", "use either basic auth or bearer_token_file, not both".into());
-            }
-            if !basic && a.bearer_token_file.is_none() {
-                err("auth", "set user and password_file, or bearer_token_file".into());
-            }
+            a.validate(path, errors);
         }
         self.retry.validate(&key_path(path, "retry"), errors);
     }

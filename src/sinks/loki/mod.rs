@@ -37,7 +37,7 @@ use super::delivery::{self, Answer, Endpoint, ErrorKind, Failed};
 use super::http::{self, AckTracker, TrackId};
 use super::{SinkComponent, SinkCx, SinkError, SinkErrorKind};
 use crate::buffer::{QueueItem, QueueReceiver};
-use crate::event::{AckOutcome, FieldPath};
+use crate::event::{AckOutcome, EventKind, FieldPath};
 use crate::pipeline::Task;
 use crate::telemetry::{counter_vec, metrics};
 
@@ -68,6 +68,11 @@ impl SinkComponent for LokiConfig {
         out.extend(self.metadata_fields().into_iter().map(|(_, p)| p));
         out.extend(self.timestamp_path());
         out
+    }
+
+    /// Loki stores log lines only.
+    fn accepts(&self, kind: EventKind) -> bool {
+        kind == EventKind::Log
     }
 
     /// Prepares the client, checks Loki (`GET /ready`) and starts the sink.
@@ -122,19 +127,7 @@ impl Shared {
             headers.insert("X-Scope-OrgID", v);
         }
         if let Some(a) = &cfg.auth {
-            let value = match (&a.user, &a.password_file, &a.bearer_token_file) {
-                (Some(user), Some(pw), _) => {
-                    use base64::Engine;
-                    let password = http::read_secret_file(pw, "auth.password_file")?;
-                    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-                    format!("Basic {token}")
-                }
-                (_, _, Some(f)) => format!("Bearer {}", http::read_secret_file(f, "auth.bearer_token_file")?),
-                _ => return Err("auth: set user and password_file, or bearer_token_file".into()),
-            };
-            let mut v = HeaderValue::from_str(&value).map_err(|_| "auth: the credentials are not a valid header value".to_owned())?;
-            v.set_sensitive(true);
-            headers.insert(AUTHORIZATION, v);
+            headers.insert(AUTHORIZATION, a.header()?);
         }
         let m = metrics();
         let name: &str = &cx.name;

@@ -1,0 +1,330 @@
+//! `type = "prometheus_remote_write"`: sends metric samples to Prometheus,
+//! Mimir, Thanos, VictoriaMetrics or Cortex with remote write 1.0
+//! (protobuf, snappy).
+//!
+//! Each metric batch's samples ([`crate::metrics::sample`]) become series
+//! ([`encode`]) with the external labels and the batch's metadata labels
+//! added. A request leaves at `batch.max_samples` samples, or
+//! `batch.timeout` after its first one.
+//!
+//! Delivery, as the remote write spec asks: 5xx, 429 and connection errors
+//! are retried with backoff (through the shared [`Endpoint`]) until they
+//! succeed; other 4xx are not retried and their samples are counted as
+//! dropped; 401, 403 and 404 stop the sink (credentials or address). A
+//! source batch is acknowledged once every request carrying its samples is
+//! done.
+
+mod config;
+pub mod encode;
+
+pub use config::RemoteWriteConfig;
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::task::JoinSet;
+
+use self::encode::{label_name, SeriesBuilder, TimeSeries, WriteRequest};
+use super::delivery::{self, Answer, Endpoint, ErrorKind, Failed};
+use super::http::{self, AckTracker, TrackId};
+use super::{SinkComponent, SinkCx, SinkError, SinkErrorKind};
+use crate::buffer::{QueueItem, QueueReceiver};
+use crate::event::{AckOutcome, Batch, EventKind};
+use crate::metrics::Sample;
+use crate::pipeline::Task;
+use crate::telemetry::metrics;
+
+impl SinkComponent for RemoteWriteConfig {
+    /// Metric samples only.
+    fn accepts(&self, kind: EventKind) -> bool {
+        kind == EventKind::Metric
+    }
+
+    /// Prepares the client and starts the sink.
+    async fn build(&self, cx: SinkCx, input: QueueReceiver) -> Result<Task<SinkError>, SinkError> {
+        let shared = Arc::new(Shared::new(self, &cx).map_err(|e| SinkError::new(&cx.name, SinkErrorKind::Setup(e)))?);
+        let sink = RemoteWriteSink {
+            shared,
+            config: self.clone(),
+            tracker: AckTracker::default(),
+            pending: Pending::default(),
+        };
+        Ok(Box::pin(sink.run(input)))
+    }
+}
+
+/// What request tasks share.
+struct Shared {
+    name: Arc<str>,
+    client: reqwest::Client,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    endpoint: Endpoint,
+    samples: prometheus::IntCounter,
+    bytes: prometheus::IntCounter,
+    rejected: prometheus::IntCounter,
+    invalid: prometheus::IntCounter,
+}
+
+impl Shared {
+    fn new(cfg: &RemoteWriteConfig, cx: &SinkCx) -> Result<Shared, String> {
+        let url = reqwest::Url::parse(&cfg.endpoint).map_err(|e| format!("endpoint: invalid URL: {e}"))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("snappy"));
+        headers.insert("X-Prometheus-Remote-Write-Version", HeaderValue::from_static("0.1.0"));
+        if let Some(t) = &cfg.tenant_id {
+            let v = HeaderValue::from_str(t).map_err(|_| "tenant_id is not a valid header value".to_owned())?;
+            headers.insert("X-Scope-OrgID", v);
+        }
+        if let Some(a) = &cfg.auth {
+            headers.insert(AUTHORIZATION, a.header()?);
+        }
+        let m = metrics();
+        let name: &str = &cx.name;
+        Ok(Shared {
+            name: cx.name.clone(),
+            client: http::client(cfg.request.timeout)?,
+            url,
+            headers,
+            endpoint: Endpoint::new(cx.name.clone(), "remote write", cfg.retry.clone(), cx.health.clone()),
+            samples: m.sink_events.with_label_values(&[name]),
+            bytes: m.sink_bytes.with_label_values(&[name]),
+            rejected: m.events_dropped.with_label_values(&[name, "rejected"]),
+            invalid: m.events_dropped.with_label_values(&[name, "not_a_metric"]),
+        })
+    }
+}
+
+/// The request being filled.
+#[derive(Default)]
+struct Pending {
+    series: Vec<TimeSeries>,
+    samples: usize,
+    parts: Vec<TrackId>,
+    opened: Option<Instant>,
+}
+
+/// A request ready to send.
+struct Request {
+    series: Vec<TimeSeries>,
+    samples: usize,
+    parts: Vec<TrackId>,
+}
+
+/// How a request ended.
+enum Outcome {
+    Delivered,
+    /// Refused with a 4xx that retrying cannot change; counted.
+    Dropped,
+    /// The sink cannot work (credentials, address): stop.
+    Fatal(String),
+}
+
+/// The sink's state, owned by its task.
+struct RemoteWriteSink {
+    shared: Arc<Shared>,
+    config: RemoteWriteConfig,
+    tracker: AckTracker,
+    pending: Pending,
+}
+
+impl RemoteWriteSink {
+    async fn run(mut self, mut input: QueueReceiver) -> Result<(), SinkError> {
+        let mut inflight: JoinSet<(Vec<TrackId>, Outcome)> = JoinSet::new();
+        let mut sealed: std::collections::VecDeque<Request> = std::collections::VecDeque::new();
+        let mut input_open = true;
+        let timeout = self.config.batch.timeout;
+        loop {
+            while inflight.len() < self.config.request.concurrency {
+                let Some(r) = sealed.pop_front() else { break };
+                inflight.spawn(send(self.shared.clone(), r));
+            }
+            if !input_open && sealed.is_empty() && inflight.is_empty() {
+                return Ok(());
+            }
+            let deadline = self.pending.opened.map(|t| tokio::time::Instant::from_std(t + timeout));
+            // A request waiting for a slot stops intake: the queue fills and
+            // backpressure reaches the sources.
+            let accepting = input_open && sealed.is_empty();
+            tokio::select! {
+                Some(res) = inflight.join_next(), if !inflight.is_empty() => {
+                    let (parts, outcome) = res.unwrap_or_else(|e| (Vec::new(), Outcome::Fatal(format!("request task failed: {e}"))));
+                    self.finish(parts, outcome)?;
+                }
+                item = input.recv(), if accepting => match item {
+                    Some(item) => self.add(item, &mut sealed),
+                    None => {
+                        input_open = false;
+                        sealed.extend(self.seal());
+                    }
+                },
+                _ = sleep_until(deadline), if deadline.is_some() => sealed.extend(self.seal()),
+            }
+        }
+    }
+
+    /// Adds a batch's samples to the pending request; requests that fill
+    /// go to `sealed`. The queue item (and its budget) is held until every
+    /// request carrying its samples is done.
+    fn add(&mut self, item: QueueItem, sealed: &mut std::collections::VecDeque<Request>) {
+        let batch = item.batch.clone();
+        let id = self.tracker.track(item, true);
+        if batch.kind() != EventKind::Metric {
+            // Validation keeps logs away; a log batch that arrives anyway
+            // (through a reload race) is counted, not sent.
+            self.shared.invalid.inc_by(batch.len() as u64);
+            self.tracker.add_part(id);
+            self.tracker.part_done(id, AckOutcome::Dropped);
+            self.tracker.seal(id);
+            return;
+        }
+        let builder = SeriesBuilder {
+            extra: self.extra_labels(&batch),
+        };
+        let mut in_pending = false;
+        let mut invalid = 0u64;
+        for event in batch.events() {
+            let sample = match Sample::parse(event) {
+                Ok(s) => s,
+                Err(_) => {
+                    invalid += 1;
+                    continue;
+                }
+            };
+            if !in_pending {
+                self.tracker.add_part(id);
+                self.pending.parts.push(id);
+                self.pending.opened.get_or_insert_with(Instant::now);
+                in_pending = true;
+            }
+            self.pending.samples += builder.add(&sample, &mut self.pending.series);
+            if self.pending.samples >= self.config.batch.max_samples {
+                sealed.extend(self.seal());
+                in_pending = false;
+            }
+        }
+        if invalid > 0 {
+            self.shared.invalid.inc_by(invalid);
+            self.tracker.add_part(id);
+            self.tracker.part_done(id, AckOutcome::Dropped);
+        }
+        self.tracker.seal(id);
+    }
+
+    /// External labels, overridden by the batch's metadata labels.
+    fn extra_labels(&self, batch: &Batch) -> std::collections::BTreeMap<String, String> {
+        let mut extra: std::collections::BTreeMap<String, String> = self
+            .config
+            .external_labels
+            .iter()
+            .map(|(k, v)| (label_name(k), v.clone()))
+            .collect();
+        for (label, path) in &self.config.metadata_labels {
+            let value = match batch.source.meta_value(path) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Number(n)) => n.to_string(),
+                Some(serde_json::Value::Bool(b)) => b.to_string(),
+                _ => continue,
+            };
+            extra.insert(label_name(label), value);
+        }
+        extra
+    }
+
+    /// Closes the pending request, if it holds anything.
+    fn seal(&mut self) -> Option<Request> {
+        let p = std::mem::take(&mut self.pending);
+        (!p.parts.is_empty()).then_some(Request {
+            series: p.series,
+            samples: p.samples,
+            parts: p.parts,
+        })
+    }
+
+    /// Acknowledges the batches of a finished request.
+    fn finish(&mut self, parts: Vec<TrackId>, outcome: Outcome) -> Result<(), SinkError> {
+        let ack = match &outcome {
+            Outcome::Delivered => AckOutcome::Delivered,
+            Outcome::Dropped => AckOutcome::Dropped,
+            Outcome::Fatal(_) => AckOutcome::Abandoned,
+        };
+        for id in parts {
+            self.tracker.part_done(id, ack);
+        }
+        if let Outcome::Fatal(message) = outcome {
+            self.tracker.abandon_all();
+            return Err(SinkError::new(&self.shared.name, SinkErrorKind::Refused(message)));
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Encodes and sends one request until the endpoint answers something
+/// final.
+async fn send(shared: Arc<Shared>, r: Request) -> (Vec<TrackId>, Outcome) {
+    let Request { series, samples, parts } = r;
+    let body = match encode::encode(&WriteRequest { timeseries: series }) {
+        Ok(b) => Bytes::from(b),
+        Err(e) => return (parts, Outcome::Fatal(format!("cannot compress a request: {e}"))),
+    };
+    let len = body.len() as u64;
+    let outcome = shared
+        .endpoint
+        .send(
+            || {
+                shared
+                    .client
+                    .post(shared.url.clone())
+                    .headers(shared.headers.clone())
+                    .body(body.clone())
+            },
+            |resp| judge(&shared, resp, samples as u64),
+        )
+        .await;
+    if let Outcome::Delivered = outcome {
+        shared.samples.inc_by(samples as u64);
+        shared.bytes.inc_by(len);
+    }
+    (parts, outcome)
+}
+
+/// What the endpoint's answer means.
+async fn judge(shared: &Shared, resp: reqwest::Response, samples: u64) -> Answer<Outcome> {
+    let status = resp.status();
+    if status.is_success() {
+        return Answer::Accepted(Outcome::Delivered);
+    }
+    let retry_after = delivery::retry_after(resp.headers());
+    let text = resp.text().await.unwrap_or_default();
+    let kind = ErrorKind::of_status(status);
+    if kind.is_retryable() {
+        return Answer::Retry(Failed {
+            kind,
+            detail: format!("{status}: {}", http::excerpt(text.trim())),
+            retry_after,
+        });
+    }
+    if delivery::is_misconfiguration(status) {
+        return Answer::Refused(
+            ErrorKind::Client,
+            Outcome::Fatal(format!(
+                "{} answered {status} to remote write: {} (check endpoint, tenant_id and auth)",
+                shared.url,
+                http::excerpt(text.trim())
+            )),
+        );
+    }
+    shared.rejected.inc_by(samples);
+    tracing::warn!(sink = %shared.name, status = %status, samples, answer = %http::excerpt(text.trim()),
+        "remote write refused a request; its samples are counted in sluice_events_dropped_total and not retried");
+    Answer::Refused(ErrorKind::Client, Outcome::Dropped)
+}

@@ -27,6 +27,7 @@
 //! | `enriched.rs`    | the stdin → enrichment → sinks pipeline of the sink tests   |
 //! | `sli.rs`         | the stdin → blackhole pipeline with `[[sli]]` rules          |
 //! | `file_source.rs` | file-source configs and log files                           |
+//! | `remote_write.rs` | Prometheus as a remote write receiver (stop/start on one TSDB); the statsd clients |
 //! | this file        | installed services (S3, Loki, Prometheus), ports, HTTP, [`run_bounded`] for short-lived tools |
 //!
 //! sluice's API address is always read from its log
@@ -39,6 +40,7 @@ pub mod enriched;
 pub mod file_source;
 pub mod kafka;
 pub mod metrics;
+pub mod remote_write;
 pub mod sli;
 pub mod sluice;
 

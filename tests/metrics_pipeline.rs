@@ -26,7 +26,7 @@ fn start(mode: &str, source_extra: &str, sinks: &str) -> Sluice {
         _ => "address = \"127.0.0.1:0\"".to_owned(),
     };
     let config = format!(
-        "[api]\naddress = \"127.0.0.1:0\"\n[enrich]\ndisable_host = true\n\
+        "[api]\naddress = \"127.0.0.1:0\"\n[enrich]\ndisable_host = true\nrelease = \"v7\"\n\
          [sources.statsd]\ntype = \"statsd\"\nmode = \"{mode}\"\n{listen}\nflush_interval = \"200ms\"\n{source_extra}\n{sinks}"
     );
     Sluice::builder().config(&config).start().serving()
@@ -70,6 +70,7 @@ fn statsd_over_udp_reaches_prometheus_with_exactly_the_counters_and_buckets_sent
     let prom = RemoteWriteReceiver::start();
     let sinks = format!(
         "[sinks.rw]\ntype = \"prometheus_remote_write\"\nendpoint = \"{}\"\nexternal_labels = {{ cluster = \"c1\" }}\n\
+         metadata_labels = {{ release = \"release.version\" }}\n\
          [sinks.rw.batch]\ntimeout = \"100ms\"\n",
         prom.write_url()
     );
@@ -92,7 +93,7 @@ fn statsd_over_udp_reaches_prometheus_with_exactly_the_counters_and_buckets_sent
         sock.send_to(datagram.as_bytes(), &addr).unwrap();
         std::thread::sleep(Duration::from_millis(2));
     }
-    prom.wait_for_value("app_hits{route=\"/a\",cluster=\"c1\"}", hits as f64, WAIT);
+    prom.wait_for_value("app_hits{route=\"/a\",cluster=\"c1\",release=\"v7\"}", hits as f64, WAIT);
     let count = latencies.len() as f64;
     let le10 = latencies.iter().filter(|v| **v <= 10.0).count() as f64;
     let le100 = latencies.iter().filter(|v| **v <= 100.0).count() as f64;
@@ -188,7 +189,8 @@ print(total)
     );
     let out = run_py(&script);
     let total: f64 = out.trim().parse().unwrap_or_else(|_| panic!("client printed {out:?}"));
-    wait_for_sample(&s, "py.orders", &serde_json::json!({}), "value", total);
+    let orders = wait_for_sample(&s, "py.orders", &serde_json::json!({}), "value", total);
+    assert_eq!(orders["release"]["version"], "v7", "a sample carries its source's metadata: {orders}");
     wait_for_sample(&s, "py.render", &serde_json::json!({}), "count", 2000.0);
     wait_for_sample(&s, "py.queue", &serde_json::json!({}), "value", 1999.0);
 }

@@ -168,8 +168,13 @@ impl Aggregator {
             same
         });
         build_key(&mut self.key, kind, name, self.sorted.iter().map(|&(i, _)| labels[i]));
+        // The common case, one hash lookup: the series exists.
+        if let Some(series) = self.series.get_mut(self.key.as_slice()) {
+            series.last_update = now;
+            return apply(&mut series.state, update, &self.config.buckets, Outcome::Recorded);
+        }
         let mut outcome = Outcome::Recorded;
-        if !self.series.contains_key(self.key.as_slice()) && self.series.len() - self.overflow_series >= self.config.max_series {
+        if self.series.len() - self.overflow_series >= self.config.max_series {
             outcome = Outcome::Overflow;
             build_key(
                 &mut self.key,
@@ -213,28 +218,7 @@ impl Aggregator {
             overflow: outcome == Outcome::Overflow,
         });
         series.last_update = now;
-        match (&mut series.state, update) {
-            (State::Counter(total), Update::Count(n)) => *total += n,
-            (State::Gauge(v), Update::Gauge(n)) => *v = n,
-            (State::Gauge(v), Update::GaugeDelta(d)) => *v += d,
-            (State::Histogram { counts, count, sum }, Update::Observe { value, weight }) => {
-                let bucket = self.config.buckets.partition_point(|le| *le < value);
-                counts[bucket] += weight;
-                *count += weight;
-                *sum += value * weight;
-            }
-            (State::Set(members), Update::SetMember(m)) => {
-                let h = member_hash(m);
-                if members.len() >= MAX_SET_MEMBERS && !members.contains(&h) {
-                    return Outcome::Dropped;
-                }
-                members.insert(h);
-            }
-            // The key holds the kind, so a series' state always matches
-            // its updates.
-            _ => return Outcome::Dropped,
-        }
-        outcome
+        apply(&mut series.state, update, &self.config.buckets, outcome)
     }
 
     /// Writes one sample per live series into `out` (one JSON object and
@@ -295,6 +279,32 @@ impl Aggregator {
         }
         stats
     }
+}
+
+/// Applies `update` to a series' state; `outcome` is where it went.
+fn apply(state: &mut State, update: Update<'_>, buckets: &[f64], outcome: Outcome) -> Outcome {
+    match (state, update) {
+        (State::Counter(total), Update::Count(n)) => *total += n,
+        (State::Gauge(v), Update::Gauge(n)) => *v = n,
+        (State::Gauge(v), Update::GaugeDelta(d)) => *v += d,
+        (State::Histogram { counts, count, sum }, Update::Observe { value, weight }) => {
+            let bucket = buckets.partition_point(|le| *le < value);
+            counts[bucket] += weight;
+            *count += weight;
+            *sum += value * weight;
+        }
+        (State::Set(members), Update::SetMember(m)) => {
+            let h = member_hash(m);
+            if members.len() >= MAX_SET_MEMBERS && !members.contains(&h) {
+                return Outcome::Dropped;
+            }
+            members.insert(h);
+        }
+        // The key holds the kind, so a series' state always matches its
+        // updates.
+        _ => return Outcome::Dropped,
+    }
+    outcome
 }
 
 fn kind_byte(update: &Update<'_>) -> u8 {

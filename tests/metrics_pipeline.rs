@@ -190,7 +190,10 @@ print(total)
     let out = run_py(&script);
     let total: f64 = out.trim().parse().unwrap_or_else(|_| panic!("client printed {out:?}"));
     let orders = wait_for_sample(&s, "py.orders", &serde_json::json!({}), "value", total);
-    assert_eq!(orders["release"]["version"], "v7", "a sample carries its source's metadata: {orders}");
+    assert_eq!(
+        orders["release"]["version"], "v7",
+        "a sample carries its source's metadata: {orders}"
+    );
     wait_for_sample(&s, "py.render", &serde_json::json!({}), "count", 2000.0);
     wait_for_sample(&s, "py.queue", &serde_json::json!({}), "value", 1999.0);
 }

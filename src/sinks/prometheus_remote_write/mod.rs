@@ -328,3 +328,106 @@ async fn judge(shared: &Shared, resp: reqwest::Response, samples: u64) -> Answer
         "remote write refused a request; its samples are counted in sluice_events_dropped_total and not retried");
     Answer::Refused(ErrorKind::Client, Outcome::Dropped)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A loopback HTTP server answering requests with `statuses` in turn
+    /// (the last one from then on); returns its URL and the request count.
+    async fn scripted_server(statuses: Vec<u16>) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api/v1/write", listener.local_addr().unwrap());
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (statuses, count) = (statuses.clone(), count.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    loop {
+                        // One request: its head, then Content-Length bytes.
+                        let head_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            match conn.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < head_end + len {
+                            match conn.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..head_end + len);
+                        let i = count.fetch_add(1, Ordering::SeqCst);
+                        let status = statuses[i.min(statuses.len() - 1)];
+                        let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                        if conn.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    async fn deliver_once(statuses: Vec<u16>) -> (Outcome, usize) {
+        let (url, seen) = scripted_server(statuses).await;
+        let cfg: RemoteWriteConfig = serde_json::from_value(serde_json::json!({
+            "endpoint": url,
+            "retry": {"initial_backoff": "10ms", "max_backoff": "20ms"},
+        }))
+        .unwrap();
+        let cx = SinkCx {
+            name: "rw".into(),
+            fields: Arc::new(crate::event::FieldSet::new()),
+            health: Arc::new(crate::telemetry::Health::default()),
+            data_dir: None,
+        };
+        let shared = Arc::new(Shared::new(&cfg, &cx).unwrap());
+        let request = Request {
+            series: vec![TimeSeries {
+                labels: vec![encode::Label {
+                    name: "__name__".into(),
+                    value: "x".into(),
+                }],
+                samples: vec![encode::PromSample { value: 1.0, timestamp: 1 }],
+            }],
+            samples: 1,
+            parts: Vec::new(),
+        };
+        let (_, outcome) = send(shared, request).await;
+        (outcome, seen.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn server_errors_and_429_are_retried_until_accepted() {
+        let (outcome, requests) = deliver_once(vec![503, 429, 500, 204]).await;
+        assert!(matches!(outcome, Outcome::Delivered));
+        assert_eq!(requests, 4);
+    }
+
+    #[tokio::test]
+    async fn other_client_errors_are_not_retried() {
+        let (outcome, requests) = deliver_once(vec![400, 204]).await;
+        assert!(matches!(outcome, Outcome::Dropped));
+        assert_eq!(requests, 1, "a 400 is final");
+        let (outcome, requests) = deliver_once(vec![401, 204]).await;
+        assert!(matches!(outcome, Outcome::Fatal(_)), "refused credentials stop the sink");
+        assert_eq!(requests, 1);
+    }
+}

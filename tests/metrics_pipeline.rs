@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use support::remote_write::{statsd_node_modules, statsd_python, RemoteWriteReceiver};
 use support::sluice::proc_status_kib;
-use support::{node_bin, Sluice};
+use support::{node_bin, wait_until, Sluice};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -348,4 +348,43 @@ fn client_output(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn exporter_sink_output_passes_promtool_and_a_real_prometheus_scrapes_exact_values() {
+    let s = start(
+        "tcp",
+        "buckets = [10.0, 100.0]",
+        "[sinks.pull]\ntype = \"prometheus_exporter\"\naddress = \"127.0.0.1:0\"\n",
+    );
+    let exporter = s.logged_address("serving metrics for pull", None, WAIT);
+    let mut conn = TcpStream::connect(statsd_address(&s, "tcp")).unwrap();
+    let mut total = 0;
+    for i in 0..500 {
+        total += i % 4 + 1;
+        conn.write_all(
+            format!(
+                "shop.orders:{}|c|#env:prod\nshop.latency:{}|ms|#env:prod\nshop.users:u{}|s\n",
+                i % 4 + 1,
+                i % 250,
+                i % 9
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    }
+    conn.write_all(b"shop.queue:7|g|#q:a \"quoted\" \\ value\n").unwrap();
+    let text = wait_until("the exporter to show every order", WAIT, || {
+        let (_, body) = support::http_get(&format!("http://{exporter}/metrics"));
+        body.contains(&format!("shop_orders_total{{env=\"prod\"}} {total}\n"))
+            .then_some(body)
+    });
+    assert!(text.contains("shop_latency_bucket{env=\"prod\",le=\"+Inf\"} 500\n"), "{text}");
+    assert!(text.contains("shop_queue{q=\"a \\\"quoted\\\" \\\\ value\"} 7\n"), "{text}");
+    support::promtool_check_metrics(&text).unwrap_or_else(|e| panic!("promtool: {e}\n{text}"));
+    let prom = support::PrometheusServer::start(&exporter, Duration::from_millis(500));
+    let got = prom.wait_for("shop_orders_total{env=\"prod\"}", WAIT);
+    assert_eq!(got[0]["value"][1], total.to_string());
+    let got = prom.wait_for("shop_latency_count", WAIT);
+    assert_eq!(got[0]["value"][1], "500");
 }

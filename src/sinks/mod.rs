@@ -11,6 +11,7 @@ pub(crate) mod delivery;
 pub(crate) mod http;
 pub(crate) mod kafka;
 pub mod loki;
+pub mod prometheus_exporter;
 pub mod prometheus_remote_write;
 pub mod s3;
 pub(crate) mod stdout;
@@ -180,4 +181,5 @@ sink_registry! {
     "loki" => Loki(Box<loki::LokiConfig>),
     "s3" => S3(Box<s3::S3Config>),
     "prometheus_remote_write" => PrometheusRemoteWrite(Box<prometheus_remote_write::RemoteWriteConfig>),
+    "prometheus_exporter" => PrometheusExporter(prometheus_exporter::ExporterConfig),
 }

@@ -5,7 +5,7 @@ mod http;
 pub(crate) mod systemd;
 
 pub use http::Health;
-pub(crate) use http::{serve, ApiHandle, ReloadReply, ReloadRequest};
+pub(crate) use http::{serve, serve_http, ApiHandle, ReloadReply, ReloadRequest};
 
 use prometheus::core::Collector;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};

@@ -25,9 +25,14 @@ fn start(mode: &str, source_extra: &str, sinks: &str) -> Sluice {
         "unix_datagram" => "path = \"{dir}/statsd.sock\"".to_owned(),
         _ => "address = \"127.0.0.1:0\"".to_owned(),
     };
+    let flush = if source_extra.contains("flush_interval") {
+        ""
+    } else {
+        "flush_interval = \"200ms\""
+    };
     let config = format!(
         "[api]\naddress = \"127.0.0.1:0\"\n[enrich]\ndisable_host = true\nrelease = \"v7\"\n\
-         [sources.statsd]\ntype = \"statsd\"\nmode = \"{mode}\"\n{listen}\nflush_interval = \"200ms\"\n{source_extra}\n{sinks}"
+         [sources.statsd]\ntype = \"statsd\"\nmode = \"{mode}\"\n{listen}\n{flush}\n{source_extra}\n{sinks}"
     );
     Sluice::builder().config(&config).start().serving()
 }
@@ -387,4 +392,33 @@ fn exporter_sink_output_passes_promtool_and_a_real_prometheus_scrapes_exact_valu
     assert_eq!(got[0]["value"][1], total.to_string());
     let got = prom.wait_for("shop_latency_count", WAIT);
     assert_eq!(got[0]["value"][1], "500");
+}
+
+#[test]
+fn kafka_sink_writes_one_json_sample_per_message() {
+    let kafka = support::Kafka::start();
+    kafka.create_topic("metrics", 1);
+    let sinks = format!(
+        "[sinks.k]\ntype = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic = \"metrics\"\n",
+        kafka.addr
+    );
+    // A flush every 2 s leaves the topic quiet between flushes.
+    let s = start("tcp", "flush_interval = \"2s\"", &sinks);
+    let mut conn = TcpStream::connect(statsd_address(&s, "tcp")).unwrap();
+    conn.write_all(b"queue.depth:5|g|#q:a\nqueue.depth:9|g|#q:b\njobs:3|c\n").unwrap();
+    let records = support::kafka::read_until(&kafka.addr, "metrics", WAIT, |got| {
+        let names: std::collections::BTreeSet<String> = got
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<Value>(&r.payload).ok())
+            .map(|v| format!("{}{}", v["metric"].as_str().unwrap_or(""), v["labels"]))
+            .collect();
+        names.len() >= 3
+    });
+    let samples: Vec<Value> = records.iter().map(|r| serde_json::from_slice(&r.payload).unwrap()).collect();
+    let b = samples
+        .iter()
+        .find(|v| v["metric"] == "queue.depth" && v["labels"]["q"] == "b")
+        .expect("a sample per series");
+    assert_eq!((b["kind"].as_str(), b["value"].as_f64()), (Some("gauge"), Some(9.0)));
+    assert!(samples.iter().any(|v| v["metric"] == "jobs" && v["value"] == 3), "{samples:?}");
 }

@@ -422,3 +422,65 @@ fn kafka_sink_writes_one_json_sample_per_message() {
     assert_eq!((b["kind"].as_str(), b["value"].as_f64()), (Some("gauge"), Some(9.0)));
     assert!(samples.iter().any(|v| v["metric"] == "jobs" && v["value"] == 3), "{samples:?}");
 }
+
+#[test]
+fn sli_series_leave_through_remote_write_with_exact_counts() {
+    let prom = RemoteWriteReceiver::start();
+    let config = format!(
+        r#"
+[api]
+address = "127.0.0.1:0"
+[sources.stdin]
+type = "stdin"
+detect_writer = false
+[sources.self]
+type = "internal_metrics"
+interval = "200ms"
+prefixes = ["sluice_sli_"]
+[sinks.null]
+type = "blackhole"
+inputs = ["stdin"]
+[sinks.rw]
+type = "prometheus_remote_write"
+endpoint = "{}"
+[sinks.rw.batch]
+timeout = "100ms"
+[[sli]]
+name = "api"
+objective = 0.99
+[sli.error]
+field = "status"
+gte = 500
+[sli.latency]
+field = "duration_ms"
+unit = "ms"
+[sli.labels]
+route = "path"
+"#,
+        prom.write_url()
+    );
+    let mut s = Sluice::builder()
+        .config(&config)
+        .stdin_piped()
+        .stdout(support::Stdout::Null)
+        .start()
+        .serving();
+    let mut input = String::new();
+    let mut errors = 0;
+    for i in 0..300 {
+        let status = if i % 7 == 0 { 503 } else { 200 };
+        errors += (status >= 500) as u32;
+        input.push_str(&format!("{{\"path\":\"/a\",\"status\":{status},\"duration_ms\":{}}}\n", i % 90));
+    }
+    s.write(input.as_bytes());
+    let all = "sluice_sli_requests_total{sli=\"api\",route=\"/a\"}";
+    let q = format!("sum({all})");
+    prom.wait_for_value(&q, 300.0, WAIT);
+    prom.wait_for_value(
+        "sum(sluice_sli_requests_total{sli=\"api\",route=\"/a\",outcome=\"error\"})",
+        errors as f64,
+        WAIT,
+    );
+    let q = "sum(sluice_sli_latency_seconds_count{sli=\"api\",route=\"/a\"})";
+    prom.wait_for_value(q, 300.0, WAIT);
+}

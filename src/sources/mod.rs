@@ -3,6 +3,7 @@
 //! in the registry at the end of this file.
 
 pub mod file;
+pub(crate) mod internal_metrics;
 pub(crate) mod kafka;
 pub(crate) mod process;
 pub mod socket;
@@ -189,4 +190,5 @@ source_registry! {
     "process" => Process(Box<process::ProcessConfig>),
     "kafka" => Kafka(Box<kafka::KafkaSourceConfig>),
     "statsd" => Statsd(Box<statsd::StatsdConfig>),
+    "internal_metrics" => InternalMetrics(internal_metrics::InternalMetricsConfig),
 }

@@ -147,33 +147,12 @@ pub fn write_sample<'l>(
             sum,
         } => {
             write_count_sum(out, *count, *sum);
-            out.extend_from_slice(b",\"buckets\":[");
-            for (i, (le, c)) in bounds.iter().zip(cumulative.iter()).enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(b"{\"le\":");
-                write_number(out, *le);
-                out.extend_from_slice(b",\"count\":");
-                write_number(out, *c);
-                out.push(b'}');
-            }
-            out.push(b']');
+            let pairs = bounds.iter().copied().zip(cumulative.iter().copied());
+            write_pairs(out, "buckets", "le", "count", pairs);
         }
         SampleValue::Summary { quantiles, count, sum } => {
             write_count_sum(out, *count, *sum);
-            out.extend_from_slice(b",\"quantiles\":[");
-            for (i, (q, v)) in quantiles.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(b"{\"quantile\":");
-                write_number(out, *q);
-                out.extend_from_slice(b",\"value\":");
-                write_number(out, *v);
-                out.push(b'}');
-            }
-            out.push(b']');
+            write_pairs(out, "quantiles", "quantile", "value", quantiles.iter().copied());
         }
     }
     for m in metadata.members() {
@@ -181,6 +160,23 @@ pub fn write_sample<'l>(
         out.extend_from_slice(m.rendered());
     }
     out.push(b'}');
+}
+
+/// `,"<array>":[{"<a>":x,"<b>":y},…]`: the `buckets` and `quantiles`
+/// arrays.
+fn write_pairs(out: &mut Vec<u8>, array: &str, a: &str, b: &str, pairs: impl Iterator<Item = (f64, f64)>) {
+    out.extend_from_slice(format!(",\"{array}\":[").as_bytes());
+    for (i, (x, y)) in pairs.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(format!("{{\"{a}\":").as_bytes());
+        write_number(out, x);
+        out.extend_from_slice(format!(",\"{b}\":").as_bytes());
+        write_number(out, y);
+        out.push(b'}');
+    }
+    out.push(b']');
 }
 
 fn write_count_sum(out: &mut Vec<u8>, count: f64, sum: f64) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::encode::is_valid_label_name;
 use crate::config::{duration, key_path, ConfigError, Validate};
 use crate::sinks::delivery::RetryConfig;
-use crate::sinks::http::HttpAuth;
+use crate::sinks::http::{validate_target, HttpAuth, RequestConfig};
 
 /// Settings of the remote write sink.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -33,7 +33,7 @@ pub struct RemoteWriteConfig {
     pub(crate) batch: RemoteWriteBatch,
     /// HTTP request settings.
     #[serde(default)]
-    pub(crate) request: RemoteWriteRequest,
+    pub(crate) request: RequestConfig,
     /// Backoff between attempts.
     #[serde(default)]
     pub(crate) retry: RetryConfig,
@@ -64,41 +64,16 @@ impl Default for RemoteWriteBatch {
     }
 }
 
-/// The `request` table.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct RemoteWriteRequest {
-    /// Longest one request may take, answer included.
-    #[serde(deserialize_with = "duration")]
-    pub(crate) timeout: Duration,
-    /// Requests in flight at once. 1 (the default) keeps each series'
-    /// samples in time order across requests, which Prometheus requires.
-    pub(crate) concurrency: usize,
-}
-
-impl Default for RemoteWriteRequest {
-    fn default() -> Self {
-        RemoteWriteRequest {
-            timeout: Duration::from_secs(30),
-            concurrency: 1,
-        }
-    }
-}
-
 /// Checks what serde cannot; each error carries its key path.
 impl Validate for RemoteWriteConfig {
     fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        validate_target(path, &self.endpoint, self.tenant_id.as_deref(), errors);
+        self.request.validate(path, errors);
+        if let Some(a) = &self.auth {
+            a.validate(path, errors);
+        }
+        self.retry.validate(&key_path(path, "retry"), errors);
         let mut err = |key: &str, msg: String| errors.push(ConfigError::at(path, key, msg));
-        match reqwest::Url::parse(&self.endpoint) {
-            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-            Ok(u) => err("endpoint", format!("must be an http or https URL, not {}", u.scheme())),
-            Err(e) => err("endpoint", format!("invalid URL {:?}: {e}", self.endpoint)),
-        }
-        if let Some(t) = &self.tenant_id {
-            if t.is_empty() || reqwest::header::HeaderValue::from_str(t).is_err() {
-                err("tenant_id", "must be a non-empty header value".into());
-            }
-        }
         for (table, labels) in [
             ("external_labels", &self.external_labels),
             ("metadata_labels", &self.metadata_labels),
@@ -121,16 +96,6 @@ impl Validate for RemoteWriteConfig {
         if self.batch.timeout.is_zero() {
             err("batch.timeout", "must be above 0".into());
         }
-        if self.request.concurrency == 0 {
-            err("request.concurrency", "must be at least 1".into());
-        }
-        if self.request.timeout.is_zero() {
-            err("request.timeout", "must be above 0".into());
-        }
-        if let Some(a) = &self.auth {
-            a.validate(path, errors);
-        }
-        self.retry.validate(&key_path(path, "retry"), errors);
     }
 }
 

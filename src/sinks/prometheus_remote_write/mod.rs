@@ -20,14 +20,15 @@ pub mod encode;
 pub use config::RemoteWriteConfig;
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinSet;
 
 use self::encode::{label_name, SeriesBuilder, TimeSeries, WriteRequest};
-use super::delivery::{self, Answer, Endpoint, ErrorKind, Failed};
-use super::http::{self, AckTracker, TrackId};
+use super::delivery::{self, Answer, Endpoint, ErrorKind, Verdict};
+use super::http::RequestOutcome as Outcome;
+use super::http::{self, sleep_until, AckTracker, TrackId};
 use super::{SinkComponent, SinkCx, SinkError, SinkErrorKind};
 use crate::buffer::{QueueItem, QueueReceiver};
 use crate::event::{AckOutcome, Batch, EventKind};
@@ -74,13 +75,7 @@ impl Shared {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
         headers.insert(CONTENT_ENCODING, HeaderValue::from_static("snappy"));
         headers.insert("X-Prometheus-Remote-Write-Version", HeaderValue::from_static("0.1.0"));
-        if let Some(t) = &cfg.tenant_id {
-            let v = HeaderValue::from_str(t).map_err(|_| "tenant_id is not a valid header value".to_owned())?;
-            headers.insert("X-Scope-OrgID", v);
-        }
-        if let Some(a) = &cfg.auth {
-            headers.insert(AUTHORIZATION, a.header()?);
-        }
+        http::add_target_headers(&mut headers, cfg.tenant_id.as_deref(), cfg.auth.as_ref())?;
         let m = metrics();
         let name: &str = &cx.name;
         Ok(Shared {
@@ -111,15 +106,6 @@ struct Request {
     series: Vec<TimeSeries>,
     samples: usize,
     parts: Vec<TrackId>,
-}
-
-/// How a request ended.
-enum Outcome {
-    Delivered,
-    /// Refused with a 4xx that retrying cannot change; counted.
-    Dropped,
-    /// The sink cannot work (credentials, address): stop.
-    Fatal(String),
 }
 
 /// The sink's state, owned by its task.
@@ -245,26 +231,7 @@ impl RemoteWriteSink {
 
     /// Acknowledges the batches of a finished request.
     fn finish(&mut self, parts: Vec<TrackId>, outcome: Outcome) -> Result<(), SinkError> {
-        let ack = match &outcome {
-            Outcome::Delivered => AckOutcome::Delivered,
-            Outcome::Dropped => AckOutcome::Dropped,
-            Outcome::Fatal(_) => AckOutcome::Abandoned,
-        };
-        for id in parts {
-            self.tracker.part_done(id, ack);
-        }
-        if let Outcome::Fatal(message) = outcome {
-            self.tracker.abandon_all();
-            return Err(SinkError::new(&self.shared.name, SinkErrorKind::Refused(message)));
-        }
-        Ok(())
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
+        self.tracker.request_done(&self.shared.name, &parts, outcome)
     }
 }
 
@@ -299,20 +266,11 @@ async fn send(shared: Arc<Shared>, r: Request) -> (Vec<TrackId>, Outcome) {
 
 /// What the endpoint's answer means.
 async fn judge(shared: &Shared, resp: reqwest::Response, samples: u64) -> Answer<Outcome> {
-    let status = resp.status();
-    if status.is_success() {
-        return Answer::Accepted(Outcome::Delivered);
-    }
-    let retry_after = delivery::retry_after(resp.headers());
-    let text = resp.text().await.unwrap_or_default();
-    let kind = ErrorKind::of_status(status);
-    if kind.is_retryable() {
-        return Answer::Retry(Failed {
-            kind,
-            detail: format!("{status}: {}", http::excerpt(text.trim())),
-            retry_after,
-        });
-    }
+    let (status, text) = match delivery::classify(resp).await {
+        Verdict::Success => return Answer::Accepted(Outcome::Delivered),
+        Verdict::Retry(failed) => return Answer::Retry(failed),
+        Verdict::Final(status, text) => (status, text),
+    };
     if delivery::is_misconfiguration(status) {
         return Answer::Refused(
             ErrorKind::Client,

@@ -484,3 +484,18 @@ route = "path"
     let q = "sum(sluice_sli_latency_seconds_count{sli=\"api\",route=\"/a\"})";
     prom.wait_for_value(q, 300.0, WAIT);
 }
+
+#[test]
+fn what_was_aggregated_leaves_in_a_last_flush_at_shutdown() {
+    let s = start("tcp", "flush_interval = \"1h\"\nexpire_after = \"2h\"", STDOUT);
+    let mut conn = TcpStream::connect(statsd_address(&s, "tcp")).unwrap();
+    conn.write_all(b"deploys:2|c|#env:prod\ndeploys:3|c|#env:prod\n").unwrap();
+    s.wait_for_metrics("two updates", WAIT, |m| {
+        m.sum("sluice_metric_updates_total", &[("source", "statsd")]) >= 2.0
+    });
+    assert!(s.lines().is_empty(), "nothing is flushed before the interval");
+    s.signal(libc::SIGTERM);
+    assert!(s.wait(WAIT).success(), "{}", s.logs());
+    let last = wait_for_sample(&s, "deploys", &serde_json::json!({"env": "prod"}), "value", 5.0);
+    assert_eq!(last["kind"], "counter");
+}

@@ -63,16 +63,20 @@ impl SourceComponent for StatsdConfig {
             cx.enrich.metadata(None),
         ));
         Ok(Box::pin(async move {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let flusher = tokio::spawn(flush_loop(
                 state.clone(),
                 cx.output.clone(),
                 context.clone(),
                 flush_interval,
                 cx.shutdown.clone(),
+                stopped,
             ));
             let result = socket.await;
-            // The socket is closed: what it aggregated leaves in one last
-            // flush, after the periodic one stopped.
+            // The socket is closed (shutdown, or it failed): the periodic
+            // flush stops between two flushes, and what was aggregated
+            // leaves in one last flush.
+            drop(stop);
             let flushed = flusher.await;
             let _ = state.flush(&cx.output, &context).await;
             if let Err(e) = flushed {
@@ -253,13 +257,15 @@ impl FrameConsumer for StatsdState {
     }
 }
 
-/// Flushes every `interval` until shutdown is asked.
+/// Flushes every `interval` until shutdown is asked or `stopped` fires
+/// (the socket task ended).
 async fn flush_loop(
     state: Arc<StatsdState>,
     output: SourceOutput,
     context: Arc<SourceContext>,
     interval: Duration,
     mut shutdown: crate::pipeline::ShutdownSignal,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -267,6 +273,7 @@ async fn flush_loop(
         tokio::select! {
             biased;
             _ = shutdown.wait() => return,
+            _ = &mut stopped => return,
             _ = ticks.tick() => {
                 if state.flush(&output, &context).await.is_err() {
                     return;

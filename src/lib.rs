@@ -24,6 +24,7 @@ pub(crate) mod otlp;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub use otlp::fuzz_logs as fuzz_otlp_logs;
+pub mod metrics;
 pub mod pipeline;
 pub(crate) mod recycle;
 pub mod sinks;

@@ -160,6 +160,19 @@ impl SourceOutput {
         self.tx.send(pending).await.map_err(|_| PipelineClosed)
     }
 
+    /// Queues a batch the source built itself (metric samples from an
+    /// aggregation) for fan-out, in order with its other batches. It skips
+    /// decode and the taps: there is nothing to parse.
+    pub(crate) async fn send_batch(&self, batch: Batch) -> Result<(), PipelineClosed> {
+        metrics()
+            .source_events
+            .with_label_values(&[&self.source])
+            .inc_by(batch.len() as u64);
+        // Transforms act on log events; a metric batch goes as it is.
+        let pending = tokio::spawn(async move { (batch, Vec::new(), None) });
+        self.tx.send(pending).await.map_err(|_| PipelineClosed)
+    }
+
     fn spawn_lines(&self, lines: Lines, ctx: Arc<SourceContext>, ack: Option<Acknowledger>) -> Pending {
         if lines.dropped > 0 {
             metrics()

@@ -46,7 +46,7 @@ use super::memory::{memory_queue, MemorySender, QueueReceiver, SinkGone};
 use super::{BufferConfig, BufferError, FsyncPolicy, WhenFull, DEFAULT_BUFFER_MAX_BYTES};
 use crate::decode::Decoder;
 use crate::enrich::{Fragment, SourceContext};
-use crate::event::{AckGroup, AckOutcome, AckReceiver, Batch, BatchBuilder, FieldPath, FieldSet, FieldValue, RawParts};
+use crate::event::{AckGroup, AckOutcome, AckReceiver, Batch, BatchBuilder, EventKind, FieldPath, FieldSet, FieldValue, RawParts};
 use crate::telemetry::metrics;
 
 /// First bytes of every segment file; a later format gets a new magic.
@@ -57,6 +57,10 @@ const FRAME_BYTES: u64 = 8;
 
 /// Version byte at the start of each payload.
 const RECORD_VERSION: u8 = 1;
+
+/// The version byte of a record holding a metric batch: the same layout as
+/// [`RECORD_VERSION`], so log records stay readable by older versions.
+const RECORD_VERSION_METRICS: u8 = 2;
 
 /// A length field above this is damage, not a batch (batches are a few MiB
 /// at most); the reader then gives up on the rest of the segment.
@@ -927,7 +931,10 @@ fn encode_header(batch: &Batch, out: &mut Vec<u8>) {
         out.extend_from_slice(&(b.len() as u32).to_le_bytes());
         out.extend_from_slice(b);
     };
-    out.push(RECORD_VERSION);
+    out.push(match batch.kind() {
+        EventKind::Log => RECORD_VERSION,
+        EventKind::Metric => RECORD_VERSION_METRICS,
+    });
     put_u32(out, ends.len() as u32);
     let ns = batch.received_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     out.extend_from_slice(&ns.to_le_bytes());
@@ -1227,9 +1234,11 @@ impl Reader {
     /// Rebuilds a batch from a checked payload; `None` if it does not parse.
     fn decode(&mut self, payload: Bytes) -> Option<Batch> {
         let mut r = Fields { buf: &payload, pos: 0 };
-        if r.u8()? != RECORD_VERSION {
-            return None;
-        }
+        let event_kind = match r.u8()? {
+            RECORD_VERSION => EventKind::Log,
+            RECORD_VERSION_METRICS => EventKind::Metric,
+            _ => return None,
+        };
         let n_events = r.u32()? as usize;
         let received_at = UNIX_EPOCH + Duration::from_nanos(r.u64()?);
         let ctx_start = r.pos;
@@ -1278,6 +1287,18 @@ impl Reader {
         let ctx = self.context(ctx_key, source, kind, stream, meta)?;
         let data = payload.slice(data_start..);
         let same_fields = paths.len() == self.fields.len() && paths.iter().zip(self.fields.paths()).all(|(a, b)| *a == b.to_string());
+        if event_kind == EventKind::Metric && !same_fields {
+            // Metric samples have no extracted fields to bring up to date:
+            // the batch keeps the field set it was written with.
+            let parts = RawParts {
+                data,
+                ends,
+                values,
+                strings,
+                fields: Arc::new(paths_to_set(&paths)?),
+            };
+            return Batch::from_raw_parts(parts, ctx, received_at).map(|b| b.with_kind(event_kind));
+        }
         if same_fields {
             let parts = RawParts {
                 data,
@@ -1286,7 +1307,7 @@ impl Reader {
                 strings,
                 fields: self.fields.clone(),
             };
-            return Batch::from_raw_parts(parts, ctx, received_at);
+            return Batch::from_raw_parts(parts, ctx, received_at).map(|b| b.with_kind(event_kind));
         }
         // The config asks for other fields than when the record was written:
         // extract them again from the events (the events themselves are
@@ -1609,6 +1630,19 @@ mod tests {
         assert_eq!(back.source.kind, "stdin");
         assert_eq!(back.source.meta_value("host"), Some(&json!("h1")));
         assert_eq!(back.received_at, b.received_at);
+    }
+
+    #[tokio::test]
+    async fn a_metric_batch_comes_back_from_disk_as_a_metric_batch() {
+        let sample = r#"{"metric":"hits","kind":"counter","labels":{},"timestamp_ms":1,"value":2}"#;
+        let b = batch(&fields(&[]), &[sample], json!({})).with_kind(EventKind::Metric);
+        for reader_fields in [fields(&[]), fields(&["a"])] {
+            let back = reader(reader_fields).decode(payload(&b)).unwrap();
+            assert_eq!(back.kind(), EventKind::Metric);
+            assert_eq!(back.ndjson(), b.ndjson());
+        }
+        let log = batch(&fields(&[]), &[sample], json!({}));
+        assert_eq!(reader(fields(&[])).decode(payload(&log)).unwrap().kind(), EventKind::Log);
     }
 
     #[tokio::test]

@@ -22,6 +22,29 @@ use crate::recycle::Pool;
 /// Output buffers of batches the sinks are done with, for the next batch.
 static BATCH_BUFFERS: Pool<Vec<u8>> = Pool::new();
 
+/// What the events of a batch are. A metric batch holds one JSON object
+/// per metric sample, in the schema of `crate::metrics::sample` (see
+/// docs/metrics.md): queues, disk buffers, acknowledgements and JSON sinks
+/// carry it like a log batch; metric sinks read the samples back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EventKind {
+    /// Log events (the default).
+    #[default]
+    Log,
+    /// Metric samples.
+    Metric,
+}
+
+impl EventKind {
+    /// `logs` or `metrics`, as messages name them.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Log => "logs",
+            EventKind::Metric => "metrics",
+        }
+    }
+}
+
 /// A batch of decoded, enriched events from one stream (one file, one
 /// connection, stdin).
 ///
@@ -42,9 +65,22 @@ pub struct Batch {
     pub(crate) received_at: SystemTime,
     /// Set when the batch must be acknowledged back to its source.
     ack: Option<Acknowledger>,
+    /// Logs or metric samples.
+    kind: EventKind,
 }
 
 impl Batch {
+    /// Whether the events are logs or metric samples.
+    pub fn kind(&self) -> EventKind {
+        self.kind
+    }
+
+    /// The batch, marked as holding events of `kind`.
+    pub fn with_kind(mut self, kind: EventKind) -> Batch {
+        self.kind = kind;
+        self
+    }
+
     /// Number of events.
     pub fn len(&self) -> usize {
         self.ends.len()
@@ -185,6 +221,7 @@ impl Batch {
             source,
             received_at,
             ack: None,
+            kind: EventKind::Log,
         })
     }
 }
@@ -353,6 +390,7 @@ impl BatchBuilder {
             source,
             received_at,
             ack: None,
+            kind: EventKind::Log,
         }
     }
 }

@@ -279,6 +279,36 @@ impl Failed {
     }
 }
 
+/// The first reading of an answer, the same for every HTTP sink.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    /// 2xx.
+    Success,
+    /// 5xx, 429, 408 or an unreadable answer: worth retrying.
+    Retry(Failed),
+    /// Any other status, with the answer's text: final.
+    Final(reqwest::StatusCode, String),
+}
+
+/// Reads an answer's status (and, when it is not a success, its text).
+pub(crate) async fn classify(resp: reqwest::Response) -> Verdict {
+    let status = resp.status();
+    if status.is_success() {
+        return Verdict::Success;
+    }
+    let retry_after = retry_after(resp.headers());
+    let text = resp.text().await.unwrap_or_default();
+    let kind = ErrorKind::of_status(status);
+    if kind.is_retryable() {
+        return Verdict::Retry(Failed {
+            kind,
+            detail: format!("{status}: {}", http::excerpt(text.trim())),
+            retry_after,
+        });
+    }
+    Verdict::Final(status, text)
+}
+
 /// What a sink makes of one answer.
 #[derive(Debug)]
 pub(crate) enum Answer<T> {

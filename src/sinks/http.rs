@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::{SinkError, SinkErrorKind};
 use crate::buffer::QueueItem;
 use crate::event::{AckOutcome, Acknowledger};
 
@@ -127,6 +128,163 @@ fn worse(a: AckOutcome, b: AckOutcome) -> AckOutcome {
         b
     } else {
         a
+    }
+}
+
+/// The `request` table of an HTTP sink.
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RequestConfig {
+    /// Longest one request may take, answer included.
+    #[serde(deserialize_with = "crate::config::duration")]
+    pub(crate) timeout: Duration,
+    /// Requests in flight at once. 1 keeps every stream's (or series')
+    /// entries in order across requests, which Prometheus and a Loki with
+    /// `unordered_writes = false` need.
+    pub(crate) concurrency: usize,
+}
+
+impl Default for RequestConfig {
+    fn default() -> Self {
+        RequestConfig {
+            timeout: Duration::from_secs(30),
+            concurrency: 1,
+        }
+    }
+}
+
+impl RequestConfig {
+    /// Checks the bounds; `path` is the sink's key path.
+    pub(crate) fn validate(&self, path: &str, errors: &mut Vec<crate::config::ConfigError>) {
+        if self.concurrency == 0 {
+            errors.push(crate::config::ConfigError::at(path, "request.concurrency", "must be at least 1"));
+        }
+        if self.timeout.is_zero() {
+            errors.push(crate::config::ConfigError::at(path, "request.timeout", "must be above 0"));
+        }
+    }
+}
+
+/// Checks an HTTP sink's `endpoint` (an http or https URL) and `tenant_id`
+/// (a non-empty header value), with their key paths below `path`.
+pub(crate) fn validate_target(path: &str, endpoint: &str, tenant_id: Option<&str>, errors: &mut Vec<crate::config::ConfigError>) {
+    let mut err = |key: &str, msg: String| errors.push(crate::config::ConfigError::at(path, key, msg));
+    match reqwest::Url::parse(endpoint) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+        Ok(u) => err("endpoint", format!("must be an http or https URL, not {}", u.scheme())),
+        Err(e) => err("endpoint", format!("invalid URL {endpoint:?}: {e}")),
+    }
+    if let Some(t) = tenant_id {
+        if t.is_empty() || reqwest::header::HeaderValue::from_str(t).is_err() {
+            err("tenant_id", "must be a non-empty header value".into());
+        }
+    }
+}
+
+/// Adds the tenant (`X-Scope-OrgID`) and `Authorization` headers an HTTP
+/// sink is configured with.
+pub(crate) fn add_target_headers(
+    headers: &mut reqwest::header::HeaderMap,
+    tenant_id: Option<&str>,
+    auth: Option<&HttpAuth>,
+) -> Result<(), String> {
+    if let Some(t) = tenant_id {
+        let v = reqwest::header::HeaderValue::from_str(t).map_err(|_| "tenant_id is not a valid header value".to_owned())?;
+        headers.insert("X-Scope-OrgID", v);
+    }
+    if let Some(a) = auth {
+        headers.insert(reqwest::header::AUTHORIZATION, a.header()?);
+    }
+    Ok(())
+}
+
+/// The `auth` table of an HTTP sink: basic auth or a bearer token, each
+/// secret read from a file (never written in the config).
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HttpAuth {
+    /// Basic-auth user name.
+    pub(crate) user: Option<String>,
+    /// File holding the basic-auth password.
+    pub(crate) password_file: Option<PathBuf>,
+    /// File holding a bearer token.
+    pub(crate) bearer_token_file: Option<PathBuf>,
+}
+
+impl HttpAuth {
+    /// Checks that exactly one way to authenticate is complete.
+    pub(crate) fn validate(&self, path: &str, errors: &mut Vec<crate::config::ConfigError>) {
+        let mut err = |msg: &str| errors.push(crate::config::ConfigError::at(path, "auth", msg));
+        let basic = self.user.is_some() || self.password_file.is_some();
+        if basic && (self.user.is_none() || self.password_file.is_none()) {
+            err("basic auth needs both user and password_file");
+        }
+        if basic && self.bearer_token_file.is_some() {
+            err("use either basic auth or bearer_token_file, not both");
+        }
+        if !basic && self.bearer_token_file.is_none() {
+            err("set user and password_file, or bearer_token_file");
+        }
+    }
+
+    /// The `Authorization` header, its secret read from its file now and
+    /// marked sensitive (never logged).
+    pub(crate) fn header(&self) -> Result<reqwest::header::HeaderValue, String> {
+        let value = match (&self.user, &self.password_file, &self.bearer_token_file) {
+            (Some(user), Some(pw), _) => {
+                use base64::Engine;
+                let password = read_secret_file(pw, "auth.password_file")?;
+                let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                format!("Basic {token}")
+            }
+            (_, _, Some(f)) => format!("Bearer {}", read_secret_file(f, "auth.bearer_token_file")?),
+            _ => return Err("auth: set user and password_file, or bearer_token_file".into()),
+        };
+        let mut v =
+            reqwest::header::HeaderValue::from_str(&value).map_err(|_| "auth: the credentials are not a valid header value".to_owned())?;
+        v.set_sensitive(true);
+        Ok(v)
+    }
+}
+
+/// How one request of an HTTP sink ended.
+#[derive(Debug)]
+pub(crate) enum RequestOutcome {
+    /// The endpoint kept everything.
+    Delivered,
+    /// The endpoint refused some or all of it for good (counted by the
+    /// sink): not retried.
+    Dropped,
+    /// The sink cannot work (credentials, address): stop.
+    Fatal(String),
+}
+
+impl AckTracker {
+    /// Acknowledges the batches of a finished request (`parts`). A fatal
+    /// outcome abandons every open batch and becomes sink `sink`'s error.
+    pub(crate) fn request_done(&mut self, sink: &str, parts: &[TrackId], outcome: RequestOutcome) -> Result<(), SinkError> {
+        let ack = match &outcome {
+            RequestOutcome::Delivered => AckOutcome::Delivered,
+            RequestOutcome::Dropped => AckOutcome::Dropped,
+            RequestOutcome::Fatal(_) => AckOutcome::Abandoned,
+        };
+        for id in parts {
+            self.part_done(*id, ack);
+        }
+        if let RequestOutcome::Fatal(message) = outcome {
+            self.abandon_all();
+            return Err(SinkError::new(sink, SinkErrorKind::Refused(message)));
+        }
+        Ok(())
+    }
+}
+
+/// Waits until `deadline`, or forever without one (a batch timer that is
+/// not running).
+pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -12,6 +12,8 @@ pub(crate) mod http;
 pub(crate) mod kafka;
 pub mod loki;
 pub(crate) mod otlp;
+pub mod prometheus_exporter;
+pub mod prometheus_remote_write;
 pub mod s3;
 pub(crate) mod stdout;
 pub(crate) mod template;
@@ -23,7 +25,7 @@ use std::sync::Arc;
 
 use crate::buffer::QueueReceiver;
 use crate::config::{parse_component, parse_valid, ConfigError, Validate};
-use crate::event::{FieldPath, FieldSet};
+use crate::event::{EventKind, FieldPath, FieldSet};
 use crate::pipeline::Task;
 use crate::telemetry::Health;
 
@@ -111,6 +113,13 @@ pub trait SinkComponent: Validate {
         Vec::new()
     }
 
+    /// Whether the sink can carry events of `kind` (every sink takes
+    /// logs and metrics unless it says otherwise).
+    fn accepts(&self, kind: EventKind) -> bool {
+        let _ = kind;
+        true
+    }
+
     /// Checks the destination and starts the sink on its queue.
     fn build(&self, cx: SinkCx, input: QueueReceiver) -> impl Future<Output = Result<Task<SinkError>, SinkError>> + Send;
 }
@@ -149,6 +158,13 @@ macro_rules! sink_registry {
                 }
             }
 
+            /// Whether the sink can carry events of `kind`.
+            pub fn accepts(&self, kind: EventKind) -> bool {
+                match self {
+                    $(SinkConfig::$variant(c) => c.accepts(kind),)+
+                }
+            }
+
             /// Checks the destination and starts the sink on its queue.
             pub async fn build(&self, cx: SinkCx, input: QueueReceiver) -> Result<Task<SinkError>, SinkError> {
                 match self {
@@ -166,4 +182,6 @@ sink_registry! {
     "loki" => Loki(Box<loki::LokiConfig>),
     "s3" => S3(Box<s3::S3Config>),
     "otlp" => Otlp(Box<otlp::OtlpSinkConfig>),
+    "prometheus_remote_write" => PrometheusRemoteWrite(Box<prometheus_remote_write::RemoteWriteConfig>),
+    "prometheus_exporter" => PrometheusExporter(prometheus_exporter::ExporterConfig),
 }

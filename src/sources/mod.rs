@@ -3,10 +3,12 @@
 //! in the registry at the end of this file.
 
 pub mod file;
+pub(crate) mod internal_metrics;
 pub(crate) mod kafka;
 pub(crate) mod otlp;
 pub(crate) mod process;
 pub mod socket;
+pub mod statsd;
 pub(crate) mod stdin;
 
 use serde_json::{Map, Value};
@@ -15,6 +17,7 @@ use std::sync::Arc;
 
 use crate::config::{parse_component, parse_valid, ConfigError, Validate};
 use crate::enrich::EnrichConfig;
+use crate::event::EventKind;
 use crate::pipeline::{ShutdownSignal, SourceOutput, Task};
 
 /// Why a source could not start, or stopped for good.
@@ -74,6 +77,9 @@ pub enum SourceErrorKind {
     /// An `include` or `exclude` pattern does not compile.
     #[error("invalid glob: {0}")]
     Glob(#[from] globset::Error),
+    /// The statsd source's socket could not be set up.
+    #[error(transparent)]
+    Statsd(#[from] statsd::StatsdError),
     /// The Kafka client failed.
     #[error("cannot {action}: {error}")]
     Kafka {
@@ -120,6 +126,11 @@ pub(crate) trait SourceComponent: Validate {
     fn needs_data_dir(&self) -> bool {
         false
     }
+
+    /// What the source's batches hold: logs, or metric samples.
+    fn produces(&self) -> EventKind {
+        EventKind::Log
+    }
 }
 
 /// The source registry: one line per type, `"name" => Variant(Config)`.
@@ -156,6 +167,13 @@ macro_rules! source_registry {
                 }
             }
 
+            /// What the source's batches hold: logs, or metric samples.
+            pub(crate) fn produces(&self) -> EventKind {
+                match self {
+                    $(SourceConfig::$variant(c) => c.produces(),)+
+                }
+            }
+
             /// Starts the source; the task ends when input ends or shutdown is asked.
             pub(crate) fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
                 match self {
@@ -173,4 +191,6 @@ source_registry! {
     "process" => Process(Box<process::ProcessConfig>),
     "kafka" => Kafka(Box<kafka::KafkaSourceConfig>),
     "otlp" => Otlp(Box<otlp::OtlpSourceConfig>),
+    "statsd" => Statsd(Box<statsd::StatsdConfig>),
+    "internal_metrics" => InternalMetrics(internal_metrics::InternalMetricsConfig),
 }

@@ -86,6 +86,21 @@ pub(crate) async fn serve(
     health: Arc<Health>,
     reload: Option<mpsc::Sender<ReloadRequest>>,
 ) -> std::io::Result<ApiHandle> {
+    serve_http(addr, move |req| {
+        let health = health.clone();
+        let reload = reload.clone();
+        async move { route(req, &health, reload.as_ref()).await }
+    })
+    .await
+}
+
+/// Binds `addr` and answers every request with `handle` until the handle
+/// is dropped: the one HTTP server loop (the API, the exporter sink).
+pub(crate) async fn serve_http<H, F>(addr: SocketAddr, handle: H) -> std::io::Result<ApiHandle>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
@@ -93,18 +108,16 @@ pub(crate) async fn serve(
             let (stream, _) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %e, "api accept failed");
+                    tracing::warn!(error = %e, address = %local_addr, "HTTP accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             };
-            let health = health.clone();
-            let reload = reload.clone();
+            let handle = handle.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
-                    let health = health.clone();
-                    let reload = reload.clone();
-                    async move { Ok::<_, std::convert::Infallible>(route(req, &health, reload.as_ref()).await) }
+                    let fut = handle(req);
+                    async move { Ok::<_, std::convert::Infallible>(fut.await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)

@@ -6,7 +6,7 @@ pub(crate) mod systemd;
 pub(crate) mod tap;
 
 pub use http::Health;
-pub(crate) use http::{serve, ApiHandle, ReloadReply, ReloadRequest};
+pub(crate) use http::{serve, serve_http, ApiHandle, ReloadReply, ReloadRequest};
 
 use prometheus::core::Collector;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};

@@ -264,6 +264,7 @@ impl Config {
         let source_names = sources.keys().map(String::as_str).collect();
         crate::transforms::graph::check(&source_names, &transforms, &sink_inputs, &mut errors);
         crate::transforms::testing::check(&tests, &source_names, &transforms, &mut errors);
+        check_event_kinds(&sources, &sinks, &mut errors);
         if top.data_dir.is_none() {
             for (name, cfg) in &sources {
                 if cfg.needs_data_dir() {
@@ -334,7 +335,32 @@ impl Config {
         self.sinks
             .iter()
             .filter(move |(_, s)| s.inputs.as_ref().is_none_or(|i| i.iter().any(|x| x == source)))
+            // A sink without `inputs` takes every source whose events it
+            // can carry (a Loki sink is not fed a statsd source's metrics).
+            .filter(move |(_, s)| s.inputs.is_some() || self.sources.get(source).is_none_or(|c| s.config.accepts(c.produces())))
             .map(|(n, _)| n.as_str())
+    }
+}
+
+/// A sink whose `inputs` name a source of events it cannot carry (metrics
+/// into Loki, logs into remote write) is an error at that input's key.
+fn check_event_kinds(sources: &BTreeMap<String, SourceConfig>, sinks: &BTreeMap<String, SinkSpec>, errors: &mut Vec<ConfigError>) {
+    for (name, spec) in sinks {
+        for (i, input) in spec.inputs.iter().flatten().enumerate() {
+            let Some(source) = sources.get(input) else { continue };
+            let kind = source.produces();
+            if !spec.config.accepts(kind) {
+                errors.push(ConfigError::new(
+                    format!("sinks.{name}.inputs[{i}]"),
+                    format!(
+                        "source {input:?} ({}) sends {}, which a {} sink cannot carry",
+                        source.kind(),
+                        kind.as_str(),
+                        spec.config.kind()
+                    ),
+                ));
+            }
+        }
     }
 }
 
@@ -484,8 +510,8 @@ type = "nope"
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         for want in [
             "sources.f.kubernetes.api: needs kubernetes.enabled = true",
-            "sources.other.type: unknown source type \"nope\"; known: stdin, file, socket, process, kafka",
-            "sinks.more.type: unknown sink type \"nope\"; known: stdout, blackhole, kafka, loki, s3",
+            "sources.other.type: unknown source type \"nope\"; known: stdin, file, socket, process, kafka, statsd, internal_metrics",
+            "sinks.more.type: unknown sink type \"nope\"; known: stdout, blackhole, kafka, loki, s3, prometheus_remote_write, prometheus_exporter",
             "sinks.out.buffer.max_events: must be at least 1",
             "sinks.out.buffer.max_bytes: must be at least 1KiB",
             "sinks.l.retry.initial_backoff: must be above 0",

@@ -30,6 +30,7 @@
 //! | `sli.rs`         | the stdin → blackhole pipeline with `[[sli]]` rules          |
 //! | `file_source.rs` | file-source configs and log files                           |
 //! | `otlp.rs`        | [`OtlpReceiver`]: the independent OTLP logs receiver (opentelemetry-proto) |
+//! | `remote_write.rs` | Prometheus as a remote write receiver (stop/start on one TSDB); the statsd clients |
 //! | this file        | installed services (S3, Loki, Prometheus), ports, HTTP, [`run_bounded`] for short-lived tools |
 //!
 //! sluice's API address is always read from its log
@@ -43,6 +44,7 @@ pub mod file_source;
 pub mod kafka;
 pub mod metrics;
 pub mod otlp;
+pub mod remote_write;
 pub mod sli;
 pub mod sluice;
 

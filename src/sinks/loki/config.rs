@@ -2,13 +2,13 @@
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use super::encode::is_valid_label_name;
 use crate::config::{duration, key_path, ByteSize, ConfigError, Validate};
 use crate::event::FieldPath;
 use crate::sinks::delivery::RetryConfig;
+use crate::sinks::http::{validate_target, HttpAuth, RequestConfig};
 use crate::sinks::template::Template;
 
 /// The push API path under `endpoint`.
@@ -62,7 +62,7 @@ pub struct LokiConfig {
     pub(crate) batch: LokiBatch,
     /// HTTP request settings.
     #[serde(default)]
-    pub(crate) request: LokiRequest,
+    pub(crate) request: RequestConfig,
     /// Backoff between attempts.
     #[serde(default)]
     pub(crate) retry: RetryConfig,
@@ -72,7 +72,7 @@ pub struct LokiConfig {
     pub(crate) healthcheck: bool,
     /// Credentials, read from files (never written in the config).
     #[serde(default)]
-    pub(crate) auth: Option<LokiAuth>,
+    pub(crate) auth: Option<HttpAuth>,
 }
 
 /// Loki's push formats.
@@ -141,40 +141,6 @@ impl Default for LokiBatch {
     }
 }
 
-/// The `request` table.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct LokiRequest {
-    /// Longest one push may take, answer included.
-    #[serde(deserialize_with = "duration")]
-    pub(crate) timeout: Duration,
-    /// Pushes in flight at once. 1 keeps every stream's entries in order
-    /// across pushes, which a Loki with `unordered_writes = false` needs;
-    /// a modern Loki accepts more.
-    pub(crate) concurrency: usize,
-}
-
-impl Default for LokiRequest {
-    fn default() -> Self {
-        LokiRequest {
-            timeout: Duration::from_secs(30),
-            concurrency: 1,
-        }
-    }
-}
-
-/// The `auth` table: basic auth or a bearer token, each from a file.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct LokiAuth {
-    /// Basic-auth user name.
-    pub(crate) user: Option<String>,
-    /// File holding the basic-auth password.
-    pub(crate) password_file: Option<PathBuf>,
-    /// File holding a bearer token.
-    pub(crate) bearer_token_file: Option<PathBuf>,
-}
-
 fn default_path() -> String {
     DEFAULT_PUSH_PATH.to_owned()
 }
@@ -220,19 +186,11 @@ impl LokiConfig {
 /// Checks what serde cannot; each error carries its key path.
 impl Validate for LokiConfig {
     fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        validate_target(path, &self.endpoint, self.tenant_id.as_deref(), errors);
+        self.request.validate(path, errors);
         let mut err = |key: &str, msg: String| errors.push(ConfigError::at(path, key, msg));
-        match reqwest::Url::parse(&self.endpoint) {
-            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-            Ok(u) => err("endpoint", format!("must be an http or https URL, not {}", u.scheme())),
-            Err(e) => err("endpoint", format!("invalid URL {:?}: {e}", self.endpoint)),
-        }
         if !self.path.starts_with('/') {
             err("path", "must start with `/`".into());
-        }
-        if let Some(t) = &self.tenant_id {
-            if t.is_empty() || reqwest::header::HeaderValue::from_str(t).is_err() {
-                err("tenant_id", "must be a non-empty header value".into());
-            }
         }
         match (self.encoding, self.effective_compression()) {
             (Encoding::Protobuf, Compression::Snappy) | (Encoding::Json, Compression::Gzip | Compression::None) => {}
@@ -274,23 +232,8 @@ impl Validate for LokiConfig {
         if self.batch.timeout.is_zero() {
             err("batch.timeout", "must be above 0".into());
         }
-        if self.request.concurrency == 0 {
-            err("request.concurrency", "must be at least 1".into());
-        }
-        if self.request.timeout.is_zero() {
-            err("request.timeout", "must be above 0".into());
-        }
         if let Some(a) = &self.auth {
-            let basic = a.user.is_some() || a.password_file.is_some();
-            if basic && (a.user.is_none() || a.password_file.is_none()) {
-                err("auth", "basic auth needs both user and password_file".into());
-            }
-            if basic && a.bearer_token_file.is_some() {
-                err("auth", "use either basic auth or bearer_token_file, not both".into());
-            }
-            if !basic && a.bearer_token_file.is_none() {
-                err("auth", "set user and password_file, or bearer_token_file".into());
-            }
+            a.validate(path, errors);
         }
         self.retry.validate(&key_path(path, "retry"), errors);
     }

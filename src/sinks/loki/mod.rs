@@ -33,11 +33,14 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use self::config::{Compression, Encoding};
-use super::delivery::{self, Answer, Endpoint, ErrorKind, Failed};
-use super::http::{self, AckTracker, TrackId};
+use super::delivery::{self, Answer, Endpoint, ErrorKind, Verdict};
+// How a push ended: `Dropped` when Loki stored some entries and refused
+// others (counted), or refused the whole push with a 4xx (counted).
+use super::http::RequestOutcome as PushOutcome;
+use super::http::{self, sleep_until, AckTracker, TrackId};
 use super::{SinkComponent, SinkCx, SinkError, SinkErrorKind};
 use crate::buffer::{QueueItem, QueueReceiver};
-use crate::event::{AckOutcome, FieldPath};
+use crate::event::{EventKind, FieldPath};
 use crate::pipeline::Task;
 use crate::telemetry::{counter_vec, metrics};
 
@@ -68,6 +71,11 @@ impl SinkComponent for LokiConfig {
         out.extend(self.metadata_fields().into_iter().map(|(_, p)| p));
         out.extend(self.timestamp_path());
         out
+    }
+
+    /// Loki stores log lines only.
+    fn accepts(&self, kind: EventKind) -> bool {
+        kind == EventKind::Log
     }
 
     /// Prepares the client, checks Loki (`GET /ready`) and starts the sink.
@@ -117,25 +125,7 @@ impl Shared {
         if compression == Compression::Gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
-        if let Some(t) = &cfg.tenant_id {
-            let v = HeaderValue::from_str(t).map_err(|_| "tenant_id is not a valid header value".to_owned())?;
-            headers.insert("X-Scope-OrgID", v);
-        }
-        if let Some(a) = &cfg.auth {
-            let value = match (&a.user, &a.password_file, &a.bearer_token_file) {
-                (Some(user), Some(pw), _) => {
-                    use base64::Engine;
-                    let password = http::read_secret_file(pw, "auth.password_file")?;
-                    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-                    format!("Basic {token}")
-                }
-                (_, _, Some(f)) => format!("Bearer {}", http::read_secret_file(f, "auth.bearer_token_file")?),
-                _ => return Err("auth: set user and password_file, or bearer_token_file".into()),
-            };
-            let mut v = HeaderValue::from_str(&value).map_err(|_| "auth: the credentials are not a valid header value".to_owned())?;
-            v.set_sensitive(true);
-            headers.insert(AUTHORIZATION, v);
-        }
+        http::add_target_headers(&mut headers, cfg.tenant_id.as_deref(), cfg.auth.as_ref())?;
         let m = metrics();
         let name: &str = &cx.name;
         Ok(Shared {
@@ -185,17 +175,6 @@ impl Shared {
             )),
         }
     }
-}
-
-/// How a push ended.
-enum PushOutcome {
-    /// Loki stored every entry.
-    Delivered,
-    /// Loki stored some entries and refused others (counted), or refused
-    /// the whole push with a 4xx (counted): not retried.
-    Dropped,
-    /// The sink cannot work (credentials, address): stop.
-    Fatal(String),
 }
 
 struct PushResult {
@@ -280,26 +259,7 @@ impl LokiSink {
 
     /// Acknowledges the batches of a finished push.
     fn finish(&mut self, res: PushResult) -> Result<(), SinkError> {
-        let outcome = match &res.outcome {
-            PushOutcome::Delivered => AckOutcome::Delivered,
-            PushOutcome::Dropped => AckOutcome::Dropped,
-            PushOutcome::Fatal(_) => AckOutcome::Abandoned,
-        };
-        for id in &res.parts {
-            self.tracker.part_done(*id, outcome);
-        }
-        if let PushOutcome::Fatal(message) = res.outcome {
-            self.tracker.abandon_all();
-            return Err(SinkError::new(&self.shared.name, SinkErrorKind::Refused(message)));
-        }
-        Ok(())
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
+        self.tracker.request_done(&self.shared.name, &res.parts, res.outcome)
     }
 }
 
@@ -373,21 +333,11 @@ async fn deliver(shared: &Shared, body: Bytes, events: u64, bytes: u64) -> PushO
 
 /// What Loki's answer to a push means.
 async fn judge(shared: &Shared, resp: reqwest::Response, events: u64, bytes: u64) -> Answer<PushOutcome> {
-    let status = resp.status();
-    if status.is_success() {
-        return Answer::Accepted(PushOutcome::Delivered);
+    match delivery::classify(resp).await {
+        Verdict::Success => Answer::Accepted(PushOutcome::Delivered),
+        Verdict::Retry(failed) => Answer::Retry(failed),
+        Verdict::Final(status, text) => refused(shared, status, &text, events, bytes),
     }
-    let retry_after = delivery::retry_after(resp.headers());
-    let text = resp.text().await.unwrap_or_default();
-    let kind = ErrorKind::of_status(status);
-    if kind.is_retryable() {
-        return Answer::Retry(Failed {
-            kind,
-            detail: format!("{status}: {}", http::excerpt(text.trim())),
-            retry_after,
-        });
-    }
-    refused(shared, status, &text, events, bytes)
 }
 
 /// A final 4xx: a partial rejection is counted per entry, a whole refusal

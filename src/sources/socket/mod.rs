@@ -286,9 +286,25 @@ impl SourceComponent for SocketConfig {
     /// Binds the socket (so a bad address fails at start-up) and starts
     /// the source.
     fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
+        self.start(cx, None)
+    }
+}
+
+/// Takes a socket's framed messages instead of the decoder: a source built
+/// on this receive code (statsd) reads them itself. Called on the socket's
+/// task for every burst or connection read; it must not block for long.
+pub(crate) trait FrameConsumer: Send + Sync {
+    /// Handles the messages of one read; `ctx` names the sender.
+    fn consume(&self, lines: &Lines, ctx: &SourceContext);
+}
+
+impl SocketConfig {
+    /// Binds the socket and starts receiving; with `frames` the framed
+    /// messages go there instead of to the pipeline's decode.
+    pub(crate) fn start(&self, cx: SourceCx, frames: Option<Arc<dyn FrameConsumer>>) -> Result<Task<SourceError>, SourceError> {
         let name = cx.name.clone();
         let fatal = move |e: SocketError| SourceError::new(&name, e);
-        let reader = Arc::new(Reader::new(self, &cx));
+        let reader = Arc::new(Reader::new(self, &cx, frames));
         match self.mode {
             SocketMode::Tcp => {
                 let addr = self.address.ok_or_else(|| fatal(SocketError::Missing("address")))?;
@@ -336,9 +352,7 @@ impl SourceComponent for SocketConfig {
             }
         }
     }
-}
 
-impl SocketConfig {
     fn file_settings(&self) -> unix::FileSettings {
         unix::FileSettings {
             permissions: self.permissions.unwrap_or(DEFAULT_PERMISSIONS),
@@ -399,10 +413,12 @@ pub(crate) struct Reader {
     max_frame: usize,
     oversize: OverflowPolicy,
     idle_timeout: Option<Duration>,
+    /// Set when another source takes the framed messages.
+    frames: Option<Arc<dyn FrameConsumer>>,
 }
 
 impl Reader {
-    fn new(cfg: &SocketConfig, cx: &SourceCx) -> Reader {
+    fn new(cfg: &SocketConfig, cx: &SourceCx, frames: Option<Arc<dyn FrameConsumer>>) -> Reader {
         Reader {
             name: cx.name.clone(),
             output: cx.output.clone(),
@@ -411,6 +427,7 @@ impl Reader {
             max_frame: cfg.max_frame_bytes.0 as usize,
             oversize: cfg.oversize,
             idle_timeout: (!cfg.idle_timeout.is_zero()).then_some(cfg.idle_timeout),
+            frames,
         }
     }
 
@@ -421,6 +438,11 @@ impl Reader {
     /// Decodes framed messages (JSON lines or syslog) and queues them;
     /// waits while the pipeline is full.
     pub(crate) async fn send(&self, lines: Lines, ctx: &Arc<SourceContext>) -> Result<(), PipelineClosed> {
+        if let Some(frames) = &self.frames {
+            frames.consume(&lines, ctx);
+            crate::framing::recycle(lines.chunk);
+            return Ok(());
+        }
         match self.format {
             SocketFormat::Json => self.output.send_lines(lines, ctx.clone(), None).await,
             SocketFormat::Syslog => {

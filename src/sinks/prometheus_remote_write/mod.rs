@@ -1,0 +1,391 @@
+//! `type = "prometheus_remote_write"`: sends metric samples to Prometheus,
+//! Mimir, Thanos, VictoriaMetrics or Cortex with remote write 1.0
+//! (protobuf, snappy).
+//!
+//! Each metric batch's samples ([`crate::metrics::sample`]) become series
+//! ([`encode`]) with the external labels and the batch's metadata labels
+//! added. A request leaves at `batch.max_samples` samples, or
+//! `batch.timeout` after its first one.
+//!
+//! Delivery, as the remote write spec asks: 5xx, 429 and connection errors
+//! are retried with backoff (through the shared [`Endpoint`]) until they
+//! succeed; other 4xx are not retried and their samples are counted as
+//! dropped; 401, 403 and 404 stop the sink (credentials or address). A
+//! source batch is acknowledged once every request carrying its samples is
+//! done.
+
+mod config;
+pub mod encode;
+
+pub use config::RemoteWriteConfig;
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::task::JoinSet;
+
+use self::encode::{label_name, SeriesBuilder, TimeSeries, WriteRequest};
+use super::delivery::{self, Answer, Endpoint, ErrorKind, Verdict};
+use super::http::RequestOutcome as Outcome;
+use super::http::{self, sleep_until, AckTracker, TrackId};
+use super::{SinkComponent, SinkCx, SinkError, SinkErrorKind};
+use crate::buffer::{QueueItem, QueueReceiver};
+use crate::event::{AckOutcome, Batch, EventKind};
+use crate::metrics::Sample;
+use crate::pipeline::Task;
+use crate::telemetry::metrics;
+
+impl SinkComponent for RemoteWriteConfig {
+    /// Metric samples only.
+    fn accepts(&self, kind: EventKind) -> bool {
+        kind == EventKind::Metric
+    }
+
+    /// Prepares the client and starts the sink.
+    async fn build(&self, cx: SinkCx, input: QueueReceiver) -> Result<Task<SinkError>, SinkError> {
+        let shared = Arc::new(Shared::new(self, &cx).map_err(|e| SinkError::new(&cx.name, SinkErrorKind::Setup(e)))?);
+        let sink = RemoteWriteSink {
+            shared,
+            config: self.clone(),
+            tracker: AckTracker::default(),
+            pending: Pending::default(),
+        };
+        Ok(Box::pin(sink.run(input)))
+    }
+}
+
+/// What request tasks share.
+struct Shared {
+    name: Arc<str>,
+    client: reqwest::Client,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    endpoint: Endpoint,
+    samples: prometheus::IntCounter,
+    bytes: prometheus::IntCounter,
+    rejected: prometheus::IntCounter,
+    invalid: prometheus::IntCounter,
+}
+
+impl Shared {
+    fn new(cfg: &RemoteWriteConfig, cx: &SinkCx) -> Result<Shared, String> {
+        let url = reqwest::Url::parse(&cfg.endpoint).map_err(|e| format!("endpoint: invalid URL: {e}"))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("snappy"));
+        headers.insert("X-Prometheus-Remote-Write-Version", HeaderValue::from_static("0.1.0"));
+        http::add_target_headers(&mut headers, cfg.tenant_id.as_deref(), cfg.auth.as_ref())?;
+        let m = metrics();
+        let name: &str = &cx.name;
+        Ok(Shared {
+            name: cx.name.clone(),
+            client: http::client(cfg.request.timeout)?,
+            url,
+            headers,
+            endpoint: Endpoint::new(cx.name.clone(), "remote write", cfg.retry.clone(), cx.health.clone()),
+            samples: m.sink_events.with_label_values(&[name]),
+            bytes: m.sink_bytes.with_label_values(&[name]),
+            rejected: m.events_dropped.with_label_values(&[name, "rejected"]),
+            invalid: m.events_dropped.with_label_values(&[name, "not_a_metric"]),
+        })
+    }
+}
+
+/// The request being filled.
+#[derive(Default)]
+struct Pending {
+    series: Vec<TimeSeries>,
+    samples: usize,
+    parts: Vec<TrackId>,
+    opened: Option<Instant>,
+}
+
+/// A request ready to send.
+struct Request {
+    series: Vec<TimeSeries>,
+    samples: usize,
+    parts: Vec<TrackId>,
+}
+
+/// The sink's state, owned by its task.
+struct RemoteWriteSink {
+    shared: Arc<Shared>,
+    config: RemoteWriteConfig,
+    tracker: AckTracker,
+    pending: Pending,
+}
+
+impl RemoteWriteSink {
+    async fn run(mut self, mut input: QueueReceiver) -> Result<(), SinkError> {
+        let mut inflight: JoinSet<(Vec<TrackId>, Outcome)> = JoinSet::new();
+        let mut sealed: std::collections::VecDeque<Request> = std::collections::VecDeque::new();
+        let mut input_open = true;
+        let timeout = self.config.batch.timeout;
+        loop {
+            while inflight.len() < self.config.request.concurrency {
+                let Some(r) = sealed.pop_front() else { break };
+                inflight.spawn(send(self.shared.clone(), r));
+            }
+            if !input_open && sealed.is_empty() && inflight.is_empty() {
+                return Ok(());
+            }
+            let deadline = self.pending.opened.map(|t| tokio::time::Instant::from_std(t + timeout));
+            // A request waiting for a slot stops intake: the queue fills and
+            // backpressure reaches the sources.
+            let accepting = input_open && sealed.is_empty();
+            tokio::select! {
+                Some(res) = inflight.join_next(), if !inflight.is_empty() => {
+                    let (parts, outcome) = res.unwrap_or_else(|e| (Vec::new(), Outcome::Fatal(format!("request task failed: {e}"))));
+                    self.finish(parts, outcome)?;
+                }
+                item = input.recv(), if accepting => match item {
+                    Some(item) => self.add(item, &mut sealed),
+                    None => {
+                        input_open = false;
+                        sealed.extend(self.seal());
+                    }
+                },
+                _ = sleep_until(deadline), if deadline.is_some() => sealed.extend(self.seal()),
+            }
+        }
+    }
+
+    /// Adds a batch's samples to the pending request; requests that fill
+    /// go to `sealed`. The queue item (and its budget) is held until every
+    /// request carrying its samples is done.
+    fn add(&mut self, item: QueueItem, sealed: &mut std::collections::VecDeque<Request>) {
+        let batch = item.batch.clone();
+        let id = self.tracker.track(item, true);
+        if batch.kind() != EventKind::Metric {
+            // Validation keeps logs away; a log batch that arrives anyway
+            // (through a reload race) is counted, not sent.
+            self.shared.invalid.inc_by(batch.len() as u64);
+            self.tracker.add_part(id);
+            self.tracker.part_done(id, AckOutcome::Dropped);
+            self.tracker.seal(id);
+            return;
+        }
+        let builder = SeriesBuilder {
+            extra: self.extra_labels(&batch),
+        };
+        let mut in_pending = false;
+        let mut invalid = 0u64;
+        for event in batch.events() {
+            let sample = match Sample::parse(event) {
+                Ok(s) => s,
+                Err(_) => {
+                    invalid += 1;
+                    continue;
+                }
+            };
+            if !in_pending {
+                self.tracker.add_part(id);
+                self.pending.parts.push(id);
+                self.pending.opened.get_or_insert_with(Instant::now);
+                in_pending = true;
+            }
+            self.pending.samples += builder.add(&sample, &mut self.pending.series);
+            if self.pending.samples >= self.config.batch.max_samples {
+                sealed.extend(self.seal());
+                in_pending = false;
+            }
+        }
+        if invalid > 0 {
+            self.shared.invalid.inc_by(invalid);
+            self.tracker.add_part(id);
+            self.tracker.part_done(id, AckOutcome::Dropped);
+        }
+        self.tracker.seal(id);
+    }
+
+    /// External labels, overridden by the batch's metadata labels.
+    fn extra_labels(&self, batch: &Batch) -> std::collections::BTreeMap<String, String> {
+        let mut extra: std::collections::BTreeMap<String, String> = self
+            .config
+            .external_labels
+            .iter()
+            .map(|(k, v)| (label_name(k), v.clone()))
+            .collect();
+        for (label, path) in &self.config.metadata_labels {
+            let value = match batch.source.meta_value(path) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Number(n)) => n.to_string(),
+                Some(serde_json::Value::Bool(b)) => b.to_string(),
+                _ => continue,
+            };
+            extra.insert(label_name(label), value);
+        }
+        extra
+    }
+
+    /// Closes the pending request, if it holds anything.
+    fn seal(&mut self) -> Option<Request> {
+        let p = std::mem::take(&mut self.pending);
+        (!p.parts.is_empty()).then_some(Request {
+            series: p.series,
+            samples: p.samples,
+            parts: p.parts,
+        })
+    }
+
+    /// Acknowledges the batches of a finished request.
+    fn finish(&mut self, parts: Vec<TrackId>, outcome: Outcome) -> Result<(), SinkError> {
+        self.tracker.request_done(&self.shared.name, &parts, outcome)
+    }
+}
+
+/// Encodes and sends one request until the endpoint answers something
+/// final.
+async fn send(shared: Arc<Shared>, r: Request) -> (Vec<TrackId>, Outcome) {
+    let Request { series, samples, parts } = r;
+    let body = match encode::encode(&WriteRequest { timeseries: series }) {
+        Ok(b) => Bytes::from(b),
+        Err(e) => return (parts, Outcome::Fatal(format!("cannot compress a request: {e}"))),
+    };
+    let len = body.len() as u64;
+    let outcome = shared
+        .endpoint
+        .send(
+            || {
+                shared
+                    .client
+                    .post(shared.url.clone())
+                    .headers(shared.headers.clone())
+                    .body(body.clone())
+            },
+            |resp| judge(&shared, resp, samples as u64),
+        )
+        .await;
+    if let Outcome::Delivered = outcome {
+        shared.samples.inc_by(samples as u64);
+        shared.bytes.inc_by(len);
+    }
+    (parts, outcome)
+}
+
+/// What the endpoint's answer means.
+async fn judge(shared: &Shared, resp: reqwest::Response, samples: u64) -> Answer<Outcome> {
+    let (status, text) = match delivery::classify(resp).await {
+        Verdict::Success => return Answer::Accepted(Outcome::Delivered),
+        Verdict::Retry(failed) => return Answer::Retry(failed),
+        Verdict::Final(status, text) => (status, text),
+    };
+    if delivery::is_misconfiguration(status) {
+        return Answer::Refused(
+            ErrorKind::Client,
+            Outcome::Fatal(format!(
+                "{} answered {status} to remote write: {} (check endpoint, tenant_id and auth)",
+                shared.url,
+                http::excerpt(text.trim())
+            )),
+        );
+    }
+    shared.rejected.inc_by(samples);
+    tracing::warn!(sink = %shared.name, status = %status, samples, answer = %http::excerpt(text.trim()),
+        "remote write refused a request; its samples are counted in sluice_events_dropped_total and not retried");
+    Answer::Refused(ErrorKind::Client, Outcome::Dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A loopback HTTP server answering requests with `statuses` in turn
+    /// (the last one from then on); returns its URL and the request count.
+    async fn scripted_server(statuses: Vec<u16>) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api/v1/write", listener.local_addr().unwrap());
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (statuses, count) = (statuses.clone(), count.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    loop {
+                        // One request: its head, then Content-Length bytes.
+                        let head_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            match conn.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < head_end + len {
+                            match conn.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..head_end + len);
+                        let i = count.fetch_add(1, Ordering::SeqCst);
+                        let status = statuses[i.min(statuses.len() - 1)];
+                        let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                        if conn.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    async fn deliver_once(statuses: Vec<u16>) -> (Outcome, usize) {
+        let (url, seen) = scripted_server(statuses).await;
+        let cfg: RemoteWriteConfig = serde_json::from_value(serde_json::json!({
+            "endpoint": url,
+            "retry": {"initial_backoff": "10ms", "max_backoff": "20ms"},
+        }))
+        .unwrap();
+        let cx = SinkCx {
+            name: "rw".into(),
+            fields: Arc::new(crate::event::FieldSet::new()),
+            health: Arc::new(crate::telemetry::Health::default()),
+            data_dir: None,
+        };
+        let shared = Arc::new(Shared::new(&cfg, &cx).unwrap());
+        let request = Request {
+            series: vec![TimeSeries {
+                labels: vec![encode::Label {
+                    name: "__name__".into(),
+                    value: "x".into(),
+                }],
+                samples: vec![encode::PromSample { value: 1.0, timestamp: 1 }],
+            }],
+            samples: 1,
+            parts: Vec::new(),
+        };
+        let (_, outcome) = send(shared, request).await;
+        (outcome, seen.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn server_errors_and_429_are_retried_until_accepted() {
+        let (outcome, requests) = deliver_once(vec![503, 429, 500, 204]).await;
+        assert!(matches!(outcome, Outcome::Delivered));
+        assert_eq!(requests, 4);
+    }
+
+    #[tokio::test]
+    async fn other_client_errors_are_not_retried() {
+        let (outcome, requests) = deliver_once(vec![400, 204]).await;
+        assert!(matches!(outcome, Outcome::Dropped));
+        assert_eq!(requests, 1, "a 400 is final");
+        let (outcome, requests) = deliver_once(vec![401, 204]).await;
+        assert!(matches!(outcome, Outcome::Fatal(_)), "refused credentials stop the sink");
+        assert_eq!(requests, 1);
+    }
+}

@@ -19,6 +19,7 @@ pub mod enrich;
 pub mod event;
 pub mod framing;
 pub(crate) mod json_text;
+pub mod multiline;
 pub mod pipeline;
 pub(crate) mod recycle;
 pub mod sinks;

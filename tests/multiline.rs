@@ -370,3 +370,109 @@ fn kill_9_inside_a_group_then_restart_delivers_the_group_whole() {
         "lines before the group arrive at least once"
     );
 }
+
+/// A config with one source table `source` into stdout.
+fn stream_config(source: &str) -> String {
+    format!(
+        r#"shutdown_timeout = "20s"
+[api]
+enabled = false
+[enrich]
+disable_host = true
+[sources.app]
+{source}
+[sinks.out]
+type = "stdout"
+"#
+    )
+}
+
+fn messages(events: &[serde_json::Value]) -> Vec<String> {
+    events.iter().map(|e| e["message"].as_str().unwrap_or("").to_owned()).collect()
+}
+
+#[test]
+fn stdin_group_leaves_after_its_timeout_while_stdin_stays_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = python_trace(dir.path());
+    let cfg = stream_config("type = \"stdin\"\nmultiline = { preset = \"python\", timeout = \"300ms\" }");
+    let mut s = Sluice::builder().config(&cfg).stdin_piped().start();
+    s.write(format!("before\n{trace}\n"));
+    // No more input and stdin open: the timeout sends the traceback.
+    let events = s.events(2, Duration::from_secs(10));
+    assert_eq!(messages(&events), vec!["before".to_string(), trace.clone()]);
+    s.write("after\n");
+    s.close_stdin();
+    let rest = s.remaining_events(Duration::from_millis(1500));
+    assert_eq!(messages(&rest), vec!["after"]);
+}
+
+#[test]
+fn process_source_groups_each_output_stream_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    // Prints on stdout and stderr, then fails with a chained traceback.
+    let script = dir.path().join("both.py");
+    std::fs::write(
+        &script,
+        r#"import sys
+print("out 1", flush=True)
+sys.stderr.write("err before\n"); sys.stderr.flush()
+print("out 2", flush=True)
+def inner():
+    raise KeyError("k")
+try:
+    inner()
+except KeyError as e:
+    raise ValueError("outer") from e
+"#,
+    )
+    .unwrap();
+    let run = stderr_of(Command::new("python3").arg(&script));
+    let trace = run.strip_prefix("err before\n").expect("the script's first stderr line").to_owned();
+    assert!(trace.starts_with("Traceback") && trace.ends_with("ValueError: outer"), "{trace}");
+    let cfg = stream_config(&format!(
+        "type = \"process\"\ncommand = [\"python3\", {:?}]\nmultiline = \"auto\"",
+        script.display().to_string()
+    ));
+    let s = Sluice::start(&cfg);
+    let got = messages(&parse(&s.wait_for(4, T)));
+    assert_eq!(
+        got.iter().filter(|m| **m == trace).count(),
+        1,
+        "one traceback event, byte-exact: {got:?}"
+    );
+    for plain in ["out 1", "out 2", "err before"] {
+        assert_eq!(got.iter().filter(|m| *m == plain).count(), 1, "{plain}: {got:?}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(s.count(), 4, "no other event");
+}
+
+#[test]
+fn tcp_connection_lines_are_grouped_per_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = java_trace(dir.path(), 10);
+    let cfg = stream_config("type = \"socket\"\nmode = \"tcp\"\naddress = \"127.0.0.1:0\"\nmultiline = \"java\"");
+    let s = Sluice::builder().config(&cfg).start();
+    let addr = s.logged_address("listening on TCP", Some("app"), T);
+    let mut a = std::net::TcpStream::connect(&addr).unwrap();
+    let mut b = std::net::TcpStream::connect(&addr).unwrap();
+    use std::io::Write;
+    // Two connections interleave; each keeps its own group.
+    let lines: Vec<&str> = trace.lines().collect();
+    for (i, l) in lines.iter().enumerate() {
+        a.write_all(format!("{l}\n").as_bytes()).unwrap();
+        b.write_all(format!("other {i}\n").as_bytes()).unwrap();
+        a.flush().unwrap();
+    }
+    a.write_all(b"{\"level\":\"info\"}\n").unwrap();
+    drop(a);
+    drop(b);
+    let events = parse(&s.wait_for(lines.len() + 2, T));
+    let got = messages(&events);
+    assert_eq!(got.iter().filter(|m| **m == trace).count(), 1, "{got:?}");
+    assert!(events.iter().any(|e| e["level"] == "info"), "a JSON line is its own event");
+    for i in 0..lines.len() {
+        assert_eq!(got.iter().filter(|m| **m == format!("other {i}")).count(), 1);
+    }
+}

@@ -7,6 +7,8 @@ mod presets;
 mod rules;
 pub(crate) mod stage;
 
+#[cfg(feature = "fuzzing")]
+use config::Mode;
 pub(crate) use config::MultilineConfig;
 pub(crate) use stage::Multiline;
 
@@ -106,4 +108,91 @@ pub(crate) fn decode_of(batch: CriBatch, ctx: &Arc<SourceContext>) -> (usize, De
         crate::framing::recycle(batch.chunk);
     });
     (hint, decode)
+}
+
+/// Fuzzing entry (feature `fuzzing`): rules chosen by the first byte, the
+/// rest framed into lines and handed over in pieces, with timeouts now and
+/// then and the end of the stream last. Checks that lines leave in order,
+/// none lost, none duplicated (joined by `\n`), within the bounds, and
+/// that nothing stays open; returns the regrouped batches for decoding.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_multiline(data: &[u8]) -> Vec<CriBatch> {
+    use crate::framing::{LineFramer, OverflowPolicy};
+    let (&choice, rest) = data.split_first().unwrap_or((&0, &[]));
+    let (&piece, rest) = rest.split_first().unwrap_or((&1, &[]));
+    let max_lines = 2 + usize::from(choice >> 4);
+    let custom = |start: &str, condition: Option<&str>, mode: Mode| config::MultilineTable {
+        start: Some(start.to_owned()),
+        condition: condition.map(str::to_owned),
+        mode: Some(mode),
+        ..config::MultilineTable::default()
+    };
+    let mut table = match choice % 10 {
+        0 => MultilineConfig::preset("auto").0,
+        1 => MultilineConfig::preset("java").0,
+        2 => MultilineConfig::preset("python").0,
+        3 => MultilineConfig::preset("go").0,
+        4 => MultilineConfig::preset("node").0,
+        5 => custom(r"^\S", Some(r"^\s"), Mode::ContinueThrough),
+        6 => custom(r"\\$", Some(r"\\$"), Mode::ContinuePast),
+        7 => custom("^B", Some("^B"), Mode::HaltBefore),
+        8 => custom("^B", Some("^E"), Mode::HaltWith),
+        _ => custom(r"^\d", None, Mode::ContinueUntilStart),
+    };
+    table.max_lines = max_lines;
+    table.max_bytes = crate::config::ByteSize(64 + u64::from(piece) * 4);
+    let compiled = match MultilineConfig(table).compile() {
+        Ok(c) => c,
+        Err(p) => panic!("fuzz rules do not compile: {p:?}"),
+    };
+    let max_bytes = compiled.max_bytes;
+    let mut stage = Multiline::new(compiled);
+    let mut framer = LineFramer::with_read_chunk(1 << 16, OverflowPolicy::Truncate, usize::from(piece).max(1));
+    let mut input: Vec<Vec<u8>> = Vec::new();
+    let mut out = Vec::new();
+    let start = Instant::now();
+    let mut tick = 0u64;
+    let mut take = |stage: &mut Multiline, lines: crate::framing::Lines, input: &mut Vec<Vec<u8>>, out: &mut Vec<CriBatch>| {
+        for i in 0..lines.len() {
+            input.push(lines.line(i).to_vec());
+        }
+        tick += 1;
+        let now = start + Duration::from_millis(tick * 300);
+        out.push(stage.regroup(Multiline::records_of(&lines, 0), now));
+        if tick % 3 == 0 {
+            out.extend(stage.take_expired(now + Duration::from_secs(2), false));
+        }
+    };
+    for p in rest.chunks(usize::from(piece).max(1)) {
+        framer.extend(p);
+        while let Some(lines) = framer.take_lines() {
+            take(&mut stage, lines, &mut input, &mut out);
+        }
+    }
+    while let Some(lines) = framer.finish() {
+        take(&mut stage, lines, &mut input, &mut out);
+    }
+    out.extend(stage.take_expired(Instant::now(), true));
+    assert!(
+        !stage.is_open() && stage.pending_start().is_none(),
+        "a group stayed open at the end"
+    );
+    let mut got: Vec<u8> = Vec::new();
+    for b in &out {
+        for r in &b.records {
+            let payload = r.payload.get(&b.chunk, &b.merged);
+            let lines = payload.iter().filter(|&&c| c == b'\n').count() + 1;
+            assert!(lines <= max_lines, "a group of {lines} lines past max_lines {max_lines}");
+            assert!(
+                lines == 1 || payload.len() <= max_bytes,
+                "a group of {} bytes past max_bytes {max_bytes}",
+                payload.len()
+            );
+            got.extend_from_slice(payload);
+            got.push(b'\n');
+        }
+    }
+    let want: Vec<u8> = input.iter().flat_map(|l| l.iter().copied().chain(std::iter::once(b'\n'))).collect();
+    assert!(got == want, "lines lost, duplicated or reordered");
+    out
 }

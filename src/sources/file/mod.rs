@@ -802,3 +802,54 @@ fn is_shadow(c: &Candidate, reg: &Registry) -> bool {
 pub fn checkpoint_path(data_dir: &Path, source: &str) -> PathBuf {
     data_dir.join("file").join(source).join(checkpoint::CHECKPOINT_FILE)
 }
+
+#[cfg(test)]
+mod multiline_tests {
+    use super::*;
+
+    fn factory(cache: Arc<PodCache>, source_setting: Option<&str>) -> ContextFactory {
+        ContextFactory {
+            source: "files".into(),
+            base: Map::new(),
+            kube: Some(KubernetesConfig::default()),
+            cache: Some(cache),
+            multiline: source_setting.map(|p| crate::multiline::MultilineConfig::preset(p).compile().unwrap()),
+        }
+    }
+
+    fn pod(annotation: Option<&str>) -> kubernetes::PodInfo {
+        let mut annotations = Map::new();
+        if let Some(a) = annotation {
+            annotations.insert(MULTILINE_ANNOTATION.into(), Value::from(a));
+        }
+        kubernetes::PodInfo {
+            namespace: "ns".into(),
+            name: "web".into(),
+            uid: "uid-1".into(),
+            labels: Map::new(),
+            annotations,
+            owner: None,
+            images: Vec::new(),
+            node: None,
+        }
+    }
+
+    #[test]
+    fn pod_annotation_picks_the_multiline_preset_of_its_containers() {
+        let path = Path::new("/var/log/pods/ns_web_uid-1/app/0.log");
+        let cache = Arc::new(PodCache::default());
+        let f = factory(cache.clone(), None);
+        assert!(f.multiline(path).0.is_none(), "no setting, no annotation: no multiline");
+        cache.upsert(pod(Some("java")));
+        let (rules, choice) = f.multiline(path);
+        assert!(rules.is_some());
+        assert_eq!(choice.as_deref(), Some("java"));
+        // Another pod's files keep the source's setting.
+        assert!(f.multiline(Path::new("/var/log/pods/ns_other_uid-2/app/0.log")).0.is_none());
+        // An unknown preset falls back to the source's setting.
+        cache.upsert(pod(Some("cobol")));
+        let f = factory(cache.clone(), Some("python"));
+        let (rules, choice) = f.multiline(path);
+        assert!(rules.is_some() && choice.is_none());
+    }
+}

@@ -476,3 +476,44 @@ fn tcp_connection_lines_are_grouped_per_connection() {
         assert_eq!(got.iter().filter(|m| **m == format!("other {i}")).count(), 1);
     }
 }
+
+#[test]
+fn docker_json_file_trace_arrives_as_one_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = node_trace(dir.path());
+    let logs = dir.path().join("containers");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut text = String::new();
+    let wrap = |log: &str, stream: &str, n: usize| {
+        serde_json::json!({"log": format!("{log}\n"), "stream": stream, "time": format!("2024-05-01T10:00:00.{n:09}Z")}).to_string() + "\n"
+    };
+    text.push_str(&wrap("before", "stderr", 0));
+    for (i, l) in trace.lines().enumerate() {
+        text.push_str(&wrap(l, "stderr", 2 * i + 1));
+        text.push_str(&wrap(&format!("out {i}"), "stdout", 2 * i + 2));
+    }
+    text.push_str(&wrap("after", "stderr", 9999));
+    std::fs::write(logs.join("app.log"), text).unwrap();
+    let cfg = config(
+        &dir.path().join("data"),
+        &[format!("{}/*.log", logs.display())],
+        "format = \"docker\"\nmultiline = \"node\"",
+    );
+    let s = Sluice::start(&cfg);
+    let n = trace.lines().count();
+    let events = parse(&s.wait_for(n + 3, T));
+    let got = counted(&events);
+    assert_eq!(
+        got.get(&("stderr".to_owned(), trace.clone())),
+        Some(&1),
+        "{:?}",
+        got.keys().collect::<Vec<_>>()
+    );
+    let t = events.iter().find(|e| e["message"] == trace.as_str()).unwrap();
+    assert_eq!(t["time"], "2024-05-01T10:00:00.000000001Z");
+    for i in 0..n {
+        assert_eq!(got.get(&("stdout".to_owned(), format!("out {i}"))), Some(&1));
+    }
+    assert_eq!(got.get(&("stderr".to_owned(), "before".to_owned())), Some(&1));
+    assert_eq!(got.get(&("stderr".to_owned(), "after".to_owned())), Some(&1));
+}

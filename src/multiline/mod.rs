@@ -2,6 +2,7 @@
 //! per stream, before decode wraps each line. See docs/multiline.md.
 
 pub(crate) mod config;
+mod docker;
 pub(crate) mod metrics;
 mod presets;
 mod rules;
@@ -10,6 +11,7 @@ pub(crate) mod stage;
 #[cfg(feature = "fuzzing")]
 use config::Mode;
 pub(crate) use config::MultilineConfig;
+pub(crate) use docker::docker_records;
 pub(crate) use stage::Multiline;
 
 use std::sync::Arc;

@@ -514,7 +514,17 @@ impl Reader {
                 self.cx
                     .send_decoded(ctx.clone(), ack, hint, move |d, o| batch.decode(d, &ctx.fragment, o))
             }
-            (Unwrap::Docker(r), _) => {
+            (Unwrap::Docker(r), Some(ml)) => {
+                let batch = multiline::docker_records(r.unwrap(&lines, chunk_offset, now), chunk_offset);
+                ckpt = r.pending_start().map_or(ckpt, |p| p.min(ckpt));
+                let batch = ml.regroup(batch, now);
+                ckpt = ml.pending_start().map_or(ckpt, |p| p.min(ckpt));
+                multiline::metrics::record(&self.cx.source, ml.take_stats());
+                self.stats.add(r.take_stats());
+                let (hint, decode) = multiline::decode_of(batch, &ctx);
+                self.cx.send_decoded(ctx, ack, hint, decode)
+            }
+            (Unwrap::Docker(r), None) => {
                 let batch = r.unwrap(&lines, chunk_offset, now);
                 ckpt = r.pending_start().map_or(ckpt, |p| p.min(ckpt));
                 self.stats.add(r.take_stats());
@@ -557,11 +567,15 @@ impl Reader {
             Unwrap::Docker(r) => r.take_expired(now, timeout).map(|batch| {
                 self.stats.add(r.take_stats());
                 let hint = batch.wrapper_bytes() + 256;
-                (
-                    r.pending_start(),
-                    hint,
-                    Box::new(move |d: &mut Decoder, f: &Fragment, o: &mut BatchBuilder| batch.decode(d, f, o)) as ContainerDecode,
-                )
+                let decode = match &mut t.multiline {
+                    // Expired pieces are lines too: multiline sees them in order.
+                    Some(ml) => {
+                        let batch = ml.regroup(multiline::docker_records(batch, 0), now);
+                        Box::new(move |d: &mut Decoder, f: &Fragment, o: &mut BatchBuilder| batch.decode(d, f, o)) as ContainerDecode
+                    }
+                    None => Box::new(move |d: &mut Decoder, f: &Fragment, o: &mut BatchBuilder| batch.decode(d, f, o)) as ContainerDecode,
+                };
+                (r.pending_start(), hint, decode)
             }),
             _ => None,
         };

@@ -8,7 +8,7 @@ mod presets;
 mod rules;
 pub(crate) mod stage;
 
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
 use config::Mode;
 pub(crate) use config::MultilineConfig;
 pub(crate) use docker::docker_records;
@@ -119,6 +119,13 @@ pub(crate) fn decode_of(batch: CriBatch, ctx: &Arc<SourceContext>) -> (usize, De
 /// that nothing stays open; returns the regrouped batches for decoding.
 #[cfg(feature = "fuzzing")]
 pub fn fuzz_multiline(data: &[u8]) -> Vec<CriBatch> {
+    regroup_checked(data)
+}
+
+/// The body of [`fuzz_multiline`], also run by the unit tests on random
+/// input.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn regroup_checked(data: &[u8]) -> Vec<CriBatch> {
     use crate::framing::{LineFramer, OverflowPolicy};
     let (&choice, rest) = data.split_first().unwrap_or((&0, &[]));
     let (&piece, rest) = rest.split_first().unwrap_or((&1, &[]));
@@ -197,4 +204,66 @@ pub fn fuzz_multiline(data: &[u8]) -> Vec<CriBatch> {
     let want: Vec<u8> = input.iter().flat_map(|l| l.iter().copied().chain(std::iter::once(b'\n'))).collect();
     assert!(got == want, "lines lost, duplicated or reordered");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Lines made of the prefixes the rules look at, so that random input
+    /// opens, continues and cuts groups often.
+    fn line() -> impl Strategy<Value = String> {
+        let head = prop::sample::select(vec![
+            "",
+            "\tat ",
+            "    at ",
+            "Caused by: ",
+            "\tSuppressed: ",
+            "\t... 3 more",
+            "Traceback (most recent call last):",
+            "  File ",
+            "ValueError: ",
+            "During handling of the above exception",
+            "panic: ",
+            "goroutine 1 [running]:",
+            "main.main()",
+            "created by ",
+            "}",
+            "  [cause]: ",
+            "\tfrom ",
+            " ---> ",
+            "B",
+            "E",
+            "2024",
+            "{\"message\":\"x\"}",
+            "x \\",
+        ]);
+        (head, "[a-z \t{}():]{0,12}").prop_map(|(h, t)| format!("{h}{t}"))
+    }
+
+    proptest! {
+        #[test]
+        fn every_line_leaves_once_in_order_within_the_bounds(
+            rules in any::<u8>(),
+            piece in 1u8..=255,
+            lines in prop::collection::vec(line(), 0..60),
+        ) {
+            let mut data = vec![rules, piece];
+            for l in &lines {
+                data.extend_from_slice(l.as_bytes());
+                data.push(b'\n');
+            }
+            // The checks are the fuzz target's: order, no loss, no
+            // duplicate, bounds, nothing left open.
+            let batches = regroup_checked(&data);
+            let events: usize = batches.iter().map(|b| b.records.len()).sum();
+            prop_assert!(events <= lines.len().max(1));
+        }
+
+        #[test]
+        fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = regroup_checked(&data);
+        }
+    }
 }

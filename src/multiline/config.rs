@@ -50,6 +50,19 @@ pub(crate) enum Mode {
     HaltWith,
 }
 
+impl Mode {
+    /// The name in config.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Mode::ContinueUntilStart => "continue_until_start",
+            Mode::ContinueThrough => "continue_through",
+            Mode::ContinuePast => "continue_past",
+            Mode::HaltBefore => "halt_before",
+            Mode::HaltWith => "halt_with",
+        }
+    }
+}
+
 /// The table form of the setting.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -175,7 +188,7 @@ impl MultilineConfig {
                         problems.push(("start", "continue_until_start needs a start pattern".into()))
                     }
                     Mode::ContinueUntilStart => {}
-                    _ if t.condition.is_none() => problems.push(("condition", format!("mode {mode:?} needs a condition pattern"))),
+                    _ if t.condition.is_none() => problems.push(("condition", format!("mode {} needs a condition pattern", mode.name()))),
                     _ => {}
                 }
                 if t.start.is_none() && t.condition.is_none() {

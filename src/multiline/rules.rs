@@ -62,43 +62,19 @@ impl Rules {
         match self {
             Rules::Presets(p) => presets::next(*p, state, line),
             Rules::Custom(c) => {
-                let hit = |r: &Option<Regex>| r.as_ref().is_some_and(|r| r.is_match(line));
-                let v = match c.mode {
-                    Mode::ContinueUntilStart => {
-                        if hit(&c.start) {
-                            Verdict::Break
-                        } else {
-                            Verdict::Join
-                        }
-                    }
-                    Mode::ContinueThrough => {
-                        if hit(&c.condition) {
-                            Verdict::Join
-                        } else {
-                            Verdict::Break
-                        }
-                    }
-                    Mode::ContinuePast => {
-                        if hit(&c.condition) {
-                            Verdict::Join
-                        } else {
-                            Verdict::JoinLast
-                        }
-                    }
-                    Mode::HaltBefore => {
-                        if hit(&c.condition) {
-                            Verdict::Break
-                        } else {
-                            Verdict::Join
-                        }
-                    }
-                    Mode::HaltWith => {
-                        if hit(&c.condition) {
-                            Verdict::JoinLast
-                        } else {
-                            Verdict::Join
-                        }
-                    }
+                // (the pattern the mode judges by, the verdict on a match,
+                // the verdict otherwise)
+                let (pattern, matched, unmatched) = match c.mode {
+                    Mode::ContinueUntilStart => (&c.start, Verdict::Break, Verdict::Join),
+                    Mode::ContinueThrough => (&c.condition, Verdict::Join, Verdict::Break),
+                    Mode::ContinuePast => (&c.condition, Verdict::Join, Verdict::JoinLast),
+                    Mode::HaltBefore => (&c.condition, Verdict::Break, Verdict::Join),
+                    Mode::HaltWith => (&c.condition, Verdict::JoinLast, Verdict::Join),
+                };
+                let v = if pattern.as_ref().is_some_and(|r| r.is_match(line)) {
+                    matched
+                } else {
+                    unmatched
                 };
                 (v, state)
             }

@@ -108,7 +108,7 @@ pub(crate) fn next(presets: Presets, state: PresetState, line: &[u8]) -> (Verdic
     }
     let trimmed = trim_start(line);
     if trimmed.is_empty() {
-        if presets.has(Presets::PYTHON) && matches!(state.python, 2 | 3 | 4) {
+        if presets.has(Presets::PYTHON) && matches!(state.python, 2..=4) {
             maybe = true;
             new.python = if state.python == 4 { 4 } else { 3 };
         }
@@ -119,7 +119,7 @@ pub(crate) fn next(presets: Presets, state: PresetState, line: &[u8]) -> (Verdic
     } else if trimmed.len() < line.len() {
         // Indented.
         let at = trimmed.starts_with(b"at ");
-        if at && presets.has(Presets::JAVA) || at && presets.has(Presets::DOTNET) {
+        if at && (presets.has(Presets::JAVA) || presets.has(Presets::DOTNET)) {
             join = true;
         }
         if presets.has(Presets::JAVA)

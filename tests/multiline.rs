@@ -517,3 +517,24 @@ fn docker_json_file_trace_arrives_as_one_event() {
     assert_eq!(got.get(&("stderr".to_owned(), "before".to_owned())), Some(&1));
     assert_eq!(got.get(&("stderr".to_owned(), "after".to_owned())), Some(&1));
 }
+
+#[test]
+fn sluice_run_with_a_multiline_preset_sends_the_commands_traceback_as_one_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = python_trace(dir.path());
+    let script = dir.path().join("t.py");
+    let s = Sluice::builder()
+        .env("SLUICE_API_ENABLED", "false")
+        .args(["run", "--multiline", "python", "--", "python3"])
+        .arg(script.as_os_str())
+        .arg(LONG.to_string())
+        .start();
+    let status = s.wait(T);
+    assert_eq!(status.code(), Some(1), "python's exit code");
+    // What it wrote before exiting may still be in the pipe.
+    let lines = s.wait_until("the traceback", Duration::from_secs(5), |l| !l.is_empty());
+    std::thread::sleep(Duration::from_millis(200));
+    let lines = if s.count() > lines.len() { s.lines() } else { lines };
+    let got = messages(&parse(&lines));
+    assert_eq!(got, vec![trace], "the whole traceback, once, byte-exact");
+}

@@ -168,17 +168,7 @@ fn pods_from_a_real_tls_api_server_enrich_events_and_follow_the_watch() {
     append(&api_dir.join("0.log"), [cri("first")]);
     append(&other_dir.join("0.log"), [cri("other")]);
 
-    let kube = format!(
-        "[sources.files.kubernetes]\nenabled = true\napi = true\napi_url = \"https://localhost:{port}\"\n\
-         token_file = \"{}\"\nca_file = \"{}\"\nnode_name = \"node-a\"\ninitial_sync_timeout = \"10s\"",
-        token.display(),
-        ca.display()
-    );
-    let cfg = config(
-        &dir.path().join("data"),
-        &[format!("{}/pods/**/*.log", dir.path().display())],
-        &kube,
-    );
+    let cfg = api_config(dir.path(), port, &token, &ca);
     let s = Sluice::start(&cfg);
     let lines = s.wait_for(2, Duration::from_secs(30));
     let v = parse(&lines);
@@ -313,17 +303,7 @@ fn pod_annotation_picks_the_multiline_preset_for_its_containers_only() {
     append(&api_dir.join("0.log"), cri(&trace));
     append(&other_dir.join("0.log"), cri(&trace));
 
-    let kube = format!(
-        "[sources.files.kubernetes]\nenabled = true\napi = true\napi_url = \"https://localhost:{port}\"\n\
-         token_file = \"{}\"\nca_file = \"{}\"\nnode_name = \"node-a\"\ninitial_sync_timeout = \"10s\"",
-        token.display(),
-        ca.display()
-    );
-    let cfg = config(
-        &dir.path().join("data"),
-        &[format!("{}/pods/**/*.log", dir.path().display())],
-        &kube,
-    );
+    let cfg = api_config(dir.path(), port, &token, &ca);
     let s = Sluice::start(&cfg);
     // The annotated pod: the trace and `after` (sent after its timeout).
     // The other pod, without multiline: its four lines as they are.
@@ -336,4 +316,16 @@ fn pod_annotation_picks_the_multiline_preset_for_its_containers_only() {
     };
     assert_eq!(of("api-7f9"), vec![trace[..3].join("\n"), "after".to_owned()]);
     assert_eq!(of("batch-1"), trace.to_vec());
+}
+
+/// The file source config of the tests: every pod log under `dir`, with
+/// the API server on `port`.
+fn api_config(dir: &Path, port: u16, token: &Path, ca: &Path) -> String {
+    let kube = format!(
+        "[sources.files.kubernetes]\nenabled = true\napi = true\napi_url = \"https://localhost:{port}\"\n\
+         token_file = \"{}\"\nca_file = \"{}\"\nnode_name = \"node-a\"\ninitial_sync_timeout = \"10s\"",
+        token.display(),
+        ca.display()
+    );
+    config(&dir.join("data"), &[format!("{}/pods/**/*.log", dir.display())], &kube)
 }

@@ -25,6 +25,7 @@ pub(crate) mod otlp;
 #[doc(hidden)]
 pub use otlp::fuzz_logs as fuzz_otlp_logs;
 pub mod metrics;
+pub mod multiline;
 pub mod pipeline;
 pub(crate) mod recycle;
 pub mod sinks;

@@ -67,6 +67,10 @@ enum Command {
         /// `process.type` of its events (web, worker, clock).
         #[arg(long, env = "SLUICE_PROCESS_TYPE")]
         process_type: Option<String>,
+        /// Join each output stream's stack traces into one event with this
+        /// multiline preset.
+        #[arg(long, env = "SLUICE_MULTILINE", value_parser = ["auto", "java", "python", "go", "node", "ruby", "dotnet"])]
+        multiline: Option<String>,
         /// The command and its arguments, after `--`.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
         command: Vec<String>,
@@ -163,8 +167,21 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Some(Command::Run { process_type, command }) = cli.command {
-        let outcome = runtime.block_on(run_command(config, cli.config.clone(), RunCommand { command, process_type }));
+    if let Some(Command::Run {
+        process_type,
+        multiline,
+        command,
+    }) = cli.command
+    {
+        let outcome = runtime.block_on(run_command(
+            config,
+            cli.config.clone(),
+            RunCommand {
+                command,
+                process_type,
+                multiline,
+            },
+        ));
         runtime.shutdown_background();
         if let Err(e) = &outcome.pipeline {
             tracing::error!(error = %e, "the log pipeline stopped with an error");

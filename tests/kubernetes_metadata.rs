@@ -168,17 +168,7 @@ fn pods_from_a_real_tls_api_server_enrich_events_and_follow_the_watch() {
     append(&api_dir.join("0.log"), [cri("first")]);
     append(&other_dir.join("0.log"), [cri("other")]);
 
-    let kube = format!(
-        "[sources.files.kubernetes]\nenabled = true\napi = true\napi_url = \"https://localhost:{port}\"\n\
-         token_file = \"{}\"\nca_file = \"{}\"\nnode_name = \"node-a\"\ninitial_sync_timeout = \"10s\"",
-        token.display(),
-        ca.display()
-    );
-    let cfg = config(
-        &dir.path().join("data"),
-        &[format!("{}/pods/**/*.log", dir.path().display())],
-        &kube,
-    );
+    let cfg = api_config(dir.path(), port, &token, &ca);
     let s = Sluice::start(&cfg);
     let lines = s.wait_for(2, Duration::from_secs(30));
     let v = parse(&lines);
@@ -278,4 +268,64 @@ fn untrusted_api_certificate_is_refused_and_path_metadata_still_works() {
     assert!(s.logs().contains("kubernetes API"), "{}", s.logs());
     assert!(state.requests.lock().unwrap().is_empty(), "no request got past the TLS handshake");
     let _ = s.stop();
+}
+
+#[test]
+fn pod_annotation_picks_the_multiline_preset_for_its_containers_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let state = Arc::new(ApiState::default());
+    let mut annotated = pod("3.1.4");
+    annotated["metadata"]["annotations"]["sluice.dev/multiline"] = json!("java");
+    state.pods.lock().unwrap().push(annotated);
+    let ca = dir.path().join("ca.crt");
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let port = start_api(&rt, state.clone(), &ca);
+
+    let trace = [
+        "java.lang.IllegalStateException: boom",
+        "\tat A.b(A.java:1)",
+        "\tat A.main(A.java:2)",
+        "after",
+    ];
+    let cri = |lines: &[&str]| -> Vec<String> {
+        lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("2024-05-01T10:00:00.00000000{i}Z stderr F {l}"))
+            .collect()
+    };
+    let api_dir = dir.path().join("pods/shop_api-7f9_0c1d2e3f-aaaa-4bbb-8ccc-123456789abc/api");
+    let other_dir = dir.path().join("pods/shop_batch-1_99999999-0000/job");
+    std::fs::create_dir_all(&api_dir).unwrap();
+    std::fs::create_dir_all(&other_dir).unwrap();
+    append(&api_dir.join("0.log"), cri(&trace));
+    append(&other_dir.join("0.log"), cri(&trace));
+
+    let cfg = api_config(dir.path(), port, &token, &ca);
+    let s = Sluice::start(&cfg);
+    // The annotated pod: the trace and `after` (sent after its timeout).
+    // The other pod, without multiline: its four lines as they are.
+    let v = parse(&s.wait_for(6, Duration::from_secs(30)));
+    let of = |pod: &str| -> Vec<String> {
+        v.iter()
+            .filter(|e| e["kubernetes"]["pod"] == pod)
+            .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(of("api-7f9"), vec![trace[..3].join("\n"), "after".to_owned()]);
+    assert_eq!(of("batch-1"), trace.to_vec());
+}
+
+/// The file source config of the tests: every pod log under `dir`, with
+/// the API server on `port`.
+fn api_config(dir: &Path, port: u16, token: &Path, ca: &Path) -> String {
+    let kube = format!(
+        "[sources.files.kubernetes]\nenabled = true\napi = true\napi_url = \"https://localhost:{port}\"\n\
+         token_file = \"{}\"\nca_file = \"{}\"\nnode_name = \"node-a\"\ninitial_sync_timeout = \"10s\"",
+        token.display(),
+        ca.display()
+    );
+    config(&dir.join("data"), &[format!("{}/pods/**/*.log", dir.display())], &kube)
 }

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use crate::config::{ConfigError, ConfigErrors};
+use crate::multiline::MultilineConfig;
 use crate::sources::process::{CommandExit, ProcessConfig, RUN_SOURCE_NAME};
 use crate::sources::SourceConfig;
 use crate::topology::{self, Config, RunError, RunOptions, Stopped};
@@ -16,6 +17,9 @@ pub struct RunCommand {
     pub command: Vec<String>,
     /// `--process-type`.
     pub process_type: Option<String>,
+    /// `--multiline`: a preset that joins each output stream's stack
+    /// traces (see docs/multiline.md).
+    pub multiline: Option<String>,
 }
 
 /// How `sluice run` ended.
@@ -44,7 +48,8 @@ impl RunOutcome {
 /// command keeps running while sinks change.
 pub async fn run_command(config: Config, path: Option<PathBuf>, run: RunCommand) -> RunOutcome {
     let process_type = run.process_type.or_else(|| config.enrich.process_type.clone());
-    let source = ProcessConfig::new(run.command, process_type);
+    let mut source = ProcessConfig::new(run.command, process_type);
+    source.multiline = run.multiline.as_deref().map(MultilineConfig::preset);
     let exit = source.exit.clone();
     let enrich = config.enrich.clone();
     let config = with_command(config, &source);

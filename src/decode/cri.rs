@@ -99,7 +99,18 @@ pub(crate) struct Record {
     pub(crate) stream: Option<Stream>,
     /// Cut at `max_line_bytes` or at the partial-line cap.
     pub(crate) truncated: bool,
+    /// File offset where the record's first line starts (0 where unknown):
+    /// a checkpoint held before an open multiline group stays here.
+    pub(crate) offset: u64,
+    /// The payload may hold line breaks (lines joined by multiline, or
+    /// frames cut by NUL or octet counts).
+    pub(crate) breaks: bool,
+    /// A multiline group cut by this bound (`max_lines`, `max_bytes`).
+    pub(crate) cut: Option<&'static str>,
 }
+
+/// Key of the member that flags a multiline group cut by a bound.
+pub(crate) const CUT_KEY: &str = "multiline_cut";
 
 /// A chunk unwrapped into records, ready for the decode pool.
 #[derive(Debug, Clone, Default)]
@@ -128,6 +139,20 @@ impl CriBatch {
         let mut current: Option<Stream> = None;
         for r in &self.records {
             let payload = r.payload.get(&self.chunk, &self.merged);
+            if r.breaks || r.cut.is_some() {
+                // Joined by multiline: rare, off the per-line path.
+                let mut extra = Vec::with_capacity(3);
+                if let Some(stream) = r.stream {
+                    extra.push(Member::string(STREAM_KEY, stream.as_str()));
+                    let time = r.time.get(&self.chunk, &self.merged);
+                    extra.push(Member::string(TIME_KEY, std::str::from_utf8(time).unwrap_or_default()));
+                }
+                if let Some(cut) = r.cut {
+                    extra.push(Member::string(CUT_KEY, cut));
+                }
+                decoder.decode_line(payload, r.truncated, &extra, fragment, out);
+                continue;
+            }
             let Some(stream) = r.stream else {
                 decoder.decode_framed_line(payload, r.truncated, &[], fragment, out);
                 continue;
@@ -180,6 +205,9 @@ impl CriReader {
                     time: Piece::default(),
                     stream: None,
                     truncated: span.truncated,
+                    offset: chunk_offset + span.start as u64,
+                    breaks: false,
+                    cut: None,
                 });
                 continue;
             };
@@ -194,6 +222,9 @@ impl CriReader {
                     time: Piece::of_chunk(&lines.chunk, cri.time),
                     stream: Some(cri.stream),
                     truncated: span.truncated,
+                    offset: chunk_offset + span.start as u64,
+                    breaks: false,
+                    cut: None,
                 }),
                 Some(mut p) => {
                     let room = self.partials_cap().saturating_sub(p.buf.len());
@@ -214,6 +245,9 @@ impl CriReader {
                         time,
                         stream: Some(cri.stream),
                         truncated: p.overflowed || span.truncated,
+                        offset: p.start_offset,
+                        breaks: false,
+                        cut: None,
                     });
                 }
             }
@@ -242,6 +276,9 @@ impl CriReader {
                 time,
                 stream: Some(stream),
                 truncated: p.overflowed,
+                offset: p.start_offset,
+                breaks: false,
+                cut: None,
             });
         }
         Some(batch)

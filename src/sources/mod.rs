@@ -133,6 +133,22 @@ pub(crate) trait SourceComponent: Validate {
     }
 }
 
+/// Compiles a source's `multiline` setting (validated with the config, so
+/// a problem here is reported as the setting it is).
+pub(crate) fn compile_multiline(
+    m: &crate::multiline::MultilineConfig,
+    source: &str,
+) -> Result<Arc<crate::multiline::config::Compiled>, SourceError> {
+    m.compile().map_err(|problems| {
+        let message = problems
+            .into_iter()
+            .map(|(k, m)| format!("{k}: {m}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        SourceError::new(source, SourceErrorKind::Setting { key: "multiline", message })
+    })
+}
+
 /// The source registry: one line per type, `"name" => Variant(Config)`.
 /// It makes [`SourceConfig`], [`parse_config`] and the dispatch to each
 /// type's [`SourceComponent`].

@@ -19,8 +19,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::{SourceComponent, SourceCx, SourceError, SourceErrorKind};
 use crate::config::{duration, ByteSize, ConfigError, Validate};
 use crate::enrich::{ProcessInfo, SourceContext};
-use crate::framing::{LineFramer, OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
-use crate::pipeline::{ShutdownSignal, Task};
+use crate::framing::{LineFramer, Lines, OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
+use crate::multiline::{LineStage, MultilineConfig};
+use crate::pipeline::{PipelineClosed, ShutdownSignal, Task};
 
 /// Default wait, after the command exited, for its output pipes to close.
 /// A background child that inherited them may keep them open forever.
@@ -115,6 +116,10 @@ pub struct ProcessConfig {
     /// open) get SIGTERM.
     #[serde(default = "default_exit_drain", deserialize_with = "duration")]
     pub(crate) exit_drain: Duration,
+    /// Lines that belong together (stack traces) become one event, per
+    /// output stream (see docs/multiline.md).
+    #[serde(default)]
+    pub(crate) multiline: Option<MultilineConfig>,
     /// Filled in when the command has ended.
     #[serde(skip)]
     pub(crate) exit: ExitSlot,
@@ -137,6 +142,7 @@ impl ProcessConfig {
             max_line_bytes: default_max_line_bytes(),
             oversize: OverflowPolicy::Truncate,
             exit_drain: DEFAULT_EXIT_DRAIN,
+            multiline: None,
             exit: ExitSlot::default(),
         }
     }
@@ -151,6 +157,7 @@ impl Validate for ProcessConfig {
                 "needs the program to run, like [\"bin/web\", \"--port\", \"8080\"]",
             ));
         }
+        self.multiline.validate(path, errors);
     }
 }
 
@@ -302,8 +309,35 @@ async fn run_source(cfg: ProcessConfig, cx: SourceCx) -> Result<(), SourceError>
 async fn read_pipe<R: AsyncRead + Unpin>(pipe: Option<R>, ctx: Arc<SourceContext>, cfg: &ProcessConfig, cx: &SourceCx) {
     let Some(mut pipe) = pipe else { return };
     let mut framer = LineFramer::new(cfg.max_line_bytes.0 as usize, cfg.oversize);
+    let mut stage = match cfg.multiline.as_ref().map(|m| super::compile_multiline(m, &cx.name)) {
+        Some(Ok(c)) => Some(LineStage::new(&c, cx.name.clone())),
+        Some(Err(error)) => {
+            tracing::error!(source = %cx.name, %error, "multiline rules do not compile; lines are sent as they are");
+            None
+        }
+        None => None,
+    };
     loop {
-        match pipe.read_buf(framer.buf_mut()).await {
+        let read = pipe.read_buf(framer.buf_mut());
+        let wait = stage.as_ref().and_then(LineStage::next_timeout);
+        let result = match wait {
+            // An open multiline group leaves after its timeout even when
+            // the command writes nothing more (read_buf is cancel safe).
+            Some(wait) => tokio::select! {
+                r = read => Some(r),
+                _ = tokio::time::sleep(wait) => None,
+            },
+            None => Some(read.await),
+        };
+        let Some(result) = result else {
+            if let Some(s) = stage.as_mut() {
+                if s.flush(&cx.output, &ctx, false).await.is_err() {
+                    return;
+                }
+            }
+            continue;
+        };
+        match result {
             Ok(0) => break,
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -313,15 +347,26 @@ async fn read_pipe<R: AsyncRead + Unpin>(pipe: Option<R>, ctx: Arc<SourceContext
             }
         }
         while let Some(lines) = framer.take_lines() {
-            if cx.output.send_lines(lines, ctx.clone(), None).await.is_err() {
+            if send(&mut stage, lines, &ctx, cx).await.is_err() {
                 return;
             }
         }
     }
     while let Some(lines) = framer.finish() {
-        if cx.output.send_lines(lines, ctx.clone(), None).await.is_err() {
+        if send(&mut stage, lines, &ctx, cx).await.is_err() {
             return;
         }
+    }
+    if let Some(s) = stage.as_mut() {
+        let _ = s.flush(&cx.output, &ctx, true).await;
+    }
+}
+
+/// Sends lines through the multiline stage when there is one.
+async fn send(stage: &mut Option<LineStage>, lines: Lines, ctx: &Arc<SourceContext>, cx: &SourceCx) -> Result<(), PipelineClosed> {
+    match stage {
+        Some(s) => s.send(&cx.output, lines, ctx).await,
+        None => cx.output.send_lines(lines, ctx.clone(), None).await,
     }
 }
 

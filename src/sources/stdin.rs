@@ -6,7 +6,8 @@ use std::sync::Arc;
 use super::{SourceComponent, SourceCx, SourceError, SourceErrorKind};
 use crate::config::{ByteSize, ConfigError, Validate};
 use crate::enrich::{ProcessInfo, SourceContext};
-use crate::framing::{LineFramer, OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
+use crate::framing::{LineFramer, Lines, OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
+use crate::multiline::{LineStage, MultilineConfig};
 use crate::pipeline::Task;
 
 /// How often the reader looks at the shutdown flag while stdin is idle.
@@ -26,6 +27,9 @@ pub struct StdinConfig {
     /// Look up the process writing into the pipe (through `/proc`) and add
     /// its pid and command line as process metadata.
     pub(crate) detect_writer: bool,
+    /// Lines that belong together (stack traces) become one event (see
+    /// docs/multiline.md).
+    pub(crate) multiline: Option<MultilineConfig>,
 }
 
 impl Default for StdinConfig {
@@ -34,13 +38,16 @@ impl Default for StdinConfig {
             max_line_bytes: ByteSize(DEFAULT_MAX_LINE_BYTES as u64),
             oversize: OverflowPolicy::Truncate,
             detect_writer: true,
+            multiline: None,
         }
     }
 }
 
 /// Serde checks everything stdin has.
 impl Validate for StdinConfig {
-    fn validate(&self, _path: &str, _errors: &mut Vec<ConfigError>) {}
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        self.multiline.validate(path, errors);
+    }
 }
 
 impl SourceComponent for StdinConfig {
@@ -91,9 +98,24 @@ fn read_loop(cfg: &StdinConfig, cx: &SourceCx) -> Result<(), SourceError> {
     let meta = cx.enrich.metadata(writer.as_ref());
     let ctx = Arc::new(SourceContext::new(cx.name.clone(), "stdin", String::new(), meta));
     let mut framer = LineFramer::new(cfg.max_line_bytes.0 as usize, cfg.oversize);
+    let mut stage = match &cfg.multiline {
+        Some(m) => Some(LineStage::new(&super::compile_multiline(m, &cx.name)?, cx.name.clone())),
+        None => None,
+    };
+    let send = |stage: &mut Option<LineStage>, lines: Lines| match stage {
+        Some(s) => s.blocking_send(&cx.output, lines, &ctx),
+        None => cx.output.blocking_send_lines(lines, ctx.clone(), None),
+    };
     loop {
         if cx.shutdown.is_set() {
             break;
+        }
+        // An open multiline group leaves once no line joined it for its
+        // timeout, even when no more input comes.
+        if let Some(s) = stage.as_mut().filter(|s| s.next_timeout().is_some_and(|d| d.is_zero())) {
+            if s.blocking_flush(&cx.output, &ctx, false).is_err() {
+                return Ok(());
+            }
         }
         match wait_readable(0, IDLE_POLL_MS) {
             Readiness::Idle => continue,
@@ -118,7 +140,7 @@ fn read_loop(cfg: &StdinConfig, cx: &SourceCx) -> Result<(), SourceError> {
             }
         }
         while let Some(lines) = framer.take_lines() {
-            if cx.output.blocking_send_lines(lines, ctx.clone(), None).is_err() {
+            if send(&mut stage, lines).is_err() {
                 return Ok(());
             }
         }
@@ -126,7 +148,10 @@ fn read_loop(cfg: &StdinConfig, cx: &SourceCx) -> Result<(), SourceError> {
     // What was read is accepted: the last line goes out even without its
     // newline, at EOF and at shutdown alike.
     if let Some(lines) = framer.finish() {
-        let _ = cx.output.blocking_send_lines(lines, ctx, None);
+        let _ = send(&mut stage, lines);
+    }
+    if let Some(s) = stage.as_mut() {
+        let _ = s.blocking_flush(&cx.output, &ctx, true);
     }
     Ok(())
 }

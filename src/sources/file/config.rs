@@ -7,6 +7,7 @@ use super::fingerprint::DEFAULT_FINGERPRINT_BYTES;
 use super::kubernetes::KubernetesConfig;
 use crate::config::{duration, key_path, ByteSize, ConfigError, Validate};
 use crate::framing::{OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
+use crate::multiline::MultilineConfig;
 
 /// Default open-file cap: far above what one node's pods write at once,
 /// far below the usual `ulimit -n` of 65536.
@@ -100,6 +101,10 @@ pub struct FileConfig {
     pub(crate) metrics_per_file: bool,
     /// Kubernetes metadata.
     pub(crate) kubernetes: KubernetesConfig,
+    /// Lines that belong together (stack traces) become one event, per
+    /// file and container stream (see docs/multiline.md). A pod's
+    /// `sluice.dev/multiline` annotation overrides it for its containers.
+    pub(crate) multiline: Option<MultilineConfig>,
 }
 
 impl Default for FileConfig {
@@ -124,6 +129,7 @@ impl Default for FileConfig {
             stop_at_eof: false,
             metrics_per_file: false,
             kubernetes: KubernetesConfig::default(),
+            multiline: None,
         }
     }
 }
@@ -169,6 +175,7 @@ impl Validate for FileConfig {
             }
         }
         self.kubernetes.validate(&key_path(path, "kubernetes"), errors);
+        self.multiline.validate(path, errors);
     }
 }
 

@@ -51,7 +51,12 @@ pub(crate) struct ContextFactory {
     base: Map<String, Value>,
     kube: Option<KubernetesConfig>,
     cache: Option<Arc<PodCache>>,
+    /// The source's `multiline` rules, compiled once.
+    multiline: Option<Arc<crate::multiline::config::Compiled>>,
 }
+
+/// The pod annotation that picks a multiline preset for a pod's containers.
+pub(crate) const MULTILINE_ANNOTATION: &str = "sluice.dev/multiline";
 
 impl ContextFactory {
     /// Changes whenever the pod cache does.
@@ -61,20 +66,42 @@ impl ContextFactory {
 
     /// The context of the file at `path`.
     pub(crate) fn context(&self, path: &Path) -> Arc<SourceContext> {
-        let meta = match &self.kube {
-            Some(k) => {
-                let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-                match kubernetes::path_meta(&real).or_else(|| kubernetes::path_meta(path)) {
-                    Some(pm) => {
-                        let pod = self.cache.as_ref().and_then(|c| c.lookup(&pm));
-                        kubernetes::metadata(&self.base, k, &pm, pod.as_deref())
-                    }
-                    None => self.base.clone(),
-                }
-            }
-            None => self.base.clone(),
+        let meta = match (&self.kube, self.pod_of(path)) {
+            (Some(k), Some((pm, pod))) => kubernetes::metadata(&self.base, k, &pm, pod.as_deref()),
+            _ => self.base.clone(),
         };
         Arc::new(SourceContext::new(self.source.clone(), "file", path.display().to_string(), meta))
+    }
+
+    /// The Kubernetes path metadata of the file at `path`, and its pod when
+    /// the pod cache knows it; `None` without Kubernetes metadata.
+    fn pod_of(&self, path: &Path) -> Option<(kubernetes::PathMeta, Option<Arc<kubernetes::PodInfo>>)> {
+        self.kube.as_ref()?;
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let pm = kubernetes::path_meta(&real).or_else(|| kubernetes::path_meta(path))?;
+        let pod = self.cache.as_ref().and_then(|c| c.lookup(&pm));
+        Some((pm, pod))
+    }
+
+    /// The multiline rules of the file at `path`: its pod's
+    /// `sluice.dev/multiline` annotation (a preset name) when the pod cache
+    /// knows one, else the source's `multiline`. The string says which
+    /// was chosen, to notice a change.
+    pub(crate) fn multiline(&self, path: &Path) -> (Option<Arc<crate::multiline::config::Compiled>>, Option<String>) {
+        let annotated = self.cache.as_ref().and_then(|_| {
+            let (_, pod) = self.pod_of(path)?;
+            pod?.annotations.get(MULTILINE_ANNOTATION)?.as_str().map(str::to_owned)
+        });
+        match annotated {
+            Some(name) => match crate::multiline::MultilineConfig::preset(&name).compile() {
+                Ok(c) => (Some(c), Some(name)),
+                Err(_) => {
+                    tracing::warn!(source = %self.source, path = %path.display(), preset = %name, "unknown multiline preset in the pod annotation {MULTILINE_ANNOTATION}; using the source's setting");
+                    (self.multiline.clone(), None)
+                }
+            },
+            None => (self.multiline.clone(), None),
+        }
     }
 }
 
@@ -131,11 +158,16 @@ impl SourceComponent for FileConfig {
         } else {
             (None, None)
         };
+        let multiline = match &self.multiline {
+            Some(m) => Some(super::compile_multiline(m, &name)?),
+            None => None,
+        };
         let contexts = Arc::new(ContextFactory {
             source: name.clone(),
             base,
             kube,
             cache: cache.clone(),
+            multiline,
         });
 
         let registry = Arc::new(Mutex::new(Registry::default()));
@@ -769,4 +801,55 @@ fn is_shadow(c: &Candidate, reg: &Registry) -> bool {
 /// Where a source keeps its checkpoints, for operators and tests.
 pub fn checkpoint_path(data_dir: &Path, source: &str) -> PathBuf {
     data_dir.join("file").join(source).join(checkpoint::CHECKPOINT_FILE)
+}
+
+#[cfg(test)]
+mod multiline_tests {
+    use super::*;
+
+    fn factory(cache: Arc<PodCache>, source_setting: Option<&str>) -> ContextFactory {
+        ContextFactory {
+            source: "files".into(),
+            base: Map::new(),
+            kube: Some(KubernetesConfig::default()),
+            cache: Some(cache),
+            multiline: source_setting.map(|p| crate::multiline::MultilineConfig::preset(p).compile().unwrap()),
+        }
+    }
+
+    fn pod(annotation: Option<&str>) -> kubernetes::PodInfo {
+        let mut annotations = Map::new();
+        if let Some(a) = annotation {
+            annotations.insert(MULTILINE_ANNOTATION.into(), Value::from(a));
+        }
+        kubernetes::PodInfo {
+            namespace: "ns".into(),
+            name: "web".into(),
+            uid: "uid-1".into(),
+            labels: Map::new(),
+            annotations,
+            owner: None,
+            images: Vec::new(),
+            node: None,
+        }
+    }
+
+    #[test]
+    fn pod_annotation_picks_the_multiline_preset_of_its_containers() {
+        let path = Path::new("/var/log/pods/ns_web_uid-1/app/0.log");
+        let cache = Arc::new(PodCache::default());
+        let f = factory(cache.clone(), None);
+        assert!(f.multiline(path).0.is_none(), "no setting, no annotation: no multiline");
+        cache.upsert(pod(Some("java")));
+        let (rules, choice) = f.multiline(path);
+        assert!(rules.is_some());
+        assert_eq!(choice.as_deref(), Some("java"));
+        // Another pod's files keep the source's setting.
+        assert!(f.multiline(Path::new("/var/log/pods/ns_other_uid-2/app/0.log")).0.is_none());
+        // An unknown preset falls back to the source's setting.
+        cache.upsert(pod(Some("cobol")));
+        let f = factory(cache.clone(), Some("python"));
+        let (rules, choice) = f.multiline(path);
+        assert!(rules.is_some() && choice.is_none());
+    }
 }

@@ -31,6 +31,7 @@ use crate::decode::Decoder;
 use crate::enrich::{Fragment, SourceContext};
 use crate::event::{AckGroup, AckOutcome, AckReceiver, AckWindow, Acknowledger, BatchBuilder};
 use crate::framing::{split_lines, LineSpan, Lines, OverflowPolicy};
+use crate::multiline::{self, Multiline};
 use crate::pipeline::{PipelineClosed, ShutdownSignal, SourceOutput};
 use crate::telemetry::metrics;
 
@@ -171,6 +172,10 @@ struct Tracked {
     finishing: bool,
     closed: Option<Disposal>,
     path_bytes: Option<prometheus::IntCounter>,
+    /// The multiline stage of this file's streams, and which choice made
+    /// it (a pod annotation's preset, or `None` for the source's setting).
+    multiline: Option<Multiline>,
+    multiline_choice: Option<String>,
 }
 
 impl Tracked {
@@ -190,7 +195,10 @@ impl Tracked {
         } else {
             Vec::new()
         };
+        let (ml, multiline_choice) = cx.contexts.multiline(&path);
         Tracked {
+            multiline: ml.map(Multiline::new),
+            multiline_choice,
             ctx: cx.contexts.context(&path),
             ctx_gen: cx.contexts.generation(),
             unwrap,
@@ -224,6 +232,32 @@ impl Tracked {
 
     fn has_partials(&self) -> bool {
         self.pending_start().is_some()
+    }
+
+    /// Whether a multiline group is open.
+    fn multiline_open(&self) -> bool {
+        self.multiline.as_ref().is_some_and(Multiline::is_open)
+    }
+
+    /// The checkpoint `ckpt` held back before any open multiline group.
+    fn before_open_group(&self, ckpt: u64) -> u64 {
+        self.multiline
+            .as_ref()
+            .and_then(Multiline::pending_start)
+            .map_or(ckpt, |p| p.min(ckpt))
+    }
+
+    /// After the pod cache changed: a pod annotation may pick other rules.
+    /// They take over once no group is open.
+    fn refresh_multiline(&mut self, cx: &ReaderCx) {
+        if self.multiline_open() {
+            return;
+        }
+        let (ml, choice) = cx.contexts.multiline(&self.shared.path());
+        if choice != self.multiline_choice || ml.is_some() != self.multiline.is_some() {
+            self.multiline = ml.map(Multiline::new);
+            self.multiline_choice = choice;
+        }
     }
 }
 
@@ -344,6 +378,7 @@ impl Reader {
         if gen != t.ctx_gen {
             t.ctx = self.cx.contexts.context(&t.shared.path());
             t.ctx_gen = gen;
+            t.refresh_multiline(&self.cx);
         }
         let budget = self.cx.cfg.read_budget.0 as usize;
         self.scratch.clear();
@@ -456,17 +491,40 @@ impl Reader {
         let ctx = t.ctx.clone();
         let mut ckpt = ckpt;
         let dropped = lines.dropped;
-        let res = match &mut t.unwrap {
-            Unwrap::Undetected | Unwrap::Lines => self.cx.out().and_then(|o| o.blocking_send_lines(lines, ctx, Some(ack))),
-            Unwrap::Cri(r) => {
-                let batch = r.unwrap(&lines, chunk_offset, now);
+        let res = match (&mut t.unwrap, &mut t.multiline) {
+            (Unwrap::Undetected | Unwrap::Lines, None) => self.cx.out().and_then(|o| o.blocking_send_lines(lines, ctx, Some(ack))),
+            (Unwrap::Undetected | Unwrap::Lines, Some(ml)) => {
+                let batch = ml.regroup(Multiline::records_of(&lines, chunk_offset), now);
+                drop(lines);
+                ckpt = ml.pending_start().map_or(ckpt, |p| p.min(ckpt));
+                multiline::metrics::record(&self.cx.source, ml.take_stats());
+                let (hint, decode) = multiline::decode_of(batch, &ctx);
+                self.cx.send_decoded(ctx, ack, hint, decode)
+            }
+            (Unwrap::Cri(r), ml) => {
+                let mut batch = r.unwrap(&lines, chunk_offset, now);
                 ckpt = r.pending_start().map_or(ckpt, |p| p.min(ckpt));
+                if let Some(ml) = ml {
+                    batch = ml.regroup(batch, now);
+                    ckpt = ml.pending_start().map_or(ckpt, |p| p.min(ckpt));
+                    multiline::metrics::record(&self.cx.source, ml.take_stats());
+                }
                 self.stats.add(r.take_stats());
                 let hint = batch.payload_bytes() + batch.records.len() * (ctx.fragment.spliced_len() + 64);
                 self.cx
                     .send_decoded(ctx.clone(), ack, hint, move |d, o| batch.decode(d, &ctx.fragment, o))
             }
-            Unwrap::Docker(r) => {
+            (Unwrap::Docker(r), Some(ml)) => {
+                let batch = multiline::docker_records(r.unwrap(&lines, chunk_offset, now), chunk_offset);
+                ckpt = r.pending_start().map_or(ckpt, |p| p.min(ckpt));
+                let batch = ml.regroup(batch, now);
+                ckpt = ml.pending_start().map_or(ckpt, |p| p.min(ckpt));
+                multiline::metrics::record(&self.cx.source, ml.take_stats());
+                self.stats.add(r.take_stats());
+                let (hint, decode) = multiline::decode_of(batch, &ctx);
+                self.cx.send_decoded(ctx, ack, hint, decode)
+            }
+            (Unwrap::Docker(r), None) => {
                 let batch = r.unwrap(&lines, chunk_offset, now);
                 ckpt = r.pending_start().map_or(ckpt, |p| p.min(ckpt));
                 self.stats.add(r.take_stats());
@@ -475,7 +533,7 @@ impl Reader {
                     .send_decoded(ctx.clone(), ack, hint, move |d, o| batch.decode(d, &ctx.fragment, o))
             }
         };
-        if dropped > 0 && !matches!(t.unwrap, Unwrap::Lines | Unwrap::Undetected) {
+        if dropped > 0 && (t.multiline.is_some() || !matches!(t.unwrap, Unwrap::Lines | Unwrap::Undetected)) {
             metrics()
                 .events_dropped
                 .with_label_values(&[&self.cx.source, "line_too_long"])
@@ -494,6 +552,11 @@ impl Reader {
         let expired: Option<(Option<u64>, usize, ContainerDecode)> = match &mut t.unwrap {
             Unwrap::Cri(r) => r.take_expired(now, timeout).map(|batch| {
                 self.stats.add(r.take_stats());
+                // Expired pieces are lines too: multiline sees them in order.
+                let batch = match &mut t.multiline {
+                    Some(ml) => ml.regroup(batch, now),
+                    None => batch,
+                };
                 let hint = batch.payload_bytes() + 256;
                 (
                     r.pending_start(),
@@ -504,23 +567,44 @@ impl Reader {
             Unwrap::Docker(r) => r.take_expired(now, timeout).map(|batch| {
                 self.stats.add(r.take_stats());
                 let hint = batch.wrapper_bytes() + 256;
-                (
-                    r.pending_start(),
-                    hint,
-                    Box::new(move |d: &mut Decoder, f: &Fragment, o: &mut BatchBuilder| batch.decode(d, f, o)) as ContainerDecode,
-                )
+                let decode = match &mut t.multiline {
+                    // Expired pieces are lines too: multiline sees them in order.
+                    Some(ml) => {
+                        let batch = ml.regroup(multiline::docker_records(batch, 0), now);
+                        Box::new(move |d: &mut Decoder, f: &Fragment, o: &mut BatchBuilder| batch.decode(d, f, o)) as ContainerDecode
+                    }
+                    None => Box::new(move |d: &mut Decoder, f: &Fragment, o: &mut BatchBuilder| batch.decode(d, f, o)) as ContainerDecode,
+                };
+                (r.pending_start(), hint, decode)
             }),
             _ => None,
         };
         let Some((pending_start, hint, decode)) = expired else {
             return Ok(());
         };
-        let ckpt = (t.read - t.carry.len() as u64).min(pending_start.unwrap_or(u64::MAX));
+        let ckpt = t.before_open_group((t.read - t.carry.len() as u64).min(pending_start.unwrap_or(u64::MAX)));
         let ack = t.acks.group.next();
         let seq = ack.seq();
         let ctx = t.ctx.clone();
         let fragment = ctx.clone();
         let res = self.cx.send_decoded(ctx, ack, hint, move |d, o| decode(d, &fragment.fragment, o));
+        t.acks.note_sent(seq, ckpt);
+        res
+    }
+
+    /// Sends multiline groups that waited past their timeout (all of them
+    /// with `end`: the file is finished).
+    fn flush_multiline(&mut self, t: &mut Tracked, end: bool) -> Result<(), PipelineClosed> {
+        let Some(ml) = &mut t.multiline else { return Ok(()) };
+        let batch = ml.take_expired(Instant::now(), end);
+        multiline::metrics::record(&self.cx.source, ml.take_stats());
+        let Some(batch) = batch else { return Ok(()) };
+        let pending = t.pending_start().unwrap_or(u64::MAX);
+        let ckpt = t.before_open_group((t.read - t.carry.len() as u64).min(pending));
+        let ack = t.acks.group.next();
+        let seq = ack.seq();
+        let (hint, decode) = multiline::decode_of(batch, &t.ctx);
+        let res = self.cx.send_decoded(t.ctx.clone(), ack, hint, decode);
         t.acks.note_sent(seq, ckpt);
         res
     }
@@ -534,6 +618,9 @@ impl Reader {
         }
         if t.has_partials() {
             self.flush_partials(t, self.cx.cfg.partial_timeout)?;
+        }
+        if t.multiline_open() {
+            self.flush_multiline(t, false)?;
         }
         if t.last_stat.is_some_and(|s| now.duration_since(s) < STAT_EVERY) && !self.cx.cfg.stop_at_eof {
             return Ok(());
@@ -561,7 +648,12 @@ impl Reader {
             FileMetrics::get().rotations.with_label_values(&[&self.cx.source, kind]).inc();
             tracing::debug!(source = %self.cx.source, path = %t.shared.path().display(), offset = t.read, kind, "finished a rotated file");
             self.finish(t, Disposal::Forget, true)?;
-        } else if t.shared.park.load(Ordering::Acquire) && waited >= PARK_IDLE && t.carry.is_empty() && !t.has_partials() {
+        } else if t.shared.park.load(Ordering::Acquire)
+            && waited >= PARK_IDLE
+            && t.carry.is_empty()
+            && !t.has_partials()
+            && !t.multiline_open()
+        {
             self.finish(t, Disposal::Keep, false)?;
         }
         Ok(())
@@ -594,6 +686,7 @@ impl Reader {
                 self.emit(t, lines, offset, ckpt)?;
             }
             self.flush_partials(t, Duration::ZERO)?;
+            self.flush_multiline(t, true)?;
         }
         t.closed = Some(disposal);
         Ok(())

@@ -43,6 +43,8 @@ use crate::config::{duration, ByteSize, ConfigError, Validate};
 use crate::decode::syslog::SyslogDecoder;
 use crate::enrich::SourceContext;
 use crate::framing::{Lines, OverflowPolicy, DEFAULT_MAX_LINE_BYTES};
+use crate::multiline::config::Compiled;
+use crate::multiline::{LineStage, MultilineConfig};
 use crate::pipeline::{PipelineClosed, ShutdownSignal, SourceOutput, Task};
 use crate::telemetry::metrics as core_metrics;
 use framing::{ConnFramer, ConnFraming};
@@ -171,6 +173,10 @@ pub struct SocketConfig {
     /// Kernel receive buffer (SO_RCVBUF) for datagram sockets.
     #[serde(default)]
     pub(crate) receive_buffer_bytes: Option<ByteSize>,
+    /// Lines that belong together (stack traces) become one event, per
+    /// connection (stream modes, `format = "json"`; see docs/multiline.md).
+    #[serde(default)]
+    pub(crate) multiline: Option<MultilineConfig>,
 }
 
 fn default_max_frame_bytes() -> ByteSize {
@@ -216,6 +222,14 @@ impl Validate for SocketConfig {
     fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         let cfg = self;
         let stream = matches!(cfg.mode, SocketMode::Tcp | SocketMode::UnixStream);
+        self.multiline.validate(path, errors);
+        if self.multiline.is_some() && (!stream || self.format != SocketFormat::Json) {
+            errors.push(ConfigError::at(
+                path,
+                "multiline",
+                "works on stream connections (tcp, unix_stream) with format \"json\"; a datagram or a syslog message is one event already",
+            ));
+        }
         let unix = matches!(cfg.mode, SocketMode::UnixStream | SocketMode::UnixDatagram);
         if unix {
             match &cfg.path {
@@ -415,6 +429,8 @@ pub(crate) struct Reader {
     idle_timeout: Option<Duration>,
     /// Set when another source takes the framed messages.
     frames: Option<Arc<dyn FrameConsumer>>,
+    /// Each connection's multiline rules.
+    multiline: Option<Arc<Compiled>>,
 }
 
 impl Reader {
@@ -428,6 +444,13 @@ impl Reader {
             oversize: cfg.oversize,
             idle_timeout: (!cfg.idle_timeout.is_zero()).then_some(cfg.idle_timeout),
             frames,
+            multiline: cfg.multiline.as_ref().and_then(|m| match super::compile_multiline(m, &cx.name) {
+                Ok(c) => Some(c),
+                Err(error) => {
+                    tracing::error!(source = %cx.name, %error, "multiline rules do not compile; lines are sent as they are");
+                    None
+                }
+            }),
         }
     }
 
@@ -489,11 +512,23 @@ impl Reader {
         };
         let mut undecided = self.framing == StreamFraming::Auto && self.format == SocketFormat::Syslog;
         let mut slot: Option<ConnFramer> = None;
+        let mut stage = self.multiline.as_ref().map(|c| LineStage::new(c, self.name.clone()));
         loop {
             let read = conn.read(&mut slot, || self.framer(cut));
+            let wait = stage.as_ref().and_then(LineStage::next_timeout);
             let result = tokio::select! {
                 biased;
                 _ = shutdown.wait() => break,
+                // An open multiline group leaves after its timeout even
+                // when the peer sends nothing more.
+                _ = sleep_for(wait) => {
+                    if let Some(s) = stage.as_mut() {
+                        if s.flush(&self.output, &ctx, false).await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
                 r = with_timeout(self.idle_timeout, read) => r,
             };
             match result {
@@ -517,7 +552,7 @@ impl Reader {
             }
             let Some(f) = slot.as_mut() else { continue };
             while let Some(lines) = f.take_lines() {
-                if self.send(lines, &ctx).await.is_err() {
+                if self.send_through(&mut stage, lines, &ctx).await.is_err() {
                     return;
                 }
             }
@@ -527,11 +562,30 @@ impl Reader {
         }
         if let Some(mut f) = slot {
             while let Some(lines) = f.finish() {
-                if self.send(lines, &ctx).await.is_err() {
+                if self.send_through(&mut stage, lines, &ctx).await.is_err() {
                     return;
                 }
             }
         }
+        if let Some(s) = stage.as_mut() {
+            let _ = s.flush(&self.output, &ctx, true).await;
+        }
+    }
+
+    /// [`Reader::send`] through the connection's multiline stage, if any.
+    async fn send_through(&self, stage: &mut Option<LineStage>, lines: Lines, ctx: &Arc<SourceContext>) -> Result<(), PipelineClosed> {
+        match stage {
+            Some(s) => s.send(&self.output, lines, ctx).await,
+            None => self.send(lines, ctx).await,
+        }
+    }
+}
+
+/// Sleeps for `wait`, or forever when there is nothing to wait for.
+async fn sleep_for(wait: Option<Duration>) {
+    match wait {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
 }
 

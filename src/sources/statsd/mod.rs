@@ -113,6 +113,7 @@ impl StatsdConfig {
             peer_metadata: false,
             peer_environment: Vec::new(),
             receive_buffer_bytes: self.receive_buffer_bytes,
+            multiline: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! in the registry at the end of this file.
 
 pub mod file;
+pub mod journald;
 pub(crate) mod kafka;
 pub(crate) mod process;
 pub mod socket;
@@ -73,6 +74,15 @@ pub enum SourceErrorKind {
     /// An `include` or `exclude` pattern does not compile.
     #[error("invalid glob: {0}")]
     Glob(#[from] globset::Error),
+    /// `journalctl` exited with an error before reading any entry, or
+    /// without `follow`.
+    #[error("journalctl exited ({status}): {stderr}")]
+    Journalctl {
+        /// How it exited.
+        status: String,
+        /// The end of what it wrote on stderr.
+        stderr: String,
+    },
     /// The Kafka client failed.
     #[error("cannot {action}: {error}")]
     Kafka {
@@ -171,4 +181,5 @@ source_registry! {
     "socket" => Socket(Box<socket::SocketConfig>),
     "process" => Process(Box<process::ProcessConfig>),
     "kafka" => Kafka(Box<kafka::KafkaSourceConfig>),
+    "journald" => Journald(Box<journald::JournaldConfig>),
 }

@@ -249,7 +249,10 @@ fn a_restart_resumes_after_the_acknowledged_cursor_without_skipping() {
     for q in 650..700 {
         assert_eq!(counts.get(&q), Some(&1), "entry {q} arrives once after the restart");
     }
-    assert!(third.iter().all(|&q| q >= 400), "a restart after a checkpoint does not start over: {third:?}");
+    assert!(
+        third.iter().all(|&q| q >= 400),
+        "a restart after a checkpoint does not start over: {third:?}"
+    );
     let (status, _) = s.stop();
     assert!(status.success());
 }

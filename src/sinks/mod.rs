@@ -14,6 +14,7 @@ pub mod loki;
 pub mod s3;
 pub(crate) mod stdout;
 pub(crate) mod template;
+pub(crate) mod tls;
 
 use serde_json::{Map, Value};
 use std::future::Future;

@@ -41,6 +41,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod sli;
 pub mod sluice;
+pub mod tls;
 
 pub use kafka::{Kafka, KAFKA_TIMEOUT};
 pub use metrics::{scrape, try_scrape, Metrics};

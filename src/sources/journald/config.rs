@@ -91,7 +91,11 @@ impl Validate for JournaldConfig {
             errors.push(ConfigError::at(path, "journalctl_path", "must not be empty"));
         }
         if self.journal_directory.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
-            errors.push(ConfigError::at(path, "journal_directory", "must not be empty; leave it out for the system journal"));
+            errors.push(ConfigError::at(
+                path,
+                "journal_directory",
+                "must not be empty; leave it out for the system journal",
+            ));
         }
         for (key, units) in [("include_units", &self.include_units), ("exclude_units", &self.exclude_units)] {
             if let Some(bad) = units.iter().find(|u| !valid_unit(u)) {
@@ -193,7 +197,8 @@ mod tests {
 
     #[test]
     fn settings_become_journalctl_matches_and_flags() {
-        let c = parse("journal_directory = \"/var/log/journal\"\ninclude_units = [\"nginx\", \"kubelet.service\"]\npriority = \"warning\"").unwrap();
+        let c = parse("journal_directory = \"/var/log/journal\"\ninclude_units = [\"nginx\", \"kubelet.service\"]\npriority = \"warning\"")
+            .unwrap();
         let args: Vec<String> = c
             .journalctl_args(Some("s=1;i=2"))
             .into_iter()

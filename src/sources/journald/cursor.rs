@@ -7,7 +7,7 @@
 //! starts as on a first start: a bad checkpoint is never a crash loop.
 
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::sources::file::checkpoint::{replace_file, CheckpointError};
 
@@ -55,7 +55,7 @@ impl CursorFile {
 
     /// The file's path.
     #[cfg(test)]
-    pub(crate) fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &std::path::Path {
         &self.path
     }
 

@@ -51,10 +51,7 @@ pub(crate) struct Renderer {
 
 /// The value of the first field named `key`.
 pub(crate) fn field<'a>(buf: &'a [u8], fields: &[FieldSpan], key: &[u8]) -> Option<&'a [u8]> {
-    fields
-        .iter()
-        .find(|f| &buf[f.key.clone()] == key)
-        .map(|f| &buf[f.value.clone()])
+    fields.iter().find(|f| &buf[f.key.clone()] == key).map(|f| &buf[f.value.clone()])
 }
 
 fn put_str(out: &mut Vec<u8>, value: &[u8]) {
@@ -166,7 +163,8 @@ impl Renderer {
             first = false;
             out.extend_from_slice(b"\"journald\":{");
             // Stable sort by name: repeated fields sit together, in order.
-            self.rest.sort_by(|&a, &b| buf[fields[a].key.clone()].cmp(&buf[fields[b].key.clone()]));
+            self.rest
+                .sort_by(|&a, &b| buf[fields[a].key.clone()].cmp(&buf[fields[b].key.clone()]));
             let mut i = 0;
             while i < self.rest.len() {
                 let key = &buf[fields[self.rest[i]].key.clone()];

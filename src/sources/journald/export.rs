@@ -245,13 +245,7 @@ mod tests {
         buf.extend(binary("COREDUMP", &[7u8; 5000]));
         buf.extend_from_slice(b"AFTER=x\n\nNEXT=1\n\n");
         let mut spans = Vec::new();
-        assert_eq!(
-            parse_entry(&buf, 1000, &mut spans),
-            Step::Cut {
-                kept: keep,
-                resume: keep
-            }
-        );
+        assert_eq!(parse_entry(&buf, 1000, &mut spans), Step::Cut { kept: keep, resume: keep });
         assert_eq!(fields_of(&buf, &spans).len(), 2);
         // The skipper, fed in small pieces, stops right after the entry.
         let mut skip = Skip::default();

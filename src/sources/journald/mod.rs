@@ -51,7 +51,11 @@ pub mod fuzzing {
     /// Feeds `data` to the export reader in pieces of `piece` bytes and
     /// checks that every rendered line is a JSON object.
     pub fn read_export(data: &[u8], piece: usize, max_entry: usize) {
-        let mut r = super::reader::EntryReader::new(max_entry.max(1), vec![b"x.service".to_vec()], super::entry::RenderOptions { host: true });
+        let mut r = super::reader::EntryReader::new(
+            max_entry.max(1),
+            vec![b"x.service".to_vec()],
+            super::entry::RenderOptions { host: true },
+        );
         let (mut out, mut spans) = (Vec::new(), Vec::new());
         let mut buf = Vec::new();
         for chunk in data.chunks(piece.max(1)) {

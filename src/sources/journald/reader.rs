@@ -137,6 +137,10 @@ mod tests {
             .collect();
         let want: Vec<String> = (0..50).filter(|i| i % 5 != 0).map(|i| format!("m{i}")).collect();
         assert_eq!(messages, want);
-        assert_eq!(cursors.last().map(String::as_str), Some("c49"), "an excluded entry still moves the cursor");
+        assert_eq!(
+            cursors.last().map(String::as_str),
+            Some("c49"),
+            "an excluded entry still moves the cursor"
+        );
     }
 }

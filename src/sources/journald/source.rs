@@ -74,7 +74,14 @@ pub(crate) async fn run(cfg: JournaldConfig, cx: SourceCx, file: CursorFile, sta
     let (group, rx) = AckGroup::new();
     let in_flight: InFlight = Arc::default();
     let (stop_tx, stop_rx) = oneshot::channel();
-    let tracker = tokio::spawn(track(rx, in_flight.clone(), file, cfg.checkpoint_interval, cx.name.clone(), stop_rx));
+    let tracker = tokio::spawn(track(
+        rx,
+        in_flight.clone(),
+        file,
+        cfg.checkpoint_interval,
+        cx.name.clone(),
+        stop_rx,
+    ));
     let ctx = Arc::new(SourceContext::new(
         cx.name.clone(),
         "journald",

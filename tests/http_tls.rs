@@ -36,6 +36,15 @@ max_backoff = "300ms"
     )
 }
 
+/// A sluice reading stdin into the Loki sink at the TLS `port`.
+fn start_loki(port: u16, tls: &str, extra: &str) -> Sluice {
+    Sluice::builder()
+        .config(&loki_config(port, tls, extra))
+        .stdin_piped()
+        .stdout(Stdout::Null)
+        .start()
+}
+
 fn lines(range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|i| format!(r#"{{"seq":{i},"message":"tls {i}"}}"#)).collect()
 }
@@ -64,11 +73,7 @@ fn loki_over_mutual_tls_with_a_private_ca_and_a_server_name() {
         client_cert.display(),
         client_key.display()
     );
-    let mut s = Sluice::builder()
-        .config(&loki_config(proxy.port, &tls, ""))
-        .stdin_piped()
-        .stdout(Stdout::Null)
-        .start();
+    let mut s = start_loki(proxy.port, &tls, "");
     s.write_lines(&lines(0..100));
     loki.wait_for_entries(100, TIMEOUT);
     let metrics = s.metrics();
@@ -91,19 +96,11 @@ fn loki_over_mutual_tls_with_a_private_ca_and_a_server_name() {
     // Without server_name the certificate does not match 127.0.0.1: the
     // start-up check fails with a TLS error.
     let no_name = tls.replace("server_name = \"loki.test\"\n", "");
-    let s = Sluice::builder()
-        .config(&loki_config(proxy.port, &no_name, ""))
-        .stdin_piped()
-        .stdout(Stdout::Null)
-        .start();
+    let s = start_loki(proxy.port, &no_name, "");
     assert!(!s.wait(TIMEOUT).success(), "a certificate for another name must be refused");
     // Without a client certificate the endpoint refuses the connection.
     let no_client = format!("ca_file = \"{}\"\nserver_name = \"loki.test\"\n", server_ca.cert.display());
-    let s = Sluice::builder()
-        .config(&loki_config(proxy.port, &no_client, ""))
-        .stdin_piped()
-        .stdout(Stdout::Null)
-        .start();
+    let s = start_loki(proxy.port, &no_client, "");
     assert!(!s.wait(TIMEOUT).success(), "mutual TLS needs the client certificate");
 }
 
@@ -136,11 +133,7 @@ fn a_client_certificate_rotated_on_disk_is_used_without_a_restart() {
         cert_file.display(),
         key_file.display()
     );
-    let mut s = Sluice::builder()
-        .config(&loki_config(proxy.port, &tls, "healthcheck = false"))
-        .stdin_piped()
-        .stdout(Stdout::Null)
-        .start();
+    let mut s = start_loki(proxy.port, &tls, "healthcheck = false");
     s.write_lines(&lines(0..50));
     let errors = || s.metrics().sum("sluice_sink_errors_total", &[("sink", "loki")]);
     support::eventually("pushes refused for the untrusted certificate", TIMEOUT, || errors() >= 2.0);

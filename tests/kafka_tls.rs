@@ -19,7 +19,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::tls::{Ca, TlsProxy};
+use support::tls::{run, Ca, TlsProxy};
 use support::{free_port, tansu_bin, Sluice, Stdout, KAFKA_TIMEOUT};
 
 /// A child process killed and reaped on drop.
@@ -30,16 +30,6 @@ impl Drop for Guard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// tansu on a plaintext loopback port, reachable (and advertised) only

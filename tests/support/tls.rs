@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::{free_port, wait_until};
 
-fn run(cmd: &mut Command) {
+/// Runs `cmd` to its end; panics with its output if it fails.
+pub fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),

@@ -294,7 +294,8 @@ mod tests {
     }
 
     /// This build has TLS (OpenSSL, linked statically) and with it SASL
-    /// SCRAM; PLAIN needs nothing. GSSAPI (Kerberos, cyrus-sasl) is not in.
+    /// SCRAM; PLAIN needs nothing. (The old build rejected the first with
+    /// "OpenSSL not available at build time".)
     #[test]
     fn tls_and_sasl_settings_are_accepted() {
         for opts in [
@@ -307,9 +308,5 @@ mod tests {
             let c = parse(json!({"bootstrap_servers": "k:9093", "topic": "t", "librdkafka_options": opts})).unwrap();
             assert!(problems(&c).is_empty(), "{opts}: {:?}", problems(&c));
         }
-        assert!(
-            check_librdkafka_option("sasl.mechanisms", "GSSAPI").is_err(),
-            "no Kerberos in this build"
-        );
     }
 }

@@ -68,7 +68,15 @@ fn image_builds_the_locked_release_binary_and_runs_it_unprivileged() {
     let text = dockerfile();
     let ins = instructions(&text);
     let froms: Vec<&String> = ins.iter().filter(|i| i.starts_with("FROM ")).collect();
-    assert_eq!(froms.len(), 2, "two stages: {froms:?}");
+    assert_eq!(froms.len(), 3, "build, debug-info and the runtime: {froms:?}");
+    assert!(froms[1].ends_with(" AS debug-info"), "{froms:?}");
+    // The image carries the stripped binary only; its debug info is the
+    // debug-info stage's.
+    assert!(ins.iter().any(|i| i == "COPY --from=build /out/sluice /usr/bin/sluice"));
+    assert!(!ins
+        .iter()
+        .skip_while(|i| !i.starts_with("FROM ${RUNTIME_IMAGE}"))
+        .any(|i| i.contains("sluice.debug")));
 
     // The builder's Rust is at least the crate's rust-version.
     let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
@@ -94,12 +102,14 @@ fn image_builds_the_locked_release_binary_and_runs_it_unprivileged() {
     let run = ins.iter().find(|i| i.starts_with("RUN ")).expect("a RUN in the build stage");
     assert!(run.contains("cargo build --release --locked"), "{run}");
     assert!(run.contains("/out/sluice --version"), "the build checks the binary runs: {run}");
+    assert!(run.contains("scripts/split-debuginfo target/release/sluice /out"), "{run}");
+    assert!(script.contains("scripts/split-debuginfo \"$BUILT\" \"$IMAGE_DIR\""));
 
     // Everything the crate needs to build is copied in (and let through
     // the .dockerignore): the manifest, the sources, the benches named in
     // Cargo.toml, and config/dev.toml, which is compiled in.
     let ignore = std::fs::read_to_string(root().join("deploy/Dockerfile.dockerignore")).unwrap();
-    for path in ["Cargo.toml", "Cargo.lock", "src", "benches", "config"] {
+    for path in ["Cargo.toml", "Cargo.lock", "src", "benches", "config", "scripts/split-debuginfo"] {
         assert!(ins.iter().any(|i| i.starts_with("COPY ") && i.contains(path)), "COPY {path}");
         assert!(
             ignore.lines().any(|l| l.trim_end_matches('/') == format!("!{path}")),

@@ -57,7 +57,7 @@ const FACILITIES: [&str; 24] = [
 ];
 
 /// Severity names by code (RFC 5424 table 2).
-const SEVERITIES: [&str; 8] = ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"];
+pub(crate) const SEVERITIES: [&str; 8] = ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"];
 
 /// Month abbreviations of RFC 3164 timestamps.
 const MONTHS: [&[u8; 3]; 12] = [

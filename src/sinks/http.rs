@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::tls::HttpTlsConfig;
 use super::{SinkError, SinkErrorKind};
 use crate::buffer::QueueItem;
 use crate::event::{AckOutcome, Acknowledger};
@@ -308,15 +309,18 @@ pub(crate) fn secret_from(file: Option<&PathBuf>, file_key: &str, env: &str) -> 
 }
 
 /// Builds the HTTP client the sinks use: rustls, connection reuse,
-/// bounded connect and request times.
-pub(crate) fn client(request_timeout: Duration) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
+/// bounded connect and request times; with `tls`, sink `sink`'s CA bundle,
+/// client certificate and server name (see [`super::tls`]).
+pub(crate) fn client(request_timeout: Duration, tls: Option<&HttpTlsConfig>, sink: &str) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10).min(request_timeout))
         .timeout(request_timeout)
         .pool_idle_timeout(Duration::from_secs(60))
-        .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")));
+    if let Some(tls) = tls {
+        builder = builder.use_preconfigured_tls(tls.client_config(sink).map_err(|e| e.to_string())?);
+    }
+    builder.build().map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
 /// An error with its causes ("connection refused" sits deep in reqwest's).

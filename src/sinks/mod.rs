@@ -17,6 +17,7 @@ pub mod prometheus_remote_write;
 pub mod s3;
 pub(crate) mod stdout;
 pub(crate) mod template;
+pub(crate) mod tls;
 
 use serde_json::{Map, Value};
 use std::future::Future;

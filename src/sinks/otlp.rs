@@ -81,6 +81,9 @@ pub struct OtlpSinkConfig {
     /// Backoff between attempts.
     #[serde(default)]
     pub(crate) retry: RetryConfig,
+    /// TLS: a custom CA bundle, a client certificate, the server name.
+    #[serde(default)]
+    pub(crate) tls: Option<crate::sinks::tls::HttpTlsConfig>,
 }
 
 /// The `batch` table.
@@ -149,6 +152,9 @@ impl Validate for OtlpSinkConfig {
             errors.push(ConfigError::at(path, "request.timeout", "must be more than 0"));
         }
         self.retry.validate(&format!("{path}.retry"), errors);
+        if let Some(t) = &self.tls {
+            t.validate(&format!("{path}.tls"), errors);
+        }
     }
 }
 
@@ -204,7 +210,7 @@ impl Shared {
                 if cfg.compression == Compression::Gzip {
                     headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
                 }
-                http::client(cfg.request.timeout)?
+                http::client(cfg.request.timeout, cfg.tls.as_ref(), &cx.name)?
             }
             Protocol::Grpc => {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
@@ -212,7 +218,7 @@ impl Shared {
                 if cfg.compression == Compression::Gzip {
                     headers.insert("grpc-encoding", HeaderValue::from_static("gzip"));
                 }
-                grpc_client(cfg.request.timeout, url.scheme() == "http")?
+                grpc_client(cfg.request.timeout, url.scheme() == "http", cfg.tls.as_ref(), &cx.name)?
             }
         };
         let m = metrics();
@@ -233,7 +239,12 @@ impl Shared {
 }
 
 /// An HTTP/2 client for gRPC: prior knowledge on `http://` (h2c).
-fn grpc_client(request_timeout: Duration, cleartext: bool) -> Result<reqwest::Client, String> {
+fn grpc_client(
+    request_timeout: Duration,
+    cleartext: bool,
+    tls: Option<&crate::sinks::tls::HttpTlsConfig>,
+    sink: &str,
+) -> Result<reqwest::Client, String> {
     let mut b = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10).min(request_timeout))
         .timeout(request_timeout)
@@ -241,6 +252,11 @@ fn grpc_client(request_timeout: Duration, cleartext: bool) -> Result<reqwest::Cl
         .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")));
     if cleartext {
         b = b.http2_prior_knowledge();
+    }
+    if let Some(tls) = tls {
+        let mut config = tls.client_config(sink).map_err(|e| e.to_string())?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        b = b.use_preconfigured_tls(config);
     }
     b.build().map_err(|e| format!("cannot build the gRPC client: {e}"))
 }

@@ -181,6 +181,11 @@ impl Validate for KafkaSourceConfig {
         if cfg.commit_interval.is_zero() {
             errors.push(ConfigError::new(format!("{path}.commit_interval"), "must be above zero"));
         }
+        for (key, value) in &cfg.librdkafka_options {
+            if let Err(e) = crate::sinks::kafka::check_librdkafka_option(key, value) {
+                errors.push(ConfigError::new(format!("{path}.librdkafka_options.{key}"), e));
+            }
+        }
     }
 }
 
@@ -606,6 +611,10 @@ bootstrap_servers = ""
 topics = []
 max_batch_events = 0
 commit_interval = "0s"
+[sources.k.librdkafka_options]
+"no.such.option" = "1"
+"security.protocol" = "SASL_SSL"
+"sasl.mechanisms" = "SCRAM-SHA-512"
 [sinks.out]
 type = "stdout"
 "#;
@@ -620,9 +629,14 @@ type = "stdout"
             "sources.k.topics",
             "sources.k.max_batch_events",
             "sources.k.commit_interval",
+            "sources.k.librdkafka_options.no.such.option",
         ] {
             assert!(errs.iter().any(|e| e == want), "missing {want} in {errs:?}");
         }
+        assert!(
+            !errs.iter().any(|e| e.contains("security.protocol") || e.contains("sasl")),
+            "TLS and SCRAM are built in: {errs:?}"
+        );
     }
 
     #[test]

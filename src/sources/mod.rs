@@ -4,6 +4,7 @@
 
 pub mod file;
 pub(crate) mod internal_metrics;
+pub mod journald;
 pub(crate) mod kafka;
 pub(crate) mod otlp;
 pub(crate) mod process;
@@ -80,6 +81,15 @@ pub enum SourceErrorKind {
     /// The statsd source's socket could not be set up.
     #[error(transparent)]
     Statsd(#[from] statsd::StatsdError),
+    /// `journalctl` exited with an error before reading any entry, or
+    /// without `follow`.
+    #[error("journalctl exited ({status}): {stderr}")]
+    Journalctl {
+        /// How it exited.
+        status: String,
+        /// The end of what it wrote on stderr.
+        stderr: String,
+    },
     /// The Kafka client failed.
     #[error("cannot {action}: {error}")]
     Kafka {
@@ -209,4 +219,5 @@ source_registry! {
     "otlp" => Otlp(Box<otlp::OtlpSourceConfig>),
     "statsd" => Statsd(Box<statsd::StatsdConfig>),
     "internal_metrics" => InternalMetrics(internal_metrics::InternalMetricsConfig),
+    "journald" => Journald(Box<journald::JournaldConfig>),
 }

@@ -47,6 +47,7 @@ pub mod otlp;
 pub mod remote_write;
 pub mod sli;
 pub mod sluice;
+pub mod tls;
 
 pub use kafka::{Kafka, KAFKA_TIMEOUT};
 pub use metrics::{scrape, try_scrape, Metrics};

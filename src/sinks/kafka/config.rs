@@ -196,14 +196,20 @@ impl Validate for KafkaConfig {
                 ));
                 continue;
             }
-            // librdkafka checks names and values without starting a client.
-            let mut c = rdkafka::ClientConfig::new();
-            c.set(key, &value.0);
-            if let Err(e) = c.create_native_config() {
-                errors.push(ConfigError::new(format!("{path}.librdkafka_options.{key}"), e.to_string()));
+            if let Err(e) = check_librdkafka_option(key, &value.0) {
+                errors.push(ConfigError::new(format!("{path}.librdkafka_options.{key}"), e));
             }
         }
     }
+}
+
+/// Checks one librdkafka property's name and value, as librdkafka does
+/// without starting a client (an unknown name, a value out of range, TLS
+/// or SASL settings this build cannot serve).
+pub(crate) fn check_librdkafka_option(key: &str, value: &str) -> Result<(), String> {
+    let mut c = rdkafka::ClientConfig::new();
+    c.set(key, value);
+    c.create_native_config().map(drop).map_err(|e| e.to_string())
 }
 
 impl KafkaConfig {
@@ -285,5 +291,22 @@ mod tests {
         }
         assert!(parse(json!({"bootstrap_servers": "k", "topic": "t", "compression": "brotli"})).is_err());
         assert!(parse(json!({"bootstrap_servers": "k", "topic": "t", "acks": 2})).is_err());
+    }
+
+    /// This build has TLS (OpenSSL, linked statically) and with it SASL
+    /// SCRAM; PLAIN needs nothing. (The old build rejected the first with
+    /// "OpenSSL not available at build time".)
+    #[test]
+    fn tls_and_sasl_settings_are_accepted() {
+        for opts in [
+            json!({"security.protocol": "ssl", "ssl.ca.location": "/etc/ssl/ca.pem", "ssl.endpoint.identification.algorithm": "https"}),
+            json!({"security.protocol": "SASL_SSL", "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": "u", "sasl.password": "p"}),
+            json!({"security.protocol": "sasl_ssl", "sasl.mechanisms": "SCRAM-SHA-256"}),
+            json!({"security.protocol": "sasl_plaintext", "sasl.mechanisms": "PLAIN"}),
+            json!({"security.protocol": "ssl", "ssl.certificate.location": "/c.pem", "ssl.key.location": "/k.pem"}),
+        ] {
+            let c = parse(json!({"bootstrap_servers": "k:9093", "topic": "t", "librdkafka_options": opts})).unwrap();
+            assert!(problems(&c).is_empty(), "{opts}: {:?}", problems(&c));
+        }
     }
 }

@@ -13,7 +13,7 @@
 mod config;
 mod topic;
 
-pub(crate) use config::KafkaConfig;
+pub(crate) use config::{check_librdkafka_option, KafkaConfig};
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};

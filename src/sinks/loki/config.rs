@@ -73,6 +73,9 @@ pub struct LokiConfig {
     /// Credentials, read from files (never written in the config).
     #[serde(default)]
     pub(crate) auth: Option<HttpAuth>,
+    /// TLS: a custom CA bundle, a client certificate, the server name.
+    #[serde(default)]
+    pub(crate) tls: Option<crate::sinks::tls::HttpTlsConfig>,
 }
 
 /// Loki's push formats.
@@ -236,6 +239,9 @@ impl Validate for LokiConfig {
             a.validate(path, errors);
         }
         self.retry.validate(&key_path(path, "retry"), errors);
+        if let Some(t) = &self.tls {
+            t.validate(&key_path(path, "tls"), errors);
+        }
     }
 }
 

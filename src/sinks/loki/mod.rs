@@ -130,7 +130,7 @@ impl Shared {
         let name: &str = &cx.name;
         Ok(Shared {
             name: cx.name.clone(),
-            client: http::client(cfg.request.timeout)?,
+            client: http::client(cfg.request.timeout, cfg.tls.as_ref(), name)?,
             url,
             headers,
             encoding: cfg.encoding,

@@ -40,6 +40,9 @@ pub struct RemoteWriteConfig {
     /// Credentials, read from files.
     #[serde(default)]
     pub(crate) auth: Option<HttpAuth>,
+    /// TLS: a custom CA bundle, a client certificate, the server name.
+    #[serde(default)]
+    pub(crate) tls: Option<crate::sinks::tls::HttpTlsConfig>,
 }
 
 /// The `batch` table: a request leaves at `max_samples`, or `timeout`
@@ -69,6 +72,9 @@ impl Validate for RemoteWriteConfig {
     fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         validate_target(path, &self.endpoint, self.tenant_id.as_deref(), errors);
         self.request.validate(path, errors);
+        if let Some(t) = &self.tls {
+            t.validate(&crate::config::key_path(path, "tls"), errors);
+        }
         if let Some(a) = &self.auth {
             a.validate(path, errors);
         }

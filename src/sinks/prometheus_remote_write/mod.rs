@@ -80,7 +80,7 @@ impl Shared {
         let name: &str = &cx.name;
         Ok(Shared {
             name: cx.name.clone(),
-            client: http::client(cfg.request.timeout)?,
+            client: http::client(cfg.request.timeout, cfg.tls.as_ref(), &cx.name)?,
             url,
             headers,
             endpoint: Endpoint::new(cx.name.clone(), "remote write", cfg.retry.clone(), cx.health.clone()),

@@ -94,7 +94,7 @@ impl S3Client {
             .map_err(|e| format!("invalid bucket {:?} at {endpoint}: {e}", cfg.bucket))?;
         Ok(S3Client {
             name: cx.name.clone(),
-            http: http::client(cfg.request.timeout)?,
+            http: http::client(cfg.request.timeout, cfg.tls.as_ref(), &cx.name)?,
             bucket,
             credentials: credentials(cfg)?,
             endpoint: Endpoint::new(cx.name.clone(), "S3 request", cfg.retry.clone(), cx.health.clone()),

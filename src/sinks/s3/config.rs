@@ -73,6 +73,9 @@ pub struct S3Config {
     /// File holding a session token (else `AWS_SESSION_TOKEN`, optional).
     #[serde(default)]
     pub(crate) session_token_file: Option<PathBuf>,
+    /// TLS: a custom CA bundle, a client certificate, the server name.
+    #[serde(default)]
+    pub(crate) tls: Option<crate::sinks::tls::HttpTlsConfig>,
 }
 
 /// How bucket and key map to a URL.
@@ -268,6 +271,9 @@ impl Validate for S3Config {
             err("max_open_objects", "must be at least 1".into());
         }
         self.retry.validate(&key_path(path, "retry"), errors);
+        if let Some(t) = &self.tls {
+            t.validate(&key_path(path, "tls"), errors);
+        }
     }
 }
 

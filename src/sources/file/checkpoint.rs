@@ -199,21 +199,26 @@ impl Checkpointer {
                 })
             })
             .map_err(|e| err(std::io::Error::other(e)))?;
-        let written = std::fs::File::create(&self.tmp).and_then(|mut f| {
-            f.write_all(&body)?;
-            f.sync_all()
-        });
-        if let Err(e) = written {
-            // A full disk: the old checkpoint stays as it was; give back
-            // the space the partial temp file took.
-            let _ = std::fs::remove_file(&self.tmp);
-            return Err(err(e));
-        }
-        std::fs::rename(&self.tmp, &self.path).map_err(err)?;
-        // The rename is durable only once the directory is.
-        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(err)?;
-        Ok(())
+        replace_file(&self.dir, &self.tmp, &self.path, &body).map_err(err)
     }
+}
+
+/// Replaces `path` (in `dir`) with `body` atomically: writes `tmp`, syncs
+/// it, renames it over `path` and syncs `dir`. A crash leaves the old file
+/// or the new one; a failed write (a full disk) leaves the old one and
+/// removes the partial temp file.
+pub(crate) fn replace_file(dir: &Path, tmp: &Path, path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let written = std::fs::File::create(tmp).and_then(|mut f| {
+        f.write_all(body)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(tmp);
+        return Err(e);
+    }
+    std::fs::rename(tmp, path)?;
+    // The rename is durable only once the directory is.
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
 }
 
 #[cfg(test)]

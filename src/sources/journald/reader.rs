@@ -1,0 +1,146 @@
+//! Turns journalctl's export output into batches of JSON lines, keeping the
+//! cursor of the last entry each batch covers.
+
+use std::ops::Range;
+
+use super::entry::{field, RenderOptions, Renderer};
+use super::export::{parse_entry, FieldSpan, Skip, Step};
+use crate::framing::LineSpan;
+
+/// What one call to [`EntryReader::read`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct ReadStats {
+    /// Bytes of the input consumed (whole entries, and skipped bytes of a
+    /// cut one); the rest is the start of an entry still arriving.
+    pub(crate) consumed: usize,
+    /// The `__CURSOR` of the last entry consumed, as a span of the input.
+    pub(crate) last_cursor: Option<Range<usize>>,
+    /// Entries rendered.
+    pub(crate) rendered: u64,
+    /// Entries of an excluded unit.
+    pub(crate) excluded: u64,
+    /// Entries cut at `max_entry_bytes`.
+    pub(crate) truncated: u64,
+}
+
+/// The parsing state carried from one read to the next.
+#[derive(Debug)]
+pub(crate) struct EntryReader {
+    max_entry: usize,
+    exclude_units: Vec<Vec<u8>>,
+    opts: RenderOptions,
+    fields: Vec<FieldSpan>,
+    renderer: Renderer,
+    /// Discarding the rest of a cut entry.
+    skipping: Option<Skip>,
+}
+
+impl EntryReader {
+    /// A reader that keeps entries up to `max_entry` bytes whole and leaves
+    /// out those of `exclude_units`.
+    pub(crate) fn new(max_entry: usize, exclude_units: Vec<Vec<u8>>, opts: RenderOptions) -> EntryReader {
+        EntryReader {
+            max_entry,
+            exclude_units,
+            opts,
+            fields: Vec::new(),
+            renderer: Renderer::default(),
+            skipping: None,
+        }
+    }
+
+    /// Renders each whole entry at the front of `input` as one line of
+    /// `out` (a span each in `spans`). The caller drops `consumed` bytes
+    /// of the input and calls again with more; a partial entry is never
+    /// longer than `max_entry` bytes.
+    pub(crate) fn read(&mut self, input: &[u8], out: &mut Vec<u8>, spans: &mut Vec<LineSpan>) -> ReadStats {
+        let mut st = ReadStats::default();
+        let mut pos = 0;
+        loop {
+            if let Some(skip) = &mut self.skipping {
+                let (n, done) = skip.advance(&input[pos..]);
+                pos += n;
+                if !done {
+                    break;
+                }
+                self.skipping = None;
+            }
+            let rest = &input[pos..];
+            let (kept, next, truncated) = match parse_entry(rest, self.max_entry, &mut self.fields) {
+                Step::NeedMore => break,
+                Step::Entry { end } => (end, end, false),
+                Step::Cut { kept, resume } => {
+                    self.skipping = Some(Skip::default());
+                    (kept, resume, true)
+                }
+            };
+            let entry = &rest[..kept];
+            if !self.fields.is_empty() {
+                if let Some(c) = self.fields.iter().find(|f| &entry[f.key.clone()] == b"__CURSOR") {
+                    st.last_cursor = Some(pos + c.value.start..pos + c.value.end);
+                }
+                let unit = field(entry, &self.fields, b"_SYSTEMD_UNIT");
+                if unit.is_some_and(|u| self.exclude_units.iter().any(|x| x == u)) {
+                    st.excluded += 1;
+                } else {
+                    let start = out.len();
+                    self.renderer.render(entry, &self.fields, truncated, self.opts, out);
+                    spans.push(LineSpan {
+                        start: start as u32,
+                        len: (out.len() - start) as u32,
+                        truncated,
+                    });
+                    st.rendered += 1;
+                    st.truncated += u64::from(truncated);
+                }
+            }
+            pos += next;
+        }
+        st.consumed = pos;
+        st
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: usize, unit: &str) -> Vec<u8> {
+        format!("__CURSOR=c{i}\nMESSAGE=m{i}\n_SYSTEMD_UNIT={unit}\n\n").into_bytes()
+    }
+
+    #[test]
+    fn entries_split_across_reads_arrive_once_in_order_with_the_last_cursor() {
+        let mut input = Vec::new();
+        for i in 0..50 {
+            input.extend(entry(i, if i % 5 == 0 { "noisy.service" } else { "app.service" }));
+        }
+        let mut r = EntryReader::new(1 << 16, vec![b"noisy.service".to_vec()], RenderOptions { host: true });
+        let (mut out, mut spans) = (Vec::new(), Vec::new());
+        let mut buf = Vec::new();
+        let mut cursors = Vec::new();
+        for piece in input.chunks(13) {
+            buf.extend_from_slice(piece);
+            let st = r.read(&buf, &mut out, &mut spans);
+            if let Some(c) = st.last_cursor {
+                cursors.push(String::from_utf8(buf[c].to_vec()).unwrap());
+            }
+            buf.drain(..st.consumed);
+        }
+        assert!(buf.is_empty());
+        let messages: Vec<String> = spans
+            .iter()
+            .map(|s| {
+                let v: serde_json::Value = serde_json::from_slice(&out[s.start as usize..(s.start + s.len) as usize]).unwrap();
+                v["message"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        let want: Vec<String> = (0..50).filter(|i| i % 5 != 0).map(|i| format!("m{i}")).collect();
+        assert_eq!(messages, want);
+        assert_eq!(
+            cursors.last().map(String::as_str),
+            Some("c49"),
+            "an excluded entry still moves the cursor"
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! The running source: `journalctl` as a child process, its export output
+//! rendered into batches, and the acknowledged cursor checkpointed.
+//!
+//! At-least-once: every batch carries an acknowledger and the cursor of its
+//! last entry; the checkpoint moves to a batch's cursor only when it and
+//! every batch before it were delivered (or dropped by a sink's policy). An
+//! abandoned batch freezes the checkpoint, so after a restart journalctl
+//! starts after the last cursor that was fully delivered: entries may come
+//! twice, never not at all.
+
+use bytes::{Buf, BytesMut};
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::config::JournaldConfig;
+use super::cursor::CursorFile;
+use super::entry::RenderOptions;
+use super::reader::EntryReader;
+use crate::enrich::SourceContext;
+use crate::event::{AckGroup, AckOutcome, AckReceiver, AckWindow};
+use crate::framing::{Lines, READ_CHUNK_BYTES};
+use crate::sources::{SourceCx, SourceError, SourceErrorKind};
+use crate::telemetry::counter_vec;
+
+/// Pause before journalctl is started again after it exited on its own.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+/// Most of journalctl's stderr kept for an error message.
+const STDERR_TAIL_BYTES: usize = 2048;
+
+/// journald source metrics, registered once.
+struct JournaldMetrics {
+    /// `sluice_journald_entries_total{source,outcome}`: `sent`, `excluded`.
+    entries: prometheus::IntCounterVec,
+    /// `sluice_journald_truncated_total{source}`.
+    truncated: prometheus::IntCounterVec,
+    /// `sluice_journald_restarts_total{source}`.
+    restarts: prometheus::IntCounterVec,
+}
+
+fn metrics() -> &'static JournaldMetrics {
+    static M: OnceLock<JournaldMetrics> = OnceLock::new();
+    M.get_or_init(|| JournaldMetrics {
+        entries: counter_vec(
+            "sluice_journald_entries_total",
+            "Journal entries read, by outcome (sent, excluded).",
+            &["source", "outcome"],
+        ),
+        truncated: counter_vec(
+            "sluice_journald_truncated_total",
+            "Journal entries larger than max_entry_bytes, sent with their fields up to it.",
+            &["source"],
+        ),
+        restarts: counter_vec(
+            "sluice_journald_restarts_total",
+            "Times journalctl exited on its own and was started again.",
+            &["source"],
+        ),
+    })
+}
+
+/// Cursors of batches in flight, by acknowledgement sequence number.
+type InFlight = Arc<Mutex<BTreeMap<u64, String>>>;
+
+/// Runs the source until journalctl ends (without `follow`), shutdown,
+/// or a failure.
+pub(crate) async fn run(cfg: JournaldConfig, cx: SourceCx, file: CursorFile, start: Option<String>) -> Result<(), SourceError> {
+    let (group, rx) = AckGroup::new();
+    let in_flight: InFlight = Arc::default();
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let tracker = tokio::spawn(track(
+        rx,
+        in_flight.clone(),
+        file,
+        cfg.checkpoint_interval,
+        cx.name.clone(),
+        stop_rx,
+    ));
+    let ctx = Arc::new(SourceContext::new(
+        cx.name.clone(),
+        "journald",
+        cfg.journal_directory
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| "journal".into()),
+        cx.enrich.metadata(None),
+    ));
+    let result = read_journal(&cfg, &cx, &group, &in_flight, ctx, start).await;
+    // No new batch from here: the tracker ends when the last one in
+    // flight completes, writing the final checkpoint.
+    drop(group);
+    let mut tracker = tracker;
+    if tokio::time::timeout(cfg.drain_timeout, &mut tracker).await.is_err() {
+        tracing::warn!(source = %cx.name, "sinks did not acknowledge everything within drain_timeout; unacknowledged entries will be read again");
+        let _ = stop_tx.send(());
+        let _ = tracker.await;
+    }
+    result
+}
+
+/// Starts journalctl and reads it; starts it again after the last cursor
+/// read if it exits while following.
+async fn read_journal(
+    cfg: &JournaldConfig,
+    cx: &SourceCx,
+    group: &AckGroup,
+    in_flight: &InFlight,
+    ctx: Arc<SourceContext>,
+    start: Option<String>,
+) -> Result<(), SourceError> {
+    let fatal = |kind: SourceErrorKind| SourceError::new(&cx.name, kind);
+    let m = metrics();
+    let mut last_read = start;
+    let mut entries_seen = false;
+    let mut shutdown = cx.shutdown.clone();
+    let opts = RenderOptions {
+        host: !cx.enrich.disable_host,
+    };
+    let mut reader = EntryReader::new(cfg.max_entry_bytes.0 as usize, cfg.excluded_units(), opts);
+    loop {
+        let args = cfg.journalctl_args(last_read.as_deref());
+        let mut child = Command::new(&cfg.journalctl_path)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|error| {
+                fatal(SourceErrorKind::Command {
+                    action: "start",
+                    program: cfg.journalctl_path.display().to_string(),
+                    error,
+                })
+            })?;
+        tracing::info!(source = %cx.name, after_cursor = last_read.as_deref().unwrap_or(""), "reading the journal through journalctl");
+        let stderr = collect_stderr(&mut child, cx.name.clone());
+        let Some(mut stdout) = child.stdout.take() else {
+            return Err(fatal(SourceErrorKind::ThreadDied("journalctl stdout")));
+        };
+        let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        let mut stopped = false;
+        loop {
+            if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
+                buf.reserve(READ_CHUNK_BYTES);
+            }
+            let n = tokio::select! {
+                biased;
+                _ = shutdown.wait() => { stopped = true; break }
+                r = stdout.read_buf(&mut buf) => match r {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(error) => {
+                        tracing::warn!(source = %cx.name, %error, "reading journalctl's output failed");
+                        0
+                    }
+                },
+            };
+            if n == 0 {
+                break;
+            }
+            let mut out = Vec::with_capacity(buf.len() + buf.len() / 2);
+            let mut spans = Vec::new();
+            let st = reader.read(&buf, &mut out, &mut spans);
+            let cursor = st.last_cursor.map(|c| String::from_utf8_lossy(&buf[c]).into_owned());
+            buf.advance(st.consumed);
+            m.entries.with_label_values(&[&cx.name, "sent"]).inc_by(st.rendered);
+            if st.excluded > 0 {
+                m.entries.with_label_values(&[&cx.name, "excluded"]).inc_by(st.excluded);
+            }
+            if st.truncated > 0 {
+                m.truncated.with_label_values(&[&cx.name]).inc_by(st.truncated);
+            }
+            let Some(cursor) = cursor else { continue };
+            entries_seen = true;
+            let ack = group.next();
+            in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(ack.seq(), cursor.clone());
+            last_read = Some(cursor);
+            if spans.is_empty() {
+                // Every entry was excluded: nothing to deliver, but the
+                // checkpoint may move past them once earlier batches are done.
+                ack.expect(0);
+                continue;
+            }
+            let lines = Lines {
+                chunk: out.into(),
+                spans,
+                dropped: 0,
+                may_hold_breaks: false,
+            };
+            if cx.output.send_lines(lines, ctx.clone(), Some(ack)).await.is_err() {
+                stopped = true;
+                break;
+            }
+        }
+        drop(stdout);
+        if stopped {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Ok(());
+        }
+        let status = child.wait().await.map_err(|error| {
+            fatal(SourceErrorKind::Command {
+                action: "wait for",
+                program: cfg.journalctl_path.display().to_string(),
+                error,
+            })
+        })?;
+        let stderr = stderr.await.unwrap_or_default();
+        if !cfg.follow && status.success() {
+            tracing::info!(source = %cx.name, "journalctl reached the end of the journal");
+            return Ok(());
+        }
+        if !cfg.follow || !entries_seen {
+            // A setting journalctl rejects (a bad directory or cursor) fails
+            // the same way every time: stop rather than loop.
+            return Err(fatal(SourceErrorKind::Journalctl {
+                status: status.to_string(),
+                stderr,
+            }));
+        }
+        m.restarts.with_label_values(&[&cx.name]).inc();
+        tracing::warn!(source = %cx.name, %status, %stderr, "journalctl exited; starting it again after the last entry read");
+        tokio::select! {
+            _ = shutdown.wait() => return Ok(()),
+            _ = tokio::time::sleep(RESTART_PAUSE) => {}
+        }
+    }
+}
+
+/// Logs journalctl's stderr line by line; the task's result is the tail.
+fn collect_stderr(child: &mut Child, source: Arc<str>) -> JoinHandle<String> {
+    let stderr = child.stderr.take();
+    tokio::spawn(async move {
+        let mut tail = String::new();
+        let Some(stderr) = stderr else { return tail };
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::warn!(source = %source, message = %line, "journalctl");
+            if tail.len() + line.len() < STDERR_TAIL_BYTES {
+                if !tail.is_empty() {
+                    tail.push_str("; ");
+                }
+                tail.push_str(&line);
+            }
+        }
+        tail
+    })
+}
+
+/// Moves the checkpoint over the contiguous prefix of completed batches
+/// and writes it every `interval` and when the last batch is done (or
+/// `stop` says so).
+async fn track(
+    mut rx: AckReceiver,
+    in_flight: InFlight,
+    file: CursorFile,
+    interval: Duration,
+    source: Arc<str>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut window = AckWindow::default();
+    let mut frozen = false;
+    let mut acked: Option<String> = None;
+    let mut saved: Option<String> = None;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            c = rx.recv() => {
+                let Some(c) = c else { break };
+                for (seq, outcome) in window.complete(c) {
+                    let cursor = in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&seq);
+                    if outcome == AckOutcome::Abandoned && !frozen {
+                        frozen = true;
+                        tracing::warn!(source = %source, "a batch was not delivered; the checkpoint stays before it until restart");
+                    }
+                    if let (false, Some(c)) = (frozen, cursor) {
+                        acked = Some(c);
+                    }
+                }
+            }
+            _ = tick.tick() => save(&file, &acked, &mut saved, &source).await,
+            _ = &mut stop => break,
+        }
+    }
+    save(&file, &acked, &mut saved, &source).await;
+}
+
+/// Writes `acked` if it moved since the last write.
+async fn save(file: &CursorFile, acked: &Option<String>, saved: &mut Option<String>, source: &str) {
+    let Some(cursor) = acked.clone().filter(|c| saved.as_ref() != Some(c)) else {
+        return;
+    };
+    let f = file.clone();
+    let c = cursor.clone();
+    match tokio::task::spawn_blocking(move || f.save(&c)).await {
+        Ok(Ok(())) => *saved = Some(cursor),
+        Ok(Err(error)) => tracing::warn!(source = %source, %error, "cannot write the journal cursor; retrying at the next interval"),
+        Err(error) => tracing::warn!(source = %source, %error, "the cursor write task failed"),
+    }
+}

@@ -1,0 +1,205 @@
+//! TLS for the HTTP sinks against loopback TLS endpoints with real
+//! certificates (`openssl req` at test time, `socat openssl-listen` in
+//! front of the Loki receiver and of s3s-fs): a private CA, mutual TLS, a
+//! server name other than the endpoint's host, client certificates rotated
+//! on disk without a restart, and the expiry metric.
+
+mod support;
+
+use std::time::Duration;
+use support::tls::{not_after, Ca, TlsProxy};
+use support::{Loki, Sluice, Stdout, S3};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn loki_config(port: u16, tls: &str, extra: &str) -> String {
+    format!(
+        r#"
+[api]
+address = "127.0.0.1:0"
+[enrich]
+disable_host = true
+[sources.in]
+type = "stdin"
+[sinks.loki]
+type = "loki"
+endpoint = "https://127.0.0.1:{port}"
+{extra}
+[sinks.loki.batch]
+timeout = "50ms"
+[sinks.loki.retry]
+initial_backoff = "50ms"
+max_backoff = "300ms"
+[sinks.loki.tls]
+{tls}
+"#
+    )
+}
+
+/// A sluice reading stdin into the Loki sink at the TLS `port`.
+fn start_loki(port: u16, tls: &str, extra: &str) -> Sluice {
+    Sluice::builder()
+        .config(&loki_config(port, tls, extra))
+        .stdin_piped()
+        .stdout(Stdout::Null)
+        .start()
+}
+
+fn lines(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!(r#"{{"seq":{i},"message":"tls {i}"}}"#)).collect()
+}
+
+#[test]
+fn loki_over_mutual_tls_with_a_private_ca_and_a_server_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = Ca::new(dir.path(), "server-ca");
+    let client_ca = Ca::new(dir.path(), "client-ca");
+    // The certificate names loki.test only: the endpoint is an IP address.
+    let (server_cert, server_key) = server_ca.issue("loki.test", "DNS:loki.test", 3);
+    let (client_cert, client_key) = client_ca.issue("agent", "DNS:agent", 4);
+    let loki = Loki::start();
+    let port: u16 = loki.url.rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = TlsProxy::start(
+        &server_cert,
+        &server_key,
+        Some(&client_ca.cert),
+        port,
+        &dir.path().join("socat.log"),
+    );
+
+    let tls = format!(
+        "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nserver_name = \"loki.test\"\n",
+        server_ca.cert.display(),
+        client_cert.display(),
+        client_key.display()
+    );
+    let mut s = start_loki(proxy.port, &tls, "");
+    s.write_lines(&lines(0..100));
+    loki.wait_for_entries(100, TIMEOUT);
+    let metrics = s.metrics();
+    assert_eq!(
+        metrics.get(
+            "sluice_tls_certificate_expiry_timestamp_seconds",
+            &[("sink", "loki"), ("certificate", "client")]
+        ),
+        Some(not_after(&client_cert) as f64)
+    );
+    assert_eq!(
+        metrics.get(
+            "sluice_tls_certificate_expiry_timestamp_seconds",
+            &[("sink", "loki"), ("certificate", "ca")]
+        ),
+        Some(not_after(&server_ca.cert) as f64)
+    );
+    s.finish(TIMEOUT);
+
+    // Without server_name the certificate does not match 127.0.0.1: the
+    // start-up check fails with a TLS error.
+    let no_name = tls.replace("server_name = \"loki.test\"\n", "");
+    let s = start_loki(proxy.port, &no_name, "");
+    assert!(!s.wait(TIMEOUT).success(), "a certificate for another name must be refused");
+    // Without a client certificate the endpoint refuses the connection.
+    let no_client = format!("ca_file = \"{}\"\nserver_name = \"loki.test\"\n", server_ca.cert.display());
+    let s = start_loki(proxy.port, &no_client, "");
+    assert!(!s.wait(TIMEOUT).success(), "mutual TLS needs the client certificate");
+}
+
+#[test]
+fn a_client_certificate_rotated_on_disk_is_used_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = Ca::new(dir.path(), "server-ca");
+    let client_ca = Ca::new(dir.path(), "client-ca");
+    let stranger = Ca::new(dir.path(), "stranger-ca");
+    let (server_cert, server_key) = server_ca.issue("localhost", "IP:127.0.0.1", 3);
+    let loki = Loki::start();
+    let port: u16 = loki.url.rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = TlsProxy::start(
+        &server_cert,
+        &server_key,
+        Some(&client_ca.cert),
+        port,
+        &dir.path().join("socat.log"),
+    );
+
+    // The files sluice reads start with a certificate the endpoint does
+    // not trust.
+    let (cert_file, key_file) = (dir.path().join("client.pem"), dir.path().join("client.key"));
+    let (bad_cert, bad_key) = stranger.issue("agent", "DNS:agent", 2);
+    std::fs::copy(&bad_cert, &cert_file).unwrap();
+    std::fs::copy(&bad_key, &key_file).unwrap();
+    let tls = format!(
+        "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nreload_interval = \"200ms\"\n",
+        server_ca.cert.display(),
+        cert_file.display(),
+        key_file.display()
+    );
+    let mut s = start_loki(proxy.port, &tls, "healthcheck = false");
+    s.write_lines(&lines(0..50));
+    let errors = || s.metrics().sum("sluice_sink_errors_total", &[("sink", "loki")]);
+    support::eventually("pushes refused for the untrusted certificate", TIMEOUT, || errors() >= 2.0);
+    assert!(loki.lines().is_empty(), "nothing got through with the wrong certificate");
+
+    // Rotation: the new certificate and key replace the files (renamed
+    // into place, as cert-manager and kubelet do).
+    let (good_cert, good_key) = client_ca.issue("agent", "DNS:agent", 5);
+    std::fs::copy(&good_key, dir.path().join("client.key.new")).unwrap();
+    std::fs::copy(&good_cert, dir.path().join("client.pem.new")).unwrap();
+    std::fs::rename(dir.path().join("client.key.new"), &key_file).unwrap();
+    std::fs::rename(dir.path().join("client.pem.new"), &cert_file).unwrap();
+    loki.wait_for_entries(50, TIMEOUT);
+    assert_eq!(
+        s.metrics().get(
+            "sluice_tls_certificate_expiry_timestamp_seconds",
+            &[("sink", "loki"), ("certificate", "client")]
+        ),
+        Some(not_after(&good_cert) as f64),
+        "the metric follows the rotated certificate"
+    );
+    s.finish(TIMEOUT);
+}
+
+#[test]
+fn s3_over_tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "s3-ca");
+    let (cert, key) = ca.issue("localhost", "IP:127.0.0.1", 3);
+    let s3 = S3::start();
+    s3.create_bucket("tls");
+    let port: u16 = s3.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = TlsProxy::start(&cert, &key, None, port, &dir.path().join("socat.log"));
+    let cfg = format!(
+        r#"
+[api]
+address = "127.0.0.1:0"
+[sources.in]
+type = "stdin"
+[sinks.s3]
+type = "s3"
+bucket = "tls"
+endpoint = "https://127.0.0.1:{port}"
+region = "us-east-1"
+compression = "none"
+[sinks.s3.tls]
+ca_file = "{ca}"
+"#,
+        port = proxy.port,
+        ca = ca.cert.display()
+    );
+    let mut s = Sluice::builder()
+        .config(&cfg)
+        .stdin_piped()
+        .stdout(Stdout::Null)
+        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+        .start();
+    s.write_lines(&lines(0..30));
+    s.finish(TIMEOUT);
+    let keys = s3.keys_on_disk("tls");
+    let text: String = keys
+        .iter()
+        .map(|k| std::fs::read_to_string(s3.object_path("tls", k)).unwrap())
+        .collect();
+    for i in 0..30 {
+        assert!(text.contains(&format!("\"seq\":{i},")), "event {i} is in the bucket: {keys:?}");
+    }
+}

@@ -23,11 +23,11 @@ use std::time::{Duration, SystemTime};
 use tokio::task::JoinSet;
 
 use super::delivery::{self, Answer, Endpoint, ErrorKind, Failed, RetryConfig};
-use super::http::{self, AckTracker, TrackId};
+use super::http::{self, AckTracker, RequestOutcome, TrackId};
 use super::{SinkComponent, SinkCx, SinkError, SinkErrorKind};
 use crate::buffer::{QueueItem, QueueReceiver};
 use crate::config::{duration, ConfigError, Validate};
-use crate::event::{AckOutcome, Batch};
+use crate::event::Batch;
 use crate::otlp::proto::{ExportLogsServiceResponse, RetryInfo, Status};
 use crate::otlp::{grpc, logs, LOGS_GRPC_PATH, LOGS_HTTP_PATH};
 use crate::pipeline::Task;
@@ -75,9 +75,9 @@ pub struct OtlpSinkConfig {
     /// When a request is sent.
     #[serde(default)]
     pub(crate) batch: OtlpBatch,
-    /// Request time and concurrency.
+    /// Request time and concurrency (the HTTP sinks' `request` table).
     #[serde(default)]
-    pub(crate) request: OtlpRequest,
+    pub(crate) request: http::RequestConfig,
     /// Backoff between attempts.
     #[serde(default)]
     pub(crate) retry: RetryConfig,
@@ -107,26 +107,6 @@ impl Default for OtlpBatch {
     }
 }
 
-/// The `request` table.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct OtlpRequest {
-    /// Longest one request may take, answer included.
-    #[serde(deserialize_with = "duration")]
-    pub(crate) timeout: Duration,
-    /// Requests in flight at once.
-    pub(crate) concurrency: usize,
-}
-
-impl Default for OtlpRequest {
-    fn default() -> Self {
-        OtlpRequest {
-            timeout: Duration::from_secs(30),
-            concurrency: 2,
-        }
-    }
-}
-
 impl Validate for OtlpSinkConfig {
     fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         match reqwest::Url::parse(&self.endpoint) {
@@ -145,12 +125,7 @@ impl Validate for OtlpSinkConfig {
         if self.batch.max_events == 0 {
             errors.push(ConfigError::at(path, "batch.max_events", "must be at least 1"));
         }
-        if !(1..=64).contains(&self.request.concurrency) {
-            errors.push(ConfigError::at(path, "request.concurrency", "must be between 1 and 64"));
-        }
-        if self.request.timeout.is_zero() {
-            errors.push(ConfigError::at(path, "request.timeout", "must be more than 0"));
-        }
+        self.request.validate(path, errors);
         self.retry.validate(&format!("{path}.retry"), errors);
         if let Some(t) = &self.tls {
             t.validate(&format!("{path}.tls"), errors);
@@ -261,19 +236,9 @@ fn grpc_client(
     b.build().map_err(|e| format!("cannot build the gRPC client: {e}"))
 }
 
-/// How a request ended.
-enum Outcome {
-    /// Every record was kept.
-    Delivered,
-    /// The receiver rejected some or all records for good (counted).
-    Dropped,
-    /// The sink cannot work (credentials, address): stop.
-    Fatal(String),
-}
-
 struct Done {
     parts: Vec<TrackId>,
-    outcome: Outcome,
+    outcome: RequestOutcome,
 }
 
 /// The sink's state, owned by its task.
@@ -307,7 +272,7 @@ impl OtlpSink {
                 Some(res) = inflight.join_next(), if !inflight.is_empty() => {
                     let done = res.unwrap_or_else(|e| Done {
                         parts: Vec::new(),
-                        outcome: Outcome::Fatal(format!("request task failed: {e}")),
+                        outcome: RequestOutcome::Fatal(format!("request task failed: {e}")),
                     });
                     self.finish(done)?;
                 }
@@ -317,7 +282,7 @@ impl OtlpSink {
                     Some(item) => self.add(item),
                     None => input_open = false,
                 },
-                _ = sleep_until(deadline), if deadline.is_some() && !full && inflight.len() < self.concurrency => {
+                _ = http::sleep_until(deadline), if deadline.is_some() && !full && inflight.len() < self.concurrency => {
                     self.send(&mut inflight);
                 }
             }
@@ -346,26 +311,7 @@ impl OtlpSink {
     }
 
     fn finish(&mut self, done: Done) -> Result<(), SinkError> {
-        let outcome = match &done.outcome {
-            Outcome::Delivered => AckOutcome::Delivered,
-            Outcome::Dropped => AckOutcome::Dropped,
-            Outcome::Fatal(_) => AckOutcome::Abandoned,
-        };
-        for id in &done.parts {
-            self.tracker.part_done(*id, outcome);
-        }
-        if let Outcome::Fatal(message) = done.outcome {
-            self.tracker.abandon_all();
-            return Err(SinkError::new(&self.shared.name, SinkErrorKind::Refused(message)));
-        }
-        Ok(())
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
+        self.tracker.request_done(&self.shared.name, &done.parts, done.outcome)
     }
 }
 
@@ -379,7 +325,7 @@ async fn export(shared: Arc<Shared>, batches: Vec<(Arc<Batch>, TrackId)>) -> Don
         Err(e) => {
             return Done {
                 parts,
-                outcome: Outcome::Fatal(format!("encoder task failed: {e}")),
+                outcome: RequestOutcome::Fatal(format!("encoder task failed: {e}")),
             }
         }
     };
@@ -398,9 +344,9 @@ async fn export(shared: Arc<Shared>, batches: Vec<(Arc<Batch>, TrackId)>) -> Don
         )
         .await;
     let kept = match &outcome {
-        (Outcome::Delivered, _) => records,
-        (Outcome::Dropped, rejected) => records.saturating_sub(*rejected),
-        (Outcome::Fatal(_), _) => 0,
+        (RequestOutcome::Delivered, _) => records,
+        (RequestOutcome::Dropped, rejected) => records.saturating_sub(*rejected),
+        (RequestOutcome::Fatal(_), _) => 0,
     };
     shared.events.inc_by(kept);
     shared.bytes.inc_by(bytes * kept / records.max(1));
@@ -445,14 +391,14 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 /// What the receiver's answer means: the outcome and how many records it
 /// rejected.
-async fn judge(shared: &Shared, resp: reqwest::Response, records: u64) -> Answer<(Outcome, u64)> {
+async fn judge(shared: &Shared, resp: reqwest::Response, records: u64) -> Answer<(RequestOutcome, u64)> {
     match shared.protocol {
         Protocol::Http => judge_http(shared, resp, records).await,
         Protocol::Grpc => judge_grpc(shared, resp, records).await,
     }
 }
 
-async fn judge_http(shared: &Shared, resp: reqwest::Response, records: u64) -> Answer<(Outcome, u64)> {
+async fn judge_http(shared: &Shared, resp: reqwest::Response, records: u64) -> Answer<(RequestOutcome, u64)> {
     let status = resp.status();
     let retry_after = delivery::retry_after(resp.headers());
     let body = resp.bytes().await.unwrap_or_default();
@@ -482,7 +428,7 @@ async fn judge_http(shared: &Shared, resp: reqwest::Response, records: u64) -> A
     )
 }
 
-async fn judge_grpc(shared: &Shared, resp: reqwest::Response, records: u64) -> Answer<(Outcome, u64)> {
+async fn judge_grpc(shared: &Shared, resp: reqwest::Response, records: u64) -> Answer<(RequestOutcome, u64)> {
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp.bytes().await.unwrap_or_default();
@@ -547,24 +493,24 @@ async fn judge_grpc(shared: &Shared, resp: reqwest::Response, records: u64) -> A
 }
 
 /// Some records (maybe none) rejected in an accepted request.
-fn partial(shared: &Shared, records: u64, rejected: u64) -> Answer<(Outcome, u64)> {
+fn partial(shared: &Shared, records: u64, rejected: u64) -> Answer<(RequestOutcome, u64)> {
     if rejected == 0 {
-        return Answer::Accepted((Outcome::Delivered, 0));
+        return Answer::Accepted((RequestOutcome::Delivered, 0));
     }
     let rejected = rejected.min(records);
     shared.rejected.inc_by(rejected);
     tracing::warn!(sink = %shared.name, rejected, "the OTLP receiver rejected records; they are counted in sluice_events_dropped_total");
-    Answer::Refused(ErrorKind::Rejected, (Outcome::Dropped, rejected))
+    Answer::Refused(ErrorKind::Rejected, (RequestOutcome::Dropped, rejected))
 }
 
 /// A final refusal: every record is dropped (counted), or the sink stops
 /// when the answer says it is misconfigured.
-fn refused(shared: &Shared, records: u64, detail: &str, misconfigured: bool) -> Answer<(Outcome, u64)> {
+fn refused(shared: &Shared, records: u64, detail: &str, misconfigured: bool) -> Answer<(RequestOutcome, u64)> {
     if misconfigured {
         return Answer::Refused(
             ErrorKind::Client,
             (
-                Outcome::Fatal(format!(
+                RequestOutcome::Fatal(format!(
                     "the OTLP receiver at {} answered {detail} (check endpoint, protocol and headers)",
                     shared.url
                 )),
@@ -574,7 +520,7 @@ fn refused(shared: &Shared, records: u64, detail: &str, misconfigured: bool) -> 
     }
     shared.rejected.inc_by(records);
     tracing::warn!(sink = %shared.name, records, answer = %detail, "the OTLP receiver refused an export; its records are counted in sluice_events_dropped_total and not retried");
-    Answer::Refused(ErrorKind::Client, (Outcome::Dropped, records))
+    Answer::Refused(ErrorKind::Client, (RequestOutcome::Dropped, records))
 }
 
 /// The delay of a `RetryInfo` in a `grpc-status-details-bin` header.

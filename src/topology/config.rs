@@ -510,8 +510,8 @@ type = "nope"
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         for want in [
             "sources.f.kubernetes.api: needs kubernetes.enabled = true",
-            "sources.other.type: unknown source type \"nope\"; known: stdin, file, socket, process, kafka, statsd, internal_metrics",
-            "sinks.more.type: unknown sink type \"nope\"; known: stdout, blackhole, kafka, loki, s3, prometheus_remote_write, prometheus_exporter",
+            "sources.other.type: unknown source type \"nope\"; known: stdin, file, socket, process, kafka, otlp, statsd, internal_metrics, journald",
+            "sinks.more.type: unknown sink type \"nope\"; known: stdout, blackhole, kafka, loki, s3, otlp, prometheus_remote_write, prometheus_exporter",
             "sinks.out.buffer.max_events: must be at least 1",
             "sinks.out.buffer.max_bytes: must be at least 1KiB",
             "sinks.l.retry.initial_backoff: must be above 0",

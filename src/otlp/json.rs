@@ -97,14 +97,7 @@ fn int_as<T: TryFrom<i128>>(o: &Map<String, Json>, camel: &str, snake: &str, pat
 
 fn hex(o: &Map<String, Json>, camel: &str, snake: &str, path: &str) -> Result<Vec<u8>> {
     let s = string(o, camel, snake, path)?;
-    let bad = || shape(&join(path, camel), "expected hex digits");
-    if s.len() % 2 != 0 {
-        return Err(bad());
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|d| u8::from_str_radix(d, 16).ok()).ok_or_else(bad))
-        .collect()
+    super::logs::parse_hex(&s).ok_or_else(|| shape(&join(path, camel), "expected hex digits"))
 }
 
 fn resource_logs(v: &Json, path: &str) -> Result<ResourceLogs> {

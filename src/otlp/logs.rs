@@ -584,7 +584,8 @@ fn parse_time(v: &Json) -> Option<u64> {
     }
 }
 
-fn parse_hex(s: &str) -> Option<Vec<u8>> {
+/// Hex digits as bytes; `None` for an odd length or a non-hex digit.
+pub(crate) fn parse_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }

@@ -375,18 +375,12 @@ fn encode(batches: &[(Arc<Batch>, TrackId)], protocol: Protocol, compression: Co
     let message = builder.take().encode_to_vec();
     let body = match (protocol, compression) {
         (Protocol::Http, Compression::None) => message,
-        (Protocol::Http, Compression::Gzip) => gzip(&message),
+        // Level 1, gzip's fast setting; writing into a Vec cannot fail.
+        (Protocol::Http, Compression::Gzip) => super::loki::encode::gzip(&message, 1).unwrap_or_default(),
         (Protocol::Grpc, Compression::None) => grpc::frame(&message),
         (Protocol::Grpc, Compression::Gzip) => grpc::frame_gzip(&message),
     };
     (body, records, bytes)
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 4), flate2::Compression::fast());
-    // Writing into a Vec cannot fail.
-    let _ = std::io::Write::write_all(&mut gz, data);
-    gz.finish().unwrap_or_default()
 }
 
 /// What the receiver's answer means: the outcome and how many records it

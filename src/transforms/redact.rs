@@ -235,15 +235,17 @@ impl Redact {
                 if d.luhn && !luhn(whole) {
                     return whole.to_owned();
                 }
-                changed = true;
                 let (keep, secret) = match (d.keeps_prefix, c.get(1)) {
                     (true, Some(p)) => (p.as_str(), &whole[p.as_str().len()..]),
                     _ => ("", whole),
                 };
-                match &self.key {
+                let scrubbed = match &self.key {
                     Some(key) => format!("{keep}[{}:{}]", d.name, keyed_hash(key, secret)),
                     None => format!("{keep}{}", self.replace),
-                }
+                };
+                // Text scrubbed before (`password=[REDACTED]`) is no change.
+                changed |= scrubbed != whole;
+                scrubbed
             });
             if let Cow::Owned(s) = replaced {
                 out = Cow::Owned(s);
@@ -327,6 +329,8 @@ mod tests {
             "card-like 4111 1111 1111 1112 fails luhn",
             "version 1.2.3 build 4",
             "user u-004512 bytes 48213",
+            // Scrubbed already: scrubbing again changes nothing.
+            "login password=[REDACTED] ok",
         ] {
             assert_eq!(r.scrub(ordinary), None, "{ordinary}");
         }

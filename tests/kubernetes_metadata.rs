@@ -7,132 +7,15 @@
 
 mod support;
 
-use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use hyper::body::Frame;
 use serde_json::{json, Value};
-use std::convert::Infallible;
 use std::path::Path;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::file_source::{append, config, parse};
+use support::kube_api::{start_api, ApiState, TOKEN};
 use support::Sluice;
-use tokio::sync::mpsc;
-use tokio_rustls::rustls;
 
-const TOKEN: &str = "test-token-7f3a9c";
-
-#[derive(Default)]
-struct ApiState {
-    /// (path and query, authorization header) of every request.
-    requests: Mutex<Vec<(String, String)>>,
-    pods: Mutex<Vec<Value>>,
-    watchers: Mutex<Vec<mpsc::UnboundedSender<Bytes>>>,
-}
-
-impl ApiState {
-    fn send_event(&self, kind: &str, pod: &Value) {
-        let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": pod})));
-        self.watchers.lock().unwrap().retain(|w| w.send(line.clone()).is_ok());
-    }
-}
-
-/// A watch response body: events as the test sends them.
-struct WatchBody(mpsc::UnboundedReceiver<Bytes>);
-
-impl hyper::body::Body for WatchBody {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
-    }
-}
-
-async fn handle(
-    req: hyper::Request<hyper::body::Incoming>,
-    state: Arc<ApiState>,
-) -> Result<hyper::Response<BoxBody<Bytes, Infallible>>, Infallible> {
-    let uri = req.uri().to_string();
-    let auth = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    state.requests.lock().unwrap().push((uri.clone(), auth.clone()));
-    if auth != format!("Bearer {TOKEN}") {
-        return Ok(hyper::Response::builder()
-            .status(401)
-            .body(Full::new(Bytes::from_static(b"{\"kind\":\"Status\",\"code\":401}")).boxed())
-            .unwrap());
-    }
-    if uri.contains("watch=true") {
-        let (tx, rx) = mpsc::unbounded_channel();
-        state.watchers.lock().unwrap().push(tx);
-        return Ok(hyper::Response::builder()
-            .header("content-type", "application/json")
-            .body(WatchBody(rx).boxed())
-            .unwrap());
-    }
-    let list = json!({
-        "kind": "PodList", "apiVersion": "v1",
-        "metadata": {"resourceVersion": "100"},
-        "items": *state.pods.lock().unwrap(),
-    });
-    Ok(hyper::Response::builder()
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(list.to_string())).boxed())
-        .unwrap())
-}
-
-/// Generates a CA and a server certificate for localhost; writes the CA to
-/// `ca_path`; serves on a loopback port it returns.
-fn start_api(rt: &tokio::runtime::Runtime, state: Arc<ApiState>, ca_path: &Path) -> u16 {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "sluice test cluster CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    std::fs::write(ca_path, ca_cert.pem()).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let mut srv_params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    srv_params.distinguished_name.push(DnType::CommonName, "kubernetes");
-    let srv_key = KeyPair::generate().unwrap();
-    let srv_cert = srv_params.signed_by(&srv_key, &issuer).unwrap();
-
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![srv_cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(srv_key.serialize_der())),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    rt.spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
-            let acceptor = acceptor.clone();
-            let state = state.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let svc = hyper::service::service_fn(move |req| handle(req, state.clone()));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    port
-}
+const PODS: &str = "/api/v1/pods";
 
 fn pod(version: &str) -> Value {
     json!({
@@ -154,7 +37,7 @@ fn pods_from_a_real_tls_api_server_enrich_events_and_follow_the_watch() {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let state = Arc::new(ApiState::default());
-    state.pods.lock().unwrap().push(pod("3.1.4"));
+    state.push(PODS, pod("3.1.4"));
     let ca = dir.path().join("ca.crt");
     let token = dir.path().join("token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
@@ -190,11 +73,11 @@ fn pods_from_a_real_tls_api_server_enrich_events_and_follow_the_watch() {
 
     // A new release rolls out: the watch says so, new lines carry it.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while state.watchers.lock().unwrap().is_empty() {
+    while state.watching(PODS) == 0 {
         assert!(Instant::now() < deadline, "sluice never started a watch");
         std::thread::sleep(Duration::from_millis(20));
     }
-    state.send_event("MODIFIED", &pod("3.1.5"));
+    state.send_event(PODS, "MODIFIED", &pod("3.1.5"));
     // Lines keep coming; once the watch event is in, they carry 3.1.5.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut probe = 0;
@@ -210,7 +93,7 @@ fn pods_from_a_real_tls_api_server_enrich_events_and_follow_the_watch() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // The pod is deleted; its last lines still get its metadata.
-    state.send_event("DELETED", &pod("3.1.5"));
+    state.send_event(PODS, "DELETED", &pod("3.1.5"));
     std::thread::sleep(Duration::from_millis(300));
     let before = s.count();
     append(&api_dir.join("0.log"), [cri("after-delete")]);
@@ -239,7 +122,7 @@ fn untrusted_api_certificate_is_refused_and_path_metadata_still_works() {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let state = Arc::new(ApiState::default());
-    state.pods.lock().unwrap().push(pod("3.1.4"));
+    state.push(PODS, pod("3.1.4"));
     let port = start_api(&rt, state.clone(), &dir.path().join("real-ca.crt"));
     // sluice trusts a different CA than the one that signed the server.
     let other_ca = dir.path().join("other-ca.crt");
@@ -277,7 +160,7 @@ fn pod_annotation_picks_the_multiline_preset_for_its_containers_only() {
     let state = Arc::new(ApiState::default());
     let mut annotated = pod("3.1.4");
     annotated["metadata"]["annotations"]["sluice.dev/multiline"] = json!("java");
-    state.pods.lock().unwrap().push(annotated);
+    state.push(PODS, annotated);
     let ca = dir.path().join("ca.crt");
     let token = dir.path().join("token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();

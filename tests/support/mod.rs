@@ -42,6 +42,7 @@
 pub mod enriched;
 pub mod file_source;
 pub mod kafka;
+pub mod kube_api;
 pub mod metrics;
 pub mod otlp;
 pub mod remote_write;

@@ -32,9 +32,19 @@ const DECODE_IN_FLIGHT: usize = 4;
 #[error("the pipeline has shut down")]
 pub struct PipelineClosed;
 
-/// A batch decoding on the blocking pool, with what each tap made of it
-/// and, when transforms take the source's events, their outputs.
-type Pending = JoinHandle<(Batch, Vec<Prepared>, Option<Outputs>)>;
+/// A batch decoding on the blocking pool.
+type Pending = JoinHandle<Decoded>;
+
+/// A decoded batch, with what each tap made of it and, when transforms
+/// take the source's events, their outputs.
+struct Decoded {
+    batch: Batch,
+    prepared: Vec<Prepared>,
+    outputs: Option<Outputs>,
+    /// The [`Wiring`]'s transforms generation the batch was judged by;
+    /// `None` for a batch no transform takes (metric samples).
+    generation: Option<u64>,
+}
 
 /// What the transforms made of one batch: per output that a sink may take
 /// (`filter`, `split.errors`), its events.
@@ -169,7 +179,14 @@ impl SourceOutput {
             .with_label_values(&[&self.source])
             .inc_by(batch.len() as u64);
         // Transforms act on log events; a metric batch goes as it is.
-        let pending = tokio::spawn(async move { (batch, Vec::new(), None) });
+        let pending = tokio::spawn(async move {
+            Decoded {
+                batch,
+                prepared: Vec::new(),
+                outputs: None,
+                generation: None,
+            }
+        });
         self.tx.send(pending).await.map_err(|_| PipelineClosed)
     }
 
@@ -194,7 +211,7 @@ impl SourceOutput {
         let fields = self.wiring.fields();
         let source = self.source.clone();
         let taps = self.taps.clone();
-        let processing = self.wiring.processing(&self.source);
+        let (generation, processing) = self.wiring.processing(&self.source);
         let received_at = SystemTime::now();
         tokio::task::spawn_blocking(move || {
             let mut out = BatchBuilder::with_capacity(fields, size_hint, size_hint / 200 + 1);
@@ -230,7 +247,12 @@ impl SourceOutput {
                 (Some(p), true) => prepared.pop().map(|judged| p.process(&batch, judged)),
                 _ => None,
             };
-            (batch, prepared, outputs)
+            Decoded {
+                batch,
+                prepared,
+                outputs,
+                generation: Some(generation),
+            }
         })
     }
 }
@@ -244,10 +266,18 @@ pub(crate) struct Wiring {
     /// The fields decode extracts for the sinks. A reload only appends to
     /// it, so the indexes a running sink looked up stay valid.
     fields: std::sync::RwLock<Arc<FieldSet>>,
-    /// The transforms each source's events go through, by source; a
+    /// The transforms each source's events go through; a
     /// source without an entry feeds `routes[source]` directly. With
     /// transforms, `routes` is keyed by output name (`split.errors`).
-    processing: std::sync::RwLock<HashMap<Arc<str>, Arc<dyn Processing>>>,
+    processing: std::sync::RwLock<Plans>,
+}
+
+/// The transforms of every source, and how many times they were set: a
+/// batch judged by an older set is judged again when it leaves.
+#[derive(Default)]
+struct Plans {
+    generation: u64,
+    by_source: HashMap<Arc<str>, Arc<dyn Processing>>,
 }
 
 impl std::fmt::Debug for Wiring {
@@ -266,7 +296,7 @@ impl Wiring {
         Wiring {
             routes: tokio::sync::RwLock::new(HashMap::new()),
             fields: std::sync::RwLock::new(fields),
-            processing: std::sync::RwLock::new(HashMap::new()),
+            processing: std::sync::RwLock::new(Plans::default()),
         }
     }
 
@@ -287,19 +317,29 @@ impl Wiring {
         *self.fields.write().unwrap_or_else(PoisonError::into_inner) = fields;
     }
 
-    /// The transforms `source`'s events go through, if any.
-    pub(crate) fn processing(&self, source: &str) -> Option<Arc<dyn Processing>> {
-        let map = self.processing.read().unwrap_or_else(PoisonError::into_inner);
-        if map.is_empty() {
-            return None;
+    /// The transforms `source`'s events go through, if any, and the
+    /// generation they belong to.
+    pub(crate) fn processing(&self, source: &str) -> (u64, Option<Arc<dyn Processing>>) {
+        let plans = self.processing.read().unwrap_or_else(PoisonError::into_inner);
+        if plans.by_source.is_empty() {
+            return (plans.generation, None);
         }
-        map.get(source).cloned()
+        (plans.generation, plans.by_source.get(source).cloned())
+    }
+
+    /// How many times the transforms were set.
+    fn generation(&self) -> u64 {
+        self.processing.read().unwrap_or_else(PoisonError::into_inner).generation
     }
 
     /// Replaces the transforms of every source (call it while holding
-    /// [`Wiring::rewire`], with the routes of their outputs).
+    /// [`Wiring::rewire`], with the routes of their outputs). Batches
+    /// judged by the old ones are judged again as they leave: the outputs
+    /// they reached may be gone.
     pub(crate) fn set_processing(&self, processing: HashMap<Arc<str>, Arc<dyn Processing>>) {
-        *self.processing.write().unwrap_or_else(PoisonError::into_inner) = processing;
+        let mut plans = self.processing.write().unwrap_or_else(PoisonError::into_inner);
+        plans.generation += 1;
+        plans.by_source = processing;
     }
 
     /// Holds every fan-out between two batches and hands over the routes.
@@ -333,7 +373,12 @@ pub(crate) fn wired_output(source: Arc<str>, wiring: Arc<Wiring>, taps: Vec<Arc<
 async fn fan_out(mut rx: mpsc::Receiver<Pending>, wiring: Arc<Wiring>, taps: Arc<[Arc<dyn BatchTap>]>, source: Arc<str>) {
     let none: Arc<[QueueSender]> = Arc::new([]);
     while let Some(pending) = rx.recv().await {
-        let (batch, prepared, outputs) = match pending.await {
+        let Decoded {
+            batch,
+            prepared,
+            mut outputs,
+            generation,
+        } = match pending.await {
             Ok(b) => b,
             Err(e) => {
                 // Decode never panics on input (every path is tested with
@@ -351,6 +396,9 @@ async fn fan_out(mut rx: mpsc::Receiver<Pending>, wiring: Arc<Wiring>, taps: Arc
         // Held while the batch is queued: a rewiring waits for it, and no
         // batch goes to a sink the rewiring has already let go.
         let routes = wiring.routes.read().await;
+        if generation.is_some_and(|judged_by| judged_by != wiring.generation()) {
+            outputs = wiring.processing(&source).1.map(|p| judge_again(&batch, p.as_ref()));
+        }
         if let Some(outputs) = outputs {
             send_outputs(batch, outputs, &routes).await;
             continue;
@@ -372,6 +420,27 @@ async fn fan_out(mut rx: mpsc::Receiver<Pending>, wiring: Arc<Wiring>, taps: Arc
                 batch.acknowledge(AckOutcome::Abandoned);
             }
         }
+    }
+}
+
+/// Runs `processing` over a batch decoded before a reload replaced the
+/// transforms that judged it: each event is read again from the batch
+/// (its metadata is in it already), for the new transforms' verdicts.
+fn judge_again(batch: &Batch, processing: &dyn Processing) -> Outputs {
+    let no_members = crate::enrich::Fragment::default();
+    let mut scratch = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), batch.byte_len(), batch.len());
+    let judged = DECODER.with(|d| {
+        let mut d = d.borrow_mut();
+        d.observe(processing.fields(), processing.begin(&batch.source));
+        for event in batch.events() {
+            d.decode_line(event, false, &[], &no_members, &mut scratch);
+        }
+        d.take_stats();
+        d.finish_observers().pop()
+    });
+    match judged {
+        Some(judged) => processing.process(batch, judged),
+        None => Vec::new(),
     }
 }
 

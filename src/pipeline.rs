@@ -73,6 +73,11 @@ pub trait Processing: Send + Sync {
     /// Runs the transforms over a decoded batch, with what the observer
     /// made of it: the events of each output.
     fn process(&self, batch: &Batch, prepared: Prepared) -> Outputs;
+
+    /// The throttles a file reader of the source asks before it reads.
+    fn deferrals(&self) -> Vec<Arc<dyn crate::transforms::Deferral>> {
+        Vec::new()
+    }
 }
 
 /// What a [`BatchTap`]'s observer made of one batch on the decode pool.
@@ -188,6 +193,18 @@ impl SourceOutput {
             }
         });
         self.tx.send(pending).await.map_err(|_| PipelineClosed)
+    }
+
+    /// The throttles a file reader asks before it reads, and the
+    /// generation they belong to (ask again when [`SourceOutput::generation`]
+    /// differs).
+    pub(crate) fn deferrals(&self) -> (u64, Vec<Arc<dyn crate::transforms::Deferral>>) {
+        self.wiring.deferrals(&self.source)
+    }
+
+    /// The generation of the transforms now wired.
+    pub(crate) fn generation(&self) -> u64 {
+        self.wiring.generation()
     }
 
     fn spawn_lines(&self, lines: Lines, ctx: Arc<SourceContext>, ack: Option<Acknowledger>) -> Pending {
@@ -327,8 +344,15 @@ impl Wiring {
         (plans.generation, plans.by_source.get(source).cloned())
     }
 
+    /// The throttles `source`'s file readers ask before they read, and the
+    /// generation of the transforms they belong to.
+    pub(crate) fn deferrals(&self, source: &str) -> (u64, Vec<Arc<dyn crate::transforms::Deferral>>) {
+        let (generation, processing) = self.processing(source);
+        (generation, processing.map(|p| p.deferrals()).unwrap_or_default())
+    }
+
     /// How many times the transforms were set.
-    fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.processing.read().unwrap_or_else(PoisonError::into_inner).generation
     }
 

@@ -1009,6 +1009,75 @@ mod tests {
     }
 
     #[test]
+    fn bad_watch_lines_end_the_watch_for_a_relist_and_never_panic() {
+        assert_eq!(parse_watch_line(b"  \r"), None);
+        for bad in [
+            &b"{not json"[..],
+            b"[1,2]",
+            b"\"ADDED\"",
+            b"\xff\xfe",
+            b"{\"object\":{}}",
+            b"{\"type\":\"WEIRD\"}",
+        ] {
+            assert!(
+                matches!(parse_watch_line(bad), Some(WatchEvent::Relist(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let gone = br#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version: 1 (4000)","reason":"Expired","code":410}}"#;
+        assert_eq!(
+            parse_watch_line(gone),
+            Some(WatchEvent::Relist("410 too old resource version: 1 (4000)".into()))
+        );
+        let bookmark = br#"{"type":"BOOKMARK","object":{"kind":"Event","metadata":{"resourceVersion":"12"}}}"#;
+        assert!(
+            matches!(parse_watch_line(bookmark), Some(WatchEvent::Object(t, o)) if t == "BOOKMARK" && o["metadata"]["resourceVersion"] == "12")
+        );
+    }
+
+    #[test]
+    fn namespace_and_node_labels_go_in_only_when_enabled() {
+        let cache = PodCache::default();
+        let labels = |v: Value| v.as_object().cloned().unwrap();
+        cache.set_namespace(
+            "shop",
+            NamespaceInfo::from_json(&json!({"metadata": {"name": "shop", "labels": {"team": "payments"}, "annotations": {"o": "p"}}}))
+                .unwrap(),
+        );
+        cache.set_node_labels(labels(
+            json!({"failure-domain.beta.kubernetes.io/zone": "z-old", "node.kubernetes.io/instance-type": "m5.large"}),
+        ));
+        let g = cache.generation();
+        cache.set_node_labels(labels(
+            json!({"failure-domain.beta.kubernetes.io/zone": "z-old", "node.kubernetes.io/instance-type": "m5.large"}),
+        ));
+        assert_eq!(cache.generation(), g, "unchanged labels do not re-render contexts");
+        let base = || {
+            let mut m = Map::new();
+            m.insert("kubernetes".into(), json!({"namespace": "shop"}));
+            m
+        };
+        let mut off = base();
+        add_cluster_metadata(&mut off, &KubernetesConfig::default(), &cache, "shop");
+        assert_eq!(Value::Object(off)["kubernetes"], json!({"namespace": "shop"}));
+        let cfg = KubernetesConfig {
+            namespace_labels: true,
+            node_labels: true,
+            annotations: false,
+            ..KubernetesConfig::default()
+        };
+        let mut on = base();
+        add_cluster_metadata(&mut on, &cfg, &cache, "shop");
+        let k = &Value::Object(on)["kubernetes"];
+        assert_eq!(k["namespace_labels"]["team"], "payments");
+        assert!(k.get("namespace_annotations").is_none(), "annotations off");
+        assert_eq!(k["zone"], "z-old", "the pre-1.17 label name");
+        assert_eq!(k["instance_type"], "m5.large");
+        assert!(k.get("region").is_none());
+    }
+
+    #[test]
     fn pod_metadata_sets_release_and_process_type() {
         let pod = PodInfo::from_json(&json!({
             "metadata": {"name":"web-1","namespace":"shop","uid":"u1","labels":{"app":"web"},

@@ -94,3 +94,28 @@ impl SourceComponent for KubernetesEventsConfig {
         true
     }
 }
+
+/// Entry points for the fuzz target (`fuzz/fuzz_targets/kubernetes_events.rs`).
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use crate::sources::file::kubernetes::{parse_watch_line, KubernetesConfig, PodInfo, WatchEvent};
+
+    /// Reads `data` as watch stream lines and renders every object, with
+    /// itself read as the pod too: never a panic, and every rendered event
+    /// is one line holding a JSON object.
+    pub fn watch_lines(data: &[u8]) {
+        for line in data.split(|b| *b == b'\n') {
+            let Some(WatchEvent::Object(_, obj)) = parse_watch_line(line) else {
+                continue;
+            };
+            let _ = super::event::regarding_pod(&obj);
+            let pod = PodInfo::from_json(&obj);
+            let mut out = Vec::new();
+            if super::event::render(&obj, pod.as_ref(), &KubernetesConfig::default(), &mut out).is_ok() {
+                assert!(!out.contains(&b'\n'), "one line");
+                let v: serde_json::Value = serde_json::from_slice(&out).expect("a rendered event is JSON");
+                assert!(v.is_object());
+            }
+        }
+    }
+}

@@ -30,6 +30,9 @@ use tokio_rustls::rustls;
 /// The bearer token the stand-in accepts.
 pub const TOKEN: &str = "test-token-7f3a9c";
 
+/// One recorded change: (resource version, watch event type, object).
+pub type Change = (u64, String, Value);
+
 /// What the stand-in serves and what it was asked.
 #[derive(Default)]
 pub struct ApiState {
@@ -43,7 +46,7 @@ pub struct ApiState {
     /// writes: the next is 1001 more than this.
     pub version: AtomicU64,
     /// Changes recorded per collection path: (version, type, object).
-    pub history: Mutex<HashMap<String, Vec<(u64, String, Value)>>>,
+    pub history: Mutex<HashMap<String, Vec<Change>>>,
     /// Per collection path, the oldest version a watch may start from.
     pub compacted: Mutex<HashMap<String, u64>>,
     /// Single objects (Leases) by their path.

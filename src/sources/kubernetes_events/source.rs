@@ -98,11 +98,14 @@ impl Stream {
     }
 }
 
+/// A looked-up pod (or that there was none) and when.
+type CachedPod = (Instant, Option<Arc<PodInfo>>);
+
 /// Pods looked up by namespace and name, kept for a while.
 struct PodLookup {
     api: ApiClient,
     ttl: Duration,
-    cache: Mutex<HashMap<(String, String), (Instant, Option<Arc<PodInfo>>)>>,
+    cache: Mutex<HashMap<(String, String), CachedPod>>,
     source: Arc<str>,
 }
 

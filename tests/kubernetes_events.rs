@@ -312,3 +312,34 @@ fn restart_resumes_after_the_acknowledged_version_and_relists_after_410() {
     assert!(a.logs().contains("listing again"), "{}", a.logs());
     let _ = a.stop();
 }
+
+#[test]
+fn without_leader_election_one_instance_reports_on_one_watch_and_writes_no_lease() {
+    let c = Cluster::start();
+    c.send(1);
+    c.send(2);
+    let data = c.dir.path().join("data");
+    let cfg = c.config("solo", &data).replace(
+        "[sources.events.leader_election]\n",
+        "[sources.events.leader_election]\nenabled = false\n",
+    );
+    let a = Sluice::start(&cfg);
+    a.wait_until("events 1 and 2", LONG, |l| has_all(l, &[1, 2]));
+    wait_until("a watch", LONG, || (c.state.watching(EVENTS) == 1).then_some(()));
+    c.send(3);
+    let lines = a.wait_until("event 3", LONG, |l| has_all(l, &[3]));
+    assert_eq!(numbers(&lines), [1, 2, 3]);
+    // One list and one watch, held open: not a loop of reconnects.
+    std::thread::sleep(Duration::from_millis(500));
+    let watches = c
+        .state
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(u, _)| u.starts_with(EVENTS) && u.contains("watch=true"))
+        .count();
+    assert_eq!(watches, 1, "log:\n{}", a.logs());
+    assert!(c.lease().is_none(), "no Lease without leader election");
+    let _ = a.stop();
+}

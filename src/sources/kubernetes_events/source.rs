@@ -192,7 +192,12 @@ pub(crate) async fn run(
         Role::Leader(Versions::new())
     });
     let (stop_elector, stop_rx) = oneshot::channel();
-    let election = elector.map(|e| tokio::spawn(e.run(role_tx, acked.clone(), stop_rx)));
+    // Without an election the sender stays here, so the role never reads
+    // as closed (a closed channel ends the loops).
+    let (election, _fixed_role) = match elector {
+        Some(e) => (Some(tokio::spawn(e.run(role_tx, acked.clone(), stop_rx))), None),
+        None => (None, Some(role_tx)),
+    };
     let kcfg = KubernetesConfig {
         release_label: cfg.release_label.clone(),
         process_type_label: cfg.process_type_label.clone(),

@@ -96,7 +96,7 @@ impl SourceComponent for KubernetesEventsConfig {
 }
 
 /// Entry points for the fuzz target (`fuzz/fuzz_targets/kubernetes_events.rs`).
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing {
     use crate::sources::file::kubernetes::{parse_watch_line, KubernetesConfig, PodInfo, WatchEvent};
 
@@ -117,5 +117,31 @@ pub mod fuzzing {
                 assert!(v.is_object());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The fuzz target's seeds, cut at every length and with each byte
+    /// flipped: never a panic, every rendered event one JSON object.
+    #[test]
+    fn every_cut_and_flip_of_the_fuzz_seeds_renders_or_is_skipped() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/kubernetes_events");
+        let mut seeds = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let seed = std::fs::read(entry.unwrap().path()).unwrap();
+            seeds += 1;
+            for n in 0..=seed.len() {
+                super::fuzzing::watch_lines(&seed[..n]);
+            }
+            for i in 0..seed.len() {
+                for mask in [0x01u8, 0x20, 0x80] {
+                    let mut v = seed.clone();
+                    v[i] ^= mask;
+                    super::fuzzing::watch_lines(&v);
+                }
+            }
+        }
+        assert!(seeds >= 2);
     }
 }

@@ -81,7 +81,7 @@ fn daemonset_config_ships_pod_logs_with_pod_metadata_to_kafka_and_skips_its_own(
     // API server with; the API half of the metadata is proved against a
     // TLS stand-in by tests/kubernetes_metadata.rs. Here: what the path says.
     assert!(text.contains("\napi = true\n"));
-    let text = text.replace("\napi = true\n", "\napi = false\n");
+    let text = without_api(&text);
     let config = root.path().join("daemonset.toml");
     std::fs::write(&config, text).unwrap();
 
@@ -124,6 +124,19 @@ fn daemonset_config_ships_pod_logs_with_pod_metadata_to_kafka_and_skips_its_own(
         data.join("buffers/kafka").is_dir(),
         "the Kafka sink's disk buffer is in the data dir"
     );
+}
+
+/// The agent config without what needs an API server (outside a pod there
+/// is none): pod lookups off, no namespace or node labels, no cluster
+/// Events (tests/kubernetes_metadata.rs and tests/kubernetes_events.rs
+/// prove those against a TLS stand-in).
+fn without_api(text: &str) -> String {
+    let events = "[sources.cluster_events]\ntype = \"kubernetes_events\"\n";
+    assert!(text.contains(events), "the shipped agent reports cluster Events");
+    text.replace("\napi = true\n", "\napi = false\n")
+        .replace("namespace_labels = true\n", "")
+        .replace("node_labels = true\n", "")
+        .replace(events, "")
 }
 
 /// Every event in every object of `bucket` (zstd NDJSON), parsed.
@@ -270,7 +283,7 @@ fn agent_and_aggregator_configs_move_pod_logs_through_kafka_to_loki_and_s3() {
     std::fs::write(pod.join("0.log"), text).unwrap();
 
     // The agent, as in daemonset.toml (API lookup off: see above).
-    let agent_text = relocate(&shipped("daemonset.toml"), root.path(), &["/var/log/pods"]).replace("\napi = true\n", "\napi = false\n");
+    let agent_text = without_api(&relocate(&shipped("daemonset.toml"), root.path(), &["/var/log/pods"]));
     let agent_config = root.path().join("agent.toml");
     std::fs::write(&agent_config, agent_text).unwrap();
     let agent = start(

@@ -291,30 +291,89 @@ fn agent_daemonset_reads_host_logs_read_only_with_minimal_privileges() {
     assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() > 30);
 }
 
-#[test]
-fn rbac_grants_only_read_access_to_pods_namespaces_and_nodes() {
-    let all = resources();
-    let role = get(&all, "ClusterRole/sluice-agent");
-    let rules = role["rules"].as_array().unwrap();
-    assert_eq!(rules.len(), 1, "one rule");
-    assert_eq!(strs(&rules[0]["apiGroups"]), [""]);
-    let mut res = strs(&rules[0]["resources"]);
-    res.sort();
-    assert_eq!(res, ["namespaces", "nodes", "pods"]);
-    let mut verbs = strs(&rules[0]["verbs"]);
-    verbs.sort();
-    assert_eq!(verbs, ["get", "list", "watch"]);
-    assert!(rules[0].get("resourceNames").is_none() && rules[0].get("nonResourceURLs").is_none());
+/// A role's rules as (apiGroup/resource, sorted verbs, resourceNames).
+fn rule_set(role: &Value) -> Vec<(String, Vec<String>, Vec<String>)> {
+    let mut out = Vec::new();
+    for r in role["rules"].as_array().unwrap() {
+        assert!(r.get("nonResourceURLs").is_none(), "{r}");
+        let mut verbs: Vec<String> = strs(&r["verbs"]).into_iter().map(str::to_owned).collect();
+        verbs.sort();
+        assert!(!verbs.iter().any(|v| v == "*"), "no wildcard verbs: {r}");
+        let names: Vec<String> = strs(&r["resourceNames"]).into_iter().map(str::to_owned).collect();
+        for g in strs(&r["apiGroups"]) {
+            for res in strs(&r["resources"]) {
+                out.push((format!("{g}/{res}"), verbs.clone(), names.clone()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
 
-    let binding = get(&all, "ClusterRoleBinding/sluice-agent");
-    assert_eq!(binding["roleRef"]["name"], "sluice-agent");
-    assert_eq!(binding["subjects"][0]["kind"], "ServiceAccount");
-    assert_eq!(binding["subjects"][0]["name"], "sluice-agent");
-    assert_eq!(binding["subjects"][0]["namespace"], "sluice");
+#[test]
+fn rbac_grants_only_what_the_agent_config_uses() {
+    let all = resources();
+    let v = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    // Cluster-wide: reads only, each for a feature config/daemonset.toml turns on.
+    let config: toml::Value = toml::from_str(&std::fs::read_to_string(root().join("config/daemonset.toml")).unwrap()).unwrap();
+    let kube = &config["sources"]["pods"]["kubernetes"];
+    assert_eq!(kube["api"].as_bool(), Some(true));
+    assert_eq!(kube["namespace_labels"].as_bool(), Some(true), "namespaces get is granted for it");
+    assert_eq!(kube["node_labels"].as_bool(), Some(true), "nodes get is granted for it");
+    let events = config["sources"]
+        .as_table()
+        .unwrap()
+        .values()
+        .filter(|s| s["type"].as_str() == Some("kubernetes_events"))
+        .count();
+    assert_eq!(events, 1, "events list/watch and the Lease Role are granted for it");
+    assert_eq!(
+        rule_set(get(&all, "ClusterRole/sluice-agent")),
+        vec![
+            ("/namespaces".to_owned(), v(&["get"]), vec![]),
+            ("/nodes".to_owned(), v(&["get"]), vec![]),
+            ("/pods".to_owned(), v(&["get", "list", "watch"]), vec![]),
+            ("events.k8s.io/events".to_owned(), v(&["list", "watch"]), vec![]),
+        ]
+    );
+    // The Lease: in sluice's namespace only, and get/update of that one.
+    let role = get(&all, "Role/sluice-agent-lease");
+    assert_eq!(role["metadata"]["namespace"], "sluice");
+    assert_eq!(
+        rule_set(role),
+        vec![
+            ("coordination.k8s.io/leases".to_owned(), v(&["create"]), vec![]),
+            (
+                "coordination.k8s.io/leases".to_owned(),
+                v(&["get", "update"]),
+                v(&["sluice-kubernetes-events"])
+            ),
+        ]
+    );
+
+    for (binding, kind, role) in [
+        ("ClusterRoleBinding/sluice-agent", "ClusterRole", "sluice-agent"),
+        ("RoleBinding/sluice-agent-lease", "Role", "sluice-agent-lease"),
+    ] {
+        let b = get(&all, binding);
+        assert_eq!(b["roleRef"]["kind"], kind);
+        assert_eq!(b["roleRef"]["name"], role);
+        assert_eq!(b["subjects"].as_array().unwrap().len(), 1, "{binding}");
+        assert_eq!(b["subjects"][0]["kind"], "ServiceAccount");
+        assert_eq!(b["subjects"][0]["name"], "sluice-agent");
+        assert_eq!(b["subjects"][0]["namespace"], "sluice");
+    }
     get(&all, "ServiceAccount/sluice-agent");
     // Nothing else is bound to anything.
     let bindings: Vec<&String> = all.keys().filter(|k| k.contains("Binding/") || k.starts_with("Role/")).collect();
-    assert_eq!(bindings, [&"ClusterRoleBinding/sluice-agent".to_owned()]);
+    assert_eq!(
+        bindings,
+        [
+            "ClusterRoleBinding/sluice-agent",
+            "Role/sluice-agent-lease",
+            "RoleBinding/sluice-agent-lease"
+        ]
+    );
 }
 
 #[test]

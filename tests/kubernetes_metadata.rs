@@ -212,3 +212,65 @@ fn api_config(dir: &Path, port: u16, token: &Path, ca: &Path) -> String {
     );
     config(&dir.join("data"), &[format!("{}/pods/**/*.log", dir.display())], &kube)
 }
+
+#[test]
+fn namespace_labels_and_node_zone_and_instance_type_are_added_when_enabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let state = Arc::new(ApiState::default());
+    state.push(PODS, pod("3.1.4"));
+    // As `kubectl get namespace shop -o json` and `kubectl get node node-a -o json` show them.
+    state.put_object(
+        "/api/v1/namespaces/shop",
+        json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "uid": "9a8b7c6d-0000-4000-8000-000000000001", "resourceVersion": "12",
+                         "creationTimestamp": "2026-01-10T08:00:00Z",
+                         "labels": {"kubernetes.io/metadata.name": "shop", "team": "payments", "tier": "prod"},
+                         "annotations": {"owner": "payments@example.com"}},
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"}
+        }),
+    );
+    state.put_object(
+        "/api/v1/nodes/node-a",
+        json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "node-a", "uid": "1f2e3d4c-0000-4000-8000-000000000002", "resourceVersion": "77",
+                         "labels": {"beta.kubernetes.io/arch": "amd64", "kubernetes.io/arch": "amd64",
+                                    "kubernetes.io/hostname": "node-a", "kubernetes.io/os": "linux",
+                                    "node.kubernetes.io/instance-type": "m5.large",
+                                    "topology.kubernetes.io/region": "eu-west-1",
+                                    "topology.kubernetes.io/zone": "eu-west-1a"}},
+            "spec": {"providerID": "aws:///eu-west-1a/i-0abc123def4567890"},
+            "status": {"nodeInfo": {"kubeletVersion": "v1.30.2"}}
+        }),
+    );
+    let ca = dir.path().join("ca.crt");
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let port = start_api(&rt, state.clone(), &ca);
+    let api_dir = dir.path().join("pods/shop_api-7f9_0c1d2e3f-aaaa-4bbb-8ccc-123456789abc/api");
+    std::fs::create_dir_all(&api_dir).unwrap();
+    append(&api_dir.join("0.log"), ["2024-05-01T10:00:00Z stdout F {\"id\":\"x\"}".to_owned()]);
+    let cfg = api_config(dir.path(), port, &token, &ca).replace(
+        "initial_sync_timeout = \"10s\"",
+        "initial_sync_timeout = \"10s\"\nnamespace_labels = true\nnode_labels = true",
+    );
+    let s = Sluice::start(&cfg);
+    let v = parse(&s.wait_for(1, Duration::from_secs(30)));
+    let k = &v[0]["kubernetes"];
+    assert_eq!(k["namespace_labels"]["team"], "payments", "{k}");
+    assert_eq!(k["namespace_labels"]["tier"], "prod");
+    assert_eq!(k["namespace_annotations"]["owner"], "payments@example.com");
+    assert_eq!(k["zone"], "eu-west-1a");
+    assert_eq!(k["region"], "eu-west-1");
+    assert_eq!(k["instance_type"], "m5.large");
+    assert_eq!(k["node_labels"]["kubernetes.io/os"], "linux");
+    assert_eq!(k["labels"]["app"], "api", "the pod's own labels stay");
+    let _ = s.stop();
+    let reqs = state.requests.lock().unwrap().clone();
+    for path in ["/api/v1/namespaces/shop", "/api/v1/nodes/node-a"] {
+        assert!(reqs.iter().any(|(u, _)| u == path), "GET {path}: {reqs:?}");
+    }
+}

@@ -6,6 +6,7 @@ pub mod file;
 pub(crate) mod internal_metrics;
 pub mod journald;
 pub(crate) mod kafka;
+pub mod kubernetes_events;
 pub(crate) mod otlp;
 pub(crate) mod process;
 pub mod socket;
@@ -220,4 +221,5 @@ source_registry! {
     "statsd" => Statsd(Box<statsd::StatsdConfig>),
     "internal_metrics" => InternalMetrics(internal_metrics::InternalMetricsConfig),
     "journald" => Journald(Box<journald::JournaldConfig>),
+    "kubernetes_events" => KubernetesEvents(Box<kubernetes_events::KubernetesEventsConfig>),
 }

@@ -53,6 +53,15 @@ pub(crate) struct KubernetesConfig {
     /// How long the source waits for the first pod list before reading.
     #[serde(deserialize_with = "duration")]
     pub(crate) initial_sync_timeout: Duration,
+    /// Add the pod's namespace labels and annotations
+    /// (`kubernetes.namespace_labels`, `kubernetes.namespace_annotations`;
+    /// annotations only with `annotations = true`), from a GET of
+    /// `/api/v1/namespaces/<ns>` refreshed at every relist or watch restart.
+    pub(crate) namespace_labels: bool,
+    /// Add this node's labels (`kubernetes.node_labels`: zone, region,
+    /// instance type, …) from a GET of `/api/v1/nodes/<node>`, refreshed
+    /// likewise.
+    pub(crate) node_labels: bool,
 }
 
 impl Default for KubernetesConfig {
@@ -70,6 +79,8 @@ impl Default for KubernetesConfig {
             annotations: true,
             deleted_pod_retention: Duration::from_secs(600),
             initial_sync_timeout: Duration::from_secs(5),
+            namespace_labels: false,
+            node_labels: false,
         }
     }
 }
@@ -78,6 +89,11 @@ impl Validate for KubernetesConfig {
     fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         if self.api && !self.enabled {
             errors.push(ConfigError::at(path, "api", "needs kubernetes.enabled = true"));
+        }
+        for (key, on) in [("namespace_labels", self.namespace_labels), ("node_labels", self.node_labels)] {
+            if on && !self.api {
+                errors.push(ConfigError::at(path, key, "needs kubernetes.api = true"));
+            }
         }
         if let Some(u) = &self.api_url {
             if !u.starts_with("https://") {
@@ -247,6 +263,78 @@ pub(crate) struct PodCache {
     pods: RwLock<HashMap<String, CachedPod>>,
     generation: AtomicU64,
     synced: AtomicBool,
+    /// Labels and annotations of the namespaces of the cached pods, when
+    /// `namespace_labels` is on.
+    namespaces: RwLock<HashMap<String, Arc<NamespaceInfo>>>,
+    /// This node's labels, when `node_labels` is on.
+    node_labels: RwLock<Option<Arc<Map<String, Value>>>>,
+}
+
+/// What the API server says about one namespace.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct NamespaceInfo {
+    /// Labels.
+    pub(crate) labels: Map<String, Value>,
+    /// Annotations.
+    pub(crate) annotations: Map<String, Value>,
+}
+
+impl NamespaceInfo {
+    /// Reads labels and annotations from a Namespace object; `None` if it
+    /// has no `metadata`.
+    pub(crate) fn from_json(ns: &Value) -> Option<NamespaceInfo> {
+        let meta = ns.get("metadata")?.as_object()?;
+        let obj = |k: &str| meta.get(k).and_then(Value::as_object).cloned().unwrap_or_default();
+        Some(NamespaceInfo {
+            labels: obj("labels"),
+            annotations: obj("annotations"),
+        })
+    }
+}
+
+/// Node labels copied to their own short key as well: (key, labels to try
+/// in order; the `failure-domain.beta` ones are the pre-1.17 names).
+const NODE_LABEL_FIELDS: [(&str, &[&str]); 3] = [
+    ("zone", &["topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone"]),
+    (
+        "region",
+        &["topology.kubernetes.io/region", "failure-domain.beta.kubernetes.io/region"],
+    ),
+    (
+        "instance_type",
+        &["node.kubernetes.io/instance-type", "beta.kubernetes.io/instance-type"],
+    ),
+];
+
+/// Adds the namespace's labels and annotations and the node's labels
+/// (with `zone`, `region` and `instance_type` taken out of them) that the
+/// cache holds to the `kubernetes` object of `meta`, as far as `cfg` asks.
+pub(crate) fn add_cluster_metadata(meta: &mut Map<String, Value>, cfg: &KubernetesConfig, cache: &PodCache, namespace: &str) {
+    let Some(Value::Object(k)) = meta.get_mut("kubernetes") else {
+        return;
+    };
+    if cfg.namespace_labels {
+        if let Some(ns) = cache.namespace(namespace) {
+            if !ns.labels.is_empty() {
+                k.insert("namespace_labels".into(), Value::Object(ns.labels.clone()));
+            }
+            if cfg.annotations && !ns.annotations.is_empty() {
+                k.insert("namespace_annotations".into(), Value::Object(ns.annotations.clone()));
+            }
+        }
+    }
+    if cfg.node_labels {
+        if let Some(labels) = cache.node_labels() {
+            for (key, names) in NODE_LABEL_FIELDS {
+                if let Some(v) = names.iter().find_map(|n| labels.get(*n)) {
+                    k.insert(key.into(), v.clone());
+                }
+            }
+            if !labels.is_empty() {
+                k.insert("node_labels".into(), Value::Object((*labels).clone()));
+            }
+        }
+    }
 }
 
 impl PodCache {
@@ -322,6 +410,47 @@ impl PodCache {
             }
         }
         self.synced.store(true, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The cached labels and annotations of namespace `name`.
+    pub(crate) fn namespace(&self, name: &str) -> Option<Arc<NamespaceInfo>> {
+        self.namespaces.read().ok()?.get(name).cloned()
+    }
+
+    /// Stores namespace `name`'s metadata; a change bumps the generation.
+    pub(crate) fn set_namespace(&self, name: &str, info: NamespaceInfo) {
+        if let Ok(mut nss) = self.namespaces.write() {
+            if nss.get(name).is_some_and(|n| **n == info) {
+                return;
+            }
+            nss.insert(name.to_owned(), Arc::new(info));
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The namespaces of the cached pods.
+    pub(crate) fn pod_namespaces(&self) -> Vec<String> {
+        let Ok(pods) = self.pods.read() else { return Vec::new() };
+        let mut v: Vec<String> = pods.values().map(|p| p.info.namespace.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// This node's cached labels.
+    pub(crate) fn node_labels(&self) -> Option<Arc<Map<String, Value>>> {
+        self.node_labels.read().ok()?.clone()
+    }
+
+    /// Stores this node's labels; a change bumps the generation.
+    pub(crate) fn set_node_labels(&self, labels: Map<String, Value>) {
+        if let Ok(mut n) = self.node_labels.write() {
+            if n.as_deref() == Some(&labels) {
+                return;
+            }
+            *n = Some(Arc::new(labels));
+        }
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -445,16 +574,210 @@ pub enum ApiError {
     },
 }
 
+/// A client of the API server: TLS trusting only the cluster CA, and the
+/// service-account token re-read on every request (projected tokens rotate).
+#[derive(Debug, Clone)]
+pub(crate) struct ApiClient {
+    client: reqwest::Client,
+    base: String,
+    token_file: PathBuf,
+}
+
+/// Largest watch event or response body kept: a bigger one is an error.
+const MAX_BODY_BYTES: usize = 64 << 20;
+
+impl ApiClient {
+    /// A client of the API server at `base` (no trailing slash).
+    pub(crate) fn new(base: String, ca_file: &Path, token_file: PathBuf) -> Result<ApiClient, ApiError> {
+        let ca = std::fs::read(ca_file).map_err(|error| ApiError::File {
+            path: ca_file.to_path_buf(),
+            error,
+        })?;
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .connect_timeout(Duration::from_secs(10));
+        for cert in reqwest::Certificate::from_pem_bundle(&ca).map_err(|error| ApiError::Ca {
+            path: ca_file.to_path_buf(),
+            error,
+        })? {
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder.build().map_err(|error| ApiError::Http { url: base.clone(), error })?;
+        Ok(ApiClient { client, base, token_file })
+    }
+
+    /// The API server's URL, to which request paths are appended.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn token(&self) -> Result<String, ApiError> {
+        tokio::fs::read_to_string(&self.token_file)
+            .await
+            .map(|t| t.trim().to_owned())
+            .map_err(|error| ApiError::File {
+                path: self.token_file.clone(),
+                error,
+            })
+    }
+
+    /// Sends a request (with `body` as JSON); an answer that is not a
+    /// success is [`ApiError::Status`].
+    pub(crate) async fn send(&self, method: reqwest::Method, url: &str, body: Option<&Value>) -> Result<reqwest::Response, ApiError> {
+        let mut req = self
+            .client
+            .request(method, url)
+            .bearer_auth(self.token().await?)
+            .header("Accept", "application/json")
+            .timeout(Duration::from_secs(if url.contains("watch=true") { 600 } else { 30 }));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|error| ApiError::Http { url: url.into(), error })?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
+            return Err(ApiError::Status {
+                url: url.into(),
+                status,
+                body,
+            });
+        }
+        Ok(resp)
+    }
+
+    /// GETs `url`.
+    pub(crate) async fn get(&self, url: &str) -> Result<reqwest::Response, ApiError> {
+        self.send(reqwest::Method::GET, url, None).await
+    }
+
+    /// Sends a request and reads the answer as JSON.
+    pub(crate) async fn json(&self, method: reqwest::Method, url: &str, body: Option<&Value>) -> Result<Value, ApiError> {
+        let bytes = self
+            .send(method, url, body)
+            .await?
+            .bytes()
+            .await
+            .map_err(|error| ApiError::Http { url: url.into(), error })?;
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Body {
+            url: url.into(),
+            error: e.to_string(),
+        })
+    }
+
+    /// GETs `url` as JSON.
+    pub(crate) async fn get_json(&self, url: &str) -> Result<Value, ApiError> {
+        self.json(reqwest::Method::GET, url, None).await
+    }
+
+    /// Lists a collection: its items and the list's resource version.
+    pub(crate) async fn list(&self, url: &str) -> Result<(Vec<Value>, String), ApiError> {
+        let mut v = self.get_json(url).await?;
+        let rv = v
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        match v.get_mut("items").map(Value::take) {
+            Some(Value::Array(items)) => Ok((items, rv)),
+            Some(Value::Null) => Ok((Vec::new(), rv)),
+            _ => Err(ApiError::Body {
+                url: url.into(),
+                error: "no items".into(),
+            }),
+        }
+    }
+
+    /// Opens a watch at `url`.
+    pub(crate) async fn watch(&self, url: &str) -> Result<WatchLines, ApiError> {
+        Ok(WatchLines {
+            resp: self.get(url).await?,
+            buf: Vec::new(),
+            url: url.to_owned(),
+        })
+    }
+}
+
+/// One event of a watch stream.
+#[derive(Debug, PartialEq)]
+pub(crate) enum WatchEvent {
+    /// `ADDED`, `MODIFIED`, `DELETED` or `BOOKMARK`, and the object.
+    Object(String, Value),
+    /// An `ERROR` event, an unknown type, or a line that is not JSON: the
+    /// watch cannot go on and the collection must be listed again (410
+    /// Gone is the usual cause).
+    Relist(String),
+}
+
+/// A watch response read as newline-delimited watch events.
+#[derive(Debug)]
+pub(crate) struct WatchLines {
+    resp: reqwest::Response,
+    /// Bytes after the last complete line.
+    buf: Vec<u8>,
+    url: String,
+}
+
+impl WatchLines {
+    /// Waits for the next chunk of the stream and appends the complete
+    /// events in it to `out`; false when the server ended the stream.
+    pub(crate) async fn next_events(&mut self, out: &mut Vec<WatchEvent>) -> Result<bool, ApiError> {
+        let chunk = self.resp.chunk().await.map_err(|error| ApiError::Http {
+            url: self.url.clone(),
+            error,
+        })?;
+        let Some(chunk) = chunk else { return Ok(false) };
+        self.buf.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(nl) = memchr::memchr(b'\n', &self.buf[start..]) {
+            let line = &self.buf[start..start + nl];
+            start += nl + 1;
+            if let Some(ev) = parse_watch_line(line) {
+                out.push(ev);
+            }
+        }
+        self.buf.drain(..start);
+        if self.buf.len() > MAX_BODY_BYTES {
+            return Err(ApiError::Body {
+                url: self.url.clone(),
+                error: "watch event larger than 64MiB".into(),
+            });
+        }
+        Ok(true)
+    }
+}
+
+/// One line of a watch stream; `None` for a blank line.
+pub(crate) fn parse_watch_line(line: &[u8]) -> Option<WatchEvent> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    let Ok(Value::Object(mut ev)) = serde_json::from_slice::<Value>(line) else {
+        return Some(WatchEvent::Relist("a line that is not a JSON object".into()));
+    };
+    let object = ev.remove("object").unwrap_or(Value::Null);
+    Some(match ev.get("type").and_then(Value::as_str) {
+        Some(t @ ("ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK")) => WatchEvent::Object(t.to_owned(), object),
+        Some("ERROR") => WatchEvent::Relist(format!(
+            "{} {}",
+            object.get("code").and_then(Value::as_u64).unwrap_or(0),
+            object.get("message").and_then(Value::as_str).unwrap_or("")
+        )),
+        other => WatchEvent::Relist(format!("unknown watch event type {}", other.unwrap_or("(none)"))),
+    })
+}
+
 /// Lists and watches this node's pods into a [`PodCache`].
 #[derive(Debug)]
 pub(crate) struct PodWatcher {
-    client: reqwest::Client,
-    base: String,
+    api: ApiClient,
     node: String,
-    token_file: PathBuf,
     retention: Duration,
     cache: Arc<PodCache>,
     source: Arc<str>,
+    namespace_labels: bool,
+    node_labels: bool,
 }
 
 /// Longest wait between reconnects.
@@ -469,34 +792,23 @@ impl PodWatcher {
         cache: Arc<PodCache>,
         source: Arc<str>,
     ) -> Result<PodWatcher, ApiError> {
-        let ca = std::fs::read(&cfg.ca_file).map_err(|error| ApiError::File {
-            path: cfg.ca_file.clone(),
-            error,
-        })?;
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .connect_timeout(Duration::from_secs(10));
-        for cert in reqwest::Certificate::from_pem_bundle(&ca).map_err(|error| ApiError::Ca {
-            path: cfg.ca_file.clone(),
-            error,
-        })? {
-            builder = builder.add_root_certificate(cert);
-        }
-        let client = builder.build().map_err(|error| ApiError::Http { url: base.clone(), error })?;
         Ok(PodWatcher {
-            client,
-            base,
+            api: ApiClient::new(base, &cfg.ca_file, cfg.token_file.clone())?,
             node,
-            token_file: cfg.token_file.clone(),
             retention: cfg.deleted_pod_retention,
             cache,
             source,
+            namespace_labels: cfg.namespace_labels,
+            node_labels: cfg.node_labels,
         })
     }
 
     fn url(&self, watch: Option<&str>) -> String {
-        let mut u = format!("{}/api/v1/pods?fieldSelector=spec.nodeName%3D{}", self.base, urlencode(&self.node));
+        let mut u = format!(
+            "{}/api/v1/pods?fieldSelector=spec.nodeName%3D{}",
+            self.api.base(),
+            urlencode(&self.node)
+        );
         if let Some(rv) = watch {
             u.push_str("&watch=true&allowWatchBookmarks=true&timeoutSeconds=300&resourceVersion=");
             u.push_str(&urlencode(rv));
@@ -504,108 +816,99 @@ impl PodWatcher {
         u
     }
 
-    async fn token(&self) -> Result<String, ApiError> {
-        tokio::fs::read_to_string(&self.token_file)
-            .await
-            .map(|t| t.trim().to_owned())
-            .map_err(|error| ApiError::File {
-                path: self.token_file.clone(),
-                error,
-            })
-    }
-
-    async fn get(&self, url: &str) -> Result<reqwest::Response, ApiError> {
-        let resp = self
-            .client
-            .get(url)
-            .bearer_auth(self.token().await?)
-            .header("Accept", "application/json")
-            .send()
-            .await
-            .map_err(|error| ApiError::Http { url: url.into(), error })?;
-        if !resp.status().is_success() {
-            let status = resp.status().as_u16();
-            let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
-            return Err(ApiError::Status {
-                url: url.into(),
-                status,
-                body,
-            });
-        }
-        Ok(resp)
-    }
-
     /// Lists the node's pods; returns the list's resource version.
     async fn list(&self) -> Result<String, ApiError> {
-        let url = self.url(None);
-        let body = self
-            .get(&url)
-            .await?
-            .bytes()
-            .await
-            .map_err(|error| ApiError::Http { url: url.clone(), error })?;
-        let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::Body {
-            url: url.clone(),
-            error: e.to_string(),
-        })?;
-        let items = v.get("items").and_then(Value::as_array).ok_or_else(|| ApiError::Body {
-            url: url.clone(),
-            error: "no items".into(),
-        })?;
-        let pods = items.iter().filter_map(PodInfo::from_json).collect();
+        let (items, rv) = self.api.list(&self.url(None)).await?;
+        let pods: Vec<PodInfo> = items.iter().filter_map(PodInfo::from_json).collect();
+        // Namespace and node metadata first: the first files are read once
+        // the cache is synced, and should carry it.
+        let mut namespaces: Vec<String> = pods.iter().map(|p| p.namespace.clone()).collect();
+        namespaces.sort();
+        namespaces.dedup();
+        self.refresh_cluster_metadata(&namespaces).await;
         self.cache.replace_all(pods, Instant::now());
-        Ok(v.pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned())
+        Ok(rv)
+    }
+
+    /// GETs the node and `namespaces` into the cache, as far as enabled. A
+    /// failure is logged and counted: the pods' own metadata still works.
+    async fn refresh_cluster_metadata(&self, namespaces: &[String]) {
+        if self.node_labels {
+            let url = format!("{}/api/v1/nodes/{}", self.api.base(), urlencode(&self.node));
+            match self.api.get_json(&url).await {
+                Ok(node) => {
+                    let labels = node.pointer("/metadata/labels").and_then(Value::as_object).cloned();
+                    self.cache.set_node_labels(labels.unwrap_or_default());
+                }
+                Err(e) => self.metadata_error(&e, "nodes get"),
+            }
+        }
+        if self.namespace_labels {
+            for ns in namespaces {
+                let url = format!("{}/api/v1/namespaces/{}", self.api.base(), urlencode(ns));
+                match self.api.get_json(&url).await {
+                    Ok(v) => {
+                        if let Some(info) = NamespaceInfo::from_json(&v) {
+                            self.cache.set_namespace(ns, info);
+                        }
+                    }
+                    Err(e) => self.metadata_error(&e, "namespaces get"),
+                }
+            }
+        }
+    }
+
+    fn metadata_error(&self, e: &ApiError, grant: &str) {
+        super::metrics::FileMetrics::get()
+            .kube_api_errors
+            .with_label_values(&[&self.source])
+            .inc();
+        tracing::warn!(source = %self.source, error = %e, needs = grant, "kubernetes API: namespace or node metadata");
     }
 
     /// Watches from `rv` until the stream ends; returns the last resource
     /// version seen, or `None` when the server says to list again.
     async fn watch(&self, mut rv: String, shutdown: &mut ShutdownSignal) -> Result<Option<String>, ApiError> {
-        let url = self.url(Some(&rv));
-        let mut resp = self.get(&url).await?;
-        let mut buf: Vec<u8> = Vec::new();
+        let mut stream = self.api.watch(&self.url(Some(&rv))).await?;
+        let mut events = Vec::new();
         loop {
-            let chunk = tokio::select! {
-                c = resp.chunk() => c.map_err(|error| ApiError::Http { url: url.clone(), error })?,
+            let more = tokio::select! {
+                m = stream.next_events(&mut events) => m?,
                 _ = shutdown.wait() => return Ok(Some(rv)),
             };
-            let Some(chunk) = chunk else { return Ok(Some(rv)) };
-            buf.extend_from_slice(&chunk);
-            while let Some(nl) = memchr::memchr(b'\n', &buf) {
-                let line: Vec<u8> = buf.drain(..=nl).collect();
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let Ok(ev) = serde_json::from_slice::<Value>(&line) else {
-                    tracing::warn!(source = %self.source, "kubernetes watch sent a line that is not JSON; listing again");
-                    return Ok(None);
+            for ev in events.drain(..) {
+                let (kind, obj) = match ev {
+                    WatchEvent::Object(kind, obj) => (kind, obj),
+                    WatchEvent::Relist(why) => {
+                        tracing::info!(source = %self.source, reason = %why, "kubernetes watch ended; listing again");
+                        return Ok(None);
+                    }
                 };
-                let obj = ev.get("object").cloned().unwrap_or(Value::Null);
                 if let Some(v) = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
                     rv = v.to_owned();
                 }
-                match ev.get("type").and_then(Value::as_str) {
-                    Some("ADDED" | "MODIFIED") => {
+                match kind.as_str() {
+                    "ADDED" | "MODIFIED" => {
                         if let Some(p) = PodInfo::from_json(&obj) {
+                            if self.namespace_labels && self.cache.namespace(&p.namespace).is_none() {
+                                self.refresh_cluster_metadata(std::slice::from_ref(&p.namespace)).await;
+                            }
                             self.cache.upsert(p);
                         }
                     }
-                    Some("DELETED") => {
+                    "DELETED" => {
                         if let Some(uid) = obj.pointer("/metadata/uid").and_then(Value::as_str) {
                             self.cache.mark_deleted(uid, Instant::now());
                         }
                     }
-                    Some("BOOKMARK") => {}
-                    _ => return Ok(None), // ERROR (410 Gone and friends): list again.
+                    _ => {} // BOOKMARK
                 }
             }
-            if buf.len() > 64 << 20 {
-                return Err(ApiError::Body {
-                    url,
-                    error: "watch event larger than 64MiB".into(),
-                });
+            if !more {
+                // The server's timeout: refresh what the watch does not
+                // cover before watching again.
+                self.refresh_cluster_metadata(&self.cache.pod_namespaces()).await;
+                return Ok(Some(rv));
             }
         }
     }
@@ -641,13 +944,8 @@ impl PodWatcher {
             if let Err(e) = result {
                 m.kube_api_errors.with_label_values(&[&self.source]).inc();
                 tracing::warn!(source = %self.source, error = %e, retry_in_ms = backoff.as_millis() as u64, "kubernetes API");
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.subsec_nanos())
-                    .unwrap_or(0);
-                let jitter = Duration::from_millis(nanos as u64 % 250);
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff + jitter) => {}
+                    _ = tokio::time::sleep(with_jitter(backoff)) => {}
                     _ = shutdown.wait() => return,
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -656,7 +954,13 @@ impl PodWatcher {
     }
 }
 
-fn urlencode(s: &str) -> String {
+/// `backoff` plus up to 250 ms, so that agents do not reconnect in step.
+pub(crate) fn with_jitter(backoff: Duration) -> Duration {
+    backoff + Duration::from_millis(fastrand::u64(..250))
+}
+
+/// Percent-encodes `s` for a URL path segment or query value.
+pub(crate) fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -702,6 +1006,75 @@ mod tests {
         assert_eq!(image_tag("registry:5000/team/app:1.4.2@sha256:abcd"), Some("1.4.2"));
         assert_eq!(image_tag("registry:5000/team/app"), None);
         assert_eq!(image_tag("nginx:1.25"), Some("1.25"));
+    }
+
+    #[test]
+    fn bad_watch_lines_end_the_watch_for_a_relist_and_never_panic() {
+        assert_eq!(parse_watch_line(b"  \r"), None);
+        for bad in [
+            &b"{not json"[..],
+            b"[1,2]",
+            b"\"ADDED\"",
+            b"\xff\xfe",
+            b"{\"object\":{}}",
+            b"{\"type\":\"WEIRD\"}",
+        ] {
+            assert!(
+                matches!(parse_watch_line(bad), Some(WatchEvent::Relist(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let gone = br#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version: 1 (4000)","reason":"Expired","code":410}}"#;
+        assert_eq!(
+            parse_watch_line(gone),
+            Some(WatchEvent::Relist("410 too old resource version: 1 (4000)".into()))
+        );
+        let bookmark = br#"{"type":"BOOKMARK","object":{"kind":"Event","metadata":{"resourceVersion":"12"}}}"#;
+        assert!(
+            matches!(parse_watch_line(bookmark), Some(WatchEvent::Object(t, o)) if t == "BOOKMARK" && o["metadata"]["resourceVersion"] == "12")
+        );
+    }
+
+    #[test]
+    fn namespace_and_node_labels_go_in_only_when_enabled() {
+        let cache = PodCache::default();
+        let labels = |v: Value| v.as_object().cloned().unwrap();
+        cache.set_namespace(
+            "shop",
+            NamespaceInfo::from_json(&json!({"metadata": {"name": "shop", "labels": {"team": "payments"}, "annotations": {"o": "p"}}}))
+                .unwrap(),
+        );
+        cache.set_node_labels(labels(
+            json!({"failure-domain.beta.kubernetes.io/zone": "z-old", "node.kubernetes.io/instance-type": "m5.large"}),
+        ));
+        let g = cache.generation();
+        cache.set_node_labels(labels(
+            json!({"failure-domain.beta.kubernetes.io/zone": "z-old", "node.kubernetes.io/instance-type": "m5.large"}),
+        ));
+        assert_eq!(cache.generation(), g, "unchanged labels do not re-render contexts");
+        let base = || {
+            let mut m = Map::new();
+            m.insert("kubernetes".into(), json!({"namespace": "shop"}));
+            m
+        };
+        let mut off = base();
+        add_cluster_metadata(&mut off, &KubernetesConfig::default(), &cache, "shop");
+        assert_eq!(Value::Object(off)["kubernetes"], json!({"namespace": "shop"}));
+        let cfg = KubernetesConfig {
+            namespace_labels: true,
+            node_labels: true,
+            annotations: false,
+            ..KubernetesConfig::default()
+        };
+        let mut on = base();
+        add_cluster_metadata(&mut on, &cfg, &cache, "shop");
+        let k = &Value::Object(on)["kubernetes"];
+        assert_eq!(k["namespace_labels"]["team"], "payments");
+        assert!(k.get("namespace_annotations").is_none(), "annotations off");
+        assert_eq!(k["zone"], "z-old", "the pre-1.17 label name");
+        assert_eq!(k["instance_type"], "m5.large");
+        assert!(k.get("region").is_none());
     }
 
     #[test]

@@ -67,7 +67,13 @@ impl ContextFactory {
     /// The context of the file at `path`.
     pub(crate) fn context(&self, path: &Path) -> Arc<SourceContext> {
         let meta = match (&self.kube, self.pod_of(path)) {
-            (Some(k), Some((pm, pod))) => kubernetes::metadata(&self.base, k, &pm, pod.as_deref()),
+            (Some(k), Some((pm, pod))) => {
+                let mut meta = kubernetes::metadata(&self.base, k, &pm, pod.as_deref());
+                if let Some(cache) = &self.cache {
+                    kubernetes::add_cluster_metadata(&mut meta, k, cache, &pm.namespace);
+                }
+                meta
+            }
             _ => self.base.clone(),
         };
         Arc::new(SourceContext::new(self.source.clone(), "file", path.display().to_string(), meta))

@@ -4,11 +4,11 @@
 //! its cursor checkpointed only after every sink acknowledged it.
 
 mod config;
-mod cursor;
+pub(crate) mod cursor;
 mod entry;
 mod export;
 mod reader;
-mod source;
+pub(crate) mod source;
 
 pub use config::JournaldConfig;
 

@@ -66,7 +66,7 @@ fn metrics() -> &'static JournaldMetrics {
 }
 
 /// Cursors of batches in flight, by acknowledgement sequence number.
-type InFlight = Arc<Mutex<BTreeMap<u64, String>>>;
+pub(crate) type InFlight = Arc<Mutex<BTreeMap<u64, String>>>;
 
 /// Runs the source until journalctl ends (without `follow`), shutdown,
 /// or a failure.
@@ -81,6 +81,7 @@ pub(crate) async fn run(cfg: JournaldConfig, cx: SourceCx, file: CursorFile, sta
         cfg.checkpoint_interval,
         cx.name.clone(),
         stop_rx,
+        None,
     ));
     let ctx = Arc::new(SourceContext::new(
         cx.name.clone(),
@@ -257,16 +258,20 @@ fn collect_stderr(child: &mut Child, source: Arc<str>) -> JoinHandle<String> {
     })
 }
 
+/// Called with each cursor the checkpoint moves to.
+pub(crate) type OnAcked = Box<dyn Fn(&str) + Send>;
+
 /// Moves the checkpoint over the contiguous prefix of completed batches
 /// and writes it every `interval` and when the last batch is done (or
-/// `stop` says so).
-async fn track(
+/// `stop` says so); tells `on_acked` each time it moves.
+pub(crate) async fn track(
     mut rx: AckReceiver,
     in_flight: InFlight,
     file: CursorFile,
     interval: Duration,
     source: Arc<str>,
     mut stop: oneshot::Receiver<()>,
+    on_acked: Option<OnAcked>,
 ) {
     let mut window = AckWindow::default();
     let mut frozen = false;
@@ -285,6 +290,9 @@ async fn track(
                         tracing::warn!(source = %source, "a batch was not delivered; the checkpoint stays before it until restart");
                     }
                     if let (false, Some(c)) = (frozen, cursor) {
+                        if let Some(f) = &on_acked {
+                            f(&c);
+                        }
                         acked = Some(c);
                     }
                 }
@@ -305,7 +313,7 @@ async fn save(file: &CursorFile, acked: &Option<String>, saved: &mut Option<Stri
     let c = cursor.clone();
     match tokio::task::spawn_blocking(move || f.save(&c)).await {
         Ok(Ok(())) => *saved = Some(cursor),
-        Ok(Err(error)) => tracing::warn!(source = %source, %error, "cannot write the journal cursor; retrying at the next interval"),
+        Ok(Err(error)) => tracing::warn!(source = %source, %error, "cannot write the cursor checkpoint; retrying at the next interval"),
         Err(error) => tracing::warn!(source = %source, %error, "the cursor write task failed"),
     }
 }

@@ -544,7 +544,8 @@ pub(crate) fn parse_json(text: &str) -> Result<Secret, String> {
     if let Some(code) = j.code.as_deref().filter(|c| *c != "Success") {
         return Err(format!("answered {code}: {}", j.message.unwrap_or_default()));
     }
-    let (Some(key_id), Some(secret)) = (j.access_key_id, j.secret_access_key) else {
+    let non_empty = |v: Option<String>| v.filter(|v| !v.is_empty());
+    let (Some(key_id), Some(secret)) = (non_empty(j.access_key_id), non_empty(j.secret_access_key)) else {
         return Err("the answer has no AccessKeyId and SecretAccessKey".into());
     };
     Ok(Secret {
@@ -746,6 +747,27 @@ async fn refresh(cache: Weak<CredentialCache>, http: reqwest::Client, sink: Arc<
             }
         }
     }
+}
+
+/// Fuzzing entry point: bytes through the chain's parsers (the shared
+/// files' INI, STS's XML, the container / instance-metadata JSON and the
+/// full container URI check). Nothing may panic; what parses must hold
+/// non-empty keys.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_credentials(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    for (profile, config_file) in [("default", false), ("default", true), ("ci", true)] {
+        if let Some(keys) = ini_section(&text, profile, config_file) {
+            assert!(keys.iter().all(|(k, _)| !k.contains('\n')));
+        }
+    }
+    if let Ok(s) = parse_sts(&text) {
+        assert!(!s.key_id.is_empty() && !s.secret.is_empty() && s.expires.is_some());
+    }
+    if let Ok(s) = parse_json(&text) {
+        assert!(!s.key_id.is_empty() && !s.secret.is_empty());
+    }
+    let _ = container_url_allowed(&text);
 }
 
 #[cfg(test)]

@@ -225,6 +225,21 @@ fn tls_table(server_ca: &Ca, client_ca: Option<&Ca>) -> String {
     t
 }
 
+/// A sluice with `config`, fed 10 lines: each delivery of sink `sink` is
+/// refused (the endpoint wants a client certificate it does not have).
+fn assert_refused_without_a_client_certificate(config: &str, sink: &str) {
+    let mut s = start_piped(config);
+    s.write_lines(&lines(0..10));
+    support::eventually(&format!("{sink}: deliveries refused without a client certificate"), TIMEOUT, || {
+        s.metrics().sum("sluice_sink_errors_total", &[("sink", sink)]) >= 2.0
+    });
+    s.kill();
+}
+
+fn start_piped(config: &str) -> Sluice {
+    Sluice::builder().config(config).stdin_piped().stdout(Stdout::Null).start()
+}
+
 fn port_of(url: &str) -> u16 {
     url.rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap()
 }
@@ -281,24 +296,11 @@ fn remote_write_over_mutual_tls_reaches_prometheus_and_is_refused_without_a_clie
     let endpoint = format!("https://127.0.0.1:{}/api/v1/write", proxy.port);
 
     // Without a client certificate: every write is refused in the handshake.
-    let mut s = Sluice::builder()
-        .config(&remote_write_config(&endpoint, &tls_table(&server_ca, None)))
-        .stdin_piped()
-        .stdout(Stdout::Null)
-        .start();
-    s.write_lines(&lines(0..10));
-    support::eventually("remote writes refused without a client certificate", TIMEOUT, || {
-        s.metrics().sum("sluice_sink_errors_total", &[("sink", "rw")]) >= 2.0
-    });
-    s.kill();
+    assert_refused_without_a_client_certificate(&remote_write_config(&endpoint, &tls_table(&server_ca, None)), "rw");
     assert_eq!(prom.value("count(sluice_sli_requests_total)"), None, "nothing got through");
 
     // With it: the counters arrive.
-    let mut s = Sluice::builder()
-        .config(&remote_write_config(&endpoint, &tls_table(&server_ca, Some(&client_ca))))
-        .stdin_piped()
-        .stdout(Stdout::Null)
-        .start();
+    let mut s = start_piped(&remote_write_config(&endpoint, &tls_table(&server_ca, Some(&client_ca))));
     let input: Vec<String> = (0..120)
         .map(|i| format!(r#"{{"status":{},"seq":{i}}}"#, if i % 4 == 0 { 503 } else { 200 }))
         .collect();
@@ -372,11 +374,7 @@ fn otlp_over_mutual_tls_with_http_and_grpc_and_refused_without_a_client_certific
         s.kill();
         assert_eq!(receiver.record_count(), before, "{protocol}: nothing got through");
 
-        let mut s = Sluice::builder()
-            .config(&otlp_config(&endpoint, protocol, &with_cert))
-            .stdin_piped()
-            .stdout(Stdout::Null)
-            .start();
+        let mut s = start_piped(&otlp_config(&endpoint, protocol, &with_cert));
         s.write_lines(&lines(0..40));
         sent += 40;
         receiver.wait_for_records(sent, TIMEOUT);

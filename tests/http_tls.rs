@@ -203,3 +203,183 @@ ca_file = "{ca}"
         assert!(text.contains(&format!("\"seq\":{i},")), "event {i} is in the bucket: {keys:?}");
     }
 }
+
+/// A server CA, a client CA and a server certificate for 127.0.0.1: the
+/// pieces of a mutual-TLS endpoint; returns (server CA, client CA, server
+/// cert, server key).
+fn mutual_tls_pieces(dir: &std::path::Path) -> (Ca, Ca, std::path::PathBuf, std::path::PathBuf) {
+    let server_ca = Ca::new(dir, "server-ca");
+    let client_ca = Ca::new(dir, "client-ca");
+    let (cert, key) = server_ca.issue("localhost", "IP:127.0.0.1", 3);
+    (server_ca, client_ca, cert, key)
+}
+
+/// The `tls` table with the server CA and, if given, a client certificate
+/// issued by `client_ca`.
+fn tls_table(server_ca: &Ca, client_ca: Option<&Ca>) -> String {
+    let mut t = format!("ca_file = \"{}\"\n", server_ca.cert.display());
+    if let Some(ca) = client_ca {
+        let (cert, key) = ca.issue("agent", "DNS:agent", 4);
+        t.push_str(&format!("cert_file = \"{}\"\nkey_file = \"{}\"\n", cert.display(), key.display()));
+    }
+    t
+}
+
+/// A sluice with `config`, fed 10 lines: each delivery of sink `sink` is
+/// refused (the endpoint wants a client certificate it does not have).
+fn assert_refused_without_a_client_certificate(config: &str, sink: &str) {
+    let mut s = start_piped(config);
+    s.write_lines(&lines(0..10));
+    support::eventually(&format!("{sink}: deliveries refused without a client certificate"), TIMEOUT, || {
+        s.metrics().sum("sluice_sink_errors_total", &[("sink", sink)]) >= 2.0
+    });
+    s.kill();
+}
+
+fn start_piped(config: &str) -> Sluice {
+    Sluice::builder().config(config).stdin_piped().stdout(Stdout::Null).start()
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap()
+}
+
+/// SLI counters of stdin requests, through internal_metrics, out by
+/// remote write to `endpoint` with `tls`.
+fn remote_write_config(endpoint: &str, tls: &str) -> String {
+    format!(
+        r#"
+[api]
+address = "127.0.0.1:0"
+[sources.stdin]
+type = "stdin"
+detect_writer = false
+[sources.self]
+type = "internal_metrics"
+interval = "200ms"
+prefixes = ["sluice_sli_"]
+[sinks.null]
+type = "blackhole"
+inputs = ["stdin"]
+[sinks.rw]
+type = "prometheus_remote_write"
+inputs = ["self"]
+endpoint = "{endpoint}"
+[sinks.rw.batch]
+timeout = "100ms"
+[sinks.rw.retry]
+initial_backoff = "50ms"
+max_backoff = "300ms"
+[sinks.rw.tls]
+{tls}
+[[sli]]
+name = "api"
+[sli.error]
+field = "status"
+gte = 500
+"#
+    )
+}
+
+#[test]
+fn remote_write_over_mutual_tls_reaches_prometheus_and_is_refused_without_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, client_ca, cert, key) = mutual_tls_pieces(dir.path());
+    let prom = support::remote_write::RemoteWriteReceiver::start();
+    let proxy = TlsProxy::start(
+        &cert,
+        &key,
+        Some(&client_ca.cert),
+        port_of(&prom.url),
+        &dir.path().join("socat.log"),
+    );
+    let endpoint = format!("https://127.0.0.1:{}/api/v1/write", proxy.port);
+
+    // Without a client certificate: every write is refused in the handshake.
+    assert_refused_without_a_client_certificate(&remote_write_config(&endpoint, &tls_table(&server_ca, None)), "rw");
+    assert_eq!(prom.value("count(sluice_sli_requests_total)"), None, "nothing got through");
+
+    // With it: the counters arrive.
+    let mut s = start_piped(&remote_write_config(&endpoint, &tls_table(&server_ca, Some(&client_ca))));
+    let input: Vec<String> = (0..120)
+        .map(|i| format!(r#"{{"status":{},"seq":{i}}}"#, if i % 4 == 0 { 503 } else { 200 }))
+        .collect();
+    s.write_lines(&input);
+    prom.wait_for_value("sum(sluice_sli_requests_total{sli=\"api\"})", 120.0, TIMEOUT);
+    prom.wait_for_value("sum(sluice_sli_requests_total{sli=\"api\",outcome=\"error\"})", 30.0, TIMEOUT);
+    // internal_metrics runs until stopped.
+    s.kill();
+}
+
+fn otlp_config(endpoint: &str, protocol: &str, tls: &str) -> String {
+    format!(
+        r#"
+[api]
+address = "127.0.0.1:0"
+[sources.in]
+type = "stdin"
+[sinks.out]
+type = "otlp"
+endpoint = "{endpoint}"
+protocol = "{protocol}"
+[sinks.out.batch]
+timeout = "100ms"
+[sinks.out.retry]
+initial_backoff = "50ms"
+max_backoff = "300ms"
+[sinks.out.tls]
+{tls}
+"#
+    )
+}
+
+#[test]
+fn otlp_over_mutual_tls_with_http_and_grpc_and_refused_without_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, client_ca, cert, key) = mutual_tls_pieces(dir.path());
+    let receiver = support::otlp::OtlpReceiver::start();
+    // OTLP/HTTP behind socat; gRPC behind a terminator that negotiates h2
+    // by ALPN, as gRPC over TLS requires.
+    let http_proxy = TlsProxy::start(
+        &cert,
+        &key,
+        Some(&client_ca.cert),
+        port_of(&receiver.http),
+        &dir.path().join("socat.log"),
+    );
+    let grpc_proxy = TlsProxy::start_alpn(
+        &cert,
+        &key,
+        Some(&client_ca.cert),
+        port_of(&receiver.grpc),
+        "h2",
+        &dir.path().join("alpn.log"),
+    );
+    let with_cert = tls_table(&server_ca, Some(&client_ca));
+    let mut sent = 0;
+    for (protocol, port) in [("http", http_proxy.port), ("grpc", grpc_proxy.port)] {
+        let endpoint = format!("https://127.0.0.1:{port}");
+        let before = receiver.record_count();
+        let mut s = Sluice::builder()
+            .config(&otlp_config(&endpoint, protocol, &tls_table(&server_ca, None)))
+            .stdin_piped()
+            .stdout(Stdout::Null)
+            .start();
+        s.write_lines(&lines(0..10));
+        support::eventually(
+            &format!("{protocol}: exports refused without a client certificate"),
+            TIMEOUT,
+            || s.metrics().sum("sluice_sink_errors_total", &[("sink", "out")]) >= 2.0,
+        );
+        s.kill();
+        assert_eq!(receiver.record_count(), before, "{protocol}: nothing got through");
+
+        let mut s = start_piped(&otlp_config(&endpoint, protocol, &with_cert));
+        s.write_lines(&lines(0..40));
+        sent += 40;
+        receiver.wait_for_records(sent, TIMEOUT);
+        s.finish(TIMEOUT);
+        assert_eq!(receiver.record_count(), sent, "{protocol}: each record once");
+    }
+    assert!(receiver.received_json().contains("tls 39"), "the bodies arrived intact");
+}

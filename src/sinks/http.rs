@@ -300,14 +300,6 @@ pub(crate) fn read_secret_file(path: &Path, key: &str) -> Result<String, String>
     Ok(text)
 }
 
-/// A secret from a file if configured, else from an environment variable.
-pub(crate) fn secret_from(file: Option<&PathBuf>, file_key: &str, env: &str) -> Result<Option<String>, String> {
-    if let Some(p) = file {
-        return read_secret_file(p, file_key).map(Some);
-    }
-    Ok(std::env::var(env).ok().filter(|v| !v.is_empty()))
-}
-
 /// Builds the HTTP client the sinks use: rustls, connection reuse,
 /// bounded connect and request times; with `tls`, sink `sink`'s CA bundle,
 /// client certificate and server name (see [`super::tls`]).

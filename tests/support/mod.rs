@@ -44,6 +44,7 @@ pub mod file_source;
 pub mod kafka;
 pub mod kube_api;
 pub mod metrics;
+pub mod moto;
 pub mod otlp;
 pub mod remote_write;
 pub mod sli;

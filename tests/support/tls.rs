@@ -139,6 +139,45 @@ impl TlsProxy {
     }
 }
 
+impl TlsProxy {
+    /// `tls_proxy.py` (Python's ssl) in front of `127.0.0.1:target`,
+    /// offering the ALPN protocols `alpn` (`h2` for gRPC, which socat
+    /// cannot negotiate); with `client_ca`, client certificates required.
+    pub fn start_alpn(cert: &Path, key: &Path, client_ca: Option<&Path>, target: u16, alpn: &str, log: &Path) -> TlsProxy {
+        use std::io::BufRead;
+        let mut cmd = Command::new("python3");
+        cmd.arg(super::support_dir().join("tls_proxy.py"))
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .args(["--target", &target.to_string(), "--alpn", alpn]);
+        if let Some(ca) = client_ca {
+            cmd.arg("--client-ca").arg(ca);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("start tls_proxy.py");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let port = line
+            .trim()
+            .strip_prefix("ready port=")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "tls_proxy.py printed {line:?}: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            });
+        TlsProxy { port, child }
+    }
+}
+
 impl Drop for TlsProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();

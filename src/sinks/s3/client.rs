@@ -9,11 +9,12 @@ use base64::Engine;
 use bytes::Bytes;
 use md5::{Digest, Md5};
 use rusty_s3::actions::CreateMultipartUpload;
-use rusty_s3::{Bucket, Credentials, S3Action};
+use rusty_s3::{Bucket, S3Action};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::config::S3Config;
+use super::credentials::{self, ChainInput, CredentialCache};
 use crate::sinks::delivery::{self, Answer, Endpoint, ErrorKind, Failed};
 use crate::sinks::http;
 use crate::sinks::SinkCx;
@@ -45,7 +46,7 @@ pub(crate) struct S3Client {
     pub(crate) name: Arc<str>,
     http: reqwest::Client,
     bucket: Bucket,
-    credentials: Credentials,
+    credentials: Arc<CredentialCache>,
     /// Retries, error counts, request times and `/ready`.
     endpoint: Endpoint,
 }
@@ -60,30 +61,10 @@ impl std::fmt::Debug for S3Client {
     }
 }
 
-/// Credentials from the configured files, else the environment. The
-/// error names where we looked, never a value.
-fn credentials(cfg: &S3Config) -> Result<Credentials, String> {
-    let key = http::secret_from(cfg.access_key_id_file.as_ref(), "access_key_id_file", "AWS_ACCESS_KEY_ID")?;
-    let secret = http::secret_from(
-        cfg.secret_access_key_file.as_ref(),
-        "secret_access_key_file",
-        "AWS_SECRET_ACCESS_KEY",
-    )?;
-    let token = http::secret_from(cfg.session_token_file.as_ref(), "session_token_file", "AWS_SESSION_TOKEN")?;
-    match (key, secret) {
-        (Some(k), Some(s)) => Ok(match token {
-            Some(t) => Credentials::new_with_token(k, s, t),
-            None => Credentials::new(k, s),
-        }),
-        _ => Err("no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
-                  or access_key_id_file and secret_access_key_file"
-            .into()),
-    }
-}
-
 impl S3Client {
-    /// Builds the client from the config and the environment.
-    pub(crate) fn new(cfg: &S3Config, cx: &SinkCx) -> Result<S3Client, String> {
+    /// Builds the client from the config and the environment, with the
+    /// first credentials of the chain (see [`credentials`]).
+    pub(crate) async fn new(cfg: &S3Config, cx: &SinkCx) -> Result<S3Client, String> {
         let endpoint = cfg.effective_endpoint();
         let url = reqwest::Url::parse(&endpoint).map_err(|e| format!("invalid endpoint {endpoint:?}: {e}"))?;
         let style = match cfg.effective_url_style() {
@@ -92,11 +73,21 @@ impl S3Client {
         };
         let bucket = Bucket::new(url, style, cfg.bucket.clone(), cfg.region.clone())
             .map_err(|e| format!("invalid bucket {:?} at {endpoint}: {e}", cfg.bucket))?;
+        let chain = ChainInput {
+            access_key_id_file: cfg.access_key_id_file.as_deref(),
+            secret_access_key_file: cfg.secret_access_key_file.as_deref(),
+            session_token_file: cfg.session_token_file.as_deref(),
+            region: &cfg.region,
+            config: &cfg.credentials,
+        };
+        let credentials = CredentialCache::start(&chain, &credentials::process_env, cx.name.clone())
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(S3Client {
             name: cx.name.clone(),
             http: http::client(cfg.request.timeout, cfg.tls.as_ref(), &cx.name)?,
             bucket,
-            credentials: credentials(cfg)?,
+            credentials,
             endpoint: Endpoint::new(cx.name.clone(), "S3 request", cfg.retry.clone(), cx.health.clone()),
         })
     }
@@ -104,7 +95,7 @@ impl S3Client {
     /// `HEAD` the bucket: a clear start-up error for wrong credentials, an
     /// unknown bucket or an unreachable endpoint.
     pub(crate) async fn healthcheck(&self) -> Result<(), String> {
-        let url = self.bucket.head_bucket(Some(&self.credentials)).sign(PRESIGN_TTL);
+        let url = self.bucket.head_bucket(Some(&self.credentials.get())).sign(PRESIGN_TTL);
         let where_ = format!("bucket {:?} at {}", self.bucket.name(), self.bucket.base_url());
         let resp = self
             .http
@@ -119,9 +110,10 @@ impl S3Client {
                 Ok(())
             }
             401 | 403 => Err(format!(
-                "S3 refused our credentials for {where_} ({}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY \
-                 (or access_key_id_file / secret_access_key_file), the region and the bucket policy",
-                resp.status()
+                "S3 refused our credentials for {where_} ({}): check the credentials from {}, \
+                 the region and the bucket policy",
+                resp.status(),
+                self.credentials.source_name()
             )),
             404 => Err(format!("{where_} does not exist ({})", resp.status())),
             301 | 307 => Err(format!(
@@ -137,7 +129,8 @@ impl S3Client {
     pub(crate) async fn put_object(&self, key: &str, body: Bytes) -> Result<(), Failure> {
         let md5 = content_md5(&body);
         self.send("PutObject", key, || {
-            let mut a = self.bucket.put_object(Some(&self.credentials), key);
+            let creds = self.credentials.get();
+            let mut a = self.bucket.put_object(Some(&creds), key);
             a.headers_mut().insert("content-md5", md5.as_str());
             a.headers_mut().insert("content-type", CONTENT_TYPE);
             let url = a.sign(PRESIGN_TTL);
@@ -155,7 +148,8 @@ impl S3Client {
     pub(crate) async fn create_multipart(&self, key: &str) -> Result<String, Failure> {
         let answer = self
             .send("CreateMultipartUpload", key, || {
-                let mut a = self.bucket.create_multipart_upload(Some(&self.credentials), key);
+                let creds = self.credentials.get();
+                let mut a = self.bucket.create_multipart_upload(Some(&creds), key);
                 a.headers_mut().insert("content-type", CONTENT_TYPE);
                 let url = a.sign(PRESIGN_TTL);
                 self.http.post(url).header("content-type", CONTENT_TYPE)
@@ -171,7 +165,8 @@ impl S3Client {
         let md5 = content_md5(&body);
         let answer = self
             .send("UploadPart", key, || {
-                let mut a = self.bucket.upload_part(Some(&self.credentials), key, number, upload_id);
+                let creds = self.credentials.get();
+                let mut a = self.bucket.upload_part(Some(&creds), key, number, upload_id);
                 a.headers_mut().insert("content-md5", md5.as_str());
                 let url = a.sign(PRESIGN_TTL);
                 self.http.put(url).header("content-md5", md5.as_str()).body(body.clone())
@@ -187,14 +182,15 @@ impl S3Client {
         let body = {
             let a = self
                 .bucket
-                .complete_multipart_upload(Some(&self.credentials), key, upload_id, etags.iter().map(String::as_str));
+                .complete_multipart_upload(None, key, upload_id, etags.iter().map(String::as_str));
             a.body()
         };
         let text = self
             .send("CompleteMultipartUpload", key, || {
+                let creds = self.credentials.get();
                 let a = self
                     .bucket
-                    .complete_multipart_upload(Some(&self.credentials), key, upload_id, etags.iter().map(String::as_str));
+                    .complete_multipart_upload(Some(&creds), key, upload_id, etags.iter().map(String::as_str));
                 let url = a.sign(PRESIGN_TTL);
                 self.http.post(url).body(body.clone())
             })
@@ -209,10 +205,8 @@ impl S3Client {
     /// Abandons a multipart upload (best effort: S3 would otherwise keep,
     /// and bill, its parts).
     pub(crate) async fn abort_multipart(&self, key: &str, upload_id: &str) {
-        let url = self
-            .bucket
-            .abort_multipart_upload(Some(&self.credentials), key, upload_id)
-            .sign(PRESIGN_TTL);
+        let creds = self.credentials.get();
+        let url = self.bucket.abort_multipart_upload(Some(&creds), key, upload_id).sign(PRESIGN_TTL);
         if let Err(e) = self.http.delete(url).send().await {
             tracing::warn!(sink = %self.name, key, error = %http::error_chain(&e), "could not abort a multipart upload");
         }

@@ -76,6 +76,9 @@ pub struct S3Config {
     /// TLS: a custom CA bundle, a client certificate, the server name.
     #[serde(default)]
     pub(crate) tls: Option<crate::sinks::tls::HttpTlsConfig>,
+    /// The credential chain's settings (profile, STS endpoint, refresh).
+    #[serde(default)]
+    pub(crate) credentials: super::credentials::CredentialsConfig,
 }
 
 /// How bucket and key map to a URL.
@@ -223,11 +226,17 @@ impl Validate for S3Config {
             err("bucket", "must not be empty".into());
         }
         if let Some(e) = &self.endpoint {
-            match reqwest::Url::parse(e) {
-                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-                Ok(u) => err("endpoint", format!("must be an http or https URL, not {}", u.scheme())),
-                Err(x) => err("endpoint", format!("invalid URL {e:?}: {x}")),
+            if let Err(why) = super::credentials::http_url(e) {
+                err("endpoint", why);
             }
+        }
+        match (&self.access_key_id_file, &self.secret_access_key_file) {
+            (Some(_), None) => err("secret_access_key_file", "must be set with access_key_id_file".into()),
+            (None, Some(_)) => err("access_key_id_file", "must be set with secret_access_key_file".into()),
+            _ => {}
+        }
+        if self.session_token_file.is_some() && self.access_key_id_file.is_none() {
+            err("session_token_file", "needs access_key_id_file and secret_access_key_file".into());
         }
         if self.region.is_empty() {
             err("region", "must not be empty".into());
@@ -274,6 +283,7 @@ impl Validate for S3Config {
         if let Some(t) = &self.tls {
             t.validate(&key_path(path, "tls"), errors);
         }
+        self.credentials.validate(&key_path(path, "credentials"), errors);
     }
 }
 
@@ -309,5 +319,26 @@ mod tests {
             assert!(e.contains(want), "missing {want:?} in {e}");
         }
         assert!(errors("bucket = \"logs\"\nsecret_access_key = \"x\"\n").contains("unknown field"));
+    }
+
+    #[test]
+    fn credential_settings_are_checked_with_their_key_paths() {
+        let e = errors(
+            "bucket = \"logs\"\naccess_key_id_file = \"/k\"\n[sinks.s3.credentials]\nsts_endpoint = \"ftp://x\"\n\
+             refresh_before = \"0s\"\nprofile = \"\"\n",
+        );
+        for want in [
+            "sinks.s3.secret_access_key_file: must be set with access_key_id_file",
+            "sinks.s3.credentials.sts_endpoint: must be an http or https URL",
+            "sinks.s3.credentials.refresh_before: must be above 0",
+            "sinks.s3.credentials.profile: must not be empty",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in {e}");
+        }
+        assert!(errors("bucket = \"logs\"\n[sinks.s3.credentials]\nrole = \"x\"\n").contains("unknown field"));
+        assert_eq!(
+            errors("bucket = \"logs\"\n[sinks.s3.credentials]\nprofile = \"ci\"\nrefresh_before = \"10m\"\n"),
+            ""
+        );
     }
 }

@@ -15,6 +15,7 @@
 
 pub(crate) mod client;
 pub mod config;
+pub(crate) mod credentials;
 pub mod encoder;
 
 pub(crate) use config::S3Config;
@@ -46,7 +47,7 @@ impl SinkComponent for S3Config {
     /// sink.
     async fn build(&self, cx: SinkCx, input: QueueReceiver) -> Result<Task<SinkError>, SinkError> {
         let fatal = |kind: SinkErrorKind| SinkError::new(&cx.name, kind);
-        let client = Arc::new(S3Client::new(self, &cx).map_err(|e| fatal(SinkErrorKind::Setup(e)))?);
+        let client = Arc::new(S3Client::new(self, &cx).await.map_err(|e| fatal(SinkErrorKind::Setup(e)))?);
         if self.healthcheck {
             client.healthcheck().await.map_err(|e| fatal(SinkErrorKind::Unhealthy(e)))?;
         }

@@ -1,16 +1,22 @@
-//! OpenTelemetry's protocol (OTLP) for logs: the protobuf messages, the
-//! JSON form, gRPC framing, and the mapping between log records and sluice
-//! events that the `otlp` source and sink share (docs/otlp.md).
+//! OpenTelemetry's protocol (OTLP) for logs and metrics: the protobuf
+//! messages, the JSON form, gRPC framing, and the mappings between log
+//! records and sluice events, and between data points and metric samples,
+//! that the `otlp` source and sink share (docs/otlp.md).
 
 pub(crate) mod grpc;
 pub(crate) mod json;
 pub(crate) mod logs;
+pub(crate) mod metrics;
 pub(crate) mod proto;
 
 /// The gRPC method of the logs service.
 pub(crate) const LOGS_GRPC_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
 /// The OTLP/HTTP path of logs.
 pub(crate) const LOGS_HTTP_PATH: &str = "/v1/logs";
+/// The gRPC method of the metrics service.
+pub(crate) const METRICS_GRPC_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+/// The OTLP/HTTP path of metrics.
+pub(crate) const METRICS_HTTP_PATH: &str = "/v1/metrics";
 
 /// Fuzzing entry: reads `data` as an OTLP logs request (protobuf, or
 /// OTLP/JSON when `json`), maps it to events and back. Panics if an event

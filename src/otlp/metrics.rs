@@ -198,6 +198,7 @@ impl DeltaSeries {
     }
 
     /// Series held now.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.series.len()
     }

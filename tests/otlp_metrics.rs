@@ -1,0 +1,172 @@
+//! OTLP metrics: the `otlp` source against the OpenTelemetry Python and JS
+//! SDKs' metric exporters (gRPC and HTTP, cumulative and delta), the
+//! `otlp` sink against the independent receiver built from
+//! `opentelemetry-proto`, the way into a real Prometheus through remote
+//! write, and bad input.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::remote_write::RemoteWriteReceiver;
+use support::{http_post, otel_python_bin, run_bounded, support_dir, OtlpReceiver, Sluice, Stdout};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn otlp_config(extra: &str) -> String {
+    format!(
+        r#"
+[api]
+address = "127.0.0.1:0"
+[enrich]
+disable_host = true
+[sources.otel]
+type = "otlp"
+grpc_address = "127.0.0.1:0"
+http_address = "127.0.0.1:0"
+{extra}
+[sinks.out]
+type = "stdout"
+"#
+    )
+}
+
+/// `http://host:port` of the source's `protocol` listener (`gRPC`, `HTTP`).
+fn endpoint(s: &Sluice, protocol: &str) -> String {
+    let address = s.logged_address(&format!("receiving OTLP over {protocol}"), Some("otel"), WAIT);
+    format!("http://{address}")
+}
+
+/// What an SDK script printed: the data points it exported.
+fn exported_points(printed: &str) -> usize {
+    assert!(printed.contains("failed exports: 0"), "{printed}");
+    printed
+        .split("points: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no point count in {printed}"))
+}
+
+fn run_script(cmd: Command, what: &str) -> String {
+    let out = run_bounded(cmd, None, Duration::from_secs(180));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{what} failed: {text}");
+    text
+}
+
+/// Series (metric and labels) to their samples, in arrival order.
+fn by_series(samples: &[Value]) -> BTreeMap<String, Vec<Value>> {
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for s in samples {
+        let key = format!(
+            "{} {}",
+            s["metric"].as_str().unwrap_or_else(|| panic!("not a sample: {s}")),
+            s["labels"]
+        );
+        out.entry(key).or_default().push(s.clone());
+    }
+    out
+}
+
+/// The newest sample of a series.
+fn last<'a>(series: &'a BTreeMap<String, Vec<Value>>, metric: &str, labels: Value) -> &'a Value {
+    let key = format!("{metric} {labels}");
+    series
+        .get(&key)
+        .and_then(|v| v.last())
+        .unwrap_or_else(|| panic!("no series {key} in {:?}", series.keys().collect::<Vec<_>>()))
+}
+
+/// Checks the samples of otel_metrics.py / otel_metrics.js: every series
+/// has the values recorded, mapped as docs/otlp.md says.
+fn check_sdk_samples(samples: &[Value], temporality: &str) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for s in samples {
+        assert_eq!(s["release"]["version"], "1.4.2", "{s}");
+        assert_eq!(s["process"]["service"], "checkout", "{s}");
+        assert_eq!(s["kubernetes"]["namespace"], "shop", "{s}");
+        assert_eq!(s["resource"]["deployment.environment"], "test", "{s}");
+        assert_eq!(s["scope"]["name"], "app.orders", "{s}");
+        let ts = s["timestamp_ms"].as_i64().unwrap_or(0);
+        assert!((now_ms - ts).abs() < 3_600_000, "timestamp {ts} is not now: {s}");
+    }
+    let series = by_series(samples);
+    // Delta or cumulative, the first export holds the first phase and the
+    // newest sample the running total.
+    let placed_a = &series[&format!("orders.placed {}", json!({"route": "/a"}))];
+    assert_eq!(placed_a[0]["value"], 3, "{temporality}: {placed_a:?}");
+    let a = last(&series, "orders.placed", json!({"route": "/a"}));
+    assert_eq!(
+        (a["kind"].as_str(), a["value"].as_f64()),
+        (Some("counter"), Some(8.0)),
+        "{temporality}: {a}"
+    );
+    assert_eq!(a["description"], "orders placed");
+    let b = last(&series, "orders.placed", json!({"route": "/b"}));
+    assert_eq!(b["value"], 10, "{temporality}: {b}");
+    let open = last(&series, "orders.open", json!({}));
+    assert_eq!(
+        (open["kind"].as_str(), open["value"].as_f64()),
+        (Some("gauge"), Some(5.0)),
+        "{temporality}: {open}"
+    );
+    let temp = last(&series, "cpu.temp", json!({"core": "0"}));
+    assert_eq!(
+        (temp["kind"].as_str(), temp["value"].as_f64()),
+        (Some("gauge"), Some(23.25)),
+        "{temp}"
+    );
+    assert_eq!(temp["unit"], "Cel");
+    let amount = last(&series, "order.amount", json!({}));
+    assert_eq!(amount["kind"], "histogram");
+    assert_eq!(
+        amount["buckets"],
+        json!([{"le": 10, "count": 1}, {"le": 50, "count": 3}, {"le": 100, "count": 4}]),
+        "{temporality}: {amount}"
+    );
+    assert_eq!((amount["count"].as_f64(), amount["sum"].as_f64()), (Some(5.0), Some(275.0)));
+    let latency = last(&series, "order.latency", json!({}));
+    let values = [0.6, 1.5, 3.0, 12.0, 100.0, 0.0];
+    assert_eq!(latency["kind"], "histogram");
+    assert_eq!(latency["count"].as_f64(), Some(6.0), "{latency}");
+    assert_eq!(latency["sum"].as_f64(), Some(values.iter().sum::<f64>()), "{latency}");
+    let buckets = latency["buckets"].as_array().unwrap();
+    assert!(buckets.len() >= 5, "each value in a bucket of its own: {latency}");
+    let mut last_le = f64::NEG_INFINITY;
+    for b in buckets {
+        let le = b["le"].as_f64().unwrap();
+        assert!(le > last_le, "bounds ascend: {latency}");
+        last_le = le;
+        let below = values.iter().filter(|v| **v <= le).count() as f64;
+        assert_eq!(b["count"].as_f64(), Some(below), "bucket le={le}: {latency}");
+    }
+}
+
+/// Runs otel_metrics.py against a fresh sluice; returns the samples.
+fn python_export(protocol: &str, temporality: &str) -> Vec<Value> {
+    let s = Sluice::builder().config(&otlp_config("")).stdout(Stdout::Collect).start();
+    let target = endpoint(&s, if protocol == "grpc" { "gRPC" } else { "HTTP" });
+    let mut cmd = Command::new(otel_python_bin());
+    cmd.arg(support_dir().join("otel_metrics.py"))
+        .args([protocol, &target, temporality]);
+    let points = exported_points(&run_script(cmd, "otel_metrics.py"));
+    let samples = s.events(points, WAIT);
+    assert!(
+        s.remaining_events(Duration::from_millis(500)).is_empty(),
+        "more samples than data points"
+    );
+    samples
+}
+
+#[test]
+fn metrics_from_the_python_sdk_arrive_once_each_over_grpc_and_http_mapped_as_documented() {
+    check_sdk_samples(&python_export("grpc", "cumulative"), "cumulative");
+    check_sdk_samples(&python_export("http", "delta"), "delta");
+}

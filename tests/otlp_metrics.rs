@@ -170,3 +170,26 @@ fn metrics_from_the_python_sdk_arrive_once_each_over_grpc_and_http_mapped_as_doc
     check_sdk_samples(&python_export("grpc", "cumulative"), "cumulative");
     check_sdk_samples(&python_export("http", "delta"), "delta");
 }
+
+/// Runs otel_metrics.js against a fresh sluice; returns the samples.
+fn node_export(protocol: &str, temporality: &str) -> Vec<Value> {
+    let s = Sluice::builder().config(&otlp_config("")).stdout(Stdout::Collect).start();
+    let target = endpoint(&s, if protocol == "grpc" { "gRPC" } else { "HTTP" });
+    let mut cmd = Command::new(support::node_bin());
+    cmd.arg(support_dir().join("otel_metrics.js"))
+        .args([protocol, &target, temporality])
+        .env("NODE_PATH", support::otel_node_modules_dir());
+    let points = exported_points(&run_script(cmd, "otel_metrics.js"));
+    let samples = s.events(points, WAIT);
+    assert!(
+        s.remaining_events(Duration::from_millis(500)).is_empty(),
+        "more samples than data points"
+    );
+    samples
+}
+
+#[test]
+fn metrics_from_the_node_sdk_arrive_once_each_over_grpc_and_http_mapped_as_documented() {
+    check_sdk_samples(&node_export("grpc", "delta"), "delta");
+    check_sdk_samples(&node_export("http", "cumulative"), "cumulative");
+}

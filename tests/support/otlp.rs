@@ -1,4 +1,4 @@
-//! [`OtlpReceiver`]: the independent OTLP logs receiver
+//! [`OtlpReceiver`]: the independent OTLP logs and metrics receiver
 //! (`otlp_receiver.py`, built from `opentelemetry-proto`) that the otlp
 //! sink is checked against.
 
@@ -67,18 +67,14 @@ impl OtlpReceiver {
         body
     }
 
-    /// Log records accepted so far.
+    /// Log records and metric data points accepted so far.
     pub fn record_count(&self) -> usize {
-        let requests: Vec<serde_json::Value> = serde_json::from_str(&self.received_json()).expect("receiver JSON");
-        requests
-            .iter()
-            .flat_map(|r| r["resourceLogs"].as_array().cloned().unwrap_or_default())
-            .flat_map(|rl| rl["scopeLogs"].as_array().cloned().unwrap_or_default())
-            .map(|sl| sl["logRecords"].as_array().map_or(0, Vec::len))
-            .sum()
+        let (status, body) = http_get(&format!("{}/count", self.http));
+        assert_eq!(status, 200, "{body}");
+        body.trim().parse().expect("a count")
     }
 
-    /// Waits until at least `n` records were accepted.
+    /// Waits until at least `n` records (or data points) were accepted.
     pub fn wait_for_records(&self, n: usize, timeout: Duration) {
         super::wait_until(&format!("{n} records at the OTLP receiver"), timeout, || {
             (self.record_count() >= n).then_some(())

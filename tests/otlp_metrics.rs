@@ -239,3 +239,86 @@ fn otlp_metrics_go_in_and_out_again_unchanged_over_http() {
 fn otlp_metrics_go_in_and_out_again_unchanged_over_grpc() {
     round_trip("grpc", "gzip");
 }
+
+#[test]
+fn sdk_metrics_reach_prometheus_through_remote_write_while_the_logs_of_the_same_source_do_not() {
+    let prom = RemoteWriteReceiver::start();
+    let config = otlp_config("")
+        + &format!(
+            "[sinks.rw]\ntype = \"prometheus_remote_write\"\nendpoint = \"{}\"\n[sinks.rw.batch]\ntimeout = \"100ms\"\n",
+            prom.write_url()
+        );
+    let s = Sluice::builder().config(&config).stdout(Stdout::Collect).start();
+    let grpc = endpoint(&s, "gRPC");
+    let mut cmd = Command::new(otel_python_bin());
+    cmd.arg(support_dir().join("otel_metrics.py")).args(["grpc", &grpc, "cumulative"]);
+    let points = exported_points(&run_script(cmd, "otel_metrics.py"));
+    let mut cmd = Command::new(otel_python_bin());
+    cmd.arg(support_dir().join("otel_logs.py")).args(["grpc", &grpc, "10", "0"]);
+    run_script(cmd, "otel_logs.py");
+    // stdout carries both kinds.
+    let events = s.events(points + 10, WAIT);
+    assert_eq!(events.iter().filter(|e| e.get("metric").is_some()).count(), points);
+    assert_eq!(events.iter().filter(|e| e.get("message").is_some()).count(), 10);
+    // Prometheus has the metrics, named its way.
+    prom.wait_for_value(r#"orders_placed{route="/a"}"#, 8.0, WAIT);
+    prom.wait_for_value(r#"orders_placed{route="/b"}"#, 10.0, WAIT);
+    prom.wait_for_value("orders_open", 5.0, WAIT);
+    prom.wait_for_value(r#"cpu_temp{core="0"}"#, 23.25, WAIT);
+    prom.wait_for_value(r#"order_amount_bucket{le="50"}"#, 3.0, WAIT);
+    prom.wait_for_value(r#"order_amount_bucket{le="+Inf"}"#, 5.0, WAIT);
+    prom.wait_for_value("order_amount_sum", 275.0, WAIT);
+    prom.wait_for_value("order_latency_count", 6.0, WAIT);
+    // The log batches never went to the remote write sink.
+    let m = s.metrics();
+    assert_eq!(m.value(r#"sluice_events_dropped_total{component="rw",reason="not_a_metric"}"#), 0.0);
+    assert_eq!(m.value(r#"sluice_sink_events_total{sink="out"}"#), (points + 10) as f64);
+}
+
+#[test]
+fn bad_metric_exports_get_a_clear_4xx_and_rejected_data_points_are_reported_as_partial_success() {
+    let s = Sluice::builder().config(&otlp_config("")).stdout(Stdout::Collect).start();
+    let url = format!("{}/v1/metrics", endpoint(&s, "HTTP"));
+    let (status, body) = http_post(&url, &[("content-type", "application/x-protobuf")], b"\xff\xff\xff not protobuf");
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = http_post(&url, &[("content-type", "text/plain")], b"hello");
+    assert_eq!(status, 415, "{body}");
+    let (status, body) = http_post(
+        &url,
+        &[("content-type", "application/json")],
+        br#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[{"name":"x","gauge":{"dataPoints":[{"asDouble":"many"}]}}]}]}]}"#,
+    );
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("resourceMetrics[0].scopeMetrics[0].metrics[0].gauge.dataPoints[0].asDouble"),
+        "{body}"
+    );
+    // One good point and one whose buckets do not add up: the good one is
+    // taken, the other reported.
+    let json = br#"{"resourceMetrics":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"cart"}}]},
+        "scopeMetrics":[{"metrics":[{"name":"lat","histogram":{"aggregationTemporality":2,"dataPoints":[
+          {"timeUnixNano":"1780000000000000000","count":"3","sum":4.5,"bucketCounts":["1","2"],"explicitBounds":[1.0]},
+          {"count":"9","bucketCounts":["1","2"],"explicitBounds":[1.0]}]}}]}]}]}"#;
+    let (status, body) = http_post(&url, &[("content-type", "application/json")], json);
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["partialSuccess"]["rejectedDataPoints"], "1", "{body}");
+    assert!(
+        answer["partialSuccess"]["errorMessage"].as_str().unwrap().contains("buckets"),
+        "{body}"
+    );
+    let e = &s.events(1, WAIT)[0];
+    assert_eq!(e["metric"], "lat");
+    assert_eq!(e["buckets"], json!([{"le": 1, "count": 1}]));
+    assert_eq!(e["timestamp_ms"], 1_780_000_000_000i64);
+    assert_eq!(e["process"]["service"], "cart");
+    let m = s.metrics();
+    for (reason, n) in [("malformed", 2.0), ("unsupported", 1.0)] {
+        let series = format!(r#"sluice_otlp_requests_refused_total{{reason="{reason}",source="otel"}}"#);
+        assert_eq!(m.value(&series), n, "{series}");
+    }
+    assert_eq!(
+        m.value(r#"sluice_otlp_data_points_rejected_total{reason="buckets",source="otel"}"#),
+        1.0
+    );
+}

@@ -24,6 +24,9 @@ pub(crate) mod otlp;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub use otlp::fuzz_logs as fuzz_otlp_logs;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use otlp::fuzz_metrics as fuzz_otlp_metrics;
 pub mod metrics;
 pub mod multiline;
 pub mod pipeline;

@@ -245,7 +245,9 @@ fn sdk_metrics_reach_prometheus_through_remote_write_while_the_logs_of_the_same_
     let prom = RemoteWriteReceiver::start();
     let config = otlp_config("")
         + &format!(
-            "[sinks.rw]\ntype = \"prometheus_remote_write\"\nendpoint = \"{}\"\n[sinks.rw.batch]\ntimeout = \"100ms\"\n",
+            "[sinks.rw]\ntype = \"prometheus_remote_write\"\nendpoint = \"{}\"\n\
+             metadata_labels = {{ service = \"process.service\", release = \"release.version\" }}\n\
+             [sinks.rw.batch]\ntimeout = \"100ms\"\n",
             prom.write_url()
         );
     let s = Sluice::builder().config(&config).stdout(Stdout::Collect).start();
@@ -260,8 +262,9 @@ fn sdk_metrics_reach_prometheus_through_remote_write_while_the_logs_of_the_same_
     let events = s.events(points + 10, WAIT);
     assert_eq!(events.iter().filter(|e| e.get("metric").is_some()).count(), points);
     assert_eq!(events.iter().filter(|e| e.get("message").is_some()).count(), 10);
-    // Prometheus has the metrics, named its way.
-    prom.wait_for_value(r#"orders_placed{route="/a"}"#, 8.0, WAIT);
+    // Prometheus has the metrics, named its way, labelled by their
+    // resource through metadata_labels.
+    prom.wait_for_value(r#"orders_placed{route="/a",service="checkout",release="1.4.2"}"#, 8.0, WAIT);
     prom.wait_for_value(r#"orders_placed{route="/b"}"#, 10.0, WAIT);
     prom.wait_for_value("orders_open", 5.0, WAIT);
     prom.wait_for_value(r#"cpu_temp{core="0"}"#, 23.25, WAIT);

@@ -783,6 +783,21 @@ mod tests {
     }
 
     #[test]
+    fn log_only_and_metric_only_sinks_may_both_take_the_otlp_source() {
+        use crate::topology::{Config, Format};
+        let sinks = "[sinks.loki]\ntype = \"loki\"\nendpoint = \"http://127.0.0.1:3100\"\n\
+                     [sinks.rw]\ntype = \"prometheus_remote_write\"\nendpoint = \"http://127.0.0.1:9090/api/v1/write\"\n";
+        let text = format!("[sources.otel]\ntype = \"otlp\"\n{sinks}");
+        let c = Config::from_str(&text, Format::Toml, &|_| None).unwrap();
+        let mut fed: Vec<&str> = c.sinks_for("otel").collect();
+        fed.sort();
+        assert_eq!(fed, ["loki", "rw"]);
+        let named =
+            format!("{text}[sinks.rw2]\ntype = \"prometheus_remote_write\"\nendpoint = \"http://127.0.0.1:9\"\ninputs = [\"otel\"]\n");
+        assert!(Config::from_str(&named, Format::Toml, &|_| None).is_ok());
+    }
+
+    #[test]
     fn grpc_messages_are_percent_encoded() {
         assert_eq!(percent_encode("a b%\n✓"), "a b%25%0A%E2%9C%93");
     }

@@ -9,6 +9,9 @@ got from sluice's otlp sink is the same records.
     otlp_roundtrip.py check-metrics FILE  the same check for its data points
     otlp_roundtrip.py bench FILE N      writes a request of N records shaped
                                         like an SDK's (scripts/bench-otlp)
+    otlp_roundtrip.py bench-metrics FILE N  a metrics request of N data
+                                        points: half counter, a quarter
+                                        gauge, a quarter histogram
 """
 import json
 import sys
@@ -198,6 +201,31 @@ elif sys.argv[1] == "check-metrics":
             if w not in got:
                 print("want", w)
                 break
+elif sys.argv[1] == "bench-metrics":
+    n = int(sys.argv[3])
+    req = msvc.ExportMetricsServiceRequest()
+    rm = req.resource_metrics.add(resource=r.Resource(attributes=[
+        kv("service.name", s("checkout")), kv("service.version", s("1.4.2")),
+        kv("telemetry.sdk.language", s("python")), kv("k8s.namespace.name", s("shop"))]))
+    sm = rm.scope_metrics.add(scope=c.InstrumentationScope(name="app.orders"))
+    t0 = 1780000000000000000
+    counter = sm.metrics.add(name="http.server.requests", unit="1")
+    counter.sum.is_monotonic = True
+    counter.sum.aggregation_temporality = m.AGGREGATION_TEMPORALITY_CUMULATIVE
+    for i in range(n // 2):
+        counter.sum.data_points.add(attributes=[kv("http.route", s(f"/api/v1/r{i}")), kv("http.method", s("GET"))],
+                                    start_time_unix_nano=t0, time_unix_nano=t0 + 10**9, as_int=i * 13)
+    gauge = sm.metrics.add(name="queue.depth")
+    for i in range(n // 4):
+        gauge.gauge.data_points.add(attributes=[kv("queue", s(f"q{i}"))], time_unix_nano=t0 + 10**9, as_double=i + 0.5)
+    hist = sm.metrics.add(name="http.server.duration", unit="ms")
+    hist.histogram.aggregation_temporality = m.AGGREGATION_TEMPORALITY_CUMULATIVE
+    bounds = [0, 5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000]
+    for i in range(n - n // 2 - n // 4):
+        hist.histogram.data_points.add(attributes=[kv("http.route", s(f"/api/v1/r{i}"))], start_time_unix_nano=t0,
+                                       time_unix_nano=t0 + 10**9, count=16, sum=1234.5, explicit_bounds=bounds,
+                                       bucket_counts=[1] * 16)
+    open(sys.argv[2], "wb").write(req.SerializeToString())
 elif sys.argv[1] == "bench":
     open(sys.argv[2], "wb").write(bench_request(int(sys.argv[3])).SerializeToString())
 else:

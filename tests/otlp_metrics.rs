@@ -12,33 +12,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::remote_write::RemoteWriteReceiver;
-use support::{http_post, otel_python_bin, run_bounded, support_dir, OtlpReceiver, Sluice, Stdout};
+use support::{http_post, otel_python_bin, run_bounded, support_dir, Sluice, Stdout};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn otlp_config(extra: &str) -> String {
-    format!(
-        r#"
-[api]
-address = "127.0.0.1:0"
-[enrich]
-disable_host = true
-[sources.otel]
-type = "otlp"
-grpc_address = "127.0.0.1:0"
-http_address = "127.0.0.1:0"
-{extra}
-[sinks.out]
-type = "stdout"
-"#
-    )
-}
-
-/// `http://host:port` of the source's `protocol` listener (`gRPC`, `HTTP`).
-fn endpoint(s: &Sluice, protocol: &str) -> String {
-    let address = s.logged_address(&format!("receiving OTLP over {protocol}"), Some("otel"), WAIT);
-    format!("http://{address}")
-}
+use support::otlp::{source_config as otlp_config, source_endpoint as endpoint};
 
 /// What an SDK script printed: the data points it exported.
 fn exported_points(printed: &str) -> usize {
@@ -149,20 +127,27 @@ fn check_sdk_samples(samples: &[Value], temporality: &str) {
     }
 }
 
-/// Runs otel_metrics.py against a fresh sluice; returns the samples.
-fn python_export(protocol: &str, temporality: &str) -> Vec<Value> {
+/// Runs an SDK script (`cmd`, given the endpoint) against a fresh
+/// sluice; returns the samples, exactly as many as it exported points.
+fn sdk_export(protocol: &str, script: impl FnOnce(&str) -> Command) -> Vec<Value> {
     let s = Sluice::builder().config(&otlp_config("")).stdout(Stdout::Collect).start();
     let target = endpoint(&s, if protocol == "grpc" { "gRPC" } else { "HTTP" });
-    let mut cmd = Command::new(otel_python_bin());
-    cmd.arg(support_dir().join("otel_metrics.py"))
-        .args([protocol, &target, temporality]);
-    let points = exported_points(&run_script(cmd, "otel_metrics.py"));
+    let points = exported_points(&run_script(script(&target), "the SDK script"));
     let samples = s.events(points, WAIT);
     assert!(
         s.remaining_events(Duration::from_millis(500)).is_empty(),
         "more samples than data points"
     );
     samples
+}
+
+/// otel_metrics.py's samples (the Python SDK).
+fn python_export(protocol: &str, temporality: &str) -> Vec<Value> {
+    sdk_export(protocol, |target| {
+        let mut cmd = Command::new(otel_python_bin());
+        cmd.arg(support_dir().join("otel_metrics.py")).args([protocol, target, temporality]);
+        cmd
+    })
 }
 
 #[test]
@@ -171,21 +156,15 @@ fn metrics_from_the_python_sdk_arrive_once_each_over_grpc_and_http_mapped_as_doc
     check_sdk_samples(&python_export("http", "delta"), "delta");
 }
 
-/// Runs otel_metrics.js against a fresh sluice; returns the samples.
+/// otel_metrics.js's samples (the JS SDK).
 fn node_export(protocol: &str, temporality: &str) -> Vec<Value> {
-    let s = Sluice::builder().config(&otlp_config("")).stdout(Stdout::Collect).start();
-    let target = endpoint(&s, if protocol == "grpc" { "gRPC" } else { "HTTP" });
-    let mut cmd = Command::new(support::node_bin());
-    cmd.arg(support_dir().join("otel_metrics.js"))
-        .args([protocol, &target, temporality])
-        .env("NODE_PATH", support::otel_node_modules_dir());
-    let points = exported_points(&run_script(cmd, "otel_metrics.js"));
-    let samples = s.events(points, WAIT);
-    assert!(
-        s.remaining_events(Duration::from_millis(500)).is_empty(),
-        "more samples than data points"
-    );
-    samples
+    sdk_export(protocol, |target| {
+        let mut cmd = Command::new(support::node_bin());
+        cmd.arg(support_dir().join("otel_metrics.js"))
+            .args([protocol, target, temporality])
+            .env("NODE_PATH", support::otel_metrics_node_modules_dir());
+        cmd
+    })
 }
 
 #[test]
@@ -194,50 +173,14 @@ fn metrics_from_the_node_sdk_arrive_once_each_over_grpc_and_http_mapped_as_docum
     check_sdk_samples(&node_export("http", "cumulative"), "cumulative");
 }
 
-/// Sends otlp_roundtrip.py's metrics request into sluice's otlp source,
-/// out through its otlp sink (`protocol`) to the independent receiver, and
-/// checks the receiver got the same data points.
-fn round_trip(protocol: &str, compression: &str) {
-    let receiver = OtlpReceiver::start();
-    let target = if protocol == "grpc" { &receiver.grpc } else { &receiver.http };
-    let config = format!(
-        "[api]\naddress = \"127.0.0.1:0\"\n[enrich]\ndisable_host = true\n\
-         [sources.otel]\ntype = \"otlp\"\ngrpc_address = \"\"\nhttp_address = \"127.0.0.1:0\"\n\
-         [sinks.out]\ntype = \"otlp\"\nendpoint = \"{target}\"\nprotocol = \"{protocol}\"\ncompression = \"{compression}\"\n\
-         [sinks.out.batch]\ntimeout = \"100ms\"\n"
-    );
-    let s = Sluice::builder().config(&config).stdout(Stdout::Null).start();
-    let http = endpoint(&s, "HTTP");
-    let script = support_dir().join("otlp_roundtrip.py");
-    let mut send = Command::new(otel_python_bin());
-    send.arg(&script).args(["send-metrics", &format!("{http}/v1/metrics")]);
-    support::run_client(&mut send, WAIT);
-    // 2 resources × 2 scopes × (2 sum points, a gauge, a histogram, a summary).
-    receiver.wait_for_records(20, WAIT);
-    let dump = s.path("received.json");
-    std::fs::write(&dump, receiver.received_json()).unwrap();
-    let mut check = Command::new(otel_python_bin());
-    check.arg(&script).arg("check-metrics").arg(&dump);
-    let out = run_bounded(check, None, WAIT);
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        printed.trim(),
-        "same",
-        "{protocol}/{compression}: {printed}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = s.metrics();
-    assert_eq!(m.value(r#"sluice_sink_events_total{sink="out"}"#), 20.0);
-}
-
 #[test]
 fn otlp_metrics_go_in_and_out_again_unchanged_over_http() {
-    round_trip("http", "gzip");
+    support::otlp::round_trip("metrics", "http", "gzip");
 }
 
 #[test]
 fn otlp_metrics_go_in_and_out_again_unchanged_over_grpc() {
-    round_trip("grpc", "gzip");
+    support::otlp::round_trip("metrics", "grpc", "gzip");
 }
 
 #[test]

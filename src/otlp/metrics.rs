@@ -302,16 +302,8 @@ struct Point<'a> {
 
 impl Point<'_> {
     fn metric(&mut self, metric: &Metric) {
-        let points = match &metric.data {
-            None => 0,
-            Some(MetricData::Gauge(g)) => g.data_points.len(),
-            Some(MetricData::Sum(s)) => s.data_points.len(),
-            Some(MetricData::Histogram(h)) => h.data_points.len(),
-            Some(MetricData::ExponentialHistogram(h)) => h.data_points.len(),
-            Some(MetricData::Summary(s)) => s.data_points.len(),
-        };
         if metric.name.is_empty() {
-            self.written.rejected[Reject::NoName as usize] += points;
+            self.written.rejected[Reject::NoName as usize] += points_of(metric);
             return;
         }
         match &metric.data {
@@ -565,15 +557,20 @@ pub(crate) fn point_count(request: &ExportMetricsServiceRequest) -> usize {
         .iter()
         .flat_map(|rm| &rm.scope_metrics)
         .flat_map(|sm| &sm.metrics)
-        .map(|m| match &m.data {
-            None => 0,
-            Some(MetricData::Gauge(g)) => g.data_points.len(),
-            Some(MetricData::Sum(s)) => s.data_points.len(),
-            Some(MetricData::Histogram(h)) => h.data_points.len(),
-            Some(MetricData::ExponentialHistogram(h)) => h.data_points.len(),
-            Some(MetricData::Summary(s)) => s.data_points.len(),
-        })
+        .map(points_of)
         .sum()
+}
+
+/// Data points in a metric.
+fn points_of(metric: &Metric) -> usize {
+    match &metric.data {
+        None => 0,
+        Some(MetricData::Gauge(g)) => g.data_points.len(),
+        Some(MetricData::Sum(s)) => s.data_points.len(),
+        Some(MetricData::Histogram(h)) => h.data_points.len(),
+        Some(MetricData::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(MetricData::Summary(s)) => s.data_points.len(),
+    }
 }
 
 // --- samples back into a request (the sink) ----------------------------------

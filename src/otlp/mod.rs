@@ -26,16 +26,8 @@ pub(crate) const METRICS_HTTP_PATH: &str = "/v1/metrics";
 #[doc(hidden)]
 pub fn fuzz_logs(data: &[u8], json: bool) {
     use prost::Message as _;
-    let request = if json {
-        match json::logs_request(data) {
-            Ok(r) => r,
-            Err(_) => return,
-        }
-    } else {
-        match proto::ExportLogsServiceRequest::decode(data) {
-            Ok(r) => r,
-            Err(_) => return,
-        }
+    let Some(request) = fuzz_decode(data, json, json::logs_request) else {
+        return;
     };
     let mut out = Vec::new();
     let n = logs::write_events(&request, &mut out);
@@ -63,16 +55,8 @@ pub fn fuzz_logs(data: &[u8], json: bool) {
 #[doc(hidden)]
 pub fn fuzz_metrics(data: &[u8], json: bool) {
     use prost::Message as _;
-    let request = if json {
-        match json::metrics_request(data) {
-            Ok(r) => r,
-            Err(_) => return,
-        }
-    } else {
-        match proto::ExportMetricsServiceRequest::decode(data) {
-            Ok(r) => r,
-            Err(_) => return,
-        }
+    let Some(request) = fuzz_decode(data, json, json::metrics_request) else {
+        return;
     };
     let mut deltas = metrics::DeltaSeries::new(8, std::time::Duration::from_secs(300));
     let mut out = Vec::new();
@@ -95,5 +79,15 @@ pub fn fuzz_metrics(data: &[u8], json: bool) {
         }
         assert_eq!(lines, written.samples, "one line per sample");
         let _ = builder.take().encode_to_vec();
+    }
+}
+
+/// A request from protobuf, or from OTLP/JSON with `from_json`.
+#[cfg(feature = "fuzzing")]
+fn fuzz_decode<T: prost::Message + Default, E>(data: &[u8], json: bool, from_json: impl Fn(&[u8]) -> Result<T, E>) -> Option<T> {
+    if json {
+        from_json(data).ok()
+    } else {
+        T::decode(data).ok()
     }
 }

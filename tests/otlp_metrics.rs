@@ -268,3 +268,34 @@ fn bad_metric_exports_get_a_clear_4xx_and_rejected_data_points_are_reported_as_p
         1.0
     );
 }
+
+#[test]
+fn with_acknowledgements_a_metrics_export_is_answered_only_once_prometheus_has_its_samples() {
+    let mut prom = RemoteWriteReceiver::start();
+    prom.stop();
+    let config = otlp_config("acknowledgements = true")
+        + &format!(
+            "[sinks.rw]\ntype = \"prometheus_remote_write\"\nendpoint = \"{}\"\n[sinks.rw.batch]\ntimeout = \"50ms\"\n\
+             [sinks.rw.retry]\ninitial_backoff = \"50ms\"\nmax_backoff = \"200ms\"\n",
+            prom.write_url()
+        );
+    let s = Sluice::builder().config(&config).stdout(Stdout::Collect).start();
+    let url = format!("{}/v1/metrics", endpoint(&s, "HTTP"));
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let body = format!(
+        r#"{{"resourceMetrics":[{{"scopeMetrics":[{{"metrics":[{{"name":"jobs.done","sum":{{"aggregationTemporality":2,"isMonotonic":true,
+            "dataPoints":[{{"asInt":"42","timeUnixNano":"{now_ns}"}}]}}}}]}}]}}]}}"#
+    );
+    let export = std::thread::spawn(move || http_post(&url, &[("content-type", "application/json")], body.as_bytes()));
+    // stdout has the sample at once; the answer waits for Prometheus.
+    assert_eq!(s.events(1, WAIT)[0]["value"], 42);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!export.is_finished(), "answered while Prometheus was down");
+    prom.start_again();
+    let (status, body) = export.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    prom.wait_for_value("jobs_done", 42.0, WAIT);
+}

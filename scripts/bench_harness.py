@@ -46,17 +46,19 @@ def build_release(*examples):
     subprocess.run(argv, cwd=ROOT, check=True)
 
 
-def corpus(lines=LINES, fmt="ndjson"):
+def corpus(lines=LINES, fmt="ndjson", secrets=0):
     """The path of `scripts/gen-corpus --lines LINES --seed 42 --format FMT`'s
-    output under BENCH_DIR, generating it the first time (through a .tmp
-    file, so an interrupted run leaves no half corpus)."""
+    output (with `--secrets SECRETS` when given) under BENCH_DIR, generating
+    it the first time (through a .tmp file, so an interrupted run leaves no
+    half corpus)."""
     os.makedirs(BENCH_DIR, exist_ok=True)
-    path = os.path.join(BENCH_DIR, f"corpus-{lines}-{fmt}.log")
+    tag = f"-secrets{secrets}" if secrets else ""
+    path = os.path.join(BENCH_DIR, f"corpus-{lines}-{fmt}{tag}.log")
     if not os.path.exists(path):
         print(f"generating {path} ...", file=sys.stderr)
         with open(path + ".tmp", "wb") as f:
             subprocess.run([os.path.join(ROOT, "scripts", "gen-corpus"), "--lines", str(lines), "--seed", str(SEED),
-                            "--format", fmt], stdout=f, check=True)
+                            "--format", fmt, "--secrets", str(secrets)], stdout=f, check=True)
         os.rename(path + ".tmp", path)
     return path
 

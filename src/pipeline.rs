@@ -32,9 +32,19 @@ const DECODE_IN_FLIGHT: usize = 4;
 #[error("the pipeline has shut down")]
 pub struct PipelineClosed;
 
-/// A batch decoding on the blocking pool, with what each tap made of it
-/// and, when transforms take the source's events, their outputs.
-type Pending = JoinHandle<(Batch, Vec<Prepared>, Option<Outputs>)>;
+/// A batch decoding on the blocking pool.
+type Pending = JoinHandle<Decoded>;
+
+/// A decoded batch, with what each tap made of it and, when transforms
+/// take the source's events, their outputs.
+struct Decoded {
+    batch: Batch,
+    prepared: Vec<Prepared>,
+    outputs: Option<Outputs>,
+    /// The [`Wiring`]'s transforms generation the batch was judged by;
+    /// `None` for a batch no transform takes (metric samples).
+    generation: Option<u64>,
+}
 
 /// What the transforms made of one batch: per output that a sink may take
 /// (`filter`, `split.errors`), its events.
@@ -63,6 +73,11 @@ pub trait Processing: Send + Sync {
     /// Runs the transforms over a decoded batch, with what the observer
     /// made of it: the events of each output.
     fn process(&self, batch: &Batch, prepared: Prepared) -> Outputs;
+
+    /// The throttles a file reader of the source asks before it reads.
+    fn deferrals(&self) -> Vec<Arc<dyn crate::transforms::Deferral>> {
+        Vec::new()
+    }
 }
 
 /// What a [`BatchTap`]'s observer made of one batch on the decode pool.
@@ -193,7 +208,26 @@ impl SourceOutput {
             .with_label_values(&[&self.source])
             .inc_by(batch.len() as u64);
         // Transforms act on log events; a metric batch goes as it is.
-        tokio::spawn(async move { (batch, Vec::new(), None) })
+        tokio::spawn(async move {
+            Decoded {
+                batch,
+                prepared: Vec::new(),
+                outputs: None,
+                generation: None,
+            }
+        })
+    }
+
+    /// The throttles a file reader asks before it reads, and the
+    /// generation they belong to (ask again when [`SourceOutput::generation`]
+    /// differs).
+    pub(crate) fn deferrals(&self) -> (u64, Vec<Arc<dyn crate::transforms::Deferral>>) {
+        self.wiring.deferrals(&self.source)
+    }
+
+    /// The generation of the transforms now wired.
+    pub(crate) fn generation(&self) -> u64 {
+        self.wiring.generation()
     }
 
     fn spawn_lines(&self, lines: Lines, ctx: Arc<SourceContext>, ack: Option<Acknowledger>) -> Pending {
@@ -217,7 +251,7 @@ impl SourceOutput {
         let fields = self.wiring.fields();
         let source = self.source.clone();
         let taps = self.taps.clone();
-        let processing = self.wiring.processing(&self.source);
+        let (generation, processing) = self.wiring.processing(&self.source);
         let received_at = SystemTime::now();
         tokio::task::spawn_blocking(move || {
             let mut out = BatchBuilder::with_capacity(fields, size_hint, size_hint / 200 + 1);
@@ -253,7 +287,12 @@ impl SourceOutput {
                 (Some(p), true) => prepared.pop().map(|judged| p.process(&batch, judged)),
                 _ => None,
             };
-            (batch, prepared, outputs)
+            Decoded {
+                batch,
+                prepared,
+                outputs,
+                generation: Some(generation),
+            }
         })
     }
 }
@@ -267,10 +306,18 @@ pub(crate) struct Wiring {
     /// The fields decode extracts for the sinks. A reload only appends to
     /// it, so the indexes a running sink looked up stay valid.
     fields: std::sync::RwLock<Arc<FieldSet>>,
-    /// The transforms each source's events go through, by source; a
+    /// The transforms each source's events go through; a
     /// source without an entry feeds `routes[source]` directly. With
     /// transforms, `routes` is keyed by output name (`split.errors`).
-    processing: std::sync::RwLock<HashMap<Arc<str>, Arc<dyn Processing>>>,
+    processing: std::sync::RwLock<Plans>,
+}
+
+/// The transforms of every source, and how many times they were set: a
+/// batch judged by an older set is judged again when it leaves.
+#[derive(Default)]
+struct Plans {
+    generation: u64,
+    by_source: HashMap<Arc<str>, Arc<dyn Processing>>,
 }
 
 impl std::fmt::Debug for Wiring {
@@ -289,7 +336,7 @@ impl Wiring {
         Wiring {
             routes: tokio::sync::RwLock::new(HashMap::new()),
             fields: std::sync::RwLock::new(fields),
-            processing: std::sync::RwLock::new(HashMap::new()),
+            processing: std::sync::RwLock::new(Plans::default()),
         }
     }
 
@@ -310,19 +357,36 @@ impl Wiring {
         *self.fields.write().unwrap_or_else(PoisonError::into_inner) = fields;
     }
 
-    /// The transforms `source`'s events go through, if any.
-    pub(crate) fn processing(&self, source: &str) -> Option<Arc<dyn Processing>> {
-        let map = self.processing.read().unwrap_or_else(PoisonError::into_inner);
-        if map.is_empty() {
-            return None;
+    /// The transforms `source`'s events go through, if any, and the
+    /// generation they belong to.
+    pub(crate) fn processing(&self, source: &str) -> (u64, Option<Arc<dyn Processing>>) {
+        let plans = self.processing.read().unwrap_or_else(PoisonError::into_inner);
+        if plans.by_source.is_empty() {
+            return (plans.generation, None);
         }
-        map.get(source).cloned()
+        (plans.generation, plans.by_source.get(source).cloned())
+    }
+
+    /// The throttles `source`'s file readers ask before they read, and the
+    /// generation of the transforms they belong to.
+    pub(crate) fn deferrals(&self, source: &str) -> (u64, Vec<Arc<dyn crate::transforms::Deferral>>) {
+        let (generation, processing) = self.processing(source);
+        (generation, processing.map(|p| p.deferrals()).unwrap_or_default())
+    }
+
+    /// How many times the transforms were set.
+    pub(crate) fn generation(&self) -> u64 {
+        self.processing.read().unwrap_or_else(PoisonError::into_inner).generation
     }
 
     /// Replaces the transforms of every source (call it while holding
-    /// [`Wiring::rewire`], with the routes of their outputs).
+    /// [`Wiring::rewire`], with the routes of their outputs). Batches
+    /// judged by the old ones are judged again as they leave: the outputs
+    /// they reached may be gone.
     pub(crate) fn set_processing(&self, processing: HashMap<Arc<str>, Arc<dyn Processing>>) {
-        *self.processing.write().unwrap_or_else(PoisonError::into_inner) = processing;
+        let mut plans = self.processing.write().unwrap_or_else(PoisonError::into_inner);
+        plans.generation += 1;
+        plans.by_source = processing;
     }
 
     /// Holds every fan-out between two batches and hands over the routes.
@@ -356,7 +420,12 @@ pub(crate) fn wired_output(source: Arc<str>, wiring: Arc<Wiring>, taps: Vec<Arc<
 async fn fan_out(mut rx: mpsc::Receiver<Pending>, wiring: Arc<Wiring>, taps: Arc<[Arc<dyn BatchTap>]>, source: Arc<str>) {
     let none: Arc<[QueueSender]> = Arc::new([]);
     while let Some(pending) = rx.recv().await {
-        let (batch, prepared, outputs) = match pending.await {
+        let Decoded {
+            batch,
+            prepared,
+            mut outputs,
+            generation,
+        } = match pending.await {
             Ok(b) => b,
             Err(e) => {
                 // Decode never panics on input (every path is tested with
@@ -374,6 +443,9 @@ async fn fan_out(mut rx: mpsc::Receiver<Pending>, wiring: Arc<Wiring>, taps: Arc
         // Held while the batch is queued: a rewiring waits for it, and no
         // batch goes to a sink the rewiring has already let go.
         let routes = wiring.routes.read().await;
+        if generation.is_some_and(|judged_by| judged_by != wiring.generation()) {
+            outputs = wiring.processing(&source).1.map(|p| judge_again(&batch, p.as_ref()));
+        }
         if let Some(outputs) = outputs {
             send_outputs(batch, outputs, &routes).await;
             continue;
@@ -400,6 +472,27 @@ async fn fan_out(mut rx: mpsc::Receiver<Pending>, wiring: Arc<Wiring>, taps: Arc
                 batch.acknowledge(AckOutcome::Abandoned);
             }
         }
+    }
+}
+
+/// Runs `processing` over a batch decoded before a reload replaced the
+/// transforms that judged it: each event is read again from the batch
+/// (its metadata is in it already), for the new transforms' verdicts.
+fn judge_again(batch: &Batch, processing: &dyn Processing) -> Outputs {
+    let no_members = crate::enrich::Fragment::default();
+    let mut scratch = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), batch.byte_len(), batch.len());
+    let judged = DECODER.with(|d| {
+        let mut d = d.borrow_mut();
+        d.observe(processing.fields(), processing.begin(&batch.source));
+        for event in batch.events() {
+            d.decode_line(event, false, &[], &no_members, &mut scratch);
+        }
+        d.take_stats();
+        d.finish_observers().pop()
+    });
+    match judged {
+        Some(judged) => processing.process(batch, judged),
+        None => Vec::new(),
     }
 }
 

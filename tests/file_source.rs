@@ -6,7 +6,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use support::file_source::{append, config, config_with_api, counts, parse};
 use support::Sluice;
 
@@ -536,4 +536,62 @@ fn more_files_than_max_open_files_are_all_read_in_turn() {
     std::thread::sleep(Duration::from_millis(500));
     let _ = s.stop();
     assert_each_once(&lines, "id", (0..30).flat_map(|f| (0..25).map(move |i| format!("{f}-{i}"))));
+}
+
+#[test]
+fn a_throttled_file_is_deferred_not_dropped_and_quiet_files_keep_their_latency() {
+    // The issue's test: a throttle keyed by pod on a file source leaves the
+    // noisy pod's lines on disk past 500 a second, drops none of them, and
+    // the quiet pod's lines still arrive at once.
+    let dir = tempfile::tempdir().unwrap();
+    let pods = dir.path().join("pods");
+    let noisy = pods.join("shop_noisy_1a2b3c/app/0.log");
+    let quiet = pods.join("shop_quiet_4d5e6f/app/0.log");
+    for f in [&noisy, &quiet] {
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    }
+    let cri = |pod: &str, i: usize| format!("2024-05-01T10:00:00.000000000Z stdout F {{\"pod\":\"{pod}\",\"i\":{i}}}");
+    append(&noisy, (0..3000).map(|i| cri("noisy", i)));
+    append(&quiet, [cri("quiet", 0)]);
+    let cfg = config_with_api(
+        &dir.path().join("data"),
+        &[glob(dir.path(), "pods/**/*.log")],
+        "[sources.files.kubernetes]\nenabled = true",
+    ) + "inputs = [\"calm\"]\n[transforms.calm]\ntype = \"throttle\"\ninputs = [\"files\"]\n\
+         threshold = 500\nwindow = \"1s\"\nkey = \"kubernetes.pod\"\n";
+    let s = Sluice::start(&cfg);
+    let started = Instant::now();
+    s.wait_until("the quiet pod's first line", T, |l| l.iter().any(|l| l.contains("\"quiet\"")));
+
+    // While the noisy file waits for its windows, quiet lines go through.
+    for i in 1..=5 {
+        let written = Instant::now();
+        append(&quiet, [cri("quiet", i)]);
+        let tag = format!("\"pod\":\"quiet\",\"i\":{i},");
+        s.wait_until("a quiet line", T, |l| l.iter().any(|l| l.contains(&tag)));
+        let latency = written.elapsed();
+        assert!(latency < Duration::from_millis(900), "quiet line {i} took {latency:?}");
+    }
+    let noisy_by_now = counts(&s.lines(), "pod").get("noisy").copied().unwrap_or(0);
+    let windows = started.elapsed().as_secs() as usize + 1;
+    assert!(
+        noisy_by_now <= 500 * (windows + 1),
+        "{noisy_by_now} noisy lines in {windows} windows of 500"
+    );
+
+    let lines = s.wait_until("every noisy line", T, |l| {
+        l.iter().filter(|l| l.contains("\"noisy\"")).count() >= 3000
+    });
+    let noisy_lines: Vec<String> = lines.iter().filter(|l| l.contains("\"noisy\"")).cloned().collect();
+    assert_each_once(&noisy_lines, "i", (0..3000).map(|i| i.to_string()));
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "3000 lines at 500 a second took under 4 s"
+    );
+    assert_eq!(
+        s.metric("sluice_transform_events_dropped_total{reason=\"throttled\",transform=\"calm\"}"),
+        0.0
+    );
+    assert!(s.metric("sluice_transform_deferred_events_total{key=\"noisy\",transform=\"calm\"}") > 0.0);
+    let _ = s.stop();
 }

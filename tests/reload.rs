@@ -333,6 +333,43 @@ fn fifty_reloads_lose_nothing_and_leak_nothing() {
     stop(sluice);
 }
 
+/// A file source into stdout through a filter named `name` that keeps
+/// every line, or straight into stdout when `name` is empty.
+fn transform_config(name: &str) -> String {
+    if name.is_empty() {
+        return file_config("inputs = [\"app\"]\n");
+    }
+    file_config(&format!(
+        "inputs = [\"{name}\"]\n[transforms.{name}]\ntype = \"filter\"\ninputs = [\"app\"]\n\
+         condition = {{ field = \"n\", exists = true }}\n"
+    ))
+}
+
+#[test]
+fn renamed_added_and_removed_transforms_under_load_lose_nothing() {
+    // Batches decoded through the old transforms but fanned out after the
+    // reload name outputs the new wiring no longer has: they must be
+    // judged again by the new transforms, not acknowledged with no sink.
+    let dir = tempfile::tempdir().unwrap();
+    let configs = [transform_config("keep_a"), transform_config("keep_b"), transform_config("")];
+    write_config(dir.path(), &configs[0]);
+    let sluice = start(dir, None);
+    let api = sluice.api_address();
+    let writer = Writer::start(sluice.path("logs/app.log"), 0, 20_000);
+    let (mut seen, mut all) = (BTreeSet::new(), Vec::new());
+    collect_until(&sluice, &mut seen, &mut all, 500);
+    for i in 1..=30 {
+        write_config(sluice.dir(), &configs[i % configs.len()]);
+        sighup(&sluice, &api, "applied");
+        let got = arrived(&sluice, Duration::from_millis(20));
+        seen.extend(got.iter().copied());
+        all.extend(got);
+    }
+    let total = writer.stop();
+    collect_until(&sluice, &mut seen, &mut all, total);
+    stop(sluice);
+}
+
 #[test]
 fn a_removed_source_added_back_resumes_from_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();

@@ -713,8 +713,9 @@ impl Topology {
                 }
             }
             if !diff.transforms_changed.is_empty() {
-                // Replaced like a changed sink: batches already decoded
-                // with the old transforms go to the outputs they reached.
+                // Replaced like a changed sink: batches already judged by
+                // the old transforms are judged again by the new ones as
+                // they leave (their old outputs may be gone).
                 self.config.transforms = new.transforms.clone();
                 self.graph = build_graph(&self.config);
             }

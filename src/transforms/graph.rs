@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use super::metrics::NodeMetrics;
 use super::stream::{value_at, ChangedValues, Item};
+use super::throttle::Deferral;
 use super::TransformSpec;
 use crate::condition::{Condition, MetaValues, Program};
 use crate::config::ConfigError;
@@ -66,6 +67,11 @@ pub(crate) trait Step: Send + Sync {
     /// Why an event this transform puts nowhere was dropped (the `reason`
     /// label of `sluice_transform_events_dropped_total`).
     fn drop_reason(&self) -> &'static str;
+
+    /// The budget a file reader asks before it reads, for a throttle.
+    fn deferral(&self) -> Option<Arc<dyn Deferral>> {
+        None
+    }
 }
 
 /// The verdicts and keys of one batch's events, as the [`Judge`] recorded
@@ -124,9 +130,22 @@ pub(crate) struct Run<'b> {
     judged: &'b Judged,
     graph: &'b Graph,
     scratch: String,
+    /// The step running takes the source alone, straight from decode.
+    fed_by_source: bool,
 }
 
 impl Run<'_> {
+    /// Whether the step running takes the source alone, straight from
+    /// decode (a file reader may then have asked it before reading).
+    pub(crate) fn fed_by_source(&self) -> bool {
+        self.fed_by_source
+    }
+
+    /// Where the batch's events came from.
+    pub(crate) fn source(&self) -> &SourceContext {
+        &self.batch.source
+    }
+
     /// Whether condition `c` holds for the event: its decode-time verdict,
     /// or, for an event a transform changed, judged on the changed event.
     pub(crate) fn holds(&mut self, c: CondId, item: &Item) -> bool {
@@ -292,7 +311,23 @@ struct SourcePlan {
     consumed: Vec<Arc<str>>,
 }
 
+impl SourcePlan {
+    /// Whether `node` takes this source alone.
+    fn fed_by_source(&self, node: &Node) -> bool {
+        matches!(node.inputs.as_slice(), [only] if **only == *self.source)
+    }
+}
+
 impl Processing for SourcePlan {
+    fn deferrals(&self) -> Vec<Arc<dyn Deferral>> {
+        self.nodes
+            .iter()
+            .map(|&i| &self.graph.nodes[i])
+            .filter(|node| self.fed_by_source(node))
+            .filter_map(|node| node.step.deferral())
+            .collect()
+    }
+
     fn fields(&self) -> Arc<FieldSet> {
         self.graph.fields.clone()
     }
@@ -325,6 +360,7 @@ impl Processing for SourcePlan {
             judged: &judged,
             graph: &self.graph,
             scratch: String::new(),
+            fed_by_source: false,
         };
         let mut streams: HashMap<Arc<str>, Vec<Item>> = HashMap::new();
         streams.insert(self.source.clone(), (0..batch.len() as u32).map(Item::new).collect());
@@ -343,6 +379,7 @@ impl Processing for SourcePlan {
                 input.sort_by_key(|item| item.idx);
             }
             let seen = input.len();
+            run.fed_by_source = self.fed_by_source(node);
             let mut out: Vec<Vec<Item>> = node.outputs.iter().map(|_| Vec::new()).collect();
             node.step.run(input, &mut run, &mut out);
             node.metrics.record(seen, &out, node.step.drop_reason());

@@ -16,6 +16,8 @@ pub(crate) struct TransformMetrics {
     events_dropped: IntCounterVec,
     /// `sluice_transform_throttled_events_total{transform,key}`.
     pub(crate) throttled: IntCounterVec,
+    /// `sluice_transform_deferred_events_total{transform,key}`.
+    pub(crate) deferred: IntCounterVec,
 }
 
 impl TransformMetrics {
@@ -37,6 +39,11 @@ impl TransformMetrics {
             throttled: counter_vec(
                 "sluice_transform_throttled_events_total",
                 "Events a throttle dropped, by key (bounded by max_keys; the rest count as __overflow__).",
+                &["transform", "key"],
+            ),
+            deferred: counter_vec(
+                "sluice_transform_deferred_events_total",
+                "Lines a throttle left on disk for a file reader to read after the window (a line may count more than once).",
                 &["transform", "key"],
             ),
         })

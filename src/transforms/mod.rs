@@ -22,6 +22,8 @@ mod stream;
 pub(crate) mod testing;
 mod throttle;
 
+pub use throttle::{Deferral, ThrottleMode};
+
 use serde_json::{Map, Value};
 
 use crate::config::{parse_component, parse_valid, ConfigError, Validate};

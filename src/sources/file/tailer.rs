@@ -34,6 +34,7 @@ use crate::framing::{split_lines, LineSpan, Lines, OverflowPolicy};
 use crate::multiline::{self, Multiline};
 use crate::pipeline::{PipelineClosed, ShutdownSignal, SourceOutput};
 use crate::telemetry::metrics;
+use crate::transforms::Deferral;
 
 /// How long a file must sit idle at its end before it is closed to make
 /// room for a waiting one.
@@ -176,6 +177,8 @@ struct Tracked {
     /// it (a pod annotation's preset, or `None` for the source's setting).
     multiline: Option<Multiline>,
     multiline_choice: Option<String>,
+    /// A throttle deferred the rest of the file: read on from here.
+    paused_until: Option<Instant>,
 }
 
 impl Tracked {
@@ -210,6 +213,7 @@ impl Tracked {
             eof_since: None,
             last_stat: None,
             finishing: nf.finishing,
+            paused_until: None,
             closed: None,
             path_bytes: cx.cfg.metrics_per_file.then(|| {
                 FileMetrics::get()
@@ -269,6 +273,10 @@ pub(crate) struct Reader {
     spawned: Vec<Tracked>,
     scratch: BytesMut,
     stats: ContainerStats,
+    /// The throttles asked before a file's lines are read (`mode =
+    /// "defer"`), and the transforms generation they came from.
+    deferrals: Vec<Arc<dyn Deferral>>,
+    deferrals_gen: Option<u64>,
 }
 
 impl Reader {
@@ -279,7 +287,37 @@ impl Reader {
             spawned: Vec::new(),
             scratch: BytesMut::new(),
             stats: ContainerStats::default(),
+            deferrals: Vec::new(),
+            deferrals_gen: None,
         }
+    }
+
+    /// Picks up the throttles of the transforms now wired.
+    fn refresh_deferrals(&mut self) {
+        let Some(out) = &self.cx.output else { return };
+        let gen = out.generation();
+        if self.deferrals_gen != Some(gen) {
+            let (gen, deferrals) = out.deferrals();
+            self.deferrals = deferrals;
+            self.deferrals_gen = Some(gen);
+        }
+    }
+
+    /// How many of `lines` just read the file's throttles let through, when
+    /// fewer than all; then the file pauses until they allow more.
+    fn grant(&self, t: &mut Tracked, lines: usize) -> Option<usize> {
+        let mut granted = lines;
+        let mut until: Option<Instant> = None;
+        for d in &self.deferrals {
+            if let Some((g, next)) = d.take(&t.ctx, granted) {
+                if g < granted {
+                    granted = g;
+                    until = Some(until.map_or(next, |u| u.max(next)));
+                }
+            }
+        }
+        t.paused_until = until;
+        until.map(|_| granted)
     }
 
     /// Reads until shutdown (or, with `stop_at_eof`, until the scanner says
@@ -296,6 +334,7 @@ impl Reader {
                 break;
             }
             let mut read = 0usize;
+            self.refresh_deferrals();
             let mut files = std::mem::take(&mut self.files);
             for t in files.iter_mut() {
                 match self.turn(t) {
@@ -369,6 +408,12 @@ impl Reader {
         if t.closed.is_some() {
             return Ok(0);
         }
+        if let Some(until) = t.paused_until {
+            if Instant::now() < until {
+                return Ok(0);
+            }
+            t.paused_until = None;
+        }
         if t.shared.rewritten.swap(false, Ordering::AcqRel) {
             let size = FileStat::of_file(&t.shared.file).map(|s| s.size).unwrap_or(0);
             self.truncated(t, size);
@@ -436,7 +481,24 @@ impl Reader {
             let mut spans = Vec::with_capacity(chunk.len() / 128 + 1);
             split_lines(&chunk, &mut spans);
             let dropped = enforce_limit(&mut spans, max, self.cx.cfg.oversize);
-            let ckpt = t.read - t.carry.len() as u64;
+            let mut ckpt = t.read - t.carry.len() as u64;
+            if !self.deferrals.is_empty() {
+                if let Some(granted) = self.grant(t, spans.len()) {
+                    // Throttled: the lines past the grant stay on disk, read
+                    // again once the window ends.
+                    let kept = granted.checked_sub(1).map_or(0, |i| line_end(&chunk, spans[i]));
+                    spans.truncate(granted);
+                    t.read = base + (start + kept) as u64;
+                    t.carry.clear();
+                    let from = t.read.saturating_sub(TAIL_BYTES);
+                    t.last = read_at(&t.shared.file, from, (t.read - from) as usize).unwrap_or_default();
+                    ckpt = t.read;
+                    if spans.is_empty() {
+                        t.shared.read.store(t.read, Ordering::Release);
+                        return Ok(0);
+                    }
+                }
+            }
             self.emit(
                 t,
                 Lines {
@@ -820,6 +882,13 @@ fn detect(lines: &Lines, partial_max: usize) -> Unwrap {
         Some(_) => Unwrap::Lines,
         None => Unwrap::Undetected,
     }
+}
+
+/// Where the line at `span` ends in `chunk`, after its newline (a line
+/// cut short by the length limit ends at its newline all the same).
+fn line_end(chunk: &[u8], span: LineSpan) -> usize {
+    let from = span.start as usize;
+    memchr::memchr(b'\n', &chunk[from..]).map_or(chunk.len(), |i| from + i + 1)
 }
 
 /// Keeps the last `TAIL_BYTES` bytes read.

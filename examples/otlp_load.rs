@@ -1,11 +1,13 @@
 //! A plain OTLP load generator for `scripts/bench-otlp`: it sends one
 //! pre-encoded `ExportLogsServiceRequest` (a file, made by
-//! `tests/support/otlp_roundtrip.py bench`) over and over on several
+//! `tests/support/otlp_roundtrip.py bench`), or `ExportMetricsServiceRequest`
+//! (`otlp_roundtrip.py bench-metrics`), over and over on several
 //! connections and counts what was answered with success.
 //!
 //! ```text
-//! otlp_load http <url-of-/v1/logs> <request-file> <records-per-request> <connections> <seconds>
+//! otlp_load http <url-of-/v1/logs-or-/v1/metrics> <request-file> <records-per-request> <connections> <seconds>
 //! otlp_load grpc <url-of-the-server> <request-file> <records-per-request> <connections> <seconds>
+//! otlp_load grpc-metrics <url-of-the-server> <request-file> <points-per-request> <connections> <seconds>
 //! ```
 //!
 //! Prints one line: `records=<n> seconds=<t> records_per_s=<r> refused=<n>`.
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn usage() -> ! {
-    eprintln!("usage: otlp_load http|grpc <url> <request-file> <records-per-request> <connections> <seconds>");
+    eprintln!("usage: otlp_load http|grpc|grpc-metrics <url> <request-file> <records-per-request> <connections> <seconds>");
     std::process::exit(2)
 }
 
@@ -27,9 +29,10 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize) -> T {
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let grpc = match args.get(1).map(String::as_str) {
-        Some("http") => false,
-        Some("grpc") => true,
+    let (grpc, service) = match args.get(1).map(String::as_str) {
+        Some("http") => (false, ""),
+        Some("grpc") => (true, "logs.v1.LogsService"),
+        Some("grpc-metrics") => (true, "metrics.v1.MetricsService"),
         _ => usage(),
     };
     let url: String = arg(&args, 2);
@@ -42,10 +45,7 @@ async fn main() {
         let mut framed = vec![0u8];
         framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
         framed.extend_from_slice(&message);
-        let url = format!(
-            "{}/opentelemetry.proto.collector.logs.v1.LogsService/Export",
-            url.trim_end_matches('/')
-        );
+        let url = format!("{}/opentelemetry.proto.collector.{service}/Export", url.trim_end_matches('/'));
         (url, Bytes::from(framed), "application/grpc")
     } else {
         (url, Bytes::from(message), "application/x-protobuf")

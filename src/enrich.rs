@@ -126,13 +126,18 @@ impl SourceContext {
 
     /// Looks up a dotted path (`kubernetes.namespace`) in the metadata.
     pub(crate) fn meta_value(&self, path: &str) -> Option<&Value> {
-        let mut parts = path.split('.');
-        let mut v = self.meta.get(parts.next()?)?;
-        for p in parts {
-            v = v.as_object()?.get(p)?;
-        }
-        Some(v)
+        lookup(&self.meta, path)
     }
+}
+
+/// Looks up a dotted path (`kubernetes.namespace`) in metadata members.
+pub(crate) fn lookup<'a>(meta: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    let mut parts = path.split('.');
+    let mut v = meta.get(parts.next()?)?;
+    for p in parts {
+        v = v.as_object()?.get(p)?;
+    }
+    Some(v)
 }
 
 /// The `[enrich]` section: metadata the collector knows about the processes

@@ -27,6 +27,9 @@ pub use otlp::fuzz_logs as fuzz_otlp_logs;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub use sinks::s3::credentials::fuzz_credentials as fuzz_s3_credentials;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use otlp::fuzz_metrics as fuzz_otlp_metrics;
 pub mod metrics;
 pub mod multiline;
 pub mod pipeline;

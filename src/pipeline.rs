@@ -138,13 +138,21 @@ impl SourceOutput {
         ack: Option<Acknowledger>,
         wait: std::time::Duration,
     ) -> Result<bool, PipelineClosed> {
-        let permit = match tokio::time::timeout(wait, self.tx.reserve()).await {
-            Err(_) => return Ok(false),
-            Ok(Err(_)) => return Err(PipelineClosed),
-            Ok(Ok(permit)) => permit,
+        let Some(permit) = self.reserve_within(wait).await? else {
+            return Ok(false);
         };
         permit.send(self.spawn_lines(lines, ctx, ack));
         Ok(true)
+    }
+
+    /// A place in the pipeline, waited for at most `wait`; `None` when
+    /// none came.
+    async fn reserve_within(&self, wait: std::time::Duration) -> Result<Option<mpsc::Permit<'_, Pending>>, PipelineClosed> {
+        match tokio::time::timeout(wait, self.tx.reserve()).await {
+            Err(_) => Ok(None),
+            Ok(Err(_)) => Err(PipelineClosed),
+            Ok(Ok(permit)) => Ok(Some(permit)),
+        }
     }
 
     /// [`SourceOutput::send_lines`] from a thread outside the runtime.
@@ -179,20 +187,35 @@ impl SourceOutput {
     /// aggregation) for fan-out, in order with its other batches. It skips
     /// decode and the taps: there is nothing to parse.
     pub(crate) async fn send_batch(&self, batch: Batch) -> Result<(), PipelineClosed> {
+        let pending = self.built(batch);
+        self.tx.send(pending).await.map_err(|_| PipelineClosed)
+    }
+
+    /// [`SourceOutput::send_batch`] that waits at most `wait` for room in
+    /// the pipeline. `Ok(false)`: there was none, and nothing was taken.
+    pub(crate) async fn send_batch_within(&self, batch: Batch, wait: std::time::Duration) -> Result<bool, PipelineClosed> {
+        let Some(permit) = self.reserve_within(wait).await? else {
+            return Ok(false);
+        };
+        permit.send(self.built(batch));
+        Ok(true)
+    }
+
+    /// A batch the source built, counted and ready to queue.
+    fn built(&self, batch: Batch) -> Pending {
         metrics()
             .source_events
             .with_label_values(&[&self.source])
             .inc_by(batch.len() as u64);
         // Transforms act on log events; a metric batch goes as it is.
-        let pending = tokio::spawn(async move {
+        tokio::spawn(async move {
             Decoded {
                 batch,
                 prepared: Vec::new(),
                 outputs: None,
                 generation: None,
             }
-        });
-        self.tx.send(pending).await.map_err(|_| PipelineClosed)
+        })
     }
 
     /// The throttles a file reader asks before it reads, and the
@@ -431,14 +454,19 @@ async fn fan_out(mut rx: mpsc::Receiver<Pending>, wiring: Arc<Wiring>, taps: Arc
             crate::telemetry::tap::offer(&source, batch.events());
         }
         let sinks = routes.get(&source).unwrap_or(&none);
+        let kind = batch.kind();
         if let Some(ack) = batch.acknowledger() {
-            ack.expect(if batch.is_empty() { 0 } else { sinks.len() });
+            ack.expect(if batch.is_empty() {
+                0
+            } else {
+                sinks.iter().filter(|s| s.takes(kind)).count()
+            });
         }
         if batch.is_empty() {
             continue;
         }
         let batch = Arc::new(batch);
-        for sink in sinks.iter() {
+        for sink in sinks.iter().filter(|s| s.takes(kind)) {
             if let Err(e) = sink.send(batch.clone()).await {
                 tracing::debug!(error = %e, "batch not queued");
                 batch.acknowledge(AckOutcome::Abandoned);

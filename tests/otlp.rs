@@ -13,29 +13,7 @@ use support::{http_post, otel_python_bin, run_bounded, support_dir, Loki, LokiMo
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn otlp_config(extra: &str) -> String {
-    format!(
-        r#"
-[api]
-address = "127.0.0.1:0"
-[enrich]
-disable_host = true
-[sources.otel]
-type = "otlp"
-grpc_address = "127.0.0.1:0"
-http_address = "127.0.0.1:0"
-{extra}
-[sinks.out]
-type = "stdout"
-"#
-    )
-}
-
-/// `http://host:port` of the source's `protocol` listener (`gRPC`, `HTTP`).
-fn endpoint(s: &Sluice, protocol: &str) -> String {
-    let address = s.logged_address(&format!("receiving OTLP over {protocol}"), Some("otel"), WAIT);
-    format!("http://{address}")
-}
+use support::otlp::{source_config as otlp_config, source_endpoint as endpoint};
 
 /// Runs tests/support/otel_logs.py; returns what it printed.
 fn send_with_sdk(protocol: &str, endpoint: &str, count: u64, first: u64) -> String {
@@ -246,50 +224,15 @@ fn bad_requests_get_a_clear_4xx_and_are_counted_and_a_json_request_is_taken() {
     }
 }
 
-/// Sends otlp_roundtrip.py's request into sluice's otlp source, out through
-/// its otlp sink (`protocol`) to the independent receiver, and checks the
-/// receiver got the same records.
-fn round_trip(protocol: &str, compression: &str) {
-    let receiver = OtlpReceiver::start();
-    let target = if protocol == "grpc" { &receiver.grpc } else { &receiver.http };
-    let config = format!(
-        "[api]\naddress = \"127.0.0.1:0\"\n[enrich]\ndisable_host = true\n\
-         [sources.otel]\ntype = \"otlp\"\ngrpc_address = \"\"\nhttp_address = \"127.0.0.1:0\"\n\
-         [sinks.out]\ntype = \"otlp\"\nendpoint = \"{target}\"\nprotocol = \"{protocol}\"\ncompression = \"{compression}\"\n\
-         [sinks.out.batch]\ntimeout = \"100ms\"\n"
-    );
-    let s = Sluice::builder().config(&config).stdout(Stdout::Null).start();
-    let http = endpoint(&s, "HTTP");
-    let script = support_dir().join("otlp_roundtrip.py");
-    let mut send = Command::new(otel_python_bin());
-    send.arg(&script).args(["send", &format!("{http}/v1/logs")]);
-    support::run_client(&mut send, WAIT);
-    receiver.wait_for_records(20, WAIT);
-    let dump = s.path("received.json");
-    std::fs::write(&dump, receiver.received_json()).unwrap();
-    let mut check = Command::new(otel_python_bin());
-    check.arg(&script).arg("check").arg(&dump);
-    let out = run_bounded(check, None, WAIT);
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        printed.trim(),
-        "same",
-        "{protocol}/{compression}: {printed}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = s.metrics();
-    assert_eq!(m.value(r#"sluice_sink_events_total{sink="out"}"#), 20.0);
-}
-
 #[test]
 fn an_otlp_log_goes_in_and_out_again_unchanged_over_http() {
-    round_trip("http", "gzip");
+    support::otlp::round_trip("logs", "http", "gzip");
 }
 
 #[test]
 fn an_otlp_log_goes_in_and_out_again_unchanged_over_grpc() {
-    round_trip("grpc", "gzip");
-    round_trip("grpc", "none");
+    support::otlp::round_trip("logs", "grpc", "gzip");
+    support::otlp::round_trip("logs", "grpc", "none");
 }
 
 #[test]

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{ByteSize, ConfigError, NumberOrText, Validate};
-use crate::event::{Batch, FieldSet};
+use crate::event::{Batch, EventKind, FieldSet};
 
 /// What a full queue does with the next batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -180,6 +180,9 @@ impl Validate for BufferConfig {
 #[derive(Debug, Clone)]
 pub struct QueueSender {
     inner: SenderKind,
+    /// The event kinds the sink takes, `[logs, metrics]`; the fan-out
+    /// passes it by batches of another kind.
+    takes: [bool; 2],
 }
 
 #[derive(Debug, Clone)]
@@ -192,7 +195,19 @@ impl QueueSender {
     fn memory(tx: memory::MemorySender) -> QueueSender {
         QueueSender {
             inner: SenderKind::Memory(tx),
+            takes: [true; 2],
         }
+    }
+
+    /// This sender, for a sink that takes only the kinds `accepts` says.
+    pub(crate) fn taking(mut self, accepts: impl Fn(EventKind) -> bool) -> QueueSender {
+        self.takes = [accepts(EventKind::Log), accepts(EventKind::Metric)];
+        self
+    }
+
+    /// Whether the sink takes batches of `kind`.
+    pub fn takes(&self, kind: EventKind) -> bool {
+        self.takes[kind as usize]
     }
 
     /// Queues a batch. A memory queue waits for room under `block` or drops
@@ -276,6 +291,7 @@ pub(crate) fn open(sink: &str, config: &BufferConfig, cx: &BufferCx) -> Result<O
             Ok(OpenedQueue {
                 sender: QueueSender {
                     inner: SenderKind::Disk(tx),
+                    takes: [true; 2],
                 },
                 receiver,
                 disk: Some(handle),

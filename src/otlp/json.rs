@@ -7,8 +7,10 @@ use base64::Engine as _;
 use serde_json::{Map, Value as Json};
 
 use super::proto::{
-    AnyValue, ArrayValue, ExportLogsServiceRequest, InstrumentationScope, KeyValue, KeyValueList, LogRecord, Resource, ResourceLogs,
-    ScopeLogs, Value,
+    AnyValue, ArrayValue, Buckets, ExponentialHistogram, ExponentialHistogramDataPoint, ExportLogsServiceRequest,
+    ExportMetricsServiceRequest, Gauge, Histogram, HistogramDataPoint, InstrumentationScope, KeyValue, KeyValueList, LogRecord, Metric,
+    MetricData, NumberDataPoint, NumberValue, Resource, ResourceLogs, ResourceMetrics, ScopeLogs, ScopeMetrics, Sum, Summary,
+    SummaryDataPoint, Value, ValueAtQuantile,
 };
 
 /// Why an OTLP/JSON request was refused.
@@ -42,6 +44,15 @@ pub(crate) fn logs_request(body: &[u8]) -> Result<ExportLogsServiceRequest> {
     let o = object(&v, "")?;
     Ok(ExportLogsServiceRequest {
         resource_logs: list(o, "resourceLogs", "resource_logs", "", resource_logs)?,
+    })
+}
+
+/// Reads an `ExportMetricsServiceRequest` from OTLP/JSON.
+pub(crate) fn metrics_request(body: &[u8]) -> Result<ExportMetricsServiceRequest> {
+    let v: Json = serde_json::from_slice(body).map_err(|e| JsonError::Syntax(e.to_string()))?;
+    let o = object(&v, "")?;
+    Ok(ExportMetricsServiceRequest {
+        resource_metrics: list(o, "resourceMetrics", "resource_metrics", "", resource_metrics)?,
     })
 }
 
@@ -155,6 +166,201 @@ fn log_record(v: &Json, path: &str) -> Result<LogRecord> {
     })
 }
 
+fn resource_metrics(v: &Json, path: &str) -> Result<ResourceMetrics> {
+    let o = object(v, path)?;
+    Ok(ResourceMetrics {
+        resource: field(o, "resource", "resource")
+            .map(|r| resource(r, &join(path, "resource")))
+            .transpose()?,
+        scope_metrics: list(o, "scopeMetrics", "scope_metrics", path, scope_metrics)?,
+        schema_url: string(o, "schemaUrl", "schema_url", path)?,
+    })
+}
+
+fn scope_metrics(v: &Json, path: &str) -> Result<ScopeMetrics> {
+    let o = object(v, path)?;
+    Ok(ScopeMetrics {
+        scope: field(o, "scope", "scope").map(|s| scope(s, &join(path, "scope"))).transpose()?,
+        metrics: list(o, "metrics", "metrics", path, metric)?,
+        schema_url: string(o, "schemaUrl", "schema_url", path)?,
+    })
+}
+
+fn metric(v: &Json, path: &str) -> Result<Metric> {
+    let o = object(v, path)?;
+    let data = if let Some(g) = field(o, "gauge", "gauge") {
+        let here = join(path, "gauge");
+        Some(MetricData::Gauge(Gauge {
+            data_points: list(object(g, &here)?, "dataPoints", "data_points", &here, number_point)?,
+        }))
+    } else if let Some(s) = field(o, "sum", "sum") {
+        let here = join(path, "sum");
+        let so = object(s, &here)?;
+        Some(MetricData::Sum(Sum {
+            data_points: list(so, "dataPoints", "data_points", &here, number_point)?,
+            aggregation_temporality: temporality(so, &here)?,
+            is_monotonic: boolean(so, "isMonotonic", "is_monotonic", &here)?,
+        }))
+    } else if let Some(h) = field(o, "histogram", "histogram") {
+        let here = join(path, "histogram");
+        let ho = object(h, &here)?;
+        Some(MetricData::Histogram(Histogram {
+            data_points: list(ho, "dataPoints", "data_points", &here, histogram_point)?,
+            aggregation_temporality: temporality(ho, &here)?,
+        }))
+    } else if let Some(h) = field(o, "exponentialHistogram", "exponential_histogram") {
+        let here = join(path, "exponentialHistogram");
+        let ho = object(h, &here)?;
+        Some(MetricData::ExponentialHistogram(ExponentialHistogram {
+            data_points: list(ho, "dataPoints", "data_points", &here, exponential_point)?,
+            aggregation_temporality: temporality(ho, &here)?,
+        }))
+    } else if let Some(s) = field(o, "summary", "summary") {
+        let here = join(path, "summary");
+        Some(MetricData::Summary(Summary {
+            data_points: list(object(s, &here)?, "dataPoints", "data_points", &here, summary_point)?,
+        }))
+    } else {
+        None
+    };
+    Ok(Metric {
+        name: string(o, "name", "name", path)?,
+        description: string(o, "description", "description", path)?,
+        unit: string(o, "unit", "unit", path)?,
+        data,
+        metadata: list(o, "metadata", "metadata", path, key_value)?,
+    })
+}
+
+/// `aggregationTemporality`: its number, or its enum name.
+fn temporality(o: &Map<String, Json>, path: &str) -> Result<i32> {
+    match field(o, "aggregationTemporality", "aggregation_temporality") {
+        Some(Json::String(s)) if s.starts_with("AGGREGATION_TEMPORALITY_") => Ok(match s.as_str() {
+            "AGGREGATION_TEMPORALITY_DELTA" => 1,
+            "AGGREGATION_TEMPORALITY_CUMULATIVE" => 2,
+            _ => 0,
+        }),
+        _ => int_as(o, "aggregationTemporality", "aggregation_temporality", path),
+    }
+}
+
+fn boolean(o: &Map<String, Json>, camel: &str, snake: &str, path: &str) -> Result<bool> {
+    match field(o, camel, snake) {
+        None => Ok(false),
+        Some(Json::Bool(b)) => Ok(*b),
+        Some(_) => Err(shape(&join(path, camel), "expected a boolean")),
+    }
+}
+
+/// A double given as a JSON number, or as a string (`"NaN"`, `"Infinity"`,
+/// `"1.5"`); `None` when absent.
+fn double(o: &Map<String, Json>, camel: &str, snake: &str, path: &str) -> Result<Option<f64>> {
+    let bad = || shape(&join(path, camel), "expected a number");
+    match field(o, camel, snake) {
+        None => Ok(None),
+        Some(Json::Number(n)) => n.as_f64().map(Some).ok_or_else(bad),
+        Some(Json::String(s)) => match s.as_str() {
+            "Infinity" => Ok(Some(f64::INFINITY)),
+            "-Infinity" => Ok(Some(f64::NEG_INFINITY)),
+            s => s.parse().map(Some).map_err(|_| bad()),
+        },
+        Some(_) => Err(bad()),
+    }
+}
+
+fn uint(v: &Json, path: &str) -> Result<u64> {
+    let bad = || shape(path, "expected an unsigned integer");
+    match v {
+        Json::Number(n) => n.as_u64().ok_or_else(bad),
+        Json::String(s) => s.parse().map_err(|_| bad()),
+        _ => Err(bad()),
+    }
+}
+
+fn number_point(v: &Json, path: &str) -> Result<NumberDataPoint> {
+    let o = object(v, path)?;
+    let value = if field(o, "asInt", "as_int").is_some() {
+        Some(NumberValue::AsInt(int_as(o, "asInt", "as_int", path)?))
+    } else {
+        double(o, "asDouble", "as_double", path)?.map(NumberValue::AsDouble)
+    };
+    Ok(NumberDataPoint {
+        attributes: list(o, "attributes", "attributes", path, key_value)?,
+        start_time_unix_nano: int_as(o, "startTimeUnixNano", "start_time_unix_nano", path)?,
+        time_unix_nano: int_as(o, "timeUnixNano", "time_unix_nano", path)?,
+        value,
+        flags: int_as(o, "flags", "flags", path)?,
+    })
+}
+
+fn histogram_point(v: &Json, path: &str) -> Result<HistogramDataPoint> {
+    let o = object(v, path)?;
+    Ok(HistogramDataPoint {
+        attributes: list(o, "attributes", "attributes", path, key_value)?,
+        start_time_unix_nano: int_as(o, "startTimeUnixNano", "start_time_unix_nano", path)?,
+        time_unix_nano: int_as(o, "timeUnixNano", "time_unix_nano", path)?,
+        count: int_as(o, "count", "count", path)?,
+        sum: double(o, "sum", "sum", path)?,
+        bucket_counts: list(o, "bucketCounts", "bucket_counts", path, uint)?,
+        explicit_bounds: list(o, "explicitBounds", "explicit_bounds", path, |v, p| {
+            v.as_f64().ok_or_else(|| shape(p, "expected a number"))
+        })?,
+        flags: int_as(o, "flags", "flags", path)?,
+        min: double(o, "min", "min", path)?,
+        max: double(o, "max", "max", path)?,
+    })
+}
+
+fn buckets(v: &Json, path: &str) -> Result<Buckets> {
+    let o = object(v, path)?;
+    Ok(Buckets {
+        offset: int_as(o, "offset", "offset", path)?,
+        bucket_counts: list(o, "bucketCounts", "bucket_counts", path, uint)?,
+    })
+}
+
+fn exponential_point(v: &Json, path: &str) -> Result<ExponentialHistogramDataPoint> {
+    let o = object(v, path)?;
+    Ok(ExponentialHistogramDataPoint {
+        attributes: list(o, "attributes", "attributes", path, key_value)?,
+        start_time_unix_nano: int_as(o, "startTimeUnixNano", "start_time_unix_nano", path)?,
+        time_unix_nano: int_as(o, "timeUnixNano", "time_unix_nano", path)?,
+        count: int_as(o, "count", "count", path)?,
+        sum: double(o, "sum", "sum", path)?,
+        scale: int_as(o, "scale", "scale", path)?,
+        zero_count: int_as(o, "zeroCount", "zero_count", path)?,
+        positive: field(o, "positive", "positive")
+            .map(|b| buckets(b, &join(path, "positive")))
+            .transpose()?,
+        negative: field(o, "negative", "negative")
+            .map(|b| buckets(b, &join(path, "negative")))
+            .transpose()?,
+        flags: int_as(o, "flags", "flags", path)?,
+        min: double(o, "min", "min", path)?,
+        max: double(o, "max", "max", path)?,
+        zero_threshold: double(o, "zeroThreshold", "zero_threshold", path)?.unwrap_or(0.0),
+    })
+}
+
+fn summary_point(v: &Json, path: &str) -> Result<SummaryDataPoint> {
+    let o = object(v, path)?;
+    Ok(SummaryDataPoint {
+        attributes: list(o, "attributes", "attributes", path, key_value)?,
+        start_time_unix_nano: int_as(o, "startTimeUnixNano", "start_time_unix_nano", path)?,
+        time_unix_nano: int_as(o, "timeUnixNano", "time_unix_nano", path)?,
+        count: int_as(o, "count", "count", path)?,
+        sum: double(o, "sum", "sum", path)?.unwrap_or(0.0),
+        quantile_values: list(o, "quantileValues", "quantile_values", path, |v, p| {
+            let q = object(v, p)?;
+            Ok(ValueAtQuantile {
+                quantile: double(q, "quantile", "quantile", p)?.unwrap_or(0.0),
+                value: double(q, "value", "value", p)?.unwrap_or(0.0),
+            })
+        })?,
+        flags: int_as(o, "flags", "flags", path)?,
+    })
+}
+
 fn key_value(v: &Json, path: &str) -> Result<KeyValue> {
     let o = object(v, path)?;
     Ok(KeyValue {
@@ -232,6 +438,48 @@ mod tests {
         assert_eq!(r.attributes[0].value.as_ref().unwrap().value, Some(Value::Int(10)));
         assert_eq!(r.attributes[4].value.as_ref().unwrap().value, Some(Value::Bytes(vec![1, 2])));
         assert_eq!(req.resource_logs[0].scope_logs[0].scope.as_ref().unwrap().name, "my.library");
+    }
+
+    #[test]
+    fn a_metrics_request_reads_into_the_messages() {
+        let body = br#"{"resourceMetrics":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"api"}}]},
+          "scopeMetrics":[{"scope":{"name":"m"},"metrics":[
+            {"name":"hits","unit":"1","sum":{"aggregationTemporality":2,"isMonotonic":true,
+              "dataPoints":[{"asInt":"7","timeUnixNano":"1780000000000000000","attributes":[{"key":"route","value":{"stringValue":"/a"}}]}]}},
+            {"name":"temp","gauge":{"dataPoints":[{"asDouble":21.5}]}},
+            {"name":"lat","histogram":{"aggregationTemporality":"AGGREGATION_TEMPORALITY_DELTA",
+              "dataPoints":[{"count":"3","sum":4.5,"bucketCounts":["1",2],"explicitBounds":[1.0]}]}},
+            {"name":"exp","exponentialHistogram":{"aggregationTemporality":2,
+              "dataPoints":[{"count":"2","scale":1,"zeroCount":"1","positive":{"offset":-1,"bucketCounts":["1"]}}]}},
+            {"name":"rpc","summary":{"dataPoints":[{"count":"2","sum":"NaN","quantileValues":[{"quantile":0.5,"value":1.5}]}]}}]}]}]}"#;
+        let req = metrics_request(body).unwrap();
+        let m = &req.resource_metrics[0].scope_metrics[0].metrics;
+        assert_eq!(m.len(), 5);
+        let Some(MetricData::Sum(s)) = &m[0].data else {
+            panic!("{:?}", m[0])
+        };
+        assert!(s.is_monotonic);
+        assert_eq!(s.data_points[0].value, Some(NumberValue::AsInt(7)));
+        assert_eq!(s.data_points[0].time_unix_nano, 1_780_000_000_000_000_000);
+        let Some(MetricData::Histogram(h)) = &m[2].data else {
+            panic!("{:?}", m[2])
+        };
+        assert_eq!((h.aggregation_temporality, h.data_points[0].bucket_counts.clone()), (1, vec![1, 2]));
+        let Some(MetricData::ExponentialHistogram(e)) = &m[3].data else {
+            panic!("{:?}", m[3])
+        };
+        assert_eq!(e.data_points[0].positive.as_ref().unwrap().offset, -1);
+        let Some(MetricData::Summary(s)) = &m[4].data else {
+            panic!("{:?}", m[4])
+        };
+        assert!(s.data_points[0].sum.is_nan());
+        let err =
+            metrics_request(br#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[{"name":"x","sum":{"dataPoints":[{"asInt":"z"}]}}]}]}]}"#)
+                .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "resourceMetrics[0].scopeMetrics[0].metrics[0].sum.dataPoints[0].asInt: expected an integer"
+        );
     }
 
     #[test]

@@ -54,13 +54,9 @@ pub(crate) fn write_events(request: &ExportLogsServiceRequest, out: &mut Vec<u8>
     let mut written = 0;
     let mut scope_part = Vec::new();
     for rl in &request.resource_logs {
-        let resource_part = resource_members(rl.resource.as_ref());
+        let resource_part = resource_members(rl.resource.as_ref()).rendered;
         for sl in &rl.scope_logs {
-            scope_part.clear();
-            if let Some(scope) = sl.scope.as_ref().filter(|s| !is_empty_scope(s)) {
-                scope_part.extend_from_slice(b",\"scope\":");
-                write_scope(scope, &mut scope_part);
-            }
+            scope_member(sl.scope.as_ref(), &mut scope_part);
             for record in &sl.log_records {
                 write_record(record, out);
                 out.extend_from_slice(&scope_part);
@@ -85,6 +81,16 @@ pub(crate) fn record_count(request: &ExportLogsServiceRequest) -> usize {
 
 fn is_empty_scope(s: &InstrumentationScope) -> bool {
     s.name.is_empty() && s.version.is_empty() && s.attributes.is_empty()
+}
+
+/// `,"scope":{…}` for a scope that is not empty, into `out` (cleared
+/// first): what every event of the scope carries.
+pub(crate) fn scope_member(scope: Option<&InstrumentationScope>, out: &mut Vec<u8>) {
+    out.clear();
+    if let Some(scope) = scope.filter(|s| !is_empty_scope(s)) {
+        out.extend_from_slice(b",\"scope\":");
+        write_scope(scope, out);
+    }
 }
 
 /// The record's own members, from `{` up to (not including) the closing `}`.
@@ -169,11 +175,20 @@ fn write_scope(s: &InstrumentationScope, out: &mut Vec<u8>) {
     write_json(&Json::Object(o), out);
 }
 
-/// The members a resource adds to each of its events, each preceded by a
-/// comma: rendered once per resource.
-fn resource_members(resource: Option<&Resource>) -> Vec<u8> {
-    let mut out = Vec::new();
-    let Some(resource) = resource else { return out };
+/// The members a resource adds to each of its events.
+#[derive(Debug, Default)]
+pub(crate) struct ResourceMembers {
+    /// Each member preceded by a comma: rendered once per resource.
+    pub(crate) rendered: Vec<u8>,
+    /// The top-level keys among them (`release`, `host`, `resource`, …).
+    pub(crate) keys: Vec<&'static str>,
+}
+
+/// The members a resource adds to each of its events.
+pub(crate) fn resource_members(resource: Option<&Resource>) -> ResourceMembers {
+    let mut done = ResourceMembers::default();
+    let Some(resource) = resource else { return done };
+    let out = &mut done.rendered;
     let mut members: [Map<String, Json>; 3] = Default::default();
     let mut labels = Map::new();
     let mut host = None;
@@ -199,21 +214,24 @@ fn resource_members(resource: Option<&Resource>) -> Vec<u8> {
     }
     if !rest.is_empty() {
         out.extend_from_slice(b",\"resource\":");
-        write_json(&Json::Object(rest), &mut out);
+        write_json(&Json::Object(rest), out);
+        done.keys.push("resource");
     }
     for (name, m) in MEMBERS.iter().zip(members) {
         if !m.is_empty() {
             out.push(b',');
-            write_str(name, &mut out);
+            write_str(name, out);
             out.push(b':');
-            write_json(&Json::Object(m), &mut out);
+            write_json(&Json::Object(m), out);
+            done.keys.push(name);
         }
     }
     if let Some(h) = host {
         out.extend_from_slice(b",\"host\":");
-        write_json(&h, &mut out);
+        write_json(&h, out);
+        done.keys.push("host");
     }
-    out
+    done
 }
 
 /// `sluice.<member>.<key>` for a metadata member without its own
@@ -250,7 +268,7 @@ pub(crate) fn severity_number(level: &str) -> i32 {
     }
 }
 
-fn write_str(s: &str, out: &mut Vec<u8>) {
+pub(crate) fn write_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     escape_json_str(s, out);
     out.push(b'"');
@@ -464,28 +482,10 @@ impl RequestBuilder {
                 });
             }
         }
-        let scope = match o.get("scope") {
-            Some(Json::Object(s)) => InstrumentationScope {
-                name: s.get("name").and_then(Json::as_str).unwrap_or_default().to_owned(),
-                version: s.get("version").and_then(Json::as_str).unwrap_or_default().to_owned(),
-                attributes: match s.get("attributes") {
-                    Some(Json::Object(a)) => json_to_kvs(a),
-                    _ => Vec::new(),
-                },
-                dropped_attributes_count: 0,
-            },
-            _ => InstrumentationScope::default(),
-        };
+        let scope = event_scope(o);
         // The resource is known by the text of the members it is made of;
         // it is built only the first time.
-        let mut key = Vec::new();
-        for member in RESOURCE_MEMBERS {
-            if let Some(v) = o.get(member) {
-                key.extend_from_slice(member.as_bytes());
-                write_json(v, &mut key);
-            }
-        }
-        let key = String::from_utf8(key).unwrap_or_default();
+        let key = resource_key(o);
         let r = match self.by_resource.get(&key) {
             Some(r) => *r,
             None => {
@@ -530,10 +530,39 @@ impl RequestBuilder {
 }
 
 /// The event members a resource is made of.
-const RESOURCE_MEMBERS: [&str; 5] = ["resource", "release", "process", "kubernetes", "host"];
+pub(crate) const RESOURCE_MEMBERS: [&str; 5] = ["resource", "release", "process", "kubernetes", "host"];
+
+/// The text of the members an event's resource is made of: events with the
+/// same key share a resource.
+pub(crate) fn resource_key(o: &Map<String, Json>) -> String {
+    let mut key = Vec::new();
+    for member in RESOURCE_MEMBERS {
+        if let Some(v) = o.get(member) {
+            key.extend_from_slice(member.as_bytes());
+            write_json(v, &mut key);
+        }
+    }
+    String::from_utf8(key).unwrap_or_default()
+}
+
+/// The scope of an event (its `scope` member), empty when it has none.
+pub(crate) fn event_scope(o: &Map<String, Json>) -> InstrumentationScope {
+    match o.get("scope") {
+        Some(Json::Object(s)) => InstrumentationScope {
+            name: s.get("name").and_then(Json::as_str).unwrap_or_default().to_owned(),
+            version: s.get("version").and_then(Json::as_str).unwrap_or_default().to_owned(),
+            attributes: match s.get("attributes") {
+                Some(Json::Object(a)) => json_to_kvs(a),
+                _ => Vec::new(),
+            },
+            dropped_attributes_count: 0,
+        },
+        _ => InstrumentationScope::default(),
+    }
+}
 
 /// The resource of an event: its metadata members and `resource`.
-fn event_resource(o: &Map<String, Json>) -> Resource {
+pub(crate) fn event_resource(o: &Map<String, Json>) -> Resource {
     let mut attributes = Vec::new();
     let mut push = |key: String, v: &Json| {
         attributes.push(KeyValue {
@@ -573,7 +602,7 @@ fn event_resource(o: &Map<String, Json>) -> Resource {
 }
 
 /// An RFC 3339 time, or integer nanoseconds since the epoch.
-fn parse_time(v: &Json) -> Option<u64> {
+pub(crate) fn parse_time(v: &Json) -> Option<u64> {
     match v {
         Json::String(s) => {
             let t: jiff::Timestamp = s.parse().ok()?;

@@ -1,9 +1,11 @@
-//! `type = "otlp"`: sends events as OTLP logs, over OTLP/HTTP protobuf
-//! (`POST {endpoint}/v1/logs`, the default) or gRPC, gzip-compressed by
-//! default. Events map onto log records by the table in docs/otlp.md (the
-//! `otlp` source's in reverse) and are grouped by resource: sluice's
-//! release, process, host and Kubernetes metadata become the resource's
-//! semantic-convention attributes.
+//! `type = "otlp"`: sends events as OTLP logs and metric samples as OTLP
+//! metrics, over OTLP/HTTP protobuf (`POST {endpoint}/v1/logs` and
+//! `/v1/metrics`, the default) or gRPC, gzip-compressed by default. Events
+//! map onto log records, and samples onto data points, by the tables in
+//! docs/otlp.md (the `otlp` source's in reverse) and are grouped by
+//! resource: sluice's release, process, host and Kubernetes metadata
+//! become the resource's semantic-convention attributes. A request carries
+//! one kind: log batches and metric batches fill requests of their own.
 //!
 //! Delivery goes through the shared layer ([`Endpoint::send`]): 429, 5xx,
 //! gRPC `UNAVAILABLE` and the other retryable gRPC codes, and connection
@@ -27,9 +29,9 @@ use super::http::{self, AckTracker, RequestOutcome, TrackId};
 use super::{SinkComponent, SinkCx, SinkError, SinkErrorKind};
 use crate::buffer::{QueueItem, QueueReceiver};
 use crate::config::{duration, ConfigError, Validate};
-use crate::event::Batch;
-use crate::otlp::proto::{ExportLogsServiceResponse, RetryInfo, Status};
-use crate::otlp::{grpc, logs, LOGS_GRPC_PATH, LOGS_HTTP_PATH};
+use crate::event::{Batch, EventKind};
+use crate::otlp::proto::{ExportLogsServiceResponse, ExportMetricsServiceResponse, RetryInfo, Status};
+use crate::otlp::{grpc, logs, metrics as otlp_metrics, LOGS_GRPC_PATH, LOGS_HTTP_PATH, METRICS_GRPC_PATH, METRICS_HTTP_PATH};
 use crate::pipeline::Task;
 use crate::telemetry::metrics;
 
@@ -134,6 +136,11 @@ impl Validate for OtlpSinkConfig {
 }
 
 impl SinkComponent for OtlpSinkConfig {
+    /// Logs and metric samples, each to its own OTLP service.
+    fn accepts(&self, kind: EventKind) -> bool {
+        matches!(kind, EventKind::Log | EventKind::Metric)
+    }
+
     async fn build(&self, cx: SinkCx, input: QueueReceiver) -> Result<Task<SinkError>, SinkError> {
         let shared = Arc::new(Shared::new(self, &cx).map_err(|e| SinkError::new(&cx.name, SinkErrorKind::Setup(e)))?);
         let sink = OtlpSink {
@@ -142,9 +149,7 @@ impl SinkComponent for OtlpSinkConfig {
             timeout: self.batch.timeout,
             concurrency: self.request.concurrency,
             tracker: AckTracker::default(),
-            pending: Vec::new(),
-            pending_events: 0,
-            opened: None,
+            pending: Default::default(),
         };
         Ok(Box::pin(sink.run(input)))
     }
@@ -154,7 +159,8 @@ impl SinkComponent for OtlpSinkConfig {
 struct Shared {
     name: Arc<str>,
     client: reqwest::Client,
-    url: reqwest::Url,
+    /// Where logs go, then metrics (by [`EventKind`] as an index).
+    urls: [reqwest::Url; 2],
     headers: HeaderMap,
     protocol: Protocol,
     compression: Compression,
@@ -162,16 +168,19 @@ struct Shared {
     events: IntCounter,
     bytes: IntCounter,
     rejected: IntCounter,
+    /// Events of a metric batch that are not samples.
+    not_a_metric: IntCounter,
 }
 
 impl Shared {
     fn new(cfg: &OtlpSinkConfig, cx: &SinkCx) -> Result<Shared, String> {
         let base = cfg.endpoint.trim_end_matches('/');
-        let path = match cfg.protocol {
-            Protocol::Http => LOGS_HTTP_PATH,
-            Protocol::Grpc => LOGS_GRPC_PATH,
+        let paths = match cfg.protocol {
+            Protocol::Http => [LOGS_HTTP_PATH, METRICS_HTTP_PATH],
+            Protocol::Grpc => [LOGS_GRPC_PATH, METRICS_GRPC_PATH],
         };
-        let url = reqwest::Url::parse(&format!("{base}{path}")).map_err(|e| format!("invalid endpoint: {e}"))?;
+        let url = |path| reqwest::Url::parse(&format!("{base}{path}")).map_err(|e| format!("invalid endpoint: {e}"));
+        let urls = [url(paths[0])?, url(paths[1])?];
         let mut headers = HeaderMap::new();
         for (name, value) in &cfg.headers {
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("headers.{name}: not a header name"))?;
@@ -193,7 +202,7 @@ impl Shared {
                 if cfg.compression == Compression::Gzip {
                     headers.insert("grpc-encoding", HeaderValue::from_static("gzip"));
                 }
-                grpc_client(cfg.request.timeout, url.scheme() == "http", cfg.tls.as_ref(), &cx.name)?
+                grpc_client(cfg.request.timeout, urls[0].scheme() == "http", cfg.tls.as_ref(), &cx.name)?
             }
         };
         let m = metrics();
@@ -201,7 +210,7 @@ impl Shared {
         Ok(Shared {
             name: cx.name.clone(),
             client,
-            url,
+            urls,
             headers,
             protocol: cfg.protocol,
             compression: cfg.compression,
@@ -209,6 +218,7 @@ impl Shared {
             events: m.sink_events.with_label_values(&[name]),
             bytes: m.sink_bytes.with_label_values(&[name]),
             rejected: m.events_dropped.with_label_values(&[name, "rejected"]),
+            not_a_metric: m.events_dropped.with_label_values(&[name, "not_a_metric"]),
         })
     }
 }
@@ -241,6 +251,15 @@ struct Done {
     outcome: RequestOutcome,
 }
 
+/// Batches of one kind waiting for the next request.
+#[derive(Default)]
+struct Pending {
+    /// The batches, with their tracking ids.
+    batches: Vec<(Arc<Batch>, TrackId)>,
+    events: usize,
+    opened: Option<tokio::time::Instant>,
+}
+
 /// The sink's state, owned by its task.
 struct OtlpSink {
     shared: Arc<Shared>,
@@ -248,26 +267,36 @@ struct OtlpSink {
     timeout: Duration,
     concurrency: usize,
     tracker: AckTracker,
-    /// Batches waiting for the next request, with their tracking ids.
-    pending: Vec<(Arc<Batch>, TrackId)>,
-    pending_events: usize,
-    opened: Option<tokio::time::Instant>,
+    /// Log batches, then metric batches (by [`EventKind`] as an index):
+    /// a request carries one kind.
+    pending: [Pending; 2],
 }
+
+const KINDS: [EventKind; 2] = [EventKind::Log, EventKind::Metric];
 
 impl OtlpSink {
     async fn run(mut self, mut input: QueueReceiver) -> Result<(), SinkError> {
         let mut inflight: JoinSet<Done> = JoinSet::new();
         let mut input_open = true;
         loop {
-            if !input_open && self.pending.is_empty() && inflight.is_empty() {
+            let idle = self.pending.iter().all(|p| p.batches.is_empty());
+            if !input_open && idle && inflight.is_empty() {
                 return Ok(());
             }
-            let full = self.pending_events >= self.max_events || (!input_open && !self.pending.is_empty());
-            if full && inflight.len() < self.concurrency {
-                self.send(&mut inflight);
+            let full = KINDS.into_iter().find(|k| {
+                let p = &self.pending[*k as usize];
+                p.events >= self.max_events || (!input_open && !p.batches.is_empty())
+            });
+            if let Some(kind) = full.filter(|_| inflight.len() < self.concurrency) {
+                self.send(kind, &mut inflight);
                 continue;
             }
-            let deadline = self.opened.map(|t| t + self.timeout);
+            let full = full.is_some();
+            let first = KINDS
+                .into_iter()
+                .filter_map(|k| self.pending[k as usize].opened.map(|t| (t + self.timeout, k)))
+                .min_by_key(|(t, _)| *t);
+            let deadline = first.map(|(t, _)| t);
             tokio::select! {
                 Some(res) = inflight.join_next(), if !inflight.is_empty() => {
                     let done = res.unwrap_or_else(|e| Done {
@@ -283,7 +312,9 @@ impl OtlpSink {
                     None => input_open = false,
                 },
                 _ = http::sleep_until(deadline), if deadline.is_some() && !full && inflight.len() < self.concurrency => {
-                    self.send(&mut inflight);
+                    if let Some((_, kind)) = first {
+                        self.send(kind, &mut inflight);
+                    }
                 }
             }
         }
@@ -294,20 +325,19 @@ impl OtlpSink {
         let id = self.tracker.track(item, true);
         self.tracker.add_part(id);
         self.tracker.seal(id);
-        self.pending_events += batch.len();
-        self.pending.push((batch, id));
-        self.opened.get_or_insert_with(tokio::time::Instant::now);
+        let p = &mut self.pending[batch.kind() as usize];
+        p.events += batch.len();
+        p.batches.push((batch, id));
+        p.opened.get_or_insert_with(tokio::time::Instant::now);
     }
 
-    /// Starts a request with every pending batch.
-    fn send(&mut self, inflight: &mut JoinSet<Done>) {
-        let batches = std::mem::take(&mut self.pending);
-        self.pending_events = 0;
-        self.opened = None;
+    /// Starts a request with every pending batch of `kind`.
+    fn send(&mut self, kind: EventKind, inflight: &mut JoinSet<Done>) {
+        let batches = std::mem::take(&mut self.pending[kind as usize]).batches;
         if batches.is_empty() {
             return;
         }
-        inflight.spawn(export(self.shared.clone(), batches));
+        inflight.spawn(export(self.shared.clone(), kind, batches));
     }
 
     fn finish(&mut self, done: Done) -> Result<(), SinkError> {
@@ -315,11 +345,15 @@ impl OtlpSink {
     }
 }
 
-/// Encodes (on the blocking pool) and delivers one request.
-async fn export(shared: Arc<Shared>, batches: Vec<(Arc<Batch>, TrackId)>) -> Done {
+/// Encodes (on the blocking pool) and delivers one request of `kind`.
+async fn export(shared: Arc<Shared>, kind: EventKind, batches: Vec<(Arc<Batch>, TrackId)>) -> Done {
     let parts: Vec<TrackId> = batches.iter().map(|(_, id)| *id).collect();
     let (protocol, compression) = (shared.protocol, shared.compression);
-    let encoded = tokio::task::spawn_blocking(move || encode(&batches, protocol, compression)).await;
+    let encoded = tokio::task::spawn_blocking(move || match kind {
+        EventKind::Log => encode(&batches, protocol, compression),
+        EventKind::Metric => encode_metrics(&batches, protocol, compression),
+    })
+    .await;
     let (body, records, bytes) = match encoded {
         Ok(e) => e,
         Err(e) => {
@@ -329,18 +363,23 @@ async fn export(shared: Arc<Shared>, batches: Vec<(Arc<Batch>, TrackId)>) -> Don
             }
         }
     };
+    if kind == EventKind::Metric && records < bytes.1 {
+        shared.not_a_metric.inc_by(bytes.1 - records);
+    }
+    let bytes = bytes.0;
+    if records == 0 {
+        return Done {
+            parts,
+            outcome: RequestOutcome::Delivered,
+        };
+    }
     let body = Bytes::from(body);
+    let url = &shared.urls[kind as usize];
     let outcome = shared
         .endpoint
         .send(
-            || {
-                shared
-                    .client
-                    .post(shared.url.clone())
-                    .headers(shared.headers.clone())
-                    .body(body.clone())
-            },
-            |resp| judge(&shared, resp, records),
+            || shared.client.post(url.clone()).headers(shared.headers.clone()).body(body.clone()),
+            |resp| judge(&shared, kind, resp, records),
         )
         .await;
     let kept = match &outcome {
@@ -353,9 +392,9 @@ async fn export(shared: Arc<Shared>, batches: Vec<(Arc<Batch>, TrackId)>) -> Don
     Done { parts, outcome: outcome.0 }
 }
 
-/// The request body for `batches`, with its record count and the bytes of
-/// event JSON it carries.
-fn encode(batches: &[(Arc<Batch>, TrackId)], protocol: Protocol, compression: Compression) -> (Vec<u8>, u64, u64) {
+/// The request body for `batches`, with its record count, and the bytes
+/// of event JSON it carries and how many events they were.
+fn encode(batches: &[(Arc<Batch>, TrackId)], protocol: Protocol, compression: Compression) -> (Vec<u8>, u64, (u64, u64)) {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -373,35 +412,68 @@ fn encode(batches: &[(Arc<Batch>, TrackId)], protocol: Protocol, compression: Co
     }
     let records = builder.len() as u64;
     let message = builder.take().encode_to_vec();
-    let body = match (protocol, compression) {
+    (wrap(message, protocol, compression), records, (bytes, records))
+}
+
+/// The request body for metric `batches`: every sample as a data point.
+/// Events that are not samples are left out (the caller counts them).
+fn encode_metrics(batches: &[(Arc<Batch>, TrackId)], protocol: Protocol, compression: Compression) -> (Vec<u8>, u64, (u64, u64)) {
+    let mut builder = otlp_metrics::MetricsBuilder::default();
+    let (mut bytes, mut events) = (0u64, 0u64);
+    for (batch, _) in batches {
+        for event in batch.events() {
+            events += 1;
+            if builder.push(event) {
+                bytes += event.len() as u64;
+            }
+        }
+    }
+    let points = builder.len() as u64;
+    let message = builder.take().encode_to_vec();
+    (wrap(message, protocol, compression), points, (bytes, events))
+}
+
+/// A message as the request body: compressed, and framed for gRPC.
+fn wrap(message: Vec<u8>, protocol: Protocol, compression: Compression) -> Vec<u8> {
+    match (protocol, compression) {
         (Protocol::Http, Compression::None) => message,
         // Level 1, gzip's fast setting; writing into a Vec cannot fail.
         (Protocol::Http, Compression::Gzip) => super::loki::encode::gzip(&message, 1).unwrap_or_default(),
         (Protocol::Grpc, Compression::None) => grpc::frame(&message),
         (Protocol::Grpc, Compression::Gzip) => grpc::frame_gzip(&message),
+    }
+}
+
+/// Records (or data points) a successful answer says were rejected.
+fn rejected_in(kind: EventKind, message: &[u8]) -> u64 {
+    let rejected = match kind {
+        EventKind::Log => ExportLogsServiceResponse::decode(message)
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map(|p| p.rejected_log_records),
+        EventKind::Metric => ExportMetricsServiceResponse::decode(message)
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map(|p| p.rejected_data_points),
     };
-    (body, records, bytes)
+    rejected.map_or(0, |n| n.max(0) as u64)
 }
 
 /// What the receiver's answer means: the outcome and how many records it
 /// rejected.
-async fn judge(shared: &Shared, resp: reqwest::Response, records: u64) -> Answer<(RequestOutcome, u64)> {
+async fn judge(shared: &Shared, kind: EventKind, resp: reqwest::Response, records: u64) -> Answer<(RequestOutcome, u64)> {
     match shared.protocol {
-        Protocol::Http => judge_http(shared, resp, records).await,
-        Protocol::Grpc => judge_grpc(shared, resp, records).await,
+        Protocol::Http => judge_http(shared, kind, resp, records).await,
+        Protocol::Grpc => judge_grpc(shared, kind, resp, records).await,
     }
 }
 
-async fn judge_http(shared: &Shared, resp: reqwest::Response, records: u64) -> Answer<(RequestOutcome, u64)> {
+async fn judge_http(shared: &Shared, sent: EventKind, resp: reqwest::Response, records: u64) -> Answer<(RequestOutcome, u64)> {
     let status = resp.status();
     let retry_after = delivery::retry_after(resp.headers());
     let body = resp.bytes().await.unwrap_or_default();
     if status.is_success() {
-        let rejected = ExportLogsServiceResponse::decode(body)
-            .ok()
-            .and_then(|r| r.partial_success)
-            .map_or(0, |p| p.rejected_log_records.max(0) as u64);
-        return partial(shared, records, rejected);
+        return partial(shared, records, rejected_in(sent, &body));
     }
     let message = Status::decode(body.clone())
         .map(|s| s.message)
@@ -416,20 +488,21 @@ async fn judge_http(shared: &Shared, resp: reqwest::Response, records: u64) -> A
     }
     refused(
         shared,
+        sent,
         records,
         &format!("{status}: {}", http::excerpt(message.trim())),
         delivery::is_misconfiguration(status),
     )
 }
 
-async fn judge_grpc(shared: &Shared, resp: reqwest::Response, records: u64) -> Answer<(RequestOutcome, u64)> {
+async fn judge_grpc(shared: &Shared, sent: EventKind, resp: reqwest::Response, records: u64) -> Answer<(RequestOutcome, u64)> {
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp.bytes().await.unwrap_or_default();
     if !status.is_success() {
         // Not an answer of the gRPC server itself (a proxy's).
         let kind = ErrorKind::of_status(status);
-        let detail = format!("{status} from {}", shared.url);
+        let detail = format!("{status} from {}", shared.urls[sent as usize]);
         return if kind.is_retryable() {
             Answer::Retry(Failed {
                 kind,
@@ -437,7 +510,7 @@ async fn judge_grpc(shared: &Shared, resp: reqwest::Response, records: u64) -> A
                 retry_after: delivery::retry_after(&headers),
             })
         } else {
-            refused(shared, records, &detail, delivery::is_misconfiguration(status))
+            refused(shared, sent, records, &detail, delivery::is_misconfiguration(status))
         };
     }
     let code = headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(grpc::Code::of);
@@ -446,13 +519,7 @@ async fn judge_grpc(shared: &Shared, resp: reqwest::Response, records: u64) -> A
         // no status there, the answer is a response message: only a call
         // that succeeded has one.
         None | Some(0) => match grpc::unframe(&body, headers.get("grpc-encoding").and_then(|v| v.to_str().ok()), 64 << 20) {
-            Ok(m) => {
-                let rejected = ExportLogsServiceResponse::decode(m.as_slice())
-                    .ok()
-                    .and_then(|r| r.partial_success)
-                    .map_or(0, |p| p.rejected_log_records.max(0) as u64);
-                partial(shared, records, rejected)
-            }
+            Ok(m) => partial(shared, records, rejected_in(sent, &m)),
             Err(e) => Answer::Retry(Failed {
                 kind: ErrorKind::Protocol,
                 detail: format!("a gRPC answer without status or message: {e}"),
@@ -480,7 +547,7 @@ async fn judge_grpc(shared: &Shared, resp: reqwest::Response, records: u64) -> A
                     retry_after: retry_info,
                 })
             } else {
-                refused(shared, records, &detail, matches!(code, 5 | 7 | 12 | 16))
+                refused(shared, sent, records, &detail, matches!(code, 5 | 7 | 12 | 16))
             }
         }
     }
@@ -499,14 +566,14 @@ fn partial(shared: &Shared, records: u64, rejected: u64) -> Answer<(RequestOutco
 
 /// A final refusal: every record is dropped (counted), or the sink stops
 /// when the answer says it is misconfigured.
-fn refused(shared: &Shared, records: u64, detail: &str, misconfigured: bool) -> Answer<(RequestOutcome, u64)> {
+fn refused(shared: &Shared, kind: EventKind, records: u64, detail: &str, misconfigured: bool) -> Answer<(RequestOutcome, u64)> {
     if misconfigured {
         return Answer::Refused(
             ErrorKind::Client,
             (
                 RequestOutcome::Fatal(format!(
                     "the OTLP receiver at {} answered {detail} (check endpoint, protocol and headers)",
-                    shared.url
+                    shared.urls[kind as usize]
                 )),
                 records,
             ),

@@ -142,6 +142,12 @@ pub(crate) trait SourceComponent: Validate {
     fn produces(&self) -> EventKind {
         EventKind::Log
     }
+
+    /// The other kind, for a source that sends both (OTLP: logs and
+    /// metrics).
+    fn also_produces(&self) -> Option<EventKind> {
+        None
+    }
 }
 
 /// Compiles a source's `multiline` setting (validated with the config, so
@@ -198,6 +204,13 @@ macro_rules! source_registry {
             pub(crate) fn produces(&self) -> EventKind {
                 match self {
                     $(SourceConfig::$variant(c) => c.produces(),)+
+                }
+            }
+
+            /// Every kind the source's batches may hold.
+            pub(crate) fn kinds(&self) -> Vec<EventKind> {
+                match self {
+                    $(SourceConfig::$variant(c) => std::iter::once(c.produces()).chain(c.also_produces()).collect(),)+
                 }
             }
 

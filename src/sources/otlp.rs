@@ -1,8 +1,10 @@
-//! `type = "otlp"`: OpenTelemetry logs over gRPC (default
-//! `127.0.0.1:4317`) and HTTP (`127.0.0.1:4318`, `POST /v1/logs`, protobuf
-//! or JSON, gzip or not). Each log record becomes one event, mapped as
-//! docs/otlp.md says, and then goes the way of every other line: decode,
-//! enrichment, SLI rules, sinks.
+//! `type = "otlp"`: OpenTelemetry logs and metrics over gRPC (default
+//! `127.0.0.1:4317`) and HTTP (`127.0.0.1:4318`, `POST /v1/logs` and
+//! `/v1/metrics`, protobuf or JSON, gzip or not). Each log record becomes
+//! one event, mapped as docs/otlp.md says, and then goes the way of every
+//! other line: decode, enrichment, SLI rules, sinks. Each metric data
+//! point becomes one metric sample; an export's samples leave as one
+//! metric batch, which only the sinks that carry metrics receive.
 //!
 //! Backpressure, as the OTLP spec asks: a request that finds no room in the
 //! pipeline within `queue_timeout` is refused with HTTP 503 or gRPC
@@ -30,11 +32,15 @@ use super::socket::tls::TlsConfig;
 use super::{SourceComponent, SourceCx, SourceError, SourceErrorKind};
 use crate::config::{duration, ByteSize, ConfigError, Validate};
 use crate::enrich::SourceContext;
-use crate::event::{AckGroup, AckOutcome};
+use crate::event::{AckGroup, AckOutcome, Acknowledger, BatchBuilder, EventKind, FieldSet};
 use crate::framing::{split_lines, Lines};
 use crate::otlp::grpc::{self, Code};
-use crate::otlp::proto::{Any, Duration as ProtoDuration, ExportLogsServiceRequest, ExportLogsServiceResponse, RetryInfo, Status};
-use crate::otlp::{json, logs, LOGS_GRPC_PATH, LOGS_HTTP_PATH};
+use crate::otlp::metrics::DeltaSeries;
+use crate::otlp::proto::{
+    Any, Duration as ProtoDuration, ExportLogsServiceRequest, ExportLogsServiceResponse, ExportMetricsPartialSuccess,
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse, RetryInfo, Status,
+};
+use crate::otlp::{json, logs, metrics as otlp_metrics, LOGS_GRPC_PATH, LOGS_HTTP_PATH, METRICS_GRPC_PATH, METRICS_HTTP_PATH};
 use crate::pipeline::Task;
 use crate::telemetry::counter_vec;
 
@@ -69,7 +75,13 @@ pub struct OtlpSourceConfig {
     pub(crate) retry_after: Duration,
     /// TLS for both listeners (the socket source's `tls` table).
     pub(crate) tls: Option<TlsConfig>,
+    /// Delta series (Sums and histograms with delta temporality) whose
+    /// running totals are kept; past it a new series' points are rejected.
+    pub(crate) max_delta_series: usize,
 }
+
+/// A delta series not updated for this long may make room for a new one.
+const DELTA_EXPIRE_AFTER: Duration = Duration::from_secs(300);
 
 impl Default for OtlpSourceConfig {
     fn default() -> Self {
@@ -82,6 +94,7 @@ impl Default for OtlpSourceConfig {
             queue_timeout: Duration::from_secs(1),
             retry_after: Duration::from_secs(1),
             tls: None,
+            max_delta_series: 10_000,
         }
     }
 }
@@ -128,6 +141,9 @@ impl Validate for OtlpSourceConfig {
         if self.max_request_bytes.0 < 1024 || self.max_request_bytes.0 > 1 << 30 {
             errors.push(ConfigError::at(path, "max_request_bytes", "must be between 1KiB and 1GiB"));
         }
+        if !(1..=10_000_000).contains(&self.max_delta_series) {
+            errors.push(ConfigError::at(path, "max_delta_series", "must be between 1 and 10000000"));
+        }
     }
 }
 
@@ -137,9 +153,11 @@ enum Protocol {
     Http,
 }
 
-/// Requests refused, by reason: what a client was told to fix or retry.
+/// Requests refused, by reason: what a client was told to fix or retry;
+/// and data points rejected within accepted requests.
 struct OtlpMetrics {
     refused: IntCounterVec,
+    rejected: IntCounterVec,
 }
 
 fn metrics() -> &'static OtlpMetrics {
@@ -148,6 +166,11 @@ fn metrics() -> &'static OtlpMetrics {
         refused: counter_vec(
             "sluice_otlp_requests_refused_total",
             "OTLP requests refused, by reason (busy, too_large, malformed, unsupported).",
+            &["source", "reason"],
+        ),
+        rejected: counter_vec(
+            "sluice_otlp_data_points_rejected_total",
+            "OTLP metric data points rejected in accepted exports (reported as partial success), by reason.",
             &["source", "reason"],
         ),
     })
@@ -160,9 +183,16 @@ struct Shared {
     requests: tokio::sync::Semaphore,
     cx: SourceCx,
     ctx: Arc<SourceContext>,
+    /// Running totals of delta metric series.
+    deltas: std::sync::Mutex<DeltaSeries>,
 }
 
 impl SourceComponent for OtlpSourceConfig {
+    /// Logs, and metric batches too.
+    fn also_produces(&self) -> Option<EventKind> {
+        Some(EventKind::Metric)
+    }
+
     /// Binds every enabled listener, then serves until shutdown.
     fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
         let tls = match &self.tls {
@@ -206,6 +236,7 @@ impl SourceComponent for OtlpSourceConfig {
             let shared = Arc::new(Shared {
                 requests: tokio::sync::Semaphore::new(cfg.max_concurrent_requests),
                 ctx: Arc::new(SourceContext::new(cx.name.clone(), "otlp", String::new(), meta)),
+                deltas: std::sync::Mutex::new(DeltaSeries::new(cfg.max_delta_series, DELTA_EXPIRE_AFTER)),
                 cfg,
                 cx: cx.clone(),
             });
@@ -324,15 +355,97 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Refusal> {
     }
 }
 
-/// Takes a decoded request into the pipeline: its records as one batch,
-/// waiting for every sink when acknowledgements are on.
-async fn accept(request: &ExportLogsServiceRequest, shared: &Shared) -> Result<(), Refusal> {
-    let count = logs::record_count(request);
+/// What an export asks for: logs or metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Logs,
+    Metrics,
+}
+
+impl Signal {
+    fn of_http_path(path: &str) -> Option<Signal> {
+        match path {
+            LOGS_HTTP_PATH => Some(Signal::Logs),
+            METRICS_HTTP_PATH => Some(Signal::Metrics),
+            _ => None,
+        }
+    }
+
+    fn of_grpc_path(path: &str) -> Option<Signal> {
+        match path {
+            LOGS_GRPC_PATH => Some(Signal::Logs),
+            METRICS_GRPC_PATH => Some(Signal::Metrics),
+            _ => None,
+        }
+    }
+
+    /// Reads a request of this signal from protobuf, or OTLP/JSON.
+    fn decode(self, body: &[u8], json: bool) -> Result<Export, Refusal> {
+        let bad_json = |e: json::JsonError| Refusal::Malformed(format!("bad OTLP/JSON: {e}"));
+        let bad_proto = |e: prost::DecodeError| Refusal::Malformed(format!("bad OTLP protobuf: {e}"));
+        Ok(match (self, json) {
+            (Signal::Logs, true) => Export::Logs(json::logs_request(body).map_err(bad_json)?),
+            (Signal::Logs, false) => Export::Logs(ExportLogsServiceRequest::decode(body).map_err(bad_proto)?),
+            (Signal::Metrics, true) => Export::Metrics(json::metrics_request(body).map_err(bad_json)?),
+            (Signal::Metrics, false) => Export::Metrics(ExportMetricsServiceRequest::decode(body).map_err(bad_proto)?),
+        })
+    }
+
+    /// The answer to an accepted export, in protobuf.
+    fn response(self, accepted: &Accepted) -> Vec<u8> {
+        match self {
+            Signal::Logs => ExportLogsServiceResponse::default().encode_to_vec(),
+            Signal::Metrics => ExportMetricsServiceResponse {
+                partial_success: (accepted.rejected > 0).then(|| ExportMetricsPartialSuccess {
+                    rejected_data_points: accepted.rejected as i64,
+                    error_message: accepted.message.clone(),
+                }),
+            }
+            .encode_to_vec(),
+        }
+    }
+
+    /// The answer to an accepted export, in OTLP/JSON.
+    fn json_response(self, accepted: &Accepted) -> Bytes {
+        if accepted.rejected == 0 {
+            return Bytes::from_static(b"{}");
+        }
+        let partial = serde_json::json!({"partialSuccess": {
+            "rejectedDataPoints": accepted.rejected.to_string(),
+            "errorMessage": accepted.message,
+        }});
+        Bytes::from(partial.to_string())
+    }
+}
+
+/// A decoded export request.
+enum Export {
+    Logs(ExportLogsServiceRequest),
+    Metrics(ExportMetricsServiceRequest),
+}
+
+/// What an accepted export did not take: metric data points rejected, and
+/// why (the partial success).
+#[derive(Debug, Default)]
+struct Accepted {
+    rejected: usize,
+    message: String,
+}
+
+/// Takes a decoded request into the pipeline: its records as one batch
+/// (or its data points as one metric batch), waiting for every sink when
+/// acknowledgements are on.
+async fn accept(export: Export, shared: &Shared) -> Result<Accepted, Refusal> {
+    let request = match export {
+        Export::Logs(request) => request,
+        Export::Metrics(request) => return accept_metrics(&request, shared).await,
+    };
+    let count = logs::record_count(&request);
     if count == 0 {
-        return Ok(());
+        return Ok(Accepted::default());
     }
     let mut buf = Vec::with_capacity(count * 256);
-    logs::write_events(request, &mut buf);
+    logs::write_events(&request, &mut buf);
     let mut spans = Vec::with_capacity(count);
     split_lines(&buf, &mut spans);
     let lines = Lines {
@@ -347,9 +460,58 @@ async fn accept(request: &ExportLogsServiceRequest, shared: &Shared) -> Result<(
         .cx
         .output
         .send_lines_within(lines, shared.ctx.clone(), ack, shared.cfg.queue_timeout)
-        .await
-        .map_err(|_| Refusal::Busy)?;
-    if !taken {
+        .await;
+    delivered(taken, acks).await?;
+    Ok(Accepted::default())
+}
+
+/// Takes a metrics request into the pipeline as one metric batch.
+async fn accept_metrics(request: &ExportMetricsServiceRequest, shared: &Shared) -> Result<Accepted, Refusal> {
+    let points = otlp_metrics::point_count(request);
+    let mut buf = Vec::with_capacity(points * 256);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let written = {
+        let mut deltas = shared.deltas.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        otlp_metrics::write_samples(request, &shared.ctx.fragment, &mut deltas, now_ms, &mut buf)
+    };
+    for (reject, n) in written.rejections() {
+        metrics()
+            .rejected
+            .with_label_values(&[&shared.cx.name, reject.reason()])
+            .inc_by(n as u64);
+    }
+    let accepted = Accepted {
+        rejected: written.rejected_total(),
+        message: written.message(),
+    };
+    if written.samples == 0 {
+        return Ok(accepted);
+    }
+    let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), buf.len(), written.samples);
+    for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        out.buffer().extend_from_slice(line);
+        out.finish_event();
+    }
+    let acks = shared.cfg.acknowledgements.then(AckGroup::new);
+    let ack: Option<Acknowledger> = acks.as_ref().map(|(group, _)| group.next());
+    let batch = out
+        .build(shared.ctx.clone(), std::time::SystemTime::now())
+        .with_kind(EventKind::Metric)
+        .with_ack(ack);
+    let taken = shared.cx.output.send_batch_within(batch, shared.cfg.queue_timeout).await;
+    delivered(taken, acks).await?;
+    Ok(accepted)
+}
+
+/// Whether a batch handed to the pipeline was taken and, with
+/// acknowledgements, delivered by every sink.
+async fn delivered(
+    taken: Result<bool, crate::pipeline::PipelineClosed>,
+    acks: Option<(AckGroup, crate::event::AckReceiver)>,
+) -> Result<(), Refusal> {
+    if !taken.map_err(|_| Refusal::Busy)? {
         return Err(Refusal::Busy);
     }
     if let Some((group, mut rx)) = acks {
@@ -374,12 +536,13 @@ fn refused(shared: &Shared, r: &Refusal) {
 
 async fn http_request(req: Request<Incoming>, shared: &Shared) -> Response<Reply> {
     let json = content_type(req.headers()).is_some_and(|t| t == JSON);
-    match http_export(req, shared).await {
-        Ok(()) => {
+    let signal = Signal::of_http_path(req.uri().path());
+    match http_export(req, signal, shared).await {
+        Ok((signal, accepted)) => {
             let body = if json {
-                Bytes::from_static(b"{}")
+                signal.json_response(&accepted)
             } else {
-                Bytes::from(ExportLogsServiceResponse::default().encode_to_vec())
+                Bytes::from(signal.response(&accepted))
             };
             response(StatusCode::OK, if json { JSON } else { PROTOBUF }, body)
         }
@@ -421,13 +584,13 @@ async fn http_request(req: Request<Incoming>, shared: &Shared) -> Response<Reply
     }
 }
 
-async fn http_export(req: Request<Incoming>, shared: &Shared) -> Result<(), Refusal> {
-    if req.uri().path() != LOGS_HTTP_PATH {
+async fn http_export(req: Request<Incoming>, signal: Option<Signal>, shared: &Shared) -> Result<(Signal, Accepted), Refusal> {
+    let Some(signal) = signal else {
         return Err(Refusal::Unsupported(format!(
-            "no OTLP endpoint at {} (this source takes {LOGS_HTTP_PATH})",
+            "no OTLP endpoint at {} (this source takes {LOGS_HTTP_PATH} and {METRICS_HTTP_PATH})",
             req.uri().path()
         )));
-    }
+    };
     if req.method() != Method::POST {
         return Err(Refusal::Unsupported(format!("method {} (OTLP takes POST)", req.method())));
     }
@@ -454,12 +617,8 @@ async fn http_export(req: Request<Incoming>, shared: &Shared) -> Result<(), Refu
             grpc::GunzipError::Bad(m) => Refusal::Malformed(format!("bad gzip: {m}")),
         })?;
     }
-    let request = if kind == JSON {
-        json::logs_request(&body).map_err(|e| Refusal::Malformed(format!("bad OTLP/JSON: {e}")))?
-    } else {
-        ExportLogsServiceRequest::decode(body).map_err(|e| Refusal::Malformed(format!("bad OTLP protobuf: {e}")))?
-    };
-    accept(&request, shared).await
+    let export = signal.decode(&body, kind == JSON)?;
+    Ok((signal, accept(export, shared).await?))
 }
 
 /// The media type without parameters, lowercased.
@@ -517,12 +676,8 @@ impl hyper::body::Body for Reply {
 
 async fn grpc_request(req: Request<Incoming>, shared: &Shared) -> Response<Reply> {
     match grpc_export(req, shared).await {
-        Ok(()) => {
-            let mut r = response(
-                StatusCode::OK,
-                GRPC,
-                Bytes::from(grpc::frame(&ExportLogsServiceResponse::default().encode_to_vec())),
-            );
+        Ok((signal, accepted)) => {
+            let mut r = response(StatusCode::OK, GRPC, Bytes::from(grpc::frame(&signal.response(&accepted))));
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", HeaderValue::from_static("0"));
             r.body_mut().trailers = Some(trailers);
@@ -569,10 +724,10 @@ async fn grpc_request(req: Request<Incoming>, shared: &Shared) -> Response<Reply
     }
 }
 
-async fn grpc_export(req: Request<Incoming>, shared: &Shared) -> Result<(), Refusal> {
-    if req.uri().path() != LOGS_GRPC_PATH {
+async fn grpc_export(req: Request<Incoming>, shared: &Shared) -> Result<(Signal, Accepted), Refusal> {
+    let Some(signal) = Signal::of_grpc_path(req.uri().path()) else {
         return Err(Refusal::Unsupported(format!("no method {} here", req.uri().path())));
-    }
+    };
     if !content_type(req.headers()).is_some_and(|t| t.starts_with(GRPC)) {
         return Err(Refusal::Unsupported("content type is not application/grpc".into()));
     }
@@ -586,9 +741,8 @@ async fn grpc_export(req: Request<Incoming>, shared: &Shared) -> Result<(), Refu
         grpc::FrameError::Encoding(m) => Refusal::Unsupported(format!("grpc-encoding {m:?} (gzip or none)")),
         other => Refusal::Malformed(other.to_string()),
     })?;
-    let request =
-        ExportLogsServiceRequest::decode(message.as_slice()).map_err(|e| Refusal::Malformed(format!("bad OTLP protobuf: {e}")))?;
-    accept(&request, shared).await
+    let export = signal.decode(&message, false)?;
+    Ok((signal, accept(export, shared).await?))
 }
 
 /// `grpc-message` is percent-encoded outside printable ASCII.
@@ -626,6 +780,21 @@ mod tests {
         assert!(e[0].contains("different ports"), "{e:?}");
         let e = validate("max_request_bytes = \"10B\"");
         assert!(e[0].contains("sources.otel.max_request_bytes"), "{e:?}");
+    }
+
+    #[test]
+    fn log_only_and_metric_only_sinks_may_both_take_the_otlp_source() {
+        use crate::topology::{Config, Format};
+        let sinks = "[sinks.loki]\ntype = \"loki\"\nendpoint = \"http://127.0.0.1:3100\"\n\
+                     [sinks.rw]\ntype = \"prometheus_remote_write\"\nendpoint = \"http://127.0.0.1:9090/api/v1/write\"\n";
+        let text = format!("[sources.otel]\ntype = \"otlp\"\n{sinks}");
+        let c = Config::from_str(&text, Format::Toml, &|_| None).unwrap();
+        let mut fed: Vec<&str> = c.sinks_for("otel").collect();
+        fed.sort();
+        assert_eq!(fed, ["loki", "rw"]);
+        let named =
+            format!("{text}[sinks.rw2]\ntype = \"prometheus_remote_write\"\nendpoint = \"http://127.0.0.1:9\"\ninputs = [\"otel\"]\n");
+        assert!(Config::from_str(&named, Format::Toml, &|_| None).is_ok());
     }
 
     #[test]

@@ -337,7 +337,13 @@ impl Config {
             .filter(move |(_, s)| s.inputs.as_ref().is_none_or(|i| i.iter().any(|x| x == source)))
             // A sink without `inputs` takes every source whose events it
             // can carry (a Loki sink is not fed a statsd source's metrics).
-            .filter(move |(_, s)| s.inputs.is_some() || self.sources.get(source).is_none_or(|c| s.config.accepts(c.produces())))
+            .filter(move |(_, s)| {
+                s.inputs.is_some()
+                    || self
+                        .sources
+                        .get(source)
+                        .is_none_or(|c| c.kinds().into_iter().any(|k| s.config.accepts(k)))
+            })
             .map(|(n, _)| n.as_str())
     }
 }
@@ -349,7 +355,8 @@ fn check_event_kinds(sources: &BTreeMap<String, SourceConfig>, sinks: &BTreeMap<
         for (i, input) in spec.inputs.iter().flatten().enumerate() {
             let Some(source) = sources.get(input) else { continue };
             let kind = source.produces();
-            if !spec.config.accepts(kind) {
+            // A source of two kinds (OTLP) feeds a sink that takes either.
+            if !source.kinds().into_iter().any(|k| spec.config.accepts(k)) {
                 errors.push(ConfigError::new(
                     format!("sinks.{name}.inputs[{i}]"),
                     format!(

@@ -364,7 +364,9 @@ impl Topology {
             name.to_owned(),
             RunningSink {
                 id,
-                sender: opened.sender,
+                // A source of both kinds (OTLP) sends this sink only the
+                // kind it carries.
+                sender: opened.sender.taking(|kind| spec.config.accepts(kind)),
                 disk: opened.disk,
                 task,
             },

@@ -175,6 +175,16 @@ pub fn otel_node_modules_dir() -> PathBuf {
     )
 }
 
+/// node_modules with the OpenTelemetry JS SDK's metrics and OTLP metric
+/// exporters.
+pub fn otel_metrics_node_modules_dir() -> PathBuf {
+    locate(
+        "SLUICE_TEST_OTEL_METRICS_NODE_MODULES",
+        "the OpenTelemetry JS SDK's metrics (npm)",
+        &[cache_dir().join("node-otel-metrics/node_modules")],
+    )
+}
+
 /// node_modules with winston and winston-loki.
 pub fn node_modules_dir() -> PathBuf {
     locate(

@@ -1,4 +1,4 @@
-//! [`OtlpReceiver`]: the independent OTLP logs receiver
+//! [`OtlpReceiver`]: the independent OTLP logs and metrics receiver
 //! (`otlp_receiver.py`, built from `opentelemetry-proto`) that the otlp
 //! sink is checked against.
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{http_get, http_post, otel_python_bin, support_dir, ServiceProcess, START_TIMEOUT};
+use super::{http_get, http_post, otel_python_bin, run_bounded, support_dir, ServiceProcess, Sluice, Stdout, START_TIMEOUT};
 
 /// The receiver, listening on loopback for gRPC and OTLP/HTTP.
 pub struct OtlpReceiver {
@@ -67,18 +67,14 @@ impl OtlpReceiver {
         body
     }
 
-    /// Log records accepted so far.
+    /// Log records and metric data points accepted so far.
     pub fn record_count(&self) -> usize {
-        let requests: Vec<serde_json::Value> = serde_json::from_str(&self.received_json()).expect("receiver JSON");
-        requests
-            .iter()
-            .flat_map(|r| r["resourceLogs"].as_array().cloned().unwrap_or_default())
-            .flat_map(|rl| rl["scopeLogs"].as_array().cloned().unwrap_or_default())
-            .map(|sl| sl["logRecords"].as_array().map_or(0, Vec::len))
-            .sum()
+        let (status, body) = http_get(&format!("{}/count", self.http));
+        assert_eq!(status, 200, "{body}");
+        body.trim().parse().expect("a count")
     }
 
-    /// Waits until at least `n` records were accepted.
+    /// Waits until at least `n` records (or data points) were accepted.
     pub fn wait_for_records(&self, n: usize, timeout: Duration) {
         super::wait_until(&format!("{n} records at the OTLP receiver"), timeout, || {
             (self.record_count() >= n).then_some(())
@@ -95,4 +91,73 @@ impl OtlpReceiver {
     pub fn log(&self) -> String {
         self.process.log_text()
     }
+}
+
+/// Sends otlp_roundtrip.py's request of `signal` (`logs` or `metrics`: 20
+/// records or data points) into a sluice otlp source, out through its otlp
+/// sink (`protocol`, `compression`) to the independent receiver, and checks
+/// that the receiver got the same ones.
+pub fn round_trip(signal: &str, protocol: &str, compression: &str) {
+    let timeout = Duration::from_secs(60);
+    let (send, check) = if signal == "metrics" {
+        ("send-metrics", "check-metrics")
+    } else {
+        ("send", "check")
+    };
+    let receiver = OtlpReceiver::start();
+    let target = if protocol == "grpc" { &receiver.grpc } else { &receiver.http };
+    let config = format!(
+        "[api]\naddress = \"127.0.0.1:0\"\n[enrich]\ndisable_host = true\n\
+         [sources.otel]\ntype = \"otlp\"\ngrpc_address = \"\"\nhttp_address = \"127.0.0.1:0\"\n\
+         [sinks.out]\ntype = \"otlp\"\nendpoint = \"{target}\"\nprotocol = \"{protocol}\"\ncompression = \"{compression}\"\n\
+         [sinks.out.batch]\ntimeout = \"100ms\"\n"
+    );
+    let s = Sluice::builder().config(&config).stdout(Stdout::Null).start();
+    let http = source_endpoint(&s, "HTTP");
+    let script = support_dir().join("otlp_roundtrip.py");
+    let mut cmd = Command::new(otel_python_bin());
+    cmd.arg(&script).args([send, &format!("{http}/v1/{signal}")]);
+    super::run_client(&mut cmd, timeout);
+    receiver.wait_for_records(20, timeout);
+    let dump = s.path("received.json");
+    std::fs::write(&dump, receiver.received_json()).expect("write the receiver's requests");
+    let mut cmd = Command::new(otel_python_bin());
+    cmd.arg(&script).arg(check).arg(&dump);
+    let out = run_bounded(cmd, None, timeout);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        printed.trim(),
+        "same",
+        "{signal} {protocol}/{compression}: {printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = s.metrics();
+    assert_eq!(m.value(r#"sluice_sink_events_total{sink="out"}"#), 20.0);
+}
+
+/// A config with an `otlp` source `otel` on free ports (plus `extra`
+/// keys of the source) and a `stdout` sink `out`.
+pub fn source_config(extra: &str) -> String {
+    format!(
+        r#"
+[api]
+address = "127.0.0.1:0"
+[enrich]
+disable_host = true
+[sources.otel]
+type = "otlp"
+grpc_address = "127.0.0.1:0"
+http_address = "127.0.0.1:0"
+{extra}
+[sinks.out]
+type = "stdout"
+"#
+    )
+}
+
+/// `http://host:port` of the `otel` source's `protocol` listener (`gRPC`,
+/// `HTTP`).
+pub fn source_endpoint(s: &Sluice, protocol: &str) -> String {
+    let address = s.logged_address(&format!("receiving OTLP over {protocol}"), Some("otel"), Duration::from_secs(60));
+    format!("http://{address}")
 }

@@ -1,5 +1,6 @@
-"""An independent OTLP logs receiver, built from opentelemetry-proto's
-generated classes: gRPC (grpcio) and OTLP/HTTP protobuf (gzip or not).
+"""An independent OTLP logs and metrics receiver, built from
+opentelemetry-proto's generated classes: gRPC (grpcio) and OTLP/HTTP
+protobuf (gzip or not).
 
     otlp_receiver.py [--count-only]
 
@@ -7,8 +8,9 @@ Prints "ready GRPC_PORT HTTP_PORT" once both listen on 127.0.0.1. Keeps
 every request it accepted; on the HTTP port:
 
     GET  /received          the accepted requests, as a JSON list of
-                            protobuf-JSON ExportLogsServiceRequest objects
-    GET  /count             records accepted so far
+                            protobuf-JSON ExportLogsServiceRequest and
+                            ExportMetricsServiceRequest objects
+    GET  /count             records (and metric data points) accepted so far
     POST /control/fail?n=N  the next N exports (either protocol) fail with
                             503 / UNAVAILABLE, nothing kept
 
@@ -25,6 +27,8 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as svc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as svc_grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as msvc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as msvc_grpc
 
 lock = threading.Lock()
 received = []
@@ -39,10 +43,25 @@ def take(request):
         if fail_next[0] > 0:
             fail_next[0] -= 1
             return False
-        count[0] += sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
+        if isinstance(request, msvc.ExportMetricsServiceRequest):
+            count[0] += sum(points(m) for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics)
+        else:
+            count[0] += sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
         if not count_only:
             received.append(MessageToDict(request))
         return True
+
+
+def points(metric):
+    kind = metric.WhichOneof("data")
+    return len(getattr(metric, kind).data_points) if kind else 0
+
+
+class Metrics(msvc_grpc.MetricsServiceServicer):
+    def Export(self, request, context):
+        if not take(request):
+            context.abort(grpc.StatusCode.UNAVAILABLE, "failing on purpose")
+        return msvc.ExportMetricsServiceResponse()
 
 
 class Logs(svc_grpc.LogsServiceServicer):
@@ -79,24 +98,30 @@ class Http(BaseHTTPRequestHandler):
             with lock:
                 fail_next[0] = int(self.path.split("n=")[1])
             return self.reply(200, b"ok", "text/plain")
-        if self.path != "/v1/logs":
+        services = {
+            "/v1/logs": (svc.ExportLogsServiceRequest, svc.ExportLogsServiceResponse),
+            "/v1/metrics": (msvc.ExportMetricsServiceRequest, msvc.ExportMetricsServiceResponse),
+        }
+        if self.path not in services:
             return self.reply(404, b"", "text/plain")
         if self.headers.get("Content-Type") != "application/x-protobuf":
             return self.reply(415, b"", "text/plain")
         if self.headers.get("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
-        request = svc.ExportLogsServiceRequest()
+        message, answer = services[self.path]
+        request = message()
         try:
             request.ParseFromString(body)
         except Exception:
             return self.reply(400, b"", "text/plain")
         if not take(request):
             return self.reply(503, b"", "text/plain")
-        self.reply(200, svc.ExportLogsServiceResponse().SerializeToString(), "application/x-protobuf")
+        self.reply(200, answer().SerializeToString(), "application/x-protobuf")
 
 
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
 svc_grpc.add_LogsServiceServicer_to_server(Logs(), server)
+msvc_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
 grpc_port = server.add_insecure_port("127.0.0.1:0")
 server.start()
 http = ThreadingHTTPServer(("127.0.0.1", 0), Http)

@@ -185,7 +185,8 @@ impl RemoteWriteSink {
                 self.pending.opened.get_or_insert_with(Instant::now);
                 in_pending = true;
             }
-            self.pending.samples += builder.add(&sample, &mut self.pending.series);
+            let own = self.own_labels(event, &builder);
+            self.pending.samples += own.as_ref().unwrap_or(&builder).add(&sample, &mut self.pending.series);
             if self.pending.samples >= self.config.batch.max_samples {
                 sealed.extend(self.seal());
                 in_pending = false;
@@ -208,15 +209,32 @@ impl RemoteWriteSink {
             .map(|(k, v)| (label_name(k), v.clone()))
             .collect();
         for (label, path) in &self.config.metadata_labels {
-            let value = match batch.source.meta_value(path) {
-                Some(serde_json::Value::String(s)) => s.clone(),
-                Some(serde_json::Value::Number(n)) => n.to_string(),
-                Some(serde_json::Value::Bool(b)) => b.to_string(),
-                _ => continue,
+            let Some(value) = batch.source.meta_value(path).and_then(label_value) else {
+                continue;
             };
             extra.insert(label_name(label), value);
         }
         extra
+    }
+
+    /// The labels of a sample whose own metadata members (an OTLP
+    /// resource's) give `metadata_labels` values: they win over the
+    /// batch's. `None` when it has none.
+    fn own_labels(&self, event: &[u8], batch: &SeriesBuilder) -> Option<SeriesBuilder> {
+        if self.config.metadata_labels.is_empty() {
+            return None;
+        }
+        let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(event) else {
+            return None;
+        };
+        let mut extra = None;
+        for (label, path) in &self.config.metadata_labels {
+            let Some(value) = crate::enrich::lookup(&o, path).and_then(label_value) else {
+                continue;
+            };
+            extra.get_or_insert_with(|| batch.extra.clone()).insert(label_name(label), value);
+        }
+        extra.map(|extra| SeriesBuilder { extra })
     }
 
     /// Closes the pending request, if it holds anything.
@@ -232,6 +250,16 @@ impl RemoteWriteSink {
     /// Acknowledges the batches of a finished request.
     fn finish(&mut self, parts: Vec<TrackId>, outcome: Outcome) -> Result<(), SinkError> {
         self.tracker.request_done(&self.shared.name, &parts, outcome)
+    }
+}
+
+/// A metadata value as a label value: strings, numbers and booleans.
+fn label_value(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
     }
 }
 

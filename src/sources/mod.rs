@@ -3,6 +3,7 @@
 //! in the registry at the end of this file.
 
 pub mod file;
+pub mod host_metrics;
 pub(crate) mod internal_metrics;
 pub mod journald;
 pub(crate) mod kafka;
@@ -220,4 +221,5 @@ source_registry! {
     "statsd" => Statsd(Box<statsd::StatsdConfig>),
     "internal_metrics" => InternalMetrics(internal_metrics::InternalMetricsConfig),
     "journald" => Journald(Box<journald::JournaldConfig>),
+    "host_metrics" => HostMetrics(Box<host_metrics::HostMetricsConfig>),
 }

@@ -278,9 +278,12 @@ fn unescape_octal(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Name, labels, kind and value of one parsed sample.
+    type Parsed = (String, Vec<(String, String)>, Kind, f64);
+
     #[derive(Default)]
     struct Collected {
-        samples: Vec<(String, Vec<(String, String)>, Kind, f64)>,
+        samples: Vec<Parsed>,
         invalid: Vec<&'static str>,
     }
 

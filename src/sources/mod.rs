@@ -3,6 +3,7 @@
 //! in the registry at the end of this file.
 
 pub mod file;
+pub mod host_metrics;
 pub(crate) mod internal_metrics;
 pub mod journald;
 pub(crate) mod kafka;
@@ -235,4 +236,5 @@ source_registry! {
     "internal_metrics" => InternalMetrics(internal_metrics::InternalMetricsConfig),
     "journald" => Journald(Box<journald::JournaldConfig>),
     "kubernetes_events" => KubernetesEvents(Box<kubernetes_events::KubernetesEventsConfig>),
+    "host_metrics" => HostMetrics(Box<host_metrics::HostMetricsConfig>),
 }

@@ -8,6 +8,7 @@ pub mod journald;
 pub(crate) mod kafka;
 pub(crate) mod otlp;
 pub(crate) mod process;
+pub mod prometheus_scrape;
 pub mod socket;
 pub mod statsd;
 pub(crate) mod stdin;
@@ -220,4 +221,5 @@ source_registry! {
     "statsd" => Statsd(Box<statsd::StatsdConfig>),
     "internal_metrics" => InternalMetrics(internal_metrics::InternalMetricsConfig),
     "journald" => Journald(Box<journald::JournaldConfig>),
+    "prometheus_scrape" => PrometheusScrape(Box<prometheus_scrape::PrometheusScrapeConfig>),
 }

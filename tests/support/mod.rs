@@ -46,6 +46,7 @@ pub mod kube_api;
 pub mod metrics;
 pub mod otlp;
 pub mod remote_write;
+pub mod scrape;
 pub mod sli;
 pub mod sluice;
 pub mod tls;

@@ -318,6 +318,8 @@ impl PodCache {
                 p.deleted_at.get_or_insert(now);
             }
         }
+        // Discovery (prometheus_scrape) drops a deleted pod's target.
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Replaces the whole set after a list: pods not listed are marked

@@ -142,11 +142,12 @@ pub(crate) enum Value {
 /// One metric of an exposition: a counter or gauge line, or a histogram or
 /// summary assembled from its lines.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Metric {
+pub(crate) struct Metric<'a> {
     /// The name (for histograms and summaries, the family name).
-    pub(crate) name: String,
-    /// Labels in exposition order (`le` and `quantile` taken out).
-    pub(crate) labels: Vec<(String, String)>,
+    pub(crate) name: &'a str,
+    /// Labels in exposition order (`le` and `quantile` taken out), borrowed
+    /// from the body unless they held escapes.
+    pub(crate) labels: Vec<(&'a str, Cow<'a, str>)>,
     /// The exposition's timestamp, in milliseconds since the epoch.
     pub(crate) timestamp_ms: Option<i64>,
     /// The value.
@@ -155,9 +156,9 @@ pub(crate) struct Metric {
 
 /// A parsed body.
 #[derive(Debug, Default)]
-pub(crate) struct Exposition {
+pub(crate) struct Exposition<'a> {
     /// Whole metrics, in the order their first line came.
-    pub(crate) metrics: Vec<Metric>,
+    pub(crate) metrics: Vec<Metric<'a>>,
     /// Sample lines read (what Prometheus reports as
     /// `scrape_samples_scraped`); skipped lines are not counted.
     pub(crate) samples: usize,
@@ -165,7 +166,8 @@ pub(crate) struct Exposition {
     pub(crate) invalid: [u64; 6],
 }
 
-impl Exposition {
+#[cfg(test)]
+impl Exposition<'_> {
     /// Lines skipped in all.
     pub(crate) fn invalid_lines(&self) -> u64 {
         self.invalid.iter().sum()
@@ -181,7 +183,7 @@ struct Line<'a> {
 }
 
 /// Parses a whole body.
-pub(crate) fn parse(body: &[u8], format: Format, limits: Limits) -> Exposition {
+pub(crate) fn parse(body: &[u8], format: Format, limits: Limits) -> Exposition<'_> {
     let mut out = Exposition::default();
     let mut types: HashMap<&[u8], FamilyType> = HashMap::new();
     // Histograms and summaries being assembled: family + labels → index
@@ -229,8 +231,8 @@ pub(crate) fn parse(body: &[u8], format: Format, limits: Limits) -> Exposition {
                     Value::Gauge(l.value)
                 };
                 out.metrics.push(Metric {
-                    name: l.name.to_owned(),
-                    labels: owned(&l.labels, None),
+                    name: l.name,
+                    labels: l.labels,
                     timestamp_ms: l.timestamp_ms,
                     value,
                 });
@@ -263,8 +265,8 @@ pub(crate) fn parse(body: &[u8], format: Format, limits: Limits) -> Exposition {
                             }
                         };
                         out.metrics.push(Metric {
-                            name: family.to_owned(),
-                            labels: owned(&l.labels, Some(special)),
+                            name: family,
+                            labels: l.labels.iter().filter(|(k, _)| *k != special).cloned().collect(),
                             timestamp_ms: l.timestamp_ms,
                             value,
                         });
@@ -319,14 +321,6 @@ pub(crate) fn parse(body: &[u8], format: Format, limits: Limits) -> Exposition {
         }
     }
     out
-}
-
-fn owned(labels: &[(&str, Cow<'_, str>)], without: Option<&str>) -> Vec<(String, String)> {
-    labels
-        .iter()
-        .filter(|(k, _)| Some(*k) != without)
-        .map(|(k, v)| ((*k).to_owned(), v.as_ref().to_owned()))
-        .collect()
 }
 
 /// The family a sample name belongs to, the suffix that led there, and
@@ -567,10 +561,7 @@ mod tests {
         assert_eq!(e.samples, 5);
         assert_eq!(e.metrics[0].value, Value::Counter(1027.0));
         assert_eq!(e.metrics[0].timestamp_ms, Some(1_395_066_363_000));
-        assert_eq!(
-            e.metrics[0].labels,
-            vec![("method".into(), "post".into()), ("code".into(), "200".into())]
-        );
+        assert_eq!(e.metrics[0].labels, vec![("method", "post".into()), ("code", "200".into())]);
         assert_eq!(e.metrics[2].labels[0].1, "C:\\DIR\\FILE.TXT");
         assert_eq!(e.metrics[2].labels[1].1, "Cannot find file:\n\"FILE.TXT\"");
         assert_eq!(e.metrics[2].value, Value::Gauge(1.458255915e9));
@@ -589,7 +580,7 @@ mod tests {
         assert_eq!(e.invalid_lines(), 0);
         assert_eq!(e.metrics.len(), 3);
         assert_eq!(e.metrics[0].name, "rpc");
-        assert_eq!(e.metrics[0].labels, vec![("svc".into(), "a".into())]);
+        assert_eq!(e.metrics[0].labels, vec![("svc", "a".into())]);
         assert_eq!(
             e.metrics[0].value,
             Value::Histogram {
@@ -640,10 +631,11 @@ mod tests {
     #[test]
     fn malformed_lines_are_counted_by_reason_and_skipped() {
         let long = "x".repeat(65);
-        let e = text(&format!(
+        let body = format!(
             "ok 1\n{{bad}} 1\nm{{a=\"1\"}}\nm{{a=1}} 2\nm{{a=\"{long}\"}} 1\nm abc\nm 1 notatime\n# TYPE m wrong\n\
              m{{a=\"\\q\"}} 1\nm 1 2 3\n9m 1\nm{{a=\"1\",b=\"2\",c=\"3\",d=\"4\",e=\"5\",f=\"6\",g=\"7\",h=\"8\",i=\"9\"}} 1\nok 2\n"
-        ));
+        );
+        let e = text(&body);
         assert_eq!(e.metrics.len(), 2, "the good lines are kept");
         assert_eq!(e.invalid[Invalid::Name as usize], 1);
         assert_eq!(e.invalid[Invalid::Label as usize], 4);

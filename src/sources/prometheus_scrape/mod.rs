@@ -187,13 +187,13 @@ impl Scraper {
         let scrape_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         let fetched = self.fetch(&target.url).await;
         let duration = started.elapsed().as_secs_f64();
-        let expo = match fetched {
-            Ok((body, format)) => {
+        let body = match fetched {
+            Ok(body) => {
                 if !*was_up {
                     tracing::info!(source = %self.source, target = %target.url, "scrape target up");
                 }
                 *was_up = true;
-                Some(exposition::parse(&body, format, self.limits))
+                Some(body)
             }
             Err(e) => {
                 if *was_up {
@@ -203,44 +203,48 @@ impl Scraper {
                 None
             }
         };
-        let mut out = BatchBuilder::with_capacity(
-            Arc::new(FieldSet::new()),
-            expo.as_ref().map_or(3, |e| e.metrics.len() + 3) * 200,
-            expo.as_ref().map_or(3, |e| e.metrics.len() + 3),
-        );
-        let counts = {
-            let mut guard = self.guard.lock().unwrap_or_else(PoisonError::into_inner);
-            render(
-                &mut out,
-                RenderInput {
-                    target,
-                    expo: expo.as_ref(),
-                    scrape_ms,
-                    duration,
-                    honor_labels: self.honor_labels,
-                    honor_timestamps: self.honor_timestamps,
-                    fragment: &context.fragment,
-                },
-                &mut guard,
-                &self.hasher,
-                Instant::now(),
-            )
-        };
-        let m = source_metrics();
-        let source: &str = &self.source;
-        m.updates.with_label_values(&[source]).inc_by(counts.written);
-        if counts.dropped > 0 {
-            m.dropped.with_label_values(&[source, "series_limit"]).inc_by(counts.dropped);
-        }
-        if let Some(e) = &expo {
-            for reason in Invalid::ALL {
-                let n = e.invalid[reason as usize];
-                if n > 0 {
-                    m.invalid.with_label_values(&[source, reason.as_str()]).inc_by(n);
+        // The parsed body borrows `body` and is gone before the send.
+        let batch = {
+            let expo = body.as_ref().map(|(b, format)| exposition::parse(b, *format, self.limits));
+            // Room for a usual target; a huge one (mostly refused by the
+            // series guard) grows the batch as it goes.
+            let n = expo.as_ref().map_or(3, |e| e.metrics.len() + 3).min(4096);
+            let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), n * 200, n);
+            let counts = {
+                let mut guard = self.guard.lock().unwrap_or_else(PoisonError::into_inner);
+                render(
+                    &mut out,
+                    RenderInput {
+                        target,
+                        expo: expo.as_ref(),
+                        scrape_ms,
+                        duration,
+                        honor_labels: self.honor_labels,
+                        honor_timestamps: self.honor_timestamps,
+                        fragment: &context.fragment,
+                    },
+                    &mut guard,
+                    &self.hasher,
+                    Instant::now(),
+                )
+            };
+            let m = source_metrics();
+            let source: &str = &self.source;
+            m.updates.with_label_values(&[source]).inc_by(counts.written);
+            if counts.dropped > 0 {
+                m.dropped.with_label_values(&[source, "series_limit"]).inc_by(counts.dropped);
+            }
+            if let Some(e) = &expo {
+                for reason in Invalid::ALL {
+                    let n = e.invalid[reason as usize];
+                    if n > 0 {
+                        m.invalid.with_label_values(&[source, reason.as_str()]).inc_by(n);
+                    }
                 }
             }
-        }
-        let batch = out.build(context.clone(), SystemTime::now()).with_kind(EventKind::Metric);
+            out.build(context.clone(), SystemTime::now()).with_kind(EventKind::Metric)
+        };
+        drop(body);
         self.output.send_batch(batch).await
     }
 
@@ -262,7 +266,7 @@ impl Scraper {
 pub(crate) struct RenderInput<'a> {
     target: &'a Target,
     /// The parsed body; `None` when the scrape failed.
-    expo: Option<&'a Exposition>,
+    expo: Option<&'a Exposition<'a>>,
     scrape_ms: i64,
     duration: f64,
     honor_labels: bool,
@@ -357,10 +361,10 @@ fn render(
 
 /// The labels of one series: the scraped ones (empty values left out) and
 /// the target's, with Prometheus' rule for a name in both.
-fn merge_labels<'a>(m: &'a Metric, target: &[(&'a str, &'a str)], honor: bool, labels: &mut Vec<(Cow<'a, str>, &'a str)>) {
+fn merge_labels<'a>(m: &'a Metric<'_>, target: &[(&'a str, &'a str)], honor: bool, labels: &mut Vec<(Cow<'a, str>, &'a str)>) {
     labels.clear();
     let in_target = |k: &str| target.iter().any(|(t, _)| *t == k);
-    let in_scraped = |k: &str| m.labels.iter().any(|(s, _)| s == k);
+    let in_scraped = |k: &str| m.labels.iter().any(|(s, _)| *s == k);
     for (k, v) in &m.labels {
         if v.is_empty() {
             continue;
@@ -372,7 +376,7 @@ fn merge_labels<'a>(m: &'a Metric, target: &[(&'a str, &'a str)], honor: bool, l
             }
             labels.push((Cow::Owned(name), v));
         } else {
-            labels.push((Cow::Borrowed(k.as_str()), v));
+            labels.push((Cow::Borrowed(*k), v));
         }
     }
     for (k, v) in target {

@@ -544,7 +544,7 @@ mod tests {
         max_labels: 8,
     };
 
-    fn text(body: &str) -> Exposition {
+    fn text(body: &str) -> Exposition<'_> {
         parse(body.as_bytes(), Format::Text, LIMITS)
     }
 

@@ -330,7 +330,7 @@ fn render(
         };
         write_sample(
             out.buffer(),
-            &m.name,
+            m.name,
             labels.iter().map(|(k, v)| (k.as_ref(), *v)),
             ts,
             &value,
@@ -473,10 +473,8 @@ async fn run_target(scraper: Arc<Scraper>, target: Target, mut stop: tokio::sync
         target.meta.clone(),
     ));
     // Spread the targets over the interval, each at a fixed offset.
-    let mut h = scraper.hasher.build_hasher();
-    target.url.hash(&mut h);
     let interval_ms = scraper.interval.as_millis().max(1) as u64;
-    let offset = Duration::from_millis(h.finish() % interval_ms);
+    let offset = Duration::from_millis(scraper.hasher.hash_one(&target.url) % interval_ms);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, scraper.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_up = true;
@@ -493,10 +491,14 @@ async fn run_target(scraper: Arc<Scraper>, target: Target, mut stop: tokio::sync
     }
 }
 
+/// A running target: what it scrapes, the sender whose drop stops it, and
+/// its task.
+type TargetTask = (Arc<Target>, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>);
+
 /// The running target tasks, by URL.
 #[derive(Default)]
 struct Running {
-    tasks: HashMap<String, (Arc<Target>, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    tasks: HashMap<String, TargetTask>,
 }
 
 impl Running {

@@ -154,6 +154,9 @@ pub(crate) struct RenderCounts {
     pub(crate) written: u64,
     /// New series past the limit, dropped.
     pub(crate) dropped: u64,
+    /// Metrics with a NaN or infinite number, which the sample schema
+    /// cannot carry (JSON has no such numbers), skipped.
+    pub(crate) not_finite: u64,
 }
 
 impl Scraper {
@@ -234,6 +237,9 @@ impl Scraper {
             if counts.dropped > 0 {
                 m.dropped.with_label_values(&[source, "series_limit"]).inc_by(counts.dropped);
             }
+            if counts.not_finite > 0 {
+                m.dropped.with_label_values(&[source, "not_finite"]).inc_by(counts.not_finite);
+            }
             if let Some(e) = &expo {
                 for reason in Invalid::ALL {
                     let n = e.invalid[reason as usize];
@@ -289,6 +295,10 @@ fn render(
     let mut bounds = Vec::new();
     let mut cumulative = Vec::new();
     for m in input.expo.map(|e| e.metrics.as_slice()).unwrap_or_default() {
+        if !all_finite(&m.value) {
+            counts.not_finite += 1;
+            continue;
+        }
         merge_labels(m, &target_labels, input.honor_labels, &mut labels);
         let mut h = hasher.build_hasher();
         m.name.hash(&mut h);
@@ -357,6 +367,20 @@ fn render(
         counts.written += 1;
     }
     counts
+}
+
+/// Whether every number of a metric is finite (JSON, and so the sample
+/// schema, has no NaN or infinities).
+fn all_finite(v: &Value) -> bool {
+    match v {
+        Value::Counter(x) | Value::Gauge(x) => x.is_finite(),
+        Value::Histogram { buckets, count, sum } => {
+            count.is_finite() && sum.is_finite() && buckets.iter().all(|(le, c)| le.is_finite() && c.is_finite())
+        }
+        Value::Summary { quantiles, count, sum } => {
+            count.is_finite() && sum.is_finite() && quantiles.iter().all(|(q, x)| q.is_finite() && x.is_finite())
+        }
+    }
 }
 
 /// The labels of one series: the scraped ones (empty values left out) and
@@ -794,6 +818,20 @@ mod tests {
         assert_eq!(by("scrape_duration_seconds")["value"], 0.25);
         assert_eq!(by("scrape_samples_scraped")["value"], 4, "the bad line is not a sample");
         assert_eq!(by("up")["timestamp_ms"], 5000);
+    }
+
+    #[test]
+    fn nan_and_infinite_values_are_skipped_and_counted_not_written_as_invalid_samples() {
+        let (s, counts) = rendered(
+            "m NaN\nn{a=\"1\"} -Inf\n# TYPE q summary\nq{quantile=\"0.5\"} NaN\nq_sum 0\nq_count 0\nok 1\n",
+            false,
+            &mut guard(),
+        );
+        assert_eq!(counts.not_finite, 3);
+        for v in &s {
+            assert!(v["value"] != serde_json::Value::Null, "{v}");
+        }
+        assert!(s.iter().any(|v| v["metric"] == "ok"));
     }
 
     #[test]

@@ -677,7 +677,9 @@ impl SourceComponent for PrometheusScrapeConfig {
 
 /// Parses an exposition in both formats and renders it under a small
 /// series limit (the fuzz target's entry point): every written sample must
-/// be valid in the metric sample schema, and no input may panic.
+/// be valid in the metric sample schema, and no input may panic. Returns
+/// the distinct series written (a body may repeat a series; the guard
+/// bounds distinct series, not lines).
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_exposition(data: &[u8]) -> usize {
@@ -685,7 +687,7 @@ pub fn fuzz_exposition(data: &[u8]) -> usize {
         max_label_value_bytes: 64,
         max_labels: 8,
     };
-    let mut written = 0;
+    let mut distinct = std::collections::HashSet::new();
     for format in [Format::Text, Format::OpenMetrics] {
         let expo = exposition::parse(data, format, limits);
         let target = Target {
@@ -722,13 +724,15 @@ pub fn fuzz_exposition(data: &[u8]) -> usize {
             SystemTime::now(),
         );
         for e in batch.events() {
-            if let Err(err) = crate::metrics::Sample::parse(e) {
-                panic!("rendered an invalid sample {err}: {}", String::from_utf8_lossy(e));
+            match crate::metrics::Sample::parse(e) {
+                Ok(s) => {
+                    distinct.insert(format!("{}\u{0}{}\u{0}{:?}", s.name, s.kind.as_str(), s.labels));
+                }
+                Err(err) => panic!("rendered an invalid sample {err}: {}", String::from_utf8_lossy(e)),
             }
-            written += 1;
         }
     }
-    written
+    distinct.len()
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub(crate) mod kafka;
 pub mod kubernetes_events;
 pub(crate) mod otlp;
 pub(crate) mod process;
+pub mod prometheus_scrape;
 pub mod socket;
 pub mod statsd;
 pub(crate) mod stdin;
@@ -237,4 +238,5 @@ source_registry! {
     "journald" => Journald(Box<journald::JournaldConfig>),
     "kubernetes_events" => KubernetesEvents(Box<kubernetes_events::KubernetesEventsConfig>),
     "host_metrics" => HostMetrics(Box<host_metrics::HostMetricsConfig>),
+    "prometheus_scrape" => PrometheusScrape(Box<prometheus_scrape::PrometheusScrapeConfig>),
 }

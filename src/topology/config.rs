@@ -517,7 +517,7 @@ type = "nope"
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         for want in [
             "sources.f.kubernetes.api: needs kubernetes.enabled = true",
-            "sources.other.type: unknown source type \"nope\"; known: stdin, file, socket, process, kafka, otlp, statsd, internal_metrics, journald, kubernetes_events, host_metrics",
+            "sources.other.type: unknown source type \"nope\"; known: stdin, file, socket, process, kafka, otlp, statsd, internal_metrics, journald, kubernetes_events, host_metrics, prometheus_scrape",
             "sinks.more.type: unknown sink type \"nope\"; known: stdout, blackhole, kafka, loki, s3, otlp, prometheus_remote_write, prometheus_exporter",
             "sinks.out.buffer.max_events: must be at least 1",
             "sinks.out.buffer.max_bytes: must be at least 1KiB",

@@ -47,6 +47,7 @@ pub mod metrics;
 pub mod moto;
 pub mod otlp;
 pub mod remote_write;
+pub mod scrape;
 pub mod sli;
 pub mod sluice;
 pub mod tls;

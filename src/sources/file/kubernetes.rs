@@ -198,6 +198,10 @@ pub(crate) struct PodInfo {
     pub(crate) images: Vec<(String, String)>,
     /// Node the pod runs on.
     pub(crate) node: Option<String>,
+    /// The pod's IP (`status.podIP`), once it has one.
+    pub(crate) ip: Option<String>,
+    /// Container name → declared container port.
+    pub(crate) ports: Vec<(String, u16)>,
 }
 
 impl PodInfo {
@@ -216,10 +220,17 @@ impl PodInfo {
         });
         let spec = pod.get("spec");
         let mut images = Vec::new();
+        let mut ports = Vec::new();
         for key in ["containers", "initContainers", "ephemeralContainers"] {
             for c in spec.and_then(|sp| sp.get(key)).and_then(Value::as_array).into_iter().flatten() {
                 if let (Some(n), Some(i)) = (s(c.get("name")), s(c.get("image"))) {
                     images.push((n, i));
+                }
+                let name = s(c.get("name")).unwrap_or_default();
+                for p in c.get("ports").and_then(Value::as_array).into_iter().flatten() {
+                    if let Some(port) = p.get("containerPort").and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok()) {
+                        ports.push((name.clone(), port));
+                    }
                 }
             }
         }
@@ -232,6 +243,8 @@ impl PodInfo {
             owner,
             images,
             node: s(spec.and_then(|sp| sp.get("nodeName"))),
+            ip: s(pod.pointer("/status/podIP")).filter(|ip| !ip.is_empty()),
+            ports,
         })
     }
 
@@ -393,6 +406,8 @@ impl PodCache {
                 p.deleted_at.get_or_insert(now);
             }
         }
+        // Discovery (prometheus_scrape) drops a deleted pod's target.
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Replaces the whole set after a list: pods not listed are marked
@@ -454,12 +469,52 @@ impl PodCache {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// The pods not deleted, for discovery (a deleted pod's metadata stays
+    /// for its last log lines, but it is no target any more).
+    pub(crate) fn live(&self) -> Vec<Arc<PodInfo>> {
+        self.pods
+            .read()
+            .map(|p| p.values().filter(|p| p.deleted_at.is_none()).map(|p| p.info.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Forgets pods deleted more than `retention` ago.
     pub(crate) fn expire(&self, now: Instant, retention: Duration) {
         if let Ok(mut pods) = self.pods.write() {
             pods.retain(|_, p| p.deleted_at.is_none_or(|d| now.duration_since(d) < retention));
         }
     }
+}
+
+/// A file source's pod cache with the settings that turn a pod into
+/// metadata, shared (by source name) with the sources that label a pod's
+/// other signals, so one watch and one cache serve logs and metrics alike.
+#[derive(Debug)]
+pub(crate) struct SharedPods {
+    /// The file source's `kubernetes` settings (release and process labels).
+    pub(crate) config: KubernetesConfig,
+    /// Its pod cache, filled by its one watcher.
+    pub(crate) cache: Arc<PodCache>,
+}
+
+/// Running file sources' pod caches by source name; an entry lives as long
+/// as its watcher runs.
+fn shared_registry() -> &'static std::sync::Mutex<HashMap<String, std::sync::Weak<SharedPods>>> {
+    static R: std::sync::OnceLock<std::sync::Mutex<HashMap<String, std::sync::Weak<SharedPods>>>> = std::sync::OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+/// Offers the pod cache of file source `source` to other sources.
+pub(crate) fn share_pods(source: &str, shared: &Arc<SharedPods>) {
+    let mut r = shared_registry().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    r.retain(|_, w| w.strong_count() > 0);
+    r.insert(source.to_owned(), Arc::downgrade(shared));
+}
+
+/// The pod cache of the running file source `source`, if it has one.
+pub(crate) fn shared_pods(source: &str) -> Option<Arc<SharedPods>> {
+    let r = shared_registry().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    r.get(source).and_then(std::sync::Weak::upgrade)
 }
 
 /// Builds the `kubernetes` metadata of a file (and the release and process

@@ -155,7 +155,18 @@ impl SourceComponent for FileConfig {
                 })?;
                 let cache = Arc::new(PodCache::default());
                 let watcher = PodWatcher::new(&self.kubernetes, url, node, cache.clone(), name.clone()).map_err(|e| fatal(e.into()))?;
-                handle.spawn(watcher.run(cx.shutdown.clone()));
+                // Shared while the watcher runs: a prometheus_scrape
+                // source labels the same pods from the same cache.
+                let shared = Arc::new(kubernetes::SharedPods {
+                    config: self.kubernetes.clone(),
+                    cache: cache.clone(),
+                });
+                kubernetes::share_pods(&name, &shared);
+                let shutdown = cx.shutdown.clone();
+                handle.spawn(async move {
+                    watcher.run(shutdown).await;
+                    drop(shared);
+                });
                 Some(cache)
             } else {
                 None
@@ -837,6 +848,8 @@ mod multiline_tests {
             owner: None,
             images: Vec::new(),
             node: None,
+            ip: None,
+            ports: Vec::new(),
         }
     }
 

@@ -26,10 +26,10 @@ pub(crate) mod otlp;
 pub use otlp::fuzz_logs as fuzz_otlp_logs;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
-pub use sinks::s3::credentials::fuzz_credentials as fuzz_s3_credentials;
+pub use otlp::fuzz_metrics as fuzz_otlp_metrics;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
-pub use otlp::fuzz_metrics as fuzz_otlp_metrics;
+pub use sinks::s3::credentials::fuzz_credentials as fuzz_s3_credentials;
 pub mod metrics;
 pub mod multiline;
 pub mod pipeline;

@@ -75,9 +75,18 @@ pub trait Processing: Send + Sync {
     fn process(&self, batch: &Batch, prepared: Prepared) -> Outputs;
 
     /// The throttles a file reader of the source asks before it reads.
-    fn deferrals(&self) -> Vec<Arc<dyn crate::transforms::Deferral>> {
+    fn deferrals(&self) -> Vec<Arc<dyn Deferral>> {
         Vec::new()
     }
+}
+
+/// A throttle that a file source asks before it reads.
+pub trait Deferral: Send + Sync {
+    /// Of `wanted` lines of the file whose context is `ctx`, how many may
+    /// be read now, and when to ask again if that is fewer; `None` when this
+    /// throttle cannot defer the file (its key is not in the file's
+    /// metadata), and it drops instead.
+    fn take(&self, ctx: &SourceContext, wanted: usize) -> Option<(usize, std::time::Instant)>;
 }
 
 /// What a [`BatchTap`]'s observer made of one batch on the decode pool.
@@ -221,7 +230,7 @@ impl SourceOutput {
     /// The throttles a file reader asks before it reads, and the
     /// generation they belong to (ask again when [`SourceOutput::generation`]
     /// differs).
-    pub(crate) fn deferrals(&self) -> (u64, Vec<Arc<dyn crate::transforms::Deferral>>) {
+    pub(crate) fn deferrals(&self) -> (u64, Vec<Arc<dyn Deferral>>) {
         self.wiring.deferrals(&self.source)
     }
 
@@ -369,7 +378,7 @@ impl Wiring {
 
     /// The throttles `source`'s file readers ask before they read, and the
     /// generation of the transforms they belong to.
-    pub(crate) fn deferrals(&self, source: &str) -> (u64, Vec<Arc<dyn crate::transforms::Deferral>>) {
+    pub(crate) fn deferrals(&self, source: &str) -> (u64, Vec<Arc<dyn Deferral>>) {
         let (generation, processing) = self.processing(source);
         (generation, processing.map(|p| p.deferrals()).unwrap_or_default())
     }

@@ -16,14 +16,13 @@ use std::sync::Arc;
 
 use super::metrics::NodeMetrics;
 use super::stream::{value_at, ChangedValues, Item};
-use super::throttle::Deferral;
 use super::TransformSpec;
 use crate::condition::{Condition, MetaValues, Program};
 use crate::config::ConfigError;
 use crate::decode::{EventObserver, EventValues};
 use crate::enrich::SourceContext;
 use crate::event::{Batch, FieldPath, FieldSet, FieldValueRef};
-use crate::pipeline::{Output, Outputs, Prepared, Processing};
+use crate::pipeline::{Deferral, Output, Outputs, Prepared, Processing};
 
 /// A compiled condition of the graph: its bit in [`Judged`].
 #[derive(Debug, Clone, Copy)]

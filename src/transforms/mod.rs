@@ -22,7 +22,7 @@ mod stream;
 pub(crate) mod testing;
 mod throttle;
 
-pub use throttle::{Deferral, ThrottleMode};
+pub use throttle::ThrottleMode;
 
 use serde_json::{Map, Value};
 

@@ -22,6 +22,7 @@ use super::TransformComponent;
 use crate::config::{duration, ConfigError, Validate};
 use crate::enrich::SourceContext;
 use crate::event::FieldPath;
+use crate::pipeline::Deferral;
 
 /// The key (and label value) of events past `max_keys` distinct keys, and
 /// of events without the key field.
@@ -60,15 +61,6 @@ pub enum ThrottleMode {
     Defer,
     /// Events past the threshold are dropped and counted.
     Drop,
-}
-
-/// A throttle that a file source asks before it reads.
-pub trait Deferral: Send + Sync {
-    /// Of `wanted` lines of the file whose context is `ctx`, how many may
-    /// be read now, and when to ask again if that is fewer; `None` when this
-    /// throttle cannot defer the file (its key is not in the file's
-    /// metadata), and it drops instead.
-    fn take(&self, ctx: &SourceContext, wanted: usize) -> Option<(usize, Instant)>;
 }
 
 fn default_window() -> Duration {

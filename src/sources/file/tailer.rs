@@ -32,9 +32,8 @@ use crate::enrich::{Fragment, SourceContext};
 use crate::event::{AckGroup, AckOutcome, AckReceiver, AckWindow, Acknowledger, BatchBuilder};
 use crate::framing::{split_lines, LineSpan, Lines, OverflowPolicy};
 use crate::multiline::{self, Multiline};
-use crate::pipeline::{PipelineClosed, ShutdownSignal, SourceOutput};
+use crate::pipeline::{Deferral, PipelineClosed, ShutdownSignal, SourceOutput};
 use crate::telemetry::metrics;
-use crate::transforms::Deferral;
 
 /// How long a file must sit idle at its end before it is closed to make
 /// room for a waiting one.

@@ -322,7 +322,10 @@ fn malformed_lines_are_counted_and_a_million_label_values_keep_memory_bounded() 
          targets = [\"http://127.0.0.1:{}/metrics\"]\n[sinks.out]\ntype = \"blackhole\"\n",
         target.port
     );
-    let s = Sluice::builder().config(&cfg).start().serving();
+    // One malloc arena: RSS then follows what sluice holds, not the
+    // high-water mark of each worker thread's arena (glibc keeps up to
+    // four here, and a scrape's body can land in any of them).
+    let s = Sluice::builder().config(&cfg).env("MALLOC_ARENA_MAX", "1").start().serving();
     let dropped = |m: &support::metrics::Metrics| {
         m.sum(
             "sluice_metric_updates_dropped_total",

@@ -50,41 +50,50 @@ impl SourceComponent for InternalMetricsConfig {
 
     fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
         let cfg = self.clone();
-        let context = Arc::new(SourceContext::new(
-            cx.name.clone(),
-            "internal_metrics",
-            String::new(),
-            cx.enrich.metadata(None),
-        ));
-        let mut shutdown = cx.shutdown.clone();
-        Ok(Box::pin(async move {
-            let mut ticks = tokio::time::interval(cfg.interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.wait() => return Ok(()),
-                    _ = ticks.tick() => {}
-                }
-                let families = metrics().registry.gather();
-                let timestamp_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-                let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 64 * 1024, 256);
-                for f in families
-                    .iter()
-                    .filter(|f| cfg.prefixes.is_empty() || cfg.prefixes.iter().any(|p| f.name().starts_with(p.as_str())))
-                {
-                    write_family(f, timestamp_ms, &context.fragment, &mut out);
-                }
-                if out.is_empty() {
-                    continue;
-                }
-                let batch = out.build(context.clone(), SystemTime::now()).with_kind(EventKind::Metric);
-                if cx.output.send_batch(batch).await.is_err() {
-                    return Ok(());
-                }
+        Ok(every_interval(cx, "internal_metrics", self.interval, move |context| {
+            let families = metrics().registry.gather();
+            let timestamp_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 64 * 1024, 256);
+            for f in families
+                .iter()
+                .filter(|f| cfg.prefixes.is_empty() || cfg.prefixes.iter().any(|p| f.name().starts_with(p.as_str())))
+            {
+                write_family(f, timestamp_ms, &context.fragment, &mut out);
             }
+            std::future::ready(Some(out))
         }))
     }
+}
+
+/// A metric source's task: every `interval` until shutdown, `collect`
+/// builds a batch of samples (`None` when it could not), and a batch that
+/// holds any is sent on. `kind` names the source type in its context.
+pub(crate) fn every_interval<F, Fut>(cx: SourceCx, kind: &'static str, interval: Duration, mut collect: F) -> Task<SourceError>
+where
+    F: FnMut(Arc<SourceContext>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Option<BatchBuilder>> + Send,
+{
+    let context = Arc::new(SourceContext::new(cx.name.clone(), kind, String::new(), cx.enrich.metadata(None)));
+    let mut shutdown = cx.shutdown.clone();
+    Box::pin(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait() => return Ok(()),
+                _ = ticks.tick() => {}
+            }
+            let Some(out) = collect(context.clone()).await else { continue };
+            if out.is_empty() {
+                continue;
+            }
+            let batch = out.build(context.clone(), SystemTime::now()).with_kind(EventKind::Metric);
+            if cx.output.send_batch(batch).await.is_err() {
+                return Ok(());
+            }
+        }
+    })
 }
 
 /// Writes one sample per series of `f` into `out`.

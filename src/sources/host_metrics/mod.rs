@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use self::procfs::{Emit, Kind, Mount};
+use super::internal_metrics::every_interval;
 use super::{SourceComponent, SourceCx, SourceError};
 use crate::config::{duration, ConfigError, Validate};
 use crate::enrich::{Fragment, SourceContext};
@@ -176,37 +177,11 @@ impl SourceComponent for HostMetricsConfig {
 
     fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
         let plan = Arc::new(self.plan());
-        let interval = self.interval;
-        let context = Arc::new(SourceContext::new(
-            cx.name.clone(),
-            "host_metrics",
-            String::new(),
-            cx.enrich.metadata(None),
-        ));
-        let mut shutdown = cx.shutdown.clone();
-        Ok(Box::pin(async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.wait() => return Ok(()),
-                    _ = ticks.tick() => {}
-                }
-                // File reads and statfs block (statfs on a dead network
-                // mount for long): off the runtime.
-                let (plan, context2) = (plan.clone(), context.clone());
-                let Ok(out) = tokio::task::spawn_blocking(move || collect(&plan, &context2)).await else {
-                    continue;
-                };
-                if out.is_empty() {
-                    continue;
-                }
-                let batch = out.build(context.clone(), SystemTime::now()).with_kind(EventKind::Metric);
-                if cx.output.send_batch(batch).await.is_err() {
-                    return Ok(());
-                }
-            }
+        Ok(every_interval(cx, "host_metrics", self.interval, move |context| {
+            // File reads and statfs block (statfs on a dead network mount
+            // for long): off the runtime.
+            let plan = plan.clone();
+            async move { tokio::task::spawn_blocking(move || collect(&plan, &context)).await.ok() }
         }))
     }
 }

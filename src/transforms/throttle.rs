@@ -206,9 +206,10 @@ impl Budget {
 
 impl Deferral for Budget {
     fn take(&self, ctx: &SourceContext, wanted: usize) -> Option<(usize, Instant)> {
-        if !self.deferred_by_reader(ctx) {
+        if !self.defers || ctx.kind != "file" {
             return None;
         }
+        // The file's key, once: without it the reader is not deferred.
         let mut key = self.file_key(ctx)?;
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();

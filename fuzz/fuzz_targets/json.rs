@@ -1,14 +1,15 @@
 //! JSON decoding of one line: the metadata splice, the wrapping of lines
 //! that are not objects, and field extraction. Every event is valid JSON;
 //! an object keeps its own members, gains the spliced ones it lacks, and
-//! its extracted fields equal what serde_json reads from the line.
+//! its extracted fields equal what serde_json reads from the line. With
+//! no field to extract (the decoder's scan path) the event is the same.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
 use sluice::decode::Decoder;
 use sluice::enrich::Member;
-use sluice_fuzz::{build, builder, check_batch, expected_value, fragment, metadata, same_value, unique_keys, Input};
+use sluice_fuzz::{bare_builder, build, builder, check_batch, expected_value, fragment, metadata, same_value, unique_keys, Input};
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
@@ -33,6 +34,17 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(batch.len(), 1, "one line, one event");
     let events = check_batch(&batch);
     let event = &events[0];
+
+    // With no field to extract, the decoder proves the line valid with its
+    // own scan, not simd-json's tape: the event must be the same bytes.
+    let mut bare = bare_builder();
+    Decoder::new().decode_line(line, truncated, &extra, &fragment(), &mut bare);
+    let bare = build(bare);
+    assert_eq!(
+        bare.events().next(),
+        batch.events().next(),
+        "the scan path and the tape path wrote different events"
+    );
 
     if stats.wrapped == 1 {
         let text = String::from_utf8_lossy(line);

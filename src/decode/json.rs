@@ -5,6 +5,7 @@
 use simd_json::{Buffers, Node, Tape};
 
 use super::extract::FieldPlan;
+use super::scan::scan_object;
 use super::tape::{self, node_count, wrapped_value};
 use super::values::{EventObserver, EventValues, Observer};
 use super::DecodeStats;
@@ -145,6 +146,26 @@ impl Decoder {
         fragment: &Fragment,
         out: &mut BatchBuilder,
     ) -> bool {
+        let members = fragment.members();
+        let track_members = extra.len() + members.len() <= 64;
+        // An event whose values nobody reads needs only a proof that it is
+        // valid and its top-level keys: a scan does that without a tape.
+        if track_members && out.fields().is_empty() && self.observers.is_empty() {
+            let signatures = extra.iter().fold(fragment.key_signatures(), |acc, m| acc | key_signature(m.key()));
+            let mut present = 0u64;
+            let mut keys = 0usize;
+            let valid = scan_object(line, |k| {
+                keys += 1;
+                mark_present(k, signatures, extra, members, &mut present);
+            });
+            if valid {
+                splice(out, line, close, may_hold_breaks, keys > 0, extra, members, |i| {
+                    present & (1 << i) != 0
+                });
+                out.finish_event();
+                return true;
+            }
+        }
         let Decoder {
             scratch,
             buffers,
@@ -173,8 +194,6 @@ impl Decoder {
         // One pass over the event's keys marks the members it already has
         // (the usual event has none of them) and finds the fields the batch
         // and its first observer need.
-        let members = fragment.members();
-        let track_members = extra.len() + members.len() <= 64;
         let mut out_plan = (!out.fields().is_empty()).then(|| cached_plan(plan, out.fields()));
         let observed = !observers.is_empty();
         let first_observer = observers.first().map(|o| observer_plan(observer_plans, 0, &o.fields));
@@ -200,44 +219,14 @@ impl Decoder {
             }
         };
 
-        let buf = out.buffer();
-        let start = buf.len();
-        buf.extend_from_slice(&line[..close]);
-        if may_hold_breaks {
-            blank_line_breaks(&mut buf[start..]);
-        }
-        let mut need_comma = keys > 0;
-        let append = |m: &Member, buf: &mut Vec<u8>, need_comma: &mut bool| {
-            if *need_comma {
-                buf.push(b',');
-            }
-            buf.extend_from_slice(m.rendered());
-            *need_comma = true;
-        };
         if track_members {
-            for (i, m) in extra.iter().enumerate() {
-                if present & (1 << i) == 0 && !extra[..i].iter().any(|e| e.key() == m.key()) {
-                    append(m, buf, &mut need_comma);
-                }
-            }
-            for (i, m) in members.iter().enumerate() {
-                if present & (1 << (extra.len() + i)) == 0 && !extra.iter().any(|e| e.key() == m.key()) {
-                    append(m, buf, &mut need_comma);
-                }
-            }
+            splice(out, line, close, may_hold_breaks, keys > 0, extra, members, |i| {
+                present & (1 << i) != 0
+            });
         } else {
-            for (i, m) in extra.iter().enumerate() {
-                if !has_key(nodes, m.key()) && !extra[..i].iter().any(|e| e.key() == m.key()) {
-                    append(m, buf, &mut need_comma);
-                }
-            }
-            for m in members {
-                if !has_key(nodes, m.key()) && !extra.iter().any(|e| e.key() == m.key()) {
-                    append(m, buf, &mut need_comma);
-                }
-            }
+            let has = |i: usize| has_key(nodes, extra.iter().chain(members).nth(i).map_or("", |m| m.key()));
+            splice(out, line, close, may_hold_breaks, keys > 0, extra, members, has);
         }
-        buf.push(b'}');
 
         if let Some(plan) = out_plan {
             for i in 0..plan.len() {
@@ -290,6 +279,62 @@ impl Decoder {
             o.inner.event(&EventValues::wrapped(&text, o.fields.paths()));
         }
         out.finish_event();
+    }
+}
+
+/// Writes the object `line[..=close]` into `out`'s buffer with the members
+/// of `extra` then `members` it does not have (`present(i)`, counting
+/// through both in that order) spliced in before its closing brace. An
+/// earlier `extra` member wins over a later one and over `members`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn splice(
+    out: &mut BatchBuilder,
+    line: &[u8],
+    close: usize,
+    may_hold_breaks: bool,
+    has_keys: bool,
+    extra: &[Member],
+    members: &[Member],
+    present: impl Fn(usize) -> bool,
+) {
+    let buf = out.buffer();
+    let start = buf.len();
+    buf.extend_from_slice(&line[..close]);
+    if may_hold_breaks {
+        blank_line_breaks(&mut buf[start..]);
+    }
+    let mut need_comma = has_keys;
+    let mut append = |m: &Member| {
+        if need_comma {
+            buf.push(b',');
+        }
+        buf.extend_from_slice(m.rendered());
+        need_comma = true;
+    };
+    for (i, m) in extra.iter().enumerate() {
+        if !present(i) && !extra[..i].iter().any(|e| e.key() == m.key()) {
+            append(m);
+        }
+    }
+    for (i, m) in members.iter().enumerate() {
+        if !present(extra.len() + i) && !extra.iter().any(|e| e.key() == m.key()) {
+            append(m);
+        }
+    }
+    buf.push(b'}');
+}
+
+/// Marks in `present` which members of `extra` then `members` have the key
+/// `key`, once its [`key_bucket`] says one of them might.
+#[inline(always)]
+fn mark_present(key: &[u8], signatures: u64, extra: &[Member], members: &[Member], present: &mut u64) {
+    if signatures & (1 << key_bucket(key)) != 0 {
+        for (i, m) in extra.iter().chain(members).enumerate() {
+            if m.key().as_bytes() == key {
+                *present |= 1 << i;
+            }
+        }
     }
 }
 
@@ -371,13 +416,7 @@ fn scan_keys(
         let b = key_bucket(k.as_bytes());
         // Most keys are in no wanted bucket: one test rules them out.
         if wanted & (1 << b) != 0 {
-            if signatures & (1 << b) != 0 {
-                for (i, m) in extra.iter().chain(fragment.members()).enumerate() {
-                    if m.key() == *k {
-                        present |= 1 << i;
-                    }
-                }
-            }
+            mark_present(k.as_bytes(), signatures, extra, fragment.members(), &mut present);
             if plan_buckets & (1 << b) != 0 {
                 offer(b, k.as_bytes(), idx + 1, count);
             }

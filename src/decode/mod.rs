@@ -7,6 +7,7 @@ pub mod docker;
 mod extract;
 mod json;
 pub(crate) mod partial;
+mod scan;
 pub mod syslog;
 mod tape;
 #[cfg(test)]

@@ -135,6 +135,7 @@ pub(crate) fn needs_restart(old: &Config, new: &Config) -> Vec<ConfigError> {
     check(old.api != new.api, "api", "the API listener");
     check(old.data_dir != new.data_dir, "data_dir", "the data directory");
     check(old.sli_raw != new.sli_raw, "sli", "the SLI rules");
+    check(old.metrics_raw != new.metrics_raw, "metrics", "the [[metrics]] rules");
     errors
 }
 

@@ -213,4 +213,15 @@ inputs = ["a"]
         assert_eq!(paths, ["api", "data_dir", "sli"]);
         assert!(needs_restart(&config(BASE), &config(BASE)).is_empty());
     }
+
+    #[test]
+    fn changed_metrics_rules_need_a_restart() {
+        let with = |name: &str| format!("{BASE}[[metrics]]\nname = \"{name}\"\nkind = \"counter\"\n");
+        let paths: Vec<String> = needs_restart(&config(&with("a")), &config(&with("b")))
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(paths, ["metrics"]);
+        assert!(needs_restart(&config(&with("a")), &config(&with("a"))).is_empty());
+    }
 }

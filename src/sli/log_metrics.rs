@@ -13,9 +13,9 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::config::{LabelSource, MAX_BUCKETS, MAX_MAX_SERIES};
+use super::config::{parse_rule_array, LabelSource, MAX_BUCKETS, MAX_MAX_SERIES};
 use crate::condition::Condition;
-use crate::config::{parse_at, ConfigError, Validate};
+use crate::config::{ConfigError, Validate};
 use crate::event::FieldPath;
 
 /// Series one rule keeps before new label values go to `__overflow__`.
@@ -227,18 +227,8 @@ impl Validate for MetricRule {
 /// key path. Names (and the family names they are exposed as) must be
 /// unique; `sources` must name sources of `source_names`.
 pub(crate) fn parse_rules(value: serde_json::Value, source_names: &BTreeSet<&str>, errors: &mut Vec<ConfigError>) -> Vec<MetricRule> {
-    let serde_json::Value::Array(items) = value else {
-        errors.push(ConfigError::new("metrics", "must be an array of tables ([[metrics]])"));
-        return Vec::new();
-    };
-    let mut rules = Vec::new();
     let mut families = BTreeSet::new();
-    for (i, item) in items.into_iter().enumerate() {
-        let path = format!("metrics[{i}]");
-        let Some(rule) = parse_at::<MetricRule>(&path, item, errors) else {
-            continue;
-        };
-        rule.validate(&path, errors);
+    parse_rule_array("metrics", value, errors, |path, rule: &MetricRule, errors| {
         if !families.insert(rule.family_name()) {
             errors.push(ConfigError::new(
                 format!("{path}.name"),
@@ -250,9 +240,7 @@ pub(crate) fn parse_rules(value: serde_json::Value, source_names: &BTreeSet<&str
                 errors.push(ConfigError::new(format!("{path}.sources[{j}]"), format!("no source named {s:?}")));
             }
         }
-        rules.push(rule);
-    }
-    rules
+    })
 }
 
 #[cfg(test)]

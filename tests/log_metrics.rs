@@ -42,9 +42,8 @@ max_series = 3
 "#;
 
 /// sluice with a stdin source, the rules, and their series going out
-/// through `internal_metrics` into an exporter sink: the process and the
-/// exporter's address.
-fn start() -> (Sluice, String) {
+/// through `internal_metrics` into the metric sink `sink` (named `pull`).
+fn start_with(sink: &str) -> Sluice {
     let config = format!(
         r#"
 [api]
@@ -60,17 +59,21 @@ prefixes = ["app_"]
 type = "blackhole"
 inputs = ["stdin"]
 [sinks.pull]
-type = "prometheus_exporter"
-address = "127.0.0.1:0"
 inputs = ["self"]
+{sink}
 {RULES}"#
     );
-    let s = Sluice::builder()
+    Sluice::builder()
         .config(&config)
         .stdin_piped()
         .stdout(support::Stdout::Null)
         .start()
-        .serving();
+        .serving()
+}
+
+/// [`start_with`] an exporter sink: the process and the exporter's address.
+fn start() -> (Sluice, String) {
+    let s = start_with("type = \"prometheus_exporter\"\naddress = \"127.0.0.1:0\"");
     let exporter = s.logged_address("serving metrics for pull", None, WAIT);
     (s, exporter)
 }
@@ -200,6 +203,32 @@ fn counters_and_histograms_reach_the_exporter_exactly_and_pass_promtool() {
         .contains("# HELP app_http_errors_total Requests that failed with a 5xx status."));
     promtool_check_metrics(&own.text).unwrap_or_else(|e| panic!("promtool on /metrics: {e}\n{}", own.text));
     // The internal_metrics source keeps running after stdin's end: stop it.
+    let (status, _) = s.stop();
+    assert!(status.success(), "{}", s.logs());
+}
+
+#[test]
+fn remote_write_into_a_real_prometheus_carries_the_exact_counts() {
+    let prom = support::remote_write::RemoteWriteReceiver::start();
+    let mut s = start_with(&format!(
+        "type = \"prometheus_remote_write\"\nendpoint = \"{}\"\nbatch.timeout = \"100ms\"",
+        prom.write_url()
+    ));
+    let (text, want, lines) = input();
+    s.write(text.as_bytes());
+    prom.wait_for_value("sum(app_users_total)", lines as f64, WAIT);
+    for ((route, method), n) in &want.errors_by_route_method {
+        let q = format!("sum(app_http_errors_total{{route=\"{route}\",method=\"{method}\"}})");
+        prom.wait_for_value(&q, *n as f64, WAIT);
+    }
+    let web = want.buckets["web"];
+    prom.wait_for_value(
+        "sum(app_request_latency_bucket{service=\"web\",le=\"100\"})",
+        (web[0] + web[1]) as f64,
+        WAIT,
+    );
+    prom.wait_for_value("sum(app_bytes_total)", want.web_bytes as f64, WAIT);
+    prom.wait_for_value("sum(app_users_total{user=\"__overflow__\"})", lines as f64 - 182.0, WAIT);
     let (status, _) = s.stop();
     assert!(status.success(), "{}", s.logs());
 }

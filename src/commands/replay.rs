@@ -154,7 +154,7 @@ pub async fn replay(mut config: Config, opts: ReplayOptions) -> Result<ReplayRep
     let chosen = choose_sinks(&config, &opts.sinks)?;
     // The files are the only input and feed every chosen sink. A one-off
     // backfill serves no API (a running sluice may hold its address) and
-    // keeps no SLI metrics.
+    // keeps no SLI or [[metrics]] series.
     config.sources.clear();
     config.sinks.retain(|name, _| chosen.contains(name));
     for spec in config.sinks.values_mut() {
@@ -162,6 +162,7 @@ pub async fn replay(mut config: Config, opts: ReplayOptions) -> Result<ReplayRep
     }
     config.api.enabled = false;
     config.sli.clear();
+    config.metrics.clear();
 
     let (group, mut completions) = AckGroup::new();
     let state = Arc::new(ProgressState::default());

@@ -435,26 +435,39 @@ impl Validate for SliRule {
 /// Parses the `sli` array of a config, appending every error with its key
 /// path. Names must be unique.
 pub(crate) fn parse_rules(value: serde_json::Value, errors: &mut Vec<ConfigError>) -> Vec<SliRule> {
-    let serde_json::Value::Array(items) = value else {
-        errors.push(ConfigError::new("sli", "must be an array of tables ([[sli]])"));
-        return Vec::new();
-    };
-    let mut rules = Vec::new();
     let mut names = BTreeSet::new();
-    for (i, item) in items.into_iter().enumerate() {
-        let path = format!("sli[{i}]");
-        // Not `parse_valid`: a rule with other problems still takes its
-        // name, so a duplicate is reported too.
-        let Some(rule) = parse_at::<SliRule>(&path, item, errors) else {
-            continue;
-        };
-        rule.validate(&path, errors);
+    parse_rule_array("sli", value, errors, |path, rule: &SliRule, errors| {
         if !names.insert(rule.name.clone()) {
             errors.push(ConfigError::new(
                 format!("{path}.name"),
                 format!("duplicate SLI name {:?}", rule.name),
             ));
         }
+    })
+}
+
+/// Parses an array of rule tables (`[[sli]]`, `[[metrics]]`) at `key`:
+/// each is read and validated at `key[i]`, then `across` checks it against
+/// the rules before it. Not `parse_valid`: a rule with other problems is
+/// still kept for `across`, so a duplicate name is reported too.
+pub(crate) fn parse_rule_array<R: serde::de::DeserializeOwned + Validate>(
+    key: &str,
+    value: serde_json::Value,
+    errors: &mut Vec<ConfigError>,
+    mut across: impl FnMut(&str, &R, &mut Vec<ConfigError>),
+) -> Vec<R> {
+    let serde_json::Value::Array(items) = value else {
+        errors.push(ConfigError::new(key, format!("must be an array of tables ([[{key}]])")));
+        return Vec::new();
+    };
+    let mut rules = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let path = format!("{key}[{i}]");
+        let Some(rule) = parse_at::<R>(&path, item, errors) else {
+            continue;
+        };
+        rule.validate(&path, errors);
+        across(&path, &rule, errors);
         rules.push(rule);
     }
     rules

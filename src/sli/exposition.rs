@@ -1,5 +1,6 @@
-//! SLI metrics on `/metrics`: one collector on the process registry renders
-//! every live tap's series at scrape time. Counting happens per batch in
+//! SLI metrics and the `[[metrics]]` rules' series on `/metrics`: one
+//! collector on the process registry renders every live tap's series at
+//! scrape time. Counting happens per batch in
 //! plain integers under the tap's lock; the Prometheus objects are built
 //! only here, once per scrape.
 
@@ -8,7 +9,9 @@ use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, Me
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use super::tap::{Compiled, Shared, TapState, INCOMPLETE_REASONS};
+use super::log_metrics::MetricKind;
+use super::rule::{CompiledRule, MetricFamilySpec};
+use super::tap::{Compiled, RuleState, Shared, TapState, INCOMPLETE_REASONS, INVALID_VALUE_REASONS};
 use super::window::Counts;
 use crate::telemetry::register;
 
@@ -30,8 +33,16 @@ pub(crate) const OVERFLOW: &str = "sluice_sli_series_overflow_total";
 pub(crate) const INCOMPLETE: &str = "sluice_sli_events_incomplete_total";
 /// `sluice_sli_series_memory_bytes{sli}`.
 pub(crate) const MEMORY: &str = "sluice_sli_series_memory_bytes";
+/// `sluice_log_metric_series{metric}`.
+pub(crate) const METRIC_SERIES: &str = "sluice_log_metric_series";
+/// `sluice_log_metric_series_overflow_total{metric}`.
+pub(crate) const METRIC_OVERFLOW: &str = "sluice_log_metric_series_overflow_total";
+/// `sluice_log_metric_events_invalid_total{metric,reason}`.
+pub(crate) const METRIC_INVALID: &str = "sluice_log_metric_events_invalid_total";
+/// `sluice_log_metric_series_memory_bytes{metric}`.
+pub(crate) const METRIC_MEMORY: &str = "sluice_log_metric_series_memory_bytes";
 
-const FAMILIES: [(&str, &str, MetricType, &[&str]); 9] = [
+const FAMILIES: [(&str, &str, MetricType, &[&str]); 13] = [
     (
         REQUESTS,
         "Requests counted by an SLI rule, by outcome (success, error, slow).",
@@ -81,6 +92,30 @@ const FAMILIES: [(&str, &str, MetricType, &[&str]); 9] = [
         &["sli", "reason"],
     ),
     (MEMORY, "Approximate memory held by an SLI's series.", MetricType::GAUGE, &["sli"]),
+    (
+        METRIC_SERIES,
+        "Label combinations a [[metrics]] rule keeps, not counting overflow.",
+        MetricType::GAUGE,
+        &["metric"],
+    ),
+    (
+        METRIC_OVERFLOW,
+        "Events counted in a [[metrics]] rule's __overflow__ series because its series limit was reached.",
+        MetricType::COUNTER,
+        &["metric"],
+    ),
+    (
+        METRIC_INVALID,
+        "Events a [[metrics]] rule matched but could not measure: its value field missing or not a valid number.",
+        MetricType::COUNTER,
+        &["metric", "reason"],
+    ),
+    (
+        METRIC_MEMORY,
+        "Approximate memory held by a [[metrics]] rule's series.",
+        MetricType::GAUGE,
+        &["metric"],
+    ),
 ];
 
 /// Every live tap, rendered by one collector on the process registry.
@@ -154,8 +189,12 @@ fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
 }
 
 fn counter(labels: Vec<LabelPair>, v: u64) -> Metric {
+    counter_value(labels, v as f64)
+}
+
+fn counter_value(labels: Vec<LabelPair>, v: f64) -> Metric {
     let mut c = Counter::default();
-    c.set_value(v as f64);
+    c.set_value(v);
     let mut m = Metric::from_label(labels);
     m.set_counter(c);
     m
@@ -182,16 +221,32 @@ pub(crate) fn render_state(
     now_ms: u64,
     seen: &mut std::collections::BTreeSet<Arc<str>>,
 ) -> Vec<MetricFamily> {
-    let mut fams: [(MetricFamily, Vec<Metric>); 9] = FAMILIES.map(|(name, help, ty, _)| {
+    let mut fams: [(MetricFamily, Vec<Metric>); 13] = FAMILIES.map(|(name, help, ty, _)| {
         let mut f = MetricFamily::default();
         f.set_name(name.to_string());
         f.set_help(help.to_string());
         f.set_field_type(ty);
         (f, Vec::new())
     });
-    let [requests, latency, burn, objective, threshold, series_count, overflow, incomplete, memory] = &mut fams;
+    let [requests, latency, burn, objective, threshold, series_count, overflow, incomplete, memory, m_series, m_overflow, m_invalid, m_memory] =
+        &mut fams;
+    let mut derived = Vec::new();
 
     for (rule, r) in compiled.rules.iter().zip(state.rules.iter_mut()) {
+        if let Some(spec) = &rule.metric {
+            if !seen.insert(format!("[[metrics]] {}", spec.family).into()) {
+                continue;
+            }
+            derived.push(render_metric_rule(compiled, rule, spec, r));
+            let metric = labels(&[("metric", &rule.name)]);
+            m_series.1.push(gauge(metric.clone(), r.table.len() as f64));
+            m_overflow.1.push(counter(metric.clone(), r.table.overflow_events()));
+            for (reason, n) in INVALID_VALUE_REASONS.iter().zip(r.incomplete) {
+                m_invalid.1.push(counter(labels(&[("metric", &rule.name), ("reason", reason)]), n));
+            }
+            m_memory.1.push(gauge(metric, r.table.heap_bytes() as f64));
+            continue;
+        }
         if !seen.insert(rule.name.clone()) {
             continue;
         }
@@ -215,22 +270,7 @@ pub(crate) fn render_state(
                 requests.1.push(counter(l, s.outcomes[o]));
             }
             if rule.latency.is_some() {
-                let mut cumulative = 0;
-                let mut buckets = Vec::with_capacity(rule.bounds.len());
-                for (i, bound) in rule.bounds.iter().enumerate() {
-                    cumulative += s.buckets[i];
-                    let mut b = Bucket::default();
-                    b.set_upper_bound(*bound);
-                    b.set_cumulative_count(cumulative);
-                    buckets.push(b);
-                }
-                let mut h = Histogram::default();
-                h.set_bucket(buckets);
-                h.set_sample_count(s.buckets.iter().sum());
-                h.set_sample_sum(s.sum);
-                let mut m = Metric::from_label(base);
-                m.set_histogram(h);
-                latency.1.push(m);
+                latency.1.push(histogram(base, &rule.bounds, &s.buckets, s.sum));
             }
             if !windows.is_empty() {
                 let mut values = s.label_values();
@@ -268,11 +308,59 @@ pub(crate) fn render_state(
         memory.1.push(gauge(labels(&[("sli", sli)]), r.table.heap_bytes() as f64));
     }
     // The text encoder rejects empty families (an SLI without latency).
-    fams.into_iter()
+    derived
+        .into_iter()
+        .chain(fams)
         .filter(|(_, metrics)| !metrics.is_empty())
         .map(|(mut f, metrics)| {
             f.set_metric(metrics);
             f
         })
         .collect()
+}
+
+/// A histogram metric from per-bucket (not cumulative) counts, the last
+/// being `+Inf`.
+fn histogram(labels: Vec<LabelPair>, bounds: &[f64], counts: &[u64], sum: f64) -> Metric {
+    let mut cumulative = 0;
+    let mut buckets = Vec::with_capacity(bounds.len());
+    for (bound, n) in bounds.iter().zip(counts) {
+        cumulative += n;
+        let mut b = Bucket::default();
+        b.set_upper_bound(*bound);
+        b.set_cumulative_count(cumulative);
+        buckets.push(b);
+    }
+    let mut h = Histogram::default();
+    h.set_bucket(buckets);
+    h.set_sample_count(counts.iter().sum());
+    h.set_sample_sum(sum);
+    let mut m = Metric::from_label(labels);
+    m.set_histogram(h);
+    m
+}
+
+/// The family of one `[[metrics]]` rule: a series per label combination
+/// (the overflow series last), labelled as configured. A counter's value
+/// is the sum of its increments, a gauge's the last value seen.
+fn render_metric_rule(compiled: &Compiled, rule: &CompiledRule, spec: &MetricFamilySpec, r: &mut RuleState) -> (MetricFamily, Vec<Metric>) {
+    let mut f = MetricFamily::default();
+    f.set_name(spec.family.to_string());
+    f.set_help(spec.help.to_string());
+    f.set_field_type(match spec.kind {
+        MetricKind::Counter => MetricType::COUNTER,
+        MetricKind::Gauge => MetricType::GAUGE,
+        MetricKind::Histogram => MetricType::HISTOGRAM,
+    });
+    let names = &compiled.groups[rule.group].names;
+    let mut metrics = Vec::new();
+    for s in r.table.iter_mut() {
+        let pairs: Vec<LabelPair> = names.iter().zip(s.label_values()).map(|(n, v)| label(n, v)).collect();
+        metrics.push(match spec.kind {
+            MetricKind::Counter => counter_value(pairs, s.sum),
+            MetricKind::Gauge => gauge(pairs, s.sum),
+            MetricKind::Histogram => histogram(pairs, &rule.bounds, &s.buckets, s.sum),
+        });
+    }
+    (f, metrics)
 }

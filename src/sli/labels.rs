@@ -4,6 +4,7 @@
 //! event matched by three such rules has its key built and hashed once.
 
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use super::config::{LabelSource, DEFAULT_MISSING_LABEL};
 use super::route::{normalize_into, rewrite_into, Rewrite};
@@ -36,7 +37,7 @@ struct LabelSpec {
 #[derive(Debug)]
 pub(crate) struct LabelGroup {
     /// The label names, in key order.
-    pub(crate) names: Vec<&'static str>,
+    pub(crate) names: Vec<Arc<str>>,
     specs: Vec<LabelSpec>,
 }
 
@@ -54,20 +55,35 @@ pub(crate) struct KeyScratch {
 }
 
 impl LabelGroup {
-    /// Compiles the resolved label sources (service, release, route,
-    /// method); `field` maps a path to the tap's field index.
-    pub(crate) fn new(sources: &[Option<LabelSource>; 4], mut field: impl FnMut(&crate::event::FieldPath) -> FieldIndex) -> LabelGroup {
+    /// The label sources of an SLI rule (service, release, route, method)
+    /// as named labels, with the SLI defaults applied: a missing value is
+    /// `unknown`, and `route` is normalised.
+    pub(crate) fn sli_labels(sources: &[Option<LabelSource>; 4]) -> Vec<(String, LabelSource)> {
+        LABEL_NAMES
+            .iter()
+            .zip(sources)
+            .filter_map(|(name, src)| {
+                let mut src = src.clone()?;
+                src.default.get_or_insert_with(|| DEFAULT_MISSING_LABEL.to_owned());
+                src.normalize.get_or_insert(*name == "route");
+                Some((name.to_string(), src))
+            })
+            .collect()
+    }
+
+    /// Compiles named label sources, in key order; `field` maps a path to
+    /// the tap's field index.
+    pub(crate) fn new(labels: &[(String, LabelSource)], mut field: impl FnMut(&crate::event::FieldPath) -> FieldIndex) -> LabelGroup {
         let mut names = Vec::new();
         let mut specs = Vec::new();
-        for (name, src) in LABEL_NAMES.iter().zip(sources) {
-            let Some(src) = src else { continue };
-            names.push(*name);
+        for (name, src) in labels {
+            names.push(Arc::from(name.as_str()));
             specs.push(LabelSpec {
                 fields: src.field.iter().map(&mut field).collect(),
                 meta: src.meta.clone(),
                 fixed: src.value.clone(),
                 default: src.default.clone().unwrap_or_else(|| DEFAULT_MISSING_LABEL.to_owned()),
-                normalize: src.normalize.unwrap_or(*name == "route"),
+                normalize: src.normalize.unwrap_or(false),
                 patterns: src
                     .patterns
                     .iter()
@@ -79,8 +95,8 @@ impl LabelGroup {
     }
 
     /// A string that is equal for groups that compute the same labels.
-    pub(crate) fn identity(sources: &[Option<LabelSource>; 4]) -> String {
-        format!("{sources:?}")
+    pub(crate) fn identity(labels: &[(String, LabelSource)]) -> String {
+        format!("{labels:?}")
     }
 
     /// Looks up a batch's metadata values.

@@ -3,6 +3,9 @@
 //! where the logs are collected, per SLI, service and release.
 //!
 //! - [`config`]: the `[[sli]]` rules, validated at config time.
+//! - [`log_metrics`]: the `[[metrics]]` rules (log-to-metric counters,
+//!   gauges and histograms from any condition), judged by the same tap
+//!   into the same series tables.
 //! - `rule`: rules compiled against the fields the decoder reads for them.
 //! - `labels` and `route`: label values, with route normalisation.
 //! - `series`: the per-SLI series table and its cardinality guard.
@@ -17,6 +20,7 @@
 pub(crate) mod config;
 mod exposition;
 mod labels;
+pub(crate) mod log_metrics;
 mod route;
 mod rule;
 mod series;
@@ -24,13 +28,15 @@ mod tap;
 mod window;
 
 pub(crate) use config::SliRule;
+pub(crate) use log_metrics::MetricRule;
 pub use tap::SliTap;
 
 use std::sync::Arc;
 
 use crate::pipeline::BatchTap;
 
-/// The tap that judges `rules`, if there are any.
-pub(crate) fn tap(rules: &[SliRule]) -> Option<Arc<dyn BatchTap>> {
-    (!rules.is_empty()).then(|| Arc::new(SliTap::new(rules)) as Arc<dyn BatchTap>)
+/// The tap that judges the SLI `rules` and the `[[metrics]]` rules, if
+/// there are any: with neither, no tap, and no per-event work.
+pub(crate) fn tap(rules: &[SliRule], metrics: &[MetricRule]) -> Option<Arc<dyn BatchTap>> {
+    (!rules.is_empty() || !metrics.is_empty()).then(|| Arc::new(SliTap::with_metrics(rules, metrics)) as Arc<dyn BatchTap>)
 }

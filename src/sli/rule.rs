@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use super::config::{LatencyUnit, SliRule};
+use super::log_metrics::{MetricKind, MetricRule};
 use super::window::WindowSpec;
 use crate::condition::{MetaValues, Program, Values};
 use crate::decode::EventValues;
@@ -120,15 +121,72 @@ pub(crate) fn parse_duration(s: &str) -> Option<f64> {
     Some(total)
 }
 
+/// How a rule decides what an event is to it.
+#[derive(Debug)]
+enum Judging {
+    /// An `[[sli]]` rule: every `match` passes, then the outcome decides.
+    Sli {
+        matches: Vec<Program>,
+        outcome: Program,
+        /// Whether `outcome` passing means error (else it means success).
+        outcome_is_error: bool,
+    },
+    /// A `[[metrics]]` rule: `when` passes, then the value is read (1 for
+    /// a counter without `increment_by`).
+    Metric { when: Option<Program>, value: Option<ValueSpec> },
+}
+
+/// Where a `[[metrics]]` rule's number is.
+#[derive(Debug, Clone, Copy)]
+struct ValueSpec {
+    field: FieldIndex,
+    /// A counter's increment: a negative number is invalid.
+    non_negative: bool,
+}
+
+/// Why a `[[metrics]]` value was not read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum BadValue {
+    /// The field is missing or `null`.
+    Missing,
+    /// Not a finite number (or a string holding one), or a negative
+    /// increment.
+    Invalid,
+}
+
+impl ValueSpec {
+    #[inline]
+    fn read(&self, row: &Row<'_, '_>) -> Result<f64, BadValue> {
+        let n = match row.get(self.field) {
+            FieldValueRef::Number(n) => n,
+            FieldValueRef::Str(s) => s.trim().parse::<f64>().map_err(|_| BadValue::Invalid)?,
+            FieldValueRef::Missing | FieldValueRef::Null => return Err(BadValue::Missing),
+            _ => return Err(BadValue::Invalid),
+        };
+        if !n.is_finite() || (self.non_negative && n < 0.0) {
+            return Err(BadValue::Invalid);
+        }
+        Ok(n)
+    }
+}
+
+/// What a `[[metrics]]` rule is exposed as.
+#[derive(Debug)]
+pub(crate) struct MetricFamilySpec {
+    /// Counter, gauge or histogram.
+    pub(crate) kind: MetricKind,
+    /// The family name (counters end in `_total`).
+    pub(crate) family: Arc<str>,
+    /// The `# HELP` text.
+    pub(crate) help: Arc<str>,
+}
+
 /// A rule ready for events.
 #[derive(Debug)]
 pub(crate) struct CompiledRule {
-    /// The `sli` label value.
+    /// The `sli` label value, or the `[[metrics]]` rule's name.
     pub(crate) name: Arc<str>,
-    matches: Vec<Program>,
-    outcome: Program,
-    /// Whether `outcome` passing means error (else it means success).
-    outcome_is_error: bool,
+    judging: Judging,
     /// Latency, if the rule has it.
     pub(crate) latency: Option<LatencySpec>,
     /// Histogram upper bounds, seconds (the `+Inf` bucket is implicit).
@@ -141,19 +199,27 @@ pub(crate) struct CompiledRule {
     pub(crate) max_series: usize,
     /// Index of its [`super::labels::LabelGroup`].
     pub(crate) group: usize,
+    /// Set for a `[[metrics]]` rule: what it is exposed as.
+    pub(crate) metric: Option<MetricFamilySpec>,
+    /// The sources whose events it judges; `None`: every source.
+    pub(crate) sources: Option<Box<[Arc<str>]>>,
 }
 
 /// What one event is to a rule.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Verdict {
-    /// Not a request of this SLI.
+    /// Not a request of this SLI (an event a `[[metrics]]` rule's `when`
+    /// does not take).
     Skip,
-    /// Matched, but the outcome field could not decide.
+    /// Matched, but the outcome field could not decide (a `[[metrics]]`
+    /// value is missing).
     NoOutcome,
-    /// Matched, but a latency SLI's latency is missing or invalid.
+    /// Matched, but a latency SLI's latency is missing or invalid (a
+    /// `[[metrics]]` value is not a valid number).
     NoLatency,
-    /// Counted: an error (`true`) or not, with its latency if it has one.
-    /// `latency_missing` says a configured latency could not be read.
+    /// Counted: an error (`true`) or not, with its latency if it has one
+    /// (a `[[metrics]]` rule's value). `latency_missing` says a configured
+    /// latency could not be read.
     Counted {
         error: bool,
         latency: Option<f64>,
@@ -172,9 +238,11 @@ impl CompiledRule {
         };
         CompiledRule {
             name: rule.name.as_str().into(),
-            matches: rule.matches.iter().map(|c| Program::compile(c, fields)).collect(),
-            outcome: Program::compile(&outcome, fields),
-            outcome_is_error,
+            judging: Judging::Sli {
+                matches: rule.matches.iter().map(|c| Program::compile(c, fields)).collect(),
+                outcome: Program::compile(&outcome, fields),
+                outcome_is_error,
+            },
             latency: rule.latency.as_ref().map(|l| LatencySpec {
                 field: fields.add(l.field.clone()),
                 unit: l.unit,
@@ -185,20 +253,69 @@ impl CompiledRule {
             windows: windows.into(),
             max_series: rule.max_series,
             group,
+            metric: None,
+            sources: None,
         }
+    }
+
+    /// Compiles a validated `[[metrics]]` rule.
+    pub(crate) fn metric(rule: &MetricRule, fields: &mut FieldSet, group: usize) -> CompiledRule {
+        let value = match rule.kind {
+            MetricKind::Counter => rule.increment_by.as_ref().map(|f| (f, true)),
+            MetricKind::Gauge | MetricKind::Histogram => rule.value.as_ref().map(|f| (f, false)),
+        };
+        let help = match &rule.help {
+            Some(h) => h.clone(),
+            None => format!("Derived from events by the [[metrics]] rule {}.", rule.name),
+        };
+        CompiledRule {
+            name: rule.name.as_str().into(),
+            judging: Judging::Metric {
+                when: rule.when.as_ref().map(|c| Program::compile(c, fields)),
+                value: value.map(|(f, non_negative)| ValueSpec {
+                    field: fields.add(f.clone()),
+                    non_negative,
+                }),
+            },
+            latency: None,
+            bounds: rule.bucket_bounds().into(),
+            objective: None,
+            windows: Vec::new().into(),
+            max_series: rule.max_series,
+            group,
+            metric: Some(MetricFamilySpec {
+                kind: rule.kind,
+                family: rule.family_name().into(),
+                help: help.into(),
+            }),
+            sources: rule.sources.as_ref().map(|s| s.iter().map(|n| Arc::from(n.as_str())).collect()),
+        }
+    }
+
+    /// Whether it judges events of source `name`.
+    pub(crate) fn judges_source(&self, name: &str) -> bool {
+        self.sources.as_ref().is_none_or(|s| s.iter().any(|n| **n == *name))
     }
 
     /// Decides what the event in `row` is to this rule; a field the event
     /// lacks is read from `meta`, its source's metadata.
     #[inline(always)]
     pub(crate) fn judge(&self, row: &Row<'_, '_>, meta: &MetaValues, text: &mut String) -> Verdict {
-        for c in &self.matches {
+        let (matches, outcome, outcome_is_error) = match &self.judging {
+            Judging::Sli {
+                matches,
+                outcome,
+                outcome_is_error,
+            } => (matches, outcome, *outcome_is_error),
+            Judging::Metric { when, value } => return judge_metric(when.as_ref(), value.as_ref(), row, meta, text),
+        };
+        for c in matches {
             if !c.holds(row, meta, text) {
                 return Verdict::Skip;
             }
         }
-        let error = match self.outcome.eval(row, meta, text) {
-            Some(passed) => passed == self.outcome_is_error,
+        let error = match outcome.eval(row, meta, text) {
+            Some(passed) => passed == outcome_is_error,
             None => return Verdict::NoOutcome,
         };
         let (latency, latency_missing) = match &self.latency {
@@ -214,6 +331,25 @@ impl CompiledRule {
             latency,
             latency_missing,
         }
+    }
+}
+
+/// A `[[metrics]]` rule's verdict: its value as the latency.
+#[inline(always)]
+fn judge_metric(when: Option<&Program>, value: Option<&ValueSpec>, row: &Row<'_, '_>, meta: &MetaValues, text: &mut String) -> Verdict {
+    if when.is_some_and(|w| !w.holds(row, meta, text)) {
+        return Verdict::Skip;
+    }
+    let v = match value.map(|v| v.read(row)) {
+        None => 1.0,
+        Some(Ok(v)) => v,
+        Some(Err(BadValue::Missing)) => return Verdict::NoOutcome,
+        Some(Err(BadValue::Invalid)) => return Verdict::NoLatency,
+    };
+    Verdict::Counted {
+        error: false,
+        latency: Some(v),
+        latency_missing: false,
     }
 }
 

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use super::config::SliRule;
 use super::labels::{KeyScratch, LabelGroup};
+use super::log_metrics::{MetricKind, MetricRule};
 use super::rule::{CompiledRule, Row, Verdict};
 use super::series::{Outcome, SeriesTable, Slot};
 use crate::condition::MetaValues;
@@ -28,6 +29,10 @@ use crate::pipeline::{BatchTap, Prepared};
 /// Why a matched event was not (fully) measured, by index in
 /// [`RuleState::incomplete`].
 pub(crate) const INCOMPLETE_REASONS: [&str; 2] = ["no_outcome", "no_latency"];
+
+/// The same for a `[[metrics]]` rule: its value field is missing, or not a
+/// finite number (a negative counter increment).
+pub(crate) const INVALID_VALUE_REASONS: [&str; 2] = ["missing_value", "invalid_value"];
 
 /// The rules and label groups, compiled; read-only, shared by every batch.
 #[derive(Debug)]
@@ -91,22 +96,34 @@ pub struct SliTap {
 impl SliTap {
     /// A tap for validated rules (from [`crate::topology::Config::sli`]).
     pub fn new(rules: &[SliRule]) -> SliTap {
+        SliTap::with_metrics(rules, &[])
+    }
+
+    /// A tap for validated SLI rules and `[[metrics]]` rules (from
+    /// [`crate::topology::Config::metrics`]), judged in one pass.
+    pub fn with_metrics(rules: &[SliRule], metric_rules: &[MetricRule]) -> SliTap {
         let mut fields = FieldSet::new();
         let mut groups: Vec<LabelGroup> = Vec::new();
         let mut identities: Vec<String> = Vec::new();
         let mut compiled = Vec::new();
-        for rule in rules {
-            let sources = rule.labels.resolved();
-            let id = LabelGroup::identity(&sources);
-            let group = match identities.iter().position(|x| *x == id) {
+        let mut group_of = |labels: Vec<(String, super::config::LabelSource)>, fields: &mut FieldSet| {
+            let id = LabelGroup::identity(&labels);
+            match identities.iter().position(|x| *x == id) {
                 Some(g) => g,
                 None => {
-                    groups.push(LabelGroup::new(&sources, |p| fields.add(p.clone())));
+                    groups.push(LabelGroup::new(&labels, |p| fields.add(p.clone())));
                     identities.push(id);
                     groups.len() - 1
                 }
-            };
+            }
+        };
+        for rule in rules {
+            let group = group_of(LabelGroup::sli_labels(&rule.labels.resolved()), &mut fields);
             compiled.push(CompiledRule::new(rule, &mut fields, group));
+        }
+        for rule in metric_rules {
+            let group = group_of(rule.resolved_labels(), &mut fields);
+            compiled.push(CompiledRule::metric(rule, &mut fields, group));
         }
         let state = TapState {
             rules: compiled
@@ -191,6 +208,8 @@ struct BatchJudge {
     events: usize,
     /// The batch's source metadata, for fields an event lacks.
     meta: MetaValues,
+    /// The rules that judge this batch's source, by index.
+    active: Vec<usize>,
 }
 
 impl BatchJudge {
@@ -204,12 +223,15 @@ impl BatchJudge {
         partial.trim(compiled);
         BatchJudge {
             memo: vec![(0, 0); compiled.groups.len()],
-            shared,
             partial,
             scratch,
             text: String::new(),
             events: 0,
             meta: MetaValues::resolve(fields, source),
+            active: (0..compiled.rules.len())
+                .filter(|&r| compiled.rules[r].judges_source(&source.source))
+                .collect(),
+            shared,
         }
     }
 }
@@ -227,9 +249,11 @@ impl EventObserver for BatchJudge {
             text,
             events,
             meta,
+            active,
         } = self;
         let compiled = &shared.compiled;
-        for (r, rule) in compiled.rules.iter().enumerate() {
+        for &r in active.iter() {
+            let rule = &compiled.rules[r];
             let cells = &mut partial.rules[r];
             let (error, latency) = match rule.judge(&row, meta, text) {
                 Verdict::Skip => continue,
@@ -336,6 +360,8 @@ const OVERFLOW: u32 = u32::MAX - 1;
 struct RuleCells {
     /// Cells per entry: the outcomes, then the histogram buckets.
     stride: usize,
+    /// A gauge: an entry's sum is its last value, not a total.
+    last_value: bool,
     cells: Vec<u64>,
     /// Latency sum per entry, seconds.
     sums: Vec<f64>,
@@ -349,9 +375,10 @@ struct RuleCells {
 }
 
 impl RuleCells {
-    fn new(buckets: usize) -> RuleCells {
+    fn new(buckets: usize, last_value: bool) -> RuleCells {
         RuleCells {
             stride: 3 + buckets,
+            last_value,
             cells: Vec::new(),
             sums: Vec::new(),
             slots: Vec::new(),
@@ -376,7 +403,11 @@ impl RuleCells {
         cells[outcome as usize] += 1;
         if let Some((l, b)) = latency {
             cells[3 + b] += 1;
-            self.sums[e] += l;
+            if self.last_value {
+                self.sums[e] = l;
+            } else {
+                self.sums[e] += l;
+            }
         }
     }
 
@@ -403,7 +434,11 @@ impl Partial {
     fn new(compiled: &Compiled) -> Partial {
         Partial {
             groups: compiled.groups.iter().map(|_| KeyCache::default()).collect(),
-            rules: compiled.rules.iter().map(|r| RuleCells::new(r.bounds.len() + 1)).collect(),
+            rules: compiled
+                .rules
+                .iter()
+                .map(|r| RuleCells::new(r.bounds.len() + 1, r.metric.as_ref().is_some_and(|m| m.kind == MetricKind::Gauge)))
+                .collect(),
         }
     }
 
@@ -477,7 +512,11 @@ impl TapState {
                 for (total, n) in series.buckets.iter_mut().zip(&counts[3..]) {
                     *total += n;
                 }
-                series.sum += cells.sums[e];
+                if cells.last_value {
+                    series.sum = cells.sums[e];
+                } else {
+                    series.sum += cells.sums[e];
+                }
                 counts.fill(0);
                 cells.sums[e] = 0.0;
             }
@@ -695,5 +734,82 @@ mod tests {
             .map(|(_, v)| v.as_f64().unwrap())
             .sum();
         assert_eq!(total, 50.0);
+    }
+
+    /// A tap with `[[metrics]]` rules only.
+    fn metric_tap(rules: Value) -> SliTap {
+        let mut errors = Vec::new();
+        let sources = std::collections::BTreeSet::from(["t", "other"]);
+        let rules = super::super::log_metrics::parse_rules(rules, &sources, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        SliTap::with_metrics(&[], &rules)
+    }
+
+    #[test]
+    fn metric_rules_count_observe_and_keep_the_last_value() {
+        let t = metric_tap(json!([
+            {"name": "http_errors", "kind": "counter", "when": {"field": "status", "gte": 500},
+             "labels": {"route": "path", "ns": "kubernetes.namespace"}},
+            {"name": "bytes_sent", "kind": "counter", "increment_by": "bytes"},
+            {"name": "took_ms", "kind": "histogram", "value": "took", "buckets": [10, 100]},
+            {"name": "depth", "kind": "gauge", "value": "depth"},
+            {"name": "elsewhere", "kind": "counter", "sources": ["other"]},
+        ]));
+        let mut lines = Vec::new();
+        for i in 0..100 {
+            let status = if i % 4 == 0 { 503 } else { 200 };
+            let path = if i % 2 == 0 { "/a" } else { "/b" };
+            lines.push(format!(
+                r#"{{"status":{status},"path":"{path}","bytes":{i},"took":{},"depth":{i}}}"#,
+                i * 2
+            ));
+        }
+        // Bad input: counted, never a panic.
+        lines.push(r#"{"status":500,"bytes":"lots","took":"x","depth":null}"#.into());
+        lines.push(r#"{"status":500,"bytes":-1,"took":"1e999","depth":true}"#.into());
+        lines.push(r#"{"status":"500","bytes":"7"}"#.into());
+        lines.push("not json at all".into());
+        let (b, partial) = judged(&t, json!({"kubernetes": {"namespace": "shop"}}), &lines);
+        t.observe(&b, Box::new(partial));
+        let s = samples(&t, 0);
+        let get = |k: &str| s.get(k).and_then(Value::as_f64).unwrap_or_else(|| panic!("{k} missing in {s:#?}"));
+        // 25 of the 100 are 503s, all on /a; three bad lines are 500s without a path.
+        assert_eq!(get(r#"http_errors_total{ns="shop",route="/a"}"#), 25.0);
+        assert_eq!(get(r#"http_errors_total{ns="shop",route=""}"#), 3.0);
+        assert!(!s.keys().any(|k| k.contains(r#"route="/b""#)), "{s:#?}");
+        assert_eq!(get("bytes_sent_total"), (0..100).sum::<i32>() as f64 + 7.0);
+        // took = 0, 2, …, 198: 6 are <= 10, 51 are <= 100.
+        assert_eq!(get(r#"took_ms_bucket{le="10"}"#), 6.0);
+        assert_eq!(get(r#"took_ms_bucket{le="100"}"#), 51.0);
+        assert_eq!(get(r#"took_ms_bucket{le="+Inf"}"#), 100.0);
+        assert_eq!(get("took_ms_count"), 100.0);
+        assert_eq!(get("took_ms_sum"), (0..100).map(|i| i * 2).sum::<i32>() as f64);
+        for (metric, reason, n) in [
+            ("bytes_sent", "invalid_value", 2.0),
+            ("bytes_sent", "missing_value", 1.0),
+            ("took_ms", "invalid_value", 2.0),
+            ("took_ms", "missing_value", 2.0),
+        ] {
+            let k = format!(r#"sluice_log_metric_events_invalid_total{{metric="{metric}",reason="{reason}"}}"#);
+            assert_eq!(get(&k), n, "{k}");
+        }
+        assert_eq!(get("depth"), 99.0);
+        assert!(!s.keys().any(|k| k.starts_with("elsewhere")), "another source's rule: {s:#?}");
+        assert_eq!(get(r#"sluice_log_metric_series{metric="http_errors"}"#), 2.0);
+    }
+
+    #[test]
+    fn metric_rule_series_past_the_limit_go_to_overflow() {
+        let t = metric_tap(json!([{"name": "users", "kind": "counter", "labels": {"user": "user"}, "max_series": 5}]));
+        let lines: Vec<String> = (0..40).map(|i| format!(r#"{{"user":"u{}"}}"#, i % 20)).collect();
+        let (b, partial) = judged(&t, json!({}), &lines);
+        t.observe(&b, Box::new(partial));
+        let s = samples(&t, 0);
+        let users: Vec<&String> = s.keys().filter(|k| k.starts_with("users_total")).collect();
+        assert_eq!(users.len(), 6, "{users:?}");
+        assert_eq!(s[r#"users_total{user="__overflow__"}"#], 30.0);
+        assert_eq!(s[r#"users_total{user="u0"}"#], 2.0);
+        assert_eq!(s[r#"sluice_log_metric_series_overflow_total{metric="users"}"#], 30.0);
+        assert_eq!(s[r#"sluice_log_metric_series{metric="users"}"#], 5.0);
     }
 }

@@ -13,6 +13,7 @@ use crate::buffer::BufferConfig;
 use crate::config::{duration, env_lookup, interpolate, parse_at, parse_valid, ConfigError, ConfigErrors};
 use crate::enrich::EnrichConfig;
 use crate::sinks::SinkConfig;
+use crate::sli::MetricRule;
 use crate::sli::SliRule;
 use crate::sources::SourceConfig;
 use crate::transforms::TransformSpec;
@@ -97,6 +98,10 @@ pub struct Config {
     /// The `[[sli]]` tables as written (after interpolation): a reload
     /// compares these, since compiled rules do not compare.
     pub(crate) sli_raw: Value,
+    /// Log-to-metric rules (`[[metrics]]`), in config order.
+    pub metrics: Vec<MetricRule>,
+    /// The `[[metrics]]` tables as written: a reload compares these.
+    pub(crate) metrics_raw: Value,
     /// True when the API address was set explicitly (a bind failure is then
     /// fatal; with the default it is a warning, so two dev pipes can run).
     pub(crate) api_address_explicit: bool,
@@ -188,6 +193,7 @@ impl Config {
         } else {
             crate::sli::config::parse_rules(sli_raw.clone(), &mut errors)
         };
+        let metrics_raw = root.remove("metrics").unwrap_or(Value::Null);
         let top: TopLevel = parse_at("", Value::Object(root), &mut errors).unwrap_or_default();
 
         let mut sources = BTreeMap::new();
@@ -262,6 +268,11 @@ impl Config {
             }
         }
         let source_names = sources.keys().map(String::as_str).collect();
+        let metrics = if metrics_raw.is_null() {
+            Vec::new()
+        } else {
+            crate::sli::log_metrics::parse_rules(metrics_raw.clone(), &source_names, &mut errors)
+        };
         crate::transforms::graph::check(&source_names, &transforms, &sink_inputs, &mut errors);
         crate::transforms::testing::check(&tests, &source_names, &transforms, &mut errors);
         check_event_kinds(&sources, &sinks, &mut errors);
@@ -298,6 +309,8 @@ impl Config {
             tests,
             sli,
             sli_raw,
+            metrics,
+            metrics_raw,
             api_address_explicit,
         })
     }

@@ -135,6 +135,7 @@ pub(crate) fn needs_restart(old: &Config, new: &Config) -> Vec<ConfigError> {
     check(old.api != new.api, "api", "the API listener");
     check(old.data_dir != new.data_dir, "data_dir", "the data directory");
     check(old.sli_raw != new.sli_raw, "sli", "the SLI rules");
+    check(old.metrics_raw != new.metrics_raw, "metrics", "the [[metrics]] rules");
     errors
 }
 
@@ -211,5 +212,16 @@ inputs = ["a"]
         let paths: Vec<String> = needs_restart(&config(BASE), &config(&new)).into_iter().map(|e| e.path).collect();
         assert_eq!(paths, ["api", "data_dir", "sli"]);
         assert!(needs_restart(&config(BASE), &config(BASE)).is_empty());
+    }
+
+    #[test]
+    fn changed_metrics_rules_need_a_restart() {
+        let with = |name: &str| format!("{BASE}[[metrics]]\nname = \"{name}\"\nkind = \"counter\"\n");
+        let paths: Vec<String> = needs_restart(&config(&with("a")), &config(&with("b")))
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(paths, ["metrics"]);
+        assert!(needs_restart(&config(&with("a")), &config(&with("a"))).is_empty());
     }
 }

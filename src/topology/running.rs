@@ -289,7 +289,7 @@ impl Topology {
         let fields = Arc::new(fields_for(&config, &FieldSet::new()));
         Topology {
             enrich: Arc::new(config.enrich.clone()),
-            taps: crate::sli::tap(&config.sli).into_iter().collect(),
+            taps: crate::sli::tap(&config.sli, &config.metrics).into_iter().collect(),
             graph: build_graph(&config),
             wiring: Arc::new(Wiring::new(fields)),
             config,

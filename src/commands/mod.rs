@@ -21,8 +21,12 @@ use crate::topology::{self, Config, RunError, RunOptions, Stopped};
 /// batches, so on two cores the default lets RSS grow by a few MiB per
 /// thread: `cat corpus | sluice` peaked at 23–28 MiB with the default and
 /// 17–18 MiB with four arenas, at the same speed (BENCHMARKS.md). Batches are
-/// allocated a few at a time, not per event, so four arenas do not contend.
-pub(crate) const MALLOC_ARENAS: i32 = 4;
+/// allocated a few at a time, not per event, so few arenas do not contend.
+/// Once decode got faster (the scan path), four arenas peaked at 24.7–26.9
+/// MiB against 23.3–24.8 with two and 21.8–23.9 with one, at the same CPU per
+/// event: two keeps the pipe inside its 25 MiB budget and a thread per core
+/// from sharing one lock.
+pub(crate) const MALLOC_ARENAS: i32 = 2;
 
 /// Caps glibc's malloc arenas at [`MALLOC_ARENAS`] unless the operator set
 /// `MALLOC_ARENA_MAX`. Call it before the runtime starts its threads.

@@ -516,7 +516,7 @@ pub(crate) fn varint(mut v: u64, out: &mut Vec<u8>) {
 }
 
 fn varint_len(v: u64) -> usize {
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// A length-delimited field: tag, length, bytes.

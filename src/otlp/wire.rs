@@ -632,7 +632,11 @@ impl<'f> Splice<'f> {
         into.clear();
         for (i, m) in self.members.iter().enumerate() {
             let key = m.key();
-            if !(scope && key == "scope") && !resource.keys.iter().any(|k| *k == key) {
+            // `keys` are 'static and a member's key is not: `contains`
+            // would not take it.
+            #[allow(clippy::manual_contains)]
+            let taken = (scope && key == "scope") || resource.keys.iter().any(|k| *k == key);
+            if !taken {
                 into.push(i);
             }
         }

@@ -21,32 +21,24 @@ use std::collections::HashMap;
 use simd_json::{Buffers, Node, StaticNode, Tape};
 
 use super::logs::{parse_hex_into, parse_time_str, severity_number, RESOURCE_KEYS};
+use super::wire::RECORD_KEYS;
 
 /// Deepest nesting simd-json is asked to read (as decode's limit).
 const MAX_DEPTH: usize = 1024;
 
-/// Top-level keys the record itself is made of (the first twelve), or its
-/// scope and resource (the rest); every other key is an attribute.
-const EVENT_KEYS: [&str; 18] = [
-    "timestamp",
-    "observed_timestamp",
-    "level",
-    "severity_number",
-    "message",
-    "body",
-    "event_name",
-    "trace_id",
-    "span_id",
-    "trace_flags",
-    "attributes",
-    "dropped_attributes_count",
-    "scope",
-    "resource",
-    "release",
-    "process",
-    "kubernetes",
-    "host",
-];
+/// Top-level keys of an event that are its scope and resource; with the
+/// record's own keys (`wire::RECORD_KEYS`, indexes 0 to 11) they are the
+/// event's known keys (indexes 12 to 17). Every other key is an attribute.
+const GROUP_KEYS: [&str; 6] = ["scope", "resource", "release", "process", "kubernetes", "host"];
+
+/// The index of a known top-level key.
+fn event_key(k: &str) -> Option<usize> {
+    RECORD_KEYS
+        .iter()
+        .position(|e| *e == k)
+        .or_else(|| GROUP_KEYS.iter().position(|e| *e == k).map(|i| i + RECORD_KEYS.len()))
+}
+
 const TIMESTAMP: usize = 0;
 const OBSERVED: usize = 1;
 const LEVEL: usize = 2;
@@ -327,7 +319,7 @@ fn encode_event(nodes: &[Node<'_>], now: u64, record: &mut Vec<u8>, scope: &mut 
     let mut known: [Option<&[Node<'_>]>; 18] = [None; 18];
     let is_obj = matches!(nodes.first(), Some(Node::Object { .. }));
     for (k, v) in entries(nodes) {
-        if let Some(i) = EVENT_KEYS.iter().position(|e| *e == k) {
+        if let Some(i) = event_key(k) {
             known[i] = Some(v);
         }
     }
@@ -365,7 +357,7 @@ fn encode_event(nodes: &[Node<'_>], now: u64, record: &mut Vec<u8>, scope: &mut 
         }
     }
     for (k, v) in entries(nodes) {
-        let i = EVENT_KEYS.iter().position(|e| *e == k);
+        let i = event_key(k);
         if i.is_none() || (i == Some(ATTRIBUTES) && !is_object(v)) {
             key_value(6, k, v, record);
         }

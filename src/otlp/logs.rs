@@ -398,6 +398,7 @@ pub(crate) mod reference {
 
     use super::{resource_members, scope_member, severity_name, value_to_json, write_json, write_str};
     use crate::otlp::proto::{AnyValue, ExportLogsServiceRequest, KeyValue, LogRecord, Value};
+    use crate::otlp::wire::write_hex;
 
     /// Writes every log record of `request` as one NDJSON line into `out`.
     /// Returns how many records it wrote.
@@ -492,16 +493,6 @@ pub(crate) mod reference {
             out.extend_from_slice(itoa::Buffer::new().format(r.dropped_attributes_count).as_bytes());
         }
         comma
-    }
-
-    fn write_hex(bytes: &[u8], out: &mut Vec<u8>) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        out.push(b'"');
-        for b in bytes {
-            out.push(HEX[(b >> 4) as usize]);
-            out.push(HEX[(b & 15) as usize]);
-        }
-        out.push(b'"');
     }
 
     fn write_time(nanos: u64, out: &mut Vec<u8>) {

@@ -31,6 +31,7 @@ pub(crate) const METRICS_HTTP_PATH: &str = "/v1/metrics";
 /// event is not one line of JSON object, or if events made from records
 /// do not go back to the same number of records.
 #[cfg(any(test, feature = "fuzzing"))]
+#[cfg_attr(not(feature = "fuzzing"), allow(unreachable_pub))]
 #[doc(hidden)]
 pub fn fuzz_logs(data: &[u8], json: bool) {
     use prost::Message as _;

@@ -378,7 +378,8 @@ fn write_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
-fn write_hex(bytes: &[u8], out: &mut Vec<u8>) {
+/// Bytes as a quoted string of lowercase hex digits.
+pub(crate) fn write_hex(bytes: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     for b in bytes {
@@ -448,7 +449,7 @@ pub(crate) fn write_time(nanos: u64, out: &mut Vec<u8>) {
 
 /// The top-level keys a log record's own members may have, in the order
 /// they are written; bit `i` of a record's key mask is `RECORD_KEYS[i]`.
-const RECORD_KEYS: [&str; 12] = [
+pub(crate) const RECORD_KEYS: [&str; 12] = [
     "timestamp",
     "observed_timestamp",
     "level",
@@ -687,27 +688,7 @@ fn render(request: &[u8], fragment: &Fragment, out: &mut Vec<u8>) -> Result<usiz
             }
         };
         let depth = f.nested()?;
-        // First pass: the resource (and a check of the rest).
-        let mut r = Fields::new(rl, "ResourceLogs", depth);
-        let mut resource = None;
-        while let Some((tag, w)) = r.next()? {
-            match (tag, w) {
-                (1, Wire::Len(s)) => {
-                    if resource.replace((s, r.nested()?)).is_some() {
-                        return Err(WireError::Repeated("ResourceLogs", "resource"));
-                    }
-                }
-                (2, Wire::Len(_)) => {
-                    r.nested()?;
-                }
-                (3, Wire::Len(s)) => {
-                    r.utf8(s, "schema_url")?;
-                }
-                (1..=3, _) => return Err(r.wrong("scope_logs")),
-                _ => r.unknown()?,
-            }
-        }
-        let members = match resource {
+        let members = match head(rl, "ResourceLogs", depth)? {
             Some((s, depth)) => {
                 check_attributes(s, "Resource", depth, &mut scratch)?;
                 let owned = proto::Resource::decode(s).map_err(|e| WireError::Prost(e.to_string()))?;
@@ -725,6 +706,33 @@ fn render(request: &[u8], fragment: &Fragment, out: &mut Vec<u8>) -> Result<usiz
     Ok(records)
 }
 
+/// The first pass over a `ResourceLogs` or a `ScopeLogs` (the same
+/// shape: field 1 its resource or scope, 2 the repeated children, 3
+/// `schema_url`): field 1 with the recursion budget of its contents, and a
+/// check of the rest.
+fn head<'a>(b: &'a [u8], message: &'static str, depth: u32) -> Result<Option<(&'a [u8], u32)>, WireError> {
+    let mut f = Fields::new(b, message, depth);
+    let mut first = None;
+    while let Some((tag, w)) = f.next()? {
+        match (tag, w) {
+            (1, Wire::Len(s)) => {
+                if first.replace((s, f.nested()?)).is_some() {
+                    return Err(WireError::Repeated(message, "resource or scope"));
+                }
+            }
+            (2, Wire::Len(_)) => {
+                f.nested()?;
+            }
+            (3, Wire::Len(s)) => {
+                f.utf8(s, "schema_url")?;
+            }
+            (1..=3, _) => return Err(f.wrong("a field")),
+            _ => f.unknown()?,
+        }
+    }
+    Ok(first)
+}
+
 /// Renders the records of one `ScopeLogs`.
 fn render_scope(
     sl: &[u8],
@@ -734,26 +742,7 @@ fn render_scope(
     (group, scope_part, scratch): (&mut Vec<usize>, &mut Vec<u8>, &mut Vec<u8>),
     out: &mut Vec<u8>,
 ) -> Result<usize, WireError> {
-    let mut s = Fields::new(sl, "ScopeLogs", depth);
-    let mut scope = None;
-    while let Some((tag, w)) = s.next()? {
-        match (tag, w) {
-            (1, Wire::Len(b)) => {
-                if scope.replace((b, s.nested()?)).is_some() {
-                    return Err(WireError::Repeated("ScopeLogs", "scope"));
-                }
-            }
-            (2, Wire::Len(_)) => {
-                s.nested()?;
-            }
-            (3, Wire::Len(b)) => {
-                s.utf8(b, "schema_url")?;
-            }
-            (1..=3, _) => return Err(s.wrong("log_records")),
-            _ => s.unknown()?,
-        }
-    }
-    match scope {
+    match head(sl, "ScopeLogs", depth)? {
         Some((b, depth)) => {
             check_attributes(b, "InstrumentationScope", depth, scratch)?;
             let owned = proto::InstrumentationScope::decode(b).map_err(|e| WireError::Prost(e.to_string()))?;

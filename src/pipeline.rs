@@ -138,9 +138,12 @@ impl SourceOutput {
         self.tx.send(pending).await.map_err(|_| PipelineClosed)
     }
 
-    /// [`SourceOutput::send_lines`] that waits at most `wait` for room in
-    /// the pipeline. `Ok(false)`: there was none, and nothing was taken.
-    pub(crate) async fn send_lines_within(
+    /// [`SourceOutput::send_lines`] for lines that are events the source
+    /// rendered itself (one JSON object each, with `ctx`'s members already
+    /// in: see [`Decoder::decode_rendered`]), waiting at most `wait` for
+    /// room in the pipeline. `Ok(false)`: there was none, and nothing was
+    /// taken.
+    pub(crate) async fn send_rendered_within(
         &self,
         lines: Lines,
         ctx: Arc<SourceContext>,
@@ -150,7 +153,10 @@ impl SourceOutput {
         let Some(permit) = self.reserve_within(wait).await? else {
             return Ok(false);
         };
-        permit.send(self.spawn_lines(lines, ctx, ack));
+        let size = lines.chunk.len() + lines.len();
+        permit.send(self.spawn_decode(ctx.clone(), ack, size, move |decoder, out| {
+            decoder.decode_rendered(&lines, &ctx.fragment, out);
+        }));
         Ok(true)
     }
 

@@ -1,7 +1,10 @@
 //! OTLP logs and metrics requests, protobuf and OTLP/JSON: no input
-//! panics, every record becomes one line of JSON object and the events go
-//! back to as many records, every data point becomes at most one sample
-//! and each sample goes back to a data point. The first byte chooses:
+//! panics; the source's in-place wire reader takes exactly the requests
+//! prost takes and makes the same events as prost's messages do, with the
+//! source's metadata spliced in as decode would; every record becomes one
+//! line of JSON object and the events go back to as many records, every
+//! data point becomes at most one sample and each sample goes back to a
+//! data point. The first byte chooses:
 //! bit 0 JSON, bit 7 metrics (the logs seeds start with 0 or `{`).
 #![no_main]
 

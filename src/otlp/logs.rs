@@ -13,17 +13,21 @@
 //!
 //! The sink reads the same shape back; other top-level fields of an event
 //! become attributes, so any sluice event can leave as an OTLP log.
-
-use std::collections::HashMap;
-use std::fmt::Write as _;
+//!
+//! The requests the source serves and the sink sends are read and written
+//! on the wire (`super::wire`, `super::encode`); what is here works on
+//! prost's messages: resources and scopes (once per group, not per
+//! record), OTLP/JSON, metrics, and the oracle the wire code is checked
+//! against.
 
 use base64::Engine as _;
 use serde_json::{Map, Value as Json};
 
-use super::proto::{
-    AnyValue, ArrayValue, ExportLogsServiceRequest, InstrumentationScope, KeyValue, KeyValueList, LogRecord, Resource, ResourceLogs,
-    ScopeLogs, Value,
-};
+#[cfg(any(test, feature = "fuzzing"))]
+use super::proto::ExportLogsServiceRequest;
+use super::proto::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList, Resource, Value};
+#[cfg(test)]
+use super::proto::{LogRecord, ResourceLogs, ScopeLogs};
 use crate::json_text::escape_json_str;
 
 /// Resource attributes that are sluice metadata: (attribute, member, key).
@@ -48,28 +52,17 @@ const MEMBERS: [&str; 3] = ["release", "process", "kubernetes"];
 const POD_LABEL: &str = "k8s.pod.label.";
 const HOST_NAME: &str = "host.name";
 
-/// Writes every log record of `request` as one NDJSON line into `out`.
-/// Returns how many records it wrote.
+/// Writes every log record of `request` as one NDJSON line into `out`
+/// (by its wire bytes, as the source reads a request). Returns how many
+/// records it wrote.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn write_events(request: &ExportLogsServiceRequest, out: &mut Vec<u8>) -> usize {
-    let mut written = 0;
-    let mut scope_part = Vec::new();
-    for rl in &request.resource_logs {
-        let resource_part = resource_members(rl.resource.as_ref()).rendered;
-        for sl in &rl.scope_logs {
-            scope_member(sl.scope.as_ref(), &mut scope_part);
-            for record in &sl.log_records {
-                write_record(record, out);
-                out.extend_from_slice(&scope_part);
-                out.extend_from_slice(&resource_part);
-                out.extend_from_slice(b"}\n");
-                written += 1;
-            }
-        }
-    }
-    written
+    use prost::Message as _;
+    super::wire::render_logs(&request.encode_to_vec(), &crate::enrich::Fragment::default(), out).unwrap_or(0)
 }
 
 /// How many log records `request` holds.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn record_count(request: &ExportLogsServiceRequest) -> usize {
     request
         .resource_logs
@@ -90,74 +83,6 @@ pub(crate) fn scope_member(scope: Option<&InstrumentationScope>, out: &mut Vec<u
     if let Some(scope) = scope.filter(|s| !is_empty_scope(s)) {
         out.extend_from_slice(b",\"scope\":");
         write_scope(scope, out);
-    }
-}
-
-/// The record's own members, from `{` up to (not including) the closing `}`.
-fn write_record(r: &LogRecord, out: &mut Vec<u8>) {
-    out.push(b'{');
-    let mut comma = false;
-    let mut key = |out: &mut Vec<u8>, k: &str| {
-        if comma {
-            out.push(b',');
-        }
-        comma = true;
-        write_str(k, out);
-        out.push(b':');
-    };
-    if r.time_unix_nano != 0 {
-        key(out, "timestamp");
-        write_time(r.time_unix_nano, out);
-    }
-    if r.observed_time_unix_nano != 0 {
-        key(out, "observed_timestamp");
-        write_time(r.observed_time_unix_nano, out);
-    }
-    if !r.severity_text.is_empty() {
-        key(out, "level");
-        write_str(&r.severity_text, out);
-    } else if let Some(name) = severity_name(r.severity_number) {
-        key(out, "level");
-        write_str(name, out);
-    }
-    if r.severity_number != 0 {
-        key(out, "severity_number");
-        out.extend_from_slice(itoa::Buffer::new().format(r.severity_number).as_bytes());
-    }
-    match r.body.as_ref().and_then(|b| b.value.as_ref()) {
-        Some(Value::String(s)) => {
-            key(out, "message");
-            write_str(s, out);
-        }
-        Some(v) => {
-            key(out, "body");
-            write_value(v, out);
-        }
-        None => {}
-    }
-    if !r.event_name.is_empty() {
-        key(out, "event_name");
-        write_str(&r.event_name, out);
-    }
-    if !r.trace_id.is_empty() {
-        key(out, "trace_id");
-        write_hex(&r.trace_id, out);
-    }
-    if !r.span_id.is_empty() {
-        key(out, "span_id");
-        write_hex(&r.span_id, out);
-    }
-    if r.flags != 0 {
-        key(out, "trace_flags");
-        out.extend_from_slice(itoa::Buffer::new().format(r.flags).as_bytes());
-    }
-    if !r.attributes.is_empty() {
-        key(out, "attributes");
-        write_object(&r.attributes, out);
-    }
-    if r.dropped_attributes_count != 0 {
-        key(out, "dropped_attributes_count");
-        out.extend_from_slice(itoa::Buffer::new().format(r.dropped_attributes_count).as_bytes());
     }
 }
 
@@ -274,77 +199,9 @@ pub(crate) fn write_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
-fn write_hex(bytes: &[u8], out: &mut Vec<u8>) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    for b in bytes {
-        out.push(HEX[(b >> 4) as usize]);
-        out.push(HEX[(b & 15) as usize]);
-    }
-    out.push(b'"');
-}
-
-fn write_time(nanos: u64, out: &mut Vec<u8>) {
-    match jiff::Timestamp::from_nanosecond(i128::from(nanos)) {
-        Ok(t) => {
-            let mut s = String::new();
-            let _ = write!(s, "{t}");
-            write_str(&s, out);
-        }
-        Err(_) => out.extend_from_slice(itoa::Buffer::new().format(nanos).as_bytes()),
-    }
-}
-
 fn write_json(v: &Json, out: &mut Vec<u8>) {
     // Writing to a Vec cannot fail, and a Value always serialises.
     let _ = serde_json::to_writer(&mut *out, v);
-}
-
-/// Writes a value as [`value_to_json`] maps it, without building it first.
-fn write_value(v: &Value, out: &mut Vec<u8>) {
-    match v {
-        Value::String(s) => write_str(s, out),
-        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-        Value::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
-        Value::Double(d) if d.is_finite() => {
-            let mut b = ryu::Buffer::new();
-            out.extend_from_slice(b.format_finite(*d).as_bytes());
-        }
-        Value::Array(a) => {
-            out.push(b'[');
-            for (i, v) in a.values.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_any(Some(v), out);
-            }
-            out.push(b']');
-        }
-        Value::KvList(l) => write_object(&l.values, out),
-        Value::Double(_) | Value::Bytes(_) => write_json(&value_to_json(v), out),
-    }
-}
-
-fn write_any(v: Option<&AnyValue>, out: &mut Vec<u8>) {
-    match v.and_then(|v| v.value.as_ref()) {
-        Some(v) => write_value(v, out),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
-/// Writes an attribute list as a JSON object (a repeated key is written
-/// twice; readers keep the last, as [`kvs_to_json`] does).
-fn write_object(kvs: &[KeyValue], out: &mut Vec<u8>) {
-    out.push(b'{');
-    for (i, kv) in kvs.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_str(&kv.key, out);
-        out.push(b':');
-        write_any(kv.value.as_ref(), out);
-    }
-    out.push(b'}');
 }
 
 /// An attribute list as a JSON object (a repeated key keeps its last value).
@@ -398,134 +255,34 @@ fn json_to_kvs(o: &Map<String, Json>) -> Vec<KeyValue> {
         .collect()
 }
 
-/// Top-level event keys the record itself is made of; every other key is
-/// an attribute.
-const RECORD_KEYS: &[&str] = &[
-    "timestamp",
-    "observed_timestamp",
-    "level",
-    "severity_number",
-    "message",
-    "body",
-    "event_name",
-    "trace_id",
-    "span_id",
-    "trace_flags",
-    "attributes",
-    "dropped_attributes_count",
-    "scope",
-    "resource",
-    "release",
-    "process",
-    "kubernetes",
-    "host",
-];
-
-/// Groups sluice events into one export request: one `ResourceLogs` per
-/// distinct resource, one `ScopeLogs` per scope within it, records in
-/// event order. `now` stands in for a missing observed time.
+/// Groups sluice events into one export request (the `otlp` sink's
+/// [`super::encode::LogsEncoder`], read back with prost): one
+/// `ResourceLogs` per distinct resource, one `ScopeLogs` per scope within
+/// it, records in event order. `now` stands in for a missing observed time.
+#[cfg(any(test, feature = "fuzzing"))]
 #[derive(Default)]
 pub(crate) struct RequestBuilder {
-    resources: Vec<ResourceLogs>,
-    /// Resource (as its JSON text) to its index in `resources`.
-    by_resource: HashMap<String, usize>,
-    records: usize,
+    encoder: super::encode::LogsEncoder,
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 impl RequestBuilder {
     /// Adds one event (a JSON object). An event that is not an object
     /// goes out as a record whose body is the value.
     pub(crate) fn push(&mut self, event: &Json, now: u64) {
-        let empty = Map::new();
-        let o = event.as_object().unwrap_or(&empty);
-        let mut record = LogRecord {
-            time_unix_nano: o.get("timestamp").and_then(parse_time).unwrap_or(0),
-            observed_time_unix_nano: o.get("observed_timestamp").and_then(parse_time).unwrap_or(now),
-            ..LogRecord::default()
-        };
-        if let Some(level) = o.get("level").and_then(Json::as_str) {
-            record.severity_text = level.to_owned();
-        }
-        record.severity_number = match o.get("severity_number").and_then(Json::as_i64) {
-            Some(n) => i32::try_from(n).unwrap_or(0),
-            None => severity_number(&record.severity_text),
-        };
-        record.body = match (o.get("message"), o.get("body")) {
-            (Some(m), _) => Some(json_to_value(m)),
-            (None, Some(b)) => Some(json_to_value(b)),
-            (None, None) if event.is_object() => None,
-            (None, None) => Some(json_to_value(event)),
-        };
-        if let Some(n) = o.get("event_name").and_then(Json::as_str) {
-            record.event_name = n.to_owned();
-        }
-        record.trace_id = o.get("trace_id").and_then(Json::as_str).and_then(parse_hex).unwrap_or_default();
-        record.span_id = o.get("span_id").and_then(Json::as_str).and_then(parse_hex).unwrap_or_default();
-        record.flags = o
-            .get("trace_flags")
-            .and_then(Json::as_u64)
-            .and_then(|f| u32::try_from(f).ok())
-            .unwrap_or(0);
-        record.dropped_attributes_count = o
-            .get("dropped_attributes_count")
-            .and_then(Json::as_u64)
-            .and_then(|f| u32::try_from(f).ok())
-            .unwrap_or(0);
-        if let Some(Json::Object(a)) = o.get("attributes") {
-            record.attributes = json_to_kvs(a);
-        }
-        for (k, v) in o {
-            if !RECORD_KEYS.contains(&k.as_str()) || (k == "attributes" && !v.is_object()) {
-                record.attributes.push(KeyValue {
-                    key: k.clone(),
-                    value: Some(json_to_value(v)),
-                });
-            }
-        }
-        let scope = event_scope(o);
-        // The resource is known by the text of the members it is made of;
-        // it is built only the first time.
-        let key = resource_key(o);
-        let r = match self.by_resource.get(&key) {
-            Some(r) => *r,
-            None => {
-                self.resources.push(ResourceLogs {
-                    resource: Some(event_resource(o)),
-                    scope_logs: Vec::new(),
-                    schema_url: String::new(),
-                });
-                self.by_resource.insert(key, self.resources.len() - 1);
-                self.resources.len() - 1
-            }
-        };
-        let scopes = &mut self.resources[r].scope_logs;
-        let s = match scopes.iter().position(|s| s.scope.as_ref() == Some(&scope)) {
-            Some(s) => s,
-            None => {
-                scopes.push(ScopeLogs {
-                    scope: Some(scope),
-                    log_records: Vec::new(),
-                    schema_url: String::new(),
-                });
-                scopes.len() - 1
-            }
-        };
-        scopes[s].log_records.push(record);
-        self.records += 1;
+        let text = serde_json::to_vec(event).unwrap_or_default();
+        self.encoder.push(&text, now);
     }
 
     /// Records added so far.
     pub(crate) fn len(&self) -> usize {
-        self.records
+        self.encoder.len()
     }
 
     /// The request, leaving the builder empty.
     pub(crate) fn take(&mut self) -> ExportLogsServiceRequest {
-        self.by_resource.clear();
-        self.records = 0;
-        ExportLogsServiceRequest {
-            resource_logs: std::mem::take(&mut self.resources),
-        }
+        use prost::Message as _;
+        ExportLogsServiceRequest::decode(self.encoder.take().as_slice()).unwrap_or_default()
     }
 }
 
@@ -601,27 +358,200 @@ pub(crate) fn event_resource(o: &Map<String, Json>) -> Resource {
     }
 }
 
-/// An RFC 3339 time, or integer nanoseconds since the epoch.
-pub(crate) fn parse_time(v: &Json) -> Option<u64> {
-    match v {
-        Json::String(s) => {
-            let t: jiff::Timestamp = s.parse().ok()?;
-            u64::try_from(t.as_nanosecond()).ok()
-        }
-        Json::Number(n) => n.as_u64(),
-        _ => None,
-    }
+/// An RFC 3339 time as nanoseconds since the epoch (`None` before it).
+pub(crate) fn parse_time_str(s: &str) -> Option<u64> {
+    let t: jiff::Timestamp = s.parse().ok()?;
+    u64::try_from(t.as_nanosecond()).ok()
 }
 
 /// Hex digits as bytes; `None` for an odd length or a non-hex digit.
 pub(crate) fn parse_hex(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() / 2);
+    parse_hex_into(s, &mut out).then_some(out)
+}
+
+/// Appends hex digits as bytes to `out`; false (with `out` partly
+/// written) for an odd length or a non-hex digit.
+pub(crate) fn parse_hex_into(s: &str, out: &mut Vec<u8>) -> bool {
     if s.len() % 2 != 0 {
-        return None;
+        return false;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    for pair in s.as_bytes().chunks_exact(2) {
+        match (hex_digit(pair[0]), hex_digit(pair[1])) {
+            (Some(h), Some(l)) => out.push(h << 4 | l),
+            _ => return false,
+        }
+    }
+    true
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+/// The mapping of records to events over prost's owned messages: the
+/// oracle that [`super::wire::render_logs`] is checked against (unit
+/// tests and the `otlp` fuzz target). Not used to serve requests.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod reference {
+    use std::fmt::Write as _;
+
+    use super::{resource_members, scope_member, severity_name, value_to_json, write_json, write_str};
+    use crate::otlp::proto::{AnyValue, ExportLogsServiceRequest, KeyValue, LogRecord, Value};
+    use crate::otlp::wire::write_hex;
+
+    /// Writes every log record of `request` as one NDJSON line into `out`.
+    /// Returns how many records it wrote.
+    pub(crate) fn write_events(request: &ExportLogsServiceRequest, out: &mut Vec<u8>) -> usize {
+        let mut written = 0;
+        let mut scope_part = Vec::new();
+        for rl in &request.resource_logs {
+            let resource_part = resource_members(rl.resource.as_ref()).rendered;
+            for sl in &rl.scope_logs {
+                scope_member(sl.scope.as_ref(), &mut scope_part);
+                for record in &sl.log_records {
+                    let mut empty = !write_record(record, out);
+                    for part in [&scope_part[..], &resource_part[..]] {
+                        if let Some(rest) = part.strip_prefix(b",") {
+                            out.extend_from_slice(if empty { rest } else { part });
+                            empty = false;
+                        }
+                    }
+                    out.extend_from_slice(b"}\n");
+                    written += 1;
+                }
+            }
+        }
+        written
+    }
+
+    /// The record's own members, from `{` up to (not including) the closing
+    /// `}`. Returns whether it wrote any.
+    fn write_record(r: &LogRecord, out: &mut Vec<u8>) -> bool {
+        out.push(b'{');
+        let mut comma = false;
+        let mut key = |out: &mut Vec<u8>, k: &str| {
+            if comma {
+                out.push(b',');
+            }
+            comma = true;
+            write_str(k, out);
+            out.push(b':');
+        };
+        if r.time_unix_nano != 0 {
+            key(out, "timestamp");
+            write_time(r.time_unix_nano, out);
+        }
+        if r.observed_time_unix_nano != 0 {
+            key(out, "observed_timestamp");
+            write_time(r.observed_time_unix_nano, out);
+        }
+        if !r.severity_text.is_empty() {
+            key(out, "level");
+            write_str(&r.severity_text, out);
+        } else if let Some(name) = severity_name(r.severity_number) {
+            key(out, "level");
+            write_str(name, out);
+        }
+        if r.severity_number != 0 {
+            key(out, "severity_number");
+            out.extend_from_slice(itoa::Buffer::new().format(r.severity_number).as_bytes());
+        }
+        match r.body.as_ref().and_then(|b| b.value.as_ref()) {
+            Some(Value::String(s)) => {
+                key(out, "message");
+                write_str(s, out);
+            }
+            Some(v) => {
+                key(out, "body");
+                write_value(v, out);
+            }
+            None => {}
+        }
+        if !r.event_name.is_empty() {
+            key(out, "event_name");
+            write_str(&r.event_name, out);
+        }
+        if !r.trace_id.is_empty() {
+            key(out, "trace_id");
+            write_hex(&r.trace_id, out);
+        }
+        if !r.span_id.is_empty() {
+            key(out, "span_id");
+            write_hex(&r.span_id, out);
+        }
+        if r.flags != 0 {
+            key(out, "trace_flags");
+            out.extend_from_slice(itoa::Buffer::new().format(r.flags).as_bytes());
+        }
+        if !r.attributes.is_empty() {
+            key(out, "attributes");
+            write_object(&r.attributes, out);
+        }
+        if r.dropped_attributes_count != 0 {
+            key(out, "dropped_attributes_count");
+            out.extend_from_slice(itoa::Buffer::new().format(r.dropped_attributes_count).as_bytes());
+        }
+        comma
+    }
+
+    fn write_time(nanos: u64, out: &mut Vec<u8>) {
+        match jiff::Timestamp::from_nanosecond(i128::from(nanos)) {
+            Ok(t) => {
+                let mut s = String::new();
+                let _ = write!(s, "{t}");
+                write_str(&s, out);
+            }
+            Err(_) => out.extend_from_slice(itoa::Buffer::new().format(nanos).as_bytes()),
+        }
+    }
+
+    /// Writes a value as [`value_to_json`] maps it, without building it first.
+    fn write_value(v: &Value, out: &mut Vec<u8>) {
+        match v {
+            Value::String(s) => write_str(s, out),
+            Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            Value::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
+            Value::Double(d) if d.is_finite() => {
+                let mut b = ryu::Buffer::new();
+                out.extend_from_slice(b.format_finite(*d).as_bytes());
+            }
+            Value::Array(a) => {
+                out.push(b'[');
+                for (i, v) in a.values.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_any(Some(v), out);
+                }
+                out.push(b']');
+            }
+            Value::KvList(l) => write_object(&l.values, out),
+            Value::Double(_) | Value::Bytes(_) => write_json(&value_to_json(v), out),
+        }
+    }
+
+    fn write_any(v: Option<&AnyValue>, out: &mut Vec<u8>) {
+        match v.and_then(|v| v.value.as_ref()) {
+            Some(v) => write_value(v, out),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+
+    /// Writes an attribute list as a JSON object (a repeated key is written
+    /// twice; readers keep the last, as [`kvs_to_json`] does).
+    fn write_object(kvs: &[KeyValue], out: &mut Vec<u8>) {
+        out.push(b'{');
+        for (i, kv) in kvs.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(&kv.key, out);
+            out.push(b':');
+            write_any(kv.value.as_ref(), out);
+        }
+        out.push(b'}');
+    }
 }
 
 #[cfg(test)]
@@ -782,5 +712,15 @@ mod tests {
             req.resource_logs[1].resource.as_ref().unwrap().attributes[0],
             kv("service.version", Value::String("2".into()))
         );
+    }
+
+    #[test]
+    fn a_record_with_no_fields_of_its_own_is_still_a_json_object() {
+        let mut req = sample();
+        req.resource_logs[0].scope_logs[0].log_records = vec![LogRecord::default()];
+        let got = events(&req);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0]["scope"]["name"], "app.orders");
+        assert_eq!(got[0]["host"], "node-1");
     }
 }

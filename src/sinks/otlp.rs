@@ -30,8 +30,9 @@ use super::{SinkComponent, SinkCx, SinkError, SinkErrorKind};
 use crate::buffer::{QueueItem, QueueReceiver};
 use crate::config::{duration, ConfigError, Validate};
 use crate::event::{Batch, EventKind};
+use crate::otlp::encode::LogsEncoder;
 use crate::otlp::proto::{ExportLogsServiceResponse, ExportMetricsServiceResponse, RetryInfo, Status};
-use crate::otlp::{grpc, logs, metrics as otlp_metrics, LOGS_GRPC_PATH, LOGS_HTTP_PATH, METRICS_GRPC_PATH, METRICS_HTTP_PATH};
+use crate::otlp::{grpc, metrics as otlp_metrics, LOGS_GRPC_PATH, LOGS_HTTP_PATH, METRICS_GRPC_PATH, METRICS_HTTP_PATH};
 use crate::pipeline::Task;
 use crate::telemetry::metrics;
 
@@ -398,20 +399,18 @@ fn encode(batches: &[(Arc<Batch>, TrackId)], protocol: Protocol, compression: Co
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let mut builder = logs::RequestBuilder::default();
+    let mut encoder = LogsEncoder::default();
     let mut bytes = 0u64;
     for (batch, _) in batches {
         for event in batch.events() {
             bytes += event.len() as u64;
             // Every event is a JSON object by the batch's invariant; a
             // value that would not parse still goes out, as its text.
-            let value =
-                serde_json::from_slice(event).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(event).into_owned()));
-            builder.push(&value, now);
+            encoder.push(event, now);
         }
     }
-    let records = builder.len() as u64;
-    let message = builder.take().encode_to_vec();
+    let records = encoder.len() as u64;
+    let message = encoder.take();
     (wrap(message, protocol, compression), records, (bytes, records))
 }
 

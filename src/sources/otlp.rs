@@ -31,16 +31,16 @@ use tokio::net::TcpListener;
 use super::socket::tls::TlsConfig;
 use super::{SourceComponent, SourceCx, SourceError, SourceErrorKind};
 use crate::config::{duration, ByteSize, ConfigError, Validate};
-use crate::enrich::SourceContext;
+use crate::enrich::{Fragment, SourceContext};
 use crate::event::{AckGroup, AckOutcome, Acknowledger, BatchBuilder, EventKind, FieldSet};
 use crate::framing::{split_lines, Lines};
 use crate::otlp::grpc::{self, Code};
 use crate::otlp::metrics::DeltaSeries;
 use crate::otlp::proto::{
-    Any, Duration as ProtoDuration, ExportLogsServiceRequest, ExportLogsServiceResponse, ExportMetricsPartialSuccess,
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse, RetryInfo, Status,
+    Any, Duration as ProtoDuration, ExportLogsServiceResponse, ExportMetricsPartialSuccess, ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse, RetryInfo, Status,
 };
-use crate::otlp::{json, logs, metrics as otlp_metrics, LOGS_GRPC_PATH, LOGS_HTTP_PATH, METRICS_GRPC_PATH, METRICS_HTTP_PATH};
+use crate::otlp::{json, metrics as otlp_metrics, wire, LOGS_GRPC_PATH, LOGS_HTTP_PATH, METRICS_GRPC_PATH, METRICS_HTTP_PATH};
 use crate::pipeline::Task;
 use crate::telemetry::counter_vec;
 
@@ -379,13 +379,20 @@ impl Signal {
         }
     }
 
-    /// Reads a request of this signal from protobuf, or OTLP/JSON.
-    fn decode(self, body: &[u8], json: bool) -> Result<Export, Refusal> {
+    /// Reads a request of this signal from protobuf, or OTLP/JSON. Log
+    /// records are rendered as events at once, with `fragment`'s members.
+    fn decode(self, body: &[u8], json: bool, fragment: &Fragment) -> Result<Export, Refusal> {
         let bad_json = |e: json::JsonError| Refusal::Malformed(format!("bad OTLP/JSON: {e}"));
         let bad_proto = |e: prost::DecodeError| Refusal::Malformed(format!("bad OTLP protobuf: {e}"));
+        let bad_wire = |e: wire::WireError| Refusal::Malformed(format!("bad OTLP protobuf: {e}"));
+        let render = |request: &[u8]| {
+            // Events take about three times the bytes of their protobuf.
+            let mut events = Vec::with_capacity(request.len().saturating_mul(3));
+            wire::render_logs(request, fragment, &mut events).map(|records| Export::Logs { events, records })
+        };
         Ok(match (self, json) {
-            (Signal::Logs, true) => Export::Logs(json::logs_request(body).map_err(bad_json)?),
-            (Signal::Logs, false) => Export::Logs(ExportLogsServiceRequest::decode(body).map_err(bad_proto)?),
+            (Signal::Logs, true) => render(&json::logs_request(body).map_err(bad_json)?.encode_to_vec()).map_err(bad_wire)?,
+            (Signal::Logs, false) => render(body).map_err(bad_wire)?,
             (Signal::Metrics, true) => Export::Metrics(json::metrics_request(body).map_err(bad_json)?),
             (Signal::Metrics, false) => Export::Metrics(ExportMetricsServiceRequest::decode(body).map_err(bad_proto)?),
         })
@@ -420,7 +427,11 @@ impl Signal {
 
 /// A decoded export request.
 enum Export {
-    Logs(ExportLogsServiceRequest),
+    /// Log records rendered as event lines, the source's members in.
+    Logs {
+        events: Vec<u8>,
+        records: usize,
+    },
     Metrics(ExportMetricsServiceRequest),
 }
 
@@ -436,16 +447,13 @@ struct Accepted {
 /// (or its data points as one metric batch), waiting for every sink when
 /// acknowledgements are on.
 async fn accept(export: Export, shared: &Shared) -> Result<Accepted, Refusal> {
-    let request = match export {
-        Export::Logs(request) => request,
+    let (buf, count) = match export {
+        Export::Logs { events, records } => (events, records),
         Export::Metrics(request) => return accept_metrics(&request, shared).await,
     };
-    let count = logs::record_count(&request);
     if count == 0 {
         return Ok(Accepted::default());
     }
-    let mut buf = Vec::with_capacity(count * 256);
-    logs::write_events(&request, &mut buf);
     let mut spans = Vec::with_capacity(count);
     split_lines(&buf, &mut spans);
     let lines = Lines {
@@ -459,7 +467,7 @@ async fn accept(export: Export, shared: &Shared) -> Result<Accepted, Refusal> {
     let taken = shared
         .cx
         .output
-        .send_lines_within(lines, shared.ctx.clone(), ack, shared.cfg.queue_timeout)
+        .send_rendered_within(lines, shared.ctx.clone(), ack, shared.cfg.queue_timeout)
         .await;
     delivered(taken, acks).await?;
     Ok(Accepted::default())
@@ -617,7 +625,7 @@ async fn http_export(req: Request<Incoming>, signal: Option<Signal>, shared: &Sh
             grpc::GunzipError::Bad(m) => Refusal::Malformed(format!("bad gzip: {m}")),
         })?;
     }
-    let export = signal.decode(&body, kind == JSON)?;
+    let export = signal.decode(&body, kind == JSON, &shared.ctx.fragment)?;
     Ok((signal, accept(export, shared).await?))
 }
 
@@ -741,7 +749,7 @@ async fn grpc_export(req: Request<Incoming>, shared: &Shared) -> Result<(Signal,
         grpc::FrameError::Encoding(m) => Refusal::Unsupported(format!("grpc-encoding {m:?} (gzip or none)")),
         other => Refusal::Malformed(other.to_string()),
     })?;
-    let export = signal.decode(&message, false)?;
+    let export = signal.decode(&message, false, &shared.ctx.fragment)?;
     Ok((signal, accept(export, shared).await?))
 }
 

@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::metrics::NodeMetrics;
-use super::stream::{value_at, ChangedValues, Item};
+use super::members::{value_at_path, Found, Span};
+use super::stream::{text_values, value_at, Changed, ChangedValues, Item, Rewrite, TextValues};
 use super::TransformSpec;
 use crate::condition::{Condition, MetaValues, Program};
 use crate::config::ConfigError;
@@ -131,6 +132,13 @@ pub(crate) struct Run<'b> {
     scratch: String,
     /// The step running takes the source alone, straight from decode.
     fed_by_source: bool,
+    /// The text of events rewritten in bytes ([`Changed::Text`]).
+    texts: Vec<u8>,
+    /// A copy of a rewritten event's text being rewritten again.
+    copy: Vec<u8>,
+    /// Field values located in a rewritten event's text.
+    found: Vec<Found>,
+    unescaped: String,
 }
 
 impl Run<'_> {
@@ -149,14 +157,24 @@ impl Run<'_> {
     /// or, for an event a transform changed, judged on the changed event.
     pub(crate) fn holds(&mut self, c: CondId, item: &Item) -> bool {
         match &item.changed {
-            None => {
+            Changed::No => {
                 let w = self.judged.words * item.idx as usize + c.0 / 64;
                 self.judged.bits.get(w).is_some_and(|bits| bits & (1 << (c.0 % 64)) != 0)
             }
-            Some(event) => {
+            Changed::Parsed(event) => {
                 let values = ChangedValues {
                     event,
                     paths: self.graph.fields.paths(),
+                };
+                self.graph.programs[c.0].holds(&values, &self.judged.meta, &mut self.scratch)
+            }
+            Changed::Text(span) => {
+                let text = span.of(&self.texts);
+                text_values(text, self.graph.fields.paths(), &mut self.found, &mut self.unescaped);
+                let values = TextValues {
+                    text,
+                    found: &self.found,
+                    unescaped: &self.unescaped,
                 };
                 self.graph.programs[c.0].holds(&values, &self.judged.meta, &mut self.scratch)
             }
@@ -165,27 +183,33 @@ impl Run<'_> {
 
     /// The text of key `k` for the event, appended to `out`; false when the
     /// event has no such value (then `out` is unchanged).
-    pub(crate) fn key(&self, k: KeyId, item: &Item, out: &mut String) -> bool {
-        match &item.changed {
-            None => {
+    pub(crate) fn key(&mut self, k: KeyId, item: &Item, out: &mut String) -> bool {
+        let f = self.graph.keys[k.0];
+        let path = &self.graph.fields.paths()[f];
+        let v = match &item.changed {
+            Changed::No => {
                 let at = item.idx as usize * self.graph.keys.len() + k.0;
-                match self.judged.keys.get(at).copied().flatten() {
+                return match self.judged.keys.get(at).copied().flatten() {
                     Some((start, len)) => {
                         out.push_str(&self.judged.text[start as usize..(start + len) as usize]);
                         true
                     }
                     None => false,
-                }
-            }
-            Some(event) => {
-                let f = self.graph.keys[k.0];
-                let v = match value_at(event, &self.graph.fields.paths()[f]) {
-                    FieldValueRef::Missing => self.judged.meta.get(f),
-                    v => v,
                 };
-                v.render(out)
             }
+            Changed::Parsed(event) => value_at(event, path),
+            Changed::Text(span) => {
+                let text = span.of(&self.texts);
+                self.unescaped.clear();
+                let found = value_at_path(text, path.segments()).map_or(Found::Missing, |at| Found::of(text, at, &mut self.unescaped));
+                found.as_ref(text, &self.unescaped)
+            }
+        };
+        match v {
+            FieldValueRef::Missing => self.judged.meta.get(f),
+            v => v,
         }
+        .render(out)
     }
 
     /// The event's bytes as decoded (without its newline).
@@ -197,11 +221,50 @@ impl Run<'_> {
     /// same copy). `None` only if the batch's bytes are not an object,
     /// which the decoder never writes.
     pub(crate) fn change<'i>(&self, item: &'i mut Item) -> Option<&'i mut serde_json::Map<String, serde_json::Value>> {
-        if item.changed.is_none() {
-            let parsed = serde_json::from_slice(self.batch.event(item.idx as usize)).ok()?;
-            item.changed = Some(Box::new(parsed));
+        let text = match &item.changed {
+            Changed::Parsed(_) => None,
+            Changed::No => Some(self.batch.event(item.idx as usize)),
+            Changed::Text(span) => Some(span.of(&self.texts)),
+        };
+        if let Some(text) = text {
+            item.changed = Changed::Parsed(Box::new(serde_json::from_slice(text).ok()?));
         }
-        item.changed.as_deref_mut()
+        match &mut item.changed {
+            Changed::Parsed(event) => Some(event),
+            _ => None,
+        }
+    }
+
+    /// Changes the event in its bytes: `edit` gets the event's text as it
+    /// stands and writes the changed event after what is in `out`. True
+    /// when it wrote the event ([`Changed::Text`]) or found nothing to
+    /// change; false when it refused the bytes, or the event is already
+    /// parsed: the caller then changes the parsed event ([`Run::change`]).
+    pub(crate) fn rewrite(&mut self, item: &mut Item, edit: impl FnOnce(&[u8], &mut Vec<u8>) -> Rewrite) -> bool {
+        let start = self.texts.len();
+        let outcome = match &item.changed {
+            Changed::Parsed(_) => return false,
+            Changed::No => edit(self.batch.event(item.idx as usize), &mut self.texts),
+            Changed::Text(span) => {
+                // Its text is in the buffer being written to.
+                self.copy.clear();
+                self.copy.extend_from_slice(span.of(&self.texts));
+                edit(&self.copy, &mut self.texts)
+            }
+        };
+        match outcome {
+            Rewrite::Written => {
+                item.changed = Changed::Text(Span {
+                    start,
+                    end: self.texts.len(),
+                });
+                true
+            }
+            Rewrite::Unchanged | Rewrite::Refused => {
+                self.texts.truncate(start);
+                outcome == Rewrite::Unchanged
+            }
+        }
     }
 }
 
@@ -360,6 +423,10 @@ impl Processing for SourcePlan {
             graph: &self.graph,
             scratch: String::new(),
             fed_by_source: false,
+            texts: Vec::new(),
+            copy: Vec::new(),
+            found: Vec::new(),
+            unescaped: String::new(),
         };
         let mut streams: HashMap<Arc<str>, Vec<Item>> = HashMap::new();
         streams.insert(self.source.clone(), (0..batch.len() as u32).map(Item::new).collect());
@@ -391,14 +458,14 @@ impl Processing for SourcePlan {
             .iter()
             .map(|name| {
                 let items = streams.remove(name).unwrap_or_default();
-                (name.clone(), output(batch, items))
+                (name.clone(), output(batch, &mut run, items))
             })
             .collect();
         if crate::telemetry::tap::active() {
             // Outputs no sink takes but someone looks at (`sluice tap`).
             for name in crate::telemetry::tap::wanted() {
                 if let Some((name, items)) = streams.remove_entry(name.as_str()) {
-                    outputs.push((name, output(batch, items)));
+                    outputs.push((name, output(batch, &mut run, items)));
                 }
             }
         }
@@ -409,22 +476,32 @@ impl Processing for SourcePlan {
 /// The events of one output as the pipeline sends them: the batch itself
 /// when every event is there unchanged, else a new batch of copies (and
 /// changed events serialised, once).
-fn output(batch: &Batch, items: Vec<Item>) -> Output {
-    if items.len() == batch.len() && items.iter().enumerate().all(|(i, it)| it.idx as usize == i && it.changed.is_none()) {
+fn output(batch: &Batch, run: &mut Run<'_>, items: Vec<Item>) -> Output {
+    let unchanged = |(i, it): (usize, &Item)| it.idx as usize == i && matches!(it.changed, Changed::No);
+    if items.len() == batch.len() && items.iter().enumerate().all(unchanged) {
         return Output::Whole;
     }
     let mut out = batch.part_builder(items.len());
+    let fields = out.fields().clone();
     for item in &items {
         match &item.changed {
-            None => out.push_event_of(batch, item.idx as usize),
-            Some(event) => {
+            Changed::No => out.push_event_of(batch, item.idx as usize),
+            Changed::Text(span) => {
+                let text = span.of(&run.texts);
+                out.buffer().extend_from_slice(text);
+                text_values(text, fields.paths(), &mut run.found, &mut run.unescaped);
+                for f in &run.found {
+                    out.push_value(f.as_ref(text, &run.unescaped));
+                }
+                out.finish_event();
+            }
+            Changed::Parsed(event) => {
                 if serde_json::to_writer(&mut *out.buffer(), event).is_err() {
                     // A map of JSON values always serialises; keep the
                     // event as decoded if it ever does not.
                     out.push_event_of(batch, item.idx as usize);
                     continue;
                 }
-                let fields = out.fields().clone();
                 for p in fields.paths() {
                     out.push_value(value_at(event, p));
                 }

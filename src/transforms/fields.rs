@@ -676,17 +676,38 @@ impl TextPlan {
         let mut next = 0;
         for &(m, edit) in &work.edits {
             if next < m {
-                piece(out, Span { start: members[next].key.start, end: members[m - 1].value.end }.of(event));
+                piece(
+                    out,
+                    Span {
+                        start: members[next].key.start,
+                        end: members[m - 1].value.end,
+                    }
+                    .of(event),
+                );
             }
             if let Some(v) = edit {
                 let member = &members[m];
-                piece(out, Span { start: member.key.start, end: member.value.start }.of(event));
+                piece(
+                    out,
+                    Span {
+                        start: member.key.start,
+                        end: member.value.start,
+                    }
+                    .of(event),
+                );
                 out.extend_from_slice(self.bytes(event, work, v));
             }
             next = m + 1;
         }
         if let Some(last) = members.last().filter(|_| next < members.len()) {
-            piece(out, Span { start: members[next].key.start, end: last.value.end }.of(event));
+            piece(
+                out,
+                Span {
+                    start: members[next].key.start,
+                    end: last.value.end,
+                }
+                .of(event),
+            );
         }
         for &k in &work.added {
             if let Slot::Added(v) = work.slots[k] {
@@ -905,7 +926,11 @@ mod tests {
         let (got, _) = both(config.clone(), r#"{"x":1.50E+2,"a":"\u0041","y":{"z":[ 1 , 2 ]}}"#);
         assert_eq!(got.as_deref(), Some(r#"{"x":1.50E+2,"y":{"z":[ 1 , 2 ]},"b":"\u0041"}"#));
         let untouched = r#"{ "x" : 1 , "y":"\u0041" }"#;
-        assert_eq!(both(config, untouched).0.as_deref(), Some(untouched), "nothing to change: the same bytes");
+        assert_eq!(
+            both(config, untouched).0.as_deref(),
+            Some(untouched),
+            "nothing to change: the same bytes"
+        );
     }
 
     #[test]
@@ -928,7 +953,10 @@ mod tests {
         }
         // What the map path makes of them: the last of a repeated key, at
         // the first one's place; an escaped key is the key it spells.
-        let (_, parsed) = both(json!({"rename": {"msg": "m"}, "set": {"x": 0}}), r#"{"msg":1,"x":2,"msg":3,"ms\u0067":4}"#);
+        let (_, parsed) = both(
+            json!({"rename": {"msg": "m"}, "set": {"x": 0}}),
+            r#"{"msg":1,"x":2,"msg":3,"ms\u0067":4}"#,
+        );
         assert_eq!(parsed, Some(json!({"x": 0, "m": 4})));
     }
 
@@ -951,14 +979,24 @@ mod tests {
             json!({"copy": {"a.b": "c", "a.x.y": "e"}, "set": {"d": "{{ a.b }}/{{ a.x }}"}}),
             r#"{"a":{"b":"v","b":"w","x":{"y":[1]}}}"#,
         );
-        assert_eq!(got.as_deref(), Some(r#"{"a":{"b":"v","b":"w","x":{"y":[1]}},"c":"w","e":[1],"d":"w/{\"y\":[1]}"}"#));
+        assert_eq!(
+            got.as_deref(),
+            Some(r#"{"a":{"b":"v","b":"w","x":{"y":[1]}},"c":"w","e":[1],"d":"w/{\"y\":[1]}"}"#)
+        );
     }
 
     /// A JSON object's text with keys from a few, repeated or not, values
     /// of every kind, and whitespace here and there.
     fn event_text() -> impl Strategy<Value = String> {
         let key = prop_oneof![
-            Just("a"), Just("b"), Just("msg"), Just("message"), Just("level"), Just("code"), Just("n"), Just("x")
+            Just("a"),
+            Just("b"),
+            Just("msg"),
+            Just("message"),
+            Just("level"),
+            Just("code"),
+            Just("n"),
+            Just("x")
         ];
         let leaf = prop_oneof![
             Just("null".to_owned()),
@@ -976,14 +1014,22 @@ mod tests {
         let value = leaf.prop_recursive(3, 12, 4, move |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..3).prop_map(|v| format!("[{}]", v.join(","))),
-                proptest::collection::vec((prop_oneof![Just("b"), Just("c"), Just("y")], inner), 0..3)
-                    .prop_map(|m| format!("{{{}}}", m.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(","))),
+                proptest::collection::vec((prop_oneof![Just("b"), Just("c"), Just("y")], inner), 0..3).prop_map(|m| format!(
+                    "{{{}}}",
+                    m.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(",")
+                )),
             ]
         });
         proptest::collection::vec((key, value, any::<bool>()), 0..7).prop_map(|members| {
             let body: Vec<String> = members
                 .iter()
-                .map(|(k, v, spaced)| if *spaced { format!(" \"{k}\" : {v} ") } else { format!("\"{k}\":{v}") })
+                .map(|(k, v, spaced)| {
+                    if *spaced {
+                        format!(" \"{k}\" : {v} ")
+                    } else {
+                        format!("\"{k}\":{v}")
+                    }
+                })
                 .collect();
             format!("{{{}}}", body.join(","))
         })
@@ -991,7 +1037,19 @@ mod tests {
 
     /// Settings of a `fields` transform over the same few keys.
     fn settings() -> impl Strategy<Value = Value> {
-        let key = || prop_oneof![Just("a"), Just("b"), Just("msg"), Just("message"), Just("level"), Just("code"), Just("n"), Just("a.b"), Just("a.c")];
+        let key = || {
+            prop_oneof![
+                Just("a"),
+                Just("b"),
+                Just("msg"),
+                Just("message"),
+                Just("level"),
+                Just("code"),
+                Just("n"),
+                Just("a.b"),
+                Just("a.c")
+            ]
+        };
         let kind = prop_oneof![Just("integer"), Just("float"), Just("boolean"), Just("string")];
         let set_value = prop_oneof![
             Just(json!("prod")),

@@ -9,13 +9,15 @@
 //! every condition's verdict as one bit and every key as text: judged from
 //! the fields the decoder located, never by parsing the event again. The
 //! steps then move event indexes from output to output; only a transform
-//! that changes an event parses it (once, for every later transform).
+//! that changes an event parses it (once, for every later transform), or,
+//! for `fields` on top-level keys, rewrites its bytes into the run's text
+//! buffer ([`Run::rewrite`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::metrics::NodeMetrics;
 use super::members::{value_at_path, Found, Span};
+use super::metrics::NodeMetrics;
 use super::stream::{text_values, value_at, Changed, ChangedValues, Item, Rewrite, TextValues};
 use super::TransformSpec;
 use crate::condition::{Condition, MetaValues, Program};
@@ -136,9 +138,11 @@ pub(crate) struct Run<'b> {
     texts: Vec<u8>,
     /// A copy of a rewritten event's text being rewritten again.
     copy: Vec<u8>,
-    /// Field values located in a rewritten event's text.
+    /// Field values located in a rewritten event's text: the graph's
+    /// field set in the text at `located`, when that is set.
     found: Vec<Found>,
     unescaped: String,
+    located: Option<Span>,
 }
 
 impl Run<'_> {
@@ -170,7 +174,11 @@ impl Run<'_> {
             }
             Changed::Text(span) => {
                 let text = span.of(&self.texts);
-                text_values(text, self.graph.fields.paths(), &mut self.found, &mut self.unescaped);
+                // A route judges the same event once per condition.
+                if self.located != Some(*span) {
+                    text_values(text, self.graph.fields.paths(), &mut self.found, &mut self.unescaped);
+                    self.located = Some(*span);
+                }
                 let values = TextValues {
                     text,
                     found: &self.found,
@@ -200,6 +208,7 @@ impl Run<'_> {
             Changed::Parsed(event) => value_at(event, path),
             Changed::Text(span) => {
                 let text = span.of(&self.texts);
+                self.located = None;
                 self.unescaped.clear();
                 let found = value_at_path(text, path.segments()).map_or(Found::Missing, |at| Found::of(text, at, &mut self.unescaped));
                 found.as_ref(text, &self.unescaped)
@@ -241,6 +250,10 @@ impl Run<'_> {
     /// change; false when it refused the bytes, or the event is already
     /// parsed: the caller then changes the parsed event ([`Run::change`]).
     pub(crate) fn rewrite(&mut self, item: &mut Item, edit: impl FnOnce(&[u8], &mut Vec<u8>) -> Rewrite) -> bool {
+        if self.texts.capacity() == 0 {
+            // About the batch's bytes again: one allocation for the batch.
+            self.texts.reserve(self.batch.byte_len() + self.batch.byte_len() / 4);
+        }
         let start = self.texts.len();
         let outcome = match &item.changed {
             Changed::Parsed(_) => return false,
@@ -427,6 +440,7 @@ impl Processing for SourcePlan {
             copy: Vec::new(),
             found: Vec::new(),
             unescaped: String::new(),
+            located: None,
         };
         let mut streams: HashMap<Arc<str>, Vec<Item>> = HashMap::new();
         streams.insert(self.source.clone(), (0..batch.len() as u32).map(Item::new).collect());
@@ -489,6 +503,7 @@ fn output(batch: &Batch, run: &mut Run<'_>, items: Vec<Item>) -> Output {
             Changed::Text(span) => {
                 let text = span.of(&run.texts);
                 out.buffer().extend_from_slice(text);
+                run.located = None;
                 text_values(text, fields.paths(), &mut run.found, &mut run.unescaped);
                 for f in &run.found {
                     out.push_value(f.as_ref(text, &run.unescaped));
@@ -835,6 +850,50 @@ inputs = ["split.errors", "app"]
         let got = run(text, &lines);
         assert_eq!(got["split.errors"], [r#"{"n":1,"level":"error","seen":true}"#]);
         assert_eq!(got["app"], lines, "the source's own output is untouched");
+    }
+
+    #[test]
+    fn conditions_and_keys_after_a_rewrite_in_bytes_read_the_rewritten_event() {
+        let text = r#"
+[transforms.shape]
+type = "fields"
+inputs = ["app"]
+rename = { lvl = "level" }
+set = { tenant = "{{ t }}-x", note = "a\"b" }
+remove = ["t"]
+[transforms.split]
+type = "route"
+inputs = ["shape"]
+routes.errors = { all = [{ field = "level", equals = "error" }, { field = "note", equals = "a\"b" }] }
+routes.warnings = { field = "level", equals = "warn" }
+[transforms.calm]
+type = "throttle"
+inputs = ["split.errors"]
+threshold = 1
+window = "1h"
+key = "tenant"
+[sinks.a]
+type = "blackhole"
+inputs = ["calm", "split.warnings"]
+"#;
+        let lines = [
+            r#"{"lvl":"error","t":"a","n":1}"#,
+            r#"{"lvl":"error","t":"a","n":2}"#,
+            r#"{"lvl":"error","t":"b","n":3}"#,
+            r#"{"lvl":"warn","t":"b","n":4}"#,
+        ]
+        .map(String::from)
+        .to_vec();
+        let got = run(text, &lines);
+        assert_eq!(
+            got["calm"],
+            [
+                r#"{"n":1,"level":"error","note":"a\"b","tenant":"a-x"}"#,
+                r#"{"n":3,"level":"error","note":"a\"b","tenant":"b-x"}"#
+            ],
+            "one per tenant, the tenant read from the rewritten bytes"
+        );
+        assert_eq!(got["split.warnings"], [r#"{"n":4,"level":"warn","note":"a\"b","tenant":"b-x"}"#]);
     }
 
     /// A batch split into route outputs is acknowledged to its source only

@@ -355,9 +355,7 @@ fn escape(text: &[u8], j: usize) -> Option<usize> {
 
 fn hex4(text: &[u8], at: usize) -> Option<u32> {
     let digits = text.get(at..at + 4)?;
-    digits
-        .iter()
-        .try_fold(0u32, |n, &b| Some(n * 16 + char::from(b).to_digit(16)?))
+    digits.iter().try_fold(0u32, |n, &b| Some(n * 16 + char::from(b).to_digit(16)?))
 }
 
 #[cfg(test)]
@@ -450,7 +448,49 @@ mod tests {
         assert_eq!(value_at_path(t, &path("n.x")), None);
     }
 
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            "\\PC{0,8}".prop_map(Value::from),
+            "[\\x00-\\x1f\"\\\\/]{0,4}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-c\"\\\\\\x01é]{0,3}", inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest! {
+        /// Every object serde_json writes, compact or pretty, is read with
+        /// its members' keys and values.
+        #[test]
+        fn objects_serde_json_writes_are_read_member_by_member(
+            map in proptest::collection::btree_map("[a-c\"\\\\\\x01é]{0,3}", json_value(), 0..6),
+            pretty in any::<bool>(),
+        ) {
+            let map: serde_json::Map<String, Value> = map.into_iter().collect();
+            let text = if pretty { serde_json::to_string_pretty(&map) } else { serde_json::to_string(&map) }.unwrap();
+            let mut members = Vec::new();
+            prop_assert!(object_members(text.as_bytes(), &mut members).is_some(), "{}", text);
+            prop_assert_eq!(members.len(), map.len());
+            for (m, (key, value)) in members.iter().zip(&map) {
+                let t = text.as_bytes();
+                prop_assert_eq!(&serde_json::from_slice::<String>(m.key.of(t)).unwrap(), key);
+                // As serde_json reads its own text back (its float
+                // parsing may land one step off the value written).
+                let want: Value = serde_json::from_str(&serde_json::to_string(value).unwrap()).unwrap();
+                prop_assert_eq!(serde_json::from_slice::<Value>(m.value.of(t)).unwrap(), want);
+                prop_assert_eq!(m.escaped, m.key_text(t).contains(&b'\\'));
+                prop_assert!(key_is(t, m, key));
+            }
+        }
+
         /// Whatever the bytes, the pass does not panic, and it accepts
         /// only what serde_json reads as an object, with the same keys.
         #[test]

@@ -8,7 +8,8 @@
 //! Events that a transform only selects (filter, route, throttle, most of
 //! sample) keep their bytes and their metadata splice; an event a
 //! transform changes is parsed once, changed in place by every later
-//! transform, and serialised once, at the output.
+//! transform, and serialised once, at the output; `fields` writing
+//! top-level keys changes the event's bytes instead, without parsing it.
 
 mod fields;
 mod filter;

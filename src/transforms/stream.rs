@@ -71,7 +71,9 @@ pub(crate) struct TextValues<'a> {
 
 impl<'a> Values<'a> for TextValues<'a> {
     fn get(&self, i: usize) -> FieldValueRef<'a> {
-        self.found.get(i).map_or(FieldValueRef::Missing, |f| f.as_ref(self.text, self.unescaped))
+        self.found
+            .get(i)
+            .map_or(FieldValueRef::Missing, |f| f.as_ref(self.text, self.unescaped))
     }
 }
 

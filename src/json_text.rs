@@ -86,6 +86,25 @@ pub(crate) fn escape_json_str(s: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(&bytes[start..]);
 }
 
+/// How many bytes at the start of `bytes` are plain string text: none of
+/// them is `"`, `\\` or a control byte (a JSON string's content up to its
+/// closing quote or its first escape), eight bytes at a time where it can.
+#[inline]
+pub(crate) fn plain_prefix_len(bytes: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(w) = bytes.get(i..i + 8) {
+        let w = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        if word_needs_escape(w) {
+            break;
+        }
+        i += 8;
+    }
+    match bytes[i..].iter().position(|&b| NEEDS_ESCAPE[b as usize]) {
+        Some(p) => i + p,
+        None => bytes.len(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

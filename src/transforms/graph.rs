@@ -9,13 +9,16 @@
 //! every condition's verdict as one bit and every key as text: judged from
 //! the fields the decoder located, never by parsing the event again. The
 //! steps then move event indexes from output to output; only a transform
-//! that changes an event parses it (once, for every later transform).
+//! that changes an event parses it (once, for every later transform), or,
+//! for `fields` on top-level keys, rewrites its bytes into the run's text
+//! buffer ([`Run::rewrite`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use super::members::{value_at_path, Found, Span};
 use super::metrics::NodeMetrics;
-use super::stream::{value_at, ChangedValues, Item};
+use super::stream::{text_values, value_at, Changed, ChangedValues, Item, Rewrite, TextValues};
 use super::TransformSpec;
 use crate::condition::{Condition, MetaValues, Program};
 use crate::config::ConfigError;
@@ -131,6 +134,15 @@ pub(crate) struct Run<'b> {
     scratch: String,
     /// The step running takes the source alone, straight from decode.
     fed_by_source: bool,
+    /// The text of events rewritten in bytes ([`Changed::Text`]).
+    texts: Vec<u8>,
+    /// A copy of a rewritten event's text being rewritten again.
+    copy: Vec<u8>,
+    /// Field values located in a rewritten event's text: the graph's
+    /// field set in the text at `located`, when that is set.
+    found: Vec<Found>,
+    unescaped: String,
+    located: Option<Span>,
 }
 
 impl Run<'_> {
@@ -149,14 +161,28 @@ impl Run<'_> {
     /// or, for an event a transform changed, judged on the changed event.
     pub(crate) fn holds(&mut self, c: CondId, item: &Item) -> bool {
         match &item.changed {
-            None => {
+            Changed::No => {
                 let w = self.judged.words * item.idx as usize + c.0 / 64;
                 self.judged.bits.get(w).is_some_and(|bits| bits & (1 << (c.0 % 64)) != 0)
             }
-            Some(event) => {
+            Changed::Parsed(event) => {
                 let values = ChangedValues {
                     event,
                     paths: self.graph.fields.paths(),
+                };
+                self.graph.programs[c.0].holds(&values, &self.judged.meta, &mut self.scratch)
+            }
+            Changed::Text(span) => {
+                let text = span.of(&self.texts);
+                // A route judges the same event once per condition.
+                if self.located != Some(*span) {
+                    text_values(text, self.graph.fields.paths(), &mut self.found, &mut self.unescaped);
+                    self.located = Some(*span);
+                }
+                let values = TextValues {
+                    text,
+                    found: &self.found,
+                    unescaped: &self.unescaped,
                 };
                 self.graph.programs[c.0].holds(&values, &self.judged.meta, &mut self.scratch)
             }
@@ -165,27 +191,34 @@ impl Run<'_> {
 
     /// The text of key `k` for the event, appended to `out`; false when the
     /// event has no such value (then `out` is unchanged).
-    pub(crate) fn key(&self, k: KeyId, item: &Item, out: &mut String) -> bool {
-        match &item.changed {
-            None => {
+    pub(crate) fn key(&mut self, k: KeyId, item: &Item, out: &mut String) -> bool {
+        let f = self.graph.keys[k.0];
+        let path = &self.graph.fields.paths()[f];
+        let v = match &item.changed {
+            Changed::No => {
                 let at = item.idx as usize * self.graph.keys.len() + k.0;
-                match self.judged.keys.get(at).copied().flatten() {
+                return match self.judged.keys.get(at).copied().flatten() {
                     Some((start, len)) => {
                         out.push_str(&self.judged.text[start as usize..(start + len) as usize]);
                         true
                     }
                     None => false,
-                }
-            }
-            Some(event) => {
-                let f = self.graph.keys[k.0];
-                let v = match value_at(event, &self.graph.fields.paths()[f]) {
-                    FieldValueRef::Missing => self.judged.meta.get(f),
-                    v => v,
                 };
-                v.render(out)
             }
+            Changed::Parsed(event) => value_at(event, path),
+            Changed::Text(span) => {
+                let text = span.of(&self.texts);
+                self.located = None;
+                self.unescaped.clear();
+                let found = value_at_path(text, path.segments()).map_or(Found::Missing, |at| Found::of(text, at, &mut self.unescaped));
+                found.as_ref(text, &self.unescaped)
+            }
+        };
+        match v {
+            FieldValueRef::Missing => self.judged.meta.get(f),
+            v => v,
         }
+        .render(out)
     }
 
     /// The event's bytes as decoded (without its newline).
@@ -197,11 +230,54 @@ impl Run<'_> {
     /// same copy). `None` only if the batch's bytes are not an object,
     /// which the decoder never writes.
     pub(crate) fn change<'i>(&self, item: &'i mut Item) -> Option<&'i mut serde_json::Map<String, serde_json::Value>> {
-        if item.changed.is_none() {
-            let parsed = serde_json::from_slice(self.batch.event(item.idx as usize)).ok()?;
-            item.changed = Some(Box::new(parsed));
+        let text = match &item.changed {
+            Changed::Parsed(_) => None,
+            Changed::No => Some(self.batch.event(item.idx as usize)),
+            Changed::Text(span) => Some(span.of(&self.texts)),
+        };
+        if let Some(text) = text {
+            item.changed = Changed::Parsed(Box::new(serde_json::from_slice(text).ok()?));
         }
-        item.changed.as_deref_mut()
+        match &mut item.changed {
+            Changed::Parsed(event) => Some(event),
+            _ => None,
+        }
+    }
+
+    /// Changes the event in its bytes: `edit` gets the event's text as it
+    /// stands and writes the changed event after what is in `out`. True
+    /// when it wrote the event ([`Changed::Text`]) or found nothing to
+    /// change; false when it refused the bytes, or the event is already
+    /// parsed: the caller then changes the parsed event ([`Run::change`]).
+    pub(crate) fn rewrite(&mut self, item: &mut Item, edit: impl FnOnce(&[u8], &mut Vec<u8>) -> Rewrite) -> bool {
+        if self.texts.capacity() == 0 {
+            // About the batch's bytes again: one allocation for the batch.
+            self.texts.reserve(self.batch.byte_len() + self.batch.byte_len() / 4);
+        }
+        let start = self.texts.len();
+        let outcome = match &item.changed {
+            Changed::Parsed(_) => return false,
+            Changed::No => edit(self.batch.event(item.idx as usize), &mut self.texts),
+            Changed::Text(span) => {
+                // Its text is in the buffer being written to.
+                self.copy.clear();
+                self.copy.extend_from_slice(span.of(&self.texts));
+                edit(&self.copy, &mut self.texts)
+            }
+        };
+        match outcome {
+            Rewrite::Written => {
+                item.changed = Changed::Text(Span {
+                    start,
+                    end: self.texts.len(),
+                });
+                true
+            }
+            Rewrite::Unchanged | Rewrite::Refused => {
+                self.texts.truncate(start);
+                outcome == Rewrite::Unchanged
+            }
+        }
     }
 }
 
@@ -360,6 +436,11 @@ impl Processing for SourcePlan {
             graph: &self.graph,
             scratch: String::new(),
             fed_by_source: false,
+            texts: Vec::new(),
+            copy: Vec::new(),
+            found: Vec::new(),
+            unescaped: String::new(),
+            located: None,
         };
         let mut streams: HashMap<Arc<str>, Vec<Item>> = HashMap::new();
         streams.insert(self.source.clone(), (0..batch.len() as u32).map(Item::new).collect());
@@ -391,14 +472,14 @@ impl Processing for SourcePlan {
             .iter()
             .map(|name| {
                 let items = streams.remove(name).unwrap_or_default();
-                (name.clone(), output(batch, items))
+                (name.clone(), output(batch, &mut run, items))
             })
             .collect();
         if crate::telemetry::tap::active() {
             // Outputs no sink takes but someone looks at (`sluice tap`).
             for name in crate::telemetry::tap::wanted() {
                 if let Some((name, items)) = streams.remove_entry(name.as_str()) {
-                    outputs.push((name, output(batch, items)));
+                    outputs.push((name, output(batch, &mut run, items)));
                 }
             }
         }
@@ -409,22 +490,33 @@ impl Processing for SourcePlan {
 /// The events of one output as the pipeline sends them: the batch itself
 /// when every event is there unchanged, else a new batch of copies (and
 /// changed events serialised, once).
-fn output(batch: &Batch, items: Vec<Item>) -> Output {
-    if items.len() == batch.len() && items.iter().enumerate().all(|(i, it)| it.idx as usize == i && it.changed.is_none()) {
+fn output(batch: &Batch, run: &mut Run<'_>, items: Vec<Item>) -> Output {
+    let unchanged = |(i, it): (usize, &Item)| it.idx as usize == i && matches!(it.changed, Changed::No);
+    if items.len() == batch.len() && items.iter().enumerate().all(unchanged) {
         return Output::Whole;
     }
     let mut out = batch.part_builder(items.len());
+    let fields = out.fields().clone();
     for item in &items {
         match &item.changed {
-            None => out.push_event_of(batch, item.idx as usize),
-            Some(event) => {
+            Changed::No => out.push_event_of(batch, item.idx as usize),
+            Changed::Text(span) => {
+                let text = span.of(&run.texts);
+                out.buffer().extend_from_slice(text);
+                run.located = None;
+                text_values(text, fields.paths(), &mut run.found, &mut run.unescaped);
+                for f in &run.found {
+                    out.push_value(f.as_ref(text, &run.unescaped));
+                }
+                out.finish_event();
+            }
+            Changed::Parsed(event) => {
                 if serde_json::to_writer(&mut *out.buffer(), event).is_err() {
                     // A map of JSON values always serialises; keep the
                     // event as decoded if it ever does not.
                     out.push_event_of(batch, item.idx as usize);
                     continue;
                 }
-                let fields = out.fields().clone();
                 for p in fields.paths() {
                     out.push_value(value_at(event, p));
                 }
@@ -758,6 +850,50 @@ inputs = ["split.errors", "app"]
         let got = run(text, &lines);
         assert_eq!(got["split.errors"], [r#"{"n":1,"level":"error","seen":true}"#]);
         assert_eq!(got["app"], lines, "the source's own output is untouched");
+    }
+
+    #[test]
+    fn conditions_and_keys_after_a_rewrite_in_bytes_read_the_rewritten_event() {
+        let text = r#"
+[transforms.shape]
+type = "fields"
+inputs = ["app"]
+rename = { lvl = "level" }
+set = { tenant = "{{ t }}-x", note = "a\"b" }
+remove = ["t"]
+[transforms.split]
+type = "route"
+inputs = ["shape"]
+routes.errors = { all = [{ field = "level", equals = "error" }, { field = "note", equals = "a\"b" }] }
+routes.warnings = { field = "level", equals = "warn" }
+[transforms.calm]
+type = "throttle"
+inputs = ["split.errors"]
+threshold = 1
+window = "1h"
+key = "tenant"
+[sinks.a]
+type = "blackhole"
+inputs = ["calm", "split.warnings"]
+"#;
+        let lines = [
+            r#"{"lvl":"error","t":"a","n":1}"#,
+            r#"{"lvl":"error","t":"a","n":2}"#,
+            r#"{"lvl":"error","t":"b","n":3}"#,
+            r#"{"lvl":"warn","t":"b","n":4}"#,
+        ]
+        .map(String::from)
+        .to_vec();
+        let got = run(text, &lines);
+        assert_eq!(
+            got["calm"],
+            [
+                r#"{"n":1,"level":"error","note":"a\"b","tenant":"a-x"}"#,
+                r#"{"n":3,"level":"error","note":"a\"b","tenant":"b-x"}"#
+            ],
+            "one per tenant, the tenant read from the rewritten bytes"
+        );
+        assert_eq!(got["split.warnings"], [r#"{"n":4,"level":"warn","note":"a\"b","tenant":"b-x"}"#]);
     }
 
     /// A batch split into route outputs is acknowledged to its source only

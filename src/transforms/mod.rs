@@ -8,11 +8,13 @@
 //! Events that a transform only selects (filter, route, throttle, most of
 //! sample) keep their bytes and their metadata splice; an event a
 //! transform changes is parsed once, changed in place by every later
-//! transform, and serialised once, at the output.
+//! transform, and serialised once, at the output; `fields` writing
+//! top-level keys changes the event's bytes instead, without parsing it.
 
 mod fields;
 mod filter;
 pub(crate) mod graph;
+mod members;
 mod metrics;
 mod parse;
 mod redact;
@@ -108,6 +110,23 @@ pub fn fuzz_parse_pairs(text: &str, field_split: &str, value_split: &str) -> Map
 #[cfg(feature = "fuzzing")]
 pub fn fuzz_redact(text: &str) -> Option<String> {
     redact::fuzz_scrub(text)
+}
+
+/// For the fuzz target: `event` changed by a `fields` transform with the
+/// settings `config` both ways: in its bytes (`None` when that path
+/// refuses the event: then the map path changes it), and parsed into a map
+/// and serialised (`None` when `serde_json` does not read the event as an
+/// object). `None` for settings that do not validate.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_fields(config: Value, event: &[u8]) -> Option<(Option<Vec<u8>>, Option<Value>)> {
+    fields::fuzz_both(config, event)
+}
+
+/// For the fuzz target: whether `text` is one JSON object as the bytes
+/// path of `fields` reads it.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_is_object(text: &[u8]) -> bool {
+    members::object_members(text, &mut Vec::new()).is_some()
 }
 
 /// A transform as configured: its inputs plus its own settings.

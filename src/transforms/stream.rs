@@ -1,9 +1,10 @@
 //! The events flowing between transforms within one batch: an index into
-//! the decoded batch, plus the changed event for the few a transform has
+//! the decoded batch, plus the changed event for those a transform has
 //! changed. Dotted paths read and write changed events here.
 
 use serde_json::{Map, Value};
 
+use super::members::{value_at_path, Found, Span};
 use crate::condition::Values;
 use crate::event::{FieldPath, FieldValueRef};
 
@@ -12,15 +13,67 @@ use crate::event::{FieldPath, FieldValueRef};
 pub(crate) struct Item {
     /// The event's index in the decoded batch.
     pub(crate) idx: u32,
-    /// The event as a transform changed it; `None` while it is the batch's
-    /// bytes as they are.
-    pub(crate) changed: Option<Box<Map<String, Value>>>,
+    /// The event as transforms changed it.
+    pub(crate) changed: Changed,
+}
+
+/// What transforms made of an event so far.
+#[derive(Debug, Clone)]
+pub(crate) enum Changed {
+    /// Nothing: it is the batch's bytes as they are.
+    No,
+    /// Rewritten in bytes: a JSON object at this span of the run's text
+    /// (`Run::rewrite`).
+    Text(Span),
+    /// Parsed into a map, changed there, serialised at the output.
+    Parsed(Box<Map<String, Value>>),
 }
 
 impl Item {
     /// Event `idx` of the batch, unchanged.
     pub(crate) fn new(idx: u32) -> Item {
-        Item { idx, changed: None }
+        Item { idx, changed: Changed::No }
+    }
+}
+
+/// How a rewrite of an event's bytes went (`Run::rewrite`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rewrite {
+    /// The changed event was written.
+    Written,
+    /// Nothing changed; nothing was written.
+    Unchanged,
+    /// The bytes cannot be changed as bytes; nothing was written, and the
+    /// event is to be parsed instead.
+    Refused,
+}
+
+/// The values of a field set in an event's text ([`Changed::Text`]),
+/// located once: strings with escapes are unescaped into `unescaped`.
+pub(crate) fn text_values(text: &[u8], paths: &[FieldPath], found: &mut Vec<Found>, unescaped: &mut String) {
+    found.clear();
+    unescaped.clear();
+    for p in paths {
+        found.push(value_at_path(text, p.segments()).map_or(Found::Missing, |span| Found::of(text, span, unescaped)));
+    }
+}
+
+/// A changed event's values of a field set, from its text, as
+/// [`text_values`] located them.
+pub(crate) struct TextValues<'a> {
+    /// The event's text.
+    pub(crate) text: &'a [u8],
+    /// Per field, where its value is.
+    pub(crate) found: &'a [Found],
+    /// The unescaped strings.
+    pub(crate) unescaped: &'a str,
+}
+
+impl<'a> Values<'a> for TextValues<'a> {
+    fn get(&self, i: usize) -> FieldValueRef<'a> {
+        self.found
+            .get(i)
+            .map_or(FieldValueRef::Missing, |f| f.as_ref(self.text, self.unescaped))
     }
 }
 

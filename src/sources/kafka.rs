@@ -675,6 +675,35 @@ type = "stdout"
     }
 
     #[test]
+    fn a_metrics_kafka_source_feeds_metric_sinks_and_is_refused_by_log_only_ones() {
+        let base = "[sources.k]\ntype = \"kafka\"\nevents = \"metrics\"\nbootstrap_servers = \"127.0.0.1:9\"\ntopics = [\"t\"]\n";
+        let rw = format!(
+            "{base}[sinks.rw]\ntype = \"prometheus_remote_write\"\nendpoint = \"http://127.0.0.1:9/api/v1/write\"\ninputs = [\"k\"]\n"
+        );
+        Config::from_str(&rw, Format::Toml, &|_| None).expect("metrics into remote write");
+        let loki = format!("{base}[sinks.l]\ntype = \"loki\"\nendpoint = \"http://127.0.0.1:3100\"\ninputs = [\"k\"]\n");
+        let errs: Vec<String> = Config::from_str(&loki, Format::Toml, &|_| None)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            errs.iter()
+                .any(|e| e == "sinks.l.inputs[0]: source \"k\" (kafka) sends metrics, which a loki sink cannot carry"),
+            "{errs:?}"
+        );
+        let logs = base.replace("events = \"metrics\"\n", "");
+        let rw = format!(
+            "{logs}[sinks.rw]\ntype = \"prometheus_remote_write\"\nendpoint = \"http://127.0.0.1:9/api/v1/write\"\ninputs = [\"k\"]\n"
+        );
+        assert!(
+            Config::from_str(&rw, Format::Toml, &|_| None).is_err(),
+            "a log Kafka source cannot feed remote write"
+        );
+    }
+
+    #[test]
     fn the_aggregator_example_is_valid() {
         let text = include_str!("../../config/aggregator.toml");
         // The variables it requires (docs/deploy.md); the rest default.

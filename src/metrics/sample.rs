@@ -281,6 +281,69 @@ impl<'a> Sample<'a> {
     }
 }
 
+/// Appends `message` (one JSON object from outside: a Kafka message that a
+/// JSON sink wrote) to `out` as one event of a metric batch, after checking
+/// that it is a sample. Every member is kept, so the writer's metadata
+/// (`host`, `release`, …) travels on. It is copied as it is, unless it
+/// holds a line break (pretty-printed JSON): then it is written again
+/// compactly, numbers exact, so the event stays one line.
+pub fn copy_sample(message: &[u8], out: &mut Vec<u8>) -> Result<(), SampleError> {
+    let message = message.trim_ascii();
+    Sample::parse(message)?;
+    if message.iter().any(|b| matches!(b, b'\n' | b'\r')) {
+        let doc: serde_json::Value = serde_json::from_slice(message)?;
+        serde_json::to_writer(&mut *out, &doc)?;
+    } else {
+        out.extend_from_slice(message);
+    }
+    Ok(())
+}
+
+/// Reads every NUL-separated piece of `data` as a sample message
+/// ([`copy_sample`]), and the copies back as samples (the fuzz target's entry point): any input
+/// gives samples or errors, never a panic, and what was copied parses
+/// again to the same sample.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn fuzz_samples(data: &[u8]) -> usize {
+    let mut copied = 0;
+    for message in data.split(|b| *b == 0) {
+        let mut out = Vec::new();
+        if copy_sample(message, &mut out).is_ok() {
+            let (Ok(a), Ok(b)) = (Sample::parse(message.trim_ascii()), Sample::parse(&out)) else {
+                panic!("a copied sample no longer parses");
+            };
+            assert!(!out.contains(&b'\n'), "a copied sample holds a line break");
+            assert!(same_sample(&a, &b), "copying changed the sample");
+            copied += 1;
+        }
+    }
+    copied
+}
+
+/// Equal, counting NaN-free numbers by their bits (a copy is exact).
+#[cfg(feature = "fuzzing")]
+fn same_sample(a: &Sample<'_>, b: &Sample<'_>) -> bool {
+    let bits = |v: Option<f64>| v.map(f64::to_bits);
+    a.name == b.name
+        && a.kind == b.kind
+        && a.labels == b.labels
+        && a.timestamp_ms == b.timestamp_ms
+        && bits(a.value) == bits(b.value)
+        && bits(a.count) == bits(b.count)
+        && bits(a.sum) == bits(b.sum)
+        && a.buckets.len() == b.buckets.len()
+        && a.buckets
+            .iter()
+            .zip(&b.buckets)
+            .all(|(x, y)| x.le.to_bits() == y.le.to_bits() && x.count.to_bits() == y.count.to_bits())
+        && a.quantiles.len() == b.quantiles.len()
+        && a.quantiles
+            .iter()
+            .zip(&b.quantiles)
+            .all(|(x, y)| x.quantile.to_bits() == y.quantile.to_bits() && x.value.to_bits() == y.value.to_bits())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,6 +423,60 @@ mod tests {
         let text = written(&SampleValue::Gauge(f64::NAN), &Fragment::default());
         assert!(text.ends_with(b"\"value\":null}"));
         assert!(matches!(Sample::parse(&text), Err(SampleError::Missing { member: "value", .. })));
+    }
+
+    #[test]
+    fn every_finite_number_a_sample_holds_reads_back_bit_exact() {
+        // Written in the shortest exact form, any finite f64 must read
+        // back as the same bits: the aggregator tier reads what agents
+        // wrote, and a counter off by one unit in the last place is wrong.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut wrong = Vec::new();
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = f64::from_bits(x);
+            if !v.is_finite() {
+                continue;
+            }
+            let text = written(&SampleValue::Gauge(v), &Fragment::default());
+            let back = Sample::parse(&text).unwrap().value.unwrap();
+            if back.to_bits() != v.to_bits() {
+                wrong.push((v, back));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "{} of 20000 read back wrong, e.g. {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(3)]
+        );
+    }
+
+    #[test]
+    fn a_sample_message_is_copied_as_one_line_with_its_metadata() {
+        let one_line = br#"{"metric":"a","kind":"counter","labels":{"x":"1"},"timestamp_ms":5,"value":3,"host":"h1"}"#;
+        let mut out = Vec::new();
+        copy_sample(one_line, &mut out).unwrap();
+        assert_eq!(out, one_line.to_vec(), "copied byte for byte");
+        let pretty =
+            b"{\n  \"metric\": \"a\",\n  \"kind\": \"gauge\",\r\n  \"timestamp_ms\": 5,\n  \"value\": 0.1,\n  \"host\": \"h1\"\n}\n";
+        let mut out = Vec::new();
+        copy_sample(pretty, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"metric":"a","kind":"gauge","timestamp_ms":5,"value":0.1,"host":"h1"}"#
+        );
+        for bad in [
+            &b"{\"message\":\"hi\"}"[..],
+            b"not json",
+            b"{\"metric\":\"a\",\"kind\":\"counter\",\"timestamp_ms\":1}",
+        ] {
+            let mut out = Vec::new();
+            assert!(copy_sample(bad, &mut out).is_err());
+            assert!(out.is_empty(), "nothing is written for a message that is not a sample");
+        }
     }
 
     #[test]

@@ -12,6 +12,12 @@
 //! acknowledged progress is committed once more (it is still ours then) and
 //! its pending state is dropped, so nothing is ever committed for it
 //! afterwards.
+//!
+//! With `events = "metrics"` each message is one metric sample JSON object
+//! (what a JSON sink writes for a metric batch) and the batches are metric
+//! batches ([`samples`]), acknowledged the same way.
+
+mod samples;
 
 use bytes::BytesMut;
 use rdkafka::config::ClientConfig;
@@ -29,7 +35,7 @@ use tokio::task::JoinHandle;
 use super::{SourceComponent, SourceCx, SourceError, SourceErrorKind};
 use crate::config::{duration, ByteSize, ConfigError, Validate};
 use crate::enrich::SourceContext;
-use crate::event::{AckGroup, AckOutcome, AckReceiver, AckWindow};
+use crate::event::{AckGroup, AckOutcome, AckReceiver, AckWindow, EventKind};
 use crate::framing::{LineSpan, Lines, DEFAULT_MAX_LINE_BYTES};
 use crate::pipeline::Task;
 use crate::telemetry::{counter_vec, gauge_vec};
@@ -49,6 +55,18 @@ pub(crate) enum OffsetReset {
     Latest,
 }
 
+/// What each message holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Messages {
+    /// One event, decoded like any line (the default).
+    #[default]
+    Logs,
+    /// One metric sample JSON object (`crate::metrics::sample`), as the
+    /// Kafka sink writes a metric batch: the source sends metric batches.
+    Metrics,
+}
+
 /// Settings of the Kafka source.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +75,9 @@ pub struct KafkaSourceConfig {
     pub(crate) bootstrap_servers: String,
     /// Topics to consume.
     pub(crate) topics: Vec<String>,
+    /// `logs` (default) or `metrics`: what each message holds.
+    #[serde(default)]
+    pub(crate) events: Messages,
     /// The consumer group; aggregators sharing it share the partitions.
     #[serde(default = "default_group_id")]
     pub(crate) group_id: String,
@@ -218,6 +239,14 @@ impl KafkaSourceConfig {
 }
 
 impl SourceComponent for KafkaSourceConfig {
+    /// Logs, or metric samples with `events = "metrics"`.
+    fn produces(&self) -> EventKind {
+        match self.events {
+            Messages::Logs => EventKind::Log,
+            Messages::Metrics => EventKind::Metric,
+        }
+    }
+
     /// Creates the consumer and subscribes (so a bad setting fails at
     /// start-up), then starts the source.
     fn build(&self, cx: SourceCx) -> Result<Task<SourceError>, SourceError> {
@@ -410,6 +439,7 @@ async fn run(
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let max_event = cfg.max_event_bytes.0 as usize;
     let max_bytes = cfg.max_batch_bytes.0 as usize;
+    let mut samples = (cfg.events == Messages::Metrics).then(|| samples::SampleReader::new(cx.name.clone()));
     loop {
         let deadline = pending
             .iter()
@@ -425,7 +455,7 @@ async fn run(
                 let (due, keep): (Vec<Pending>, Vec<Pending>) = pending.drain(..).partition(|p| p.since + cfg.batch_timeout <= now);
                 pending = keep;
                 for p in due {
-                    if send(p, &state, &mut contexts, &cx).await.is_err() {
+                    if send(p, &state, &mut contexts, samples.as_mut(), &cx).await.is_err() {
                         return Ok(());
                     }
                 }
@@ -469,7 +499,7 @@ async fn run(
                 drop(m);
                 if p.spans.len() >= cfg.max_batch_events || p.buf.len() >= max_bytes {
                     let p = pending.swap_remove(i);
-                    if send(p, &state, &mut contexts, &cx).await.is_err() {
+                    if send(p, &state, &mut contexts, samples.as_mut(), &cx).await.is_err() {
                         return Ok(());
                     }
                 }
@@ -477,7 +507,7 @@ async fn run(
         }
     }
     for p in pending.drain(..) {
-        if send(p, &state, &mut contexts, &cx).await.is_err() {
+        if send(p, &state, &mut contexts, samples.as_mut(), &cx).await.is_err() {
             break;
         }
     }
@@ -488,11 +518,13 @@ async fn run(
 }
 
 /// Sends one partition's batch with an acknowledger, unless the partition
-/// was revoked since its first message arrived.
+/// was revoked since its first message arrived: as lines to decode, or,
+/// with a [`samples::SampleReader`], as a metric batch.
 async fn send(
     p: Pending,
     state: &Mutex<Assignments>,
     contexts: &mut HashMap<(String, i32), Arc<SourceContext>>,
+    samples: Option<&mut samples::SampleReader>,
     cx: &SourceCx,
 ) -> Result<(), crate::pipeline::PipelineClosed> {
     let ack = {
@@ -525,6 +557,9 @@ async fn send(
             ))
         })
         .clone();
+    if let Some(reader) = samples {
+        return reader.send(&p.buf, &p.spans, ctx, ack, &cx.output).await;
+    }
     let lines = Lines {
         chunk: p.buf.freeze(),
         spans: p.spans,
@@ -636,6 +671,35 @@ type = "stdout"
         assert!(
             !errs.iter().any(|e| e.contains("security.protocol") || e.contains("sasl")),
             "TLS and SCRAM are built in: {errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_metrics_kafka_source_feeds_metric_sinks_and_is_refused_by_log_only_ones() {
+        let base = "[sources.k]\ntype = \"kafka\"\nevents = \"metrics\"\nbootstrap_servers = \"127.0.0.1:9\"\ntopics = [\"t\"]\n";
+        let rw = format!(
+            "{base}[sinks.rw]\ntype = \"prometheus_remote_write\"\nendpoint = \"http://127.0.0.1:9/api/v1/write\"\ninputs = [\"k\"]\n"
+        );
+        Config::from_str(&rw, Format::Toml, &|_| None).expect("metrics into remote write");
+        let loki = format!("{base}[sinks.l]\ntype = \"loki\"\nendpoint = \"http://127.0.0.1:3100\"\ninputs = [\"k\"]\n");
+        let errs: Vec<String> = Config::from_str(&loki, Format::Toml, &|_| None)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            errs.iter()
+                .any(|e| e == "sinks.l.inputs[0]: source \"k\" (kafka) sends metrics, which a loki sink cannot carry"),
+            "{errs:?}"
+        );
+        let logs = base.replace("events = \"metrics\"\n", "");
+        let rw = format!(
+            "{logs}[sinks.rw]\ntype = \"prometheus_remote_write\"\nendpoint = \"http://127.0.0.1:9/api/v1/write\"\ninputs = [\"k\"]\n"
+        );
+        assert!(
+            Config::from_str(&rw, Format::Toml, &|_| None).is_err(),
+            "a log Kafka source cannot feed remote write"
         );
     }
 

@@ -121,50 +121,91 @@ pub(crate) struct SeriesBuilder {
 impl SeriesBuilder {
     /// Appends the series of `sample` to `out`; returns how many samples
     /// they hold.
+    ///
+    /// The labels are sorted once per sample, into a vector (no map), and
+    /// each series gets them with its `__name__` (and `le` or `quantile`)
+    /// put in place; the last series takes them without a copy.
     pub(crate) fn add(&self, sample: &Sample<'_>, out: &mut Vec<TimeSeries>) -> usize {
-        let mut base: BTreeMap<String, String> = BTreeMap::new();
+        let mut base: Vec<Label> = Vec::with_capacity(sample.labels.len() + self.extra.len() + 2);
         for (k, v) in &sample.labels {
             if !v.is_empty() {
-                base.insert(label_name(k), v.to_string());
+                base.push(Label {
+                    name: label_name(k),
+                    value: v.to_string(),
+                });
             }
         }
+        // Stable: of labels that sanitise to one name, the last in the
+        // sample's (sorted) order wins, as a map insert would.
+        base.sort_by(|a, b| a.name.cmp(&b.name));
+        base.dedup_by(|later, kept| {
+            let same = later.name == kept.name;
+            if same {
+                std::mem::swap(later, kept);
+            }
+            same
+        });
+        let own = base.len();
         for (k, v) in &self.extra {
-            base.entry(k.clone()).or_insert_with(|| v.clone());
+            if base[..own].binary_search_by(|l| l.name.as_str().cmp(k)).is_err() {
+                base.push(Label {
+                    name: k.clone(),
+                    value: v.clone(),
+                });
+            }
+        }
+        if base.len() > own {
+            base.sort_by(|a, b| a.name.cmp(&b.name));
         }
         let name = metric_name(&sample.name);
         let ts = sample.timestamp_ms;
-        let before = out.len();
-        let mut push = |suffix: &str, extra: Option<(&str, String)>, value: f64| {
-            let mut labels = base.clone();
-            labels.insert("__name__".into(), format!("{name}{suffix}"));
+        let series = |suffix: &str, extra: Option<(&str, String)>, value: f64, labels: Vec<Label>| {
+            let mut labels = labels;
+            put(&mut labels, "__name__", format!("{name}{suffix}"));
             if let Some((k, v)) = extra {
-                labels.insert(k.into(), v);
+                put(&mut labels, k, v);
             }
-            out.push(TimeSeries {
-                labels: labels.into_iter().map(|(name, value)| Label { name, value }).collect(),
+            TimeSeries {
+                labels,
                 samples: vec![PromSample { value, timestamp: ts }],
-            });
+            }
         };
+        let before = out.len();
         match sample.kind {
-            MetricKind::Counter | MetricKind::Gauge | MetricKind::Set => push("", None, sample.value.unwrap_or(0.0)),
+            MetricKind::Counter | MetricKind::Gauge | MetricKind::Set => out.push(series("", None, sample.value.unwrap_or(0.0), base)),
             MetricKind::Histogram => {
                 let count = sample.count.unwrap_or(0.0);
                 for b in &sample.buckets {
-                    push("_bucket", Some(("le", float_label(b.le))), b.count);
+                    out.push(series("_bucket", Some(("le", float_label(b.le))), b.count, base.clone()));
                 }
-                push("_bucket", Some(("le", "+Inf".into())), count);
-                push("_sum", None, sample.sum.unwrap_or(0.0));
-                push("_count", None, count);
+                out.push(series("_bucket", Some(("le", "+Inf".into())), count, base.clone()));
+                out.push(series("_sum", None, sample.sum.unwrap_or(0.0), base.clone()));
+                out.push(series("_count", None, count, base));
             }
             MetricKind::Summary => {
                 for q in &sample.quantiles {
-                    push("", Some(("quantile", float_label(q.quantile))), q.value);
+                    out.push(series("", Some(("quantile", float_label(q.quantile))), q.value, base.clone()));
                 }
-                push("_sum", None, sample.sum.unwrap_or(0.0));
-                push("_count", None, sample.count.unwrap_or(0.0));
+                out.push(series("_sum", None, sample.sum.unwrap_or(0.0), base.clone()));
+                out.push(series("_count", None, sample.count.unwrap_or(0.0), base));
             }
         }
         out.len() - before
+    }
+}
+
+/// Sets label `name` in sorted `labels`: replaces its value, or inserts it
+/// in its place.
+fn put(labels: &mut Vec<Label>, name: &str, value: String) {
+    match labels.binary_search_by(|l| l.name.as_str().cmp(name)) {
+        Ok(i) => labels[i].value = value,
+        Err(i) => labels.insert(
+            i,
+            Label {
+                name: name.to_owned(),
+                value,
+            },
+        ),
     }
 }
 
@@ -242,6 +283,29 @@ mod tests {
         );
         assert_eq!(text(&out[0]), "__name__=api_latency_ms,dc_name=x,quantile=0.5,route=/a 1.5@7");
         assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn labels_that_sanitise_to_one_name_keep_the_last_and_a_sample_label_beats_extra_ones() {
+        let mut line = Vec::new();
+        write_sample(
+            &mut line,
+            "m",
+            [("a.b", "1"), ("a_b", "2"), ("Zone", "z"), ("le", "own")],
+            7,
+            &SampleValue::Gauge(1.0),
+            &Fragment::default(),
+        );
+        let s = Sample::parse(&line).unwrap();
+        let b = SeriesBuilder {
+            extra: [("a_b", "x"), ("cluster", "c1"), ("Zone", "x")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let mut out = Vec::new();
+        b.add(&s, &mut out);
+        assert_eq!(text(&out[0]), "Zone=z,__name__=m,a_b=2,cluster=c1,le=own 1@7");
     }
 
     #[test]

@@ -33,18 +33,19 @@ pub(crate) fn scan_object(line: &[u8], mut on_key: impl FnMut(&[u8])) -> bool {
     let mut kinds: u64 = 1;
     let mut depth: u32 = 1;
     // The state between tokens: what the grammar expects next.
-    let mut state = State::ObjectStart;
+    let mut state = State::Opened;
     loop {
         s.skip_ws();
         match state {
-            State::ObjectStart => {
-                if s.peek() == Some(b'}') {
+            State::Opened => {
+                let in_object = kinds & 1 == 1;
+                if s.peek() == Some(if in_object { b'}' } else { b']' }) {
                     s.i += 1;
                     depth -= 1;
                     kinds >>= 1;
                     state = State::AfterValue;
                 } else {
-                    state = State::Key;
+                    state = if in_object { State::Key } else { State::Value };
                 }
             }
             State::Key => {
@@ -81,7 +82,7 @@ pub(crate) fn scan_object(line: &[u8], mut on_key: impl FnMut(&[u8])) -> bool {
                         s.i += 1;
                         depth += 1;
                         kinds = (kinds << 1) | u64::from(c == b'{');
-                        state = if c == b'{' { State::ObjectStart } else { State::ArrayStart };
+                        state = State::Opened;
                     }
                     b'"' => {
                         s.i += 1;
@@ -111,16 +112,6 @@ pub(crate) fn scan_object(line: &[u8], mut on_key: impl FnMut(&[u8])) -> bool {
                     _ => return false,
                 }
             }
-            State::ArrayStart => {
-                if s.peek() == Some(b']') {
-                    s.i += 1;
-                    depth -= 1;
-                    kinds >>= 1;
-                    state = State::AfterValue;
-                } else {
-                    state = State::Value;
-                }
-            }
             State::AfterValue => {
                 if depth == 0 {
                     return s.i == line.len();
@@ -144,10 +135,8 @@ pub(crate) fn scan_object(line: &[u8], mut on_key: impl FnMut(&[u8])) -> bool {
 /// What the grammar expects at the next token.
 #[derive(Clone, Copy)]
 enum State {
-    /// Just after `{`: a key or `}`.
-    ObjectStart,
-    /// Just after `[`: a value or `]`.
-    ArrayStart,
+    /// Just after `{` or `[`: a key or `}`, a value or `]`.
+    Opened,
     /// A member's key.
     Key,
     /// Any value.

@@ -240,14 +240,12 @@ impl Decoder {
             }
         };
 
-        if track_members {
-            splice(out, line, close, may_hold_breaks, keys > 0, extra, members, |i| {
-                present & (1 << i) != 0
-            });
-        } else {
-            let has = |i: usize| has_key(nodes, extra.iter().chain(members).nth(i).map_or("", |m| m.key()));
-            splice(out, line, close, may_hold_breaks, keys > 0, extra, members, has);
-        }
+        // Past 64 members the bits run out: look each key up in the tape.
+        let has = |i: usize| match track_members {
+            true => present & (1 << i) != 0,
+            false => has_key(nodes, extra.iter().chain(members).nth(i).map_or("", |m| m.key())),
+        };
+        splice(out, line, close, may_hold_breaks, keys > 0, extra, members, has);
 
         if let Some(plan) = out_plan {
             for i in 0..plan.len() {

@@ -22,10 +22,12 @@ use crate::telemetry::metrics;
 /// A boxed task: sources and sinks run as one of these.
 pub(crate) type Task<E> = Pin<Box<dyn Future<Output = Result<(), E>> + Send + 'static>>;
 
-/// Chunks a source may have in decode at once. Four keeps both cores busy
-/// with one chunk decoding while the next is read, and bounds memory to a
-/// few read chunks per source.
-const DECODE_IN_FLIGHT: usize = 4;
+/// Decoded chunks a source may have waiting for its fan-out, beside the one
+/// the fan-out holds and the one being read. Two keeps both cores busy with
+/// a chunk decoding while the next is read; four used 1.4 MiB more memory
+/// in the pipe for no more events per second (BENCHMARKS.md, "Decode in
+/// flight").
+const DECODE_IN_FLIGHT: usize = 2;
 
 /// The pipeline has shut down; the source should stop.
 #[derive(Debug, thiserror::Error)]

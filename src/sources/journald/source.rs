@@ -28,11 +28,59 @@ use crate::framing::{Lines, READ_CHUNK_BYTES};
 use crate::sources::{SourceCx, SourceError, SourceErrorKind};
 use crate::telemetry::counter_vec;
 
+/// How long a read waits for more of journalctl's output before it renders
+/// what it has. journalctl writes 4 KiB at a time; a batch per write cost
+/// more than the entries in it (BENCHMARKS.md, "journald: reads gathered").
+const GATHER_WINDOW: Duration = Duration::from_millis(5);
+
+/// Output gathered before it is rendered without waiting out the window.
+const GATHER_BYTES: usize = READ_CHUNK_BYTES / 2;
+
+/// The pipe from journalctl, enlarged so that it keeps writing while a
+/// gathered chunk is rendered (the kernel's default is 64 KiB).
+const PIPE_BYTES: libc::c_int = 1 << 20;
+
 /// Pause before journalctl is started again after it exited on its own.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
 
 /// Most of journalctl's stderr kept for an error message.
 const STDERR_TAIL_BYTES: usize = 2048;
+
+/// Reads what journalctl has written into `buf` (0 at its end).
+async fn read_more(stdout: &mut tokio::process::ChildStdout, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
+        buf.reserve(READ_CHUNK_BYTES);
+    }
+    stdout.read_buf(buf).await
+}
+
+/// Keeps reading for up to [`GATHER_WINDOW`], or until [`GATHER_BYTES`] are
+/// in `buf`. True when journalctl's output ended (or failed: the next read
+/// reports how).
+async fn gather(stdout: &mut tokio::process::ChildStdout, buf: &mut BytesMut) -> bool {
+    let deadline = tokio::time::Instant::now() + GATHER_WINDOW;
+    while buf.len() < GATHER_BYTES {
+        match tokio::time::timeout_at(deadline, read_more(stdout, buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) => return true,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(Err(_)) => return false,
+        }
+    }
+    false
+}
+
+/// Asks the kernel for a [`PIPE_BYTES`] pipe; a smaller one only costs
+/// speed, so a refusal is not an error.
+fn widen_pipe(stdout: &tokio::process::ChildStdout) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_SETPIPE_SZ on a descriptor this process owns changes only
+    // the pipe's capacity.
+    unsafe {
+        libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES);
+    }
+}
 
 /// journald source metrics, registered once.
 struct JournaldMetrics {
@@ -145,16 +193,15 @@ async fn read_journal(
         let Some(mut stdout) = child.stdout.take() else {
             return Err(fatal(SourceErrorKind::ThreadDied("journalctl stdout")));
         };
+        widen_pipe(&stdout);
         let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
         let mut stopped = false;
-        loop {
-            if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
-                buf.reserve(READ_CHUNK_BYTES);
-            }
+        let mut ended = false;
+        while !ended {
             let n = tokio::select! {
                 biased;
                 _ = shutdown.wait() => { stopped = true; break }
-                r = stdout.read_buf(&mut buf) => match r {
+                r = read_more(&mut stdout, &mut buf) => match r {
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(error) => {
@@ -166,6 +213,7 @@ async fn read_journal(
             if n == 0 {
                 break;
             }
+            ended = gather(&mut stdout, &mut buf).await;
             let mut out = Vec::with_capacity(buf.len() + buf.len() / 2);
             let mut spans = Vec::new();
             let st = reader.read(&buf, &mut out, &mut spans);

@@ -127,12 +127,18 @@ type = "stdout"
     );
 
     // node_exporter is read over and over while sluice reads the host, until
-    // sluice has flushed twice (so its first flush is complete) and a
-    // reading started well after that first flush.
+    // one of sluice's flushes has a reading that ended before it and one
+    // that started well after it, and a later flush (so that one is
+    // complete). On a loaded machine one scrape of node_exporter can outlast
+    // sluice's interval, so that flush need not be the first.
     let mut readings: Vec<Reading> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     let (first_ts, samples) = loop {
-        assert!(Instant::now() < deadline, "no two flushes within 60 s; log:\n{}", sluice.logs());
+        assert!(
+            Instant::now() < deadline,
+            "no flush within 60 s with node_exporter read before and after it; log:\n{}",
+            sluice.logs()
+        );
         let start_ms = now_ms();
         if let Ok(metrics) = try_scrape(&ne) {
             readings.push(Reading {
@@ -143,21 +149,30 @@ type = "stdout"
         }
         let lines = sluice.lines();
         let parsed: Vec<serde_json::Value> = lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
-        let stamps: BTreeSet<i64> = parsed.iter().filter_map(|v| v["timestamp_ms"].as_i64()).collect();
-        if let (Some(&first), true) = (stamps.first(), stamps.len() >= 2) {
-            if readings.last().is_some_and(|r| r.start_ms >= first + 1000) && readings.iter().any(|r| r.end_ms <= first) {
-                let samples: Vec<Sample> = parsed
-                    .iter()
-                    .filter(|v| v["timestamp_ms"].as_i64() == Some(first))
-                    .map(|v| Sample {
-                        name: v["metric"].as_str().unwrap().to_owned(),
-                        kind: v["kind"].as_str().unwrap().to_owned(),
-                        labels: serde_json::from_value(v["labels"].clone()).unwrap(),
-                        value: v["value"].as_f64().unwrap(),
-                    })
-                    .collect();
-                break (first, samples);
-            }
+        let stamps: Vec<i64> = parsed
+            .iter()
+            .filter_map(|v| v["timestamp_ms"].as_i64())
+            .collect::<BTreeSet<i64>>()
+            .into_iter()
+            .collect();
+        // The last flush may still be printing.
+        let complete = &stamps[..stamps.len().saturating_sub(1)];
+        let bracketed = complete
+            .iter()
+            .copied()
+            .find(|&ts| readings.iter().any(|r| r.end_ms <= ts) && readings.iter().any(|r| r.start_ms >= ts + 1000));
+        if let Some(flush) = bracketed {
+            let samples: Vec<Sample> = parsed
+                .iter()
+                .filter(|v| v["timestamp_ms"].as_i64() == Some(flush))
+                .map(|v| Sample {
+                    name: v["metric"].as_str().unwrap().to_owned(),
+                    kind: v["kind"].as_str().unwrap().to_owned(),
+                    labels: serde_json::from_value(v["labels"].clone()).unwrap(),
+                    value: v["value"].as_f64().unwrap(),
+                })
+                .collect();
+            break (flush, samples);
         }
         std::thread::sleep(Duration::from_millis(100));
     };

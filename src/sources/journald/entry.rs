@@ -56,7 +56,12 @@ pub(crate) fn field<'a>(buf: &'a [u8], fields: &[FieldSpan], key: &[u8]) -> Opti
 
 fn put_str(out: &mut Vec<u8>, value: &[u8]) {
     out.push(b'"');
-    escape_json_str(&String::from_utf8_lossy(value), out);
+    // `from_utf8` checks ASCII a word at a time; the lossy walk (invalid
+    // bytes become U+FFFD) is only for the rare value that needs it.
+    match std::str::from_utf8(value) {
+        Ok(s) => escape_json_str(s, out),
+        Err(_) => escape_json_str(&String::from_utf8_lossy(value), out),
+    }
     out.push(b'"');
 }
 

@@ -13,6 +13,7 @@
 use simd_json::Node;
 use std::sync::Arc;
 
+use super::scan::number_value;
 use super::tape::{lookup, node_count, scalar};
 use crate::event::{FieldSet, FieldValueRef};
 use crate::json_text::{key_bucket as bucket, KEY_BUCKETS as BUCKETS};
@@ -40,8 +41,13 @@ pub(super) struct FieldPlan {
     /// Root index + 1 of the next root in the same bucket; 0 ends the chain.
     next: Vec<u8>,
     /// Per root, for the event being extracted: where its value starts in
-    /// the tape and how many nodes it spans (start 0: not found).
+    /// the tape and how many nodes it spans, or, for a line the scan read
+    /// ([`FieldPlan::text_value`]), its value's byte offset and length in
+    /// the line (start 0: not found).
     found: Vec<(usize, usize)>,
+    /// Per root, whether some path goes below it (its value is then read
+    /// inside an object).
+    nested: Vec<bool>,
     /// Too many roots for the index: look paths up one by one.
     per_path: bool,
 }
@@ -123,8 +129,13 @@ impl FieldPlan {
                 buckets[b] = (i + 1) as u8;
             }
         }
+        let mut nested = vec![false; roots.len()];
+        for &(root, single) in &path_root {
+            nested[root] |= !single;
+        }
         FieldPlan {
             found: vec![(0, 0); roots.len()],
+            nested,
             fields,
             roots,
             path_root,
@@ -196,6 +207,63 @@ impl FieldPlan {
                 return;
             }
             link = self.next[r];
+        }
+    }
+
+    /// Whether every value found in a line that [`scan_object`] read (each
+    /// offered with its byte offset and length in `line`) can be read from
+    /// the text as the tape would give it ([`FieldPlan::text_value`]): not
+    /// a string with an escape (the tape unescapes it), not an object a
+    /// deeper path goes into, not a number simd-json computes another way
+    /// ([`number_value`]). The caller parses the line when it cannot.
+    ///
+    /// [`scan_object`]: super::scan::scan_object
+    #[inline]
+    pub(super) fn settled_in_text(&self, line: &[u8]) -> bool {
+        if self.per_path {
+            return false;
+        }
+        self.found.iter().zip(&self.nested).all(|(&(start, len), &nested)| {
+            if start == 0 {
+                return true;
+            }
+            let Some(value) = line.get(start..start + len) else {
+                return false;
+            };
+            match value.first() {
+                Some(b'"') => memchr::memchr(b'\\', value).is_none(),
+                Some(b'{') => !nested,
+                Some(b'[' | b't' | b'f' | b'n') => true,
+                _ => number_value(value).is_some(),
+            }
+        })
+    }
+
+    /// The value of path `i` in a line [`FieldPlan::settled_in_text`]
+    /// accepted, as [`FieldPlan::value`] reads it from the line's tape;
+    /// `Missing` for `i` past the last path.
+    #[inline(always)]
+    pub(super) fn text_value<'a>(&self, line: &'a [u8], i: usize) -> FieldValueRef<'a> {
+        let Some(&(root, single)) = self.path_root.get(i) else {
+            return FieldValueRef::Missing;
+        };
+        let (start, len) = self.found[root];
+        let Some(value) = line.get(start..start + len).filter(|_| start != 0) else {
+            return FieldValueRef::Missing;
+        };
+        // A deeper path: in a settled line its root is not an object (the
+        // tape reads into objects), and below anything else is nothing.
+        if !single {
+            debug_assert_ne!(value.first(), Some(&b'{'), "a nested path into an object is not settled");
+            return FieldValueRef::Missing;
+        }
+        match value {
+            [b'"', inner @ .., b'"'] => std::str::from_utf8(inner).map_or(FieldValueRef::Missing, FieldValueRef::Str),
+            [b'{' | b'[', ..] => FieldValueRef::Composite,
+            b"true" => FieldValueRef::Bool(true),
+            b"false" => FieldValueRef::Bool(false),
+            b"null" => FieldValueRef::Null,
+            _ => number_value(value).map_or(FieldValueRef::Missing, FieldValueRef::Number),
         }
     }
 

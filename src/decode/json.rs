@@ -267,7 +267,7 @@ impl Decoder {
     /// `fragment`. Returns false, having written nothing, when the scan is
     /// not sure the line is valid, or a field the batch or an observer
     /// reads is not in the line's text as the tape would give it
-    /// ([`FieldPlan::settled_in_text`]).
+    /// ([`FieldPlan::settle_text`]).
     #[inline(always)]
     fn try_scanned(
         &mut self,
@@ -301,7 +301,8 @@ impl Decoder {
         let wanted = signatures | plan_buckets;
         let mut present = 0u64;
         let mut keys = 0usize;
-        let valid = scan_object(line, |k, value| {
+        let valid = scan_object(line, |key, value, escaped| {
+            let k = &line[key];
             keys += 1;
             let b = key_bucket(k);
             // Most keys are in no wanted bucket: one test rules them out.
@@ -310,18 +311,17 @@ impl Decoder {
             }
             mark_present(k, signatures, extra, members, &mut present);
             if plan_buckets & (1 << b) != 0 {
-                let (start, len) = (value.start, value.len());
                 if let Some(p) = out_plan.as_deref_mut() {
-                    p.offer(b, k, start, len);
+                    p.offer_text(b, k, value.clone(), escaped);
                 }
                 for p in observer_plans.iter_mut().flatten() {
-                    p.offer(b, k, start, len);
+                    p.offer_text(b, k, value.clone(), escaped);
                 }
             }
         });
         let settled = valid
-            && out_plan.as_deref().is_none_or(|p| p.settled_in_text(line))
-            && observer_plans.iter().flatten().all(|p| p.settled_in_text(line));
+            && out_plan.as_deref_mut().is_none_or(|p| p.settle_text(line))
+            && observer_plans.iter_mut().flatten().all(|p| p.settle_text(line));
         if !settled {
             return false;
         }

@@ -21,12 +21,16 @@ const MAX_DEPTH: u32 = 64;
 const MAX_DIGITS: usize = 18;
 
 /// Whether `line` is certainly one valid JSON object (with nothing but
-/// whitespace around it), calling `on_member` with each top-level member's
-/// raw key bytes and where its value's text is in `line` (exactly, without
-/// the whitespace around it; never at offset 0) as it goes, in the order
-/// written. `false` means "not sure": parse the line instead, and
-/// disregard the members already reported.
-pub(crate) fn scan_object(line: &[u8], mut on_member: impl FnMut(&[u8], Range<usize>)) -> bool {
+/// whitespace around it), calling `on_member` with where each top-level
+/// member's key (between its quotes, without an escape) and value (its
+/// text exactly, without the whitespace around it; never at offset 0) are
+/// in `line`, and whether the value is a string with an escape, as it
+/// goes, in the order written. `false` means "not sure":
+/// parse the line instead, and disregard the members already reported.
+///
+/// Everything it accepts, `serde_json` reads too (its grammar is a subset
+/// of theirs, and its depth limit lower).
+pub(crate) fn scan_object(line: &[u8], mut on_member: impl FnMut(Range<usize>, Range<usize>, bool)) -> bool {
     let mut s = Scanner { b: line, i: 0 };
     s.skip_ws();
     if s.peek() != Some(b'{') {
@@ -40,10 +44,12 @@ pub(crate) fn scan_object(line: &[u8], mut on_member: impl FnMut(&[u8], Range<us
     let mut state = State::Opened;
     // The top-level member being read: its key, and where its value starts
     // (0 until then: no value starts at the line's first byte).
-    let mut key = (0, 0);
+    let mut key = 0..0;
     let mut value_start = 0;
-    // Where the value read last ends.
+    // Where the value read last ends, and whether it is a string with an
+    // escape.
     let mut value_end = 0;
+    let mut value_escaped = false;
     loop {
         s.skip_ws();
         match state {
@@ -72,7 +78,7 @@ pub(crate) fn scan_object(line: &[u8], mut on_member: impl FnMut(&[u8], Range<us
                     if escaped {
                         return false;
                     }
-                    key = (start, s.i - 1);
+                    key = start..s.i - 1;
                 }
                 s.skip_ws();
                 if s.peek() != Some(b':') {
@@ -100,9 +106,10 @@ pub(crate) fn scan_object(line: &[u8], mut on_member: impl FnMut(&[u8], Range<us
                     }
                     b'"' => {
                         s.i += 1;
-                        if s.string().is_none() {
+                        let Some(escaped) = s.string() else {
                             return false;
-                        }
+                        };
+                        value_escaped = escaped && depth == 1;
                         value_end = s.i;
                         state = State::AfterValue;
                     }
@@ -134,8 +141,9 @@ pub(crate) fn scan_object(line: &[u8], mut on_member: impl FnMut(&[u8], Range<us
                     return s.i == line.len();
                 }
                 if depth == 1 && value_start != 0 {
-                    on_member(&line[key.0..key.1], value_start..value_end);
+                    on_member(key.clone(), value_start..value_end, value_escaped);
                     value_start = 0;
+                    value_escaped = false;
                 }
                 let in_object = kinds & 1 == 1;
                 match (s.peek(), in_object) {
@@ -387,7 +395,10 @@ mod tests {
 
     fn keys(line: &str) -> Option<Vec<String>> {
         let mut keys = Vec::new();
-        scan_object(line.as_bytes(), |k, _| keys.push(String::from_utf8_lossy(k).into_owned())).then_some(keys)
+        scan_object(line.as_bytes(), |k, _, _| {
+            keys.push(String::from_utf8_lossy(&line.as_bytes()[k]).into_owned())
+        })
+        .then_some(keys)
     }
 
     #[test]
@@ -455,7 +466,7 @@ mod tests {
             assert!(!simd_json_accepts(line.as_bytes()), "simd-json rejects it too: {line}");
         }
         let invalid_utf8 = b"{\"a\":\"\xff\"}";
-        assert!(!scan_object(invalid_utf8, |_, _| {}));
+        assert!(!scan_object(invalid_utf8, |_, _, _| {}));
     }
 
     #[test]
@@ -484,8 +495,10 @@ mod tests {
             for line in lines {
                 let mut keys = Vec::new();
                 let mut values = Vec::new();
-                if scan_object(&line, |k, v| {
-                    keys.push(k.to_vec());
+                let mut escapes = Vec::new();
+                if scan_object(&line, |k, v, escaped| {
+                    keys.push(line[k].to_vec());
+                    escapes.push(escaped);
                     values.push(line[v].to_vec());
                 }) {
                     let mut copy = line.clone();
@@ -508,6 +521,9 @@ mod tests {
                         idx += 1 + count;
                     }
                     assert_eq!(len, values.len());
+                    for (value, escaped) in values.iter().zip(escapes) {
+                        assert_eq!(escaped, value[0] == b'"' && value.contains(&b'\\'));
+                    }
                     assert_eq!(keys, want, "{:?}", String::from_utf8_lossy(&line));
                 }
             }

@@ -23,7 +23,7 @@ enum Source<'v> {
     /// A parsed JSON object and the plan that located the fields in it.
     Parsed { nodes: &'v [Node<'v>], plan: &'v FieldPlan },
     /// A JSON object the scan read, and the plan that located the fields
-    /// in its text ([`FieldPlan::settled_in_text`] holds).
+    /// in its text ([`FieldPlan::settle_text`] passed).
     Scanned { line: &'v [u8], plan: &'v FieldPlan },
     /// A line kept as `{"message": text}`.
     Wrapped { text: &'v str, paths: &'v [FieldPath] },

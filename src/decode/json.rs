@@ -5,7 +5,7 @@
 use simd_json::{Buffers, Node, Tape};
 
 use super::extract::FieldPlan;
-use super::scan::scan_object;
+use super::scan::{scan_object, scan_object_keys};
 use super::tape::{self, node_count, wrapped_value};
 use super::values::{EventObserver, EventValues, Observer};
 use super::DecodeStats;
@@ -183,10 +183,27 @@ impl Decoder {
     ) -> bool {
         let members = fragment.members();
         let track_members = extra.len() + members.len() <= 64;
-        // Most events need only a proof that they are valid, their
-        // top-level keys and the text of a few top-level values: a scan
-        // does that without a tape.
-        if track_members && self.scan && self.try_scanned(line, close, may_hold_breaks, extra, fragment, out) {
+        // An event whose values nobody reads needs only a proof that it is
+        // valid and its top-level keys: a scan does that without a tape.
+        if track_members && self.scan && out.fields().is_empty() && self.observers.is_empty() {
+            let signatures = extra.iter().fold(fragment.key_signatures(), |acc, m| acc | key_signature(m.key()));
+            let mut present = 0u64;
+            let mut keys = 0usize;
+            let valid = scan_object_keys(line, |key| {
+                keys += 1;
+                mark_present(&line[key], signatures, extra, members, &mut present);
+            });
+            if valid {
+                splice(out, line, close, may_hold_breaks, keys > 0, extra, members, |i| {
+                    present & (1 << i) != 0
+                });
+                out.finish_event();
+                return true;
+            }
+        }
+        // Most others need the text of a few top-level values besides: the
+        // scan finds them too.
+        else if track_members && self.scan && self.try_scanned(line, close, may_hold_breaks, extra, fragment, out) {
             return true;
         }
         let Decoder {

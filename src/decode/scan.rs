@@ -30,7 +30,21 @@ const MAX_DIGITS: usize = 18;
 ///
 /// Everything it accepts, `serde_json` reads too (its grammar is a subset
 /// of theirs, and its depth limit lower).
-pub(crate) fn scan_object(line: &[u8], mut on_member: impl FnMut(Range<usize>, Range<usize>, bool)) -> bool {
+pub(crate) fn scan_object(line: &[u8], on_member: impl FnMut(Range<usize>, Range<usize>, bool)) -> bool {
+    scan::<true>(line, on_member)
+}
+
+/// [`scan_object`] for a caller that needs the top-level keys only: each
+/// key is reported as it is read, with an empty value range. The value
+/// bookkeeping is compiled out, which the plain pipe, reading no field,
+/// notices.
+pub(crate) fn scan_object_keys(line: &[u8], mut on_key: impl FnMut(Range<usize>)) -> bool {
+    scan::<false>(line, |key, _, _| on_key(key))
+}
+
+/// The scan; with `VALUES`, members are reported after their values.
+#[inline(always)]
+fn scan<const VALUES: bool>(line: &[u8], mut on_member: impl FnMut(Range<usize>, Range<usize>, bool)) -> bool {
     let mut s = Scanner { b: line, i: 0 };
     s.skip_ws();
     if s.peek() != Some(b'{') {
@@ -57,7 +71,9 @@ pub(crate) fn scan_object(line: &[u8], mut on_member: impl FnMut(Range<usize>, R
                 let in_object = kinds & 1 == 1;
                 if s.peek() == Some(if in_object { b'}' } else { b']' }) {
                     s.i += 1;
-                    value_end = s.i;
+                    if VALUES {
+                        value_end = s.i;
+                    }
                     depth -= 1;
                     kinds >>= 1;
                     state = State::AfterValue;
@@ -78,7 +94,11 @@ pub(crate) fn scan_object(line: &[u8], mut on_member: impl FnMut(Range<usize>, R
                     if escaped {
                         return false;
                     }
-                    key = start..s.i - 1;
+                    if VALUES {
+                        key = start..s.i - 1;
+                    } else {
+                        on_member(start..s.i - 1, 0..0, false);
+                    }
                 }
                 s.skip_ws();
                 if s.peek() != Some(b':') {
@@ -91,7 +111,7 @@ pub(crate) fn scan_object(line: &[u8], mut on_member: impl FnMut(Range<usize>, R
                 let Some(c) = s.peek() else {
                     return false;
                 };
-                if depth == 1 {
+                if VALUES && depth == 1 {
                     value_start = s.i;
                 }
                 match c {
@@ -109,8 +129,10 @@ pub(crate) fn scan_object(line: &[u8], mut on_member: impl FnMut(Range<usize>, R
                         let Some(escaped) = s.string() else {
                             return false;
                         };
-                        value_escaped = escaped && depth == 1;
-                        value_end = s.i;
+                        if VALUES {
+                            value_escaped = escaped && depth == 1;
+                            value_end = s.i;
+                        }
                         state = State::AfterValue;
                     }
                     b't' | b'f' | b'n' => {
@@ -123,14 +145,18 @@ pub(crate) fn scan_object(line: &[u8], mut on_member: impl FnMut(Range<usize>, R
                             return false;
                         }
                         s.i += word.len();
-                        value_end = s.i;
+                        if VALUES {
+                            value_end = s.i;
+                        }
                         state = State::AfterValue;
                     }
                     b'-' | b'0'..=b'9' => {
                         if !s.number() {
                             return false;
                         }
-                        value_end = s.i;
+                        if VALUES {
+                            value_end = s.i;
+                        }
                         state = State::AfterValue;
                     }
                     _ => return false,
@@ -140,7 +166,7 @@ pub(crate) fn scan_object(line: &[u8], mut on_member: impl FnMut(Range<usize>, R
                 if depth == 0 {
                     return s.i == line.len();
                 }
-                if depth == 1 && value_start != 0 {
+                if VALUES && depth == 1 && value_start != 0 {
                     on_member(key.clone(), value_start..value_end, value_escaped);
                     value_start = 0;
                     value_escaped = false;
@@ -152,7 +178,9 @@ pub(crate) fn scan_object(line: &[u8], mut on_member: impl FnMut(Range<usize>, R
                     (Some(b'}'), true) | (Some(b']'), false) => {
                         depth -= 1;
                         kinds >>= 1;
-                        value_end = s.i + 1;
+                        if VALUES {
+                            value_end = s.i + 1;
+                        }
                     }
                     _ => return false,
                 }
@@ -496,11 +524,18 @@ mod tests {
                 let mut keys = Vec::new();
                 let mut values = Vec::new();
                 let mut escapes = Vec::new();
-                if scan_object(&line, |k, v, escaped| {
+                let valid = scan_object(&line, |k, v, escaped| {
                     keys.push(line[k].to_vec());
                     escapes.push(escaped);
                     values.push(line[v].to_vec());
-                }) {
+                });
+                // The keys-only scan gives the same verdict and keys.
+                let mut only_keys = Vec::new();
+                assert_eq!(scan_object_keys(&line, |k| only_keys.push(line[k].to_vec())), valid);
+                if valid {
+                    assert_eq!(only_keys, keys);
+                }
+                if valid {
                     let mut copy = line.clone();
                     let Ok(simd_json::BorrowedValue::Object(_)) = simd_json::to_borrowed_value(&mut copy) else {
                         panic!("called valid, simd-json rejects: {:?}", String::from_utf8_lossy(&line));

@@ -11,8 +11,10 @@
 //! up on its own: the first occurrence of a duplicated key wins.
 
 use simd_json::Node;
+use std::ops::Range;
 use std::sync::Arc;
 
+use super::scan::number_value;
 use super::tape::{lookup, node_count, scalar};
 use crate::event::{FieldSet, FieldValueRef};
 use crate::json_text::{key_bucket as bucket, KEY_BUCKETS as BUCKETS};
@@ -40,8 +42,19 @@ pub(super) struct FieldPlan {
     /// Root index + 1 of the next root in the same bucket; 0 ends the chain.
     next: Vec<u8>,
     /// Per root, for the event being extracted: where its value starts in
-    /// the tape and how many nodes it spans (start 0: not found).
+    /// the tape and how many nodes it spans, or, for a line the scan read
+    /// ([`FieldPlan::text_value`]), its value's byte offset and length in
+    /// the line (start 0: not found).
     found: Vec<(usize, usize)>,
+    /// Per root, whether some path goes below it (its value is then read
+    /// inside an object).
+    nested: Vec<bool>,
+    /// Per root found by [`FieldPlan::offer_text`]: whether its value is a
+    /// string with an escape.
+    escaped: Vec<bool>,
+    /// Per root found by [`FieldPlan::offer_text`] whose value is a
+    /// number: the number, once [`FieldPlan::settle_text`] read it.
+    numbers: Vec<f64>,
     /// Too many roots for the index: look paths up one by one.
     per_path: bool,
 }
@@ -123,8 +136,15 @@ impl FieldPlan {
                 buckets[b] = (i + 1) as u8;
             }
         }
+        let mut nested = vec![false; roots.len()];
+        for &(root, single) in &path_root {
+            nested[root] |= !single;
+        }
         FieldPlan {
             found: vec![(0, 0); roots.len()],
+            nested,
+            escaped: vec![false; roots.len()],
+            numbers: vec![0.0; roots.len()],
             fields,
             roots,
             path_root,
@@ -183,20 +203,104 @@ impl FieldPlan {
     /// spans `count` nodes. The first occurrence of a key wins.
     #[inline(always)]
     pub(super) fn offer(&mut self, b: usize, key: &[u8], idx: usize, count: usize) {
+        if let Some(r) = self.root(b, key) {
+            if self.found[r].0 == 0 {
+                self.found[r] = (idx, count);
+            }
+        }
+    }
+
+    /// [`FieldPlan::offer`] for a line [`scan_object`] read: the key's
+    /// value is at `value` in the line, and `escaped` says it is a string
+    /// with an escape.
+    ///
+    /// [`scan_object`]: super::scan::scan_object
+    #[inline(always)]
+    pub(super) fn offer_text(&mut self, b: usize, key: &[u8], value: Range<usize>, escaped: bool) {
+        if let Some(r) = self.root(b, key) {
+            if self.found[r].0 == 0 {
+                self.found[r] = (value.start, value.len());
+                self.escaped[r] = escaped;
+            }
+        }
+    }
+
+    /// Whether every value [`FieldPlan::offer_text`] found in `line` can
+    /// be read from its text as the tape would give it: not a string with
+    /// an escape (the tape unescapes it), not an object a deeper path goes
+    /// into, not a number simd-json computes another way
+    /// ([`number_value`]); numbers are read here, once. The caller parses
+    /// the line when it cannot; else [`FieldPlan::text_value`] reads the
+    /// values.
+    #[inline]
+    pub(super) fn settle_text(&mut self, line: &[u8]) -> bool {
+        if self.per_path {
+            return false;
+        }
+        for r in 0..self.found.len() {
+            let (start, len) = self.found[r];
+            if start == 0 {
+                continue;
+            }
+            let Some(value) = line.get(start..start + len) else {
+                return false;
+            };
+            match value.first() {
+                Some(b'"') if self.escaped[r] => return false,
+                Some(b'{') if self.nested[r] => return false,
+                Some(b'"' | b'{' | b'[' | b't' | b'f' | b'n') => {}
+                _ => match number_value(value) {
+                    Some(n) => self.numbers[r] = n,
+                    None => return false,
+                },
+            }
+        }
+        true
+    }
+
+    /// The value of path `i` in `line`, once [`FieldPlan::settle_text`]
+    /// accepted it, as [`FieldPlan::value`] reads it from the line's tape;
+    /// `Missing` for `i` past the last path.
+    #[inline(always)]
+    pub(super) fn text_value<'a>(&self, line: &'a [u8], i: usize) -> FieldValueRef<'a> {
+        let Some(&(root, single)) = self.path_root.get(i) else {
+            return FieldValueRef::Missing;
+        };
+        let (start, len) = self.found[root];
+        let Some(value) = line.get(start..start + len).filter(|_| start != 0) else {
+            return FieldValueRef::Missing;
+        };
+        // A deeper path: in a settled line its root is not an object (the
+        // tape reads into objects), and below anything else is nothing.
+        if !single {
+            debug_assert_ne!(value.first(), Some(&b'{'), "a nested path into an object is not settled");
+            return FieldValueRef::Missing;
+        }
+        match value {
+            [b'"', inner @ .., b'"'] => text(inner).map_or(FieldValueRef::Missing, FieldValueRef::Str),
+            [b'{' | b'[', ..] => FieldValueRef::Composite,
+            b"true" => FieldValueRef::Bool(true),
+            b"false" => FieldValueRef::Bool(false),
+            b"null" => FieldValueRef::Null,
+            _ => FieldValueRef::Number(self.numbers[root]),
+        }
+    }
+
+    /// The root `key` is, if the plan has it; `b` is its bucket.
+    #[inline(always)]
+    fn root(&self, b: usize, key: &[u8]) -> Option<usize> {
         if self.mask & (1 << b) == 0 {
-            return;
+            return None;
         }
         let mut link = self.buckets[b];
         while link != 0 {
             let r = (link - 1) as usize;
             if same(&self.roots[r], key) {
-                if self.found[r].0 == 0 {
-                    self.found[r] = (idx, count);
-                }
-                return;
+                return Some(r);
             }
             link = self.next[r];
         }
+        None
     }
 
     /// The value of path `i` of the field set in the object [`FieldPlan::locate`]
@@ -222,6 +326,20 @@ impl FieldPlan {
                 None => FieldValueRef::Missing,
             },
         }
+    }
+}
+
+/// The text of a string's bytes between its quotes: ASCII (the usual
+/// value, short) without a second look, anything else checked as UTF-8.
+#[inline(always)]
+fn text(bytes: &[u8]) -> Option<&str> {
+    // One branch-free pass the compiler vectorises and inlines (the
+    // library's `is_ascii` is a call).
+    if bytes.iter().fold(0u8, |acc, &b| acc | b) < 0x80 {
+        // SAFETY: ASCII bytes are valid UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(bytes) })
+    } else {
+        std::str::from_utf8(bytes).ok()
     }
 }
 

@@ -5,7 +5,7 @@
 use simd_json::{Buffers, Node, Tape};
 
 use super::extract::FieldPlan;
-use super::scan::scan_object;
+use super::scan::{scan_object, scan_object_keys};
 use super::tape::{self, node_count, wrapped_value};
 use super::values::{EventObserver, EventValues, Observer};
 use super::DecodeStats;
@@ -35,6 +35,9 @@ pub struct Decoder {
     observer_plans: Vec<Option<FieldPlan>>,
     /// Counters since the last [`Decoder::take_stats`].
     stats: DecodeStats,
+    /// Whether objects may be read by the scan instead of the tape (off
+    /// only to compare the two).
+    scan: bool,
 }
 
 impl Default for Decoder {
@@ -60,6 +63,17 @@ impl Decoder {
             observers: Vec::new(),
             observer_plans: Vec::new(),
             stats: DecodeStats::default(),
+            scan: true,
+        }
+    }
+
+    /// A decoder that reads every object through simd-json's tape, never
+    /// the scan: what the scan path is compared with.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn tape_only() -> Decoder {
+        Decoder {
+            scan: false,
+            ..Decoder::new()
         }
     }
 
@@ -171,13 +185,13 @@ impl Decoder {
         let track_members = extra.len() + members.len() <= 64;
         // An event whose values nobody reads needs only a proof that it is
         // valid and its top-level keys: a scan does that without a tape.
-        if track_members && out.fields().is_empty() && self.observers.is_empty() {
+        if track_members && self.scan && out.fields().is_empty() && self.observers.is_empty() {
             let signatures = extra.iter().fold(fragment.key_signatures(), |acc, m| acc | key_signature(m.key()));
             let mut present = 0u64;
             let mut keys = 0usize;
-            let valid = scan_object(line, |k| {
+            let valid = scan_object_keys(line, |key| {
                 keys += 1;
-                mark_present(k, signatures, extra, members, &mut present);
+                mark_present(&line[key], signatures, extra, members, &mut present);
             });
             if valid {
                 splice(out, line, close, may_hold_breaks, keys > 0, extra, members, |i| {
@@ -186,6 +200,11 @@ impl Decoder {
                 out.finish_event();
                 return true;
             }
+        }
+        // Most others need the text of a few top-level values besides: the
+        // scan finds them too.
+        else if track_members && self.scan && self.try_scanned(line, close, may_hold_breaks, extra, fragment, out) {
+            return true;
         }
         let Decoder {
             scratch,
@@ -257,6 +276,86 @@ impl Decoder {
         }
         out.finish_event();
         *tape = t.reset();
+        true
+    }
+
+    /// [`Decoder::try_object`] from the scan alone ([`scan_object`]),
+    /// without simd-json's tape, for at most 64 members of `extra` and
+    /// `fragment`. Returns false, having written nothing, when the scan is
+    /// not sure the line is valid, or a field the batch or an observer
+    /// reads is not in the line's text as the tape would give it
+    /// ([`FieldPlan::settle_text`]).
+    #[inline(always)]
+    fn try_scanned(
+        &mut self,
+        line: &[u8],
+        close: usize,
+        may_hold_breaks: bool,
+        extra: &[Member],
+        fragment: &Fragment,
+        out: &mut BatchBuilder,
+    ) -> bool {
+        let Decoder {
+            plan,
+            observers,
+            observer_plans,
+            ..
+        } = self;
+        let members = fragment.members();
+        let mut out_plan = (!out.fields().is_empty()).then(|| cached_plan(plan, out.fields()));
+        let mut plan_buckets = 0u64;
+        if let Some(p) = out_plan.as_deref_mut() {
+            p.begin();
+            plan_buckets |= p.mask();
+        }
+        for (k, o) in observers.iter().enumerate() {
+            let p = observer_plan(observer_plans, k, &o.fields);
+            p.begin();
+            plan_buckets |= p.mask();
+        }
+        let observer_plans = &mut observer_plans[..observers.len()];
+        let signatures = extra.iter().fold(fragment.key_signatures(), |acc, m| acc | key_signature(m.key()));
+        let wanted = signatures | plan_buckets;
+        let mut present = 0u64;
+        let mut keys = 0usize;
+        let valid = scan_object(line, |key, value, escaped| {
+            let k = &line[key];
+            keys += 1;
+            let b = key_bucket(k);
+            // Most keys are in no wanted bucket: one test rules them out.
+            if wanted & (1 << b) == 0 {
+                return;
+            }
+            mark_present(k, signatures, extra, members, &mut present);
+            if plan_buckets & (1 << b) != 0 {
+                if let Some(p) = out_plan.as_deref_mut() {
+                    p.offer_text(b, k, value.clone(), escaped);
+                }
+                for p in observer_plans.iter_mut().flatten() {
+                    p.offer_text(b, k, value.clone(), escaped);
+                }
+            }
+        });
+        let settled = valid
+            && out_plan.as_deref_mut().is_none_or(|p| p.settle_text(line))
+            && observer_plans.iter_mut().flatten().all(|p| p.settle_text(line));
+        if !settled {
+            return false;
+        }
+        splice(out, line, close, may_hold_breaks, keys > 0, extra, members, |i| {
+            present & (1 << i) != 0
+        });
+        if let Some(p) = out_plan {
+            for i in 0..p.len() {
+                out.push_value(p.text_value(line, i));
+            }
+        }
+        for (o, p) in observers.iter_mut().zip(observer_plans.iter()) {
+            if let Some(p) = p {
+                o.inner.event(&EventValues::scanned(line, p));
+            }
+        }
+        out.finish_event();
         true
     }
 
@@ -464,6 +563,7 @@ fn blank_line_breaks(object: &mut [u8]) {
 mod tests {
     use super::*;
     use crate::event::{FieldPath, FieldValueRef};
+    use proptest::prelude::Strategy;
     use serde_json::{json, Map, Value};
 
     fn fragment() -> Fragment {
@@ -627,6 +727,139 @@ mod tests {
         assert_eq!(seen[1][1], r#"[Str("not json"), Missing, Missing]"#);
         assert_eq!(seen[1][2], r#"[Str("m"), Bool(false), Missing]"#);
         assert_eq!(seen[0][3], "[Missing, Missing, Missing]");
+    }
+
+    /// What decoding `lines` gives with `fields` extracted into the batch
+    /// and observed (and a second observer reading `message`): each
+    /// event's bytes, the values stored and the values each observer saw.
+    fn decoded_with(mut d: Decoder, lines: &[&[u8]], fields: &[&str]) -> (Vec<Vec<u8>>, Vec<String>, Vec<Vec<String>>) {
+        let set = |paths: &[&str]| {
+            let mut set = FieldSet::new();
+            for p in paths {
+                set.add(FieldPath::parse(p).unwrap());
+            }
+            Arc::new(set)
+        };
+        let fields = set(fields);
+        let mut out = BatchBuilder::with_capacity(fields.clone(), 1024, lines.len());
+        d.observe(fields.clone(), Box::new(Seen(Vec::new())));
+        d.observe(set(&["message"]), Box::new(Seen(Vec::new())));
+        for l in lines {
+            d.decode_line(l, false, &[Member::string("stream", "stdout")], &fragment(), &mut out);
+        }
+        let seen = d
+            .finish_observers()
+            .into_iter()
+            .map(|s| *s.downcast::<Vec<String>>().unwrap())
+            .collect();
+        let batch = out.build(super::super::test_support::context(), std::time::SystemTime::now());
+        let events = batch.events().map(<[u8]>::to_vec).collect();
+        let stored = (0..batch.len())
+            .map(|i| format!("{:?}", (0..fields.len()).map(|f| batch.value(i, f)).collect::<Vec<_>>()))
+            .collect();
+        (events, stored, seen)
+    }
+
+    /// The scan path and the tape path decode `lines` alike.
+    fn assert_paths_agree(lines: &[&[u8]], fields: &[&str]) {
+        let scanned = decoded_with(Decoder::new(), lines, fields);
+        let parsed = decoded_with(Decoder::tape_only(), lines, fields);
+        assert_eq!(
+            scanned,
+            parsed,
+            "{:?}",
+            lines.iter().map(|l| String::from_utf8_lossy(l)).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn fields_read_from_the_scan_equal_what_the_tape_gives() {
+        let fields = [
+            "level",
+            "status",
+            "ms",
+            "http.status",
+            "release.version",
+            "msg",
+            "tags",
+            "ok",
+            "n",
+            "é",
+            "missing",
+        ];
+        let lines: [&[u8]; 16] = [
+            br#"{"level":"info","status":200,"ms":3.741,"http":{"status":503},"msg":"plain","tags":[1],"ok":true,"n":null}"#,
+            br#"{"level":"a \"quoted\" word","status":-0,"ms":-0.0,"msg":"tab\there"}"#,
+            "{\"é\":\"ünïcode ✓\",\"level\":\"\\u00e9\\ud83d\\ude00\",\"status\":123456789012345678}".as_bytes(),
+            br#"{"status":1e3,"ms":1.5E-2,"level":"x"}"#,
+            br#"{"status":12345678901234567890,"ms":9007199254740993.5}"#,
+            br#"{"ms":0.30000000000000004,"status":-9007199254740991,"level":"dup","level":"second"}"#,
+            br#"{"ms":1234567.8901234567,"status":0.1}"#,
+            br#"{"http":"not an object","release":[1],"level":{"deep":{"x":1}}}"#,
+            br#"{"http":{"status":{"code":1},"status":2},"release":{"version":"v\"3"}}"#,
+            br#"{"msg":{"nested":"object"},"tags":{},"ok":[],"n":{"a":[]}}"#,
+            br#"{"level":"info","level\u0031":1}"#,
+            br#"{"level":"info", "status" : 200 ,"ms": 2 }"#,
+            br#"{"level":"info","status":200"#,
+            br#"{"level":"info","status":01}"#,
+            b"{\"level\":\"\xff\"}",
+            br#"plain text"#,
+        ];
+        assert_paths_agree(&lines, &fields);
+        for line in lines {
+            assert_paths_agree(&[line], &fields);
+            assert_paths_agree(&[line], &["level"]);
+            assert_paths_agree(&[line], &[]);
+        }
+    }
+
+    #[test]
+    fn an_event_read_from_the_scan_keeps_its_bytes_and_gets_its_values() {
+        let line: &[u8] = br#"{"level":"warn","status":404,"ms":12.5,"http":{"status":1},"msg":"m"}"#;
+        let (events, stored, seen) = decoded_with(Decoder::new(), &[line], &["level", "status", "ms", "http", "msg", "missing"]);
+        assert_eq!(
+            String::from_utf8(events[0].clone()).unwrap(),
+            r#"{"level":"warn","status":404,"ms":12.5,"http":{"status":1},"msg":"m","stream":"stdout","release":{"version":"v2"},"host":"node-1"}"#
+        );
+        let want = r#"[Str("warn"), Number(404.0), Number(12.5), Composite, Str("m"), Missing]"#;
+        assert_eq!(stored, [want]);
+        assert_eq!(seen, [vec![want.to_owned()], vec![r#"[Missing]"#.to_owned()]]);
+    }
+
+    proptest::proptest! {
+        /// On objects built from tricky pieces (escapes, unicode, repeated
+        /// keys, nested objects, exponents, long and negative numbers),
+        /// whole or cut short, the scan path writes the same events and
+        /// reads the same values as the tape path.
+        #[test]
+        fn the_scan_path_agrees_with_the_tape_path(
+            members in proptest::collection::vec((
+                proptest::sample::select(vec!["a", "b", "level", "status", "é", "a\\u0062", "msg"]),
+                proptest::prop_oneof![
+                    proptest::sample::select(vec![
+                        r#""x""#, r#""a\"b""#, r#""\u00e9""#, r#""é ✓""#, "true", "false", "null", "{}", "[]",
+                        r#"{"b":1}"#, r#"{"b":{"c":"d"}}"#, r#"{"b":"\n"}"#, "[1,{\"b\":2}]",
+                    ]).prop_map(str::to_owned),
+                    "-?(0|[1-9][0-9]{0,19})(\\.[0-9]{1,20})?([eE][+-]?[0-9]{1,3})?",
+                ],
+                proptest::sample::select(vec!["", " ", "\t"]),
+            ), 0..8),
+            cut in proptest::option::of(0usize..200),
+        ) {
+            let mut line = String::from("{");
+            for (i, (k, v, ws)) in members.iter().enumerate() {
+                if i > 0 {
+                    line.push(',');
+                }
+                line.push_str(&format!("{ws}\"{k}\"{ws}:{ws}{v}{ws}"));
+            }
+            line.push('}');
+            let mut bytes = line.into_bytes();
+            if let Some(cut) = cut {
+                bytes.truncate(cut);
+            }
+            assert_paths_agree(&[&bytes], &["a", "b", "level", "status", "é", "ab", "msg", "a.b", "a.b.c", "b.c"]);
+        }
     }
 
     #[test]

@@ -17,6 +17,11 @@ mod values;
 pub use json::Decoder;
 pub(crate) use values::{EventObserver, EventValues};
 
+/// The validating scan of one JSON object's text, which reports where its
+/// top-level members are: the decoder's fast path, and the `fields`
+/// transform's way into an event's bytes.
+pub(crate) use scan::scan_object;
+
 /// Equality of byte strings without a call into `memcmp`, for keys, label
 /// values, literals and series keys.
 pub(crate) use extract::same as same_bytes;

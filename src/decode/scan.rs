@@ -10,6 +10,8 @@
 //! line with simd-json, which decides. A differential test and the `json`
 //! fuzz target hold the two to that.
 
+use std::ops::Range;
+
 /// Containers nested deeper than this are left to simd-json.
 const MAX_DEPTH: u32 = 64;
 
@@ -19,10 +21,30 @@ const MAX_DEPTH: u32 = 64;
 const MAX_DIGITS: usize = 18;
 
 /// Whether `line` is certainly one valid JSON object (with nothing but
-/// whitespace around it), calling `on_key` with each top-level key's raw
-/// bytes as it goes. `false` means "not sure": parse the line instead, and
-/// disregard the keys already reported.
-pub(crate) fn scan_object(line: &[u8], mut on_key: impl FnMut(&[u8])) -> bool {
+/// whitespace around it), calling `on_member` with where each top-level
+/// member's key (between its quotes, without an escape) and value (its
+/// text exactly, without the whitespace around it; never at offset 0) are
+/// in `line`, and whether the value is a string with an escape, as it
+/// goes, in the order written. `false` means "not sure":
+/// parse the line instead, and disregard the members already reported.
+///
+/// Everything it accepts, `serde_json` reads too (its grammar is a subset
+/// of theirs, and its depth limit lower).
+pub(crate) fn scan_object(line: &[u8], on_member: impl FnMut(Range<usize>, Range<usize>, bool)) -> bool {
+    scan::<true>(line, on_member)
+}
+
+/// [`scan_object`] for a caller that needs the top-level keys only: each
+/// key is reported as it is read, with an empty value range. The value
+/// bookkeeping is compiled out, which the plain pipe, reading no field,
+/// notices.
+pub(crate) fn scan_object_keys(line: &[u8], mut on_key: impl FnMut(Range<usize>)) -> bool {
+    scan::<false>(line, |key, _, _| on_key(key))
+}
+
+/// The scan; with `VALUES`, members are reported after their values.
+#[inline(always)]
+fn scan<const VALUES: bool>(line: &[u8], mut on_member: impl FnMut(Range<usize>, Range<usize>, bool)) -> bool {
     let mut s = Scanner { b: line, i: 0 };
     s.skip_ws();
     if s.peek() != Some(b'{') {
@@ -34,6 +56,14 @@ pub(crate) fn scan_object(line: &[u8], mut on_key: impl FnMut(&[u8])) -> bool {
     let mut depth: u32 = 1;
     // The state between tokens: what the grammar expects next.
     let mut state = State::Opened;
+    // The top-level member being read: its key, and where its value starts
+    // (0 until then: no value starts at the line's first byte).
+    let mut key = 0..0;
+    let mut value_start = 0;
+    // Where the value read last ends, and whether it is a string with an
+    // escape.
+    let mut value_end = 0;
+    let mut value_escaped = false;
     loop {
         s.skip_ws();
         match state {
@@ -41,6 +71,9 @@ pub(crate) fn scan_object(line: &[u8], mut on_key: impl FnMut(&[u8])) -> bool {
                 let in_object = kinds & 1 == 1;
                 if s.peek() == Some(if in_object { b'}' } else { b']' }) {
                     s.i += 1;
+                    if VALUES {
+                        value_end = s.i;
+                    }
                     depth -= 1;
                     kinds >>= 1;
                     state = State::AfterValue;
@@ -61,7 +94,11 @@ pub(crate) fn scan_object(line: &[u8], mut on_key: impl FnMut(&[u8])) -> bool {
                     if escaped {
                         return false;
                     }
-                    on_key(&line[start..s.i - 1]);
+                    if VALUES {
+                        key = start..s.i - 1;
+                    } else {
+                        on_member(start..s.i - 1, 0..0, false);
+                    }
                 }
                 s.skip_ws();
                 if s.peek() != Some(b':') {
@@ -74,6 +111,9 @@ pub(crate) fn scan_object(line: &[u8], mut on_key: impl FnMut(&[u8])) -> bool {
                 let Some(c) = s.peek() else {
                     return false;
                 };
+                if VALUES && depth == 1 {
+                    value_start = s.i;
+                }
                 match c {
                     b'{' | b'[' => {
                         if depth == MAX_DEPTH {
@@ -86,8 +126,12 @@ pub(crate) fn scan_object(line: &[u8], mut on_key: impl FnMut(&[u8])) -> bool {
                     }
                     b'"' => {
                         s.i += 1;
-                        if s.string().is_none() {
+                        let Some(escaped) = s.string() else {
                             return false;
+                        };
+                        if VALUES {
+                            value_escaped = escaped && depth == 1;
+                            value_end = s.i;
                         }
                         state = State::AfterValue;
                     }
@@ -101,11 +145,17 @@ pub(crate) fn scan_object(line: &[u8], mut on_key: impl FnMut(&[u8])) -> bool {
                             return false;
                         }
                         s.i += word.len();
+                        if VALUES {
+                            value_end = s.i;
+                        }
                         state = State::AfterValue;
                     }
                     b'-' | b'0'..=b'9' => {
                         if !s.number() {
                             return false;
+                        }
+                        if VALUES {
+                            value_end = s.i;
                         }
                         state = State::AfterValue;
                     }
@@ -116,6 +166,11 @@ pub(crate) fn scan_object(line: &[u8], mut on_key: impl FnMut(&[u8])) -> bool {
                 if depth == 0 {
                     return s.i == line.len();
                 }
+                if VALUES && depth == 1 && value_start != 0 {
+                    on_member(key.clone(), value_start..value_end, value_escaped);
+                    value_start = 0;
+                    value_escaped = false;
+                }
                 let in_object = kinds & 1 == 1;
                 match (s.peek(), in_object) {
                     (Some(b','), true) => state = State::Key,
@@ -123,12 +178,60 @@ pub(crate) fn scan_object(line: &[u8], mut on_key: impl FnMut(&[u8])) -> bool {
                     (Some(b'}'), true) | (Some(b']'), false) => {
                         depth -= 1;
                         kinds >>= 1;
+                        if VALUES {
+                            value_end = s.i + 1;
+                        }
                     }
                     _ => return false,
                 }
                 s.i += 1;
             }
         }
+    }
+}
+
+/// Powers of ten that an `f64` holds exactly.
+const EXACT_POWERS_OF_TEN: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// The largest integer below which every integer is an exact `f64` (2^53 - 1).
+const MAX_EXACT_SIGNIFICAND: u64 = (1 << 53) - 1;
+
+/// The value simd-json gives the number `text` (as [`scan_object`] accepts
+/// numbers: no exponent, at most [`MAX_DIGITS`] digits), computed the way
+/// simd-json computes it: an integer through `i64`/`u64`, a fraction as
+/// its digits divided by a power of ten when both are exact `f64`s (one
+/// correctly rounded division). `None` for any other text, and for a
+/// fraction with more significant bits than that: simd-json then takes
+/// another route, and the caller parses the line with it.
+pub(crate) fn number_value(text: &[u8]) -> Option<f64> {
+    let (negative, digits) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() || digits.len() > MAX_DIGITS + 1 {
+        return None;
+    }
+    let mut significand: u64 = 0;
+    let mut fraction_digits = None;
+    for (i, &c) in digits.iter().enumerate() {
+        match c {
+            b'0'..=b'9' => significand = significand.checked_mul(10)?.checked_add(u64::from(c - b'0'))?,
+            b'.' if fraction_digits.is_none() => fraction_digits = Some(digits.len() - i - 1),
+            _ => return None,
+        }
+    }
+    match fraction_digits {
+        None => {
+            let n = i64::try_from(significand).ok()?;
+            Some(if negative { n.wrapping_neg() as f64 } else { n as f64 })
+        }
+        Some(k) if significand <= MAX_EXACT_SIGNIFICAND => {
+            let f = significand as f64 / *EXACT_POWERS_OF_TEN.get(k)?;
+            Some(if negative { -f } else { f })
+        }
+        Some(_) => None,
     }
 }
 
@@ -320,7 +423,10 @@ mod tests {
 
     fn keys(line: &str) -> Option<Vec<String>> {
         let mut keys = Vec::new();
-        scan_object(line.as_bytes(), |k| keys.push(String::from_utf8_lossy(k).into_owned())).then_some(keys)
+        scan_object(line.as_bytes(), |k, _, _| {
+            keys.push(String::from_utf8_lossy(&line.as_bytes()[k]).into_owned())
+        })
+        .then_some(keys)
     }
 
     #[test]
@@ -388,15 +494,16 @@ mod tests {
             assert!(!simd_json_accepts(line.as_bytes()), "simd-json rejects it too: {line}");
         }
         let invalid_utf8 = b"{\"a\":\"\xff\"}";
-        assert!(!scan_object(invalid_utf8, |_| {}));
+        assert!(!scan_object(invalid_utf8, |_, _, _| {}));
     }
 
     #[test]
-    fn every_line_it_calls_valid_simd_json_accepts_and_the_keys_match() {
+    fn every_line_it_calls_valid_simd_json_accepts_and_the_members_match() {
         // Every cut and every one-byte change of a few events.
         let events = [
             r#"{"time":"2026-11-01T00:00:00.000250Z","level":"info","msg":"a \"quoted\" word","status":200,"duration_ms":3.741,"http":{"proto":"HTTP/1.1","bytes":18331},"tags":["a","b"],"ok":false,"n":null}"#,
             r#"{"a":-0,"b":0.0,"c":[{"d":[true,false,null]}],"e":"\u00e9\ud83d\ude00","é":"ü"}"#,
+            "{ \"a\" : { } , \"b\":[ ]\t,\"c\" :\"x\" ,\"a\":-12.5 }",
         ];
         let swaps = [
             b'"', b'\\', b'{', b'}', b'[', b']', b',', b':', b'0', b'-', b'.', b'e', b' ', b'\n', 0x01, 0xC3, b'u', b'x',
@@ -415,7 +522,20 @@ mod tests {
             lines.push(bytes.to_vec());
             for line in lines {
                 let mut keys = Vec::new();
-                if scan_object(&line, |k| keys.push(k.to_vec())) {
+                let mut values = Vec::new();
+                let mut escapes = Vec::new();
+                let valid = scan_object(&line, |k, v, escaped| {
+                    keys.push(line[k].to_vec());
+                    escapes.push(escaped);
+                    values.push(line[v].to_vec());
+                });
+                // The keys-only scan gives the same verdict and keys.
+                let mut only_keys = Vec::new();
+                assert_eq!(scan_object_keys(&line, |k| only_keys.push(line[k].to_vec())), valid);
+                if valid {
+                    assert_eq!(only_keys, keys);
+                }
+                if valid {
                     let mut copy = line.clone();
                     let Ok(simd_json::BorrowedValue::Object(_)) = simd_json::to_borrowed_value(&mut copy) else {
                         panic!("called valid, simd-json rejects: {:?}", String::from_utf8_lossy(&line));
@@ -425,10 +545,19 @@ mod tests {
                     let tape = simd_json::to_tape(&mut copy2).expect("valid");
                     let simd_json::Node::Object { len, .. } = tape.0[0] else { panic!() };
                     let mut idx = 1;
-                    for _ in 0..len {
+                    for value in &values {
                         let simd_json::Node::String(k) = tape.0[idx] else { panic!() };
                         want.push(k.as_bytes().to_vec());
-                        idx += 1 + super::super::tape::node_count(&tape.0[idx + 1]);
+                        let count = super::super::tape::node_count(&tape.0[idx + 1]);
+                        // The value's bytes alone are the same value.
+                        let mut alone = value.clone();
+                        let own = simd_json::to_tape(&mut alone).expect("a member's value is valid alone");
+                        assert_eq!(own.0[..], tape.0[idx + 1..idx + 1 + count], "{:?}", String::from_utf8_lossy(&line));
+                        idx += 1 + count;
+                    }
+                    assert_eq!(len, values.len());
+                    for (value, escaped) in values.iter().zip(escapes) {
+                        assert_eq!(escaped, value[0] == b'"' && value.contains(&b'\\'));
                     }
                     assert_eq!(keys, want, "{:?}", String::from_utf8_lossy(&line));
                 }

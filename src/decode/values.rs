@@ -22,6 +22,9 @@ pub struct EventValues<'v>(Source<'v>);
 enum Source<'v> {
     /// A parsed JSON object and the plan that located the fields in it.
     Parsed { nodes: &'v [Node<'v>], plan: &'v FieldPlan },
+    /// A JSON object the scan read, and the plan that located the fields
+    /// in its text ([`FieldPlan::settle_text`] passed).
+    Scanned { line: &'v [u8], plan: &'v FieldPlan },
     /// A line kept as `{"message": text}`.
     Wrapped { text: &'v str, paths: &'v [FieldPath] },
 }
@@ -38,6 +41,11 @@ impl<'v> EventValues<'v> {
         EventValues(Source::Parsed { nodes, plan })
     }
 
+    /// The fields `plan` located in the text of the object `line`.
+    pub(super) fn scanned(line: &'v [u8], plan: &'v FieldPlan) -> EventValues<'v> {
+        EventValues(Source::Scanned { line, plan })
+    }
+
     /// The fields `paths` of a wrapped line whose text is `text`.
     pub(super) fn wrapped(text: &'v str, paths: &'v [FieldPath]) -> EventValues<'v> {
         EventValues(Source::Wrapped { text, paths })
@@ -46,7 +54,7 @@ impl<'v> EventValues<'v> {
     /// Number of fields.
     pub(crate) fn len(&self) -> usize {
         match self.0 {
-            Source::Parsed { plan, .. } => plan.len(),
+            Source::Parsed { plan, .. } | Source::Scanned { plan, .. } => plan.len(),
             Source::Wrapped { paths, .. } => paths.len(),
         }
     }
@@ -56,6 +64,7 @@ impl<'v> EventValues<'v> {
     pub(crate) fn get(&self, i: usize) -> FieldValueRef<'v> {
         match self.0 {
             Source::Parsed { nodes, plan } => plan.value(nodes, i),
+            Source::Scanned { line, plan } => plan.text_value(line, i),
             Source::Wrapped { text, paths } => paths.get(i).map_or(FieldValueRef::Missing, |p| wrapped_value(p, text)),
         }
     }

@@ -10,6 +10,7 @@
 
 use serde_json::Value;
 
+use crate::decode::scan_object;
 use crate::event::FieldValueRef;
 use crate::json_text::plain_prefix_len;
 
@@ -61,7 +62,36 @@ impl Member {
 /// The members of `text`, which must be one JSON object with nothing but
 /// whitespace around it, appended to `members` in the order written.
 /// `None` (with `members` in any state) when the text is anything else.
+///
+/// The decoder's scan settles the usual event (it accepts only what
+/// `serde_json` reads, and finds the same members); the strict pass here
+/// takes what it leaves (exponents, escaped keys, long numbers, deep
+/// nesting, invalid text).
 pub(crate) fn object_members(text: &[u8], members: &mut Vec<Member>) -> Option<()> {
+    let before = members.len();
+    let scanned = scan_object(text, |key, value, _| {
+        members.push(Member {
+            // With its quotes; the scan reports no escaped top-level key.
+            key: Span {
+                start: key.start - 1,
+                end: key.end + 1,
+            },
+            escaped: false,
+            value: Span {
+                start: value.start,
+                end: value.end,
+            },
+        })
+    });
+    if scanned {
+        return Some(());
+    }
+    members.truncate(before);
+    strict_members(text, members)
+}
+
+/// [`object_members`] without the scan: the strict pass alone.
+fn strict_members(text: &[u8], members: &mut Vec<Member>) -> Option<()> {
     std::str::from_utf8(text).ok()?;
     let start = skip_ws(text, 0);
     if text.get(start) != Some(&b'{') {
@@ -446,6 +476,37 @@ mod tests {
         assert_eq!(n.as_ref(t, &scratch), FieldValueRef::Number(-2.5));
         assert_eq!(value_at_path(t, &path("a.zz")), None);
         assert_eq!(value_at_path(t, &path("n.x")), None);
+    }
+
+    #[test]
+    fn the_scan_finds_the_members_the_strict_pass_finds() {
+        // Every cut and every one-byte change of a few objects.
+        let objects = [
+            r#" { "a" : 1 ,"b":{"x":[1,{"y":null}]},"c":"q\"\\","d":-0.5, "e":true,"f":[] ,"a":"é\u00e9"} "#,
+            r#"{"time":"2026-11-01T00:00:00Z","msg":"tab\there","n":123456789012345678,"m":-0,"z":{}}"#,
+            r#"{"b\u0062":1,"d":-0.5e+3,"n":12345678901234567890,"s":"\ud83d\ude00"}"#,
+        ];
+        let swaps = [
+            b'"', b'\\', b'{', b'}', b'[', b']', b',', b':', b'0', b'-', b'.', b'e', b' ', b'\n', 0x01, 0xC3, b'u',
+        ];
+        for object in objects {
+            let bytes = object.as_bytes();
+            let mut texts = vec![bytes.to_vec()];
+            for at in 0..bytes.len() {
+                texts.push(bytes[..at].to_vec());
+                for &b in &swaps {
+                    let mut t = bytes.to_vec();
+                    t[at] = b;
+                    texts.push(t);
+                }
+            }
+            for text in texts {
+                let (mut fast, mut strict) = (Vec::new(), Vec::new());
+                let got = object_members(&text, &mut fast).map(|()| fast);
+                let want = strict_members(&text, &mut strict).map(|()| strict);
+                assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&text));
+            }
+        }
     }
 
     fn json_value() -> impl Strategy<Value = Value> {

@@ -222,10 +222,12 @@ fn keyed_hash(key: &[u8], value: &str) -> String {
 impl Redact {
     /// `text` with every match replaced; `None` when nothing matched.
     fn scrub(&self, text: &str) -> Option<String> {
-        let hits = self.set.matches(text);
-        if !hits.matched_any() {
+        // Most text holds no secret: `is_match` says so without allocating
+        // the set of matches (`matches` does, on every call).
+        if !self.set.is_match(text) {
             return None;
         }
+        let hits = self.set.matches(text);
         let mut out: Cow<'_, str> = Cow::Borrowed(text);
         let mut changed = false;
         for i in hits.iter() {

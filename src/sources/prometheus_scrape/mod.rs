@@ -144,12 +144,6 @@ impl SeriesGuard {
         true
     }
 
-    /// Makes room for `n` series in all, so that they do not grow the
-    /// table one doubling at a time.
-    fn reserve(&mut self, n: usize) {
-        self.seen.reserve(n.saturating_sub(self.seen.len()));
-    }
-
     /// Forgets series not sent for `expire_after`; returns how many.
     fn expire(&mut self, budget: &mut SeriesBudget, now: Instant) -> usize {
         let before = self.seen.len();
@@ -356,10 +350,6 @@ fn render(
     let mut labels: Vec<(Cow<'_, str>, &str)> = Vec::with_capacity(16);
     let mut bounds = Vec::new();
     let mut cumulative = Vec::new();
-    // The first scrape sizes the target's table once, instead of growing
-    // it through every power of two (a thousand targets' freed smaller
-    // tables were some 20 MiB of peak RSS).
-    guard.reserve(input.expo.map_or(0, |e| e.metrics.len()).min(budget.max_series));
     for m in input.expo.map(|e| e.metrics.as_slice()).unwrap_or_default() {
         if !all_finite(&m.value) {
             counts.not_finite += 1;

@@ -165,14 +165,20 @@ pub fn write_sample<'l>(
 /// `,"<array>":[{"<a>":x,"<b>":y},…]`: the `buckets` and `quantiles`
 /// arrays.
 fn write_pairs(out: &mut Vec<u8>, array: &str, a: &str, b: &str, pairs: impl Iterator<Item = (f64, f64)>) {
-    out.extend_from_slice(format!(",\"{array}\":[").as_bytes());
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(array.as_bytes());
+    out.extend_from_slice(b"\":[");
     for (i, (x, y)) in pairs.enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(format!("{{\"{a}\":").as_bytes());
+        out.extend_from_slice(b"{\"");
+        out.extend_from_slice(a.as_bytes());
+        out.extend_from_slice(b"\":");
         write_number(out, x);
-        out.extend_from_slice(format!(",\"{b}\":").as_bytes());
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(b.as_bytes());
+        out.extend_from_slice(b"\":");
         write_number(out, y);
         out.push(b'}');
     }

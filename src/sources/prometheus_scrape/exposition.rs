@@ -16,8 +16,9 @@
 //!   them), exemplars (`# {…} v`) are ignored;
 //! - `# EOF` ends an OpenMetrics body.
 
+use hashbrown::HashMap;
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::ops::Range;
 
 /// Which format a body is in, from the response's `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,9 +146,10 @@ pub(crate) enum Value {
 pub(crate) struct Metric<'a> {
     /// The name (for histograms and summaries, the family name).
     pub(crate) name: &'a str,
-    /// Labels in exposition order (`le` and `quantile` taken out), borrowed
-    /// from the body unless they held escapes.
-    pub(crate) labels: Vec<(&'a str, Cow<'a, str>)>,
+    /// Where its labels are in [`Exposition::labels`] (see
+    /// [`Exposition::labels_of`]): one store for the whole body, not a
+    /// vector per metric.
+    pub(crate) labels: Range<usize>,
     /// The exposition's timestamp, in milliseconds since the epoch.
     pub(crate) timestamp_ms: Option<i64>,
     /// The value.
@@ -159,6 +161,9 @@ pub(crate) struct Metric<'a> {
 pub(crate) struct Exposition<'a> {
     /// Whole metrics, in the order their first line came.
     pub(crate) metrics: Vec<Metric<'a>>,
+    /// Every metric's labels, in exposition order (`le` and `quantile`
+    /// taken out), borrowed from the body unless they held escapes.
+    pub(crate) labels: Vec<(&'a str, Cow<'a, str>)>,
     /// Sample lines read (what Prometheus reports as
     /// `scrape_samples_scraped`); skipped lines are not counted.
     pub(crate) samples: usize,
@@ -166,25 +171,36 @@ pub(crate) struct Exposition<'a> {
     pub(crate) invalid: [u64; 6],
 }
 
-#[cfg(test)]
-impl Exposition<'_> {
+impl<'a> Exposition<'a> {
+    /// The labels of `m`, one of [`Exposition::metrics`].
+    pub(crate) fn labels_of(&self, m: &Metric<'a>) -> &[(&'a str, Cow<'a, str>)] {
+        self.labels.get(m.labels.clone()).unwrap_or_default()
+    }
+
+    #[cfg(test)]
     /// Lines skipped in all.
     pub(crate) fn invalid_lines(&self) -> u64 {
         self.invalid.iter().sum()
     }
 }
 
-/// One sample line, borrowed from the body where it holds no escapes.
+/// One sample line, borrowed from the body where it holds no escapes; its
+/// labels go to [`Exposition::labels`].
 struct Line<'a> {
     name: &'a str,
-    labels: Vec<(&'a str, Cow<'a, str>)>,
     value: f64,
     timestamp_ms: Option<i64>,
 }
 
 /// Parses a whole body.
 pub(crate) fn parse(body: &[u8], format: Format, limits: Limits) -> Exposition<'_> {
-    let mut out = Exposition::default();
+    // Sample lines are some 50-80 bytes: room for most bodies at once.
+    let lines = body.len() / 48 + 1;
+    let mut out = Exposition {
+        metrics: Vec::with_capacity(lines),
+        labels: Vec::with_capacity(lines * 3),
+        ..Exposition::default()
+    };
     let mut types: HashMap<&[u8], FamilyType> = HashMap::new();
     // Histograms and summaries being assembled: family + labels → index
     // into `out.metrics`.
@@ -192,6 +208,11 @@ pub(crate) fn parse(body: &[u8], format: Format, limits: Limits) -> Exposition<'
     let mut pending_inf: HashMap<usize, f64> = HashMap::new();
     let mut has_count: Vec<bool> = Vec::new();
     let mut key = Vec::new();
+    // Lines of one family come together: the last name's family and the
+    // last group's key are looked up once per run of lines, not per line.
+    let mut last_family: Option<(&str, (&str, &str, FamilyType))> = None;
+    let mut last_group: Option<usize> = None;
+    let mut last_key = Vec::new();
     for raw in body.split(|&b| b == b'\n') {
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         let line = trim_start(line);
@@ -203,6 +224,7 @@ pub(crate) fn parse(body: &[u8], format: Format, limits: Limits) -> Exposition<'
                 Comment::Type(name, word) => match family_type(word) {
                     Some(t) => {
                         types.insert(name, t);
+                        last_family = None;
                     }
                     None => out.invalid[Invalid::Type as usize] += 1,
                 },
@@ -211,18 +233,28 @@ pub(crate) fn parse(body: &[u8], format: Format, limits: Limits) -> Exposition<'
             }
             continue;
         }
-        let l = match sample_line(line, format, limits) {
+        let start = out.labels.len();
+        let l = match sample_line(line, format, limits, &mut out.labels) {
             Ok(l) => l,
             Err(e) => {
+                out.labels.truncate(start);
                 out.invalid[e as usize] += 1;
                 continue;
             }
         };
         out.samples += 1;
-        let (family, suffix, ty) = family_of(&types, l.name);
+        let (family, suffix, ty) = match last_family {
+            Some((name, found)) if name == l.name => found,
+            _ => {
+                let found = family_of(&types, l.name);
+                last_family = Some((l.name, found));
+                found
+            }
+        };
         match ty {
             FamilyType::Counter | FamilyType::Gauge | FamilyType::Other => {
                 if suffix == "_created" {
+                    out.labels.truncate(start);
                     continue;
                 }
                 let value = if ty == FamilyType::Counter {
@@ -232,7 +264,7 @@ pub(crate) fn parse(body: &[u8], format: Format, limits: Limits) -> Exposition<'
                 };
                 out.metrics.push(Metric {
                     name: l.name,
-                    labels: l.labels,
+                    labels: start..out.labels.len(),
                     timestamp_ms: l.timestamp_ms,
                     value,
                 });
@@ -242,14 +274,18 @@ pub(crate) fn parse(body: &[u8], format: Format, limits: Limits) -> Exposition<'
                 let special = if ty == FamilyType::Summary { "quantile" } else { "le" };
                 key.clear();
                 key.extend_from_slice(family.as_bytes());
-                for (k, v) in l.labels.iter().filter(|(k, _)| *k != special) {
+                for (k, v) in out.labels[start..].iter().filter(|(k, _)| *k != special) {
                     key.push(0xFF);
                     key.extend_from_slice(k.as_bytes());
                     key.push(0xFE);
                     key.extend_from_slice(v.as_bytes());
                 }
-                let idx = match groups.get(key.as_slice()) {
-                    Some(&i) => i,
+                let known = match last_group {
+                    Some(i) if last_key == key => Some(i),
+                    _ => groups.get(key.as_slice()).copied(),
+                };
+                let idx = match known {
+                    Some(i) => i,
                     None => {
                         let value = if ty == FamilyType::Summary {
                             Value::Summary {
@@ -264,9 +300,18 @@ pub(crate) fn parse(body: &[u8], format: Format, limits: Limits) -> Exposition<'
                                 sum: 0.0,
                             }
                         };
+                        // The line's labels, the special one taken out,
+                        // stay in the store as the group's.
+                        let mut kept = start;
+                        for i in start..out.labels.len() {
+                            if out.labels[i].0 != special {
+                                out.labels.swap(kept, i);
+                                kept += 1;
+                            }
+                        }
                         out.metrics.push(Metric {
                             name: family,
-                            labels: l.labels.iter().filter(|(k, _)| *k != special).cloned().collect(),
+                            labels: start..kept,
                             timestamp_ms: l.timestamp_ms,
                             value,
                         });
@@ -275,7 +320,15 @@ pub(crate) fn parse(body: &[u8], format: Format, limits: Limits) -> Exposition<'
                         out.metrics.len() - 1
                     }
                 };
-                let special_value = l.labels.iter().find(|(k, _)| *k == special).map(|(_, v)| v.as_ref());
+                // A known group keeps its labels: this line's are not
+                // needed past its special value.
+                let special_value = out.labels[start..].iter().find(|(k, _)| *k == special).map(|(_, v)| parse_float(v));
+                let group_end = out.metrics[idx].labels.end;
+                out.labels.truncate(group_end.max(start));
+                if last_group != Some(idx) {
+                    last_group = Some(idx);
+                    last_key.clone_from(&key);
+                }
                 let m = &mut out.metrics[idx];
                 match (&mut m.value, suffix) {
                     (Value::Histogram { count, .. }, "_count" | "_gcount") | (Value::Summary { count, .. }, "_count") => {
@@ -283,7 +336,7 @@ pub(crate) fn parse(body: &[u8], format: Format, limits: Limits) -> Exposition<'
                         has_count[idx] = true;
                     }
                     (Value::Histogram { sum, .. }, "_sum" | "_gsum") | (Value::Summary { sum, .. }, "_sum") => *sum = l.value,
-                    (Value::Histogram { buckets, .. }, "_bucket") => match special_value.map(parse_float) {
+                    (Value::Histogram { buckets, .. }, "_bucket") => match special_value {
                         Some(Some(le)) if le.is_finite() => buckets.push((le, l.value)),
                         Some(Some(le)) if le == f64::INFINITY => {
                             pending_inf.insert(idx, l.value);
@@ -293,7 +346,7 @@ pub(crate) fn parse(body: &[u8], format: Format, limits: Limits) -> Exposition<'
                             out.invalid[Invalid::Label as usize] += 1;
                         }
                     },
-                    (Value::Summary { quantiles, .. }, "") => match special_value.map(parse_float) {
+                    (Value::Summary { quantiles, .. }, "") => match special_value {
                         Some(Some(q)) => quantiles.push((q, l.value)),
                         _ => {
                             out.samples -= 1;
@@ -392,7 +445,7 @@ fn is_name_char(b: u8) -> bool {
 }
 
 /// `name{labels} value [timestamp] [# exemplar]`.
-fn sample_line(line: &[u8], format: Format, limits: Limits) -> Result<Line<'_>, Invalid> {
+fn sample_line<'a>(line: &'a [u8], format: Format, limits: Limits, labels: &mut Vec<(&'a str, Cow<'a, str>)>) -> Result<Line<'a>, Invalid> {
     if !line.first().copied().is_some_and(is_name_start) {
         return Err(if line.first() == Some(&b'{') {
             Invalid::Name
@@ -404,9 +457,8 @@ fn sample_line(line: &[u8], format: Format, limits: Limits) -> Result<Line<'_>, 
     // ASCII only, so this cannot fail; no panic either way.
     let name = std::str::from_utf8(&line[..name_end]).map_err(|_| Invalid::Name)?;
     let mut rest = trim_start(&line[name_end..]);
-    let mut labels = Vec::new();
     if rest.first() == Some(&b'{') {
-        rest = label_set(&rest[1..], limits, &mut labels)?;
+        rest = label_set(&rest[1..], limits, labels)?;
     }
     let rest = trim_start(rest);
     let mut words = rest.split(|b| *b == b' ' || *b == b'\t').filter(|w| !w.is_empty());
@@ -423,12 +475,7 @@ fn sample_line(line: &[u8], format: Format, limits: Limits) -> Result<Line<'_>, 
         Some(_) if format == Format::OpenMetrics && timestamp_ms.is_none() => {}
         Some(_) => return Err(Invalid::Format),
     }
-    Ok(Line {
-        name,
-        labels,
-        value,
-        timestamp_ms,
-    })
+    Ok(Line { name, value, timestamp_ms })
 }
 
 fn timestamp(word: &[u8], format: Format) -> Option<i64> {
@@ -463,6 +510,7 @@ pub(crate) fn parse_float(s: &str) -> Option<f64> {
 /// Reads `k="v",…}` (after the `{`) into `labels`; returns what follows
 /// the `}`.
 fn label_set<'a>(mut rest: &'a [u8], limits: Limits, labels: &mut Vec<(&'a str, Cow<'a, str>)>) -> Result<&'a [u8], Invalid> {
+    let first = labels.len();
     loop {
         rest = trim_start(rest);
         match rest.first() {
@@ -480,7 +528,7 @@ fn label_set<'a>(mut rest: &'a [u8], limits: Limits, labels: &mut Vec<(&'a str, 
         rest = trim_start(rest);
         rest = rest.strip_prefix(b"\"").ok_or(Invalid::Label)?;
         let (value, after) = quoted(rest, limits.max_label_value_bytes)?;
-        if labels.len() >= limits.max_labels {
+        if labels.len() - first >= limits.max_labels {
             return Err(Invalid::Label);
         }
         labels.push((name, value));
@@ -561,9 +609,9 @@ mod tests {
         assert_eq!(e.samples, 5);
         assert_eq!(e.metrics[0].value, Value::Counter(1027.0));
         assert_eq!(e.metrics[0].timestamp_ms, Some(1_395_066_363_000));
-        assert_eq!(e.metrics[0].labels, vec![("method", "post".into()), ("code", "200".into())]);
-        assert_eq!(e.metrics[2].labels[0].1, "C:\\DIR\\FILE.TXT");
-        assert_eq!(e.metrics[2].labels[1].1, "Cannot find file:\n\"FILE.TXT\"");
+        assert_eq!(e.labels_of(&e.metrics[0]), [("method", "post".into()), ("code", "200".into())]);
+        assert_eq!(e.labels_of(&e.metrics[2])[0].1, "C:\\DIR\\FILE.TXT");
+        assert_eq!(e.labels_of(&e.metrics[2])[1].1, "Cannot find file:\n\"FILE.TXT\"");
         assert_eq!(e.metrics[2].value, Value::Gauge(1.458255915e9));
         assert_eq!(e.metrics[3].timestamp_ms, None);
         assert_eq!(e.metrics[4].value, Value::Gauge(f64::NEG_INFINITY));
@@ -580,7 +628,7 @@ mod tests {
         assert_eq!(e.invalid_lines(), 0);
         assert_eq!(e.metrics.len(), 3);
         assert_eq!(e.metrics[0].name, "rpc");
-        assert_eq!(e.metrics[0].labels, vec![("svc", "a".into())]);
+        assert_eq!(e.labels_of(&e.metrics[0]), [("svc", "a".into())]);
         assert_eq!(
             e.metrics[0].value,
             Value::Histogram {
@@ -660,5 +708,47 @@ mod tests {
             let e = parse(body, Format::Text, LIMITS);
             assert!(e.metrics.is_empty(), "{body:?}");
         }
+    }
+
+    #[test]
+    fn interleaved_histogram_lines_bad_lines_and_escapes_keep_each_metrics_own_labels() {
+        let e = text(
+            "# TYPE h histogram\nh_bucket{s=\"a\\\"q\",le=\"1\"} 1\nh_bucket{le=\"1\",s=\"b\"} 5\n\
+             bad{x=\"1\",y=} 1\nh_bucket{s=\"a\\\"q\",le=\"2\"} 2\nh_bucket{le=\"2\",s=\"b\"} 6\n\
+             h_bucket{s=\"b\",le=\"x\"} 9\nh_count{s=\"a\\\"q\"} 3\nh_count{s=\"b\"} 7\n\
+             c{x=\"1\"} 7\n# TYPE c counter\nc{x=\"3\",z=\"4\"} 8\nc_created{x=\"2\"} 1\n",
+        );
+        assert_eq!(e.invalid[Invalid::Label as usize], 2, "{:?}", e.invalid);
+        let got: Vec<_> = e
+            .metrics
+            .iter()
+            .map(|m| (m.name, e.labels_of(m).to_vec(), m.value.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "h",
+                    vec![("s", "a\"q".into())],
+                    Value::Histogram {
+                        buckets: vec![(1.0, 1.0), (2.0, 2.0)],
+                        count: 3.0,
+                        sum: 0.0
+                    }
+                ),
+                (
+                    "h",
+                    vec![("s", "b".into())],
+                    Value::Histogram {
+                        buckets: vec![(1.0, 5.0), (2.0, 6.0)],
+                        count: 7.0,
+                        sum: 0.0
+                    }
+                ),
+                ("c", vec![("x", "1".into())], Value::Gauge(7.0)),
+                ("c", vec![("x", "3".into()), ("z", "4".into())], Value::Counter(8.0)),
+            ]
+        );
+        assert_eq!(e.labels.len(), 5, "no label of a skipped line or a known group's line is kept");
     }
 }

@@ -17,8 +17,9 @@
 //! exactly as its log lines do: the same file source's pod cache and the
 //! same [`kubernetes::metadata`] build it.
 //!
-//! The series limit: a guard remembers the series the source sent (as
-//! 64-bit hashes); past `max_series`, a new series is dropped and counted
+//! The series limit: each target's guard remembers the series it sent (as
+//! 64-bit hashes), and the source's budget counts them all; past
+//! `max_series`, a new series is dropped and counted
 //! in `sluice_metric_updates_dropped_total{reason="series_limit"}`, so
 //! memory is fixed by the configuration whatever the targets expose.
 
@@ -34,7 +35,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use self::exposition::{Exposition, Format, Invalid, Limits, Metric, Value};
+use self::exposition::{Exposition, Format, Invalid, Limits, Value};
 use super::file::kubernetes::{self, PathMeta, PodInfo, SharedPods};
 use super::{SourceComponent, SourceCx, SourceError};
 use crate::enrich::SourceContext;
@@ -87,46 +88,82 @@ struct Target {
     meta: serde_json::Map<String, serde_json::Value>,
 }
 
-/// The series the source has sent, bounded by `max_series`.
+/// The series limit of one source: the series its targets hold, against
+/// `max_series`. Shared by the targets' tasks.
+#[derive(Debug)]
+pub(crate) struct SeriesBudget {
+    max_series: usize,
+    /// The sum of the targets' [`SeriesGuard::len`]; at most `max_series`.
+    held: usize,
+}
+
+impl SeriesBudget {
+    /// A budget with no series held.
+    pub(crate) fn new(max_series: usize) -> SeriesBudget {
+        SeriesBudget { max_series, held: 0 }
+    }
+}
+
+/// The series one target has sent (as 64-bit hashes), with when each was
+/// last sent; new ones count against the source's [`SeriesBudget`].
+///
+/// One table per target rather than one for the source: a scrape touches
+/// a table of its own target's size (1,000 series: some 25 KB) instead of
+/// hopping through one of every series of every target, whose cache misses
+/// were a quarter of the scrape's CPU at 1,000 targets. Targets never share
+/// a series unless `honor_labels` lets one target's labels equal another's;
+/// then the series counts once per target.
 #[derive(Debug)]
 pub(crate) struct SeriesGuard {
-    max_series: usize,
     expire_after: Duration,
-    seen: HashMap<u64, Instant>,
+    /// Keyed by the series' hash (already a hash: foldhash rehashes it
+    /// cheaply).
+    seen: hashbrown::HashMap<u64, Instant>,
 }
 
 impl SeriesGuard {
     /// An empty guard.
-    pub(crate) fn new(max_series: usize, expire_after: Duration) -> SeriesGuard {
+    pub(crate) fn new(expire_after: Duration) -> SeriesGuard {
         SeriesGuard {
-            max_series,
             expire_after,
-            seen: HashMap::new(),
+            seen: hashbrown::HashMap::new(),
         }
     }
 
-    /// True when the series may be sent: known, or new within the limit.
-    fn admit(&mut self, key: u64, now: Instant) -> bool {
+    /// True when the series may be sent: known, or new within the budget.
+    fn admit(&mut self, budget: &mut SeriesBudget, key: u64, now: Instant) -> bool {
         if let Some(t) = self.seen.get_mut(&key) {
             *t = now;
             return true;
         }
-        if self.seen.len() >= self.max_series {
+        if budget.held >= budget.max_series {
             return false;
         }
+        budget.held += 1;
         self.seen.insert(key, now);
         true
     }
 
     /// Forgets series not sent for `expire_after`; returns how many.
-    fn expire(&mut self, now: Instant) -> usize {
+    fn expire(&mut self, budget: &mut SeriesBudget, now: Instant) -> usize {
         let before = self.seen.len();
         let keep = self.expire_after;
         self.seen.retain(|_, t| now.saturating_duration_since(*t) < keep);
-        before - self.seen.len()
+        let gone = before - self.seen.len();
+        budget.held = budget.held.saturating_sub(gone);
+        gone
+    }
+
+    /// Forgets every series (the target is gone); returns how many.
+    fn release(&mut self, budget: &mut SeriesBudget) -> usize {
+        let gone = self.seen.len();
+        self.seen.clear();
+        budget.held = budget.held.saturating_sub(gone);
+        gone
     }
 
     /// Series held.
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.seen.len()
     }
@@ -142,8 +179,11 @@ struct Scraper {
     honor_timestamps: bool,
     limits: Limits,
     max_body_bytes: u64,
-    guard: Mutex<SeriesGuard>,
-    hasher: std::collections::hash_map::RandomState,
+    budget: Mutex<SeriesBudget>,
+    expire_after: Duration,
+    /// Hashes series for the guard: foldhash, randomly seeded per source
+    /// (SipHash cost a tenth of the scrape's CPU).
+    hasher: hashbrown::DefaultHashBuilder,
     output: SourceOutput,
 }
 
@@ -185,7 +225,13 @@ impl Scraper {
 
     /// Scrapes `target` once and sends its batch; `Err` once the pipeline
     /// is closed.
-    async fn scrape(&self, target: &Target, context: &Arc<SourceContext>, was_up: &mut bool) -> Result<(), PipelineClosed> {
+    async fn scrape(
+        &self,
+        target: &Target,
+        context: &Arc<SourceContext>,
+        was_up: &mut bool,
+        series: &mut SeriesGuard,
+    ) -> Result<(), PipelineClosed> {
         let started = Instant::now();
         let scrape_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         let fetched = self.fetch(&target.url).await;
@@ -213,9 +259,10 @@ impl Scraper {
             // series guard) grows the batch as it goes.
             let n = expo.as_ref().map_or(3, |e| e.metrics.len() + 3).min(4096);
             let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), n * 200, n);
-            let counts = {
-                let mut guard = self.guard.lock().unwrap_or_else(PoisonError::into_inner);
-                render(
+            let now = Instant::now();
+            let (counts, expired) = {
+                let mut budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
+                let counts = render(
                     &mut out,
                     RenderInput {
                         target,
@@ -226,10 +273,12 @@ impl Scraper {
                         honor_timestamps: self.honor_timestamps,
                         fragment: &context.fragment,
                     },
-                    &mut guard,
+                    series,
+                    &mut budget,
                     &self.hasher,
-                    Instant::now(),
-                )
+                    now,
+                );
+                (counts, series.expire(&mut budget, now))
             };
             let m = source_metrics();
             let source: &str = &self.source;
@@ -239,6 +288,9 @@ impl Scraper {
             }
             if counts.not_finite > 0 {
                 m.dropped.with_label_values(&[source, "not_finite"]).inc_by(counts.not_finite);
+            }
+            if expired > 0 {
+                m.expired.with_label_values(&[source]).inc_by(expired as u64);
             }
             if let Some(e) = &expo {
                 for reason in Invalid::ALL {
@@ -254,16 +306,19 @@ impl Scraper {
         self.output.send_batch(batch).await
     }
 
-    /// Expires silent series and sets `sluice_metric_series`.
-    fn expire(&self) {
-        let (expired, len) = {
-            let mut g = self.guard.lock().unwrap_or_else(PoisonError::into_inner);
-            (g.expire(Instant::now()), g.len())
-        };
-        let m = source_metrics();
-        m.series.with_label_values(&[&self.source]).set(len as i64);
-        if expired > 0 {
-            m.expired.with_label_values(&[&self.source]).inc_by(expired as u64);
+    /// Sets `sluice_metric_series` (each target expires its own silent
+    /// series as it scrapes).
+    fn report_series(&self) {
+        let held = self.budget.lock().unwrap_or_else(PoisonError::into_inner).held;
+        source_metrics().series.with_label_values(&[&self.source]).set(held as i64);
+    }
+
+    /// Gives back a stopped target's series to the budget; they count as
+    /// expired.
+    fn release(&self, series: &mut SeriesGuard) {
+        let gone = series.release(&mut self.budget.lock().unwrap_or_else(PoisonError::into_inner));
+        if gone > 0 {
+            source_metrics().expired.with_label_values(&[&self.source]).inc_by(gone as u64);
         }
     }
 }
@@ -286,6 +341,7 @@ fn render(
     out: &mut BatchBuilder,
     input: RenderInput<'_>,
     guard: &mut SeriesGuard,
+    budget: &mut SeriesBudget,
     hasher: &impl BuildHasher,
     now: Instant,
 ) -> RenderCounts {
@@ -299,7 +355,8 @@ fn render(
             counts.not_finite += 1;
             continue;
         }
-        merge_labels(m, &target_labels, input.honor_labels, &mut labels);
+        let scraped = input.expo.map(|e| e.labels_of(m)).unwrap_or_default();
+        merge_labels(scraped, &target_labels, input.honor_labels, &mut labels);
         let mut h = hasher.build_hasher();
         m.name.hash(&mut h);
         std::mem::discriminant(&m.value).hash(&mut h);
@@ -307,7 +364,7 @@ fn render(
             k.hash(&mut h);
             v.hash(&mut h);
         }
-        if !guard.admit(h.finish(), now) {
+        if !guard.admit(budget, h.finish(), now) {
             counts.dropped += 1;
             continue;
         }
@@ -385,11 +442,16 @@ fn all_finite(v: &Value) -> bool {
 
 /// The labels of one series: the scraped ones (empty values left out) and
 /// the target's, with Prometheus' rule for a name in both.
-fn merge_labels<'a>(m: &'a Metric<'_>, target: &[(&'a str, &'a str)], honor: bool, labels: &mut Vec<(Cow<'a, str>, &'a str)>) {
+fn merge_labels<'a>(
+    scraped: &'a [(&'a str, Cow<'a, str>)],
+    target: &[(&'a str, &'a str)],
+    honor: bool,
+    labels: &mut Vec<(Cow<'a, str>, &'a str)>,
+) {
     labels.clear();
     let in_target = |k: &str| target.iter().any(|(t, _)| *t == k);
-    let in_scraped = |k: &str| m.labels.iter().any(|(s, _)| *s == k);
-    for (k, v) in &m.labels {
+    let in_scraped = |k: &str| scraped.iter().any(|(s, _)| *s == k);
+    for (k, v) in scraped {
         if v.is_empty() {
             continue;
         }
@@ -404,7 +466,7 @@ fn merge_labels<'a>(m: &'a Metric<'_>, target: &[(&'a str, &'a str)], honor: boo
         }
     }
     for (k, v) in target {
-        if honor && m.labels.iter().any(|(s, sv)| s == k && !sv.is_empty()) {
+        if honor && scraped.iter().any(|(s, sv)| s == k && !sv.is_empty()) {
             continue;
         }
         labels.push((Cow::Borrowed(*k), *v));
@@ -502,17 +564,19 @@ async fn run_target(scraper: Arc<Scraper>, target: Target, mut stop: tokio::sync
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, scraper.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_up = true;
+    let mut series = SeriesGuard::new(scraper.expire_after);
     loop {
         tokio::select! {
             biased;
-            _ = &mut stop => return,
+            _ = &mut stop => break,
             _ = ticks.tick() => {
-                if scraper.scrape(&target, &context, &mut was_up).await.is_err() {
-                    return;
+                if scraper.scrape(&target, &context, &mut was_up, &mut series).await.is_err() {
+                    break;
                 }
             }
         }
     }
+    scraper.release(&mut series);
 }
 
 /// A running target: what it scrapes, the sender whose drop stops it, and
@@ -607,7 +671,8 @@ impl SourceComponent for PrometheusScrapeConfig {
                 max_labels: self.max_labels,
             },
             max_body_bytes: self.max_body_bytes.0,
-            guard: Mutex::new(SeriesGuard::new(self.max_series, self.expire_after)),
+            budget: Mutex::new(SeriesBudget::new(self.max_series)),
+            expire_after: self.expire_after,
             hasher: Default::default(),
             output: cx.output.clone(),
         });
@@ -646,7 +711,7 @@ impl SourceComponent for PrometheusScrapeConfig {
                 }
                 if last_expire.elapsed() >= expire_every {
                     last_expire = Instant::now();
-                    scraper.expire();
+                    scraper.report_series();
                 }
                 if let Some(from) = &pods_from {
                     match kubernetes::shared_pods(from) {
@@ -695,7 +760,8 @@ pub fn fuzz_exposition(data: &[u8]) -> usize {
             labels: vec![("job".into(), "j".into()), ("instance".into(), "t:80".into())],
             meta: Default::default(),
         };
-        let mut guard = SeriesGuard::new(8, Duration::from_secs(60));
+        let mut guard = SeriesGuard::new(Duration::from_secs(60));
+        let mut budget = SeriesBudget::new(8);
         let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 4096, 16);
         for honor_labels in [false, true] {
             render(
@@ -710,6 +776,7 @@ pub fn fuzz_exposition(data: &[u8]) -> usize {
                     fragment: &Default::default(),
                 },
                 &mut guard,
+                &mut budget,
                 &std::collections::hash_map::RandomState::new(),
                 Instant::now(),
             );
@@ -748,7 +815,7 @@ mod tests {
         }
     }
 
-    fn rendered(body: &str, honor_labels: bool, guard: &mut SeriesGuard) -> (Vec<serde_json::Value>, RenderCounts) {
+    fn rendered(body: &str, honor_labels: bool, guard: &mut (SeriesBudget, SeriesGuard)) -> (Vec<serde_json::Value>, RenderCounts) {
         let expo = exposition::parse(
             body.as_bytes(),
             Format::Text,
@@ -770,7 +837,8 @@ mod tests {
                 honor_timestamps: true,
                 fragment: &Default::default(),
             },
-            guard,
+            &mut guard.1,
+            &mut guard.0,
             &std::collections::hash_map::RandomState::new(),
             Instant::now(),
         );
@@ -786,8 +854,8 @@ mod tests {
         (batch.events().map(|e| serde_json::from_slice(e).unwrap()).collect(), counts)
     }
 
-    fn guard() -> SeriesGuard {
-        SeriesGuard::new(1000, Duration::from_secs(60))
+    fn guard() -> (SeriesBudget, SeriesGuard) {
+        (SeriesBudget::new(1000), SeriesGuard::new(Duration::from_secs(60)))
     }
 
     #[test]
@@ -840,7 +908,7 @@ mod tests {
 
     #[test]
     fn a_million_distinct_label_values_stay_within_the_series_limit() {
-        let mut g = SeriesGuard::new(1000, Duration::from_secs(60));
+        let mut g = guard();
         let mut dropped = 0;
         let mut written = 0;
         for chunk in 0..10 {
@@ -851,9 +919,30 @@ mod tests {
             dropped += counts.dropped;
             written += counts.written - 3;
         }
-        assert_eq!(g.len(), 1000, "the guard holds at most max_series series");
+        assert_eq!(g.1.len(), 1000, "the guard holds at most max_series series");
+        assert_eq!(g.0.held, 1000);
         assert_eq!(written, 1000);
         assert_eq!(dropped, 999_000, "every series past the limit is counted");
+    }
+
+    #[test]
+    fn the_series_limit_is_the_sources_and_expired_or_released_series_free_their_place() {
+        let mut budget = SeriesBudget::new(3);
+        let mut a = SeriesGuard::new(Duration::from_secs(60));
+        let mut b = SeriesGuard::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(a.admit(&mut budget, 1, t0));
+        assert!(a.admit(&mut budget, 2, t0));
+        assert!(b.admit(&mut budget, 3, t0));
+        assert!(!b.admit(&mut budget, 4, t0), "the limit counts every target's series");
+        assert!(a.admit(&mut budget, 1, t0), "a known series is always sent");
+        let later = t0 + Duration::from_secs(61);
+        assert!(a.admit(&mut budget, 1, later));
+        assert_eq!(a.expire(&mut budget, later), 1, "series 2 was not sent for expire_after");
+        assert!(b.admit(&mut budget, 4, later), "its place is free again");
+        assert_eq!(b.release(&mut budget), 2, "a stopped target gives its series back");
+        assert_eq!(budget.held, 1);
+        assert_eq!((a.len(), b.len()), (1, 0));
     }
 
     #[test]

@@ -11,8 +11,10 @@
 
 use std::sync::{Mutex, PoisonError};
 
-/// Buffers a pool keeps at most: enough for the chunks and batches of two
-/// sources decoding four chunks each, no more.
+/// Buffers a pool keeps at most: enough for the chunks and batches of a few
+/// sources with their chunks in decode (two waiting for the fan-out, one
+/// held by it, one being read), no more. Fewer (4) saved memory but
+/// doubled the pipe's page faults (BENCHMARKS.md, "Session 11").
 pub(crate) const KEPT: usize = 8;
 
 /// Largest buffer a pool keeps. Read chunks are 320 KiB and batches a

@@ -10,6 +10,22 @@ use crate::recycle::Pool;
 /// syscall; 256 KiB keeps a chunk well inside L2 while it is decoded.
 pub(crate) const READ_CHUNK_BYTES: usize = 256 * 1024;
 
+/// The capacity asked of a pipe a source reads (the kernel's default is 64
+/// KiB): a writer keeps writing while a chunk is decoded, and the reader
+/// wakes less often.
+const PIPE_BYTES: libc::c_int = 1 << 20;
+
+/// Asks the kernel for a [`PIPE_BYTES`] pipe on `fd`. A refusal (not a
+/// pipe, or over `/proc/sys/fs/pipe-max-size`) only costs speed, so it is
+/// not an error.
+pub(crate) fn widen_pipe(fd: std::os::fd::RawFd) {
+    // SAFETY: fcntl with an integer argument has no memory effects; on a
+    // descriptor that is not a pipe it fails and changes nothing.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_BYTES);
+    }
+}
+
 /// Default cap on one line: long enough for any sane log event, short
 /// enough that a stream without newlines cannot grow memory without bound.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 1024 * 1024;

@@ -13,9 +13,6 @@ use crate::pipeline::Task;
 /// How often the reader looks at the shutdown flag while stdin is idle.
 const IDLE_POLL_MS: i32 = 100;
 
-/// Pipe capacity asked for on stdin: fewer, larger reads.
-const PIPE_BYTES: libc::c_int = 1 << 20;
-
 /// Settings of the stdin source.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -91,9 +88,7 @@ fn read_loop(cfg: &StdinConfig, cx: &SourceCx) -> Result<(), SourceError> {
             },
         )
     };
-    // Larger pipe, fewer wake-ups; harmless where stdin is not a pipe.
-    // SAFETY: fcntl on fd 0 with an integer argument has no memory effects.
-    unsafe { libc::fcntl(0, libc::F_SETPIPE_SZ, PIPE_BYTES) };
+    crate::framing::widen_pipe(0);
     let writer = if cfg.detect_writer { pipe_writer(0) } else { None };
     let meta = cx.enrich.metadata(writer.as_ref());
     let ctx = Arc::new(SourceContext::new(cx.name.clone(), "stdin", String::new(), meta));

@@ -36,10 +36,6 @@ const GATHER_WINDOW: Duration = Duration::from_millis(5);
 /// Output gathered before it is rendered without waiting out the window.
 const GATHER_BYTES: usize = READ_CHUNK_BYTES / 2;
 
-/// The pipe from journalctl, enlarged so that it keeps writing while a
-/// gathered chunk is rendered (the kernel's default is 64 KiB).
-const PIPE_BYTES: libc::c_int = 1 << 20;
-
 /// Pause before journalctl is started again after it exited on its own.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
 
@@ -69,17 +65,6 @@ async fn gather(stdout: &mut tokio::process::ChildStdout, buf: &mut BytesMut) ->
         }
     }
     false
-}
-
-/// Asks the kernel for a [`PIPE_BYTES`] pipe; a smaller one only costs
-/// speed, so a refusal is not an error.
-fn widen_pipe(stdout: &tokio::process::ChildStdout) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: F_SETPIPE_SZ on a descriptor this process owns changes only
-    // the pipe's capacity.
-    unsafe {
-        libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES);
-    }
 }
 
 /// journald source metrics, registered once.
@@ -193,7 +178,7 @@ async fn read_journal(
         let Some(mut stdout) = child.stdout.take() else {
             return Err(fatal(SourceErrorKind::ThreadDied("journalctl stdout")));
         };
-        widen_pipe(&stdout);
+        crate::framing::widen_pipe(std::os::fd::AsRawFd::as_raw_fd(&stdout));
         let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
         let mut stopped = false;
         let mut ended = false;

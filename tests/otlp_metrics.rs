@@ -222,6 +222,32 @@ fn sdk_metrics_reach_prometheus_through_remote_write_while_the_logs_of_the_same_
 }
 
 #[test]
+fn sdk_metrics_are_served_for_pull_labelled_by_their_resource_through_metadata_labels() {
+    let config = otlp_config("")
+        + "[sinks.pull]\ntype = \"prometheus_exporter\"\naddress = \"127.0.0.1:0\"\n\
+           external_labels = { cluster = \"eu1\" }\n\
+           metadata_labels = { service = \"process.service\", release = \"release.version\" }\n";
+    let s = Sluice::builder().config(&config).stdout(Stdout::Collect).start();
+    let exporter = s.logged_address("serving metrics for pull", None, WAIT);
+    let grpc = endpoint(&s, "gRPC");
+    let mut cmd = Command::new(otel_python_bin());
+    cmd.arg(support_dir().join("otel_metrics.py")).args(["grpc", &grpc, "cumulative"]);
+    exported_points(&run_script(cmd, "otel_metrics.py"));
+    // The SDK's resource (service.name checkout, service.version 1.4.2)
+    // labels its series; the sample's own route label stays.
+    let text = support::wait_until("the exporter to show the labelled orders", WAIT, || {
+        let (_, body) = support::http_get(&format!("http://{exporter}/metrics"));
+        body.contains("orders_placed_total{cluster=\"eu1\",release=\"1.4.2\",route=\"/a\",service=\"checkout\"} 8\n")
+            .then_some(body)
+    });
+    assert!(
+        text.contains("orders_placed_total{cluster=\"eu1\",release=\"1.4.2\",route=\"/b\",service=\"checkout\"} 10\n"),
+        "{text}"
+    );
+    support::promtool_check_metrics(&text).unwrap_or_else(|e| panic!("promtool: {e}\n{text}"));
+}
+
+#[test]
 fn bad_metric_exports_get_a_clear_4xx_and_rejected_data_points_are_reported_as_partial_success() {
     let s = Sluice::builder().config(&otlp_config("")).stdout(Stdout::Collect).start();
     let url = format!("{}/v1/metrics", endpoint(&s, "HTTP"));

@@ -11,6 +11,7 @@ pub(crate) mod delivery;
 pub(crate) mod http;
 pub(crate) mod kafka;
 pub mod loki;
+pub(crate) mod metadata_labels;
 pub(crate) mod otlp;
 pub mod prometheus_exporter;
 pub mod prometheus_remote_write;

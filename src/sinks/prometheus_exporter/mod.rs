@@ -8,6 +8,8 @@
 //! exposition format's conventions ask; a set is exposed as a gauge. The
 //! exposition is bounded: past `max_series` new series are dropped and
 //! counted, and a series not updated for `expire_after` leaves it.
+//! `external_labels` and `metadata_labels` add labels as remote write's
+//! do (a label the sample has wins).
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -18,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::metadata_labels::{validate_label_table, MetadataLabels};
 use super::prometheus_remote_write::encode::{float_label, label_name, metric_name};
 use super::{SinkComponent, SinkCx, SinkError, SinkErrorKind};
 use crate::buffer::QueueReceiver;
@@ -39,6 +42,15 @@ pub struct ExporterConfig {
     /// A series not updated for this long leaves the exposition.
     #[serde(default = "default_expire_after", deserialize_with = "duration")]
     pub(crate) expire_after: Duration,
+    /// Labels added to every series (a series' own label of the same name
+    /// wins).
+    #[serde(default)]
+    pub(crate) external_labels: BTreeMap<String, String>,
+    /// Labels from metadata: label name → dotted path, read in the
+    /// sample's own metadata members (an OTLP resource's), else in the
+    /// source's (`release = "release.version"`).
+    #[serde(default)]
+    pub(crate) metadata_labels: BTreeMap<String, String>,
 }
 
 fn default_max_series() -> usize {
@@ -57,6 +69,8 @@ impl Validate for ExporterConfig {
         if self.expire_after.is_zero() {
             errors.push(ConfigError::at(path, "expire_after", "must be above 0"));
         }
+        validate_label_table(path, "external_labels", &self.external_labels, errors);
+        validate_label_table(path, "metadata_labels", &self.metadata_labels, errors);
     }
 }
 
@@ -93,6 +107,8 @@ impl SinkComponent for ExporterConfig {
         let delivered = m.sink_events.with_label_values(&[&cx.name]);
         let dropped = m.events_dropped.with_label_values(&[&cx.name, "series_limit"]);
         let invalid = m.events_dropped.with_label_values(&[&cx.name, "not_a_metric"]);
+        let external: BTreeMap<String, String> = self.external_labels.iter().map(|(k, v)| (label_name(k), v.clone())).collect();
+        let metadata = MetadataLabels::new(&self.metadata_labels);
         Ok(Box::pin(async move {
             let _server = server;
             while let Some(item) = input.recv().await {
@@ -102,7 +118,13 @@ impl SinkComponent for ExporterConfig {
                     batch.acknowledge(AckOutcome::Dropped);
                     continue;
                 }
-                let (kept, refused, bad) = exposition.update(batch.events(), Instant::now());
+                let mut extra = external.clone();
+                metadata.of_source(&batch.source, &mut extra);
+                let labels = Labels {
+                    extra: &extra,
+                    metadata: &metadata,
+                };
+                let (kept, refused, bad) = exposition.update(batch.events(), &labels, Instant::now());
                 delivered.inc_by(kept);
                 dropped.inc_by(refused);
                 invalid.inc_by(bad);
@@ -115,6 +137,14 @@ impl SinkComponent for ExporterConfig {
             Ok(())
         }))
     }
+}
+
+/// What a batch adds to its samples' labels.
+struct Labels<'a> {
+    /// External labels and the source's metadata labels, by sanitised name.
+    extra: &'a BTreeMap<String, String>,
+    /// For the labels a sample's own metadata members give.
+    metadata: &'a MetadataLabels,
 }
 
 /// The newest value of one series.
@@ -154,7 +184,7 @@ impl Exposition {
 
     /// Takes the samples of a batch; returns (kept, refused by the series
     /// limit, not samples).
-    fn update<'a>(&self, events: impl Iterator<Item = &'a [u8]>, now: Instant) -> (u64, u64, u64) {
+    fn update<'a>(&self, events: impl Iterator<Item = &'a [u8]>, added: &Labels<'_>, now: Instant) -> (u64, u64, u64) {
         let mut families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
         let mut total: usize = families.values().map(|f| f.series.len()).sum();
         let (mut kept, mut refused, mut bad) = (0, 0, 0);
@@ -167,14 +197,16 @@ impl Exposition {
             if s.kind == MetricKind::Counter && !name.ends_with("_total") {
                 name.push_str("_total");
             }
-            let labels: Vec<(String, String)> = s
-                .labels
-                .iter()
-                .filter(|(_, v)| !v.is_empty())
-                .map(|(k, v)| (label_name(k), v.to_string()))
-                .collect::<BTreeMap<_, _>>()
-                .into_iter()
-                .collect();
+            let own = added.metadata.of_event(event, added.extra);
+            let mut labels: BTreeMap<String, String> = own.unwrap_or_else(|| added.extra.clone());
+            // The sample's own labels win over added ones.
+            labels.extend(
+                s.labels
+                    .iter()
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(|(k, v)| (label_name(k), v.to_string())),
+            );
+            let labels: Vec<(String, String)> = labels.into_iter().collect();
             let family = families.entry(name).or_insert_with(|| Family {
                 kind: s.kind,
                 series: BTreeMap::new(),
@@ -287,6 +319,16 @@ mod tests {
     use crate::enrich::Fragment;
     use crate::metrics::sample::{write_sample, SampleValue};
 
+    /// No added labels.
+    fn none() -> Labels<'static> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        static NO_METADATA: std::sync::LazyLock<MetadataLabels> = std::sync::LazyLock::new(MetadataLabels::default);
+        Labels {
+            extra: &EMPTY,
+            metadata: &NO_METADATA,
+        }
+    }
+
     fn sample(name: &str, labels: &[(&str, &str)], v: SampleValue<'_>) -> Vec<u8> {
         let mut out = Vec::new();
         write_sample(&mut out, name, labels.iter().copied(), 1, &v, &Fragment::default());
@@ -314,7 +356,7 @@ mod tests {
             b"{\"message\":\"not a sample\"}".to_vec(),
         ];
         let now = Instant::now();
-        assert_eq!(e.update(events.iter().map(|v| v.as_slice()), now), (3, 0, 1));
+        assert_eq!(e.update(events.iter().map(|v| v.as_slice()), &none(), now), (3, 0, 1));
         let text = e.render(now);
         for want in [
             "# TYPE app_hits_total counter\napp_hits_total{route=\"/a\\\"b\"} 3\n",
@@ -333,11 +375,60 @@ mod tests {
         let events: Vec<Vec<u8>> = (0..5)
             .map(|i| sample("x", &[("i", &i.to_string())], SampleValue::Gauge(1.0)))
             .collect();
-        assert_eq!(e.update(events.iter().map(|v| v.as_slice()), Instant::now()), (2, 3, 0));
+        assert_eq!(e.update(events.iter().map(|v| v.as_slice()), &none(), Instant::now()), (2, 3, 0));
         assert_eq!(
-            e.update(events[..1].iter().map(|v| v.as_slice()), Instant::now()),
+            e.update(events[..1].iter().map(|v| v.as_slice()), &none(), Instant::now()),
             (1, 0, 0),
             "known series still update"
+        );
+    }
+
+    #[test]
+    fn metadata_labels_come_from_the_samples_own_members_else_the_source_and_its_own_labels_win() {
+        let config: BTreeMap<String, String> = [("release", "release.version"), ("service", "process.service")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let metadata = MetadataLabels::new(&config);
+        let source_meta = serde_json::json!({"release": {"version": "1.0"}, "process": {"service": "api"}});
+        let source = crate::enrich::SourceContext::new(
+            "otel".into(),
+            "otlp",
+            String::new(),
+            source_meta.as_object().cloned().unwrap_or_default(),
+        );
+        let mut extra: BTreeMap<String, String> = [("cluster".to_string(), "eu1".to_string())].into();
+        metadata.of_source(&source, &mut extra);
+        let labels = Labels {
+            extra: &extra,
+            metadata: &metadata,
+        };
+        // An OTLP sample carries its resource's members beside its labels.
+        let mut own = sample("orders", &[("route", "/a")], SampleValue::Counter(5.0));
+        let close = own.iter().rposition(|b| *b == b'}').unwrap_or(own.len());
+        own.splice(close..close, br#","release":{"version":"2.0"}"#.iter().copied());
+        let plain = sample("orders", &[("route", "/b"), ("cluster", "mine")], SampleValue::Counter(1.0));
+        let e = Exposition::new(100, Duration::from_secs(60));
+        let now = Instant::now();
+        assert_eq!(e.update([own.as_slice(), plain.as_slice()].into_iter(), &labels, now), (2, 0, 0));
+        let text = e.render(now);
+        for want in [
+            "orders_total{cluster=\"eu1\",release=\"2.0\",route=\"/a\",service=\"api\"} 5\n",
+            "orders_total{cluster=\"mine\",release=\"1.0\",route=\"/b\",service=\"api\"} 1\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_reserved_label_name_is_refused_with_its_key_path() {
+        let cfg: ExporterConfig =
+            toml::from_str("address = \"127.0.0.1:0\"\nmetadata_labels = { __name__ = \"release.version\" }").unwrap();
+        let mut errors = Vec::new();
+        cfg.validate("sinks.pull", &mut errors);
+        assert!(
+            errors.iter().any(|e| e.to_string().contains("sinks.pull.metadata_labels.__name__")),
+            "{errors:?}"
         );
     }
 }

@@ -148,7 +148,9 @@ impl SinkComponent for OtlpSinkConfig {
             shared,
             max_events: self.batch.max_events,
             timeout: self.batch.timeout,
-            concurrency: self.request.concurrency,
+            // One request more than may be on the wire: the next one
+            // encodes while the others are answered.
+            requests: self.request.concurrency + 1,
             tracker: AckTracker::default(),
             pending: Default::default(),
         };
@@ -171,6 +173,9 @@ struct Shared {
     rejected: IntCounter,
     /// Events of a metric batch that are not samples.
     not_a_metric: IntCounter,
+    /// One permit per request that may be on the wire at once
+    /// (`request.concurrency`); a request encodes before it holds one.
+    on_the_wire: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -220,6 +225,7 @@ impl Shared {
             bytes: m.sink_bytes.with_label_values(&[name]),
             rejected: m.events_dropped.with_label_values(&[name, "rejected"]),
             not_a_metric: m.events_dropped.with_label_values(&[name, "not_a_metric"]),
+            on_the_wire: Arc::new(tokio::sync::Semaphore::new(cfg.request.concurrency)),
         })
     }
 }
@@ -266,7 +272,8 @@ struct OtlpSink {
     shared: Arc<Shared>,
     max_events: usize,
     timeout: Duration,
-    concurrency: usize,
+    /// Requests started at most: those on the wire and one encoding.
+    requests: usize,
     tracker: AckTracker,
     /// Log batches, then metric batches (by [`EventKind`] as an index):
     /// a request carries one kind.
@@ -288,7 +295,7 @@ impl OtlpSink {
                 let p = &self.pending[*k as usize];
                 p.events >= self.max_events || (!input_open && !p.batches.is_empty())
             });
-            if let Some(kind) = full.filter(|_| inflight.len() < self.concurrency) {
+            if let Some(kind) = full.filter(|_| inflight.len() < self.requests) {
                 self.send(kind, &mut inflight);
                 continue;
             }
@@ -312,7 +319,7 @@ impl OtlpSink {
                     Some(item) => self.add(item),
                     None => input_open = false,
                 },
-                _ = http::sleep_until(deadline), if deadline.is_some() && !full && inflight.len() < self.concurrency => {
+                _ = http::sleep_until(deadline), if deadline.is_some() && !full && inflight.len() < self.requests => {
                     if let Some((_, kind)) = first {
                         self.send(kind, &mut inflight);
                     }
@@ -347,14 +354,19 @@ impl OtlpSink {
 }
 
 /// Encodes (on the blocking pool) and delivers one request of `kind`.
+/// It queues for its place on the wire as it starts, so requests go out
+/// in the order they were started, and encodes while the requests ahead
+/// of it are answered: encoding and the receiver's work overlap even with
+/// `request.concurrency = 1`.
 async fn export(shared: Arc<Shared>, kind: EventKind, batches: Vec<(Arc<Batch>, TrackId)>) -> Done {
     let parts: Vec<TrackId> = batches.iter().map(|(_, id)| *id).collect();
     let (protocol, compression) = (shared.protocol, shared.compression);
-    let encoded = tokio::task::spawn_blocking(move || match kind {
+    let encoding = tokio::task::spawn_blocking(move || match kind {
         EventKind::Log => encode(&batches, protocol, compression),
         EventKind::Metric => encode_metrics(&batches, protocol, compression),
-    })
-    .await;
+    });
+    // The semaphore is never closed, so the permit always comes.
+    let (encoded, _on_the_wire) = tokio::join!(encoding, shared.on_the_wire.clone().acquire_owned());
     let (body, records, bytes) = match encoded {
         Ok(e) => e,
         Err(e) => {

@@ -122,6 +122,14 @@ pub(crate) fn recycle(chunk: Bytes) {
     }
 }
 
+/// A spare read buffer with room for `bytes`, or a new one: for sources
+/// that build their chunks whole (an OTLP request's body and its rendered
+/// events), so that they reuse mapped memory as reads do. Give it back
+/// with [`recycle`] once decoded.
+pub(crate) fn spare_buffer(bytes: usize) -> Vec<u8> {
+    READ_BUFFERS.take(bytes).map(Vec::from).unwrap_or_else(|| Vec::with_capacity(bytes))
+}
+
 /// Invariants: `buf` holds only bytes after the last newline handed out;
 /// `buf[..scanned]` is known to contain no newline; when `discarding` is
 /// set, the current line already overflowed and its remaining bytes are

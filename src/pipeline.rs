@@ -158,6 +158,7 @@ impl SourceOutput {
         let size = lines.chunk.len() + lines.len();
         permit.send(self.spawn_decode(ctx.clone(), ack, size, move |decoder, out| {
             decoder.decode_rendered(&lines, &ctx.fragment, out);
+            crate::framing::recycle(lines.chunk);
         }));
         Ok(true)
     }

@@ -1,6 +1,7 @@
 //! gRPC's length-prefixed messages: one byte that says whether the message
 //! is compressed, four bytes of big-endian length, then the message.
 
+use std::borrow::Cow;
 use std::io::Read as _;
 
 /// gRPC status codes sluice answers with.
@@ -62,8 +63,9 @@ pub(crate) fn frame_gzip(message: &[u8]) -> Vec<u8> {
 
 /// The one message of a unary call's body, inflated when its flag says
 /// compressed (with `encoding`, the `grpc-encoding` header). At most
-/// `limit` bytes, before and after inflating.
-pub(crate) fn unframe(body: &[u8], encoding: Option<&str>, limit: usize) -> Result<Vec<u8>, FrameError> {
+/// `limit` bytes, before and after inflating. An uncompressed message is
+/// the body's own bytes, not a copy.
+pub(crate) fn unframe<'b>(body: &'b [u8], encoding: Option<&str>, limit: usize) -> Result<Cow<'b, [u8]>, FrameError> {
     if body.len() < 5 {
         return Err(FrameError::Short);
     }
@@ -79,10 +81,10 @@ pub(crate) fn unframe(body: &[u8], encoding: Option<&str>, limit: usize) -> Resu
         return Err(FrameError::TooLarge(limit));
     }
     if body[0] == 0 {
-        return Ok(rest.to_vec());
+        return Ok(Cow::Borrowed(rest));
     }
     match encoding.unwrap_or("identity") {
-        "gzip" => gunzip(rest, limit).map_err(|e| match e {
+        "gzip" => gunzip(rest, limit).map(Cow::Owned).map_err(|e| match e {
             GunzipError::TooLarge => FrameError::TooLarge(limit),
             GunzipError::Bad(m) => FrameError::Gzip(m),
         }),
@@ -118,8 +120,8 @@ mod tests {
     #[test]
     fn framed_messages_read_back_plain_or_gzipped() {
         let msg = b"hello otlp".repeat(10);
-        assert_eq!(unframe(&frame(&msg), None, 1000).unwrap(), msg);
-        assert_eq!(unframe(&frame_gzip(&msg), Some("gzip"), 1000).unwrap(), msg);
+        assert_eq!(unframe(&frame(&msg), None, 1000).unwrap().as_ref(), msg);
+        assert_eq!(unframe(&frame_gzip(&msg), Some("gzip"), 1000).unwrap().as_ref(), msg);
     }
 
     #[test]

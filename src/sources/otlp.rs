@@ -33,7 +33,7 @@ use super::{SourceComponent, SourceCx, SourceError, SourceErrorKind};
 use crate::config::{duration, ByteSize, ConfigError, Validate};
 use crate::enrich::{Fragment, SourceContext};
 use crate::event::{AckGroup, AckOutcome, Acknowledger, BatchBuilder, EventKind, FieldSet};
-use crate::framing::{split_lines, Lines};
+use crate::framing::{self, split_lines, Lines};
 use crate::otlp::grpc::{self, Code};
 use crate::otlp::metrics::DeltaSeries;
 use crate::otlp::proto::{
@@ -346,13 +346,26 @@ async fn request_permit(shared: &Shared) -> Result<tokio::sync::SemaphorePermit<
     }
 }
 
-/// Reads a body of at most `limit` bytes.
+/// Reads a body of at most `limit` bytes into a spare read buffer (see
+/// [`framing::spare_buffer`]; [`framing::recycle`] gives it back).
 async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Refusal> {
-    match Limited::new(body, limit).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::TooLarge),
-        Err(e) => Err(Refusal::Malformed(format!("cannot read the body: {e}"))),
+    let hint = usize::try_from(hyper::body::Body::size_hint(&body).lower())
+        .unwrap_or(limit)
+        .min(limit);
+    let mut body = Limited::new(body, limit);
+    let mut buf = framing::spare_buffer(hint);
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(Refusal::TooLarge),
+            Err(e) => return Err(Refusal::Malformed(format!("cannot read the body: {e}"))),
+        }
     }
+    Ok(Bytes::from(buf))
 }
 
 /// What an export asks for: logs or metrics.
@@ -387,7 +400,7 @@ impl Signal {
         let bad_wire = |e: wire::WireError| Refusal::Malformed(format!("bad OTLP protobuf: {e}"));
         let render = |request: &[u8]| {
             // Events take about three times the bytes of their protobuf.
-            let mut events = Vec::with_capacity(request.len().saturating_mul(3));
+            let mut events = framing::spare_buffer(request.len().saturating_mul(3));
             wire::render_logs(request, fragment, &mut events).map(|records| Export::Logs { events, records })
         };
         Ok(match (self, json) {
@@ -625,8 +638,9 @@ async fn http_export(req: Request<Incoming>, signal: Option<Signal>, shared: &Sh
             grpc::GunzipError::Bad(m) => Refusal::Malformed(format!("bad gzip: {m}")),
         })?;
     }
-    let export = signal.decode(&body, kind == JSON, &shared.ctx.fragment)?;
-    Ok((signal, accept(export, shared).await?))
+    let export = signal.decode(&body, kind == JSON, &shared.ctx.fragment);
+    framing::recycle(body);
+    Ok((signal, accept(export?, shared).await?))
 }
 
 /// The media type without parameters, lowercased.
@@ -749,8 +763,10 @@ async fn grpc_export(req: Request<Incoming>, shared: &Shared) -> Result<(Signal,
         grpc::FrameError::Encoding(m) => Refusal::Unsupported(format!("grpc-encoding {m:?} (gzip or none)")),
         other => Refusal::Malformed(other.to_string()),
     })?;
-    let export = signal.decode(&message, false, &shared.ctx.fragment)?;
-    Ok((signal, accept(export, shared).await?))
+    let export = signal.decode(&message, false, &shared.ctx.fragment);
+    drop(message);
+    framing::recycle(body);
+    Ok((signal, accept(export?, shared).await?))
 }
 
 /// `grpc-message` is percent-encoded outside printable ASCII.

@@ -199,7 +199,8 @@ async fn read_journal(
                 break;
             }
             ended = gather(&mut stdout, &mut buf).await;
-            let mut out = Vec::with_capacity(buf.len() + buf.len() / 2);
+            // A recycled buffer: the pipeline hands it back once decoded.
+            let mut out = crate::framing::spare_buffer(buf.len() + buf.len() / 2);
             let mut spans = Vec::new();
             let st = reader.read(&buf, &mut out, &mut spans);
             let cursor = st.last_cursor.map(|c| String::from_utf8_lossy(&buf[c]).into_owned());

@@ -450,6 +450,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_large_batch_sends_its_first_request_before_reading_the_rest() {
+        // A server that never answers: the first request holds the only
+        // slot. The batch fills three requests and ends with an event that
+        // is not a sample; while the first request waits, the sink has
+        // built the next one and stopped, so that event is not read yet.
+        // (A sink that encodes a whole batch before sending any of it
+        // would already have counted it.)
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api/v1/write", listener.local_addr().unwrap());
+        let (arrived, mut first) = tokio::sync::mpsc::channel::<()>(1);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let arrived = arrived.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 1 << 16];
+                    let _ = conn.read(&mut buf).await;
+                    let _ = arrived.send(()).await;
+                    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                });
+            }
+        });
+        let name = "rw-large-batch";
+        let cfg: RemoteWriteConfig = serde_json::from_value(serde_json::json!({
+            "endpoint": url,
+            "batch": {"max_samples": 10, "timeout": "1h"},
+            "request": {"concurrency": 1},
+        }))
+        .unwrap();
+        let cx = SinkCx {
+            name: name.into(),
+            fields: Arc::new(crate::event::FieldSet::new()),
+            health: Arc::new(crate::telemetry::Health::default()),
+            data_dir: None,
+        };
+        let mut b = crate::event::BatchBuilder::with_capacity(Arc::new(crate::event::FieldSet::new()), 4096, 31);
+        for i in 0..30 {
+            crate::metrics::sample::write_sample(
+                b.buffer(),
+                "hits",
+                [("shard", i.to_string().as_str())],
+                1_700_000_000_000,
+                &crate::metrics::SampleValue::Counter(1.0),
+                &crate::enrich::Fragment::default(),
+            );
+            b.finish_event();
+        }
+        b.buffer().extend_from_slice(b"{\"message\":\"not a sample\"}");
+        b.finish_event();
+        let context = Arc::new(crate::enrich::SourceContext::new(
+            "t".into(),
+            "statsd",
+            String::new(),
+            Default::default(),
+        ));
+        let batch = b.build(context, std::time::SystemTime::now()).with_kind(EventKind::Metric);
+        let (tx, rx) = crate::buffer::queue(name, &crate::buffer::BufferConfig::default());
+        tx.send(Arc::new(batch)).await.unwrap();
+        let sink = tokio::spawn(cfg.build(cx, rx).await.unwrap());
+        tokio::time::timeout(std::time::Duration::from_secs(30), first.recv())
+            .await
+            .expect("the first request arrives");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let invalid = metrics().events_dropped.with_label_values(&[name, "not_a_metric"]).get();
+        sink.abort();
+        assert_eq!(invalid, 0, "the batch's last event was read before its first request was answered");
+    }
+
+    #[tokio::test]
     async fn server_errors_and_429_are_retried_until_accepted() {
         let (outcome, requests) = deliver_once(vec![503, 429, 500, 204]).await;
         assert!(matches!(outcome, Outcome::Delivered));

@@ -96,10 +96,11 @@ enum State {
     Set(HashSet<u64>),
 }
 
+/// One series' state. Its name and labels are read back from its key in
+/// the map ([`key_parts`]): one allocation per series, and one place in
+/// memory that a flush visits for them.
 #[derive(Debug)]
 struct Series {
-    name: Box<str>,
-    labels: Box<[(Box<str>, Box<str>)]>,
     state: State,
     last_update: Instant,
     overflow: bool,
@@ -191,19 +192,6 @@ impl Aggregator {
         }
         let buckets = self.config.buckets.len();
         let series = self.series.entry_ref(self.key.as_slice()).or_insert_with(|| Series {
-            name: name.into(),
-            labels: self
-                .sorted
-                .iter()
-                .map(|&(i, _)| {
-                    let value = if outcome == Outcome::Overflow {
-                        OVERFLOW_LABEL
-                    } else {
-                        labels[i].1
-                    };
-                    (labels[i].0.into(), value.into())
-                })
-                .collect(),
             state: match update {
                 Update::Count(_) => State::Counter(0.0),
                 Update::Gauge(_) | Update::GaugeDelta(_) => State::Gauge(0.0),
@@ -241,16 +229,16 @@ impl Aggregator {
             expired: before - self.series.len(),
         };
         let mut line = Vec::with_capacity(256);
-        for s in self.series.values_mut() {
+        for (key, s) in self.series.iter_mut() {
             line.clear();
-            let labels = s.labels.iter().map(|(k, v)| (&**k, &**v));
+            let (name, labels) = key_parts(key);
             match &mut s.state {
-                State::Counter(total) => write_sample(&mut line, &s.name, labels, timestamp_ms, &SampleValue::Counter(*total), metadata),
-                State::Gauge(v) => write_sample(&mut line, &s.name, labels, timestamp_ms, &SampleValue::Gauge(*v), metadata),
+                State::Counter(total) => write_sample(&mut line, name, labels, timestamp_ms, &SampleValue::Counter(*total), metadata),
+                State::Gauge(v) => write_sample(&mut line, name, labels, timestamp_ms, &SampleValue::Gauge(*v), metadata),
                 State::Set(members) => {
                     write_sample(
                         &mut line,
-                        &s.name,
+                        name,
                         labels,
                         timestamp_ms,
                         &SampleValue::Set(members.len() as u64),
@@ -271,7 +259,7 @@ impl Aggregator {
                         count: *count,
                         sum: *sum,
                     };
-                    write_sample(&mut line, &s.name, labels, timestamp_ms, &value, metadata);
+                    write_sample(&mut line, name, labels, timestamp_ms, &value, metadata);
                 }
             }
             emit(&line);
@@ -327,6 +315,23 @@ fn build_key<'a>(key: &mut Vec<u8>, kind: u8, name: &str, labels: impl Iterator<
         key.extend_from_slice(v.as_bytes());
         key.push(KEY_END);
     }
+}
+
+/// The metric name and the labels (in key order: by name) of a series
+/// key that [`build_key`] wrote. Every part was a `str` and the separators
+/// never occur in UTF-8, so each part reads back whole.
+fn key_parts(key: &[u8]) -> (&str, impl Iterator<Item = (&str, &str)> + '_) {
+    fn text(b: &[u8]) -> &str {
+        std::str::from_utf8(b).unwrap_or_default()
+    }
+    let rest = key.get(1..).unwrap_or_default();
+    let end = memchr::memchr(KEY_END, rest).unwrap_or(rest.len());
+    let labels = rest.get(end + 1..).unwrap_or_default();
+    let pairs = labels.split(|&b| b == KEY_END).filter(|pair| !pair.is_empty()).map(move |pair| {
+        let eq = memchr::memchr(KEY_EQ, pair).unwrap_or(pair.len());
+        (text(&pair[..eq]), text(pair.get(eq + 1..).unwrap_or_default()))
+    });
+    (text(&rest[..end]), pairs)
 }
 
 /// A set member's identity: 64 bits of a keyed hash, so members are told
@@ -430,6 +435,23 @@ mod tests {
             req["value"],
             50_000 - 5,
             "every req update past the limit is in its overflow series"
+        );
+    }
+
+    #[test]
+    fn names_and_labels_read_back_from_the_series_key_exactly() {
+        let mut a = agg(100);
+        let now = Instant::now();
+        let labels = [("z", ""), ("", "empty name"), ("ü", "x\"y\u{1F600}"), ("a", "1=2")];
+        a.update("näme.x", &labels, Update::Gauge(1.5), now);
+        a.update("bare", &[], Update::Count(1.0), now);
+        let s = samples(&mut a, now);
+        assert_eq!(s[0]["metric"], "bare");
+        assert_eq!(s[0]["labels"], serde_json::json!({}));
+        assert_eq!(s[1]["metric"], "näme.x");
+        assert_eq!(
+            s[1]["labels"],
+            serde_json::json!({"": "empty name", "a": "1=2", "z": "", "ü": "x\"y\u{1F600}"})
         );
     }
 

@@ -1,5 +1,6 @@
 //! Prometheus remote write 1.0: metric samples as a `prometheus.WriteRequest`
-//! (hand-written prost structs with the upstream field numbers),
+//! (protobuf written straight from the samples, byte for byte what prost
+//! writes for the structs below, which carry the upstream field numbers),
 //! compressed as one raw snappy block.
 //!
 //! A sample becomes the series Prometheus itself would record for it: a
@@ -10,11 +11,13 @@
 //! protocol requires; empty label values are left out (Prometheus treats
 //! them as absent).
 
+use prost::encoding::{encode_varint, encoded_len_varint};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::metrics::{MetricKind, Sample};
 
-/// `prometheus.WriteRequest`.
+/// `prometheus.WriteRequest`: what a request body decodes to.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WriteRequest {
     /// The series.
@@ -55,10 +58,10 @@ pub struct PromSample {
     pub timestamp: i64,
 }
 
-/// Encodes a request as protobuf, compressed as one raw snappy block.
-pub fn encode(req: &WriteRequest) -> Result<Vec<u8>, snap::Error> {
-    use prost::Message;
-    snap::raw::Encoder::new().compress_vec(&req.encode_to_vec())
+/// Compresses an encoded `WriteRequest` (the series [`SeriesBuilder::add`]
+/// wrote) as one raw snappy block, the body remote write sends.
+pub fn compress(body: &[u8]) -> Result<Vec<u8>, snap::Error> {
+    snap::raw::Encoder::new().compress_vec(body)
 }
 
 /// Whether `name` is a valid label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
@@ -70,29 +73,35 @@ pub(crate) fn is_valid_label_name(name: &str) -> bool {
 /// `name` made a valid metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`): other
 /// characters (the dots of statsd names) become `_`.
 pub(crate) fn metric_name(name: &str) -> String {
-    sanitize(name, true)
+    sanitize(name, true).into_owned()
 }
 
 /// `name` made a valid label name.
 pub(crate) fn label_name(name: &str) -> String {
-    sanitize(name, false)
+    sanitize(name, false).into_owned()
 }
 
-fn sanitize(name: &str, colon: bool) -> String {
+/// `name` with every character that is not valid in a metric name
+/// (`colon`) or a label name made `_`, and a leading digit prefixed with
+/// `_`; borrowed when it is valid already (the common case).
+fn sanitize(name: &str, colon: bool) -> Cow<'_, str> {
+    let ok = |i: usize, c: char| c.is_ascii_alphabetic() || c == '_' || (colon && c == ':') || (i > 0 && c.is_ascii_digit());
+    if !name.is_empty() && name.chars().enumerate().all(|(i, c)| ok(i, c)) {
+        return Cow::Borrowed(name);
+    }
     let mut out = String::with_capacity(name.len() + 1);
     for (i, c) in name.chars().enumerate() {
-        let ok = c.is_ascii_alphabetic() || c == '_' || (colon && c == ':') || (i > 0 && c.is_ascii_digit());
         if i == 0 && c.is_ascii_digit() {
             out.push('_');
             out.push(c);
         } else {
-            out.push(if ok { c } else { '_' });
+            out.push(if ok(i, c) { c } else { '_' });
         }
     }
     if out.is_empty() {
         out.push('_');
     }
-    out
+    Cow::Owned(out)
 }
 
 /// A float the way Prometheus writes `le` and `quantile` labels: `1`,
@@ -110,7 +119,7 @@ pub(crate) fn float_label(v: f64) -> String {
 }
 
 /// Turns samples into series, adding labels that a series' own labels do
-/// not already set.
+/// not already set, and writes them straight as protobuf.
 #[derive(Debug, Default)]
 pub(crate) struct SeriesBuilder {
     /// Added to every series unless it has the label (external labels and
@@ -119,93 +128,190 @@ pub(crate) struct SeriesBuilder {
 }
 
 impl SeriesBuilder {
-    /// Appends the series of `sample` to `out`; returns how many samples
-    /// they hold.
+    /// Appends the series of `sample` to `out`, an encoded `WriteRequest`
+    /// (each series one `timeseries` member, field 1); returns how many
+    /// samples they hold.
     ///
-    /// The labels are sorted once per sample, into a vector (no map), and
-    /// each series gets them with its `__name__` (and `le` or `quantile`)
-    /// put in place; the last series takes them without a copy.
-    pub(crate) fn add(&self, sample: &Sample<'_>, out: &mut Vec<TimeSeries>) -> usize {
-        let mut base: Vec<Label> = Vec::with_capacity(sample.labels.len() + self.extra.len() + 2);
+    /// The labels are sanitised and sorted once per sample, borrowing the
+    /// sample's strings; each series writes them with its `__name__` (and
+    /// `le` or `quantile`) merged in place. No string is copied apart from
+    /// names that need sanitising and the bounds of histogram buckets. The
+    /// bytes are what prost writes for [`TimeSeries`] (fields at their
+    /// default left out).
+    pub(crate) fn add(&self, sample: &Sample<'_>, out: &mut Vec<u8>) -> usize {
+        let mut labels: Vec<(Cow<'_, str>, &str)> = Vec::with_capacity(sample.labels.len() + self.extra.len());
         for (k, v) in &sample.labels {
             if !v.is_empty() {
-                base.push(Label {
-                    name: label_name(k),
-                    value: v.to_string(),
-                });
+                labels.push((sanitize(k, false), v));
             }
         }
         // Stable: of labels that sanitise to one name, the last in the
         // sample's (sorted) order wins, as a map insert would.
-        base.sort_by(|a, b| a.name.cmp(&b.name));
-        base.dedup_by(|later, kept| {
-            let same = later.name == kept.name;
+        labels.sort_by(|a, b| a.0.cmp(&b.0));
+        labels.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
             if same {
                 std::mem::swap(later, kept);
             }
             same
         });
-        let own = base.len();
+        let own = labels.len();
         for (k, v) in &self.extra {
-            if base[..own].binary_search_by(|l| l.name.as_str().cmp(k)).is_err() {
-                base.push(Label {
-                    name: k.clone(),
-                    value: v.clone(),
-                });
+            if labels[..own].binary_search_by(|l| l.0.as_ref().cmp(k)).is_err() {
+                labels.push((Cow::Borrowed(k.as_str()), v.as_str()));
             }
         }
-        if base.len() > own {
-            base.sort_by(|a, b| a.name.cmp(&b.name));
+        if labels.len() > own {
+            labels.sort_by(|a, b| a.0.cmp(&b.0));
         }
-        let name = metric_name(&sample.name);
-        let ts = sample.timestamp_ms;
-        let series = |suffix: &str, extra: Option<(&str, String)>, value: f64, labels: Vec<Label>| {
-            let mut labels = labels;
-            put(&mut labels, "__name__", format!("{name}{suffix}"));
-            if let Some((k, v)) = extra {
-                put(&mut labels, k, v);
-            }
-            TimeSeries {
-                labels,
-                samples: vec![PromSample { value, timestamp: ts }],
-            }
+        let series = SeriesWriter {
+            labels: &labels,
+            name: sanitize(&sample.name, true),
+            timestamp: sample.timestamp_ms,
         };
-        let before = out.len();
+        let mut n = 0;
+        let mut put = |suffix: &str, extra: Option<(&str, &str)>, value: f64| {
+            series.write(suffix, extra, value, out);
+            n += 1;
+        };
         match sample.kind {
-            MetricKind::Counter | MetricKind::Gauge | MetricKind::Set => out.push(series("", None, sample.value.unwrap_or(0.0), base)),
+            MetricKind::Counter | MetricKind::Gauge | MetricKind::Set => put("", None, sample.value.unwrap_or(0.0)),
             MetricKind::Histogram => {
                 let count = sample.count.unwrap_or(0.0);
                 for b in &sample.buckets {
-                    out.push(series("_bucket", Some(("le", float_label(b.le))), b.count, base.clone()));
+                    put("_bucket", Some(("le", &float_label(b.le))), b.count);
                 }
-                out.push(series("_bucket", Some(("le", "+Inf".into())), count, base.clone()));
-                out.push(series("_sum", None, sample.sum.unwrap_or(0.0), base.clone()));
-                out.push(series("_count", None, count, base));
+                put("_bucket", Some(("le", "+Inf")), count);
+                put("_sum", None, sample.sum.unwrap_or(0.0));
+                put("_count", None, count);
             }
             MetricKind::Summary => {
                 for q in &sample.quantiles {
-                    out.push(series("", Some(("quantile", float_label(q.quantile))), q.value, base.clone()));
+                    put("", Some(("quantile", &float_label(q.quantile))), q.value);
                 }
-                out.push(series("_sum", None, sample.sum.unwrap_or(0.0), base.clone()));
-                out.push(series("_count", None, sample.count.unwrap_or(0.0), base));
+                put("_sum", None, sample.sum.unwrap_or(0.0));
+                put("_count", None, sample.count.unwrap_or(0.0));
             }
         }
-        out.len() - before
+        n
     }
 }
 
-/// Sets label `name` in sorted `labels`: replaces its value, or inserts it
-/// in its place.
-fn put(labels: &mut Vec<Label>, name: &str, value: String) {
-    match labels.binary_search_by(|l| l.name.as_str().cmp(name)) {
-        Ok(i) => labels[i].value = value,
-        Err(i) => labels.insert(
-            i,
-            Label {
-                name: name.to_owned(),
-                value,
-            },
-        ),
+/// The series of one sample, written as protobuf `TimeSeries` messages.
+struct SeriesWriter<'a> {
+    /// Sorted by name, no name twice.
+    labels: &'a [(Cow<'a, str>, &'a str)],
+    /// The sanitised metric name, before its suffix.
+    name: Cow<'a, str>,
+    timestamp: i64,
+}
+
+impl SeriesWriter<'_> {
+    /// Writes the series `<name><suffix>{labels, extra}` with one sample,
+    /// as a `timeseries` member of a `WriteRequest`.
+    fn write(&self, suffix: &str, extra: Option<(&str, &str)>, value: f64, out: &mut Vec<u8>) {
+        let mut len = 0;
+        self.each_label(suffix, extra, |name, value, tail| {
+            let label = label_len(name, value, tail);
+            len += 1 + encoded_len_varint(label as u64) + label;
+        });
+        let sample = sample_len(value, self.timestamp);
+        len += 1 + encoded_len_varint(sample as u64) + sample;
+        out.push(TAG_TIMESERIES);
+        encode_varint(len as u64, out);
+        self.each_label(suffix, extra, |name, value, tail| {
+            out.push(TAG_LABELS);
+            encode_varint(label_len(name, value, tail) as u64, out);
+            put_string(out, TAG_LABEL_NAME, name, "");
+            put_string(out, TAG_LABEL_VALUE, value, tail);
+        });
+        out.push(TAG_SAMPLES);
+        encode_varint(sample as u64, out);
+        if value != 0.0 {
+            out.push(TAG_SAMPLE_VALUE);
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+        if self.timestamp != 0 {
+            out.push(TAG_SAMPLE_TIMESTAMP);
+            encode_varint(self.timestamp as u64, out);
+        }
+    }
+
+    /// Calls `f(name, value, value_tail)` for every label in name order:
+    /// the sample's labels with `__name__` (the name and `suffix`) and
+    /// `extra` put in place, replacing a label of the same name.
+    fn each_label(&self, suffix: &str, extra: Option<(&str, &str)>, mut f: impl FnMut(&str, &str, &str)) {
+        // `__name__` sorts before `le` and `quantile`.
+        let mut special = [Some(("__name__", &*self.name, suffix)), extra.map(|(k, v)| (k, v, ""))]
+            .into_iter()
+            .flatten()
+            .peekable();
+        for (name, value) in self.labels {
+            let mut replaced = false;
+            while let Some(&(k, v, tail)) = special.peek() {
+                if k > name.as_ref() {
+                    break;
+                }
+                f(k, v, tail);
+                special.next();
+                if k == name.as_ref() {
+                    replaced = true;
+                    break;
+                }
+            }
+            if !replaced {
+                f(name, value, "");
+            }
+        }
+        for (k, v, tail) in special {
+            f(k, v, tail);
+        }
+    }
+}
+
+/// Protobuf keys (field number and wire type) of the remote write messages.
+const TAG_TIMESERIES: u8 = 0x0a; // WriteRequest.timeseries = 1, length-delimited
+const TAG_LABELS: u8 = 0x0a; // TimeSeries.labels = 1, length-delimited
+const TAG_SAMPLES: u8 = 0x12; // TimeSeries.samples = 2, length-delimited
+const TAG_LABEL_NAME: u8 = 0x0a; // Label.name = 1, length-delimited
+const TAG_LABEL_VALUE: u8 = 0x12; // Label.value = 2, length-delimited
+const TAG_SAMPLE_VALUE: u8 = 0x09; // Sample.value = 1, 64-bit
+const TAG_SAMPLE_TIMESTAMP: u8 = 0x10; // Sample.timestamp = 2, varint
+
+/// Bytes of a string field holding `head` and `tail` (none when empty).
+fn string_len(head: &str, tail: &str) -> usize {
+    let n = head.len() + tail.len();
+    if n == 0 {
+        0
+    } else {
+        1 + encoded_len_varint(n as u64) + n
+    }
+}
+
+/// Bytes of a `Label` message.
+fn label_len(name: &str, value: &str, tail: &str) -> usize {
+    string_len(name, "") + string_len(value, tail)
+}
+
+/// Bytes of a `Sample` message.
+fn sample_len(value: f64, timestamp: i64) -> usize {
+    let value = if value != 0.0 { 9 } else { 0 };
+    let timestamp = if timestamp != 0 {
+        1 + encoded_len_varint(timestamp as u64)
+    } else {
+        0
+    };
+    value + timestamp
+}
+
+/// Writes the string field `tag` holding `head` and `tail`, unless empty.
+fn put_string(out: &mut Vec<u8>, tag: u8, head: &str, tail: &str) {
+    let n = head.len() + tail.len();
+    if n > 0 {
+        out.push(tag);
+        encode_varint(n as u64, out);
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(tail.as_bytes());
     }
 }
 
@@ -229,10 +335,19 @@ mod tests {
         let b = SeriesBuilder {
             extra: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
-        let mut out = Vec::new();
-        let n = b.add(&s, &mut out);
-        assert_eq!(n, out.len());
-        out
+        decoded(&b, &s)
+    }
+
+    /// The series `b` writes for `s`, read back with prost; the bytes must
+    /// be exactly what prost writes for them.
+    fn decoded(b: &SeriesBuilder, s: &Sample<'_>) -> Vec<TimeSeries> {
+        use prost::Message;
+        let mut body = Vec::new();
+        let n = b.add(s, &mut body);
+        let req = WriteRequest::decode(body.as_slice()).unwrap();
+        assert_eq!(n, req.timeseries.len());
+        assert_eq!(req.encode_to_vec(), body, "written as prost writes it");
+        req.timeseries
     }
 
     fn text(ts: &TimeSeries) -> String {
@@ -303,9 +418,54 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         };
-        let mut out = Vec::new();
-        b.add(&s, &mut out);
+        let out = decoded(&b, &s);
         assert_eq!(text(&out[0]), "Zone=z,__name__=m,a_b=2,cluster=c1,le=own 1@7");
+    }
+
+    #[test]
+    fn series_replace_a_sample_label_named_like_theirs_and_keep_defaults_and_long_values_exact() {
+        // Zero values and a zero timestamp are fields prost leaves out; a
+        // negative timestamp is a ten-byte varint; a 300-byte value has a
+        // two-byte length; `__name__` and `le` of the sample give way to
+        // the series' own; an empty extra value is left out as prost does.
+        let long = "v".repeat(300);
+        let bounds = [1.0];
+        let cumulative = [0.0];
+        for ts in [0, -5, 1_700_000_000_000] {
+            let mut line = Vec::new();
+            write_sample(
+                &mut line,
+                "h",
+                [("__name__", "own"), ("le", "own"), ("long", long.as_str()), ("a", "1")],
+                ts,
+                &SampleValue::Histogram {
+                    bounds: &bounds,
+                    cumulative: &cumulative,
+                    count: 0.0,
+                    sum: 0.0,
+                },
+                &Fragment::default(),
+            );
+            let s = Sample::parse(&line).unwrap();
+            let b = SeriesBuilder {
+                extra: [("empty", ""), ("z", "last")]
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            };
+            let out = decoded(&b, &s);
+            let got: Vec<String> = out.iter().map(text).collect();
+            let l = format!("long={long}");
+            assert_eq!(
+                got,
+                vec![
+                    format!("__name__=h_bucket,a=1,empty=,le=1,{l},z=last 0@{ts}"),
+                    format!("__name__=h_bucket,a=1,empty=,le=+Inf,{l},z=last 0@{ts}"),
+                    format!("__name__=h_sum,a=1,empty=,le=own,{l},z=last 0@{ts}"),
+                    format!("__name__=h_count,a=1,empty=,le=own,{l},z=last 0@{ts}"),
+                ]
+            );
+        }
     }
 
     #[test]

@@ -21,11 +21,12 @@ pub use config::RemoteWriteConfig;
 
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinSet;
 
-use self::encode::{label_name, SeriesBuilder, TimeSeries, WriteRequest};
+use self::encode::{label_name, SeriesBuilder};
 use super::delivery::{self, Answer, Endpoint, ErrorKind, Verdict};
 use super::http::RequestOutcome as Outcome;
 use super::http::{self, sleep_until, AckTracker, TrackId};
@@ -50,6 +51,7 @@ impl SinkComponent for RemoteWriteConfig {
             config: self.clone(),
             tracker: AckTracker::default(),
             pending: Pending::default(),
+            last_body: 0,
         };
         Ok(Box::pin(sink.run(input)))
     }
@@ -92,10 +94,10 @@ impl Shared {
     }
 }
 
-/// The request being filled.
+/// The request being filled: its series already encoded as protobuf.
 #[derive(Default)]
 struct Pending {
-    series: Vec<TimeSeries>,
+    body: Vec<u8>,
     samples: usize,
     parts: Vec<TrackId>,
     opened: Option<Instant>,
@@ -103,9 +105,24 @@ struct Pending {
 
 /// A request ready to send.
 struct Request {
-    series: Vec<TimeSeries>,
+    /// An encoded `WriteRequest`, not yet compressed.
+    body: Vec<u8>,
     samples: usize,
     parts: Vec<TrackId>,
+}
+
+/// A source batch whose samples are being added to requests, a request at
+/// a time, so that a large batch (a statsd flush of every series) does not
+/// hold back sending the requests it fills.
+struct Intake {
+    id: TrackId,
+    batch: Arc<Batch>,
+    /// The next event to add.
+    next: usize,
+    builder: SeriesBuilder,
+    /// Whether the pending request already carries a part of this batch.
+    in_pending: bool,
+    invalid: u64,
 }
 
 /// The sink's state, owned by its task.
@@ -114,12 +131,15 @@ struct RemoteWriteSink {
     config: RemoteWriteConfig,
     tracker: AckTracker,
     pending: Pending,
+    /// Bytes of the last request sealed: the next one reserves as much.
+    last_body: usize,
 }
 
 impl RemoteWriteSink {
     async fn run(mut self, mut input: QueueReceiver) -> Result<(), SinkError> {
         let mut inflight: JoinSet<(Vec<TrackId>, Outcome)> = JoinSet::new();
-        let mut sealed: std::collections::VecDeque<Request> = std::collections::VecDeque::new();
+        let mut sealed: VecDeque<Request> = VecDeque::new();
+        let mut intake: Option<Intake> = None;
         let mut input_open = true;
         let timeout = self.config.batch.timeout;
         loop {
@@ -127,20 +147,31 @@ impl RemoteWriteSink {
                 let Some(r) = sealed.pop_front() else { break };
                 inflight.spawn(send(self.shared.clone(), r));
             }
-            if !input_open && sealed.is_empty() && inflight.is_empty() {
+            if !input_open && intake.is_none() && sealed.is_empty() && inflight.is_empty() {
                 return Ok(());
+            }
+            // The batch being added goes on while its next request has a
+            // slot to go to; each filled request is sent before the next
+            // is built.
+            if sealed.is_empty() {
+                if let Some(i) = intake.as_mut() {
+                    if self.fill(i, &mut sealed) {
+                        intake = None;
+                    }
+                    continue;
+                }
             }
             let deadline = self.pending.opened.map(|t| tokio::time::Instant::from_std(t + timeout));
             // A request waiting for a slot stops intake: the queue fills and
             // backpressure reaches the sources.
-            let accepting = input_open && sealed.is_empty();
+            let accepting = input_open && sealed.is_empty() && intake.is_none();
             tokio::select! {
                 Some(res) = inflight.join_next(), if !inflight.is_empty() => {
                     let (parts, outcome) = res.unwrap_or_else(|e| (Vec::new(), Outcome::Fatal(format!("request task failed: {e}"))));
                     self.finish(parts, outcome)?;
                 }
                 item = input.recv(), if accepting => match item {
-                    Some(item) => self.add(item, &mut sealed),
+                    Some(item) => intake = self.take(item),
                     None => {
                         input_open = false;
                         sealed.extend(self.seal());
@@ -151,10 +182,10 @@ impl RemoteWriteSink {
         }
     }
 
-    /// Adds a batch's samples to the pending request; requests that fill
-    /// go to `sealed`. The queue item (and its budget) is held until every
-    /// request carrying its samples is done.
-    fn add(&mut self, item: QueueItem, sealed: &mut std::collections::VecDeque<Request>) {
+    /// Starts tracking a batch; its samples are added by [`Self::fill`].
+    /// The queue item (and its budget) is held until every request
+    /// carrying its samples is done.
+    fn take(&mut self, item: QueueItem) -> Option<Intake> {
         let batch = item.batch.clone();
         let id = self.tracker.track(item, true);
         if batch.kind() != EventKind::Metric {
@@ -164,40 +195,56 @@ impl RemoteWriteSink {
             self.tracker.add_part(id);
             self.tracker.part_done(id, AckOutcome::Dropped);
             self.tracker.seal(id);
-            return;
+            return None;
         }
         let builder = SeriesBuilder {
             extra: self.extra_labels(&batch),
         };
-        let mut in_pending = false;
-        let mut invalid = 0u64;
-        for event in batch.events() {
-            let sample = match Sample::parse(event) {
-                Ok(s) => s,
-                Err(_) => {
-                    invalid += 1;
-                    continue;
-                }
+        Some(Intake {
+            id,
+            batch,
+            next: 0,
+            builder,
+            in_pending: false,
+            invalid: 0,
+        })
+    }
+
+    /// Adds the intake's samples to the pending request until it fills
+    /// (it goes to `sealed`) or the batch ends; true when the batch has
+    /// ended.
+    fn fill(&mut self, intake: &mut Intake, sealed: &mut VecDeque<Request>) -> bool {
+        while intake.next < intake.batch.len() {
+            let event = intake.batch.event(intake.next);
+            intake.next += 1;
+            let Ok(sample) = Sample::parse(event) else {
+                intake.invalid += 1;
+                continue;
             };
-            if !in_pending {
-                self.tracker.add_part(id);
-                self.pending.parts.push(id);
-                self.pending.opened.get_or_insert_with(Instant::now);
-                in_pending = true;
+            if !intake.in_pending {
+                self.tracker.add_part(intake.id);
+                self.pending.parts.push(intake.id);
+                if self.pending.opened.is_none() {
+                    self.pending.opened = Some(Instant::now());
+                    self.pending.body.reserve(self.last_body);
+                }
+                intake.in_pending = true;
             }
-            let own = self.own_labels(event, &builder);
-            self.pending.samples += own.as_ref().unwrap_or(&builder).add(&sample, &mut self.pending.series);
+            let own = self.own_labels(event, &intake.builder);
+            self.pending.samples += own.as_ref().unwrap_or(&intake.builder).add(&sample, &mut self.pending.body);
             if self.pending.samples >= self.config.batch.max_samples {
                 sealed.extend(self.seal());
-                in_pending = false;
+                intake.in_pending = false;
+                return false;
             }
         }
-        if invalid > 0 {
-            self.shared.invalid.inc_by(invalid);
-            self.tracker.add_part(id);
-            self.tracker.part_done(id, AckOutcome::Dropped);
+        if intake.invalid > 0 {
+            self.shared.invalid.inc_by(intake.invalid);
+            self.tracker.add_part(intake.id);
+            self.tracker.part_done(intake.id, AckOutcome::Dropped);
         }
-        self.tracker.seal(id);
+        self.tracker.seal(intake.id);
+        true
     }
 
     /// External labels, overridden by the batch's metadata labels.
@@ -240,8 +287,9 @@ impl RemoteWriteSink {
     /// Closes the pending request, if it holds anything.
     fn seal(&mut self) -> Option<Request> {
         let p = std::mem::take(&mut self.pending);
+        self.last_body = self.last_body.max(p.body.len());
         (!p.parts.is_empty()).then_some(Request {
-            series: p.series,
+            body: p.body,
             samples: p.samples,
             parts: p.parts,
         })
@@ -266,8 +314,8 @@ fn label_value(v: &serde_json::Value) -> Option<String> {
 /// Encodes and sends one request until the endpoint answers something
 /// final.
 async fn send(shared: Arc<Shared>, r: Request) -> (Vec<TrackId>, Outcome) {
-    let Request { series, samples, parts } = r;
-    let body = match encode::encode(&WriteRequest { timeseries: series }) {
+    let Request { body, samples, parts } = r;
+    let body = match encode::compress(&body) {
         Ok(b) => Bytes::from(b),
         Err(e) => return (parts, Outcome::Fatal(format!("cannot compress a request: {e}"))),
     };
@@ -385,19 +433,88 @@ mod tests {
             data_dir: None,
         };
         let shared = Arc::new(Shared::new(&cfg, &cx).unwrap());
-        let request = Request {
-            series: vec![TimeSeries {
-                labels: vec![encode::Label {
-                    name: "__name__".into(),
-                    value: "x".into(),
-                }],
-                samples: vec![encode::PromSample { value: 1.0, timestamp: 1 }],
+        let series = encode::TimeSeries {
+            labels: vec![encode::Label {
+                name: "__name__".into(),
+                value: "x".into(),
             }],
+            samples: vec![encode::PromSample { value: 1.0, timestamp: 1 }],
+        };
+        let request = Request {
+            body: prost::Message::encode_to_vec(&encode::WriteRequest { timeseries: vec![series] }),
             samples: 1,
             parts: Vec::new(),
         };
         let (_, outcome) = send(shared, request).await;
         (outcome, seen.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_large_batch_sends_its_first_request_before_reading_the_rest() {
+        // A server that never answers: the first request holds the only
+        // slot. The batch fills three requests and ends with an event that
+        // is not a sample; while the first request waits, the sink has
+        // built the next one and stopped, so that event is not read yet.
+        // (A sink that encodes a whole batch before sending any of it
+        // would already have counted it.)
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api/v1/write", listener.local_addr().unwrap());
+        let (arrived, mut first) = tokio::sync::mpsc::channel::<()>(1);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let arrived = arrived.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 1 << 16];
+                    let _ = conn.read(&mut buf).await;
+                    let _ = arrived.send(()).await;
+                    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                });
+            }
+        });
+        let name = "rw-large-batch";
+        let cfg: RemoteWriteConfig = serde_json::from_value(serde_json::json!({
+            "endpoint": url,
+            "batch": {"max_samples": 10, "timeout": "1h"},
+            "request": {"concurrency": 1},
+        }))
+        .unwrap();
+        let cx = SinkCx {
+            name: name.into(),
+            fields: Arc::new(crate::event::FieldSet::new()),
+            health: Arc::new(crate::telemetry::Health::default()),
+            data_dir: None,
+        };
+        let mut b = crate::event::BatchBuilder::with_capacity(Arc::new(crate::event::FieldSet::new()), 4096, 31);
+        for i in 0..30 {
+            crate::metrics::sample::write_sample(
+                b.buffer(),
+                "hits",
+                [("shard", i.to_string().as_str())],
+                1_700_000_000_000,
+                &crate::metrics::SampleValue::Counter(1.0),
+                &crate::enrich::Fragment::default(),
+            );
+            b.finish_event();
+        }
+        b.buffer().extend_from_slice(b"{\"message\":\"not a sample\"}");
+        b.finish_event();
+        let context = Arc::new(crate::enrich::SourceContext::new(
+            "t".into(),
+            "statsd",
+            String::new(),
+            Default::default(),
+        ));
+        let batch = b.build(context, std::time::SystemTime::now()).with_kind(EventKind::Metric);
+        let (tx, rx) = crate::buffer::queue(name, &crate::buffer::BufferConfig::default());
+        tx.send(Arc::new(batch)).await.unwrap();
+        let sink = tokio::spawn(cfg.build(cx, rx).await.unwrap());
+        tokio::time::timeout(std::time::Duration::from_secs(30), first.recv())
+            .await
+            .expect("the first request arrives");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let invalid = metrics().events_dropped.with_label_values(&[name, "not_a_metric"]).get();
+        sink.abort();
+        assert_eq!(invalid, 0, "the batch's last event was read before its first request was answered");
     }
 
     #[tokio::test]

@@ -5,10 +5,10 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::encode::is_valid_label_name;
 use crate::config::{duration, key_path, ConfigError, Validate};
 use crate::sinks::delivery::RetryConfig;
 use crate::sinks::http::{validate_target, HttpAuth, RequestConfig};
+use crate::sinks::metadata_labels::validate_label_table;
 
 /// Settings of the remote write sink.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -79,23 +79,9 @@ impl Validate for RemoteWriteConfig {
             a.validate(path, errors);
         }
         self.retry.validate(&key_path(path, "retry"), errors);
+        validate_label_table(path, "external_labels", &self.external_labels, errors);
+        validate_label_table(path, "metadata_labels", &self.metadata_labels, errors);
         let mut err = |key: &str, msg: String| errors.push(ConfigError::at(path, key, msg));
-        for (table, labels) in [
-            ("external_labels", &self.external_labels),
-            ("metadata_labels", &self.metadata_labels),
-        ] {
-            for (name, value) in labels {
-                if !is_valid_label_name(name) || name.starts_with("__") {
-                    err(
-                        &format!("{table}.{name}"),
-                        "a label name must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __".into(),
-                    );
-                }
-                if value.is_empty() {
-                    err(&format!("{table}.{name}"), "must not be empty".into());
-                }
-            }
-        }
         if self.batch.max_samples == 0 {
             err("batch.max_samples", "must be at least 1".into());
         }

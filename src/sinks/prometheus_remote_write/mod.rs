@@ -30,6 +30,7 @@ use self::encode::{label_name, SeriesBuilder};
 use super::delivery::{self, Answer, Endpoint, ErrorKind, Verdict};
 use super::http::RequestOutcome as Outcome;
 use super::http::{self, sleep_until, AckTracker, TrackId};
+use super::metadata_labels::MetadataLabels;
 use super::{SinkComponent, SinkCx, SinkError, SinkErrorKind};
 use crate::buffer::{QueueItem, QueueReceiver};
 use crate::event::{AckOutcome, Batch, EventKind};
@@ -52,6 +53,7 @@ impl SinkComponent for RemoteWriteConfig {
             tracker: AckTracker::default(),
             pending: Pending::default(),
             last_body: 0,
+            metadata: MetadataLabels::new(&self.metadata_labels),
         };
         Ok(Box::pin(sink.run(input)))
     }
@@ -133,6 +135,8 @@ struct RemoteWriteSink {
     pending: Pending,
     /// Bytes of the last request sealed: the next one reserves as much.
     last_body: usize,
+    /// `metadata_labels`, by sanitised label name.
+    metadata: MetadataLabels,
 }
 
 impl RemoteWriteSink {
@@ -255,12 +259,7 @@ impl RemoteWriteSink {
             .iter()
             .map(|(k, v)| (label_name(k), v.clone()))
             .collect();
-        for (label, path) in &self.config.metadata_labels {
-            let Some(value) = batch.source.meta_value(path).and_then(label_value) else {
-                continue;
-            };
-            extra.insert(label_name(label), value);
-        }
+        self.metadata.of_source(&batch.source, &mut extra);
         extra
     }
 
@@ -268,20 +267,7 @@ impl RemoteWriteSink {
     /// resource's) give `metadata_labels` values: they win over the
     /// batch's. `None` when it has none.
     fn own_labels(&self, event: &[u8], batch: &SeriesBuilder) -> Option<SeriesBuilder> {
-        if self.config.metadata_labels.is_empty() {
-            return None;
-        }
-        let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(event) else {
-            return None;
-        };
-        let mut extra = None;
-        for (label, path) in &self.config.metadata_labels {
-            let Some(value) = crate::enrich::lookup(&o, path).and_then(label_value) else {
-                continue;
-            };
-            extra.get_or_insert_with(|| batch.extra.clone()).insert(label_name(label), value);
-        }
-        extra.map(|extra| SeriesBuilder { extra })
+        self.metadata.of_event(event, &batch.extra).map(|extra| SeriesBuilder { extra })
     }
 
     /// Closes the pending request, if it holds anything.
@@ -298,16 +284,6 @@ impl RemoteWriteSink {
     /// Acknowledges the batches of a finished request.
     fn finish(&mut self, parts: Vec<TrackId>, outcome: Outcome) -> Result<(), SinkError> {
         self.tracker.request_done(&self.shared.name, &parts, outcome)
-    }
-}
-
-/// A metadata value as a label value: strings, numbers and booleans.
-fn label_value(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
     }
 }
 

@@ -22,7 +22,7 @@ use super::stream::{text_values, value_at, Changed, ChangedValues, Item, Rewrite
 use super::TransformSpec;
 use crate::condition::{Condition, MetaValues, Program};
 use crate::config::ConfigError;
-use crate::decode::{EventObserver, EventValues};
+use crate::decode::{EventObserver, EventValues, MemberAt};
 use crate::enrich::SourceContext;
 use crate::event::{Batch, FieldPath, FieldSet, FieldValueRef};
 use crate::pipeline::{Deferral, Output, Outputs, Prepared, Processing};
@@ -42,6 +42,7 @@ pub(crate) struct Compiler {
     fields: FieldSet,
     programs: Vec<Program>,
     keys: Vec<usize>,
+    members: bool,
 }
 
 impl Compiler {
@@ -55,6 +56,12 @@ impl Compiler {
     pub(crate) fn key(&mut self, path: &FieldPath) -> KeyId {
         self.keys.push(self.fields.add(path.clone()));
         KeyId(self.keys.len() - 1)
+    }
+
+    /// Has the decoder say where each event's members are, for
+    /// [`Run::rewrite`].
+    pub(crate) fn members(&mut self) {
+        self.members = true;
     }
 }
 
@@ -88,6 +95,20 @@ pub(crate) struct Judged {
     text: String,
     /// The batch's source metadata, for changed events judged later.
     meta: MetaValues,
+    /// When the graph asks for them: per event, where its members are in
+    /// `members` (start, count; start [`u32::MAX`] when the decoder did not
+    /// say).
+    member_spans: Vec<(u32, u32)>,
+    members: Vec<MemberAt>,
+}
+
+impl Judged {
+    /// Where the members of event `idx` are in its bytes as decoded, when
+    /// the decoder said ([`Compiler::members`]).
+    fn members(&self, idx: u32) -> Option<&[MemberAt]> {
+        let &(at, n) = self.member_spans.get(idx as usize)?;
+        self.members.get(at as usize..at as usize + n as usize)
+    }
 }
 
 /// Judges every event of one batch as it decodes.
@@ -119,10 +140,25 @@ impl EventObserver for Judge {
             let span = v.render(&mut judged.text).then(|| (at as u32, (judged.text.len() - at) as u32));
             judged.keys.push(span);
         }
+        if graph.members {
+            let span = match values.members() {
+                Some(members) => {
+                    let at = judged.members.len() as u32;
+                    judged.members.extend_from_slice(members);
+                    (at, members.len() as u32)
+                }
+                None => (u32::MAX, 0),
+            };
+            judged.member_spans.push(span);
+        }
     }
 
     fn finish(self: Box<Self>) -> Prepared {
         Box::new(self.judged)
+    }
+
+    fn wants_members(&self) -> bool {
+        self.graph.members
     }
 }
 
@@ -245,11 +281,12 @@ impl Run<'_> {
     }
 
     /// Changes the event in its bytes: `edit` gets the event's text as it
-    /// stands and writes the changed event after what is in `out`. True
+    /// stands, where its members are when the decoder said, and writes the
+    /// changed event after what is in `out`. True
     /// when it wrote the event ([`Changed::Text`]) or found nothing to
     /// change; false when it refused the bytes, or the event is already
     /// parsed: the caller then changes the parsed event ([`Run::change`]).
-    pub(crate) fn rewrite(&mut self, item: &mut Item, edit: impl FnOnce(&[u8], &mut Vec<u8>) -> Rewrite) -> bool {
+    pub(crate) fn rewrite(&mut self, item: &mut Item, edit: impl FnOnce(&[u8], Option<&[MemberAt]>, &mut Vec<u8>) -> Rewrite) -> bool {
         if self.texts.capacity() == 0 {
             // About the batch's bytes again: one allocation for the batch.
             self.texts.reserve(self.batch.byte_len() + self.batch.byte_len() / 4);
@@ -257,12 +294,15 @@ impl Run<'_> {
         let start = self.texts.len();
         let outcome = match &item.changed {
             Changed::Parsed(_) => return false,
-            Changed::No => edit(self.batch.event(item.idx as usize), &mut self.texts),
+            Changed::No => {
+                let judged = self.judged;
+                edit(self.batch.event(item.idx as usize), judged.members(item.idx), &mut self.texts)
+            }
             Changed::Text(span) => {
                 // Its text is in the buffer being written to.
                 self.copy.clear();
                 self.copy.extend_from_slice(span.of(&self.texts));
-                edit(&self.copy, &mut self.texts)
+                edit(&self.copy, None, &mut self.texts)
             }
         };
         match outcome {
@@ -298,6 +338,8 @@ pub(crate) struct Graph {
     fields: Arc<FieldSet>,
     programs: Vec<Program>,
     keys: Vec<usize>,
+    /// Some step reads where the members are ([`Compiler::members`]).
+    members: bool,
 }
 
 impl std::fmt::Debug for Graph {
@@ -338,6 +380,7 @@ impl Graph {
             fields: Arc::new(cx.fields),
             programs: cx.programs,
             keys: cx.keys,
+            members: cx.members,
         }
     }
 

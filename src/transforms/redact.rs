@@ -149,6 +149,7 @@ impl RedactConfig {
             .map(|k| k.into_encoded_bytes());
         Redact {
             fields,
+            prefilter: self.patterns.is_empty(),
             detectors,
             set,
             replace: self.replace.clone(),
@@ -183,9 +184,60 @@ struct Redact {
     detectors: Vec<Detector>,
     /// Every detector at once: most text matches none, found in one pass.
     set: RegexSet,
+    /// Every pattern is a built-in detector, so text that [`may_hold_secret`]
+    /// rules out matches none of them: the set need not run.
+    prefilter: bool,
     replace: String,
     /// The keyed hash's key, when a match becomes a hash.
     key: Option<Vec<u8>>,
+}
+
+/// Bytes that some built-in detector's every match holds, when the text is
+/// ASCII: `@` (email), `:` (IPv6; `password:`), `=` (`password=`), a digit
+/// (card numbers, IPv4). A byte of 0x80 or above marks text that is not
+/// ASCII, where `(?i)` and `\d` reach past ASCII (`ſ` folds to `s`, `K`
+/// (Kelvin) to `k`, `٣` is a digit): such text always goes to the set.
+const TRIGGER: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0x80;
+    while b < 256 {
+        t[b] = true;
+        b += 1;
+    }
+    let mut d = b'0';
+    while d <= b'9' {
+        t[d as usize] = true;
+        d += 1;
+    }
+    t[b'@' as usize] = true;
+    t[b':' as usize] = true;
+    t[b'=' as usize] = true;
+    t
+};
+
+/// Whether `text` may hold a match of a built-in detector: false only when
+/// none can match, so a false answer skips the [`RegexSet`] without
+/// changing what is scrubbed. Besides the [`TRIGGER`] bytes, the detectors
+/// without one need a literal: `eyJ` (JWT), `AKIA` or `ASIA` (AWS access
+/// keys), `bearer` in any ASCII case.
+#[inline]
+fn may_hold_secret(text: &[u8]) -> bool {
+    for (i, &b) in text.iter().enumerate() {
+        if TRIGGER[b as usize] {
+            return true;
+        }
+        let rest = &text[i..];
+        let hit = match b {
+            b'e' => rest.starts_with(b"eyJ"),
+            b'A' => rest.starts_with(b"AKIA") || rest.starts_with(b"ASIA"),
+            b'b' | b'B' => rest.get(..6).is_some_and(|w| w.eq_ignore_ascii_case(b"bearer")),
+            _ => false,
+        };
+        if hit {
+            return true;
+        }
+    }
+    false
 }
 
 /// Whether the digits of `s` pass the Luhn check.
@@ -222,6 +274,14 @@ fn keyed_hash(key: &[u8], value: &str) -> String {
 impl Redact {
     /// `text` with every match replaced; `None` when nothing matched.
     fn scrub(&self, text: &str) -> Option<String> {
+        if self.prefilter && !may_hold_secret(text.as_bytes()) {
+            return None;
+        }
+        self.scrub_unfiltered(text)
+    }
+
+    /// [`Redact::scrub`] without the prefilter: every text goes to the set.
+    fn scrub_unfiltered(&self, text: &str) -> Option<String> {
         // Most text holds no secret: `is_match` says so without allocating
         // the set of matches (`matches` does, on every call).
         if !self.set.is_match(text) {
@@ -347,6 +407,102 @@ mod tests {
         assert!(a.starts_with("to [email:") && a.len() == "to [email:]".len() + 16, "{a}");
         assert_eq!(a[3..], b[3..]);
         assert_ne!(a, c);
+    }
+
+    /// Text that may hold a secret, in pieces: the planted secrets, their
+    /// literals cut short, every trigger byte, and letters outside ASCII
+    /// that `(?i)` folds to ASCII ones (`ſ`, the Kelvin sign) or that `\d`
+    /// takes for digits.
+    const PIECES: [&str; 24] = [
+        "ada@example.com",
+        "4111 1111 1111 1111",
+        "10.1.2.3",
+        "2001:db8::1",
+        "fe80::",
+        "eyJ",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlX3g",
+        "BeArEr abcdefghijk",
+        "bearer",
+        "AKIAIOSFODNN7EXAMPLE",
+        "ASIA",
+        "AKIAABCDEFGHIJKLMNOP",
+        "passWord=x",
+        "paſsword=hunter22",
+        "apiKey: k",
+        "api_\u{212a}ey=v",
+        "٣٣.٣.٣.٣",
+        "request completed",
+        " ",
+        "cache miss",
+        "=",
+        ":",
+        "@",
+        "x",
+    ];
+
+    #[test]
+    fn the_prefilter_scrubs_exactly_what_the_set_alone_scrubs_on_a_corpus_with_secrets() {
+        let all = redact(json!({}));
+        let some = redact(json!({"detectors": ["bearer", "aws_access_key", "password"]}));
+        assert!(all.prefilter && some.prefilter);
+        let corpus = [
+            "request completed",
+            "upstream slow",
+            "cache miss",
+            "client 10.24.7.193 retried",
+            "s3 put with key AKIAIOSFODNN7EXAMPLE",
+            "mail sent to ada.lovelace@example.com",
+            "upstream call with Authorization: Bearer abcDEF123456789xyz",
+            "upstream call with authorization bearer abcdefghijklmnop",
+            "charged card 4111 1111 1111 1111",
+            "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlX3g",
+            "login user=bob password=hunter22 ok",
+            "login paſsword=hunter22 ok",
+            "session ASIAABCDEFGHIJKLMNOP opened",
+            "",
+        ];
+        let mut scrubbed = 0;
+        for text in corpus {
+            for r in [&all, &some] {
+                let got = r.scrub(text);
+                assert_eq!(got, r.scrub_unfiltered(text), "{text:?}");
+                scrubbed += got.is_some() as usize;
+            }
+        }
+        assert!(scrubbed >= 10, "the corpus plants secrets: {scrubbed} scrubbed");
+        assert_eq!(
+            all.scrub("login paſsword=hunter22 ok").as_deref(),
+            Some("login paſsword=[REDACTED] ok")
+        );
+        assert_eq!(all.scrub("request completed"), None);
+    }
+
+    #[test]
+    fn custom_patterns_turn_the_prefilter_off() {
+        let r = redact(json!({"patterns": ["completed"]}));
+        assert!(!r.prefilter);
+        assert_eq!(r.scrub("request completed").as_deref(), Some("request [REDACTED]"));
+    }
+
+    proptest::proptest! {
+        /// Whatever the text, the prefilter changes nothing the detectors
+        /// scrub: it skips only text no detector matches.
+        #[test]
+        fn the_prefilter_never_changes_what_is_scrubbed(
+            picks in proptest::collection::vec((0usize..PIECES.len(), proptest::bool::ANY), 0..8),
+            noise in "[a-zA-Z .ſ\u{212a}٣:=@0-9-]{0,30}",
+        ) {
+            let r = redact(json!({}));
+            let mut text = String::new();
+            for (i, (p, space)) in picks.iter().enumerate() {
+                text.push_str(PIECES[*p]);
+                if *space { text.push(' '); }
+                if i == 1 { text.push_str(&noise); }
+            }
+            for t in [&text, &noise] {
+                proptest::prop_assert_eq!(r.scrub(t), r.scrub_unfiltered(t), "{:?}", t);
+            }
+        }
     }
 
     #[test]

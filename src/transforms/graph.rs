@@ -540,9 +540,28 @@ fn output(batch: &Batch, run: &mut Run<'_>, items: Vec<Item>) -> Output {
     }
     let mut out = batch.part_builder(items.len());
     let fields = out.fields().clone();
+    // Unchanged events in a row of the batch are copied in one piece.
+    let mut run_of: Option<std::ops::Range<usize>> = None;
     for item in &items {
+        let i = item.idx as usize;
+        match (&item.changed, &mut run_of) {
+            (Changed::No, Some(r)) if r.end == i => {
+                r.end += 1;
+                continue;
+            }
+            (Changed::No, _) => {}
+            (Changed::Text(_) | Changed::Parsed(_), _) => {
+                if let Some(r) = run_of.take() {
+                    out.push_events_of(batch, r);
+                }
+            }
+        }
         match &item.changed {
-            Changed::No => out.push_event_of(batch, item.idx as usize),
+            Changed::No => {
+                if let Some(r) = run_of.replace(i..i + 1) {
+                    out.push_events_of(batch, r);
+                }
+            }
             Changed::Text(span) => {
                 let text = span.of(&run.texts);
                 out.buffer().extend_from_slice(text);
@@ -566,6 +585,9 @@ fn output(batch: &Batch, run: &mut Run<'_>, items: Vec<Item>) -> Output {
                 out.finish_event();
             }
         }
+    }
+    if let Some(r) = run_of {
+        out.push_events_of(batch, r);
     }
     Output::Part(batch.part(out))
 }
@@ -850,6 +872,59 @@ type = "stdout"
         let batch = out.build(ctx, std::time::SystemTime::now());
         let outputs = plan.process(&batch, prepared);
         assert!(matches!(outputs[..], [(_, Output::Whole)]), "{outputs:?}");
+    }
+
+    #[test]
+    fn route_outputs_carry_each_events_bytes_and_extracted_values() {
+        let c = config(SPLIT).unwrap();
+        let graph = Arc::new(Graph::build(&c.transforms));
+        let consumed = BTreeSet::from(["split.errors".to_string(), "split._unmatched".to_string()]);
+        let plans = graph.plans(["app"].into_iter(), &consumed);
+        let plan = &plans["app"];
+        let ctx = Arc::new(SourceContext::new("app".into(), "stdin", String::new(), serde_json::Map::new()));
+        let mut sink_fields = FieldSet::new();
+        for f in ["level", "n", "tag"] {
+            sink_fields.add(FieldPath::parse(f).unwrap());
+        }
+        let mut out = BatchBuilder::with_capacity(Arc::new(sink_fields), 256, 16);
+        let mut d = Decoder::new();
+        d.observe(plan.fields(), plan.begin(&ctx));
+        // Runs of unmatched events between errors, a dropped one inside a
+        // run, a warning (its output is not consumed), and string values
+        // in the arena.
+        let levels = ["info", "info", "error", "info", "info", "info", "error", "error", "warn", "info"];
+        for (n, level) in levels.iter().enumerate() {
+            let path = if n == 4 { "/healthz" } else { "/a" };
+            let line = format!(r#"{{"level":"{level}","n":{n},"tag":"t{n}","path":"{path}"}}"#);
+            d.decode_line(line.as_bytes(), false, &[], &Fragment::default(), &mut out);
+        }
+        let prepared = d.finish_observers().pop().unwrap();
+        let batch = out.build(ctx, std::time::SystemTime::now());
+        let outputs = plan.process(&batch, prepared);
+        let mut seen = Vec::new();
+        for (name, output) in &outputs {
+            let Output::Part(part) = output else { panic!("{name}: a part") };
+            for i in 0..part.len() {
+                let FieldValueRef::Number(n) = part.value(i, 1) else {
+                    panic!("{name}: n of {i}")
+                };
+                let n = n as usize;
+                assert_eq!(part.event(i), batch.event(n), "{name}: event {n}");
+                for f in 0..3 {
+                    assert_eq!(part.value(i, f), batch.value(n, f), "{name}: field {f} of event {n}");
+                }
+                seen.push((name.to_string(), n));
+            }
+        }
+        seen.sort();
+        let want: Vec<(String, usize)> = [(2, "errors"), (6, "errors"), (7, "errors")]
+            .into_iter()
+            .chain([0, 1, 3, 5, 9].map(|n| (n, "_unmatched")))
+            .map(|(n, o)| (format!("split.{o}"), n))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(seen, want);
     }
 
     #[test]

@@ -202,17 +202,8 @@ impl Decoder {
                 mark_present(&line[key], signatures, extra, members, &mut present);
             });
             if valid {
-                splice(
-                    out,
-                    line,
-                    close,
-                    may_hold_breaks,
-                    keys > 0,
-                    extra,
-                    members,
-                    |i| present & (1 << i) != 0,
-                    |_, _| {},
-                );
+                let has = |i: usize| present & (1 << i) != 0;
+                splice(out, line, close, may_hold_breaks, keys > 0, extra, members, has, |_, _| {});
                 out.finish_event();
                 return true;
             }
@@ -365,21 +356,13 @@ impl Decoder {
         if !settled {
             return false;
         }
-        splice(
-            out,
-            line,
-            close,
-            may_hold_breaks,
-            keys > 0,
-            extra,
-            members,
-            |i| present & (1 << i) != 0,
-            |offset, m| {
-                if collect {
-                    at.push(MemberAt::spliced(offset, m.rendered()));
-                }
-            },
-        );
+        let has = |i: usize| present & (1 << i) != 0;
+        let appended = |offset, m: &Member| {
+            if collect {
+                at.push(MemberAt::spliced(offset, m.rendered()));
+            }
+        };
+        splice(out, line, close, may_hold_breaks, keys > 0, extra, members, has, appended);
         if let Some(p) = out_plan {
             for i in 0..p.len() {
                 out.push_value(p.text_value(line, i));

@@ -177,7 +177,16 @@ impl Program {
     /// text.
     #[inline]
     pub(crate) fn eval<'a>(&self, values: &impl Values<'a>, meta: &MetaValues, text: &mut String) -> Option<bool> {
-        eval(&self.root, values, meta, text)
+        // The usual condition is one test, or `not` of one: judged here,
+        // without a call into the recursive walk.
+        match &self.root {
+            Node::Test { field, test } => test_field(*field, test, values, meta, text),
+            Node::Not(n) => match &**n {
+                Node::Test { field, test } => Some(test_field(*field, test, values, meta, text) != Some(true)),
+                n => Some(eval(n, values, meta, text) != Some(true)),
+            },
+            root => eval(root, values, meta, text),
+        }
     }
 
     /// Whether the event passes for sure.
@@ -238,17 +247,22 @@ fn compile(c: &Condition, fields: &mut FieldSet) -> Node {
 
 fn eval<'a>(node: &Node, values: &impl Values<'a>, meta: &MetaValues, text: &mut String) -> Option<bool> {
     match node {
-        Node::Test { field, test } => {
-            let v = match values.get(*field) {
-                FieldValueRef::Missing => meta.get(*field),
-                v => v,
-            };
-            test_value(test, v, text)
-        }
+        Node::Test { field, test } => test_field(*field, test, values, meta, text),
         Node::All(nodes) => Some(nodes.iter().all(|n| eval(n, values, meta, text) == Some(true))),
         Node::Any(nodes) => Some(nodes.iter().any(|n| eval(n, values, meta, text) == Some(true))),
         Node::Not(n) => Some(eval(n, values, meta, text) != Some(true)),
     }
+}
+
+/// `test` on the event's value of `field`, or its source's when it has
+/// none.
+#[inline(always)]
+fn test_field<'a>(field: usize, test: &Test, values: &impl Values<'a>, meta: &MetaValues, text: &mut String) -> Option<bool> {
+    let v = match values.get(field) {
+        FieldValueRef::Missing => meta.get(field),
+        v => v,
+    };
+    test_value(test, v, text)
 }
 
 #[inline(always)]

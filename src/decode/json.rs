@@ -7,7 +7,7 @@ use simd_json::{Buffers, Node, Tape};
 use super::extract::FieldPlan;
 use super::scan::{scan_object, scan_object_keys};
 use super::tape::{self, node_count, wrapped_value};
-use super::values::{EventObserver, EventValues, Observer};
+use super::values::{EventObserver, EventValues, MemberAt, Observer};
 use super::DecodeStats;
 use std::sync::Arc;
 
@@ -38,6 +38,10 @@ pub struct Decoder {
     /// Whether objects may be read by the scan instead of the tape (off
     /// only to compare the two).
     scan: bool,
+    /// Whether an observer of the batch asked where the members are.
+    want_members: bool,
+    /// The members of the event being decoded, when they are wanted.
+    members: Vec<MemberAt>,
 }
 
 impl Default for Decoder {
@@ -64,6 +68,8 @@ impl Decoder {
             observer_plans: Vec::new(),
             stats: DecodeStats::default(),
             scan: true,
+            want_members: false,
+            members: Vec::new(),
         }
     }
 
@@ -80,12 +86,14 @@ impl Decoder {
     /// Has every event decoded from now on shown to `observer`, with the
     /// values of `fields`, until [`Decoder::finish_observers`].
     pub fn observe(&mut self, fields: Arc<FieldSet>, observer: Box<dyn EventObserver>) {
+        self.want_members |= observer.wants_members();
         self.observers.push(Observer { fields, inner: observer });
     }
 
     /// Detaches the observers, each with what it made of the events so far,
     /// in the order they were attached.
     pub fn finish_observers(&mut self) -> Vec<Box<dyn std::any::Any + Send>> {
+        self.want_members = false;
         self.observers.drain(..).map(|o| o.inner.finish()).collect()
     }
 
@@ -194,9 +202,8 @@ impl Decoder {
                 mark_present(&line[key], signatures, extra, members, &mut present);
             });
             if valid {
-                splice(out, line, close, may_hold_breaks, keys > 0, extra, members, |i| {
-                    present & (1 << i) != 0
-                });
+                let has = |i: usize| present & (1 << i) != 0;
+                splice(out, line, close, may_hold_breaks, keys > 0, extra, members, has, |_, _| {});
                 out.finish_event();
                 return true;
             }
@@ -264,7 +271,7 @@ impl Decoder {
             true => present & (1 << i) != 0,
             false => has_key(nodes, extra.iter().chain(members).nth(i).map_or("", |m| m.key())),
         };
-        splice(out, line, close, may_hold_breaks, keys > 0, extra, members, has);
+        splice(out, line, close, may_hold_breaks, keys > 0, extra, members, has, |_, _| {});
 
         if let Some(plan) = out_plan {
             for i in 0..plan.len() {
@@ -299,8 +306,12 @@ impl Decoder {
             plan,
             observers,
             observer_plans,
+            want_members,
+            members: at,
             ..
         } = self;
+        let collect = *want_members;
+        at.clear();
         let members = fragment.members();
         let mut out_plan = (!out.fields().is_empty()).then(|| cached_plan(plan, out.fields()));
         let mut plan_buckets = 0u64;
@@ -319,6 +330,9 @@ impl Decoder {
         let mut present = 0u64;
         let mut keys = 0usize;
         let valid = scan_object(line, |key, value, escaped| {
+            if collect {
+                at.push(MemberAt::scanned(key.clone(), value.clone()));
+            }
             let k = &line[key];
             keys += 1;
             let b = key_bucket(k);
@@ -342,17 +356,22 @@ impl Decoder {
         if !settled {
             return false;
         }
-        splice(out, line, close, may_hold_breaks, keys > 0, extra, members, |i| {
-            present & (1 << i) != 0
-        });
+        let has = |i: usize| present & (1 << i) != 0;
+        let appended = |offset, m: &Member| {
+            if collect {
+                at.push(MemberAt::spliced(offset, m.rendered()));
+            }
+        };
+        splice(out, line, close, may_hold_breaks, keys > 0, extra, members, has, appended);
         if let Some(p) = out_plan {
             for i in 0..p.len() {
                 out.push_value(p.text_value(line, i));
             }
         }
+        let at = collect.then_some(&at[..]);
         for (o, p) in observers.iter_mut().zip(observer_plans.iter()) {
             if let Some(p) = p {
-                o.inner.event(&EventValues::scanned(line, p));
+                o.inner.event(&EventValues::scanned(line, p, at));
             }
         }
         out.finish_event();
@@ -404,6 +423,8 @@ impl Decoder {
 /// of `extra` then `members` it does not have (`present(i)`, counting
 /// through both in that order) spliced in before its closing brace. An
 /// earlier `extra` member wins over a later one and over `members`.
+/// `appended` is shown each member spliced in, with its offset in the
+/// event.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn splice(
@@ -415,6 +436,7 @@ fn splice(
     extra: &[Member],
     members: &[Member],
     present: impl Fn(usize) -> bool,
+    mut appended: impl FnMut(usize, &Member),
 ) {
     let buf = out.buffer();
     let start = buf.len();
@@ -427,6 +449,7 @@ fn splice(
         if need_comma {
             buf.push(b',');
         }
+        appended(buf.len() - start, m);
         buf.extend_from_slice(m.rendered());
         need_comma = true;
     };

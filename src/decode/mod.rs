@@ -15,7 +15,7 @@ pub(crate) mod test_support;
 mod values;
 
 pub use json::Decoder;
-pub(crate) use values::{EventObserver, EventValues};
+pub(crate) use values::{EventObserver, EventValues, MemberAt};
 
 /// The validating scan of one JSON object's text, which reports where its
 /// top-level members are: the decoder's fast path, and the `fields`

@@ -23,8 +23,13 @@ enum Source<'v> {
     /// A parsed JSON object and the plan that located the fields in it.
     Parsed { nodes: &'v [Node<'v>], plan: &'v FieldPlan },
     /// A JSON object the scan read, and the plan that located the fields
-    /// in its text ([`FieldPlan::settle_text`] passed).
-    Scanned { line: &'v [u8], plan: &'v FieldPlan },
+    /// in its text ([`FieldPlan::settle_text`] passed); with its members'
+    /// places when an observer asked for them.
+    Scanned {
+        line: &'v [u8],
+        plan: &'v FieldPlan,
+        members: Option<&'v [MemberAt]>,
+    },
     /// A line kept as `{"message": text}`.
     Wrapped { text: &'v str, paths: &'v [FieldPath] },
 }
@@ -41,9 +46,23 @@ impl<'v> EventValues<'v> {
         EventValues(Source::Parsed { nodes, plan })
     }
 
-    /// The fields `plan` located in the text of the object `line`.
-    pub(super) fn scanned(line: &'v [u8], plan: &'v FieldPlan) -> EventValues<'v> {
-        EventValues(Source::Scanned { line, plan })
+    /// The fields `plan` located in the text of the object `line`, and,
+    /// when collected, where every member of the event written from it is.
+    pub(super) fn scanned(line: &'v [u8], plan: &'v FieldPlan, members: Option<&'v [MemberAt]>) -> EventValues<'v> {
+        EventValues(Source::Scanned { line, plan, members })
+    }
+
+    /// Where each top-level member of the event is in its bytes as the
+    /// batch holds them (the line's own members, then those spliced in), in
+    /// the order written: for an observer whose
+    /// [`EventObserver::wants_members`] is true, when the scan read the
+    /// line. `None` otherwise (a line simd-json parsed, a wrapped line):
+    /// find them in the event's bytes.
+    pub(crate) fn members(&self) -> Option<&'v [MemberAt]> {
+        match self.0 {
+            Source::Scanned { members, .. } => members,
+            Source::Parsed { .. } | Source::Wrapped { .. } => None,
+        }
     }
 
     /// The fields `paths` of a wrapped line whose text is `text`.
@@ -64,7 +83,7 @@ impl<'v> EventValues<'v> {
     pub(crate) fn get(&self, i: usize) -> FieldValueRef<'v> {
         match self.0 {
             Source::Parsed { nodes, plan } => plan.value(nodes, i),
-            Source::Scanned { line, plan } => plan.text_value(line, i),
+            Source::Scanned { line, plan, .. } => plan.text_value(line, i),
             Source::Wrapped { text, paths } => paths.get(i).map_or(FieldValueRef::Missing, |p| wrapped_value(p, text)),
         }
     }
@@ -81,6 +100,61 @@ pub trait EventObserver: Send {
 
     /// The batch is complete: what the observer made of it.
     fn finish(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
+
+    /// Whether [`EventValues::members`] should say where each member of
+    /// the event is (it costs the decoder a little per member).
+    fn wants_members(&self) -> bool {
+        false
+    }
+}
+
+/// Where one top-level member of an event is in the event's bytes, as a
+/// batch holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MemberAt {
+    /// The key with its quotes: `start..end`.
+    pub(crate) key: (u32, u32),
+    /// The value's text, without the whitespace around it.
+    pub(crate) value: (u32, u32),
+    /// Whether the key's text holds an escape.
+    pub(crate) escaped: bool,
+}
+
+impl MemberAt {
+    /// A member the scan found: its key between the quotes and its value.
+    #[inline(always)]
+    pub(super) fn scanned(key: std::ops::Range<usize>, value: std::ops::Range<usize>) -> MemberAt {
+        MemberAt {
+            key: (key.start as u32 - 1, key.end as u32 + 1),
+            value: (value.start as u32, value.end as u32),
+            escaped: false,
+        }
+    }
+
+    /// A member spliced in at offset `at` of the event, rendered as
+    /// `rendered` (`"key":value`, as serde_json or the enricher wrote it).
+    pub(super) fn spliced(at: usize, rendered: &[u8]) -> MemberAt {
+        // The key is the JSON string the rendering starts with.
+        let mut i = 1;
+        let mut escaped = false;
+        while let Some(&b) = rendered.get(i) {
+            match b {
+                b'\\' => {
+                    escaped = true;
+                    i += 2;
+                }
+                b'"' => break,
+                _ => i += 1,
+            }
+        }
+        let key_end = (i + 1).min(rendered.len());
+        let at = at as u32;
+        MemberAt {
+            key: (at, at + key_end as u32),
+            value: (at + (key_end + 1).min(rendered.len()) as u32, at + rendered.len() as u32),
+            escaped,
+        }
+    }
 }
 
 /// An observer and the fields it reads.

@@ -354,12 +354,24 @@ impl BatchBuilder {
     /// re-serialisation) and its extracted values. `from` must have this
     /// builder's field set.
     pub(crate) fn push_event_of(&mut self, from: &Batch, i: usize) {
+        self.push_events_of(from, i..i + 1);
+    }
+
+    /// Appends events `range` of `from` as they are, like
+    /// [`BatchBuilder::push_event_of`] for each, with their bytes copied in
+    /// one piece.
+    pub(crate) fn push_events_of(&mut self, from: &Batch, range: std::ops::Range<usize>) {
         debug_assert!(Arc::ptr_eq(&self.fields, &from.fields));
-        let start = if i == 0 { 0 } else { from.ends[i - 1] as usize };
-        self.data.extend_from_slice(&from.data[start..from.ends[i] as usize]);
-        self.ends.push(self.data.len() as u32);
+        let Some(last) = range.end.checked_sub(1).filter(|_| !range.is_empty()) else {
+            return;
+        };
+        let start = if range.start == 0 { 0 } else { from.ends[range.start - 1] as usize };
+        let shift = self.data.len() as i64 - start as i64;
+        self.data.extend_from_slice(&from.data[start..from.ends[last] as usize]);
+        self.ends
+            .extend(from.ends[range.clone()].iter().map(|&e| (e as i64 + shift) as u32));
         let n = from.fields.len();
-        for v in &from.values[i * n..(i + 1) * n] {
+        for v in &from.values[range.start * n..range.end * n] {
             self.push_value(v.as_ref(&from.strings));
         }
     }

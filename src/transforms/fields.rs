@@ -22,6 +22,7 @@ use super::stream::{lookup, remove_at, set_at, Item, Rewrite};
 use super::TransformComponent;
 use crate::config::{ConfigError, Validate};
 use crate::decode::same_bytes;
+use crate::decode::MemberAt;
 use crate::event::FieldPath;
 use crate::json_text::{escape_json_str, key_bucket, plain_prefix_len};
 
@@ -169,10 +170,15 @@ impl Validate for FieldsConfig {
 }
 
 impl TransformComponent for FieldsConfig {
-    fn build(&self, _name: &str, _cx: &mut Compiler) -> Box<dyn Step> {
+    fn build(&self, _name: &str, cx: &mut Compiler) -> Box<dyn Step> {
         // Validated: compiling again finds no error.
         let mut ops = compile(self, "", &mut Vec::new());
         ops.text = TextPlan::new(&ops);
+        if ops.text.is_some() {
+            // Where each event's members are, from the decoder's scan: no
+            // second pass over the event to find them.
+            cx.members();
+        }
         Box::new(ops)
     }
 }
@@ -286,7 +292,7 @@ impl Step for Ops {
         let mut work = self.text.as_ref().map(TextPlan::work);
         for mut item in input {
             let done = match (&self.text, &mut work) {
-                (Some(plan), Some(work)) => run.rewrite(&mut item, |event, out| plan.apply(event, work, out)),
+                (Some(plan), Some(work)) => run.rewrite(&mut item, |event, members, out| plan.apply(event, members, work, out)),
                 _ => false,
             };
             if !done {
@@ -505,11 +511,18 @@ impl TextPlan {
     /// Applies every operation to `event`, writing the changed event to
     /// `out`. [`Rewrite::Refused`] (with `out` as it was) when the event is
     /// not a JSON object or has a top-level key repeated or escaped: the
-    /// map path then changes it, as it reads such keys.
-    fn apply(&self, event: &[u8], work: &mut Work, out: &mut Vec<u8>) -> Rewrite {
+    /// map path then changes it, as it reads such keys. `members`, when
+    /// given, are the event's members as the decoder found them (the
+    /// object is then valid); else they are found here.
+    fn apply(&self, event: &[u8], members: Option<&[MemberAt]>, work: &mut Work, out: &mut Vec<u8>) -> Rewrite {
         work.members.clear();
-        if object_members(event, &mut work.members).is_none() {
-            return Rewrite::Refused;
+        match members {
+            Some(members) => work.members.extend(members.iter().map(Member::from)),
+            None => {
+                if object_members(event, &mut work.members).is_none() {
+                    return Rewrite::Refused;
+                }
+            }
         }
         if !self.find_keys(event, work) {
             return Rewrite::Refused;
@@ -796,7 +809,7 @@ pub(crate) fn fuzz_both(config: Value, event: &[u8]) -> Option<(Option<Vec<u8>>,
     ops.text = TextPlan::new(&ops);
     let bytes = ops.text.as_ref().and_then(|plan| {
         let mut out = Vec::new();
-        match plan.apply(event, &mut plan.work(), &mut out) {
+        match plan.apply(event, None, &mut plan.work(), &mut out) {
             Rewrite::Written => Some(out),
             Rewrite::Unchanged => Some(event.to_vec()),
             Rewrite::Refused => None,
@@ -1067,7 +1080,108 @@ mod tests {
             .prop_map(|(copy, rename, set, coerce, remove)| json!({"copy": copy, "rename": rename, "set": set, "coerce": coerce, "remove": remove}))
     }
 
+    /// Records where the decoder says each event's members are.
+    struct MemberLog(Vec<Option<Vec<Member>>>);
+
+    impl crate::decode::EventObserver for MemberLog {
+        fn event(&mut self, values: &crate::decode::EventValues<'_>) {
+            self.0.push(values.members().map(|ms| ms.iter().map(Member::from).collect()));
+        }
+
+        fn finish(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+            Box::new(self.0)
+        }
+
+        fn wants_members(&self) -> bool {
+            true
+        }
+    }
+
+    /// Decodes `lines` with the source's members of `meta` and the
+    /// per-event `extra` spliced in; returns the batch and the members the
+    /// decoder reported per event.
+    fn decoded_members(lines: &[String], meta: &Value, extra: &[crate::enrich::Member]) -> (crate::event::Batch, Vec<Option<Vec<Member>>>) {
+        use crate::event::{BatchBuilder, FieldSet};
+        use std::sync::Arc;
+        let Value::Object(meta) = meta.clone() else {
+            unreachable!("an object")
+        };
+        let fragment = crate::enrich::Fragment::from_map(&meta);
+        let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 1024, lines.len());
+        let mut d = crate::decode::Decoder::new();
+        d.observe(Arc::new(FieldSet::new()), Box::new(MemberLog(Vec::new())));
+        for l in lines {
+            d.decode_line(l.as_bytes(), false, extra, &fragment, &mut out);
+        }
+        let seen = d
+            .finish_observers()
+            .pop()
+            .and_then(|s| s.downcast::<Vec<Option<Vec<Member>>>>().ok())
+            .unwrap();
+        (
+            out.build(crate::decode::test_support::context(), std::time::SystemTime::now()),
+            *seen,
+        )
+    }
+
+    #[test]
+    fn the_decoder_reports_the_members_a_pass_over_the_event_finds() {
+        let lines: Vec<String> = [
+            r#"{"a":1,"msg":"x\"y","n":{"b":[1,2]}}"#,
+            " {\n\"a\" : \"v\" ,\r\n \"host\":2 }  ",
+            "{}",
+            r#"{"a":1.5e3}"#,
+            r#"{"ms\u0067":1}"#,
+            "not json",
+            r#"{"release":{"version":"own"},"x":null}"#,
+        ]
+        .map(String::from)
+        .to_vec();
+        let meta = json!({"host": "node-1", "release": {"version": "v2"}, "we\"ird": [1, {"k": "\u{00e9}"}], "é": true});
+        let extra = [
+            crate::enrich::Member::string("stream", "stdout"),
+            crate::enrich::Member::string("a", "x\""),
+        ];
+        let (batch, seen) = decoded_members(&lines, &meta, &extra);
+        assert_eq!(seen.len(), lines.len());
+        let mut told = 0;
+        for (i, got) in seen.iter().enumerate() {
+            let event = batch.event(i);
+            let Some(got) = got else { continue };
+            told += 1;
+            let mut want = Vec::new();
+            assert!(object_members(event, &mut want).is_some(), "{:?}", String::from_utf8_lossy(event));
+            assert_eq!(*got, want, "{:?}", String::from_utf8_lossy(event));
+        }
+        assert!(told >= 4, "the scan reads most of these lines: {told}");
+        let weird = seen[2]
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.escaped)
+            .expect("the escaped key is marked");
+        assert_eq!(weird.key_text(batch.event(2)), br#"we\"ird"#);
+    }
+
     proptest! {
+        /// Whatever the event, where the decoder says its members are is
+        /// where a pass over the decoded event finds them: `fields` may
+        /// take either.
+        #[test]
+        fn the_decoders_members_are_the_events_members(events in proptest::collection::vec(event_text(), 1..6), spaced in any::<bool>()) {
+            let lines: Vec<String> = events.iter().map(|e| if spaced { format!(" {e} \t") } else { e.clone() }).collect();
+            let meta = json!({"host": "h", "msg": "from meta", "n\\x": 1});
+            let extra = [crate::enrich::Member::string("level", "info")];
+            let (batch, seen) = decoded_members(&lines, &meta, &extra);
+            for (i, got) in seen.iter().enumerate() {
+                let Some(got) = got else { continue };
+                let event = batch.event(i);
+                let mut want = Vec::new();
+                prop_assert!(object_members(event, &mut want).is_some());
+                prop_assert_eq!(got, &want, "{:?}", String::from_utf8_lossy(event));
+            }
+        }
+
         /// Whatever the settings and the event, the bytes path, when it
         /// takes the event, gives the members, values and order the map
         /// path gives, and it refuses only what it must.

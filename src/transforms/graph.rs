@@ -22,7 +22,7 @@ use super::stream::{text_values, value_at, Changed, ChangedValues, Item, Rewrite
 use super::TransformSpec;
 use crate::condition::{Condition, MetaValues, Program};
 use crate::config::ConfigError;
-use crate::decode::{EventObserver, EventValues};
+use crate::decode::{EventObserver, EventValues, MemberAt};
 use crate::enrich::SourceContext;
 use crate::event::{Batch, FieldPath, FieldSet, FieldValueRef};
 use crate::pipeline::{Deferral, Output, Outputs, Prepared, Processing};
@@ -42,6 +42,7 @@ pub(crate) struct Compiler {
     fields: FieldSet,
     programs: Vec<Program>,
     keys: Vec<usize>,
+    members: bool,
 }
 
 impl Compiler {
@@ -55,6 +56,12 @@ impl Compiler {
     pub(crate) fn key(&mut self, path: &FieldPath) -> KeyId {
         self.keys.push(self.fields.add(path.clone()));
         KeyId(self.keys.len() - 1)
+    }
+
+    /// Has the decoder say where each event's members are, for
+    /// [`Run::rewrite`].
+    pub(crate) fn members(&mut self) {
+        self.members = true;
     }
 }
 
@@ -88,6 +95,20 @@ pub(crate) struct Judged {
     text: String,
     /// The batch's source metadata, for changed events judged later.
     meta: MetaValues,
+    /// When the graph asks for them: per event, where its members are in
+    /// `members` (start, count; start [`u32::MAX`] when the decoder did not
+    /// say).
+    member_spans: Vec<(u32, u32)>,
+    members: Vec<MemberAt>,
+}
+
+impl Judged {
+    /// Where the members of event `idx` are in its bytes as decoded, when
+    /// the decoder said ([`Compiler::members`]).
+    fn members(&self, idx: u32) -> Option<&[MemberAt]> {
+        let &(at, n) = self.member_spans.get(idx as usize)?;
+        self.members.get(at as usize..at as usize + n as usize)
+    }
 }
 
 /// Judges every event of one batch as it decodes.
@@ -119,10 +140,25 @@ impl EventObserver for Judge {
             let span = v.render(&mut judged.text).then(|| (at as u32, (judged.text.len() - at) as u32));
             judged.keys.push(span);
         }
+        if graph.members {
+            let span = match values.members() {
+                Some(members) => {
+                    let at = judged.members.len() as u32;
+                    judged.members.extend_from_slice(members);
+                    (at, members.len() as u32)
+                }
+                None => (u32::MAX, 0),
+            };
+            judged.member_spans.push(span);
+        }
     }
 
     fn finish(self: Box<Self>) -> Prepared {
         Box::new(self.judged)
+    }
+
+    fn wants_members(&self) -> bool {
+        self.graph.members
     }
 }
 
@@ -245,11 +281,12 @@ impl Run<'_> {
     }
 
     /// Changes the event in its bytes: `edit` gets the event's text as it
-    /// stands and writes the changed event after what is in `out`. True
+    /// stands, where its members are when the decoder said, and writes the
+    /// changed event after what is in `out`. True
     /// when it wrote the event ([`Changed::Text`]) or found nothing to
     /// change; false when it refused the bytes, or the event is already
     /// parsed: the caller then changes the parsed event ([`Run::change`]).
-    pub(crate) fn rewrite(&mut self, item: &mut Item, edit: impl FnOnce(&[u8], &mut Vec<u8>) -> Rewrite) -> bool {
+    pub(crate) fn rewrite(&mut self, item: &mut Item, edit: impl FnOnce(&[u8], Option<&[MemberAt]>, &mut Vec<u8>) -> Rewrite) -> bool {
         if self.texts.capacity() == 0 {
             // About the batch's bytes again: one allocation for the batch.
             self.texts.reserve(self.batch.byte_len() + self.batch.byte_len() / 4);
@@ -257,12 +294,15 @@ impl Run<'_> {
         let start = self.texts.len();
         let outcome = match &item.changed {
             Changed::Parsed(_) => return false,
-            Changed::No => edit(self.batch.event(item.idx as usize), &mut self.texts),
+            Changed::No => {
+                let judged = self.judged;
+                edit(self.batch.event(item.idx as usize), judged.members(item.idx), &mut self.texts)
+            }
             Changed::Text(span) => {
                 // Its text is in the buffer being written to.
                 self.copy.clear();
                 self.copy.extend_from_slice(span.of(&self.texts));
-                edit(&self.copy, &mut self.texts)
+                edit(&self.copy, None, &mut self.texts)
             }
         };
         match outcome {
@@ -298,6 +338,8 @@ pub(crate) struct Graph {
     fields: Arc<FieldSet>,
     programs: Vec<Program>,
     keys: Vec<usize>,
+    /// Some step reads where the members are ([`Compiler::members`]).
+    members: bool,
 }
 
 impl std::fmt::Debug for Graph {
@@ -338,6 +380,7 @@ impl Graph {
             fields: Arc::new(cx.fields),
             programs: cx.programs,
             keys: cx.keys,
+            members: cx.members,
         }
     }
 
@@ -497,9 +540,28 @@ fn output(batch: &Batch, run: &mut Run<'_>, items: Vec<Item>) -> Output {
     }
     let mut out = batch.part_builder(items.len());
     let fields = out.fields().clone();
+    // Unchanged events in a row of the batch are copied in one piece.
+    let mut run_of: Option<std::ops::Range<usize>> = None;
     for item in &items {
+        let i = item.idx as usize;
+        match (&item.changed, &mut run_of) {
+            (Changed::No, Some(r)) if r.end == i => {
+                r.end += 1;
+                continue;
+            }
+            (Changed::No, _) => {}
+            (Changed::Text(_) | Changed::Parsed(_), _) => {
+                if let Some(r) = run_of.take() {
+                    out.push_events_of(batch, r);
+                }
+            }
+        }
         match &item.changed {
-            Changed::No => out.push_event_of(batch, item.idx as usize),
+            Changed::No => {
+                if let Some(r) = run_of.replace(i..i + 1) {
+                    out.push_events_of(batch, r);
+                }
+            }
             Changed::Text(span) => {
                 let text = span.of(&run.texts);
                 out.buffer().extend_from_slice(text);
@@ -523,6 +585,9 @@ fn output(batch: &Batch, run: &mut Run<'_>, items: Vec<Item>) -> Output {
                 out.finish_event();
             }
         }
+    }
+    if let Some(r) = run_of {
+        out.push_events_of(batch, r);
     }
     Output::Part(batch.part(out))
 }
@@ -807,6 +872,59 @@ type = "stdout"
         let batch = out.build(ctx, std::time::SystemTime::now());
         let outputs = plan.process(&batch, prepared);
         assert!(matches!(outputs[..], [(_, Output::Whole)]), "{outputs:?}");
+    }
+
+    #[test]
+    fn route_outputs_carry_each_events_bytes_and_extracted_values() {
+        let c = config(SPLIT).unwrap();
+        let graph = Arc::new(Graph::build(&c.transforms));
+        let consumed = BTreeSet::from(["split.errors".to_string(), "split._unmatched".to_string()]);
+        let plans = graph.plans(["app"].into_iter(), &consumed);
+        let plan = &plans["app"];
+        let ctx = Arc::new(SourceContext::new("app".into(), "stdin", String::new(), serde_json::Map::new()));
+        let mut sink_fields = FieldSet::new();
+        for f in ["level", "n", "tag"] {
+            sink_fields.add(FieldPath::parse(f).unwrap());
+        }
+        let mut out = BatchBuilder::with_capacity(Arc::new(sink_fields), 256, 16);
+        let mut d = Decoder::new();
+        d.observe(plan.fields(), plan.begin(&ctx));
+        // Runs of unmatched events between errors, a dropped one inside a
+        // run, a warning (its output is not consumed), and string values
+        // in the arena.
+        let levels = ["info", "info", "error", "info", "info", "info", "error", "error", "warn", "info"];
+        for (n, level) in levels.iter().enumerate() {
+            let path = if n == 4 { "/healthz" } else { "/a" };
+            let line = format!(r#"{{"level":"{level}","n":{n},"tag":"t{n}","path":"{path}"}}"#);
+            d.decode_line(line.as_bytes(), false, &[], &Fragment::default(), &mut out);
+        }
+        let prepared = d.finish_observers().pop().unwrap();
+        let batch = out.build(ctx, std::time::SystemTime::now());
+        let outputs = plan.process(&batch, prepared);
+        let mut seen = Vec::new();
+        for (name, output) in &outputs {
+            let Output::Part(part) = output else { panic!("{name}: a part") };
+            for i in 0..part.len() {
+                let FieldValueRef::Number(n) = part.value(i, 1) else {
+                    panic!("{name}: n of {i}")
+                };
+                let n = n as usize;
+                assert_eq!(part.event(i), batch.event(n), "{name}: event {n}");
+                for f in 0..3 {
+                    assert_eq!(part.value(i, f), batch.value(n, f), "{name}: field {f} of event {n}");
+                }
+                seen.push((name.to_string(), n));
+            }
+        }
+        seen.sort();
+        let want: Vec<(String, usize)> = [(2, "errors"), (6, "errors"), (7, "errors")]
+            .into_iter()
+            .chain([0, 1, 3, 5, 9].map(|n| (n, "_unmatched")))
+            .map(|(n, o)| (format!("split.{o}"), n))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(seen, want);
     }
 
     #[test]

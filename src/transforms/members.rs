@@ -10,7 +10,7 @@
 
 use serde_json::Value;
 
-use crate::decode::scan_object;
+use crate::decode::{scan_object, MemberAt};
 use crate::event::FieldValueRef;
 use crate::json_text::plain_prefix_len;
 
@@ -45,6 +45,23 @@ pub(crate) struct Member {
     pub(crate) escaped: bool,
     /// The value.
     pub(crate) value: Span,
+}
+
+impl From<&MemberAt> for Member {
+    #[inline]
+    fn from(m: &MemberAt) -> Member {
+        Member {
+            key: Span {
+                start: m.key.0 as usize,
+                end: m.key.1 as usize,
+            },
+            escaped: m.escaped,
+            value: Span {
+                start: m.value.0 as usize,
+                end: m.value.1 as usize,
+            },
+        }
+    }
 }
 
 impl Member {

@@ -14,11 +14,14 @@ use serde_json::Value;
 use std::borrow::Cow;
 
 use super::graph::{Compiler, KeyId, Run, Step};
-use super::stream::{lookup, set_at, Item};
+use super::members::{key_is, object_members, Member};
+use super::stream::{lookup, set_at, Item, Rewrite};
 use super::TransformComponent;
 use crate::condition::Pattern;
 use crate::config::{ConfigError, Validate};
+use crate::decode::MemberAt;
 use crate::event::FieldPath;
+use crate::json_text::escape_json_str;
 
 /// The built-in detectors: name, pattern. A pattern's first group, when it
 /// has groups, is kept (the `password=` key), and the rest is replaced.
@@ -149,6 +152,7 @@ impl RedactConfig {
             .map(|k| k.into_encoded_bytes());
         Redact {
             fields,
+            prefilter: self.patterns.is_empty(),
             detectors,
             set,
             replace: self.replace.clone(),
@@ -183,9 +187,53 @@ struct Redact {
     detectors: Vec<Detector>,
     /// Every detector at once: most text matches none, found in one pass.
     set: RegexSet,
+    /// Every pattern is a built-in detector, so text that [`may_hold_secret`]
+    /// rules out matches none of them: the set need not run.
+    prefilter: bool,
     replace: String,
     /// The keyed hash's key, when a match becomes a hash.
     key: Option<Vec<u8>>,
+}
+
+/// Bytes that some built-in detector's every match holds, when the text is
+/// ASCII: `@` (email), `:` (IPv6; `password:`), `=` (`password=`), a digit
+/// (card numbers, IPv4). A byte of 0x80 or above marks text that is not
+/// ASCII, where `(?i)` and `\d` reach past ASCII (`ſ` folds to `s`, `K`
+/// (Kelvin) to `k`, `٣` is a digit): such text always goes to the set.
+const TRIGGER: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b: usize = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c >= 0x80 || c.is_ascii_digit() || c == b'@' || c == b':' || c == b'=';
+        b += 1;
+    }
+    t
+};
+
+/// Whether `text` may hold a match of a built-in detector: false only when
+/// none can match, so a false answer skips the [`RegexSet`] without
+/// changing what is scrubbed. Besides the [`TRIGGER`] bytes, the detectors
+/// without one need a literal: `eyJ` (JWT), `AKIA` or `ASIA` (AWS access
+/// keys), `bearer` in any ASCII case.
+#[inline]
+fn may_hold_secret(text: &[u8]) -> bool {
+    for (i, &b) in text.iter().enumerate() {
+        if TRIGGER[b as usize] {
+            return true;
+        }
+        let rest = &text[i..];
+        let hit = match b {
+            b'e' => rest.starts_with(b"eyJ"),
+            b'A' => rest.starts_with(b"AKIA") || rest.starts_with(b"ASIA"),
+            b'b' | b'B' => rest.get(..6).is_some_and(|w| w.eq_ignore_ascii_case(b"bearer")),
+            _ => false,
+        };
+        if hit {
+            return true;
+        }
+    }
+    false
 }
 
 /// Whether the digits of `s` pass the Luhn check.
@@ -222,6 +270,14 @@ fn keyed_hash(key: &[u8], value: &str) -> String {
 impl Redact {
     /// `text` with every match replaced; `None` when nothing matched.
     fn scrub(&self, text: &str) -> Option<String> {
+        if self.prefilter && !may_hold_secret(text.as_bytes()) {
+            return None;
+        }
+        self.scrub_unfiltered(text)
+    }
+
+    /// [`Redact::scrub`] without the prefilter: every text goes to the set.
+    fn scrub_unfiltered(&self, text: &str) -> Option<String> {
         // Most text holds no secret: `is_match` says so without allocating
         // the set of matches (`matches` does, on every call).
         if !self.set.is_match(text) {
@@ -269,6 +325,13 @@ impl Step for Redact {
                     continue;
                 }
                 let Some(clean) = self.scrub(&text) else { continue };
+                if let [key] = &path[..] {
+                    // A top-level field: the new string goes in the event's
+                    // bytes, after its key; the rest stays as written.
+                    if run.rewrite(&mut item, |event, members, out| replace_string(event, members, key, &clean, out)) {
+                        continue;
+                    }
+                }
                 if let Some(event) = run.change(&mut item) {
                     // Only string values are scrubbed: a number or boolean
                     // is left as it is.
@@ -284,6 +347,43 @@ impl Step for Redact {
     fn drop_reason(&self) -> &'static str {
         "none"
     }
+}
+
+/// Writes `event` to `out` with the string value of its top-level member
+/// `key` replaced by `value` (what the map path does with `set_at` on a
+/// string value). [`Rewrite::Unchanged`] when the event has no such member
+/// or its value is not a string; [`Rewrite::Refused`] when the event is not
+/// an object, or has `key` twice or a key with an escape (the map path then
+/// decides which one it means).
+fn replace_string(event: &[u8], members: Option<&[MemberAt]>, key: &str, value: &str, out: &mut Vec<u8>) -> Rewrite {
+    let mut found: Vec<Member> = Vec::new();
+    match members {
+        Some(ms) => found.extend(ms.iter().map(Member::from)),
+        None => {
+            if object_members(event, &mut found).is_none() {
+                return Rewrite::Refused;
+            }
+        }
+    }
+    if found.iter().any(|m| m.escaped) {
+        return Rewrite::Refused;
+    }
+    let mut named = found.iter().filter(|m| key_is(event, m, key));
+    let Some(member) = named.next() else {
+        return Rewrite::Unchanged;
+    };
+    if named.next().is_some() {
+        return Rewrite::Refused;
+    }
+    if member.value.of(event).first() != Some(&b'"') {
+        return Rewrite::Unchanged;
+    }
+    out.extend_from_slice(&event[..member.value.start]);
+    out.push(b'"');
+    escape_json_str(value, out);
+    out.push(b'"');
+    out.extend_from_slice(&event[member.value.end..]);
+    Rewrite::Written
 }
 
 #[cfg(test)]
@@ -347,6 +447,190 @@ mod tests {
         assert!(a.starts_with("to [email:") && a.len() == "to [email:]".len() + 16, "{a}");
         assert_eq!(a[3..], b[3..]);
         assert_ne!(a, c);
+    }
+
+    /// Text that may hold a secret, in pieces: the planted secrets, their
+    /// literals cut short, every trigger byte, and letters outside ASCII
+    /// that `(?i)` folds to ASCII ones (`ſ`, the Kelvin sign) or that `\d`
+    /// takes for digits.
+    const PIECES: [&str; 24] = [
+        "ada@example.com",
+        "4111 1111 1111 1111",
+        "10.1.2.3",
+        "2001:db8::1",
+        "fe80::",
+        "eyJ",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlX3g",
+        "BeArEr abcdefghijk",
+        "bearer",
+        "AKIAIOSFODNN7EXAMPLE",
+        "ASIA",
+        "AKIAABCDEFGHIJKLMNOP",
+        "passWord=x",
+        "paſsword=hunter22",
+        "apiKey: k",
+        "api_\u{212a}ey=v",
+        "٣٣.٣.٣.٣",
+        "request completed",
+        " ",
+        "cache miss",
+        "=",
+        ":",
+        "@",
+        "x",
+    ];
+
+    #[test]
+    fn the_prefilter_scrubs_exactly_what_the_set_alone_scrubs_on_a_corpus_with_secrets() {
+        let all = redact(json!({}));
+        let some = redact(json!({"detectors": ["bearer", "aws_access_key", "password"]}));
+        assert!(all.prefilter && some.prefilter);
+        let corpus = [
+            "request completed",
+            "upstream slow",
+            "cache miss",
+            "client 10.24.7.193 retried",
+            "s3 put with key AKIAIOSFODNN7EXAMPLE",
+            "mail sent to ada.lovelace@example.com",
+            "upstream call with Authorization: Bearer abcDEF123456789xyz",
+            "upstream call with authorization bearer abcdefghijklmnop",
+            "charged card 4111 1111 1111 1111",
+            "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlX3g",
+            "login user=bob password=hunter22 ok",
+            "login paſsword=hunter22 ok",
+            "session ASIAABCDEFGHIJKLMNOP opened",
+            "",
+        ];
+        let mut scrubbed = 0;
+        for text in corpus {
+            for r in [&all, &some] {
+                let got = r.scrub(text);
+                assert_eq!(got, r.scrub_unfiltered(text), "{text:?}");
+                scrubbed += got.is_some() as usize;
+            }
+        }
+        assert!(scrubbed >= 10, "the corpus plants secrets: {scrubbed} scrubbed");
+        assert_eq!(
+            all.scrub("login paſsword=hunter22 ok").as_deref(),
+            Some("login paſsword=[REDACTED] ok")
+        );
+        assert_eq!(all.scrub("request completed"), None);
+    }
+
+    /// Every built-in detector, compiled once for the property tests.
+    fn every_detector() -> &'static Redact {
+        static ALL: std::sync::OnceLock<Redact> = std::sync::OnceLock::new();
+        ALL.get_or_init(|| redact(json!({})))
+    }
+
+    /// `event` with `msg` scrubbed both ways: in its bytes (`None`:
+    /// refused) and through a map, which the bytes must equal as JSON.
+    fn both_ways(r: &Redact, event: &str) -> (Option<Value>, Value) {
+        let mut map: serde_json::Map<String, Value> = serde_json::from_str(event).unwrap();
+        let path = vec!["msg".to_owned()];
+        let clean = match lookup(&map, &path) {
+            Some(Value::String(s)) => r.scrub(s),
+            _ => None,
+        };
+        let Some(clean) = clean else {
+            return (Some(serde_json::from_str(event).unwrap()), Value::Object(map));
+        };
+        let mut out = Vec::new();
+        let bytes = match replace_string(event.as_bytes(), None, "msg", &clean, &mut out) {
+            Rewrite::Written => Some(serde_json::from_slice(&out).unwrap()),
+            Rewrite::Unchanged => Some(serde_json::from_str(event).unwrap()),
+            Rewrite::Refused => None,
+        };
+        set_at(&mut map, &path, Value::String(clean));
+        (bytes, Value::Object(map))
+    }
+
+    #[test]
+    fn a_secret_replaced_in_the_bytes_gives_the_event_the_map_gives() {
+        let r = redact(json!({}));
+        for (event, in_bytes) in [
+            (r#"{"msg":"mail ada@example.com","n":1.50E+2,"x":{"msg":"ada@example.com"}}"#, true),
+            (r#" { "a" : [1, "b"] , "msg" : "card 4111 1111 1111 1111 \u00e9\"" } "#, true),
+            (r#"{"msg":"login password=hunter22","msg2":"ada@example.com"}"#, true),
+            (r#"{"msg":"ok"}"#, true),
+            (r#"{"msg":"to ada@example.com","msg":"again ada@example.com"}"#, false),
+            (r#"{"ms\u0067":"to ada@example.com"}"#, false),
+        ] {
+            let (bytes, map) = both_ways(&r, event);
+            assert_eq!(bytes.is_some(), in_bytes, "{event}");
+            if let Some(bytes) = bytes {
+                assert_eq!(bytes, map, "{event}");
+            }
+        }
+        let mut out = Vec::new();
+        let event = r#"{"n":1.50E+2,"msg":"to ada@example.com","m":7}"#;
+        assert_eq!(
+            replace_string(event.as_bytes(), None, "msg", "to [REDACTED]", &mut out),
+            Rewrite::Written
+        );
+        assert_eq!(out, br#"{"n":1.50E+2,"msg":"to [REDACTED]","m":7}"#, "the rest keeps its bytes");
+        for (event, why) in [(r#"{"msg":12}"#, "not a string"), (r#"{"other":"x"}"#, "no such member")] {
+            assert_eq!(
+                replace_string(event.as_bytes(), None, "msg", "x", &mut Vec::new()),
+                Rewrite::Unchanged,
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn custom_patterns_turn_the_prefilter_off() {
+        let r = redact(json!({"patterns": ["completed"]}));
+        assert!(!r.prefilter);
+        assert_eq!(r.scrub("request completed").as_deref(), Some("request [REDACTED]"));
+    }
+
+    proptest::proptest! {
+        /// Whatever the event, a secret replaced in its bytes gives what
+        /// the map path gives, or the bytes path refuses it.
+        #[test]
+        fn the_bytes_path_scrubs_as_the_map_path_does(
+            members in proptest::collection::vec((0usize..4, 0usize..PIECES.len(), 0usize..3), 0..6),
+        ) {
+            let r = every_detector();
+            let keys = [r#""msg""#, r#""a""#, r#""ms\u0067""#, r#" "msg" "#];
+            let body: Vec<String> = members
+                .iter()
+                .map(|(k, p, kind)| {
+                    let text = PIECES[*p];
+                    let value = match kind {
+                        0 => serde_json::to_string(text).unwrap(),
+                        1 => format!("{{\"msg\":{}}}", serde_json::to_string(text).unwrap()),
+                        _ => "1.5e2".to_owned(),
+                    };
+                    format!("{}:{value}", keys[*k])
+                })
+                .collect();
+            let event = format!("{{{}}}", body.join(","));
+            let (bytes, map) = both_ways(r, &event);
+            if let Some(bytes) = bytes {
+                proptest::prop_assert_eq!(bytes, map, "{}", event);
+            }
+        }
+
+        /// Whatever the text, the prefilter changes nothing the detectors
+        /// scrub: it skips only text no detector matches.
+        #[test]
+        fn the_prefilter_never_changes_what_is_scrubbed(
+            picks in proptest::collection::vec((0usize..PIECES.len(), proptest::bool::ANY), 0..8),
+            noise in "[a-zA-Z .ſ\u{212a}٣:=@0-9-]{0,30}",
+        ) {
+            let r = every_detector();
+            let mut text = String::new();
+            for (i, (p, space)) in picks.iter().enumerate() {
+                text.push_str(PIECES[*p]);
+                if *space { text.push(' '); }
+                if i == 1 { text.push_str(&noise); }
+            }
+            for t in [&text, &noise] {
+                proptest::prop_assert_eq!(r.scrub(t), r.scrub_unfiltered(t), "{:?}", t);
+            }
+        }
     }
 
     #[test]

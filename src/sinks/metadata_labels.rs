@@ -1,9 +1,11 @@
-//! `metadata_labels` of the Prometheus sinks: label name → dotted path in
-//! a sample's metadata (`release = "release.version"`). A sample that
+//! The labels the Prometheus sinks add to every sample: `external_labels`
+//! (fixed values) and `metadata_labels` (label name → dotted path in a
+//! sample's metadata, `release = "release.version"`). A sample that
 //! carries its own metadata members (an OTLP resource's, or an
 //! aggregator's sample read back from Kafka) is labelled from them; the
-//! source's metadata fills what they lack. Missing paths add no label,
-//! and a label the sample already has wins over both.
+//! source's metadata fills what they lack, and a metadata label replaces
+//! an external one of the same name. Missing paths add no label, and a
+//! label the sample already has wins over all of them.
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -14,26 +16,30 @@ use crate::enrich::{lookup, SourceContext};
 
 /// The configured labels, by sanitised label name.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct MetadataLabels {
+pub(crate) struct AddedLabels {
+    external: BTreeMap<String, String>,
     paths: Vec<(String, String)>,
 }
 
-impl MetadataLabels {
-    pub(crate) fn new(config: &BTreeMap<String, String>) -> MetadataLabels {
-        MetadataLabels {
-            paths: config.iter().map(|(label, path)| (label_name(label), path.clone())).collect(),
+impl AddedLabels {
+    /// From the `external_labels` and `metadata_labels` tables.
+    pub(crate) fn new(external: &BTreeMap<String, String>, metadata: &BTreeMap<String, String>) -> AddedLabels {
+        AddedLabels {
+            external: external.iter().map(|(k, v)| (label_name(k), v.clone())).collect(),
+            paths: metadata.iter().map(|(label, path)| (label_name(label), path.clone())).collect(),
         }
     }
 
-    /// Adds the labels the source's metadata gives to `labels` (replacing
-    /// a value of the same name: the metadata is more specific than an
-    /// external label).
-    pub(crate) fn of_source(&self, source: &SourceContext, labels: &mut BTreeMap<String, String>) {
+    /// The labels every sample of a batch from `source` gets: the external
+    /// labels, with those the source's metadata gives put over them.
+    pub(crate) fn of_batch(&self, source: &SourceContext) -> BTreeMap<String, String> {
+        let mut labels = self.external.clone();
         for (label, path) in &self.paths {
             if let Some(value) = source.meta_value(path).and_then(label_value) {
                 labels.insert(label.clone(), value);
             }
         }
+        labels
     }
 
     /// `base` with the labels the event's own metadata members give, or
@@ -99,16 +105,20 @@ mod tests {
             ("service", "process.service"),
             ("pod", "kubernetes.pod"),
         ]);
-        let m = MetadataLabels::new(&config);
+        let m = AddedLabels::new(&labels(&[("release", "external"), ("cluster", "eu1")]), &config);
         let meta = json!({"release": {"version": "1.0"}, "kubernetes": {"pod": "p-1"}});
         let source = SourceContext::new("s".into(), "otlp", String::new(), meta.as_object().cloned().unwrap_or_default());
-        let mut base = BTreeMap::new();
-        m.of_source(&source, &mut base);
-        assert_eq!(base, labels(&[("release", "1.0"), ("pod", "p-1")]));
+        let base = m.of_batch(&source);
+        assert_eq!(base, labels(&[("release", "1.0"), ("pod", "p-1"), ("cluster", "eu1")]));
         let event = br#"{"name":"x","release":{"version":"2.0"},"process":{"service":"checkout","pid":7}}"#;
         assert_eq!(
             m.of_event(event, &base),
-            Some(labels(&[("release", "2.0"), ("pod", "p-1"), ("service", "checkout")]))
+            Some(labels(&[
+                ("release", "2.0"),
+                ("pod", "p-1"),
+                ("service", "checkout"),
+                ("cluster", "eu1")
+            ]))
         );
         assert_eq!(m.of_event(br#"{"name":"x"}"#, &base), None, "no own members: the batch's labels");
         assert_eq!(m.of_event(b"not json", &base), None);

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::metadata_labels::{validate_label_table, MetadataLabels};
+use super::metadata_labels::{validate_label_table, AddedLabels};
 use super::prometheus_remote_write::encode::{float_label, label_name, metric_name};
 use super::{SinkComponent, SinkCx, SinkError, SinkErrorKind};
 use crate::buffer::QueueReceiver;
@@ -107,8 +107,7 @@ impl SinkComponent for ExporterConfig {
         let delivered = m.sink_events.with_label_values(&[&cx.name]);
         let dropped = m.events_dropped.with_label_values(&[&cx.name, "series_limit"]);
         let invalid = m.events_dropped.with_label_values(&[&cx.name, "not_a_metric"]);
-        let external: BTreeMap<String, String> = self.external_labels.iter().map(|(k, v)| (label_name(k), v.clone())).collect();
-        let metadata = MetadataLabels::new(&self.metadata_labels);
+        let added = AddedLabels::new(&self.external_labels, &self.metadata_labels);
         Ok(Box::pin(async move {
             let _server = server;
             while let Some(item) = input.recv().await {
@@ -118,11 +117,10 @@ impl SinkComponent for ExporterConfig {
                     batch.acknowledge(AckOutcome::Dropped);
                     continue;
                 }
-                let mut extra = external.clone();
-                metadata.of_source(&batch.source, &mut extra);
+                let extra = added.of_batch(&batch.source);
                 let labels = Labels {
                     extra: &extra,
-                    metadata: &metadata,
+                    added: &added,
                 };
                 let (kept, refused, bad) = exposition.update(batch.events(), &labels, Instant::now());
                 delivered.inc_by(kept);
@@ -144,7 +142,7 @@ struct Labels<'a> {
     /// External labels and the source's metadata labels, by sanitised name.
     extra: &'a BTreeMap<String, String>,
     /// For the labels a sample's own metadata members give.
-    metadata: &'a MetadataLabels,
+    added: &'a AddedLabels,
 }
 
 /// The newest value of one series.
@@ -184,7 +182,7 @@ impl Exposition {
 
     /// Takes the samples of a batch; returns (kept, refused by the series
     /// limit, not samples).
-    fn update<'a>(&self, events: impl Iterator<Item = &'a [u8]>, added: &Labels<'_>, now: Instant) -> (u64, u64, u64) {
+    fn update<'a>(&self, events: impl Iterator<Item = &'a [u8]>, with: &Labels<'_>, now: Instant) -> (u64, u64, u64) {
         let mut families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
         let mut total: usize = families.values().map(|f| f.series.len()).sum();
         let (mut kept, mut refused, mut bad) = (0, 0, 0);
@@ -197,8 +195,8 @@ impl Exposition {
             if s.kind == MetricKind::Counter && !name.ends_with("_total") {
                 name.push_str("_total");
             }
-            let own = added.metadata.of_event(event, added.extra);
-            let mut labels: BTreeMap<String, String> = own.unwrap_or_else(|| added.extra.clone());
+            let own = with.added.of_event(event, with.extra);
+            let mut labels: BTreeMap<String, String> = own.unwrap_or_else(|| with.extra.clone());
             // The sample's own labels win over added ones.
             labels.extend(
                 s.labels
@@ -322,10 +320,10 @@ mod tests {
     /// No added labels.
     fn none() -> Labels<'static> {
         static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-        static NO_METADATA: std::sync::LazyLock<MetadataLabels> = std::sync::LazyLock::new(MetadataLabels::default);
+        static NONE: std::sync::LazyLock<AddedLabels> = std::sync::LazyLock::new(AddedLabels::default);
         Labels {
             extra: &EMPTY,
-            metadata: &NO_METADATA,
+            added: &NONE,
         }
     }
 
@@ -389,7 +387,8 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let metadata = MetadataLabels::new(&config);
+        let external: BTreeMap<String, String> = [("cluster".to_string(), "eu1".to_string())].into();
+        let added = AddedLabels::new(&external, &config);
         let source_meta = serde_json::json!({"release": {"version": "1.0"}, "process": {"service": "api"}});
         let source = crate::enrich::SourceContext::new(
             "otel".into(),
@@ -397,11 +396,10 @@ mod tests {
             String::new(),
             source_meta.as_object().cloned().unwrap_or_default(),
         );
-        let mut extra: BTreeMap<String, String> = [("cluster".to_string(), "eu1".to_string())].into();
-        metadata.of_source(&source, &mut extra);
+        let extra = added.of_batch(&source);
         let labels = Labels {
             extra: &extra,
-            metadata: &metadata,
+            added: &added,
         };
         // An OTLP sample carries its resource's members beside its labels.
         let mut own = sample("orders", &[("route", "/a")], SampleValue::Counter(5.0));

@@ -26,11 +26,11 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinSet;
 
-use self::encode::{label_name, SeriesBuilder};
+use self::encode::SeriesBuilder;
 use super::delivery::{self, Answer, Endpoint, ErrorKind, Verdict};
 use super::http::RequestOutcome as Outcome;
 use super::http::{self, sleep_until, AckTracker, TrackId};
-use super::metadata_labels::MetadataLabels;
+use super::metadata_labels::AddedLabels;
 use super::{SinkComponent, SinkCx, SinkError, SinkErrorKind};
 use crate::buffer::{QueueItem, QueueReceiver};
 use crate::event::{AckOutcome, Batch, EventKind};
@@ -53,7 +53,7 @@ impl SinkComponent for RemoteWriteConfig {
             tracker: AckTracker::default(),
             pending: Pending::default(),
             last_body: 0,
-            metadata: MetadataLabels::new(&self.metadata_labels),
+            added: AddedLabels::new(&self.external_labels, &self.metadata_labels),
         };
         Ok(Box::pin(sink.run(input)))
     }
@@ -135,8 +135,8 @@ struct RemoteWriteSink {
     pending: Pending,
     /// Bytes of the last request sealed: the next one reserves as much.
     last_body: usize,
-    /// `metadata_labels`, by sanitised label name.
-    metadata: MetadataLabels,
+    /// `external_labels` and `metadata_labels`.
+    added: AddedLabels,
 }
 
 impl RemoteWriteSink {
@@ -202,7 +202,7 @@ impl RemoteWriteSink {
             return None;
         }
         let builder = SeriesBuilder {
-            extra: self.extra_labels(&batch),
+            extra: self.added.of_batch(&batch.source),
         };
         Some(Intake {
             id,
@@ -251,23 +251,11 @@ impl RemoteWriteSink {
         true
     }
 
-    /// External labels, overridden by the batch's metadata labels.
-    fn extra_labels(&self, batch: &Batch) -> std::collections::BTreeMap<String, String> {
-        let mut extra: std::collections::BTreeMap<String, String> = self
-            .config
-            .external_labels
-            .iter()
-            .map(|(k, v)| (label_name(k), v.clone()))
-            .collect();
-        self.metadata.of_source(&batch.source, &mut extra);
-        extra
-    }
-
     /// The labels of a sample whose own metadata members (an OTLP
     /// resource's) give `metadata_labels` values: they win over the
     /// batch's. `None` when it has none.
     fn own_labels(&self, event: &[u8], batch: &SeriesBuilder) -> Option<SeriesBuilder> {
-        self.metadata.of_event(event, &batch.extra).map(|extra| SeriesBuilder { extra })
+        self.added.of_event(event, &batch.extra).map(|extra| SeriesBuilder { extra })
     }
 
     /// Closes the pending request, if it holds anything.

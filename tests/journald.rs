@@ -25,6 +25,8 @@ struct Spec {
     unit: &'static str,
     priority: u8,
     boot_id: String,
+    /// Bytes of padding after the message, to make an entry large.
+    pad: usize,
 }
 
 impl Spec {
@@ -34,6 +36,7 @@ impl Spec {
             unit: "app.service",
             priority: 6,
             boot_id: current_boot_id(),
+            pad: 0,
         }
     }
 }
@@ -67,13 +70,14 @@ fn write_journal(dir: &Path, name: &str, entries: &[Spec]) {
             format!(
                 "__REALTIME_TIMESTAMP={rt}\n__MONOTONIC_TIMESTAMP={m}\n_BOOT_ID={boot}\n_HOSTNAME=node-7\n\
 _PID={pid}\n_COMM=app\n_EXE=/usr/bin/app\n_CMDLINE=/usr/bin/app --port 80{seq}\n_SYSTEMD_UNIT={unit}\n\
-PRIORITY={prio}\nSEQ={seq}\nMESSAGE=entry {seq} \"quoted\"\n",
+PRIORITY={prio}\nSEQ={seq}\nMESSAGE=entry {seq} \"quoted\"{pad}\nTAG=a\nTAG=b\n",
                 m = e.seq + 1,
                 boot = e.boot_id,
                 pid = 1000 + e.seq,
                 seq = e.seq,
                 unit = e.unit,
                 prio = e.priority,
+                pad = "x".repeat(e.pad),
             )
             .as_bytes(),
         );
@@ -180,6 +184,7 @@ fn unit_priority_and_boot_filters_choose_the_entries() {
             } else {
                 current_boot_id()
             },
+            pad: 0,
         })
         .collect();
     write_journal(dir.path(), "a", &specs);
@@ -194,6 +199,81 @@ fn unit_priority_and_boot_filters_choose_the_entries() {
         seqs("current_boot_only = false\ninclude_units = [\"app\", \"db.service\"]\npriority = \"warning\""),
         want(&|s| s.unit != "noisy.service" && s.priority <= 4)
     );
+}
+
+/// The two ways of reading the journal, libsystemd in-process and
+/// journalctl's export output, make the same events (cursors, binary and
+/// repeated fields, a cut entry) from the same files.
+#[test]
+fn both_readers_make_the_same_events_from_the_same_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let specs: Vec<Spec> = (0..200)
+        .map(|seq| Spec {
+            pad: if seq == 77 { 6000 } else { 0 },
+            ..Spec::new(seq)
+        })
+        .collect();
+    write_journal(dir.path(), "a", &specs);
+    let read = |reader: &str| {
+        read_once(
+            dir.path(),
+            &format!("reader = \"{reader}\"\nmax_entry_bytes = \"4KiB\"\ncurrent_boot_only = false"),
+        )
+    };
+    let library = read("library");
+    let journalctl = read("journalctl");
+    assert_eq!(library.len(), 200);
+    assert_eq!(library, journalctl);
+    let cut = &library[77];
+    assert_eq!(cut["journald_truncated"], true, "{cut}");
+    assert!(cut.get("message").is_none(), "the field past the limit is left out: {cut}");
+    assert_eq!(library[3]["journald"]["TAG"], serde_json::json!(["a", "b"]));
+}
+
+/// A checkpoint written by one reader resumes the other right after it.
+#[test]
+fn a_cursor_from_either_reader_resumes_the_other() {
+    let journal = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let specs = |r: std::ops::Range<u64>| r.map(Spec::new).collect::<Vec<_>>();
+    let run = |reader: &str| {
+        let cfg = config(
+            journal.path(),
+            data.path(),
+            &format!("reader = \"{reader}\"\nfollow = false\ncurrent_boot_only = false"),
+            STDOUT_SINK,
+        );
+        let s = Sluice::builder().config(&cfg).stdout(Stdout::Collect).start();
+        let status = s.wait(TIMEOUT);
+        assert!(status.success(), "sluice: {status}\n{}", s.logs());
+        s.lines()
+            .iter()
+            .map(|l| seq_of(&serde_json::from_str(l).unwrap()))
+            .collect::<Vec<_>>()
+    };
+    write_journal(journal.path(), "a", &specs(0..100));
+    assert_eq!(run("library"), (0..100).collect::<Vec<_>>());
+    write_journal(journal.path(), "b", &specs(100..150));
+    assert_eq!(run("journalctl"), (100..150).collect::<Vec<_>>());
+    write_journal(journal.path(), "c", &specs(150..170));
+    assert_eq!(run("library"), (150..170).collect::<Vec<_>>());
+    assert_eq!(run("journalctl"), Vec::<u64>::new(), "nothing is read twice");
+}
+
+#[test]
+fn a_missing_journal_directory_stops_sluice_with_the_error_with_either_reader() {
+    let data = tempfile::tempdir().unwrap();
+    let missing = data.path().join("no-journal-here");
+    for (reader, error) in [
+        ("library", "cannot open the journal: No such file or directory"),
+        ("journalctl", "journalctl exited"),
+    ] {
+        let cfg = config(&missing, data.path(), &format!("reader = \"{reader}\""), STDOUT_SINK);
+        let s = Sluice::builder().config(&cfg).stdout(Stdout::Collect).start();
+        let status = s.wait(TIMEOUT);
+        assert!(!status.success(), "{reader}: sluice exited well without a journal");
+        assert!(s.logs().contains(error), "{reader}: no {error:?} in\n{}", s.logs());
+    }
 }
 
 /// Reads events from a following sluice until `n` arrived.

@@ -17,6 +17,10 @@ pub struct JournaldConfig {
     /// The `journalctl` program (a path, or a name looked up in `PATH`).
     #[serde(default = "default_journalctl")]
     pub(crate) journalctl_path: PathBuf,
+    /// How the journal is read: `auto` (libsystemd when this machine has
+    /// it, else journalctl), `library` or `journalctl`.
+    #[serde(default)]
+    pub(crate) reader: ReaderKind,
     /// Read the journal files in this directory (`journalctl
     /// --directory`) instead of the system journal.
     #[serde(default)]
@@ -56,6 +60,19 @@ pub struct JournaldConfig {
     /// read, for the last checkpoint.
     #[serde(default = "default_drain_timeout", deserialize_with = "duration")]
     pub(crate) drain_timeout: Duration,
+}
+
+/// How the source reads the journal.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ReaderKind {
+    /// libsystemd's API when `libsystemd.so.0` loads, else journalctl.
+    #[default]
+    Auto,
+    /// libsystemd's `sd-journal` API, in-process (see `library.rs`).
+    Library,
+    /// `journalctl --output=export` as a child process.
+    Journalctl,
 }
 
 fn default_journalctl() -> PathBuf {
@@ -144,7 +161,12 @@ impl JournaldConfig {
             args.push(a);
         }
         if self.current_boot_only {
-            args.push("--boot".into());
+            // The running boot by its id: a bare `--boot` means the last
+            // boot in the files when `--directory` is given.
+            match super::library::running_boot_id() {
+                Ok(id) => args.push(format!("--boot={id}").into()),
+                Err(_) => args.push("--boot".into()),
+            }
         }
         match after_cursor {
             Some(c) => args.push(format!("--after-cursor={c}").into()),
@@ -159,6 +181,38 @@ impl JournaldConfig {
             args.push(format!("_SYSTEMD_UNIT={}", unit_name(unit)).into());
         }
         args
+    }
+
+    /// The journal matches of the unit, priority and boot settings, in
+    /// groups that must all hold (the matches of one group are
+    /// alternatives), as libsystemd takes them.
+    pub(crate) fn match_groups(&self) -> std::io::Result<Vec<Vec<String>>> {
+        let mut groups = Vec::new();
+        if let Some(level) = self.priority.as_deref().and_then(priority_level) {
+            groups.push((0..=level).map(|l| format!("PRIORITY={l}")).collect());
+        }
+        if !self.include_units.is_empty() {
+            groups.push(
+                self.include_units
+                    .iter()
+                    .map(|u| format!("_SYSTEMD_UNIT={}", unit_name(u)))
+                    .collect(),
+            );
+        }
+        if self.current_boot_only {
+            groups.push(vec![format!("_BOOT_ID={}", super::library::running_boot_id()?)]);
+        }
+        Ok(groups)
+    }
+
+    /// True when the journal is read through libsystemd: asked for, or
+    /// `auto` on a machine that has it.
+    pub(crate) fn uses_library(&self) -> bool {
+        match self.reader {
+            ReaderKind::Library => true,
+            ReaderKind::Auto => super::library::available(),
+            ReaderKind::Journalctl => false,
+        }
     }
 
     /// The excluded units as the journal spells them.
@@ -204,6 +258,7 @@ mod tests {
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect();
+        let boot = format!("--boot={}", super::super::library::running_boot_id().unwrap());
         assert_eq!(
             args,
             [
@@ -212,11 +267,19 @@ mod tests {
                 "--no-tail",
                 "--follow",
                 "--directory=/var/log/journal",
-                "--boot",
+                boot.as_str(),
                 "--after-cursor=s=1;i=2",
                 "--priority=4",
                 "_SYSTEMD_UNIT=nginx.service",
                 "_SYSTEMD_UNIT=kubelet.service"
+            ]
+        );
+        assert_eq!(
+            c.match_groups().unwrap(),
+            [
+                (0..=4).map(|l| format!("PRIORITY={l}")).collect::<Vec<_>>(),
+                vec!["_SYSTEMD_UNIT=nginx.service".to_owned(), "_SYSTEMD_UNIT=kubelet.service".to_owned()],
+                vec![format!("_BOOT_ID={}", super::super::library::running_boot_id().unwrap())],
             ]
         );
         let first = parse("since_now = true\ncurrent_boot_only = false\nfollow = false").unwrap();

@@ -1,12 +1,15 @@
-//! `type = "journald"`: the systemd journal, read through `journalctl
-//! --output=export --follow` (why journalctl and not the files: see
-//! docs/journald.md), each entry one event with its process metadata, and
-//! its cursor checkpointed only after every sink acknowledged it.
+//! `type = "journald"`: the systemd journal, read through libsystemd's
+//! `sd-journal` API where the library loads, else through `journalctl
+//! --output=export --follow` (why systemd's code and not our own reader of
+//! the files: see docs/journald.md), each entry one event with its process
+//! metadata, and its cursor checkpointed only after every sink
+//! acknowledged it.
 
 mod config;
 pub(crate) mod cursor;
 mod entry;
 mod export;
+mod library;
 mod reader;
 pub(crate) mod source;
 
@@ -27,6 +30,15 @@ impl SourceComponent for JournaldConfig {
                 },
             )
         })?;
+        if self.reader == config::ReaderKind::Library && !library::available() {
+            return Err(SourceError::new(
+                &cx.name,
+                SourceErrorKind::Setting {
+                    key: "reader",
+                    message: "\"library\" needs libsystemd.so.0, which this machine does not have: use \"journalctl\" or \"auto\"".into(),
+                },
+            ));
+        }
         let file = cursor::CursorFile::new(data_dir.join("journald").join(&*cx.name))
             .map_err(|e| SourceError::new(&cx.name, SourceErrorKind::Checkpoint(e)))?;
         let loaded = file.load();

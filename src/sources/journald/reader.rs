@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use super::entry::{field, RenderOptions, Renderer};
 use super::export::{parse_entry, FieldSpan, Skip, Step};
+use super::library::{Journal, JournalError};
 use crate::framing::LineSpan;
 
 /// What one call to [`EntryReader::read`] found.
@@ -75,29 +76,68 @@ impl EntryReader {
                 }
             };
             let entry = &rest[..kept];
-            if !self.fields.is_empty() {
-                if let Some(c) = self.fields.iter().find(|f| &entry[f.key.clone()] == b"__CURSOR") {
-                    st.last_cursor = Some(pos + c.value.start..pos + c.value.end);
-                }
-                let unit = field(entry, &self.fields, b"_SYSTEMD_UNIT");
-                if unit.is_some_and(|u| self.exclude_units.iter().any(|x| x == u)) {
-                    st.excluded += 1;
-                } else {
-                    let start = out.len();
-                    self.renderer.render(entry, &self.fields, truncated, self.opts, out);
-                    spans.push(LineSpan {
-                        start: start as u32,
-                        len: (out.len() - start) as u32,
-                        truncated,
-                    });
-                    st.rendered += 1;
-                    st.truncated += u64::from(truncated);
-                }
+            if let Some(c) = self.emit(entry, truncated, out, spans, &mut st) {
+                st.last_cursor = Some(pos + c.start..pos + c.end);
             }
             pos += next;
         }
         st.consumed = pos;
         st
+    }
+
+    /// Renders one entry (`entry` holds the fields in `self.fields`) into
+    /// `out` unless its unit is excluded, counting it in `st`; returns the
+    /// span of its `__CURSOR` value in `entry`.
+    fn emit(
+        &mut self,
+        entry: &[u8],
+        truncated: bool,
+        out: &mut Vec<u8>,
+        spans: &mut Vec<LineSpan>,
+        st: &mut ReadStats,
+    ) -> Option<Range<usize>> {
+        if self.fields.is_empty() {
+            return None;
+        }
+        let cursor = self
+            .fields
+            .iter()
+            .find(|f| &entry[f.key.clone()] == b"__CURSOR")
+            .map(|c| c.value.clone());
+        let unit = field(entry, &self.fields, b"_SYSTEMD_UNIT");
+        if unit.is_some_and(|u| self.exclude_units.iter().any(|x| x == u)) {
+            st.excluded += 1;
+        } else {
+            let start = out.len();
+            self.renderer.render(entry, &self.fields, truncated, self.opts, out);
+            spans.push(LineSpan {
+                start: start as u32,
+                len: (out.len() - start) as u32,
+                // The line is a whole JSON object that says it was cut
+                // (`journald_truncated`); a cut line would be wrapped as text.
+                truncated: false,
+            });
+            st.rendered += 1;
+            st.truncated += u64::from(truncated);
+        }
+        cursor
+    }
+
+    /// Reads the journal's current entry through libsystemd into `out`
+    /// as [`read`](Self::read) does an exported one; `scratch` holds its
+    /// fields meanwhile. Returns the entry's cursor.
+    pub(crate) fn read_library_entry(
+        &mut self,
+        journal: &mut Journal,
+        scratch: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+        spans: &mut Vec<LineSpan>,
+        st: &mut ReadStats,
+    ) -> Result<String, JournalError> {
+        scratch.clear();
+        let (cursor, truncated) = journal.read_entry(self.max_entry, scratch, &mut self.fields)?;
+        self.emit(scratch, truncated, out, spans, st);
+        Ok(cursor)
     }
 }
 

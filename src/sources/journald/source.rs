@@ -1,10 +1,11 @@
-//! The running source: `journalctl` as a child process, its export output
-//! rendered into batches, and the acknowledged cursor checkpointed.
+//! The running source: the journal read through libsystemd on a thread of
+//! its own, or `journalctl` as a child process and its export output,
+//! rendered into batches; and the acknowledged cursor checkpointed.
 //!
 //! At-least-once: every batch carries an acknowledger and the cursor of its
 //! last entry; the checkpoint moves to a batch's cursor only when it and
 //! every batch before it were delivered (or dropped by a sink's policy). An
-//! abandoned batch freezes the checkpoint, so after a restart journalctl
+//! abandoned batch freezes the checkpoint, so after a restart reading
 //! starts after the last cursor that was fully delivered: entries may come
 //! twice, never not at all.
 
@@ -21,10 +22,11 @@ use tokio::task::JoinHandle;
 use super::config::JournaldConfig;
 use super::cursor::CursorFile;
 use super::entry::RenderOptions;
-use super::reader::EntryReader;
+use super::library::{Change, Journal, JournalError};
+use super::reader::{EntryReader, ReadStats};
 use crate::enrich::SourceContext;
 use crate::event::{AckGroup, AckOutcome, AckReceiver, AckWindow};
-use crate::framing::{Lines, READ_CHUNK_BYTES};
+use crate::framing::{LineSpan, Lines, READ_CHUNK_BYTES};
 use crate::sources::{SourceCx, SourceError, SourceErrorKind};
 use crate::telemetry::counter_vec;
 
@@ -92,7 +94,7 @@ fn metrics() -> &'static JournaldMetrics {
         ),
         restarts: counter_vec(
             "sluice_journald_restarts_total",
-            "Times journalctl exited on its own and was started again.",
+            "Times the journal reader (journalctl, or libsystemd) stopped on its own while following and was started again.",
             &["source"],
         ),
     })
@@ -125,7 +127,17 @@ pub(crate) async fn run(cfg: JournaldConfig, cx: SourceCx, file: CursorFile, sta
             .unwrap_or_else(|| "journal".into()),
         cx.enrich.metadata(None),
     ));
-    let result = read_journal(&cfg, &cx, &group, &in_flight, ctx, start).await;
+    let batches = Batches {
+        cx: &cx,
+        group: &group,
+        in_flight: &in_flight,
+        ctx,
+    };
+    let result = if cfg.uses_library() {
+        read_library(&cfg, &batches, start).await
+    } else {
+        read_journal(&cfg, &batches, start).await
+    };
     // No new batch from here: the tracker ends when the last one in
     // flight completes, writing the final checkpoint.
     drop(group);
@@ -138,25 +150,241 @@ pub(crate) async fn run(cfg: JournaldConfig, cx: SourceCx, file: CursorFile, sta
     result
 }
 
+/// Where rendered entries go: the pipeline, each batch with an
+/// acknowledger and the cursor of its last entry.
+struct Batches<'a> {
+    cx: &'a SourceCx,
+    group: &'a AckGroup,
+    in_flight: &'a InFlight,
+    ctx: Arc<SourceContext>,
+}
+
+/// What [`Batches::deliver`] did.
+enum Delivered {
+    /// No entry was consumed.
+    Nothing,
+    /// A batch (maybe of excluded entries only) is on its way; its last
+    /// entry's cursor.
+    Batch(String),
+    /// The pipeline is shutting down.
+    Closed,
+}
+
+impl Batches<'_> {
+    /// Counts what `st` says and sends the rendered entries with an
+    /// acknowledger that moves the checkpoint to `cursor`.
+    async fn deliver(&self, out: Vec<u8>, spans: Vec<LineSpan>, st: &ReadStats, cursor: Option<String>) -> Delivered {
+        let m = metrics();
+        let name = &*self.cx.name;
+        m.entries.with_label_values(&[name, "sent"]).inc_by(st.rendered);
+        if st.excluded > 0 {
+            m.entries.with_label_values(&[name, "excluded"]).inc_by(st.excluded);
+        }
+        if st.truncated > 0 {
+            m.truncated.with_label_values(&[name]).inc_by(st.truncated);
+        }
+        let Some(cursor) = cursor else { return Delivered::Nothing };
+        let ack = self.group.next();
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ack.seq(), cursor.clone());
+        if spans.is_empty() {
+            // Every entry was excluded: nothing to deliver, but the
+            // checkpoint may move past them once earlier batches are done.
+            ack.expect(0);
+            return Delivered::Batch(cursor);
+        }
+        let lines = Lines {
+            chunk: out.into(),
+            spans,
+            dropped: 0,
+            may_hold_breaks: false,
+        };
+        match self.cx.output.send_lines(lines, self.ctx.clone(), Some(ack)).await {
+            Ok(_) => Delivered::Batch(cursor),
+            Err(_) => Delivered::Closed,
+        }
+    }
+
+    fn reader(&self, cfg: &JournaldConfig) -> EntryReader {
+        let opts = RenderOptions {
+            host: !self.cx.enrich.disable_host,
+        };
+        EntryReader::new(cfg.max_entry_bytes.0 as usize, cfg.excluded_units(), opts)
+    }
+
+    fn fatal(&self, kind: SourceErrorKind) -> SourceError {
+        SourceError::new(&self.cx.name, kind)
+    }
+}
+
+/// What the library reader's thread sends.
+enum Read {
+    /// Rendered entries, their counts and the last entry's cursor.
+    Batch(Vec<u8>, Vec<LineSpan>, ReadStats, Option<String>),
+    /// Reading failed; the thread has ended.
+    Failed(JournalError),
+    /// The end of the journal, without `follow`.
+    End,
+}
+
+/// How long one wait for new entries lasts before the thread checks that
+/// the source still wants them.
+const WAIT_SLICE: Duration = Duration::from_millis(250);
+
+/// Reads the journal through libsystemd on a thread of its own; opens it
+/// again after the last cursor read if reading fails while following.
+async fn read_library(cfg: &JournaldConfig, batches: &Batches<'_>, start: Option<String>) -> Result<(), SourceError> {
+    let cx = batches.cx;
+    let mut last_read = start;
+    let mut entries_seen = false;
+    let mut shutdown = cx.shutdown.clone();
+    loop {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let (c, reader, after) = (cfg.clone(), batches.reader(cfg), last_read.clone());
+        std::thread::Builder::new()
+            .name(format!("journald-{}", cx.name))
+            .spawn(move || read_entries(&c, reader, after, &tx))
+            .map_err(|error| {
+                batches.fatal(SourceErrorKind::Io {
+                    action: "start the journal reader thread",
+                    error,
+                })
+            })?;
+        tracing::info!(source = %cx.name, after_cursor = last_read.as_deref().unwrap_or(""), "reading the journal through libsystemd");
+        let failed = loop {
+            let read = tokio::select! {
+                biased;
+                _ = shutdown.wait() => return Ok(()),
+                r = rx.recv() => r,
+            };
+            match read {
+                Some(Read::Batch(out, spans, st, cursor)) => match batches.deliver(out, spans, &st, cursor).await {
+                    Delivered::Nothing => {}
+                    Delivered::Batch(cursor) => {
+                        entries_seen = true;
+                        last_read = Some(cursor);
+                    }
+                    Delivered::Closed => return Ok(()),
+                },
+                Some(Read::End) => {
+                    tracing::info!(source = %cx.name, "reached the end of the journal");
+                    return Ok(());
+                }
+                Some(Read::Failed(e)) => break e,
+                None => return Err(batches.fatal(SourceErrorKind::ThreadDied("journal reader"))),
+            }
+        };
+        if !cfg.follow || !entries_seen {
+            return Err(batches.fatal(SourceErrorKind::Io {
+                action: failed.action,
+                error: failed.error,
+            }));
+        }
+        metrics().restarts.with_label_values(&[&cx.name]).inc();
+        tracing::warn!(source = %cx.name, error = %failed, "reading the journal failed; opening it again after the last entry read");
+        tokio::select! {
+            _ = shutdown.wait() => return Ok(()),
+            _ = tokio::time::sleep(RESTART_PAUSE) => {}
+        }
+    }
+}
+
+/// The reader thread: opens the journal with the settings' matches,
+/// positions it after `after` (or where the settings say to start), and
+/// sends batches of about [`GATHER_BYTES`] of rendered entries, or what
+/// there is once it caught up, until the receiver is gone.
+fn read_entries(cfg: &JournaldConfig, mut reader: EntryReader, after: Option<String>, tx: &tokio::sync::mpsc::Sender<Read>) {
+    let end = match read_entries_until_failure(cfg, &mut reader, after, tx) {
+        Ok(()) => Read::End,
+        Err(e) => Read::Failed(e),
+    };
+    let _ = tx.blocking_send(end);
+}
+
+fn read_entries_until_failure(
+    cfg: &JournaldConfig,
+    reader: &mut EntryReader,
+    after: Option<String>,
+    tx: &tokio::sync::mpsc::Sender<Read>,
+) -> Result<(), JournalError> {
+    let mut journal = Journal::open(cfg.journal_directory.as_deref())?;
+    if journal.usage() == 0 {
+        tracing::warn!(
+            "no journal file could be opened: is the journal there, and may this user read it (root, or the systemd-journal group)?"
+        );
+    }
+    journal.set_data_threshold(cfg.max_entry_bytes.0 as usize)?;
+    let groups = cfg.match_groups().map_err(|error| JournalError {
+        action: "read the running boot's id",
+        error,
+    })?;
+    for group in &groups {
+        for m in group {
+            journal.add_match(m.as_bytes())?;
+        }
+        journal.add_conjunction()?;
+    }
+    // Entries at and before the cursor were read; the cursor's own entry is
+    // skipped only if it is still there (a vacuumed one is not).
+    let mut skip = after;
+    match &skip {
+        Some(c) => journal.seek_cursor(c)?,
+        None if cfg.since_now => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+            journal.seek_realtime(now)?
+        }
+        None => journal.seek_head()?,
+    }
+    let mut scratch = Vec::new();
+    loop {
+        let mut out = crate::framing::spare_buffer(GATHER_BYTES + GATHER_BYTES / 2);
+        let mut spans = Vec::new();
+        let mut st = ReadStats::default();
+        let mut cursor = None;
+        let mut caught_up = false;
+        while out.len() < GATHER_BYTES {
+            if !journal.next()? {
+                caught_up = true;
+                break;
+            }
+            if let Some(c) = skip.take() {
+                if journal.is_at(&c) {
+                    continue;
+                }
+            }
+            cursor = Some(reader.read_library_entry(&mut journal, &mut scratch, &mut out, &mut spans, &mut st)?);
+        }
+        if cursor.is_some() && tx.blocking_send(Read::Batch(out, spans, st, cursor)).is_err() {
+            return Ok(());
+        }
+        if !caught_up {
+            continue;
+        }
+        if !cfg.follow {
+            return Ok(());
+        }
+        while journal.wait(WAIT_SLICE)? == Change::Nothing {
+            if tx.is_closed() {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// Starts journalctl and reads it; starts it again after the last cursor
 /// read if it exits while following.
-async fn read_journal(
-    cfg: &JournaldConfig,
-    cx: &SourceCx,
-    group: &AckGroup,
-    in_flight: &InFlight,
-    ctx: Arc<SourceContext>,
-    start: Option<String>,
-) -> Result<(), SourceError> {
-    let fatal = |kind: SourceErrorKind| SourceError::new(&cx.name, kind);
+async fn read_journal(cfg: &JournaldConfig, batches: &Batches<'_>, start: Option<String>) -> Result<(), SourceError> {
+    let cx = batches.cx;
+    let fatal = |kind: SourceErrorKind| batches.fatal(kind);
     let m = metrics();
     let mut last_read = start;
     let mut entries_seen = false;
     let mut shutdown = cx.shutdown.clone();
-    let opts = RenderOptions {
-        host: !cx.enrich.disable_host,
-    };
-    let mut reader = EntryReader::new(cfg.max_entry_bytes.0 as usize, cfg.excluded_units(), opts);
+    let mut reader = batches.reader(cfg);
     loop {
         let args = cfg.journalctl_args(last_read.as_deref());
         let mut child = Command::new(&cfg.journalctl_path)
@@ -203,38 +431,18 @@ async fn read_journal(
             let mut out = crate::framing::spare_buffer(buf.len() + buf.len() / 2);
             let mut spans = Vec::new();
             let st = reader.read(&buf, &mut out, &mut spans);
-            let cursor = st.last_cursor.map(|c| String::from_utf8_lossy(&buf[c]).into_owned());
+            let cursor = st.last_cursor.clone().map(|c| String::from_utf8_lossy(&buf[c]).into_owned());
             buf.advance(st.consumed);
-            m.entries.with_label_values(&[&cx.name, "sent"]).inc_by(st.rendered);
-            if st.excluded > 0 {
-                m.entries.with_label_values(&[&cx.name, "excluded"]).inc_by(st.excluded);
-            }
-            if st.truncated > 0 {
-                m.truncated.with_label_values(&[&cx.name]).inc_by(st.truncated);
-            }
-            let Some(cursor) = cursor else { continue };
-            entries_seen = true;
-            let ack = group.next();
-            in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(ack.seq(), cursor.clone());
-            last_read = Some(cursor);
-            if spans.is_empty() {
-                // Every entry was excluded: nothing to deliver, but the
-                // checkpoint may move past them once earlier batches are done.
-                ack.expect(0);
-                continue;
-            }
-            let lines = Lines {
-                chunk: out.into(),
-                spans,
-                dropped: 0,
-                may_hold_breaks: false,
-            };
-            if cx.output.send_lines(lines, ctx.clone(), Some(ack)).await.is_err() {
-                stopped = true;
-                break;
+            match batches.deliver(out, spans, &st, cursor).await {
+                Delivered::Nothing => {}
+                Delivered::Batch(cursor) => {
+                    entries_seen = true;
+                    last_read = Some(cursor);
+                }
+                Delivered::Closed => {
+                    stopped = true;
+                    break;
+                }
             }
         }
         drop(stdout);

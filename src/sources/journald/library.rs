@@ -281,18 +281,18 @@ impl Journal {
         Ok(cursor)
     }
 
-    /// Appends the current entry to `buf` as `KEY=value` fields (spans in
-    /// `fields`, cleared first), in journalctl's export order, keeping
+    /// Appends the current entry to `buf` as `KEY=value` fields (spans
+    /// appended to `fields`), in journalctl's export order, keeping
     /// whole fields while the entry stays within `max_entry` bytes
-    /// (counted as its export text). Returns the entry's cursor and
-    /// whether fields were left out.
+    /// (counted as its export text). Returns the entry's cursor and what
+    /// was kept of it; an entry whose fields cannot be read (a corrupt or
+    /// unsupported compressed object) adds nothing, as journalctl skips it.
     pub(crate) fn read_entry(
         &mut self,
         max_entry: usize,
         buf: &mut Vec<u8>,
         fields: &mut Vec<FieldSpan>,
-    ) -> Result<(String, bool), JournalError> {
-        fields.clear();
+    ) -> Result<(String, Kept), JournalError> {
         let cursor = self.cursor()?;
         let mut realtime = 0;
         let mut monotonic = 0;
@@ -306,6 +306,7 @@ impl Journal {
             (self.api.get_monotonic_usec)(self.j, &mut monotonic, &mut boot)
         })?;
         let start = buf.len();
+        let first = fields.len();
         let mut cut = false;
         let mut push = |buf: &mut Vec<u8>, fields: &mut Vec<FieldSpan>, key: &[u8], value: &[u8]| -> bool {
             if buf.len() - start + key.len() + value.len() + 2 > max_entry {
@@ -339,9 +340,12 @@ impl Journal {
             let mut data: *const c_void = std::ptr::null();
             let mut len = 0usize;
             // SAFETY: a live handle and out pointers.
-            let r = check("read an entry's fields", unsafe {
-                (self.api.enumerate_data)(self.j, &mut data, &mut len)
-            })?;
+            let r = unsafe { (self.api.enumerate_data)(self.j, &mut data, &mut len) };
+            if r < 0 {
+                buf.truncate(start);
+                fields.truncate(first);
+                return Ok((cursor, Kept::Nothing(std::io::Error::from_raw_os_error(-r))));
+            }
             if r == 0 || data.is_null() {
                 break;
             }
@@ -358,8 +362,19 @@ impl Journal {
                 break;
             }
         }
-        Ok((cursor, cut))
+        Ok((cursor, if cut { Kept::Cut } else { Kept::Whole }))
     }
+}
+
+/// What [`Journal::read_entry`] kept of an entry.
+#[derive(Debug)]
+pub(crate) enum Kept {
+    /// Every field.
+    Whole,
+    /// The fields up to `max_entry` bytes.
+    Cut,
+    /// Nothing: its fields could not be read, for this reason.
+    Nothing(std::io::Error),
 }
 
 /// The running boot's id as the journal spells it (32 hex digits).

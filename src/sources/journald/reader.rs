@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use super::entry::{field, RenderOptions, Renderer};
 use super::export::{parse_entry, FieldSpan, Skip, Step};
-use super::library::{Journal, JournalError};
+use super::library::{Journal, JournalError, Kept};
 use crate::framing::LineSpan;
 
 /// What one call to [`EntryReader::read`] found.
@@ -22,6 +22,8 @@ pub(crate) struct ReadStats {
     pub(crate) excluded: u64,
     /// Entries cut at `max_entry_bytes`.
     pub(crate) truncated: u64,
+    /// Entries libsystemd could not read the fields of, skipped.
+    pub(crate) unreadable: u64,
 }
 
 /// The parsing state carried from one read to the next.
@@ -96,20 +98,34 @@ impl EntryReader {
         spans: &mut Vec<LineSpan>,
         st: &mut ReadStats,
     ) -> Option<Range<usize>> {
-        if self.fields.is_empty() {
+        let fields = std::mem::take(&mut self.fields);
+        let cursor = self.render(entry, &fields, truncated, out, spans, st);
+        self.fields = fields;
+        cursor
+    }
+
+    /// Renders one entry (`fields` are spans of `buf`) into `out` unless
+    /// its unit is excluded, counting it in `st`; returns the span of its
+    /// `__CURSOR` value in `buf`.
+    fn render(
+        &mut self,
+        buf: &[u8],
+        fields: &[FieldSpan],
+        truncated: bool,
+        out: &mut Vec<u8>,
+        spans: &mut Vec<LineSpan>,
+        st: &mut ReadStats,
+    ) -> Option<Range<usize>> {
+        if fields.is_empty() {
             return None;
         }
-        let cursor = self
-            .fields
-            .iter()
-            .find(|f| &entry[f.key.clone()] == b"__CURSOR")
-            .map(|c| c.value.clone());
-        let unit = field(entry, &self.fields, b"_SYSTEMD_UNIT");
+        let cursor = fields.iter().find(|f| &buf[f.key.clone()] == b"__CURSOR").map(|c| c.value.clone());
+        let unit = field(buf, fields, b"_SYSTEMD_UNIT");
         if unit.is_some_and(|u| self.exclude_units.iter().any(|x| x == u)) {
             st.excluded += 1;
         } else {
             let start = out.len();
-            self.renderer.render(entry, &self.fields, truncated, self.opts, out);
+            self.renderer.render(buf, fields, truncated, self.opts, out);
             spans.push(LineSpan {
                 start: start as u32,
                 len: (out.len() - start) as u32,
@@ -123,21 +139,55 @@ impl EntryReader {
         cursor
     }
 
-    /// Reads the journal's current entry through libsystemd into `out`
-    /// as [`read`](Self::read) does an exported one; `scratch` holds its
-    /// fields meanwhile. Returns the entry's cursor.
-    pub(crate) fn read_library_entry(
-        &mut self,
-        journal: &mut Journal,
-        scratch: &mut Vec<u8>,
-        out: &mut Vec<u8>,
-        spans: &mut Vec<LineSpan>,
-        st: &mut ReadStats,
-    ) -> Result<String, JournalError> {
-        scratch.clear();
-        let (cursor, truncated) = journal.read_entry(self.max_entry, scratch, &mut self.fields)?;
-        self.emit(scratch, truncated, out, spans, st);
-        Ok(cursor)
+    /// Renders the entries libsystemd gave (see [`RawEntries`]) into `out`
+    /// as [`read`](Self::read) does exported ones.
+    pub(crate) fn render_raw(&mut self, raw: &RawEntries, out: &mut Vec<u8>, spans: &mut Vec<LineSpan>) -> ReadStats {
+        let mut st = ReadStats {
+            unreadable: raw.unreadable,
+            ..ReadStats::default()
+        };
+        let mut from = 0;
+        for &(to, truncated) in &raw.entries {
+            self.render(&raw.buf, &raw.fields[from..to as usize], truncated, out, spans, &mut st);
+            from = to as usize;
+        }
+        st
+    }
+}
+
+/// Entries as libsystemd gave them, before rendering: the reader thread
+/// fills it, the source's task renders it, so that the two share the work
+/// on two cores.
+#[derive(Debug, Default)]
+pub(crate) struct RawEntries {
+    /// The entries' `KEY=value` fields, one after another.
+    pub(crate) buf: Vec<u8>,
+    /// Every entry's fields, as spans of `buf`.
+    pub(crate) fields: Vec<FieldSpan>,
+    /// Per entry: where its fields end in `fields`, and whether some were
+    /// left out at `max_entry_bytes`.
+    pub(crate) entries: Vec<(u32, bool)>,
+    /// The last entry's cursor.
+    pub(crate) cursor: Option<String>,
+    /// Entries skipped because their fields could not be read.
+    pub(crate) unreadable: u64,
+}
+
+impl RawEntries {
+    /// Appends the journal's current entry; `max_entry` bounds it as
+    /// [`EntryReader`] bounds an exported one.
+    pub(crate) fn push(&mut self, journal: &mut Journal, max_entry: usize) -> Result<(), JournalError> {
+        let (cursor, kept) = journal.read_entry(max_entry, &mut self.buf, &mut self.fields)?;
+        match kept {
+            Kept::Whole | Kept::Cut => self.entries.push((self.fields.len() as u32, matches!(kept, Kept::Cut))),
+            Kept::Nothing(error) => {
+                tracing::warn!(cursor = %cursor, %error, "skipping a journal entry whose fields cannot be read");
+                self.unreadable += 1;
+            }
+        }
+        // The checkpoint moves past a skipped entry too.
+        self.cursor = Some(cursor);
+        Ok(())
     }
 }
 

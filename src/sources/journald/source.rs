@@ -23,7 +23,7 @@ use super::config::JournaldConfig;
 use super::cursor::CursorFile;
 use super::entry::RenderOptions;
 use super::library::{Change, Journal, JournalError};
-use super::reader::{EntryReader, ReadStats};
+use super::reader::{EntryReader, RawEntries, ReadStats};
 use crate::enrich::SourceContext;
 use crate::event::{AckGroup, AckOutcome, AckReceiver, AckWindow};
 use crate::framing::{LineSpan, Lines, READ_CHUNK_BYTES};
@@ -71,7 +71,8 @@ async fn gather(stdout: &mut tokio::process::ChildStdout, buf: &mut BytesMut) ->
 
 /// journald source metrics, registered once.
 struct JournaldMetrics {
-    /// `sluice_journald_entries_total{source,outcome}`: `sent`, `excluded`.
+    /// `sluice_journald_entries_total{source,outcome}`: `sent`,
+    /// `excluded`, `unreadable`.
     entries: prometheus::IntCounterVec,
     /// `sluice_journald_truncated_total{source}`.
     truncated: prometheus::IntCounterVec,
@@ -84,7 +85,7 @@ fn metrics() -> &'static JournaldMetrics {
     M.get_or_init(|| JournaldMetrics {
         entries: counter_vec(
             "sluice_journald_entries_total",
-            "Journal entries read, by outcome (sent, excluded).",
+            "Journal entries read, by outcome (sent, excluded, unreadable: fields libsystemd could not read, skipped).",
             &["source", "outcome"],
         ),
         truncated: counter_vec(
@@ -183,6 +184,9 @@ impl Batches<'_> {
         if st.truncated > 0 {
             m.truncated.with_label_values(&[name]).inc_by(st.truncated);
         }
+        if st.unreadable > 0 {
+            m.entries.with_label_values(&[name, "unreadable"]).inc_by(st.unreadable);
+        }
         let Some(cursor) = cursor else { return Delivered::Nothing };
         let ack = self.group.next();
         self.in_flight
@@ -221,8 +225,8 @@ impl Batches<'_> {
 
 /// What the library reader's thread sends.
 enum Read {
-    /// Rendered entries, their counts and the last entry's cursor.
-    Batch(Vec<u8>, Vec<LineSpan>, ReadStats, Option<String>),
+    /// Entries read, not yet rendered.
+    Batch(RawEntries),
     /// Reading failed; the thread has ended.
     Failed(JournalError),
     /// The end of the journal, without `follow`.
@@ -240,12 +244,13 @@ async fn read_library(cfg: &JournaldConfig, batches: &Batches<'_>, start: Option
     let mut last_read = start;
     let mut entries_seen = false;
     let mut shutdown = cx.shutdown.clone();
+    let mut reader = batches.reader(cfg);
     loop {
         let (tx, mut rx) = tokio::sync::mpsc::channel(2);
-        let (c, reader, after) = (cfg.clone(), batches.reader(cfg), last_read.clone());
+        let (c, after) = (cfg.clone(), last_read.clone());
         std::thread::Builder::new()
             .name(format!("journald-{}", cx.name))
-            .spawn(move || read_entries(&c, reader, after, &tx))
+            .spawn(move || read_entries(&c, after, &tx))
             .map_err(|error| {
                 batches.fatal(SourceErrorKind::Io {
                     action: "start the journal reader thread",
@@ -260,14 +265,21 @@ async fn read_library(cfg: &JournaldConfig, batches: &Batches<'_>, start: Option
                 r = rx.recv() => r,
             };
             match read {
-                Some(Read::Batch(out, spans, st, cursor)) => match batches.deliver(out, spans, &st, cursor).await {
-                    Delivered::Nothing => {}
-                    Delivered::Batch(cursor) => {
-                        entries_seen = true;
-                        last_read = Some(cursor);
+                Some(Read::Batch(raw)) => {
+                    // A recycled buffer: the pipeline hands it back once decoded.
+                    let mut out = crate::framing::spare_buffer(raw.buf.len() + raw.buf.len() / 2);
+                    let mut spans = Vec::with_capacity(raw.entries.len());
+                    let st = reader.render_raw(&raw, &mut out, &mut spans);
+                    crate::framing::recycle(raw.buf.into());
+                    match batches.deliver(out, spans, &st, raw.cursor).await {
+                        Delivered::Nothing => {}
+                        Delivered::Batch(cursor) => {
+                            entries_seen = true;
+                            last_read = Some(cursor);
+                        }
+                        Delivered::Closed => return Ok(()),
                     }
-                    Delivered::Closed => return Ok(()),
-                },
+                }
                 Some(Read::End) => {
                     tracing::info!(source = %cx.name, "reached the end of the journal");
                     return Ok(());
@@ -293,10 +305,11 @@ async fn read_library(cfg: &JournaldConfig, batches: &Batches<'_>, start: Option
 
 /// The reader thread: opens the journal with the settings' matches,
 /// positions it after `after` (or where the settings say to start), and
-/// sends batches of about [`GATHER_BYTES`] of rendered entries, or what
-/// there is once it caught up, until the receiver is gone.
-fn read_entries(cfg: &JournaldConfig, mut reader: EntryReader, after: Option<String>, tx: &tokio::sync::mpsc::Sender<Read>) {
-    let end = match read_entries_until_failure(cfg, &mut reader, after, tx) {
+/// sends batches of about [`GATHER_BYTES`] of entries, or what there is
+/// once it caught up, until the receiver is gone. The source's task
+/// renders them, so reading and rendering run on two cores.
+fn read_entries(cfg: &JournaldConfig, after: Option<String>, tx: &tokio::sync::mpsc::Sender<Read>) {
+    let end = match read_entries_until_failure(cfg, after, tx) {
         Ok(()) => Read::End,
         Err(e) => Read::Failed(e),
     };
@@ -305,7 +318,6 @@ fn read_entries(cfg: &JournaldConfig, mut reader: EntryReader, after: Option<Str
 
 fn read_entries_until_failure(
     cfg: &JournaldConfig,
-    reader: &mut EntryReader,
     after: Option<String>,
     tx: &tokio::sync::mpsc::Sender<Read>,
 ) -> Result<(), JournalError> {
@@ -339,14 +351,15 @@ fn read_entries_until_failure(
         }
         None => journal.seek_head()?,
     }
-    let mut scratch = Vec::new();
+    let max_entry = cfg.max_entry_bytes.0 as usize;
     loop {
-        let mut out = crate::framing::spare_buffer(GATHER_BYTES + GATHER_BYTES / 2);
-        let mut spans = Vec::new();
-        let mut st = ReadStats::default();
-        let mut cursor = None;
+        // A recycled buffer: the source's task hands it back once rendered.
+        let mut raw = RawEntries {
+            buf: crate::framing::spare_buffer(GATHER_BYTES + max_entry.min(GATHER_BYTES)),
+            ..RawEntries::default()
+        };
         let mut caught_up = false;
-        while out.len() < GATHER_BYTES {
+        while raw.buf.len() < GATHER_BYTES {
             if !journal.next()? {
                 caught_up = true;
                 break;
@@ -356,9 +369,9 @@ fn read_entries_until_failure(
                     continue;
                 }
             }
-            cursor = Some(reader.read_library_entry(&mut journal, &mut scratch, &mut out, &mut spans, &mut st)?);
+            raw.push(&mut journal, max_entry)?;
         }
-        if cursor.is_some() && tx.blocking_send(Read::Batch(out, spans, st, cursor)).is_err() {
+        if raw.cursor.is_some() && tx.blocking_send(Read::Batch(raw)).is_err() {
             return Ok(());
         }
         if !caught_up {

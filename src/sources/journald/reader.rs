@@ -175,19 +175,23 @@ pub(crate) struct RawEntries {
 
 impl RawEntries {
     /// Appends the journal's current entry; `max_entry` bounds it as
-    /// [`EntryReader`] bounds an exported one.
-    pub(crate) fn push(&mut self, journal: &mut Journal, max_entry: usize) -> Result<(), JournalError> {
+    /// [`EntryReader`] bounds an exported one. An entry whose fields
+    /// cannot be read is counted and skipped: its cursor and why.
+    pub(crate) fn push(&mut self, journal: &mut Journal, max_entry: usize) -> Result<Option<(String, std::io::Error)>, JournalError> {
         let (cursor, kept) = journal.read_entry(max_entry, &mut self.buf, &mut self.fields)?;
-        match kept {
-            Kept::Whole | Kept::Cut => self.entries.push((self.fields.len() as u32, matches!(kept, Kept::Cut))),
-            Kept::Nothing(error) => {
-                tracing::warn!(cursor = %cursor, %error, "skipping a journal entry whose fields cannot be read");
-                self.unreadable += 1;
+        let skipped = match kept {
+            Kept::Whole | Kept::Cut => {
+                self.entries.push((self.fields.len() as u32, matches!(kept, Kept::Cut)));
+                None
             }
-        }
+            Kept::Nothing(error) => {
+                self.unreadable += 1;
+                Some((cursor.clone(), error))
+            }
+        };
         // The checkpoint moves past a skipped entry too.
         self.cursor = Some(cursor);
-        Ok(())
+        Ok(skipped)
     }
 }
 

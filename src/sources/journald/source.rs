@@ -250,7 +250,10 @@ async fn read_library(cfg: &JournaldConfig, batches: &Batches<'_>, start: Option
         let (c, after) = (cfg.clone(), last_read.clone());
         std::thread::Builder::new()
             .name(format!("journald-{}", cx.name))
-            .spawn(move || read_entries(&c, after, &tx))
+            .spawn({
+                let source = cx.name.clone();
+                move || read_entries(&c, &source, after, &tx)
+            })
             .map_err(|error| {
                 batches.fatal(SourceErrorKind::Io {
                     action: "start the journal reader thread",
@@ -308,8 +311,8 @@ async fn read_library(cfg: &JournaldConfig, batches: &Batches<'_>, start: Option
 /// sends batches of about [`GATHER_BYTES`] of entries, or what there is
 /// once it caught up, until the receiver is gone. The source's task
 /// renders them, so reading and rendering run on two cores.
-fn read_entries(cfg: &JournaldConfig, after: Option<String>, tx: &tokio::sync::mpsc::Sender<Read>) {
-    let end = match read_entries_until_failure(cfg, after, tx) {
+fn read_entries(cfg: &JournaldConfig, source: &str, after: Option<String>, tx: &tokio::sync::mpsc::Sender<Read>) {
+    let end = match read_entries_until_failure(cfg, source, after, tx) {
         Ok(()) => Read::End,
         Err(e) => Read::Failed(e),
     };
@@ -318,12 +321,14 @@ fn read_entries(cfg: &JournaldConfig, after: Option<String>, tx: &tokio::sync::m
 
 fn read_entries_until_failure(
     cfg: &JournaldConfig,
+    source: &str,
     after: Option<String>,
     tx: &tokio::sync::mpsc::Sender<Read>,
 ) -> Result<(), JournalError> {
     let mut journal = Journal::open(cfg.journal_directory.as_deref())?;
     if journal.usage() == 0 {
         tracing::warn!(
+            source,
             "no journal file could be opened: is the journal there, and may this user read it (root, or the systemd-journal group)?"
         );
     }
@@ -369,7 +374,9 @@ fn read_entries_until_failure(
                     continue;
                 }
             }
-            raw.push(&mut journal, max_entry)?;
+            if let Some((cursor, error)) = raw.push(&mut journal, max_entry)? {
+                tracing::warn!(source, %cursor, %error, "skipping a journal entry whose fields cannot be read");
+            }
         }
         if raw.cursor.is_some() && tx.blocking_send(Read::Batch(raw)).is_err() {
             return Ok(());

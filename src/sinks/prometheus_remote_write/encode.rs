@@ -86,7 +86,9 @@ pub(crate) fn label_name(name: &str) -> String {
 /// `_`; borrowed when it is valid already (the common case).
 fn sanitize(name: &str, colon: bool) -> Cow<'_, str> {
     let ok = |i: usize, c: char| c.is_ascii_alphabetic() || c == '_' || (colon && c == ':') || (i > 0 && c.is_ascii_digit());
-    if !name.is_empty() && name.chars().enumerate().all(|(i, c)| ok(i, c)) {
+    // Valid names are ASCII, so their bytes are their characters: the
+    // check of the common case walks bytes, not decoded characters.
+    if !name.is_empty() && name.bytes().enumerate().all(|(i, b)| ok(i, char::from(b))) {
         return Cow::Borrowed(name);
     }
     let mut out = String::with_capacity(name.len() + 1);

@@ -4,6 +4,7 @@
 //! build on these; this floor knows neither.
 
 pub mod aggregate;
+mod canonical;
 pub mod sample;
 
 pub use aggregate::{AggregateConfig, Aggregator, FlushStats, Outcome, Update};

@@ -271,8 +271,18 @@ pub enum SampleError {
 }
 
 impl<'a> Sample<'a> {
-    /// Reads one event of a metric batch.
+    /// Reads one event of a metric batch. Objects in the form
+    /// [`write_sample`] writes take a fast reader ([`super::canonical`]);
+    /// the rest serde_json, with the same result.
     pub fn parse(event: &'a [u8]) -> Result<Sample<'a>, SampleError> {
+        if let Some(s) = super::canonical::parse(event) {
+            return Ok(s);
+        }
+        Self::parse_general(event)
+    }
+
+    /// [`Sample::parse`] through serde_json alone.
+    pub(super) fn parse_general(event: &'a [u8]) -> Result<Sample<'a>, SampleError> {
         let s: Sample<'a> = serde_json::from_slice(event)?;
         let missing = |member| SampleError::Missing {
             kind: s.kind.as_str(),
@@ -314,6 +324,12 @@ pub fn copy_sample(message: &[u8], out: &mut Vec<u8>) -> Result<(), SampleError>
 pub fn fuzz_samples(data: &[u8]) -> usize {
     let mut copied = 0;
     for message in data.split(|b| *b == 0) {
+        if let Some(fast) = super::canonical::parse(message) {
+            match Sample::parse_general(message) {
+                Ok(general) => assert!(same_sample(&fast, &general), "the fast reader read another sample"),
+                Err(e) => panic!("the fast reader took what serde_json refuses: {e}"),
+            }
+        }
         let mut out = Vec::new();
         if copy_sample(message, &mut out).is_ok() {
             let (Ok(a), Ok(b)) = (Sample::parse(message.trim_ascii()), Sample::parse(&out)) else {
@@ -328,8 +344,8 @@ pub fn fuzz_samples(data: &[u8]) -> usize {
 }
 
 /// Equal, counting NaN-free numbers by their bits (a copy is exact).
-#[cfg(feature = "fuzzing")]
-fn same_sample(a: &Sample<'_>, b: &Sample<'_>) -> bool {
+#[cfg(any(test, feature = "fuzzing"))]
+pub(super) fn same_sample(a: &Sample<'_>, b: &Sample<'_>) -> bool {
     let bits = |v: Option<f64>| v.map(f64::to_bits);
     a.name == b.name
         && a.kind == b.kind

@@ -86,7 +86,9 @@ pub(crate) fn label_name(name: &str) -> String {
 /// `_`; borrowed when it is valid already (the common case).
 fn sanitize(name: &str, colon: bool) -> Cow<'_, str> {
     let ok = |i: usize, c: char| c.is_ascii_alphabetic() || c == '_' || (colon && c == ':') || (i > 0 && c.is_ascii_digit());
-    if !name.is_empty() && name.chars().enumerate().all(|(i, c)| ok(i, c)) {
+    // Valid names are ASCII, so their bytes are their characters: the
+    // check of the common case walks bytes, not decoded characters.
+    if !name.is_empty() && name.bytes().enumerate().all(|(i, b)| ok(i, char::from(b))) {
         return Cow::Borrowed(name);
     }
     let mut out = String::with_capacity(name.len() + 1);
@@ -125,9 +127,19 @@ pub(crate) struct SeriesBuilder {
     /// Added to every series unless it has the label (external labels and
     /// the batch's metadata labels), by sanitised name.
     pub(crate) extra: BTreeMap<String, String>,
+    /// The last metric name that needed changing and its valid form: the
+    /// samples of a batch mostly share a few names, and statsd names
+    /// (`api.requests`) all need changing, so each is made once, not per
+    /// sample.
+    renamed: Option<(String, String)>,
 }
 
 impl SeriesBuilder {
+    /// A builder that adds `extra` to every series.
+    pub(crate) fn new(extra: BTreeMap<String, String>) -> SeriesBuilder {
+        SeriesBuilder { extra, renamed: None }
+    }
+
     /// Appends the series of `sample` to `out`, an encoded `WriteRequest`
     /// (each series one `timeseries` member, field 1); returns how many
     /// samples they hold.
@@ -138,7 +150,16 @@ impl SeriesBuilder {
     /// names that need sanitising and the bounds of histogram buckets. The
     /// bytes are what prost writes for [`TimeSeries`] (fields at their
     /// default left out).
-    pub(crate) fn add(&self, sample: &Sample<'_>, out: &mut Vec<u8>) -> usize {
+    pub(crate) fn add(&mut self, sample: &Sample<'_>, out: &mut Vec<u8>) -> usize {
+        let raw: &str = &sample.name;
+        if !matches!(&self.renamed, Some((r, _)) if r == raw) {
+            self.renamed = match sanitize(raw, true) {
+                Cow::Borrowed(_) => None,
+                Cow::Owned(valid) => Some((raw.to_owned(), valid)),
+            };
+        }
+        // `renamed` is now this sample's name, if it needed changing.
+        let name = self.renamed.as_ref().map_or(raw, |(_, valid)| valid.as_str());
         let mut labels: Vec<(Cow<'_, str>, &str)> = Vec::with_capacity(sample.labels.len() + self.extra.len());
         for (k, v) in &sample.labels {
             if !v.is_empty() {
@@ -166,7 +187,7 @@ impl SeriesBuilder {
         }
         let series = SeriesWriter {
             labels: &labels,
-            name: sanitize(&sample.name, true),
+            name,
             timestamp: sample.timestamp_ms,
         };
         let mut n = 0;
@@ -202,7 +223,7 @@ struct SeriesWriter<'a> {
     /// Sorted by name, no name twice.
     labels: &'a [(Cow<'a, str>, &'a str)],
     /// The sanitised metric name, before its suffix.
-    name: Cow<'a, str>,
+    name: &'a str,
     timestamp: i64,
 }
 
@@ -242,7 +263,7 @@ impl SeriesWriter<'_> {
     /// `extra` put in place, replacing a label of the same name.
     fn each_label(&self, suffix: &str, extra: Option<(&str, &str)>, mut f: impl FnMut(&str, &str, &str)) {
         // `__name__` sorts before `le` and `quantile`.
-        let mut special = [Some(("__name__", &*self.name, suffix)), extra.map(|(k, v)| (k, v, ""))]
+        let mut special = [Some(("__name__", self.name, suffix)), extra.map(|(k, v)| (k, v, ""))]
             .into_iter()
             .flatten()
             .peekable();
@@ -332,15 +353,13 @@ mod tests {
             &Fragment::default(),
         );
         let s = Sample::parse(&line).unwrap();
-        let b = SeriesBuilder {
-            extra: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        };
-        decoded(&b, &s)
+        let mut b = SeriesBuilder::new(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        decoded(&mut b, &s)
     }
 
     /// The series `b` writes for `s`, read back with prost; the bytes must
     /// be exactly what prost writes for them.
-    fn decoded(b: &SeriesBuilder, s: &Sample<'_>) -> Vec<TimeSeries> {
+    fn decoded(b: &mut SeriesBuilder, s: &Sample<'_>) -> Vec<TimeSeries> {
         use prost::Message;
         let mut body = Vec::new();
         let n = b.add(s, &mut body);
@@ -412,13 +431,13 @@ mod tests {
             &Fragment::default(),
         );
         let s = Sample::parse(&line).unwrap();
-        let b = SeriesBuilder {
-            extra: [("a_b", "x"), ("cluster", "c1"), ("Zone", "x")]
+        let mut b = SeriesBuilder::new(
+            [("a_b", "x"), ("cluster", "c1"), ("Zone", "x")]
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        };
-        let out = decoded(&b, &s);
+        );
+        let out = decoded(&mut b, &s);
         assert_eq!(text(&out[0]), "Zone=z,__name__=m,a_b=2,cluster=c1,le=own 1@7");
     }
 
@@ -447,13 +466,13 @@ mod tests {
                 &Fragment::default(),
             );
             let s = Sample::parse(&line).unwrap();
-            let b = SeriesBuilder {
-                extra: [("empty", ""), ("z", "last")]
+            let mut b = SeriesBuilder::new(
+                [("empty", ""), ("z", "last")]
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
-            };
-            let out = decoded(&b, &s);
+            );
+            let out = decoded(&mut b, &s);
             let got: Vec<String> = out.iter().map(text).collect();
             let l = format!("long={long}");
             assert_eq!(
@@ -477,5 +496,39 @@ mod tests {
         assert!(is_valid_label_name("le") && !is_valid_label_name("1x") && !is_valid_label_name(""));
         assert_eq!(float_label(0.005), "0.005");
         assert_eq!(float_label(f64::INFINITY), "+Inf");
+    }
+
+    #[test]
+    fn each_sample_of_a_builder_keeps_its_own_metric_name() {
+        // One builder writes a batch's samples: names that need changing,
+        // valid ones and repeats, in turns, each under its own name.
+        let mut b = SeriesBuilder::default();
+        let names = [
+            "api.hits",
+            "api.hits",
+            "valid_name",
+            "api.hits",
+            "db.q-1",
+            "db.q-1",
+            "valid_name",
+            "9x",
+        ];
+        let want = [
+            "api_hits",
+            "api_hits",
+            "valid_name",
+            "api_hits",
+            "db_q_1",
+            "db_q_1",
+            "valid_name",
+            "_9x",
+        ];
+        for (name, want) in names.iter().zip(want) {
+            let mut line = Vec::new();
+            write_sample(&mut line, name, [], 7, &SampleValue::Counter(1.0), &Fragment::default());
+            let s = Sample::parse(&line).unwrap();
+            let out = decoded(&mut b, &s);
+            assert_eq!(text(&out[0]), format!("__name__={want} 1@7"), "sample named {name}");
+        }
     }
 }

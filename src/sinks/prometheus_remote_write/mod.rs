@@ -201,9 +201,7 @@ impl RemoteWriteSink {
             self.tracker.seal(id);
             return None;
         }
-        let builder = SeriesBuilder {
-            extra: self.added.of_batch(&batch.source),
-        };
+        let builder = SeriesBuilder::new(self.added.of_batch(&batch.source));
         Some(Intake {
             id,
             batch,
@@ -234,8 +232,9 @@ impl RemoteWriteSink {
                 }
                 intake.in_pending = true;
             }
-            let own = self.own_labels(event, &intake.builder);
-            self.pending.samples += own.as_ref().unwrap_or(&intake.builder).add(&sample, &mut self.pending.body);
+            let mut own = self.own_labels(event, &intake.builder);
+            let builder = own.as_mut().unwrap_or(&mut intake.builder);
+            self.pending.samples += builder.add(&sample, &mut self.pending.body);
             if self.pending.samples >= self.config.batch.max_samples {
                 sealed.extend(self.seal());
                 intake.in_pending = false;
@@ -255,7 +254,7 @@ impl RemoteWriteSink {
     /// resource's) give `metadata_labels` values: they win over the
     /// batch's. `None` when it has none.
     fn own_labels(&self, event: &[u8], batch: &SeriesBuilder) -> Option<SeriesBuilder> {
-        self.added.of_event(event, &batch.extra).map(|extra| SeriesBuilder { extra })
+        self.added.of_event(event, &batch.extra).map(SeriesBuilder::new)
     }
 
     /// Closes the pending request, if it holds anything.

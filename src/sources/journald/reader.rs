@@ -78,30 +78,15 @@ impl EntryReader {
                 }
             };
             let entry = &rest[..kept];
-            if let Some(c) = self.emit(entry, truncated, out, spans, &mut st) {
+            let fields = std::mem::take(&mut self.fields);
+            if let Some(c) = self.render(entry, &fields, truncated, out, spans, &mut st) {
                 st.last_cursor = Some(pos + c.start..pos + c.end);
             }
+            self.fields = fields;
             pos += next;
         }
         st.consumed = pos;
         st
-    }
-
-    /// Renders one entry (`entry` holds the fields in `self.fields`) into
-    /// `out` unless its unit is excluded, counting it in `st`; returns the
-    /// span of its `__CURSOR` value in `entry`.
-    fn emit(
-        &mut self,
-        entry: &[u8],
-        truncated: bool,
-        out: &mut Vec<u8>,
-        spans: &mut Vec<LineSpan>,
-        st: &mut ReadStats,
-    ) -> Option<Range<usize>> {
-        let fields = std::mem::take(&mut self.fields);
-        let cursor = self.render(entry, &fields, truncated, out, spans, st);
-        self.fields = fields;
-        cursor
     }
 
     /// Renders one entry (`fields` are spans of `buf`) into `out` unless

@@ -221,6 +221,16 @@ impl Batches<'_> {
     fn fatal(&self, kind: SourceErrorKind) -> SourceError {
         SourceError::new(&self.cx.name, kind)
     }
+
+    /// Counts a restart of the reader and waits [`RESTART_PAUSE`] before
+    /// it; false when the source is shutting down instead.
+    async fn pause_before_restart(&self, shutdown: &mut crate::pipeline::ShutdownSignal) -> bool {
+        metrics().restarts.with_label_values(&[&self.cx.name]).inc();
+        tokio::select! {
+            _ = shutdown.wait() => false,
+            _ = tokio::time::sleep(RESTART_PAUSE) => true,
+        }
+    }
 }
 
 /// What the library reader's thread sends.
@@ -297,11 +307,9 @@ async fn read_library(cfg: &JournaldConfig, batches: &Batches<'_>, start: Option
                 error: failed.error,
             }));
         }
-        metrics().restarts.with_label_values(&[&cx.name]).inc();
         tracing::warn!(source = %cx.name, error = %failed, "reading the journal failed; opening it again after the last entry read");
-        tokio::select! {
-            _ = shutdown.wait() => return Ok(()),
-            _ = tokio::time::sleep(RESTART_PAUSE) => {}
+        if !batches.pause_before_restart(&mut shutdown).await {
+            return Ok(());
         }
     }
 }
@@ -400,7 +408,6 @@ fn read_entries_until_failure(
 async fn read_journal(cfg: &JournaldConfig, batches: &Batches<'_>, start: Option<String>) -> Result<(), SourceError> {
     let cx = batches.cx;
     let fatal = |kind: SourceErrorKind| batches.fatal(kind);
-    let m = metrics();
     let mut last_read = start;
     let mut entries_seen = false;
     let mut shutdown = cx.shutdown.clone();
@@ -491,11 +498,9 @@ async fn read_journal(cfg: &JournaldConfig, batches: &Batches<'_>, start: Option
                 stderr,
             }));
         }
-        m.restarts.with_label_values(&[&cx.name]).inc();
         tracing::warn!(source = %cx.name, %status, %stderr, "journalctl exited; starting it again after the last entry read");
-        tokio::select! {
-            _ = shutdown.wait() => return Ok(()),
-            _ = tokio::time::sleep(RESTART_PAUSE) => {}
+        if !batches.pause_before_restart(&mut shutdown).await {
+            return Ok(());
         }
     }
 }

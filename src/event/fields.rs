@@ -104,4 +104,21 @@ impl FieldValue {
             FieldValue::Str(start, len) => R::Str(&arena[start as usize..(start + len) as usize]),
         }
     }
+
+    /// `v` stored, its text (if a string) appended to `arena`.
+    pub(crate) fn store(v: super::FieldValueRef<'_>, arena: &mut String) -> FieldValue {
+        use super::FieldValueRef as R;
+        match v {
+            R::Missing => FieldValue::Missing,
+            R::Null => FieldValue::Null,
+            R::Bool(b) => FieldValue::Bool(b),
+            R::Number(n) => FieldValue::Number(n),
+            R::Composite => FieldValue::Composite,
+            R::Str(s) => {
+                let start = arena.len() as u32;
+                arena.push_str(s);
+                FieldValue::Str(start, s.len() as u32)
+            }
+        }
+    }
 }

@@ -13,7 +13,7 @@ pub(crate) use fields::FieldValue;
 pub use fields::{FieldPath, FieldSet};
 
 use bytes::Bytes;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use crate::enrich::SourceContext;
@@ -48,14 +48,21 @@ impl EventKind {
 /// A batch of decoded, enriched events from one stream (one file, one
 /// connection, stdin).
 ///
-/// Invariants: `ends` is strictly increasing, `ends.last() == data.len()`,
-/// and every event `data[start..end]` is one JSON object followed by `\n`.
+/// Invariants: `ends` is strictly increasing, and every event is one JSON
+/// object followed by `\n`. A batch of its own bytes has
+/// `ends.last() == data.len()`, event `i` being `data[ends[i - 1]..ends[i]]`.
+/// A selection of another batch's events ([`Batch::select`]) shares that
+/// batch's bytes: event `i` is the `ends[i] - ends[i - 1]` bytes at
+/// `starts[i]` of them, and `ends` is where each event ends in the NDJSON
+/// the selection joins when a sink asks for it whole ([`Batch::ndjson`]).
 /// `values.len() == ends.len() * fields.len()`: row `i` holds the extracted
 /// fields of event `i`.
 #[derive(Debug)]
 pub struct Batch {
     data: Bytes,
     ends: Vec<u32>,
+    /// Set for a selection of another batch's events.
+    selection: Option<Box<Selection>>,
     values: Vec<FieldValue>,
     strings: String,
     fields: Arc<FieldSet>,
@@ -93,31 +100,62 @@ impl Batch {
 
     /// Bytes of NDJSON this batch holds.
     pub fn byte_len(&self) -> usize {
-        self.data.len()
+        self.ends.last().map_or(0, |&e| e as usize)
     }
 
-    /// Memory the batch holds: its NDJSON, its event ends and its extracted
-    /// values (its weight in queue budgets, so that a budget bounds memory
-    /// and not only event bytes).
+    /// Memory the batch holds: its NDJSON (for a selection, the whole
+    /// buffer it keeps alive), its event ends and its extracted values (its
+    /// weight in queue budgets, so that a budget bounds memory and not only
+    /// event bytes).
     pub(crate) fn memory_len(&self) -> usize {
-        self.data.len() + std::mem::size_of_val(&self.ends[..]) + std::mem::size_of_val(&self.values[..]) + self.strings.len()
+        let starts = self.selection.as_ref().map_or(0, |s| std::mem::size_of_val(&s.starts[..]));
+        self.data.len() + std::mem::size_of_val(&self.ends[..]) + starts + std::mem::size_of_val(&self.values[..]) + self.strings.len()
     }
 
-    /// The whole batch as NDJSON: every event followed by `\n`.
+    /// The whole batch as NDJSON: every event followed by `\n`. A selection
+    /// joins its events the first time this is asked for.
     pub(crate) fn ndjson(&self) -> &Bytes {
-        &self.data
+        match &self.selection {
+            None => &self.data,
+            Some(selection) => selection.joined.get_or_init(|| {
+                let mut out = BATCH_BUFFERS.take(self.byte_len()).unwrap_or_default();
+                out.clear();
+                for i in 0..self.len() {
+                    out.extend_from_slice(&self.data[self.span(i)]);
+                }
+                Bytes::from(out)
+            }),
+        }
+    }
+
+    /// Where event `i` is in `data`, with its newline.
+    #[inline]
+    fn span(&self, i: usize) -> std::ops::Range<usize> {
+        let prev = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        match &self.selection {
+            None => prev..self.ends[i] as usize,
+            Some(selection) => {
+                let start = selection.starts[i] as usize;
+                start..start + (self.ends[i] as usize - prev)
+            }
+        }
+    }
+
+    /// Where event `i` is in [`Batch::ndjson`], with its newline.
+    pub(crate) fn ndjson_range(&self, i: usize) -> std::ops::Range<usize> {
+        (if i == 0 { 0 } else { self.ends[i - 1] as usize })..self.ends[i] as usize
     }
 
     /// Event `i` as a JSON object, without its trailing newline.
     pub(crate) fn event(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        &self.data[start..self.ends[i] as usize - 1]
+        let at = self.span(i);
+        &self.data[at.start..at.end - 1]
     }
 
     /// Event `i` as a `Bytes` slice of the batch buffer (no copy).
     pub(crate) fn event_bytes(&self, i: usize) -> Bytes {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        self.data.slice(start..self.ends[i] as usize - 1)
+        let at = self.span(i);
+        self.data.slice(at.start..at.end - 1)
     }
 
     /// Iterates over the events as JSON objects.
@@ -157,8 +195,45 @@ impl Batch {
     /// A builder for a batch of some of this batch's events (a transform's
     /// output), with room for `events` of them.
     pub(crate) fn part_builder(&self, events: usize) -> BatchBuilder {
-        let bytes = self.data.len() / self.len().max(1) * events;
+        let bytes = self.byte_len() / self.len().max(1) * events;
         BatchBuilder::with_capacity(self.fields.clone(), bytes, events)
+    }
+
+    /// A batch of the events `picks` of this one, unchanged and in that
+    /// order, that shares this batch's bytes instead of copying them (a
+    /// transform output that only selects events). Same source, read time,
+    /// kind and acknowledger, like [`Batch::part`].
+    pub(crate) fn select(&self, picks: impl ExactSizeIterator<Item = usize>) -> Batch {
+        let n = self.fields.len();
+        let mut starts = Vec::with_capacity(picks.len());
+        let mut ends = Vec::with_capacity(picks.len());
+        let mut values = Vec::with_capacity(picks.len() * n);
+        let mut strings = String::new();
+        let mut end = 0u32;
+        for i in picks {
+            let at = self.span(i);
+            starts.push(at.start as u32);
+            end += at.len() as u32;
+            ends.push(end);
+            for v in &self.values[i * n..(i + 1) * n] {
+                values.push(FieldValue::store(v.as_ref(&self.strings), &mut strings));
+            }
+        }
+        Batch {
+            data: self.data.clone(),
+            ends,
+            selection: Some(Box::new(Selection {
+                starts,
+                joined: OnceLock::new(),
+            })),
+            values,
+            strings,
+            fields: self.fields.clone(),
+            source: self.source.clone(),
+            received_at: self.received_at,
+            ack: self.ack.clone(),
+            kind: self.kind,
+        }
     }
 
     /// Finishes a batch built from some of this batch's events: same
@@ -215,6 +290,7 @@ impl Batch {
         Some(Batch {
             data,
             ends,
+            selection: None,
             values,
             strings,
             fields,
@@ -234,6 +310,15 @@ impl Drop for Batch {
             BATCH_BUFFERS.give(data.into());
         }
     }
+}
+
+/// What a selection of another batch's events adds to a [`Batch`].
+#[derive(Debug)]
+struct Selection {
+    /// Where each event starts in the batch's `data`.
+    starts: Vec<u32>,
+    /// The events joined, once a sink asked for them so.
+    joined: OnceLock<Bytes>,
 }
 
 /// The parts of a [`Batch`] without its source, as a disk buffer reads them
@@ -335,19 +420,7 @@ impl BatchBuilder {
 
     /// Records an extracted value for the current event.
     pub(crate) fn push_value(&mut self, v: FieldValueRef<'_>) {
-        let stored = match v {
-            FieldValueRef::Missing => FieldValue::Missing,
-            FieldValueRef::Null => FieldValue::Null,
-            FieldValueRef::Bool(b) => FieldValue::Bool(b),
-            FieldValueRef::Number(n) => FieldValue::Number(n),
-            FieldValueRef::Composite => FieldValue::Composite,
-            FieldValueRef::Str(s) => {
-                let start = self.strings.len() as u32;
-                self.strings.push_str(s);
-                FieldValue::Str(start, s.len() as u32)
-            }
-        };
-        self.values.push(stored);
+        self.values.push(FieldValue::store(v, &mut self.strings));
     }
 
     /// Appends event `i` of `from` as it is: its bytes (a copy, never a
@@ -367,7 +440,7 @@ impl BatchBuilder {
         };
         let start = if range.start == 0 { 0 } else { from.ends[range.start - 1] as usize };
         let shift = self.data.len() as i64 - start as i64;
-        self.data.extend_from_slice(&from.data[start..from.ends[last] as usize]);
+        self.data.extend_from_slice(&from.ndjson()[start..from.ends[last] as usize]);
         self.ends
             .extend(from.ends[range.clone()].iter().map(|&e| (e as i64 + shift) as u32));
         let n = from.fields.len();
@@ -396,6 +469,7 @@ impl BatchBuilder {
         Batch {
             data: Bytes::from(self.data),
             ends: self.ends,
+            selection: None,
             values: self.values,
             strings: self.strings,
             fields: self.fields,
@@ -404,5 +478,97 @@ impl BatchBuilder {
             ack: None,
             kind: EventKind::Log,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch of `events`, with the field `level` extracted from each.
+    fn batch(events: &[&str]) -> Batch {
+        let mut fields = FieldSet::new();
+        fields.add(FieldPath::parse("level").unwrap());
+        let mut b = BatchBuilder::with_capacity(Arc::new(fields), 64, events.len());
+        for e in events {
+            b.buffer().extend_from_slice(e.as_bytes());
+            let level = serde_json::from_str::<serde_json::Value>(e).unwrap()["level"]
+                .as_str()
+                .map(str::to_owned);
+            b.push_value(level.as_deref().map_or(FieldValueRef::Missing, FieldValueRef::Str));
+            b.finish_event();
+        }
+        let ctx = Arc::new(SourceContext::new("app".into(), "stdin", String::new(), serde_json::Map::new()));
+        b.build(ctx, SystemTime::UNIX_EPOCH).with_kind(EventKind::Metric)
+    }
+
+    fn texts(b: &Batch) -> Vec<String> {
+        b.events().map(|e| String::from_utf8(e.to_vec()).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_selection_shares_the_bytes_and_reads_like_a_batch_of_copies() {
+        let all = [
+            "{\"level\":\"info\",\"n\":0}",
+            "{\"level\":\"error\",\"n\":1}",
+            "{\"n\":2}",
+            "{\"level\":\"warn\",\"n\":3}",
+        ];
+        let b = batch(&all);
+        let picks = [3, 1, 2];
+        let s = b.select(picks.iter().copied());
+        assert_eq!(s.len(), 3);
+        assert_eq!(texts(&s), picks.iter().map(|&i| all[i].to_owned()).collect::<Vec<_>>());
+        assert_eq!(s.kind(), EventKind::Metric);
+        // No copy of the events: they are the batch's bytes.
+        assert_eq!(s.event(0).as_ptr(), b.event(3).as_ptr());
+        assert_eq!(s.event_bytes(1).as_ptr(), b.event(1).as_ptr());
+        // The NDJSON a sink writes whole, its byte count and event ranges.
+        let joined: String = picks.iter().map(|&i| format!("{}\n", all[i])).collect();
+        assert_eq!(s.ndjson().as_ref(), joined.as_bytes());
+        assert_eq!(s.byte_len(), joined.len());
+        for i in 0..s.len() {
+            assert_eq!(&s.ndjson()[s.ndjson_range(i)], format!("{}\n", all[picks[i]]).as_bytes());
+        }
+        // The extracted values follow their events.
+        assert_eq!(s.value(0, 0), FieldValueRef::Str("warn"));
+        assert_eq!(s.value(1, 0), FieldValueRef::Str("error"));
+        assert_eq!(s.value(2, 0), FieldValueRef::Missing);
+        // Its memory is the whole buffer it keeps alive.
+        assert!(s.memory_len() >= b.byte_len());
+        // A selection of a selection, and a copy from one, read alike.
+        let ss = s.select([2, 0].into_iter());
+        assert_eq!(texts(&ss), vec![all[2].to_owned(), all[3].to_owned()]);
+        assert_eq!(ss.ndjson().as_ref(), format!("{}\n{}\n", all[2], all[3]).as_bytes());
+        let mut copy = s.part_builder(2);
+        copy.push_events_of(&s, 1..3);
+        let copy = s.part(copy);
+        assert_eq!(texts(&copy), vec![all[1].to_owned(), all[2].to_owned()]);
+        assert_eq!(copy.value(0, 0), FieldValueRef::Str("error"));
+        // What a disk buffer persists rebuilds the same batch.
+        let (ends, values, strings) = s.raw_parts();
+        let back = Batch::from_raw_parts(
+            RawParts {
+                data: s.ndjson().clone(),
+                ends: ends.to_vec(),
+                values: values.to_vec(),
+                strings: strings.to_owned(),
+                fields: s.fields().clone(),
+            },
+            s.source.clone(),
+            s.received_at,
+        )
+        .expect("a selection's parts keep the invariants");
+        assert_eq!(texts(&back), texts(&s));
+        assert_eq!(back.value(0, 0), FieldValueRef::Str("warn"));
+    }
+
+    #[test]
+    fn an_empty_selection_is_an_empty_batch() {
+        let b = batch(&["{\"level\":\"info\"}"]);
+        let s = b.select(std::iter::empty());
+        assert!(s.is_empty());
+        assert_eq!(s.byte_len(), 0);
+        assert!(s.ndjson().is_empty());
     }
 }

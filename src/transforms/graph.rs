@@ -531,12 +531,17 @@ impl Processing for SourcePlan {
 }
 
 /// The events of one output as the pipeline sends them: the batch itself
-/// when every event is there unchanged, else a new batch of copies (and
-/// changed events serialised, once).
+/// when every event is there unchanged; a selection of the batch's events
+/// (sharing its bytes) when at least [`SELECT_SHARE`] of them are there,
+/// all unchanged; else a new batch of copies (and changed events
+/// serialised, once).
 fn output(batch: &Batch, run: &mut Run<'_>, items: Vec<Item>) -> Output {
     let unchanged = |(i, it): (usize, &Item)| it.idx as usize == i && matches!(it.changed, Changed::No);
     if items.len() == batch.len() && items.iter().enumerate().all(unchanged) {
         return Output::Whole;
+    }
+    if items.len() * SELECT_SHARE >= batch.len() && items.iter().all(|it| matches!(it.changed, Changed::No)) {
+        return Output::Part(batch.select(items.iter().map(|it| it.idx as usize)));
     }
     let mut out = batch.part_builder(items.len());
     let fields = out.fields().clone();
@@ -591,6 +596,12 @@ fn output(batch: &Batch, run: &mut Run<'_>, items: Vec<Item>) -> Output {
     }
     Output::Part(batch.part(out))
 }
+
+/// An output of only unchanged events that holds at least 1 in this many
+/// of its batch's events shares the batch's buffer instead of copying them
+/// (its queues count the whole buffer, which it keeps alive); a smaller one
+/// copies its events, so that a few events do not hold a large buffer.
+const SELECT_SHARE: usize = 4;
 
 /// Transform names, each after the transforms it takes input from. The
 /// graph is acyclic ([`check`]); a name in a cycle would be left out.

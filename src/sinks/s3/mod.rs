@@ -311,7 +311,6 @@ impl S3Sink {
             out.push((prefix, vec![(0, batch.byte_len())]));
             return out;
         }
-        let base = batch.ndjson().as_ptr() as usize;
         let mut meta = BatchMeta::default();
         self.prefix.batch_meta(batch, &mut meta);
         let mut key = String::new();
@@ -320,9 +319,7 @@ impl S3Sink {
             key.clear();
             self.prefix
                 .render_parts(&parts, &meta, batch, i, &mut key, &mut scratch, clean_key_value);
-            let ev = batch.event(i);
-            let start = ev.as_ptr() as usize - base;
-            let end = start + ev.len() + 1;
+            let std::ops::Range { start, end } = batch.ndjson_range(i);
             match out.iter_mut().find(|(p, _)| *p == key) {
                 Some((_, ranges)) => match ranges.last_mut() {
                     Some(last) if last.1 == start => last.1 = end,

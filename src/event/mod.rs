@@ -51,10 +51,11 @@ impl EventKind {
 /// Invariants: `ends` is strictly increasing, and every event is one JSON
 /// object followed by `\n`. A batch of its own bytes has
 /// `ends.last() == data.len()`, event `i` being `data[ends[i - 1]..ends[i]]`.
-/// A selection of another batch's events ([`Batch::select`]) shares that
+/// A selection of another batch's events ([`Selector`]) shares that
 /// batch's bytes: event `i` is the `ends[i] - ends[i - 1]` bytes at
-/// `starts[i]` of them, and `ends` is where each event ends in the NDJSON
-/// the selection joins when a sink asks for it whole ([`Batch::ndjson`]).
+/// `starts[i]` of them (or of its own buffer, for an event a transform
+/// changed), and `ends` is where each event ends in the NDJSON the
+/// selection joins when a sink asks for it whole ([`Batch::ndjson`]).
 /// `values.len() == ends.len() * fields.len()`: row `i` holds the extracted
 /// fields of event `i`.
 #[derive(Debug)]
@@ -108,8 +109,11 @@ impl Batch {
     /// weight in queue budgets, so that a budget bounds memory and not only
     /// event bytes).
     pub(crate) fn memory_len(&self) -> usize {
-        let starts = self.selection.as_ref().map_or(0, |s| std::mem::size_of_val(&s.starts[..]));
-        self.data.len() + std::mem::size_of_val(&self.ends[..]) + starts + std::mem::size_of_val(&self.values[..]) + self.strings.len()
+        let selection = self
+            .selection
+            .as_ref()
+            .map_or(0, |s| std::mem::size_of_val(&s.starts[..]) + s.own.len());
+        self.data.len() + std::mem::size_of_val(&self.ends[..]) + selection + std::mem::size_of_val(&self.values[..]) + self.strings.len()
     }
 
     /// The whole batch as NDJSON: every event followed by `\n`. A selection
@@ -121,22 +125,25 @@ impl Batch {
                 let mut out = BATCH_BUFFERS.take(self.byte_len()).unwrap_or_default();
                 out.clear();
                 for i in 0..self.len() {
-                    out.extend_from_slice(&self.data[self.span(i)]);
+                    let (buffer, at) = self.locate(i);
+                    out.extend_from_slice(&buffer[at]);
                 }
                 Bytes::from(out)
             }),
         }
     }
 
-    /// Where event `i` is in `data`, with its newline.
+    /// Which buffer event `i` is in, and where, with its newline.
     #[inline]
-    fn span(&self, i: usize) -> std::ops::Range<usize> {
+    fn locate(&self, i: usize) -> (&Bytes, std::ops::Range<usize>) {
         let prev = if i == 0 { 0 } else { self.ends[i - 1] as usize };
         match &self.selection {
-            None => prev..self.ends[i] as usize,
+            None => (&self.data, prev..self.ends[i] as usize),
             Some(selection) => {
-                let start = selection.starts[i] as usize;
-                start..start + (self.ends[i] as usize - prev)
+                let start = selection.starts[i];
+                let buffer = if start & OWN != 0 { &selection.own } else { &self.data };
+                let start = (start & !OWN) as usize;
+                (buffer, start..start + (self.ends[i] as usize - prev))
             }
         }
     }
@@ -148,14 +155,14 @@ impl Batch {
 
     /// Event `i` as a JSON object, without its trailing newline.
     pub(crate) fn event(&self, i: usize) -> &[u8] {
-        let at = self.span(i);
-        &self.data[at.start..at.end - 1]
+        let (buffer, at) = self.locate(i);
+        &buffer[at.start..at.end - 1]
     }
 
     /// Event `i` as a `Bytes` slice of the batch buffer (no copy).
     pub(crate) fn event_bytes(&self, i: usize) -> Bytes {
-        let at = self.span(i);
-        self.data.slice(at.start..at.end - 1)
+        let (buffer, at) = self.locate(i);
+        buffer.slice(at.start..at.end - 1)
     }
 
     /// Iterates over the events as JSON objects.
@@ -199,41 +206,31 @@ impl Batch {
         BatchBuilder::with_capacity(self.fields.clone(), bytes, events)
     }
 
+    /// A builder for a selection of this batch's events, with room for
+    /// `events` of them: a transform output whose events are mostly
+    /// unchanged shares this batch's bytes instead of copying them.
+    pub(crate) fn selector(&self, events: usize) -> Selector<'_> {
+        Selector {
+            starts: Vec::with_capacity(events),
+            ends: Vec::with_capacity(events),
+            values: Vec::with_capacity(events * self.fields.len()),
+            strings: String::new(),
+            own: Vec::new(),
+            own_start: 0,
+            end: 0,
+            from: self,
+        }
+    }
+
     /// A batch of the events `picks` of this one, unchanged and in that
-    /// order, that shares this batch's bytes instead of copying them (a
-    /// transform output that only selects events). Same source, read time,
-    /// kind and acknowledger, like [`Batch::part`].
+    /// order, that shares this batch's bytes ([`Batch::selector`]).
+    #[cfg(test)]
     pub(crate) fn select(&self, picks: impl ExactSizeIterator<Item = usize>) -> Batch {
-        let n = self.fields.len();
-        let mut starts = Vec::with_capacity(picks.len());
-        let mut ends = Vec::with_capacity(picks.len());
-        let mut values = Vec::with_capacity(picks.len() * n);
-        let mut strings = String::new();
-        let mut end = 0u32;
+        let mut s = self.selector(picks.len());
         for i in picks {
-            let at = self.span(i);
-            starts.push(at.start as u32);
-            end += at.len() as u32;
-            ends.push(end);
-            for v in &self.values[i * n..(i + 1) * n] {
-                values.push(FieldValue::store(v.as_ref(&self.strings), &mut strings));
-            }
+            s.keep(i);
         }
-        Batch {
-            data: self.data.clone(),
-            ends,
-            selection: Some(Box::new(Selection {
-                starts,
-                joined: OnceLock::new(),
-            })),
-            values,
-            strings,
-            fields: self.fields.clone(),
-            source: self.source.clone(),
-            received_at: self.received_at,
-            ack: self.ack.clone(),
-            kind: self.kind,
-        }
+        s.build()
     }
 
     /// Finishes a batch built from some of this batch's events: same
@@ -315,10 +312,104 @@ impl Drop for Batch {
 /// What a selection of another batch's events adds to a [`Batch`].
 #[derive(Debug)]
 struct Selection {
-    /// Where each event starts in the batch's `data`.
+    /// Where each event starts in the batch's `data`, or, with [`OWN`]
+    /// set, in `own`.
     starts: Vec<u32>,
+    /// The events a transform changed, each followed by `\n`.
+    own: Bytes,
     /// The events joined, once a sink asked for them so.
     joined: OnceLock<Bytes>,
+}
+
+/// The bit of a selection's start that says the event is in its own
+/// buffer (batches are far below 2 GiB).
+const OWN: u32 = 1 << 31;
+
+/// Builds a selection of a batch's events ([`Batch::selector`]): events
+/// kept unchanged ([`Selector::keep`]) share the batch's bytes; an event a
+/// transform changed is written into the selection's own buffer, with its
+/// values, as into a [`BatchBuilder`] (`buffer`, `push_value`,
+/// `finish_event`).
+#[derive(Debug)]
+pub(crate) struct Selector<'b> {
+    from: &'b Batch,
+    starts: Vec<u32>,
+    ends: Vec<u32>,
+    values: Vec<FieldValue>,
+    strings: String,
+    own: Vec<u8>,
+    /// Where the changed event being written starts in `own`.
+    own_start: usize,
+    /// Where the last event ends in the selection's NDJSON.
+    end: u32,
+}
+
+impl Selector<'_> {
+    /// Appends event `i` of the batch, unchanged, with its values.
+    pub(crate) fn keep(&mut self, i: usize) {
+        let from = self.from;
+        let (buffer, at) = from.locate(i);
+        let start = match from.selection.as_ref() {
+            // Selecting from a selection: its own events are copied.
+            Some(s) if std::ptr::eq(buffer, &s.own) => {
+                let start = self.own.len() as u32 | OWN;
+                self.own.extend_from_slice(&buffer[at.clone()]);
+                self.own_start = self.own.len();
+                start
+            }
+            _ => at.start as u32,
+        };
+        self.starts.push(start);
+        self.end += at.len() as u32;
+        self.ends.push(self.end);
+        let n = from.fields.len();
+        for v in &from.values[i * n..(i + 1) * n] {
+            self.values.push(FieldValue::store(v.as_ref(&from.strings), &mut self.strings));
+        }
+    }
+
+    /// The buffer a changed event's text is written into.
+    pub(crate) fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.own
+    }
+
+    /// Records an extracted value of the changed event being written.
+    pub(crate) fn push_value(&mut self, v: FieldValueRef<'_>) {
+        self.values.push(FieldValue::store(v, &mut self.strings));
+    }
+
+    /// Ends the changed event written into [`Selector::buffer`]. The
+    /// caller must have pushed exactly one value per field for it.
+    pub(crate) fn finish_event(&mut self) {
+        self.own.push(b'\n');
+        self.starts.push(self.own_start as u32 | OWN);
+        self.end += (self.own.len() - self.own_start) as u32;
+        self.ends.push(self.end);
+        self.own_start = self.own.len();
+        debug_assert_eq!(self.values.len(), self.ends.len() * self.from.fields.len());
+    }
+
+    /// The selection, with the batch's source, read time, kind and
+    /// acknowledger, like [`Batch::part`].
+    pub(crate) fn build(self) -> Batch {
+        let from = self.from;
+        Batch {
+            data: from.data.clone(),
+            ends: self.ends,
+            selection: Some(Box::new(Selection {
+                starts: self.starts,
+                own: Bytes::from(self.own),
+                joined: OnceLock::new(),
+            })),
+            values: self.values,
+            strings: self.strings,
+            fields: from.fields.clone(),
+            source: from.source.clone(),
+            received_at: from.received_at,
+            ack: from.ack.clone(),
+            kind: from.kind,
+        }
+    }
 }
 
 /// The parts of a [`Batch`] without its source, as a disk buffer reads them
@@ -423,16 +514,9 @@ impl BatchBuilder {
         self.values.push(FieldValue::store(v, &mut self.strings));
     }
 
-    /// Appends event `i` of `from` as it is: its bytes (a copy, never a
-    /// re-serialisation) and its extracted values. `from` must have this
-    /// builder's field set.
-    pub(crate) fn push_event_of(&mut self, from: &Batch, i: usize) {
-        self.push_events_of(from, i..i + 1);
-    }
-
-    /// Appends events `range` of `from` as they are, like
-    /// [`BatchBuilder::push_event_of`] for each, with their bytes copied in
-    /// one piece.
+    /// Appends events `range` of `from` as they are: their bytes (a copy,
+    /// never a re-serialisation, in one piece) and their extracted values.
+    /// `from` must have this builder's field set.
     pub(crate) fn push_events_of(&mut self, from: &Batch, range: std::ops::Range<usize>) {
         debug_assert!(Arc::ptr_eq(&self.fields, &from.fields));
         let Some(last) = range.end.checked_sub(1).filter(|_| !range.is_empty()) else {
@@ -561,6 +645,51 @@ mod tests {
         .expect("a selection's parts keep the invariants");
         assert_eq!(texts(&back), texts(&s));
         assert_eq!(back.value(0, 0), FieldValueRef::Str("warn"));
+    }
+
+    #[test]
+    fn a_selection_holds_changed_events_in_its_own_buffer_beside_shared_ones() {
+        let all = [
+            "{\"level\":\"info\",\"n\":0}",
+            "{\"level\":\"error\",\"n\":1}",
+            "{\"level\":\"warn\",\"n\":2}",
+        ];
+        let b = batch(&all);
+        let mut s = b.selector(4);
+        s.keep(0);
+        s.buffer().extend_from_slice(b"{\"level\":\"debug\",\"n\":1}");
+        s.push_value(FieldValueRef::Str("debug"));
+        s.finish_event();
+        s.keep(2);
+        s.buffer().extend_from_slice(b"{\"n\":9}");
+        s.push_value(FieldValueRef::Missing);
+        s.finish_event();
+        let s = s.build();
+        let want = [all[0], "{\"level\":\"debug\",\"n\":1}", all[2], "{\"n\":9}"];
+        assert_eq!(texts(&s), want);
+        assert_eq!(s.event(0).as_ptr(), b.event(0).as_ptr());
+        assert_eq!(s.event(2).as_ptr(), b.event(2).as_ptr());
+        assert_eq!(&s.event_bytes(1)[..], want[1].as_bytes());
+        let joined: String = want.iter().map(|e| format!("{e}\n")).collect();
+        assert_eq!(s.ndjson().as_ref(), joined.as_bytes());
+        assert_eq!(s.byte_len(), joined.len());
+        let values: Vec<_> = (0..4).map(|i| s.value(i, 0)).collect();
+        assert_eq!(
+            values,
+            [
+                FieldValueRef::Str("info"),
+                FieldValueRef::Str("debug"),
+                FieldValueRef::Str("warn"),
+                FieldValueRef::Missing
+            ]
+        );
+        // Selected again, its own events are copied and the shared ones
+        // still point into the first batch.
+        let ss = s.select([3, 2, 1].into_iter());
+        assert_eq!(texts(&ss), [want[3], want[2], want[1]]);
+        assert_eq!(ss.event(1).as_ptr(), b.event(2).as_ptr());
+        assert_eq!(ss.value(2, 0), FieldValueRef::Str("debug"));
+        assert_eq!(ss.ndjson().as_ref(), format!("{}\n{}\n{}\n", want[3], want[2], want[1]).as_bytes());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::condition::{Condition, MetaValues, Program};
 use crate::config::ConfigError;
 use crate::decode::{EventObserver, EventValues, MemberAt};
 use crate::enrich::SourceContext;
-use crate::event::{Batch, FieldPath, FieldSet, FieldValueRef};
+use crate::event::{Batch, BatchBuilder, FieldPath, FieldSet, FieldValueRef, Selector};
 use crate::pipeline::{Deferral, Output, Outputs, Prepared, Processing};
 
 /// A compiled condition of the graph: its bit in [`Judged`].
@@ -532,22 +532,76 @@ impl Processing for SourcePlan {
 
 /// The events of one output as the pipeline sends them: the batch itself
 /// when every event is there unchanged; a selection of the batch's events
-/// (sharing its bytes) when at least [`SELECT_SHARE`] of them are there,
-/// all unchanged; else a new batch of copies (and changed events
-/// serialised, once).
+/// when at least 1 in [`SELECT_SHARE`] of the batch's events are there
+/// unchanged (they share its bytes; changed events are serialised, once,
+/// into the selection's own buffer); else a new batch of copies.
 fn output(batch: &Batch, run: &mut Run<'_>, items: Vec<Item>) -> Output {
     let unchanged = |(i, it): (usize, &Item)| it.idx as usize == i && matches!(it.changed, Changed::No);
     if items.len() == batch.len() && items.iter().enumerate().all(unchanged) {
         return Output::Whole;
     }
-    if items.len() * SELECT_SHARE >= batch.len() && items.iter().all(|it| matches!(it.changed, Changed::No)) {
-        return Output::Part(batch.select(items.iter().map(|it| it.idx as usize)));
+    let kept = items.iter().filter(|it| matches!(it.changed, Changed::No)).count();
+    if kept * SELECT_SHARE >= batch.len() {
+        let mut out = batch.selector(items.len());
+        write_part(&mut out, batch, run, &items);
+        return Output::Part(out.build());
     }
     let mut out = batch.part_builder(items.len());
-    let fields = out.fields().clone();
-    // Unchanged events in a row of the batch are copied in one piece.
+    write_part(&mut out, batch, run, &items);
+    Output::Part(batch.part(out))
+}
+
+/// Where an output's events are written: a batch of copies
+/// ([`BatchBuilder`]) or a selection of the decoded batch ([`Selector`]).
+trait PartWriter {
+    /// Appends the unchanged events `range` of the decoded batch.
+    fn keep(&mut self, batch: &Batch, range: std::ops::Range<usize>);
+    /// The buffer a changed event's text is written into.
+    fn buffer(&mut self) -> &mut Vec<u8>;
+    /// Records an extracted value of the changed event being written.
+    fn push_value(&mut self, v: FieldValueRef<'_>);
+    /// Ends the changed event being written.
+    fn finish_event(&mut self);
+}
+
+impl PartWriter for BatchBuilder {
+    fn keep(&mut self, batch: &Batch, range: std::ops::Range<usize>) {
+        self.push_events_of(batch, range);
+    }
+    fn buffer(&mut self) -> &mut Vec<u8> {
+        BatchBuilder::buffer(self)
+    }
+    fn push_value(&mut self, v: FieldValueRef<'_>) {
+        BatchBuilder::push_value(self, v);
+    }
+    fn finish_event(&mut self) {
+        BatchBuilder::finish_event(self);
+    }
+}
+
+impl PartWriter for Selector<'_> {
+    fn keep(&mut self, _batch: &Batch, range: std::ops::Range<usize>) {
+        for i in range {
+            Selector::keep(self, i);
+        }
+    }
+    fn buffer(&mut self) -> &mut Vec<u8> {
+        Selector::buffer(self)
+    }
+    fn push_value(&mut self, v: FieldValueRef<'_>) {
+        Selector::push_value(self, v);
+    }
+    fn finish_event(&mut self) {
+        Selector::finish_event(self);
+    }
+}
+
+/// Writes the events `items` of `batch` into `out`: unchanged events in a
+/// row of the batch in one piece, changed events serialised.
+fn write_part(out: &mut impl PartWriter, batch: &Batch, run: &mut Run<'_>, items: &[Item]) {
+    let fields = batch.fields().clone();
     let mut run_of: Option<std::ops::Range<usize>> = None;
-    for item in &items {
+    for item in items {
         let i = item.idx as usize;
         match (&item.changed, &mut run_of) {
             (Changed::No, Some(r)) if r.end == i => {
@@ -557,14 +611,14 @@ fn output(batch: &Batch, run: &mut Run<'_>, items: Vec<Item>) -> Output {
             (Changed::No, _) => {}
             (Changed::Text(_) | Changed::Parsed(_), _) => {
                 if let Some(r) = run_of.take() {
-                    out.push_events_of(batch, r);
+                    out.keep(batch, r);
                 }
             }
         }
         match &item.changed {
             Changed::No => {
                 if let Some(r) = run_of.replace(i..i + 1) {
-                    out.push_events_of(batch, r);
+                    out.keep(batch, r);
                 }
             }
             Changed::Text(span) => {
@@ -578,10 +632,12 @@ fn output(batch: &Batch, run: &mut Run<'_>, items: Vec<Item>) -> Output {
                 out.finish_event();
             }
             Changed::Parsed(event) => {
+                let at = out.buffer().len();
                 if serde_json::to_writer(&mut *out.buffer(), event).is_err() {
                     // A map of JSON values always serialises; keep the
                     // event as decoded if it ever does not.
-                    out.push_event_of(batch, item.idx as usize);
+                    out.buffer().truncate(at);
+                    out.keep(batch, i..i + 1);
                     continue;
                 }
                 for p in fields.paths() {
@@ -592,15 +648,14 @@ fn output(batch: &Batch, run: &mut Run<'_>, items: Vec<Item>) -> Output {
         }
     }
     if let Some(r) = run_of {
-        out.push_events_of(batch, r);
+        out.keep(batch, r);
     }
-    Output::Part(batch.part(out))
 }
 
-/// An output of only unchanged events that holds at least 1 in this many
-/// of its batch's events shares the batch's buffer instead of copying them
-/// (its queues count the whole buffer, which it keeps alive); a smaller one
-/// copies its events, so that a few events do not hold a large buffer.
+/// An output that keeps at least 1 in this many of its batch's events
+/// unchanged shares the batch's buffer instead of copying them (its queues
+/// count the whole buffer, which it keeps alive); a smaller one copies its
+/// events, so that a few events do not hold a large buffer.
 const SELECT_SHARE: usize = 4;
 
 /// Transform names, each after the transforms it takes input from. The
@@ -738,7 +793,6 @@ mod tests {
     use super::*;
     use crate::decode::Decoder;
     use crate::enrich::Fragment;
-    use crate::event::BatchBuilder;
     use crate::topology::{Config, Format};
     use proptest::prelude::*;
 

@@ -300,11 +300,14 @@ impl Batch {
 }
 
 impl Drop for Batch {
-    /// Hands the output buffer back for the next batch when no sink still
-    /// holds a view of it.
+    /// Hands the output buffer (and a selection's joined NDJSON) back for
+    /// the next batch when no sink still holds a view of it.
     fn drop(&mut self) {
-        if let Ok(data) = std::mem::take(&mut self.data).try_into_mut() {
-            BATCH_BUFFERS.give(data.into());
+        let joined = self.selection.as_mut().and_then(|s| s.joined.take());
+        for buffer in [Some(std::mem::take(&mut self.data)), joined].into_iter().flatten() {
+            if let Ok(buffer) = buffer.try_into_mut() {
+                BATCH_BUFFERS.give(buffer.into());
+            }
         }
     }
 }

@@ -136,14 +136,14 @@ impl Batch {
     /// Which buffer event `i` is in, and where, with its newline.
     #[inline]
     fn locate(&self, i: usize) -> (&Bytes, std::ops::Range<usize>) {
-        let prev = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        let at = self.ndjson_range(i);
         match &self.selection {
-            None => (&self.data, prev..self.ends[i] as usize),
+            None => (&self.data, at),
             Some(selection) => {
                 let start = selection.starts[i];
                 let buffer = if start & OWN != 0 { &selection.own } else { &self.data };
                 let start = (start & !OWN) as usize;
-                (buffer, start..start + (self.ends[i] as usize - prev))
+                (buffer, start..start + at.len())
             }
         }
     }
@@ -228,7 +228,7 @@ impl Batch {
     pub(crate) fn select(&self, picks: impl ExactSizeIterator<Item = usize>) -> Batch {
         let mut s = self.selector(picks.len());
         for i in picks {
-            s.keep(i);
+            s.keep(self, i..i + 1);
         }
         s.build()
     }
@@ -244,6 +244,15 @@ impl Batch {
     pub(crate) fn acknowledge(&self, outcome: AckOutcome) {
         if let Some(ack) = &self.ack {
             ack.complete(outcome);
+        }
+    }
+
+    /// Appends the extracted values of events `range` to `values`, their
+    /// strings to `strings`.
+    fn copy_values(&self, range: std::ops::Range<usize>, values: &mut Vec<FieldValue>, strings: &mut String) {
+        let n = self.fields.len();
+        for v in &self.values[range.start * n..range.end * n] {
+            values.push(FieldValue::store(v.as_ref(&self.strings), strings));
         }
     }
 
@@ -328,11 +337,9 @@ struct Selection {
 /// buffer (batches are far below 2 GiB).
 const OWN: u32 = 1 << 31;
 
-/// Builds a selection of a batch's events ([`Batch::selector`]): events
-/// kept unchanged ([`Selector::keep`]) share the batch's bytes; an event a
-/// transform changed is written into the selection's own buffer, with its
-/// values, as into a [`BatchBuilder`] (`buffer`, `push_value`,
-/// `finish_event`).
+/// Builds a selection of a batch's events ([`Batch::selector`]), through
+/// [`PartWriter`]: events kept unchanged share the batch's bytes; an event
+/// a transform changed is written into the selection's own buffer.
 #[derive(Debug)]
 pub(crate) struct Selector<'b> {
     from: &'b Batch,
@@ -347,43 +354,68 @@ pub(crate) struct Selector<'b> {
     end: u32,
 }
 
-impl Selector<'_> {
-    /// Appends event `i` of the batch, unchanged, with its values.
-    pub(crate) fn keep(&mut self, i: usize) {
+/// Where a transform output's events are written: a batch of copies
+/// ([`BatchBuilder`]) or a selection of the decoded batch ([`Selector`]).
+pub(crate) trait PartWriter {
+    /// Appends the unchanged events `range` of `from`, the batch the
+    /// output is of, with their values.
+    fn keep(&mut self, from: &Batch, range: std::ops::Range<usize>);
+    /// The buffer a changed event's text is written into.
+    fn buffer(&mut self) -> &mut Vec<u8>;
+    /// Records an extracted value of the changed event being written.
+    fn push_value(&mut self, v: FieldValueRef<'_>);
+    /// Ends the changed event being written. The caller must have pushed
+    /// exactly one value per field for it.
+    fn finish_event(&mut self);
+}
+
+impl PartWriter for BatchBuilder {
+    fn keep(&mut self, from: &Batch, range: std::ops::Range<usize>) {
+        self.push_events_of(from, range);
+    }
+    fn buffer(&mut self) -> &mut Vec<u8> {
+        BatchBuilder::buffer(self)
+    }
+    fn push_value(&mut self, v: FieldValueRef<'_>) {
+        BatchBuilder::push_value(self, v);
+    }
+    fn finish_event(&mut self) {
+        BatchBuilder::finish_event(self);
+    }
+}
+
+impl PartWriter for Selector<'_> {
+    /// `from` is the batch the selector was made of.
+    fn keep(&mut self, _from: &Batch, range: std::ops::Range<usize>) {
         let from = self.from;
-        let (buffer, at) = from.locate(i);
-        let start = match from.selection.as_ref() {
-            // Selecting from a selection: its own events are copied.
-            Some(s) if std::ptr::eq(buffer, &s.own) => {
-                let start = self.own.len() as u32 | OWN;
-                self.own.extend_from_slice(&buffer[at.clone()]);
-                self.own_start = self.own.len();
-                start
-            }
-            _ => at.start as u32,
-        };
-        self.starts.push(start);
-        self.end += at.len() as u32;
-        self.ends.push(self.end);
-        let n = from.fields.len();
-        for v in &from.values[i * n..(i + 1) * n] {
-            self.values.push(FieldValue::store(v.as_ref(&from.strings), &mut self.strings));
+        for i in range.clone() {
+            let (buffer, at) = from.locate(i);
+            let start = match from.selection.as_ref() {
+                // Selecting from a selection: its own events are copied.
+                Some(s) if std::ptr::eq(buffer, &s.own) => {
+                    let start = self.own.len() as u32 | OWN;
+                    self.own.extend_from_slice(&buffer[at.clone()]);
+                    self.own_start = self.own.len();
+                    start
+                }
+                _ => at.start as u32,
+            };
+            self.starts.push(start);
+            self.end += at.len() as u32;
+            self.ends.push(self.end);
         }
+        from.copy_values(range, &mut self.values, &mut self.strings);
     }
 
-    /// The buffer a changed event's text is written into.
-    pub(crate) fn buffer(&mut self) -> &mut Vec<u8> {
+    fn buffer(&mut self) -> &mut Vec<u8> {
         &mut self.own
     }
 
-    /// Records an extracted value of the changed event being written.
-    pub(crate) fn push_value(&mut self, v: FieldValueRef<'_>) {
+    fn push_value(&mut self, v: FieldValueRef<'_>) {
         self.values.push(FieldValue::store(v, &mut self.strings));
     }
 
-    /// Ends the changed event written into [`Selector::buffer`]. The
-    /// caller must have pushed exactly one value per field for it.
-    pub(crate) fn finish_event(&mut self) {
+    fn finish_event(&mut self) {
         self.own.push(b'\n');
         self.starts.push(self.own_start as u32 | OWN);
         self.end += (self.own.len() - self.own_start) as u32;
@@ -391,7 +423,9 @@ impl Selector<'_> {
         self.own_start = self.own.len();
         debug_assert_eq!(self.values.len(), self.ends.len() * self.from.fields.len());
     }
+}
 
+impl Selector<'_> {
     /// The selection, with the batch's source, read time, kind and
     /// acknowledger, like [`Batch::part`].
     pub(crate) fn build(self) -> Batch {
@@ -530,10 +564,7 @@ impl BatchBuilder {
         self.data.extend_from_slice(&from.ndjson()[start..from.ends[last] as usize]);
         self.ends
             .extend(from.ends[range.clone()].iter().map(|&e| (e as i64 + shift) as u32));
-        let n = from.fields.len();
-        for v in &from.values[range.start * n..range.end * n] {
-            self.push_value(v.as_ref(&from.strings));
-        }
+        from.copy_values(range, &mut self.values, &mut self.strings);
     }
 
     /// Number of events so far.
@@ -659,11 +690,11 @@ mod tests {
         ];
         let b = batch(&all);
         let mut s = b.selector(4);
-        s.keep(0);
+        s.keep(&b, 0..1);
         s.buffer().extend_from_slice(b"{\"level\":\"debug\",\"n\":1}");
         s.push_value(FieldValueRef::Str("debug"));
         s.finish_event();
-        s.keep(2);
+        s.keep(&b, 2..3);
         s.buffer().extend_from_slice(b"{\"n\":9}");
         s.push_value(FieldValueRef::Missing);
         s.finish_event();

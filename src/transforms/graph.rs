@@ -24,7 +24,7 @@ use crate::condition::{Condition, MetaValues, Program};
 use crate::config::ConfigError;
 use crate::decode::{EventObserver, EventValues, MemberAt};
 use crate::enrich::SourceContext;
-use crate::event::{Batch, BatchBuilder, FieldPath, FieldSet, FieldValueRef, Selector};
+use crate::event::{Batch, FieldPath, FieldSet, FieldValueRef, PartWriter};
 use crate::pipeline::{Deferral, Output, Outputs, Prepared, Processing};
 
 /// A compiled condition of the graph: its bit in [`Judged`].
@@ -551,51 +551,6 @@ fn output(batch: &Batch, run: &mut Run<'_>, items: Vec<Item>) -> Output {
     Output::Part(batch.part(out))
 }
 
-/// Where an output's events are written: a batch of copies
-/// ([`BatchBuilder`]) or a selection of the decoded batch ([`Selector`]).
-trait PartWriter {
-    /// Appends the unchanged events `range` of the decoded batch.
-    fn keep(&mut self, batch: &Batch, range: std::ops::Range<usize>);
-    /// The buffer a changed event's text is written into.
-    fn buffer(&mut self) -> &mut Vec<u8>;
-    /// Records an extracted value of the changed event being written.
-    fn push_value(&mut self, v: FieldValueRef<'_>);
-    /// Ends the changed event being written.
-    fn finish_event(&mut self);
-}
-
-impl PartWriter for BatchBuilder {
-    fn keep(&mut self, batch: &Batch, range: std::ops::Range<usize>) {
-        self.push_events_of(batch, range);
-    }
-    fn buffer(&mut self) -> &mut Vec<u8> {
-        BatchBuilder::buffer(self)
-    }
-    fn push_value(&mut self, v: FieldValueRef<'_>) {
-        BatchBuilder::push_value(self, v);
-    }
-    fn finish_event(&mut self) {
-        BatchBuilder::finish_event(self);
-    }
-}
-
-impl PartWriter for Selector<'_> {
-    fn keep(&mut self, _batch: &Batch, range: std::ops::Range<usize>) {
-        for i in range {
-            Selector::keep(self, i);
-        }
-    }
-    fn buffer(&mut self) -> &mut Vec<u8> {
-        Selector::buffer(self)
-    }
-    fn push_value(&mut self, v: FieldValueRef<'_>) {
-        Selector::push_value(self, v);
-    }
-    fn finish_event(&mut self) {
-        Selector::finish_event(self);
-    }
-}
-
 /// Writes the events `items` of `batch` into `out`: unchanged events in a
 /// row of the batch in one piece, changed events serialised.
 fn write_part(out: &mut impl PartWriter, batch: &Batch, run: &mut Run<'_>, items: &[Item]) {
@@ -793,6 +748,7 @@ mod tests {
     use super::*;
     use crate::decode::Decoder;
     use crate::enrich::Fragment;
+    use crate::event::BatchBuilder;
     use crate::topology::{Config, Format};
     use proptest::prelude::*;
 

@@ -139,25 +139,32 @@ pub(crate) struct RequestConfig {
     /// Longest one request may take, answer included.
     #[serde(deserialize_with = "crate::config::duration")]
     pub(crate) timeout: Duration,
-    /// Requests in flight at once. 1 keeps every stream's (or series')
-    /// entries in order across requests, which Prometheus and a Loki with
-    /// `unordered_writes = false` need.
-    pub(crate) concurrency: usize,
+    /// Requests in flight at once; unset, the sink's own default
+    /// ([`RequestConfig::concurrency`]). 1 keeps every stream's (or
+    /// series') entries in order across requests, which Prometheus and a
+    /// Loki with `unordered_writes = false` need.
+    concurrency: Option<usize>,
 }
 
 impl Default for RequestConfig {
     fn default() -> Self {
         RequestConfig {
             timeout: Duration::from_secs(30),
-            concurrency: 1,
+            concurrency: None,
         }
     }
 }
 
 impl RequestConfig {
+    /// Requests in flight at once: as configured, else `default`, the
+    /// sink's.
+    pub(crate) fn concurrency(&self, default: usize) -> usize {
+        self.concurrency.unwrap_or(default)
+    }
+
     /// Checks the bounds; `path` is the sink's key path.
     pub(crate) fn validate(&self, path: &str, errors: &mut Vec<crate::config::ConfigError>) {
-        if self.concurrency == 0 {
+        if self.concurrency == Some(0) {
             errors.push(crate::config::ConfigError::at(path, "request.concurrency", "must be at least 1"));
         }
         if self.timeout.is_zero() {

@@ -58,6 +58,12 @@ pub(crate) enum Compression {
     None,
 }
 
+/// Requests on the wire at once by default. OTLP needs no order between
+/// requests, and with one at a time the receiver sat idle while the next
+/// one travelled (BENCHMARKS.md, "OTLP sink against a receiver on its own
+/// core"); the OpenTelemetry Collector's exporters send from 10 consumers.
+const CONCURRENCY: usize = 4;
+
 /// Settings of the OTLP sink.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -78,7 +84,8 @@ pub struct OtlpSinkConfig {
     /// When a request is sent.
     #[serde(default)]
     pub(crate) batch: OtlpBatch,
-    /// Request time and concurrency (the HTTP sinks' `request` table).
+    /// Request time and concurrency (the HTTP sinks' `request` table;
+    /// [`CONCURRENCY`] requests on the wire unless it says otherwise).
     #[serde(default)]
     pub(crate) request: http::RequestConfig,
     /// Backoff between attempts.
@@ -150,7 +157,7 @@ impl SinkComponent for OtlpSinkConfig {
             timeout: self.batch.timeout,
             // One request more than may be on the wire: the next one
             // encodes while the others are answered.
-            requests: self.request.concurrency + 1,
+            requests: self.request.concurrency(CONCURRENCY) + 1,
             tracker: AckTracker::default(),
             pending: Default::default(),
         };
@@ -225,7 +232,7 @@ impl Shared {
             bytes: m.sink_bytes.with_label_values(&[name]),
             rejected: m.events_dropped.with_label_values(&[name, "rejected"]),
             not_a_metric: m.events_dropped.with_label_values(&[name, "not_a_metric"]),
-            on_the_wire: Arc::new(tokio::sync::Semaphore::new(cfg.request.concurrency)),
+            on_the_wire: Arc::new(tokio::sync::Semaphore::new(cfg.request.concurrency(CONCURRENCY))),
         })
     }
 }
@@ -663,5 +670,14 @@ mod tests {
         assert!(text.iter().any(|e| e.contains("sinks.o.endpoint")), "{text:?}");
         assert!(text.iter().any(|e| e.contains("sinks.o.headers.bad name")), "{text:?}");
         assert!(text.iter().any(|e| e.contains("sinks.o.request.concurrency")), "{text:?}");
+    }
+
+    #[test]
+    fn four_requests_go_on_the_wire_unless_the_config_says_otherwise() {
+        let concurrency = |toml_text: &str| toml::from_str::<OtlpSinkConfig>(toml_text).unwrap().request.concurrency(CONCURRENCY);
+        assert_eq!(concurrency("endpoint = \"http://x\""), 4);
+        // A request table that sets something else keeps the default.
+        assert_eq!(concurrency("endpoint = \"http://x\"\n[request]\ntimeout = \"5s\""), 4);
+        assert_eq!(concurrency("endpoint = \"http://x\"\n[request]\nconcurrency = 1"), 1);
     }
 }

@@ -2,7 +2,7 @@
 opentelemetry-proto's generated classes: gRPC (grpcio) and OTLP/HTTP
 protobuf (gzip or not).
 
-    otlp_receiver.py [--count-only]
+    otlp_receiver.py [--count-only] [--save-nth N PATH]
 
 Prints "ready GRPC_PORT HTTP_PORT" once both listen on 127.0.0.1. Keeps
 every request it accepted; on the HTTP port:
@@ -15,9 +15,14 @@ every request it accepted; on the HTTP port:
                             503 / UNAVAILABLE, nothing kept
 
 --count-only keeps the count and not the requests (scripts/bench-otlp).
+--save-nth N PATH writes the Nth logs request that comes over HTTP, as
+protobuf without compression, to PATH, and its record count to
+PATH.count: scripts/bench-otlp measures the receiver's ceiling with a
+request sluice sent, past its first ones.
 """
 import gzip
 import json
+import os
 import sys
 import threading
 from concurrent import futures
@@ -35,6 +40,9 @@ received = []
 fail_next = [0]
 count = [0]
 count_only = "--count-only" in sys.argv
+save_nth, save_path = ((int(sys.argv[sys.argv.index("--save-nth") + 1]), sys.argv[sys.argv.index("--save-nth") + 2])
+                       if "--save-nth" in sys.argv else (0, None))
+seen = [0]
 
 
 def take(request):
@@ -55,6 +63,19 @@ def take(request):
 def points(metric):
     kind = metric.WhichOneof("data")
     return len(getattr(metric, kind).data_points) if kind else 0
+
+
+def save(body, request):
+    with lock:
+        seen[0] += 1
+        if seen[0] != save_nth:
+            return
+    with open(save_path + ".tmp", "wb") as f:
+        f.write(body)
+    records = sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
+    with open(save_path + ".count", "w") as f:
+        f.write(str(records))
+    os.rename(save_path + ".tmp", save_path)
 
 
 class Metrics(msvc_grpc.MetricsServiceServicer):
@@ -116,6 +137,8 @@ class Http(BaseHTTPRequestHandler):
             return self.reply(400, b"", "text/plain")
         if not take(request):
             return self.reply(503, b"", "text/plain")
+        if save_path and self.path == "/v1/logs":
+            save(body, request)
         self.reply(200, answer().SerializeToString(), "application/x-protobuf")
 
 

@@ -199,7 +199,7 @@ impl LokiSink {
             shared,
             builder: PushBuilder::new(cfg, &cx.fields),
             timeout: cfg.batch.timeout,
-            concurrency: cfg.request.concurrency,
+            concurrency: cfg.request.concurrency(1),
             tracker: AckTracker::default(),
             filled: Vec::new(),
         }

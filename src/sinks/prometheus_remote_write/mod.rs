@@ -147,7 +147,7 @@ impl RemoteWriteSink {
         let mut input_open = true;
         let timeout = self.config.batch.timeout;
         loop {
-            while inflight.len() < self.config.request.concurrency {
+            while inflight.len() < self.config.request.concurrency(1) {
                 let Some(r) = sealed.pop_front() else { break };
                 inflight.spawn(send(self.shared.clone(), r));
             }

@@ -360,6 +360,17 @@ fn kill_9_at_random_points_loses_nothing_and_duplicates_only_the_last_interval()
     eprintln!("{} kills, {n} lines, {total_dups} duplicates", runs.len() - 1);
 }
 
+/// Starts sluice again after a first run delivered `first`: together the
+/// two runs deliver lines `0..total` exactly once.
+fn assert_restart_delivers_the_rest(cfg: &str, first: Vec<String>, total: u64) {
+    let s = Sluice::start(cfg);
+    s.wait_for(total as usize - first.len(), Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, second) = s.stop();
+    let all: Vec<String> = first.into_iter().chain(second).collect();
+    assert_exactly_once(&all, &(0..total).collect::<Vec<_>>());
+}
+
 #[test]
 fn rotation_while_stopped_is_found_by_fingerprint_and_finished() {
     let dir = tempfile::tempdir().unwrap();
@@ -378,12 +389,7 @@ fn rotation_while_stopped_is_found_by_fingerprint_and_finished() {
     append(&app, (1000..1500).map(json_line));
     std::fs::rename(&app, logs.join("app.log.1")).unwrap();
     append(&app, (1500..1700).map(json_line));
-    let s = Sluice::start(&cfg);
-    s.wait_for(700, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(500));
-    let (_, second) = s.stop();
-    let all: Vec<String> = first.into_iter().chain(second).collect();
-    assert_exactly_once(&all, &(0..1700).collect::<Vec<_>>());
+    assert_restart_delivers_the_rest(&cfg, first, 1700);
 }
 
 #[test]
@@ -441,6 +447,66 @@ fn file_truncated_and_rewritten_past_the_offset_is_read_again() {
     let (_, lines2) = s.stop();
     assert_eq!(lines.len(), lines2.len());
     assert_exactly_once(&lines2, &(0..400).collect::<Vec<_>>());
+}
+
+/// Two kubelet-style rotations of `live` (`0.log`) while no scan looks:
+/// the file there is renamed away (`0.log.<n>-<stamp>`), a new one is
+/// written, renamed away too, and a third one is written. The middle file
+/// was never at its path during a scan. Lines `from..from + 700` go to the
+/// two new files (500, then 200). Births are a few ms apart, as the
+/// filesystem's clock needs.
+fn rotate_twice_unseen(live: &Path, from: u64) {
+    let dir = live.parent().unwrap();
+    std::fs::rename(live, dir.join(format!("0.log.{from:08}-1"))).unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    append(live, (from..from + 500).map(json_line));
+    std::fs::rename(live, dir.join(format!("0.log.{from:08}-2"))).unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    append(live, (from + 500..from + 700).map(json_line));
+}
+
+/// sluice reading `logs/0.log` under the glob `logs/*.log`, with scans 4 s
+/// apart (so that rotations can happen between two) and the API on, once
+/// the file's first 1,000 lines arrived: the temp dir, the file, the
+/// config and sluice.
+fn read_unseen_log() -> (tempfile::TempDir, PathBuf, String, Sluice) {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let live = logs.join("0.log");
+    append(&live, (0..1000).map(json_line));
+    let glob = format!("{}/*.log", logs.display());
+    let cfg = support::file_source::config_with_api(&dir.path().join("data"), &[glob], "")
+        .replace("scan_interval = \"100ms\"", "scan_interval = \"4s\"");
+    let s = Sluice::start(&cfg);
+    s.wait_for(1000, Duration::from_secs(30));
+    (dir, live, cfg, s)
+}
+
+#[test]
+fn a_file_created_and_rotated_between_two_scans_is_read_whole() {
+    let (_dir, live, _, s) = read_unseen_log();
+    // The first scan found 0.log; the next one is up to 4 s away.
+    rotate_twice_unseen(&live, 1000);
+    let lines = s.wait_for(1700, Duration::from_secs(30));
+    assert_eq!(lines.len(), 1700, "the file no scan saw was read");
+    // The first file was seen rotated away and finished; the second was
+    // found next to the third by birth time.
+    assert_eq!(rotations(&s).get("unseen"), Some(&1.0), "{:?}", rotations(&s));
+    let (_, lines) = s.stop();
+    assert_exactly_once(&lines, &(0..1700).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_file_created_and_rotated_while_sluice_was_stopped_is_read_whole() {
+    let (_dir, live, cfg, s) = read_unseen_log();
+    std::thread::sleep(Duration::from_millis(400)); // a checkpoint
+    let (status, first) = s.stop();
+    assert!(status.success());
+    // Down for two rotations; the checkpoint knows only the first file,
+    // now renamed out of the globs, which is found by fingerprint.
+    rotate_twice_unseen(&live, 1000);
+    assert_restart_delivers_the_rest(&cfg, first, 1700);
 }
 
 /// `sluice_file_rotations_total{source="files",kind}` for each kind seen.

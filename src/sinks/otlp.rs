@@ -674,7 +674,12 @@ mod tests {
 
     #[test]
     fn four_requests_go_on_the_wire_unless_the_config_says_otherwise() {
-        let concurrency = |toml_text: &str| toml::from_str::<OtlpSinkConfig>(toml_text).unwrap().request.concurrency(CONCURRENCY);
+        let concurrency = |toml_text: &str| {
+            toml::from_str::<OtlpSinkConfig>(toml_text)
+                .unwrap()
+                .request
+                .concurrency(CONCURRENCY)
+        };
         assert_eq!(concurrency("endpoint = \"http://x\""), 4);
         // A request table that sets something else keeps the default.
         assert_eq!(concurrency("endpoint = \"http://x\"\n[request]\ntimeout = \"5s\""), 4);

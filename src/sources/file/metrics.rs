@@ -19,7 +19,8 @@ pub(crate) struct FileMetrics {
     pub(crate) bytes_read: IntCounterVec,
     /// `sluice_file_checkpoint_lag_bytes{source}`: read, not yet acknowledged.
     pub(crate) lag_bytes: IntGaugeVec,
-    /// `sluice_file_rotations_total{source,kind}`: `rename`, `truncate`, `delete`.
+    /// `sluice_file_rotations_total{source,kind}`: `rename`, `truncate`,
+    /// `delete`, `unseen`.
     pub(crate) rotations: IntCounterVec,
     /// `sluice_file_truncations_total{source}`: files that shrank below the
     /// read offset (copytruncate).

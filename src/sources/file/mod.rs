@@ -240,6 +240,7 @@ impl SourceComponent for FileConfig {
             waiting_since: HashMap::new(),
             first_keys: HashSet::new(),
             completed: HashSet::new(),
+            born: HashMap::new(),
         };
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
@@ -301,6 +302,11 @@ struct Scanner {
     /// With `stop_at_eof`: files of the first scan, and those finished.
     first_keys: HashSet<FileKey>,
     completed: HashSet<FileKey>,
+    /// Per path a file was found at: the birth time of the newest file
+    /// known there, and when that path was last seen. A file born at a
+    /// path later than that and earlier than the file found there now was
+    /// a generation no scan saw ([`Scanner::unseen_generations`]).
+    born: HashMap<PathBuf, (u64, Instant)>,
 }
 
 impl Scanner {
@@ -409,6 +415,18 @@ impl Scanner {
         }
         if self.scans == 1 {
             self.first_keys = found.iter().map(|f| f.stat.key).collect();
+        }
+        // The paths of files already known stay remembered while they are
+        // there ([`Scanner::unseen_generations`]).
+        for f in found.iter().filter(|f| reg.tracks(&f.stat.key)) {
+            if let Some(b) = f.stat.btime {
+                note_birth(&mut self.born, &f.path, b, now);
+            }
+        }
+        for e in &self.dormant {
+            if let Some(b) = e.btime {
+                note_birth(&mut self.born, &e.path, b, now);
+            }
         }
 
         let fp_len = self.cfg.fingerprint_bytes.0 as usize;
@@ -531,6 +549,7 @@ impl Scanner {
             }
         }
         let mut keep_dormant: Vec<bool> = used.clone();
+        let unseen = self.unseen_generations(&cands, &reg, fp_len);
 
         let cap = self.cfg.max_open_files;
         let mut open = reg.open_count();
@@ -550,6 +569,13 @@ impl Scanner {
                 e.offset,
             );
             keep_dormant[i] = false;
+            open += 1;
+            to_send.push((s, true));
+        }
+        for c in unseen {
+            tracing::info!(source = %self.source, path = %c.found.path.display(), "found a rotated file that no scan saw at its path; reading it whole");
+            FileMetrics::get().rotations.with_label_values(&[&self.source, "unseen"]).inc();
+            let s = reg.add(c.file, c.found.stat.key, c.found.stat.btime, c.found.path, c.head, 0, 0);
             open += 1;
             to_send.push((s, true));
         }
@@ -580,6 +606,9 @@ impl Scanner {
                 None => 0,
             };
             self.waiting_since.remove(&c.found.stat.key);
+            if let Some(b) = c.found.stat.btime {
+                note_birth(&mut self.born, &c.found.path, b, now);
+            }
             let s = reg.add(c.file, c.found.stat.key, c.found.stat.btime, c.found.path, c.head, start, start);
             open += 1;
             to_send.push((s, false));
@@ -600,6 +629,61 @@ impl Scanner {
             self.dispatch(s, finishing);
         }
         m.open_files.with_label_values(&[&self.source]).set(open as i64);
+    }
+
+    /// Rotated files that no scan saw: for each new file found at a path
+    /// where an older file was known, the files next to it, named after
+    /// it (`0.log.20240501-100000`, `app.log.1`, `app.log-20240501`),
+    /// outside the globs, born after the file known there and before the
+    /// new one. Each was created at that path and rotated away between
+    /// two scans (a fast rotation, or while sluice was stopped), so it is
+    /// read whole. A compressed one cannot be. Paths not seen for
+    /// [`RETIRED_FOR`] are forgotten.
+    fn unseen_generations(&mut self, cands: &[Candidate], reg: &Registry, fp_len: usize) -> Vec<Candidate> {
+        let now = Instant::now();
+        self.born.retain(|_, (_, seen)| now.duration_since(*seen) < RETIRED_FOR);
+        let known: HashSet<FileKey> = cands
+            .iter()
+            .map(|c| c.found.stat.key)
+            .chain(self.dormant.iter().map(Entry::key))
+            .collect();
+        let mut out: Vec<Candidate> = Vec::new();
+        for c in cands.iter().filter(|c| c.entry.is_none()) {
+            let (Some(&(before, _)), Some(after)) = (self.born.get(&c.found.path), c.found.stat.btime) else {
+                continue;
+            };
+            if after <= before {
+                continue;
+            }
+            let (Some(dir), Some(name)) = (c.found.path.parent(), c.found.path.file_name()) else {
+                continue;
+            };
+            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            for d in entries.flatten() {
+                let path = d.path();
+                let rotated_name = d
+                    .file_name()
+                    .as_encoded_bytes()
+                    .strip_prefix(name.as_encoded_bytes())
+                    .is_some_and(|rest| matches!(rest.first(), Some(b'.' | b'-' | b'_')));
+                if !rotated_name || self.globs.matches(&path) {
+                    continue;
+                }
+                let Ok(stat) = FileStat::of_path(&path) else { continue };
+                let born_between = stat.btime.is_some_and(|b| before < b && b < after);
+                if !stat.regular
+                    || !born_between
+                    || stat.size == 0
+                    || reg.tracks(&stat.key)
+                    || known.contains(&stat.key)
+                    || out.iter().any(|o| o.found.stat.key == stat.key)
+                {
+                    continue;
+                }
+                out.extend(sibling_candidate(path, stat, fp_len));
+            }
+        }
+        out
     }
 
     /// Asks readers to close the files idle longest so waiting ones can
@@ -728,6 +812,12 @@ impl Scanner {
     }
 }
 
+/// Records that a file born at `btime` was found at `path`, now.
+fn note_birth(born: &mut HashMap<PathBuf, (u64, Instant)>, path: &Path, btime: u64, now: Instant) {
+    let slot = born.entry(path.to_path_buf()).or_insert((btime, now));
+    *slot = (slot.0.max(btime), now);
+}
+
 /// Birth times agree, or one is unknown.
 fn same_birth(a: Option<u64>, b: Option<u64>) -> bool {
     match (a, b) {
@@ -755,23 +845,32 @@ fn find_sibling(e: &Entry, reg: &Registry, claimed: &HashSet<FileKey>, fp_len: u
         if !same_file && e.fingerprint_len as usize != fp_len {
             continue;
         }
-        let Ok(file) = File::open(&path) else { continue };
-        let Ok(head) = read_at(&file, 0, fp_len) else { continue };
-        if is_compressed(&path, &head) || !continues(e, &file, &head, stat.size) {
-            continue;
+        let Some(c) = sibling_candidate(path, stat, fp_len) else { continue };
+        if continues(e, &c.file, &c.head, c.found.stat.size) {
+            return Some(c);
         }
-        return Some(Candidate {
-            found: Found {
-                path,
-                stat,
-                via_symlink: false,
-            },
-            file,
-            head,
-            entry: None,
-        });
     }
     None
+}
+
+/// A file found next to another (not by the globs), opened with its first
+/// `fp_len` bytes read; `None` if it cannot be, or is compressed.
+fn sibling_candidate(path: PathBuf, stat: FileStat, fp_len: usize) -> Option<Candidate> {
+    let file = File::open(&path).ok()?;
+    let head = read_at(&file, 0, fp_len).ok()?;
+    if is_compressed(&path, &head) {
+        return None;
+    }
+    Some(Candidate {
+        found: Found {
+            path,
+            stat,
+            via_symlink: false,
+        },
+        file,
+        head,
+        entry: None,
+    })
 }
 
 /// Whether a new file is a copy of a live file next to it (same first

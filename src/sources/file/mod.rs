@@ -418,15 +418,9 @@ impl Scanner {
         }
         // The paths of files already known stay remembered while they are
         // there ([`Scanner::unseen_generations`]).
-        for f in found.iter().filter(|f| reg.tracks(&f.stat.key)) {
-            if let Some(b) = f.stat.btime {
-                note_birth(&mut self.born, &f.path, b, now);
-            }
-        }
-        for e in &self.dormant {
-            if let Some(b) = e.btime {
-                note_birth(&mut self.born, &e.path, b, now);
-            }
+        let tracked = found.iter().filter(|f| reg.tracks(&f.stat.key)).map(|f| (&f.path, f.stat.btime));
+        for (path, btime) in tracked.chain(self.dormant.iter().map(|e| (&e.path, e.btime))) {
+            note_birth(&mut self.born, path, btime, now);
         }
 
         let fp_len = self.cfg.fingerprint_bytes.0 as usize;
@@ -606,9 +600,7 @@ impl Scanner {
                 None => 0,
             };
             self.waiting_since.remove(&c.found.stat.key);
-            if let Some(b) = c.found.stat.btime {
-                note_birth(&mut self.born, &c.found.path, b, now);
-            }
+            note_birth(&mut self.born, &c.found.path, c.found.stat.btime, now);
             let s = reg.add(c.file, c.found.stat.key, c.found.stat.btime, c.found.path, c.head, start, start);
             open += 1;
             to_send.push((s, false));
@@ -642,19 +634,27 @@ impl Scanner {
     fn unseen_generations(&mut self, cands: &[Candidate], reg: &Registry, fp_len: usize) -> Vec<Candidate> {
         let now = Instant::now();
         self.born.retain(|_, (_, seen)| now.duration_since(*seen) < RETIRED_FOR);
+        // New files at a remembered path, born after the file known there:
+        // (file, born before it, born with it). Usually none.
+        let born = &self.born;
+        let newer: Vec<(&Candidate, u64, u64)> = cands
+            .iter()
+            .filter(|c| c.entry.is_none())
+            .filter_map(|c| {
+                let (&(before, _), after) = (born.get(&c.found.path)?, c.found.stat.btime?);
+                (after > before).then_some((c, before, after))
+            })
+            .collect();
+        if newer.is_empty() {
+            return Vec::new();
+        }
         let known: HashSet<FileKey> = cands
             .iter()
             .map(|c| c.found.stat.key)
             .chain(self.dormant.iter().map(Entry::key))
             .collect();
         let mut out: Vec<Candidate> = Vec::new();
-        for c in cands.iter().filter(|c| c.entry.is_none()) {
-            let (Some(&(before, _)), Some(after)) = (self.born.get(&c.found.path), c.found.stat.btime) else {
-                continue;
-            };
-            if after <= before {
-                continue;
-            }
+        for (c, before, after) in newer {
             let (Some(dir), Some(name)) = (c.found.path.parent(), c.found.path.file_name()) else {
                 continue;
             };
@@ -812,10 +812,17 @@ impl Scanner {
     }
 }
 
-/// Records that a file born at `btime` was found at `path`, now.
-fn note_birth(born: &mut HashMap<PathBuf, (u64, Instant)>, path: &Path, btime: u64, now: Instant) {
-    let slot = born.entry(path.to_path_buf()).or_insert((btime, now));
-    *slot = (slot.0.max(btime), now);
+/// Records that a file born at `btime` (when the file system says) was
+/// found at `path`, now. Called for every known file at every scan, so
+/// a path already remembered is not copied again.
+fn note_birth(born: &mut HashMap<PathBuf, (u64, Instant)>, path: &Path, btime: Option<u64>, now: Instant) {
+    let Some(btime) = btime else { return };
+    match born.get_mut(path) {
+        Some(slot) => *slot = (slot.0.max(btime), now),
+        None => {
+            born.insert(path.to_path_buf(), (btime, now));
+        }
+    }
 }
 
 /// Birth times agree, or one is unknown.

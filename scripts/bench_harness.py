@@ -115,6 +115,54 @@ def load_average():
         return f.read().split()[0]
 
 
+def busy_neighbours(samples=5, interval=0.1):
+    """Other processes that ran while this one looked (state R in any of
+    `samples` looks at /proc), or that sit in the idle scheduling class:
+    [(pid, name)]. An idle-class fuzzer still takes a quarter of the pipe's
+    throughput (BENCHMARKS.md, "Idle-class fuzzers and the pipe")."""
+    found = {}
+    # This process and the shells that started it are not neighbours.
+    mine = set()
+    pid = os.getpid()
+    while pid > 1 and pid not in mine:
+        mine.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+            pid = int(stat[stat.rindex(")") + 2:].split()[1])
+        except (OSError, ValueError):
+            break
+    for _ in range(samples):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in mine:
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2:].split()
+            # fields[0] is the state, fields[6] the flags (0x200000: a
+            # kernel thread), fields[38] the policy (5: SCHED_IDLE).
+            if int(fields[6]) & 0x200000:
+                continue
+            if fields[0] == "R" or (len(fields) > 38 and fields[38] == "5"):
+                found[int(entry)] = name
+        time.sleep(interval)
+    return sorted(found.items())
+
+
+def warn_if_shared():
+    """Says on stderr when other processes compete for the CPUs, since the
+    figures then read them too."""
+    others = busy_neighbours()
+    if others:
+        names = ", ".join(f"{name} ({pid})" for pid, name in others[:6])
+        print(f"warning: other processes are using the CPU: {names}; the figures will read them too",
+              file=sys.stderr)
+
+
 def require_gnu_time():
     """Exits, naming the package to install, when GNU time is missing."""
     if not os.path.exists(GNU_TIME):

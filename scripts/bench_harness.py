@@ -115,6 +115,17 @@ def load_average():
         return f.read().split()[0]
 
 
+def proc_stat(pid):
+    """(name, the fields after it) of /proc/PID/stat; None once it is gone.
+    The fields start with the state, then the parent's pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+
+
 def busy_neighbours(samples=5, interval=0.1):
     """Other processes that ran while this one looked (state R in any of
     `samples` looks at /proc), or that sit in the idle scheduling class:
@@ -126,23 +137,18 @@ def busy_neighbours(samples=5, interval=0.1):
     pid = os.getpid()
     while pid > 1 and pid not in mine:
         mine.add(pid)
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-            pid = int(stat[stat.rindex(")") + 2:].split()[1])
-        except (OSError, ValueError):
+        stat = proc_stat(pid)
+        if stat is None:
             break
+        pid = int(stat[1][1])
     for _ in range(samples):
         for entry in os.listdir("/proc"):
             if not entry.isdigit() or int(entry) in mine:
                 continue
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
+            stat = proc_stat(entry)
+            if stat is None:
                 continue
-            name = stat[stat.index("(") + 1:stat.rindex(")")]
-            fields = stat[stat.rindex(")") + 2:].split()
+            name, fields = stat
             # fields[0] is the state, fields[6] the flags (0x200000: a
             # kernel thread), fields[38] the policy (5: SCHED_IDLE).
             if int(fields[6]) & 0x200000:

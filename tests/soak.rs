@@ -1232,6 +1232,10 @@ fn duplicate_allowance(
     let reread = |k: usize, t: Instant, sources: &[&str]| -> f64 {
         sources.iter().map(|s| grew_before(samples, k, t, &format!("source:{s}"))).sum()
     };
+    // What sink `i` delivered in the window before `t`, and had in flight.
+    let resent = |k: usize, t: Instant, i: usize| -> f64 {
+        grew_before(samples, k, t, &format!("sink:{}", SINKS[i])) + in_flight_before(samples, k, t, SINKS[i])
+    };
     for &t in kills {
         // The lifetime that ended at `t`; its last sample was taken just
         // before the kill.
@@ -1239,8 +1243,8 @@ fn duplicate_allowance(
             continue;
         };
         let r = reread(k, t, &REREAD_SOURCES);
-        for (i, sink) in SINKS.iter().enumerate() {
-            allow[i] += r + grew_before(samples, k, t, &format!("sink:{sink}")) + in_flight_before(samples, k, t, sink);
+        for (i, a) in allow.iter_mut().enumerate() {
+            *a += r + resent(k, t, i);
         }
     }
     for &t in broker_stops {
@@ -1249,12 +1253,12 @@ fn duplicate_allowance(
             for a in allow.iter_mut() {
                 *a += r;
             }
-            allow[SINK_KAFKA] += grew_before(samples, k, t, "sink:kafka") + in_flight_before(samples, k, t, "kafka");
+            allow[SINK_KAFKA] += resent(k, t, SINK_KAFKA);
         }
     }
     for &t in s3_stops {
         if let Some(k) = lifetime_at(lifetimes, t) {
-            allow[SINK_S3] += grew_before(samples, k, t, "sink:s3") + in_flight_before(samples, k, t, "s3");
+            allow[SINK_S3] += resent(k, t, SINK_S3);
         }
     }
     allow

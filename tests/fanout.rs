@@ -57,6 +57,12 @@ fn dead_sink_with_a_disk_buffer_does_not_slow_the_others() {
     let stdin = writer.join().expect("writer");
     eventually("/ready reports the dead broker", RUN_TIMEOUT, || s.ready_status() == 503);
     assert_eq!(s.metric("sluice_sink_events_total{sink=\"k\"}"), 0.0, "the broker really is down");
+    // The disk buffer took every event (so the source could move on), and
+    // stdout's queue too: no gap between the sinks holds a checkpoint back.
+    eventually("the disk buffer took every event", RUN_TIMEOUT, || {
+        s.metric("sluice_buffer_received_events_total{sink=\"k\"}") == EVENTS as f64
+    });
+    assert_eq!(s.metric("sluice_buffer_received_events_total{sink=\"out\"}"), EVENTS as f64);
     eprintln!("stdout received {EVENTS} events in {healthy_took:?} with the Kafka broker down");
 
     broker.up();

@@ -521,7 +521,11 @@ max_events = 100
         SENT + 1
     );
     assert!(delivered < SENT, "the pipeline never filled up");
-    assert_eq!(dropped, udp_socket_drops(port), "sluice counts what the kernel dropped at its socket");
+    assert_eq!(
+        dropped,
+        udp_socket_drops(port),
+        "sluice counts what the kernel dropped at its socket"
+    );
     assert!(delivered + dropped <= SENT + 1, "more delivered and counted than sent");
     assert!(
         delivered + dropped + backlog > SENT,

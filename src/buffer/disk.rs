@@ -208,6 +208,8 @@ struct Shared {
     _lock: File,
     events_gauge: prometheus::IntGauge,
     bytes_gauge: prometheus::IntGauge,
+    /// `sluice_buffer_received_events_total`: events written.
+    received: prometheus::IntCounter,
     corrupt: prometheus::IntCounter,
 }
 
@@ -400,6 +402,7 @@ pub(crate) fn open(
         _lock: lock,
         events_gauge: m.buffer_events.with_label_values(&[sink]),
         bytes_gauge: m.buffer_bytes.with_label_values(&[sink]),
+        received: m.buffer_received_events.with_label_values(&[sink]),
         corrupt: m.buffer_corrupt_records.with_label_values(&[sink]),
     });
     m.buffer_max_bytes.with_label_values(&[sink]).set(config.max_bytes.0 as i64);
@@ -826,6 +829,7 @@ impl Writer {
             self.shared.bytes_gauge.set(st.disk_bytes as i64);
         }
         self.shared.events_gauge.add(batch.len() as i64);
+        self.shared.received.inc_by(batch.len() as u64);
         self.shared.data.notify_all();
         if let FsyncPolicy::Interval(d) = self.fsync {
             if self.last_sync.elapsed() >= d {
@@ -1506,6 +1510,7 @@ pub fn fuzz_read_segment(dir: &Path, segment: &[u8], fields: &[&str]) -> io::Res
         _lock: File::open(dir)?,
         events_gauge: m.buffer_events.with_label_values(&["fuzz"]),
         bytes_gauge: m.buffer_bytes.with_label_values(&["fuzz"]),
+        received: m.buffer_received_events.with_label_values(&["fuzz"]),
         corrupt: m.buffer_corrupt_records.with_label_values(&["fuzz"]),
     });
     let mut reader = Reader {
@@ -1587,6 +1592,7 @@ mod tests {
                 _lock: File::open(dir.path()).unwrap(),
                 events_gauge: metrics().buffer_events.with_label_values(&["t"]),
                 bytes_gauge: metrics().buffer_bytes.with_label_values(&["t"]),
+                received: metrics().buffer_received_events.with_label_values(&["t"]),
                 corrupt: metrics().buffer_corrupt_records.with_label_values(&["t"]),
             }),
             fields,

@@ -68,6 +68,8 @@ pub(crate) struct MemorySender {
     sink: Arc<str>,
     /// `None` when a disk buffer owns the sink's gauges (its read-ahead).
     gauge: Option<Gauges>,
+    /// `sluice_buffer_received_events_total`, with the gauges.
+    received: Option<prometheus::IntCounter>,
 }
 
 /// The sink's end of its queue.
@@ -99,6 +101,7 @@ pub(crate) fn memory_queue(
         events: m.buffer_events.with_label_values(&[sink]),
         bytes: m.buffer_bytes.with_label_values(&[sink]),
     });
+    let received = gauges.then(|| m.buffer_received_events.with_label_values(&[sink]));
     let max_events = max_events.clamp(1, u32::MAX as usize) as u32;
     let max_bytes = max_bytes.clamp(1, u32::MAX as u64) as u32;
     (
@@ -111,6 +114,7 @@ pub(crate) fn memory_queue(
             when_full,
             sink: sink.into(),
             gauge,
+            received,
         },
         QueueReceiver { rx },
     )
@@ -158,6 +162,9 @@ impl MemorySender {
         if let Some(gauge) = &self.gauge {
             gauge.events.add(events as i64);
             gauge.bytes.add(bytes as i64);
+        }
+        if let Some(received) = &self.received {
+            received.inc_by(events as u64);
         }
         let share = BudgetShare {
             _events: Some(permits.0),

@@ -43,6 +43,11 @@ pub(crate) struct Metrics {
     pub(crate) sink_request_duration: HistogramVec,
     /// `sluice_buffer_events{sink}`: events queued or in flight for a sink.
     pub(crate) buffer_events: IntGaugeVec,
+    /// `sluice_buffer_received_events_total{sink}`: events a sink's buffer
+    /// took in (memory: queued; disk: written). The gap between two sinks
+    /// is what one has and the other has not taken yet: while it lasts the
+    /// sources' checkpoints wait for the slower one.
+    pub(crate) buffer_received_events: IntCounterVec,
     /// `sluice_buffer_bytes{sink}`: memory of the batches queued or in flight
     /// for a sink (event bytes, their ends and extracted values).
     pub(crate) buffer_bytes: IntGaugeVec,
@@ -110,6 +115,11 @@ impl Metrics {
                 ),
             ),
             buffer_events: gauge("sluice_buffer_events", "Events queued or in flight for a sink.", &["sink"]),
+            buffer_received_events: counter(
+                "sluice_buffer_received_events_total",
+                "Events a sink's buffer took in (memory: queued; disk: written).",
+                &["sink"],
+            ),
             buffer_bytes: gauge(
                 "sluice_buffer_bytes",
                 "Memory of the batches queued or in flight for a sink, in bytes.",

@@ -23,7 +23,7 @@ pub(crate) struct FileMetrics {
     /// `delete`, `unseen`.
     pub(crate) rotations: IntCounterVec,
     /// `sluice_file_truncations_total{source}`: files that shrank below the
-    /// read offset (copytruncate).
+    /// read offset, or changed before it (copytruncate).
     pub(crate) truncations: IntCounterVec,
     /// `sluice_file_partial_merges_total{source}`: lines assembled from pieces.
     pub(crate) partial_merges: IntCounterVec,
@@ -74,7 +74,7 @@ impl FileMetrics {
             rotations: counter_vec("sluice_file_rotations_total", "Rotations seen, by kind.", &["source", "kind"]),
             truncations: counter_vec(
                 "sluice_file_truncations_total",
-                "Files that shrank below the read offset (copytruncate).",
+                "Files that shrank below the read offset, or changed before it (copytruncate).",
                 &["source"],
             ),
             partial_merges: counter_vec(

@@ -9,7 +9,7 @@
 //! recorded under its sequence number, and the acknowledged offset moves
 //! over the contiguous prefix of completed batches only.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -38,6 +38,10 @@ use crate::telemetry::metrics;
 /// How long a file must sit idle at its end before it is closed to make
 /// room for a waiting one.
 const PARK_IDLE: Duration = Duration::from_secs(1);
+
+/// Bytes before the read offset that each read takes again to see that
+/// the file under it is still the one read (with the carry, if longer).
+const CONTINUITY_BYTES: usize = 16;
 
 /// How often an idle file's size and link count are checked (truncation,
 /// deletion) at most.
@@ -425,12 +429,17 @@ impl Reader {
             t.refresh_multiline(&self.cx);
         }
         let budget = self.cx.cfg.read_budget.0 as usize;
-        self.scratch.clear();
-        self.scratch.reserve(budget + t.carry.len());
-        self.scratch.extend_from_slice(&t.carry);
+        // The bytes just before the offset are read again with the new
+        // ones (the carry among them, instead of copying it): a file
+        // truncated and written past the offset before anything here
+        // looked (copytruncate while this reader stalled) no longer has
+        // them, and is read again from its start instead of from the
+        // middle of a line.
         let carry_len = t.carry.len();
-        let n = match pread_into(&t.shared.file, &mut self.scratch, budget, t.read) {
-            Ok(n) => n,
+        let check = carry_len.max(CONTINUITY_BYTES.min(t.last.len()));
+        self.scratch.clear();
+        let got = match pread_into(&t.shared.file, &mut self.scratch, budget + check, t.read - check as u64) {
+            Ok(got) => got,
             Err(e) => {
                 tracing::warn!(source = %self.cx.source, path = %t.shared.path().display(), error = %e, "read failed; closing the file, it is retried at the next scan");
                 self.scratch.clear();
@@ -438,10 +447,23 @@ impl Reader {
                 return Ok(0);
             }
         };
+        let before: &[u8] = if check == carry_len {
+            &t.carry
+        } else {
+            &t.last[t.last.len() - check..]
+        };
+        if got < check || self.scratch[..check] != *before {
+            self.scratch.clear();
+            let size = FileStat::of_file(&t.shared.file).map(|s| s.size).unwrap_or(0);
+            self.truncated(t, size);
+            return Ok(0);
+        }
+        let n = got - check;
         if n == 0 {
             self.scratch.clear();
             return self.on_eof(t).map(|_| 0);
         }
+        self.scratch.advance(check - carry_len);
         t.carry.clear();
         let base = t.read - carry_len as u64;
         t.read += n as u64;

@@ -429,49 +429,37 @@ fn copytruncate_copy_is_finished_from_the_read_offset() {
 
 #[test]
 fn file_truncated_and_rewritten_past_the_offset_is_read_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let app = logs.join("app.log");
-    append(&app, (0..100).map(json_line));
-    let cfg =
-        config(&dir.path().join("data"), &[app.display().to_string()], "").replace("poll_interval = \"20ms\"", "poll_interval = \"1s\"");
-    let s = Sluice::start(&cfg);
-    s.wait_for(100, Duration::from_secs(30));
-    // Truncated and at once written past the old size: a size check alone
-    // cannot see it; the changed first bytes give it away.
-    let f = std::fs::OpenOptions::new().write(true).open(&app).unwrap();
-    f.set_len(0).unwrap();
-    drop(f);
-    append(&app, (100..400).map(json_line));
-    let lines = s.wait_for(400, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(1500));
-    let (_, lines2) = s.stop();
-    assert_eq!(lines.len(), lines2.len());
-    assert_exactly_once(&lines2, &(0..400).collect::<Vec<_>>());
+    // The reader looks only once a second: the scan sees the changed first
+    // bytes before it.
+    truncated_and_rewritten_past_the_offset(("poll_interval = \"20ms\"", "poll_interval = \"1s\""));
 }
 
 #[test]
 fn file_truncated_and_rewritten_past_the_offset_between_two_reads_is_read_from_its_start() {
+    // No scan after the first: only the reader (every 20 ms) can see it,
+    // by the bytes before its offset.
+    truncated_and_rewritten_past_the_offset(("scan_interval = \"100ms\"", "scan_interval = \"1h\""));
+}
+
+/// 100 lines read; the file truncated and at once written past the old
+/// size (a size check alone cannot see it), with `setting` changed in the
+/// config: every line arrives once, none from the middle of a line.
+fn truncated_and_rewritten_past_the_offset(setting: (&str, &str)) {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let app = logs.join("app.log");
     append(&app, (0..100).map(json_line));
-    // No scan after the first: only the reader can see what happened.
-    let cfg =
-        config(&dir.path().join("data"), &[app.display().to_string()], "").replace("scan_interval = \"100ms\"", "scan_interval = \"1h\"");
+    let cfg = config(&dir.path().join("data"), &[app.display().to_string()], "").replace(setting.0, setting.1);
     let s = Sluice::start(&cfg);
     s.wait_for(100, Duration::from_secs(30));
-    // Truncated and written past the old size before the next read (the
-    // reader looks every 20 ms): the size never shows it was shorter.
     let mut f = std::fs::OpenOptions::new().write(true).open(&app).unwrap();
     let more: String = (100..400).map(|n| json_line(n) + "\n").collect();
     f.set_len(0).unwrap();
     f.write_all(more.as_bytes()).unwrap();
     drop(f);
     let lines = s.wait_for(400, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1500));
     let (_, lines2) = s.stop();
     assert_eq!(lines.len(), lines2.len());
     assert_exactly_once(&lines2, &(0..400).collect::<Vec<_>>());

@@ -14,7 +14,7 @@ use simd_json::Node;
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::scan::number_value;
+use super::scan::{number_value, string_end, value_after_key};
 use super::tape::{lookup, node_count, scalar};
 use crate::event::{FieldSet, FieldValueRef};
 use crate::json_text::{key_bucket as bucket, KEY_BUCKETS as BUCKETS};
@@ -225,6 +225,70 @@ impl FieldPlan {
         }
     }
 
+    /// [`FieldPlan::offer_text`] from a key alone: the key ends (its closing
+    /// quote) at `key_end` in the line; [`FieldPlan::resolve_keys`] then
+    /// finds the value.
+    #[inline(always)]
+    pub(super) fn offer_key(&mut self, b: usize, key: &[u8], key_end: usize) {
+        if let Some(r) = self.root(b, key) {
+            if self.found[r].0 == 0 {
+                self.found[r] = (key_end, 0);
+            }
+        }
+    }
+
+    /// [`FieldPlan::settle_text`] for the keys [`FieldPlan::offer_key`]
+    /// found in `line` (which [`scan_object_keys`] accepted): finds each
+    /// value after its key and settles it in the same pass.
+    ///
+    /// [`scan_object_keys`]: super::scan::scan_object_keys
+    #[inline]
+    pub(super) fn settle_keys(&mut self, line: &[u8]) -> bool {
+        if self.per_path {
+            return false;
+        }
+        for r in 0..self.found.len() {
+            let (key_end, _) = self.found[r];
+            if key_end == 0 {
+                continue;
+            }
+            // After the key: whitespace, the colon, whitespace (the scan
+            // checked the grammar).
+            let mut start = key_end + 1;
+            while let Some(b' ' | b'\t' | b'\n' | b'\r' | b':') = line.get(start) {
+                start += 1;
+            }
+            let end = match line.get(start) {
+                Some(b'"') => match string_end(line, start + 1) {
+                    Some(end) => end,
+                    // An escape: the tape unescapes it.
+                    None => return false,
+                },
+                Some(b'{') if self.nested[r] => return false,
+                Some(b'{' | b'[') => match value_after_key(line, key_end) {
+                    Some((value, _)) => value.end,
+                    None => return false,
+                },
+                Some(b't' | b'n') => start + 4,
+                Some(b'f') => start + 5,
+                Some(_) => {
+                    let mut end = start;
+                    while let Some(b'0'..=b'9' | b'-' | b'.') = line.get(end) {
+                        end += 1;
+                    }
+                    match number_value(&line[start..end]) {
+                        Some(n) => self.numbers[r] = n,
+                        None => return false,
+                    }
+                    end
+                }
+                None => return false,
+            };
+            self.found[r] = (start, end - start);
+        }
+        true
+    }
+
     /// Whether every value [`FieldPlan::offer_text`] found in `line` can
     /// be read from its text as the tape would give it: not a string with
     /// an escape (the tape unescapes it), not an object a deeper path goes
@@ -277,7 +341,13 @@ impl FieldPlan {
             return FieldValueRef::Missing;
         }
         match value {
-            [b'"', inner @ .., b'"'] => text(inner).map_or(FieldValueRef::Missing, FieldValueRef::Str),
+            [b'"', inner @ .., b'"'] => {
+                debug_assert!(std::str::from_utf8(inner).is_ok());
+                // SAFETY: the scan accepted the line (`settle_text` and
+                // `settle_keys` read no other), and its strings are ASCII or
+                // were checked as UTF-8 (`Scanner::string`).
+                FieldValueRef::Str(unsafe { std::str::from_utf8_unchecked(inner) })
+            }
             [b'{' | b'[', ..] => FieldValueRef::Composite,
             b"true" => FieldValueRef::Bool(true),
             b"false" => FieldValueRef::Bool(false),
@@ -326,20 +396,6 @@ impl FieldPlan {
                 None => FieldValueRef::Missing,
             },
         }
-    }
-}
-
-/// The text of a string's bytes between its quotes: ASCII (the usual
-/// value, short) without a second look, anything else checked as UTF-8.
-#[inline(always)]
-fn text(bytes: &[u8]) -> Option<&str> {
-    // One branch-free pass the compiler vectorises and inlines (the
-    // library's `is_ascii` is a call).
-    if bytes.iter().fold(0u8, |acc, &b| acc | b) < 0x80 {
-        // SAFETY: ASCII bytes are valid UTF-8.
-        Some(unsafe { std::str::from_utf8_unchecked(bytes) })
-    } else {
-        std::str::from_utf8(bytes).ok()
     }
 }
 

@@ -199,7 +199,8 @@ impl Decoder {
             let mut keys = 0usize;
             let valid = scan_object_keys(line, |key| {
                 keys += 1;
-                mark_present(&line[key], signatures, extra, members, &mut present);
+                let key = &line[key];
+                mark_present(key, key_bucket(key), signatures, extra, members, &mut present);
             });
             if valid {
                 let has = |i: usize| present & (1 << i) != 0;
@@ -329,40 +330,57 @@ impl Decoder {
         let wanted = signatures | plan_buckets;
         let mut present = 0u64;
         let mut keys = 0usize;
-        let valid = scan_object(line, |key, value, escaped| {
-            if collect {
+        // Each top-level key: counted, a spliced member it duplicates
+        // marked, and shown to the plans (`$p.$offer`) when their buckets
+        // hold it. Most keys are in no wanted bucket: one test rules them
+        // out. (A macro: as a closure it kept the scan's callback from
+        // being inlined, 4% more instructions for a filter and a route.)
+        macro_rules! see {
+            ($k:expr, |$p:ident, $b:ident| $offer:expr) => {{
+                keys += 1;
+                let $b = key_bucket($k);
+                if wanted & (1 << $b) != 0 {
+                    mark_present($k, $b, signatures, extra, members, &mut present);
+                    if plan_buckets & (1 << $b) != 0 {
+                        if let Some($p) = out_plan.as_deref_mut() {
+                            $offer;
+                        }
+                        for $p in observer_plans.iter_mut().flatten() {
+                            $offer;
+                        }
+                    }
+                }
+            }};
+        }
+        let valid = if collect {
+            scan_object(line, |key, value, escaped| {
                 at.push(MemberAt::scanned(key.clone(), value.clone()));
-            }
-            let k = &line[key];
-            keys += 1;
-            let b = key_bucket(k);
-            // Most keys are in no wanted bucket: one test rules them out.
-            if wanted & (1 << b) == 0 {
-                return;
-            }
-            mark_present(k, signatures, extra, members, &mut present);
-            if plan_buckets & (1 << b) != 0 {
-                if let Some(p) = out_plan.as_deref_mut() {
-                    p.offer_text(b, k, value.clone(), escaped);
-                }
-                for p in observer_plans.iter_mut().flatten() {
-                    p.offer_text(b, k, value.clone(), escaped);
-                }
-            }
-        });
+                let k = &line[key];
+                see!(k, |p, b| p.offer_text(b, k, value.clone(), escaped));
+            })
+        } else {
+            // Without every member's place, the keys-only scan: the plans
+            // note where their keys end and find the values after it.
+            scan_object_keys(line, |key| {
+                let k = &line[key.clone()];
+                see!(k, |p, b| p.offer_key(b, k, key.end));
+            }) && out_plan.as_deref_mut().is_none_or(|p| p.settle_keys(line))
+                && observer_plans.iter_mut().flatten().all(|p| p.settle_keys(line))
+        };
         let settled = valid
-            && out_plan.as_deref_mut().is_none_or(|p| p.settle_text(line))
-            && observer_plans.iter_mut().flatten().all(|p| p.settle_text(line));
+            && (!collect
+                || out_plan.as_deref_mut().is_none_or(|p| p.settle_text(line))
+                    && observer_plans.iter_mut().flatten().all(|p| p.settle_text(line)));
         if !settled {
             return false;
         }
         let has = |i: usize| present & (1 << i) != 0;
-        let appended = |offset, m: &Member| {
-            if collect {
-                at.push(MemberAt::spliced(offset, m.rendered()));
-            }
-        };
-        splice(out, line, close, may_hold_breaks, keys > 0, extra, members, has, appended);
+        if collect {
+            let appended = |offset, m: &Member| at.push(MemberAt::spliced(offset, m.rendered()));
+            splice(out, line, close, may_hold_breaks, keys > 0, extra, members, has, appended);
+        } else {
+            splice(out, line, close, may_hold_breaks, keys > 0, extra, members, has, |_, _| {});
+        }
         if let Some(p) = out_plan {
             for i in 0..p.len() {
                 out.push_value(p.text_value(line, i));
@@ -469,8 +487,8 @@ fn splice(
 /// Marks in `present` which members of `extra` then `members` have the key
 /// `key`, once its [`key_bucket`] says one of them might.
 #[inline(always)]
-fn mark_present(key: &[u8], signatures: u64, extra: &[Member], members: &[Member], present: &mut u64) {
-    if signatures & (1 << key_bucket(key)) != 0 {
+fn mark_present(key: &[u8], bucket: usize, signatures: u64, extra: &[Member], members: &[Member], present: &mut u64) {
+    if signatures & (1 << bucket) != 0 {
         for (i, m) in extra.iter().chain(members).enumerate() {
             if m.key().as_bytes() == key {
                 *present |= 1 << i;
@@ -557,7 +575,14 @@ fn scan_keys(
         let b = key_bucket(k.as_bytes());
         // Most keys are in no wanted bucket: one test rules them out.
         if wanted & (1 << b) != 0 {
-            mark_present(k.as_bytes(), signatures, extra, fragment.members(), &mut present);
+            mark_present(
+                k.as_bytes(),
+                key_bucket(k.as_bytes()),
+                signatures,
+                extra,
+                fragment.members(),
+                &mut present,
+            );
             if plan_buckets & (1 << b) != 0 {
                 offer(b, k.as_bytes(), idx + 1, count);
             }

@@ -42,6 +42,78 @@ pub(crate) fn scan_object_keys(line: &[u8], mut on_key: impl FnMut(Range<usize>)
     scan::<false>(line, |key, _, _| on_key(key))
 }
 
+/// Where the value of the member whose key ends at `key_end` (the closing
+/// quote) is in `line`, and whether it is a string with an escape, for a
+/// line [`scan_object_keys`] accepted: a caller that wants a few values
+/// finds them from their keys afterwards, and the scan keeps the
+/// keys-only shape (reporting every value from inside it cost more than
+/// the values themselves). `None` only for a line the scan did not accept.
+#[inline]
+pub(crate) fn value_after_key(line: &[u8], key_end: usize) -> Option<(Range<usize>, bool)> {
+    let mut s = Scanner { b: line, i: key_end + 1 };
+    s.skip_ws();
+    if s.peek() != Some(b':') {
+        return None;
+    }
+    s.i += 1;
+    s.skip_ws();
+    let start = s.i;
+    let mut escaped = false;
+    match s.peek()? {
+        b'"' => {
+            s.i += 1;
+            escaped = s.string()?;
+        }
+        b'{' | b'[' => {
+            // Valid (the scan said so): only brackets outside strings count.
+            let mut depth = 0usize;
+            loop {
+                match s.peek()? {
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => depth -= 1,
+                    b'"' => {
+                        s.i += 1;
+                        s.string()?;
+                        continue;
+                    }
+                    _ => {}
+                }
+                s.i += 1;
+                if depth == 0 {
+                    break;
+                }
+            }
+        }
+        b't' | b'n' => s.i += 4,
+        b'f' => s.i += 5,
+        _ => {
+            if !s.number() {
+                return None;
+            }
+        }
+    }
+    (s.i <= line.len()).then_some((start..s.i, escaped))
+}
+
+/// Where the string whose first byte (after its opening quote) is at
+/// `from` in `line` ends (after its closing quote), in a line
+/// [`scan_object_keys`] accepted; `None` when an escape comes first, or for
+/// a line the scan did not accept.
+#[inline(always)]
+pub(crate) fn string_end(line: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(block) = line.get(i..i + 16) {
+        let mask = quotes_and_backslashes(block.try_into().ok()?);
+        if mask != 0 {
+            let at = i + mask.trailing_zeros() as usize;
+            return (line[at] == b'"').then_some(at + 1);
+        }
+        i += 16;
+    }
+    let at = i + line.get(i..)?.iter().position(|&c| c == b'"' || c == b'\\')?;
+    (line[at] == b'"').then_some(at + 1)
+}
+
 /// The scan; with `VALUES`, members are reported after their values.
 #[inline(always)]
 fn scan<const VALUES: bool>(line: &[u8], mut on_member: impl FnMut(Range<usize>, Range<usize>, bool)) -> bool {
@@ -399,6 +471,32 @@ fn special_bytes(block: &[u8; 16]) -> u32 {
     }
 }
 
+/// A bit per byte of `block` that is a quote or a backslash, lowest bit
+/// first (SSE2).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn quotes_and_backslashes(block: &[u8; 16]) -> u32 {
+    use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8};
+    // SAFETY: as in `special_bytes`.
+    unsafe {
+        let v = _mm_loadu_si128(block.as_ptr().cast());
+        let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+        let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+        _mm_movemask_epi8(_mm_or_si128(quote, backslash)) as u32
+    }
+}
+
+/// [`quotes_and_backslashes`] without SIMD.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn quotes_and_backslashes(block: &[u8; 16]) -> u32 {
+    block
+        .iter()
+        .enumerate()
+        .filter(|(_, &c)| c == b'"' || c == b'\\')
+        .fold(0, |m, (i, _)| m | 1 << i)
+}
+
 /// [`special_bytes`] without SIMD.
 #[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
@@ -524,16 +622,27 @@ mod tests {
                 let mut keys = Vec::new();
                 let mut values = Vec::new();
                 let mut escapes = Vec::new();
+                let mut members = Vec::new();
                 let valid = scan_object(&line, |k, v, escaped| {
-                    keys.push(line[k].to_vec());
+                    keys.push(line[k.clone()].to_vec());
                     escapes.push(escaped);
-                    values.push(line[v].to_vec());
+                    values.push(line[v.clone()].to_vec());
+                    members.push((k, v, escaped));
                 });
-                // The keys-only scan gives the same verdict and keys.
+                // The keys-only scan gives the same verdict and keys, and
+                // each value found after its key is the one reported.
                 let mut only_keys = Vec::new();
                 assert_eq!(scan_object_keys(&line, |k| only_keys.push(line[k].to_vec())), valid);
                 if valid {
                     assert_eq!(only_keys, keys);
+                    for (k, v, escaped) in members {
+                        assert_eq!(
+                            value_after_key(&line, k.end),
+                            Some((v, escaped)),
+                            "{:?}",
+                            String::from_utf8_lossy(&line)
+                        );
+                    }
                 }
                 if valid {
                     let mut copy = line.clone();

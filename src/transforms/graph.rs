@@ -195,12 +195,26 @@ impl Run<'_> {
 
     /// Whether condition `c` holds for the event: its decode-time verdict,
     /// or, for an event a transform changed, judged on the changed event.
+    #[inline]
     pub(crate) fn holds(&mut self, c: CondId, item: &Item) -> bool {
         match &item.changed {
-            Changed::No => {
-                let w = self.judged.words * item.idx as usize + c.0 / 64;
-                self.judged.bits.get(w).is_some_and(|bits| bits & (1 << (c.0 % 64)) != 0)
-            }
+            Changed::No => self.verdict(c, item.idx),
+            _ => self.judge_changed(c, item),
+        }
+    }
+
+    /// The decode-time verdict of condition `c` on event `idx`.
+    #[inline(always)]
+    fn verdict(&self, c: CondId, idx: u32) -> bool {
+        let w = self.judged.words * idx as usize + c.0 / 64;
+        self.judged.bits.get(w).is_some_and(|bits| bits & (1 << (c.0 % 64)) != 0)
+    }
+
+    /// [`Run::holds`] for an event a transform changed: judged on it now.
+    #[inline(never)]
+    fn judge_changed(&mut self, c: CondId, item: &Item) -> bool {
+        match &item.changed {
+            Changed::No => self.verdict(c, item.idx),
             Changed::Parsed(event) => {
                 let values = ChangedValues {
                     event,

@@ -293,7 +293,7 @@ impl Decoder {
     /// not sure the line is valid, or a field the batch or an observer
     /// reads is not in the line's text as the tape would give it
     /// ([`FieldPlan::settle_text`]).
-    #[inline(always)]
+    #[inline(never)]
     fn try_scanned(
         &mut self,
         line: &[u8],

@@ -900,11 +900,8 @@ fn grew_before(samples: &[Sample], k: usize, t: Instant, key: &str) -> f64 {
 /// reports, while a backlog drains after the broker comes back), and they
 /// are delivered again: at-least-once.
 fn in_flight_before(samples: &[Sample], k: usize, t: Instant, sink: &str) -> f64 {
-    let from = t.checked_sub(DUPLICATE_WINDOW).unwrap_or(t);
     let key = format!("buffer_events:{sink}");
-    let most = samples
-        .iter()
-        .filter(|s| s.lifetime == k && from <= s.at && s.at <= t)
+    let most = window_before(samples, k, t)
         .filter_map(|s| s.counters.get(&key).copied())
         .fold(0.0, f64::max);
     most.min(DISK_READ_AHEAD_EVENTS as f64)
@@ -916,13 +913,16 @@ fn in_flight_before(samples: &[Sample], k: usize, t: Instant, sink: &str) -> f64
 /// blocking) the others deliver events a crash makes the sources read
 /// again.
 fn taken_ahead(samples: &[Sample], k: usize, t: Instant, sink: &str) -> f64 {
-    let from = t.checked_sub(DUPLICATE_WINDOW).unwrap_or(t);
     let received = |s: &Sample, sink: &str| s.counters.get(&format!("received:{sink}")).copied().unwrap_or(0.0);
-    samples
-        .iter()
-        .filter(|s| s.lifetime == k && from <= s.at && s.at <= t)
+    window_before(samples, k, t)
         .map(|s| received(s, sink) - SINKS.iter().map(|o| received(s, o)).fold(f64::INFINITY, f64::min))
         .fold(0.0, f64::max)
+}
+
+/// The samples of lifetime `k` taken in the `DUPLICATE_WINDOW` before `t`.
+fn window_before(samples: &[Sample], k: usize, t: Instant) -> impl Iterator<Item = &Sample> {
+    let from = t.checked_sub(DUPLICATE_WINDOW).unwrap_or(t);
+    samples.iter().filter(move |s| s.lifetime == k && from <= s.at && s.at <= t)
 }
 
 /// The lifetime running at `t`, if any.

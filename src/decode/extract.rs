@@ -14,7 +14,7 @@ use simd_json::Node;
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::scan::{number_value, string_end, value_after_key};
+use super::scan::{number_value, string_end, value_at, value_start};
 use super::tape::{lookup, node_count, scalar};
 use crate::event::{FieldSet, FieldValueRef};
 use crate::json_text::{key_bucket as bucket, KEY_BUCKETS as BUCKETS};
@@ -226,7 +226,7 @@ impl FieldPlan {
     }
 
     /// [`FieldPlan::offer_text`] from a key alone: the key ends (its closing
-    /// quote) at `key_end` in the line; [`FieldPlan::resolve_keys`] then
+    /// quote) at `key_end` in the line; [`FieldPlan::settle_keys`] then
     /// finds the value.
     #[inline(always)]
     pub(super) fn offer_key(&mut self, b: usize, key: &[u8], key_end: usize) {
@@ -252,12 +252,7 @@ impl FieldPlan {
             if key_end == 0 {
                 continue;
             }
-            // After the key: whitespace, the colon, whitespace (the scan
-            // checked the grammar).
-            let mut start = key_end + 1;
-            while let Some(b' ' | b'\t' | b'\n' | b'\r' | b':') = line.get(start) {
-                start += 1;
-            }
+            let start = value_start(line, key_end);
             let end = match line.get(start) {
                 Some(b'"') => match string_end(line, start + 1) {
                     Some(end) => end,
@@ -265,7 +260,7 @@ impl FieldPlan {
                     None => return false,
                 },
                 Some(b'{') if self.nested[r] => return false,
-                Some(b'{' | b'[') => match value_after_key(line, key_end) {
+                Some(b'{' | b'[') => match value_at(line, start) {
                     Some((value, _)) => value.end,
                     None => return false,
                 },

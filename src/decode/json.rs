@@ -575,14 +575,7 @@ fn scan_keys(
         let b = key_bucket(k.as_bytes());
         // Most keys are in no wanted bucket: one test rules them out.
         if wanted & (1 << b) != 0 {
-            mark_present(
-                k.as_bytes(),
-                key_bucket(k.as_bytes()),
-                signatures,
-                extra,
-                fragment.members(),
-                &mut present,
-            );
+            mark_present(k.as_bytes(), b, signatures, extra, fragment.members(), &mut present);
             if plan_buckets & (1 << b) != 0 {
                 offer(b, k.as_bytes(), idx + 1, count);
             }

@@ -42,22 +42,27 @@ pub(crate) fn scan_object_keys(line: &[u8], mut on_key: impl FnMut(Range<usize>)
     scan::<false>(line, |key, _, _| on_key(key))
 }
 
-/// Where the value of the member whose key ends at `key_end` (the closing
-/// quote) is in `line`, and whether it is a string with an escape, for a
-/// line [`scan_object_keys`] accepted: a caller that wants a few values
-/// finds them from their keys afterwards, and the scan keeps the
-/// keys-only shape (reporting every value from inside it cost more than
-/// the values themselves). `None` only for a line the scan did not accept.
-#[inline]
-pub(crate) fn value_after_key(line: &[u8], key_end: usize) -> Option<(Range<usize>, bool)> {
-    let mut s = Scanner { b: line, i: key_end + 1 };
-    s.skip_ws();
-    if s.peek() != Some(b':') {
-        return None;
+/// Where the value of the member whose key ends at `key_end` (its closing
+/// quote) starts in `line`, for a line [`scan_object_keys`] accepted: past
+/// the whitespace, the colon and the whitespace after the key.
+#[inline(always)]
+pub(crate) fn value_start(line: &[u8], key_end: usize) -> usize {
+    let mut start = key_end + 1;
+    while let Some(b' ' | b'\t' | b'\n' | b'\r' | b':') = line.get(start) {
+        start += 1;
     }
-    s.i += 1;
-    s.skip_ws();
-    let start = s.i;
+    start
+}
+
+/// Where the value that starts at `start` in `line` ends, and whether it
+/// is a string with an escape, for a line [`scan_object_keys`] accepted: a
+/// caller that wants a few values finds them from their keys afterwards,
+/// and the scan keeps the keys-only shape (reporting every value from
+/// inside it cost more than the values themselves). `None` only for a line
+/// the scan did not accept.
+#[inline]
+pub(crate) fn value_at(line: &[u8], start: usize) -> Option<(Range<usize>, bool)> {
+    let mut s = Scanner { b: line, i: start };
     let mut escaped = false;
     match s.peek()? {
         b'"' => {
@@ -636,12 +641,8 @@ mod tests {
                 if valid {
                     assert_eq!(only_keys, keys);
                     for (k, v, escaped) in members {
-                        assert_eq!(
-                            value_after_key(&line, k.end),
-                            Some((v, escaped)),
-                            "{:?}",
-                            String::from_utf8_lossy(&line)
-                        );
+                        assert_eq!(value_start(&line, k.end), v.start, "{:?}", String::from_utf8_lossy(&line));
+                        assert_eq!(value_at(&line, v.start), Some((v, escaped)), "{:?}", String::from_utf8_lossy(&line));
                     }
                 }
                 if valid {

@@ -44,15 +44,29 @@ struct TlsBroker {
     ca: PathBuf,
     dir: tempfile::TempDir,
     _proxy: TlsProxy,
-    _tansu: Guard,
+    server: Guard,
 }
 
 impl TlsBroker {
+    /// A broker whose TLS endpoint is proven to be its own: the handshake
+    /// verifies against this broker's CA, and without authentication a
+    /// metadata request comes back through it. The two ports are picked
+    /// before the processes bind them, so another process can take one in
+    /// between (tansu or socat then fails to bind, or a stranger answers):
+    /// such a start is thrown away and tried again on new ports.
     fn start(authentication: bool) -> TlsBroker {
-        TlsBroker::start_with(authentication)
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let mut broker = TlsBroker::try_start(authentication);
+            match broker.check(authentication) {
+                Ok(()) => return broker,
+                Err(e) => failures.push(format!("{e}; broker logs:\n{}", broker.logs())),
+            }
+        }
+        panic!("the TLS broker did not come up in 3 tries:\n{}", failures.join("\n---\n"));
     }
 
-    fn start_with(authentication: bool) -> TlsBroker {
+    fn try_start(authentication: bool) -> TlsBroker {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new(dir.path(), "broker-ca");
         let (cert, key) = ca.issue("localhost", "DNS:localhost,IP:127.0.0.1", 2);
@@ -83,8 +97,41 @@ impl TlsBroker {
             ca: ca.cert,
             dir,
             _proxy: proxy,
-            _tansu: tansu,
+            server: tansu,
         }
+    }
+
+    /// Whether this broker, and no other process, answers on its ports.
+    fn check(&mut self, authentication: bool) -> Result<(), String> {
+        if let Ok(Some(status)) = self.server.0.try_wait() {
+            return Err(format!("tansu exited with {status}"));
+        }
+        let handshake = Command::new("openssl")
+            .args(["s_client", "-brief", "-verify_return_error", "-connect", &self.tls_addr, "-CAfile"])
+            .arg(&self.ca)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run openssl s_client");
+        if !handshake.status.success() {
+            return Err(format!(
+                "the TLS endpoint {} did not verify against this broker's CA: {}",
+                self.tls_addr,
+                String::from_utf8_lossy(&handshake.stderr)
+            ));
+        }
+        if authentication {
+            return Ok(());
+        }
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.tls_addr)
+            .set("security.protocol", "ssl")
+            .set("ssl.ca.location", self.ca.to_str().unwrap())
+            .create()
+            .expect("client");
+        client
+            .fetch_metadata(None, Duration::from_secs(20))
+            .map(drop)
+            .map_err(|e| format!("no metadata through {}: {e}", self.tls_addr))
     }
 
     fn tansu(&self, args: &[&str]) {
@@ -160,11 +207,18 @@ healthcheck_timeout = "20s"
 }
 
 /// Sends `n` events through a sluice with `cfg` and waits for it to exit.
-fn send_events(cfg: &str, n: usize) {
+fn send_events(broker: &TlsBroker, cfg: &str, n: usize) {
     let mut s = Sluice::builder().config(cfg).stdin_piped().stdout(Stdout::Null).start();
     let lines: Vec<String> = (0..n).map(|i| format!(r#"{{"seq":{i},"msg":"over tls"}}"#)).collect();
     s.write_lines(&lines);
-    s.finish(Duration::from_secs(60));
+    s.close_stdin();
+    let status = s.wait(Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "sluice exited with {status}; log:\n{}\nbroker logs:\n{}",
+        s.logs(),
+        broker.logs()
+    );
 }
 
 fn seqs(payloads: &[String]) -> Vec<u64> {
@@ -180,7 +234,7 @@ fn seqs(payloads: &[String]) -> Vec<u64> {
 fn the_kafka_sink_delivers_over_tls_with_the_brokers_certificate_verified() {
     let broker = TlsBroker::start(false);
     broker.create_topic("tls-events");
-    send_events(&sink_config(&broker, "tls-events", "\"security.protocol\" = \"ssl\""), 200);
+    send_events(&broker, &sink_config(&broker, "tls-events", "\"security.protocol\" = \"ssl\""), 200);
     assert_eq!(seqs(&broker.read("tls-events", 200, &[])), (0..200).collect::<Vec<_>>());
 }
 

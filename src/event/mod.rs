@@ -388,6 +388,21 @@ impl PartWriter for Selector<'_> {
     /// `from` is the batch the selector was made of.
     fn keep(&mut self, _from: &Batch, range: std::ops::Range<usize>) {
         let from = self.from;
+        if from.selection.is_none() {
+            // Events of the decoded batch: each starts where the one
+            // before it ends.
+            let mut start = if range.start == 0 { 0 } else { from.ends[range.start - 1] };
+            self.starts.reserve(range.len());
+            self.ends.reserve(range.len());
+            for &end in &from.ends[range.clone()] {
+                self.starts.push(start);
+                self.end += end - start;
+                self.ends.push(self.end);
+                start = end;
+            }
+            from.copy_values(range, &mut self.values, &mut self.strings);
+            return;
+        }
         for i in range.clone() {
             let (buffer, at) = from.locate(i);
             let start = match from.selection.as_ref() {

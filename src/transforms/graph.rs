@@ -181,7 +181,7 @@ pub(crate) struct Run<'b> {
     located: Option<Span>,
 }
 
-impl Run<'_> {
+impl<'b> Run<'b> {
     /// Whether the step running takes the source alone, straight from
     /// decode (a file reader may then have asked it before reading).
     pub(crate) fn fed_by_source(&self) -> bool {
@@ -237,6 +237,27 @@ impl Run<'_> {
                 self.graph.programs[c.0].holds(&values, &self.judged.meta, &mut self.scratch)
             }
         }
+    }
+
+    /// The text of key `k` for the event: for an unchanged event the text
+    /// the judge recorded, else rendered into `buf`. `None` when the event
+    /// has no such value.
+    pub(crate) fn key_text<'s>(&mut self, k: KeyId, item: &Item, buf: &'s mut String) -> Option<&'s str>
+    where
+        'b: 's,
+    {
+        if let Changed::No = item.changed {
+            let judged = self.judged;
+            let at = item.idx as usize * self.graph.keys.len() + k.0;
+            return judged
+                .keys
+                .get(at)
+                .copied()
+                .flatten()
+                .map(|(start, len)| &judged.text[start as usize..(start + len) as usize]);
+        }
+        buf.clear();
+        self.key(k, item, buf).then_some(buf.as_str())
     }
 
     /// The text of key `k` for the event, appended to `out`; false when the
@@ -421,10 +442,29 @@ impl Graph {
             if nodes.is_empty() {
                 continue;
             }
+            // An input no later node takes and no sink takes is handed
+            // over, not copied.
+            let last_use = nodes
+                .iter()
+                .enumerate()
+                .map(|(n, &i)| {
+                    let inputs = &self.nodes[i].inputs;
+                    inputs
+                        .iter()
+                        .enumerate()
+                        .map(|(k, name)| {
+                            !consumed.contains(name.as_str())
+                                && !inputs[k + 1..].contains(name)
+                                && !nodes[n + 1..].iter().any(|&j| self.nodes[j].inputs.contains(name))
+                        })
+                        .collect()
+                })
+                .collect();
             let plan = SourcePlan {
                 graph: self.clone(),
                 source: source.into(),
                 nodes,
+                last_use,
                 consumed: reached.iter().filter(|o| consumed.contains(**o)).map(|o| Arc::from(*o)).collect(),
             };
             plans.insert(source.into(), Arc::new(plan));
@@ -439,6 +479,8 @@ struct SourcePlan {
     source: Arc<str>,
     /// Indexes into `graph.nodes`.
     nodes: Vec<usize>,
+    /// Per node, per input: whether it is that stream's last use.
+    last_use: Vec<Vec<bool>>,
     /// The outputs reached (the source's own included) that a sink takes.
     consumed: Vec<Arc<str>>,
 }
@@ -501,12 +543,23 @@ impl Processing for SourcePlan {
         };
         let mut streams: HashMap<Arc<str>, Vec<Item>> = HashMap::new();
         streams.insert(self.source.clone(), (0..batch.len() as u32).map(Item::new).collect());
-        for &i in &self.nodes {
+        // `sluice tap` may look at any stream once the steps are done.
+        let tapping = crate::telemetry::tap::active();
+        for (&i, last_use) in self.nodes.iter().zip(&self.last_use) {
             let node = &self.graph.nodes[i];
             let mut input: Vec<Item> = Vec::new();
             let mut from = 0;
-            for name in &node.inputs {
-                if let Some(s) = streams.get(name.as_str()) {
+            for (name, &last) in node.inputs.iter().zip(last_use) {
+                if last && !tapping {
+                    if let Some(s) = streams.remove(name.as_str()) {
+                        if input.is_empty() {
+                            input = s;
+                        } else {
+                            input.extend(s);
+                        }
+                        from += 1;
+                    }
+                } else if let Some(s) = streams.get(name.as_str()) {
                     input.extend(s.iter().cloned());
                     from += 1;
                 }

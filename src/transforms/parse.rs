@@ -314,11 +314,10 @@ impl Step for Parse {
         kept.reserve(input.len());
         let mut text = String::new();
         for mut item in input {
-            text.clear();
-            let parsed = match self.key {
-                Some(k) if run.key(k, &item, &mut text) => parse_text(&self.config, &text),
-                _ => None,
-            };
+            let parsed = self
+                .key
+                .and_then(|k| run.key_text(k, &item, &mut text))
+                .and_then(|text| parse_text(&self.config, text));
             if let Some(parsed) = parsed {
                 if let Some(event) = run.change(&mut item) {
                     self.apply(event, parsed);

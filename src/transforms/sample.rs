@@ -97,10 +97,9 @@ impl Step for Sample {
                 kept.push(item);
                 continue;
             }
-            key.clear();
-            let hash = match self.key {
-                Some(k) if run.key(k, &item, &mut key) => stable_hash(key.as_bytes()),
-                _ => stable_hash(run.bytes(&item)),
+            let hash = match self.key.and_then(|k| run.key_text(k, &item, &mut key)) {
+                Some(key) => stable_hash(key.as_bytes()),
+                None => stable_hash(run.bytes(&item)),
             };
             if hash % self.rate != 0 {
                 continue;

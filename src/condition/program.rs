@@ -175,7 +175,7 @@ impl Program {
     /// need a number). Inside `all`, `any` and `not`, such a test fails, so
     /// `not` of it passes. `text` is scratch space for numbers tested as
     /// text.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn eval<'a>(&self, values: &impl Values<'a>, meta: &MetaValues, text: &mut String) -> Option<bool> {
         // The usual condition is one test, or `not` of one: judged here,
         // without a call into the recursive walk.

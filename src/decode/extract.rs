@@ -267,10 +267,12 @@ impl FieldPlan {
                 Some(b't' | b'n') => start + 4,
                 Some(b'f') => start + 5,
                 Some(_) => {
-                    let mut end = start;
-                    while let Some(b'0'..=b'9' | b'-' | b'.') = line.get(end) {
-                        end += 1;
-                    }
+                    let rest = &line[start..];
+                    let end = start
+                        + rest
+                            .iter()
+                            .position(|c| !matches!(c, b'0'..=b'9' | b'-' | b'.'))
+                            .unwrap_or(rest.len());
                     match number_value(&line[start..end]) {
                         Some(n) => self.numbers[r] = n,
                         None => return false,

@@ -84,6 +84,10 @@ struct Route {
 impl Step for Route {
     fn run(&self, input: Vec<Item>, run: &mut Run<'_>, out: &mut [Vec<Item>]) {
         let Some((unmatched, routes)) = out.split_last_mut() else { return };
+        // Each list may take every event: grown once, not doubling.
+        for list in routes.iter_mut().chain([&mut *unmatched]) {
+            list.reserve(input.len());
+        }
         for item in input {
             let mut last: Option<usize> = None;
             for (r, &c) in self.routes.iter().enumerate() {

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::graph::{Compiler, CondId, Run, Step};
+use super::graph::{Compiler, CondId, Run, Step, Verdicts};
 use super::stream::Item;
 use super::TransformComponent;
 use crate::condition::Condition;
@@ -44,6 +44,19 @@ impl Step for Filter {
                 kept.push(item);
             }
         }
+    }
+
+    fn select(&self, input: &[u64], verdicts: &Verdicts, out: &mut [Vec<u64>]) {
+        let ([kept], Some(holds)) = (out, verdicts.of(self.keep)) else {
+            return;
+        };
+        for ((k, i), h) in kept.iter_mut().zip(input).zip(holds) {
+            *k = i & h;
+        }
+    }
+
+    fn selects(&self) -> bool {
+        true
     }
 
     fn drop_reason(&self) -> &'static str {

@@ -31,6 +31,17 @@ use crate::pipeline::{Deferral, Output, Outputs, Prepared, Processing};
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CondId(usize);
 
+/// Each condition's verdicts on a batch's events, as sets: bit `i` for
+/// event `i` ([`Step::select`]).
+pub(crate) struct Verdicts(Vec<Vec<u64>>);
+
+impl Verdicts {
+    /// The events condition `c` holds for.
+    pub(crate) fn of(&self, c: CondId) -> Option<&[u64]> {
+        self.0.get(c.0).map(Vec::as_slice)
+    }
+}
+
 /// A key of the graph (a sample or throttle key field): its text in
 /// [`Judged`].
 #[derive(Debug, Clone, Copy)]
@@ -76,6 +87,17 @@ pub(crate) trait Step: Send + Sync {
     /// Why an event this transform puts nowhere was dropped (the `reason`
     /// label of `sluice_transform_events_dropped_total`).
     fn drop_reason(&self) -> &'static str;
+
+    /// For a step that only sorts events by their decode-time verdicts
+    /// (filter, route): its outputs as sets of the batch's events, a bit per
+    /// event, from `input`; `verdicts[c]` holds condition `c`'s. Only
+    /// called when [`Step::selects`] is true.
+    fn select(&self, _input: &[u64], _verdicts: &Verdicts, _out: &mut [Vec<u64>]) {}
+
+    /// Whether [`Step::select`] does this step's work, for unchanged events.
+    fn selects(&self) -> bool {
+        false
+    }
 
     /// The budget a file reader asks before it reads, for a throttle.
     fn deferral(&self) -> Option<Arc<dyn Deferral>> {
@@ -463,6 +485,11 @@ impl Graph {
             let plan = SourcePlan {
                 graph: self.clone(),
                 source: source.into(),
+                // With one input each: an event two inputs both carry
+                // reaches a step twice, which a set cannot say.
+                selects: nodes
+                    .iter()
+                    .all(|&i| self.nodes[i].step.selects() && self.nodes[i].inputs.len() == 1),
                 nodes,
                 last_use,
                 consumed: reached.iter().filter(|o| consumed.contains(**o)).map(|o| Arc::from(*o)).collect(),
@@ -481,6 +508,10 @@ struct SourcePlan {
     nodes: Vec<usize>,
     /// Per node, per input: whether it is that stream's last use.
     last_use: Vec<Vec<bool>>,
+    /// Every step only sorts events by their verdicts and takes one
+    /// input: the batch goes through as sets of bits
+    /// ([`SourcePlan::select`]).
+    selects: bool,
     /// The outputs reached (the source's own included) that a sink takes.
     consumed: Vec<Arc<str>>,
 }
@@ -529,6 +560,9 @@ impl Processing for SourcePlan {
                 return vec![(self.source.clone(), Output::Whole)];
             }
         };
+        if self.selects && !crate::telemetry::tap::active() {
+            return self.select(batch, &judged);
+        }
         let mut run = Run {
             batch,
             judged: &judged,
@@ -594,6 +628,101 @@ impl Processing for SourcePlan {
             }
         }
         outputs
+    }
+}
+
+impl SourcePlan {
+    /// [`Processing::process`] for steps that only sort events by their
+    /// verdicts: each stream is a set of the batch's events, a bit each,
+    /// and a step's work is a few word operations per 64 events.
+    fn select(&self, batch: &Batch, judged: &Judged) -> Outputs {
+        let n = batch.len();
+        let words = n.div_ceil(64);
+        // Condition `c`'s verdicts as a set: bit `i` for event `i`.
+        let mut verdicts = vec![vec![0u64; words]; self.graph.programs.len()];
+        for (i, event) in judged.bits.chunks(judged.words.max(1)).take(n).enumerate() {
+            for (c, set) in verdicts.iter_mut().enumerate() {
+                let holds = event.get(c / 64).is_some_and(|w| w & (1 << (c % 64)) != 0);
+                set[i / 64] |= (holds as u64) << (i % 64);
+            }
+        }
+        let verdicts = Verdicts(verdicts);
+        let mut all = vec![u64::MAX; words];
+        if n % 64 != 0 {
+            all[words - 1] = (1 << (n % 64)) - 1;
+        }
+        let mut streams: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
+        streams.insert(self.source.clone(), all);
+        for &i in &self.nodes {
+            let node = &self.graph.nodes[i];
+            let mut input = vec![0u64; words];
+            for name in &node.inputs {
+                if let Some(s) = streams.get(name.as_str()) {
+                    input.iter_mut().zip(s).for_each(|(a, b)| *a |= b);
+                }
+            }
+            let mut out: Vec<Vec<u64>> = node.outputs.iter().map(|_| vec![0u64; words]).collect();
+            node.step.select(&input, &verdicts, &mut out);
+            node.metrics
+                .record_counts(count(&input), out.iter().map(|s| count(s)), node.step.drop_reason());
+            for (name, set) in node.outputs.iter().zip(out) {
+                streams.insert(name.clone(), set);
+            }
+        }
+        self.consumed
+            .iter()
+            .map(|name| {
+                let set = streams.remove(name).unwrap_or_default();
+                (name.clone(), selected(batch, &set))
+            })
+            .collect()
+    }
+}
+
+/// Events in a set.
+fn count(set: &[u64]) -> usize {
+    set.iter().map(|w| w.count_ones() as usize).sum()
+}
+
+/// The events of `set` as [`output`] sends them; every one unchanged.
+fn selected(batch: &Batch, set: &[u64]) -> Output {
+    let kept = count(set);
+    if kept == batch.len() {
+        return Output::Whole;
+    }
+    if kept * SELECT_SHARE >= batch.len() {
+        let mut out = batch.selector(kept);
+        keep_runs(&mut out, batch, set);
+        return Output::Part(out.build());
+    }
+    let mut out = batch.part_builder(kept);
+    keep_runs(&mut out, batch, set);
+    Output::Part(batch.part(out))
+}
+
+/// Writes each run of consecutive events of `set` into `out` in one piece.
+fn keep_runs(out: &mut impl PartWriter, batch: &Batch, set: &[u64]) {
+    let mut i = 0;
+    let end = set.len() * 64;
+    while i < end {
+        // Skip to the next event in the set, then to the end of its run.
+        let skip = (set[i / 64] >> (i % 64)).trailing_zeros() as usize;
+        if skip >= 64 - i % 64 {
+            i = (i / 64 + 1) * 64;
+            continue;
+        }
+        let start = i + skip;
+        let mut stop = start;
+        loop {
+            let ones = (!(set[stop / 64] >> (stop % 64))).trailing_zeros() as usize;
+            let room = 64 - stop % 64;
+            stop += ones.min(room);
+            if ones < room || stop >= end {
+                break;
+            }
+        }
+        out.keep(batch, start..stop.min(batch.len()));
+        i = stop;
     }
 }
 
@@ -1016,6 +1145,37 @@ type = "stdout"
     }
 
     #[test]
+    fn an_event_two_routes_match_goes_to_both_and_a_step_taking_both_sees_it_twice() {
+        let routes = r#"
+[transforms.split]
+type = "route"
+inputs = ["app"]
+routes.all = { field = "level", exists = true }
+routes.errors = { field = "level", equals = "error" }
+[transforms.both]
+type = "filter"
+inputs = ["split.all", "split.errors"]
+condition = { field = "level", exists = true }
+"#;
+        let lines: Vec<String> = (0..130)
+            .map(|i| format!(r#"{{"i":{i},"level":"{}"}}"#, if i % 3 == 0 { "error" } else { "info" }))
+            .collect();
+        let errors: Vec<String> = lines.iter().step_by(3).cloned().collect();
+        // Sets of bits: only steps with one input each.
+        let split = run(
+            &format!("{routes}[sinks.a]\ntype = \"blackhole\"\ninputs = [\"split.all\", \"split.errors\"]\n"),
+            &lines,
+        );
+        assert_eq!(split["split.all"], lines);
+        assert_eq!(split["split.errors"], errors);
+        // A step with two inputs takes each event as often as they carry it.
+        let both = run(&format!("{routes}[sinks.a]\ntype = \"blackhole\"\ninputs = [\"both\"]\n"), &lines);
+        let mut twice: Vec<String> = lines.iter().chain(&errors).cloned().collect();
+        twice.sort_by_key(|l| lines.iter().position(|x| x == l));
+        assert_eq!(both["both"], twice);
+    }
+
+    #[test]
     fn filter_then_route_splits_by_level() {
         let lines: Vec<String> = [
             r#"{"level":"error","path":"/a"}"#,
@@ -1161,11 +1321,11 @@ inputs = ["calm", "split.warnings"]
 
     proptest! {
         /// Every event that passes the filter is in exactly one output of a
-        /// route whose routes exclude each other; every other event was
-        /// dropped; the bytes are the input's.
+        /// route whose routes exclude each other, in the batch's order;
+        /// every other event was dropped; the bytes are the input's.
         #[test]
         fn filter_and_route_lose_and_duplicate_nothing(
-            events in proptest::collection::vec((0u8..5, 0u8..4, any::<bool>()), 0..60),
+            events in proptest::collection::vec((0u8..5, 0u8..4, any::<bool>()), 0..200),
         ) {
             let levels = ["error", "warn", "info", "debug", ""];
             let paths = ["/healthz", "/metrics", "/api", ""];
@@ -1192,6 +1352,12 @@ inputs = ["calm", "split.warnings"]
                 .filter(|(_, (_, p, json))| !(*json && *p < 2))
                 .map(|(l, (_, _, json))| if *json { l.clone() } else { format!("{{\"message\":\"{l}\"}}") })
                 .collect();
+            // Each output keeps the batch's order (sets of more than one
+            // word included).
+            for events in got.values() {
+                let at: Vec<usize> = events.iter().map(|e| kept.iter().position(|k| k == e).unwrap_or(usize::MAX)).collect();
+                prop_assert!(at.windows(2).all(|w| w[0] < w[1]), "{:?}", at);
+            }
             let mut want = kept.clone();
             seen.sort();
             want.sort();

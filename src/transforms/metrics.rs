@@ -72,11 +72,16 @@ impl NodeMetrics {
     /// One batch: `seen` events in, `out` per output; what went nowhere was
     /// dropped for `reason`.
     pub(crate) fn record<T>(&self, seen: usize, out: &[Vec<T>], reason: &str) {
+        self.record_counts(seen, out.iter().map(Vec::len), reason);
+    }
+
+    /// [`TransformMetrics::record`] with the number of events per output.
+    pub(crate) fn record_counts(&self, seen: usize, out: impl Iterator<Item = usize>, reason: &str) {
         self.events_in.inc_by(seen as u64);
         let mut sent = 0;
-        for (counter, items) in self.events_out.iter().zip(out) {
-            counter.inc_by(items.len() as u64);
-            sent += items.len();
+        for (counter, n) in self.events_out.iter().zip(out) {
+            counter.inc_by(n as u64);
+            sent += n;
         }
         if seen > sent {
             TransformMetrics::get()

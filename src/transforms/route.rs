@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::Map;
 
-use super::graph::{Compiler, CondId, Run, Step};
+use super::graph::{Compiler, CondId, Run, Step, Verdicts};
 use super::stream::Item;
 use super::TransformComponent;
 use crate::condition::Condition;
@@ -102,6 +102,22 @@ impl Step for Route {
                 None => unmatched.push(item),
             }
         }
+    }
+
+    fn select(&self, input: &[u64], verdicts: &Verdicts, out: &mut [Vec<u64>]) {
+        let Some((unmatched, routes)) = out.split_last_mut() else { return };
+        unmatched.copy_from_slice(input);
+        for (set, c) in routes.iter_mut().zip(&self.routes) {
+            let Some(holds) = verdicts.of(*c) else { continue };
+            for (((s, i), h), u) in set.iter_mut().zip(input).zip(holds).zip(unmatched.iter_mut()) {
+                *s = i & h;
+                *u &= !h;
+            }
+        }
+    }
+
+    fn selects(&self) -> bool {
+        true
     }
 
     fn drop_reason(&self) -> &'static str {

@@ -125,6 +125,20 @@ pub(crate) struct Judged {
 }
 
 impl Judged {
+    /// The decode-time verdict of condition `c` on event `idx`.
+    #[inline(always)]
+    fn holds(&self, c: usize, idx: usize) -> bool {
+        let w = self.words * idx + c / 64;
+        self.bits.get(w).is_some_and(|bits| bits & (1 << (c % 64)) != 0)
+    }
+
+    /// The text key `k` had in event `idx` when it was judged; `None` when
+    /// the event had no such value. `keys` is the graph's number of keys.
+    fn key_text(&self, k: KeyId, idx: u32, keys: usize) -> Option<&str> {
+        let (start, len) = self.keys.get(idx as usize * keys + k.0).copied().flatten()?;
+        Some(&self.text[start as usize..(start + len) as usize])
+    }
+
     /// Where the members of event `idx` are in its bytes as decoded, when
     /// the decoder said ([`Compiler::members`]).
     fn members(&self, idx: u32) -> Option<&[MemberAt]> {
@@ -228,8 +242,7 @@ impl<'b> Run<'b> {
     /// The decode-time verdict of condition `c` on event `idx`.
     #[inline(always)]
     fn verdict(&self, c: CondId, idx: u32) -> bool {
-        let w = self.judged.words * idx as usize + c.0 / 64;
-        self.judged.bits.get(w).is_some_and(|bits| bits & (1 << (c.0 % 64)) != 0)
+        self.judged.holds(c.0, idx as usize)
     }
 
     /// [`Run::holds`] for an event a transform changed: judged on it now.
@@ -269,14 +282,8 @@ impl<'b> Run<'b> {
         'b: 's,
     {
         if let Changed::No = item.changed {
-            let judged = self.judged;
-            let at = item.idx as usize * self.graph.keys.len() + k.0;
-            return judged
-                .keys
-                .get(at)
-                .copied()
-                .flatten()
-                .map(|(start, len)| &judged.text[start as usize..(start + len) as usize]);
+            let judged: &'b Judged = self.judged;
+            return judged.key_text(k, item.idx, self.graph.keys.len());
         }
         buf.clear();
         self.key(k, item, buf).then_some(buf.as_str())
@@ -289,10 +296,9 @@ impl<'b> Run<'b> {
         let path = &self.graph.fields.paths()[f];
         let v = match &item.changed {
             Changed::No => {
-                let at = item.idx as usize * self.graph.keys.len() + k.0;
-                return match self.judged.keys.get(at).copied().flatten() {
-                    Some((start, len)) => {
-                        out.push_str(&self.judged.text[start as usize..(start + len) as usize]);
+                return match self.judged.key_text(k, item.idx, self.graph.keys.len()) {
+                    Some(text) => {
+                        out.push_str(text);
                         true
                     }
                     None => false,
@@ -560,7 +566,9 @@ impl Processing for SourcePlan {
                 return vec![(self.source.clone(), Output::Whole)];
             }
         };
-        if self.selects && !crate::telemetry::tap::active() {
+        // `sluice tap` may look at any stream once the steps are done.
+        let tapping = crate::telemetry::tap::active();
+        if self.selects && !tapping {
             return self.select(batch, &judged);
         }
         let mut run = Run {
@@ -577,8 +585,6 @@ impl Processing for SourcePlan {
         };
         let mut streams: HashMap<Arc<str>, Vec<Item>> = HashMap::new();
         streams.insert(self.source.clone(), (0..batch.len() as u32).map(Item::new).collect());
-        // `sluice tap` may look at any stream once the steps are done.
-        let tapping = crate::telemetry::tap::active();
         for (&i, last_use) in self.nodes.iter().zip(&self.last_use) {
             let node = &self.graph.nodes[i];
             let mut input: Vec<Item> = Vec::new();
@@ -619,7 +625,7 @@ impl Processing for SourcePlan {
                 (name.clone(), output(batch, &mut run, items))
             })
             .collect();
-        if crate::telemetry::tap::active() {
+        if tapping {
             // Outputs no sink takes but someone looks at (`sluice tap`).
             for name in crate::telemetry::tap::wanted() {
                 if let Some((name, items)) = streams.remove_entry(name.as_str()) {
@@ -640,10 +646,9 @@ impl SourcePlan {
         let words = n.div_ceil(64);
         // Condition `c`'s verdicts as a set: bit `i` for event `i`.
         let mut verdicts = vec![vec![0u64; words]; self.graph.programs.len()];
-        for (i, event) in judged.bits.chunks(judged.words.max(1)).take(n).enumerate() {
+        for i in 0..n {
             for (c, set) in verdicts.iter_mut().enumerate() {
-                let holds = event.get(c / 64).is_some_and(|w| w & (1 << (c % 64)) != 0);
-                set[i / 64] |= (holds as u64) << (i % 64);
+                set[i / 64] |= (judged.holds(c, i) as u64) << (i % 64);
             }
         }
         let verdicts = Verdicts(verdicts);
@@ -655,12 +660,13 @@ impl SourcePlan {
         streams.insert(self.source.clone(), all);
         for &i in &self.nodes {
             let node = &self.graph.nodes[i];
-            let mut input = vec![0u64; words];
-            for name in &node.inputs {
-                if let Some(s) = streams.get(name.as_str()) {
-                    input.iter_mut().zip(s).for_each(|(a, b)| *a |= b);
-                }
-            }
+            // One input ([`SourcePlan::selects`]).
+            let input = node
+                .inputs
+                .first()
+                .and_then(|name| streams.get(name.as_str()))
+                .cloned()
+                .unwrap_or_else(|| vec![0; words]);
             let mut out: Vec<Vec<u64>> = node.outputs.iter().map(|_| vec![0u64; words]).collect();
             node.step.select(&input, &verdicts, &mut out);
             node.metrics

@@ -226,7 +226,7 @@ fn may_hold_secret(text: &[u8]) -> bool {
     while at < text.len() {
         // A block and the byte after it (a pair may straddle two blocks);
         // past the end, zeros, which start nothing.
-        let mask = match text.get(at..at + 17) {
+        let mut m = match text.get(at..at + 17) {
             Some(window) => secret_starts_in(window.try_into().expect("17 bytes")),
             None => {
                 let mut window = [0u8; 17];
@@ -234,7 +234,6 @@ fn may_hold_secret(text: &[u8]) -> bool {
                 secret_starts_in(&window)
             }
         };
-        let mut m = mask;
         while m != 0 {
             if secret_starts(&text[at + m.trailing_zeros() as usize..]) {
                 return true;

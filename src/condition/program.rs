@@ -161,13 +161,70 @@ enum Node {
 #[derive(Debug, Clone)]
 pub(crate) struct Program {
     root: Node,
+    /// The program as one test of a string, when it is that (or `not` of
+    /// it): judged on a string value without the walk.
+    text: Option<TextTest>,
+}
+
+/// `equals` or `one_of` with literals only a string matches, or `prefix`,
+/// on one field; `negate` for `not` of it.
+#[derive(Debug, Clone)]
+struct TextTest {
+    field: usize,
+    kind: TextKind,
+    negate: bool,
+}
+
+#[derive(Debug, Clone)]
+enum TextKind {
+    OneOf(Box<[Box<[u8]>]>),
+    Prefix(Box<[u8]>),
+}
+
+impl TextTest {
+    /// The test of `root`, when it is one [`TextTest`] can judge on a
+    /// string value as [`test_value`] does.
+    fn of(root: &Node) -> Option<TextTest> {
+        let (node, negate) = match root {
+            Node::Not(n) => (&**n, true),
+            n => (n, false),
+        };
+        let Node::Test { field, test } = node else {
+            return None;
+        };
+        let text = |l: &Literal| (l.number.is_none() && l.boolean.is_none()).then(|| Box::from(l.text.as_bytes()));
+        let kind = match test {
+            Test::Equals(l) => TextKind::OneOf(Box::new([text(l)?])),
+            Test::OneOf(ls) => TextKind::OneOf(ls.iter().map(text).collect::<Option<_>>()?),
+            Test::Prefix(p) => TextKind::Prefix(p.as_bytes().into()),
+            _ => return None,
+        };
+        Some(TextTest {
+            field: *field,
+            kind,
+            negate,
+        })
+    }
+
+    /// Whether the string `s` passes (before `negate`).
+    #[inline(always)]
+    fn passes(&self, s: &[u8]) -> bool {
+        match &self.kind {
+            TextKind::OneOf(ls) => ls.iter().any(|l| same_bytes(s, l)),
+            TextKind::Prefix(p) => s.len() >= p.len() && same_bytes(&s[..p.len()], p),
+        }
+    }
 }
 
 impl Program {
     /// Compiles a validated condition, adding the fields it reads to
     /// `fields` (the set the decoder will locate for it).
     pub(crate) fn compile(c: &Condition, fields: &mut FieldSet) -> Program {
-        Program { root: compile(c, fields) }
+        let root = compile(c, fields);
+        Program {
+            text: TextTest::of(&root),
+            root,
+        }
     }
 
     /// Whether the event passes. `None` when a test on one field cannot
@@ -177,6 +234,12 @@ impl Program {
     /// text.
     #[inline(always)]
     pub(crate) fn eval<'a>(&self, values: &impl Values<'a>, meta: &MetaValues, text: &mut String) -> Option<bool> {
+        // A test of a string on a string value: its bytes compared, no more.
+        if let Some(t) = &self.text {
+            if let FieldValueRef::Str(s) = values.get(t.field) {
+                return Some(t.passes(s.as_bytes()) != t.negate);
+            }
+        }
         // The usual condition is one test, or `not` of one: judged here,
         // without a call into the recursive walk.
         match &self.root {
@@ -316,23 +379,13 @@ mod tests {
         }
     }
 
-    /// Compiles `c` and judges an event given as a JSON object of plain
-    /// values, with `meta` as its source's metadata.
-    fn judge(c: serde_json::Value, event: serde_json::Value, meta: serde_json::Value) -> Option<bool> {
-        let mut errors = Vec::new();
-        let cond: Condition = parse_valid("c", c, &mut errors).unwrap_or_else(|| panic!("{errors:?}"));
-        let mut fields = FieldSet::new();
-        let program = Program::compile(&cond, &mut fields);
-        let serde_json::Value::Object(meta) = meta else {
-            panic!("meta must be an object")
-        };
-        let ctx = SourceContext::new("t".into(), "test", String::new(), meta);
-        let meta = MetaValues::resolve(&fields, &ctx);
-        let values: Vec<FieldValueRef<'_>> = fields
+    /// The values of `fields` in `event`, by path.
+    fn values_of<'a>(fields: &FieldSet, event: &'a serde_json::Value) -> Row<'a> {
+        Row(fields
             .paths()
             .iter()
             .map(|p| {
-                let mut v = &event;
+                let mut v = event;
                 for s in p.segments() {
                     match v.get(s) {
                         Some(x) => v = x,
@@ -347,8 +400,22 @@ mod tests {
                     _ => FieldValueRef::Composite,
                 }
             })
-            .collect();
-        program.eval(&Row(values), &meta, &mut String::new())
+            .collect())
+    }
+
+    /// Compiles `c` and judges an event given as a JSON object of plain
+    /// values, with `meta` as its source's metadata.
+    fn judge(c: serde_json::Value, event: serde_json::Value, meta: serde_json::Value) -> Option<bool> {
+        let mut errors = Vec::new();
+        let cond: Condition = parse_valid("c", c, &mut errors).unwrap_or_else(|| panic!("{errors:?}"));
+        let mut fields = FieldSet::new();
+        let program = Program::compile(&cond, &mut fields);
+        let serde_json::Value::Object(meta) = meta else {
+            panic!("meta must be an object")
+        };
+        let ctx = SourceContext::new("t".into(), "test", String::new(), meta);
+        let meta = MetaValues::resolve(&fields, &ctx);
+        program.eval(&values_of(&fields, &event), &meta, &mut String::new())
     }
 
     #[test]
@@ -412,6 +479,60 @@ mod tests {
         ];
         for (c, e, want) in cases {
             assert_eq!(judge(c.clone(), e.clone(), json!({})), want, "{c} on {e}");
+        }
+    }
+
+    proptest::proptest! {
+        /// A test of a string judged on its bytes ([`TextTest`]) answers
+        /// as the walk over the tree does, for every kind of value and for
+        /// a field the event lacks (judged on the metadata).
+        #[test]
+        fn a_text_test_answers_as_the_walk(
+            kind in 0usize..6,
+            negate in proptest::bool::ANY,
+            literals in proptest::collection::vec("|a|ab|/api/|/healthz|error|é", 1..3),
+            value in 0usize..6,
+            text in "|a|ab|abc|/api/x|/healthz|error|errors|é|ée",
+            meta in proptest::option::of("a|ab|/healthz|error"),
+        ) {
+            let literal = |l: &String| serde_json::Value::String(l.clone());
+            let test = match kind {
+                0 => json!({"field": "f", "equals": literal(&literals[0])}),
+                1 => json!({"field": "f", "one_of": literals.iter().map(literal).collect::<Vec<_>>()}),
+                2 if !literals[0].is_empty() => json!({"field": "f", "prefix": literals[0]}),
+                3 => json!({"field": "f", "equals": 5}),
+                4 => json!({"field": "f", "one_of": ["5", "x"]}),
+                _ => json!({"field": "f", "equals": "true"}),
+            };
+            let c = if negate { json!({"not": test}) } else { test };
+            let mut errors = Vec::new();
+            let Some(cond) = parse_valid::<Condition>("c", c.clone(), &mut errors) else {
+                return Ok(());
+            };
+            let mut fields = FieldSet::new();
+            let program = Program::compile(&cond, &mut fields);
+            let walk = Program { text: None, ..program.clone() };
+            let event = match value {
+                0 => json!({"f": text}),
+                1 => json!({"f": 5}),
+                2 => json!({"f": true}),
+                3 => json!({"f": null}),
+                4 => json!({"f": {"a": 1}}),
+                _ => json!({}),
+            };
+            let meta = match meta {
+                Some(m) => json!({"f": m}),
+                None => json!({}),
+            };
+            let serde_json::Value::Object(meta) = meta else { unreachable!() };
+            let ctx = SourceContext::new("t".into(), "test", String::new(), meta);
+            let meta = MetaValues::resolve(&fields, &ctx);
+            let values = values_of(&fields, &event);
+            proptest::prop_assert_eq!(
+                program.eval(&values, &meta, &mut String::new()),
+                walk.eval(&values, &meta, &mut String::new()),
+                "{} on {}", c, event
+            );
         }
     }
 }

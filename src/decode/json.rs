@@ -210,8 +210,13 @@ impl Decoder {
             }
         }
         // Most others need the text of a few top-level values besides: the
-        // scan finds them too.
-        else if track_members && self.scan && self.try_scanned(line, close, may_hold_breaks, extra, fragment, out) {
+        // scan finds them too. The usual one has a single observer (the
+        // transforms' judge, or the SLI rules').
+        else if track_members && self.scan && out.fields().is_empty() && self.observers.len() == 1 && !self.want_members {
+            if self.try_observed(line, close, may_hold_breaks, extra, fragment, out) {
+                return true;
+            }
+        } else if track_members && self.scan && self.try_scanned(line, close, may_hold_breaks, extra, fragment, out) {
             return true;
         }
         let Decoder {
@@ -284,6 +289,51 @@ impl Decoder {
         }
         out.finish_event();
         *tape = t.reset();
+        true
+    }
+
+    /// [`Decoder::try_scanned`] for one observer, no field of the batch and
+    /// no members' places: the plain pipe's keys-only scan, whose callback
+    /// also shows the observer's plan the keys in its buckets.
+    #[inline(never)]
+    fn try_observed(
+        &mut self,
+        line: &[u8],
+        close: usize,
+        may_hold_breaks: bool,
+        extra: &[Member],
+        fragment: &Fragment,
+        out: &mut BatchBuilder,
+    ) -> bool {
+        let Decoder {
+            observers, observer_plans, ..
+        } = self;
+        let [o] = &mut observers[..] else {
+            return false;
+        };
+        let p = observer_plan(observer_plans, 0, &o.fields);
+        p.begin();
+        let plan_buckets = p.mask();
+        let members = fragment.members();
+        let signatures = extra.iter().fold(fragment.key_signatures(), |acc, m| acc | key_signature(m.key()));
+        let mut present = 0u64;
+        let mut keys = 0usize;
+        let valid = scan_object_keys(line, |key| {
+            keys += 1;
+            let k = &line[key.clone()];
+            let b = key_bucket(k);
+            mark_present(k, b, signatures, extra, members, &mut present);
+            if plan_buckets & (1 << b) != 0 {
+                p.offer_key(b, k, key.end);
+            }
+        });
+        if !valid || !p.settle_keys(line) {
+            return false;
+        }
+        let has = |i: usize| present & (1 << i) != 0;
+        splice(out, line, close, may_hold_breaks, keys > 0, extra, members, has, |_, _| {});
+        o.inner.event(&EventValues::scanned(line, p, None));
+        out.finish_event();
         true
     }
 

@@ -851,16 +851,34 @@ mod tests {
         (events, stored, seen)
     }
 
-    /// The scan path and the tape path decode `lines` alike.
+    /// What decoding `lines` gives with one observer reading `fields` and
+    /// no field in the batch (the shape [`Decoder::try_observed`] takes):
+    /// each event's bytes and the values the observer saw.
+    fn observed_alone(mut d: Decoder, lines: &[&[u8]], fields: &[&str]) -> (Vec<Vec<u8>>, Vec<String>) {
+        let mut set = FieldSet::new();
+        for p in fields {
+            set.add(FieldPath::parse(p).unwrap());
+        }
+        let mut out = BatchBuilder::with_capacity(Arc::new(FieldSet::new()), 1024, lines.len());
+        d.observe(Arc::new(set), Box::new(Seen(Vec::new())));
+        for l in lines {
+            d.decode_line(l, false, &[Member::string("stream", "stdout")], &fragment(), &mut out);
+        }
+        let seen = d.finish_observers().pop().map(|s| *s.downcast::<Vec<String>>().unwrap());
+        let batch = out.build(super::super::test_support::context(), std::time::SystemTime::now());
+        (batch.events().map(<[u8]>::to_vec).collect(), seen.unwrap_or_default())
+    }
+
+    /// The scan path and the tape path decode `lines` alike, with the
+    /// fields in the batch and two observers, and with one observer alone.
     fn assert_paths_agree(lines: &[&[u8]], fields: &[&str]) {
+        let shown = || lines.iter().map(|l| String::from_utf8_lossy(l)).collect::<Vec<_>>();
         let scanned = decoded_with(Decoder::new(), lines, fields);
         let parsed = decoded_with(Decoder::tape_only(), lines, fields);
-        assert_eq!(
-            scanned,
-            parsed,
-            "{:?}",
-            lines.iter().map(|l| String::from_utf8_lossy(l)).collect::<Vec<_>>()
-        );
+        assert_eq!(scanned, parsed, "{:?}", shown());
+        let scanned = observed_alone(Decoder::new(), lines, fields);
+        let parsed = observed_alone(Decoder::tape_only(), lines, fields);
+        assert_eq!(scanned, parsed, "one observer: {:?}", shown());
     }
 
     #[test]

@@ -211,7 +211,7 @@ impl TextTest {
     fn passes(&self, s: &[u8]) -> bool {
         match &self.kind {
             TextKind::OneOf(ls) => ls.iter().any(|l| same_bytes(s, l)),
-            TextKind::Prefix(p) => s.len() >= p.len() && same_bytes(&s[..p.len()], p),
+            TextKind::Prefix(p) => starts_with(s, p),
         }
     }
 }
@@ -343,7 +343,7 @@ fn test_value(test: &Test, v: FieldValueRef<'_>, text: &mut String) -> Option<bo
         Test::OneOf(ls) => ls.iter().any(|l| l.matches(v)),
         Test::Prefix(p) => {
             let t = as_text(v, text)?.as_bytes();
-            t.len() >= p.len() && same_bytes(&t[..p.len()], p.as_bytes())
+            starts_with(t, p.as_bytes())
         }
         Test::Contains(f) => f.find(as_text(v, text)?.as_bytes()).is_some(),
         Test::Pattern(re) => re.is_match(as_text(v, text)?),
@@ -352,6 +352,12 @@ fn test_value(test: &Test, v: FieldValueRef<'_>, text: &mut String) -> Option<bo
             (if *lo_incl { n >= *lo } else { n > *lo }) && (if *hi_incl { n <= *hi } else { n < *hi })
         }
     })
+}
+
+/// Whether `text` starts with `prefix`.
+#[inline(always)]
+fn starts_with(text: &[u8], prefix: &[u8]) -> bool {
+    text.len() >= prefix.len() && same_bytes(&text[..prefix.len()], prefix)
 }
 
 fn as_text<'a>(v: FieldValueRef<'a>, text: &'a mut String) -> Option<&'a str> {

@@ -194,7 +194,7 @@ impl Decoder {
         // An event whose values nobody reads needs only a proof that it is
         // valid and its top-level keys: a scan does that without a tape.
         if track_members && self.scan && out.fields().is_empty() && self.observers.is_empty() {
-            let signatures = extra.iter().fold(fragment.key_signatures(), |acc, m| acc | key_signature(m.key()));
+            let signatures = signatures(extra, fragment);
             let mut present = 0u64;
             let mut keys = 0usize;
             let valid = scan_object_keys(line, |key| {
@@ -315,7 +315,7 @@ impl Decoder {
         p.begin();
         let plan_buckets = p.mask();
         let members = fragment.members();
-        let signatures = extra.iter().fold(fragment.key_signatures(), |acc, m| acc | key_signature(m.key()));
+        let signatures = signatures(extra, fragment);
         let mut present = 0u64;
         let mut keys = 0usize;
         let valid = scan_object_keys(line, |key| {
@@ -376,7 +376,7 @@ impl Decoder {
             plan_buckets |= p.mask();
         }
         let observer_plans = &mut observer_plans[..observers.len()];
-        let signatures = extra.iter().fold(fragment.key_signatures(), |acc, m| acc | key_signature(m.key()));
+        let signatures = signatures(extra, fragment);
         let wanted = signatures | plan_buckets;
         let mut present = 0u64;
         let mut keys = 0usize;
@@ -534,6 +534,13 @@ fn splice(
     buf.push(b'}');
 }
 
+/// The [`key_bucket`]s of the members of `extra` and `fragment`, as bits:
+/// an event key outside them duplicates none of them.
+#[inline(always)]
+fn signatures(extra: &[Member], fragment: &Fragment) -> u64 {
+    extra.iter().fold(fragment.key_signatures(), |acc, m| acc | key_signature(m.key()))
+}
+
 /// Marks in `present` which members of `extra` then `members` have the key
 /// `key`, once its [`key_bucket`] says one of them might.
 #[inline(always)]
@@ -606,11 +613,7 @@ fn scan_keys(
     let Some(&Node::Object { len, .. }) = nodes.first() else {
         return 0;
     };
-    let signatures = if track_members {
-        extra.iter().fold(fragment.key_signatures(), |acc, m| acc | key_signature(m.key()))
-    } else {
-        0
-    };
+    let signatures = if track_members { signatures(extra, fragment) } else { 0 };
     let wanted = signatures | plan_buckets;
     let mut present = 0u64;
     let mut idx = 1;

@@ -159,21 +159,13 @@ impl EventObserver for Judge {
     fn event(&mut self, values: &EventValues<'_>) {
         let Judge { graph, judged, scratch } = self;
         // One word per 64 conditions, pushed whole (no per-event resize).
-        let verdicts = |programs: &[Program], scratch: &mut String| {
+        for (w, programs) in graph.programs.chunks(64).enumerate() {
             let mut word = 0u64;
             for (c, p) in programs.iter().enumerate() {
                 word |= (p.holds(values, &judged.meta, scratch) as u64) << c;
             }
-            word
-        };
-        if graph.programs.len() <= 64 {
-            let word = verdicts(&graph.programs, scratch);
+            debug_assert!(w < judged.words);
             judged.bits.push(word);
-        } else {
-            for programs in graph.programs.chunks(64) {
-                let word = verdicts(programs, scratch);
-                judged.bits.push(word);
-            }
         }
         for &f in graph.keys.iter() {
             let v = match values.get(f) {

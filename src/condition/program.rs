@@ -169,15 +169,19 @@ pub(crate) struct Program {
 /// `equals` or `one_of` with literals only a string matches, or `prefix`,
 /// on one field; `negate` for `not` of it.
 #[derive(Debug, Clone)]
-struct TextTest {
+pub(crate) struct TextTest {
     field: usize,
     kind: TextKind,
     negate: bool,
+    /// No literal holds a quote or a backslash: the test can be judged on
+    /// the text of the value in the line ([`TextTest::on_line`]).
+    plain: bool,
 }
 
 #[derive(Debug, Clone)]
 enum TextKind {
-    OneOf(Box<[Box<[u8]>]>),
+    /// The literals, and the length of the longest.
+    OneOf(Box<[Box<[u8]>]>, usize),
     Prefix(Box<[u8]>),
 }
 
@@ -193,26 +197,107 @@ impl TextTest {
             return None;
         };
         let text = |l: &Literal| (l.number.is_none() && l.boolean.is_none()).then(|| Box::from(l.text.as_bytes()));
+        let one_of = |ls: Box<[Box<[u8]>]>| {
+            let longest = ls.iter().map(|l| l.len()).max().unwrap_or(0);
+            TextKind::OneOf(ls, longest)
+        };
         let kind = match test {
-            Test::Equals(l) => TextKind::OneOf(Box::new([text(l)?])),
-            Test::OneOf(ls) => TextKind::OneOf(ls.iter().map(text).collect::<Option<_>>()?),
+            Test::Equals(l) => one_of(Box::new([text(l)?])),
+            Test::OneOf(ls) => one_of(ls.iter().map(text).collect::<Option<_>>()?),
             Test::Prefix(p) => TextKind::Prefix(p.as_bytes().into()),
             _ => return None,
+        };
+        let plain = |l: &[u8]| !l.iter().any(|&c| c == b'"' || c == b'\\');
+        let plain = match &kind {
+            TextKind::OneOf(ls, _) => ls.iter().all(|l| plain(l)),
+            TextKind::Prefix(p) => plain(p),
         };
         Some(TextTest {
             field: *field,
             kind,
             negate,
+            plain,
         })
+    }
+
+    /// The field it tests.
+    pub(crate) fn field(&self) -> usize {
+        self.field
     }
 
     /// Whether the string `s` passes (before `negate`).
     #[inline(always)]
     fn passes(&self, s: &[u8]) -> bool {
         match &self.kind {
-            TextKind::OneOf(ls) => ls.iter().any(|l| same_bytes(s, l)),
+            TextKind::OneOf(ls, _) => ls.iter().any(|l| same_bytes(s, l)),
             TextKind::Prefix(p) => starts_with(s, p),
         }
+    }
+
+    /// The verdict on the value that starts at `start` in `line`, a line
+    /// the decoder's scan accepted, from the value's text as it is written:
+    /// `None` when the text alone cannot say (the value is not a string,
+    /// or an escape comes before the string could differ from the
+    /// literals), and the caller reads the value. Only for a [`plain`]
+    /// test ([`Program::line_test`]): its literals are written in the line
+    /// as they are.
+    ///
+    /// [`plain`]: TextTest::plain
+    #[inline(always)]
+    pub(crate) fn on_line(&self, line: &[u8], start: usize) -> Option<bool> {
+        let Some((b'"', text)) = line.get(start..).and_then(|v| v.split_first()) else {
+            return None;
+        };
+        // A match in the text is a match of the string: a literal holds no
+        // quote or backslash, so the string ends where the literal does
+        // (`one_of`), or goes on as written (`prefix`).
+        let window = match &self.kind {
+            TextKind::OneOf(ls, longest) => {
+                if ls.iter().any(|l| text.get(l.len()) == Some(&b'"') && starts_with(text, l)) {
+                    return Some(!self.negate);
+                }
+                longest + 1
+            }
+            TextKind::Prefix(p) => {
+                if starts_with(text, p) {
+                    return Some(!self.negate);
+                }
+                p.len()
+            }
+        };
+        // No match: the string's first bytes are as written unless an
+        // escape comes among them.
+        (!has_backslash(text, window)).then_some(self.negate)
+    }
+}
+
+/// Whether the first `n` bytes of `s` (at most its length) hold a
+/// backslash, 8 bytes at a time.
+#[inline(always)]
+fn has_backslash(s: &[u8], n: usize) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const BACKSLASHES: u64 = u64::from_ne_bytes([b'\\'; 8]);
+    // High bit of each byte of `w` that is a backslash (exact up to the
+    // first one, which is all that is asked).
+    let found = |w: &[u8]| {
+        let x = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]) ^ BACKSLASHES;
+        x.wrapping_sub(ONES) & !x & HIGHS
+    };
+    let n = n.min(s.len());
+    let mut at = 0;
+    while at + 8 <= n {
+        if found(&s[at..at + 8]) != 0 {
+            return true;
+        }
+        at += 8;
+    }
+    let left = n - at;
+    match s.get(at..at + 8) {
+        _ if left == 0 => false,
+        // The bytes past the first `n` masked off.
+        Some(w) => found(w) & (u64::MAX >> (64 - 8 * left)) != 0,
+        None => s[at..n].contains(&b'\\'),
     }
 }
 
@@ -250,6 +335,12 @@ impl Program {
             },
             root => eval(root, values, meta, text),
         }
+    }
+
+    /// The program as a test of a string that the decoder can judge on
+    /// the text of a line ([`TextTest::on_line`]), when it is one.
+    pub(crate) fn line_test(&self) -> Option<&TextTest> {
+        self.text.as_ref().filter(|t| t.plain)
     }
 
     /// Whether the event passes for sure.
@@ -539,6 +630,52 @@ mod tests {
                 walk.eval(&values, &meta, &mut String::new()),
                 "{} on {}", c, event
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// A test judged on the text of a value in a line
+        /// ([`TextTest::on_line`]) answers as on the value whenever the
+        /// text settles it, and the text settles every string without an
+        /// escape.
+        #[test]
+        fn a_test_on_the_line_answers_as_on_the_value(
+            kind in 0usize..3,
+            negate in proptest::bool::ANY,
+            literals in proptest::collection::vec("|a|ab|/api/|/healthz|/metrics|error|é|a\"b|a\\\\b|abcdefghijklmnopq", 1..3),
+            pieces in proptest::collection::vec("a|b|/|api|pi/|/healthz|healthz|error|rror|s|é|\\\\/|\\\\u0065|\\\\\"|\\\\\\\\|\\\\n|\\\\u00e9|abcdefghijklmnopq", 0..5),
+        ) {
+            let literal = |l: &String| serde_json::Value::String(l.clone());
+            let test = match kind {
+                0 => json!({"field": "f", "equals": literal(&literals[0])}),
+                1 => json!({"field": "f", "one_of": literals.iter().map(literal).collect::<Vec<_>>()}),
+                _ => json!({"field": "f", "prefix": literals[0]}),
+            };
+            let c = if negate { json!({"not": test}) } else { test };
+            let mut errors = Vec::new();
+            let Some(cond) = parse_valid::<Condition>("c", c.clone(), &mut errors) else {
+                return Ok(());
+            };
+            let mut fields = FieldSet::new();
+            let program = Program::compile(&cond, &mut fields);
+            let tested = if kind == 1 { &literals[..] } else { &literals[..1] };
+            let plain = tested.iter().all(|l| !l.contains(['"', '\\']));
+            proptest::prop_assert_eq!(program.line_test().is_some(), plain);
+            let Some(t) = program.line_test() else {
+                return Ok(());
+            };
+            let written = pieces.concat();
+            let line = format!(r#"{{"f":"{written}","g":1}}"#);
+            let event: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+            let want = program.eval(&values_of(&fields, &event), &MetaValues::none(), &mut String::new());
+            let got = t.on_line(line.as_bytes(), 5);
+            if got.is_some() {
+                proptest::prop_assert_eq!(got, want, "{} on {}", c, line);
+            }
+            proptest::prop_assert!(got.is_some() || written.contains('\\'), "{} on {} not settled", c, line);
+            for other in [r#"{"f":5}"#, r#"{"f":null}"#, r#"{"f":{"a":"b"}}"#, r#"{"f":["a"]}"#] {
+                proptest::prop_assert_eq!(t.on_line(other.as_bytes(), 5), None);
+            }
         }
     }
 }

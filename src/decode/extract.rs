@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use super::scan::{number_value, string_end, value_at, value_start};
 use super::tape::{lookup, node_count, scalar};
+use super::values::LineTests;
 use crate::event::{FieldSet, FieldValueRef};
 use crate::json_text::{key_bucket as bucket, KEY_BUCKETS as BUCKETS};
 
@@ -235,6 +236,31 @@ impl FieldPlan {
                 self.found[r] = (key_end, 0);
             }
         }
+    }
+
+    /// The verdicts of `tests` ([`LineTests`]) on the values whose keys
+    /// [`FieldPlan::offer_key`] found in `line` (which
+    /// [`scan_object_keys`] accepted), judged on their text; `None` when
+    /// the text does not settle one ([`TextTest::on_line`]), and the
+    /// values are read instead.
+    ///
+    /// [`scan_object_keys`]: super::scan::scan_object_keys
+    /// [`TextTest::on_line`]: crate::condition::TextTest::on_line
+    #[inline(never)]
+    pub(super) fn judge_text(&self, line: &[u8], tests: &LineTests) -> Option<u64> {
+        if self.per_path {
+            return None;
+        }
+        let mut verdicts = tests.if_missing;
+        for (i, t) in tests.tests.iter().enumerate() {
+            let (root, _) = *self.path_root.get(t.field())?;
+            let key_end = self.found[root].0;
+            if key_end != 0 {
+                let bit = 1 << i;
+                verdicts = (verdicts & !bit) | (u64::from(t.on_line(line, value_start(line, key_end))?) << i);
+            }
+        }
+        Some(verdicts)
     }
 
     /// [`FieldPlan::settle_text`] for the keys [`FieldPlan::offer_key`]

@@ -87,7 +87,12 @@ impl Decoder {
     /// values of `fields`, until [`Decoder::finish_observers`].
     pub fn observe(&mut self, fields: Arc<FieldSet>, observer: Box<dyn EventObserver>) {
         self.want_members |= observer.wants_members();
-        self.observers.push(Observer { fields, inner: observer });
+        let line_tests = observer.line_tests().filter(|t| t.fit(&fields));
+        self.observers.push(Observer {
+            fields,
+            inner: observer,
+            line_tests,
+        });
     }
 
     /// Detaches the observers, each with what it made of the events so far,
@@ -327,10 +332,20 @@ impl Decoder {
                 p.offer_key(b, k, key.end);
             }
         });
-        if !valid || !p.settle_keys(line) {
+        if !valid {
             return false;
         }
         let has = |i: usize| present & (1 << i) != 0;
+        // Tests judged on the text: the observer needs the verdicts alone.
+        if let Some(verdicts) = o.line_tests.as_ref().and_then(|t| p.judge_text(line, t)) {
+            splice(out, line, close, may_hold_breaks, keys > 0, extra, members, has, |_, _| {});
+            o.inner.judged(verdicts);
+            out.finish_event();
+            return true;
+        }
+        if !p.settle_keys(line) {
+            return false;
+        }
         splice(out, line, close, may_hold_breaks, keys > 0, extra, members, has, |_, _| {});
         o.inner.event(&EventValues::scanned(line, p, None));
         out.finish_event();
@@ -555,16 +570,23 @@ fn mark_present(key: &[u8], bucket: usize, signatures: u64, extra: &[Member], me
 }
 
 /// The plan for `fields`, made anew when the field set changed.
-#[inline]
+#[inline(always)]
 fn cached_plan<'p>(plan: &'p mut Option<FieldPlan>, fields: &Arc<FieldSet>) -> &'p mut FieldPlan {
     if !plan.as_ref().is_some_and(|p| p.is_for(fields)) {
         *plan = None;
     }
-    plan.get_or_insert_with(|| FieldPlan::new(fields.clone()))
+    plan.get_or_insert_with(|| new_plan(fields))
+}
+
+/// A new plan, made once per field set (out of the per-event path).
+#[cold]
+#[inline(never)]
+fn new_plan(fields: &Arc<FieldSet>) -> FieldPlan {
+    FieldPlan::new(fields.clone())
 }
 
 /// The plan of observer `k`, reading `fields`.
-#[inline]
+#[inline(always)]
 fn observer_plan<'p>(plans: &'p mut Vec<Option<FieldPlan>>, k: usize, fields: &Arc<FieldSet>) -> &'p mut FieldPlan {
     if plans.len() <= k {
         plans.resize_with(k + 1, || None);

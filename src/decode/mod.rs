@@ -15,7 +15,7 @@ pub(crate) mod test_support;
 mod values;
 
 pub use json::Decoder;
-pub(crate) use values::{EventObserver, EventValues, MemberAt};
+pub(crate) use values::{EventObserver, EventValues, LineTests, MemberAt};
 
 /// The validating scan of one JSON object's text, which reports where its
 /// top-level members are: the decoder's fast path, and the `fields`

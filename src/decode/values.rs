@@ -7,6 +7,7 @@ use super::extract::FieldPlan;
 use super::tape::wrapped_value;
 use std::sync::Arc;
 
+use crate::condition::TextTest;
 use crate::event::{FieldPath, FieldSet, FieldValueRef};
 
 /// One event's values of an observer's fields, by index in its field set.
@@ -106,6 +107,40 @@ pub trait EventObserver: Send {
     fn wants_members(&self) -> bool {
         false
     }
+
+    /// Tests of string fields the decoder may judge on the line's text for
+    /// this observer, showing it the verdicts ([`EventObserver::judged`])
+    /// instead of the values, when they are all it needs of an event.
+    fn line_tests(&self) -> Option<LineTests> {
+        None
+    }
+
+    /// One event judged by [`EventObserver::line_tests`]: bit `i` is test
+    /// `i`'s verdict. The decoder shows every other event through
+    /// [`EventObserver::event`].
+    fn judged(&mut self, _verdicts: u64) {}
+}
+
+/// What [`EventObserver::line_tests`] asks the decoder to judge.
+#[derive(Debug, Clone)]
+pub struct LineTests {
+    /// At most 64, each of a field of the observer's set with one segment;
+    /// test `i`'s verdict is bit `i`.
+    pub(crate) tests: Arc<[TextTest]>,
+    /// Bit `i`: test `i`'s verdict on an event without its field (judged
+    /// on the source's metadata, the same for the whole batch).
+    pub(crate) if_missing: u64,
+}
+
+impl LineTests {
+    /// Whether the decoder can judge these for an observer of `fields`.
+    pub(crate) fn fit(&self, fields: &FieldSet) -> bool {
+        self.tests.len() <= 64
+            && self
+                .tests
+                .iter()
+                .all(|t| fields.paths().get(t.field()).is_some_and(|p| p.segments().len() == 1))
+    }
 }
 
 /// Where one top-level member of an event is in the event's bytes, as a
@@ -163,6 +198,8 @@ pub(crate) struct Observer {
     pub(crate) fields: Arc<FieldSet>,
     /// The observer.
     pub(crate) inner: Box<dyn EventObserver>,
+    /// Its [`EventObserver::line_tests`], when they fit its fields.
+    pub(crate) line_tests: Option<LineTests>,
 }
 
 impl std::fmt::Debug for Observer {

@@ -20,9 +20,9 @@ use super::members::{value_at_path, Found, Span};
 use super::metrics::NodeMetrics;
 use super::stream::{text_values, value_at, Changed, ChangedValues, Item, Rewrite, TextValues};
 use super::TransformSpec;
-use crate::condition::{Condition, MetaValues, Program};
+use crate::condition::{Condition, MetaValues, Program, TextTest, Values};
 use crate::config::ConfigError;
-use crate::decode::{EventObserver, EventValues, MemberAt};
+use crate::decode::{EventObserver, EventValues, LineTests, MemberAt};
 use crate::enrich::SourceContext;
 use crate::event::{Batch, FieldPath, FieldSet, FieldValueRef, PartWriter};
 use crate::pipeline::{Deferral, Output, Outputs, Prepared, Processing};
@@ -195,6 +195,31 @@ impl EventObserver for Judge {
 
     fn wants_members(&self) -> bool {
         self.graph.members
+    }
+
+    fn line_tests(&self) -> Option<LineTests> {
+        let tests = self.graph.line_tests.clone()?;
+        // An event without a field is judged on the source's metadata.
+        let absent = Absent;
+        let mut scratch = String::new();
+        let if_missing = self.graph.programs.iter().enumerate().fold(0, |bits, (c, p)| {
+            bits | (p.holds(&absent, &self.judged.meta, &mut scratch) as u64) << c
+        });
+        Some(LineTests { tests, if_missing })
+    }
+
+    fn judged(&mut self, verdicts: u64) {
+        debug_assert_eq!(self.judged.words, 1);
+        self.judged.bits.push(verdicts);
+    }
+}
+
+/// An event without any field.
+struct Absent;
+
+impl<'a> Values<'a> for Absent {
+    fn get(&self, _: usize) -> FieldValueRef<'a> {
+        FieldValueRef::Missing
     }
 }
 
@@ -403,6 +428,9 @@ pub(crate) struct Graph {
     keys: Vec<usize>,
     /// Some step reads where the members are ([`Compiler::members`]).
     members: bool,
+    /// Each program as a test the decoder judges on a line's text, when
+    /// every program is one and the judge needs nothing else.
+    line_tests: Option<Arc<[TextTest]>>,
 }
 
 impl std::fmt::Debug for Graph {
@@ -438,12 +466,16 @@ impl Graph {
                 outputs,
             });
         }
+        let line_tests = (cx.keys.is_empty() && !cx.members && (1..=64).contains(&cx.programs.len()))
+            .then(|| cx.programs.iter().map(|p| p.line_test().cloned()).collect::<Option<_>>())
+            .flatten();
         Graph {
             nodes,
             fields: Arc::new(cx.fields),
             programs: cx.programs,
             keys: cx.keys,
             members: cx.members,
+            line_tests,
         }
     }
 
@@ -646,9 +678,18 @@ impl SourcePlan {
         let words = n.div_ceil(64);
         // Condition `c`'s verdicts as a set: bit `i` for event `i`.
         let mut verdicts = vec![vec![0u64; words]; self.graph.programs.len()];
-        for i in 0..n {
+        if judged.words == 1 && judged.bits.len() == n {
+            // One word per event: 64 events' bits of a condition at a time.
             for (c, set) in verdicts.iter_mut().enumerate() {
-                set[i / 64] |= (judged.holds(c, i) as u64) << (i % 64);
+                for (word, events) in set.iter_mut().zip(judged.bits.chunks(64)) {
+                    *word = events.iter().enumerate().fold(0, |w, (i, bits)| w | ((bits >> c) & 1) << i);
+                }
+            }
+        } else {
+            for i in 0..n {
+                for (c, set) in verdicts.iter_mut().enumerate() {
+                    set[i / 64] |= (judged.holds(c, i) as u64) << (i % 64);
+                }
             }
         }
         let verdicts = Verdicts(verdicts);

@@ -120,6 +120,14 @@ pub(crate) fn string_end(line: &[u8], from: usize) -> Option<usize> {
 }
 
 /// The scan; with `VALUES`, members are reported after their values.
+///
+/// The top-level object is read member by member in straight-line code:
+/// every step knows what comes next, so the processor predicts it from
+/// where it is. A value that is an object or an array goes to
+/// [`Scanner::container`], whose state machine jumps through a table per
+/// token; the top level took such a jump per token too, and with an
+/// observer's work between the tokens it was mispredicted often enough to
+/// cost more than the observer itself.
 #[inline(always)]
 fn scan<const VALUES: bool>(line: &[u8], mut on_member: impl FnMut(Range<usize>, Range<usize>, bool)) -> bool {
     let mut s = Scanner { b: line, i: 0 };
@@ -128,141 +136,68 @@ fn scan<const VALUES: bool>(line: &[u8], mut on_member: impl FnMut(Range<usize>,
         return false;
     }
     s.i += 1;
-    // One bit per open container, innermost lowest: 1 for an object.
-    let mut kinds: u64 = 1;
-    let mut depth: u32 = 1;
-    // The state between tokens: what the grammar expects next.
-    let mut state = State::Opened;
-    // The top-level member being read: its key, and where its value starts
-    // (0 until then: no value starts at the line's first byte).
-    let mut key = 0..0;
-    let mut value_start = 0;
-    // Where the value read last ends, and whether it is a string with an
-    // escape.
-    let mut value_end = 0;
-    let mut value_escaped = false;
-    loop {
+    s.skip_ws();
+    if s.peek() == Some(b'}') {
+        s.i += 1;
         s.skip_ws();
-        match state {
-            State::Opened => {
-                let in_object = kinds & 1 == 1;
-                if s.peek() == Some(if in_object { b'}' } else { b']' }) {
-                    s.i += 1;
-                    if VALUES {
-                        value_end = s.i;
+        return s.i == line.len();
+    }
+    loop {
+        if s.peek() != Some(b'"') {
+            return false;
+        }
+        s.i += 1;
+        let start = s.i;
+        // An escaped top-level key is left to simd-json.
+        if s.string() != Some(false) {
+            return false;
+        }
+        let key = start..s.i - 1;
+        if !VALUES {
+            on_member(key.clone(), 0..0, false);
+        }
+        s.skip_ws();
+        if s.peek() != Some(b':') {
+            return false;
+        }
+        s.i += 1;
+        s.skip_ws();
+        let value_start = s.i;
+        let mut escaped = false;
+        let valid = match s.peek() {
+            Some(b'"') => {
+                s.i += 1;
+                match s.string() {
+                    Some(e) => {
+                        escaped = e;
+                        true
                     }
-                    depth -= 1;
-                    kinds >>= 1;
-                    state = State::AfterValue;
-                } else {
-                    state = if in_object { State::Key } else { State::Value };
+                    None => false,
                 }
             }
-            State::Key => {
-                if s.peek() != Some(b'"') {
-                    return false;
-                }
+            Some(b'{' | b'[') => s.container(),
+            Some(c @ (b't' | b'f' | b'n')) => s.word(c),
+            Some(b'-' | b'0'..=b'9') => s.number(),
+            _ => false,
+        };
+        if !valid {
+            return false;
+        }
+        if VALUES {
+            on_member(key, value_start..s.i, escaped);
+        }
+        s.skip_ws();
+        match s.peek() {
+            Some(b',') => {
                 s.i += 1;
-                let start = s.i;
-                let Some(escaped) = s.string() else {
-                    return false;
-                };
-                if depth == 1 {
-                    if escaped {
-                        return false;
-                    }
-                    if VALUES {
-                        key = start..s.i - 1;
-                    } else {
-                        on_member(start..s.i - 1, 0..0, false);
-                    }
-                }
                 s.skip_ws();
-                if s.peek() != Some(b':') {
-                    return false;
-                }
+            }
+            Some(b'}') => {
                 s.i += 1;
-                state = State::Value;
+                s.skip_ws();
+                return s.i == line.len();
             }
-            State::Value => {
-                let Some(c) = s.peek() else {
-                    return false;
-                };
-                if VALUES && depth == 1 {
-                    value_start = s.i;
-                }
-                match c {
-                    b'{' | b'[' => {
-                        if depth == MAX_DEPTH {
-                            return false;
-                        }
-                        s.i += 1;
-                        depth += 1;
-                        kinds = (kinds << 1) | u64::from(c == b'{');
-                        state = State::Opened;
-                    }
-                    b'"' => {
-                        s.i += 1;
-                        let Some(escaped) = s.string() else {
-                            return false;
-                        };
-                        if VALUES {
-                            value_escaped = escaped && depth == 1;
-                            value_end = s.i;
-                        }
-                        state = State::AfterValue;
-                    }
-                    b't' | b'f' | b'n' => {
-                        let word: &[u8] = match c {
-                            b't' => b"true",
-                            b'f' => b"false",
-                            _ => b"null",
-                        };
-                        if s.b.get(s.i..s.i + word.len()) != Some(word) {
-                            return false;
-                        }
-                        s.i += word.len();
-                        if VALUES {
-                            value_end = s.i;
-                        }
-                        state = State::AfterValue;
-                    }
-                    b'-' | b'0'..=b'9' => {
-                        if !s.number() {
-                            return false;
-                        }
-                        if VALUES {
-                            value_end = s.i;
-                        }
-                        state = State::AfterValue;
-                    }
-                    _ => return false,
-                }
-            }
-            State::AfterValue => {
-                if depth == 0 {
-                    return s.i == line.len();
-                }
-                if VALUES && depth == 1 && value_start != 0 {
-                    on_member(key.clone(), value_start..value_end, value_escaped);
-                    value_start = 0;
-                    value_escaped = false;
-                }
-                let in_object = kinds & 1 == 1;
-                match (s.peek(), in_object) {
-                    (Some(b','), true) => state = State::Key,
-                    (Some(b','), false) => state = State::Value,
-                    (Some(b'}'), true) | (Some(b']'), false) => {
-                        depth -= 1;
-                        kinds >>= 1;
-                        if VALUES {
-                            value_end = s.i + 1;
-                        }
-                    }
-                    _ => return false,
-                }
-                s.i += 1;
-            }
+            _ => return false,
         }
     }
 }
@@ -420,6 +355,109 @@ impl Scanner<'_> {
         }
         self.i += 4;
         Some(unit)
+    }
+
+    /// The object or array that starts at the cursor, a value of the
+    /// top-level object; leaves the cursor after it. Its containers may
+    /// nest to [`MAX_DEPTH`], the top-level object included.
+    fn container(&mut self) -> bool {
+        // One bit per open container, innermost lowest: 1 for an object.
+        let mut kinds: u64 = u64::from(self.b[self.i] == b'{');
+        self.i += 1;
+        let mut depth: u32 = 2;
+        // The state between tokens: what the grammar expects next.
+        let mut state = State::Opened;
+        loop {
+            self.skip_ws();
+            match state {
+                State::Opened => {
+                    let in_object = kinds & 1 == 1;
+                    if self.peek() == Some(if in_object { b'}' } else { b']' }) {
+                        self.i += 1;
+                        depth -= 1;
+                        kinds >>= 1;
+                        if depth == 1 {
+                            return true;
+                        }
+                        state = State::AfterValue;
+                    } else {
+                        state = if in_object { State::Key } else { State::Value };
+                    }
+                }
+                State::Key => {
+                    if self.peek() != Some(b'"') {
+                        return false;
+                    }
+                    self.i += 1;
+                    if self.string().is_none() {
+                        return false;
+                    }
+                    self.skip_ws();
+                    if self.peek() != Some(b':') {
+                        return false;
+                    }
+                    self.i += 1;
+                    state = State::Value;
+                }
+                State::Value => {
+                    let valid = match self.peek() {
+                        Some(c @ (b'{' | b'[')) => {
+                            if depth == MAX_DEPTH {
+                                return false;
+                            }
+                            self.i += 1;
+                            depth += 1;
+                            kinds = (kinds << 1) | u64::from(c == b'{');
+                            state = State::Opened;
+                            continue;
+                        }
+                        Some(b'"') => {
+                            self.i += 1;
+                            self.string().is_some()
+                        }
+                        Some(c @ (b't' | b'f' | b'n')) => self.word(c),
+                        Some(b'-' | b'0'..=b'9') => self.number(),
+                        _ => false,
+                    };
+                    if !valid {
+                        return false;
+                    }
+                    state = State::AfterValue;
+                }
+                State::AfterValue => {
+                    let in_object = kinds & 1 == 1;
+                    match (self.peek(), in_object) {
+                        (Some(b','), true) => state = State::Key,
+                        (Some(b','), false) => state = State::Value,
+                        (Some(b'}'), true) | (Some(b']'), false) => {
+                            depth -= 1;
+                            kinds >>= 1;
+                            if depth == 1 {
+                                self.i += 1;
+                                return true;
+                            }
+                        }
+                        _ => return false,
+                    }
+                    self.i += 1;
+                }
+            }
+        }
+    }
+
+    /// `true`, `false` or `null`, whose first byte `c` is at the cursor.
+    #[inline(always)]
+    fn word(&mut self, c: u8) -> bool {
+        let word: &[u8] = match c {
+            b't' => b"true",
+            b'f' => b"false",
+            _ => b"null",
+        };
+        if self.b.get(self.i..self.i + word.len()) != Some(word) {
+            return false;
+        }
+        self.i += word.len();
+        true
     }
 
     /// A number without an exponent and of at most [`MAX_DIGITS`] digits

@@ -9,4 +9,4 @@ mod config;
 mod program;
 
 pub(crate) use config::{Condition, Pattern};
-pub(crate) use program::{MetaValues, Program, TextTest, Values};
+pub(crate) use program::{MetaValues, Program, Values};

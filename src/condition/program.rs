@@ -7,7 +7,7 @@ use memchr::memmem::Finder;
 use regex::Regex;
 
 use super::config::{Condition, Scalar};
-use crate::decode::{same_bytes, EventValues};
+use crate::decode::{same_bytes, starts_with, EventValues, TextKind, TextTest};
 use crate::enrich::SourceContext;
 use crate::event::{FieldSet, FieldValueRef};
 
@@ -166,139 +166,24 @@ pub(crate) struct Program {
     text: Option<TextTest>,
 }
 
-/// `equals` or `one_of` with literals only a string matches, or `prefix`,
-/// on one field; `negate` for `not` of it.
-#[derive(Debug, Clone)]
-pub(crate) struct TextTest {
-    field: usize,
-    kind: TextKind,
-    negate: bool,
-    /// No literal holds a quote or a backslash: the test can be judged on
-    /// the text of the value in the line ([`TextTest::on_line`]).
-    plain: bool,
-}
-
-#[derive(Debug, Clone)]
-enum TextKind {
-    /// The literals, and the length of the longest.
-    OneOf(Box<[Box<[u8]>]>, usize),
-    Prefix(Box<[u8]>),
-}
-
-impl TextTest {
-    /// The test of `root`, when it is one [`TextTest`] can judge on a
-    /// string value as [`test_value`] does.
-    fn of(root: &Node) -> Option<TextTest> {
-        let (node, negate) = match root {
-            Node::Not(n) => (&**n, true),
-            n => (n, false),
-        };
-        let Node::Test { field, test } = node else {
-            return None;
-        };
-        let text = |l: &Literal| (l.number.is_none() && l.boolean.is_none()).then(|| Box::from(l.text.as_bytes()));
-        let one_of = |ls: Box<[Box<[u8]>]>| {
-            let longest = ls.iter().map(|l| l.len()).max().unwrap_or(0);
-            TextKind::OneOf(ls, longest)
-        };
-        let kind = match test {
-            Test::Equals(l) => one_of(Box::new([text(l)?])),
-            Test::OneOf(ls) => one_of(ls.iter().map(text).collect::<Option<_>>()?),
-            Test::Prefix(p) => TextKind::Prefix(p.as_bytes().into()),
-            _ => return None,
-        };
-        let plain = |l: &[u8]| !l.iter().any(|&c| c == b'"' || c == b'\\');
-        let plain = match &kind {
-            TextKind::OneOf(ls, _) => ls.iter().all(|l| plain(l)),
-            TextKind::Prefix(p) => plain(p),
-        };
-        Some(TextTest {
-            field: *field,
-            kind,
-            negate,
-            plain,
-        })
-    }
-
-    /// The field it tests.
-    pub(crate) fn field(&self) -> usize {
-        self.field
-    }
-
-    /// Whether the string `s` passes (before `negate`).
-    #[inline(always)]
-    fn passes(&self, s: &[u8]) -> bool {
-        match &self.kind {
-            TextKind::OneOf(ls, _) => ls.iter().any(|l| same_bytes(s, l)),
-            TextKind::Prefix(p) => starts_with(s, p),
-        }
-    }
-
-    /// The verdict on the value that starts at `start` in `line`, a line
-    /// the decoder's scan accepted, from the value's text as it is written:
-    /// `None` when the text alone cannot say (the value is not a string,
-    /// or an escape comes before the string could differ from the
-    /// literals), and the caller reads the value. Only for a [`plain`]
-    /// test ([`Program::line_test`]): its literals are written in the line
-    /// as they are.
-    ///
-    /// [`plain`]: TextTest::plain
-    #[inline(always)]
-    pub(crate) fn on_line(&self, line: &[u8], start: usize) -> Option<bool> {
-        let Some((b'"', text)) = line.get(start..).and_then(|v| v.split_first()) else {
-            return None;
-        };
-        // A match in the text is a match of the string: a literal holds no
-        // quote or backslash, so the string ends where the literal does
-        // (`one_of`), or goes on as written (`prefix`).
-        let window = match &self.kind {
-            TextKind::OneOf(ls, longest) => {
-                if ls.iter().any(|l| text.get(l.len()) == Some(&b'"') && starts_with(text, l)) {
-                    return Some(!self.negate);
-                }
-                longest + 1
-            }
-            TextKind::Prefix(p) => {
-                if starts_with(text, p) {
-                    return Some(!self.negate);
-                }
-                p.len()
-            }
-        };
-        // No match: the string's first bytes are as written unless an
-        // escape comes among them.
-        (!has_backslash(text, window)).then_some(self.negate)
-    }
-}
-
-/// Whether the first `n` bytes of `s` (at most its length) hold a
-/// backslash, 8 bytes at a time.
-#[inline(always)]
-fn has_backslash(s: &[u8], n: usize) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    const BACKSLASHES: u64 = u64::from_ne_bytes([b'\\'; 8]);
-    // High bit of each byte of `w` that is a backslash (exact up to the
-    // first one, which is all that is asked).
-    let found = |w: &[u8]| {
-        let x = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]) ^ BACKSLASHES;
-        x.wrapping_sub(ONES) & !x & HIGHS
+/// The program `root` as one [`TextTest`], when it is one: judged on a
+/// string value as [`test_value`] does.
+fn text_test(root: &Node) -> Option<TextTest> {
+    let (node, negate) = match root {
+        Node::Not(n) => (&**n, true),
+        n => (n, false),
     };
-    let n = n.min(s.len());
-    let mut at = 0;
-    while at + 8 <= n {
-        if found(&s[at..at + 8]) != 0 {
-            return true;
-        }
-        at += 8;
-    }
-    let left = n - at;
-    match s.get(at..at + 8) {
-        _ if left == 0 => false,
-        // The bytes past the first `n` masked off.
-        Some(w) => found(w) & (u64::MAX >> (64 - 8 * left)) != 0,
-        None => s[at..n].contains(&b'\\'),
-    }
+    let Node::Test { field, test } = node else {
+        return None;
+    };
+    let text = |l: &Literal| (l.number.is_none() && l.boolean.is_none()).then(|| Box::from(l.text.as_bytes()));
+    let kind = match test {
+        Test::Equals(l) => TextTest::one_of(Box::new([text(l)?])),
+        Test::OneOf(ls) => TextTest::one_of(ls.iter().map(text).collect::<Option<_>>()?),
+        Test::Prefix(p) => TextKind::Prefix(p.as_bytes().into()),
+        _ => return None,
+    };
+    Some(TextTest::new(*field, kind, negate))
 }
 
 impl Program {
@@ -307,7 +192,7 @@ impl Program {
     pub(crate) fn compile(c: &Condition, fields: &mut FieldSet) -> Program {
         let root = compile(c, fields);
         Program {
-            text: TextTest::of(&root),
+            text: text_test(&root),
             root,
         }
     }
@@ -321,8 +206,8 @@ impl Program {
     pub(crate) fn eval<'a>(&self, values: &impl Values<'a>, meta: &MetaValues, text: &mut String) -> Option<bool> {
         // A test of a string on a string value: its bytes compared, no more.
         if let Some(t) = &self.text {
-            if let FieldValueRef::Str(s) = values.get(t.field) {
-                return Some(t.passes(s.as_bytes()) != t.negate);
+            if let FieldValueRef::Str(s) = values.get(t.field()) {
+                return Some(t.on_string(s.as_bytes()));
             }
         }
         // The usual condition is one test, or `not` of one: judged here,
@@ -340,7 +225,7 @@ impl Program {
     /// The program as a test of a string that the decoder can judge on
     /// the text of a line ([`TextTest::on_line`]), when it is one.
     pub(crate) fn line_test(&self) -> Option<&TextTest> {
-        self.text.as_ref().filter(|t| t.plain)
+        self.text.as_ref().filter(|t| t.plain())
     }
 
     /// Whether the event passes for sure.
@@ -443,12 +328,6 @@ fn test_value(test: &Test, v: FieldValueRef<'_>, text: &mut String) -> Option<bo
             (if *lo_incl { n >= *lo } else { n > *lo }) && (if *hi_incl { n <= *hi } else { n < *hi })
         }
     })
-}
-
-/// Whether `text` starts with `prefix`.
-#[inline(always)]
-fn starts_with(text: &[u8], prefix: &[u8]) -> bool {
-    text.len() >= prefix.len() && same_bytes(&text[..prefix.len()], prefix)
 }
 
 fn as_text<'a>(v: FieldValueRef<'a>, text: &'a mut String) -> Option<&'a str> {

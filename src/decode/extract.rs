@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use super::scan::{number_value, string_end, value_at, value_start};
 use super::tape::{lookup, node_count, scalar};
-use super::values::LineTests;
+use super::text_test::{same, LineTests};
 use crate::event::{FieldSet, FieldValueRef};
 use crate::json_text::{key_bucket as bucket, KEY_BUCKETS as BUCKETS};
 
@@ -58,54 +58,6 @@ pub(super) struct FieldPlan {
     numbers: Vec<f64>,
     /// Too many roots for the index: look paths up one by one.
     per_path: bool,
-}
-
-/// Equality of byte strings without a call into `memcmp`: keys and label
-/// values are mostly under 16 bytes, where two overlapping loads of 4 or 8
-/// bytes decide; longer ones (series keys) compare 8 bytes at a time.
-#[inline(always)]
-pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    if n < 4 {
-        return a.iter().zip(b).all(|(x, y)| x == y);
-    }
-    if n < 8 {
-        return word4(a, 0) == word4(b, 0) && word4(a, n - 4) == word4(b, n - 4);
-    }
-    if word8(a, 0) != word8(b, 0) || word8(a, n - 8) != word8(b, n - 8) {
-        return false;
-    }
-    // The words between the first and the last, the final one overlapping
-    // the last.
-    let mut at = 8;
-    while at + 8 < n {
-        if word8(a, at) != word8(b, at) {
-            return false;
-        }
-        at += 8;
-    }
-    true
-}
-
-/// The 4 bytes of `s` at `at`, as one load.
-#[inline(always)]
-fn word4(s: &[u8], at: usize) -> u32 {
-    match s[at..at + 4].try_into() {
-        Ok(w) => u32::from_ne_bytes(w),
-        Err(_) => unreachable!("a 4-byte slice"),
-    }
-}
-
-/// The 8 bytes of `s` at `at`, as one load.
-#[inline(always)]
-fn word8(s: &[u8], at: usize) -> u64 {
-    match s[at..at + 8].try_into() {
-        Ok(w) => u64::from_ne_bytes(w),
-        Err(_) => unreachable!("an 8-byte slice"),
-    }
 }
 
 impl FieldPlan {

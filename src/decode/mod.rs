@@ -12,10 +12,12 @@ pub mod syslog;
 mod tape;
 #[cfg(test)]
 pub(crate) mod test_support;
+mod text_test;
 mod values;
 
 pub use json::Decoder;
-pub(crate) use values::{EventObserver, EventValues, LineTests, MemberAt};
+pub(crate) use text_test::LineTests;
+pub(crate) use values::{EventObserver, EventValues, MemberAt};
 
 /// The validating scan of one JSON object's text, which reports where its
 /// top-level members are: the decoder's fast path, and the `fields`
@@ -24,7 +26,7 @@ pub(crate) use scan::scan_object;
 
 /// Equality of byte strings without a call into `memcmp`, for keys, label
 /// values, literals and series keys.
-pub(crate) use extract::same as same_bytes;
+pub(crate) use text_test::{same as same_bytes, starts_with, TextKind, TextTest};
 
 /// Counters a decoder accumulates; callers flush them into the self-metrics
 /// once per batch, never per event.

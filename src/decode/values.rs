@@ -5,9 +5,9 @@ use simd_json::Node;
 
 use super::extract::FieldPlan;
 use super::tape::wrapped_value;
+use super::text_test::LineTests;
 use std::sync::Arc;
 
-use crate::condition::TextTest;
 use crate::event::{FieldPath, FieldSet, FieldValueRef};
 
 /// One event's values of an observer's fields, by index in its field set.
@@ -119,28 +119,6 @@ pub trait EventObserver: Send {
     /// `i`'s verdict. The decoder shows every other event through
     /// [`EventObserver::event`].
     fn judged(&mut self, _verdicts: u64) {}
-}
-
-/// What [`EventObserver::line_tests`] asks the decoder to judge.
-#[derive(Debug, Clone)]
-pub struct LineTests {
-    /// At most 64, each of a field of the observer's set with one segment;
-    /// test `i`'s verdict is bit `i`.
-    pub(crate) tests: Arc<[TextTest]>,
-    /// Bit `i`: test `i`'s verdict on an event without its field (judged
-    /// on the source's metadata, the same for the whole batch).
-    pub(crate) if_missing: u64,
-}
-
-impl LineTests {
-    /// Whether the decoder can judge these for an observer of `fields`.
-    pub(crate) fn fit(&self, fields: &FieldSet) -> bool {
-        self.tests.len() <= 64
-            && self
-                .tests
-                .iter()
-                .all(|t| fields.paths().get(t.field()).is_some_and(|p| p.segments().len() == 1))
-    }
 }
 
 /// Where one top-level member of an event is in the event's bytes, as a

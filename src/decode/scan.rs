@@ -123,11 +123,11 @@ pub(crate) fn string_end(line: &[u8], from: usize) -> Option<usize> {
 ///
 /// The top-level object is read member by member in straight-line code:
 /// every step knows what comes next, so the processor predicts it from
-/// where it is. A value that is an object or an array goes to
-/// [`Scanner::container`], whose state machine jumps through a table per
-/// token; the top level took such a jump per token too, and with an
-/// observer's work between the tokens it was mispredicted often enough to
-/// cost more than the observer itself.
+/// where it is; so are the objects and arrays inside it
+/// ([`Scanner::container`]). A state machine that jumped through a table
+/// per token read it before, and with an observer's work between the
+/// tokens that jump was mispredicted often enough to cost more than the
+/// observer itself.
 #[inline(always)]
 fn scan<const VALUES: bool>(line: &[u8], mut on_member: impl FnMut(Range<usize>, Range<usize>, bool)) -> bool {
     let mut s = Scanner { b: line, i: 0 };
@@ -175,7 +175,7 @@ fn scan<const VALUES: bool>(line: &[u8], mut on_member: impl FnMut(Range<usize>,
                     None => false,
                 }
             }
-            Some(b'{' | b'[') => s.container(),
+            Some(b'{' | b'[') => s.container(2),
             Some(c @ (b't' | b'f' | b'n')) => s.word(c),
             Some(b'-' | b'0'..=b'9') => s.number(),
             _ => false,
@@ -245,19 +245,6 @@ pub(crate) fn number_value(text: &[u8]) -> Option<f64> {
         }
         Some(_) => None,
     }
-}
-
-/// What the grammar expects at the next token.
-#[derive(Clone, Copy)]
-enum State {
-    /// Just after `{` or `[`: a key or `}`, a value or `]`.
-    Opened,
-    /// A member's key.
-    Key,
-    /// Any value.
-    Value,
-    /// After a value: `,` or the close of its container.
-    AfterValue,
 }
 
 /// A cursor over the line.
@@ -357,90 +344,63 @@ impl Scanner<'_> {
         Some(unit)
     }
 
-    /// The object or array that starts at the cursor, a value of the
-    /// top-level object; leaves the cursor after it. Its containers may
-    /// nest to [`MAX_DEPTH`], the top-level object included.
-    fn container(&mut self) -> bool {
-        // One bit per open container, innermost lowest: 1 for an object.
-        let mut kinds: u64 = u64::from(self.b[self.i] == b'{');
+    /// The object or array that starts at the cursor, `depth` containers
+    /// deep (the top-level object is 1); leaves the cursor after it.
+    /// Containers nest to [`MAX_DEPTH`], the top-level object included.
+    /// Read as the top level is, in straight-line code, with a call per
+    /// container inside it.
+    fn container(&mut self, depth: u32) -> bool {
+        if depth > MAX_DEPTH {
+            return false;
+        }
+        let object = self.peek() == Some(b'{');
+        let close = if object { b'}' } else { b']' };
         self.i += 1;
-        let mut depth: u32 = 2;
-        // The state between tokens: what the grammar expects next.
-        let mut state = State::Opened;
+        self.skip_ws();
+        if self.peek() == Some(close) {
+            self.i += 1;
+            return true;
+        }
         loop {
+            if object {
+                if self.peek() != Some(b'"') {
+                    return false;
+                }
+                self.i += 1;
+                if self.string().is_none() {
+                    return false;
+                }
+                self.skip_ws();
+                if self.peek() != Some(b':') {
+                    return false;
+                }
+                self.i += 1;
+                self.skip_ws();
+            }
+            let valid = match self.peek() {
+                Some(b'"') => {
+                    self.i += 1;
+                    self.string().is_some()
+                }
+                Some(b'{' | b'[') => self.container(depth + 1),
+                Some(c @ (b't' | b'f' | b'n')) => self.word(c),
+                Some(b'-' | b'0'..=b'9') => self.number(),
+                _ => false,
+            };
+            if !valid {
+                return false;
+            }
             self.skip_ws();
-            match state {
-                State::Opened => {
-                    let in_object = kinds & 1 == 1;
-                    if self.peek() == Some(if in_object { b'}' } else { b']' }) {
-                        self.i += 1;
-                        depth -= 1;
-                        kinds >>= 1;
-                        if depth == 1 {
-                            return true;
-                        }
-                        state = State::AfterValue;
-                    } else {
-                        state = if in_object { State::Key } else { State::Value };
-                    }
-                }
-                State::Key => {
-                    if self.peek() != Some(b'"') {
-                        return false;
-                    }
+            match self.peek() {
+                Some(b',') => {
                     self.i += 1;
-                    if self.string().is_none() {
-                        return false;
-                    }
                     self.skip_ws();
-                    if self.peek() != Some(b':') {
-                        return false;
-                    }
+                }
+                Some(c) if c == close => {
                     self.i += 1;
-                    state = State::Value;
+                    return true;
                 }
-                State::Value => {
-                    let valid = match self.peek() {
-                        Some(c @ (b'{' | b'[')) => {
-                            if depth == MAX_DEPTH {
-                                return false;
-                            }
-                            self.i += 1;
-                            depth += 1;
-                            kinds = (kinds << 1) | u64::from(c == b'{');
-                            state = State::Opened;
-                            continue;
-                        }
-                        Some(b'"') => {
-                            self.i += 1;
-                            self.string().is_some()
-                        }
-                        Some(c @ (b't' | b'f' | b'n')) => self.word(c),
-                        Some(b'-' | b'0'..=b'9') => self.number(),
-                        _ => false,
-                    };
-                    if !valid {
-                        return false;
-                    }
-                    state = State::AfterValue;
-                }
-                State::AfterValue => {
-                    let in_object = kinds & 1 == 1;
-                    match (self.peek(), in_object) {
-                        (Some(b','), true) => state = State::Key,
-                        (Some(b','), false) => state = State::Value,
-                        (Some(b'}'), true) | (Some(b']'), false) => {
-                            depth -= 1;
-                            kinds >>= 1;
-                            if depth == 1 {
-                                self.i += 1;
-                                return true;
-                            }
-                        }
-                        _ => return false,
-                    }
-                    self.i += 1;
-                }
+                _ => return false,
             }
         }
     }

@@ -145,10 +145,13 @@ impl FieldPlan {
         self.mask
     }
 
-    /// Forgets the last event's values.
+    /// Forgets the last event's values: a start of 0 is "not found" (no
+    /// value starts at a line's or a tape's first place).
     #[inline]
     pub(super) fn begin(&mut self) {
-        self.found.iter_mut().for_each(|f| *f = (0, 0));
+        for f in &mut self.found {
+            f.0 = 0;
+        }
     }
 
     /// Shows the plan one top-level key of the event: `b` is its
@@ -198,7 +201,7 @@ impl FieldPlan {
     ///
     /// [`scan_object_keys`]: super::scan::scan_object_keys
     /// [`TextTest::on_line`]: crate::condition::TextTest::on_line
-    #[inline(never)]
+    #[inline]
     pub(super) fn judge_text(&self, line: &[u8], tests: &LineTests) -> Option<u64> {
         if self.per_path {
             return None;

@@ -458,6 +458,28 @@ mod tests {
         }
     }
 
+    /// `equals` the first of `literals` (kind 0), `one_of` them all (1),
+    /// or `prefix` the first (2), on the field `f`.
+    fn string_test(kind: usize, literals: &[String]) -> serde_json::Value {
+        let literal = |l: &String| serde_json::Value::String(l.clone());
+        match kind {
+            0 => json!({"field": "f", "equals": literal(&literals[0])}),
+            1 => json!({"field": "f", "one_of": literals.iter().map(literal).collect::<Vec<_>>()}),
+            _ => json!({"field": "f", "prefix": literals[0]}),
+        }
+    }
+
+    /// `test`, or `not` of it, compiled: the condition, its program and
+    /// the fields it reads; `None` when it is not valid.
+    fn compiled(test: serde_json::Value, negate: bool) -> Option<(serde_json::Value, Program, FieldSet)> {
+        let c = if negate { json!({"not": test}) } else { test };
+        let mut errors = Vec::new();
+        let cond = parse_valid::<Condition>("c", c.clone(), &mut errors)?;
+        let mut fields = FieldSet::new();
+        let program = Program::compile(&cond, &mut fields);
+        Some((c, program, fields))
+    }
+
     proptest::proptest! {
         /// A test of a string judged on its bytes ([`TextTest`]) answers
         /// as the walk over the tree does, for every kind of value and for
@@ -471,22 +493,16 @@ mod tests {
             text in "|a|ab|abc|/api/x|/healthz|error|errors|é|ée",
             meta in proptest::option::of("a|ab|/healthz|error"),
         ) {
-            let literal = |l: &String| serde_json::Value::String(l.clone());
             let test = match kind {
-                0 => json!({"field": "f", "equals": literal(&literals[0])}),
-                1 => json!({"field": "f", "one_of": literals.iter().map(literal).collect::<Vec<_>>()}),
-                2 if !literals[0].is_empty() => json!({"field": "f", "prefix": literals[0]}),
+                0 | 1 => string_test(kind, &literals),
+                2 if !literals[0].is_empty() => string_test(kind, &literals),
                 3 => json!({"field": "f", "equals": 5}),
                 4 => json!({"field": "f", "one_of": ["5", "x"]}),
                 _ => json!({"field": "f", "equals": "true"}),
             };
-            let c = if negate { json!({"not": test}) } else { test };
-            let mut errors = Vec::new();
-            let Some(cond) = parse_valid::<Condition>("c", c.clone(), &mut errors) else {
+            let Some((c, program, fields)) = compiled(test, negate) else {
                 return Ok(());
             };
-            let mut fields = FieldSet::new();
-            let program = Program::compile(&cond, &mut fields);
             let walk = Program { text: None, ..program.clone() };
             let event = match value {
                 0 => json!({"f": text}),
@@ -510,9 +526,7 @@ mod tests {
                 "{} on {}", c, event
             );
         }
-    }
 
-    proptest::proptest! {
         /// A test judged on the text of a value in a line
         /// ([`TextTest::on_line`]) answers as on the value whenever the
         /// text settles it, and the text settles every string without an
@@ -524,19 +538,9 @@ mod tests {
             literals in proptest::collection::vec("|a|ab|/api/|/healthz|/metrics|error|é|a\"b|a\\\\b|abcdefghijklmnopq", 1..3),
             pieces in proptest::collection::vec("a|b|/|api|pi/|/healthz|healthz|error|rror|s|é|\\\\/|\\\\u0065|\\\\\"|\\\\\\\\|\\\\n|\\\\u00e9|abcdefghijklmnopq", 0..5),
         ) {
-            let literal = |l: &String| serde_json::Value::String(l.clone());
-            let test = match kind {
-                0 => json!({"field": "f", "equals": literal(&literals[0])}),
-                1 => json!({"field": "f", "one_of": literals.iter().map(literal).collect::<Vec<_>>()}),
-                _ => json!({"field": "f", "prefix": literals[0]}),
-            };
-            let c = if negate { json!({"not": test}) } else { test };
-            let mut errors = Vec::new();
-            let Some(cond) = parse_valid::<Condition>("c", c.clone(), &mut errors) else {
+            let Some((c, program, fields)) = compiled(string_test(kind, &literals), negate) else {
                 return Ok(());
             };
-            let mut fields = FieldSet::new();
-            let program = Program::compile(&cond, &mut fields);
             let tested = if kind == 1 { &literals[..] } else { &literals[..1] };
             let plain = tested.iter().all(|l| !l.contains(['"', '\\']));
             proptest::prop_assert_eq!(program.line_test().is_some(), plain);

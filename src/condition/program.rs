@@ -178,8 +178,8 @@ fn text_test(root: &Node) -> Option<TextTest> {
     };
     let text = |l: &Literal| (l.number.is_none() && l.boolean.is_none()).then(|| Box::from(l.text.as_bytes()));
     let kind = match test {
-        Test::Equals(l) => TextTest::one_of(Box::new([text(l)?])),
-        Test::OneOf(ls) => TextTest::one_of(ls.iter().map(text).collect::<Option<_>>()?),
+        Test::Equals(l) => TextKind::one_of(Box::new([text(l)?])),
+        Test::OneOf(ls) => TextKind::one_of(ls.iter().map(text).collect::<Option<_>>()?),
         Test::Prefix(p) => TextKind::Prefix(p.as_bytes().into()),
         _ => return None,
     };

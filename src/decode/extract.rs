@@ -200,7 +200,7 @@ impl FieldPlan {
     /// values are read instead.
     ///
     /// [`scan_object_keys`]: super::scan::scan_object_keys
-    /// [`TextTest::on_line`]: crate::condition::TextTest::on_line
+    /// [`TextTest::on_line`]: super::text_test::TextTest::on_line
     #[inline]
     pub(super) fn judge_text(&self, line: &[u8], tests: &LineTests) -> Option<u64> {
         if self.per_path {

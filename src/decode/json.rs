@@ -335,19 +335,18 @@ impl Decoder {
         if !valid {
             return false;
         }
-        let has = |i: usize| present & (1 << i) != 0;
-        // Tests judged on the text: the observer needs the verdicts alone.
-        if let Some(verdicts) = o.line_tests.as_ref().and_then(|t| p.judge_text(line, t)) {
-            splice(out, line, close, may_hold_breaks, keys > 0, extra, members, has, |_, _| {});
-            o.inner.judged(verdicts);
-            out.finish_event();
-            return true;
-        }
-        if !p.settle_keys(line) {
+        // Tests judged on the text: the observer needs the verdicts alone;
+        // else it reads the values.
+        let verdicts = o.line_tests.as_ref().and_then(|t| p.judge_text(line, t));
+        if verdicts.is_none() && !p.settle_keys(line) {
             return false;
         }
+        let has = |i: usize| present & (1 << i) != 0;
         splice(out, line, close, may_hold_breaks, keys > 0, extra, members, has, |_, _| {});
-        o.inner.event(&EventValues::scanned(line, p, None));
+        match verdicts {
+            Some(v) => o.inner.judged(v),
+            None => o.inner.event(&EventValues::scanned(line, p, None)),
+        }
         out.finish_event();
         true
     }

@@ -163,26 +163,9 @@ fn scan<const VALUES: bool>(line: &[u8], mut on_member: impl FnMut(Range<usize>,
         s.i += 1;
         s.skip_ws();
         let value_start = s.i;
-        let mut escaped = false;
-        let valid = match s.peek() {
-            Some(b'"') => {
-                s.i += 1;
-                match s.string() {
-                    Some(e) => {
-                        escaped = e;
-                        true
-                    }
-                    None => false,
-                }
-            }
-            Some(b'{' | b'[') => s.container(2),
-            Some(c @ (b't' | b'f' | b'n')) => s.word(c),
-            Some(b'-' | b'0'..=b'9') => s.number(),
-            _ => false,
-        };
-        if !valid {
+        let Some(escaped) = s.value(2) else {
             return false;
-        }
+        };
         if VALUES {
             on_member(key, value_start..s.i, escaped);
         }
@@ -344,6 +327,23 @@ impl Scanner<'_> {
         Some(unit)
     }
 
+    /// The value at the cursor, `depth` containers deep if it is an object
+    /// or an array; leaves the cursor after it. `Some(escaped)` when it is
+    /// valid, `escaped` saying it is a string with an escape.
+    #[inline(always)]
+    fn value(&mut self, depth: u32) -> Option<bool> {
+        match self.peek()? {
+            b'"' => {
+                self.i += 1;
+                self.string()
+            }
+            b'{' | b'[' => self.container(depth).then_some(false),
+            c @ (b't' | b'f' | b'n') => self.word(c).then_some(false),
+            b'-' | b'0'..=b'9' => self.number().then_some(false),
+            _ => None,
+        }
+    }
+
     /// The object or array that starts at the cursor, `depth` containers
     /// deep (the top-level object is 1); leaves the cursor after it.
     /// Containers nest to [`MAX_DEPTH`], the top-level object included.
@@ -377,17 +377,7 @@ impl Scanner<'_> {
                 self.i += 1;
                 self.skip_ws();
             }
-            let valid = match self.peek() {
-                Some(b'"') => {
-                    self.i += 1;
-                    self.string().is_some()
-                }
-                Some(b'{' | b'[') => self.container(depth + 1),
-                Some(c @ (b't' | b'f' | b'n')) => self.word(c),
-                Some(b'-' | b'0'..=b'9') => self.number(),
-                _ => false,
-            };
-            if !valid {
+            if self.value(depth + 1).is_none() {
                 return false;
             }
             self.skip_ws();

@@ -81,6 +81,14 @@ pub(crate) enum TextKind {
     Prefix(Box<[u8]>),
 }
 
+impl TextKind {
+    /// `one_of` the literals `ls` (`equals` is one of one).
+    pub(crate) fn one_of(ls: Box<[Box<[u8]>]>) -> TextKind {
+        let longest = ls.iter().map(|l| l.len()).max().unwrap_or(0);
+        TextKind::OneOf(ls, longest)
+    }
+}
+
 impl TextTest {
     /// The test `kind` of field `field`, negated when `negate`.
     pub(crate) fn new(field: usize, kind: TextKind, negate: bool) -> TextTest {
@@ -95,12 +103,6 @@ impl TextTest {
             negate,
             plain,
         }
-    }
-
-    /// `one_of` the literals `ls` (`equals` is one of one).
-    pub(crate) fn one_of(ls: Box<[Box<[u8]>]>) -> TextKind {
-        let longest = ls.iter().map(|l| l.len()).max().unwrap_or(0);
-        TextKind::OneOf(ls, longest)
     }
 
     /// Whether it can be judged on the text of a value in a line
